@@ -1,0 +1,52 @@
+//! # xpu-ops
+//!
+//! Operator library for LLM inference engines: the kernels a vLLM-style
+//! engine needs for hybrid models, with vLLM / FlashInfer / fla names,
+//! arguments and layouts. Every op validates its arguments before it writes
+//! anything, accumulates in fp32, documents its tolerance, and gives the same
+//! result for any thread count.
+//!
+//! Layers: C kernels (`xpu_src/`, one build per ISA tier) → Rust launchers
+//! ([`ops`]) → this safe API, the C ABI (`xpu-ops-ffi`) and Python. The
+//! [`reference`] module is the oracle the tests compare every tier against.
+//!
+//! ```
+//! use xpu_ops::{TensorView, TensorViewMut, reshape_and_cache_flash};
+//! let key = vec![0.5f32; 4 * 2 * 8];
+//! let mut cache = vec![0f32; 3 * 4 * 2 * 8];
+//! let slots = [0i64, 5, -1, 11];
+//! reshape_and_cache_flash(
+//!     &TensorView::new(&key, &[4, 2, 8])?,
+//!     &TensorView::new(&key, &[4, 2, 8])?,
+//!     &mut TensorViewMut::new(&mut cache, &[3, 4, 2, 8])?,
+//!     None,
+//!     &TensorView::new(&slots, &[4])?,
+//!     "auto", None, None,
+//! )?;
+//! assert_eq!(cache.iter().filter(|&&v| v == 0.5).count(), 3 * 2 * 8);
+//! # Ok::<(), xpu_ops::Error>(())
+//! ```
+
+pub mod dlpack;
+pub mod dtype;
+pub mod error;
+pub mod ops;
+pub mod platform;
+pub mod probe;
+pub mod reference;
+#[allow(clippy::all)]
+mod sys;
+pub mod tensor;
+pub mod threading;
+
+pub use dtype::{DType, F8E4M3, F8E5M2};
+pub use error::{Error, Result, Status};
+pub use ops::cache::{
+    copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
+};
+pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
+pub use tensor::{Device, Layout, TensorView, TensorViewMut};
+pub use threading::{num_threads, set_num_threads};
+
+/// The crate version, as in Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

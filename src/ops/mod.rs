@@ -1,0 +1,5 @@
+//! Launchers: validate every argument, pick the kernel tier, run the grid.
+//! Each family's public functions are re-exported at the crate root.
+
+pub mod cache;
+pub(crate) mod check;

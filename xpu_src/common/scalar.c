@@ -1,0 +1,7 @@
+/* Scalar fp8 conversions exported once (not per tier) so the Rust tests can
+ * hold the kernels' conversion to the reference bit for bit. */
+#include "convert.h"
+
+float xk_fp8_to_f32(uint8_t v, int32_t fp8_dtype) { return xk_fp8_to_f32_scalar(v, xk_fp8_format_of(fp8_dtype)); }
+
+uint8_t xk_f32_to_fp8(float v, int32_t fp8_dtype) { return xk_f32_to_fp8_scalar(v, xk_fp8_format_of(fp8_dtype)); }

@@ -1,0 +1,17 @@
+/* The kernel table this tier exports; the Rust side selects one at run time. */
+#include "../common/tier.h"
+#include "../include/xops_kernels.h"
+
+void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
+double XK_FN(probe_read)(const float *src, int64_t n);
+double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
+
+#define XK_STR_(x) #x
+#define XK_STR(x) XK_STR_(x)
+
+const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
+    .name = XK_STR(XK_TIER),
+    .kv_write = XK_FN(kv_write),
+    .probe_read = XK_FN(probe_read),
+    .probe_fma = XK_FN(probe_fma),
+};

@@ -1,0 +1,94 @@
+/*
+ * The internal kernel ABI: what the Rust launchers call.
+ *
+ * Every kernel receives pointers, sizes and element strides that the launcher
+ * has already validated; a kernel never allocates, never fails and knows
+ * nothing of threads. It computes one "block" of the launcher's grid, given as
+ * a half-open index range.
+ *
+ * Each ISA tier compiles the same sources with its own flags and exports one
+ * table of function pointers (xk_kernels_<tier>). The Rust side picks a table
+ * once at run time. The Rust bindings (src/sys.rs) are generated from this file
+ * by bindgen and checked in: regenerate with `.ci/gen-bindings`.
+ */
+#ifndef XOPS_KERNELS_H
+#define XOPS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Floating formats a kernel can load or store. */
+typedef enum xk_dtype {
+  XK_F32 = 0,
+  XK_F16 = 1,
+  XK_BF16 = 2,
+  XK_F8E4M3 = 3, /* OCP e4m3fn: bias 7, no inf, max 448, NaN = 0x7f/0xff */
+  XK_F8E5M2 = 4, /* OCP e5m2: bias 15, IEEE-like, max finite 57344 */
+} xk_dtype;
+
+typedef enum xk_cache_layout {
+  /* key [blocks, heads, head_size/x, block_size, x], value [blocks, heads, head_size, block_size] */
+  XK_LAYOUT_PAGED = 0,
+  /* key and value [blocks, block_size, heads, head_size] (any stride order, head_size contiguous) */
+  XK_LAYOUT_FLASH = 1,
+} xk_cache_layout;
+
+/* reshape_and_cache / reshape_and_cache_flash: scatter token rows into the cache. */
+typedef struct xk_kv_write_args {
+  const void *key;   /* host, [tokens, heads, head_size], head_size contiguous */
+  const void *value; /* host, same shape as key */
+  int64_t key_stride_token, key_stride_head;
+  int64_t value_stride_token, value_stride_head;
+  int32_t src_dtype;          /* xk_dtype of key and value (F32/F16/BF16) */
+  int32_t cache_dtype;        /* xk_dtype of both caches */
+  int64_t num_heads, head_size;
+  const void *slot_mapping;   /* host, [tokens], int32 or int64; < 0 = padding */
+  int32_t slot_mapping_is_i64;
+  int32_t layout;             /* xk_cache_layout */
+  void *key_cache;            /* host; may equal value_cache */
+  void *value_cache;
+  int64_t block_size;
+  int64_t x;                  /* paged layout: elements per 16-byte key chunk */
+  int64_t key_cache_strides[5];   /* element strides, in the layout's dimension order */
+  int64_t value_cache_strides[5];
+  const float *k_scale;       /* fp8 caches only: stored = saturate(x / scale) */
+  const float *v_scale;
+  int64_t k_scale_stride;     /* 0: one scale for the tensor, 1: one per head */
+  int64_t v_scale_stride;
+} xk_kv_write_args;
+
+/* Machine probes used by the benchmarks to measure this machine's limits. */
+typedef struct xk_probe_result {
+  double value; /* a checksum, so the compiler cannot drop the work */
+} xk_probe_result;
+
+typedef struct xk_kernel_table {
+  const char *name;
+  /* Writes tokens [token_begin, token_end) of a->slot_mapping. */
+  void (*kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
+  /* Sums n floats with wide loads: the DRAM read probe. */
+  double (*probe_read)(const float *src, int64_t n);
+  /* Runs `iters` rounds of independent FMA chains; returns the flops done. */
+  double (*probe_fma)(int64_t iters, xk_probe_result *sink);
+} xk_kernel_table;
+
+/* One table per tier; only the tiers of the target architecture are built
+ * (x86-64: generic, avx2, avx512; aarch64: generic, neon). */
+extern const xk_kernel_table xk_kernels_generic;
+extern const xk_kernel_table xk_kernels_avx2;
+extern const xk_kernel_table xk_kernels_avx512;
+extern const xk_kernel_table xk_kernels_neon;
+
+/* Scalar conversions shared with the Rust side (tests check them bit for bit). */
+float xk_fp8_to_f32(uint8_t v, int32_t fp8_dtype);
+uint8_t xk_f32_to_fp8(float v, int32_t fp8_dtype);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* XOPS_KERNELS_H */
