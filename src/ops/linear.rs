@@ -1,0 +1,299 @@
+//! FC / GEMM: [`linear`] (`F.linear`: `y = x·Wᵀ + b`) with f32/f16/bf16
+//! weights, and [`wna16_linear`] with weight-only int4/int8 weights in this
+//! crate's canonical layout (see [`crate::ops::quant`] for the importers from
+//! GPTQ, AWQ and compressed-tensors).
+//!
+//! Two regimes, chosen from the shape alone: decode (`M <= 16`) streams each
+//! weight byte once; larger `M` runs packed, cache-blocked microkernels
+//! (bf16 × bf16 through `vdpbf16ps` on AVX-512). Both accumulate in fp32, and
+//! each output element's summation order depends only on the ISA tier, the
+//! regime and `K`: results are bit-identical for any thread count.
+//!
+//! Tolerance (documented in the tests next to each check): against an fp64
+//! reference, `|y - y_ref| <= 4·sqrt(K)·2⁻²⁴·Σ_k |x_k·w_k| + ulp(y_ref)` in the
+//! output dtype (one unit in the last place for f16/bf16 outputs, 2⁻²⁴
+//! relative for f32).
+
+use crate::dtype::DType;
+use crate::error::{bail, Result};
+use crate::ops::check;
+use crate::platform;
+use crate::sys;
+use crate::tensor::{Layout, TensorView, TensorViewMut};
+use crate::threading::{grid, num_threads, Shared};
+
+/// Activation rows up to which the decode (weight-streaming) regime runs.
+pub const DECODE_MAX_M: usize = 16;
+
+const FLOAT_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// The validated activation / output pair of a linear op.
+pub(crate) struct Rows {
+    pub m: usize,
+    pub k: usize,
+    pub x_stride: usize,
+    pub out_stride: usize,
+}
+
+/// `x` is `[K]` or `[M, K]` (K contiguous, any row stride) and `out` is
+/// `[N]` or `[M, N]` of the same rank, N contiguous, rows not overlapping.
+pub(crate) fn check_rows(
+    x: &TensorView,
+    out: &TensorViewMut,
+    n: usize,
+    k: usize,
+    out_dtypes: &[DType],
+) -> Result<Rows> {
+    let (xl, ol) = (x.layout(), out.layout());
+    if xl.ndim() != 1 && xl.ndim() != 2 {
+        bail!(
+            ShapeMismatch,
+            "`x` must be [K] or [M, K], got shape {:?}",
+            xl.shape
+        );
+    }
+    check::dtype_in(xl, "x", &FLOAT_DTYPES)?;
+    check::dtype_in(ol, "out", out_dtypes)?;
+    check::inner_contiguous(xl, "x")?;
+    check::inner_contiguous(ol, "out")?;
+    let xk = *xl.shape.last().expect("rank >= 1");
+    if xk != k {
+        bail!(
+            ShapeMismatch,
+            "`x` has K = {xk} (shape {:?}) but the weight has K = {k}",
+            xl.shape
+        );
+    }
+    let m = if xl.ndim() == 2 { xl.shape[0] } else { 1 };
+    let want: Vec<usize> = if xl.ndim() == 2 { vec![m, n] } else { vec![n] };
+    if ol.shape != want {
+        bail!(
+            ShapeMismatch,
+            "`out` must have shape {want:?} (x {:?}, N = {n}), got {:?}",
+            xl.shape,
+            ol.shape
+        );
+    }
+    let x_stride = if xl.ndim() == 2 { xl.strides[0] } else { k };
+    let out_stride = if ol.ndim() == 2 { ol.strides[0] } else { n };
+    if m > 1 && n > 0 && out_stride < n {
+        bail!(
+            InvalidStride,
+            "`out` rows overlap: row stride {out_stride} < N = {n}"
+        );
+    }
+    Ok(Rows {
+        m,
+        k,
+        x_stride,
+        out_stride,
+    })
+}
+
+/// `bias` is `[N]`, contiguous, of `x`'s dtype or f32.
+pub(crate) fn check_bias(bias: Option<&TensorView>, n: usize, x_dtype: DType) -> Result<()> {
+    let Some(b) = bias else { return Ok(()) };
+    let l = b.layout();
+    check::on_cpu(&[("bias", l)])?;
+    if l.ndim() != 1 || l.shape[0] != n {
+        bail!(
+            ShapeMismatch,
+            "`bias` must have shape [N = {n}], got {:?}",
+            l.shape
+        );
+    }
+    if l.dtype != x_dtype && l.dtype != DType::F32 {
+        bail!(
+            DtypeMismatch,
+            "`bias` has dtype {} but must be x's dtype {x_dtype} or float32",
+            l.dtype
+        );
+    }
+    check::inner_contiguous(l, "bias")
+}
+
+/// `out` may not share memory with any input.
+pub(crate) fn check_out_alias(
+    out: &TensorViewMut,
+    inputs: &[(&str, *const u8, &Layout)],
+) -> Result<()> {
+    let o = check::byte_range(out.as_ptr(), out.layout());
+    if o.0 == o.1 {
+        return Ok(());
+    }
+    for (name, ptr, layout) in inputs {
+        let r = check::byte_range(*ptr, layout);
+        if r.0 < r.1 && o.0 < r.1 && r.0 < o.1 {
+            bail!(Aliasing, "`out` overlaps `{name}`");
+        }
+    }
+    Ok(())
+}
+
+/// Fills the activation, bias and output fields of the kernel arguments.
+pub(crate) fn base_args(
+    x: &TensorView,
+    rows: &Rows,
+    n: usize,
+    bias: Option<&TensorView>,
+    out: &mut TensorViewMut,
+) -> sys::xk_linear_args {
+    sys::xk_linear_args {
+        m: rows.m as i64,
+        n: n as i64,
+        k: rows.k as i64,
+        x: x.as_ptr().cast(),
+        x_stride: rows.x_stride as i64,
+        x_dtype: x.dtype().xk(),
+        perm: std::ptr::null(),
+        xf: std::ptr::null_mut(),
+        xf_stride: 0,
+        w: std::ptr::null(),
+        w_stride: 0,
+        w_dtype: 0,
+        w_kind: sys::xk_weight_kind_XK_WEIGHT_DENSE as i32,
+        scales: std::ptr::null(),
+        zeros: std::ptr::null(),
+        sz_stride: 0,
+        sz_dtype: 0,
+        group_size: 0,
+        bias: bias.map_or(std::ptr::null(), |b| b.as_ptr().cast()),
+        bias_dtype: bias.map_or(0, |b| b.dtype().xk()),
+        out: out.as_mut_ptr().cast(),
+        out_stride: rows.out_stride as i64,
+        out_dtype: out.dtype().xk(),
+        tile_m: 0,
+        tile_n: 0,
+        bf16_pairs: 0,
+    }
+}
+
+/// `XPU_OPS_BF16_DOT=0` makes bf16 × bf16 GEMMs use the f32 microkernel
+/// instead of `vdpbf16ps` (for benchmarking machines where the latter is slow).
+fn bf16_dot_disabled() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var("XPU_OPS_BF16_DOT").is_ok_and(|v| v == "0"))
+}
+
+/// Runs a validated linear: decode or tiled GEMM by M.
+pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
+    let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernels = platform::kernels();
+    if m <= DECODE_MAX_M {
+        let mut xf: Vec<f32> = Vec::new();
+        if args.x_dtype == DType::F32.xk() && args.perm.is_null() {
+            args.xf = args.x as *mut f32;
+            args.xf_stride = args.x_stride;
+        } else {
+            xf = vec![0f32; m * k];
+            args.xf = xf.as_mut_ptr();
+            args.xf_stride = k as i64;
+            let prep = kernels.linear_prep.expect("linear_prep");
+            // SAFETY: xf holds m rows of k floats; x and perm were validated.
+            unsafe { prep(&args, 0, m as i64) };
+        }
+        let gemv = kernels.linear_gemv.expect("linear_gemv");
+        // ~256 KiB of weights per block, a multiple of the kernel's 4 rows.
+        let min_chunk = ((256 * 1024) / weight_bytes_per_row.max(1)).clamp(4, 4096) & !3;
+        let a = Shared(args);
+        grid(n, min_chunk, |r| {
+            // SAFETY: validated arguments; blocks write disjoint output columns.
+            unsafe { gemv(a.get(), r.start as i64, r.end as i64) }
+        });
+        drop(xf);
+        return;
+    }
+    if bf16_dot_disabled() {
+        args.bf16_pairs = -1;
+    }
+    let plan = kernels.linear_gemm_plan.expect("linear_gemm_plan");
+    // SAFETY: plan only reads the shape and dtypes and writes the tile fields.
+    let ws_bytes = unsafe { plan(&mut args, num_threads() as i64) } as usize;
+    let tiles = m.div_ceil(args.tile_m as usize) * n.div_ceil(args.tile_n as usize);
+    let gemm = kernels.linear_gemm.expect("linear_gemm");
+    let a = Shared(args);
+    grid(tiles, 1, |r| {
+        let mut ws = vec![0u8; ws_bytes];
+        // SAFETY: validated arguments; tiles write disjoint output blocks; ws
+        // has the bytes the plan asked for.
+        unsafe {
+            gemm(
+                a.get(),
+                r.start as i64,
+                r.end as i64,
+                ws.as_mut_ptr().cast(),
+            )
+        }
+    });
+}
+
+/// `F.linear`: `out = x · weightᵀ + bias`.
+///
+/// * `x`: `[M, K]` or `[K]`, f32/f16/bf16, K contiguous, any row stride.
+/// * `weight`: `[N, K]`, same dtype as `x`, K contiguous, any row stride.
+/// * `bias`: `[N]`, `x`'s dtype or f32, or `None`.
+/// * `out`: `[M, N]` (or `[N]` for a vector `x`), `x`'s dtype or f32, N
+///   contiguous; it may not overlap any input.
+///
+/// fp32 accumulation; the bias is added in fp32 before the one rounding to
+/// the output dtype. `M = 0`, `N = 0` and `K = 0` (out = bias) are valid.
+/// Results are identical for any thread count. Tolerance against an fp64
+/// reference: see the [module docs](self).
+///
+/// ```
+/// use xpu_ops::{linear, TensorView, TensorViewMut};
+/// let x = [1.0f32, 2.0, 3.0]; // [1, 3]
+/// let w = [1.0f32, 0.0, 0.0, 0.0, 1.0, 1.0]; // [2, 3]
+/// let b = [0.5f32, -0.5];
+/// let mut y = [0f32; 2];
+/// linear(
+///     &TensorView::new(&x, &[1, 3])?,
+///     &TensorView::new(&w, &[2, 3])?,
+///     Some(&TensorView::new(&b, &[2])?),
+///     &mut TensorViewMut::new(&mut y, &[1, 2])?,
+/// )?;
+/// assert_eq!(y, [1.5, 4.5]);
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
+pub fn linear(
+    x: &TensorView,
+    weight: &TensorView,
+    bias: Option<&TensorView>,
+    out: &mut TensorViewMut,
+) -> Result<()> {
+    check::on_cpu(&[
+        ("x", x.layout()),
+        ("weight", weight.layout()),
+        ("out", out.layout()),
+    ])?;
+    let wl = weight.layout();
+    check::rank(wl, "weight", 2, "[N, K]")?;
+    check::dtype_in(wl, "weight", &FLOAT_DTYPES)?;
+    let (n, k) = (wl.shape[0], wl.shape[1]);
+    let rows = check_rows(x, out, n, k, &[x.dtype(), DType::F32])?;
+    check::same_dtype(x.layout(), "x", wl, "weight")?;
+    check::inner_contiguous(wl, "weight")?;
+    check_bias(bias, n, x.dtype())?;
+    let mut inputs: Vec<(&str, *const u8, &Layout)> = vec![
+        ("x", x.as_ptr(), x.layout()),
+        ("weight", weight.as_ptr(), wl),
+    ];
+    if let Some(b) = bias {
+        inputs.push(("bias", b.as_ptr(), b.layout()));
+    }
+    check_out_alias(out, &inputs)?;
+
+    let mut args = base_args(x, &rows, n, bias, out);
+    args.w = weight.as_ptr().cast();
+    args.w_stride = if n > 1 {
+        wl.strides[0] as i64
+    } else {
+        k as i64
+    };
+    args.w_dtype = wl.dtype.xk();
+    run(args, k * wl.dtype.size());
+    Ok(())
+}
