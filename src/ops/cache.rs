@@ -137,19 +137,19 @@ fn check_slots(
     Ok(())
 }
 
-/// A scale tensor as (pointer, element stride per head); `None` means 1.0.
-fn check_scale(
-    scale: Option<&TensorView>,
-    name: &str,
-    num_heads: usize,
-) -> Result<(*const f32, i64)> {
+/// A scale as the kernel reads it: (pointer, element stride per head); NULL means 1.0.
+type ScaleArg = (*const f32, i64);
+
+/// Checks an fp8 scale tensor; `None` means 1.0.
+fn check_scale(scale: Option<&TensorView>, name: &str, num_heads: usize) -> Result<ScaleArg> {
     let Some(s) = scale else {
         return Ok((std::ptr::null(), 0));
     };
     check::on_cpu(&[(name, s.layout())])?;
     check::dtype_in(s.layout(), name, &[DType::F32])?;
     let per_head = s.ndim() == 1 && s.shape()[0] == num_heads && num_heads != 1;
-    if !(s.numel() == 1 && s.ndim() <= 1) && !per_head {
+    let per_tensor = s.numel() == 1 && s.ndim() <= 1;
+    if !per_tensor && !per_head {
         bail!(
             ShapeMismatch,
             "`{name}` must have shape [1] or [num_heads = {num_heads}], got {:?}",
@@ -226,7 +226,7 @@ fn kv_args(
     block_size: usize,
     x: usize,
     strides: ([i64; 5], [i64; 5]),
-    scales: ((*const f32, i64), (*const f32, i64)),
+    scales: (ScaleArg, ScaleArg),
 ) -> sys::xk_kv_write_args {
     let (k, v) = (key.layout(), value.layout());
     sys::xk_kv_write_args {
@@ -261,7 +261,7 @@ fn scales_for(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
     num_heads: usize,
-) -> Result<((*const f32, i64), (*const f32, i64))> {
+) -> Result<(ScaleArg, ScaleArg)> {
     if !stored.is_fp8() {
         // Scales only apply to fp8 caches; vLLM passes them regardless.
         return Ok(((std::ptr::null(), 0), (std::ptr::null(), 0)));
@@ -583,7 +583,7 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
         let (copies, pairs) = *work.get();
         for i in r {
             let (c, (s, d)) = (&copies[i / pairs.len()], pairs[i % pairs.len()]);
-            if s == d && c.src == c.dst as *const u8 {
+            if s == d && std::ptr::eq(c.src, c.dst) {
                 continue;
             }
             // SAFETY: block ids were checked against both caches, blocks are
