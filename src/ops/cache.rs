@@ -604,6 +604,21 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
 /// applied to each of `key_caches[l]` and `value_caches[l]`. Caches are
 /// `[num_blocks, ...]` with each block one dense range (any layout of #2).
 /// No destination may appear twice or also serve as a source.
+///
+/// ```
+/// use xpu_ops::{copy_blocks, TensorView, TensorViewMut};
+/// let (blocks, per_block) = (4, 6);
+/// let mut k: Vec<f32> = (0..blocks * per_block).map(|i| i as f32).collect();
+/// let mut v = k.clone();
+/// let mapping = [1i64, 3]; // fork: block 1 -> block 3
+/// copy_blocks(
+///     &mut [TensorViewMut::new(&mut k, &[blocks, per_block])?],
+///     &mut [TensorViewMut::new(&mut v, &[blocks, per_block])?],
+///     &TensorView::new(&mapping, &[1, 2])?,
+/// )?;
+/// assert_eq!(k[3 * per_block..], k[per_block..2 * per_block]);
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
 pub fn copy_blocks<'a>(
     key_caches: &mut [TensorViewMut<'a>],
     value_caches: &mut [TensorViewMut<'a>],
@@ -653,6 +668,20 @@ pub fn copy_blocks<'a>(
 /// and CPU swap space in upstream; here both live in host memory):
 /// `block_mapping` `[n, 2]` of (source block, destination block). The caches
 /// must have the same dtype and per-block shape.
+///
+/// ```
+/// use xpu_ops::{swap_blocks, TensorView, TensorViewMut};
+/// let device_cache = vec![1.0f32; 8 * 32];
+/// let mut host_cache = vec![0.0f32; 2 * 32];
+/// let mapping = [5i64, 1]; // block 5 -> host block 1
+/// swap_blocks(
+///     &TensorView::new(&device_cache, &[8, 32])?,
+///     &mut TensorViewMut::new(&mut host_cache, &[2, 32])?,
+///     &TensorView::new(&mapping, &[1, 2])?,
+/// )?;
+/// assert!(host_cache[32..].iter().all(|&x| x == 1.0) && host_cache[..32].iter().all(|&x| x == 0.0));
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
 pub fn swap_blocks(
     src: &TensorView,
     dst: &mut TensorViewMut,
