@@ -12,6 +12,19 @@
 //! Layout: `status.rs` (codes), `call.rs` (the wrapper and argument
 //! conversion), `runtime.rs` (version, ISA, threads), then one file per op
 //! family (`cache.rs`, ...), each export a thin call into the Rust API.
+//!
+//! Adding an op family (see `cache.rs` for the pattern):
+//! 1. `ffi/src/<family>.rs`: one `#[no_mangle] pub unsafe extern "C" fn
+//!    xops_<op>(...) -> xops_status` per op, with the upstream argument names
+//!    and order, its body `ffi_call("xops_<op>", || { ... })` converting each
+//!    argument with `call::{tensor, tensor_mut, opt_tensor, tensors_mut,
+//!    c_str}` (which name the argument in NULL/conversion errors) and calling
+//!    the safe Rust function; a doc comment, which becomes the header's.
+//! 2. `pub mod <family>;` below, then `.ci/gen-bindings` to regenerate
+//!    `include/xpu_ops.h` (checked in; CI fails on drift).
+//! 3. `python/xpu_ops/<family>.py` declaring the functions with
+//!    `_lib.function` and converting arrays with `_lib.tensor*`; export it
+//!    from `python/xpu_ops/__init__.py`; tests in `python/tests/test_<family>.py`.
 
 #![allow(non_camel_case_types)]
 
