@@ -38,6 +38,7 @@ pub mod reference;
 mod sys;
 pub mod tensor;
 pub mod threading;
+pub mod trace;
 
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};

@@ -13,6 +13,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 /// What a cache stores, from vLLM's `kv_cache_dtype` string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -318,6 +319,10 @@ pub fn reshape_and_cache(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "reshape_and_cache",
+        &[("key", key.layout()), ("key_cache", key_cache.layout())],
+    );
     let (kc, vc) = (key_cache.layout().clone(), value_cache.layout().clone());
     let src = check_sources(key, value, &kc, &vc, slot_mapping, kv_cache_dtype)?;
     check::rank(
@@ -445,6 +450,10 @@ pub fn reshape_and_cache_flash(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "reshape_and_cache_flash",
+        &[("key", key.layout()), ("key_cache", key_cache.layout())],
+    );
     let kc = key_cache.layout().clone();
     let (vc, value_ptr) = match &value_cache {
         Some(v) => (v.layout().clone(), v.as_ptr() as *mut u8),
@@ -624,6 +633,7 @@ pub fn copy_blocks<'a>(
     value_caches: &mut [TensorViewMut<'a>],
     block_mapping: &TensorView,
 ) -> Result<()> {
+    let _span = trace::op("copy_blocks", &[("block_mapping", block_mapping.layout())]);
     if key_caches.len() != value_caches.len() {
         bail!(
             ShapeMismatch,
@@ -687,6 +697,10 @@ pub fn swap_blocks(
     dst: &mut TensorViewMut,
     block_mapping: &TensorView,
 ) -> Result<()> {
+    let _span = trace::op(
+        "swap_blocks",
+        &[("src", src.layout()), ("dst", dst.layout())],
+    );
     check::on_cpu(&[
         ("src", src.layout()),
         ("dst", dst.layout()),
