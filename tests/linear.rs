@@ -401,7 +401,7 @@ fn dense_bad_inputs() {
     let x = vec![1f32; 4 * 8];
     let w = vec![1f32; 6 * 8];
     let wb: Vec<bf16> = vec![bf16::ONE; 6 * 8];
-    let b = vec![1f32; 6];
+    let b = [1f32; 6];
     let mut out = vec![3f32; 4 * 6];
     let xv = TensorView::new(&x, &[4, 8]).unwrap();
     let wv = TensorView::new(&w, &[6, 8]).unwrap();

@@ -21,6 +21,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, num_threads, Shared};
+use crate::trace;
 
 /// Activation rows up to which the decode (weight-streaming) regime runs.
 pub const DECODE_MAX_M: usize = 16;
@@ -264,6 +265,7 @@ pub fn linear(
     bias: Option<&TensorView>,
     out: &mut TensorViewMut,
 ) -> Result<()> {
+    let _span = trace::op("linear", &[("x", x.layout()), ("weight", weight.layout())]);
     check::on_cpu(&[
         ("x", x.layout()),
         ("weight", weight.layout()),
