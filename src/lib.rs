@@ -45,7 +45,8 @@ pub use error::{Error, Result, Status};
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };
-pub use ops::linear::linear;
+pub use ops::linear::{linear, wna16_linear};
+pub use ops::quant::{wna16_dequantize, GptqFormat, Wna16Weight};
 pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
 pub use tensor::{Device, Layout, TensorView, TensorViewMut};
 pub use threading::{num_threads, set_num_threads};

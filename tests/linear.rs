@@ -510,3 +510,718 @@ fn dense_bad_inputs() {
     assert_eq!(err.status, Status::Aliasing, "{err}");
     assert!(buf.iter().all(|&v| v == 1.0));
 }
+
+// ---------------------------------------------------------------------------
+// Weight-only int4 / int8 (canonical layout).
+
+use xpu_ops::{wna16_dequantize, wna16_linear, GptqFormat, Wna16Weight};
+
+#[derive(Clone, Copy, Debug)]
+struct QCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    bits: u32,
+    /// 0: one group per channel (G = K).
+    group: usize,
+    zeros: bool,
+    perm: bool,
+    sdtype: DType,
+    xdtype: DType,
+    out_f32: bool,
+    bias: bool,
+}
+
+struct QData {
+    w: Wna16Weight,
+    x: Buf,
+    b: Option<Buf>,
+    /// Reference weights [N, K] in input-channel order, from the test's own codes.
+    wref: Vec<f64>,
+}
+
+fn shuffled(rng: &mut Rng, k: usize) -> Vec<i32> {
+    let mut p: Vec<i32> = (0..k as i32).collect();
+    for i in (1..k).rev() {
+        p.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    p
+}
+
+fn make_q(c: &QCase, seed: u64) -> QData {
+    let mut rng = Rng(seed);
+    let gs = if c.group == 0 { c.k } else { c.group };
+    let groups = c.k / gs;
+    let max = 1u64 << c.bits;
+    let codes: Vec<u8> = (0..c.n * c.k).map(|_| rng.below(max) as u8).collect();
+    let svals: Vec<f32> = rand_vals(&mut rng, c.n * groups, 0.05, c.sdtype);
+    let zvals: Vec<f32> = (0..c.n * groups)
+        .map(|_| rng.below(max + 1) as f32)
+        .collect();
+    let s = Buf::from_f32(c.sdtype, &svals);
+    let z = Buf::from_f32(c.sdtype, &zvals);
+    let perm = c.perm.then(|| shuffled(&mut rng, c.k));
+    let sv = s.view(&[c.n, groups], &[groups, 1]);
+    let zv = z.view(&[c.n, groups], &[groups, 1]);
+    let w = Wna16Weight::from_codes(
+        c.n,
+        c.k,
+        c.bits,
+        &codes,
+        &sv,
+        c.zeros.then_some(&zv),
+        perm.clone(),
+    )
+    .expect("valid canonical weight");
+    let mut wref = vec![0f64; c.n * c.k];
+    let zero0 = 2f64.powi(c.bits as i32 - 1);
+    for r in 0..c.n {
+        for j in 0..c.k {
+            let g = r * groups + j / gs;
+            let zz = if c.zeros { zvals[g] as f64 } else { zero0 };
+            let col = perm.as_ref().map_or(j, |p| p[j] as usize);
+            wref[r * c.k + col] = (codes[r * c.k + j] as f64 - zz) * svals[g] as f64;
+        }
+    }
+    let x = Buf::from_f32(c.xdtype, &rand_vals(&mut rng, c.m * c.k, 1.0, c.xdtype));
+    let b = c
+        .bias
+        .then(|| Buf::from_f32(c.xdtype, &rand_vals(&mut rng, c.n, 1.0, c.xdtype)));
+    QData { w, x, b, wref }
+}
+
+fn run_q(c: &QCase, d: &QData) -> Buf {
+    let od = if c.out_f32 { DType::F32 } else { c.xdtype };
+    let mut out = Buf::filled(od, c.m * c.n, -7.0);
+    let x = d.x.view(&[c.m, c.k], &[c.k, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let (z, p) = (d.w.zeros(), d.w.perm());
+    wna16_linear(
+        &x,
+        &d.w.qweight(),
+        &d.w.scales(),
+        z.as_ref(),
+        p.as_ref(),
+        b.as_ref(),
+        &mut out.view_mut(&[c.m, c.n], &[c.n, 1]),
+        c.bits,
+    )
+    .expect("valid wna16_linear");
+    out
+}
+
+/// The op against the fp64 reference of the test's own weights, with the
+/// tolerance of `linear` (4·sqrt(K)·2⁻²⁴·Σ|x·w| + ulp_out).
+fn check_q_against(c: &QCase, d: &QData, wref: &[f64], what: &str) {
+    let x = d.x.view(&[c.m, c.k], &[c.k, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let xv = |i: usize, kk: usize| x.get_f32(&[i, kk]) as f64;
+    let wv = |j: usize, kk: usize| wref[j * c.k + kk];
+    let r = rl::linear_f64(c.m, c.n, c.k, xv, wv, b.as_ref());
+    let absd = rl::abs_dot(c.m, c.n, c.k, xv, wv);
+    let out = run_q(c, d);
+    assert_close(
+        &out.view(&[c.m, c.n], &[c.n, 1]),
+        &r,
+        &absd,
+        c.m,
+        c.n,
+        c.k,
+        what,
+    );
+}
+
+fn check_q(c: &QCase, seed: u64, what: &str) {
+    let d = make_q(c, seed);
+    // The library's reference reading of the canonical layout agrees with the
+    // test's own weights exactly, and so does wna16_dequantize.
+    let (z, p) = (d.w.zeros(), d.w.perm());
+    let lib_ref = rl::wna16_weights(
+        &d.w.qweight(),
+        &d.w.scales(),
+        z.as_ref(),
+        p.as_ref(),
+        c.k,
+        c.bits,
+    );
+    assert_eq!(lib_ref, d.wref, "{what}: reference layout reading");
+    let deq = d.w.dequantize();
+    assert!(
+        deq.iter().zip(&d.wref).all(|(a, b)| *a == *b as f32),
+        "{what}: dequantize differs from (q - z) * s rounded once to f32"
+    );
+    check_q_against(c, &d, &d.wref, what);
+}
+
+#[test]
+fn wna16_parity_every_tier() {
+    // (m, n, k, bits, group)
+    let shapes: [(usize, usize, usize, u32, usize); 14] = [
+        (1, 13, 128, 4, 32),
+        (1, 37, 416, 4, 32),
+        (3, 8, 256, 4, 64),
+        (16, 21, 384, 4, 128),
+        (17, 40, 128, 4, 0),
+        (45, 35, 320, 4, 64),
+        (2, 1, 96, 4, 32),
+        (1, 19, 33, 8, 0),
+        (4, 23, 256, 8, 32),
+        (16, 9, 640, 8, 128),
+        (20, 31, 77, 8, 0),
+        (33, 64, 192, 8, 64),
+        (0, 5, 64, 4, 32),
+        (3, 0, 64, 8, 0),
+    ];
+    for_each_isa(|isa| {
+        for (si, &(m, n, k, bits, group)) in shapes.iter().enumerate() {
+            let c = QCase {
+                m,
+                n,
+                k,
+                bits,
+                group,
+                zeros: si % 2 == 0,
+                perm: si % 3 == 1,
+                sdtype: DTYPES[si % 3],
+                xdtype: DTYPES[(si + 1) % 3],
+                out_f32: si % 4 == 3,
+                bias: si % 5 != 2,
+            };
+            check_q(&c, 500 + si as u64, &format!("{isa} {c:?}"));
+        }
+    });
+}
+
+#[test]
+fn wna16_thread_invariance() {
+    for_each_isa(|isa| {
+        for (i, &(m, bits, group)) in [(1, 4, 32), (9, 8, 0), (40, 4, 128), (40, 8, 64)]
+            .iter()
+            .enumerate()
+        {
+            let c = QCase {
+                m,
+                n: 150,
+                k: 512,
+                bits,
+                group,
+                zeros: true,
+                perm: i == 2,
+                sdtype: DType::F16,
+                xdtype: DType::BF16,
+                out_f32: false,
+                bias: true,
+            };
+            let d = make_q(&c, 31 + i as u64);
+            let one = with_threads(1, || run_q(&c, &d)).bits();
+            for t in [2, 3] {
+                assert_eq!(
+                    one,
+                    with_threads(t, || run_q(&c, &d)).bits(),
+                    "{isa} {c:?}: 1 vs {t} threads"
+                );
+            }
+        }
+    });
+}
+
+// ---- upstream formats: test-side packers and independent dequantisation.
+
+fn i32_view<'a>(v: &'a [i32], shape: &[usize]) -> TensorView<'a> {
+    TensorView::new(v, shape).unwrap()
+}
+
+/// Packs `vals[r][c]` (rows x cols, each < 2^bits) along dim 0 or 1 into int32.
+fn pack_i32(vals: &[u32], rows: usize, cols: usize, bits: u32, along_rows: bool) -> Vec<i32> {
+    let pack = (32 / bits) as usize;
+    let (pr, pc) = if along_rows {
+        (rows.div_ceil(pack), cols)
+    } else {
+        (rows, cols.div_ceil(pack))
+    };
+    let mut out = vec![0u32; pr * pc];
+    for r in 0..rows {
+        for c in 0..cols {
+            let (dr, dc, slot) = if along_rows {
+                (r / pack, c, r % pack)
+            } else {
+                (r, c / pack, c % pack)
+            };
+            out[dr * pc + dc] |= vals[r * cols + c] << (bits as usize * slot);
+        }
+    }
+    out.into_iter().map(|w| w as i32).collect()
+}
+
+/// Field `slot` of an int32 word.
+fn field(w: i32, bits: u32, slot: usize) -> u32 {
+    ((w as u32) >> (bits as usize * slot)) & ((1u32 << bits) - 1)
+}
+
+/// Asserts the imported weight dequantizes to `wref` exactly, then runs the
+/// op against the fp64 reference of `wref`.
+fn check_import(w: Wna16Weight, wref: &[f64], xdtype: DType, what: &str) {
+    let (n, k) = (w.n(), w.k());
+    let deq = w.dequantize();
+    for (i, (a, b)) in deq.iter().zip(wref).enumerate() {
+        assert_eq!(*a, *b as f32, "{what}: dequantized w[{}][{}]", i / k, i % k);
+    }
+    for m in [1usize, 24] {
+        let mut rng = Rng(99 + m as u64);
+        let d = QData {
+            x: Buf::from_f32(xdtype, &rand_vals(&mut rng, m * k, 1.0, xdtype)),
+            b: None,
+            wref: wref.to_vec(),
+            w: w.clone(),
+        };
+        let c = QCase {
+            m,
+            n,
+            k,
+            bits: w.bits(),
+            group: w.group_size(),
+            zeros: true,
+            perm: false,
+            sdtype: DType::F32,
+            xdtype,
+            out_f32: true,
+            bias: false,
+        };
+        check_q_against(&c, &d, wref, &format!("{what} M={m}"));
+    }
+}
+
+#[test]
+fn gptq_import_v1_v2_act_order() {
+    let mut rng = Rng(2024);
+    for bits in [4u32, 8] {
+        for format in [GptqFormat::V1, GptqFormat::V2] {
+            for act_order in [false, true] {
+                let (k, n, gs) = (256usize, 24usize, 64usize);
+                let groups = k / gs;
+                let max = 1u32 << bits;
+                // Logical codes q[k][n], stored zeros, scales [groups, n] f16.
+                let q: Vec<u32> = (0..k * n).map(|_| rng.below(max as u64) as u32).collect();
+                let mut zs: Vec<u32> = (0..groups * n)
+                    .map(|_| rng.below(max as u64) as u32)
+                    .collect();
+                zs[0] = max - 1; // v1: stored 15 (255) means zero 16 (256)
+                let s = Buf::from_f32(
+                    DType::F16,
+                    &rand_vals(&mut rng, groups * n, 0.05, DType::F16),
+                );
+                let g_idx: Vec<i32> = if act_order {
+                    let p = shuffled(&mut rng, k);
+                    let mut g = vec![0i32; k];
+                    for (pos, &ch) in p.iter().enumerate() {
+                        g[ch as usize] = (pos / gs) as i32;
+                    }
+                    g
+                } else {
+                    (0..k).map(|i| (i / gs) as i32).collect()
+                };
+                let qweight = pack_i32(&q, k, n, bits, true);
+                let qzeros = pack_i32(&zs, groups, n, bits, false);
+                let pack = (32 / bits) as usize;
+                let (qwv, qzv) = (
+                    i32_view(&qweight, &[k / pack, n]),
+                    i32_view(&qzeros, &[groups, n / pack]),
+                );
+                let sv = s.view(&[groups, n], &[n, 1]);
+                // Independent dequantisation of the packed checkpoint.
+                let mut wref = vec![0f64; n * k];
+                for kk in 0..k {
+                    let g = g_idx[kk] as usize;
+                    for c in 0..n {
+                        let qv = field(qweight[(kk / pack) * n + c], bits, kk % pack) as f64;
+                        let mut zv =
+                            field(qzeros[g * (n / pack) + c / pack], bits, c % pack) as f64;
+                        if format == GptqFormat::V1 {
+                            zv += 1.0;
+                        }
+                        wref[c * k + kk] = (qv - zv) * sv.get_f32(&[g, c]) as f64;
+                    }
+                }
+                let gv = i32_view(&g_idx, &[k]);
+                let w = Wna16Weight::from_gptq(&qwv, &qzv, &sv, Some(&gv), bits, format).unwrap();
+                assert_eq!(w.perm().is_some(), act_order, "act-order becomes a perm");
+                let what = format!("gptq {bits}-bit {format:?} act_order={act_order}");
+                check_import(w, &wref, DType::F16, &what);
+                if !act_order {
+                    // Without g_idx: the same weight.
+                    let w2 = Wna16Weight::from_gptq(&qwv, &qzv, &sv, None, bits, format).unwrap();
+                    check_import(w2, &wref, DType::BF16, &format!("{what} no g_idx"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn awq_import_interleaved() {
+    const ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
+    let mut rng = Rng(7);
+    let (k, n, gs) = (256usize, 32usize, 128usize);
+    let groups = k / gs;
+    let q: Vec<u32> = (0..k * n).map(|_| rng.below(16) as u32).collect();
+    let z: Vec<u32> = (0..groups * n).map(|_| rng.below(16) as u32).collect();
+    // AutoAWQ packs column 8w + ORDER[i] into nibble i of word w.
+    let pack = |vals: &[u32], rows: usize| -> Vec<i32> {
+        let mut out = vec![0u32; rows * n / 8];
+        for r in 0..rows {
+            for w in 0..n / 8 {
+                for (i, &o) in ORDER.iter().enumerate() {
+                    out[r * (n / 8) + w] |= vals[r * n + 8 * w + o] << (4 * i);
+                }
+            }
+        }
+        out.into_iter().map(|v| v as i32).collect()
+    };
+    let (qweight, qzeros) = (pack(&q, k), pack(&z, groups));
+    let s = Buf::from_f32(
+        DType::F16,
+        &rand_vals(&mut rng, groups * n, 0.05, DType::F16),
+    );
+    let sv = s.view(&[groups, n], &[n, 1]);
+    // Independent dequantisation: nibble i of word w is column 8w + ORDER[i].
+    let mut wref = vec![0f64; n * k];
+    for kk in 0..k {
+        for w in 0..n / 8 {
+            for (i, &o) in ORDER.iter().enumerate() {
+                let c = 8 * w + o;
+                let g = kk / gs;
+                let qv = field(qweight[kk * (n / 8) + w], 4, i) as f64;
+                let zv = field(qzeros[g * (n / 8) + w], 4, i) as f64;
+                wref[c * k + kk] = (qv - zv) * sv.get_f32(&[g, c]) as f64;
+            }
+        }
+    }
+    let w = Wna16Weight::from_awq(
+        &i32_view(&qweight, &[k, n / 8]),
+        &i32_view(&qzeros, &[groups, n / 8]),
+        &sv,
+    )
+    .unwrap();
+    check_import(w, &wref, DType::F16, "awq");
+}
+
+#[test]
+fn compressed_tensors_import() {
+    let mut rng = Rng(11);
+    // (bits, k, group (0 = channel), asymmetric, act-order)
+    for &(bits, k, group, asym, act) in &[
+        (4u32, 256usize, 128usize, false, false),
+        (4, 256, 32, true, false),
+        (4, 192, 64, false, true),
+        (8, 50, 0, false, false),
+        (8, 128, 0, true, false),
+        (8, 256, 64, true, true),
+    ] {
+        let n = 20usize;
+        let gs = if group == 0 { k } else { group };
+        let groups = k / gs;
+        let half = 1i32 << (bits - 1);
+        // Signed values in [-2^(b-1), 2^(b-1)) stored with the +2^(b-1) offset.
+        let qs: Vec<i32> = (0..n * k)
+            .map(|_| rng.below(1 << bits) as i32 - half)
+            .collect();
+        let zs: Vec<i32> = (0..n * groups)
+            .map(|_| rng.below(1 << bits) as i32 - half)
+            .collect();
+        let stored = |v: &[i32]| -> Vec<u32> { v.iter().map(|&x| (x + half) as u32).collect() };
+        let weight_packed = pack_i32(&stored(&qs), n, k, bits, false);
+        let zero_point = pack_i32(&stored(&zs), n, groups, bits, true);
+        let s = Buf::from_f32(
+            DType::BF16,
+            &rand_vals(&mut rng, n * groups, 0.05, DType::BF16),
+        );
+        let sv = s.view(&[n, groups], &[groups, 1]);
+        let g_idx: Option<Vec<i32>> = act.then(|| {
+            let p = shuffled(&mut rng, k);
+            let mut g = vec![0i32; k];
+            for (pos, &ch) in p.iter().enumerate() {
+                g[ch as usize] = (pos / gs) as i32;
+            }
+            g
+        });
+        let pack = (32 / bits) as usize;
+        // Independent dequantisation: unpack, subtract the offset, (q - zp) * s.
+        let mut wref = vec![0f64; n * k];
+        for r in 0..n {
+            for kk in 0..k {
+                let g = g_idx.as_ref().map_or(kk / gs, |g| g[kk] as usize);
+                let qv = field(
+                    weight_packed[r * k.div_ceil(pack) + kk / pack],
+                    bits,
+                    kk % pack,
+                ) as i32
+                    - half;
+                let zv = if asym {
+                    field(zero_point[(r / pack) * groups + g], bits, r % pack) as i32 - half
+                } else {
+                    0
+                };
+                wref[r * k + kk] = (qv - zv) as f64 * sv.get_f32(&[r, g]) as f64;
+            }
+        }
+        let wpv = i32_view(&weight_packed, &[n, k.div_ceil(pack)]);
+        let zpv = i32_view(&zero_point, &[n.div_ceil(pack), groups]);
+        let gv = g_idx.as_ref().map(|g| i32_view(g, &[k]));
+        let w = Wna16Weight::from_compressed_tensors(
+            &wpv,
+            &sv,
+            asym.then_some(&zpv),
+            gv.as_ref(),
+            [n, k],
+            bits,
+        )
+        .unwrap();
+        check_import(
+            w,
+            &wref,
+            DType::BF16,
+            &format!("compressed-tensors {bits}-bit k={k} g={group} asym={asym} act={act}"),
+        );
+    }
+}
+
+#[test]
+fn wna16_bad_inputs() {
+    let (n, k) = (4usize, 64usize);
+    let codes = vec![3u8; n * k];
+    let s = vec![0.5f32; n * 2];
+    let sv = TensorView::new(&s, &[n, 2]).unwrap();
+    let w = Wna16Weight::from_codes(n, k, 4, &codes, &sv, None, None).unwrap();
+    let x = vec![1f32; 2 * k];
+    let xv = TensorView::new(&x, &[2, k]).unwrap();
+    let mut out = vec![5f32; 2 * n];
+    let call = |x: &TensorView,
+                qw: &TensorView,
+                sc: &TensorView,
+                z: Option<&TensorView>,
+                p: Option<&TensorView>,
+                bits: u32,
+                out: &mut [f32]| {
+        wna16_linear(
+            x,
+            qw,
+            sc,
+            z,
+            p,
+            None,
+            &mut TensorViewMut::new(out, &[2, n]).unwrap(),
+            bits,
+        )
+    };
+    let expect = |r: xpu_ops::Result<()>, st: Status, what: &str, out: &[f32]| {
+        let e = r.expect_err(what);
+        assert_eq!(e.status, st, "{what}: {e}");
+        assert!(out.iter().all(|&v| v == 5.0), "{what}: output written");
+    };
+    // K not a multiple of the group size (3 groups over K = 64).
+    let s3 = vec![0.5f32; n * 3];
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &TensorView::new(&s3, &[n, 3]).unwrap(),
+            None,
+            None,
+            4,
+            &mut out,
+        ),
+        Status::ShapeMismatch,
+        "groups",
+        &out,
+    );
+    // Wrong packed size (two codes per byte is not the canonical 4-bit row).
+    let q8 = vec![0u8; n * k / 2];
+    expect(
+        call(
+            &xv,
+            &TensorView::new(&q8, &[n, k / 2]).unwrap(),
+            &sv,
+            None,
+            None,
+            4,
+            &mut out,
+        ),
+        Status::ShapeMismatch,
+        "packed size",
+        &out,
+    );
+    // Zero-point shape mismatch.
+    let z = vec![8f32; n];
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &sv,
+            Some(&TensorView::new(&z, &[n, 1]).unwrap()),
+            None,
+            4,
+            &mut out,
+        ),
+        Status::ShapeMismatch,
+        "zeros shape",
+        &out,
+    );
+    // Zero-point dtype differs from the scales'.
+    let zb = vec![bf16::from_f32(8.0); n * 2];
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &sv,
+            Some(&TensorView::new(&zb, &[n, 2]).unwrap()),
+            None,
+            4,
+            &mut out,
+        ),
+        Status::DtypeMismatch,
+        "zeros dtype",
+        &out,
+    );
+    // Scale shape mismatch (N).
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &TensorView::new(&s[..6], &[3, 2]).unwrap(),
+            None,
+            None,
+            4,
+            &mut out,
+        ),
+        Status::ShapeMismatch,
+        "scales N",
+        &out,
+    );
+    // Unsupported bit width / dtype pair.
+    expect(
+        call(&xv, &w.qweight(), &sv, None, None, 3, &mut out),
+        Status::Unsupported,
+        "bits",
+        &out,
+    );
+    let si = vec![1i32; n * 2];
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &TensorView::new(&si, &[n, 2]).unwrap(),
+            None,
+            None,
+            4,
+            &mut out,
+        ),
+        Status::DtypeMismatch,
+        "int scales",
+        &out,
+    );
+    // Bad permutation.
+    let mut p: Vec<i32> = (0..k as i32).collect();
+    p[5] = 4;
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &sv,
+            None,
+            Some(&TensorView::new(&p, &[k]).unwrap()),
+            4,
+            &mut out,
+        ),
+        Status::InvalidValue,
+        "perm repeat",
+        &out,
+    );
+    p[5] = 64;
+    expect(
+        call(
+            &xv,
+            &w.qweight(),
+            &sv,
+            None,
+            Some(&TensorView::new(&p, &[k]).unwrap()),
+            4,
+            &mut out,
+        ),
+        Status::IndexOutOfRange,
+        "perm range",
+        &out,
+    );
+    // x K mismatch.
+    expect(
+        call(
+            &TensorView::new(&x[..2 * 32], &[2, 32]).unwrap(),
+            &w.qweight(),
+            &sv,
+            None,
+            None,
+            4,
+            &mut out,
+        ),
+        Status::ShapeMismatch,
+        "x K",
+        &out,
+    );
+    // Importers: K not a multiple of the group size, unequal act-order groups.
+    let qw = vec![0i32; 8 * 16];
+    let qz = vec![0i32; 3 * 2];
+    let sc = vec![f16::ONE; 3 * 16];
+    let e = Wna16Weight::from_gptq(
+        &i32_view(&qw, &[8, 16]),
+        &i32_view(&qz, &[3, 2]),
+        &TensorView::new(&sc, &[3, 16]).unwrap(),
+        None,
+        4,
+        GptqFormat::V1,
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::ShapeMismatch, "{e}");
+    let sc2 = vec![f16::ONE; 2 * 16];
+    let qz2 = vec![0i32; 2 * 2];
+    let mut g: Vec<i32> = (0..64).map(|i| i / 32).collect();
+    g[0] = 1;
+    let e = Wna16Weight::from_gptq(
+        &i32_view(&qw, &[8, 16]),
+        &i32_view(&qz2, &[2, 2]),
+        &TensorView::new(&sc2, &[2, 16]).unwrap(),
+        Some(&i32_view(&g, &[64])),
+        4,
+        GptqFormat::V2,
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::Unsupported, "{e}");
+    // Wrong packed size for AWQ and compressed-tensors.
+    let e = Wna16Weight::from_awq(
+        &i32_view(&qw, &[64, 2]),
+        &i32_view(&qz2, &[2, 2]),
+        &TensorView::new(&sc2, &[2, 15]).unwrap(),
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::ShapeMismatch, "{e}");
+    let e = Wna16Weight::from_compressed_tensors(
+        &i32_view(&qw, &[16, 8]),
+        &TensorView::new(&sc2, &[16, 2]).unwrap(),
+        None,
+        None,
+        [16, 72],
+        4,
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::ShapeMismatch, "{e}");
+    // wna16_dequantize validates too.
+    let mut d = vec![0f32; n * 32];
+    let e = wna16_dequantize(
+        &w.qweight(),
+        &sv,
+        None,
+        None,
+        &mut TensorViewMut::new(&mut d, &[n, 32]).unwrap(),
+        4,
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::ShapeMismatch, "{e}");
+}

@@ -299,3 +299,98 @@ pub fn linear(
     run(args, k * wl.dtype.size());
     Ok(())
 }
+
+/// Weight-only quantized linear: `out = x · dequant(qweight)ᵀ + bias`, with
+/// the weight in the canonical layout of [`crate::ops::quant`] (build it with
+/// [`Wna16Weight`](crate::Wna16Weight) or its importers from GPTQ, AWQ and
+/// compressed-tensors).
+///
+/// * `x`: `[M, K]` or `[K]`, f32/f16/bf16, K contiguous, any row stride.
+/// * `qweight`: uint8 `[N, row_bytes]` codes (`bits` = 4 or 8); `scales`
+///   `[N, K/G]` f32/f16/bf16 with `G` a multiple of 32 dividing K (or K);
+///   `zeros` like `scales` or `None` (symmetric: `2^(bits-1)`); `perm` int32
+///   `[K]` (act-order) or `None`.
+/// * `bias`: `[N]`, `x`'s dtype or f32; `out`: `[M, N]`, `x`'s dtype or f32.
+///
+/// Weights dequantize exactly as [`wna16_dequantize`](crate::wna16_dequantize)
+/// (in f32); the products accumulate in fp32 with the tolerance of
+/// [`linear`] (see the [module docs](self)). Thread-count invariant.
+///
+/// ```
+/// use xpu_ops::{wna16_linear, TensorView, TensorViewMut, Wna16Weight};
+/// let (n, k) = (3, 64);
+/// let codes = vec![9u8; n * k]; // (9 - 8) * scale
+/// let scales = [1.0f32, 0.5, 0.25];
+/// let w = Wna16Weight::from_codes(n, k, 4, &codes, &TensorView::new(&scales, &[3, 1])?, None, None)?;
+/// let x = vec![1.0f32; k];
+/// let mut y = [0f32; 3];
+/// wna16_linear(&TensorView::new(&x, &[1, k])?, &w.qweight(), &w.scales(), None, None, None,
+///     &mut TensorViewMut::new(&mut y, &[1, n])?, 4)?;
+/// assert_eq!(y, [64.0, 32.0, 16.0]);
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn wna16_linear(
+    x: &TensorView,
+    qweight: &TensorView,
+    scales: &TensorView,
+    zeros: Option<&TensorView>,
+    perm: Option<&TensorView>,
+    bias: Option<&TensorView>,
+    out: &mut TensorViewMut,
+    bits: u32,
+) -> Result<()> {
+    let _span = trace::op(
+        "wna16_linear",
+        &[("x", x.layout()), ("qweight", qweight.layout())],
+    );
+    check::on_cpu(&[("x", x.layout()), ("out", out.layout())])?;
+    if x.ndim() != 1 && x.ndim() != 2 {
+        bail!(
+            ShapeMismatch,
+            "`x` must be [K] or [M, K], got shape {:?}",
+            x.shape()
+        );
+    }
+    let k = *x.shape().last().expect("rank >= 1");
+    let (n, gs) = crate::ops::quant::check_canonical(qweight, scales, zeros, perm, k, bits)?;
+    let rows = check_rows(x, out, n, k, &[x.dtype(), DType::F32])?;
+    check_bias(bias, n, x.dtype())?;
+    let mut inputs: Vec<(&str, *const u8, &Layout)> = vec![
+        ("x", x.as_ptr(), x.layout()),
+        ("qweight", qweight.as_ptr(), qweight.layout()),
+        ("scales", scales.as_ptr(), scales.layout()),
+    ];
+    for (name, t) in [("zeros", zeros), ("perm", perm), ("bias", bias)] {
+        if let Some(t) = t {
+            inputs.push((name, t.as_ptr(), t.layout()));
+        }
+    }
+    check_out_alias(out, &inputs)?;
+
+    let row_bytes = crate::ops::quant::wna16_row_bytes(bits, k);
+    let mut args = base_args(x, &rows, n, bias, out);
+    args.w = qweight.as_ptr().cast();
+    args.w_stride = if n > 1 {
+        qweight.strides()[0] as i64
+    } else {
+        row_bytes as i64
+    };
+    args.w_kind = if bits == 4 {
+        sys::xk_weight_kind_XK_WEIGHT_INT4
+    } else {
+        sys::xk_weight_kind_XK_WEIGHT_INT8
+    } as i32;
+    args.scales = scales.as_ptr().cast();
+    args.zeros = zeros.map_or(std::ptr::null(), |z| z.as_ptr().cast());
+    args.sz_stride = if n > 1 {
+        scales.strides()[0] as i64
+    } else {
+        (k / gs) as i64
+    };
+    args.sz_dtype = scales.dtype().xk();
+    args.group_size = gs as i64;
+    args.perm = perm.map_or(std::ptr::null(), |p| p.as_ptr().cast());
+    run(args, row_bytes);
+    Ok(())
+}

@@ -66,3 +66,37 @@ pub fn abs_dot(
     }
     out
 }
+
+/// The weights `[N, K]` (input-channel order, f64) of canonical weight-only
+/// tensors, read straight from the layout description in
+/// [`crate::ops::quant`]: `w[n][perm[j]] = (code(n, j) - zero) · scale`.
+pub fn wna16_weights(
+    qweight: &TensorView,
+    scales: &TensorView,
+    zeros: Option<&TensorView>,
+    perm: Option<&TensorView>,
+    k: usize,
+    bits: u32,
+) -> Vec<f64> {
+    let n = qweight.shape()[0];
+    let groups = scales.shape()[1];
+    let gs = k / groups;
+    let mut w = vec![0f64; n * k];
+    for r in 0..n {
+        for j in 0..k {
+            let code = if bits == 8 {
+                qweight.get_i64(&[r, j]) as u8 as u32
+            } else {
+                // Block j / 128, word (j % 16), nibble (j % 128) / 16.
+                let (b, i, l) = (j / 128, (j % 128) / 16, j % 16);
+                let byte = qweight.get_i64(&[r, b * 64 + l * 4 + i / 2]) as u8 as u32;
+                (byte >> (4 * (i % 2))) & 0xF
+            };
+            let g = j / gs;
+            let z = zeros.map_or(2f64.powi(bits as i32 - 1), |z| z.get_f32(&[r, g]) as f64);
+            let col = perm.map_or(j, |p| p.get_i64(&[j]) as usize);
+            w[r * k + col] = (code as f64 - z) * scales.get_f32(&[r, g]) as f64;
+        }
+    }
+    w
+}
