@@ -46,7 +46,10 @@ pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };
 pub use ops::linear::{linear, wna16_linear};
-pub use ops::quant::{wna16_dequantize, GptqFormat, Wna16Weight};
+pub use ops::quant::{
+    dynamic_scaled_int8_quant, int8_scaled_mm, int8_scaled_mm_azp, static_scaled_int8_quant,
+    wna16_dequantize, GptqFormat, Wna16Weight,
+};
 pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
 pub use tensor::{Device, Layout, TensorView, TensorViewMut};
 pub use threading::{num_threads, set_num_threads};

@@ -113,6 +113,7 @@ pub struct xk_int8_mm_args {
     pub azp_adj: *const i32,
     pub azp: *const i32,
     pub azp_stride: i64,
+    pub a_sum: *const i32,
     pub bias: *const ::core::ffi::c_void,
     pub bias_dtype: i32,
     pub out: *mut ::core::ffi::c_void,

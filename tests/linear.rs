@@ -210,6 +210,12 @@ fn check_case(c: &Case, seed: u64, what: &str) {
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
+/// Runs `f` on a pool of `n` threads with ops forced onto `isa` (the ISA
+/// override is per thread, so it must be set again inside the pool).
+fn on_threads<R: Send>(isa: xpu_ops::Isa, n: usize, f: impl FnOnce() -> R + Send) -> R {
+    with_threads(n, || xpu_ops::with_isa(isa, f).expect("supported tier"))
+}
+
 /// Shapes around the kernels' blocks: decode tiles (4 rows x 4 cols, 16
 /// lanes), microkernel MR = 14 / NR = 32, K blocks of 256 (512 for bf16
 /// pairs), tile_n 512; zeros, ones and primes.
@@ -335,9 +341,9 @@ fn dense_thread_invariance() {
             for dtype in DTYPES {
                 let c = Case::new(m, n, k, dtype);
                 let d = make_data(&c, 9 + i as u64);
-                let one = with_threads(1, || run_case(&c, &d)).bits();
+                let one = on_threads(isa, 1, || run_case(&c, &d)).bits();
                 for t in [2, 3] {
-                    let many = with_threads(t, || run_case(&c, &d)).bits();
+                    let many = on_threads(isa, t, || run_case(&c, &d)).bits();
                     assert_eq!(one, many, "{isa} {c:?}: 1 vs {t} threads differ");
                 }
             }
@@ -713,11 +719,11 @@ fn wna16_thread_invariance() {
                 bias: true,
             };
             let d = make_q(&c, 31 + i as u64);
-            let one = with_threads(1, || run_q(&c, &d)).bits();
+            let one = on_threads(isa, 1, || run_q(&c, &d)).bits();
             for t in [2, 3] {
                 assert_eq!(
                     one,
-                    with_threads(t, || run_q(&c, &d)).bits(),
+                    on_threads(isa, t, || run_q(&c, &d)).bits(),
                     "{isa} {c:?}: 1 vs {t} threads"
                 );
             }
@@ -1224,4 +1230,571 @@ fn wna16_bad_inputs() {
     )
     .unwrap_err();
     assert_eq!(e.status, Status::ShapeMismatch, "{e}");
+}
+
+// ---------------------------------------------------------------------------
+// W8A8 int8.
+
+use xpu_ops::{
+    dynamic_scaled_int8_quant, int8_scaled_mm, int8_scaled_mm_azp, static_scaled_int8_quant,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum QMode {
+    DynSym,
+    DynAsym,
+    Static(f32, Option<i32>),
+}
+
+/// Input rows: random * 1000 - 300 (upstream's test range), plus special
+/// rows: zeros, a constant, negatives only, a NaN, saturating values.
+fn quant_input(m: usize, k: usize, dtype: DType, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed);
+    let mut v: Vec<f32> = (0..m * k)
+        .map(|_| (rng.uniform() + 1.0) * 500.0 - 300.0)
+        .collect();
+    for (r, row) in v.chunks_mut(k.max(1)).enumerate().take(m) {
+        match r {
+            1 => row.iter_mut().for_each(|x| *x = 0.0),
+            2 => row.iter_mut().for_each(|x| *x = 3.5),
+            3 => row.iter_mut().for_each(|x| *x = -x.abs() - 1.0),
+            4 => row[k / 2] = f32::NAN,
+            5 => row[0] = 1e30,
+            _ => {}
+        }
+    }
+    rand_vals_exact(&v, dtype)
+}
+
+fn rand_vals_exact(v: &[f32], dtype: DType) -> Vec<f32> {
+    let b = Buf::from_f32(dtype, v);
+    let view = b.view(&[v.len()], &[1]);
+    (0..v.len()).map(|i| view.get_f32(&[i])).collect()
+}
+
+fn run_quant(x: &Buf, m: usize, k: usize, mode: QMode) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
+    let mut q = vec![99i8; m * k];
+    let mut s = vec![-1f32; m];
+    let mut z = vec![-7i32; m];
+    let xv = x.view(&[m, k], &[k, 1]);
+    let mut qv = TensorViewMut::new(&mut q, &[m, k]).unwrap();
+    match mode {
+        QMode::Static(scale, azp) => {
+            let sc = [scale];
+            let zp = azp.map(|a| [a]);
+            let zv = zp.as_ref().map(|a| TensorView::new(a, &[1]).unwrap());
+            static_scaled_int8_quant(
+                &mut qv,
+                &xv,
+                &TensorView::new(&sc, &[1]).unwrap(),
+                zv.as_ref(),
+            )
+            .unwrap();
+        }
+        QMode::DynSym => dynamic_scaled_int8_quant(
+            &mut qv,
+            &xv,
+            &mut TensorViewMut::new(&mut s, &[m, 1]).unwrap(),
+            None,
+        )
+        .unwrap(),
+        QMode::DynAsym => dynamic_scaled_int8_quant(
+            &mut qv,
+            &xv,
+            &mut TensorViewMut::new(&mut s, &[m, 1]).unwrap(),
+            Some(&mut TensorViewMut::new(&mut z, &[m]).unwrap()),
+        )
+        .unwrap(),
+    }
+    (q, s, z)
+}
+
+/// Quantization is exact: the kernels' bits equal the reference's on every tier.
+#[test]
+fn scaled_int8_quant_bit_exact_every_tier() {
+    let modes = [
+        QMode::DynSym,
+        QMode::DynAsym,
+        QMode::Static(0.1, None),
+        QMode::Static(2.1, None),
+        QMode::Static(0.1, Some(-255)),
+        QMode::Static(2.1, Some(54)),
+    ];
+    for_each_isa(|isa| {
+        for (si, &(m, k)) in [
+            (1usize, 1usize),
+            (6, 17),
+            (7, 64),
+            (6, 1025),
+            (9, 100),
+            (0, 5),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for dtype in DTYPES {
+                let xs = quant_input(m, k, dtype, 300 + si as u64);
+                let x = Buf::from_f32(dtype, &xs);
+                for mode in modes {
+                    let (q, s, z) = run_quant(&x, m, k, mode);
+                    for r in 0..m {
+                        let row = &xs[r * k..(r + 1) * k];
+                        let (sref, asym) = match mode {
+                            QMode::Static(sc, zp) => (Some((sc, zp)), false),
+                            QMode::DynSym => (None, false),
+                            QMode::DynAsym => (None, true),
+                        };
+                        let (qr, scr, zr) = rl::scaled_int8_quant_row(row, sref, asym);
+                        let what = format!("{isa} {dtype} m={m} k={k} {mode:?} row {r}");
+                        assert_eq!(&q[r * k..(r + 1) * k], &qr[..], "{what}: q");
+                        if !matches!(mode, QMode::Static(..)) {
+                            assert_eq!(s[r].to_bits(), scr.to_bits(), "{what}: scale");
+                        }
+                        if mode == QMode::DynAsym {
+                            assert_eq!(z[r], zr, "{what}: azp");
+                        }
+                    }
+                }
+            }
+        }
+    });
+    // Known values: the constant and zero rows dequantize to themselves.
+    let x = Buf::from_f32(DType::F32, &[3.5, 3.5, 0.0, 0.0]);
+    let (q, s, z) = run_quant(&x, 2, 2, QMode::DynAsym);
+    assert_eq!(((q[0] as i32 - z[0]) as f32 * s[0]), 3.5);
+    assert_eq!(((q[2] as i32 - z[1]) as f32 * s[1]), 0.0);
+}
+
+struct MmCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    per_token: bool,
+    per_channel: bool,
+    azp: u8, // 0: none, 1: per-token azp + adj, 2: adj only (per-tensor folded)
+    bias: bool,
+    out: DType,
+    b_pad: usize,
+}
+
+struct MmData {
+    a: Vec<i8>,
+    bt: Vec<i8>, // [N, K + b_pad] storage of the column-major b
+    sa: Vec<f32>,
+    sb: Vec<f32>,
+    adj: Vec<i32>,
+    zp: Vec<i32>,
+    bias: Vec<f32>,
+}
+
+fn mm_data(c: &MmCase, seed: u64) -> MmData {
+    let mut rng = Rng(seed);
+    let bs = c.k + c.b_pad;
+    let a: Vec<i8> = (0..c.m * c.k)
+        .map(|_| rng.below(256) as i32 as i8)
+        .map(|v| v.wrapping_sub(0))
+        .collect();
+    let bt: Vec<i8> = (0..c.n * bs)
+        .map(|_| (rng.below(256) as i64 - 128) as i8)
+        .collect();
+    let sa: Vec<f32> = (0..if c.per_token { c.m } else { 1 })
+        .map(|_| rng.uniform().abs() * 0.01 + 1e-4)
+        .collect();
+    let sb: Vec<f32> = (0..if c.per_channel { c.n } else { 1 })
+        .map(|_| rng.uniform().abs() * 0.01 + 1e-4)
+        .collect();
+    let adj: Vec<i32> = (0..c.n).map(|_| rng.below(20000) as i32 - 10000).collect();
+    let zp: Vec<i32> = (0..c.m).map(|_| rng.below(256) as i32 - 128).collect();
+    let bias = rand_vals(&mut rng, c.n, 1.0, c.out);
+    MmData {
+        a,
+        bt,
+        sa,
+        sb,
+        adj,
+        zp,
+        bias,
+    }
+}
+
+fn run_mm(c: &MmCase, d: &MmData) -> Buf {
+    let mut out = Buf::filled(c.out, c.m * c.n, -7.0);
+    let bs = c.k + c.b_pad;
+    let a = TensorView::new(&d.a, &[c.m, c.k]).unwrap();
+    let b = TensorView::strided(&d.bt, &[c.k, c.n], &[1, bs]).unwrap();
+    let sa = TensorView::new(&d.sa, &[d.sa.len(), 1]).unwrap();
+    let sb = TensorView::new(&d.sb, &[1, d.sb.len()]).unwrap();
+    let bias_buf = Buf::from_f32(c.out, &d.bias);
+    let bias = c.bias.then(|| bias_buf.view(&[c.n], &[1]));
+    let mut ov = out.view_mut(&[c.m, c.n], &[c.n, 1]);
+    match c.azp {
+        0 => int8_scaled_mm(&mut ov, &a, &b, &sa, &sb, bias.as_ref()).unwrap(),
+        _ => {
+            let adj = TensorView::new(&d.adj, &[c.n]).unwrap();
+            let zp = TensorView::new(&d.zp, &[c.m]).unwrap();
+            int8_scaled_mm_azp(
+                &mut ov,
+                &a,
+                &b,
+                &sa,
+                &sb,
+                &adj,
+                (c.azp == 1).then_some(&zp),
+                bias.as_ref(),
+            )
+            .unwrap()
+        }
+    }
+    out
+}
+
+fn mm_reference(c: &MmCase, d: &MmData) -> (Vec<f64>, Vec<f64>) {
+    let bs = c.k + c.b_pad;
+    let bt: Vec<i8> = (0..c.n * c.k)
+        .map(|i| d.bt[(i / c.k.max(1)) * bs + i % c.k.max(1)])
+        .collect();
+    let bias = c.bias.then_some(&d.bias[..]);
+    let adj = (c.azp != 0).then_some(&d.adj[..]);
+    let zp = (c.azp == 1).then_some(&d.zp[..]);
+    let r = rl::int8_scaled_mm(&d.a, &bt, c.m, c.n, c.k, &d.sa, &d.sb, adj, zp, bias);
+    let nb = rl::int8_scaled_mm(&d.a, &bt, c.m, c.n, c.k, &d.sa, &d.sb, adj, zp, None);
+    (r, nb)
+}
+
+#[test]
+fn int8_scaled_mm_parity_every_tier() {
+    let shapes = [
+        (1, 1, 1),
+        (1, 70, 63),
+        (3, 5, 64),
+        (4, 64, 65),
+        (9, 67, 200),
+        (5, 130, 1),
+        (0, 3, 4),
+        (2, 0, 4),
+        (2, 3, 0),
+        (17, 9, 129),
+    ];
+    let mut first: Vec<Vec<u32>> = Vec::new();
+    for_each_isa(|isa| {
+        let mut bits = Vec::new();
+        for (si, &(m, n, k)) in shapes.iter().enumerate() {
+            let c = MmCase {
+                m,
+                n,
+                k,
+                per_token: si % 2 == 0,
+                per_channel: si % 3 != 0,
+                azp: (si % 3) as u8,
+                bias: si % 4 != 1,
+                out: DTYPES[si % 3],
+                b_pad: si % 2 * 3,
+            };
+            let d = mm_data(&c, 700 + si as u64);
+            let out = run_mm(&c, &d);
+            let (r, nb) = mm_reference(&c, &d);
+            let ov = out.view(&[m, n], &[n, 1]);
+            for i in 0..m {
+                for j in 0..n {
+                    let y = ov.get_f32(&[i, j]) as f64;
+                    // Three f32 roundings of the scaled dot, one of the bias add, one to the output dtype.
+                    let tol = 2f64.powi(-22) * nb[i * n + j].abs()
+                        + 2f64.powi(-23) * r[i * n + j].abs()
+                        + ulp(c.out, r[i * n + j]);
+                    assert!(
+                        (y - r[i * n + j]).abs() <= tol,
+                        "{isa} case {si}: out[{i}][{j}] = {y}, ref {}",
+                        r[i * n + j]
+                    );
+                }
+            }
+            bits.push(out.bits());
+            // Thread invariance.
+            let many = on_threads(isa, 3, || run_mm(&c, &d)).bits();
+            assert_eq!(bits.last().unwrap(), &many, "{isa} case {si}: threads");
+        }
+        // Every tier computes the same integer dot and the same f32 epilogue.
+        if first.is_empty() {
+            first = bits;
+        } else {
+            assert_eq!(first, bits, "{isa}: differs from the generic tier");
+        }
+    });
+}
+
+#[test]
+fn int8_scaled_mm_extreme_values_no_overflow() {
+    let k = 70_000;
+    for_each_isa(|isa| {
+        for (av, bv) in [(-128i8, -128i8), (-128, 127), (127, -128)] {
+            let a = vec![av; k];
+            let bt = vec![bv; 2 * k];
+            let mut out = [0f32; 2];
+            int8_scaled_mm(
+                &mut TensorViewMut::new(&mut out, &[1, 2]).unwrap(),
+                &TensorView::new(&a, &[1, k]).unwrap(),
+                &TensorView::strided(&bt, &[k, 2], &[1, k]).unwrap(),
+                &TensorView::new(&[1.0f32], &[1]).unwrap(),
+                &TensorView::new(&[1.0f32], &[1]).unwrap(),
+                None,
+            )
+            .unwrap();
+            let exact = (av as i64 * bv as i64 * k as i64) as f32;
+            assert_eq!(out, [exact, exact], "{isa} a={av} b={bv}");
+        }
+    });
+}
+
+/// End to end: quantize activations (symmetric and with zero points) and
+/// per-channel weights, run the int8 GEMM, land within quantization error
+/// of the float linear.
+#[test]
+fn w8a8_end_to_end() {
+    let (m, n, k) = (5usize, 48usize, 256usize);
+    let mut rng = Rng(8);
+    let x: Vec<f32> = (0..m * k).map(|_| rng.uniform() + 0.3).collect();
+    let w: Vec<f32> = rng.f32_vec(n * k, 0.5);
+    // Per-channel symmetric weights.
+    let mut wq = vec![0i8; n * k];
+    let mut ws = vec![0f32; n];
+    for j in 0..n {
+        let (q, s, _) = rl::scaled_int8_quant_row(&w[j * k..(j + 1) * k], None, false);
+        wq[j * k..(j + 1) * k].copy_from_slice(&q);
+        ws[j] = s;
+    }
+    let adj: Vec<i32> = (0..n)
+        .map(|j| wq[j * k..(j + 1) * k].iter().map(|&v| v as i32).sum())
+        .collect();
+    let exact = rl::linear_f64(
+        m,
+        n,
+        k,
+        |i, t| x[i * k + t] as f64,
+        |j, t| w[j * k + t] as f64,
+        None,
+    );
+    for asym in [false, true] {
+        let xb = Buf::from_f32(DType::F32, &x);
+        let (xq, xs, xz) = run_quant(&xb, m, k, if asym { QMode::DynAsym } else { QMode::DynSym });
+        let mut out = vec![0f32; m * n];
+        let a = TensorView::new(&xq, &[m, k]).unwrap();
+        let b = TensorView::strided(&wq, &[k, n], &[1, k]).unwrap();
+        let (sa, sb) = (
+            TensorView::new(&xs, &[m]).unwrap(),
+            TensorView::new(&ws, &[n]).unwrap(),
+        );
+        let mut ov = TensorViewMut::new(&mut out, &[m, n]).unwrap();
+        if asym {
+            let (adjv, zv) = (
+                TensorView::new(&adj, &[n]).unwrap(),
+                TensorView::new(&xz, &[m]).unwrap(),
+            );
+            int8_scaled_mm_azp(&mut ov, &a, &b, &sa, &sb, &adjv, Some(&zv), None).unwrap();
+        } else {
+            int8_scaled_mm(&mut ov, &a, &b, &sa, &sb, None).unwrap();
+        }
+        for (i, (y, e)) in out.iter().zip(&exact).enumerate() {
+            let scale = (0..k)
+                .map(|t| (x[(i / n) * k + t] * w[(i % n) * k + t]).abs() as f64)
+                .sum::<f64>();
+            assert!(
+                (*y as f64 - e).abs() <= 0.02 * scale,
+                "asym={asym} [{i}]: {y} vs {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn w8a8_bad_inputs() {
+    let x = vec![1f32; 2 * 8];
+    let xv = TensorView::new(&x, &[2, 8]).unwrap();
+    let mut q = vec![9i8; 16];
+    let one = [0.5f32];
+    let check = |r: xpu_ops::Result<()>, st: Status, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.status, st, "{what}: {e}");
+    };
+    let sv = TensorView::new(&one, &[1]).unwrap();
+    check(
+        static_scaled_int8_quant(
+            &mut TensorViewMut::new(&mut q[..14], &[2, 7]).unwrap(),
+            &xv,
+            &sv,
+            None,
+        ),
+        Status::ShapeMismatch,
+        "out shape",
+    );
+    let zero = [0f32];
+    check(
+        static_scaled_int8_quant(
+            &mut TensorViewMut::new(&mut q, &[2, 8]).unwrap(),
+            &xv,
+            &TensorView::new(&zero, &[1]).unwrap(),
+            None,
+        ),
+        Status::InvalidValue,
+        "zero scale",
+    );
+    let two = [0.5f32, 0.5];
+    check(
+        static_scaled_int8_quant(
+            &mut TensorViewMut::new(&mut q, &[2, 8]).unwrap(),
+            &xv,
+            &TensorView::new(&two, &[2]).unwrap(),
+            None,
+        ),
+        Status::ShapeMismatch,
+        "static scale count",
+    );
+    let azf = [1f32];
+    check(
+        static_scaled_int8_quant(
+            &mut TensorViewMut::new(&mut q, &[2, 8]).unwrap(),
+            &xv,
+            &sv,
+            Some(&TensorView::new(&azf, &[1]).unwrap()),
+        ),
+        Status::DtypeMismatch,
+        "azp dtype",
+    );
+    let mut s3 = [0f32; 3];
+    check(
+        dynamic_scaled_int8_quant(
+            &mut TensorViewMut::new(&mut q, &[2, 8]).unwrap(),
+            &xv,
+            &mut TensorViewMut::new(&mut s3, &[3]).unwrap(),
+            None,
+        ),
+        Status::ShapeMismatch,
+        "scales count",
+    );
+    let mut qu = vec![9u8; 16];
+    let mut s2 = [0f32; 2];
+    check(
+        dynamic_scaled_int8_quant(
+            &mut TensorViewMut::new(&mut qu, &[2, 8]).unwrap(),
+            &xv,
+            &mut TensorViewMut::new(&mut s2, &[2]).unwrap(),
+            None,
+        ),
+        Status::DtypeMismatch,
+        "out uint8",
+    );
+    assert!(
+        q.iter().all(|&v| v == 9) && s3 == [0.0; 3] && s2 == [0.0; 2],
+        "outputs untouched"
+    );
+
+    let a = vec![1i8; 2 * 8];
+    let bt = vec![1i8; 3 * 8];
+    let av = TensorView::new(&a, &[2, 8]).unwrap();
+    let bcol = TensorView::strided(&bt, &[8, 3], &[1, 8]).unwrap();
+    let sb = TensorView::new(&[1f32; 3], &[3]).unwrap();
+    let mut out = vec![5f32; 6];
+    let mm = |a: &TensorView,
+              b: &TensorView,
+              sa: &TensorView,
+              sb: &TensorView,
+              st: Status,
+              what: &str,
+              out: &mut [f32]| {
+        let e = int8_scaled_mm(
+            &mut TensorViewMut::new(out, &[2, 3]).unwrap(),
+            a,
+            b,
+            sa,
+            sb,
+            None,
+        )
+        .expect_err(what);
+        assert_eq!(e.status, st, "{what}: {e}");
+    };
+    let brow = TensorView::new(&bt[..24], &[8, 3]).unwrap();
+    mm(
+        &av,
+        &brow,
+        &sv,
+        &sb,
+        Status::InvalidStride,
+        "b row-major",
+        &mut out,
+    );
+    mm(
+        &av,
+        &TensorView::strided(&bt[..21], &[7, 3], &[1, 7]).unwrap(),
+        &sv,
+        &sb,
+        Status::ShapeMismatch,
+        "K mismatch",
+        &mut out,
+    );
+    mm(
+        &av,
+        &bcol,
+        &TensorView::new(&[1f32; 3], &[3]).unwrap(),
+        &sb,
+        Status::ShapeMismatch,
+        "a_scales count",
+        &mut out,
+    );
+    mm(
+        &av,
+        &bcol,
+        &sv,
+        &TensorView::new(&[1f32; 2], &[2]).unwrap(),
+        Status::ShapeMismatch,
+        "b_scales count",
+        &mut out,
+    );
+    let af = vec![1f32; 16];
+    mm(
+        &TensorView::new(&af, &[2, 8]).unwrap(),
+        &bcol,
+        &sv,
+        &sb,
+        Status::DtypeMismatch,
+        "a float",
+        &mut out,
+    );
+    let adj = [0i32; 2];
+    let e = int8_scaled_mm_azp(
+        &mut TensorViewMut::new(&mut out, &[2, 3]).unwrap(),
+        &av,
+        &bcol,
+        &sv,
+        &sb,
+        &TensorView::new(&adj, &[2]).unwrap(),
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::ShapeMismatch, "{e}");
+    let bias16 = [f16::ONE; 3];
+    let e = int8_scaled_mm(
+        &mut TensorViewMut::new(&mut out, &[2, 3]).unwrap(),
+        &av,
+        &bcol,
+        &sv,
+        &sb,
+        Some(&TensorView::new(&bias16, &[3]).unwrap()),
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::DtypeMismatch, "{e}");
+    assert!(out.iter().all(|&v| v == 5.0), "out untouched");
+    // K beyond the int32-exact range.
+    let big = xpu_ops::ops::quant::INT8_MM_MAX_K + 1;
+    let (ab, bb) = (vec![0i8; big], vec![0i8; big]);
+    let mut o1 = [0f32; 1];
+    let e = int8_scaled_mm(
+        &mut TensorViewMut::new(&mut o1, &[1, 1]).unwrap(),
+        &TensorView::new(&ab, &[1, big]).unwrap(),
+        &TensorView::new(&bb, &[big, 1]).unwrap(),
+        &sv,
+        &sv,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(e.status, Status::Unsupported, "{e}");
 }

@@ -47,6 +47,7 @@ use half::{bf16, f16};
 use crate::dtype::DType;
 use crate::error::{bail, Result};
 use crate::ops::check;
+use crate::sys;
 use crate::tensor::{TensorView, TensorViewMut};
 
 /// An owned float vector of one of the scale dtypes.
@@ -737,5 +738,448 @@ pub fn wna16_dequantize(
             out.set_f32(&[r, col], w);
         }
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// W8A8 int8: activation quantization and the int8 × int8 GEMM.
+
+/// `[M, K]` rows of an activation (or `[K]`: one row).
+fn quant_rows(input: &TensorView, out: &TensorViewMut) -> Result<(usize, usize, usize, usize)> {
+    let (il, ol) = (input.layout(), out.layout());
+    check::on_cpu(&[("input", il), ("out", ol)])?;
+    if il.ndim() != 1 && il.ndim() != 2 {
+        bail!(
+            ShapeMismatch,
+            "`input` must be [num_tokens, hidden_size] or [hidden_size], got {:?}",
+            il.shape
+        );
+    }
+    check::dtype_in(il, "input", &[DType::F32, DType::F16, DType::BF16])?;
+    check::dtype_in(ol, "out", &[DType::I8])?;
+    if ol.shape != il.shape {
+        bail!(
+            ShapeMismatch,
+            "`out` must have `input`'s shape {:?}, got {:?}",
+            il.shape,
+            ol.shape
+        );
+    }
+    check::inner_contiguous(il, "input")?;
+    check::inner_contiguous(ol, "out")?;
+    let k = *il.shape.last().expect("rank >= 1");
+    let m = if il.ndim() == 2 { il.shape[0] } else { 1 };
+    let (xs, os) = if il.ndim() == 2 {
+        (il.strides[0], ol.strides[0])
+    } else {
+        (k, k)
+    };
+    if m > 1 && k > 0 && os < k {
+        bail!(
+            InvalidStride,
+            "`out` rows overlap: row stride {os} < hidden_size {k}"
+        );
+    }
+    crate::ops::linear::check_out_alias(out, &[("input", input.as_ptr(), il)])?;
+    Ok((m, k, xs, os))
+}
+
+/// A tensor of exactly `want` elements along one dimension (others 1):
+/// returns the element stride between consecutive entries.
+fn vector_like(l: &crate::tensor::Layout, name: &str, want: usize, what: &str) -> Result<usize> {
+    let ok = l.numel() == want && l.shape.iter().filter(|&&d| d != 1).count() <= 1 && l.ndim() >= 1;
+    if !ok {
+        bail!(
+            ShapeMismatch,
+            "`{name}` must hold {want} values ({what}) along one dimension, got shape {:?}",
+            l.shape
+        );
+    }
+    Ok(l.shape
+        .iter()
+        .zip(&l.strides)
+        .find(|(&d, _)| d != 1)
+        .map_or(1, |(_, &s)| s))
+}
+
+fn run_int8_quant(args: sys::xk_int8_quant_args) {
+    let f = crate::platform::kernels().int8_quant.expect("int8_quant");
+    let m = args.m as usize;
+    let min_chunk = (64 * 1024 / (args.k as usize).max(1)).max(1);
+    let a = crate::threading::Shared(args);
+    crate::threading::grid(m, min_chunk, |r| {
+        // SAFETY: validated arguments; rows write disjoint outputs.
+        unsafe { f(a.get(), r.start as i64, r.end as i64) }
+    });
+}
+
+/// vLLM `static_scaled_int8_quant`: `out = sat8(round_even(input / scale))`,
+/// or with a zero point `sat8(sat32(round_even(input / scale)) + azp)`.
+///
+/// * `out`: int8, `input`'s shape; `input`: `[num_tokens, hidden_size]` or
+///   `[hidden_size]`, f32/f16/bf16, hidden contiguous.
+/// * `scale`: one f32 (finite, > 0); `azp`: one int32, or `None`.
+///
+/// Bit-exact: the same f32 division and rounding as upstream; NaN becomes 0.
+///
+/// ```
+/// use xpu_ops::{static_scaled_int8_quant, TensorView, TensorViewMut};
+/// let x = [1.0f32, -2.5, 300.0, 0.25];
+/// let mut q = [0i8; 4];
+/// static_scaled_int8_quant(&mut TensorViewMut::new(&mut q, &[1, 4])?, &TensorView::new(&x, &[1, 4])?,
+///     &TensorView::new(&[0.5f32], &[1])?, None)?;
+/// assert_eq!(q, [2, -5, 127, 0]); // 0.5 rounds to even
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
+pub fn static_scaled_int8_quant(
+    out: &mut TensorViewMut,
+    input: &TensorView,
+    scale: &TensorView,
+    azp: Option<&TensorView>,
+) -> Result<()> {
+    let _span = crate::trace::op("static_scaled_int8_quant", &[("input", input.layout())]);
+    let (m, k, xs, os) = quant_rows(input, out)?;
+    check::on_cpu(&[("scale", scale.layout())])?;
+    check::dtype_in(scale.layout(), "scale", &[DType::F32])?;
+    if scale.numel() != 1 {
+        bail!(
+            ShapeMismatch,
+            "`scale` must hold one value, got shape {:?}",
+            scale.shape()
+        );
+    }
+    let s = scale.get_f32(&vec![0; scale.ndim()]);
+    if !s.is_finite() || s <= 0.0 {
+        bail!(InvalidValue, "`scale` = {s} must be finite and positive");
+    }
+    if let Some(z) = azp {
+        check::on_cpu(&[("azp", z.layout())])?;
+        check::dtype_in(z.layout(), "azp", &[DType::I32])?;
+        if z.numel() != 1 {
+            bail!(
+                ShapeMismatch,
+                "`azp` must hold one value, got shape {:?}",
+                z.shape()
+            );
+        }
+    }
+    let args = sys::xk_int8_quant_args {
+        m: m as i64,
+        k: k as i64,
+        x: input.as_ptr().cast(),
+        x_stride: xs as i64,
+        x_dtype: input.dtype().xk(),
+        out: out.as_mut_ptr().cast(),
+        out_stride: os as i64,
+        scale: scale.as_ptr() as *mut f32,
+        azp: azp.map_or(std::ptr::null_mut(), |z| z.as_ptr() as *mut i32),
+        scale_stride: 0,
+        azp_stride: 0,
+        is_static: 1,
+    };
+    run_int8_quant(args);
+    Ok(())
+}
+
+/// vLLM `dynamic_scaled_int8_quant`: per-token scales (and zero points).
+///
+/// * Symmetric (`azp = None`): `scale = absmax / 127`, `out = sat8(round_even(input
+///   · (127 / absmax)))`; an all-zero row gets scale 0 and zeros.
+/// * Asymmetric: `scale = (max - min) / 255`, `azp = round_even(-128 - min / scale)`,
+///   `out = sat8(round_even(input / scale) + azp)`; a constant row `c` gets
+///   `scale = |c| / 127` (1 for 0) so it still dequantizes to `c`.
+///
+/// `scales`: f32 with `num_tokens` values (`[M]` or `[M, 1]`), written;
+/// `azp`: int32 likewise, written. Other arguments as
+/// [`static_scaled_int8_quant`]. NaN inputs are skipped by min/max and
+/// quantize to 0.
+///
+/// ```
+/// use xpu_ops::{dynamic_scaled_int8_quant, TensorView, TensorViewMut};
+/// let x = [1.0f32, -2.0, 0.5, 4.0];
+/// let (mut q, mut s) = ([0i8; 4], [0f32; 1]);
+/// dynamic_scaled_int8_quant(&mut TensorViewMut::new(&mut q, &[1, 4])?, &TensorView::new(&x, &[1, 4])?,
+///     &mut TensorViewMut::new(&mut s, &[1, 1])?, None)?;
+/// assert_eq!((q, s[0]), ([32, -64, 16, 127], 4.0 / 127.0));
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
+pub fn dynamic_scaled_int8_quant(
+    out: &mut TensorViewMut,
+    input: &TensorView,
+    scales: &mut TensorViewMut,
+    azp: Option<&mut TensorViewMut>,
+) -> Result<()> {
+    let _span = crate::trace::op("dynamic_scaled_int8_quant", &[("input", input.layout())]);
+    let (m, k, xs, os) = quant_rows(input, out)?;
+    check::on_cpu(&[("scales", scales.layout())])?;
+    check::dtype_in(scales.layout(), "scales", &[DType::F32])?;
+    let ss = vector_like(scales.layout(), "scales", m, "one per token")?;
+    let mut outs: Vec<(&str, *const u8, &crate::tensor::Layout)> = vec![
+        ("input", input.as_ptr(), input.layout()),
+        ("out", out.as_ptr(), out.layout()),
+    ];
+    crate::ops::linear::check_out_alias(scales, &outs)?;
+    let (azp_ptr, zs) = match azp {
+        Some(z) => {
+            check::on_cpu(&[("azp", z.layout())])?;
+            check::dtype_in(z.layout(), "azp", &[DType::I32])?;
+            let zs = vector_like(z.layout(), "azp", m, "one per token")?;
+            outs.push(("scales", scales.as_ptr(), scales.layout()));
+            crate::ops::linear::check_out_alias(z, &outs)?;
+            (z.as_mut_ptr() as *mut i32, zs)
+        }
+        None => (std::ptr::null_mut(), 0),
+    };
+    let args = sys::xk_int8_quant_args {
+        m: m as i64,
+        k: k as i64,
+        x: input.as_ptr().cast(),
+        x_stride: xs as i64,
+        x_dtype: input.dtype().xk(),
+        out: out.as_mut_ptr().cast(),
+        out_stride: os as i64,
+        scale: scales.as_mut_ptr() as *mut f32,
+        azp: azp_ptr,
+        scale_stride: ss as i64,
+        azp_stride: zs as i64,
+        is_static: 0,
+    };
+    run_int8_quant(args);
+    Ok(())
+}
+
+/// Largest K whose int8 dot products cannot overflow int32.
+pub const INT8_MM_MAX_K: usize = (1 << 17) - 1;
+
+/// vLLM CPU `int8_scaled_mm`: `out = a_scales[m] · b_scales[n] · (a · b)[m, n] + bias[n]`.
+///
+/// * `out`: `[M, N]` f32/f16/bf16, N contiguous.
+/// * `a`: int8 `[M, K]`, K contiguous; `b`: int8 `[K, N]` column-major
+///   (stride 1 along K), i.e. an `[N, K]` weight viewed transposed.
+/// * `a_scales`: f32, 1 (per tensor) or M (per token) values; `b_scales`: f32,
+///   1 or N (per channel) values.
+/// * `bias`: `[N]`, `out`'s dtype or f32.
+///
+/// The int8 dot is exact in int32 (`K <` [`INT8_MM_MAX_K`]` + 1`), then
+/// `fl(fl(fl(dot) · a_scale) · b_scale) + bias` in f32, one rounding to `out`:
+/// bit-identical on every tier and thread count.
+///
+/// ```
+/// use xpu_ops::{int8_scaled_mm, TensorView, TensorViewMut};
+/// let a = [1i8, 2, 3, -4]; // [2, 2]
+/// let w = [1i8, 1, 2, -1]; // weight [N = 2, K = 2]; b = wᵀ
+/// let mut out = [0f32; 4];
+/// int8_scaled_mm(&mut TensorViewMut::new(&mut out, &[2, 2])?, &TensorView::new(&a, &[2, 2])?,
+///     &TensorView::strided(&w, &[2, 2], &[1, 2])?, &TensorView::new(&[0.5f32], &[1])?,
+///     &TensorView::new(&[1.0f32, 2.0], &[2])?, None)?;
+/// assert_eq!(out, [1.5, 0.0, -0.5, 10.0]);
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
+pub fn int8_scaled_mm(
+    out: &mut TensorViewMut,
+    a: &TensorView,
+    b: &TensorView,
+    a_scales: &TensorView,
+    b_scales: &TensorView,
+    bias: Option<&TensorView>,
+) -> Result<()> {
+    let _span = crate::trace::op("int8_scaled_mm", &[("a", a.layout()), ("b", b.layout())]);
+    int8_mm(out, a, b, a_scales, b_scales, None, None, bias)
+}
+
+/// vLLM CPU `int8_scaled_mm_azp`: activations quantized with zero points.
+/// `out = a_scales[m] · b_scales[n] · ((a · b)[m, n] - azp[m] · azp_adj[n]) + bias[n]`;
+/// with `azp = None` (per-tensor zero point) `azp_adj` already holds
+/// `azp · Σ_k b[k][n]` and is subtracted as is.
+///
+/// * `azp_adj`: int32, N values (usually `Σ_k b[k][n]`); `azp`: int32, M values
+///   (from [`dynamic_scaled_int8_quant`]) or `None`.
+///
+/// Other arguments and numerics as [`int8_scaled_mm`] (the correction is
+/// exact in int64 before the conversion to f32).
+#[allow(clippy::too_many_arguments)]
+pub fn int8_scaled_mm_azp(
+    out: &mut TensorViewMut,
+    a: &TensorView,
+    b: &TensorView,
+    a_scales: &TensorView,
+    b_scales: &TensorView,
+    azp_adj: &TensorView,
+    azp: Option<&TensorView>,
+    bias: Option<&TensorView>,
+) -> Result<()> {
+    let _span = crate::trace::op(
+        "int8_scaled_mm_azp",
+        &[("a", a.layout()), ("b", b.layout())],
+    );
+    int8_mm(out, a, b, a_scales, b_scales, Some(azp_adj), azp, bias)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn int8_mm(
+    out: &mut TensorViewMut,
+    a: &TensorView,
+    b: &TensorView,
+    a_scales: &TensorView,
+    b_scales: &TensorView,
+    azp_adj: Option<&TensorView>,
+    azp: Option<&TensorView>,
+    bias: Option<&TensorView>,
+) -> Result<()> {
+    let (al, bl, ol) = (a.layout(), b.layout(), out.layout().clone());
+    check::on_cpu(&[
+        ("out", &ol),
+        ("a", al),
+        ("b", bl),
+        ("a_scales", a_scales.layout()),
+        ("b_scales", b_scales.layout()),
+    ])?;
+    check::rank(al, "a", 2, "[M, K]")?;
+    check::rank(bl, "b", 2, "[K, N] (column-major)")?;
+    check::rank(&ol, "out", 2, "[M, N]")?;
+    check::dtype_in(al, "a", &[DType::I8])?;
+    check::dtype_in(bl, "b", &[DType::I8])?;
+    check::dtype_in(&ol, "out", &[DType::F32, DType::F16, DType::BF16])?;
+    let (m, k, n) = (al.shape[0], al.shape[1], bl.shape[1]);
+    if bl.shape[0] != k {
+        bail!(
+            ShapeMismatch,
+            "`b` has K = {} but `a` has K = {k}",
+            bl.shape[0]
+        );
+    }
+    if ol.shape != [m, n] {
+        bail!(
+            ShapeMismatch,
+            "`out` must be [M = {m}, N = {n}], got {:?}",
+            ol.shape
+        );
+    }
+    if k > INT8_MM_MAX_K {
+        bail!(
+            Unsupported,
+            "K = {k} exceeds {INT8_MM_MAX_K}: int8 dot products could overflow int32"
+        );
+    }
+    check::inner_contiguous(al, "a")?;
+    check::inner_contiguous(&ol, "out")?;
+    if k > 1 && bl.strides[0] != 1 {
+        bail!(
+            InvalidStride,
+            "`b` must be column-major (stride 1 along K), got strides {:?}",
+            bl.strides
+        );
+    }
+    if m > 1 && n > 0 && ol.strides[0] < n {
+        bail!(
+            InvalidStride,
+            "`out` rows overlap: row stride {} < N = {n}",
+            ol.strides[0]
+        );
+    }
+    for (t, name, count) in [(a_scales, "a_scales", m), (b_scales, "b_scales", n)] {
+        check::dtype_in(t.layout(), name, &[DType::F32])?;
+        if t.numel() != 1 {
+            vector_like(
+                t.layout(),
+                name,
+                count,
+                if name == "a_scales" {
+                    "1 or M"
+                } else {
+                    "1 or N"
+                },
+            )?;
+        }
+    }
+    if let Some(adj) = azp_adj {
+        check::on_cpu(&[("azp_adj", adj.layout())])?;
+        check::dtype_in(adj.layout(), "azp_adj", &[DType::I32])?;
+        if vector_like(adj.layout(), "azp_adj", n, "one per output channel")? != 1 && n > 1 {
+            bail!(InvalidStride, "`azp_adj` must be contiguous");
+        }
+    }
+    if let Some(z) = azp {
+        check::on_cpu(&[("azp", z.layout())])?;
+        check::dtype_in(z.layout(), "azp", &[DType::I32])?;
+        vector_like(z.layout(), "azp", m, "one per token")?;
+    }
+    crate::ops::linear::check_bias(bias, n, ol.dtype)?;
+    let mut inputs: Vec<(&str, *const u8, &crate::tensor::Layout)> = vec![
+        ("a", a.as_ptr(), al),
+        ("b", b.as_ptr(), bl),
+        ("a_scales", a_scales.as_ptr(), a_scales.layout()),
+        ("b_scales", b_scales.as_ptr(), b_scales.layout()),
+    ];
+    for (name, t) in [("azp_adj", azp_adj), ("azp", azp), ("bias", bias)] {
+        if let Some(t) = t {
+            inputs.push((name, t.as_ptr(), t.layout()));
+        }
+    }
+    crate::ops::linear::check_out_alias(out, &inputs)?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+
+    let stride_of = |t: &TensorView, count: usize| -> i64 {
+        if t.numel() == 1 && count != 1 {
+            0
+        } else {
+            t.shape()
+                .iter()
+                .zip(t.strides())
+                .find(|(&d, _)| d != 1)
+                .map_or(0, |(_, &s)| s as i64)
+        }
+    };
+    let a_stride = if m > 1 { al.strides[0] } else { k };
+    // Σ_k a[m][k], for tiers that run the weights as unsigned bytes.
+    let a_sum: Vec<i32> = (0..m)
+        .map(|i| {
+            // SAFETY: row i of a holds k readable int8 values (validated view).
+            let row = unsafe {
+                std::slice::from_raw_parts((a.as_ptr() as *const i8).add(i * a_stride), k)
+            };
+            row.iter().map(|&v| v as i32).sum()
+        })
+        .collect();
+    let args = sys::xk_int8_mm_args {
+        m: m as i64,
+        n: n as i64,
+        k: k as i64,
+        a: a.as_ptr().cast(),
+        a_stride: a_stride as i64,
+        b: b.as_ptr().cast(),
+        b_stride: if n > 1 {
+            bl.strides[1] as i64
+        } else {
+            k as i64
+        },
+        a_scales: a_scales.as_ptr().cast(),
+        a_scales_stride: stride_of(a_scales, m),
+        b_scales: b_scales.as_ptr().cast(),
+        b_scales_stride: stride_of(b_scales, n),
+        azp_adj: azp_adj.map_or(std::ptr::null(), |t| t.as_ptr().cast()),
+        azp: azp.map_or(std::ptr::null(), |t| t.as_ptr().cast()),
+        azp_stride: azp.map_or(0, |t| stride_of(t, m)),
+        a_sum: a_sum.as_ptr(),
+        bias: bias.map_or(std::ptr::null(), |t| t.as_ptr().cast()),
+        bias_dtype: bias.map_or(0, |t| t.dtype().xk()),
+        out: out.as_mut_ptr().cast(),
+        out_stride: if m > 1 {
+            ol.strides[0] as i64
+        } else {
+            n as i64
+        },
+        out_dtype: ol.dtype.xk(),
+    };
+    let f = crate::platform::kernels().int8_mm.expect("int8_mm");
+    let min_chunk = ((256 * 1024) / k.max(1)).clamp(64, 4096) & !63;
+    let sa = crate::threading::Shared(args);
+    crate::threading::grid(n, min_chunk, |r| {
+        // SAFETY: validated arguments; blocks write disjoint output columns.
+        unsafe { f(sa.get(), r.start as i64, r.end as i64) }
+    });
+    drop(a_sum);
     Ok(())
 }

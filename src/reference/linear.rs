@@ -100,3 +100,108 @@ pub fn wna16_weights(
     }
     w
 }
+
+/// `sat32(round_half_even(v))`, NaN → 0 (vLLM's `float_to_int32_rn`).
+pub fn rne_sat_i32(v: f32) -> i32 {
+    if v.is_nan() {
+        return 0;
+    }
+    let r = v.round_ties_even();
+    if r >= 2_147_483_648.0 {
+        i32::MAX
+    } else if r <= -2_147_483_648.0 {
+        i32::MIN
+    } else {
+        r as i32
+    }
+}
+
+fn sat_i8(v: i64) -> i8 {
+    v.clamp(-128, 127) as i8
+}
+
+/// One row of `scaled_int8_quant`, in f32 exactly as the op defines it.
+/// `static_scale`: `Some((scale, azp))` for the static op; `None` for the
+/// dynamic op, `asym` choosing the zero-point variant. Returns (q, scale, azp).
+pub fn scaled_int8_quant_row(
+    x: &[f32],
+    static_scale: Option<(f32, Option<i32>)>,
+    asym: bool,
+) -> (Vec<i8>, f32, i32) {
+    let with_azp = |scale: f32, azp: i32| -> Vec<i8> {
+        x.iter()
+            .map(|&v| sat_i8(rne_sat_i32(v / scale) as i64 + azp as i64))
+            .collect()
+    };
+    match static_scale {
+        Some((s, Some(z))) => (with_azp(s, z), s, z),
+        Some((s, None)) => (
+            x.iter()
+                .map(|&v| sat_i8(rne_sat_i32(v / s) as i64))
+                .collect(),
+            s,
+            0,
+        ),
+        None if !asym => {
+            let absmax = x
+                .iter()
+                .fold(0f32, |m, v| if v.abs() > m { v.abs() } else { m });
+            let mul = 127.0f32 / absmax;
+            let q = x
+                .iter()
+                .map(|&v| sat_i8(rne_sat_i32(v * mul) as i64))
+                .collect();
+            (q, absmax / 127.0, 0)
+        }
+        None => {
+            let lo = x
+                .iter()
+                .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+            let hi = x
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            let (lo, scale) = if hi > lo {
+                (lo, (hi - lo) / 255.0)
+            } else {
+                let c = if x.is_empty() { 0.0 } else { hi };
+                (c, if c != 0.0 { c.abs() / 127.0 } else { 1.0 })
+            };
+            let azp = rne_sat_i32(-128.0 - lo / scale);
+            (with_azp(scale, azp), scale, azp)
+        }
+    }
+}
+
+/// `int8_scaled_mm(_azp)` in f64: `a_scale[m]·b_scale[n]·(Σ_k a·b − azp[m]·azp_adj[n]) + bias[n]`
+/// (`azp` absent: `azp_adj[n]` alone), with `a` `[M, K]` and `bt` the weight `[N, K]`.
+#[allow(clippy::too_many_arguments)]
+pub fn int8_scaled_mm(
+    a: &[i8],
+    bt: &[i8],
+    m: usize,
+    n: usize,
+    k: usize,
+    a_scales: &[f32],
+    b_scales: &[f32],
+    azp_adj: Option<&[i32]>,
+    azp: Option<&[i32]>,
+    bias: Option<&[f32]>,
+) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let dot: i64 = (0..k)
+                .map(|t| a[i * k + t] as i64 * bt[j * k + t] as i64)
+                .sum();
+            let corr = match (azp, azp_adj) {
+                (Some(z), Some(adj)) => z[i] as i64 * adj[j] as i64,
+                (None, Some(adj)) => adj[j] as i64,
+                _ => 0,
+            };
+            let sa = a_scales[if a_scales.len() == 1 { 0 } else { i }] as f64;
+            let sb = b_scales[if b_scales.len() == 1 { 0 } else { j }] as f64;
+            out[i * n + j] = (dot - corr) as f64 * sa * sb + bias.map_or(0.0, |b| b[j] as f64);
+        }
+    }
+    out
+}

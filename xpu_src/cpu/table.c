@@ -10,6 +10,8 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads);
 void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
 double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink);
+void XK_FN(int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
+void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -24,4 +26,6 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .linear_gemm_plan = XK_FN(linear_gemm_plan),
     .linear_gemm = XK_FN(linear_gemm),
     .probe_bf16dot = XK_FN(probe_bf16dot),
+    .int8_quant = XK_FN(int8_quant),
+    .int8_mm = XK_FN(int8_mm),
 };

@@ -133,6 +133,7 @@ typedef struct xk_int8_mm_args {
   const int32_t *azp_adj; /* host, [N] or NULL */
   const int32_t *azp;     /* host, [M] (stride azp_stride) or NULL */
   int64_t azp_stride;
+  const int32_t *a_sum;   /* host, [M]: sum_k a[m][k], for tiers that flip b to unsigned */
   const void *bias;       /* host, [N] of bias_dtype, or NULL */
   int32_t bias_dtype;
   void *out;              /* host, [M, N] of out_dtype, row stride out_stride */
