@@ -257,7 +257,16 @@ fn dense_parity_every_tier_dtype_shape() {
                 c.x_pad = si % 4;
                 c.w_pad = (si / 2) % 3;
                 c.out_pad = si % 5;
-                check_case(&c, 1000 + si as u64, &format!("{isa} {c:?}"));
+                if dtype == DType::BF16 {
+                    // Both bf16 GEMM microkernels (vdpbf16ps pairs and fp32), whatever the machine prefers.
+                    for dot in [false, true] {
+                        xpu_ops::ops::linear::with_bf16_dot(dot, || {
+                            check_case(&c, 1000 + si as u64, &format!("{isa} bf16_dot={dot} {c:?}"))
+                        });
+                    }
+                } else {
+                    check_case(&c, 1000 + si as u64, &format!("{isa} {c:?}"));
+                }
             }
         }
     });
@@ -338,13 +347,27 @@ fn dense_thread_invariance() {
     let shapes = [(1, 300, 1000), (9, 77, 513), (40, 700, 300), (130, 64, 257)];
     for_each_isa(|isa| {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
-            for dtype in DTYPES {
+            for (dtype, dot) in [
+                (DType::F32, false),
+                (DType::F16, false),
+                (DType::BF16, false),
+                (DType::BF16, true),
+            ] {
                 let c = Case::new(m, n, k, dtype);
                 let d = make_data(&c, 9 + i as u64);
-                let one = on_threads(isa, 1, || run_case(&c, &d)).bits();
+                let run = |t: usize| {
+                    on_threads(isa, t, || {
+                        xpu_ops::ops::linear::with_bf16_dot(dot, || run_case(&c, &d))
+                    })
+                    .bits()
+                };
+                let one = run(1);
                 for t in [2, 3] {
-                    let many = on_threads(isa, t, || run_case(&c, &d)).bits();
-                    assert_eq!(one, many, "{isa} {c:?}: 1 vs {t} threads differ");
+                    assert_eq!(
+                        one,
+                        run(t),
+                        "{isa} bf16_dot={dot} {c:?}: 1 vs {t} threads differ"
+                    );
                 }
             }
         }

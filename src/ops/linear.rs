@@ -169,11 +169,58 @@ pub(crate) fn base_args(
     }
 }
 
-/// `XPU_OPS_BF16_DOT=0` makes bf16 × bf16 GEMMs use the f32 microkernel
-/// instead of `vdpbf16ps` (for benchmarking machines where the latter is slow).
-fn bf16_dot_disabled() -> bool {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OFF.get_or_init(|| std::env::var("XPU_OPS_BF16_DOT").is_ok_and(|v| v == "0"))
+/// Whether bf16 × bf16 GEMMs (M > 16) run the `vdpbf16ps` microkernel
+/// (AVX-512 tier only). `vdpbf16ps` doubles the flops of an fp32 FMA on AMD
+/// Zen 4/5 but runs at about half an FMA's rate on current Intel cores, so
+/// the default follows the CPU vendor: AMD yes, others no (bf16 then goes
+/// through the fp32 microkernel, converted while packing). `XPU_OPS_BF16_DOT`
+/// = `1` / `0` overrides. The choice is fixed per machine and process, so
+/// results stay reproducible; the two paths differ only in rounding.
+pub fn bf16_dot_preferred() -> bool {
+    if let Some(v) = BF16_DOT_OVERRIDE.with(|c| c.get()) {
+        return v;
+    }
+    static PREF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PREF.get_or_init(|| match std::env::var("XPU_OPS_BF16_DOT").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => cpu_is_amd(),
+    })
+}
+
+thread_local! {
+    static BF16_DOT_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with bf16 GEMMs called from this thread forced onto (`true`) or
+/// off (`false`) the `vdpbf16ps` microkernel; how the tests cover both paths
+/// on any machine.
+pub fn with_bf16_dot<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    let prev = BF16_DOT_OVERRIDE.with(|c| c.replace(Some(enabled)));
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16_DOT_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_is_amd() -> bool {
+    // SAFETY: cpuid leaf 0 exists on every x86-64 CPU.
+    let r = unsafe { std::arch::x86_64::__cpuid(0) };
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    &vendor == b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_is_amd() -> bool {
+    false
 }
 
 /// Runs a validated linear: decode or tiled GEMM by M.
@@ -207,7 +254,7 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
         drop(xf);
         return;
     }
-    if bf16_dot_disabled() {
+    if !bf16_dot_preferred() {
         args.bf16_pairs = -1;
     }
     let plan = kernels.linear_gemm_plan.expect("linear_gemm_plan");
@@ -217,18 +264,31 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
     let gemm = kernels.linear_gemm.expect("linear_gemm");
     let a = Shared(args);
     grid(tiles, 1, |r| {
-        let mut ws = vec![0u8; ws_bytes];
-        // SAFETY: validated arguments; tiles write disjoint output blocks; ws
-        // has the bytes the plan asked for.
-        unsafe {
-            gemm(
-                a.get(),
-                r.start as i64,
-                r.end as i64,
-                ws.as_mut_ptr().cast(),
-            )
-        }
+        with_workspace(ws_bytes, |ws| {
+            // SAFETY: validated arguments; tiles write disjoint output blocks;
+            // ws has the bytes the plan asked for (the kernel writes before it reads).
+            unsafe { gemm(a.get(), r.start as i64, r.end as i64, ws.cast()) }
+        })
     });
+}
+
+/// Runs `f` with a per-thread scratch buffer of at least `bytes` bytes, kept
+/// between calls so the GEMM's packing buffers are not faulted in each time.
+fn with_workspace<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+    thread_local! {
+        static WS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    WS.with(|ws| match ws.try_borrow_mut() {
+        Ok(mut v) => {
+            let words = bytes.div_ceil(8);
+            if v.len() < words {
+                *v = vec![0u64; words];
+            }
+            f(v.as_mut_ptr().cast())
+        }
+        // Re-entered on this thread (a nested grid): use a fresh buffer.
+        Err(_) => f(vec![0u64; bytes.div_ceil(8)].as_mut_ptr().cast()),
+    })
 }
 
 /// `F.linear`: `out = x · weightᵀ + bias`.
@@ -393,4 +453,28 @@ pub fn wna16_linear(
     args.perm = perm.map_or(std::ptr::null(), |p| p.as_ptr().cast());
     run(args, row_bytes);
     Ok(())
+}
+
+/// bf16 dot-product throughput of this machine in FLOP/s on all threads
+/// (`vdpbf16ps` on AVX-512, fp32 FMA elsewhere), measured like
+/// [`crate::probe::fma_peak`]: the "bf16 peak" benchmarks report against.
+pub fn bf16_dot_peak() -> f64 {
+    let probe = platform::kernels().probe_bf16dot.expect("probe_bf16dot");
+    let threads = num_threads();
+    let iters = 10_000_000;
+    let mut flops = 0.0;
+    let secs = crate::probe::best_of(3, || {
+        let total = std::sync::Mutex::new(0.0);
+        grid(threads, 1, |r| {
+            for _ in r {
+                let mut sink = sys::xk_probe_result { value: 0.0 };
+                // SAFETY: sink is a valid out-pointer.
+                let f = unsafe { probe(iters, &mut sink) };
+                std::hint::black_box(sink.value);
+                *total.lock().unwrap_or_else(|e| e.into_inner()) += f;
+            }
+        });
+        flops = total.into_inner().unwrap_or_else(|e| e.into_inner());
+    });
+    flops / secs
 }

@@ -409,8 +409,9 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #define KC 256       /* K per block: f32 units */
 #define KC_PAIRS 256 /* K per block in bf16 pairs (512 elements) */
 #define MC (MR * 8)  /* activation rows per A block */
-#define TILE_N 512   /* output columns per tile (multiple of NR) */
+#define TILE_N_MAX 2048 /* output columns per tile at most */
 #define TILE_M_MAX 1024
+#define PACK_AHEAD 128 /* elements of a weight row prefetched ahead while packing */
 
 /* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
 XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
@@ -553,6 +554,8 @@ XK_ALWAYS_INLINE void pack_b_kind(const xk_linear_args *a, const int kind, int64
             wp.q = wp.p;
           }
           r[j] = w_vec(kind, w_row(a, n), kk, km, wp);
+          /* Rows are read as NR interleaved streams: fetch ahead of the prefetchers. */
+          if (!quant) _mm_prefetch((const char *)w_row(a, n) + (kk + PACK_AHEAD) * xk_dtype_size(a->w_dtype), _MM_HINT_T0);
         }
         transpose(r);
         for (int v = 0; v < VL && k + v < kl; v++) vf_store(panel + (k + v) * NR + jb, r[v]);
@@ -668,19 +671,28 @@ int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads) {
 #else
   a->bf16_pairs = 0;
 #endif
-  a->tile_n = TILE_N;
-  const int64_t ntn = cdiv(a->n, TILE_N);
-  /* Enough tiles for every thread; splitting M never changes the arithmetic. */
+  /* Few, large tiles: a tile packs its activations once per K block for all
+   * its columns and its weights once for all its rows, so packing costs
+   * ~(1/tile_n + 1/tile_m) of the work; ~2 tiles per thread balance load.
+   * Tile shapes never change an element's arithmetic. */
   const int64_t want = 2 * (threads > 0 ? threads : 1);
-  int64_t tm = a->m;
-  if (ntn < want) tm = cdiv(a->m, cdiv(want, ntn));
-  tm = cdiv(tm, MR) * MR;
+  int64_t tm = min64(a->m, TILE_M_MAX);
+  int64_t mt = cdiv(a->m, tm);
+  int64_t ntn = cdiv(a->n, TILE_N_MAX);
+  if (mt * ntn < want) {
+    const int64_t most = a->n / 256 > 1 ? a->n / 256 : 1; /* keep tiles >= 256 columns */
+    int64_t more = cdiv(want, mt);
+    ntn = more < most ? (more > ntn ? more : ntn) : (most > ntn ? most : ntn);
+    if (mt * ntn < want) mt = cdiv(want, ntn);
+  }
+  tm = cdiv(cdiv(a->m, mt), MR) * MR;
   if (tm < MR * 4) tm = MR * 4;
   if (tm > TILE_M_MAX) tm = TILE_M_MAX;
   a->tile_m = tm;
-  const int64_t packb = a->bf16_pairs ? (int64_t)KC_PAIRS * TILE_N * 4 : (int64_t)KC * TILE_N * 4;
+  a->tile_n = cdiv(cdiv(a->n, ntn), NR) * NR;
+  const int64_t packb = (a->bf16_pairs ? (int64_t)KC_PAIRS : (int64_t)KC) * a->tile_n * 4;
   const int64_t abuf = (int64_t)MC * (a->bf16_pairs ? KC_PAIRS : KC) * 4;
-  const int64_t cpart = a->out_dtype == XK_F32 ? 0 : tm * TILE_N * 4;
+  const int64_t cpart = a->out_dtype == XK_F32 ? 0 : tm * a->tile_n * 4;
   return align64(packb) + align64(abuf + 64) + align64(cpart) + 64;
 }
 
@@ -692,7 +704,7 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
   const int64_t kblock = pairs ? 2 * KC_PAIRS : KC;
   char *p = (char *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
   void *packb = p;
-  p += align64(pairs ? (int64_t)KC_PAIRS * TILE_N * 4 : (int64_t)KC * TILE_N * 4);
+  p += align64((pairs ? (int64_t)KC_PAIRS : (int64_t)KC) * a->tile_n * 4);
   void *abuf = p;
   p += align64((int64_t)MC * (pairs ? KC_PAIRS : KC) * 4 + 64);
   float *C;
