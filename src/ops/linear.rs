@@ -209,7 +209,9 @@ pub fn with_bf16_dot<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
 
 #[cfg(target_arch = "x86_64")]
 fn cpu_is_amd() -> bool {
-    // SAFETY: cpuid leaf 0 exists on every x86-64 CPU.
+    // SAFETY: cpuid leaf 0 exists on every x86-64 CPU (the intrinsic is safe
+    // on newer toolchains, unsafe on the crate's minimum one).
+    #[allow(unused_unsafe)]
     let r = unsafe { std::arch::x86_64::__cpuid(0) };
     let mut vendor = [0u8; 12];
     vendor[..4].copy_from_slice(&r.ebx.to_le_bytes());
