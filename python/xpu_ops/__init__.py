@@ -14,6 +14,20 @@ import warnings
 from . import _lib
 from ._lib import Error, Status, library_path
 from .cache import copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks
+from .linear import (
+    awq_to_wna16,
+    compressed_tensors_to_wna16,
+    dynamic_scaled_int8_quant,
+    gptq_to_wna16,
+    int8_scaled_mm,
+    int8_scaled_mm_azp,
+    linear,
+    scaled_int8_quant,
+    static_scaled_int8_quant,
+    wna16_dequantize,
+    wna16_linear,
+    wna16_row_bytes,
+)
 
 __version__ = "0.1.0"
 
@@ -30,6 +44,18 @@ __all__ = [
     "reshape_and_cache_flash",
     "copy_blocks",
     "swap_blocks",
+    "linear",
+    "wna16_linear",
+    "wna16_dequantize",
+    "wna16_row_bytes",
+    "gptq_to_wna16",
+    "awq_to_wna16",
+    "compressed_tensors_to_wna16",
+    "static_scaled_int8_quant",
+    "dynamic_scaled_int8_quant",
+    "scaled_int8_quant",
+    "int8_scaled_mm",
+    "int8_scaled_mm_azp",
 ]
 
 # Status codes by name, as in the C header (xpu_ops.OK, xpu_ops.ERR_NULL_POINTER, ...).

@@ -47,6 +47,7 @@ use half::{bf16, f16};
 use crate::dtype::DType;
 use crate::error::{bail, Result};
 use crate::ops::check;
+use crate::ops::linear::inner_contiguous;
 use crate::sys;
 use crate::tensor::{TensorView, TensorViewMut};
 
@@ -587,6 +588,82 @@ impl Wna16Weight {
         }
     }
 
+    /// Copies the canonical tensors into caller-owned outputs (the C ABI and
+    /// Python importers): `qweight` uint8 `[N, row_bytes]`, `scales` and
+    /// `zeros` `[N, K/G]` of this weight's scale dtype, `perm` int32 `[K]`.
+    /// Without zero points `zeros` is filled with `2^(bits-1)`; without a
+    /// permutation `perm` gets the identity. `zeros` / `perm` may be `None`
+    /// only when the weight has none. Returns whether the weight is act-order
+    /// (has a permutation). Nothing is written unless every output is valid.
+    pub fn write_to(
+        &self,
+        qweight: &mut TensorViewMut,
+        scales: &mut TensorViewMut,
+        zeros: Option<&mut TensorViewMut>,
+        perm: Option<&mut TensorViewMut>,
+    ) -> Result<bool> {
+        let groups = self.k / self.group_size;
+        let sd = self.scales.dtype();
+        let rb = wna16_row_bytes(self.bits, self.k);
+        let want =
+            |t: &TensorViewMut, name: &str, dtypes: &[DType], shape: &[usize]| -> Result<()> {
+                check::on_cpu(&[(name, t.layout())])?;
+                check::dtype_in(t.layout(), name, dtypes)?;
+                if t.shape() != shape {
+                    bail!(
+                        ShapeMismatch,
+                        "`{name}` must have shape {shape:?}, got {:?}",
+                        t.shape()
+                    );
+                }
+                Ok(())
+            };
+        want(qweight, "qweight", &[DType::U8, DType::I8], &[self.n, rb])?;
+        want(scales, "scales", &[sd], &[self.n, groups])?;
+        if let Some(z) = &zeros {
+            want(z, "zeros", &[sd], &[self.n, groups])?;
+        } else if self.zeros.is_some() {
+            bail!(
+                InvalidArgument,
+                "the imported weight has zero points: `zeros` is required"
+            );
+        }
+        if let Some(p) = &perm {
+            want(p, "perm", &[DType::I32], &[self.k])?;
+        } else if self.perm.is_some() {
+            bail!(
+                InvalidArgument,
+                "the imported weight is act-order: `perm` is required"
+            );
+        }
+        for r in 0..self.n {
+            for b in 0..rb {
+                qweight.set_bits(&[r, b], self.qweight[r * rb + b] as u64);
+            }
+            for g in 0..groups {
+                scales.set_bits(&[r, g], self.scales().get_bits(&[r, g]));
+            }
+        }
+        if let Some(z) = zeros {
+            let zero0 = (1u32 << (self.bits - 1)) as f32;
+            for r in 0..self.n {
+                for g in 0..groups {
+                    match self.zeros() {
+                        Some(src) => z.set_bits(&[r, g], src.get_bits(&[r, g])),
+                        None => z.set_f32(&[r, g], zero0),
+                    }
+                }
+            }
+        }
+        if let Some(p) = perm {
+            for j in 0..self.k {
+                let v = self.perm.as_ref().map_or(j as i32, |q| q[j]);
+                p.set_bits(&[j], v as u32 as u64);
+            }
+        }
+        Ok(self.perm.is_some())
+    }
+
     /// The f32 weights `[N, K]` in input-channel order (see [`wna16_dequantize`]).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.n * self.k];
@@ -620,7 +697,7 @@ pub(crate) fn check_canonical(
     }
     check::rank(qweight.layout(), "qweight", 2, "[N, row_bytes]")?;
     check::dtype_in(qweight.layout(), "qweight", &[DType::U8, DType::I8])?;
-    check::inner_contiguous(qweight.layout(), "qweight")?;
+    inner_contiguous(qweight.layout(), "qweight")?;
     let n = qweight.shape()[0];
     let rb = wna16_row_bytes(bits, k);
     if qweight.shape()[1] != rb {
@@ -647,7 +724,7 @@ pub(crate) fn check_canonical(
     let gs = k / groups;
     check_group_size(bits, k, gs)?;
     check_float_2d(scales, "scales", [n, groups])?;
-    check::inner_contiguous(scales.layout(), "scales")?;
+    inner_contiguous(scales.layout(), "scales")?;
     if let Some(z) = zeros {
         check_float_2d(z, "zeros", [n, groups])?;
         check::same_dtype(scales.layout(), "scales", z.layout(), "zeros")?;
@@ -664,7 +741,7 @@ pub(crate) fn check_canonical(
         check::on_cpu(&[("perm", p.layout())])?;
         check::rank(p.layout(), "perm", 1, "[K]")?;
         check::dtype_in(p.layout(), "perm", &[DType::I32])?;
-        check::inner_contiguous(p.layout(), "perm")?;
+        inner_contiguous(p.layout(), "perm")?;
         if p.shape()[0] != k {
             bail!(
                 ShapeMismatch,
@@ -765,8 +842,8 @@ fn quant_rows(input: &TensorView, out: &TensorViewMut) -> Result<(usize, usize, 
             ol.shape
         );
     }
-    check::inner_contiguous(il, "input")?;
-    check::inner_contiguous(ol, "out")?;
+    inner_contiguous(il, "input")?;
+    inner_contiguous(ol, "out")?;
     let k = *il.shape.last().expect("rank >= 1");
     let m = if il.ndim() == 2 { il.shape[0] } else { 1 };
     let (xs, os) = if il.ndim() == 2 {
@@ -1061,8 +1138,8 @@ fn int8_mm(
             "K = {k} exceeds {INT8_MM_MAX_K}: int8 dot products could overflow int32"
         );
     }
-    check::inner_contiguous(al, "a")?;
-    check::inner_contiguous(&ol, "out")?;
+    inner_contiguous(al, "a")?;
+    inner_contiguous(&ol, "out")?;
     if k > 1 && bl.strides[0] != 1 {
         bail!(
             InvalidStride,
