@@ -5,6 +5,12 @@
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
+void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds, uint32_t *out);
+void XK_FN(sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
+                               int64_t n64);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -14,4 +20,9 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .kv_write = XK_FN(kv_write),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
+    .sample_rows = XK_FN(sample_rows),
+    .filter_rows = XK_FN(filter_rows),
+    .filter_apply = XK_FN(filter_apply),
+    .philox4x32 = XK_FN(philox4x32),
+    .sampling_exp_probe = XK_FN(sampling_exp_probe),
 };
