@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{for_each_isa, with_threads, Rng};
+use common::{for_each_isa, Rng};
 use half::{bf16, f16};
 use xpu_ops::ops::sampling::{exp_spec_probe, philox4x32, probs_sum_tolerance};
 use xpu_ops::reference::sampling as reference;
@@ -20,6 +20,13 @@ use xpu_ops::reference::sampling::RowFilter;
 use xpu_ops::*;
 
 // ---- data ---------------------------------------------------------------------
+
+/// Runs `f` on `threads` pool threads with ops forced onto `isa`. The tier
+/// override is thread-local, so it is set again inside the pool (ops resolve
+/// their kernel table on the thread that calls them).
+fn on<R: Send>(isa: Isa, threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    common::with_threads(threads, || with_isa(isa, f).expect("supported tier"))
+}
 
 /// LLM-like logits: a Gaussian background, a few boosted tokens, some exact
 /// ties and optional -inf entries.
@@ -368,8 +375,13 @@ fn check_op(op: Op, x: &TensorView, p: &Params, batch: usize, what: &str) -> Vec
     );
     for_each_isa(|isa| {
         for threads in [1, 3] {
+            assert_eq!(
+                on(isa, threads, active_isa),
+                isa,
+                "the tier reaches the pool"
+            );
             let mut got = vec![-7i32; batch];
-            with_threads(threads, || {
+            on(isa, threads, || {
                 run_op(
                     op,
                     x,
@@ -619,7 +631,7 @@ fn per_row_seeds_make_samples_independent_of_batch_and_threads() {
         .collect();
     let seeds: Vec<i64> = (0..6).map(|_| rng.next_u64() as i64).collect();
     let offsets: Vec<i64> = (0..6).map(|i| 4 * i).collect();
-    let sample = |order: &[usize], threads: usize| -> Vec<i64> {
+    let sample = |order: &[usize], threads: usize, isa: Isa| -> Vec<i64> {
         let data: Vec<Vec<f32>> = order.iter().map(|&i| rows[i].clone()).collect();
         let owned = Owned::new(&data, DType::F32, 0);
         let s: Vec<i64> = order.iter().map(|&i| seeds[i]).collect();
@@ -629,7 +641,7 @@ fn per_row_seeds_make_samples_independent_of_batch_and_threads() {
             TensorView::new(&o, &[o.len()]).unwrap(),
         );
         let mut out = vec![0i64; order.len()];
-        with_threads(threads, || {
+        on(isa, threads, || {
             top_k_top_p_sampling_from_logits(
                 &owned.view(),
                 40i64.into(),
@@ -644,18 +656,22 @@ fn per_row_seeds_make_samples_independent_of_batch_and_threads() {
         .unwrap();
         out
     };
-    let base = sample(&[0, 1, 2, 3, 4, 5], 1);
+    let base = sample(&[0, 1, 2, 3, 4, 5], 1, Isa::Generic);
     for_each_isa(|isa| {
         for threads in [1, 2, 3] {
             let perm = [4usize, 0, 5, 2, 1, 3];
-            let got = sample(&perm, threads);
+            let got = sample(&perm, threads, isa);
             for (j, &i) in perm.iter().enumerate() {
                 assert_eq!(
                     got[j], base[i],
                     "request {i} at row {j}, {threads} threads, {isa}"
                 );
             }
-            assert_eq!(sample(&[3], threads)[0], base[3], "request 3 alone, {isa}");
+            assert_eq!(
+                sample(&[3], threads, isa)[0],
+                base[3],
+                "request 3 alone, {isa}"
+            );
         }
     });
 }
@@ -862,7 +878,7 @@ fn sampler_forward_matches_reference_with_penalties_greedy_and_logprobs() {
                     vec![0f32; batch * (nlp + 1)],
                     vec![0i32; batch],
                 );
-                with_threads(threads, || {
+                on(isa, threads, || {
                     sampler_forward(
                         &x,
                         &md,
@@ -1086,7 +1102,7 @@ fn renorm_and_mask_match_reference() {
                             _ => TensorViewMut::new(&mut got.f, &[3, v]),
                         }
                         .unwrap();
-                        with_threads(threads, || match which {
+                        on(isa, threads, || match which {
                             0 => top_k_renorm_probs(&src.view(), PerRow::Tensor(&kt), &mut g),
                             1 => top_p_renorm_probs(&src.view(), PerRow::Tensor(&pt), &mut g),
                             _ => top_k_mask_logits(&src.view(), PerRow::Tensor(&kt), &mut g),

@@ -13,7 +13,7 @@
 //!
 //! * weights are integers: logits `W = trunc(exp_spec(y - m) * 2^40)` (0 below
 //!   `y - m = -27.8`), probs `W = trunc(p * 2^40)`; `exp_spec` is a fixed
-//!   degree-7 polynomial evaluated without FMA ([`crate::reference::sampling::expf_spec`]).
+//!   degree-6 polynomial evaluated without FMA ([`crate::reference::sampling::expf_spec`]).
 //!   Sums of `W` are exact, so nothing depends on summation order, ISA tier or
 //!   thread count;
 //! * top-k keeps values `>=` the k-th largest (ties at the k-th value kept);

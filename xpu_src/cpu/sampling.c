@@ -12,7 +12,7 @@
  *   m      max_i y_i.
  *   W_i    an integer weight. Logits: trunc(expf_spec(y_i - m) * 2^40) when
  *          fl(y_i - m) >= -27.8f, else 0 (exp(-27.8) < 2^-40). Probs:
- *          trunc(min(max(p_i, 0), 1024) * 2^40). Sums of W are exact integers,
+ *          trunc(min(max(p_i, 0), 2) * 2^40). Sums of W are exact integers,
  *          so they do not depend on summation order, ISA tier or threads.
  *   top-k  keeps key(y) >= the key of the k-th largest value (ties kept).
  *   min-p  logits: keeps fl(y - m) >= fl32(ln(min_p)) (the log form of
@@ -41,7 +41,7 @@
 #define XS_W_SCALE 0x1p40f
 #define XS_EXP64_CUT (-700.0)
 #define XS_HIST 2048
-#define XS_NTHR 8
+#define XS_NTHR 12
 
 __extension__ typedef unsigned __int128 xs_u128;
 
@@ -52,22 +52,21 @@ __extension__ typedef unsigned __int128 xs_u128;
 #define XS_LN2_LO 0x1.7f7d1cp-20f
 #define XS_MAGIC32 12582912.0f /* 1.5 * 2^23 */
 
-/* e^d for d in [-27.8, 0]: round-to-nearest range reduction, degree-7 Taylor,
- * separate multiplies and adds (no FMA) so every tier rounds the same way. */
+/* e^d for d in [-27.8, 0]: round-to-nearest range reduction, Taylor to
+ * degree 6 in Estrin form, separate multiplies and adds (no FMA) so every
+ * tier rounds the same way:
+ *   p = (1 + r) + r2 * ((r / 6 + 1/2) + r2 * ((r / 120 + 1/24) + r2 / 720)). */
 static inline float xs_expf(float d) {
   const float t = d * XS_LOG2E + XS_MAGIC32;
   const uint32_t n = xk_f32_bits(t) - xk_f32_bits(XS_MAGIC32);
   const float nf = t - XS_MAGIC32;
   float r = d - nf * XS_LN2_HI;
   r = r - nf * XS_LN2_LO;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const float r2 = r * r;
+  const float a = 1.0f + r, b = r * (1.0f / 6.0f) + 0.5f, c = r * (1.0f / 120.0f) + 1.0f / 24.0f;
+  float q = r2 * (1.0f / 720.0f) + c;
+  q = r2 * q + b;
+  const float p = r2 * q + a;
   return xk_bits_f32(xk_f32_bits(p) + (n << 23));
 }
 
@@ -119,14 +118,13 @@ static inline __m512 xs_expf16(__m512 d) {
   const __m512 nf = _mm512_sub_ps(t, magic);
   __m512 r = _mm512_sub_ps(d, _mm512_mul_ps(nf, _mm512_set1_ps(XS_LN2_HI)));
   r = _mm512_sub_ps(r, _mm512_mul_ps(nf, _mm512_set1_ps(XS_LN2_LO)));
-  __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 720.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(0.5f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.0f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  const __m512 a = _mm512_add_ps(_mm512_set1_ps(1.0f), r);
+  const __m512 b = _mm512_add_ps(_mm512_mul_ps(r, _mm512_set1_ps(1.0f / 6.0f)), _mm512_set1_ps(0.5f));
+  const __m512 c = _mm512_add_ps(_mm512_mul_ps(r, _mm512_set1_ps(1.0f / 120.0f)), _mm512_set1_ps(1.0f / 24.0f));
+  __m512 q = _mm512_add_ps(_mm512_mul_ps(r2, _mm512_set1_ps(1.0f / 720.0f)), c);
+  q = _mm512_add_ps(_mm512_mul_ps(r2, q), b);
+  const __m512 p = _mm512_add_ps(_mm512_mul_ps(r2, q), a);
   return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(n, 23)));
 }
 
@@ -153,14 +151,13 @@ static inline __m256 xs_expf8(__m256 d) {
   const __m256 nf = _mm256_sub_ps(t, magic);
   __m256 r = _mm256_sub_ps(d, _mm256_mul_ps(nf, _mm256_set1_ps(XS_LN2_HI)));
   r = _mm256_sub_ps(r, _mm256_mul_ps(nf, _mm256_set1_ps(XS_LN2_LO)));
-  __m256 p = _mm256_set1_ps(1.0f / 5040.0f);
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 720.0f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(0.5f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.0f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 a = _mm256_add_ps(_mm256_set1_ps(1.0f), r);
+  const __m256 b = _mm256_add_ps(_mm256_mul_ps(r, _mm256_set1_ps(1.0f / 6.0f)), _mm256_set1_ps(0.5f));
+  const __m256 c = _mm256_add_ps(_mm256_mul_ps(r, _mm256_set1_ps(1.0f / 120.0f)), _mm256_set1_ps(1.0f / 24.0f));
+  __m256 q = _mm256_add_ps(_mm256_mul_ps(r2, _mm256_set1_ps(1.0f / 720.0f)), c);
+  q = _mm256_add_ps(_mm256_mul_ps(r2, q), b);
+  const __m256 p = _mm256_add_ps(_mm256_mul_ps(r2, q), a);
   return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(n, 23)));
 }
 
@@ -255,7 +252,7 @@ static inline uint64_t xs_weight(int logits, float y, float m) {
     if (!(d >= XS_W_CUT)) return 0;
     return (uint64_t)(xs_expf(d) * XS_W_SCALE);
   }
-  const float c = y > 0.0f ? (y < 1024.0f ? y : 1024.0f) : 0.0f;
+  const float c = y > 0.0f ? (y < 2.0f ? y : 2.0f) : 0.0f;
   return (uint64_t)(c * XS_W_SCALE);
 }
 
@@ -278,11 +275,39 @@ static inline void xs_w16(__m512 y, float m, int logits, __mmask16 valid, __m512
     valid &= _mm512_cmp_ps_mask(d, _mm512_set1_ps(XS_W_CUT), _CMP_GE_OQ);
     c = _mm512_mul_ps(xs_expf16(d), _mm512_set1_ps(XS_W_SCALE));
   } else {
-    c = _mm512_min_ps(_mm512_max_ps(y, _mm512_setzero_ps()), _mm512_set1_ps(1024.0f));
+    c = _mm512_min_ps(_mm512_max_ps(y, _mm512_setzero_ps()), _mm512_set1_ps(2.0f));
     c = _mm512_mul_ps(c, _mm512_set1_ps(XS_W_SCALE));
   }
   *lo = _mm512_maskz_cvttps_epu64((__mmask8)valid, _mm512_castps512_ps256(c));
   *hi = _mm512_maskz_cvttps_epu64((__mmask8)(valid >> 8), _mm512_extractf32x8_ps(c, 1));
+}
+/* W = H * 2^20 + L in two u32 lanes (zero where `valid` is clear): two cheap
+ * f32 -> i32 truncations instead of f32 -> u64 ones. Exact: c * 2^40 - H * 2^20
+ * is a float below 2^20 whenever H > 0. */
+static inline void xs_wsplit16(__m512 y, float m, int logits, __mmask16 valid, __m512i *h, __m512i *l) {
+  __m512 c;
+  if (logits) {
+    const __m512 d = _mm512_sub_ps(y, _mm512_set1_ps(m));
+    valid &= _mm512_cmp_ps_mask(d, _mm512_set1_ps(XS_W_CUT), _CMP_GE_OQ);
+    c = xs_expf16(d);
+  } else {
+    c = _mm512_min_ps(_mm512_max_ps(y, _mm512_setzero_ps()), _mm512_set1_ps(2.0f));
+  }
+  const __m512i hh = _mm512_maskz_cvttps_epi32(valid, _mm512_mul_ps(c, _mm512_set1_ps(0x1p20f)));
+  const __m512 rem = _mm512_sub_ps(_mm512_mul_ps(c, _mm512_set1_ps(XS_W_SCALE)),
+                                   _mm512_mul_ps(_mm512_cvtepi32_ps(hh), _mm512_set1_ps(0x1p20f)));
+  *l = _mm512_maskz_cvttps_epi32(valid, rem);
+  *h = hh;
+}
+
+static inline uint64_t xs_hsum_u32x16(__m512i v) {
+  const __m512i lo = _mm512_cvtepu32_epi64(_mm512_castsi512_si256(v));
+  const __m512i hi = _mm512_cvtepu32_epi64(_mm512_extracti64x4_epi64(v, 1));
+  return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+}
+
+static inline uint64_t xs_split_sum16(__m512i h, __m512i l) {
+  return (xs_hsum_u32x16(h) << 20) + xs_hsum_u32x16(l);
 }
 #elif XK_F32_LANES == 8
 static inline __m256 xs_ld8(const xs_src *s, int64_t i) {
@@ -303,12 +328,38 @@ static inline void xs_w8(__m256 y, float m, int logits, __m256 valid, __m256i *l
     valid = _mm256_and_ps(valid, _mm256_cmp_ps(d, _mm256_set1_ps(XS_W_CUT), _CMP_GE_OQ));
     c = _mm256_mul_ps(xs_expf8(d), _mm256_set1_ps(XS_W_SCALE));
   } else {
-    c = _mm256_min_ps(_mm256_max_ps(y, _mm256_setzero_ps()), _mm256_set1_ps(1024.0f));
+    c = _mm256_min_ps(_mm256_max_ps(y, _mm256_setzero_ps()), _mm256_set1_ps(2.0f));
     c = _mm256_mul_ps(c, _mm256_set1_ps(XS_W_SCALE));
   }
   c = _mm256_and_ps(c, valid);
   *lo = xs_trunc_u64x4(_mm256_cvtps_pd(_mm256_castps256_ps128(c)));
   *hi = xs_trunc_u64x4(_mm256_cvtps_pd(_mm256_extractf128_ps(c, 1)));
+}
+
+/* As xs_wsplit16, 8 lanes; `valid` is a compare mask. */
+static inline void xs_wsplit8(__m256 y, float m, int logits, __m256 valid, __m256i *h, __m256i *l) {
+  __m256 c;
+  if (logits) {
+    const __m256 d = _mm256_sub_ps(y, _mm256_set1_ps(m));
+    valid = _mm256_and_ps(valid, _mm256_cmp_ps(d, _mm256_set1_ps(XS_W_CUT), _CMP_GE_OQ));
+    c = xs_expf8(d);
+  } else {
+    c = _mm256_min_ps(_mm256_max_ps(y, _mm256_setzero_ps()), _mm256_set1_ps(2.0f));
+  }
+  c = _mm256_and_ps(c, valid);
+  const __m256i hh = _mm256_cvttps_epi32(_mm256_mul_ps(c, _mm256_set1_ps(0x1p20f)));
+  const __m256 rem = _mm256_sub_ps(_mm256_mul_ps(c, _mm256_set1_ps(XS_W_SCALE)),
+                                   _mm256_mul_ps(_mm256_cvtepi32_ps(hh), _mm256_set1_ps(0x1p20f)));
+  *l = _mm256_cvttps_epi32(rem);
+  *h = hh;
+}
+
+static inline uint64_t xs_hsum_u32x8(__m256i v) {
+  uint32_t t[8];
+  _mm256_storeu_si256((__m256i *)t, v);
+  uint64_t r = 0;
+  for (int j = 0; j < 8; j++) r += t[j];
+  return r;
 }
 
 static inline uint64_t xs_hsum_u64x4(__m256i v) {
@@ -444,32 +495,54 @@ static uint32_t xs_median3(const uint32_t *k, int64_t lo, int64_t hi) {
   return x > y ? x : y;
 }
 
-/* The k-th largest of k[0, n) counting repeats (1 <= kk <= n). Reorders k. */
-static uint32_t xs_kth_largest(uint32_t *k, int64_t n, int64_t kk) {
-  int64_t lo = 0, hi = n;
+/* The k-th largest of k[0, n) counting repeats (1 <= kk <= n), by histogram
+ * narrowing over the key range (no data-dependent branches in the loops).
+ * Overwrites k; uses the workspace histogram. */
+static uint32_t xs_kth_largest(xs_ws *w, uint32_t *k, int64_t n, int64_t kk) {
+  uint32_t lo = 0xffffffffu, hi = 0;
+  for (int64_t i = 0; i < n; i++) {
+    lo = k[i] < lo ? k[i] : lo;
+    hi = k[i] > hi ? k[i] : hi;
+  }
   for (;;) {
-    const uint32_t pivot = xs_median3(k, lo, hi);
-    int64_t a, b;
-    xs_partition(k, NULL, lo, hi, pivot, &a, &b);
-    if (kk <= a - lo) {
-      hi = a;
-    } else if (kk <= b - lo) {
-      return pivot;
-    } else {
-      kk -= b - lo;
-      lo = b;
+    if (n == 1) return k[0];
+    if (lo == hi) return lo;
+    uint32_t bins = 64;
+    while (bins < 2048 && bins < (uint64_t)n) bins <<= 1;
+    const uint64_t span = (uint64_t)hi - lo + 1;
+    int shift = 0;
+    while (((span - 1) >> shift) >= bins) shift++;
+    const uint32_t nb = (uint32_t)(((span - 1) >> shift) + 1);
+    memset(w->hc, 0, sizeof(uint32_t) * nb);
+    for (int64_t i = 0; i < n; i++) w->hc[(k[i] - lo) >> shift]++;
+    int64_t acc = 0;
+    uint32_t b = nb - 1;
+    while (acc + w->hc[b] < kk) acc += w->hc[b--];
+    kk -= acc;
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; i++) {
+      k[j] = k[i];
+      j += ((k[i] - lo) >> shift) == b;
     }
+    n = j;
+    const uint32_t nlo = lo + (b << shift);
+    const uint64_t top = (uint64_t)nlo + ((1ull << shift) - 1);
+    lo = nlo;
+    hi = top > hi ? hi : (uint32_t)top;
+    if (shift == 0) return lo;
   }
 }
 
 static inline int xs_kept(uint64_t g, xs_u128 lim) { return ((xs_u128)g << 32) < lim; }
 
-/* Top-p: the smallest key v among k[0, n) with G(v) * 2^32 < lim, where G(v)
- * sums w over entries with key > v. Weighted quickselect; reorders k and w.
- * The largest key always qualifies when lim > 0. */
-static uint32_t xs_smallest_kept(uint32_t *k, uint64_t *w, int64_t n, xs_u128 lim) {
+/* Top-p: the smallest key v among k[0, n) with (acc0 + G(v)) * 2^32 < lim,
+ * where G(v) sums w over entries with key > v; *mass_ge = acc0 + the weight
+ * of entries with key >= v. Weighted quickselect; reorders k and w. The
+ * largest key qualifies whenever acc0 does. Returns 0xffffffff if none. */
+static uint32_t xs_smallest_kept(uint32_t *k, uint64_t *w, int64_t n, xs_u128 lim, uint64_t acc0,
+                                 uint64_t *mass_ge) {
   int64_t lo = 0, hi = n;
-  uint64_t acc = 0;
+  uint64_t acc = acc0;
   uint32_t best = 0xffffffffu;
   while (lo < hi) {
     const uint32_t pivot = xs_median3(k, lo, hi);
@@ -481,6 +554,7 @@ static uint32_t xs_smallest_kept(uint32_t *k, uint64_t *w, int64_t n, xs_u128 li
     if (xs_kept(acc + mg, lim)) {
       best = pivot;
       acc += mg + me;
+      if (mass_ge) *mass_ge = acc;
       lo = b;
     } else {
       hi = a;
@@ -498,7 +572,7 @@ static xs_u128 xs_top_p_limit(float top_p, uint64_t z) {
 
 /* ---- the candidate pass ----------------------------------------------------- */
 
-enum { XS_COLLECT_NONE = 0, XS_COLLECT_BOUNDS = 1, XS_COLLECT_MASS = 2 };
+enum { XS_COLLECT_NONE = 0, XS_COLLECT_BOUNDS = 1 };
 
 typedef struct xs_pass {
   /* in */
@@ -510,6 +584,7 @@ typedef struct xs_pass {
   xs_u128 lim; /* MASS: top-p limit */
   float m;           /* MASS: the row max */
   float L;           /* collect y >= L */
+  int64_t trigger;   /* compact when more candidates than this */
   /* out */
   float max;
   int nan, pinf, neg;
@@ -526,27 +601,26 @@ static float xs_minp_bound(const xs_src *s, const xs_pass *p, float m_run) {
   return (m_run + p->lnmp) - margin;
 }
 
+/* The next compaction point: cheap quickselects early, room to grow later. */
+static int64_t xs_trigger(const xs_ws *w, const xs_pass *p, int64_t n) {
+  int64_t t = 2 * n + 4 * p->k + 64;
+  if (t < 256) t = 256;
+  if (t > w->cap - 16) t = w->cap - 16;
+  return t;
+}
+
 /* Raises the lower bound and drops candidates below it (keeping index order). */
 static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
   uint32_t lk = xs_key(p->L);
   const int64_t n = p->n;
-  if (p->mode == XS_COLLECT_BOUNDS) {
-    if (p->minp) {
-      const uint32_t b = xs_key(xs_minp_bound(s, p, m_run));
-      if (b > lk) lk = b;
-    }
-    if (p->k > 0 && n >= p->k) {
-      for (int64_t i = 0; i < n; i++) w->sk[i] = xs_key(w->cy[i]);
-      const uint32_t t = xs_kth_largest(w->sk, n, p->k);
-      if (t > lk) lk = t;
-    }
-  } else {
-    for (int64_t i = 0; i < n; i++) {
-      w->sk[i] = xs_key(w->cy[i]);
-      w->sw[i] = xs_weight(s->logits, w->cy[i], p->m);
-    }
-    const uint32_t t = xs_smallest_kept(w->sk, w->sw, n, p->lim);
-    if (t != 0xffffffffu && t > lk) lk = t;
+  if (p->minp) {
+    const uint32_t b = xs_key(xs_minp_bound(s, p, m_run));
+    if (b > lk) lk = b;
+  }
+  if (p->k > 0 && n >= p->k) {
+    for (int64_t i = 0; i < n; i++) w->sk[i] = xs_key(w->cy[i]);
+    const uint32_t t = xs_kth_largest(w, w->sk, n, p->k);
+    if (t > lk) lk = t;
   }
   int64_t j = 0;
   for (int64_t i = 0; i < n; i++) {
@@ -559,49 +633,66 @@ static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
   p->n = j;
   p->L = xs_tau(lk);
   if (j > w->cap / 2) p->overflow = 1;
+  p->trigger = xs_trigger(w, p, j);
 }
 
 /* One pass over the row: max, NaN/inf/negative flags, the probs W total, and
  * (mode != NONE) the candidates y >= L under a rising lower bound. */
-static void xs_pass_run(const xs_src *s, xs_ws *w, xs_pass *p) {
+static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
+  const xs_src sl = *src; /* a local copy: the candidate stores cannot alias it */
+  const xs_src *s = &sl;
   const int64_t n = s->n;
-  int64_t i = 0;
+  const int probs = p->probs, minp = p->minp;
+  (void)minp;
+  float *const cy = w->cy;
+  int32_t *const ci = w->ci;
+  int64_t i = 0, cn = 0, trig;
   int collect = p->mode != XS_COLLECT_NONE;
   float mx = -INFINITY;
   int nan = 0, pinf = 0, neg = 0;
   uint64_t z = 0;
   p->n = 0;
   p->overflow = 0;
+  p->trigger = trig = xs_trigger(w, p, 0);
 #if XK_F32_LANES == 16
   __m512 vmax = _mm512_set1_ps(-INFINITY), vL = _mm512_set1_ps(p->L);
   __mmask16 mnan = 0, mpinf = 0, mneg = 0;
-  __m512i z0 = _mm512_setzero_si512(), z1 = _mm512_setzero_si512();
+  __m512i ah = _mm512_setzero_si512(), al = _mm512_setzero_si512();
+  int blk = 0;
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; i + 16 <= n; i += 16) {
     const __m512 y = xs_ld16(s, i);
     mnan |= _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
     mpinf |= _mm512_cmp_ps_mask(y, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
     vmax = _mm512_max_ps(y, vmax);
-    if (p->probs) {
+    if (probs) {
       mneg |= _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_LT_OQ);
-      __m512i lo, hi;
-      xs_w16(y, 0.0f, 0, 0xffff, &lo, &hi);
-      z0 = _mm512_add_epi64(z0, lo);
-      z1 = _mm512_add_epi64(z1, hi);
+      __m512i h, l;
+      xs_wsplit16(y, 0.0f, 0, 0xffff, &h, &l);
+      ah = _mm512_add_epi32(ah, h);
+      al = _mm512_add_epi32(al, l);
+      if (++blk == 1024) {
+        z += xs_split_sum16(ah, al);
+        ah = al = _mm512_setzero_si512();
+        blk = 0;
+      }
     }
     if (collect) {
       const __mmask16 k = _mm512_cmp_ps_mask(y, vL, _CMP_GE_OQ);
       if (k) {
-        _mm512_mask_compressstoreu_ps(w->cy + p->n, k, y);
-        _mm512_mask_compressstoreu_epi32(w->ci + p->n, k, _mm512_add_epi32(lanes, _mm512_set1_epi32((int)i)));
-        p->n += __builtin_popcount((unsigned)k);
-        if (p->n > w->cap - 16) {
+        _mm512_mask_compressstoreu_ps(cy + cn, k, y);
+        _mm512_mask_compressstoreu_epi32(ci + cn, k, _mm512_add_epi32(lanes, _mm512_set1_epi32((int)i)));
+        cn += __builtin_popcount((unsigned)k);
+        if (cn > trig) {
+          p->n = cn;
           xs_compact(s, w, p, _mm512_reduce_max_ps(vmax));
+          cn = p->n;
+          trig = p->trigger;
           vL = _mm512_set1_ps(p->L);
           if (p->overflow) collect = 0;
         }
       }
-      if (p->minp && (i & 4095) == 0) {
+      if (minp && (i & 4095) == 0) {
         const float b = xs_minp_bound(s, p, _mm512_reduce_max_ps(vmax));
         if (b > p->L) {
           p->L = b;
@@ -614,22 +705,28 @@ static void xs_pass_run(const xs_src *s, xs_ws *w, xs_pass *p) {
   nan = mnan != 0;
   pinf = mpinf != 0;
   neg = mneg != 0;
-  z = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(z0, z1));
+  z += xs_split_sum16(ah, al);
 #elif XK_F32_LANES == 8
   __m256 vmax = _mm256_set1_ps(-INFINITY), vL = _mm256_set1_ps(p->L);
   __m256 anynan = _mm256_setzero_ps(), anypinf = _mm256_setzero_ps(), anyneg = _mm256_setzero_ps();
-  __m256i z0 = _mm256_setzero_si256(), z1 = _mm256_setzero_si256();
+  __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
+  int blk = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 y = xs_ld8(s, i);
     anynan = _mm256_or_ps(anynan, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
     anypinf = _mm256_or_ps(anypinf, _mm256_cmp_ps(y, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
     vmax = _mm256_max_ps(y, vmax);
-    if (p->probs) {
+    if (probs) {
       anyneg = _mm256_or_ps(anyneg, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
-      __m256i lo, hi;
-      xs_w8(y, 0.0f, 0, _mm256_castsi256_ps(_mm256_set1_epi32(-1)), &lo, &hi);
-      z0 = _mm256_add_epi64(z0, lo);
-      z1 = _mm256_add_epi64(z1, hi);
+      __m256i h, l;
+      xs_wsplit8(y, 0.0f, 0, _mm256_castsi256_ps(_mm256_set1_epi32(-1)), &h, &l);
+      ah = _mm256_add_epi32(ah, h);
+      al = _mm256_add_epi32(al, l);
+      if (++blk == 1024) {
+        z += (xs_hsum_u32x8(ah) << 20) + xs_hsum_u32x8(al);
+        ah = al = _mm256_setzero_si256();
+        blk = 0;
+      }
     }
     if (collect) {
       int k = _mm256_movemask_ps(_mm256_cmp_ps(y, vL, _CMP_GE_OQ));
@@ -639,17 +736,20 @@ static void xs_pass_run(const xs_src *s, xs_ws *w, xs_pass *p) {
         while (k) {
           const int b = __builtin_ctz((unsigned)k);
           k &= k - 1;
-          w->cy[p->n] = t[b];
-          w->ci[p->n] = (int32_t)(i + b);
-          p->n++;
+          cy[cn] = t[b];
+          ci[cn] = (int32_t)(i + b);
+          cn++;
         }
-        if (p->n > w->cap - 16) {
+        if (cn > trig) {
+          p->n = cn;
           xs_compact(s, w, p, xs_hmax8(vmax));
+          cn = p->n;
+          trig = p->trigger;
           vL = _mm256_set1_ps(p->L);
           if (p->overflow) collect = 0;
         }
       }
-      if (p->minp && (i & 4095) == 0) {
+      if (minp && (i & 4095) == 0) {
         const float b = xs_minp_bound(s, p, xs_hmax8(vmax));
         if (b > p->L) {
           p->L = b;
@@ -662,7 +762,7 @@ static void xs_pass_run(const xs_src *s, xs_ws *w, xs_pass *p) {
   nan = _mm256_movemask_ps(anynan) != 0;
   pinf = _mm256_movemask_ps(anypinf) != 0;
   neg = _mm256_movemask_ps(anyneg) != 0;
-  z = xs_hsum_u64x4(_mm256_add_epi64(z0, z1));
+  z += (xs_hsum_u32x8(ah) << 20) + xs_hsum_u32x8(al);
 #endif
   for (; i < n; i++) {
     const float y = xs_at(s, i);
@@ -672,20 +772,24 @@ static void xs_pass_run(const xs_src *s, xs_ws *w, xs_pass *p) {
     }
     if (y == INFINITY) pinf = 1;
     if (y > mx) mx = y;
-    if (p->probs) {
+    if (probs) {
       if (y < 0.0f) neg = 1;
       z += xs_weight(0, y, 0.0f);
     }
     if (collect && y >= p->L) {
-      w->cy[p->n] = y;
-      w->ci[p->n] = (int32_t)i;
-      p->n++;
-      if (p->n > w->cap - 16) {
+      cy[cn] = y;
+      ci[cn] = (int32_t)i;
+      cn++;
+      if (cn > trig) {
+        p->n = cn;
         xs_compact(s, w, p, mx);
+        cn = p->n;
+        trig = p->trigger;
         if (p->overflow) collect = 0;
       }
     }
   }
+  p->n = cn;
   p->max = mx;
   p->nan = nan;
   p->pinf = pinf;
@@ -695,63 +799,48 @@ static void xs_pass_run(const xs_src *s, xs_ws *w, xs_pass *p) {
 
 /* ---- whole-row passes ------------------------------------------------------- */
 
-/* Sum of W over y >= tau; tm[j] = the same over y > thr[j] too. */
-static uint64_t xs_mass(const xs_src *s, float m, float tau, int nthr, const float *thr, uint64_t *tm) {
+/* Sum of W over y >= tau. The vector paths keep H and L (W = H * 2^20 + L)
+ * in u32 lanes and move them to u64 every 1024 vectors (H <= 2^21). */
+static uint64_t xs_mass(const xs_src *s, float m, float tau) {
   const int64_t n = s->n;
   int64_t i = 0;
   uint64_t z = 0;
-  for (int j = 0; j < nthr; j++) tm[j] = 0;
 #if XK_F32_LANES == 16
-  __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
-  __m512i t0[XS_NTHR], t1[XS_NTHR];
-  for (int j = 0; j < XS_NTHR; j++) t0[j] = t1[j] = _mm512_setzero_si512();
   const __m512 vtau = _mm512_set1_ps(tau);
-  for (; i + 16 <= n; i += 16) {
-    const __m512 y = xs_ld16(s, i);
-    const __mmask16 valid = _mm512_cmp_ps_mask(y, vtau, _CMP_GE_OQ);
-    if (!valid) continue;
-    __m512i lo, hi;
-    xs_w16(y, m, s->logits, valid, &lo, &hi);
-    a0 = _mm512_add_epi64(a0, lo);
-    a1 = _mm512_add_epi64(a1, hi);
-    for (int j = 0; j < nthr; j++) {
-      const __mmask16 g = _mm512_cmp_ps_mask(y, _mm512_set1_ps(thr[j]), _CMP_GT_OQ);
-      t0[j] = _mm512_mask_add_epi64(t0[j], (__mmask8)g, t0[j], lo);
-      t1[j] = _mm512_mask_add_epi64(t1[j], (__mmask8)(g >> 8), t1[j], hi);
+  while (i + 16 <= n) {
+    __m512i ah = _mm512_setzero_si512(), al = _mm512_setzero_si512();
+    const int64_t stop = (n - i) / 16 > 1024 ? i + 1024 * 16 : n - 15;
+    for (; i < stop; i += 16) {
+      const __m512 y = xs_ld16(s, i);
+      const __mmask16 valid = _mm512_cmp_ps_mask(y, vtau, _CMP_GE_OQ);
+      if (!valid) continue;
+      __m512i h, l;
+      xs_wsplit16(y, m, s->logits, valid, &h, &l);
+      ah = _mm512_add_epi32(ah, h);
+      al = _mm512_add_epi32(al, l);
     }
+    z += xs_split_sum16(ah, al);
   }
-  z = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(a0, a1));
-  for (int j = 0; j < nthr; j++) tm[j] = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(t0[j], t1[j]));
 #elif XK_F32_LANES == 8
-  __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
-  __m256i t0[XS_NTHR], t1[XS_NTHR];
-  for (int j = 0; j < XS_NTHR; j++) t0[j] = t1[j] = _mm256_setzero_si256();
   const __m256 vtau = _mm256_set1_ps(tau);
-  for (; i + 8 <= n; i += 8) {
-    const __m256 y = xs_ld8(s, i);
-    const __m256 valid = _mm256_cmp_ps(y, vtau, _CMP_GE_OQ);
-    if (!_mm256_movemask_ps(valid)) continue;
-    __m256i lo, hi;
-    xs_w8(y, m, s->logits, valid, &lo, &hi);
-    a0 = _mm256_add_epi64(a0, lo);
-    a1 = _mm256_add_epi64(a1, hi);
-    for (int j = 0; j < nthr; j++) {
-      const __m256 g = _mm256_cmp_ps(y, _mm256_set1_ps(thr[j]), _CMP_GT_OQ);
-      const __m256i glo = _mm256_cvtepi32_epi64(_mm_castps_si128(_mm256_castps256_ps128(g)));
-      const __m256i ghi = _mm256_cvtepi32_epi64(_mm_castps_si128(_mm256_extractf128_ps(g, 1)));
-      t0[j] = _mm256_add_epi64(t0[j], _mm256_and_si256(lo, glo));
-      t1[j] = _mm256_add_epi64(t1[j], _mm256_and_si256(hi, ghi));
+  while (i + 8 <= n) {
+    __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
+    const int64_t stop = (n - i) / 8 > 1024 ? i + 1024 * 8 : n - 7;
+    for (; i < stop; i += 8) {
+      const __m256 y = xs_ld8(s, i);
+      const __m256 valid = _mm256_cmp_ps(y, vtau, _CMP_GE_OQ);
+      if (!_mm256_movemask_ps(valid)) continue;
+      __m256i h, l;
+      xs_wsplit8(y, m, s->logits, valid, &h, &l);
+      ah = _mm256_add_epi32(ah, h);
+      al = _mm256_add_epi32(al, l);
     }
+    z += (xs_hsum_u32x8(ah) << 20) + xs_hsum_u32x8(al);
   }
-  z = xs_hsum_u64x4(_mm256_add_epi64(a0, a1));
-  for (int j = 0; j < nthr; j++) tm[j] = xs_hsum_u64x4(_mm256_add_epi64(t0[j], t1[j]));
 #endif
   for (; i < n; i++) {
     const float y = xs_at(s, i);
-    if (!(y >= tau)) continue;
-    const uint64_t wt = xs_weight(s->logits, y, m);
-    z += wt;
-    for (int j = 0; j < nthr; j++) tm[j] += y > thr[j] ? wt : 0;
+    if (y >= tau) z += xs_weight(s->logits, y, m);
   }
   return z;
 }
@@ -767,15 +856,15 @@ static int64_t xs_scan(const xs_src *s, float m, float tau, uint64_t t) {
     const __m512 y = xs_ld16(s, i);
     const __mmask16 valid = _mm512_cmp_ps_mask(y, vtau, _CMP_GE_OQ);
     if (!valid) continue;
-    __m512i lo, hi;
-    xs_w16(y, m, s->logits, valid, &lo, &hi);
-    const uint64_t sum = (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+    __m512i h, l;
+    xs_wsplit16(y, m, s->logits, valid, &h, &l);
+    const uint64_t sum = xs_split_sum16(h, l);
     if (acc + sum > t) {
-      uint64_t wl[16];
-      _mm512_storeu_si512(wl, lo);
-      _mm512_storeu_si512(wl + 8, hi);
+      uint32_t hl[16], ll[16];
+      _mm512_storeu_si512(hl, h);
+      _mm512_storeu_si512(ll, l);
       for (int j = 0; j < 16; j++) {
-        acc += wl[j];
+        acc += ((uint64_t)hl[j] << 20) + ll[j];
         if (acc > t) return i + j;
       }
     }
@@ -789,15 +878,15 @@ static int64_t xs_scan(const xs_src *s, float m, float tau, uint64_t t) {
     const __m256 valid = _mm256_cmp_ps(y, vtau, _CMP_GE_OQ);
     const int vm = _mm256_movemask_ps(valid);
     if (!vm) continue;
-    __m256i lo, hi;
-    xs_w8(y, m, s->logits, valid, &lo, &hi);
-    const uint64_t sum = xs_hsum_u64x4(_mm256_add_epi64(lo, hi));
+    __m256i h, l;
+    xs_wsplit8(y, m, s->logits, valid, &h, &l);
+    const uint64_t sum = (xs_hsum_u32x8(h) << 20) + xs_hsum_u32x8(l);
     if (acc + sum > t) {
-      uint64_t wl[8];
-      _mm256_storeu_si256((__m256i *)wl, lo);
-      _mm256_storeu_si256((__m256i *)(wl + 4), hi);
+      uint32_t hl[8], ll[8];
+      _mm256_storeu_si256((__m256i *)hl, h);
+      _mm256_storeu_si256((__m256i *)ll, l);
       for (int j = 0; j < 8; j++) {
-        acc += wl[j];
+        acc += ((uint64_t)hl[j] << 20) + ll[j];
         if (acc > t) return i + j;
       }
     }
@@ -815,58 +904,163 @@ static int64_t xs_scan(const xs_src *s, float m, float tau, uint64_t t) {
   return last; /* unreachable when t < the total */
 }
 
-/* Radix select over the whole row, three levels of key bits (11, 11, 10).
- * Count mode (lim == 0): the key of the kk-th largest among keys >= lo_key
- * (0 when fewer exist). Mass mode: the smallest key v >= lo_key with
- * G(v) * 2^32 < lim, G over keys >= lo_key. */
-static uint32_t xs_radix(const xs_src *s, xs_ws *w, float m, uint32_t lo_key, int64_t kk, xs_u128 lim) {
-  static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
-  const int mass = lim != 0;
-  uint32_t prefix = 0;
-  uint64_t acc = 0;
-  uint32_t keys[16];
-  uint64_t wts[16];
-  for (int lv = 0; lv < 3; lv++) {
-    const int sh = shifts[lv], nb = 1 << widths[lv];
-    memset(w->hc, 0, sizeof(uint32_t) * (size_t)nb);
-    memset(w->hm, 0, sizeof(uint64_t) * (size_t)nb);
-    const int top = sh + widths[lv];
-    for (int64_t i = 0; i < s->n; i += 16) {
-      const int64_t cnt = s->n - i < 16 ? s->n - i : 16;
-      xs_chunk(s, m, i, cnt, keys, mass ? wts : NULL);
-      for (int64_t j = 0; j < cnt; j++) {
-        const uint32_t k = keys[j];
-        if (k < lo_key || (top < 32 && (k >> top) != prefix)) continue;
-        const uint32_t bin = (k >> sh) & (uint32_t)(nb - 1);
-        w->hc[bin]++;
-        if (mass) w->hm[bin] += wts[j];
-      }
+/* Keys (and W when w != NULL) of the elements i0 .. i0+15 whose key lies in
+ * [lo, hi]; returns the lane mask (bit j = element i0 + j), full chunks only. */
+static unsigned xs_chunk_in(const xs_src *s, float m, int64_t i0, uint32_t lo, uint32_t hi, uint32_t *keys,
+                            uint64_t *w) {
+#if XK_F32_LANES == 16
+  const __m512 y = xs_ld16(s, i0);
+  const __m512i k = xs_key16(y);
+  const __mmask16 in = _mm512_cmp_epu32_mask(k, _mm512_set1_epi32((int)lo), _MM_CMPINT_NLT) &
+                       _mm512_cmp_epu32_mask(k, _mm512_set1_epi32((int)hi), _MM_CMPINT_LE);
+  if (in) {
+    _mm512_storeu_si512(keys, k);
+    if (w) {
+      __m512i wl, wh;
+      xs_w16(y, m, s->logits, in, &wl, &wh);
+      _mm512_storeu_si512(w, wl);
+      _mm512_storeu_si512(w + 8, wh);
     }
-    int b = nb - 1, found = -1;
+  }
+  return in;
+#elif XK_F32_LANES == 8
+  unsigned mask = 0;
+  const __m256i bias = _mm256_set1_epi32((int)0x80000000u);
+  const __m256i lob = _mm256_xor_si256(_mm256_set1_epi32((int)lo), bias);
+  const __m256i hib = _mm256_xor_si256(_mm256_set1_epi32((int)hi), bias);
+  for (int h = 0; h < 2; h++) {
+    const __m256 y = xs_ld8(s, i0 + 8 * h);
+    const __m256i k = xs_key8(y);
+    const __m256i kb = _mm256_xor_si256(k, bias);
+    const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lob, kb), _mm256_cmpgt_epi32(kb, hib));
+    const unsigned in = ~(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(out)) & 0xffu;
+    if (!in) continue;
+    mask |= in << (8 * h);
+    _mm256_storeu_si256((__m256i *)(keys + 8 * h), k);
+    if (w) {
+      __m256i wl, wh;
+      xs_w8(y, m, s->logits, _mm256_castsi256_ps(_mm256_andnot_si256(out, _mm256_set1_epi32(-1))), &wl, &wh);
+      _mm256_storeu_si256((__m256i *)(w + 8 * h), wl);
+      _mm256_storeu_si256((__m256i *)(w + 8 * h + 4), wh);
+    }
+  }
+  return mask;
+#else
+  unsigned mask = 0;
+  for (int j = 0; j < 16; j++) {
+    const float y = xs_at(s, i0 + j);
+    const uint32_t k = xs_key(y);
+    if (y != y || k < lo || k > hi) continue;
+    mask |= 1u << j;
+    keys[j] = k;
+    if (w) w[j] = xs_weight(s->logits, y, m);
+  }
+  return mask;
+#endif
+}
+
+/* Calls body(key, weight, index) for every element with key in [lo, hi]. */
+#define XS_FOR_IN_RANGE(s, m, lo, hi, want_w, body)                                         \
+  do {                                                                                      \
+    uint32_t ks_[16];                                                                       \
+    uint64_t ws_[16];                                                                       \
+    int64_t i_ = 0;                                                                         \
+    for (; i_ + 16 <= (s)->n; i_ += 16) {                                                   \
+      unsigned mk_ = xs_chunk_in((s), (m), i_, (lo), (hi), ks_, (want_w) ? ws_ : NULL);     \
+      while (mk_) {                                                                         \
+        const int j_ = __builtin_ctz(mk_);                                                  \
+        mk_ &= mk_ - 1;                                                                     \
+        const uint32_t key_ = ks_[j_];                                                      \
+        const uint64_t wt_ = (want_w) ? ws_[j_] : 0;                                        \
+        const int64_t idx_ = i_ + j_;                                                       \
+        (void)key_;                                                                         \
+        (void)wt_;                                                                          \
+        (void)idx_;                                                                         \
+        body;                                                                               \
+      }                                                                                     \
+    }                                                                                       \
+    for (; i_ < (s)->n; i_++) {                                                             \
+      const float y_ = xs_at((s), i_);                                                      \
+      const uint32_t key_ = xs_key(y_);                                                     \
+      if (y_ != y_ || key_ < (lo) || key_ > (hi)) continue;                                 \
+      const uint64_t wt_ = (want_w) ? xs_weight((s)->logits, y_, (m)) : 0;                  \
+      const int64_t idx_ = i_;                                                              \
+      (void)wt_;                                                                            \
+      (void)idx_;                                                                           \
+      body;                                                                                 \
+    }                                                                                       \
+  } while (0)
+
+/* Threshold select over the whole row among elements with key >= lo, without
+ * sorting: histograms of 2048 bins over the remaining key range [lo, hi],
+ * narrowed each pass, and once the boundary bin holds few enough elements
+ * they are collected and finished by quickselect.
+ * Count mode (lim == 0): the key of the kk-th largest (0 when fewer exist).
+ * Mass mode: the smallest key v with G(v) * 2^32 < lim, G over keys >= lo;
+ * *zge = the weight of keys >= v. */
+static uint32_t xs_select(const xs_src *s, xs_ws *w, float m, uint32_t lo, int64_t kk, xs_u128 lim, uint64_t *zge) {
+  const int mass = lim != 0;
+  uint32_t hi = xs_key(m);
+  uint64_t acc = 0; /* count or weight of elements with key > hi (and >= lo) */
+  while (lo <= hi) {
+    const uint64_t span = (uint64_t)hi - lo + 1;
+    int shift = 0;
+    while (((span - 1) >> shift) >= XS_HIST) shift++;
+    const uint32_t nb = (uint32_t)(((span - 1) >> shift) + 1);
+    memset(w->hc, 0, sizeof(uint32_t) * nb);
+    if (mass) memset(w->hm, 0, sizeof(uint64_t) * nb);
+    XS_FOR_IN_RANGE(s, m, lo, hi, mass, {
+      const uint32_t bin = (key_ - lo) >> shift;
+      w->hc[bin]++;
+      if (mass) w->hm[bin] += wt_;
+    });
+    int64_t b, found = -1;
+    uint64_t at = acc;
     if (!mass) {
-      for (; b >= 0; b--) {
+      for (b = (int64_t)nb - 1; b >= 0; b--) {
         if (acc + w->hc[b] >= (uint64_t)kk) {
           found = b;
+          at = acc;
           break;
         }
         acc += w->hc[b];
       }
-      if (found < 0) return 0; /* fewer than kk keys */
+      if (found < 0) return 0; /* fewer than kk */
     } else {
-      uint64_t at_found = acc;
-      for (; b >= 0; b--) {
+      for (b = (int64_t)nb - 1; b >= 0; b--) {
         if (!w->hc[b]) continue;
         if (!xs_kept(acc, lim)) break;
         found = b;
-        at_found = acc;
+        at = acc;
         acc += w->hm[b];
       }
       if (found < 0) return 0xffffffffu;
-      acc = at_found;
     }
-    prefix = (prefix << widths[lv]) | (uint32_t)found;
+    acc = at;
+    const uint32_t nlo = lo + ((uint32_t)found << shift);
+    const uint64_t top = (uint64_t)nlo + ((1ull << shift) - 1);
+    const uint32_t nhi = top > hi ? hi : (uint32_t)top;
+    if (shift == 0) {
+      if (zge) *zge = acc + w->hm[found] * (uint64_t)mass;
+      return nlo;
+    }
+    if (w->hc[found] <= (uint32_t)(w->cap / 2)) {
+      int64_t n = 0;
+      XS_FOR_IN_RANGE(s, m, nlo, nhi, mass, {
+        w->sk[n] = key_;
+        w->sw[n] = wt_;
+        n++;
+      });
+      if (!mass) return xs_kth_largest(w, w->sk, n, kk - (int64_t)acc);
+      uint64_t z = 0;
+      const uint32_t v = xs_smallest_kept(w->sk, w->sw, n, lim, acc, &z);
+      if (zge) *zge = z;
+      return v;
+    }
+    lo = nlo;
+    hi = nhi;
   }
-  return prefix;
+  return mass ? 0xffffffffu : 0;
 }
 
 /* Binary search: the smallest key q <= key(m) with fl(unkey(q) - m) >= lnmp. */
@@ -898,6 +1092,8 @@ typedef struct xs_row {
   uint32_t tau;
   int in_buf;     /* the kept set is cand[0, n) with ck/cw filled */
   int64_t n;
+  int have_z;     /* zkept holds the kept set's W total */
+  uint64_t zkept;
 } xs_row;
 
 /* Keeps candidates with key >= tau and fills their keys and weights. */
@@ -915,12 +1111,17 @@ static void xs_buf_filter(const xs_src *s, xs_ws *w, xs_row *r, uint32_t tau) {
   r->n = j;
 }
 
+/* Candidates probed for top-p without a small top-k: the nucleus is resolved
+ * in the buffer when these already hold the top-p mass. */
+#define XS_TOPP_PROBE 512
+
 static void xs_row_filter(const xs_src *s, const xs_filter *f, xs_ws *w, xs_row *r) {
   const int topk = f->k > 0 && f->k < s->n, topp = f->top_p < 1.0f, minp = f->min_p > 0.0f;
+  const int small_k = topk && f->k <= w->cap / 4;
   xs_pass p;
   memset(&p, 0, sizeof p);
   p.probs = !s->logits;
-  p.k = (topk && f->k <= w->cap / 4) ? f->k : 0;
+  p.k = small_k ? f->k : (topp ? XS_TOPP_PROBE : 0);
   p.minp = minp;
   p.min_p = f->min_p;
   p.lnmp = minp ? (float)log((double)f->min_p) : 0.0f;
@@ -933,25 +1134,28 @@ static void xs_row_filter(const xs_src *s, const xs_filter *f, xs_ws *w, xs_row 
   r->zfull = p.zsum;
   if (r->status) return;
   const float m = p.max;
+  /* The buffer holds every element >= p.L (and maybe some below). */
+  const int collected = p.mode != XS_COLLECT_NONE && !p.overflow;
   r->n = p.n;
-  r->in_buf = p.mode != XS_COLLECT_NONE && !p.overflow;
 
   uint32_t tau = 0;
   if (minp) tau = s->logits ? xs_minp_key_logits(m, p.lnmp) : xs_key(f->min_p * m);
   if (topk) {
     uint32_t tk;
-    if (r->in_buf && p.k > 0) {
-      int64_t j = 0;
-      for (int64_t i = 0; i < r->n; i++) w->sk[j++] = xs_key(w->cy[i]);
-      tk = j >= f->k ? xs_kth_largest(w->sk, j, f->k) : 0;
+    if (collected && small_k) {
+      for (int64_t i = 0; i < r->n; i++) w->sk[i] = xs_key(w->cy[i]);
+      tk = r->n >= f->k ? xs_kth_largest(w, w->sk, r->n, f->k) : 0;
     } else {
-      tk = xs_radix(s, w, m, 0, f->k, 0);
+      tk = xs_select(s, w, m, 0, f->k, 0, NULL);
     }
     if (tk > tau) tau = tk;
   }
+  /* S1 = {key >= tau}; it lies in the buffer when tau >= key(p.L). */
+  r->in_buf = collected && tau >= xs_key(p.L);
   if (topp) {
     uint64_t zp = 0;
-    if (f->joint) zp = s->logits ? xs_mass(s, m, -INFINITY, 0, NULL, NULL) : r->zfull;
+    if (f->joint) zp = s->logits ? xs_mass(s, m, -INFINITY) : r->zfull;
+    uint32_t tp = 0xffffffffu;
     if (r->in_buf) {
       xs_buf_filter(s, w, r, tau);
       if (!f->joint) {
@@ -961,48 +1165,36 @@ static void xs_row_filter(const xs_src *s, const xs_filter *f, xs_ws *w, xs_row 
       const xs_u128 lim = xs_top_p_limit(f->top_p, zp);
       memcpy(w->sk, w->ck, sizeof(uint32_t) * (size_t)r->n);
       memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
-      const uint32_t tp = xs_smallest_kept(w->sk, w->sw, r->n, lim);
-      if (tp != 0xffffffffu && tp > tau) tau = tp;
+      tp = xs_smallest_kept(w->sk, w->sw, r->n, lim, 0, NULL);
     } else {
-      /* Whole row: Z over S1 with masses above a few cuts, so the collect
-       * pass can start from a bound, then a mass-pruned candidate pass. */
-      float thr[XS_NTHR];
-      static const float cut_logits[XS_NTHR] = {0.25f, 0.5f, 1.0f, 2.0f, 3.0f, 5.0f, 8.0f, 13.0f};
-      static const float cut_probs[XS_NTHR] = {0.5f, 0.25f, 0.1f, 0.03f, 0.01f, 1e-3f, 1e-4f, 1e-5f};
-      for (int j = 0; j < XS_NTHR; j++) thr[j] = s->logits ? m - cut_logits[j] : m * cut_probs[j];
-      uint64_t tm[XS_NTHR];
-      const float tauf = xs_tau(tau);
-      const uint64_t z1 = xs_mass(s, m, tauf, XS_NTHR, thr, tm);
-      if (!f->joint) zp = z1;
+      if (!f->joint) zp = xs_mass(s, m, xs_tau(tau));
       const xs_u128 lim = xs_top_p_limit(f->top_p, zp);
-      uint32_t lk = tau;
-      for (int j = 0; j < XS_NTHR; j++) {
-        if (!xs_kept(tm[j], lim)) {
-          const uint32_t b = xs_key(thr[j]) + 1; /* keep y > thr[j] */
-          if (b > lk) lk = b;
-          break;
+      int done = 0;
+      if (collected) {
+        /* The probe holds every element >= p.L, all inside S1. If their
+         * weight reaches the top-p mass, nothing below p.L is kept. */
+        const uint32_t lk = xs_key(p.L);
+        xs_buf_filter(s, w, r, lk > tau ? lk : tau);
+        uint64_t mc = 0;
+        for (int64_t i = 0; i < r->n; i++) mc += w->cw[i];
+        if (!xs_kept(mc, lim)) {
+          memcpy(w->sk, w->ck, sizeof(uint32_t) * (size_t)r->n);
+          memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
+          tp = xs_smallest_kept(w->sk, w->sw, r->n, lim, 0, NULL);
+          r->in_buf = 1;
+          done = 1;
         }
       }
-      xs_pass q;
-      memset(&q, 0, sizeof q);
-      q.mode = XS_COLLECT_MASS;
-      q.lim = lim;
-      q.m = m;
-      q.L = xs_tau(lk);
-      xs_pass_run(s, w, &q);
-      uint32_t tp;
-      if (!q.overflow) {
-        r->n = q.n;
-        r->in_buf = 1;
-        xs_buf_filter(s, w, r, lk);
-        memcpy(w->sk, w->ck, sizeof(uint32_t) * (size_t)r->n);
-        memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
-        tp = xs_smallest_kept(w->sk, w->sw, r->n, lim);
-      } else {
-        tp = xs_radix(s, w, m, tau, 0, lim);
+      if (!done) {
+        uint64_t zk = 0;
+        tp = xs_select(s, w, m, tau, 0, lim, &zk);
+        if (tp != 0xffffffffu) {
+          r->have_z = 1;
+          r->zkept = zk;
+        }
       }
-      if (tp != 0xffffffffu && tp > tau) tau = tp;
     }
+    if (tp != 0xffffffffu && tp > tau) tau = tp;
   }
   r->tau = tau;
   if (r->in_buf) xs_buf_filter(s, w, r, tau);
@@ -1022,7 +1214,9 @@ static int64_t xs_row_draw(const xs_src *s, xs_ws *w, const xs_row *r, uint32_t 
     return r->n ? w->ci[r->n - 1] : 0;
   }
   const float tauf = xs_tau(r->tau);
-  const uint64_t z = (!s->logits && r->tau <= XS_KEY_NEG_INF) ? r->zfull : xs_mass(s, r->m, tauf, 0, NULL, NULL);
+  const uint64_t z = r->have_z                                     ? r->zkept
+                     : (!s->logits && r->tau <= XS_KEY_NEG_INF) ? r->zfull
+                                                                : xs_mass(s, r->m, tauf);
   const uint64_t t = (uint64_t)(((xs_u128)u * z) >> 32);
   const int64_t i = xs_scan(s, r->m, tauf, t);
   return i < 0 ? 0 : i;
@@ -1118,9 +1312,9 @@ static int xs_logprobs(const xs_src *raw, xs_ws *w, int64_t token, int32_t nlp, 
   const int in_buf = p.k > 0 && !p.overflow;
   if (in_buf) {
     for (int64_t i = 0; i < p.n; i++) w->sk[i] = xs_key(w->cy[i]);
-    tk = xs_kth_largest(w->sk, p.n, nlp);
+    tk = xs_kth_largest(w, w->sk, p.n, nlp);
   } else {
-    tk = xs_radix(raw, w, m, 0, nlp, 0);
+    tk = xs_select(raw, w, m, 0, nlp, 0, NULL);
   }
   int64_t greater = 0;
   if (in_buf) {
@@ -1209,7 +1403,7 @@ void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_
       status = p.nan ? XK_ROW_NAN : p.pinf ? XK_ROW_POS_INF : !(p.max > -INFINITY) ? XK_ROW_NO_FINITE : XK_ROW_OK;
       if (!status) token = xs_first_equal(&s, p.max);
     } else {
-      if (a->temperature) {
+      if (a->temperature && a->temperature[b] != 1.0f) { /* x / 1 == x: skip the division */
         s.has_t = 1;
         s.t = a->temperature[b];
       }
