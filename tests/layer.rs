@@ -1514,3 +1514,42 @@ fn silu_and_mul_rejects_bad_input() {
     assert_err(xpu_ops::silu_and_mul(&mut o, &x), Status::Aliasing, "input");
     assert!(buf.iter().all(|&v| v == 1.0));
 }
+
+/// Outputs in the f32 subnormal range are rounded, not flushed, on every
+/// tier (the AVX-512 bf16 store falls back to the integer path for them).
+#[test]
+fn bf16_subnormal_outputs_are_rounded_not_flushed() {
+    let mut rng = Rng(7);
+    let (rows, hidden) = (3, 100);
+    let x = Buf::random(DType::BF16, rows * hidden, 1.0, &mut rng);
+    let w = Buf::from_f32(DType::BF16, &vec![3e-39f32; hidden]);
+    let mut want = Buf::zeros(DType::BF16, rows * hidden);
+    reference::layer::rms_norm(
+        &mut want.view_mut(&[rows, hidden], &[hidden, 1]),
+        &x.view(&[rows, hidden], &[hidden, 1]),
+        &w.view(&[hidden], &[1]),
+        0.0,
+    );
+    let nonzero = (0..rows * hidden).filter(|&i| want.get(i) != 0.0).count();
+    assert!(
+        nonzero > rows * hidden / 2,
+        "the case must produce subnormal outputs"
+    );
+    for_each_isa(|isa| {
+        let mut got = Buf::zeros(DType::BF16, rows * hidden);
+        xpu_ops::rms_norm(
+            &mut got.view_mut(&[rows, hidden], &[hidden, 1]),
+            &x.view(&[rows, hidden], &[hidden, 1]),
+            &w.view(&[hidden], &[1]),
+            0.0,
+        )
+        .unwrap();
+        for i in 0..rows * hidden {
+            let (g, r) = (got.get(i) as f64, want.get(i) as f64);
+            assert!(
+                (g - r).abs() <= 2f64.powi(-133),
+                "{isa}: element {i}: got {g:e}, reference {r:e}"
+            );
+        }
+    });
+}

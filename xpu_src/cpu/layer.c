@@ -24,7 +24,18 @@
 typedef __m512 vf;
 #define VL 16
 XK_INLINE vf v_load(const void *p, int32_t dt) { return xk_load16(p, dt); }
-XK_INLINE void v_store(void *p, int32_t dt, vf v) { xk_store16(p, dt, v); }
+/* bf16 stores use vcvtneps2bf16 (round to nearest even, NaN quieted as the
+ * scalar path); it flushes f32 subnormals to zero, so lanes holding one
+ * (rare) take convert.h's integer path, keeping the scalar path's bits. */
+XK_INLINE void v_store(void *p, int32_t dt, vf v) {
+  if (dt == XK_BF16) {
+    if (__builtin_expect(_mm512_fpclass_ps_mask(v, 0x20) == 0, 1)) { /* no subnormal lane */
+      _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
+      return;
+    }
+  }
+  xk_store16(p, dt, v);
+}
 XK_INLINE vf v_set1(float x) { return _mm512_set1_ps(x); }
 XK_INLINE vf v_zero(void) { return _mm512_setzero_ps(); }
 XK_INLINE vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
@@ -77,6 +88,7 @@ XK_INLINE vf rms_load(const char *x, char *res, int64_t i, int32_t dt) {
 
 XK_INLINE void rms_row(const xk_rms_norm_args *a, int64_t r, int fused, int32_t dt, int32_t wdt) {
   const int64_t n = a->hidden_size, es = xk_dtype_size(dt);
+  const void *weight = a->weight; /* locals: stores through char * could alias *a */
   const char *x = at(a->input, r * a->input_stride, es);
   char *res = fused ? at_mut(a->residual, r * a->residual_stride, es) : NULL;
   /* The row the norm reads: the input, or the updated residual. */
@@ -125,12 +137,12 @@ XK_INLINE void rms_row(const xk_rms_norm_args *a, int64_t r, int fused, int32_t 
   const int64_t ws = xk_dtype_size(wdt);
   for (; i + VL <= n; i += VL) {
     const vf v = v_mul(v_load(src + i * es, dt), vs);
-    v_store(out + i * es, dt, v_mul(v, v_load(at(a->weight, i, ws), wdt)));
+    v_store(out + i * es, dt, v_mul(v, v_load(at(weight, i, ws), wdt)));
   }
 #endif
   for (; i < n; i++) {
     const float v = xk_load_scalar(src, dt, i) * scale;
-    xk_store_scalar(out, dt, i, v * xk_load_scalar(a->weight, wdt, i));
+    xk_store_scalar(out, dt, i, v * xk_load_scalar(weight, wdt, i));
   }
 }
 
@@ -184,40 +196,32 @@ XK_INLINE void rope_neox(char *row, int32_t dt, int64_t half, int64_t c0, int64_
   }
 }
 
-/* GPT-J: x = row[2i], y = row[2i + 1] for i in [c0, c0 + n). */
-XK_INLINE void rope_gptj(char *row, int32_t dt, int64_t c0, int64_t n, const float *c, const float *s) {
+/* GPT-J: x = row[2i], y = row[2i + 1] for i in [c0, c0 + n). cd and sd hold
+ * each pair's cos and sin twice, sin signed for its member (cd[2i] = cd[2i+1]
+ * = cos_i, sd[2i] = -sin_i, sd[2i+1] = sin_i), so a vector of interleaved
+ * pairs rotates as v * cd + swap_pairs(v) * sd. */
+XK_INLINE void rope_gptj(char *row, int32_t dt, int64_t c0, int64_t n, const float *c, const float *s,
+                         const float *cd, const float *sd) {
   const int64_t es = xk_dtype_size(dt);
   char *p = row + 2 * c0 * es;
-  int64_t i = 0; /* pair index within the chunk */
+  int64_t j = 0; /* element index within the chunk: 2n elements */
 #if VL == 16
-  /* 16 lanes = 8 pairs; each cos/sin lane is repeated for both members, and
-   * sin carries the sign of its member: out = v * cos + swap(v) * (-sin, +sin). */
-  const __m512i dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-  const __m512 sign = _mm512_castsi512_ps(_mm512_setr_epi32((int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000,
-                                                            0, (int)0x80000000, 0, (int)0x80000000, 0,
-                                                            (int)0x80000000, 0, (int)0x80000000, 0,
-                                                            (int)0x80000000, 0));
-  for (; i + 8 <= n; i += 8) {
-    const __m512 v = xk_load16(p + 2 * i * es, dt);
-    const __m512 vc = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(c + i)));
-    const __m512 vs = _mm512_xor_ps(_mm512_permutexvar_ps(dup, _mm512_castps256_ps512(_mm256_loadu_ps(s + i))), sign);
+  for (; j + 16 <= 2 * n; j += 16) {
+    const __m512 v = v_load(p + j * es, dt);
     const __m512 sw = _mm512_permute_ps(v, 0xB1);
-    xk_store16(p + 2 * i * es, dt, _mm512_fmadd_ps(v, vc, _mm512_mul_ps(sw, vs)));
+    v_store(p + j * es, dt, _mm512_fmadd_ps(v, _mm512_loadu_ps(cd + j), _mm512_mul_ps(sw, _mm512_loadu_ps(sd + j))));
   }
 #elif VL == 8
-  const __m256i dup = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
-  const __m256 sign = _mm256_castsi256_ps(
-      _mm256_setr_epi32((int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0, (int)0x80000000, 0));
-  for (; i + 4 <= n; i += 4) {
-    const __m256 v = xk_load8(p + 2 * i * es, dt);
-    const __m256 vc = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(c + i)), dup);
-    const __m256 vs =
-        _mm256_xor_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(s + i)), dup), sign);
+  for (; j + 8 <= 2 * n; j += 8) {
+    const __m256 v = v_load(p + j * es, dt);
     const __m256 sw = _mm256_permute_ps(v, 0xB1);
-    xk_store8(p + 2 * i * es, dt, _mm256_fmadd_ps(v, vc, _mm256_mul_ps(sw, vs)));
+    v_store(p + j * es, dt, _mm256_fmadd_ps(v, _mm256_loadu_ps(cd + j), _mm256_mul_ps(sw, _mm256_loadu_ps(sd + j))));
   }
+#else
+  (void)cd;
+  (void)sd;
 #endif
-  for (; i < n; i++) {
+  for (int64_t i = j / 2; i < n; i++) {
     const float x = xk_load_scalar(p, dt, 2 * i), y = xk_load_scalar(p, dt, 2 * i + 1);
     xk_store_scalar(p, dt, 2 * i, x * c[i] - y * s[i]);
     xk_store_scalar(p, dt, 2 * i + 1, y * c[i] + x * s[i]);
@@ -226,21 +230,21 @@ XK_INLINE void rope_gptj(char *row, int32_t dt, int64_t c0, int64_t n, const flo
 
 XK_INLINE void rope_heads(void *base, int64_t stride_token, int64_t stride_head, int64_t heads, int64_t t,
                           int32_t dt, int is_neox, int64_t half, int64_t c0, int64_t n, const float *c,
-                          const float *s) {
+                          const float *s, const float *cd, const float *sd) {
   const int64_t es = xk_dtype_size(dt);
   for (int64_t h = 0; h < heads; h++) {
     char *row = at_mut(base, t * stride_token + h * stride_head, es);
     if (is_neox) {
       rope_neox(row, dt, half, c0, n, c, s);
     } else {
-      rope_gptj(row, dt, c0, n, c, s);
+      rope_gptj(row, dt, c0, n, c, s, cd, sd);
     }
   }
 }
 
 XK_INLINE void rope_tokens(const xk_rotary_args *a, int64_t b, int64_t e, int32_t dt) {
   const int64_t half = a->rot_dim / 2, cs = xk_dtype_size(a->cache_dtype);
-  float c[ROPE_CHUNK], s[ROPE_CHUNK];
+  float c[ROPE_CHUNK], s[ROPE_CHUNK], cd[2 * ROPE_CHUNK], sd[2 * ROPE_CHUNK];
   for (int64_t t = b; t < e; t++) {
     const int64_t ip = t * a->positions_stride;
     const int64_t pos = a->positions_is_i64 ? ((const int64_t *)a->positions)[ip]
@@ -250,11 +254,18 @@ XK_INLINE void rope_tokens(const xk_rotary_args *a, int64_t b, int64_t e, int32_
       const int64_t n = half - c0 < ROPE_CHUNK ? half - c0 : ROPE_CHUNK;
       xk_convert_row(c, XK_F32, cache_row + c0 * cs, a->cache_dtype, n, 1.0f);
       xk_convert_row(s, XK_F32, cache_row + (half + c0) * cs, a->cache_dtype, n, 1.0f);
+      if (!a->is_neox && VL > 1) {
+        for (int64_t i = 0; i < n; i++) {
+          cd[2 * i] = cd[2 * i + 1] = c[i];
+          sd[2 * i] = -s[i];
+          sd[2 * i + 1] = s[i];
+        }
+      }
       rope_heads(a->query, a->query_stride_token, a->query_stride_head, a->num_heads, t, dt, a->is_neox, half, c0,
-                 n, c, s);
+                 n, c, s, cd, sd);
       if (a->key) {
         rope_heads(a->key, a->key_stride_token, a->key_stride_head, a->num_kv_heads, t, dt, a->is_neox, half, c0,
-                   n, c, s);
+                   n, c, s, cd, sd);
       }
     }
   }
@@ -333,13 +344,10 @@ XK_INLINE __m512 silu_v(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P4));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_P5));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  const __m512i ki = _mm512_cvtps_epi32(k);
-  const __m512i k1 = _mm512_srai_epi32(ki, 1), k2 = _mm512_sub_epi32(ki, k1);
-  const __m512i bias = _mm512_set1_epi32(127);
-  const __m512 f1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k1, bias), 23));
-  const __m512 f2 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(k2, bias), 23));
-  const __m512 e = _mm512_maskz_mul_ps((__mmask16)~under, _mm512_mul_ps(p, f1), f2);
-  __m512 num = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(x, p), f1), f2);
+  /* vscalefps applies 2^k exactly (one rounding, only on underflow): the
+   * same values as the two-factor scaling of the other tiers. */
+  const __m512 e = _mm512_maskz_scalef_ps((__mmask16)~under, p, k);
+  __m512 num = _mm512_scalef_ps(_mm512_mul_ps(x, p), k);
   num = _mm512_mask_mul_ps(num, under, x, _mm512_setzero_ps());
   num = _mm512_mask_blend_ps(neg, x, num);
   return _mm512_div_ps(num, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
