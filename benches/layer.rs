@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use xpu_ops::probe::Roofline;
-use xpu_ops::{TensorView, TensorViewMut};
+use xpu_ops::{DType, Layout, TensorView, TensorViewMut};
 
 const ARENA_BYTES: usize = 256 << 20;
 
@@ -187,17 +187,25 @@ fn layer_benches(c: &mut Criterion) {
                 flops: 3.0 * (t * (nq + nkv) * rot) as f64,
             },
             |s| {
-                let (q, k) = s.split_at_mut(nq * hs);
-                // q: [t, nq*hs] with row stride `row`; k: the next nkv*hs columns.
-                let qlen = (t - 1) * row + nq * hs;
-                let klen = (t - 1) * row + nkv * hs;
+                // q: [t, nq*hs] and k: [t, nkv*hs], both with row stride `row`,
+                // interleaved in the slot as vLLM's q/k views of one qkv tensor.
+                let p = s.as_mut_ptr() as *mut u8;
+                let view = |cols: usize| Layout {
+                    strides: vec![row, 1],
+                    ..Layout::contiguous(DType::BF16, &[t, cols])
+                };
+                // SAFETY: both views lie inside the slot (the last row ends at
+                // (t - 1) * row + (nq + nkv) * hs <= t * row) and share no element.
+                let (mut q, mut k) = unsafe {
+                    (
+                        TensorViewMut::from_raw(p, view(nq * hs)),
+                        TensorViewMut::from_raw(p.add(nq * hs * 2), view(nkv * hs)),
+                    )
+                };
                 xpu_ops::rotary_embedding(
                     &TensorView::new(&positions, &[t]).unwrap(),
-                    &mut TensorViewMut::strided(&mut q[..qlen], &[t, nq * hs], &[row, 1]).unwrap(),
-                    Some(
-                        &mut TensorViewMut::strided(&mut k[..klen], &[t, nkv * hs], &[row, 1])
-                            .unwrap(),
-                    ),
+                    &mut q,
+                    Some(&mut k),
                     hs,
                     &TensorView::new(&cache, &[max_pos, rot]).unwrap(),
                     true,
