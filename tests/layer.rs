@@ -1553,3 +1553,62 @@ fn bf16_subnormal_outputs_are_rounded_not_flushed() {
         }
     });
 }
+
+/// Each layer op call becomes one trace event (XPU_OPS_TRACE).
+#[test]
+fn layer_ops_are_traced() {
+    let path =
+        std::env::temp_dir().join(format!("xpu_ops_layer_trace_{}.json", std::process::id()));
+    // Shapes no other test uses, so events of concurrent tests are told apart.
+    let (t, h) = (3usize, 46usize);
+    let x = vec![0.5f32; t * h];
+    let w = vec![1f32; h];
+    let mut out = vec![0f32; t * h];
+    let mut r = vec![0.25f32; t * h];
+    let mut xm = x.clone();
+    let cache = vec![0.5f32; 4 * 46];
+    xpu_ops::trace::set_trace_file(Some(&path)).unwrap();
+    xpu_ops::rms_norm(
+        &mut TensorViewMut::new(&mut out, &[t, h]).unwrap(),
+        &TensorView::new(&x, &[t, h]).unwrap(),
+        &TensorView::new(&w, &[h]).unwrap(),
+        1e-6,
+    )
+    .unwrap();
+    xpu_ops::fused_add_rms_norm(
+        &mut TensorViewMut::new(&mut xm, &[t, h]).unwrap(),
+        &mut TensorViewMut::new(&mut r, &[t, h]).unwrap(),
+        &TensorView::new(&w, &[h]).unwrap(),
+        1e-6,
+    )
+    .unwrap();
+    xpu_ops::rotary_embedding(
+        &TensorView::new(&[0i64, 1, 2], &[t]).unwrap(),
+        &mut TensorViewMut::new(&mut out, &[t, h]).unwrap(),
+        None,
+        h,
+        &TensorView::new(&cache, &[4, 46]).unwrap(),
+        true,
+    )
+    .unwrap();
+    xpu_ops::silu_and_mul(
+        &mut TensorViewMut::new(&mut out[..t * h / 2], &[t, h / 2]).unwrap(),
+        &TensorView::new(&x, &[t, h]).unwrap(),
+    )
+    .unwrap();
+    xpu_ops::trace::set_trace_file(None).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    for name in [
+        "rms_norm",
+        "fused_add_rms_norm",
+        "rotary_embedding",
+        "silu_and_mul",
+    ] {
+        let n = text
+            .lines()
+            .filter(|l| l.contains(&format!("\"name\":\"{name}\"")) && l.contains("float32[3, 46]"))
+            .count();
+        assert_eq!(n, 1, "{name}: {text}");
+    }
+}

@@ -20,6 +20,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 const FLOAT_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
@@ -251,6 +252,10 @@ pub fn rms_norm(
     weight: &TensorView,
     epsilon: f64,
 ) -> Result<()> {
+    let _span = trace::op(
+        "rms_norm",
+        &[("input", input.layout()), ("weight", weight.layout())],
+    );
     let (o, x) = (out.layout().clone(), input.layout());
     check::on_cpu(&[("out", &o), ("input", x), ("weight", weight.layout())])?;
     check::dtype_in(x, "input", &FLOAT_DTYPES)?;
@@ -325,6 +330,10 @@ pub fn fused_add_rms_norm(
     weight: &TensorView,
     epsilon: f64,
 ) -> Result<()> {
+    let _span = trace::op(
+        "fused_add_rms_norm",
+        &[("input", input.layout()), ("weight", weight.layout())],
+    );
     let (x, r) = (input.layout().clone(), residual.layout().clone());
     check::on_cpu(&[("input", &x), ("residual", &r), ("weight", weight.layout())])?;
     check::dtype_in(&x, "input", &FLOAT_DTYPES)?;
@@ -484,6 +493,14 @@ pub fn rotary_embedding(
     cos_sin_cache: &TensorView,
     is_neox: bool,
 ) -> Result<()> {
+    let _span = trace::op(
+        "rotary_embedding",
+        &[
+            ("positions", positions.layout()),
+            ("query", query.layout()),
+            ("cos_sin_cache", cos_sin_cache.layout()),
+        ],
+    );
     let q = query.layout().clone();
     let (p, c) = (positions.layout(), cos_sin_cache.layout());
     check::on_cpu(&[("positions", p), ("query", &q), ("cos_sin_cache", c)])?;
@@ -656,6 +673,7 @@ fn positions_values<'t>(t: &'t TensorView) -> impl Iterator<Item = i64> + 't {
 /// # Ok::<(), xpu_ops::Error>(())
 /// ```
 pub fn silu_and_mul(out: &mut TensorViewMut, input: &TensorView) -> Result<()> {
+    let _span = trace::op("silu_and_mul", &[("input", input.layout())]);
     let (o, x) = (out.layout().clone(), input.layout());
     check::on_cpu(&[("out", &o), ("input", x)])?;
     check::dtype_in(x, "input", &FLOAT_DTYPES)?;
