@@ -7,9 +7,11 @@
 //! stored. vLLM's CUDA kernels round an extra time in two places (rms_norm
 //! rounds `x * rsqrt(...)` to the dtype before multiplying by the weight;
 //! silu_and_mul rounds `silu(x)` before multiplying by the gate); these ops
-//! keep the product in f32, so they sit at most one output ulp away from
-//! vLLM and never further from the exact value. Each op's tolerance against
-//! [`crate::reference::layer`] is in its doc comment.
+//! keep the product in f32 and round once, so some elements differ from
+//! vLLM's by about one output ulp (ours round the f32 result once).
+//! vLLM's `fused_add_rms_norm` kernel normalizes the rounded residual, and so
+//! does this one. Each op's tolerance against [`crate::reference::layer`] is
+//! in its doc comment (and next to its test in `tests/layer.rs`).
 //!
 //! Every op validates all its arguments before it writes anything.
 
@@ -229,7 +231,9 @@ fn run_rms_norm(args: sys::xk_rms_norm_args, rows: usize) {
 /// Tolerance against [`crate::reference::layer::rms_norm`] (fp64), per
 /// element: `|out − ref| ≤ atol + rtol·|ref|` with (rtol, atol) =
 /// f32 (2⁻¹⁹, 1e-30), f16 (1.25·2⁻¹⁰, 2⁻²⁴), bf16 (1.25·2⁻⁷, 1e-30):
-/// one rounding of the output plus the f32 sum of squares.
+/// one rounding of the output plus the f32 sum of squares. Measured on
+/// hidden 2048 and 16384: f32 within 5.6e-7 relative, f16/bf16 within one
+/// ulp of the correctly rounded value (a few elements per thousand differ).
 ///
 /// ```
 /// use xpu_ops::{rms_norm, TensorView, TensorViewMut};
