@@ -27,6 +27,7 @@
 //! # Ok::<(), xpu_ops::Error>(())
 //! ```
 
+pub mod align;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
