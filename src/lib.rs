@@ -27,6 +27,7 @@
 //! # Ok::<(), xpu_ops::Error>(())
 //! ```
 
+pub mod align;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
@@ -38,12 +39,14 @@ pub mod reference;
 mod sys;
 pub mod tensor;
 pub mod threading;
+pub mod trace;
 
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };
+pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use ops::sampling::{
     apply_penalties, min_p_sampling_from_probs, sampler_forward, sampling_from_logits,
     sampling_from_probs, top_k_mask_logits, top_k_renorm_probs, top_k_sampling_from_probs,
@@ -56,3 +59,8 @@ pub use threading::{num_threads, set_num_threads};
 
 /// The crate version, as in Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

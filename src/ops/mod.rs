@@ -3,4 +3,5 @@
 
 pub mod cache;
 pub(crate) mod check;
+pub mod layer;
 pub mod sampling;
