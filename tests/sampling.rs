@@ -122,7 +122,10 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 // ---- Philox ---------------------------------------------------------------------
 
 /// Random123 `kat_vectors`: philox4x32 (rounds, counter, key, expected).
-const PHILOX_KAT: [(u32, [u32; 4], [u32; 2], [u32; 4]); 6] = [
+/// (rounds, counter, key, expected output).
+type Kat = (u32, [u32; 4], [u32; 2], [u32; 4]);
+
+const PHILOX_KAT: [Kat; 6] = [
     (
         7,
         [0, 0, 0, 0],
@@ -1543,4 +1546,151 @@ fn bad_filter_and_vllm_inputs_are_named_errors_and_leave_outputs_untouched() {
         "logprob_token_ids",
     );
     assert_eq!(o3, sentinel);
+}
+
+/// Each sampling op call becomes one trace event (XPU_OPS_TRACE).
+#[test]
+fn sampling_ops_are_traced() {
+    let path = std::env::temp_dir().join(format!(
+        "xpu_ops_sampling_trace_{}.json",
+        std::process::id()
+    ));
+    // A vocabulary no other test uses, so events of concurrent tests are told apart.
+    let v = 37usize;
+    let probs = vec![1.0f32 / v as f32; 2 * v];
+    let logits = vec![0.5f32; 2 * v];
+    let x = TensorView::new(&probs, &[2, v]).unwrap();
+    let l = TensorView::new(&logits, &[2, v]).unwrap();
+    let mut out = [0i32; 2];
+    let mut o2 = vec![0f32; 2 * v];
+    let mut pen = logits.clone();
+    let ids = [0i64, 1];
+    let idt = TensorView::new(&ids, &[2, 1]).unwrap();
+    let one = [1.0f32; 2];
+    let onet = TensorView::new(&one, &[2]).unwrap();
+    let s = || PerRow::Scalar(3u64);
+    xpu_ops::trace::set_trace_file(Some(&path)).unwrap();
+    sampling_from_probs(
+        &x,
+        None,
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    sampling_from_logits(
+        &l,
+        None,
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    top_p_sampling_from_probs(
+        &x,
+        0.5f32.into(),
+        None,
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    top_k_sampling_from_probs(
+        &x,
+        3i64.into(),
+        None,
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    min_p_sampling_from_probs(
+        &x,
+        0.1f32.into(),
+        None,
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    top_k_top_p_sampling_from_probs(
+        &x,
+        3i64.into(),
+        0.5f32.into(),
+        None,
+        "joint",
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    top_k_top_p_sampling_from_logits(
+        &l,
+        3i64.into(),
+        0.5f32.into(),
+        None,
+        "top_k_first",
+        s(),
+        s(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+    )
+    .unwrap();
+    top_k_renorm_probs(
+        &x,
+        3i64.into(),
+        &mut TensorViewMut::new(&mut o2, &[2, v]).unwrap(),
+    )
+    .unwrap();
+    top_p_renorm_probs(
+        &x,
+        0.5f32.into(),
+        &mut TensorViewMut::new(&mut o2, &[2, v]).unwrap(),
+    )
+    .unwrap();
+    top_k_mask_logits(
+        &l,
+        3i64.into(),
+        &mut TensorViewMut::new(&mut o2, &[2, v]).unwrap(),
+    )
+    .unwrap();
+    apply_penalties(
+        &mut TensorViewMut::new(&mut pen, &[2, v]).unwrap(),
+        &idt,
+        &idt,
+        &onet,
+        &onet,
+        &onet,
+        -1,
+    )
+    .unwrap();
+    sampler_forward(
+        &l,
+        &SamplingMetadata::default(),
+        &mut TensorViewMut::new(&mut out, &[2]).unwrap(),
+        None,
+    )
+    .unwrap();
+    xpu_ops::trace::set_trace_file(None).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    for name in [
+        "sampling_from_probs",
+        "sampling_from_logits",
+        "top_p_sampling_from_probs",
+        "top_k_sampling_from_probs",
+        "min_p_sampling_from_probs",
+        "top_k_top_p_sampling_from_probs",
+        "top_k_top_p_sampling_from_logits",
+        "top_k_renorm_probs",
+        "top_p_renorm_probs",
+        "top_k_mask_logits",
+        "apply_penalties",
+        "sampler_forward",
+    ] {
+        let n = text
+            .lines()
+            .filter(|l| l.contains(&format!("\"name\":\"{name}\"")) && l.contains("float32[2, 37]"))
+            .count();
+        assert_eq!(n, 1, "{name}: {text}");
+    }
 }

@@ -39,6 +39,7 @@ pub mod runtime;
 // One module per op family; add new families here.
 pub mod cache;
 pub mod layer;
+pub mod sampling;
 
 pub use runtime::*;
 pub use status::xops_status;

@@ -53,6 +53,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 /// A sampling parameter given once for the batch or per output row, like
 /// FlashInfer's `Union[torch.Tensor, float]` arguments.
@@ -464,6 +465,7 @@ fn run_sample(job: &SampleJob) -> Result<SampleOut> {
 
 #[allow(clippy::too_many_arguments)]
 fn flashinfer_sample(
+    op: &'static str,
     x: &TensorView,
     x_name: &'static str,
     is_logits: bool,
@@ -476,6 +478,7 @@ fn flashinfer_sample(
     offset: &PerRow<u64>,
     samples: &mut TensorViewMut,
 ) -> Result<()> {
+    let _span = trace::op(op, &[(x_name, x.layout()), ("samples", samples.layout())]);
     let (rows, vocab, _) = check_rows(x, x_name)?;
     let row_index = row_map(indices, rows)?;
     let batch = row_index.len();
@@ -544,7 +547,18 @@ pub fn sampling_from_probs(
     samples: &mut TensorViewMut,
 ) -> Result<()> {
     flashinfer_sample(
-        probs, "probs", false, None, None, None, indices, false, &seed, &offset, samples,
+        "sampling_from_probs",
+        probs,
+        "probs",
+        false,
+        None,
+        None,
+        None,
+        indices,
+        false,
+        &seed,
+        &offset,
+        samples,
     )
 }
 
@@ -570,7 +584,18 @@ pub fn sampling_from_logits(
     samples: &mut TensorViewMut,
 ) -> Result<()> {
     flashinfer_sample(
-        logits, "logits", true, None, None, None, indices, false, &seed, &offset, samples,
+        "sampling_from_logits",
+        logits,
+        "logits",
+        true,
+        None,
+        None,
+        None,
+        indices,
+        false,
+        &seed,
+        &offset,
+        samples,
     )
 }
 
@@ -597,6 +622,7 @@ pub fn top_p_sampling_from_probs(
     samples: &mut TensorViewMut,
 ) -> Result<()> {
     flashinfer_sample(
+        "top_p_sampling_from_probs",
         probs,
         "probs",
         false,
@@ -634,6 +660,7 @@ pub fn top_k_sampling_from_probs(
     samples: &mut TensorViewMut,
 ) -> Result<()> {
     flashinfer_sample(
+        "top_k_sampling_from_probs",
         probs,
         "probs",
         false,
@@ -671,6 +698,7 @@ pub fn min_p_sampling_from_probs(
     samples: &mut TensorViewMut,
 ) -> Result<()> {
     flashinfer_sample(
+        "min_p_sampling_from_probs",
         probs,
         "probs",
         false,
@@ -713,6 +741,7 @@ pub fn top_k_top_p_sampling_from_probs(
 ) -> Result<()> {
     let joint = FilterApplyOrder::parse(filter_apply_order)? == FilterApplyOrder::Joint;
     flashinfer_sample(
+        "top_k_top_p_sampling_from_probs",
         probs,
         "probs",
         false,
@@ -754,6 +783,7 @@ pub fn top_k_top_p_sampling_from_logits(
 ) -> Result<()> {
     let joint = FilterApplyOrder::parse(filter_apply_order)? == FilterApplyOrder::Joint;
     flashinfer_sample(
+        "top_k_top_p_sampling_from_logits",
         logits,
         "logits",
         true,
@@ -769,7 +799,9 @@ pub fn top_k_top_p_sampling_from_logits(
 }
 
 /// Runs the two filter phases; `out` is written only if every row is valid.
+#[allow(clippy::too_many_arguments)]
 fn run_filter(
+    op: &'static str,
     x: &TensorView,
     x_name: &str,
     is_logits: bool,
@@ -778,6 +810,7 @@ fn run_filter(
     out: &mut TensorViewMut,
     out_name: &str,
 ) -> Result<()> {
+    let _span = trace::op(op, &[(x_name, x.layout()), (out_name, out.layout())]);
     let (rows, vocab, stride) = check_rows(x, x_name)?;
     check::on_cpu(&[(out_name, out.layout())])?;
     check::rank(out.layout(), out_name, 2, "[batch_size, vocab_size]")?;
@@ -867,6 +900,7 @@ pub fn top_k_renorm_probs(
     let (rows, vocab, _) = check_rows(probs, "probs")?;
     let k = flashinfer_top_k(&top_k, rows, vocab)?;
     run_filter(
+        "top_k_renorm_probs",
         probs,
         "probs",
         false,
@@ -898,6 +932,7 @@ pub fn top_p_renorm_probs(
     let (rows, _, _) = check_rows(probs, "probs")?;
     let p = top_p_values(&top_p, rows)?;
     run_filter(
+        "top_p_renorm_probs",
         probs,
         "probs",
         false,
@@ -929,6 +964,7 @@ pub fn top_k_mask_logits(
     let (rows, vocab, _) = check_rows(logits, "logits")?;
     let k = flashinfer_top_k(&top_k, rows, vocab)?;
     run_filter(
+        "top_k_mask_logits",
         logits,
         "logits",
         true,
@@ -1075,6 +1111,14 @@ pub fn apply_penalties(
     repetition_penalties: &TensorView,
     pad_token_id: i64,
 ) -> Result<()> {
+    let _span = trace::op(
+        "apply_penalties",
+        &[
+            ("logits", logits.layout()),
+            ("prompt_token_ids", prompt_token_ids.layout()),
+            ("output_token_ids", output_token_ids.layout()),
+        ],
+    );
     check::on_cpu(&[("logits", logits.layout())])?;
     check::rank(logits.layout(), "logits", 2, "[batch_size, vocab_size]")?;
     check::dtype_in(logits.layout(), "logits", &VALUE_DTYPES)?;
@@ -1240,6 +1284,13 @@ pub fn sampler_forward(
     sampled_token_ids: &mut TensorViewMut,
     logprobs: Option<LogprobsTensorsMut>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "sampler_forward",
+        &[
+            ("logits", logits.layout()),
+            ("sampled_token_ids", sampled_token_ids.layout()),
+        ],
+    );
     let (batch, vocab, _) = check_rows(logits, "logits")?;
     check_ids_out(sampled_token_ids.layout(), "sampled_token_ids", batch)?;
     let md = metadata;
