@@ -7,6 +7,7 @@
 
 mod cache;
 mod layer;
+mod sampling;
 
 use crate::platform::{supported_isas, with_isa, Isa};
 
@@ -120,6 +121,7 @@ pub fn cases() -> Vec<AlignCase> {
     let mut all = Vec::new();
     all.extend(cache::cases());
     all.extend(layer::cases());
+    all.extend(sampling::cases());
     all
 }
 

@@ -1249,8 +1249,11 @@ pub struct LogprobsTensorsMut<'s, 'a> {
 /// when `metadata.max_num_logprobs` is set, the raw logprobs: the sampled
 /// token's logprob and rank (`#{j : logit_j >= logit_sampled}`) and the top-n.
 /// Logprobs are `((double)x - max) - ln(sum exp)` in fp64 rounded once to f32
-/// (the normaliser sums a fixed degree-13 exp in a fixed order), which equals
-/// an fp64 reference after rounding.
+/// (the normaliser sums a fixed degree-13 exp in a fixed order, the same on
+/// every tier): they equal an fp64 log-softmax rounded to f32 (the tests and
+/// the `align` cases check it bit for bit), except where that fp64 value lies
+/// within about 1e-11 of an f32 rounding boundary, where two fp64 sums in
+/// different orders may round 1 ulp apart.
 ///
 /// ```
 /// use xpu_ops::{sampler_forward, PerRow, SamplingMetadata, TensorView, TensorViewMut};
