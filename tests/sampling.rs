@@ -1694,3 +1694,89 @@ fn sampling_ops_are_traced() {
         assert_eq!(n, 1, "{name}: {text}");
     }
 }
+
+// ---- proptest: tie-heavy rows, every op, every tier ----------------------------
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Values drawn from a handful of levels (many exact ties, -inf in logits),
+        /// random filters: every op on every tier equals the reference.
+        #[test]
+        fn ops_match_reference_on_tie_heavy_rows(
+            vocab in 1usize..300,
+            rows in 1usize..4,
+            levels in proptest::collection::vec(-4.0f32..4.0, 1..6),
+            picks in proptest::collection::vec(0usize..64, 1200),
+            op_ix in 0usize..9,
+            k in 1i64..320,
+            p in 0.01f32..1.0,
+            minp in 0.0f32..0.9,
+            seed in any::<u64>(),
+            offset in 0u64..64,
+            dtype_ix in 0usize..3,
+        ) {
+            let op = Op::ALL[op_ix];
+            let dtype = DTYPES[dtype_ix];
+            let data: Vec<Vec<f32>> = (0..rows)
+                .map(|r| {
+                    let x: Vec<f32> = (0..vocab)
+                        .map(|i| {
+                            let l = picks[(r * vocab + i) % picks.len()] % (levels.len() + 1);
+                            if l == levels.len() { f32::NEG_INFINITY } else { levels[l] }
+                        })
+                        .collect();
+                    let x = if x.iter().all(|v| !v.is_finite()) { vec![0.0; vocab] } else { x };
+                    if op.logits() { rounded(&x, dtype) } else { rounded(&softmax32(&x), dtype) }
+                })
+                .collect();
+            let ok = op.logits() || data.iter().all(|r| {
+                (r.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() <= probs_sum_tolerance(dtype) * 0.5
+            });
+            prop_assume!(ok);
+            let owned = Owned::new(&data, dtype, 1);
+            let x = owned.view();
+            let params = Params {
+                top_k: k.into(),
+                top_p: p.into(),
+                min_p: minp.into(),
+                indices: None,
+                seed: seed.into(),
+                offset: offset.into(),
+            };
+            check_op(op, &x, &params, rows, "proptest");
+        }
+    }
+}
+
+#[test]
+fn empty_batches_are_fine() {
+    let probs: [f32; 0] = [];
+    let x = TensorView::new(&probs, &[0, 5]).unwrap();
+    let mut out: [i32; 0] = [];
+    for_each_isa(|_| {
+        top_k_top_p_sampling_from_probs(
+            &x,
+            2i64.into(),
+            0.5f32.into(),
+            None,
+            "top_k_first",
+            1u64.into(),
+            0u64.into(),
+            &mut TensorViewMut::new(&mut out, &[0]).unwrap(),
+        )
+        .unwrap();
+        let md = SamplingMetadata::default();
+        sampler_forward(
+            &x,
+            &md,
+            &mut TensorViewMut::new(&mut out, &[0]).unwrap(),
+            None,
+        )
+        .unwrap();
+    });
+}
