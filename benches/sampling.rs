@@ -105,7 +105,12 @@ impl Case {
             Case::Baseline => "sort_baseline".into(),
         }
     }
-    /// Passes over the row the kernel makes on these rows (by construction).
+    /// Passes over the row the kernel makes on these rows (by construction):
+    /// top-k and min-p paths filter candidates in one pass; top-p alone takes
+    /// the max + a 512-candidate probe, the weight total, and when the nucleus
+    /// is larger than the probe (about half of these rows) a histogram select
+    /// (two passes restricted to the candidates) and a draw pass: 2 to 4.5,
+    /// counted as 3; greedy is the max plus a scan to the first argmax.
     fn passes(self) -> f64 {
         match self {
             Case::TopKTopP(..) | Case::MinP | Case::Vllm => 1.0,
