@@ -27,6 +27,7 @@
 //! # Ok::<(), xpu_ops::Error>(())
 //! ```
 
+pub mod bench;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;

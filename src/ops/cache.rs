@@ -137,6 +137,9 @@ fn check_slots(
     Ok(())
 }
 
+/// A kernel scale argument: (pointer, element stride per head); null means 1.0.
+type ScaleArg = (*const f32, i64);
+
 /// A scale tensor as (pointer, element stride per head); `None` means 1.0.
 fn check_scale(
     scale: Option<&TensorView>,
@@ -149,7 +152,7 @@ fn check_scale(
     check::on_cpu(&[(name, s.layout())])?;
     check::dtype_in(s.layout(), name, &[DType::F32])?;
     let per_head = s.ndim() == 1 && s.shape()[0] == num_heads && num_heads != 1;
-    if !(s.numel() == 1 && s.ndim() <= 1) && !per_head {
+    if !(per_head || s.numel() == 1 && s.ndim() <= 1) {
         bail!(
             ShapeMismatch,
             "`{name}` must have shape [1] or [num_heads = {num_heads}], got {:?}",
@@ -226,7 +229,7 @@ fn kv_args(
     block_size: usize,
     x: usize,
     strides: ([i64; 5], [i64; 5]),
-    scales: ((*const f32, i64), (*const f32, i64)),
+    scales: (ScaleArg, ScaleArg),
 ) -> sys::xk_kv_write_args {
     let (k, v) = (key.layout(), value.layout());
     sys::xk_kv_write_args {
@@ -261,7 +264,7 @@ fn scales_for(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
     num_heads: usize,
-) -> Result<((*const f32, i64), (*const f32, i64))> {
+) -> Result<(ScaleArg, ScaleArg)> {
     if !stored.is_fp8() {
         // Scales only apply to fp8 caches; vLLM passes them regardless.
         return Ok(((std::ptr::null(), 0), (std::ptr::null(), 0)));
@@ -583,7 +586,7 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
         let (copies, pairs) = *work.get();
         for i in r {
             let (c, (s, d)) = (&copies[i / pairs.len()], pairs[i % pairs.len()]);
-            if s == d && c.src == c.dst as *const u8 {
+            if s == d && std::ptr::eq(c.src, c.dst) {
                 continue;
             }
             // SAFETY: block ids were checked against both caches, blocks are
