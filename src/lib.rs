@@ -31,6 +31,7 @@ pub mod bench;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
+mod mem;
 pub mod ops;
 pub mod platform;
 pub mod probe;

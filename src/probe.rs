@@ -142,47 +142,6 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
     (buf.len() * 4) as f64 / best_of(5, pass)
 }
 
-/// Copies `src` to `dst` with non-temporal stores where the target has them
-/// (x86-64: SSE2 streaming stores, baseline on every x86-64 CPU).
-///
-/// # Safety
-/// `dst` must be valid for `src.len()` bytes of writes and not overlap `src`.
-unsafe fn stream_copy(src: &[u8], dst: *mut u8) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
-        let len = src.len();
-        // Align the destination to 16 bytes for the streaming stores.
-        let head = (dst as usize).wrapping_neg() % 16;
-        let head = head.min(len);
-        // SAFETY: dst is valid for len bytes (caller), and src for len bytes;
-        // the loop stays within both; SSE2 is part of x86-64.
-        {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, head);
-            let mut i = head;
-            while i + 64 <= len {
-                let s = src.as_ptr().add(i) as *const __m128i;
-                let d = dst.add(i) as *mut __m128i;
-                let (a, b, c, e) = (
-                    _mm_loadu_si128(s),
-                    _mm_loadu_si128(s.add(1)),
-                    _mm_loadu_si128(s.add(2)),
-                    _mm_loadu_si128(s.add(3)),
-                );
-                _mm_stream_si128(d, a);
-                _mm_stream_si128(d.add(1), b);
-                _mm_stream_si128(d.add(2), c);
-                _mm_stream_si128(d.add(3), e);
-                i += 64;
-            }
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(i), dst.add(i), len - i);
-            _mm_sfence();
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
-}
-
 /// Copies a buffer of `bytes` into another on all threads with streaming
 /// stores; counts bytes read plus bytes written per second.
 pub fn copy_bandwidth(bytes: usize) -> f64 {
@@ -195,9 +154,11 @@ pub fn copy_bandwidth(bytes: usize) -> f64 {
         grid(bytes.div_ceil(chunk), 1, |r| {
             for c in r {
                 let (a, b) = (c * chunk, ((c + 1) * chunk).min(bytes));
-                // SAFETY: chunks are disjoint ranges of dst, a live buffer of `bytes`.
-                unsafe { stream_copy(&src[a..b], d.get().add(a)) };
+                // SAFETY: chunks are disjoint ranges of dst, a live buffer of
+                // `bytes`, and of src, a different buffer of `bytes`.
+                unsafe { crate::mem::stream_copy(src.as_ptr().add(a), d.get().add(a), b - a) };
             }
+            crate::mem::store_fence();
         });
     };
     pass();

@@ -576,12 +576,18 @@ struct BlockCopy {
     block_bytes: usize,
 }
 
+/// Calls that copy at least this many bytes write with streaming stores (the
+/// destination lines are overwritten whole and not read again soon).
+const STREAM_COPY_MIN_BYTES: usize = 1 << 20;
+
 fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
     let work = Shared((copies, pairs));
     let n = copies.len() * pairs.len();
     let min_chunk = copies
         .first()
         .map_or(1, |c| (256 * 1024 / c.block_bytes.max(1)).max(1));
+    let total: usize = copies.iter().map(|c| c.block_bytes).sum::<usize>() * pairs.len();
+    let stream = total >= STREAM_COPY_MIN_BYTES;
     grid(n, min_chunk, |r| {
         let (copies, pairs) = *work.get();
         for i in r {
@@ -592,12 +598,19 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
             // SAFETY: block ids were checked against both caches, blocks are
             // dense, and distinct pairs write distinct destination blocks.
             unsafe {
-                std::ptr::copy_nonoverlapping(
+                let (from, to) = (
                     c.src.add(s as usize * c.src_block_stride),
                     c.dst.add(d as usize * c.dst_block_stride),
-                    c.block_bytes,
-                )
+                );
+                if stream {
+                    crate::mem::stream_copy(from, to, c.block_bytes);
+                } else {
+                    std::ptr::copy_nonoverlapping(from, to, c.block_bytes);
+                }
             }
+        }
+        if stream {
+            crate::mem::store_fence();
         }
     });
 }

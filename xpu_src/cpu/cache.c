@@ -141,18 +141,179 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
   }
 }
 
+/* ---- paged layout, runs of consecutive slots ---------------------------------
+ * Prefill writes a sequence's tokens to consecutive offsets of a block. For
+ * such a run the key's 16-byte chunks of consecutive tokens are adjacent, and
+ * the value row of element d is block_size consecutive elements: writing the
+ * run together (converted rows staged in L1, then a 16x16 transpose for the
+ * values) writes whole lines instead of a few bytes of many lines per token. */
+
+/* Tokens per run (the transpose is 16 x 16). */
+#define XK_RUN 16
+/* Head elements staged per pass. */
+#define XK_DCHUNK 128
+
+#if XK_F32_LANES > 1
+/* out[e] = byte e of rows 0..15 (16-byte rows, row_bytes apart). */
+static inline void transpose16_u8(const char *src, int64_t row_bytes, __m128i out[16]) {
+  __m128i a[16], b[16], c[16];
+  for (int j = 0; j < 16; j++) a[j] = _mm_loadu_si128((const __m128i *)(src + j * row_bytes));
+  for (int i = 0; i < 8; i++) { /* b: byte pairs of rows 2i, 2i+1 (elements 0-7 | 8-15) */
+    b[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) { /* c: rows 4g..4g+3, elements 0-3 | 4-7 | 8-11 | 12-15 */
+    c[4 * g + 0] = _mm_unpacklo_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 1] = _mm_unpackhi_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 2] = _mm_unpacklo_epi16(b[4 * g + 1], b[4 * g + 3]);
+    c[4 * g + 3] = _mm_unpackhi_epi16(b[4 * g + 1], b[4 * g + 3]);
+  }
+  for (int q = 0; q < 4; q++) { /* rows 0-7 and 8-15 of elements 4q..4q+3 */
+    for (int k = 0; k < 2; k++) {
+      const __m128i lo = k ? _mm_unpackhi_epi32(c[q], c[4 + q]) : _mm_unpacklo_epi32(c[q], c[4 + q]);
+      const __m128i hi = k ? _mm_unpackhi_epi32(c[8 + q], c[12 + q]) : _mm_unpacklo_epi32(c[8 + q], c[12 + q]);
+      out[4 * q + 2 * k] = _mm_unpacklo_epi64(lo, hi);
+      out[4 * q + 2 * k + 1] = _mm_unpackhi_epi64(lo, hi);
+    }
+  }
+}
+
+/* out[e] = 16-bit element e of rows 0..15 (32-byte rows, row_bytes apart). */
+static inline void transpose16_u16(const char *src, int64_t row_bytes, __m256i out[16]) {
+  __m256i a[16], b[16], c[16];
+  for (int j = 0; j < 16; j++) a[j] = _mm256_loadu_si256((const __m256i *)(src + j * row_bytes));
+  for (int i = 0; i < 8; i++) { /* b: pairs of rows 2i, 2i+1; lanes hold elements 0-7 | 8-15 */
+    b[2 * i] = _mm256_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm256_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) { /* c: rows 4g..4g+3, two elements per lane */
+    c[4 * g + 0] = _mm256_unpacklo_epi32(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 1] = _mm256_unpackhi_epi32(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 2] = _mm256_unpacklo_epi32(b[4 * g + 1], b[4 * g + 3]);
+    c[4 * g + 3] = _mm256_unpackhi_epi32(b[4 * g + 1], b[4 * g + 3]);
+  }
+  for (int q = 0; q < 4; q++) { /* rows 0-7 (lo) and 8-15 (hi) of elements 2q+k and 8+2q+k */
+    for (int k = 0; k < 2; k++) {
+      const __m256i lo = k ? _mm256_unpackhi_epi64(c[q], c[4 + q]) : _mm256_unpacklo_epi64(c[q], c[4 + q]);
+      const __m256i hi = k ? _mm256_unpackhi_epi64(c[8 + q], c[12 + q]) : _mm256_unpacklo_epi64(c[8 + q], c[12 + q]);
+      out[2 * q + k] = _mm256_permute2x128_si256(lo, hi, 0x20);
+      out[8 + 2 * q + k] = _mm256_permute2x128_si256(lo, hi, 0x31);
+    }
+  }
+}
+#endif
+
+/* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run). */
+static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
+                            int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream) {
+  const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->key_cache_strides, x = a->x;
+  for (int64_t c = d0 / x; c < (d0 + dn) / x; c++) {
+    char *dst = (char *)a->key_cache + (block * st[0] + head * st[1] + c * st[2] + off * st[3]) * es;
+    const char *src = stg + (c * x - d0) * es;
+#if XK_F32_LANES > 1
+    /* The run's chunks are adjacent: stream them when they tile whole lines. */
+    if (stream && st[3] == x && ((uintptr_t)dst & 63u) == 0 && ((n * 16) & 63) == 0) {
+      for (int64_t j = 0; j < n; j++)
+        _mm_stream_si128((__m128i *)(dst + j * 16), _mm_loadu_si128((const __m128i *)(src + j * stg_row)));
+      continue;
+    }
+#else
+    (void)stream;
+#endif
+    for (int64_t j = 0; j < n; j++) memcpy(dst + j * st[3] * es, src + j * stg_row, 16);
+  }
+}
+
+/* Value elements [d0, d0 + dn) of n staged rows: element d of the run's tokens
+ * goes to value_cache[block, head, d, off .. off + n). */
+static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
+                              int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream) {
+  const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->value_cache_strides;
+  char *base = (char *)a->value_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
+  int64_t d = 0;
+#if XK_F32_LANES > 1
+  if (n == XK_RUN && st[3] == 1 && (es == 1 || es == 2)) {
+    /* Stream when the rows of consecutive elements tile whole lines. */
+    const int lines = stream && st[2] == XK_RUN && (((uintptr_t)(base + d0 * st[2] * es)) & 63u) == 0;
+    for (; d + 16 <= dn; d += 16) {
+      char *dst = base + (d0 + d) * st[2] * es;
+      if (es == 1) {
+        __m128i out[16];
+        transpose16_u8(stg + d, stg_row, out);
+        for (int e = 0; e < 16; e++) {
+          if (lines) _mm_stream_si128((__m128i *)(dst + e * st[2]), out[e]);
+          else _mm_storeu_si128((__m128i *)(dst + e * st[2]), out[e]);
+        }
+      } else {
+        __m256i out[16];
+        transpose16_u16(stg + d * 2, stg_row, out);
+        for (int e = 0; e < 16; e++) {
+          if (lines) _mm256_stream_si256((__m256i *)(dst + e * st[2] * 2), out[e]);
+          else _mm256_storeu_si256((__m256i *)(dst + e * st[2] * 2), out[e]);
+        }
+      }
+    }
+  }
+#else
+  (void)stream;
+#endif
+  for (; d < dn; d++) {
+    char *dst = base + (d0 + d) * st[2] * es;
+    for (int64_t j = 0; j < n; j++) memcpy(dst + j * st[3] * es, stg + j * stg_row + d * es, (size_t)es);
+  }
+}
+
+/* Tokens t .. t + n - 1 (n <= XK_RUN) write offsets off .. off + n - 1 of `block`. */
+static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int64_t block, int64_t off,
+                            const scale_div *ks_all, const scale_div *vs_all, int stream) {
+  const int64_t ss = xk_dtype_size(a->src_dtype);
+  const int fp8 = xk_is_fp8(a->cache_dtype);
+  _Alignas(64) char stg[XK_RUN * XK_DCHUNK * 4];
+  const int64_t stg_row = XK_DCHUNK * 4;
+  for (int64_t h = 0; h < a->num_heads; h++) {
+    for (int kv = 0; kv < 2; kv++) {
+      const char *src = kv ? (const char *)a->value : (const char *)a->key;
+      const int64_t s_tok = kv ? a->value_stride_token : a->key_stride_token;
+      const int64_t s_head = kv ? a->value_stride_head : a->key_stride_head;
+      const float *scales = kv ? a->v_scale : a->k_scale;
+      const int64_t scale_stride = kv ? a->v_scale_stride : a->k_scale_stride;
+      scale_div sd = kv ? *vs_all : *ks_all;
+      if (fp8 && scales && scale_stride) sd = scale_div_make(scales[h * scale_stride]);
+      for (int64_t d0 = 0; d0 < a->head_size; d0 += XK_DCHUNK) {
+        const int64_t dn = a->head_size - d0 < XK_DCHUNK ? a->head_size - d0 : XK_DCHUNK;
+        for (int64_t j = 0; j < n; j++)
+          convert_row(stg + j * stg_row, a->cache_dtype, src + ((t + j) * s_tok + h * s_head + d0) * ss,
+                      a->src_dtype, dn, &sd);
+        if (kv) scatter_value_run(a, block, off, h, n, d0, dn, stg, stg_row, stream);
+        else scatter_key_run(a, block, off, h, n, d0, dn, stg, stg_row, stream);
+      }
+    }
+  }
+}
+
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end) {
   const int64_t ss = xk_dtype_size(a->src_dtype), es = xk_dtype_size(a->cache_dtype);
-  const int stream = a->layout == XK_LAYOUT_FLASH &&
-                     (token_end - token_begin) * a->num_heads * a->head_size * es * 2 >= XK_STREAM_MIN_BYTES;
+  const int stream = (token_end - token_begin) * a->num_heads * a->head_size * es * 2 >= XK_STREAM_MIN_BYTES;
   const int fp8 = xk_is_fp8(a->cache_dtype);
   /* Per-tensor scales: one reciprocal for the whole block. */
   const scale_div ks_all = scale_div_make(fp8 && a->k_scale ? a->k_scale[0] : 1.0f);
   const scale_div vs_all = scale_div_make(fp8 && a->v_scale ? a->v_scale[0] : 1.0f);
-  for (int64_t t = token_begin; t < token_end; t++) {
+  for (int64_t t = token_begin; t < token_end;) {
     const int64_t slot = slot_of(a, t);
-    if (slot < 0) continue;
+    if (slot < 0) {
+      t++;
+      continue;
+    }
     const int64_t block = slot / a->block_size, offset = slot % a->block_size;
+    if (a->layout == XK_LAYOUT_PAGED) {
+      int64_t n = 1;
+      while (n < XK_RUN && t + n < token_end && offset + n < a->block_size && slot_of(a, t + n) == slot + n) n++;
+      if (n > 1) {
+        write_run_paged(a, t, n, block, offset, &ks_all, &vs_all, stream);
+        t += n;
+        continue;
+      }
+    }
     for (int64_t h = 0; h < a->num_heads; h++) {
       const char *k = (const char *)a->key + (t * a->key_stride_token + h * a->key_stride_head) * ss;
       const char *v = (const char *)a->value + (t * a->value_stride_token + h * a->value_stride_head) * ss;
@@ -169,6 +330,7 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
         write_row_paged_value(a, block, offset, h, v, &vs);
       }
     }
+    t++;
   }
 #if XK_F32_LANES > 1
   /* Streaming stores are weakly ordered: make them visible before returning. */
