@@ -321,16 +321,18 @@ pub fn reshape_and_cache(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
-    let (kc, vc) = (key_cache.layout().clone(), value_cache.layout().clone());
-    let src = check_sources(key, value, &kc, &vc, slot_mapping, kv_cache_dtype)?;
+    // Pointers first, then borrowed layouts: no per-call copies of shapes.
+    let (kp, vp) = (key_cache.as_mut_ptr(), value_cache.as_mut_ptr());
+    let (kc, vc) = (key_cache.layout(), value_cache.layout());
+    let src = check_sources(key, value, kc, vc, slot_mapping, kv_cache_dtype)?;
     check::rank(
-        &kc,
+        kc,
         "key_cache",
         5,
         "[num_blocks, num_heads, head_size/x, block_size, x]",
     )?;
     check::rank(
-        &vc,
+        vc,
         "value_cache",
         4,
         "[num_blocks, num_heads, head_size, block_size]",
@@ -352,31 +354,31 @@ pub fn reshape_and_cache(
             src.head_size
         );
     }
-    check::dim(&kc, "key_cache", 1, src.num_heads, "num_heads")?;
-    check::dim(&kc, "key_cache", 2, src.head_size / x, "head_size / x")?;
-    check::inner_contiguous(&kc, "key_cache")?;
+    check::dim(kc, "key_cache", 1, src.num_heads, "num_heads")?;
+    check::dim(kc, "key_cache", 2, src.head_size / x, "head_size / x")?;
+    check::inner_contiguous(kc, "key_cache")?;
     check::dim(
-        &vc,
+        vc,
         "value_cache",
         0,
         num_blocks,
         "num_blocks of `key_cache`",
     )?;
-    check::dim(&vc, "value_cache", 1, src.num_heads, "num_heads")?;
-    check::dim(&vc, "value_cache", 2, src.head_size, "head_size")?;
+    check::dim(vc, "value_cache", 1, src.num_heads, "num_heads")?;
+    check::dim(vc, "value_cache", 2, src.head_size, "head_size")?;
     check::dim(
-        &vc,
+        vc,
         "value_cache",
         3,
         block_size,
         "block_size of `key_cache`",
     )?;
     check_no_partial_overlap(
-        (key_cache.as_ptr(), &kc),
-        (value_cache.as_ptr(), &vc),
+        (kp, kc),
+        (vp, vc),
         ("key_cache", "value_cache"),
     )?;
-    if kc.numel() > 0 && key_cache.as_ptr() == value_cache.as_ptr() {
+    if kc.numel() > 0 && kp == vp {
         bail!(
             Aliasing,
             "`key_cache` and `value_cache` are the same memory but have different layouts"
@@ -396,11 +398,11 @@ pub fn reshape_and_cache(
         &src,
         slot_mapping,
         sys::xk_cache_layout_XK_LAYOUT_PAGED,
-        key_cache.as_mut_ptr(),
-        value_cache.as_mut_ptr(),
+        kp,
+        vp,
         block_size,
         x,
-        (strides5(&kc), strides5(&vc)),
+        (strides5(kc), strides5(vc)),
         scales,
     );
     run_kv_write(args, src.num_tokens);
@@ -448,17 +450,19 @@ pub fn reshape_and_cache_flash(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
-    let kc = key_cache.layout().clone();
+    // Pointers first, then borrowed layouts: no per-call copies of shapes.
+    let kp = key_cache.as_mut_ptr();
+    let kc = key_cache.layout();
     let (vc, value_ptr) = match &value_cache {
-        Some(v) => (v.layout().clone(), v.as_ptr() as *mut u8),
-        None => (kc.clone(), key_cache.as_mut_ptr()),
+        Some(v) => (v.layout(), v.as_ptr() as *mut u8),
+        None => (kc, kp),
     };
-    let src = check_sources(key, value, &kc, &vc, slot_mapping, kv_cache_dtype)?;
+    let src = check_sources(key, value, kc, vc, slot_mapping, kv_cache_dtype)?;
     let what = "[num_blocks, block_size, num_heads, head_size]";
-    check::rank(&kc, "key_cache", 4, what)?;
-    check::rank(&vc, "value_cache", 4, what)?;
+    check::rank(kc, "key_cache", 4, what)?;
+    check::rank(vc, "value_cache", 4, what)?;
     let (num_blocks, block_size) = (kc.shape[0], kc.shape[1]);
-    for (t, name) in [(&kc, "key_cache"), (&vc, "value_cache")] {
+    for (t, name) in [(kc, "key_cache"), (vc, "value_cache")] {
         check::dim(t, name, 0, num_blocks, "num_blocks of `key_cache`")?;
         check::dim(t, name, 1, block_size, "block_size of `key_cache`")?;
         check::dim(t, name, 2, src.num_heads, "num_heads")?;
@@ -466,8 +470,8 @@ pub fn reshape_and_cache_flash(
         check::inner_contiguous(t, name)?;
     }
     check_no_partial_overlap(
-        (key_cache.as_ptr(), &kc),
-        (value_ptr, &vc),
+        (kp, kc),
+        (value_ptr, vc),
         ("key_cache", "value_cache"),
     )?;
     check_slots(
@@ -484,11 +488,11 @@ pub fn reshape_and_cache_flash(
         &src,
         slot_mapping,
         sys::xk_cache_layout_XK_LAYOUT_FLASH,
-        key_cache.as_mut_ptr(),
+        kp,
         value_ptr,
         block_size,
         0,
-        (strides5(&kc), strides5(&vc)),
+        (strides5(kc), strides5(vc)),
         scales,
     );
     run_kv_write(args, src.num_tokens);
