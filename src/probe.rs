@@ -27,6 +27,20 @@ pub struct Roofline {
     pub probe_bytes: usize,
 }
 
+impl Roofline {
+    /// The better of two measurements of each limit (on a shared machine a
+    /// probe only underestimates: take the best one seen).
+    pub fn best(&self, other: &Roofline) -> Roofline {
+        Roofline {
+            read_bw: self.read_bw.max(other.read_bw),
+            copy_bw: self.copy_bw.max(other.copy_bw),
+            fma_peak: self.fma_peak.max(other.fma_peak),
+            threads: self.threads,
+            probe_bytes: self.probe_bytes.max(other.probe_bytes),
+        }
+    }
+}
+
 /// One CPU cache as the kernel describes it under `/sys/devices/system/cpu/cpu0/cache`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheLevel {

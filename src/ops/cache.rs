@@ -373,11 +373,7 @@ pub fn reshape_and_cache(
         block_size,
         "block_size of `key_cache`",
     )?;
-    check_no_partial_overlap(
-        (kp, kc),
-        (vp, vc),
-        ("key_cache", "value_cache"),
-    )?;
+    check_no_partial_overlap((kp, kc), (vp, vc), ("key_cache", "value_cache"))?;
     if kc.numel() > 0 && kp == vp {
         bail!(
             Aliasing,
@@ -469,11 +465,7 @@ pub fn reshape_and_cache_flash(
         check::dim(t, name, 3, src.head_size, "head_size")?;
         check::inner_contiguous(t, name)?;
     }
-    check_no_partial_overlap(
-        (kp, kc),
-        (value_ptr, vc),
-        ("key_cache", "value_cache"),
-    )?;
+    check_no_partial_overlap((kp, kc), (value_ptr, vc), ("key_cache", "value_cache"))?;
     check_slots(
         slot_mapping,
         num_blocks * block_size,
