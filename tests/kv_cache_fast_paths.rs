@@ -82,11 +82,13 @@ struct Setup {
     /// Byte offset of the caches from a 64-byte boundary.
     misalign: usize,
     block_size: usize,
+    /// Slots in each cache.
+    slots: usize,
 }
 
 fn shapes(s: &Setup) -> (Vec<usize>, Vec<usize>) {
     let x = 16 / s.cache.size();
-    let (bs, nb) = (s.block_size, SLOTS / s.block_size);
+    let (bs, nb) = (s.block_size, s.slots / s.block_size);
     match s.layout {
         Layout::Flash => (vec![nb, bs, H, D], vec![nb, bs, H, D]),
         Layout::Paged => (vec![nb, H, D / x, bs, x], vec![nb, H, D, bs]),
@@ -96,14 +98,15 @@ fn shapes(s: &Setup) -> (Vec<usize>, Vec<usize>) {
 /// Runs the op (or the reference) into caches filled with 0x5a; returns the
 /// key and value cache bytes.
 fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
-    let bytes = SLOTS * H * D * s.cache.size();
+    let bytes = s.slots * H * D * s.cache.size();
     let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
     let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
     let (ks, vs) = shapes(s);
     {
-        let k = TensorView::from_bytes(key, s.src, &[T, H, D], None).unwrap();
-        let v = TensorView::from_bytes(value, s.src, &[T, H, D], None).unwrap();
-        let sm = TensorView::new(slots, &[T]).unwrap();
+        let t = slots.len();
+        let k = TensorView::from_bytes(key, s.src, &[t, H, D], None).unwrap();
+        let v = TensorView::from_bytes(value, s.src, &[t, H, D], None).unwrap();
+        let sm = TensorView::new(slots, &[t]).unwrap();
         let kscale = TensorView::new(&s.k_scale, &[s.k_scale.len()]).unwrap();
         let vscale = TensorView::new(&s.v_scale, &[s.v_scale.len()]).unwrap();
         let range = s.misalign..s.misalign + bytes;
@@ -220,6 +223,48 @@ fn fast_paths_match_reference_on_every_tier() {
     }
 }
 
+/// fp8 rows stream only when a grid block writes >= 1 MiB: 8192 tokens of
+/// 2 x 128 fp8 keys and values (4 MiB, >= 1 MiB per block for up to 4
+/// blocks), flash and paged (prefill-shaped slots), pow2 and other scales.
+#[test]
+fn fp8_streaming_matches_reference() {
+    let (t, slots_per_cache) = (8192, 8192 + 512);
+    let mut rng = common::Rng(23);
+    let vals: Vec<f32> = (0..t * H * D).map(|_| rng.uniform() * 6.0).collect();
+    let key = encode(&vals, DType::BF16);
+    let value: Vec<u8> = key.iter().rev().copied().collect();
+    // Blocks of 16 in shuffled order, 16 slots padding at the start.
+    let blocks = shuffled(slots_per_cache / 16, &mut rng);
+    let mut slots: Vec<i64> = blocks
+        .iter()
+        .flat_map(|&b| (0..16).map(move |o| b * 16 + o))
+        .collect();
+    slots.truncate(t);
+    slots[..16].fill(-1);
+    for layout in [Layout::Flash, Layout::Paged] {
+        for (ks, vs) in [(vec![1.0f32], vec![0.25f32]), (vec![0.013], vec![0.3])] {
+            let s = Setup {
+                layout,
+                src: DType::BF16,
+                kv_cache_dtype: "fp8",
+                cache: DType::U8,
+                k_scale: ks,
+                v_scale: vs,
+                misalign: 0,
+                block_size: 16,
+                slots: slots_per_cache,
+            };
+            let want = run(&s, &key, &value, &slots, true);
+            common::for_each_isa(|isa| {
+                let got = common::with_threads(1, || {
+                    xpu_ops::with_isa(isa, || run(&s, &key, &value, &slots, false)).unwrap()
+                });
+                assert!(got == want, "{layout:?} fp8 8192 tokens on {isa}");
+            });
+        }
+    }
+}
+
 fn check_all(kvals: &[f32], vvals: &[f32], slots: &[i64], block_size: usize) {
     let caches: [(&str, DType, &[DType]); 4] = [
         ("auto", DType::F32, &[DType::F32]),
@@ -250,6 +295,7 @@ fn check_all(kvals: &[f32], vvals: &[f32], slots: &[i64], block_size: usize) {
                             v_scale: vs.clone(),
                             misalign,
                             block_size,
+                            slots: SLOTS,
                         };
                         let (key, value) = (encode(kvals, src), encode(vvals, src));
                         let want = run(&s, &key, &value, slots, true);
