@@ -52,27 +52,84 @@ static inline scale_div scale_div_make(float scale) {
   return d;
 }
 
+/* ---- fp8 rows with the formats known at compile time ---------------------
+ * xk_convert_row dispatches on the dtypes for every vector and reads the fp8
+ * format through a pointer; for the common source/cache pairs the loop below
+ * is instantiated with constant dtypes, so the switch and the format
+ * constants fold away. Same arithmetic, same bits. Returns the elements done
+ * (a multiple of the vector width); the caller finishes the tail. */
+#if XK_F32_LANES == 16
+static inline __attribute__((always_inline)) int64_t fp8_row_vec(uint8_t *dst, const char *src, int64_t n,
+                                                                 int32_t src_dtype, int32_t dst_dtype,
+                                                                 float s, int mul) {
+  const xk_fp8_format *fmt = xk_fp8_format_of(dst_dtype);
+  const int64_t ss = xk_dtype_size(src_dtype);
+  const __m512 vs = _mm512_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = xk_load16(src + i * ss, src_dtype);
+    const __m512 q = mul ? _mm512_mul_ps(v, vs) : _mm512_div_ps(v, vs);
+    _mm_storeu_si128((__m128i *)(dst + i), _mm512_cvtepi32_epi8(xk_fp8_encode16(q, fmt)));
+  }
+  return i;
+}
+#elif XK_F32_LANES == 8
+static inline __attribute__((always_inline)) int64_t fp8_row_vec(uint8_t *dst, const char *src, int64_t n,
+                                                                 int32_t src_dtype, int32_t dst_dtype,
+                                                                 float s, int mul) {
+  const xk_fp8_format *fmt = xk_fp8_format_of(dst_dtype);
+  const int64_t ss = xk_dtype_size(src_dtype);
+  const __m256 vs = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = xk_load8(src + i * ss, src_dtype);
+    const __m256 q = mul ? _mm256_mul_ps(v, vs) : _mm256_div_ps(v, vs);
+    _mm_storel_epi64((__m128i *)(dst + i), xk_pack8_lo_bytes(xk_fp8_encode8(q, fmt)));
+  }
+  return i;
+}
+#endif
+
+#if XK_F32_LANES > 1
+#define XK_FP8_ROW(SRC, DST)                                                          \
+  static int64_t fp8_row_##SRC##_##DST(uint8_t *dst, const char *src, int64_t n, float s, int mul) { \
+    return mul ? fp8_row_vec(dst, src, n, XK_##SRC, XK_##DST, s, 1)                   \
+               : fp8_row_vec(dst, src, n, XK_##SRC, XK_##DST, s, 0);                  \
+  }
+XK_FP8_ROW(BF16, F8E4M3)
+XK_FP8_ROW(F16, F8E4M3)
+XK_FP8_ROW(F32, F8E4M3)
+XK_FP8_ROW(BF16, F8E5M2)
+XK_FP8_ROW(F16, F8E5M2)
+XK_FP8_ROW(F32, F8E5M2)
+#undef XK_FP8_ROW
+#endif
+
 /* dst[i] = convert(src[i]); fp8 destinations store saturate(src[i] / scale),
  * bit-identical to xk_convert_row. */
 static inline void convert_row(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n,
                                const scale_div *d) {
-  if (!xk_is_fp8(dst_dtype) || !d->pow2) {
-    xk_convert_row(dst, dst_dtype, src, src_dtype, n, d->scale);
+  if (!xk_is_fp8(dst_dtype)) {
+    xk_convert_row(dst, dst_dtype, src, src_dtype, n, 1.0f);
     return;
   }
+  const float s = d->pow2 ? d->inv : d->scale;
   int64_t i = 0;
-#if XK_F32_LANES == 16
-  const int64_t ss = xk_dtype_size(src_dtype);
-  const __m512 inv = _mm512_set1_ps(d->inv);
-  for (; i + 16 <= n; i += 16)
-    xk_store16((char *)dst + i, dst_dtype, _mm512_mul_ps(xk_load16((const char *)src + i * ss, src_dtype), inv));
-#elif XK_F32_LANES == 8
-  const int64_t ss = xk_dtype_size(src_dtype);
-  const __m256 inv = _mm256_set1_ps(d->inv);
-  for (; i + 8 <= n; i += 8)
-    xk_store8((char *)dst + i, dst_dtype, _mm256_mul_ps(xk_load8((const char *)src + i * ss, src_dtype), inv));
+#if XK_F32_LANES > 1
+  uint8_t *o = (uint8_t *)dst;
+  const char *in = (const char *)src;
+  const int e4 = dst_dtype == XK_F8E4M3;
+  switch (src_dtype) {
+    case XK_BF16: i = e4 ? fp8_row_BF16_F8E4M3(o, in, n, s, d->pow2) : fp8_row_BF16_F8E5M2(o, in, n, s, d->pow2); break;
+    case XK_F16: i = e4 ? fp8_row_F16_F8E4M3(o, in, n, s, d->pow2) : fp8_row_F16_F8E5M2(o, in, n, s, d->pow2); break;
+    case XK_F32: i = e4 ? fp8_row_F32_F8E4M3(o, in, n, s, d->pow2) : fp8_row_F32_F8E5M2(o, in, n, s, d->pow2); break;
+    default: break;
+  }
 #endif
-  for (; i < n; i++) xk_store_scalar(dst, dst_dtype, i, xk_load_scalar(src, src_dtype, i) * d->inv);
+  for (; i < n; i++) {
+    const float x = xk_load_scalar(src, src_dtype, i);
+    xk_store_scalar(dst, dst_dtype, i, d->pow2 ? x * s : x / s);
+  }
 }
 
 /* ---- streaming stores ----------------------------------------------------- */
@@ -93,6 +150,21 @@ static inline void stream_copy(char *dst, const char *src, int64_t bytes) {
 }
 #endif
 
+#if XK_F32_LANES > 1
+/* A converted row streamed out: chunks converted into L1, then streamed
+ * (chunks are whole lines). Out of line, so the common path keeps a small frame. */
+static __attribute__((noinline)) void stream_converted_row(char *dst, int32_t cache_dtype, const char *src,
+                                                           int32_t src_dtype, int64_t head_size, const scale_div *d) {
+  _Alignas(64) char staged[XK_ROW_CHUNK * 2];
+  const int64_t es = xk_dtype_size(cache_dtype), ss = xk_dtype_size(src_dtype);
+  for (int64_t c0 = 0; c0 < head_size; c0 += XK_ROW_CHUNK) {
+    const int64_t n = head_size - c0 < XK_ROW_CHUNK ? head_size - c0 : XK_ROW_CHUNK;
+    convert_row(staged, cache_dtype, src + c0 * ss, src_dtype, n, d);
+    stream_copy(dst + c0 * es, staged, n * es);
+  }
+}
+#endif
+
 /* Flash layout: the head row is contiguous in the cache, convert straight into it. */
 static void write_row_flash(char *cache, const int64_t *st, int32_t cache_dtype, int64_t block, int64_t offset,
                             int64_t head, const void *src, int32_t src_dtype, int64_t head_size,
@@ -101,18 +173,8 @@ static void write_row_flash(char *cache, const int64_t *st, int32_t cache_dtype,
   char *dst = cache + (block * st[0] + offset * st[1] + head * st[2]) * es;
 #if XK_F32_LANES > 1
   if (stream && can_stream(dst, head_size * es)) {
-    if (cache_dtype == src_dtype) {
-      stream_copy(dst, (const char *)src, head_size * es);
-      return;
-    }
-    /* Convert a chunk into L1, then stream it out (chunks are whole lines). */
-    _Alignas(64) char staged[XK_ROW_CHUNK * 2];
-    const int64_t ss = xk_dtype_size(src_dtype);
-    for (int64_t c0 = 0; c0 < head_size; c0 += XK_ROW_CHUNK) {
-      const int64_t n = head_size - c0 < XK_ROW_CHUNK ? head_size - c0 : XK_ROW_CHUNK;
-      convert_row(staged, cache_dtype, (const char *)src + c0 * ss, src_dtype, n, d);
-      stream_copy(dst + c0 * es, staged, n * es);
-    }
+    if (cache_dtype == src_dtype) stream_copy(dst, (const char *)src, head_size * es);
+    else stream_converted_row(dst, cache_dtype, (const char *)src, src_dtype, head_size, d);
     return;
   }
 #else
