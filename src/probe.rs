@@ -23,8 +23,6 @@ pub struct Roofline {
     /// fp32 FMA peak, FLOP/s, on the active ISA tier.
     pub fma_peak: f64,
     pub threads: usize,
-    /// Size of the buffers the bandwidth probes streamed over, bytes.
-    pub probe_bytes: usize,
 }
 
 impl Roofline {
@@ -36,7 +34,6 @@ impl Roofline {
             copy_bw: self.copy_bw.max(other.copy_bw),
             fma_peak: self.fma_peak.max(other.fma_peak),
             threads: self.threads,
-            probe_bytes: self.probe_bytes.max(other.probe_bytes),
         }
     }
 }
@@ -215,6 +212,5 @@ pub fn measure(bytes: usize) -> Roofline {
         copy_bw: copy_bandwidth(bytes / 2),
         fma_peak: fma_peak(),
         threads: num_threads(),
-        probe_bytes: bytes,
     }
 }

@@ -290,12 +290,11 @@ pub fn fmt_time(secs: f64) -> String {
 /// The roofline as one line of text.
 pub fn fmt_roofline(roof: &Roofline) -> String {
     format!(
-        "DRAM read {:.1} GB/s, DRAM copy (streaming stores, read+write) {:.1} GB/s, fp32 FMA {:.1} GFLOP/s ({} threads, {} MiB probe buffers)",
+        "DRAM read {:.1} GB/s, DRAM copy (streaming stores, read+write) {:.1} GB/s, fp32 FMA {:.1} GFLOP/s ({} threads)",
         roof.read_bw / 1e9,
         roof.copy_bw / 1e9,
         roof.fma_peak / 1e9,
         roof.threads,
-        roof.probe_bytes >> 20
     )
 }
 
@@ -372,12 +371,11 @@ pub fn json(results: &[Measured], roof: &Roofline, extra: &[(&str, String)]) -> 
         s.push_str(&format!("  {}: {v},\n", json_str(k)));
     }
     s.push_str(&format!(
-        "  \"roofline\": {{\"read_bytes_per_s\": {}, \"copy_bytes_per_s\": {}, \"fma_flops_per_s\": {}, \"threads\": {}, \"probe_bytes\": {}}},\n",
+        "  \"roofline\": {{\"read_bytes_per_s\": {}, \"copy_bytes_per_s\": {}, \"fma_flops_per_s\": {}, \"threads\": {}}},\n",
         json_num(roof.read_bw),
         json_num(roof.copy_bw),
         json_num(roof.fma_peak),
         roof.threads,
-        roof.probe_bytes
     ));
     s.push_str("  \"cases\": [");
     for (i, m) in results.iter().enumerate() {

@@ -73,6 +73,7 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
         let mut extra = machine_json();
         extra.push(("quick", args.quick.to_string()));
         extra.push(("cold_bytes", cfg.cold_bytes().to_string()));
+        extra.push(("probe_bytes", probe_bytes.to_string()));
         extra.push((
             "roofline_probes",
             format!("[{}, {}]", probe_json(&before), probe_json(&after)),
@@ -81,8 +82,9 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
     } else {
         println!("{header}");
         println!(
-            "roofline: {} (best of the probes before and after)",
-            bench::fmt_roofline(&roof)
+            "roofline: {} (best of the probes before and after the cases, {} buffers)",
+            bench::fmt_roofline(&roof),
+            fmt_bytes(probe_bytes)
         );
         println!(
             "time = median per call, best = fastest sample, roof = roofline time / median time\n"
