@@ -28,9 +28,11 @@
 //! ```
 
 pub mod align;
+pub mod bench;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
+mod mem;
 pub mod ops;
 pub mod platform;
 pub mod probe;
