@@ -38,7 +38,9 @@ pub mod runtime;
 
 // One module per op family; add new families here.
 pub mod cache;
+pub mod layer;
 pub mod linear;
+pub mod sampling;
 
 pub use runtime::*;
 pub use status::xops_status;

@@ -3,5 +3,7 @@
 
 pub mod cache;
 pub(crate) mod check;
+pub mod layer;
 pub mod linear;
 pub mod quant;
+pub mod sampling;

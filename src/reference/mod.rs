@@ -2,4 +2,6 @@
 //! the upstream definitions without SIMD. Tests hold every kernel tier to it.
 
 pub mod cache;
+pub mod layer;
 pub mod linear;
+pub mod sampling;

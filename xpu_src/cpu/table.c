@@ -3,6 +3,9 @@
 #include "../include/xops_kernels.h"
 
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
+void XK_FN(rms_norm)(const xk_rms_norm_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(rotary_embedding)(const xk_rotary_args *a, int64_t token_begin, int64_t token_end);
+void XK_FN(silu_and_mul)(const xk_silu_and_mul_args *a, int64_t row_begin, int64_t row_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
 void XK_FN(linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end);
@@ -12,6 +15,12 @@ void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t til
 double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink);
 void XK_FN(int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
 void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
+void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds, uint32_t *out);
+void XK_FN(sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
+                               int64_t n64);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -19,6 +28,9 @@ void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
 const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .name = XK_STR(XK_TIER),
     .kv_write = XK_FN(kv_write),
+    .rms_norm = XK_FN(rms_norm),
+    .rotary_embedding = XK_FN(rotary_embedding),
+    .silu_and_mul = XK_FN(silu_and_mul),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
     .linear_prep = XK_FN(linear_prep),
@@ -28,4 +40,9 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .probe_bf16dot = XK_FN(probe_bf16dot),
     .int8_quant = XK_FN(int8_quant),
     .int8_mm = XK_FN(int8_mm),
+    .sample_rows = XK_FN(sample_rows),
+    .filter_rows = XK_FN(filter_rows),
+    .filter_apply = XK_FN(filter_apply),
+    .philox4x32 = XK_FN(philox4x32),
+    .sampling_exp_probe = XK_FN(sampling_exp_probe),
 };

@@ -61,6 +61,48 @@ typedef struct xk_kv_write_args {
   int64_t v_scale_stride;
 } xk_kv_write_args;
 
+/* rms_norm and fused_add_rms_norm: one grid block = a range of rows.
+ * rms_norm:  out[r] = input[r] * rsqrt(mean(input[r]^2) + eps) * weight.
+ * fused (residual != NULL): residual[r] = round(input[r] + residual[r]), then
+ * out[r] = rms_norm(residual[r]); the launcher passes out == input. */
+typedef struct xk_rms_norm_args {
+  void *out;             /* host, [rows, hidden_size], row stride out_stride */
+  const void *input;     /* host, [rows, hidden_size], row stride input_stride */
+  void *residual;        /* host or NULL, [rows, hidden_size], row stride residual_stride */
+  const void *weight;    /* host, [hidden_size], contiguous */
+  int64_t out_stride, input_stride, residual_stride; /* elements between rows */
+  int64_t hidden_size;
+  int32_t dtype;         /* xk_dtype of out, input and residual (F32/F16/BF16) */
+  int32_t weight_dtype;  /* F32/F16/BF16 */
+  float epsilon;
+} xk_rms_norm_args;
+
+/* rotary_embedding, in place on query and key: one grid block = a range of tokens. */
+typedef struct xk_rotary_args {
+  const void *positions;      /* host, [tokens] int32 or int64, element stride positions_stride */
+  int64_t positions_stride;
+  int32_t positions_is_i64;
+  int32_t is_neox;            /* 1: pairs (i, i + rot_dim/2); 0 (GPT-J): pairs (2i, 2i + 1) */
+  void *query;                /* host, [tokens, num_heads, head_size], head_size contiguous */
+  int64_t query_stride_token, query_stride_head, num_heads;
+  void *key;                  /* host or NULL, [tokens, num_kv_heads, head_size] */
+  int64_t key_stride_token, key_stride_head, num_kv_heads;
+  int32_t dtype;              /* xk_dtype of query and key (F32/F16/BF16) */
+  int32_t cache_dtype;        /* xk_dtype of cos_sin_cache (F32/F16/BF16) */
+  const void *cos_sin_cache;  /* host, [max_position, rot_dim]: cos in [0, rot_dim/2), sin after */
+  int64_t cache_stride;       /* elements between cache rows */
+  int64_t rot_dim;            /* even, <= head_size; dims past it are left alone */
+} xk_rotary_args;
+
+/* silu_and_mul: out[r, i] = silu(input[r, i]) * input[r, d + i]; one grid block = a range of rows. */
+typedef struct xk_silu_and_mul_args {
+  void *out;          /* host, [rows, d], row stride out_stride */
+  const void *input;  /* host, [rows, 2 * d], row stride input_stride */
+  int64_t out_stride, input_stride;
+  int64_t d;
+  int32_t dtype;      /* xk_dtype of out and input (F32/F16/BF16) */
+} xk_silu_and_mul_args;
+
 /* Machine probes used by the benchmarks to measure this machine's limits. */
 typedef struct xk_probe_result {
   double value; /* a checksum, so the compiler cannot drop the work */
@@ -140,11 +182,78 @@ typedef struct xk_int8_mm_args {
   int64_t out_stride;
   int32_t out_dtype;
 } xk_int8_mm_args;
+/* ---- sampling (issue 6) -------------------------------------------------
+ * Per-row outcome of a sampling or filter kernel; the launcher turns a
+ * non-zero status into a named error before it writes any output. */
+typedef enum xk_row_status {
+  XK_ROW_OK = 0,
+  XK_ROW_NAN = 1,       /* a NaN in the row */
+  XK_ROW_POS_INF = 2,   /* +inf (logits, or logits / temperature), or inf in probs */
+  XK_ROW_NEGATIVE = 3,  /* a negative probability */
+  XK_ROW_NO_FINITE = 4, /* logits: every value is -inf */
+} xk_row_status;
+
+/* FlashInfer's samplers and vLLM's fused sampler: one output row per grid block.
+ * The filters and the draw are defined in xpu_src/cpu/sampling.c. */
+typedef struct xk_sample_args {
+  const void *x;              /* host, [num_rows, vocab] logits or probs, rows x_row_stride apart */
+  int64_t x_row_stride;       /* elements */
+  int32_t x_dtype;            /* F32/F16/BF16 */
+  int32_t is_logits;          /* 1: weights are softmax(y); 0: probs */
+  int64_t vocab;              /* 1 <= vocab < 2^24 */
+  const int64_t *row_index;   /* [batch] input row of each output row */
+  const float *penalized;     /* NULL or [batch, vocab] f32: rows read instead of x where row_penalized[b] */
+  const uint8_t *row_penalized;
+  const float *temperature;   /* NULL or [batch]: y = x / temperature (logits) */
+  const uint8_t *greedy;      /* NULL or [batch]: 1 = argmax of the (penalized) row */
+  const int32_t *top_k;       /* NULL or [batch]: 0 = off, else 1 <= k < vocab */
+  const float *top_p;         /* NULL or [batch]: in (0, 1]; 1 = off */
+  const float *min_p;         /* NULL or [batch]: in [0, 1]; 0 = off */
+  int32_t joint;              /* top-p mass over the whole row (FlashInfer "joint") */
+  const uint64_t *seed;       /* [batch] Philox key */
+  const uint64_t *offset;     /* [batch] Philox offset (32-bit words) */
+  const uint64_t *subsequence;/* [batch] Philox counter high half */
+  int64_t *samples;           /* [batch] out */
+  int32_t *status;            /* [batch] out, xk_row_status */
+  double *mass;               /* [batch] out: probs rows, sum of trunc(p * 2^40) / 2^40 */
+  int32_t num_logprobs;       /* < 0: no logprobs; else top-n of the raw row */
+  int64_t *logprob_ids;       /* [batch, num_logprobs + 1]: sampled token, then the top-n */
+  float *logprobs;            /* [batch, num_logprobs + 1] */
+  int64_t *ranks;             /* [batch]: #{j : raw y_j >= raw y_sampled} */
+  int64_t cap;                /* candidate buffer entries per workspace */
+} xk_sample_args;
+
+/* top_k_renorm_probs, top_p_renorm_probs, top_k_mask_logits: a read-only
+ * phase (threshold and kept sum per row), then a write phase. */
+typedef struct xk_filter_args {
+  const void *x;              /* host, [rows, vocab] */
+  int64_t x_row_stride;
+  int32_t x_dtype;
+  int32_t is_logits;
+  int64_t vocab;
+  const int32_t *top_k;       /* NULL or [rows], as xk_sample_args */
+  const float *top_p;         /* NULL or [rows] */
+  uint32_t *threshold;        /* [rows] phase 1 out: kept iff key(y) >= threshold */
+  double *kept_sum;           /* [rows] phase 1 out: fp64 sum of kept probs */
+  int32_t *status;            /* [rows] phase 1 out */
+  double *mass;               /* [rows] phase 1 out (probs) */
+  void *out;                  /* host, [rows, vocab], phase 2 */
+  int64_t out_row_stride;
+  int32_t out_dtype;
+  int64_t cap;
+} xk_filter_args;
+
+/* Workspace bytes one sample_rows / filter_rows call needs for `cap` candidates. */
+int64_t xk_sampling_workspace_bytes(int64_t cap);
 
 typedef struct xk_kernel_table {
   const char *name;
   /* Writes tokens [token_begin, token_end) of a->slot_mapping. */
   void (*kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
+  /* Layer ops: each computes rows (tokens) [begin, end). */
+  void (*rms_norm)(const xk_rms_norm_args *a, int64_t row_begin, int64_t row_end);
+  void (*rotary_embedding)(const xk_rotary_args *a, int64_t token_begin, int64_t token_end);
+  void (*silu_and_mul)(const xk_silu_and_mul_args *a, int64_t row_begin, int64_t row_end);
   /* Sums n floats with wide loads: the DRAM read probe. */
   double (*probe_read)(const float *src, int64_t n);
   /* Runs `iters` rounds of independent FMA chains; returns the flops done. */
@@ -164,6 +273,16 @@ typedef struct xk_kernel_table {
   void (*int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
   /* bf16 dot-product throughput (vdpbf16ps where the tier has it); returns flops done. */
   double (*probe_bf16dot)(int64_t iters, xk_probe_result *sink);
+  /* Sampling (issue 6). Rows [row_begin, row_end) of the batch. */
+  void (*sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+  void (*filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+  void (*filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
+  /* Philox4x32 with `rounds` rounds (10 for Philox4x32-10): out = f(ctr[4], key[2]). */
+  void (*philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds, uint32_t *out);
+  /* The tier's exp kernels on arrays: e32 = expf_spec(d32) for d32 in [-27.8, 0],
+   * e64 = exp_spec(d64) for d64 in [-700, 0]; vector lanes where the tier has them. */
+  void (*sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
+                             int64_t n64);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built
