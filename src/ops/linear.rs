@@ -243,13 +243,16 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
     let kernels = platform::kernels();
     if m <= DECODE_MAX_M {
         let mut xf: Vec<f32> = Vec::new();
-        if args.x_dtype == DType::F32.xk() && args.perm.is_null() {
+        if args.x_dtype == DType::F32.xk() && args.perm.is_null() && m <= 4 {
             args.xf = args.x as *mut f32;
             args.xf_stride = args.x_stride;
         } else {
-            xf = vec![0f32; m * k];
+            // Rows a power of two apart would share L1 sets in the kernel's
+            // 8-row tiles: pad the stride by one cache line.
+            let stride = k.next_multiple_of(16) + 16;
+            xf = vec![0f32; m * stride];
             args.xf = xf.as_mut_ptr();
-            args.xf_stride = k as i64;
+            args.xf_stride = stride as i64;
             let prep = kernels.linear_prep.expect("linear_prep");
             // SAFETY: xf holds m rows of k floats; x and perm were validated.
             unsafe { prep(&args, 0, m as i64) };

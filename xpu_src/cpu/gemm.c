@@ -215,7 +215,7 @@ static inline int wkind_of(const xk_linear_args *a) {
 }
 
 /* Per (row, group) parameters of a quantized row. For int4 on AVX-512, `p`
- * is the 16-entry table (code - zero) * scale; otherwise p = scale, q = zero. */
+ * is the 16-entry table (code - zero) * scale; otherwise p = scale, q = -zero * scale. */
 typedef struct wparams {
   vf p, q;
 } wparams;
@@ -226,14 +226,14 @@ XK_ALWAYS_INLINE wparams wparams_load(const xk_linear_args *a, const int kind, i
 #if VL == 16
   if (kind == WK_INT4) {
     const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    r.p = _mm512_mul_ps(_mm512_sub_ps(iota, vf_set1(z)), vf_set1(s));
+    r.p = _mm512_fmadd_ps(iota, vf_set1(s), vf_set1(-z * s)); /* exact for f16/bf16 scales */
     r.q = r.p;
     return r;
   }
 #endif
   (void)kind;
   r.p = vf_set1(s);
-  r.q = vf_set1(z);
+  r.q = vf_set1(-z * s); /* (q - z) * s = q * s - z * s: exact for f16/bf16 scales */
   return r;
 }
 
@@ -253,7 +253,7 @@ XK_ALWAYS_INLINE vf w_vec(const int kind, const void *row, int64_t k, vmask m, w
     default: {
       const __m128i c = _mm_maskz_loadu_epi8(m, (const uint8_t *)row + k);
       const vf q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
-      return _mm512_maskz_mul_ps(m, _mm512_sub_ps(q, wp.q), wp.p);
+      return _mm512_maskz_fmadd_ps(m, q, wp.p, wp.q);
     }
 #else
     case WK_INT4: {
@@ -261,7 +261,7 @@ XK_ALWAYS_INLINE vf w_vec(const int kind, const void *row, int64_t k, vmask m, w
           (const __m256i *)((const uint8_t *)row + (k >> 7) * 64 + ((k >> 3) & 1) * 32));
       const __m256i c = _mm256_and_si256(_mm256_srl_epi32(raw, _mm_cvtsi32_si128((int)(4 * ((k >> 4) & 7)))),
                                          _mm256_set1_epi32(0xF));
-      return _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(c), wp.q), wp.p);
+      return _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), wp.p, wp.q);
     }
     default: {
       __m128i c;
@@ -273,7 +273,7 @@ XK_ALWAYS_INLINE vf w_vec(const int kind, const void *row, int64_t k, vmask m, w
         c = _mm_loadl_epi64((const __m128i *)t);
       }
       const vf q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
-      vf w = _mm256_mul_ps(_mm256_sub_ps(q, wp.q), wp.p);
+      vf w = _mm256_fmadd_ps(q, wp.p, wp.q);
       if (m != 8) {
         const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         w = _mm256_and_ps(w, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), lane)));
@@ -291,24 +291,72 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
 
 /* ---- decode regime --------------------------------------------------------- */
 
-#define GV_MT 4                     /* activation rows per register tile */
-#define GV_NB (VL == 16 ? 4 : 2)    /* weight rows per register tile */
+#if VL == 16
+#define GV_MT 4 /* activation rows per register tile */
+#define GV_NB 4 /* weight rows per register tile: 16 accumulators (8 x 3 measured slower) */
+#else
+#define GV_MT 4
+#define GV_NB 2
+#endif
 #define GV_MAXM 16
-#define GV_KCH 512                  /* K chunk when M > GV_MT (multiple of 128) */
+#define GV_KCH 512 /* K chunk when M > GV_MT (multiple of 128) */
 
 /* Named accumulators a<i><j> (i < GV_MT activation rows, j < GV_NB weight
  * rows) so the compiler keeps all of them in registers. */
+#if VL == 16
 #define GV_IJ(X) \
-  X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(1, 0) X(1, 1) X(1, 2) X(1, 3) X(2, 0) X(2, 1) X(2, 2) X(2, 3) X(3, 0) X(3, 1) \
-      X(3, 2) X(3, 3)
+  X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(1, 0) X(1, 1) X(1, 2) X(1, 3) X(2, 0) X(2, 1) X(2, 2) X(2, 3) X(3, 0) X(3, 1) X(3, 2) X(3, 3)
 #define GV_I(X) X(0) X(1) X(2) X(3)
-#define GV_ON(i, j) ((i) < mt && (j) < nb && (j) < GV_NB)
+#define GV_J(X) X(0) X(1) X(2) X(3)
+#else
+#define GV_IJ(X) X(0, 0) X(0, 1) X(1, 0) X(1, 1) X(2, 0) X(2, 1) X(3, 0) X(3, 1)
+#define GV_I(X) X(0) X(1) X(2) X(3)
+#define GV_J(X) X(0) X(1)
+#endif
+#define GV_ON(i, j) ((i) < mt && (j) < nb)
 
 /* One step of VL k: weights of every row, then every activation row. */
-#define GV_W(j) const vf w##j = ((j) < nb && (j) < GV_NB) ? w_vec(kind, wr[(j) % GV_NB], k, msk, wp[(j) % GV_NB]) : vf_zero();
-#define GV_X(i) const vf x##i = (i) < mt ? (FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk)) : vf_zero();
-#define GV_F(i, j) if (GV_ON(i, j)) a##i##j = vf_fma(x##i, w##j, a##i##j);
-#define GV_STEP GV_W(0) GV_W(1) GV_W(2) GV_W(3) GV_I(GV_X) GV_IJ(GV_F)
+#define GV_W(j) const vf w##j = (j) < nb ? w_vec(kind, wr[j], k, msk, wp[j]) : vf_zero();
+/* Activation row i: one load, then its FMAs (one live activation register). */
+#if VL == 16
+#define GV_ROW(i)                                                               \
+  if ((i) < mt) {                                                               \
+    const vf x = FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk);          \
+    a##i##0 = vf_fma(x, w0, a##i##0);                                           \
+    if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
+    if (nb > 2) a##i##2 = vf_fma(x, w2, a##i##2);                               \
+    if (nb > 3) a##i##3 = vf_fma(x, w3, a##i##3);                               \
+  }
+#else
+#define GV_ROW(i)                                                               \
+  if ((i) < mt) {                                                               \
+    const vf x = FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk);          \
+    a##i##0 = vf_fma(x, w0, a##i##0);                                           \
+    if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
+  }
+#endif
+#define GV_STEP GV_J(GV_W) GV_I(GV_ROW)
+
+#if VL == 16
+/* int4 rows: c<j> holds the row's current 64-byte block shifted so that the
+ * low nibbles are the next 16 codes; an immediate shift by 4 steps it (a
+ * shift by a register count is 2 uops on Intel cores). */
+#define GV_C(j) __m512i c##j = _mm512_setzero_si512();
+#define GV_C_INIT(j)                                                                   \
+  if ((j) < nb) {                                                                      \
+    c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + (g0 >> 7) * 64);                \
+    if (g0 & 127) c##j = _mm512_srl_epi32(c##j, sh0);                                  \
+  }
+#define GV_W4(j) const vf w##j = (j) < nb ? _mm512_permutexvar_ps(c##j, wp[j].p) : vf_zero();
+#define GV_C_NEXT(j)                                                                         \
+  if ((j) < nb) {                                                                            \
+    if (((k + 16) & 127) != 0) {                                                             \
+      c##j = _mm512_srli_epi32(c##j, 4);                                                     \
+    } else if (k + 16 < g1) {                                                                \
+      c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + ((k + 16) >> 7) * 64);              \
+    }                                                                                        \
+  }
+#endif
 
 /* Partial sums over k in [k0, k1) for rows m0.., weight rows n0..; they live
  * in accbuf[(m * GV_NB + j) * VL] between K chunks. Quantized rows run group
@@ -331,6 +379,24 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
     if (quant)
       for (int j = 0; j < nb; j++) wp[j] = wparams_load(a, kind, n0 + j, g0 / G);
     int64_t k = g0;
+#if VL == 16
+    if (kind == WK_INT4) { /* K and every group boundary are multiples of 32 */
+      const __m128i sh0 = _mm_cvtsi32_si128((int)(4 * ((g0 >> 4) & 7)));
+      GV_J(GV_C)
+      GV_J(GV_C_INIT)
+      const vmask msk = vm_first(VL);
+      (void)msk;
+#define FULL 1
+      for (; k < g1; k += VL) {
+        GV_J(GV_W4)
+        GV_I(GV_ROW)
+        GV_J(GV_C_NEXT)
+      }
+#undef FULL
+      g0 = g1;
+      continue;
+    }
+#endif
     {
       const vmask msk = vm_first(VL);
 #define FULL 1
@@ -357,14 +423,16 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
 
 #if VL == 16
 #define GV_CASES_MT(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2) GV_CASE(KIND, MT, 3) GV_CASE(KIND, MT, 4)
+#define GV_CASES(KIND) GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)
 #else
 #define GV_CASES_MT(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2)
+#define GV_CASES(KIND) GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)
 #endif
 #define GV_DISPATCH(KIND)                                                                               \
   static void gv_tile_##KIND(const xk_linear_args *a, int mt, int nb, int64_t m0, int64_t n0, int64_t k0, \
                              int64_t k1, float *accbuf, int first) {                                    \
     switch ((mt - 1) * GV_NB + nb - 1) {                                                                \
-      GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)               \
+      GV_CASES(KIND)                                                                                    \
       default: break;                                                                                   \
     }                                                                                                   \
   }
