@@ -335,6 +335,10 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
     if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
   }
 #endif
+/* The next tile's weight rows (GV_NB rows on), fetched one line per row and
+ * step while this tile computes: decode rows are short streams that the
+ * hardware prefetchers pick up late. Prefetches past the matrix never fault. */
+#define GV_PF(j) _mm_prefetch((const char *)wr[j] + pf_off + k * wsz, _MM_HINT_T0);
 #define GV_STEP GV_J(GV_W) GV_I(GV_ROW)
 
 #if VL == 16
@@ -345,6 +349,7 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
 #define GV_C_INIT(j)                                                                   \
   if ((j) < nb) {                                                                      \
     c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + (g0 >> 7) * 64);                \
+    _mm_prefetch((const char *)wr[j] + pf_off + (g0 >> 7) * 64, _MM_HINT_T0);          \
     if (g0 & 127) c##j = _mm512_srl_epi32(c##j, sh0);                                  \
   }
 #define GV_W4(j) const vf w##j = (j) < nb ? _mm512_permutexvar_ps(c##j, wp[j].p) : vf_zero();
@@ -354,6 +359,7 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
       c##j = _mm512_srli_epi32(c##j, 4);                                                     \
     } else if (k + 16 < g1) {                                                                \
       c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + ((k + 16) >> 7) * 64);              \
+      _mm_prefetch((const char *)wr[j] + pf_off + ((k + 16) >> 7) * 64, _MM_HINT_T0);        \
     }                                                                                        \
   }
 #endif
@@ -372,6 +378,17 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
   for (int j = 0; j < GV_NB; j++) wr[j] = w_row(a, n0 + (j < nb ? j : 0));
   const int quant = kind == WK_INT4 || kind == WK_INT8;
   const int64_t G = quant ? a->group_size : k1 - k0 + 1;
+  const int64_t wsz = quant ? 1 : xk_dtype_size(a->w_dtype); /* bytes per k (int4: unused) */
+  const int64_t pf_off = (kind == WK_INT4 ? 2 : 1) * GV_NB * a->w_stride * wsz; /* same row, a tile or two on */
+  (void)wsz;
+  if (quant && m0 == 0) {
+    const int64_t ss = xk_dtype_size(a->sz_dtype);
+    for (int j = 0; j < GV_NB; j++) {
+      const int64_t r = (n0 + GV_NB + j) * a->sz_stride + k0 / G;
+      _mm_prefetch((const char *)a->scales + r * ss, _MM_HINT_T0);
+      if (a->zeros) _mm_prefetch((const char *)a->zeros + r * ss, _MM_HINT_T0);
+    }
+  }
   wparams wp[GV_NB];
   for (int j = 0; j < GV_NB; j++) wp[j].p = wp[j].q = vf_zero();
   for (int64_t g0 = k0; g0 < k1;) {
@@ -401,6 +418,7 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
       const vmask msk = vm_first(VL);
 #define FULL 1
       for (; k + VL <= g1; k += VL) {
+        GV_J(GV_PF)
         GV_STEP
       }
 #undef FULL
