@@ -125,6 +125,7 @@ pub struct xk_linear_args {
     pub tile_m: i64,
     pub tile_n: i64,
     pub bf16_pairs: i32,
+    pub no_prefetch: i32,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

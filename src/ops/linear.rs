@@ -175,6 +175,7 @@ pub(crate) fn base_args(
         tile_m: 0,
         tile_n: 0,
         bf16_pairs: 0,
+        no_prefetch: 0,
     }
 }
 

@@ -380,6 +380,8 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
   const int64_t G = quant ? a->group_size : k1 - k0 + 1;
   const int64_t wsz = quant ? 1 : xk_dtype_size(a->w_dtype); /* bytes per k (int4: unused) */
   const int64_t pf_off = (kind == WK_INT4 ? 2 : 1) * GV_NB * a->w_stride * wsz; /* same row, a tile or two on */
+  /* Dense rows: one prefetch per 64-byte line (none when the rows are an L1 copy). */
+  const int64_t pf_every = a->no_prefetch ? 0 : 1;
   (void)wsz;
   if (quant && m0 == 0) {
     const int64_t ss = xk_dtype_size(a->sz_dtype);
@@ -418,7 +420,9 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
       const vmask msk = vm_first(VL);
 #define FULL 1
       for (; k + VL <= g1; k += VL) {
-        GV_J(GV_PF)
+        if (pf_every && ((k * wsz) & (64 * pf_every - 1)) == 0) {
+          GV_J(GV_PF)
+        }
         GV_STEP
       }
 #undef FULL
@@ -462,13 +466,58 @@ GV_DISPATCH(WK_INT8)
 
 typedef void (*gv_tile_fn)(const xk_linear_args *, int, int, int64_t, int64_t, int64_t, int64_t, float *, int);
 
+/* out[m][n0 .. n0+nb) = horizontal sums of accbuf row m's nb accumulators
+ * (+ bias); f32 output without bias is stored directly. */
+static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, const float *accbuf) {
+  for (int64_t m = 0; m < M; m++) {
+    float sums[GV_NB];
+    for (int j = 0; j < nb; j++) sums[j] = vf_hsum(vf_load(accbuf + (m * GV_NB + j) * VL));
+    if (a->out_dtype == XK_F32 && !a->bias) {
+      memcpy((float *)a->out + m * a->out_stride + n0, sums, (size_t)nb * 4);
+      continue;
+    }
+    for (int j = 0; j < nb; j++) store_out(a, m, n0 + j, sums[j]);
+  }
+}
+
+
 void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   static const gv_tile_fn tiles[] = {gv_tile_WK_F32, gv_tile_WK_F16, gv_tile_WK_BF16, gv_tile_WK_INT4,
                                      gv_tile_WK_INT8};
   const gv_tile_fn tile = tiles[wkind_of(a)];
+  (void)tile;
   const int64_t M = a->m, K = a->k;
   const int64_t kch = M <= GV_MT ? (K > 0 ? K : 1) : GV_KCH;
   float accbuf[GV_MAXM * GV_NB * VL] __attribute__((aligned(64)));
+  const int kind = wkind_of(a);
+  if (M > GV_MT && (kind == WK_F16 || kind == WK_BF16)) {
+    /* Several row tiles: convert each weight chunk to f32 once (exact) and
+     * run every row tile from that L1-resident copy. */
+    float wbuf[GV_NB * GV_KCH] __attribute__((aligned(64)));
+    const int64_t es = xk_dtype_size(a->w_dtype);
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += GV_NB) {
+      const int nb = (int)min64(GV_NB, n_end - n0);
+      if (K == 0) memset(accbuf, 0, sizeof accbuf);
+      for (int64_t k0 = 0; k0 < K; k0 += GV_KCH) {
+        const int64_t kl = min64(GV_KCH, K - k0);
+        for (int j = 0; j < nb; j++) {
+          const char *src = (const char *)w_row(a, n0 + j) + k0 * es;
+          for (int64_t b = 0; b < kl * es; b += 64) _mm_prefetch(src + GV_NB * a->w_stride * es + b, _MM_HINT_T0);
+          xk_convert_row(wbuf + j * GV_KCH, XK_F32, src, a->w_dtype, kl, 1.0f);
+        }
+        xk_linear_args b = *a;
+        b.w = wbuf;
+        b.w_stride = GV_KCH;
+        b.w_dtype = XK_F32;
+        b.xf = a->xf + k0;
+        b.no_prefetch = 1;
+        for (int64_t m0 = 0; m0 < M; m0 += GV_MT)
+          gv_tile_WK_F32(&b, (int)min64(GV_MT, M - m0), nb, m0, 0, 0, kl, accbuf, k0 == 0);
+      }
+      gv_finish(a, M, n0, nb, accbuf);
+    }
+    return;
+  }
   for (int64_t n0 = n_begin; n0 < n_end; n0 += GV_NB) {
     const int nb = (int)min64(GV_NB, n_end - n0);
     if (K == 0) memset(accbuf, 0, sizeof accbuf);
@@ -478,8 +527,7 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
         tile(a, (int)min64(GV_MT, M - m0), nb, m0, n0, k0, k1, accbuf, k0 == 0);
       }
     }
-    for (int64_t m = 0; m < M; m++)
-      for (int j = 0; j < nb; j++) store_out(a, m, n0 + j, vf_hsum(vf_load(accbuf + (m * GV_NB + j) * VL)));
+    gv_finish(a, M, n0, nb, accbuf);
   }
 }
 

@@ -144,6 +144,7 @@ typedef struct xk_linear_args {
   /* Tiled GEMM: set by linear_gemm_plan; a tile is tile_m rows x tile_n columns of out. */
   int64_t tile_m, tile_n;
   int32_t bf16_pairs;     /* 1: bf16 x and w through the vdpbf16ps microkernel */
+  int32_t no_prefetch;    /* kernel-internal: 1 when w is an L1 copy (no row prefetch) */
 } xk_linear_args;
 
 /* scaled_int8_quant: out = saturate(round_even(x / scale) (+ azp)), per token or static. */
