@@ -41,6 +41,9 @@ pub mod threading;
 
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
+pub use ops::attention::{
+    flash_attn_varlen_func, merge_attn_states, paged_attention_v1, paged_attention_v2,
+};
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };

@@ -41,6 +41,84 @@ pub struct xk_kv_write_args {
     pub k_scale_stride: i64,
     pub v_scale_stride: i64,
 }
+pub const xk_attn_kind_XK_ATTN_PAGED: xk_attn_kind = 0;
+pub const xk_attn_kind_XK_ATTN_VARLEN: xk_attn_kind = 1;
+pub type xk_attn_kind = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_attn_args {
+    pub kind: i32,
+    pub dtype: i32,
+    pub cache_dtype: i32,
+    pub layout: i32,
+    pub num_seqs: i64,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_size: i64,
+    pub block_size: i64,
+    pub query: *const ::core::ffi::c_void,
+    pub q_stride_token: i64,
+    pub q_stride_head: i64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_stride_token: i64,
+    pub out_stride_head: i64,
+    pub key_cache: *const ::core::ffi::c_void,
+    pub value_cache: *const ::core::ffi::c_void,
+    pub key_cache_strides: [i64; 5usize],
+    pub value_cache_strides: [i64; 5usize],
+    pub x: i64,
+    pub block_tables: *const i32,
+    pub block_tables_stride_seq: i64,
+    pub block_tables_stride_block: i64,
+    pub seq_lens: *const i32,
+    pub scale: f32,
+    pub softcap: f32,
+    pub alibi_slopes: *const f32,
+    pub alibi_stride_seq: i64,
+    pub k_scale: *const f32,
+    pub v_scale: *const f32,
+    pub scale_stride_seq: i64,
+    pub cu_seqlens_q: *const i32,
+    pub work: *const i32,
+    pub causal: i32,
+    pub has_lse: i32,
+    pub window_left: i64,
+    pub window_right: i64,
+    pub s_aux: *const f32,
+    pub lse: *mut f32,
+    pub lse_stride_head: i64,
+    pub lse_stride_token: i64,
+    pub max_rows: i64,
+    pub partition_size: i64,
+    pub max_partitions: i64,
+    pub max_context: i64,
+    pub exp_sums: *mut f32,
+    pub max_logits: *mut f32,
+    pub part_strides: [i64; 3usize],
+    pub tmp_out: *mut ::core::ffi::c_void,
+    pub tmp_out_strides: [i64; 4usize],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_merge_args {
+    pub dtype: i32,
+    pub pad_: i32,
+    pub num_tokens: i64,
+    pub num_heads: i64,
+    pub head_size: i64,
+    pub output: *mut ::core::ffi::c_void,
+    pub out_strides: [i64; 2usize],
+    pub prefix_output: *const ::core::ffi::c_void,
+    pub prefix_strides: [i64; 2usize],
+    pub suffix_output: *const ::core::ffi::c_void,
+    pub suffix_strides: [i64; 2usize],
+    pub prefix_lse: *const f32,
+    pub prefix_lse_strides: [i64; 2usize],
+    pub suffix_lse: *const f32,
+    pub suffix_lse_strides: [i64; 2usize],
+    pub output_lse: *mut f32,
+    pub output_lse_strides: [i64; 2usize],
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xk_probe_result {
@@ -56,6 +134,27 @@ pub struct xk_kernel_table {
     pub probe_read: ::core::option::Option<unsafe extern "C" fn(src: *const f32, n: i64) -> f64>,
     pub probe_fma:
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
+    pub attn_workspace: ::core::option::Option<unsafe extern "C" fn(a: *const xk_attn_args) -> i64>,
+    pub attn_paged: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_attn_args,
+            workspace: *mut ::core::ffi::c_void,
+            begin: i64,
+            end: i64,
+        ),
+    >,
+    pub attn_paged_reduce:
+        ::core::option::Option<unsafe extern "C" fn(a: *const xk_attn_args, begin: i64, end: i64)>,
+    pub attn_varlen: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_attn_args,
+            workspace: *mut ::core::ffi::c_void,
+            begin: i64,
+            end: i64,
+        ),
+    >,
+    pub merge_attn_states:
+        ::core::option::Option<unsafe extern "C" fn(a: *const xk_merge_args, begin: i64, end: i64)>,
 }
 unsafe extern "C" {
     pub static xk_kernels_generic: xk_kernel_table;

@@ -1,5 +1,6 @@
 //! Launchers: validate every argument, pick the kernel tier, run the grid.
 //! Each family's public functions are re-exported at the crate root.
 
+pub mod attention;
 pub mod cache;
 pub(crate) mod check;

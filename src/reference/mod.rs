@@ -1,4 +1,5 @@
 //! The oracle: one plain, safe, single-threaded function per op, written from
 //! the upstream definitions without SIMD. Tests hold every kernel tier to it.
 
+pub mod attention;
 pub mod cache;

@@ -5,6 +5,11 @@
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
+int64_t XK_FN(attn_workspace)(const xk_attn_args *a);
+void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
+void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -14,4 +19,9 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .kv_write = XK_FN(kv_write),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
+    .attn_workspace = XK_FN(attn_workspace),
+    .attn_paged = XK_FN(attn_paged),
+    .attn_paged_reduce = XK_FN(attn_paged_reduce),
+    .attn_varlen = XK_FN(attn_varlen),
+    .merge_attn_states = XK_FN(merge_attn_states),
 };

@@ -61,6 +61,84 @@ typedef struct xk_kv_write_args {
   int64_t v_scale_stride;
 } xk_kv_write_args;
 
+/* ---- attention (xpu_src/cpu/attention.c) --------------------------------- */
+
+/* Which op an xk_attn_args describes. */
+typedef enum xk_attn_kind {
+  XK_ATTN_PAGED = 0,  /* paged_attention_v1 (partition_size 0) / v2 partitions */
+  XK_ATTN_VARLEN = 1, /* flash_attn_varlen_func over a paged cache (block_table) */
+} xk_attn_kind;
+
+/*
+ * Attention over a paged KV cache. Every pointer is host memory the launcher
+ * validated; strides are in elements. Small per-head tables (alibi slopes,
+ * fp8 scales, sinks) and seq_lens / cu_seqlens_q / work are contiguous
+ * copies the launcher made.
+ */
+typedef struct xk_attn_args {
+  int32_t kind;        /* xk_attn_kind */
+  int32_t dtype;       /* query, out, tmp_out: F32, F16 or BF16 */
+  int32_t cache_dtype; /* dtype, or F8E4M3 / F8E5M2 (dequantised as fp8 * scale) */
+  int32_t layout;      /* xk_cache_layout of key_cache and value_cache */
+  int64_t num_seqs, num_heads, num_kv_heads, head_size, block_size;
+  const void *query; /* [tokens, num_heads, head_size], head_size contiguous */
+  int64_t q_stride_token, q_stride_head;
+  void *out; /* same shape as query */
+  int64_t out_stride_token, out_stride_head;
+  const void *key_cache; /* paged: [blocks, kv_heads, head_size/x, block_size, x]; flash: [blocks, block_size, kv_heads, head_size] */
+  const void *value_cache; /* paged: [blocks, kv_heads, head_size, block_size]; flash: as key_cache */
+  int64_t key_cache_strides[5], value_cache_strides[5];
+  int64_t x; /* paged key: elements per 16-byte chunk */
+  const int32_t *block_tables; /* [num_seqs, max_blocks] */
+  int64_t block_tables_stride_seq, block_tables_stride_block;
+  const int32_t *seq_lens; /* [num_seqs]: keys of each sequence (seq_lens / seqused_k) */
+  float scale;             /* softmax scale applied to q.k */
+  float softcap;           /* varlen: > 0 replaces s by softcap * tanh(s / softcap) */
+  const float *alibi_slopes; /* NULL or [num_seqs or 1][num_heads] */
+  int64_t alibi_stride_seq;  /* 0: one row of slopes for every sequence */
+  const float *k_scale;      /* NULL (1) or [num_seqs or 1][num_kv_heads], fp8 caches */
+  const float *v_scale;
+  int64_t scale_stride_seq;
+  /* varlen */
+  const int32_t *cu_seqlens_q; /* [num_seqs + 1] */
+  const int32_t *work;         /* [items][3]: sequence, first query, end query */
+  int32_t causal;              /* queries aligned to the end of their context */
+  int32_t has_lse;
+  int64_t window_left, window_right; /* -1: unbounded */
+  const float *s_aux;                /* NULL or [num_heads] sink logits */
+  float *lse;                        /* NULL or [num_heads, tokens] */
+  int64_t lse_stride_head, lse_stride_token;
+  int64_t max_rows; /* most (query, head) rows one work item has per kv head */
+  /* paged */
+  int64_t partition_size; /* 0: v1, one partition covering the sequence; v2: 512 */
+  int64_t max_partitions; /* v2: partitions per sequence in the grid */
+  int64_t max_context;    /* longest sequence */
+  float *exp_sums;        /* v2: [num_seqs, num_heads, partitions] */
+  float *max_logits;
+  int64_t part_strides[3]; /* of exp_sums and max_logits */
+  void *tmp_out;           /* v2: [num_seqs, num_heads, partitions, head_size] */
+  int64_t tmp_out_strides[4];
+} xk_attn_args;
+
+/* merge_attn_states: outputs [tokens, heads, head_size], LSEs [heads, tokens]. */
+typedef struct xk_merge_args {
+  int32_t dtype; /* F32, F16 or BF16, all three outputs */
+  int32_t pad_;
+  int64_t num_tokens, num_heads, head_size;
+  void *output;
+  int64_t out_strides[2];
+  const void *prefix_output;
+  int64_t prefix_strides[2];
+  const void *suffix_output;
+  int64_t suffix_strides[2];
+  const float *prefix_lse;
+  int64_t prefix_lse_strides[2];
+  const float *suffix_lse;
+  int64_t suffix_lse_strides[2];
+  float *output_lse; /* NULL or [heads, tokens] */
+  int64_t output_lse_strides[2];
+} xk_merge_args;
+
 /* Machine probes used by the benchmarks to measure this machine's limits. */
 typedef struct xk_probe_result {
   double value; /* a checksum, so the compiler cannot drop the work */
@@ -74,6 +152,16 @@ typedef struct xk_kernel_table {
   double (*probe_read)(const float *src, int64_t n);
   /* Runs `iters` rounds of independent FMA chains; returns the flops done. */
   double (*probe_fma)(int64_t iters, xk_probe_result *sink);
+  /* Attention: bytes of workspace one call of attn_paged / attn_varlen needs. */
+  int64_t (*attn_workspace)(const xk_attn_args *a);
+  /* Grid blocks (sequence, kv head, partition) in [begin, end). */
+  void (*attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+  /* paged_attention_v2 reduction: grid blocks (sequence, head). */
+  void (*attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
+  /* Grid blocks (work item, kv head). */
+  void (*attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+  /* Grid blocks (token, head). */
+  void (*merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built

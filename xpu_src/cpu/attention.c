@@ -1,0 +1,1036 @@
+/*
+ * Attention over paged KV caches:
+ *   attn_paged         paged_attention_v1 / paged_attention_v2 partitions (vLLM)
+ *   attn_paged_reduce  the v2 reduction over partitions
+ *   attn_varlen        flash_attn_varlen_func with a block_table (prefill, decode, mixed)
+ *   merge_attn_states  merging two partial attention results by their LSE
+ *
+ * A grid block owns one sequence (or a tile of its queries) and one KV head,
+ * so every query head of a GQA group shares each K/V load. Keys and values
+ * are staged 32 tokens at a time (XA_W), converted from the cache format,
+ * into an L1-resident layout the micro-kernels stream:
+ *   kT [Dp][32]  keys transposed: one vector of 32 tokens per head-dim element
+ *   vt [32][Dp]  values: one row per token
+ * Dp is head_size rounded up to 32; the padding is zero.
+ *
+ * fp32 path (every tier): QK^T and PV are register-blocked outer products,
+ * a broadcast q (or p) element times a vector of k (or v), fp32 FMA.
+ * bf16 path (AVX-512, bf16 queries, bf16 or fp8 caches): the staged data stays
+ * bf16; kT holds (d, d+1) pairs per token and vt holds (t, t+1) pairs per
+ * head-dim element, so vdpbf16ps computes both products with exact bf16 x bf16
+ * products accumulated in fp32. fp8 values are exact in bf16 and f32.
+ *
+ * Numerics (shared by all paths): logits and softmax in fp32; fp8 K and V are
+ * dequantised as fp8 * scale, with the scale applied to the fp32 dot product
+ * and to the fp32 accumulator; probabilities are rounded to the query dtype
+ * before P.V; the output is rounded once to the query dtype.
+ */
+#include <float.h>
+#include <math.h>
+
+#include "../common/convert.h"
+#include "../common/tier.h"
+
+#define XA_W 32     /* tokens per staged tile */
+#define XA_VT 64    /* varlen: tokens per online-softmax step (a multiple of XA_W) */
+#define XA_ALIGN 64 /* workspace regions start on cache lines */
+
+static inline int64_t xa_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t xa_max(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t xa_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* ---- vector primitives ---------------------------------------------------- */
+
+#if XK_F32_LANES == 16
+typedef __m512 xa_vf;
+#define XA_VL 16
+#define xa_vload(p) _mm512_loadu_ps(p)
+#define xa_vstore(p, v) _mm512_storeu_ps(p, v)
+#define xa_vset1(x) _mm512_set1_ps(x)
+#define xa_vzero() _mm512_setzero_ps()
+#define xa_vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define xa_vmul(a, b) _mm512_mul_ps(a, b)
+#define XA_QK_NR 8 /* rows per QK register block: 8 x 2 accumulators */
+#define XA_PV_NR 4 /* rows per PV register block: 4 x 4 accumulators */
+#define XA_PV_NV 4
+#define XA_BF16 1
+#elif XK_F32_LANES == 8
+typedef __m256 xa_vf;
+#define XA_VL 8
+#define xa_vload(p) _mm256_loadu_ps(p)
+#define xa_vstore(p, v) _mm256_storeu_ps(p, v)
+#define xa_vset1(x) _mm256_set1_ps(x)
+#define xa_vzero() _mm256_setzero_ps()
+#define xa_vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define xa_vmul(a, b) _mm256_mul_ps(a, b)
+#define XA_QK_NR 2 /* 2 x 4 accumulators */
+#define XA_PV_NR 2
+#define XA_PV_NV 4
+#define XA_BF16 0
+#else
+#define XA_BF16 0
+#endif
+
+#if XK_F32_LANES == 16
+/* exp(x) for x <= ~88 (softmax arguments are <= 0); NaN stays NaN, -inf gives 0.
+ * Cody-Waite reduction x = k ln2 + r and a degree-6 polynomial for e^r (~1 ulp). */
+static inline __m512 xa_exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), x); /* NaN in x survives (second operand) */
+  x = _mm512_min_ps(_mm512_set1_ps(88.7f), x);
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+#elif XK_F32_LANES == 8
+static inline __m256 xa_exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* false for NaN */
+  x = _mm256_max_ps(lo, x);                               /* NaN survives */
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  /* 2^k for k in [-126, 127] by building the exponent field. */
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, y);
+}
+#endif
+
+/* x[i] = exp(x[i] - m) for i < n; returns the sum (fixed order for a tier). */
+static float xa_exp_sum(float *x, int64_t n, float m) {
+  int64_t i = 0;
+  float sum = 0.0f;
+#if XK_F32_LANES == 16
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = xa_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    _mm512_storeu_ps(x + i, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (i < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+    const __m512 e = xa_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+    i = n;
+  }
+  sum = _mm512_reduce_add_ps(acc);
+#elif XK_F32_LANES == 8
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = xa_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(x + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  if (i < n) { /* the tail in its lanes, so element i always lands in lane i % 8 */
+    float t[8];
+    for (int j = 0; j < 8; j++) t[j] = i + j < n ? x[i + j] : -INFINITY;
+    const __m256 e = xa_exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vm));
+    _mm256_storeu_ps(t, e);
+    for (int j = 0; i + j < n; j++) x[i + j] = t[j];
+    acc = _mm256_add_ps(acc, e);
+    i = n;
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int j = 0; j < 8; j++) sum += lanes[j];
+#endif
+  for (; i < n; i++) {
+    x[i] = expf(x[i] - m);
+    sum += x[i];
+  }
+  return sum;
+}
+
+/* x[i] = cap * tanh(x[i] / cap), through exp of a non-positive argument. */
+static void xa_softcap(float *x, int64_t n, float cap) {
+  int64_t i = 0;
+  const float inv = 1.0f / cap;
+#if XK_F32_LANES == 16
+  for (; i + 16 <= n; i += 16) {
+    const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(inv));
+    const __m512 ay = _mm512_abs_ps(y);
+    const __m512 e = xa_exp16(_mm512_mul_ps(ay, _mm512_set1_ps(-2.0f)));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    t = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(t), _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32((int)0x80000000u))));
+    _mm512_storeu_ps(x + i, _mm512_mul_ps(t, _mm512_set1_ps(cap)));
+  }
+#endif
+  for (; i < n; i++) x[i] = cap * tanhf(x[i] * inv);
+}
+
+/* Rounds x[0..n) to dtype (probabilities before P.V). */
+static void xa_round_to(float *x, int64_t n, int32_t dtype) {
+  if (dtype == XK_F32) return;
+  int64_t i = 0;
+#if XK_F32_LANES == 16
+  uint16_t tmp[16];
+  for (; i + 16 <= n; i += 16) {
+    xk_store16(tmp, dtype, _mm512_loadu_ps(x + i));
+    _mm512_storeu_ps(x + i, xk_load16(tmp, dtype));
+  }
+#elif XK_F32_LANES == 8
+  uint16_t tmp[8];
+  for (; i + 8 <= n; i += 8) {
+    xk_store8(tmp, dtype, _mm256_loadu_ps(x + i));
+    _mm256_storeu_ps(x + i, xk_load8(tmp, dtype));
+  }
+#endif
+  for (; i < n; i++) {
+    uint16_t h;
+    xk_store_scalar(&h, dtype, 0, x[i]);
+    x[i] = xk_load_scalar(&h, dtype, 0);
+  }
+}
+
+/* ---- conversion of cache / query rows -------------------------------------- */
+
+#if XK_F32_LANES == 16
+/* 16 elements of any kernel dtype as f32; lanes outside m read nothing and give 0. */
+static inline __m512 xa_ld16(const void *src, int32_t dt, __mmask16 m) {
+  switch (dt) {
+    case XK_F32: return _mm512_maskz_loadu_ps(m, src);
+    case XK_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src));
+    case XK_BF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src)), 16));
+    case XK_F8E5M2: /* e5m2 is the top byte of an f16 */
+      return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, src)), 8));
+    default: { /* e4m3fn: (mag << 7) read as f16 is value * 2^-8, subnormals included */
+      const __m256i w = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, src));
+      const __m256i mag = _mm256_and_si256(w, _mm256_set1_epi16(0x7f));
+      const __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7),
+                                        _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8));
+      const __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
+      const __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
+      return _mm512_mask_mov_ps(f, nan, _mm512_set1_ps(NAN));
+    }
+  }
+}
+#elif XK_F32_LANES == 8
+static inline __m256 xa_ld8(const void *src, int32_t dt) {
+  switch (dt) {
+    case XK_F32: return _mm256_loadu_ps(src);
+    case XK_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)src));
+    case XK_BF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src)), 16));
+    case XK_F8E5M2:
+      return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)src)), 8));
+    default: {
+      const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)src));
+      const __m128i mag = _mm_and_si128(w, _mm_set1_epi16(0x7f));
+      const __m128i h =
+          _mm_or_si128(_mm_slli_epi16(mag, 7), _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8));
+      const __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+      const __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f))));
+      return _mm256_blendv_ps(f, _mm256_set1_ps(NAN), nan);
+    }
+  }
+}
+#endif
+
+/* dst[0..n) = src converted to f32. */
+static void xa_to_f32(float *dst, const void *src, int32_t dt, int64_t n) {
+  int64_t i = 0;
+#if XK_F32_LANES > 1
+  const char *s = (const char *)src;
+  const int64_t es = xk_dtype_size(dt);
+#endif
+#if XK_F32_LANES == 16
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, xa_ld16(s + i * es, dt, 0xffff));
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, m, xa_ld16(s + i * es, dt, m));
+    i = n;
+  }
+#elif XK_F32_LANES == 8
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, xa_ld8(s + i * es, dt));
+#endif
+  for (; i < n; i++) dst[i] = xk_load_scalar(src, dt, i);
+}
+
+#if XA_BF16
+/* dst[0..n) = src (bf16, or fp8 widened exactly) as bf16 bits. */
+static void xa_to_bf16(uint16_t *dst, const void *src, int32_t dt, int64_t n) {
+  if (dt == XK_BF16) {
+    memcpy(dst, src, (size_t)n * 2);
+    return;
+  }
+  const char *s = (const char *)src;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i f = _mm512_castps_si512(xa_ld16(s + i, dt, 0xffff));
+    _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(f, 16)));
+  }
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+    const __m512i f = _mm512_castps_si512(xa_ld16(s + i, dt, m));
+    _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(f, 16)));
+  }
+}
+#endif
+
+/* Converts n elements into an f32 (bf = 0) or bf16 (bf = 1) buffer. */
+static inline void xa_cvt(void *dst, int bf, const void *src, int32_t dt, int64_t n) {
+#if XA_BF16
+  if (bf) {
+    xa_to_bf16((uint16_t *)dst, src, dt, n);
+    return;
+  }
+#else
+  (void)bf;
+#endif
+  xa_to_f32((float *)dst, src, dt, n);
+}
+
+/* ---- 16 x 16 transpose of 32-bit elements ---------------------------------- */
+
+/* dst[j * dld + i] = src[i * sld + j] for i, j < 16. */
+static void xa_tr16(const uint32_t *src, int64_t sld, uint32_t *dst, int64_t dld) {
+#if XK_F32_LANES == 16
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * sld));
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  /* r[4g + j], 128-bit lane k: column 4k + j of rows 4g .. 4g + 3 */
+  for (int g = 0; g < 4; g++) {
+    r[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int j = 0; j < 4; j++) {
+    const __m512i x0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
+    const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xee);
+    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xee);
+    _mm512_storeu_si512((void *)(dst + (0 + j) * dld), _mm512_shuffle_i32x4(x0, y0, 0x88));
+    _mm512_storeu_si512((void *)(dst + (4 + j) * dld), _mm512_shuffle_i32x4(x0, y0, 0xdd));
+    _mm512_storeu_si512((void *)(dst + (8 + j) * dld), _mm512_shuffle_i32x4(x1, y1, 0x88));
+    _mm512_storeu_si512((void *)(dst + (12 + j) * dld), _mm512_shuffle_i32x4(x1, y1, 0xdd));
+  }
+#elif XK_F32_LANES == 8
+  for (int bi = 0; bi < 16; bi += 8) {
+    for (int bj = 0; bj < 16; bj += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps((const float *)(src + (bi + i) * sld + bj));
+      for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int g = 0; g < 2; g++) {
+        r[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        r[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xee);
+        r[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        r[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xee);
+      }
+      /* r[4g + j], 128-bit lane k: column 4k + j of rows 4g .. 4g + 3 */
+      for (int j = 0; j < 4; j++) {
+        _mm256_storeu_ps((float *)(dst + (bj + j) * dld + bi), _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+        _mm256_storeu_ps((float *)(dst + (bj + 4 + j) * dld + bi), _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+      }
+    }
+  }
+#else
+  for (int i = 0; i < 16; i++)
+    for (int j = 0; j < 16; j++) dst[j * dld + i] = src[i * sld + j];
+#endif
+}
+
+/* ---- workspace --------------------------------------------------------------- */
+
+typedef struct xa_ws {
+  void *q;        /* [R][Dp] f32, or bf16 on the bf16 path */
+  float *acc;     /* [R][Dp] */
+  float *lg;      /* [R][L] logits, then probabilities */
+  uint16_t *p16;  /* [R][L] bf16 probabilities (bf16 path) */
+  float *kT;      /* [Dp][W] (bf16 path: [Dp/2][W] pairs) */
+  float *vt;      /* [W][Dp] (bf16 path: [W/2][Dp] pairs) */
+  float *stage;   /* [W][Dp] rows or [Dp][W] columns before a transpose */
+  float *m, *l;   /* [R] running max and sum */
+  int64_t *lo, *hi, *pos; /* [R] key range and position of each query row */
+  int64_t R, L, Dp;
+} xa_ws;
+
+static int64_t xa_rows(const xk_attn_args *a) {
+  return a->kind == XK_ATTN_PAGED ? a->num_heads / a->num_kv_heads : a->max_rows;
+}
+
+static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
+  const int64_t Dp = xa_round_up(a->head_size, XA_W), R = xa_max(xa_rows(a), 1);
+  int64_t L;
+  if (a->kind == XK_ATTN_PAGED) {
+    L = a->partition_size ? a->partition_size : xa_round_up(xa_max(a->max_context, 1), XA_W);
+  } else {
+    L = XA_VT;
+  }
+  int64_t off = 0;
+#define XA_TAKE(field, type, count)                                       \
+  do {                                                                    \
+    if (w) w->field = (type *)(base + off);                               \
+    off += xa_round_up((int64_t)sizeof(type) * (int64_t)(count), XA_ALIGN); \
+  } while (0)
+  XA_TAKE(q, float, R * Dp);
+  XA_TAKE(acc, float, R * Dp);
+  XA_TAKE(lg, float, R * L);
+  XA_TAKE(p16, uint16_t, R * L);
+  XA_TAKE(kT, float, Dp * XA_W);
+  XA_TAKE(vt, float, Dp * XA_W);
+  XA_TAKE(stage, float, Dp * XA_W);
+  XA_TAKE(m, float, R);
+  XA_TAKE(l, float, R);
+  XA_TAKE(lo, int64_t, R);
+  XA_TAKE(hi, int64_t, R);
+  XA_TAKE(pos, int64_t, R);
+#undef XA_TAKE
+  if (w) {
+    w->R = R;
+    w->L = L;
+    w->Dp = Dp;
+  }
+  return off;
+}
+
+int64_t XK_FN(attn_workspace)(const xk_attn_args *a) { return xa_ws_layout(a, NULL, NULL); }
+
+static inline int xa_bf16_path(const xk_attn_args *a) {
+#if XA_BF16
+  return a->dtype == XK_BF16 && (a->cache_dtype == XK_BF16 || xk_is_fp8(a->cache_dtype));
+#else
+  (void)a;
+  return 0;
+#endif
+}
+
+/* ---- staging ------------------------------------------------------------------ */
+
+typedef struct xa_src {
+  const xk_attn_args *a;
+  const int32_t *bt; /* this sequence's block table row */
+  int64_t kvh;
+  int bf;            /* bf16 path */
+} xa_src;
+
+static inline int64_t xa_block_of(const xa_src *s, int64_t t) {
+  return (int64_t)s->bt[(t / s->a->block_size) * s->a->block_tables_stride_block];
+}
+
+/* One query row into q[r] (zero-padded to Dp). */
+static void xa_load_q(const xa_src *s, const xa_ws *w, int64_t r, const void *src) {
+  const int64_t D = s->a->head_size, Dp = w->Dp;
+  if (s->bf) {
+    uint16_t *d = (uint16_t *)w->q + r * Dp;
+    memcpy(d, src, (size_t)D * 2);
+    memset(d + D, 0, (size_t)(Dp - D) * 2);
+  } else {
+    float *d = (float *)w->q + r * Dp;
+    xa_to_f32(d, src, s->a->dtype, D);
+    memset(d + D, 0, (size_t)(Dp - D) * 4);
+  }
+}
+
+/* Keys of tokens [t0, t0 + n) (n <= W) into kT; missing tokens are zero. */
+static void xa_stage_k(const xa_src *s, const xa_ws *w, int64_t t0, int64_t n) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
+  const int64_t *ks = a->key_cache_strides;
+  for (int64_t j = 0; j < XA_W; j++) {
+    char *dst = (char *)w->stage + j * Dp * dsz;
+    if (j >= n) {
+      memset(dst, 0, (size_t)(Dp * dsz));
+      continue;
+    }
+    const int64_t t = t0 + j, blk = xa_block_of(s, t), off = t % a->block_size;
+    if (a->layout == XK_LAYOUT_FLASH) {
+      const char *src = (const char *)a->key_cache + (blk * ks[0] + off * ks[1] + s->kvh * ks[2]) * es;
+      xa_cvt(dst, s->bf, src, a->cache_dtype, D);
+    } else {
+      const char *src = (const char *)a->key_cache + (blk * ks[0] + s->kvh * ks[1] + off * ks[3]) * es;
+      for (int64_t c = 0; c < D / a->x; c++) {
+        xa_cvt(dst + c * a->x * dsz, s->bf, src + c * ks[2] * es, a->cache_dtype, a->x);
+      }
+    }
+    memset(dst + D * dsz, 0, (size_t)((Dp - D) * dsz));
+  }
+  const int64_t ncol = s->bf ? Dp / 2 : Dp; /* 32-bit elements per row */
+  for (int64_t rb = 0; rb < XA_W; rb += 16) {
+    for (int64_t cb = 0; cb < ncol; cb += 16) {
+      xa_tr16((const uint32_t *)w->stage + rb * ncol + cb, ncol, (uint32_t *)w->kT + cb * XA_W + rb, XA_W);
+    }
+  }
+}
+
+/* Values of tokens [t0, t0 + n) into vt; missing tokens are zero. */
+static void xa_stage_v(const xa_src *s, const xa_ws *w, int64_t t0, int64_t n) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
+  const int64_t *vs = a->value_cache_strides;
+  if (a->layout == XK_LAYOUT_FLASH) {
+    /* Token rows: straight into vt (f32), or into stage then paired (bf16). */
+    char *rows = s->bf ? (char *)w->stage : (char *)w->vt;
+    for (int64_t j = 0; j < XA_W; j++) {
+      char *dst = rows + j * Dp * dsz;
+      if (j >= n) {
+        memset(dst, 0, (size_t)(Dp * dsz));
+        continue;
+      }
+      const int64_t t = t0 + j, blk = xa_block_of(s, t), off = t % a->block_size;
+      xa_cvt(dst, s->bf, (const char *)a->value_cache + (blk * vs[0] + off * vs[1] + s->kvh * vs[2]) * es,
+             a->cache_dtype, D);
+      memset(dst + D * dsz, 0, (size_t)((Dp - D) * dsz));
+    }
+#if XA_BF16
+    if (s->bf) {
+      /* vt[tp][d] = (v[2tp][d], v[2tp+1][d]) */
+      const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+      const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+      const uint16_t *st = (const uint16_t *)w->stage;
+      uint32_t *vt = (uint32_t *)w->vt;
+      for (int64_t tp = 0; tp < XA_W / 2; tp++) {
+        for (int64_t d = 0; d < Dp; d += 32) {
+          const __m512i x = _mm512_loadu_si512((const void *)(st + (2 * tp) * Dp + d));
+          const __m512i y = _mm512_loadu_si512((const void *)(st + (2 * tp + 1) * Dp + d));
+          const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
+          _mm512_storeu_si512((void *)(vt + tp * Dp + d), _mm512_permutex2var_epi64(lo, lo_idx, hi));
+          _mm512_storeu_si512((void *)(vt + tp * Dp + d + 16), _mm512_permutex2var_epi64(lo, hi_idx, hi));
+        }
+      }
+    }
+#endif
+    return;
+  }
+  /* Paged: each head-dim element is a row of block_size tokens. Gather columns
+   * stage[d][j] by runs of tokens that share a block, then transpose. */
+  int64_t run_j[XA_W], run_src[XA_W], run_len[XA_W], nrun = 0;
+  for (int64_t j = 0; j < n;) {
+    const int64_t t = t0 + j, blk = xa_block_of(s, t), off = t % a->block_size;
+    const int64_t len = xa_min(n - j, a->block_size - off);
+    run_j[nrun] = j;
+    run_src[nrun] = blk * vs[0] + s->kvh * vs[1] + off * vs[3];
+    run_len[nrun++] = len;
+    j += len;
+  }
+  for (int64_t d = 0; d < Dp; d++) {
+    char *dst = (char *)w->stage + d * XA_W * dsz;
+    if (d >= D) {
+      memset(dst, 0, (size_t)(XA_W * dsz));
+      continue;
+    }
+    for (int64_t r = 0; r < nrun; r++) {
+      xa_cvt(dst + run_j[r] * dsz, s->bf, (const char *)a->value_cache + (run_src[r] + d * vs[2]) * es,
+             a->cache_dtype, run_len[r]);
+    }
+    if (n < XA_W) memset(dst + n * dsz, 0, (size_t)((XA_W - n) * dsz));
+  }
+  if (s->bf) {
+    /* stage [Dp][16 pairs] -> vt [16 pairs][Dp] */
+    for (int64_t db = 0; db < Dp; db += 16) {
+      xa_tr16((const uint32_t *)w->stage + db * 16, 16, (uint32_t *)w->vt + db, Dp);
+    }
+  } else {
+    for (int64_t db = 0; db < Dp; db += 16) {
+      for (int64_t tb = 0; tb < XA_W; tb += 16) {
+        xa_tr16((const uint32_t *)w->stage + db * XA_W + tb, XA_W, (uint32_t *)w->vt + tb * Dp + db, Dp);
+      }
+    }
+  }
+}
+
+/* ---- micro-kernels ------------------------------------------------------------ */
+
+/* lg[r][0..W) = q[r] . kT[:, 0..W) for r < nr (fp32 path). */
+#if XK_F32_LANES > 1
+#define XA_NVW (XA_W / XA_VL)
+static inline __attribute__((always_inline)) void xa_qk_f32_block(const float *q, int64_t qld, const float *kT,
+                                                                  int64_t D, float *lg, int64_t lld, const int nr) {
+  xa_vf acc[XA_QK_NR][XA_NVW];
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < XA_NVW; v++) acc[i][v] = xa_vzero();
+  for (int64_t d = 0; d < D; d++) {
+    xa_vf k[XA_NVW];
+#pragma GCC unroll 4
+    for (int v = 0; v < XA_NVW; v++) k[v] = xa_vload(kT + d * XA_W + v * XA_VL);
+#pragma GCC unroll 8
+    for (int i = 0; i < nr; i++) {
+      const xa_vf qb = xa_vset1(q[i * qld + d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < XA_NVW; v++) acc[i][v] = xa_vfma(qb, k[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < XA_NVW; v++) xa_vstore(lg + i * lld + v * XA_VL, acc[i][v]);
+}
+#endif
+
+static void xa_qk_f32(const float *q, int64_t qld, int64_t nrows, const float *kT, int64_t D, float *lg,
+                      int64_t lld) {
+#if XK_F32_LANES > 1
+  int64_t r = 0;
+  for (; r + XA_QK_NR <= nrows; r += XA_QK_NR) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, XA_QK_NR);
+#if XA_QK_NR > 4
+  if (r + 4 <= nrows) {
+    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 4);
+    r += 4;
+  }
+#endif
+#if XA_QK_NR > 2
+  if (r + 2 <= nrows) {
+    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 2);
+    r += 2;
+  }
+#endif
+  for (; r < nrows; r++) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 1);
+#else
+  for (int64_t r = 0; r < nrows; r++) {
+    for (int64_t j = 0; j < XA_W; j++) {
+      float s = 0.0f;
+      for (int64_t d = 0; d < D; d++) s += q[r * qld + d] * kT[d * XA_W + j];
+      lg[r * lld + j] = s;
+    }
+  }
+#endif
+}
+
+/* acc[r][0..Dp) += sum_t p[r][t] * vt[t][0..Dp) for t < ntok (fp32 path). */
+#if XK_F32_LANES > 1
+static inline __attribute__((always_inline)) void xa_pv_f32_block(const float *p, int64_t pld, int64_t ntok,
+                                                                  const float *vt, int64_t Dp, float *acc,
+                                                                  int64_t d0, const int nr, const int nv) {
+  xa_vf a[XA_PV_NR][XA_PV_NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) a[i][v] = xa_vload(acc + i * Dp + d0 + v * XA_VL);
+  for (int64_t t = 0; t < ntok; t++) {
+    xa_vf x[XA_PV_NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) x[v] = xa_vload(vt + t * Dp + d0 + v * XA_VL);
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+      const xa_vf pb = xa_vset1(p[i * pld + t]);
+#pragma GCC unroll 4
+      for (int v = 0; v < nv; v++) a[i][v] = xa_vfma(pb, x[v], a[i][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) xa_vstore(acc + i * Dp + d0 + v * XA_VL, a[i][v]);
+}
+
+static inline __attribute__((always_inline)) void xa_pv_f32_rows(const float *p, int64_t pld, int64_t ntok,
+                                                                 const float *vt, int64_t Dp, float *acc,
+                                                                 const int nr) {
+  int64_t d0 = 0;
+  for (; d0 + XA_PV_NV * XA_VL <= Dp; d0 += XA_PV_NV * XA_VL) {
+    xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, XA_PV_NV);
+  }
+  for (; d0 < Dp; d0 += XA_VL) xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, 1);
+}
+#endif
+
+static void xa_pv_f32(const float *p, int64_t pld, int64_t nrows, int64_t ntok, const float *vt, int64_t Dp,
+                      float *acc) {
+#if XK_F32_LANES > 1
+  int64_t r = 0;
+  for (; r + XA_PV_NR <= nrows; r += XA_PV_NR) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, XA_PV_NR);
+#if XA_PV_NR > 2
+  if (r + 2 <= nrows) {
+    xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 2);
+    r += 2;
+  }
+#endif
+  for (; r < nrows; r++) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 1);
+#else
+  for (int64_t r = 0; r < nrows; r++) {
+    for (int64_t t = 0; t < ntok; t++) {
+      const float pr = p[r * pld + t];
+      for (int64_t d = 0; d < Dp; d++) acc[r * Dp + d] += pr * vt[t * Dp + d];
+    }
+  }
+#endif
+}
+
+#if XA_BF16
+/* bf16 path: q2 [r][Dp/2] and kT2 [Dp/2][W] are (d, d+1) pairs. */
+static inline __attribute__((always_inline)) void xa_qk_bf16_block(const uint32_t *q2, int64_t qld, const uint32_t *kT2,
+                                                                   int64_t Dh, float *lg, int64_t lld, const int nr) {
+  __m512 acc[8][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < Dh; d++) {
+    const __m512bh k0 = (__m512bh)_mm512_loadu_si512((const void *)(kT2 + d * XA_W));
+    const __m512bh k1 = (__m512bh)_mm512_loadu_si512((const void *)(kT2 + d * XA_W + 16));
+#pragma GCC unroll 8
+    for (int i = 0; i < nr; i++) {
+      const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)q2[i * qld + d]);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], qb, k0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], qb, k1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++) {
+    _mm512_storeu_ps(lg + i * lld, acc[i][0]);
+    _mm512_storeu_ps(lg + i * lld + 16, acc[i][1]);
+  }
+}
+
+static void xa_qk_bf16(const uint32_t *q2, int64_t qld, int64_t nrows, const uint32_t *kT2, int64_t Dh, float *lg,
+                       int64_t lld) {
+  int64_t r = 0;
+  for (; r + 8 <= nrows; r += 8) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 8);
+  if (r + 4 <= nrows) {
+    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 4);
+    r += 4;
+  }
+  if (r + 2 <= nrows) {
+    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 2);
+    r += 2;
+  }
+  for (; r < nrows; r++) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 1);
+}
+
+/* p2 [r][pairs] are (t, t+1) bf16 probability pairs, vt2 [pairs][Dp] value pairs. */
+static inline __attribute__((always_inline)) void xa_pv_bf16_block(const uint32_t *p2, int64_t pld, int64_t npair,
+                                                                   const uint32_t *vt2, int64_t Dp, float *acc,
+                                                                   int64_t d0, const int nr, const int nv) {
+  __m512 a[4][4];
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) a[i][v] = _mm512_loadu_ps(acc + i * Dp + d0 + v * 16);
+  for (int64_t tp = 0; tp < npair; tp++) {
+    __m512bh x[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) x[v] = (__m512bh)_mm512_loadu_si512((const void *)(vt2 + tp * Dp + d0 + v * 16));
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+      const __m512bh pb = (__m512bh)_mm512_set1_epi32((int)p2[i * pld + tp]);
+#pragma GCC unroll 4
+      for (int v = 0; v < nv; v++) a[i][v] = _mm512_dpbf16_ps(a[i][v], pb, x[v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) _mm512_storeu_ps(acc + i * Dp + d0 + v * 16, a[i][v]);
+}
+
+static inline __attribute__((always_inline)) void xa_pv_bf16_rows(const uint32_t *p2, int64_t pld, int64_t npair,
+                                                                  const uint32_t *vt2, int64_t Dp, float *acc,
+                                                                  const int nr) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= Dp; d0 += 64) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 4);
+  for (; d0 < Dp; d0 += 16) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 1);
+}
+
+static void xa_pv_bf16(const uint32_t *p2, int64_t pld, int64_t nrows, int64_t npair, const uint32_t *vt2,
+                       int64_t Dp, float *acc) {
+  int64_t r = 0;
+  for (; r + 4 <= nrows; r += 4) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 4);
+  if (r + 2 <= nrows) {
+    xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 2);
+    r += 2;
+  }
+  for (; r < nrows; r++) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 1);
+}
+#endif
+
+/* Logits of rows [0, nrows) for tokens [t0, t0 + n) into lg[r][col0 ..]. */
+static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0) {
+  xa_stage_k(s, w, t0, n);
+#if XA_BF16
+  if (s->bf) {
+    xa_qk_bf16((const uint32_t *)w->q, w->Dp / 2, nrows, (const uint32_t *)w->kT, (s->a->head_size + 1) / 2,
+               w->lg + col0, w->L);
+    return;
+  }
+#endif
+  xa_qk_f32((const float *)w->q, w->Dp, nrows, w->kT, s->a->head_size, w->lg + col0, w->L);
+}
+
+/* acc[r] += P[r][col0 .. col0 + n) . V[t0 .. t0 + n) for rows [0, nrows). */
+static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0) {
+  xa_stage_v(s, w, t0, n);
+#if XA_BF16
+  if (s->bf) {
+    xa_pv_bf16((const uint32_t *)(w->p16 + col0), w->L / 2, nrows, (n + 1) / 2, (const uint32_t *)w->vt, w->Dp,
+               w->acc);
+    return;
+  }
+#endif
+  xa_pv_f32(w->lg + col0, w->L, nrows, n, w->vt, w->Dp, w->acc);
+}
+
+/* Rounds probabilities p[0..n) of row r to the query dtype where P.V reads them;
+ * the bf16 path also zero-fills the pair slots up to the next tile boundary. */
+static void xa_store_probs(const xa_src *s, const xa_ws *w, int64_t r, int64_t col0, int64_t n) {
+  float *p = w->lg + r * w->L + col0;
+#if XA_BF16
+  if (s->bf) {
+    uint16_t *d = w->p16 + r * w->L + col0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) xk_store16(d + i, XK_BF16, _mm512_loadu_ps(p + i));
+    for (; i < n; i++) d[i] = xk_f32_to_bf16_scalar(p[i]);
+    const int64_t end = xa_min(xa_round_up(n, XA_W), w->L - col0);
+    for (; i < end; i++) d[i] = 0;
+    return;
+  }
+#endif
+  xa_round_to(p, n, s->a->dtype);
+}
+
+/* Writes f32 row * f into dst (dtype). */
+static void xa_write_row(void *dst, int32_t dtype, float *row, int64_t n, float f) {
+  for (int64_t i = 0; i < n; i++) row[i] *= f;
+  xk_convert_row(dst, dtype, row, XK_F32, n, 1.0f);
+}
+
+/* ---- paged_attention_v1 / v2 -------------------------------------------------- */
+
+void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
+  xa_ws w;
+  xa_ws_layout(a, (char *)workspace, &w);
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size;
+  const int64_t P = a->partition_size ? a->max_partitions : 1, qes = xk_dtype_size(a->dtype);
+  xa_src s = {a, NULL, 0, xa_bf16_path(a)};
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t part = b % P, kvh = (b / P) % Hkv, seq = b / (P * Hkv);
+    const int64_t L = a->seq_lens[seq], t0 = part * a->partition_size;
+    if (a->partition_size && t0 >= L) continue; /* v2: nothing to do, nothing written */
+    const int64_t t1 = a->partition_size ? xa_min(t0 + a->partition_size, L) : L, n = t1 - t0;
+    s.bt = a->block_tables + seq * a->block_tables_stride_seq;
+    s.kvh = kvh;
+    const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      xa_load_q(&s, &w, g, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes);
+    }
+    /* Pass 1: logits of every token of the range, then the softmax. */
+    for (int64_t st = t0; st < t1; st += XA_W) xa_qk_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0);
+    const float sc = a->scale * ks;
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      float *x = w.lg + g * w.L;
+      const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
+      for (int64_t i = 0; i < n; i++) x[i] *= sc;
+      if (slope != 0.0f) {
+        for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
+      }
+      float mx = -FLT_MAX;
+      for (int64_t i = 0; i < n; i++) mx = fmaxf(mx, x[i]);
+      const float sum = xa_exp_sum(x, n, mx);
+      const float inv = 1.0f / (sum + 1e-6f);
+      for (int64_t i = 0; i < n; i++) x[i] *= inv;
+      xa_store_probs(&s, &w, g, 0, n);
+      if (a->partition_size) {
+        const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
+        a->max_logits[o] = mx;
+        a->exp_sums[o] = sum;
+      }
+    }
+    /* Pass 2: P.V */
+    memset(w.acc, 0, (size_t)(G * w.Dp) * sizeof(float));
+    for (int64_t st = t0; st < t1; st += XA_W) xa_pv_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0);
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      char *dst;
+      if (a->partition_size) {
+        dst = (char *)a->tmp_out + (seq * a->tmp_out_strides[0] + h * a->tmp_out_strides[1] +
+                                    part * a->tmp_out_strides[2]) * qes;
+      } else {
+        dst = (char *)a->out + (seq * a->out_stride_token + h * a->out_stride_head) * qes;
+      }
+      xa_write_row(dst, a->dtype, w.acc + g * w.Dp, D, vs);
+    }
+  }
+}
+
+void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end) {
+  const int64_t H = a->num_heads, D = a->head_size, ps = a->partition_size, qes = xk_dtype_size(a->dtype);
+  float acc[512], row[512];
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t seq = b / H, h = b % H;
+    const int64_t L = a->seq_lens[seq], np = (L + ps - 1) / ps;
+    char *out = (char *)a->out + (seq * a->out_stride_token + h * a->out_stride_head) * qes;
+    const char *tmp = (const char *)a->tmp_out + (seq * a->tmp_out_strides[0] + h * a->tmp_out_strides[1]) * qes;
+    if (np == 1) {
+      memcpy(out, tmp, (size_t)(D * qes));
+      continue;
+    }
+    const float *ml = a->max_logits + seq * a->part_strides[0] + h * a->part_strides[1];
+    const float *es = a->exp_sums + seq * a->part_strides[0] + h * a->part_strides[1];
+    float mx = -FLT_MAX, total = 0.0f;
+    for (int64_t j = 0; j < np; j++) mx = fmaxf(mx, ml[j * a->part_strides[2]]);
+    for (int64_t j = 0; j < np; j++) total += es[j * a->part_strides[2]] * expf(ml[j * a->part_strides[2]] - mx);
+    const float inv = 1.0f / (total + 1e-6f);
+    for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
+    for (int64_t j = 0; j < np; j++) {
+      const float wj = es[j * a->part_strides[2]] * expf(ml[j * a->part_strides[2]] - mx);
+      xa_to_f32(row, tmp + j * a->tmp_out_strides[2] * qes, a->dtype, D);
+      for (int64_t d = 0; d < D; d++) acc[d] += row[d] * wj * inv;
+    }
+    xk_convert_row(out, a->dtype, acc, XK_F32, D, 1.0f);
+  }
+}
+
+/* ---- flash_attn_varlen_func over a paged cache --------------------------------- */
+
+void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
+  xa_ws w;
+  xa_ws_layout(a, (char *)workspace, &w);
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w.Dp;
+  const int64_t qes = xk_dtype_size(a->dtype);
+  xa_src s = {a, NULL, 0, xa_bf16_path(a)};
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t item = b / Hkv, kvh = b % Hkv;
+    const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+    const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+    const int64_t R = (i1 - i0) * G;
+    s.bt = a->block_tables + seq * a->block_tables_stride_seq;
+    s.kvh = kvh;
+    const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    int64_t LO = INT64_MAX, HI = 0;
+    for (int64_t i = i0; i < i1; i++) {
+      const int64_t pos = i + k_len - q_len;
+      int64_t hi = k_len, lo = 0;
+      if (a->causal) hi = xa_min(hi, pos + 1);
+      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
+      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      for (int64_t g = 0; g < G; g++) {
+        const int64_t r = (i - i0) * G + g, h = kvh * G + g;
+        w.pos[r] = pos;
+        w.lo[r] = lo;
+        w.hi[r] = hi;
+        w.m[r] = -INFINITY;
+        w.l[r] = 0.0f;
+        xa_load_q(&s, &w, r, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes);
+      }
+      if (lo < hi) {
+        LO = xa_min(LO, lo);
+        HI = xa_max(HI, hi);
+      }
+    }
+    memset(w.acc, 0, (size_t)(R * Dp) * sizeof(float));
+    const float sc = a->scale * ks;
+    for (int64_t ts = LO; ts < HI; ts += XA_VT) {
+      const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
+      for (int64_t st = ts; st < te; st += XA_W) xa_qk_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts);
+      for (int64_t r = 0; r < R; r++) {
+        const int64_t h = kvh * G + r % G;
+        float *x = w.lg + r * w.L;
+        for (int64_t i = 0; i < n; i++) x[i] *= sc;
+        if (a->softcap > 0.0f) xa_softcap(x, n, a->softcap);
+        if (a->alibi_slopes) {
+          const float slope = a->alibi_slopes[seq * a->alibi_stride_seq + h];
+          const int64_t pos = w.pos[r];
+          for (int64_t i = 0; i < n; i++) x[i] -= slope * fabsf((float)(pos - (ts + i)));
+        }
+        const int64_t lo = w.lo[r] - ts, hi = w.hi[r] - ts;
+        for (int64_t i = 0; i < n; i++) {
+          if (i < lo || i >= hi) x[i] = -INFINITY;
+        }
+        float mt = -INFINITY;
+        for (int64_t i = 0; i < n; i++) mt = fmaxf(mt, x[i]);
+        const float m_new = fmaxf(w.m[r], mt);
+        if (m_new == -INFINITY) { /* nothing attended yet: p = 0 */
+          for (int64_t i = 0; i < n; i++) x[i] = 0.0f;
+        } else {
+          const float alpha = w.m[r] == -INFINITY ? 0.0f : expf(w.m[r] - m_new);
+          const float sum = xa_exp_sum(x, n, m_new);
+          if (alpha != 1.0f) {
+            float *acc = w.acc + r * Dp;
+            for (int64_t d = 0; d < Dp; d++) acc[d] *= alpha;
+          }
+          w.l[r] = w.l[r] * alpha + sum;
+          w.m[r] = m_new;
+        }
+        xa_store_probs(&s, &w, r, 0, n);
+      }
+      for (int64_t st = ts; st < te; st += XA_W) xa_pv_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts);
+    }
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t i = i0 + r / G, h = kvh * G + r % G;
+      float m = w.m[r], l = w.l[r], f = 1.0f;
+      if (a->s_aux) {
+        const float sink = a->s_aux[h], ms = fmaxf(m, sink);
+        const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
+        l = l * alpha + expf(sink - ms);
+        f = alpha;
+        m = ms;
+      }
+      f = l == 0.0f ? 0.0f : f / l;
+      xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype,
+                   w.acc + r * Dp, D, f * vs);
+      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+    }
+  }
+}
+
+/* ---- merge_attn_states -------------------------------------------------------- */
+
+void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end) {
+  const int64_t H = a->num_heads, D = a->head_size, es = xk_dtype_size(a->dtype);
+  float po[256], so[256];
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t t = b / H, h = b % H;
+    float pl = a->prefix_lse[h * a->prefix_lse_strides[0] + t * a->prefix_lse_strides[1]];
+    float sl = a->suffix_lse[h * a->suffix_lse_strides[0] + t * a->suffix_lse_strides[1]];
+    /* FA2 reports +inf for an empty row, FA3 -inf: both mean "no keys". */
+    if (pl == INFINITY) pl = -INFINITY;
+    if (sl == INFINITY) sl = -INFINITY;
+    const float mx = fmaxf(pl, sl);
+    float ps = 0.0f, ss = 0.0f, lse = -INFINITY;
+    if (mx != -INFINITY) {
+      const float pe = expf(pl - mx), se = expf(sl - mx), sum = pe + se;
+      ps = pe / sum;
+      ss = se / sum;
+      lse = logf(sum) + mx;
+    }
+    if (a->output_lse) a->output_lse[h * a->output_lse_strides[0] + t * a->output_lse_strides[1]] = lse;
+    const char *pp = (const char *)a->prefix_output + (t * a->prefix_strides[0] + h * a->prefix_strides[1]) * es;
+    const char *sp = (const char *)a->suffix_output + (t * a->suffix_strides[0] + h * a->suffix_strides[1]) * es;
+    char *op = (char *)a->output + (t * a->out_strides[0] + h * a->out_strides[1]) * es;
+    for (int64_t d0 = 0; d0 < D; d0 += 256) {
+      const int64_t n = xa_min(256, D - d0);
+      /* A side whose weight is 0 (an empty state) contributes nothing, even NaN. */
+      if (ps != 0.0f) xa_to_f32(po, pp + d0 * es, a->dtype, n);
+      if (ss != 0.0f) xa_to_f32(so, sp + d0 * es, a->dtype, n);
+      for (int64_t i = 0; i < n; i++) {
+        float v = 0.0f;
+        if (ps != 0.0f) v = po[i] * ps;
+        if (ss != 0.0f) v += so[i] * ss;
+        po[i] = v;
+      }
+      xk_convert_row(op + d0 * es, a->dtype, po, XK_F32, n, 1.0f);
+    }
+  }
+}
