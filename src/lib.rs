@@ -38,6 +38,7 @@ pub mod reference;
 mod sys;
 pub mod tensor;
 pub mod threading;
+pub mod trace;
 
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
@@ -53,3 +54,8 @@ pub use threading::{num_threads, set_num_threads};
 
 /// The crate version, as in Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
