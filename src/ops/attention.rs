@@ -30,6 +30,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 /// Tokens per partition of [`paged_attention_v2`] (vLLM's `PARTITION_SIZE`).
 pub const PARTITION_SIZE: usize = 512;
@@ -510,6 +511,10 @@ pub fn paged_attention_v1(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "paged_attention_v1",
+        &[("query", query.layout()), ("key_cache", key_cache.layout())],
+    );
     let p = check_paged(
         out.layout(),
         query,
@@ -603,6 +608,14 @@ pub fn paged_attention_v2(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "paged_attention_v2",
+        &[
+            ("query", query.layout()),
+            ("key_cache", key_cache.layout()),
+            ("tmp_out", tmp_out.layout()),
+        ],
+    );
     let p = check_paged(
         out.layout(),
         query,
@@ -787,6 +800,14 @@ pub fn flash_attn_varlen_func(
     v_descale: Option<&TensorView>,
     s_aux: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "flash_attn_varlen_func",
+        &[
+            ("q", q.layout()),
+            ("k", k.layout()),
+            ("block_table", block_table.layout()),
+        ],
+    );
     check::on_cpu(&[
         ("q", q.layout()),
         ("k", k.layout()),
@@ -1043,6 +1064,13 @@ pub fn merge_attn_states(
     suffix_lse: &TensorView,
     output_lse: Option<&mut TensorViewMut>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "merge_attn_states",
+        &[
+            ("output", output.layout()),
+            ("prefix_lse", prefix_lse.layout()),
+        ],
+    );
     check::on_cpu(&[
         ("output", output.layout()),
         ("prefix_output", prefix_output.layout()),
