@@ -264,20 +264,38 @@ fn run_attn(
     let min_chunk = (1usize << 18) / cost_per_block.max(1);
     let args = Shared(*args);
     grid(n, min_chunk.max(1), |r| {
-        let mut ws = vec![0u8; ws_bytes + 64];
-        let off = ws.as_ptr().align_offset(64);
-        // SAFETY: the launcher validated every pointer, shape, stride and
-        // index the args reach; blocks write disjoint outputs; the workspace
-        // has the size the kernel asked for.
-        unsafe {
-            kernel(
-                args.get(),
-                ws.as_mut_ptr().add(off).cast(),
-                r.start as i64,
-                r.end as i64,
-            )
-        }
+        with_workspace(ws_bytes, |ws| {
+            // SAFETY: the launcher validated every pointer, shape, stride and
+            // index the args reach; blocks write disjoint outputs; the
+            // workspace has the size the kernel asked for (its contents are
+            // scratch: the kernel initialises what it reads).
+            unsafe { kernel(args.get(), ws.cast(), r.start as i64, r.end as i64) }
+        })
     });
+}
+
+/// Runs `f` with a 64-byte aligned scratch buffer of `bytes`, kept per thread
+/// between calls (fresh pages would cost a page fault per call).
+fn with_workspace<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+    use std::cell::RefCell;
+    const KEEP: usize = 64 << 20;
+    thread_local!(static WS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) });
+    let words = bytes.div_ceil(8) + 8;
+    if bytes > KEEP {
+        let mut v = vec![0u64; words];
+        let off = v.as_ptr().align_offset(64);
+        // SAFETY: off < 64 bytes and the buffer has 64 spare bytes.
+        return f(unsafe { (v.as_mut_ptr() as *mut u8).add(off) });
+    }
+    WS.with(|ws| {
+        let mut v = ws.borrow_mut();
+        if v.len() < words {
+            v.resize(words, 0);
+        }
+        let off = v.as_ptr().align_offset(64);
+        // SAFETY: as above.
+        f(unsafe { (v.as_mut_ptr() as *mut u8).add(off) })
+    })
 }
 
 /// Everything the two paged ops validate alike.

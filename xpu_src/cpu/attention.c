@@ -162,6 +162,30 @@ static float xa_exp_sum(float *x, int64_t n, float m) {
   return sum;
 }
 
+/* max(init, x[0..n)), NaN elements ignored (as fmaxf). */
+static float xa_max_row(const float *x, int64_t n, float init) {
+  int64_t i = 0;
+  float m = init;
+#if XK_F32_LANES == 16
+  __m512 acc = _mm512_set1_ps(init);
+  for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(_mm512_loadu_ps(x + i), acc);
+  if (i < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+    acc = _mm512_mask_max_ps(acc, k, _mm512_maskz_loadu_ps(k, x + i), acc);
+    i = n;
+  }
+  m = _mm512_reduce_max_ps(acc);
+#elif XK_F32_LANES == 8
+  __m256 acc = _mm256_set1_ps(init);
+  for (; i + 8 <= n; i += 8) acc = _mm256_max_ps(_mm256_loadu_ps(x + i), acc);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
+#endif
+  for (; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 /* x[i] = cap * tanh(x[i] / cap), through exp of a non-positive argument. */
 static void xa_softcap(float *x, int64_t n, float cap) {
   int64_t i = 0;
@@ -250,7 +274,7 @@ static inline __m256 xa_ld8(const void *src, int32_t dt) {
 #endif
 
 /* dst[0..n) = src converted to f32. */
-static void xa_to_f32(float *dst, const void *src, int32_t dt, int64_t n) {
+static inline void xa_to_f32(float *dst, const void *src, int32_t dt, int64_t n) {
   int64_t i = 0;
 #if XK_F32_LANES > 1
   const char *s = (const char *)src;
@@ -270,10 +294,21 @@ static void xa_to_f32(float *dst, const void *src, int32_t dt, int64_t n) {
 }
 
 #if XA_BF16
+/* n 16-bit elements, copied with (masked) 64-byte moves: no libc call for short rows. */
+static inline void xa_copy_u16(uint16_t *dst, const void *src, int64_t n) {
+  const uint16_t *s = (const uint16_t *)src;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) _mm512_storeu_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(s + i)));
+  if (i < n) {
+    const __mmask32 m = (__mmask32)((1ull << (n - i)) - 1ull);
+    _mm512_mask_storeu_epi16(dst + i, m, _mm512_maskz_loadu_epi16(m, s + i));
+  }
+}
+
 /* dst[0..n) = src (bf16, or fp8 widened exactly) as bf16 bits. */
-static void xa_to_bf16(uint16_t *dst, const void *src, int32_t dt, int64_t n) {
+static inline void xa_to_bf16(uint16_t *dst, const void *src, int32_t dt, int64_t n) {
   if (dt == XK_BF16) {
-    memcpy(dst, src, (size_t)n * 2);
+    xa_copy_u16(dst, src, n);
     return;
   }
   const char *s = (const char *)src;
@@ -306,15 +341,14 @@ static inline void xa_cvt(void *dst, int bf, const void *src, int32_t dt, int64_
 /* ---- 16 x 16 transpose of 32-bit elements ---------------------------------- */
 
 /* dst[j * dld + i] = src[i * sld + j] for i, j < 16. */
-static void xa_tr16(const uint32_t *src, int64_t sld, uint32_t *dst, int64_t dld) {
 #if XK_F32_LANES == 16
-  __m512i r[16], t[16];
-  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * sld));
+/* In-register 16 x 16 transpose: r[j] lane i becomes r[i] lane j. */
+static inline __attribute__((always_inline)) void xa_tr16_regs(__m512i r[16]) {
+  __m512i t[16];
   for (int i = 0; i < 8; i++) {
     t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
     t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
   }
-  /* r[4g + j], 128-bit lane k: column 4k + j of rows 4g .. 4g + 3 */
   for (int g = 0; g < 4; g++) {
     r[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
     r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
@@ -326,11 +360,21 @@ static void xa_tr16(const uint32_t *src, int64_t sld, uint32_t *dst, int64_t dld
     const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xee);
     const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
     const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xee);
-    _mm512_storeu_si512((void *)(dst + (0 + j) * dld), _mm512_shuffle_i32x4(x0, y0, 0x88));
-    _mm512_storeu_si512((void *)(dst + (4 + j) * dld), _mm512_shuffle_i32x4(x0, y0, 0xdd));
-    _mm512_storeu_si512((void *)(dst + (8 + j) * dld), _mm512_shuffle_i32x4(x1, y1, 0x88));
-    _mm512_storeu_si512((void *)(dst + (12 + j) * dld), _mm512_shuffle_i32x4(x1, y1, 0xdd));
+    t[0 + j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+    t[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+    t[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+    t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
   }
+  for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#endif
+
+static void xa_tr16(const uint32_t *src, int64_t sld, uint32_t *dst, int64_t dld) {
+#if XK_F32_LANES == 16
+  __m512i r[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * sld));
+  xa_tr16_regs(r);
+  for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(dst + i * dld), r[i]);
 #elif XK_F32_LANES == 8
   for (int bi = 0; bi < 16; bi += 8) {
     for (int bj = 0; bj < 16; bj += 8) {
@@ -433,8 +477,60 @@ typedef struct xa_src {
   int bf;            /* bf16 path */
 } xa_src;
 
-static inline int64_t xa_block_of(const xa_src *s, int64_t t) {
-  return (int64_t)s->bt[(t / s->a->block_size) * s->a->block_tables_stride_block];
+/* Tokens [t0, t0 + n) of a tile as runs that share a cache block. */
+typedef struct xa_runs {
+  int64_t n, count;
+  int64_t j[XA_W], len[XA_W], block[XA_W], off[XA_W];
+} xa_runs;
+
+static void xa_make_runs(const xa_src *s, int64_t t0, int64_t n, xa_runs *r) {
+  const int64_t bs = s->a->block_size;
+  int64_t b = t0 / bs, off = t0 % bs;
+  r->n = n;
+  r->count = 0;
+  for (int64_t j = 0; j < n;) {
+    const int64_t len = xa_min(n - j, bs - off);
+    r->j[r->count] = j;
+    r->len[r->count] = len;
+    r->block[r->count] = (int64_t)s->bt[b * s->a->block_tables_stride_block];
+    r->off[r->count++] = off;
+    j += len;
+    b++;
+    off = 0;
+  }
+}
+
+/* Prefetches the key (value = 0) or value (value = 1) lines of tokens
+ * [t0, t0 + n) so the next tile's DRAM reads overlap this tile's compute. */
+static void xa_prefetch(const xa_src *s, int64_t t0, int64_t n, int value) {
+  if (n <= 0) return;
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, es = xk_dtype_size(a->cache_dtype);
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
+  const char *cache = (const char *)(value ? a->value_cache : a->key_cache);
+  xa_runs ru;
+  xa_make_runs(s, t0, n, &ru);
+  for (int64_t r = 0; r < ru.count; r++) {
+    const int64_t blk = ru.block[r], off = ru.off[r], len = ru.len[r];
+    if (a->layout == XK_LAYOUT_FLASH) {
+      for (int64_t j = 0; j < len; j++) {
+        const char *row = cache + (blk * st[0] + (off + j) * st[1] + s->kvh * st[2]) * es;
+        for (int64_t b = 0; b < D * es; b += 64) __builtin_prefetch(row + b, 0, 3);
+      }
+    } else if (!value) { /* [D/x][bs][x]: chunk c of the run is len * 16 contiguous bytes */
+      const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
+      for (int64_t c = 0; c < D / a->x; c++) {
+        for (int64_t b = 0; b < len * 16; b += 64) __builtin_prefetch(base + c * st[2] * es + b, 0, 3);
+      }
+    } else { /* [D][bs]: row d of the run is len elements */
+      const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
+      for (int64_t d = 0; d < D; d++) {
+        const char *row = base + d * st[2] * es;
+        for (int64_t b = 0; b < len * es; b += 64) __builtin_prefetch(row + b, 0, 3);
+        __builtin_prefetch(row + len * es - 1, 0, 3);
+      }
+    }
+  }
 }
 
 /* One query row into q[r] (zero-padded to Dp). */
@@ -442,7 +538,7 @@ static void xa_load_q(const xa_src *s, const xa_ws *w, int64_t r, const void *sr
   const int64_t D = s->a->head_size, Dp = w->Dp;
   if (s->bf) {
     uint16_t *d = (uint16_t *)w->q + r * Dp;
-    memcpy(d, src, (size_t)D * 2);
+    xa_cvt(d, 1, src, XK_BF16, D);
     memset(d + D, 0, (size_t)(Dp - D) * 2);
   } else {
     float *d = (float *)w->q + r * Dp;
@@ -451,29 +547,90 @@ static void xa_load_q(const xa_src *s, const xa_ws *w, int64_t r, const void *sr
   }
 }
 
-/* Keys of tokens [t0, t0 + n) (n <= W) into kT; missing tokens are zero. */
-static void xa_stage_k(const xa_src *s, const xa_ws *w, int64_t t0, int64_t n) {
+/* One 16-byte chunk of the paged key layout into the staging format. */
+static inline void xa_cvt_chunk(char *dst, int bf, const char *src, int32_t dt) {
+#if XA_BF16
+  if (bf && dt == XK_BF16) {
+    _mm_storeu_si128((__m128i *)dst, _mm_loadu_si128((const __m128i *)src));
+    return;
+  }
+#endif
+  xa_cvt(dst, bf, src, dt, 16 / xk_dtype_size(dt));
+}
+
+/* The run holding tokens [j, j + 16) of the tile whole, or -1. */
+static inline int64_t xa_run_covering16(const xa_runs *ru, int64_t j) {
+  for (int64_t r = 0; r < ru->count; r++) {
+    if (ru->j[r] <= j && ru->j[r] + ru->len[r] >= j + 16) return r;
+  }
+  return -1;
+}
+
+#if XA_BF16
+/* bf16 paged keys, 16 tokens of one block: each 16-byte chunk c holds (d, d+1)
+ * pairs 4c .. 4c+3 of a token; permute the chunk of 16 tokens straight into
+ * kT rows 4c .. 4c+3, columns col .. col+15. */
+static void xa_stage_k_bf16_paged16(const xa_src *s, const xa_ws *w, int64_t blk, int64_t off, int64_t col) {
+  const xk_attn_args *a = s->a;
+  const int64_t *ks = a->key_cache_strides;
+  const uint16_t *base = (const uint16_t *)a->key_cache + blk * ks[0] + s->kvh * ks[1] + off * ks[3];
+  const __m512i ia = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+  const __m512i ib = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+  uint32_t *kT = (uint32_t *)w->kT + col;
+  for (int64_t c = 0; c < a->head_size / 8; c++) {
+    const uint16_t *p = base + c * ks[2];
+    const __m512i z0 = _mm512_loadu_si512((const void *)p), z1 = _mm512_loadu_si512((const void *)(p + 32));
+    const __m512i z2 = _mm512_loadu_si512((const void *)(p + 64)), z3 = _mm512_loadu_si512((const void *)(p + 96));
+    const __m512i t0 = _mm512_permutex2var_epi32(z0, ia, z1), t1 = _mm512_permutex2var_epi32(z0, ib, z1);
+    const __m512i u0 = _mm512_permutex2var_epi32(z2, ia, z3), u1 = _mm512_permutex2var_epi32(z2, ib, z3);
+    _mm512_storeu_si512((void *)(kT + (4 * c + 0) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0x44));
+    _mm512_storeu_si512((void *)(kT + (4 * c + 1) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0xee));
+    _mm512_storeu_si512((void *)(kT + (4 * c + 2) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0x44));
+    _mm512_storeu_si512((void *)(kT + (4 * c + 3) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0xee));
+  }
+}
+#endif
+
+/* Keys of the tile's tokens into kT ([Dp][W], or [Dp/2][W] pairs); missing
+ * tokens are zero. Rows past head_size are never read. */
+static void xa_stage_k(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
   const xk_attn_args *a = s->a;
   const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
-  const int64_t *ks = a->key_cache_strides;
-  for (int64_t j = 0; j < XA_W; j++) {
-    char *dst = (char *)w->stage + j * Dp * dsz;
-    if (j >= n) {
-      memset(dst, 0, (size_t)(Dp * dsz));
-      continue;
+  const int64_t *ks = a->key_cache_strides, n = ru->n;
+  char *stage = (char *)w->stage;
+#if XA_BF16
+  if (s->bf && a->cache_dtype == XK_BF16 && a->layout == XK_LAYOUT_PAGED && ks[3] == 8) {
+    const int64_t r0 = xa_run_covering16(ru, 0), r1 = xa_run_covering16(ru, 16);
+    if (r0 >= 0 && r1 >= 0) {
+      xa_stage_k_bf16_paged16(s, w, ru->block[r0], ru->off[r0] + (0 - ru->j[r0]), 0);
+      xa_stage_k_bf16_paged16(s, w, ru->block[r1], ru->off[r1] + (16 - ru->j[r1]), 16);
+      return;
     }
-    const int64_t t = t0 + j, blk = xa_block_of(s, t), off = t % a->block_size;
+  }
+#endif
+  for (int64_t r = 0; r < ru->count; r++) {
     if (a->layout == XK_LAYOUT_FLASH) {
-      const char *src = (const char *)a->key_cache + (blk * ks[0] + off * ks[1] + s->kvh * ks[2]) * es;
-      xa_cvt(dst, s->bf, src, a->cache_dtype, D);
+      for (int64_t j = 0; j < ru->len[r]; j++) {
+        const char *src =
+            (const char *)a->key_cache + (ru->block[r] * ks[0] + (ru->off[r] + j) * ks[1] + s->kvh * ks[2]) * es;
+        xa_cvt(stage + (ru->j[r] + j) * Dp * dsz, s->bf, src, a->cache_dtype, D);
+      }
     } else {
-      const char *src = (const char *)a->key_cache + (blk * ks[0] + s->kvh * ks[1] + off * ks[3]) * es;
+      /* chunk-major: consecutive tokens of a chunk are 16 bytes apart */
+      const char *base = (const char *)a->key_cache + (ru->block[r] * ks[0] + s->kvh * ks[1] + ru->off[r] * ks[3]) * es;
       for (int64_t c = 0; c < D / a->x; c++) {
-        xa_cvt(dst + c * a->x * dsz, s->bf, src + c * ks[2] * es, a->cache_dtype, a->x);
+        const char *src = base + c * ks[2] * es;
+        char *dst = stage + (ru->j[r] * Dp + c * a->x) * dsz;
+        for (int64_t j = 0; j < ru->len[r]; j++) {
+          xa_cvt_chunk(dst + j * Dp * dsz, s->bf, src + j * ks[3] * es, a->cache_dtype);
+        }
       }
     }
-    memset(dst + D * dsz, 0, (size_t)((Dp - D) * dsz));
   }
+  if (Dp > D) {
+    for (int64_t j = 0; j < n; j++) memset(stage + (j * Dp + D) * dsz, 0, (size_t)((Dp - D) * dsz));
+  }
+  if (n < XA_W) memset(stage + n * Dp * dsz, 0, (size_t)((XA_W - n) * Dp * dsz));
   const int64_t ncol = s->bf ? Dp / 2 : Dp; /* 32-bit elements per row */
   for (int64_t rb = 0; rb < XA_W; rb += 16) {
     for (int64_t cb = 0; cb < ncol; cb += 16) {
@@ -482,25 +639,26 @@ static void xa_stage_k(const xa_src *s, const xa_ws *w, int64_t t0, int64_t n) {
   }
 }
 
-/* Values of tokens [t0, t0 + n) into vt; missing tokens are zero. */
-static void xa_stage_v(const xa_src *s, const xa_ws *w, int64_t t0, int64_t n) {
+/* Values of the tile's tokens into vt ([W][Dp], or [W/2][Dp] pairs); missing
+ * tokens and head-dim padding are zero. */
+static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
   const xk_attn_args *a = s->a;
   const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
-  const int64_t *vs = a->value_cache_strides;
+  const int64_t *vs = a->value_cache_strides, n = ru->n;
   if (a->layout == XK_LAYOUT_FLASH) {
     /* Token rows: straight into vt (f32), or into stage then paired (bf16). */
     char *rows = s->bf ? (char *)w->stage : (char *)w->vt;
-    for (int64_t j = 0; j < XA_W; j++) {
-      char *dst = rows + j * Dp * dsz;
-      if (j >= n) {
-        memset(dst, 0, (size_t)(Dp * dsz));
-        continue;
+    for (int64_t r = 0; r < ru->count; r++) {
+      for (int64_t j = 0; j < ru->len[r]; j++) {
+        const char *src =
+            (const char *)a->value_cache + (ru->block[r] * vs[0] + (ru->off[r] + j) * vs[1] + s->kvh * vs[2]) * es;
+        xa_cvt(rows + (ru->j[r] + j) * Dp * dsz, s->bf, src, a->cache_dtype, D);
       }
-      const int64_t t = t0 + j, blk = xa_block_of(s, t), off = t % a->block_size;
-      xa_cvt(dst, s->bf, (const char *)a->value_cache + (blk * vs[0] + off * vs[1] + s->kvh * vs[2]) * es,
-             a->cache_dtype, D);
-      memset(dst + D * dsz, 0, (size_t)((Dp - D) * dsz));
     }
+    if (Dp > D) {
+      for (int64_t j = 0; j < n; j++) memset(rows + (j * Dp + D) * dsz, 0, (size_t)((Dp - D) * dsz));
+    }
+    if (n < XA_W) memset(rows + n * Dp * dsz, 0, (size_t)((XA_W - n) * Dp * dsz));
 #if XA_BF16
     if (s->bf) {
       /* vt[tp][d] = (v[2tp][d], v[2tp+1][d]) */
@@ -521,29 +679,49 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, int64_t t0, int64_t n) {
 #endif
     return;
   }
-  /* Paged: each head-dim element is a row of block_size tokens. Gather columns
-   * stage[d][j] by runs of tokens that share a block, then transpose. */
-  int64_t run_j[XA_W], run_src[XA_W], run_len[XA_W], nrun = 0;
-  for (int64_t j = 0; j < n;) {
-    const int64_t t = t0 + j, blk = xa_block_of(s, t), off = t % a->block_size;
-    const int64_t len = xa_min(n - j, a->block_size - off);
-    run_j[nrun] = j;
-    run_src[nrun] = blk * vs[0] + s->kvh * vs[1] + off * vs[3];
-    run_len[nrun++] = len;
-    j += len;
-  }
-  for (int64_t d = 0; d < Dp; d++) {
-    char *dst = (char *)w->stage + d * XA_W * dsz;
-    if (d >= D) {
-      memset(dst, 0, (size_t)(XA_W * dsz));
-      continue;
+#if XA_BF16
+  if (s->bf && a->cache_dtype == XK_BF16) {
+    const int64_t r0 = xa_run_covering16(ru, 0), r1 = xa_run_covering16(ru, 16);
+    if (r0 >= 0 && r1 >= 0) {
+      /* Rows d .. d+15 of 32 tokens (two 32-byte halves) form a 16 x 16 tile of
+       * token pairs; transposed in registers into vt [pair][d]. */
+      const uint16_t *b0 = (const uint16_t *)a->value_cache + ru->block[r0] * vs[0] + s->kvh * vs[1] +
+                           (ru->off[r0] - ru->j[r0]) * vs[3];
+      const uint16_t *b1 = (const uint16_t *)a->value_cache + ru->block[r1] * vs[0] + s->kvh * vs[1] +
+                           (ru->off[r1] + 16 - ru->j[r1]) * vs[3];
+      uint32_t *vt = (uint32_t *)w->vt;
+      for (int64_t db = 0; db < Dp; db += 16) {
+        __m512i t[16];
+        for (int i = 0; i < 16; i++) {
+          const int64_t d = db + i;
+          if (d < D) {
+            const __m256i lo = _mm256_loadu_si256((const __m256i *)(b0 + d * vs[2]));
+            const __m256i hi = _mm256_loadu_si256((const __m256i *)(b1 + d * vs[2]));
+            t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+          } else {
+            t[i] = _mm512_setzero_si512();
+          }
+        }
+        xa_tr16_regs(t);
+        for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(vt + i * Dp + db), t[i]);
+      }
+      return;
     }
-    for (int64_t r = 0; r < nrun; r++) {
-      xa_cvt(dst + run_j[r] * dsz, s->bf, (const char *)a->value_cache + (run_src[r] + d * vs[2]) * es,
-             a->cache_dtype, run_len[r]);
-    }
-    if (n < XA_W) memset(dst + n * dsz, 0, (size_t)((XA_W - n) * dsz));
   }
+#endif
+  /* Paged: each head-dim element is a row of block_size tokens. Gather
+   * columns stage[d][j] run by run, then transpose. */
+  char *stage = (char *)w->stage;
+  for (int64_t r = 0; r < ru->count; r++) {
+    const char *base = (const char *)a->value_cache + (ru->block[r] * vs[0] + s->kvh * vs[1] + ru->off[r] * vs[3]) * es;
+    for (int64_t d = 0; d < D; d++) {
+      xa_cvt(stage + (d * XA_W + ru->j[r]) * dsz, s->bf, base + d * vs[2] * es, a->cache_dtype, ru->len[r]);
+    }
+  }
+  if (n < XA_W) {
+    for (int64_t d = 0; d < D; d++) memset(stage + (d * XA_W + n) * dsz, 0, (size_t)((XA_W - n) * dsz));
+  }
+  if (Dp > D) memset(stage + D * XA_W * dsz, 0, (size_t)((Dp - D) * XA_W * dsz));
   if (s->bf) {
     /* stage [Dp][16 pairs] -> vt [16 pairs][Dp] */
     for (int64_t db = 0; db < Dp; db += 16) {
@@ -763,8 +941,12 @@ static void xa_pv_bf16(const uint32_t *p2, int64_t pld, int64_t nrows, int64_t n
 #endif
 
 /* Logits of rows [0, nrows) for tokens [t0, t0 + n) into lg[r][col0 ..]. */
-static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0) {
-  xa_stage_k(s, w, t0, n);
+static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0,
+                       int64_t t_end) {
+  xa_prefetch(s, t0 + XA_W, xa_min(XA_W, t_end - t0 - XA_W), 0);
+  xa_runs ru;
+  xa_make_runs(s, t0, n, &ru);
+  xa_stage_k(s, w, &ru);
 #if XA_BF16
   if (s->bf) {
     xa_qk_bf16((const uint32_t *)w->q, w->Dp / 2, nrows, (const uint32_t *)w->kT, (s->a->head_size + 1) / 2,
@@ -776,8 +958,12 @@ static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t
 }
 
 /* acc[r] += P[r][col0 .. col0 + n) . V[t0 .. t0 + n) for rows [0, nrows). */
-static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0) {
-  xa_stage_v(s, w, t0, n);
+static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0,
+                       int64_t t_end) {
+  xa_prefetch(s, t0 + XA_W, xa_min(XA_W, t_end - t0 - XA_W), 1);
+  xa_runs ru;
+  xa_make_runs(s, t0, n, &ru);
+  xa_stage_v(s, w, &ru);
 #if XA_BF16
   if (s->bf) {
     xa_pv_bf16((const uint32_t *)(w->p16 + col0), w->L / 2, nrows, (n + 1) / 2, (const uint32_t *)w->vt, w->Dp,
@@ -834,7 +1020,9 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
       xa_load_q(&s, &w, g, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes);
     }
     /* Pass 1: logits of every token of the range, then the softmax. */
-    for (int64_t st = t0; st < t1; st += XA_W) xa_qk_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0);
+    xa_prefetch(&s, t0, xa_min(XA_W, n), 0);
+    for (int64_t st = t0; st < t1; st += XA_W) xa_qk_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, t1);
+    xa_prefetch(&s, t0, xa_min(XA_W, n), 1);
     const float sc = a->scale * ks;
     for (int64_t g = 0; g < G; g++) {
       const int64_t h = kvh * G + g;
@@ -844,8 +1032,7 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
       if (slope != 0.0f) {
         for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
       }
-      float mx = -FLT_MAX;
-      for (int64_t i = 0; i < n; i++) mx = fmaxf(mx, x[i]);
+      const float mx = xa_max_row(x, n, -FLT_MAX);
       const float sum = xa_exp_sum(x, n, mx);
       const float inv = 1.0f / (sum + 1e-6f);
       for (int64_t i = 0; i < n; i++) x[i] *= inv;
@@ -858,7 +1045,7 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
     }
     /* Pass 2: P.V */
     memset(w.acc, 0, (size_t)(G * w.Dp) * sizeof(float));
-    for (int64_t st = t0; st < t1; st += XA_W) xa_pv_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0);
+    for (int64_t st = t0; st < t1; st += XA_W) xa_pv_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, t1);
     for (int64_t g = 0; g < G; g++) {
       const int64_t h = kvh * G + g;
       char *dst;
@@ -943,7 +1130,8 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
     const float sc = a->scale * ks;
     for (int64_t ts = LO; ts < HI; ts += XA_VT) {
       const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
-      for (int64_t st = ts; st < te; st += XA_W) xa_qk_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts);
+      for (int64_t st = ts; st < te; st += XA_W) xa_qk_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, te);
+      xa_prefetch(&s, ts, xa_min(XA_W, n), 1);
       for (int64_t r = 0; r < R; r++) {
         const int64_t h = kvh * G + r % G;
         float *x = w.lg + r * w.L;
@@ -958,8 +1146,7 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
         for (int64_t i = 0; i < n; i++) {
           if (i < lo || i >= hi) x[i] = -INFINITY;
         }
-        float mt = -INFINITY;
-        for (int64_t i = 0; i < n; i++) mt = fmaxf(mt, x[i]);
+        const float mt = xa_max_row(x, n, -INFINITY);
         const float m_new = fmaxf(w.m[r], mt);
         if (m_new == -INFINITY) { /* nothing attended yet: p = 0 */
           for (int64_t i = 0; i < n; i++) x[i] = 0.0f;
@@ -975,7 +1162,8 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
         }
         xa_store_probs(&s, &w, r, 0, n);
       }
-      for (int64_t st = ts; st < te; st += XA_W) xa_pv_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts);
+      xa_prefetch(&s, te, xa_min(XA_W, HI - te), 0);
+      for (int64_t st = ts; st < te; st += XA_W) xa_pv_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, te);
     }
     for (int64_t r = 0; r < R; r++) {
       const int64_t i = i0 + r / G, h = kvh * G + r % G;
