@@ -515,19 +515,19 @@ static void xa_prefetch(const xa_src *s, int64_t t0, int64_t n, int value) {
     if (a->layout == XK_LAYOUT_FLASH) {
       for (int64_t j = 0; j < len; j++) {
         const char *row = cache + (blk * st[0] + (off + j) * st[1] + s->kvh * st[2]) * es;
-        for (int64_t b = 0; b < D * es; b += 64) __builtin_prefetch(row + b, 0, 3);
+        for (int64_t b = 0; b < D * es; b += 64) __builtin_prefetch(row + b, 0, 2);
       }
     } else if (!value) { /* [D/x][bs][x]: chunk c of the run is len * 16 contiguous bytes */
       const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
       for (int64_t c = 0; c < D / a->x; c++) {
-        for (int64_t b = 0; b < len * 16; b += 64) __builtin_prefetch(base + c * st[2] * es + b, 0, 3);
+        for (int64_t b = 0; b < len * 16; b += 64) __builtin_prefetch(base + c * st[2] * es + b, 0, 2);
       }
     } else { /* [D][bs]: row d of the run is len elements */
       const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
       for (int64_t d = 0; d < D; d++) {
         const char *row = base + d * st[2] * es;
-        for (int64_t b = 0; b < len * es; b += 64) __builtin_prefetch(row + b, 0, 3);
-        __builtin_prefetch(row + len * es - 1, 0, 3);
+        for (int64_t b = 0; b < len * es; b += 64) __builtin_prefetch(row + b, 0, 2);
+        __builtin_prefetch(row + len * es - 1, 0, 2);
       }
     }
   }
@@ -566,76 +566,171 @@ static inline int64_t xa_run_covering16(const xa_runs *ru, int64_t j) {
   return -1;
 }
 
-#if XA_BF16
-/* bf16 paged keys, 16 tokens of one block: each 16-byte chunk c holds (d, d+1)
- * pairs 4c .. 4c+3 of a token; permute the chunk of 16 tokens straight into
- * kT rows 4c .. 4c+3, columns col .. col+15. */
-static void xa_stage_k_bf16_paged16(const xa_src *s, const xa_ws *w, int64_t blk, int64_t off, int64_t col) {
+/* Address of tile token j's row (flash layout) or of its slot in the block
+ * (paged: element 0 of head-dim 0), or NULL past the tile's tokens. */
+static inline const char *xa_token_ptr(const xa_src *s, const xa_runs *ru, int64_t j, int value) {
   const xk_attn_args *a = s->a;
-  const int64_t *ks = a->key_cache_strides;
-  const uint16_t *base = (const uint16_t *)a->key_cache + blk * ks[0] + s->kvh * ks[1] + off * ks[3];
-  const __m512i ia = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
-  const __m512i ib = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+  if (j >= ru->n) return NULL;
+  int64_t r = 0;
+  while (ru->j[r] + ru->len[r] <= j) r++;
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
+  const char *cache = (const char *)(value ? a->value_cache : a->key_cache);
+  const int64_t off = ru->off[r] + (j - ru->j[r]), es = xk_dtype_size(a->cache_dtype);
+  if (a->layout == XK_LAYOUT_FLASH) return cache + (ru->block[r] * st[0] + off * st[1] + s->kvh * st[2]) * es;
+  return cache + (ru->block[r] * st[0] + s->kvh * st[1] + off * st[3]) * es;
+}
+
+#if XA_BF16
+/* 32 fp8 values as 32 bf16 (exact): normals by rebiasing the exponent,
+ * subnormals from a table, inf / NaN kept. */
+static inline __m512i xa_fp8x32_to_bf16(__m256i bytes, int32_t dt) {
+  const __m512i w = _mm512_cvtepu8_epi16(bytes);
+  const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7f));
+  const __m512i sign = _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8);
+  __m512i r;
+  if (dt == XK_F8E4M3) {
+    const __m512i sub = _mm512_setr_epi32(0x3b000000, 0x3bc03b80, 0x3c203c00, 0x3c603c40, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          0, 0, 0, 0); /* m * 2^-9, m = 0 .. 7 */
+    r = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3c00));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)),
+                              _mm512_permutexvar_epi16(mag, sub));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7f)), _mm512_set1_epi16(0x7fc0));
+  } else {
+    const __m512i sub = _mm512_setr_epi32(0x37800000, 0x38403800, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          0); /* m * 2^-16, m = 0 .. 3 */
+    r = _mm512_add_epi16(_mm512_slli_epi16(mag, 5), _mm512_set1_epi16(0x3800));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(4)),
+                              _mm512_permutexvar_epi16(mag, sub));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7c)), _mm512_set1_epi16(0x7f80));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(mag, _mm512_set1_epi16(0x7c)), _mm512_set1_epi16(0x7fc0));
+  }
+  return _mm512_or_si512(r, sign);
+}
+
+/* Elements [e, e + 32) of a row (bf16 or fp8) as bf16, elements past n read as 0. */
+static inline __m512i xa_load32_bf16(const char *row, int32_t dt, int64_t e, int64_t n) {
+  if (e + 32 <= n) {
+    if (dt == XK_BF16) return _mm512_loadu_si512((const void *)(row + 2 * e));
+    return xa_fp8x32_to_bf16(_mm256_loadu_si256((const __m256i *)(row + e)), dt);
+  }
+  const __mmask32 m = n > e ? (__mmask32)((1ull << (n - e)) - 1ull) : 0;
+  if (dt == XK_BF16) return _mm512_maskz_loadu_epi16(m, row + 2 * e);
+  return _mm512_maskz_mov_epi16(m, xa_fp8x32_to_bf16(_mm256_maskz_loadu_epi8(m, row + e), dt));
+}
+
+/* 16 tokens of one block, paged keys: chunk c holds 16 bytes of a token:
+ * (d, d+1) pairs 4c .. 4c+3 (bf16) or 8c .. 8c+7 (fp8). Permute the chunk's
+ * 16 tokens straight into kT pair rows, columns col .. col+15. */
+static void xa_stage_k_paged16(const xa_src *s, const xa_ws *w, const char *base, int64_t col) {
+  const xk_attn_args *a = s->a;
+  const int64_t es = xk_dtype_size(a->cache_dtype), cs = a->key_cache_strides[2] * es;
   uint32_t *kT = (uint32_t *)w->kT + col;
-  for (int64_t c = 0; c < a->head_size / 8; c++) {
-    const uint16_t *p = base + c * ks[2];
-    const __m512i z0 = _mm512_loadu_si512((const void *)p), z1 = _mm512_loadu_si512((const void *)(p + 32));
-    const __m512i z2 = _mm512_loadu_si512((const void *)(p + 64)), z3 = _mm512_loadu_si512((const void *)(p + 96));
-    const __m512i t0 = _mm512_permutex2var_epi32(z0, ia, z1), t1 = _mm512_permutex2var_epi32(z0, ib, z1);
-    const __m512i u0 = _mm512_permutex2var_epi32(z2, ia, z3), u1 = _mm512_permutex2var_epi32(z2, ib, z3);
-    _mm512_storeu_si512((void *)(kT + (4 * c + 0) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0x44));
-    _mm512_storeu_si512((void *)(kT + (4 * c + 1) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0xee));
-    _mm512_storeu_si512((void *)(kT + (4 * c + 2) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0x44));
-    _mm512_storeu_si512((void *)(kT + (4 * c + 3) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0xee));
+  if (a->cache_dtype == XK_BF16) {
+    /* z_k: tokens 4k .. 4k+3 x pairs 0 .. 3 */
+    const __m512i ia = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    const __m512i ib = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+    for (int64_t c = 0; c < a->head_size / 8; c++) {
+      const char *p = base + c * cs;
+      const __m512i z0 = _mm512_loadu_si512((const void *)p), z1 = _mm512_loadu_si512((const void *)(p + 64));
+      const __m512i z2 = _mm512_loadu_si512((const void *)(p + 128)), z3 = _mm512_loadu_si512((const void *)(p + 192));
+      const __m512i t0 = _mm512_permutex2var_epi32(z0, ia, z1), t1 = _mm512_permutex2var_epi32(z0, ib, z1);
+      const __m512i u0 = _mm512_permutex2var_epi32(z2, ia, z3), u1 = _mm512_permutex2var_epi32(z2, ib, z3);
+      _mm512_storeu_si512((void *)(kT + (4 * c + 0) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0x44));
+      _mm512_storeu_si512((void *)(kT + (4 * c + 1) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0xee));
+      _mm512_storeu_si512((void *)(kT + (4 * c + 2) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0x44));
+      _mm512_storeu_si512((void *)(kT + (4 * c + 3) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0xee));
+    }
+    return;
+  }
+  /* fp8: y_k = tokens 2k, 2k+1 x pairs 0 .. 7 after widening. Level 1 gathers
+   * 4 tokens x 4 pairs per vector (one pair per 128-bit lane), level 2 is a
+   * 4 x 4 transpose of lanes. */
+  const __m512i i0 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+  const __m512i i1 = _mm512_setr_epi32(4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
+  for (int64_t c = 0; c < a->head_size / 16; c++) {
+    const char *p = base + c * cs;
+    __m512i y[8];
+    for (int k = 0; k < 8; k++) y[k] = xa_fp8x32_to_bf16(_mm256_loadu_si256((const __m256i *)(p + 32 * k)), a->cache_dtype);
+    __m512i lo[4], hi[4]; /* lo[q]: tokens 4q .. 4q+3, lane p = pair p (0 .. 3); hi: pairs 4 .. 7 */
+    for (int q = 0; q < 4; q++) {
+      lo[q] = _mm512_permutex2var_epi32(y[2 * q], i0, y[2 * q + 1]);
+      hi[q] = _mm512_permutex2var_epi32(y[2 * q], i1, y[2 * q + 1]);
+    }
+    for (int h = 0; h < 2; h++) {
+      const __m512i *v = h ? hi : lo;
+      const __m512i x0 = _mm512_shuffle_i32x4(v[0], v[1], 0x44), x1 = _mm512_shuffle_i32x4(v[0], v[1], 0xee);
+      const __m512i z0 = _mm512_shuffle_i32x4(v[2], v[3], 0x44), z1 = _mm512_shuffle_i32x4(v[2], v[3], 0xee);
+      uint32_t *row = kT + (8 * c + 4 * h) * XA_W;
+      _mm512_storeu_si512((void *)(row + 0 * XA_W), _mm512_shuffle_i32x4(x0, z0, 0x88));
+      _mm512_storeu_si512((void *)(row + 1 * XA_W), _mm512_shuffle_i32x4(x0, z0, 0xdd));
+      _mm512_storeu_si512((void *)(row + 2 * XA_W), _mm512_shuffle_i32x4(x1, z1, 0x88));
+      _mm512_storeu_si512((void *)(row + 3 * XA_W), _mm512_shuffle_i32x4(x1, z1, 0xdd));
+    }
+  }
+}
+
+/* 16 token rows (flash layout; NULL rows are zero) transposed into kT pair
+ * rows, columns col .. col+15, 16 pairs at a time. */
+static void xa_stage_k_rows16(const xa_src *s, const xa_ws *w, const char *const *rows, int64_t col) {
+  const int64_t D = s->a->head_size;
+  const int32_t dt = s->a->cache_dtype;
+  uint32_t *kT = (uint32_t *)w->kT + col;
+  for (int64_t e = 0; e < D; e += 32) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i++) t[i] = rows[i] ? xa_load32_bf16(rows[i], dt, e, D) : _mm512_setzero_si512();
+    xa_tr16_regs(t);
+    for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(kT + (e / 2 + i) * XA_W), t[i]);
   }
 }
 #endif
 
+/* Generic: keys of tile tokens [j0, j0 + 16) as rows of the stage buffer, then
+ * transposed into kT columns j0 .. j0+15. */
+static void xa_stage_k_generic16(const xa_src *s, const xa_ws *w, const xa_runs *ru, int64_t j0) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
+  const int64_t *ks = a->key_cache_strides;
+  char *stage = (char *)w->stage;
+  for (int64_t j = j0; j < j0 + 16; j++) {
+    char *dst = stage + j * Dp * dsz;
+    const char *src = xa_token_ptr(s, ru, j, 0);
+    if (!src) {
+      memset(dst, 0, (size_t)(Dp * dsz));
+      continue;
+    }
+    if (a->layout == XK_LAYOUT_FLASH) {
+      xa_cvt(dst, s->bf, src, a->cache_dtype, D);
+    } else {
+      for (int64_t c = 0; c < D / a->x; c++) xa_cvt(dst + c * a->x * dsz, s->bf, src + c * ks[2] * es, a->cache_dtype, a->x);
+    }
+    memset(dst + D * dsz, 0, (size_t)((Dp - D) * dsz));
+  }
+  const int64_t ncol = s->bf ? Dp / 2 : Dp; /* 32-bit elements per row */
+  for (int64_t cb = 0; cb < ncol; cb += 16) {
+    xa_tr16((const uint32_t *)w->stage + j0 * ncol + cb, ncol, (uint32_t *)w->kT + cb * XA_W + j0, XA_W);
+  }
+}
+
 /* Keys of the tile's tokens into kT ([Dp][W], or [Dp/2][W] pairs); missing
  * tokens are zero. Rows past head_size are never read. */
 static void xa_stage_k(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
-  const xk_attn_args *a = s->a;
-  const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
-  const int64_t *ks = a->key_cache_strides, n = ru->n;
-  char *stage = (char *)w->stage;
+  for (int64_t j0 = 0; j0 < XA_W; j0 += 16) {
 #if XA_BF16
-  if (s->bf && a->cache_dtype == XK_BF16 && a->layout == XK_LAYOUT_PAGED && ks[3] == 8) {
-    const int64_t r0 = xa_run_covering16(ru, 0), r1 = xa_run_covering16(ru, 16);
-    if (r0 >= 0 && r1 >= 0) {
-      xa_stage_k_bf16_paged16(s, w, ru->block[r0], ru->off[r0] + (0 - ru->j[r0]), 0);
-      xa_stage_k_bf16_paged16(s, w, ru->block[r1], ru->off[r1] + (16 - ru->j[r1]), 16);
-      return;
+    if (s->bf) {
+      const xk_attn_args *a = s->a;
+      if (a->layout == XK_LAYOUT_FLASH) {
+        const char *rows[16];
+        for (int i = 0; i < 16; i++) rows[i] = xa_token_ptr(s, ru, j0 + i, 0);
+        xa_stage_k_rows16(s, w, rows, j0);
+        continue;
+      }
+      if (a->key_cache_strides[3] == a->x && xa_run_covering16(ru, j0) >= 0) {
+        xa_stage_k_paged16(s, w, xa_token_ptr(s, ru, j0, 0), j0);
+        continue;
+      }
     }
-  }
 #endif
-  for (int64_t r = 0; r < ru->count; r++) {
-    if (a->layout == XK_LAYOUT_FLASH) {
-      for (int64_t j = 0; j < ru->len[r]; j++) {
-        const char *src =
-            (const char *)a->key_cache + (ru->block[r] * ks[0] + (ru->off[r] + j) * ks[1] + s->kvh * ks[2]) * es;
-        xa_cvt(stage + (ru->j[r] + j) * Dp * dsz, s->bf, src, a->cache_dtype, D);
-      }
-    } else {
-      /* chunk-major: consecutive tokens of a chunk are 16 bytes apart */
-      const char *base = (const char *)a->key_cache + (ru->block[r] * ks[0] + s->kvh * ks[1] + ru->off[r] * ks[3]) * es;
-      for (int64_t c = 0; c < D / a->x; c++) {
-        const char *src = base + c * ks[2] * es;
-        char *dst = stage + (ru->j[r] * Dp + c * a->x) * dsz;
-        for (int64_t j = 0; j < ru->len[r]; j++) {
-          xa_cvt_chunk(dst + j * Dp * dsz, s->bf, src + j * ks[3] * es, a->cache_dtype);
-        }
-      }
-    }
-  }
-  if (Dp > D) {
-    for (int64_t j = 0; j < n; j++) memset(stage + (j * Dp + D) * dsz, 0, (size_t)((Dp - D) * dsz));
-  }
-  if (n < XA_W) memset(stage + n * Dp * dsz, 0, (size_t)((XA_W - n) * Dp * dsz));
-  const int64_t ncol = s->bf ? Dp / 2 : Dp; /* 32-bit elements per row */
-  for (int64_t rb = 0; rb < XA_W; rb += 16) {
-    for (int64_t cb = 0; cb < ncol; cb += 16) {
-      xa_tr16((const uint32_t *)w->stage + rb * ncol + cb, ncol, (uint32_t *)w->kT + cb * XA_W + rb, XA_W);
-    }
+    xa_stage_k_generic16(s, w, ru, j0);
   }
 }
 
@@ -645,9 +740,55 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
   const xk_attn_args *a = s->a;
   const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
   const int64_t *vs = a->value_cache_strides, n = ru->n;
+#if XA_BF16
+  if (s->bf && a->layout == XK_LAYOUT_FLASH) {
+    /* vt[tp][d] = (v[2tp][d], v[2tp+1][d]) straight from the token rows. */
+    const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    uint32_t *vt = (uint32_t *)w->vt;
+    for (int64_t tp = 0; tp < XA_W / 2; tp++) {
+      const char *ra = xa_token_ptr(s, ru, 2 * tp, 1), *rb = xa_token_ptr(s, ru, 2 * tp + 1, 1);
+      for (int64_t d = 0; d < Dp; d += 32) {
+        const __m512i x = ra ? xa_load32_bf16(ra, a->cache_dtype, d, D) : _mm512_setzero_si512();
+        const __m512i y = rb ? xa_load32_bf16(rb, a->cache_dtype, d, D) : _mm512_setzero_si512();
+        const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
+        _mm512_storeu_si512((void *)(vt + tp * Dp + d), _mm512_permutex2var_epi64(lo, lo_idx, hi));
+        _mm512_storeu_si512((void *)(vt + tp * Dp + d + 16), _mm512_permutex2var_epi64(lo, hi_idx, hi));
+      }
+    }
+    return;
+  }
+  if (s->bf && xa_run_covering16(ru, 0) >= 0 && xa_run_covering16(ru, 16) >= 0) {
+    /* Paged: rows d .. d+15 of 32 tokens (two halves of 16) form a 16 x 16
+     * tile of token pairs, transposed in registers into vt [pair][d]. */
+    const char *b0 = xa_token_ptr(s, ru, 0, 1), *b1 = xa_token_ptr(s, ru, 16, 1);
+    const int64_t rs = vs[2] * es;
+    uint32_t *vt = (uint32_t *)w->vt;
+    for (int64_t db = 0; db < Dp; db += 16) {
+      __m512i t[16];
+      for (int i = 0; i < 16; i++) {
+        const int64_t d = db + i;
+        if (d >= D) {
+          t[i] = _mm512_setzero_si512();
+        } else if (a->cache_dtype == XK_BF16) {
+          const __m256i lo = _mm256_loadu_si256((const __m256i *)(b0 + d * rs));
+          const __m256i hi = _mm256_loadu_si256((const __m256i *)(b1 + d * rs));
+          t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        } else {
+          const __m128i lo = _mm_loadu_si128((const __m128i *)(b0 + d * rs));
+          const __m128i hi = _mm_loadu_si128((const __m128i *)(b1 + d * rs));
+          t[i] = xa_fp8x32_to_bf16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), a->cache_dtype);
+        }
+      }
+      xa_tr16_regs(t);
+      for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(vt + i * Dp + db), t[i]);
+    }
+    return;
+  }
+#endif
   if (a->layout == XK_LAYOUT_FLASH) {
-    /* Token rows: straight into vt (f32), or into stage then paired (bf16). */
-    char *rows = s->bf ? (char *)w->stage : (char *)w->vt;
+    /* Token rows straight into vt (fp32 path). */
+    char *rows = (char *)w->vt;
     for (int64_t r = 0; r < ru->count; r++) {
       for (int64_t j = 0; j < ru->len[r]; j++) {
         const char *src =
@@ -659,56 +800,8 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
       for (int64_t j = 0; j < n; j++) memset(rows + (j * Dp + D) * dsz, 0, (size_t)((Dp - D) * dsz));
     }
     if (n < XA_W) memset(rows + n * Dp * dsz, 0, (size_t)((XA_W - n) * Dp * dsz));
-#if XA_BF16
-    if (s->bf) {
-      /* vt[tp][d] = (v[2tp][d], v[2tp+1][d]) */
-      const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
-      const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
-      const uint16_t *st = (const uint16_t *)w->stage;
-      uint32_t *vt = (uint32_t *)w->vt;
-      for (int64_t tp = 0; tp < XA_W / 2; tp++) {
-        for (int64_t d = 0; d < Dp; d += 32) {
-          const __m512i x = _mm512_loadu_si512((const void *)(st + (2 * tp) * Dp + d));
-          const __m512i y = _mm512_loadu_si512((const void *)(st + (2 * tp + 1) * Dp + d));
-          const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
-          _mm512_storeu_si512((void *)(vt + tp * Dp + d), _mm512_permutex2var_epi64(lo, lo_idx, hi));
-          _mm512_storeu_si512((void *)(vt + tp * Dp + d + 16), _mm512_permutex2var_epi64(lo, hi_idx, hi));
-        }
-      }
-    }
-#endif
     return;
   }
-#if XA_BF16
-  if (s->bf && a->cache_dtype == XK_BF16) {
-    const int64_t r0 = xa_run_covering16(ru, 0), r1 = xa_run_covering16(ru, 16);
-    if (r0 >= 0 && r1 >= 0) {
-      /* Rows d .. d+15 of 32 tokens (two 32-byte halves) form a 16 x 16 tile of
-       * token pairs; transposed in registers into vt [pair][d]. */
-      const uint16_t *b0 = (const uint16_t *)a->value_cache + ru->block[r0] * vs[0] + s->kvh * vs[1] +
-                           (ru->off[r0] - ru->j[r0]) * vs[3];
-      const uint16_t *b1 = (const uint16_t *)a->value_cache + ru->block[r1] * vs[0] + s->kvh * vs[1] +
-                           (ru->off[r1] + 16 - ru->j[r1]) * vs[3];
-      uint32_t *vt = (uint32_t *)w->vt;
-      for (int64_t db = 0; db < Dp; db += 16) {
-        __m512i t[16];
-        for (int i = 0; i < 16; i++) {
-          const int64_t d = db + i;
-          if (d < D) {
-            const __m256i lo = _mm256_loadu_si256((const __m256i *)(b0 + d * vs[2]));
-            const __m256i hi = _mm256_loadu_si256((const __m256i *)(b1 + d * vs[2]));
-            t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-          } else {
-            t[i] = _mm512_setzero_si512();
-          }
-        }
-        xa_tr16_regs(t);
-        for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(vt + i * Dp + db), t[i]);
-      }
-      return;
-    }
-  }
-#endif
   /* Paged: each head-dim element is a row of block_size tokens. Gather
    * columns stage[d][j] run by run, then transpose. */
   char *stage = (char *)w->stage;
