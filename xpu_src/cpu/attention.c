@@ -500,9 +500,26 @@ static void xa_make_runs(const xa_src *s, int64_t t0, int64_t n, xa_runs *r) {
   }
 }
 
-/* Prefetches the key (value = 0) or value (value = 1) lines of tokens
- * [t0, t0 + n) so the next tile's DRAM reads overlap this tile's compute. */
-static void xa_prefetch(const xa_src *s, int64_t t0, int64_t n, int value) {
+/* Cache lines of the next tile, prefetched a few at a time from inside the
+ * current tile's micro-kernels so the DRAM reads overlap compute without
+ * flooding the miss queues. */
+#define XA_PF_MAX 1024
+typedef struct xa_pf {
+  const char *p[XA_PF_MAX];
+  int64_t n, i;
+} xa_pf;
+
+static inline void xa_pf_step(xa_pf *pf, int k) {
+  for (; k > 0 && pf->i < pf->n; k--) __builtin_prefetch(pf->p[pf->i++], 0, 2);
+}
+
+static inline void xa_pf_add(xa_pf *pf, const char *line) {
+  if (pf->n < XA_PF_MAX) pf->p[pf->n++] = line;
+}
+
+/* Queues the key (value = 0) or value (value = 1) lines of tokens [t0, t0 + n). */
+static void xa_pf_fill(xa_pf *pf, const xa_src *s, int64_t t0, int64_t n, int value) {
+  pf->n = pf->i = 0;
   if (n <= 0) return;
   const xk_attn_args *a = s->a;
   const int64_t D = a->head_size, es = xk_dtype_size(a->cache_dtype);
@@ -515,23 +532,29 @@ static void xa_prefetch(const xa_src *s, int64_t t0, int64_t n, int value) {
     if (a->layout == XK_LAYOUT_FLASH) {
       for (int64_t j = 0; j < len; j++) {
         const char *row = cache + (blk * st[0] + (off + j) * st[1] + s->kvh * st[2]) * es;
-        for (int64_t b = 0; b < D * es; b += 64) __builtin_prefetch(row + b, 0, 2);
+        for (int64_t b = 0; b < D * es; b += 64) xa_pf_add(pf, row + b);
       }
     } else if (!value) { /* [D/x][bs][x]: chunk c of the run is len * 16 contiguous bytes */
       const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
       for (int64_t c = 0; c < D / a->x; c++) {
-        for (int64_t b = 0; b < len * 16; b += 64) __builtin_prefetch(base + c * st[2] * es + b, 0, 2);
+        for (int64_t b = 0; b < len * 16; b += 64) xa_pf_add(pf, base + c * st[2] * es + b);
       }
     } else { /* [D][bs]: row d of the run is len elements */
       const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
       for (int64_t d = 0; d < D; d++) {
         const char *row = base + d * st[2] * es;
-        for (int64_t b = 0; b < len * es; b += 64) __builtin_prefetch(row + b, 0, 2);
-        __builtin_prefetch(row + len * es - 1, 0, 2);
+        for (int64_t b = 0; b < len * es; b += 64) xa_pf_add(pf, row + b);
+        if (((uintptr_t)row & 63) + (uintptr_t)(len * es) > 64) xa_pf_add(pf, row + len * es - 1);
       }
     }
   }
 }
+
+/* What a tile prefetches while it computes: tokens [t, t + n) of K or V. */
+typedef struct xa_next {
+  int64_t t, n;
+  int value;
+} xa_next;
 
 /* One query row into q[r] (zero-padded to Dp). */
 static void xa_load_q(const xa_src *s, const xa_ws *w, int64_t r, const void *src) {
@@ -835,13 +858,15 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
 #if XK_F32_LANES > 1
 #define XA_NVW (XA_W / XA_VL)
 static inline __attribute__((always_inline)) void xa_qk_f32_block(const float *q, int64_t qld, const float *kT,
-                                                                  int64_t D, float *lg, int64_t lld, const int nr) {
+                                                                  int64_t D, float *lg, int64_t lld, const int nr,
+                                                                  xa_pf *pf) {
   xa_vf acc[XA_QK_NR][XA_NVW];
 #pragma GCC unroll 8
   for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
     for (int v = 0; v < XA_NVW; v++) acc[i][v] = xa_vzero();
   for (int64_t d = 0; d < D; d++) {
+    xa_pf_step(pf, 2);
     xa_vf k[XA_NVW];
 #pragma GCC unroll 4
     for (int v = 0; v < XA_NVW; v++) k[v] = xa_vload(kT + d * XA_W + v * XA_VL);
@@ -860,24 +885,25 @@ static inline __attribute__((always_inline)) void xa_qk_f32_block(const float *q
 #endif
 
 static void xa_qk_f32(const float *q, int64_t qld, int64_t nrows, const float *kT, int64_t D, float *lg,
-                      int64_t lld) {
+                      int64_t lld, xa_pf *pf) {
 #if XK_F32_LANES > 1
   int64_t r = 0;
-  for (; r + XA_QK_NR <= nrows; r += XA_QK_NR) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, XA_QK_NR);
+  for (; r + XA_QK_NR <= nrows; r += XA_QK_NR) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, XA_QK_NR, pf);
 #if XA_QK_NR > 4
   if (r + 4 <= nrows) {
-    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 4);
+    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 4, pf);
     r += 4;
   }
 #endif
 #if XA_QK_NR > 2
   if (r + 2 <= nrows) {
-    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 2);
+    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 2, pf);
     r += 2;
   }
 #endif
-  for (; r < nrows; r++) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 1);
+  for (; r < nrows; r++) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 1, pf);
 #else
+  xa_pf_step(pf, XA_PF_MAX);
   for (int64_t r = 0; r < nrows; r++) {
     for (int64_t j = 0; j < XA_W; j++) {
       float s = 0.0f;
@@ -892,13 +918,14 @@ static void xa_qk_f32(const float *q, int64_t qld, int64_t nrows, const float *k
 #if XK_F32_LANES > 1
 static inline __attribute__((always_inline)) void xa_pv_f32_block(const float *p, int64_t pld, int64_t ntok,
                                                                   const float *vt, int64_t Dp, float *acc,
-                                                                  int64_t d0, const int nr, const int nv) {
+                                                                  int64_t d0, const int nr, const int nv, xa_pf *pf) {
   xa_vf a[XA_PV_NR][XA_PV_NV];
 #pragma GCC unroll 4
   for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++) a[i][v] = xa_vload(acc + i * Dp + d0 + v * XA_VL);
   for (int64_t t = 0; t < ntok; t++) {
+    xa_pf_step(pf, 1);
     xa_vf x[XA_PV_NV];
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++) x[v] = xa_vload(vt + t * Dp + d0 + v * XA_VL);
@@ -917,28 +944,29 @@ static inline __attribute__((always_inline)) void xa_pv_f32_block(const float *p
 
 static inline __attribute__((always_inline)) void xa_pv_f32_rows(const float *p, int64_t pld, int64_t ntok,
                                                                  const float *vt, int64_t Dp, float *acc,
-                                                                 const int nr) {
+                                                                 const int nr, xa_pf *pf) {
   int64_t d0 = 0;
   for (; d0 + XA_PV_NV * XA_VL <= Dp; d0 += XA_PV_NV * XA_VL) {
-    xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, XA_PV_NV);
+    xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, XA_PV_NV, pf);
   }
-  for (; d0 < Dp; d0 += XA_VL) xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, 1);
+  for (; d0 < Dp; d0 += XA_VL) xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, 1, pf);
 }
 #endif
 
 static void xa_pv_f32(const float *p, int64_t pld, int64_t nrows, int64_t ntok, const float *vt, int64_t Dp,
-                      float *acc) {
+                      float *acc, xa_pf *pf) {
 #if XK_F32_LANES > 1
   int64_t r = 0;
-  for (; r + XA_PV_NR <= nrows; r += XA_PV_NR) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, XA_PV_NR);
+  for (; r + XA_PV_NR <= nrows; r += XA_PV_NR) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, XA_PV_NR, pf);
 #if XA_PV_NR > 2
   if (r + 2 <= nrows) {
-    xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 2);
+    xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 2, pf);
     r += 2;
   }
 #endif
-  for (; r < nrows; r++) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 1);
+  for (; r < nrows; r++) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 1, pf);
 #else
+  xa_pf_step(pf, XA_PF_MAX);
   for (int64_t r = 0; r < nrows; r++) {
     for (int64_t t = 0; t < ntok; t++) {
       const float pr = p[r * pld + t];
@@ -951,11 +979,13 @@ static void xa_pv_f32(const float *p, int64_t pld, int64_t nrows, int64_t ntok, 
 #if XA_BF16
 /* bf16 path: q2 [r][Dp/2] and kT2 [Dp/2][W] are (d, d+1) pairs. */
 static inline __attribute__((always_inline)) void xa_qk_bf16_block(const uint32_t *q2, int64_t qld, const uint32_t *kT2,
-                                                                   int64_t Dh, float *lg, int64_t lld, const int nr) {
+                                                                   int64_t Dh, float *lg, int64_t lld, const int nr,
+                                                                   xa_pf *pf) {
   __m512 acc[8][2];
 #pragma GCC unroll 8
   for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t d = 0; d < Dh; d++) {
+    xa_pf_step(pf, 2);
     const __m512bh k0 = (__m512bh)_mm512_loadu_si512((const void *)(kT2 + d * XA_W));
     const __m512bh k1 = (__m512bh)_mm512_loadu_si512((const void *)(kT2 + d * XA_W + 16));
 #pragma GCC unroll 8
@@ -973,30 +1003,31 @@ static inline __attribute__((always_inline)) void xa_qk_bf16_block(const uint32_
 }
 
 static void xa_qk_bf16(const uint32_t *q2, int64_t qld, int64_t nrows, const uint32_t *kT2, int64_t Dh, float *lg,
-                       int64_t lld) {
+                       int64_t lld, xa_pf *pf) {
   int64_t r = 0;
-  for (; r + 8 <= nrows; r += 8) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 8);
+  for (; r + 8 <= nrows; r += 8) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 8, pf);
   if (r + 4 <= nrows) {
-    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 4);
+    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 4, pf);
     r += 4;
   }
   if (r + 2 <= nrows) {
-    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 2);
+    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 2, pf);
     r += 2;
   }
-  for (; r < nrows; r++) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 1);
+  for (; r < nrows; r++) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 1, pf);
 }
 
 /* p2 [r][pairs] are (t, t+1) bf16 probability pairs, vt2 [pairs][Dp] value pairs. */
 static inline __attribute__((always_inline)) void xa_pv_bf16_block(const uint32_t *p2, int64_t pld, int64_t npair,
                                                                    const uint32_t *vt2, int64_t Dp, float *acc,
-                                                                   int64_t d0, const int nr, const int nv) {
+                                                                   int64_t d0, const int nr, const int nv, xa_pf *pf) {
   __m512 a[4][4];
 #pragma GCC unroll 4
   for (int i = 0; i < nr; i++)
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++) a[i][v] = _mm512_loadu_ps(acc + i * Dp + d0 + v * 16);
   for (int64_t tp = 0; tp < npair; tp++) {
+    xa_pf_step(pf, 2);
     __m512bh x[4];
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++) x[v] = (__m512bh)_mm512_loadu_si512((const void *)(vt2 + tp * Dp + d0 + v * 16));
@@ -1015,56 +1046,76 @@ static inline __attribute__((always_inline)) void xa_pv_bf16_block(const uint32_
 
 static inline __attribute__((always_inline)) void xa_pv_bf16_rows(const uint32_t *p2, int64_t pld, int64_t npair,
                                                                   const uint32_t *vt2, int64_t Dp, float *acc,
-                                                                  const int nr) {
+                                                                  const int nr, xa_pf *pf) {
   int64_t d0 = 0;
-  for (; d0 + 64 <= Dp; d0 += 64) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 4);
-  for (; d0 < Dp; d0 += 16) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 1);
+  for (; d0 + 64 <= Dp; d0 += 64) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 4, pf);
+  for (; d0 < Dp; d0 += 16) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 1, pf);
 }
 
 static void xa_pv_bf16(const uint32_t *p2, int64_t pld, int64_t nrows, int64_t npair, const uint32_t *vt2,
-                       int64_t Dp, float *acc) {
+                       int64_t Dp, float *acc, xa_pf *pf) {
   int64_t r = 0;
-  for (; r + 4 <= nrows; r += 4) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 4);
+  for (; r + 4 <= nrows; r += 4) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 4, pf);
   if (r + 2 <= nrows) {
-    xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 2);
+    xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 2, pf);
     r += 2;
   }
-  for (; r < nrows; r++) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 1);
+  for (; r < nrows; r++) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 1, pf);
 }
 #endif
 
-/* Logits of rows [0, nrows) for tokens [t0, t0 + n) into lg[r][col0 ..]. */
+/* Logits of rows [0, nrows) for tokens [t0, t0 + n) into lg[r][col0 ..],
+ * prefetching `next` meanwhile. */
 static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0,
-                       int64_t t_end) {
-  xa_prefetch(s, t0 + XA_W, xa_min(XA_W, t_end - t0 - XA_W), 0);
+                       xa_next next) {
   xa_runs ru;
   xa_make_runs(s, t0, n, &ru);
   xa_stage_k(s, w, &ru);
+  xa_pf pf;
+  xa_pf_fill(&pf, s, next.t, next.n, next.value);
 #if XA_BF16
   if (s->bf) {
     xa_qk_bf16((const uint32_t *)w->q, w->Dp / 2, nrows, (const uint32_t *)w->kT, (s->a->head_size + 1) / 2,
-               w->lg + col0, w->L);
+               w->lg + col0, w->L, &pf);
+    xa_pf_step(&pf, XA_PF_MAX);
     return;
   }
 #endif
-  xa_qk_f32((const float *)w->q, w->Dp, nrows, w->kT, s->a->head_size, w->lg + col0, w->L);
+  xa_qk_f32((const float *)w->q, w->Dp, nrows, w->kT, s->a->head_size, w->lg + col0, w->L, &pf);
+  xa_pf_step(&pf, XA_PF_MAX);
 }
 
-/* acc[r] += P[r][col0 .. col0 + n) . V[t0 .. t0 + n) for rows [0, nrows). */
+/* acc[r] += P[r][col0 .. col0 + n) . V[t0 .. t0 + n) for rows [0, nrows),
+ * prefetching `next` meanwhile. */
 static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0,
-                       int64_t t_end) {
-  xa_prefetch(s, t0 + XA_W, xa_min(XA_W, t_end - t0 - XA_W), 1);
+                       xa_next next) {
   xa_runs ru;
   xa_make_runs(s, t0, n, &ru);
   xa_stage_v(s, w, &ru);
+  xa_pf pf;
+  xa_pf_fill(&pf, s, next.t, next.n, next.value);
 #if XA_BF16
   if (s->bf) {
     xa_pv_bf16((const uint32_t *)(w->p16 + col0), w->L / 2, nrows, (n + 1) / 2, (const uint32_t *)w->vt, w->Dp,
-               w->acc);
+               w->acc, &pf);
+    xa_pf_step(&pf, XA_PF_MAX);
     return;
   }
 #endif
-  xa_pv_f32(w->lg + col0, w->L, nrows, n, w->vt, w->Dp, w->acc);
+  xa_pv_f32(w->lg + col0, w->L, nrows, n, w->vt, w->Dp, w->acc, &pf);
+  xa_pf_step(&pf, XA_PF_MAX);
+}
+
+/* The tile after [st, st + W) within [t_begin, t_end), of K (value 0) or V. */
+static inline xa_next xa_after(int64_t st, int64_t t_end, int value) {
+  const xa_next nx = {st + XA_W, xa_min(XA_W, t_end - st - XA_W), value};
+  return nx;
+}
+
+static void xa_prefetch_now(const xa_src *s, xa_next next) {
+  xa_pf pf;
+  xa_pf_fill(&pf, s, next.t, next.n, next.value);
+  xa_pf_step(&pf, XA_PF_MAX);
 }
 
 /* Rounds probabilities p[0..n) of row r to the query dtype where P.V reads them;
@@ -1113,9 +1164,11 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
       xa_load_q(&s, &w, g, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes);
     }
     /* Pass 1: logits of every token of the range, then the softmax. */
-    xa_prefetch(&s, t0, xa_min(XA_W, n), 0);
-    for (int64_t st = t0; st < t1; st += XA_W) xa_qk_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, t1);
-    xa_prefetch(&s, t0, xa_min(XA_W, n), 1);
+    xa_prefetch_now(&s, (xa_next){t0, xa_min(XA_W, n), 0});
+    for (int64_t st = t0; st < t1; st += XA_W) {
+      const xa_next nx = st + XA_W < t1 ? xa_after(st, t1, 0) : (xa_next){t0, xa_min(XA_W, n), 1};
+      xa_qk_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, nx);
+    }
     const float sc = a->scale * ks;
     for (int64_t g = 0; g < G; g++) {
       const int64_t h = kvh * G + g;
@@ -1138,7 +1191,7 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
     }
     /* Pass 2: P.V */
     memset(w.acc, 0, (size_t)(G * w.Dp) * sizeof(float));
-    for (int64_t st = t0; st < t1; st += XA_W) xa_pv_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, t1);
+    for (int64_t st = t0; st < t1; st += XA_W) xa_pv_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, xa_after(st, t1, 1));
     for (int64_t g = 0; g < G; g++) {
       const int64_t h = kvh * G + g;
       char *dst;
@@ -1223,8 +1276,11 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
     const float sc = a->scale * ks;
     for (int64_t ts = LO; ts < HI; ts += XA_VT) {
       const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
-      for (int64_t st = ts; st < te; st += XA_W) xa_qk_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, te);
-      xa_prefetch(&s, ts, xa_min(XA_W, n), 1);
+      if (ts == LO) xa_prefetch_now(&s, (xa_next){ts, xa_min(XA_W, n), 0});
+      for (int64_t st = ts; st < te; st += XA_W) {
+        const xa_next nx = st + XA_W < te ? xa_after(st, te, 0) : (xa_next){ts, xa_min(XA_W, n), 1};
+        xa_qk_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, nx);
+      }
       for (int64_t r = 0; r < R; r++) {
         const int64_t h = kvh * G + r % G;
         float *x = w.lg + r * w.L;
@@ -1255,8 +1311,10 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
         }
         xa_store_probs(&s, &w, r, 0, n);
       }
-      xa_prefetch(&s, te, xa_min(XA_W, HI - te), 0);
-      for (int64_t st = ts; st < te; st += XA_W) xa_pv_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, te);
+      for (int64_t st = ts; st < te; st += XA_W) {
+        const xa_next nx = st + XA_W < te ? xa_after(st, te, 1) : (xa_next){te, xa_min(XA_W, HI - te), 0};
+        xa_pv_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, nx);
+      }
     }
     for (int64_t r = 0; r < R; r++) {
       const int64_t i = i0 + r / G, h = kvh * G + r % G;
