@@ -89,6 +89,7 @@ pub struct xk_attn_args {
     pub lse_stride_head: i64,
     pub lse_stride_token: i64,
     pub max_rows: i64,
+    pub kv_group: i64,
     pub partition_size: i64,
     pub max_partitions: i64,
     pub max_context: i64,

@@ -1262,6 +1262,28 @@ fn varlen_decode_and_mixed() {
     VarlenCase::new(sp, &[(200, 450), (1, 450)]).check();
 }
 
+/// Many work items over an NHD cache with small head rows: the launcher then
+/// lets one grid block take several adjacent kv heads; results must not change.
+#[test]
+fn varlen_grouped_kv_heads() {
+    for (i, (dt, stored)) in [
+        (DType::BF16, DType::BF16),
+        (DType::F16, DType::F8E4M3),
+        (DType::F32, DType::F32),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut sp = vspec(dt, stored, 8, 4, 64, 16, 900 + i as u64);
+        sp.sinks = true;
+        sp.alibi = 2;
+        sp.descale = 2;
+        sp.window = (40, -1);
+        let seqs: Vec<(usize, usize)> = (0..10).map(|k| (1 + (k % 3) * 7, 30 + 11 * k)).collect();
+        VarlenCase::new(sp, &seqs).check();
+    }
+}
+
 /// Every head size of the paged ops through the varlen op too.
 #[test]
 fn varlen_head_sizes() {

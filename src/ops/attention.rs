@@ -993,6 +993,21 @@ pub fn flash_attn_varlen_func(
     if items == 0 || hkv == 0 {
         return Ok(());
     }
+    // In an NHD cache the kv heads of a token sit side by side: a grid block
+    // takes a group of adjacent heads (up to 1 KiB of each token row) so it
+    // streams whole lines, keeping at least 8 blocks for the threads.
+    // Results do not depend on the grouping (each row's arithmetic is fixed).
+    let row_bytes = d * stored.size();
+    let mut kv_group = 1;
+    if kl.strides[2] == d && vl.strides[2] == d {
+        for gsz in (1..=hkv).rev() {
+            if hkv % gsz == 0 && gsz * row_bytes <= 1024 && items * (hkv / gsz) >= 8 {
+                kv_group = gsz;
+                break;
+            }
+        }
+    }
+    let max_rows = max_rows * kv_group;
     let bts = block_table.strides();
     let mut a = empty_args();
     a.kind = sys::xk_attn_kind_XK_ATTN_VARLEN as i32;
@@ -1036,8 +1051,14 @@ pub fn flash_attn_varlen_func(
     a.lse_stride_head = lse_strides[0];
     a.lse_stride_token = lse_strides[1];
     a.max_rows = max_rows as i64;
+    a.kv_group = kv_group as i64;
     let kernel = platform::kernels().attn_varlen.expect("attn_varlen");
-    run_attn(&a, items * hkv, cost / items.max(1), kernel);
+    run_attn(
+        &a,
+        items * (hkv / kv_group),
+        cost * kv_group / items.max(1),
+        kernel,
+    );
     Ok(())
 }
 

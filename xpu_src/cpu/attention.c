@@ -518,9 +518,12 @@ static inline void xa_pf_add(xa_pf *pf, const char *line) {
 }
 
 /* Queues the key (value = 0) or value (value = 1) lines of tokens [t0, t0 + n). */
-static void xa_pf_fill(xa_pf *pf, const xa_src *s, int64_t t0, int64_t n, int value) {
+static void xa_pf_fill(xa_pf *pf, const xa_src *src, int64_t t0, int64_t n, int value, int64_t kvh) {
   pf->n = pf->i = 0;
   if (n <= 0) return;
+  xa_src sk = *src;
+  sk.kvh = kvh;
+  const xa_src *s = &sk;
   const xk_attn_args *a = s->a;
   const int64_t D = a->head_size, es = xk_dtype_size(a->cache_dtype);
   const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
@@ -554,6 +557,7 @@ static void xa_pf_fill(xa_pf *pf, const xa_src *s, int64_t t0, int64_t n, int va
 typedef struct xa_next {
   int64_t t, n;
   int value;
+  int64_t kvh;
 } xa_next;
 
 /* One query row into q[r] (zero-padded to Dp). */
@@ -1066,55 +1070,56 @@ static void xa_pv_bf16(const uint32_t *p2, int64_t pld, int64_t nrows, int64_t n
 
 /* Logits of rows [0, nrows) for tokens [t0, t0 + n) into lg[r][col0 ..],
  * prefetching `next` meanwhile. */
-static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0,
-                       xa_next next) {
+static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t r0, int64_t nrows, int64_t t0, int64_t n,
+                       int64_t col0, xa_next next) {
   xa_runs ru;
   xa_make_runs(s, t0, n, &ru);
   xa_stage_k(s, w, &ru);
   xa_pf pf;
-  xa_pf_fill(&pf, s, next.t, next.n, next.value);
+  xa_pf_fill(&pf, s, next.t, next.n, next.value, next.kvh);
 #if XA_BF16
   if (s->bf) {
-    xa_qk_bf16((const uint32_t *)w->q, w->Dp / 2, nrows, (const uint32_t *)w->kT, (s->a->head_size + 1) / 2,
-               w->lg + col0, w->L, &pf);
+    xa_qk_bf16((const uint32_t *)((const uint16_t *)w->q + r0 * w->Dp), w->Dp / 2, nrows, (const uint32_t *)w->kT,
+               (s->a->head_size + 1) / 2, w->lg + r0 * w->L + col0, w->L, &pf);
     xa_pf_step(&pf, XA_PF_MAX);
     return;
   }
 #endif
-  xa_qk_f32((const float *)w->q, w->Dp, nrows, w->kT, s->a->head_size, w->lg + col0, w->L, &pf);
+  xa_qk_f32((const float *)w->q + r0 * w->Dp, w->Dp, nrows, w->kT, s->a->head_size, w->lg + r0 * w->L + col0, w->L,
+            &pf);
   xa_pf_step(&pf, XA_PF_MAX);
 }
 
 /* acc[r] += P[r][col0 .. col0 + n) . V[t0 .. t0 + n) for rows [0, nrows),
  * prefetching `next` meanwhile. */
-static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t nrows, int64_t t0, int64_t n, int64_t col0,
-                       xa_next next) {
+static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t r0, int64_t nrows, int64_t t0, int64_t n,
+                       int64_t col0, xa_next next) {
   xa_runs ru;
   xa_make_runs(s, t0, n, &ru);
   xa_stage_v(s, w, &ru);
   xa_pf pf;
-  xa_pf_fill(&pf, s, next.t, next.n, next.value);
+  xa_pf_fill(&pf, s, next.t, next.n, next.value, next.kvh);
 #if XA_BF16
   if (s->bf) {
-    xa_pv_bf16((const uint32_t *)(w->p16 + col0), w->L / 2, nrows, (n + 1) / 2, (const uint32_t *)w->vt, w->Dp,
-               w->acc, &pf);
+    xa_pv_bf16((const uint32_t *)(w->p16 + r0 * w->L + col0), w->L / 2, nrows, (n + 1) / 2, (const uint32_t *)w->vt,
+               w->Dp, w->acc + r0 * w->Dp, &pf);
     xa_pf_step(&pf, XA_PF_MAX);
     return;
   }
 #endif
-  xa_pv_f32(w->lg + col0, w->L, nrows, n, w->vt, w->Dp, w->acc, &pf);
+  xa_pv_f32(w->lg + r0 * w->L + col0, w->L, nrows, n, w->vt, w->Dp, w->acc + r0 * w->Dp, &pf);
   xa_pf_step(&pf, XA_PF_MAX);
 }
 
 /* The tile after [st, st + W) within [t_begin, t_end), of K (value 0) or V. */
-static inline xa_next xa_after(int64_t st, int64_t t_end, int value) {
-  const xa_next nx = {st + XA_W, xa_min(XA_W, t_end - st - XA_W), value};
+static inline xa_next xa_after(int64_t st, int64_t t_end, int value, int64_t kvh) {
+  const xa_next nx = {st + XA_W, xa_min(XA_W, t_end - st - XA_W), value, kvh};
   return nx;
 }
 
 static void xa_prefetch_now(const xa_src *s, xa_next next) {
   xa_pf pf;
-  xa_pf_fill(&pf, s, next.t, next.n, next.value);
+  xa_pf_fill(&pf, s, next.t, next.n, next.value, next.kvh);
   xa_pf_step(&pf, XA_PF_MAX);
 }
 
@@ -1164,10 +1169,10 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
       xa_load_q(&s, &w, g, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes);
     }
     /* Pass 1: logits of every token of the range, then the softmax. */
-    xa_prefetch_now(&s, (xa_next){t0, xa_min(XA_W, n), 0});
+    xa_prefetch_now(&s, (xa_next){t0, xa_min(XA_W, n), 0, kvh});
     for (int64_t st = t0; st < t1; st += XA_W) {
-      const xa_next nx = st + XA_W < t1 ? xa_after(st, t1, 0) : (xa_next){t0, xa_min(XA_W, n), 1};
-      xa_qk_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, nx);
+      const xa_next nx = st + XA_W < t1 ? xa_after(st, t1, 0, kvh) : (xa_next){t0, xa_min(XA_W, n), 1, kvh};
+      xa_qk_tile(&s, &w, 0, G, st, xa_min(XA_W, t1 - st), st - t0, nx);
     }
     const float sc = a->scale * ks;
     for (int64_t g = 0; g < G; g++) {
@@ -1191,7 +1196,9 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
     }
     /* Pass 2: P.V */
     memset(w.acc, 0, (size_t)(G * w.Dp) * sizeof(float));
-    for (int64_t st = t0; st < t1; st += XA_W) xa_pv_tile(&s, &w, G, st, xa_min(XA_W, t1 - st), st - t0, xa_after(st, t1, 1));
+    for (int64_t st = t0; st < t1; st += XA_W) {
+      xa_pv_tile(&s, &w, 0, G, st, xa_min(XA_W, t1 - st), st - t0, xa_after(st, t1, 1, kvh));
+    }
     for (int64_t g = 0; g < G; g++) {
       const int64_t h = kvh * G + g;
       char *dst;
@@ -1240,17 +1247,17 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
   xa_ws w;
   xa_ws_layout(a, (char *)workspace, &w);
   const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w.Dp;
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = Hkv / KG;
   const int64_t qes = xk_dtype_size(a->dtype);
   xa_src s = {a, NULL, 0, xa_bf16_path(a)};
   for (int64_t b = begin; b < end; b++) {
-    const int64_t item = b / Hkv, kvh = b % Hkv;
+    /* Block: a work item (queries i0 .. i1 of one sequence) and kv heads
+     * kvh0 .. kvh0+KG-1. Row r = kvl * RQ + (i - i0) * G + g. */
+    const int64_t item = b / NG, kvh0 = (b % NG) * KG;
     const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
     const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
-    const int64_t R = (i1 - i0) * G;
+    const int64_t RQ = (i1 - i0) * G, R = RQ * KG;
     s.bt = a->block_tables + seq * a->block_tables_stride_seq;
-    s.kvh = kvh;
-    const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
-    const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
     int64_t LO = INT64_MAX, HI = 0;
     for (int64_t i = i0; i < i1; i++) {
       const int64_t pos = i + k_len - q_len;
@@ -1258,14 +1265,16 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
       if (a->causal) hi = xa_min(hi, pos + 1);
       if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
       if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
-      for (int64_t g = 0; g < G; g++) {
-        const int64_t r = (i - i0) * G + g, h = kvh * G + g;
-        w.pos[r] = pos;
-        w.lo[r] = lo;
-        w.hi[r] = hi;
-        w.m[r] = -INFINITY;
-        w.l[r] = 0.0f;
-        xa_load_q(&s, &w, r, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes);
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = kvl * RQ + (i - i0) * G + g, h = (kvh0 + kvl) * G + g;
+          w.pos[r] = pos;
+          w.lo[r] = lo;
+          w.hi[r] = hi;
+          w.m[r] = -INFINITY;
+          w.l[r] = 0.0f;
+          xa_load_q(&s, &w, r, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes);
+        }
       }
       if (lo < hi) {
         LO = xa_min(LO, lo);
@@ -1273,16 +1282,23 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
       }
     }
     memset(w.acc, 0, (size_t)(R * Dp) * sizeof(float));
-    const float sc = a->scale * ks;
     for (int64_t ts = LO; ts < HI; ts += XA_VT) {
       const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
-      if (ts == LO) xa_prefetch_now(&s, (xa_next){ts, xa_min(XA_W, n), 0});
-      for (int64_t st = ts; st < te; st += XA_W) {
-        const xa_next nx = st + XA_W < te ? xa_after(st, te, 0) : (xa_next){ts, xa_min(XA_W, n), 1};
-        xa_qk_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, nx);
+      if (ts == LO) xa_prefetch_now(&s, (xa_next){ts, xa_min(XA_W, n), 0, kvh0});
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        s.kvh = kvh0 + kvl;
+        for (int64_t st = ts; st < te; st += XA_W) {
+          xa_next nx = xa_after(st, te, 0, s.kvh);
+          if (st + XA_W >= te) {
+            nx = kvl + 1 < KG ? (xa_next){ts, xa_min(XA_W, n), 0, s.kvh + 1} : (xa_next){ts, xa_min(XA_W, n), 1, kvh0};
+          }
+          xa_qk_tile(&s, &w, kvl * RQ, RQ, st, xa_min(XA_W, te - st), st - ts, nx);
+        }
       }
       for (int64_t r = 0; r < R; r++) {
-        const int64_t h = kvh * G + r % G;
+        const int64_t kvh = kvh0 + r / RQ, h = kvh * G + r % G;
+        const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+        const float sc = a->scale * ks;
         float *x = w.lg + r * w.L;
         for (int64_t i = 0; i < n; i++) x[i] *= sc;
         if (a->softcap > 0.0f) xa_softcap(x, n, a->softcap);
@@ -1311,13 +1327,21 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
         }
         xa_store_probs(&s, &w, r, 0, n);
       }
-      for (int64_t st = ts; st < te; st += XA_W) {
-        const xa_next nx = st + XA_W < te ? xa_after(st, te, 1) : (xa_next){te, xa_min(XA_W, HI - te), 0};
-        xa_pv_tile(&s, &w, R, st, xa_min(XA_W, te - st), st - ts, nx);
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        s.kvh = kvh0 + kvl;
+        for (int64_t st = ts; st < te; st += XA_W) {
+          xa_next nx = xa_after(st, te, 1, s.kvh);
+          if (st + XA_W >= te) {
+            nx = kvl + 1 < KG ? (xa_next){ts, xa_min(XA_W, n), 1, s.kvh + 1}
+                              : (xa_next){te, xa_min(XA_W, HI - te), 0, kvh0};
+          }
+          xa_pv_tile(&s, &w, kvl * RQ, RQ, st, xa_min(XA_W, te - st), st - ts, nx);
+        }
       }
     }
     for (int64_t r = 0; r < R; r++) {
-      const int64_t i = i0 + r / G, h = kvh * G + r % G;
+      const int64_t kvh = kvh0 + r / RQ, i = i0 + (r % RQ) / G, h = kvh * G + r % G;
+      const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
       float m = w.m[r], l = w.l[r], f = 1.0f;
       if (a->s_aux) {
         const float sink = a->s_aux[h], ms = fmaxf(m, sink);

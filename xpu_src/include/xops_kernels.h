@@ -108,7 +108,8 @@ typedef struct xk_attn_args {
   const float *s_aux;                /* NULL or [num_heads] sink logits */
   float *lse;                        /* NULL or [num_heads, tokens] */
   int64_t lse_stride_head, lse_stride_token;
-  int64_t max_rows; /* most (query, head) rows one work item has per kv head */
+  int64_t max_rows; /* most (query, head) rows one grid block has, over its kv heads */
+  int64_t kv_group; /* varlen: adjacent kv heads per grid block (they share cache lines in NHD layouts) */
   /* paged */
   int64_t partition_size; /* 0: v1, one partition covering the sequence; v2: 512 */
   int64_t max_partitions; /* v2: partitions per sequence in the grid */
