@@ -43,7 +43,8 @@ pub mod trace;
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
 pub use ops::attention::{
-    flash_attn_varlen_func, merge_attn_states, paged_attention_v1, paged_attention_v2,
+    attention_bf16_dot, flash_attn_varlen_func, merge_attn_states, paged_attention_v1,
+    paged_attention_v2, with_attention_bf16_dot,
 };
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,

@@ -18,6 +18,18 @@ use xpu_ops::dtype::{store_f32, DType};
 use xpu_ops::reference::attention as reference;
 use xpu_ops::{Status, TensorView, TensorViewMut};
 
+/// Every ISA tier; on AVX-512 both bf16 paths (`vdpbf16ps` and fp32 FMA).
+fn for_each_path(mut f: impl FnMut(&str)) {
+    for_each_isa(|isa| {
+        if isa == xpu_ops::Isa::Avx512 {
+            xpu_ops::with_attention_bf16_dot(true, || f("avx512+dpbf16"));
+            xpu_ops::with_attention_bf16_dot(false, || f("avx512+fma"));
+        } else {
+            f(isa.name());
+        }
+    });
+}
+
 // ---- buffers -------------------------------------------------------------------
 
 #[derive(Clone, Debug)]
@@ -484,7 +496,7 @@ impl PagedCase {
     fn check(&self) {
         let want1 = self.reference_v1();
         let (want2, wes, wml, wtmp) = self.reference_v2();
-        for_each_isa(|isa| {
+        for_each_path(|isa| {
             let what = format!("{isa} {self}");
             let mut out = Buf::with_bits(self.dtype, &self.out_shape(), nan_bits(self.dtype));
             self.v1(&mut out).unwrap();
@@ -635,7 +647,7 @@ fn paged_fp8_every_code() {
             c.value_cache.set_bits(&[b, 0, i, 0], i as u64);
         }
         let want = c.reference_v1();
-        for_each_isa(|isa| {
+        for_each_path(|isa| {
             let mut out = Buf::zeros(DType::F32, &c.out_shape());
             c.v1(&mut out).unwrap();
             for i in 0..256 {
@@ -645,6 +657,63 @@ fn paged_fp8_every_code() {
                     || (g - w).abs() <= 4.0 * f32::EPSILON * w.abs()
                     || (g.is_nan() && w.is_nan());
                 assert!(ok, "{isa} {kv} code {i:#x}: {g} vs {w}");
+            }
+        });
+    }
+}
+
+/// bf16 queries decode fp8 on their own path (exact widening to bf16): every
+/// value code through P·V with a one-token context, and every key code
+/// through v2's `max_logits` of 256 one-token sequences sharing one block,
+/// query `s` one-hot at head-dim `s`.
+#[test]
+fn paged_fp8_every_code_bf16_queries() {
+    for kv in ["fp8_e4m3", "fp8_e5m2"] {
+        let mut c = PagedCase::new(spec(DType::BF16, kv, 1, 1, 256, 16, 11), &[1]);
+        let b = c.block_tables.view().get_i64(&[0, 0]) as usize;
+        for i in 0..256 {
+            c.value_cache.set_bits(&[b, 0, i, 0], i as u64);
+        }
+        let want = c.reference_v1();
+        let vmax = (0..256)
+            .map(|i| want.get(&[0, 0, i]).abs() as f64)
+            .filter(|x| x.is_finite())
+            .fold(0.0, f64::max);
+        for_each_path(|isa| {
+            let mut out = Buf::zeros(DType::BF16, &c.out_shape());
+            c.v1(&mut out).unwrap();
+            for i in 0..256 {
+                let (g, w) = (out.get(&[0, 0, i]), want.get(&[0, 0, i]));
+                let ok = g == w
+                    || (g.is_nan() && w.is_nan())
+                    || ((g - w).abs() as f64) <= 8e-3 * (w.abs() as f64) + 1e-6 * vmax;
+                assert!(ok, "{isa} {kv} value code {i:#x}: {g} vs {w}");
+            }
+        });
+
+        let mut c = PagedCase::new(spec(DType::BF16, kv, 1, 1, 256, 16, 12), &[1; 256]);
+        let b = c.block_tables.view().get_i64(&[0, 0]) as usize;
+        let cols = c.block_tables.shape[1];
+        for sq in 0..256 {
+            for j in 0..cols {
+                c.block_tables.set_bits(&[sq, j], b as u64);
+            }
+            for i in 0..256 {
+                c.query.set(&[sq, 0, i], if i == sq { 1.0 } else { 0.0 });
+            }
+        }
+        for i in 0..256 {
+            c.key_cache.set_bits(&[b, 0, i / 16, 0, i % 16], i as u64);
+        }
+        let (_, _, want_ml, _) = c.reference_v2();
+        for_each_path(|isa| {
+            let mut out = Buf::zeros(DType::BF16, &c.out_shape());
+            let (mut es, mut ml, mut tmp) = c.v2_buffers();
+            c.v2(&mut out, &mut es, &mut ml, &mut tmp).unwrap();
+            for i in 0..256 {
+                let (g, w) = (ml.get(&[i, 0, 0]), want_ml.get(&[i, 0, 0]));
+                let ok = g == w || (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-6 * w.abs();
+                assert!(ok, "{isa} {kv} key code {i:#x}: {g} vs {w}");
             }
         });
     }
@@ -696,28 +765,33 @@ fn paged_thread_invariance() {
         spec(DType::BF16, "fp8_e4m3", 8, 2, 128, 16, 55),
         &[900, 1300, 40, 2000],
     );
-    for isa in common::isas() {
+    for (isa, dot) in common::isas()
+        .into_iter()
+        .flat_map(|i| [(i, true), (i, false)])
+    {
         let run = |threads: usize| {
             with_threads(threads, || {
                 xpu_ops::with_isa(isa, || {
-                    let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                    c.v1(&mut out).unwrap();
-                    let mut out2 = Buf::zeros(c.dtype, &c.out_shape());
-                    let (mut es, mut ml, mut tmp) = c.v2_buffers();
-                    c.v2(&mut out2, &mut es, &mut ml, &mut tmp).unwrap();
-                    (
-                        out.all_bits(),
-                        out2.all_bits(),
-                        tmp.all_bits(),
-                        es.all_bits(),
-                    )
+                    xpu_ops::with_attention_bf16_dot(dot, || {
+                        let mut out = Buf::zeros(c.dtype, &c.out_shape());
+                        c.v1(&mut out).unwrap();
+                        let mut out2 = Buf::zeros(c.dtype, &c.out_shape());
+                        let (mut es, mut ml, mut tmp) = c.v2_buffers();
+                        c.v2(&mut out2, &mut es, &mut ml, &mut tmp).unwrap();
+                        (
+                            out.all_bits(),
+                            out2.all_bits(),
+                            tmp.all_bits(),
+                            es.all_bits(),
+                        )
+                    })
                 })
                 .unwrap()
             })
         };
         let one = run(1);
-        assert!(one == run(2), "{isa}: 2 threads differ from 1");
-        assert!(one == run(3), "{isa}: 3 threads differ from 1");
+        assert!(one == run(2), "{isa} dot={dot}: 2 threads differ from 1");
+        assert!(one == run(3), "{isa} dot={dot}: 3 threads differ from 1");
     }
 }
 
@@ -1172,7 +1246,7 @@ impl VarlenCase {
 
     fn check(&self) {
         let (want, want_lse) = self.reference();
-        for_each_isa(|isa| {
+        for_each_path(|isa| {
             let what = format!("{isa} {self}");
             let mut out = Buf::with_bits(self.dtype, &self.out_shape(), nan_bits(self.dtype));
             let mut lse = Buf::with_bits(
@@ -1305,7 +1379,7 @@ fn varlen_chunked_prefill_equals_one_shot() {
     ] {
         let sp = vspec(dt, stored, 8, 2, 64, 16, 61);
         let whole = VarlenCase::new(sp, &[(300, 300)]);
-        for_each_isa(|isa| {
+        for_each_path(|isa| {
             let mut one = Buf::zeros(dt, &whole.out_shape());
             let mut lse1 = Buf::zeros(DType::F32, &[8, whole.q.shape[0]]);
             whole.run(&mut one, Some(&mut lse1)).unwrap();
@@ -1383,21 +1457,26 @@ fn varlen_thread_invariance() {
     let mut sp = vspec(DType::BF16, DType::F8E4M3, 8, 2, 128, 16, 71);
     sp.sinks = true;
     let c = VarlenCase::new(sp, &[(1, 900), (120, 700), (1, 30), (64, 64)]);
-    for isa in common::isas() {
+    for (isa, dot) in common::isas()
+        .into_iter()
+        .flat_map(|i| [(i, true), (i, false)])
+    {
         let run = |threads: usize| {
             with_threads(threads, || {
                 xpu_ops::with_isa(isa, || {
-                    let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                    let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
-                    c.run(&mut out, Some(&mut lse)).unwrap();
-                    (out.data, lse.data)
+                    xpu_ops::with_attention_bf16_dot(dot, || {
+                        let mut out = Buf::zeros(c.dtype, &c.out_shape());
+                        let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
+                        c.run(&mut out, Some(&mut lse)).unwrap();
+                        (out.data, lse.data)
+                    })
                 })
                 .unwrap()
             })
         };
         let one = run(1);
-        assert!(one == run(2), "{isa}: 2 threads differ");
-        assert!(one == run(3), "{isa}: 3 threads differ");
+        assert!(one == run(2), "{isa} dot={dot}: 2 threads differ");
+        assert!(one == run(3), "{isa} dot={dot}: 3 threads differ");
     }
 }
 
@@ -1552,7 +1631,7 @@ fn merge_parity() {
                 &sl.view(),
                 Some(&mut want_lse.view_mut()),
             );
-            for_each_isa(|isa| {
+            for_each_path(|isa| {
                 let mut out = Buf::with_bits(dtype, &[n, h, d], nan_bits(dtype));
                 let mut lse = Buf::zeros(DType::F32, &[h, n]);
                 merge(&mut out, &p, &pl, &s, &sl, Some(&mut lse)).unwrap();

@@ -48,7 +48,47 @@ const VARLEN_TARGET_ROWS: usize = 32;
 fn empty_args() -> sys::xk_attn_args {
     // SAFETY: the struct is plain data (integers, floats, raw pointers); all
     // zeros is a valid value (NULL pointers, zero sizes).
-    unsafe { std::mem::zeroed() }
+    let mut a: sys::xk_attn_args = unsafe { std::mem::zeroed() };
+    a.bf16_dot = bf16_dot() as i32;
+    a
+}
+
+thread_local! {
+    static BF16_DOT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the AVX-512 tier computes bf16 attention (bf16 queries over bf16
+/// or fp8 caches) with `vdpbf16ps` on bf16 data (default), or widens K and V
+/// to fp32 and uses FMA. The bf16 path stages half the bytes, which decides
+/// decode; on cores where `vdpbf16ps` issues slowly (measured on an Intel
+/// Xeon: a quarter of the FMA rate) prefill runs about even. Set
+/// `XPU_OPS_ATTN_BF16_DOT=0` to use the fp32 path. The two paths form the
+/// same exact products but sum in different orders: results differ within
+/// the tolerance.
+pub fn attention_bf16_dot() -> bool {
+    bf16_dot()
+}
+
+fn bf16_dot() -> bool {
+    static DEFAULT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    BF16_DOT.with(|c| c.get()).unwrap_or_else(|| {
+        *DEFAULT.get_or_init(|| std::env::var("XPU_OPS_ATTN_BF16_DOT").as_deref() != Ok("0"))
+    })
+}
+
+/// Runs `f` with attention ops called from this thread forced onto the
+/// `vdpbf16ps` path (`true`) or the fp32 FMA path (`false`), whatever the
+/// default (see [`attention_bf16_dot`]); the tests run both.
+pub fn with_attention_bf16_dot<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let prev = BF16_DOT.with(|c| c.replace(Some(on)));
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16_DOT.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
 }
 
 fn strides_of<const N: usize>(t: &Layout) -> [i64; N] {

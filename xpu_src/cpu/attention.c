@@ -461,7 +461,7 @@ int64_t XK_FN(attn_workspace)(const xk_attn_args *a) { return xa_ws_layout(a, NU
 
 static inline int xa_bf16_path(const xk_attn_args *a) {
 #if XA_BF16
-  return a->dtype == XK_BF16 && (a->cache_dtype == XK_BF16 || xk_is_fp8(a->cache_dtype));
+  return a->bf16_dot && a->dtype == XK_BF16 && (a->cache_dtype == XK_BF16 || xk_is_fp8(a->cache_dtype));
 #else
   (void)a;
   return 0;
@@ -711,6 +711,54 @@ static void xa_stage_k_rows16(const xa_src *s, const xa_ws *w, const char *const
 }
 #endif
 
+#if XK_F32_LANES == 16
+/* fp32 path: elements [e, e + 16) of token row `row` (flash), as f32, 0 past n. */
+static inline __m512 xa_row_ld16(const char *row, int32_t dt, int64_t e, int64_t n) {
+  const int64_t es = xk_dtype_size(dt);
+  const __mmask16 m = e + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1u);
+  return xa_ld16(row + e * es, dt, m);
+}
+
+/* fp32 path: head-dim elements [e, e + 16) of a token of the paged key
+ * layout (16-byte chunks cs bytes apart, x elements each), 0 past D. */
+static inline __m512 xa_paged_ld16(const char *tok, int32_t dt, int64_t e, int64_t x, int64_t cs, int64_t D) {
+  if (x == 16) return xa_ld16(tok + (e / 16) * cs, dt, 0xffff);
+  if (x == 8) {
+    const __m128i lo = _mm_loadu_si128((const __m128i *)(tok + (e / 8) * cs));
+    const __m128i hi = e + 8 < D ? _mm_loadu_si128((const __m128i *)(tok + (e / 8 + 1) * cs)) : _mm_setzero_si128();
+    const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    if (dt == XK_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  __m512i v = _mm512_setzero_si512(); /* x == 4: f32 */
+  for (int k = 0; k < 4 && e + 4 * k < D; k++) {
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(tok + (e / 4 + k) * cs)), k);
+  }
+  return _mm512_castsi512_ps(v);
+}
+
+/* fp32 path: 16 tokens (NULL = missing) of keys into kT columns col .. col+15,
+ * 16 head-dim rows at a time through a register transpose. */
+static void xa_stage_k_f32_16(const xa_src *s, const xa_ws *w, const char *const *tok, int64_t col) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, cs = a->key_cache_strides[2] * xk_dtype_size(a->cache_dtype);
+  const int32_t dt = a->cache_dtype;
+  const int flash = a->layout == XK_LAYOUT_FLASH;
+  for (int64_t e = 0; e < D; e += 16) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i++) {
+      if (!tok[i]) {
+        t[i] = _mm512_setzero_si512();
+      } else {
+        t[i] = _mm512_castps_si512(flash ? xa_row_ld16(tok[i], dt, e, D) : xa_paged_ld16(tok[i], dt, e, a->x, cs, D));
+      }
+    }
+    xa_tr16_regs(t);
+    for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(w->kT + (e + i) * XA_W + col), t[i]);
+  }
+}
+#endif
+
 /* Generic: keys of tile tokens [j0, j0 + 16) as rows of the stage buffer, then
  * transposed into kT columns j0 .. j0+15. */
 static void xa_stage_k_generic16(const xa_src *s, const xa_ws *w, const xa_runs *ru, int64_t j0) {
@@ -755,6 +803,14 @@ static void xa_stage_k(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
         xa_stage_k_paged16(s, w, xa_token_ptr(s, ru, j0, 0), j0);
         continue;
       }
+    }
+#endif
+#if XK_F32_LANES == 16
+    if (!s->bf) {
+      const char *tok[16];
+      for (int i = 0; i < 16; i++) tok[i] = xa_token_ptr(s, ru, j0 + i, 0);
+      xa_stage_k_f32_16(s, w, tok, j0);
+      continue;
     }
 #endif
     xa_stage_k_generic16(s, w, ru, j0);
@@ -809,6 +865,27 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
       }
       xa_tr16_regs(t);
       for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(vt + i * Dp + db), t[i]);
+    }
+    return;
+  }
+#endif
+#if XK_F32_LANES == 16
+  if (!s->bf && a->layout == XK_LAYOUT_PAGED && (n == 16 || n == 32) && xa_run_covering16(ru, 0) >= 0 &&
+      (n == 16 || xa_run_covering16(ru, 16) >= 0)) {
+    /* Paged, fp32 path: rows d .. d+15 of each 16-token half transposed in
+     * registers into vt [token][d]. Tokens past n are never read. */
+    const int64_t rs = vs[2] * es;
+    for (int64_t h = 0; h < n / 16; h++) {
+      const char *b = xa_token_ptr(s, ru, 16 * h, 1);
+      for (int64_t db = 0; db < Dp; db += 16) {
+        __m512i t[16];
+        for (int i = 0; i < 16; i++) {
+          t[i] = db + i < D ? _mm512_castps_si512(xa_ld16(b + (db + i) * rs, a->cache_dtype, 0xffff))
+                            : _mm512_setzero_si512();
+        }
+        xa_tr16_regs(t);
+        for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(w->vt + (16 * h + i) * Dp + db), t[i]);
+      }
     }
     return;
   }
