@@ -10,6 +10,7 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
 void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
 void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
 void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
+double XK_FN(attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -24,4 +25,5 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .attn_paged_reduce = XK_FN(attn_paged_reduce),
     .attn_varlen = XK_FN(attn_varlen),
     .merge_attn_states = XK_FN(merge_attn_states),
+    .attn_probe_bf16_dot = XK_FN(attn_probe_bf16_dot),
 };

@@ -165,6 +165,10 @@ typedef struct xk_kernel_table {
   void (*attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
   /* Grid blocks (token, head). */
   void (*merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
+  /* Runs `iters` rounds of independent vdpbf16ps chains (bf16 dot-product
+   * peak for the attention benchmarks); returns the flops done, 0 on tiers
+   * without AVX512_BF16. */
+  double (*attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built
