@@ -263,6 +263,86 @@ enum xops_status xops_swap_blocks(const DLTensor *src,
                                   const DLTensor *dst,
                                   const DLTensor *block_mapping);
 
+/**
+ * RMS normalization of each row (last dim) of `input`:
+ * `out = input / sqrt(mean(input^2) + epsilon) * weight`, as vLLM's `rms_norm`.
+ *
+ * * `out`: same shape and dtype as `input`; may be `input` itself (same
+ *   memory and layout) to normalize in place.
+ * * `input`: `[..., hidden_size]` float32/float16/bfloat16, last dim
+ *   contiguous, leading dims flattenable to one row stride.
+ * * `weight`: `[hidden_size]` float32/float16/bfloat16, contiguous.
+ * * `epsilon`: finite and >= 0 (used as a float, as upstream).
+ *
+ * f32 accumulation, one rounding per output. Nothing is written unless every
+ * argument is valid.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `out`) for the duration of the call.
+ */
+enum xops_status xops_rms_norm(const DLTensor *out,
+                               const DLTensor *input,
+                               const DLTensor *weight,
+                               double epsilon);
+
+/**
+ * vLLM's `fused_add_rms_norm`, in place on both tensors:
+ * `residual = input + residual` (rounded to the dtype), then
+ * `input = rms_norm(residual, weight, epsilon)`.
+ *
+ * * `input`, `residual`: `[..., hidden_size]`, same shape and dtype
+ *   (float32/float16/bfloat16), last dim contiguous, not overlapping.
+ * * `weight`, `epsilon`: as `xops_rms_norm`.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `input` and `residual` are writable for the
+ * duration of the call.
+ */
+enum xops_status xops_fused_add_rms_norm(const DLTensor *input,
+                                         const DLTensor *residual,
+                                         const DLTensor *weight,
+                                         double epsilon);
+
+/**
+ * vLLM's `rotary_embedding`, in place on `query` and `key`: the first
+ * `rot_dim = cos_sin_cache.shape[1]` dims of every head are rotated by the
+ * angle of the token's position (`cos_sin_cache` row: cos in
+ * `[0, rot_dim/2)`, sin after). `is_neox` nonzero pairs `(i, i + rot_dim/2)`,
+ * zero (GPT-J) pairs `(2i, 2i + 1)`.
+ *
+ * * `positions`: int64/int32 `[num_tokens]` or `[batch, seq_len]`, each in
+ *   `[0, max_position)`.
+ * * `query`: `[*positions.shape, num_heads * head_size]` or
+ *   `[*positions.shape, num_heads, head_size]` float32/float16/bfloat16,
+ *   head_size contiguous (q/k views of one qkv tensor work).
+ * * `key`: NULL, or like `query` with num_kv_heads dividing num_heads.
+ * * `head_size`: > 0; `cos_sin_cache`: `[max_position, rot_dim]`
+ *   float32/float16/bfloat16, rot_dim even and <= head_size.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `query` and `key` are writable for the
+ * duration of the call.
+ */
+enum xops_status xops_rotary_embedding(const DLTensor *positions,
+                                       const DLTensor *query,
+                                       const DLTensor *key,
+                                       int64_t head_size,
+                                       const DLTensor *cos_sin_cache,
+                                       int32_t is_neox);
+
+/**
+ * vLLM's `silu_and_mul`: with `input = [x, y]` split in halves along the
+ * last dim, `out = silu(x) * y`, `silu(x) = x / (1 + exp(-x))`.
+ *
+ * * `input`: `[..., 2 * d]` float32/float16/bfloat16, last dim contiguous.
+ * * `out`: `[..., d]`, same dtype, not overlapping `input`.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `out` is writable for the duration of the call.
+ */
+enum xops_status xops_silu_and_mul(const DLTensor *out, const DLTensor *input);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -27,6 +27,7 @@
 //! # Ok::<(), xpu_ops::Error>(())
 //! ```
 
+pub mod align;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
@@ -49,6 +50,7 @@ pub use ops::attention::{
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };
+pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
 pub use tensor::{Device, Layout, TensorView, TensorViewMut};
 pub use threading::{num_threads, set_num_threads};

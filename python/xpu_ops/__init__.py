@@ -14,6 +14,7 @@ import warnings
 from . import _lib
 from ._lib import Error, Status, library_path
 from .cache import copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks
+from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,10 @@ __all__ = [
     "reshape_and_cache_flash",
     "copy_blocks",
     "swap_blocks",
+    "rms_norm",
+    "fused_add_rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
 ]
 
 # Status codes by name, as in the C header (xpu_ops.OK, xpu_ops.ERR_NULL_POINTER, ...).

@@ -4,3 +4,4 @@
 pub mod attention;
 pub mod cache;
 pub(crate) mod check;
+pub mod layer;

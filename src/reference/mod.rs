@@ -3,3 +3,4 @@
 
 pub mod attention;
 pub mod cache;
+pub mod layer;
