@@ -187,6 +187,143 @@ enum xops_status xops_set_num_threads(int n);
 int xops_get_num_threads(void);
 
 /**
+ * vLLM's `paged_attention_v1`: one query token per sequence over the paged
+ * KV cache written by `xops_reshape_and_cache`.
+ *
+ * * `out`, `query`: `[num_seqs, num_heads, head_size]` float32/float16/bfloat16,
+ *   head_size contiguous (token and head strides free), head_size one of
+ *   32, 64, 80, 96, 112, 120, 128, 192, 256, 512.
+ * * `key_cache`: `[num_blocks, num_kv_heads, head_size / x, block_size, x]`,
+ *   `value_cache`: `[num_blocks, num_kv_heads, head_size, block_size]`;
+ *   block_size 8, 16, 32, 64 or 128.
+ * * `block_tables`: int32 `[num_seqs, max_blocks]`; `seq_lens`: int32
+ *   `[num_seqs]`, each <= `max_seq_len`. Slots past a sequence's length are
+ *   never read.
+ * * `alibi_slopes`: NULL or float32 `[num_heads]`.
+ * * `kv_cache_dtype`: "auto", "float16", "bfloat16", "fp8" (= "fp8_e4m3"),
+ *   "fp8_e5m2"; `k_scale`, `v_scale`: NULL (1) or float32 `[1]` / `[num_kv_heads]`,
+ *   fp8 dequantised as fp8 * scale.
+ *
+ * Nothing is written unless every argument is valid.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `out`) for the duration of the call.
+ */
+enum xops_status xops_paged_attention_v1(const DLTensor *out,
+                                         const DLTensor *query,
+                                         const DLTensor *key_cache,
+                                         const DLTensor *value_cache,
+                                         int64_t num_kv_heads,
+                                         double scale,
+                                         const DLTensor *block_tables,
+                                         const DLTensor *seq_lens,
+                                         int64_t block_size,
+                                         int64_t max_seq_len,
+                                         const DLTensor *alibi_slopes,
+                                         const char *kv_cache_dtype,
+                                         const DLTensor *k_scale,
+                                         const DLTensor *v_scale);
+
+/**
+ * vLLM's `paged_attention_v2`: `xops_paged_attention_v1` in partitions of
+ * 512 tokens, reduced as vLLM does.
+ *
+ * * `exp_sums`, `max_logits`: float32 `[num_seqs, num_heads, max_num_partitions]`;
+ *   `tmp_out`: `[num_seqs, num_heads, max_num_partitions, head_size]` of the
+ *   query dtype; `max_num_partitions >= ceil(max_seq_len / 512)`.
+ *
+ * Other arguments as `xops_paged_attention_v1`.
+ *
+ * # Safety
+ * As `xops_paged_attention_v1`; `exp_sums`, `max_logits` and `tmp_out` are
+ * writable too.
+ */
+enum xops_status xops_paged_attention_v2(const DLTensor *out,
+                                         const DLTensor *exp_sums,
+                                         const DLTensor *max_logits,
+                                         const DLTensor *tmp_out,
+                                         const DLTensor *query,
+                                         const DLTensor *key_cache,
+                                         const DLTensor *value_cache,
+                                         int64_t num_kv_heads,
+                                         double scale,
+                                         const DLTensor *block_tables,
+                                         const DLTensor *seq_lens,
+                                         int64_t block_size,
+                                         int64_t max_seq_len,
+                                         const DLTensor *alibi_slopes,
+                                         const char *kv_cache_dtype,
+                                         const DLTensor *k_scale,
+                                         const DLTensor *v_scale);
+
+/**
+ * vllm-flash-attn's `flash_attn_varlen_func` over a paged cache
+ * (`block_table` given): prefill, decode and mixed batches.
+ *
+ * * `q`, `out`: `[total_q, num_heads, head_size]` float32/float16/bfloat16,
+ *   head_size a multiple of 8 up to 512, contiguous; sequence b owns rows
+ *   `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]`.
+ * * `k`, `v`: `[num_blocks, block_size, num_kv_heads, head_size]` caches (any
+ *   stride order, head_size contiguous), of the query dtype or
+ *   float8_e4m3fn / float8_e5m2.
+ * * `cu_seqlens_q`: int32 `[batch + 1]`; `seqused_k`: int32 `[batch]` keys
+ *   per sequence; `block_table`: int32 `[batch, max_blocks]`.
+ * * `softmax_scale`: 0 means `1 / sqrt(head_size)`. `causal`: nonzero aligns
+ *   the queries to the end of their keys. `window_left`, `window_right`:
+ *   -1 unbounded. `softcap`: 0 off. `alibi_slopes`: NULL or float32
+ *   `[num_heads]` / `[batch, num_heads]`.
+ * * `softmax_lse`: NULL, or float32 `[num_heads, total_q]` written with each
+ *   row's log-sum-exp (-inf for a row with no keys).
+ * * `k_descale`, `v_descale`: NULL or float32 `[1]`, `[num_kv_heads]` or
+ *   `[batch, num_kv_heads]` (fp8 caches). `s_aux`: NULL or `[num_heads]`
+ *   sink logits.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `out` and `softmax_lse`) for the duration of the call.
+ */
+enum xops_status xops_flash_attn_varlen_func(const DLTensor *q,
+                                             const DLTensor *k,
+                                             const DLTensor *v,
+                                             int64_t max_seqlen_q,
+                                             const DLTensor *cu_seqlens_q,
+                                             int64_t max_seqlen_k,
+                                             const DLTensor *seqused_k,
+                                             double softmax_scale,
+                                             int32_t causal,
+                                             int64_t window_left,
+                                             int64_t window_right,
+                                             double softcap,
+                                             const DLTensor *alibi_slopes,
+                                             const DLTensor *block_table,
+                                             const DLTensor *softmax_lse,
+                                             const DLTensor *out,
+                                             const DLTensor *k_descale,
+                                             const DLTensor *v_descale,
+                                             const DLTensor *s_aux);
+
+/**
+ * vLLM's `merge_attn_states`: merges two partial attention results by their
+ * log-sum-exps. `output`, `prefix_output`, `suffix_output`:
+ * `[num_tokens, num_heads, head_size]` of one dtype (float32/float16/bfloat16);
+ * `prefix_lse`, `suffix_lse`, `output_lse` (NULL to skip): float32
+ * `[num_heads, num_tokens]`. An LSE of -inf (or +inf, FA2's empty row) marks
+ * an empty state; two empty states give 0 and -inf. `output` may be one of
+ * the inputs (in place).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `output` and `output_lse` are writable for
+ * the duration of the call.
+ */
+enum xops_status xops_merge_attn_states(const DLTensor *output,
+                                        const DLTensor *prefix_output,
+                                        const DLTensor *prefix_lse,
+                                        const DLTensor *suffix_output,
+                                        const DLTensor *suffix_lse,
+                                        const DLTensor *output_lse);
+
+/**
  * Writes each token's key and value into a paged cache.
  *
  * * `key`, `value`: `[num_tokens, num_heads, head_size]` float32/float16/bfloat16,

@@ -37,6 +37,7 @@ pub mod status;
 pub mod runtime;
 
 // One module per op family; add new families here.
+pub mod attention;
 pub mod cache;
 pub mod layer;
 

@@ -15,6 +15,12 @@ from . import _lib
 from ._lib import Error, Status, library_path
 from .cache import copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks
 from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
+from .attention import (
+    flash_attn_varlen_func,
+    merge_attn_states,
+    paged_attention_v1,
+    paged_attention_v2,
+)
 
 __version__ = "0.1.0"
 
@@ -35,6 +41,10 @@ __all__ = [
     "fused_add_rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "paged_attention_v1",
+    "paged_attention_v2",
+    "flash_attn_varlen_func",
+    "merge_attn_states",
 ]
 
 # Status codes by name, as in the C header (xpu_ops.OK, xpu_ops.ERR_NULL_POINTER, ...).

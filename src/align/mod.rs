@@ -5,6 +5,7 @@
 //! accelerator vendors publish). `xpu-ops align` prints it and exits non-zero
 //! if any case falls outside its tolerance.
 
+mod attention;
 mod cache;
 mod layer;
 
@@ -120,6 +121,7 @@ pub fn cases() -> Vec<AlignCase> {
     let mut all = Vec::new();
     all.extend(cache::cases());
     all.extend(layer::cases());
+    all.extend(attention::cases());
     all
 }
 
