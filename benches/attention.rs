@@ -3,9 +3,10 @@
 //! Decode (`decode/<op>/<model>/<kv>/B=../ctx=..`): one query per sequence
 //! over a paged cache, B ∈ {1, 8, 32, 256}, context ∈ {512, 4k, 32k}, heads
 //! of Qwen3-Next (16 q / 2 kv, D 256) and Llama (32 / 8, D 128), bf16 and
-//! fp8 KV, block size 16, shuffled block tables. The cache pool is larger
-//! than L3 (≥ 256 MiB) and every iteration reads a different part of it, so
-//! each K/V byte comes from DRAM. Roofline: the K/V bytes read over the
+//! fp8 KV, block size 16, shuffled block tables. The cache pool is 1 GiB
+//! (more than any L3 this runs on, 480 MiB included) and iterations rotate
+//! through disjoint parts of it (or, for batches larger than the pool,
+//! sample it at random), so K/V bytes come from DRAM. Roofline: the K/V bytes read over the
 //! measured DRAM read bandwidth (`xpu_ops::probe`).
 //!
 //! Prefill (`prefill/<model>/T=..`): one causal sequence of T tokens through

@@ -1,10 +1,10 @@
 //! Attention ops against the f64 reference, on every ISA tier.
 //!
 //! Tolerance (the ops' documented contract, `src/ops/attention.rs`):
-//! `|got − ref| ≤ atol·max|v| + rtol·|ref|` with (atol, rtol) = (2e-5, 2e-5)
-//! for f32, (2e-3, 2e-3) for f16, (1.6e-2, 1.6e-2) for bf16 queries; LSEs
-//! within 1e-4 absolute (1e-3 for bf16 inputs, whose logits carry less precision
-//! through the query rounding of probabilities... the LSE itself is fp32).
+//! `|got − ref| ≤ atol·max|v| + rtol·|ref|` with (atol, rtol) = (5e-6, 5e-6)
+//! for f32, (8e-4, 1e-3) for f16, (6e-3, 8e-3) for bf16 queries; LSEs within
+//! 2e-4·(1 + |lse|). `ATTN_WORST=1` prints the worst error / tolerance ratio
+//! of each comparison (under 0.4 when this was written).
 //!
 //! Every cache is poisoned: slots no sequence uses hold NaN (the fp8 NaN
 //! code for fp8 caches), block tables are shuffled and their unused entries
