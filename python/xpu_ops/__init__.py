@@ -21,6 +21,21 @@ from .attention import (
     paged_attention_v1,
     paged_attention_v2,
 )
+from . import sampling
+from .sampling import (
+    apply_penalties,
+    min_p_sampling_from_probs,
+    sampler_forward,
+    sampling_from_logits,
+    sampling_from_probs,
+    top_k_mask_logits,
+    top_k_renorm_probs,
+    top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_logits,
+    top_k_top_p_sampling_from_probs,
+    top_p_renorm_probs,
+    top_p_sampling_from_probs,
+)
 
 __version__ = "0.1.0"
 
@@ -45,6 +60,19 @@ __all__ = [
     "paged_attention_v2",
     "flash_attn_varlen_func",
     "merge_attn_states",
+    "sampling",
+    "sampling_from_probs",
+    "sampling_from_logits",
+    "top_p_sampling_from_probs",
+    "top_k_sampling_from_probs",
+    "min_p_sampling_from_probs",
+    "top_k_top_p_sampling_from_probs",
+    "top_k_top_p_sampling_from_logits",
+    "top_k_renorm_probs",
+    "top_p_renorm_probs",
+    "top_k_mask_logits",
+    "apply_penalties",
+    "sampler_forward",
 ]
 
 # Status codes by name, as in the C header (xpu_ops.OK, xpu_ops.ERR_NULL_POINTER, ...).

@@ -5,3 +5,4 @@ pub mod attention;
 pub mod cache;
 pub(crate) mod check;
 pub mod layer;
+pub mod sampling;

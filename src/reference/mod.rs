@@ -4,3 +4,4 @@
 pub mod attention;
 pub mod cache;
 pub mod layer;
+pub mod sampling;

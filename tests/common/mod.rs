@@ -15,13 +15,22 @@ pub fn for_each_isa(mut f: impl FnMut(Isa)) {
     }
 }
 
-/// Runs `f` inside a rayon pool of `n` threads (ops use the enclosing pool).
+/// Runs `f` inside a rayon pool of `n` threads (ops use the enclosing pool),
+/// on the caller's ISA tier: the per-thread override of [`for_each_isa`] is
+/// re-applied on the pool thread that runs `f`.
 pub fn with_threads<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> R {
+    let isa = xpu_ops::active_isa();
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
         .expect("pool")
-        .install(f)
+        .install(|| {
+            xpu_ops::with_isa(isa, || {
+                assert_eq!(xpu_ops::active_isa(), isa);
+                f()
+            })
+        })
+        .expect("supported tier")
 }
 
 /// A small deterministic generator (SplitMix64) for test data.

@@ -14,6 +14,12 @@ void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end)
 void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
 void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
 double XK_FN(attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
+void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds, uint32_t *out);
+void XK_FN(sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
+                               int64_t n64);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -32,4 +38,9 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .attn_varlen = XK_FN(attn_varlen),
     .merge_attn_states = XK_FN(merge_attn_states),
     .attn_probe_bf16_dot = XK_FN(attn_probe_bf16_dot),
+    .sample_rows = XK_FN(sample_rows),
+    .filter_rows = XK_FN(filter_rows),
+    .filter_apply = XK_FN(filter_apply),
+    .philox4x32 = XK_FN(philox4x32),
+    .sampling_exp_probe = XK_FN(sampling_exp_probe),
 };
