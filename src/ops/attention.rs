@@ -1040,13 +1040,15 @@ pub fn flash_attn_varlen_func(
     if items == 0 || hkv == 0 {
         return Ok(());
     }
-    // In an NHD cache the kv heads of a token sit side by side: a grid block
-    // takes a group of adjacent heads (up to 1 KiB of each token row) so it
-    // streams whole lines, keeping at least 8 blocks for the threads.
+    // In an NHD cache the kv heads of a token sit side by side: for
+    // decode-like work (few query rows, so K/V are read about once) a grid
+    // block takes a group of adjacent heads (up to 1 KiB of each token row)
+    // so it streams whole lines, keeping at least 8 blocks for the threads.
+    // Prefill tiles reuse K/V across their rows and keep one head per block.
     // Results do not depend on the grouping (each row's arithmetic is fixed).
     let row_bytes = d * stored.size();
     let mut kv_group = 1;
-    if kl.strides[2] == d && vl.strides[2] == d {
+    if kl.strides[2] == d && vl.strides[2] == d && max_rows <= 2 * g {
         for gsz in (1..=hkv).rev() {
             if hkv % gsz == 0 && gsz * row_bytes <= 1024 && items * (hkv / gsz) >= 8 {
                 kv_group = gsz;
