@@ -250,6 +250,24 @@ enum xops_status xops_set_num_threads(int n);
 int xops_get_num_threads(void);
 
 /**
+ * Runs the node-level alignment report (every op against the reference on
+ * every ISA tier, cases whose op name contains `filter`; NULL or "" for all)
+ * and writes it as a NUL-terminated JSON array into `buf` when it fits
+ * `buf_len` bytes. `*needed` receives the size the report needs (with its
+ * NUL); `*failures` the number of rows outside their tolerance. Call with
+ * `buf_len = 0` to learn the size. The report is computed on every call.
+ *
+ * # Safety
+ * `filter` is NULL or NUL-terminated; `buf` has `buf_len` writable bytes
+ * (may be NULL when `buf_len` is 0); `needed` and `failures` are writable.
+ */
+enum xops_status xops_align(const char *filter,
+                            char *buf,
+                            size_t buf_len,
+                            size_t *needed,
+                            size_t *failures);
+
+/**
  * Writes each token's key and value into a paged cache.
  *
  * * `key`, `value`: `[num_tokens, num_heads, head_size]` float32/float16/bfloat16,

@@ -9,6 +9,7 @@ without copying and raise :class:`Error` (``status``, ``message``) on bad input.
 from __future__ import annotations
 
 import ctypes
+import json
 import warnings
 
 from . import _lib
@@ -42,6 +43,7 @@ __all__ = [
     "set_isa",
     "set_num_threads",
     "num_threads",
+    "align",
     "reshape_and_cache",
     "reshape_and_cache_flash",
     "copy_blocks",
@@ -78,6 +80,16 @@ _isa = _lib.function("xops_isa", [], ctypes.c_char_p)
 _set_isa = _lib.function("xops_set_isa", [ctypes.c_char_p])
 _set_num_threads = _lib.function("xops_set_num_threads", [ctypes.c_int])
 _get_num_threads = _lib.function("xops_get_num_threads", [], ctypes.c_int)
+_align = _lib.function(
+    "xops_align",
+    [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ],
+)
 
 
 def version() -> str:
@@ -104,6 +116,20 @@ def set_num_threads(n: int) -> None:
 def num_threads() -> int:
     """The number of worker threads ops use."""
     return int(_get_num_threads())
+
+
+def align(filter: str = "") -> list:
+    """The node-level alignment report: every op case whose name contains
+    ``filter`` against the reference on every ISA tier this machine runs. A
+    list of dicts (op, shape, isa, elements, cosine, rel_rmse, max_abs,
+    within, atol, rtol, pass); ``all(r["pass"] for r in rows)`` when every
+    case lies within its documented tolerance."""
+    needed, failures = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    name = _lib.c_string(filter, "filter")
+    _lib.call(_align, name, None, 0, ctypes.byref(needed), ctypes.byref(failures))
+    buf = ctypes.create_string_buffer(needed.value)
+    _lib.call(_align, name, buf, needed.value, ctypes.byref(needed), ctypes.byref(failures))
+    return json.loads(buf.value.decode())
 
 
 if version() != __version__:
