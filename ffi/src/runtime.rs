@@ -124,7 +124,7 @@ pub unsafe extern "C" fn xops_align(
         let json = xops::align::format_json(&rows);
         *needed = json.len() + 1;
         *failures = rows.iter().filter(|r| !r.alignment.passes()).count();
-        if buf_len >= json.len() + 1 {
+        if buf_len > json.len() {
             std::ptr::copy_nonoverlapping(json.as_ptr(), buf as *mut u8, json.len());
             *buf.add(json.len()) = 0;
         }
