@@ -46,6 +46,57 @@ pub struct xk_kv_write_args {
 pub struct xk_probe_result {
     pub value: f64,
 }
+pub const xk_la_index_dtype_XK_LA_I32: xk_la_index_dtype = 0;
+pub const xk_la_index_dtype_XK_LA_I64: xk_la_index_dtype = 1;
+pub const xk_la_index_dtype_XK_LA_BOOL: xk_la_index_dtype = 2;
+pub type xk_la_index_dtype = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_la_index {
+    pub data: *const ::core::ffi::c_void,
+    pub stride: i64,
+    pub dtype: i32,
+}
+pub const xk_conv_limits_XK_CONV_MAX_TILE: xk_conv_limits = 256;
+pub type xk_conv_limits = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_conv1d_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_dtype: i32,
+    pub x_stride_seq: i64,
+    pub x_stride_tok: i64,
+    pub x_stride_dim: i64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_dtype: i32,
+    pub out_stride_seq: i64,
+    pub out_stride_tok: i64,
+    pub out_stride_dim: i64,
+    pub weight: *const ::core::ffi::c_void,
+    pub weight_dtype: i32,
+    pub weight_stride_dim: i64,
+    pub weight_stride_width: i64,
+    pub bias: *const ::core::ffi::c_void,
+    pub bias_dtype: i32,
+    pub bias_stride: i64,
+    pub conv_states: *mut ::core::ffi::c_void,
+    pub state_dtype: i32,
+    pub state_stride_line: i64,
+    pub state_stride_dim: i64,
+    pub state_stride_tok: i64,
+    pub dim: i64,
+    pub width: i64,
+    pub seqlen: i64,
+    pub query_start_loc: xk_la_index,
+    pub cache_indices: xk_la_index,
+    pub has_initial_state: xk_la_index,
+    pub num_accepted_tokens: xk_la_index,
+    pub load_state_default: i32,
+    pub silu: i32,
+    pub pad_slot_id: i64,
+    pub channel_tile: i64,
+    pub num_channel_tiles: i64,
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xk_kernel_table {
@@ -56,6 +107,9 @@ pub struct xk_kernel_table {
     pub probe_read: ::core::option::Option<unsafe extern "C" fn(src: *const f32, n: i64) -> f64>,
     pub probe_fma:
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
+    pub causal_conv1d: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_conv1d_args, block_begin: i64, block_end: i64),
+    >,
 }
 unsafe extern "C" {
     pub static xk_kernels_generic: xk_kernel_table;

@@ -3,3 +3,4 @@
 
 pub mod cache;
 pub(crate) mod check;
+pub mod conv;

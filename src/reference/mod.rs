@@ -2,3 +2,4 @@
 //! the upstream definitions without SIMD. Tests hold every kernel tier to it.
 
 pub mod cache;
+pub mod conv;

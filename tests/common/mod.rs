@@ -17,7 +17,11 @@ pub fn for_each_isa(mut f: impl FnMut(Isa)) {
 
 /// Runs `f` inside a rayon pool of `n` threads (ops use the enclosing pool).
 pub fn with_threads<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("pool").install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .expect("pool")
+        .install(f)
 }
 
 /// A small deterministic generator (SplitMix64) for test data.

@@ -5,6 +5,7 @@
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -14,4 +15,5 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .kv_write = XK_FN(kv_write),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
+    .causal_conv1d = XK_FN(causal_conv1d),
 };

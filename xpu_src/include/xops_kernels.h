@@ -66,6 +66,63 @@ typedef struct xk_probe_result {
   double value; /* a checksum, so the compiler cannot drop the work */
 } xk_probe_result;
 
+/* ---- linear attention: causal_conv1d, gated delta rule (issue 4) -------- */
+
+/* Element type of an index tensor (query_start_loc, cache indices, flags). */
+typedef enum xk_la_index_dtype {
+  XK_LA_I32 = 0,
+  XK_LA_I64 = 1,
+  XK_LA_BOOL = 2, /* one byte, 0 or 1 */
+} xk_la_index_dtype;
+
+/* A host vector of indices: element i at data + i * stride (elements). data == NULL: absent. */
+typedef struct xk_la_index {
+  const void *data;
+  int64_t stride;
+  int32_t dtype; /* xk_la_index_dtype */
+} xk_la_index;
+
+/* Largest channel tile a causal_conv1d grid block may cover. */
+typedef enum xk_conv_limits { XK_CONV_MAX_TILE = 256 } xk_conv_limits;
+
+/*
+ * causal_conv1d_fn and causal_conv1d_update. Sequence n's token t, channel c is
+ *   x[n * x_stride_seq + (start(n) + t) * x_stride_tok + c * x_stride_dim]
+ * with start(n) = query_start_loc[n] (0 without it) and length
+ * query_start_loc[n + 1] - start(n) (seqlen without it).
+ * Grid block b = n * num_channel_tiles + tile covers channels
+ * [tile * channel_tile, min(dim, (tile + 1) * channel_tile)) of sequence n.
+ */
+typedef struct xk_conv1d_args {
+  const void *x; /* host, read; may equal out (in place, same strides) */
+  int32_t x_dtype;
+  int64_t x_stride_seq, x_stride_tok, x_stride_dim;
+  void *out;
+  int32_t out_dtype;
+  int64_t out_stride_seq, out_stride_tok, out_stride_dim;
+  const void *weight; /* [dim, width] */
+  int32_t weight_dtype;
+  int64_t weight_stride_dim, weight_stride_width;
+  const void *bias; /* [dim] or NULL */
+  int32_t bias_dtype;
+  int64_t bias_stride;
+  void *conv_states; /* [cache_lines, dim, state_len], any strides */
+  int32_t state_dtype;
+  int64_t state_stride_line, state_stride_dim, state_stride_tok;
+  int64_t dim, width; /* width in 2..6 */
+  int64_t seqlen;     /* tokens per sequence when query_start_loc is absent */
+  xk_la_index query_start_loc;     /* [B + 1] or absent */
+  xk_la_index cache_indices;       /* [B] cache line of sequence n; absent: line n */
+  xk_la_index has_initial_state;   /* [B]; absent: load_state_default */
+  xk_la_index num_accepted_tokens; /* [B]; present: spec-decode shift */
+  int32_t load_state_default;
+  int32_t silu;
+  int64_t pad_slot_id; /* a cache index equal to it skips the sequence */
+  int64_t channel_tile; /* <= XK_CONV_MAX_TILE */
+  int64_t num_channel_tiles;
+} xk_conv1d_args;
+
+
 typedef struct xk_kernel_table {
   const char *name;
   /* Writes tokens [token_begin, token_end) of a->slot_mapping. */
@@ -74,6 +131,8 @@ typedef struct xk_kernel_table {
   double (*probe_read)(const float *src, int64_t n);
   /* Runs `iters` rounds of independent FMA chains; returns the flops done. */
   double (*probe_fma)(int64_t iters, xk_probe_result *sink);
+  /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args. */
+  void (*causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built
