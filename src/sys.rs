@@ -99,6 +99,77 @@ pub struct xk_conv1d_args {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct xk_gdn_gating_args {
+    pub a_log: *const ::core::ffi::c_void,
+    pub a_log_dtype: i32,
+    pub a_log_stride: i64,
+    pub a: *const ::core::ffi::c_void,
+    pub a_dtype: i32,
+    pub a_stride_row: i64,
+    pub a_stride_head: i64,
+    pub b: *const ::core::ffi::c_void,
+    pub b_dtype: i32,
+    pub b_stride_row: i64,
+    pub b_stride_head: i64,
+    pub dt_bias: *const ::core::ffi::c_void,
+    pub dt_bias_dtype: i32,
+    pub dt_bias_stride: i64,
+    pub g: *mut ::core::ffi::c_void,
+    pub g_dtype: i32,
+    pub g_stride_row: i64,
+    pub g_stride_head: i64,
+    pub beta_output: *mut ::core::ffi::c_void,
+    pub beta_dtype: i32,
+    pub beta_stride_row: i64,
+    pub beta_stride_head: i64,
+    pub num_heads: i64,
+    pub softplus_beta: f32,
+    pub threshold: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_rows {
+    pub stride: i64,
+    pub inner: i64,
+    pub outer_stride: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_l2norm_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_dtype: i32,
+    pub x_rows: xk_rows,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_dtype: i32,
+    pub out_rows: xk_rows,
+    pub n: i64,
+    pub eps: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_rms_norm_gated_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_dtype: i32,
+    pub x_rows: xk_rows,
+    pub z: *const ::core::ffi::c_void,
+    pub z_dtype: i32,
+    pub z_rows: xk_rows,
+    pub weight: *const ::core::ffi::c_void,
+    pub weight_dtype: i32,
+    pub weight_stride: i64,
+    pub bias: *const ::core::ffi::c_void,
+    pub bias_dtype: i32,
+    pub bias_stride: i64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_dtype: i32,
+    pub out_rows: xk_rows,
+    pub n: i64,
+    pub group_size: i64,
+    pub eps: f32,
+    pub norm_before_gate: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct xk_kernel_table {
     pub name: *const ::core::ffi::c_char,
     pub kv_write: ::core::option::Option<
@@ -109,6 +180,15 @@ pub struct xk_kernel_table {
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
     pub causal_conv1d: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_conv1d_args, block_begin: i64, block_end: i64),
+    >,
+    pub gdn_gating: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_gdn_gating_args, row_begin: i64, row_end: i64),
+    >,
+    pub l2norm: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_l2norm_args, row_begin: i64, row_end: i64),
+    >,
+    pub rms_norm_gated: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_rms_norm_gated_args, row_begin: i64, row_end: i64),
     >,
 }
 unsafe extern "C" {

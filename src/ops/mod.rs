@@ -4,3 +4,4 @@
 pub mod cache;
 pub(crate) mod check;
 pub mod conv;
+pub mod gdn;

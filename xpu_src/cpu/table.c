@@ -6,6 +6,9 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
 void XK_FN(causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end);
+void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -16,4 +19,7 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
     .causal_conv1d = XK_FN(causal_conv1d),
+    .gdn_gating = XK_FN(gdn_gating),
+    .l2norm = XK_FN(l2norm),
+    .rms_norm_gated = XK_FN(rms_norm_gated),
 };

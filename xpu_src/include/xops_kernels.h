@@ -123,6 +123,74 @@ typedef struct xk_conv1d_args {
 } xk_conv1d_args;
 
 
+/* fused_gdn_gating, per row (token) t and value head h:
+ *   g[t, h] = -exp(A_log[h]) * softplus(a[t, h] + dt_bias[h]),  beta_output[t, h] = sigmoid(b[t, h])
+ * softplus(x) = log(1 + exp(beta x)) / beta, or x where beta x > threshold. */
+typedef struct xk_gdn_gating_args {
+  const void *a_log;
+  int32_t a_log_dtype;
+  int64_t a_log_stride;
+  const void *a;
+  int32_t a_dtype;
+  int64_t a_stride_row, a_stride_head;
+  const void *b;
+  int32_t b_dtype;
+  int64_t b_stride_row, b_stride_head;
+  const void *dt_bias;
+  int32_t dt_bias_dtype;
+  int64_t dt_bias_stride;
+  void *g;
+  int32_t g_dtype;
+  int64_t g_stride_row, g_stride_head;
+  void *beta_output;
+  int32_t beta_dtype;
+  int64_t beta_stride_row, beta_stride_head;
+  int64_t num_heads;
+  float softplus_beta, threshold;
+} xk_gdn_gating_args;
+
+/* Row r of a two-level row view starts at (r / inner) * outer_stride + (r % inner) * stride. */
+typedef struct xk_rows {
+  int64_t stride, inner, outer_stride;
+} xk_rows;
+
+/* l2norm over rows of n contiguous elements: y = x / sqrt(sum(x^2) + eps). */
+typedef struct xk_l2norm_args {
+  const void *x;
+  int32_t x_dtype;
+  xk_rows x_rows;
+  void *out; /* may equal x (same strides) */
+  int32_t out_dtype;
+  xk_rows out_rows;
+  int64_t n;
+  float eps;
+} xk_l2norm_args;
+
+/* rms_norm_gated over rows of n contiguous elements in groups of group_size:
+ * norm_before_gate: y = x * rstd(x) * w (+ b), then y *= silu(z);
+ * otherwise:        x' = x * silu(z), y = x' * rstd(x') * w (+ b).
+ * rstd(v) = 1 / sqrt(mean(v^2) over the group + eps). z == NULL: no gate. */
+typedef struct xk_rms_norm_gated_args {
+  const void *x;
+  int32_t x_dtype;
+  xk_rows x_rows;
+  const void *z;
+  int32_t z_dtype;
+  xk_rows z_rows;
+  const void *weight;
+  int32_t weight_dtype;
+  int64_t weight_stride;
+  const void *bias; /* NULL: none */
+  int32_t bias_dtype;
+  int64_t bias_stride;
+  void *out; /* may equal x or z (same strides) */
+  int32_t out_dtype;
+  xk_rows out_rows;
+  int64_t n, group_size;
+  float eps;
+  int32_t norm_before_gate;
+} xk_rms_norm_gated_args;
+
 typedef struct xk_kernel_table {
   const char *name;
   /* Writes tokens [token_begin, token_end) of a->slot_mapping. */
@@ -133,6 +201,10 @@ typedef struct xk_kernel_table {
   double (*probe_fma)(int64_t iters, xk_probe_result *sink);
   /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args. */
   void (*causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end);
+  /* Rows [row_begin, row_end) of the elementwise GDN helpers. */
+  void (*gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
+  void (*l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
+  void (*rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built
