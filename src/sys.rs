@@ -170,6 +170,51 @@ pub struct xk_rms_norm_gated_args {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct xk_gdn_tensor {
+    pub data: *const ::core::ffi::c_void,
+    pub dtype: i32,
+    pub s_seq: i64,
+    pub s_tok: i64,
+    pub s_head: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_gdn_args {
+    pub q: xk_gdn_tensor,
+    pub k: xk_gdn_tensor,
+    pub v: xk_gdn_tensor,
+    pub g: xk_gdn_tensor,
+    pub beta: xk_gdn_tensor,
+    pub o: *mut ::core::ffi::c_void,
+    pub o_dtype: i32,
+    pub o_s_seq: i64,
+    pub o_s_tok: i64,
+    pub o_s_head: i64,
+    pub state: *mut f32,
+    pub state_s_slot: i64,
+    pub state_s_head: i64,
+    pub state_s_v: i64,
+    pub state_s_k: i64,
+    pub num_seqs: i64,
+    pub seqlen: i64,
+    pub num_heads: i64,
+    pub num_v_heads: i64,
+    pub head_k_dim: i64,
+    pub head_v_dim: i64,
+    pub scale: f32,
+    pub use_qk_l2norm: i32,
+    pub cu_seqlens: xk_la_index,
+    pub state_indices: *const ::core::ffi::c_void,
+    pub state_indices_dtype: i32,
+    pub idx_s_seq: i64,
+    pub idx_s_tok: i64,
+    pub indices_2d: i32,
+    pub num_accepted_tokens: xk_la_index,
+    pub has_initial_state: xk_la_index,
+    pub output_final_state: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct xk_kernel_table {
     pub name: *const ::core::ffi::c_char,
     pub kv_write: ::core::option::Option<
@@ -189,6 +234,17 @@ pub struct xk_kernel_table {
     >,
     pub rms_norm_gated: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_rms_norm_gated_args, row_begin: i64, row_end: i64),
+    >,
+    pub gdn_recurrent: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_gdn_args,
+            scratch: *mut f32,
+            block_begin: i64,
+            block_end: i64,
+        ),
+    >,
+    pub gdn_scratch_floats: ::core::option::Option<
+        unsafe extern "C" fn(head_k_dim: i64, head_v_dim: i64, chunked: i32) -> i64,
     >,
 }
 unsafe extern "C" {

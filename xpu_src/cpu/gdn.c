@@ -169,3 +169,235 @@ void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, i
     }
   }
 }
+
+/* ---- gated delta rule: shared pieces ------------------------------------------ */
+
+/* kh = h . k and qh = h . q in one pass over h. */
+static void vec_dot2(const float *h, const float *k, const float *q, int64_t n, float *kh, float *qh) {
+  int64_t i = 0;
+  float sk = 0.0f, sq = 0.0f;
+#if XK_F32_LANES == 16
+  __m512 ak = _mm512_setzero_ps(), aq = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 x = _mm512_loadu_ps(h + i);
+    ak = _mm512_fmadd_ps(x, _mm512_loadu_ps(k + i), ak);
+    aq = _mm512_fmadd_ps(x, _mm512_loadu_ps(q + i), aq);
+  }
+  sk = _mm512_reduce_add_ps(ak);
+  sq = _mm512_reduce_add_ps(aq);
+#elif XK_F32_LANES == 8
+  __m256 ak = _mm256_setzero_ps(), aq = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(h + i);
+    ak = _mm256_fmadd_ps(x, _mm256_loadu_ps(k + i), ak);
+    aq = _mm256_fmadd_ps(x, _mm256_loadu_ps(q + i), aq);
+  }
+  float lk[8], lq[8];
+  _mm256_storeu_ps(lk, ak);
+  _mm256_storeu_ps(lq, aq);
+  for (int j = 0; j < 8; j++) {
+    sk += lk[j];
+    sq += lq[j];
+  }
+#endif
+  for (; i < n; i++) {
+    sk = fmaf(h[i], k[i], sk);
+    sq = fmaf(h[i], q[i], sq);
+  }
+  *kh = sk;
+  *qh = sq;
+}
+
+/* y[i] = a * x[i] + b * z[i] (y may equal x). */
+static void vec_axpby(float *y, float a, const float *x, float b, const float *z, int64_t n) {
+  int64_t i = 0;
+#if XK_F32_LANES == 16
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(vb, _mm512_loadu_ps(z + i), _mm512_mul_ps(va, _mm512_loadu_ps(x + i))));
+#elif XK_F32_LANES == 8
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vb, _mm256_loadu_ps(z + i), _mm256_mul_ps(va, _mm256_loadu_ps(x + i))));
+#endif
+  for (; i < n; i++) y[i] = fmaf(b, z[i], a * x[i]);
+}
+
+/* y[i] += a * x[i] and w[i] += b * x[i] in one pass over x. */
+static void vec_axpy2(float *y, float a, float *w, float b, const float *x, int64_t n) {
+  int64_t i = 0;
+#if XK_F32_LANES == 16
+  const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, v, _mm512_loadu_ps(y + i)));
+    _mm512_storeu_ps(w + i, _mm512_fmadd_ps(vb, v, _mm512_loadu_ps(w + i)));
+  }
+#elif XK_F32_LANES == 8
+  const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, v, _mm256_loadu_ps(y + i)));
+    _mm256_storeu_ps(w + i, _mm256_fmadd_ps(vb, v, _mm256_loadu_ps(w + i)));
+  }
+#endif
+  for (; i < n; i++) {
+    y[i] = fmaf(a, x[i], y[i]);
+    w[i] = fmaf(b, x[i], w[i]);
+  }
+}
+
+/* A [V, K] fp32 state with element (v, k) at p[v * sv + k * sk]. */
+typedef struct st_view {
+  float *p;
+  int64_t sv, sk;
+} st_view;
+
+/* Sequence n: batch row, first token and length. */
+typedef struct gdn_seq {
+  int64_t row, bos, len;
+} gdn_seq;
+
+static gdn_seq gdn_seq_of(const xk_gdn_args *a, int64_t n) {
+  gdn_seq s = {n, 0, a->seqlen};
+  if (a->cu_seqlens.data) {
+    s.row = 0;
+    s.bos = la_at(&a->cu_seqlens, n);
+    s.len = la_at(&a->cu_seqlens, n + 1) - s.bos;
+  }
+  return s;
+}
+
+static inline const char *gdn_ptr(const xk_gdn_tensor *t, int64_t n, int64_t tok, int64_t h) {
+  return (const char *)t->data + (n * t->s_seq + tok * t->s_tok + h * t->s_head) * xk_dtype_size(t->dtype);
+}
+
+static inline float gdn_scalar(const xk_gdn_tensor *t, int64_t n, int64_t tok, int64_t h) {
+  return xk_load_scalar(gdn_ptr(t, n, tok, h), t->dtype, 0);
+}
+
+static int64_t gdn_index(const xk_gdn_args *a, int64_t n, int64_t col) {
+  const xk_la_index v = {a->state_indices, 1, a->state_indices_dtype};
+  return la_at(&v, n * a->idx_s_seq + col * a->idx_s_tok);
+}
+
+/* Loads token `tok` of q and k (head h) as f32, l2-normalised if asked, q scaled. */
+static void gdn_load_qk(const xk_gdn_args *a, int64_t n, int64_t tok, int64_t h, float *q, float *k) {
+  la_load_row(q, gdn_ptr(&a->q, n, tok, h), a->q.dtype, a->head_k_dim, 1);
+  la_load_row(k, gdn_ptr(&a->k, n, tok, h), a->k.dtype, a->head_k_dim, 1);
+  float qs = a->scale;
+  if (a->use_qk_l2norm) {
+    qs /= sqrtf(vec_dot(q, q, a->head_k_dim) + 1e-6f);
+    vec_scale(k, k, 1.0f / sqrtf(vec_dot(k, k, a->head_k_dim) + 1e-6f), a->head_k_dim);
+  }
+  vec_scale(q, q, qs, a->head_k_dim);
+}
+
+static void gdn_store_o(const xk_gdn_args *a, int64_t n, int64_t tok, int64_t hv, const float *o) {
+  char *dst = (char *)a->o + (n * a->o_s_seq + tok * a->o_s_tok + hv * a->o_s_head) * xk_dtype_size(a->o_dtype);
+  la_store_row(dst, a->o_dtype, o, a->head_v_dim, 1);
+}
+
+static void gdn_zero_outputs(const xk_gdn_args *a, gdn_seq s, int64_t hv, float *zeros) {
+  memset(zeros, 0, (size_t)a->head_v_dim * sizeof(float));
+  for (int64_t t = 0; t < s.len; t++) gdn_store_o(a, s.row, s.bos + t, hv, zeros);
+}
+
+/* ---- fused_recurrent_gated_delta_rule -------------------------------------------- */
+
+/*
+ * One token: dst = exp(g) src + d k^T with d = beta (v - exp(g) src k), and
+ * o = dst q = exp(g) (src q) + (k . q) d. dst may equal src (rows are read
+ * before they are written). `tmp` holds 2V floats.
+ */
+static void gdn_token(st_view src, st_view dst, const float *q, const float *k, const float *v, float decay,
+                      float beta, int64_t K, int64_t V, float *o, float *tmp) {
+  const float qk = vec_dot(q, k, K);
+  if (src.sk == 1 && dst.sk == 1) {
+    /* [V, K] rows contiguous in K: one pass per row. */
+    for (int64_t i = 0; i < V; i++) {
+      const float *row = src.p + i * src.sv;
+      float kh, qh;
+      vec_dot2(row, k, q, K, &kh, &qh);
+      const float d = beta * (v[i] - decay * kh);
+      o[i] = fmaf(decay, qh, d * qk);
+      vec_axpby(dst.p + i * dst.sv, decay, row, d, k, K);
+    }
+  } else if (src.sv == 1 && dst.sv == 1) {
+    /* K-first layout: rows contiguous in V; S k and S q accumulate over rows. */
+    float *kh = tmp, *qh = tmp + V;
+    memset(kh, 0, (size_t)V * sizeof(float));
+    memset(qh, 0, (size_t)V * sizeof(float));
+    for (int64_t j = 0; j < K; j++) vec_axpy2(kh, k[j], qh, q[j], src.p + j * src.sk, V);
+    float *d = kh; /* d overwrites S k */
+    for (int64_t i = 0; i < V; i++) {
+      d[i] = beta * (v[i] - decay * kh[i]);
+      o[i] = fmaf(decay, qh[i], d[i] * qk);
+    }
+    for (int64_t j = 0; j < K; j++) vec_axpby(dst.p + j * dst.sk, decay, src.p + j * src.sk, k[j], d, V);
+  } else {
+    for (int64_t i = 0; i < V; i++) {
+      float kh = 0.0f, qh = 0.0f;
+      for (int64_t j = 0; j < K; j++) {
+        const float h = src.p[i * src.sv + j * src.sk];
+        kh = fmaf(h, k[j], kh);
+        qh = fmaf(h, q[j], qh);
+      }
+      const float d = beta * (v[i] - decay * kh);
+      o[i] = fmaf(decay, qh, d * qk);
+      for (int64_t j = 0; j < K; j++) {
+        const float h = src.p[i * src.sv + j * src.sk];
+        dst.p[i * dst.sv + j * dst.sk] = fmaf(d, k[j], decay * h);
+      }
+    }
+  }
+}
+
+static void recurrent_block(const xk_gdn_args *a, float *scratch, int64_t n, int64_t hv) {
+  const int64_t K = a->head_k_dim, V = a->head_v_dim, h = hv / (a->num_v_heads / a->num_heads);
+  const gdn_seq s = gdn_seq_of(a, n);
+  if (s.len <= 0) return;
+  float *tmp_state = scratch, *q = tmp_state + K * V, *k = q + K, *v = k + K, *o = v + V, *tmp = o + V;
+  int64_t slot0 = n;
+  if (a->state_indices) {
+    const int64_t col = a->num_accepted_tokens.data ? la_at(&a->num_accepted_tokens, n) - 1 : 0;
+    slot0 = gdn_index(a, n, a->indices_2d ? col : 0);
+  }
+  if (slot0 < 0) {
+    gdn_zero_outputs(a, s, hv, o);
+    return;
+  }
+  const int64_t ss = a->state_s_slot, sh = a->state_s_head;
+  st_view cur = {a->state + slot0 * ss + hv * sh, a->state_s_v, a->state_s_k};
+  /* The scratch state mirrors the pool's contiguous dim. */
+  const st_view tmpv = a->state_s_k == 1 || a->state_s_v != 1 ? (st_view){tmp_state, K, 1}
+                                                                : (st_view){tmp_state, 1, V};
+  for (int64_t t = 0; t < s.len; t++) {
+    const int64_t tok = s.bos + t;
+    st_view dst = cur;
+    if (a->indices_2d) {
+      const int64_t slot = gdn_index(a, n, t);
+      if (slot >= 0) {
+        dst = (st_view){a->state + slot * ss + hv * sh, a->state_s_v, a->state_s_k};
+      } else {
+        dst = tmpv;
+      }
+    }
+    gdn_load_qk(a, s.row, tok, h, q, k);
+    la_load_row(v, gdn_ptr(&a->v, s.row, tok, hv), a->v.dtype, V, 1);
+    const float decay = expf(gdn_scalar(&a->g, s.row, tok, hv));
+    const float beta = a->beta.data ? gdn_scalar(&a->beta, s.row, tok, hv) : 1.0f;
+    gdn_token(cur, dst, q, k, v, decay, beta, K, V, o, tmp);
+    gdn_store_o(a, s.row, tok, hv, o);
+    cur = dst;
+  }
+}
+
+void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; b++) recurrent_block(a, scratch, b / a->num_v_heads, b % a->num_v_heads);
+}
+
+int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked) {
+  (void)chunked;
+  return K * V + 2 * K + 4 * V + 64;
+}

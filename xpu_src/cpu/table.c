@@ -9,6 +9,8 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t 
 void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -22,4 +24,6 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .gdn_gating = XK_FN(gdn_gating),
     .l2norm = XK_FN(l2norm),
     .rms_norm_gated = XK_FN(rms_norm_gated),
+    .gdn_recurrent = XK_FN(gdn_recurrent),
+    .gdn_scratch_floats = XK_FN(gdn_scratch_floats),
 };

@@ -191,6 +191,50 @@ typedef struct xk_rms_norm_gated_args {
   int32_t norm_before_gate;
 } xk_rms_norm_gated_args;
 
+/* One [B, T, heads, dim] input of the gated delta rule: element (sequence n,
+ * token t, head h, i) at data + n * s_seq + t * s_tok + h * s_head + i. For
+ * g and beta ([B, T, HV]) i is always 0. */
+typedef struct xk_gdn_tensor {
+  const void *data;
+  int32_t dtype;
+  int64_t s_seq, s_tok, s_head;
+} xk_gdn_tensor;
+
+/*
+ * fused_recurrent_gated_delta_rule and chunk_gated_delta_rule. Grid block
+ * b = n * HV + hv runs sequence n (tokens [cu_seqlens[n], cu_seqlens[n+1]) of
+ * batch row 0, or all seqlen tokens of batch row n without cu_seqlens) for
+ * value head hv, which reads q/k head hv / (HV / H). Per token:
+ *   S = exp(g) S;  d = beta (v - S k);  S += d k^T;  o = S q   (S is [V, K])
+ * with q, k optionally l2-normalised (eps 1e-6) and q scaled by `scale`.
+ * The state pool is fp32 [slots, HV, V, K] with any strides.
+ */
+typedef struct xk_gdn_args {
+  xk_gdn_tensor q, k, v, g, beta; /* beta.data == NULL: beta = 1 */
+  void *o;                        /* [B, T, HV, V] */
+  int32_t o_dtype;
+  int64_t o_s_seq, o_s_tok, o_s_head;
+  float *state; /* NULL (chunk only): zero initial state, nothing stored */
+  int64_t state_s_slot, state_s_head, state_s_v, state_s_k;
+  int64_t num_seqs, seqlen;
+  int64_t num_heads, num_v_heads, head_k_dim, head_v_dim; /* H, HV, K, V */
+  float scale;
+  int32_t use_qk_l2norm;
+  xk_la_index cu_seqlens; /* [N + 1] or absent */
+  /* Slots: absent -> slot n. Rank 1 [N]: read and written in place.
+   * Rank 2 [N, cols] (recurrent only): read at column num_accepted_tokens[n] - 1
+   * (0 without it); the state after token t is stored at column t. A negative
+   * read slot skips the sequence (its outputs are zeroed); a negative column-t
+   * slot just skips that snapshot. */
+  const void *state_indices;
+  int32_t state_indices_dtype; /* XK_LA_I32 or XK_LA_I64 */
+  int64_t idx_s_seq, idx_s_tok;
+  int32_t indices_2d;
+  xk_la_index num_accepted_tokens; /* recurrent, rank-2 indices only */
+  xk_la_index has_initial_state;   /* chunk: absent -> all true */
+  int32_t output_final_state;      /* chunk: write the final state back */
+} xk_gdn_args;
+
 typedef struct xk_kernel_table {
   const char *name;
   /* Writes tokens [token_begin, token_end) of a->slot_mapping. */
@@ -205,6 +249,10 @@ typedef struct xk_kernel_table {
   void (*gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
   void (*l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
   void (*rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
+  /* Gated delta rule, grid blocks [block_begin, block_end). `scratch` holds
+   * gdn_scratch_floats(head_k_dim, head_v_dim, chunked) floats private to the caller. */
+  void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built
