@@ -45,7 +45,10 @@ pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };
 pub use ops::conv::{causal_conv1d_fn, causal_conv1d_update};
-pub use ops::gdn::{fused_gdn_gating, fused_recurrent_gated_delta_rule, l2norm, rms_norm_gated};
+pub use ops::gdn::{
+    chunk_gated_delta_rule, fused_gdn_gating, fused_recurrent_gated_delta_rule, l2norm,
+    rms_norm_gated,
+};
 pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
 pub use tensor::{Device, Layout, TensorView, TensorViewMut};
 pub use threading::{num_threads, set_num_threads};

@@ -243,6 +243,14 @@ pub struct xk_kernel_table {
             block_end: i64,
         ),
     >,
+    pub gdn_chunk: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_gdn_args,
+            scratch: *mut f32,
+            block_begin: i64,
+            block_end: i64,
+        ),
+    >,
     pub gdn_scratch_floats: ::core::option::Option<
         unsafe extern "C" fn(head_k_dim: i64, head_v_dim: i64, chunked: i32) -> i64,
     >,

@@ -289,3 +289,54 @@ pub fn fused_recurrent_gated_delta_rule(
         o,
     );
 }
+
+/// `chunk_gated_delta_rule` (arguments as [`crate::chunk_gated_delta_rule`]):
+/// the same per-token fp64 recurrence (the chunked form is an exact regrouping).
+#[allow(clippy::too_many_arguments)]
+pub fn chunk_gated_delta_rule(
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    g: &TensorView,
+    beta: Option<&TensorView>,
+    scale: Option<f32>,
+    initial_state: Option<&mut TensorViewMut>,
+    output_final_state: bool,
+    cu_seqlens: Option<&TensorView>,
+    ssm_state_indices: Option<&TensorView>,
+    has_initial_state: Option<&TensorView>,
+    use_qk_l2norm_in_kernel: bool,
+    o: &mut TensorViewMut,
+) {
+    let pool = initial_state.is_some();
+    let mut plans = Vec::new();
+    for (n, (row, bos, len)) in sequences(q, cu_seqlens).into_iter().enumerate() {
+        if len == 0 {
+            continue;
+        }
+        let slot = ssm_state_indices.map_or(n as i64, |ix| ix.get_i64(&[n]));
+        let pad = pool && slot < 0;
+        let init = has_initial_state.map_or(true, |h| h.get_i64(&[n]) != 0);
+        plans.push(SeqPlan {
+            row,
+            bos,
+            len,
+            read: (pool && !pad && init).then_some(slot as usize),
+            pad,
+            snapshots: None,
+            final_slot: (pool && !pad && output_final_state).then_some(slot as usize),
+        });
+    }
+    recurrence(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        scale,
+        initial_state,
+        &plans,
+        use_qk_l2norm_in_kernel,
+        o,
+    );
+}

@@ -15,6 +15,22 @@ pub struct Buf {
     pub strides: Vec<usize>,
 }
 
+/// Calls `f` with every multi-index of `shape`, row-major.
+pub fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
+    let n: usize = shape.iter().product();
+    let mut idx = vec![0usize; shape.len()];
+    for _ in 0..n {
+        f(&idx);
+        for k in (0..shape.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < shape[k] {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+}
+
 /// Row-major multi-indices of a shape.
 pub fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
     let n: usize = shape.iter().product();
@@ -101,20 +117,16 @@ impl Buf {
         for w in self.words.iter_mut() {
             *w = 0x7a7a_7a7a_7a7a_7a7a ^ rng.next_u64() & 0x0101_0101_0101_0101;
         }
-        let idx = indices(&self.shape);
+        let shape = self.shape.clone();
         let mut v = self.view_mut();
-        for i in &idx {
-            v.set_f32(i, rng.uniform() * scale);
-        }
+        for_each_index(&shape, |i| v.set_f32(i, rng.uniform() * scale));
         self
     }
 
     pub fn fill_with(mut self, f: impl Fn(&[usize]) -> f32) -> Buf {
-        let idx = indices(&self.shape);
+        let shape = self.shape.clone();
         let mut v = self.view_mut();
-        for i in &idx {
-            v.set_f32(i, f(i));
-        }
+        for_each_index(&shape, |i| v.set_f32(i, f(i)));
         self
     }
 
@@ -124,7 +136,9 @@ impl Buf {
 
     pub fn values(&self) -> Vec<f32> {
         let v = self.view();
-        indices(&self.shape).iter().map(|i| v.get_f32(i)).collect()
+        let mut out = Vec::with_capacity(self.shape.iter().product());
+        for_each_index(&self.shape, |i| out.push(v.get_f32(i)));
+        out
     }
 
     /// Raw storage, for bit-exact comparisons (gaps included).

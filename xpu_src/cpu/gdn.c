@@ -397,7 +397,283 @@ void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_be
   for (int64_t b = block_begin; b < block_end; b++) recurrent_block(a, scratch, b / a->num_v_heads, b % a->num_v_heads);
 }
 
+
+/* ---- chunk_gated_delta_rule ---------------------------------------------------- */
+
+#define CHUNK 64
+
+enum { TRI_NONE = 0, TRI_N = 1, TRI_P = 2 };
+
+/*
+ * C[i][j] (+)= alpha * sum_p A(i, p) B[p][j] for i < M, j < N, p < P, with
+ * A(i, p) = A[i * rsa + p * csa], B row-major (ldb), C row-major (ldc).
+ * tri == TRI_N: row block i0 only computes columns j < i0 + 4 (lower-triangular
+ * results); tri == TRI_P: row block i0 only sums p < i0 + 4 (A lower triangular).
+ */
+#if XK_F32_LANES == 16
+static void micro_4x64(int64_t P, const float *a0, const float *a1, const float *a2, const float *a3, int64_t csa,
+                       const float *B, int64_t ldb, float *C, int64_t ldc, int64_t mr, int64_t nc, float alpha,
+                       int accumulate) {
+  __mmask16 m[4];
+  for (int v = 0; v < 4; v++) {
+    const int64_t cnt = nc - 16 * v;
+    m[v] = cnt >= 16 ? (__mmask16)0xffff : cnt <= 0 ? (__mmask16)0 : (__mmask16)((1u << cnt) - 1u);
+  }
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
+  __m512 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+  __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00;
+  __m512 c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+  for (int64_t p = 0; p < P; p++) {
+    const float *b = B + p * ldb;
+    const __m512 b0 = _mm512_maskz_loadu_ps(m[0], b), b1 = _mm512_maskz_loadu_ps(m[1], b + 16);
+    const __m512 b2 = _mm512_maskz_loadu_ps(m[2], b + 32), b3 = _mm512_maskz_loadu_ps(m[3], b + 48);
+    __m512 x = _mm512_set1_ps(a0[p * csa]);
+    c00 = _mm512_fmadd_ps(x, b0, c00), c01 = _mm512_fmadd_ps(x, b1, c01);
+    c02 = _mm512_fmadd_ps(x, b2, c02), c03 = _mm512_fmadd_ps(x, b3, c03);
+    x = _mm512_set1_ps(a1[p * csa]);
+    c10 = _mm512_fmadd_ps(x, b0, c10), c11 = _mm512_fmadd_ps(x, b1, c11);
+    c12 = _mm512_fmadd_ps(x, b2, c12), c13 = _mm512_fmadd_ps(x, b3, c13);
+    x = _mm512_set1_ps(a2[p * csa]);
+    c20 = _mm512_fmadd_ps(x, b0, c20), c21 = _mm512_fmadd_ps(x, b1, c21);
+    c22 = _mm512_fmadd_ps(x, b2, c22), c23 = _mm512_fmadd_ps(x, b3, c23);
+    x = _mm512_set1_ps(a3[p * csa]);
+    c30 = _mm512_fmadd_ps(x, b0, c30), c31 = _mm512_fmadd_ps(x, b1, c31);
+    c32 = _mm512_fmadd_ps(x, b2, c32), c33 = _mm512_fmadd_ps(x, b3, c33);
+  }
+  __m512 acc[4][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23}, {c30, c31, c32, c33}};
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int64_t r = 0; r < mr; r++) {
+    float *c = C + r * ldc;
+    for (int v = 0; v < 4; v++) {
+      if (!m[v]) continue;
+      __m512 y = accumulate ? _mm512_fmadd_ps(va, acc[r][v], _mm512_maskz_loadu_ps(m[v], c + 16 * v))
+                            : _mm512_mul_ps(va, acc[r][v]);
+      _mm512_mask_storeu_ps(c + 16 * v, m[v], y);
+    }
+  }
+}
+#define NR 64
+#elif XK_F32_LANES == 8
+static void micro_4x16(int64_t P, const float *a0, const float *a1, const float *a2, const float *a3, int64_t csa,
+                       const float *B, int64_t ldb, float *C, int64_t ldc, int64_t mr, int64_t nc, float alpha,
+                       int accumulate) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nc), lane);
+  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nc - 8), lane);
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  for (int64_t p = 0; p < P; p++) {
+    const float *b = B + p * ldb;
+    const __m256 b0 = _mm256_maskload_ps(b, m0), b1 = _mm256_maskload_ps(b + 8, m1);
+    __m256 x = _mm256_set1_ps(a0[p * csa]);
+    c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
+    x = _mm256_set1_ps(a1[p * csa]);
+    c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
+    x = _mm256_set1_ps(a2[p * csa]);
+    c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
+    x = _mm256_set1_ps(a3[p * csa]);
+    c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
+  }
+  __m256 acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+  const __m256 va = _mm256_set1_ps(alpha);
+  for (int64_t r = 0; r < mr; r++) {
+    float *c = C + r * ldc;
+    __m256 y0 = _mm256_mul_ps(va, acc[r][0]), y1 = _mm256_mul_ps(va, acc[r][1]);
+    if (accumulate) {
+      y0 = _mm256_fmadd_ps(va, acc[r][0], _mm256_maskload_ps(c, m0));
+      y1 = _mm256_fmadd_ps(va, acc[r][1], _mm256_maskload_ps(c + 8, m1));
+    }
+    _mm256_maskstore_ps(c, m0, y0);
+    _mm256_maskstore_ps(c + 8, m1, y1);
+  }
+}
+#define NR 16
+#else
+static void micro_generic(int64_t P, const float *const *a, int64_t csa, const float *B, int64_t ldb, float *C,
+                          int64_t ldc, int64_t mr, int64_t nc, float alpha, int accumulate) {
+  float acc[4][16];
+  for (int64_t r = 0; r < mr; r++)
+    for (int64_t j = 0; j < nc; j++) acc[r][j] = 0.0f;
+  for (int64_t p = 0; p < P; p++) {
+    const float *b = B + p * ldb;
+    for (int64_t r = 0; r < mr; r++) {
+      const float x = a[r][p * csa];
+      for (int64_t j = 0; j < nc; j++) acc[r][j] = fmaf(x, b[j], acc[r][j]);
+    }
+  }
+  for (int64_t r = 0; r < mr; r++)
+    for (int64_t j = 0; j < nc; j++)
+      C[r * ldc + j] = accumulate ? fmaf(alpha, acc[r][j], C[r * ldc + j]) : alpha * acc[r][j];
+}
+#define NR 16
+#endif
+
+static void gemm(int64_t M, int64_t N, int64_t P, const float *A, int64_t rsa, int64_t csa, const float *B,
+                 int64_t ldb, float *C, int64_t ldc, float alpha, int accumulate, int tri) {
+  /* Column panels outermost: a panel of B (P x NR) stays in L1 across row blocks. */
+  for (int64_t j0 = 0; j0 < N; j0 += NR) {
+    for (int64_t i0 = 0; i0 < M; i0 += 4) {
+      const int64_t mr = M - i0 < 4 ? M - i0 : 4;
+      int64_t nlim = N, plim = P;
+      if (tri == TRI_N && i0 + mr < nlim) nlim = i0 + mr;
+      if (tri == TRI_P && i0 + mr < plim) plim = i0 + mr;
+      if (j0 >= nlim) continue;
+      const int64_t nc = nlim - j0 < NR ? nlim - j0 : NR;
+      const float *a[4];
+      for (int64_t r = 0; r < 4; r++) a[r] = A + (i0 + (r < mr ? r : mr - 1)) * rsa;
+#if XK_F32_LANES == 16
+      micro_4x64(plim, a[0], a[1], a[2], a[3], csa, B + j0, ldb, C + i0 * ldc + j0, ldc, mr, nc, alpha, accumulate);
+#elif XK_F32_LANES == 8
+      micro_4x16(plim, a[0], a[1], a[2], a[3], csa, B + j0, ldb, C + i0 * ldc + j0, ldc, mr, nc, alpha, accumulate);
+#else
+      micro_generic(plim, a, csa, B + j0, ldb, C + i0 * ldc + j0, ldc, mr, nc, alpha, accumulate);
+#endif
+    }
+  }
+}
+
+/* out[j] = exp(x - y[j]) for j < n. */
+static void vec_exp_sub(float *out, float x, const float *y, int64_t n) {
+  int64_t j = 0;
+#if XK_F32_LANES == 16
+  for (; j + 16 <= n; j += 16)
+    _mm512_storeu_ps(out + j, la_exp16(_mm512_sub_ps(_mm512_set1_ps(x), _mm512_loadu_ps(y + j))));
+#elif XK_F32_LANES == 8
+  for (; j + 8 <= n; j += 8)
+    _mm256_storeu_ps(out + j, la_exp8(_mm256_sub_ps(_mm256_set1_ps(x), _mm256_loadu_ps(y + j))));
+#endif
+  for (; j < n; j++) out[j] = expf(x - y[j]);
+}
+
+/* Scratch of one chunked block, as offsets into the caller's float buffer. */
+typedef struct chunk_scratch {
+  float *S;  /* [K][V] state */
+  float *Q;  /* [C][K] q (scaled), then q * exp(G) */
+  float *Kc; /* [C][K] k, then k * exp(G_last - G) */
+  float *KT; /* [K][C] k transposed */
+  float *X;  /* [C][K + V]: beta exp(G) k | beta v, then W | U */
+  float *A;  /* [C][C] */
+  float *P;  /* [C][C] */
+  float *D;  /* [C][V] U - W S */
+  float *O;  /* [C][V] */
+  float *G, *beta, *e; /* [C] cumulative log decay, beta, exp row */
+  float *row;          /* max(K, V) */
+} chunk_scratch;
+
+static int64_t chunk_layout(int64_t K, int64_t V, float *base, chunk_scratch *s) {
+  const int64_t C = CHUNK;
+  const int64_t sizes[] = {K * V, C * K, C * K, K * C, C * (K + V), C * C, C * C, C * V, C * V, C, C, C,
+                           K > V ? K : V};
+  float **ptrs[] = {&s->S, &s->Q, &s->Kc, &s->KT, &s->X, &s->A, &s->P, &s->D, &s->O, &s->G, &s->beta, &s->e,
+                    &s->row};
+  int64_t off = 0;
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+    if (base) *ptrs[i] = base + off;
+    off += (sizes[i] + 15) & ~(int64_t)15; /* keep each piece 64-byte aligned relative to base */
+  }
+  return off;
+}
+
 int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked) {
-  (void)chunked;
+  if (chunked) {
+    chunk_scratch s = {0};
+    return chunk_layout(K, V, NULL, &s) + 16;
+  }
   return K * V + 2 * K + 4 * V + 64;
+}
+
+/* One chunk of Cn tokens starting at token `tok0`; S advances in place. */
+static void chunk_step(const xk_gdn_args *a, const chunk_scratch *s, gdn_seq seq, int64_t tok0, int64_t Cn,
+                       int64_t h, int64_t hv) {
+  const int64_t K = a->head_k_dim, V = a->head_v_dim, C = CHUNK, KV = K + V;
+  /* 1. Load the chunk: q (normalised, scaled), k, beta v; cumulative log decay. */
+  float gsum = 0.0f;
+  for (int64_t i = 0; i < Cn; i++) {
+    const int64_t tok = tok0 + i;
+    gdn_load_qk(a, seq.row, tok, h, s->Q + i * K, s->Kc + i * K);
+    la_load_row(s->X + i * KV + K, gdn_ptr(&a->v, seq.row, tok, hv), a->v.dtype, V, 1);
+    gsum += gdn_scalar(&a->g, seq.row, tok, hv);
+    s->G[i] = gsum;
+    s->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
+  }
+  for (int64_t i = 0; i < Cn; i++)
+    for (int64_t j = 0; j < K; j++) s->KT[j * C + i] = s->Kc[i * K + j];
+  /* 2. A = k k^T and P = q k^T (lower triangles), then the decay and beta factors. */
+  gemm(Cn, Cn, K, s->Kc, K, 1, s->KT, C, s->A, C, 1.0f, 0, TRI_N);
+  gemm(Cn, Cn, K, s->Q, K, 1, s->KT, C, s->P, C, 1.0f, 0, TRI_N);
+  for (int64_t i = 0; i < Cn; i++) {
+    float *arow = s->A + i * C, *prow = s->P + i * C;
+    vec_exp_sub(s->e, s->G[i], s->G, i + 1);
+    for (int64_t j = 0; j < i; j++) arow[j] *= s->beta[i] * s->e[j];
+    for (int64_t j = i; j < C; j++) arow[j] = 0.0f;
+    vec_mul(prow, prow, s->e, i + 1);
+    for (int64_t j = i + 1; j < C; j++) prow[j] = 0.0f;
+  }
+  /* 3. Right-hand sides: beta exp(G) k | beta v. */
+  for (int64_t i = 0; i < Cn; i++) {
+    const float eg = expf(s->G[i]);
+    vec_scale(s->X + i * KV, s->Kc + i * K, s->beta[i] * eg, K);
+    vec_scale(s->X + i * KV + K, s->X + i * KV + K, s->beta[i], V);
+  }
+  /* 4. (I + A) [W | U] = X by blocked forward substitution. */
+  for (int64_t i0 = 0; i0 < Cn; i0 += 4) {
+    const int64_t mr = Cn - i0 < 4 ? Cn - i0 : 4;
+    if (i0 > 0) gemm(mr, KV, i0, s->A + i0 * C, C, 1, s->X, KV, s->X + i0 * KV, KV, -1.0f, 1, TRI_NONE);
+    for (int64_t r = 1; r < mr; r++) {
+      float *xi = s->X + (i0 + r) * KV;
+      for (int64_t j = i0; j < i0 + r; j++) vec_axpby(xi, 1.0f, xi, -s->A[(i0 + r) * C + j], s->X + j * KV, KV);
+    }
+  }
+  /* 5. D = U - W S. */
+  for (int64_t i = 0; i < Cn; i++) memcpy(s->D + i * V, s->X + i * KV + K, (size_t)V * sizeof(float));
+  gemm(Cn, V, K, s->X, KV, 1, s->S, V, s->D, V, -1.0f, 1, TRI_NONE);
+  /* 6. O = (q exp(G)) S + P D. */
+  for (int64_t i = 0; i < Cn; i++) vec_scale(s->Q + i * K, s->Q + i * K, expf(s->G[i]), K);
+  gemm(Cn, V, K, s->Q, K, 1, s->S, V, s->O, V, 1.0f, 0, TRI_NONE);
+  gemm(Cn, V, Cn, s->P, C, 1, s->D, V, s->O, V, 1.0f, 1, TRI_P);
+  /* 7. S = exp(G_last) S + (k exp(G_last - G))^T D. */
+  const float glast = s->G[Cn - 1];
+  vec_scale(s->S, s->S, expf(glast), K * V);
+  vec_exp_sub(s->e, glast, s->G, Cn);
+  for (int64_t i = 0; i < Cn; i++) vec_scale(s->Kc + i * K, s->Kc + i * K, s->e[i], K);
+  gemm(K, V, Cn, s->Kc, 1, K, s->D, V, s->S, V, 1.0f, 1, TRI_NONE);
+  for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, s->O + i * V);
+}
+
+static void chunk_block(const xk_gdn_args *a, float *scratch, int64_t n, int64_t hv) {
+  const int64_t K = a->head_k_dim, V = a->head_v_dim, h = hv / (a->num_v_heads / a->num_heads);
+  const gdn_seq seq = gdn_seq_of(a, n);
+  if (seq.len <= 0) return;
+  chunk_scratch s = {0};
+  chunk_layout(K, V, scratch, &s);
+  int64_t slot = n;
+  if (a->state_indices) slot = gdn_index(a, n, 0);
+  if (a->state && slot < 0) {
+    gdn_zero_outputs(a, seq, hv, s.row);
+    return;
+  }
+  const int load = a->state && (!a->has_initial_state.data || la_at(&a->has_initial_state, n));
+  float *pool = a->state ? a->state + slot * a->state_s_slot + hv * a->state_s_head : NULL;
+  /* S[k][v] from the pool's (v, k) element. */
+  for (int64_t j = 0; j < K; j++) {
+    float *srow = s.S + j * V;
+    if (load) {
+      for (int64_t i = 0; i < V; i++) srow[i] = pool[i * a->state_s_v + j * a->state_s_k];
+    } else {
+      memset(srow, 0, (size_t)V * sizeof(float));
+    }
+  }
+  for (int64_t c0 = 0; c0 < seq.len; c0 += CHUNK) {
+    const int64_t Cn = seq.len - c0 < CHUNK ? seq.len - c0 : CHUNK;
+    chunk_step(a, &s, seq, seq.bos + c0, Cn, h, hv);
+  }
+  if (pool && a->output_final_state) {
+    for (int64_t j = 0; j < K; j++)
+      for (int64_t i = 0; i < V; i++) pool[i * a->state_s_v + j * a->state_s_k] = s.S[j * V + i];
+  }
+}
+
+void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  /* Align the scratch pieces to 64 bytes. */
+  float *base = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+  for (int64_t b = block_begin; b < block_end; b++) chunk_block(a, base, b / a->num_v_heads, b % a->num_v_heads);
 }

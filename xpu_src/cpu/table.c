@@ -10,6 +10,7 @@ void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t r
 void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
 
 #define XK_STR_(x) #x
@@ -25,5 +26,6 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .l2norm = XK_FN(l2norm),
     .rms_norm_gated = XK_FN(rms_norm_gated),
     .gdn_recurrent = XK_FN(gdn_recurrent),
+    .gdn_chunk = XK_FN(gdn_chunk),
     .gdn_scratch_floats = XK_FN(gdn_scratch_floats),
 };

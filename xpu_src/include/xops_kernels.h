@@ -252,6 +252,7 @@ typedef struct xk_kernel_table {
   /* Gated delta rule, grid blocks [block_begin, block_end). `scratch` holds
    * gdn_scratch_floats(head_k_dim, head_v_dim, chunked) floats private to the caller. */
   void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  void (*gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
 } xk_kernel_table;
 
