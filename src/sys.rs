@@ -57,8 +57,6 @@ pub struct xk_la_index {
     pub stride: i64,
     pub dtype: i32,
 }
-pub const xk_conv_limits_XK_CONV_MAX_TILE: xk_conv_limits = 256;
-pub type xk_conv_limits = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xk_conv1d_args {
@@ -224,7 +222,12 @@ pub struct xk_kernel_table {
     pub probe_fma:
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
     pub causal_conv1d: ::core::option::Option<
-        unsafe extern "C" fn(a: *const xk_conv1d_args, block_begin: i64, block_end: i64),
+        unsafe extern "C" fn(
+            a: *const xk_conv1d_args,
+            scratch: *mut f32,
+            block_begin: i64,
+            block_end: i64,
+        ),
     >,
     pub gdn_gating: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_gdn_gating_args, row_begin: i64, row_end: i64),

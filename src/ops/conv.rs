@@ -282,7 +282,19 @@ fn launch(
     work_per_seq: usize,
 ) {
     let dim = l.map.dim;
-    let tile = dim.clamp(1, sys::xk_conv_limits_XK_CONV_MAX_TILE as usize);
+    // Wide tiles read long contiguous runs of each token row (prefetch
+    // friendly); with few sequences, split channels so every thread gets
+    // about two blocks. Tiles are multiples of 16 channels, so every channel
+    // takes the same vector-or-scalar path whatever the tiling: results do
+    // not depend on the thread count.
+    let threads = crate::threading::num_threads();
+    let tiles_wanted = (2 * threads).div_ceil(l.map.batch.max(1)).max(1);
+    let tile = dim
+        .div_ceil(tiles_wanted)
+        .clamp(64, 2048)
+        .next_multiple_of(16)
+        .min(dim)
+        .max(1);
     let tiles = dim.div_ceil(tile);
     let (w, st) = (conv.weight, &l.states);
     let args = sys::xk_conv1d_args {
@@ -329,11 +341,20 @@ fn launch(
     let per_block = (work_per_seq.max(1) * tile).max(1);
     let min_chunk = (32 * 1024 / per_block).max(1);
     let args = Shared(args);
+    let scratch_floats = (2 * conv.width + 3) * tile;
     grid(blocks, min_chunk, |r| {
+        let mut scratch = vec![0f32; scratch_floats];
         // SAFETY: every pointer, stride, index and length was validated; each
         // block writes only its own channels of its own tokens and cache line
-        // (cache lines are distinct per sequence).
-        unsafe { kernel(args.get(), r.start as i64, r.end as i64) }
+        // (cache lines are distinct per sequence); scratch is private.
+        unsafe {
+            kernel(
+                args.get(),
+                scratch.as_mut_ptr(),
+                r.start as i64,
+                r.end as i64,
+            )
+        }
     });
 }
 

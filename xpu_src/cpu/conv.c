@@ -43,7 +43,7 @@ static void conv_tile_step(float *acc, const float *bias, float *const *w, float
   }
 }
 
-static void conv_block(const xk_conv1d_args *a, int64_t seq, int64_t tile) {
+static void conv_block(const xk_conv1d_args *a, float *scratch, int64_t seq, int64_t tile) {
   const int64_t c0 = tile * a->channel_tile;
   const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
   if (nc <= 0) return;
@@ -67,10 +67,15 @@ static void conv_block(const xk_conv1d_args *a, int64_t seq, int64_t tile) {
   char *obase = (char *)a->out + (seq * a->out_stride_seq + start * a->out_stride_tok + c0 * a->out_stride_dim) * os;
   char *sbase = (char *)a->conv_states + (line * a->state_stride_line + c0 * a->state_stride_dim) * ss;
 
-  /* Ring of `width` rows: the window's width-1 rows and the incoming token. */
-  float ring[MAXW][XK_CONV_MAX_TILE];
-  float wv[MAXW][XK_CONV_MAX_TILE];
-  float bias[XK_CONV_MAX_TILE], acc[XK_CONV_MAX_TILE];
+  /* Ring of `width` rows: the window's width-1 rows and the incoming token;
+   * then the weights, bias, accumulator and a staging row. */
+  const int64_t ct = a->channel_tile;
+  float *ring[MAXW], *wv[MAXW];
+  for (int64_t j = 0; j < width; j++) {
+    ring[j] = scratch + j * ct;
+    wv[j] = scratch + (width + j) * ct;
+  }
+  float *bias = scratch + 2 * width * ct, *acc = bias + ct, *tmp = acc + ct;
 
   for (int64_t j = 0; j < hist; j++) {
     if (load) {
@@ -87,7 +92,6 @@ static void conv_block(const xk_conv1d_args *a, int64_t seq, int64_t tile) {
     if (u < hist) {
       la_store_row(dst, a->state_dtype, ring[u], nc, a->state_stride_dim);
     } else {
-      float tmp[XK_CONV_MAX_TILE];
       la_load_row(tmp, xbase + (u - hist) * a->x_stride_tok * xs, a->x_dtype, nc, a->x_stride_dim);
       la_store_row(dst, a->state_dtype, tmp, nc, a->state_stride_dim);
     }
@@ -104,20 +108,28 @@ static void conv_block(const xk_conv1d_args *a, int64_t seq, int64_t tile) {
     memset(bias, 0, (size_t)nc * sizeof(float));
   }
 
-  float *w[MAXW], *u[MAXW];
-  for (int64_t j = 0; j < width; j++) w[j] = wv[j];
+  float *u[MAXW];
   int64_t head = 0; /* ring row holding the oldest window entry */
+  /* Token rows are a token-stride apart (one page or more for large dims):
+   * prefetch a few tokens ahead, the hardware prefetchers do not follow. */
+  const int64_t pf = 8, xrow = nc * xs * (a->x_stride_dim == 1), orow = nc * os * (a->out_stride_dim == 1);
   for (int64_t t = 0; t < len; t++) {
+    if (t + pf < len) {
+      const char *xp = xbase + (t + pf) * a->x_stride_tok * xs;
+      char *op = obase + (t + pf) * a->out_stride_tok * os;
+      for (int64_t i = 0; i < xrow; i += 64) __builtin_prefetch(xp + i, 0, 3);
+      for (int64_t i = 0; i < orow; i += 64) __builtin_prefetch(op + i, 1, 3);
+    }
     for (int64_t j = 0; j < width; j++) u[j] = ring[(head + j) % width];
     la_load_row(u[width - 1], xbase + t * a->x_stride_tok * xs, a->x_dtype, nc, a->x_stride_dim);
-    conv_tile_step(acc, bias, w, u, width, nc, a->silu);
+    conv_tile_step(acc, bias, wv, u, width, nc, a->silu);
     la_store_row(obase + t * a->out_stride_tok * os, a->out_dtype, acc, nc, a->out_stride_dim);
     head = (head + 1) % width;
   }
 }
 
-void XK_FN(causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end) {
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
   for (int64_t b = block_begin; b < block_end; b++) {
-    conv_block(a, b / a->num_channel_tiles, b % a->num_channel_tiles);
+    conv_block(a, scratch, b / a->num_channel_tiles, b % a->num_channel_tiles);
   }
 }

@@ -293,6 +293,28 @@ static void gdn_load_qk(const xk_gdn_args *a, int64_t n, int64_t tok, int64_t h,
   vec_scale(q, q, qs, a->head_k_dim);
 }
 
+static inline void prefetch_bytes(const char *p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(p + i, 0, 3);
+}
+
+static inline void prefetch_bytes_w(char *p, int64_t n) {
+  for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(p + i, 1, 3);
+}
+
+/* Prefetches q, k (head h), v and o (head hv) of tokens [t0, t1): the rows of
+ * one head are a head-stride apart in memory, too far for the hardware prefetcher. */
+static void gdn_prefetch_tokens(const xk_gdn_args *a, int64_t row, int64_t t0, int64_t t1, int64_t h, int64_t hv) {
+  const int64_t qb = a->head_k_dim * xk_dtype_size(a->q.dtype), kb = a->head_k_dim * xk_dtype_size(a->k.dtype);
+  const int64_t vb = a->head_v_dim * xk_dtype_size(a->v.dtype);
+  for (int64_t t = t0; t < t1; t++) {
+    prefetch_bytes(gdn_ptr(&a->q, row, t, h), qb);
+    prefetch_bytes(gdn_ptr(&a->k, row, t, h), kb);
+    prefetch_bytes(gdn_ptr(&a->v, row, t, hv), vb);
+    prefetch_bytes_w((char *)a->o + (row * a->o_s_seq + t * a->o_s_tok + hv * a->o_s_head) * xk_dtype_size(a->o_dtype),
+                     a->head_v_dim * xk_dtype_size(a->o_dtype));
+  }
+}
+
 static void gdn_store_o(const xk_gdn_args *a, int64_t n, int64_t tok, int64_t hv, const float *o) {
   char *dst = (char *)a->o + (n * a->o_s_seq + tok * a->o_s_tok + hv * a->o_s_head) * xk_dtype_size(a->o_dtype);
   la_store_row(dst, a->o_dtype, o, a->head_v_dim, 1);
@@ -374,6 +396,7 @@ static void recurrent_block(const xk_gdn_args *a, float *scratch, int64_t n, int
                                                                 : (st_view){tmp_state, 1, V};
   for (int64_t t = 0; t < s.len; t++) {
     const int64_t tok = s.bos + t;
+    if (t + 1 < s.len) gdn_prefetch_tokens(a, s.row, tok + 1, tok + 2, h, hv);
     st_view dst = cur;
     if (a->indices_2d) {
       const int64_t slot = gdn_index(a, n, t);
@@ -585,6 +608,13 @@ int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked) {
 static void chunk_step(const xk_gdn_args *a, const chunk_scratch *s, gdn_seq seq, int64_t tok0, int64_t Cn,
                        int64_t h, int64_t hv) {
   const int64_t K = a->head_k_dim, V = a->head_v_dim, C = CHUNK, KV = K + V;
+  /* The next chunk's inputs arrive while this one computes: a quarter of its
+   * tokens before each of the four GEMM phases, so the prefetches do not
+   * queue behind each other. */
+  const int64_t end = seq.bos + seq.len, n0 = tok0 + Cn, n1 = n0 + C < end ? n0 + C : end;
+  const int64_t pq = (n1 - n0 + 3) / 4;
+#define PREFETCH_PART(i) \
+  gdn_prefetch_tokens(a, seq.row, n0 + (i) * pq < n1 ? n0 + (i) * pq : n1, n0 + ((i) + 1) * pq < n1 ? n0 + ((i) + 1) * pq : n1, h, hv)
   /* 1. Load the chunk: q (normalised, scaled), k, beta v; cumulative log decay. */
   float gsum = 0.0f;
   for (int64_t i = 0; i < Cn; i++) {
@@ -597,6 +627,7 @@ static void chunk_step(const xk_gdn_args *a, const chunk_scratch *s, gdn_seq seq
   }
   for (int64_t i = 0; i < Cn; i++)
     for (int64_t j = 0; j < K; j++) s->KT[j * C + i] = s->Kc[i * K + j];
+  PREFETCH_PART(0);
   /* 2. A = k k^T and P = q k^T (lower triangles), then the decay and beta factors. */
   gemm(Cn, Cn, K, s->Kc, K, 1, s->KT, C, s->A, C, 1.0f, 0, TRI_N);
   gemm(Cn, Cn, K, s->Q, K, 1, s->KT, C, s->P, C, 1.0f, 0, TRI_N);
@@ -614,6 +645,7 @@ static void chunk_step(const xk_gdn_args *a, const chunk_scratch *s, gdn_seq seq
     vec_scale(s->X + i * KV, s->Kc + i * K, s->beta[i] * eg, K);
     vec_scale(s->X + i * KV + K, s->X + i * KV + K, s->beta[i], V);
   }
+  PREFETCH_PART(1);
   /* 4. (I + A) [W | U] = X by blocked forward substitution. */
   for (int64_t i0 = 0; i0 < Cn; i0 += 4) {
     const int64_t mr = Cn - i0 < 4 ? Cn - i0 : 4;
@@ -626,10 +658,13 @@ static void chunk_step(const xk_gdn_args *a, const chunk_scratch *s, gdn_seq seq
   /* 5. D = U - W S. */
   for (int64_t i = 0; i < Cn; i++) memcpy(s->D + i * V, s->X + i * KV + K, (size_t)V * sizeof(float));
   gemm(Cn, V, K, s->X, KV, 1, s->S, V, s->D, V, -1.0f, 1, TRI_NONE);
+  PREFETCH_PART(2);
   /* 6. O = (q exp(G)) S + P D. */
   for (int64_t i = 0; i < Cn; i++) vec_scale(s->Q + i * K, s->Q + i * K, expf(s->G[i]), K);
   gemm(Cn, V, K, s->Q, K, 1, s->S, V, s->O, V, 1.0f, 0, TRI_NONE);
   gemm(Cn, V, Cn, s->P, C, 1, s->D, V, s->O, V, 1.0f, 1, TRI_P);
+  PREFETCH_PART(3);
+#undef PREFETCH_PART
   /* 7. S = exp(G_last) S + (k exp(G_last - G))^T D. */
   const float glast = s->G[Cn - 1];
   vec_scale(s->S, s->S, expf(glast), K * V);

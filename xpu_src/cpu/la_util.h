@@ -82,9 +82,14 @@ static inline __m512 la_exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, n);
 }
+/* x / (1 + e^-x) with a reciprocal estimate and one Newton step (~1 ulp;
+ * a division costs several times more). Where 1 + e^-x overflows, the
+ * estimate is 0 and so is the result, as the division would give. */
 static inline __m512 la_silu16(__m512 x) {
-  const __m512 e = la_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
-  return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), la_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+  __m512 r = _mm512_rcp14_ps(d);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(x, r);
 }
 #elif XK_F32_LANES == 8
 static inline __m256 la_exp8(__m256 x) {
@@ -106,8 +111,11 @@ static inline __m256 la_exp8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 static inline __m256 la_silu8(__m256 x) {
-  const __m256 e = la_exp8(_mm256_sub_ps(_mm256_setzero_ps(), x));
-  return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+  const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), la_exp8(_mm256_sub_ps(_mm256_setzero_ps(), x)));
+  __m256 r = _mm256_rcp_ps(d);
+  r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
+  r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
+  return _mm256_mul_ps(x, r);
 }
 #endif
 

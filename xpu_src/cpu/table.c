@@ -5,7 +5,7 @@
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
-void XK_FN(causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end);
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);

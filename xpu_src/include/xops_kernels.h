@@ -82,9 +82,6 @@ typedef struct xk_la_index {
   int32_t dtype; /* xk_la_index_dtype */
 } xk_la_index;
 
-/* Largest channel tile a causal_conv1d grid block may cover. */
-typedef enum xk_conv_limits { XK_CONV_MAX_TILE = 256 } xk_conv_limits;
-
 /*
  * causal_conv1d_fn and causal_conv1d_update. Sequence n's token t, channel c is
  *   x[n * x_stride_seq + (start(n) + t) * x_stride_tok + c * x_stride_dim]
@@ -118,7 +115,7 @@ typedef struct xk_conv1d_args {
   int32_t load_state_default;
   int32_t silu;
   int64_t pad_slot_id; /* a cache index equal to it skips the sequence */
-  int64_t channel_tile; /* <= XK_CONV_MAX_TILE */
+  int64_t channel_tile; /* scratch holds (2 * width + 3) * channel_tile floats */
   int64_t num_channel_tiles;
 } xk_conv1d_args;
 
@@ -243,8 +240,9 @@ typedef struct xk_kernel_table {
   double (*probe_read)(const float *src, int64_t n);
   /* Runs `iters` rounds of independent FMA chains; returns the flops done. */
   double (*probe_fma)(int64_t iters, xk_probe_result *sink);
-  /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args. */
-  void (*causal_conv1d)(const xk_conv1d_args *a, int64_t block_begin, int64_t block_end);
+  /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args;
+   * `scratch` is private to the caller (see channel_tile). */
+  void (*causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   /* Rows [row_begin, row_end) of the elementwise GDN helpers. */
   void (*gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
   void (*l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
