@@ -27,6 +27,7 @@
 //! # Ok::<(), xpu_ops::Error>(())
 //! ```
 
+pub mod align;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
@@ -38,6 +39,7 @@ pub mod reference;
 mod sys;
 pub mod tensor;
 pub mod threading;
+pub mod trace;
 
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
@@ -49,9 +51,15 @@ pub use ops::gdn::{
     chunk_gated_delta_rule, fused_gdn_gating, fused_recurrent_gated_delta_rule, l2norm,
     rms_norm_gated,
 };
+pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
 pub use tensor::{Device, Layout, TensorView, TensorViewMut};
 pub use threading::{num_threads, set_num_threads};
 
 /// The crate version, as in Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The README's Rust example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

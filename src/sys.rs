@@ -43,6 +43,52 @@ pub struct xk_kv_write_args {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct xk_rms_norm_args {
+    pub out: *mut ::core::ffi::c_void,
+    pub input: *const ::core::ffi::c_void,
+    pub residual: *mut ::core::ffi::c_void,
+    pub weight: *const ::core::ffi::c_void,
+    pub out_stride: i64,
+    pub input_stride: i64,
+    pub residual_stride: i64,
+    pub hidden_size: i64,
+    pub dtype: i32,
+    pub weight_dtype: i32,
+    pub epsilon: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_rotary_args {
+    pub positions: *const ::core::ffi::c_void,
+    pub positions_stride: i64,
+    pub positions_is_i64: i32,
+    pub is_neox: i32,
+    pub query: *mut ::core::ffi::c_void,
+    pub query_stride_token: i64,
+    pub query_stride_head: i64,
+    pub num_heads: i64,
+    pub key: *mut ::core::ffi::c_void,
+    pub key_stride_token: i64,
+    pub key_stride_head: i64,
+    pub num_kv_heads: i64,
+    pub dtype: i32,
+    pub cache_dtype: i32,
+    pub cos_sin_cache: *const ::core::ffi::c_void,
+    pub cache_stride: i64,
+    pub rot_dim: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_silu_and_mul_args {
+    pub out: *mut ::core::ffi::c_void,
+    pub input: *const ::core::ffi::c_void,
+    pub out_stride: i64,
+    pub input_stride: i64,
+    pub d: i64,
+    pub dtype: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct xk_probe_result {
     pub value: f64,
 }
@@ -217,6 +263,15 @@ pub struct xk_kernel_table {
     pub name: *const ::core::ffi::c_char,
     pub kv_write: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_kv_write_args, token_begin: i64, token_end: i64),
+    >,
+    pub rms_norm: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_rms_norm_args, row_begin: i64, row_end: i64),
+    >,
+    pub rotary_embedding: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_rotary_args, token_begin: i64, token_end: i64),
+    >,
+    pub silu_and_mul: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_silu_and_mul_args, row_begin: i64, row_end: i64),
     >,
     pub probe_read: ::core::option::Option<unsafe extern "C" fn(src: *const f32, n: i64) -> f64>,
     pub probe_fma:

@@ -312,7 +312,7 @@ impl<'a> TensorView<'a> {
     ) -> Result<Self> {
         let contiguous = Layout::contiguous(dtype, shape);
         let strides = strides.unwrap_or(&contiguous.strides);
-        if data.as_ptr() as usize % dtype.size() != 0 {
+        if data.as_ptr() as usize % dtype.size() != 0 && contiguous.numel() > 0 {
             bail!(InvalidArgument, "buffer is not aligned for {dtype}");
         }
         let layout = Layout::checked(dtype, shape, strides, data.len() / dtype.size())?;
@@ -394,7 +394,7 @@ impl<'a> TensorViewMut<'a> {
     ) -> Result<Self> {
         let contiguous = Layout::contiguous(dtype, shape);
         let strides = strides.unwrap_or(&contiguous.strides);
-        if data.as_ptr() as usize % dtype.size() != 0 {
+        if data.as_ptr() as usize % dtype.size() != 0 && contiguous.numel() > 0 {
             bail!(InvalidArgument, "buffer is not aligned for {dtype}");
         }
         let layout = Layout::checked(dtype, shape, strides, data.len() / dtype.size())?;

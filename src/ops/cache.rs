@@ -13,6 +13,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 /// What a cache stores, from vLLM's `kv_cache_dtype` string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,19 +138,19 @@ fn check_slots(
     Ok(())
 }
 
-/// A scale tensor as (pointer, element stride per head); `None` means 1.0.
-fn check_scale(
-    scale: Option<&TensorView>,
-    name: &str,
-    num_heads: usize,
-) -> Result<(*const f32, i64)> {
+/// A scale as the kernel reads it: (pointer, element stride per head); NULL means 1.0.
+type ScaleArg = (*const f32, i64);
+
+/// Checks an fp8 scale tensor; `None` means 1.0.
+fn check_scale(scale: Option<&TensorView>, name: &str, num_heads: usize) -> Result<ScaleArg> {
     let Some(s) = scale else {
         return Ok((std::ptr::null(), 0));
     };
     check::on_cpu(&[(name, s.layout())])?;
     check::dtype_in(s.layout(), name, &[DType::F32])?;
     let per_head = s.ndim() == 1 && s.shape()[0] == num_heads && num_heads != 1;
-    if !(s.numel() == 1 && s.ndim() <= 1) && !per_head {
+    let per_tensor = s.numel() == 1 && s.ndim() <= 1;
+    if !per_tensor && !per_head {
         bail!(
             ShapeMismatch,
             "`{name}` must have shape [1] or [num_heads = {num_heads}], got {:?}",
@@ -226,7 +227,7 @@ fn kv_args(
     block_size: usize,
     x: usize,
     strides: ([i64; 5], [i64; 5]),
-    scales: ((*const f32, i64), (*const f32, i64)),
+    scales: (ScaleArg, ScaleArg),
 ) -> sys::xk_kv_write_args {
     let (k, v) = (key.layout(), value.layout());
     sys::xk_kv_write_args {
@@ -261,7 +262,7 @@ fn scales_for(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
     num_heads: usize,
-) -> Result<((*const f32, i64), (*const f32, i64))> {
+) -> Result<(ScaleArg, ScaleArg)> {
     if !stored.is_fp8() {
         // Scales only apply to fp8 caches; vLLM passes them regardless.
         return Ok(((std::ptr::null(), 0), (std::ptr::null(), 0)));
@@ -318,6 +319,10 @@ pub fn reshape_and_cache(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "reshape_and_cache",
+        &[("key", key.layout()), ("key_cache", key_cache.layout())],
+    );
     let (kc, vc) = (key_cache.layout().clone(), value_cache.layout().clone());
     let src = check_sources(key, value, &kc, &vc, slot_mapping, kv_cache_dtype)?;
     check::rank(
@@ -445,6 +450,10 @@ pub fn reshape_and_cache_flash(
     k_scale: Option<&TensorView>,
     v_scale: Option<&TensorView>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "reshape_and_cache_flash",
+        &[("key", key.layout()), ("key_cache", key_cache.layout())],
+    );
     let kc = key_cache.layout().clone();
     let (vc, value_ptr) = match &value_cache {
         Some(v) => (v.layout().clone(), v.as_ptr() as *mut u8),
@@ -583,7 +592,7 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
         let (copies, pairs) = *work.get();
         for i in r {
             let (c, (s, d)) = (&copies[i / pairs.len()], pairs[i % pairs.len()]);
-            if s == d && c.src == c.dst as *const u8 {
+            if s == d && std::ptr::eq(c.src, c.dst) {
                 continue;
             }
             // SAFETY: block ids were checked against both caches, blocks are
@@ -604,11 +613,27 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
 /// applied to each of `key_caches[l]` and `value_caches[l]`. Caches are
 /// `[num_blocks, ...]` with each block one dense range (any layout of #2).
 /// No destination may appear twice or also serve as a source.
+///
+/// ```
+/// use xpu_ops::{copy_blocks, TensorView, TensorViewMut};
+/// let (blocks, per_block) = (4, 6);
+/// let mut k: Vec<f32> = (0..blocks * per_block).map(|i| i as f32).collect();
+/// let mut v = k.clone();
+/// let mapping = [1i64, 3]; // fork: block 1 -> block 3
+/// copy_blocks(
+///     &mut [TensorViewMut::new(&mut k, &[blocks, per_block])?],
+///     &mut [TensorViewMut::new(&mut v, &[blocks, per_block])?],
+///     &TensorView::new(&mapping, &[1, 2])?,
+/// )?;
+/// assert_eq!(k[3 * per_block..], k[per_block..2 * per_block]);
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
 pub fn copy_blocks<'a>(
     key_caches: &mut [TensorViewMut<'a>],
     value_caches: &mut [TensorViewMut<'a>],
     block_mapping: &TensorView,
 ) -> Result<()> {
+    let _span = trace::op("copy_blocks", &[("block_mapping", block_mapping.layout())]);
     if key_caches.len() != value_caches.len() {
         bail!(
             ShapeMismatch,
@@ -653,11 +678,29 @@ pub fn copy_blocks<'a>(
 /// and CPU swap space in upstream; here both live in host memory):
 /// `block_mapping` `[n, 2]` of (source block, destination block). The caches
 /// must have the same dtype and per-block shape.
+///
+/// ```
+/// use xpu_ops::{swap_blocks, TensorView, TensorViewMut};
+/// let device_cache = vec![1.0f32; 8 * 32];
+/// let mut host_cache = vec![0.0f32; 2 * 32];
+/// let mapping = [5i64, 1]; // block 5 -> host block 1
+/// swap_blocks(
+///     &TensorView::new(&device_cache, &[8, 32])?,
+///     &mut TensorViewMut::new(&mut host_cache, &[2, 32])?,
+///     &TensorView::new(&mapping, &[1, 2])?,
+/// )?;
+/// assert!(host_cache[32..].iter().all(|&x| x == 1.0) && host_cache[..32].iter().all(|&x| x == 0.0));
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
 pub fn swap_blocks(
     src: &TensorView,
     dst: &mut TensorViewMut,
     block_mapping: &TensorView,
 ) -> Result<()> {
+    let _span = trace::op(
+        "swap_blocks",
+        &[("src", src.layout()), ("dst", dst.layout())],
+    );
     check::on_cpu(&[
         ("src", src.layout()),
         ("dst", dst.layout()),

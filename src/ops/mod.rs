@@ -5,3 +5,4 @@ pub mod cache;
 pub(crate) mod check;
 pub mod conv;
 pub mod gdn;
+pub mod layer;

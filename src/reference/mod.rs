@@ -4,3 +4,4 @@
 pub mod cache;
 pub mod conv;
 pub mod gdn;
+pub mod layer;

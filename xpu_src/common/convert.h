@@ -60,7 +60,7 @@ static inline float xk_f16_to_f32_scalar(uint16_t h) {
 static inline uint16_t xk_f32_to_f16_scalar(float f) {
   uint32_t u = xk_f32_bits(f);
   uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | (a >> 13));
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a & 0x7fffffu) >> 13));
   if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds past 65504 */
   if (a < 0x38800000u) return (uint16_t)(sign | xk_rne_small(xk_bits_f32(a) * 0x1p24f));
   return (uint16_t)(sign | ((a + 0xfffu + ((a >> 13) & 1u) - (112u << 23)) >> 13));

@@ -3,6 +3,9 @@
 #include "../include/xops_kernels.h"
 
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
+void XK_FN(rms_norm)(const xk_rms_norm_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(rotary_embedding)(const xk_rotary_args *a, int64_t token_begin, int64_t token_end);
+void XK_FN(silu_and_mul)(const xk_silu_and_mul_args *a, int64_t row_begin, int64_t row_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
 void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
@@ -19,6 +22,9 @@ int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
 const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .name = XK_STR(XK_TIER),
     .kv_write = XK_FN(kv_write),
+    .rms_norm = XK_FN(rms_norm),
+    .rotary_embedding = XK_FN(rotary_embedding),
+    .silu_and_mul = XK_FN(silu_and_mul),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
     .causal_conv1d = XK_FN(causal_conv1d),

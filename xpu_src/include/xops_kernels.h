@@ -61,6 +61,48 @@ typedef struct xk_kv_write_args {
   int64_t v_scale_stride;
 } xk_kv_write_args;
 
+/* rms_norm and fused_add_rms_norm: one grid block = a range of rows.
+ * rms_norm:  out[r] = input[r] * rsqrt(mean(input[r]^2) + eps) * weight.
+ * fused (residual != NULL): residual[r] = round(input[r] + residual[r]), then
+ * out[r] = rms_norm(residual[r]); the launcher passes out == input. */
+typedef struct xk_rms_norm_args {
+  void *out;             /* host, [rows, hidden_size], row stride out_stride */
+  const void *input;     /* host, [rows, hidden_size], row stride input_stride */
+  void *residual;        /* host or NULL, [rows, hidden_size], row stride residual_stride */
+  const void *weight;    /* host, [hidden_size], contiguous */
+  int64_t out_stride, input_stride, residual_stride; /* elements between rows */
+  int64_t hidden_size;
+  int32_t dtype;         /* xk_dtype of out, input and residual (F32/F16/BF16) */
+  int32_t weight_dtype;  /* F32/F16/BF16 */
+  float epsilon;
+} xk_rms_norm_args;
+
+/* rotary_embedding, in place on query and key: one grid block = a range of tokens. */
+typedef struct xk_rotary_args {
+  const void *positions;      /* host, [tokens] int32 or int64, element stride positions_stride */
+  int64_t positions_stride;
+  int32_t positions_is_i64;
+  int32_t is_neox;            /* 1: pairs (i, i + rot_dim/2); 0 (GPT-J): pairs (2i, 2i + 1) */
+  void *query;                /* host, [tokens, num_heads, head_size], head_size contiguous */
+  int64_t query_stride_token, query_stride_head, num_heads;
+  void *key;                  /* host or NULL, [tokens, num_kv_heads, head_size] */
+  int64_t key_stride_token, key_stride_head, num_kv_heads;
+  int32_t dtype;              /* xk_dtype of query and key (F32/F16/BF16) */
+  int32_t cache_dtype;        /* xk_dtype of cos_sin_cache (F32/F16/BF16) */
+  const void *cos_sin_cache;  /* host, [max_position, rot_dim]: cos in [0, rot_dim/2), sin after */
+  int64_t cache_stride;       /* elements between cache rows */
+  int64_t rot_dim;            /* even, <= head_size; dims past it are left alone */
+} xk_rotary_args;
+
+/* silu_and_mul: out[r, i] = silu(input[r, i]) * input[r, d + i]; one grid block = a range of rows. */
+typedef struct xk_silu_and_mul_args {
+  void *out;          /* host, [rows, d], row stride out_stride */
+  const void *input;  /* host, [rows, 2 * d], row stride input_stride */
+  int64_t out_stride, input_stride;
+  int64_t d;
+  int32_t dtype;      /* xk_dtype of out and input (F32/F16/BF16) */
+} xk_silu_and_mul_args;
+
 /* Machine probes used by the benchmarks to measure this machine's limits. */
 typedef struct xk_probe_result {
   double value; /* a checksum, so the compiler cannot drop the work */
@@ -236,6 +278,10 @@ typedef struct xk_kernel_table {
   const char *name;
   /* Writes tokens [token_begin, token_end) of a->slot_mapping. */
   void (*kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end);
+  /* Layer ops: each computes rows (tokens) [begin, end). */
+  void (*rms_norm)(const xk_rms_norm_args *a, int64_t row_begin, int64_t row_end);
+  void (*rotary_embedding)(const xk_rotary_args *a, int64_t token_begin, int64_t token_end);
+  void (*silu_and_mul)(const xk_silu_and_mul_args *a, int64_t row_begin, int64_t row_end);
   /* Sums n floats with wide loads: the DRAM read probe. */
   double (*probe_read)(const float *src, int64_t n);
   /* Runs `iters` rounds of independent FMA chains; returns the flops done. */

@@ -1,0 +1,86 @@
+"""xpu-ops: operator library for LLM inference engines (ctypes over libxpu_ops).
+
+The library is found through ``XPU_OPS_LIB`` (a file or a directory), then a
+copy bundled in ``xpu_ops/lib/``, then ``target/release`` of the source tree.
+Ops take numpy arrays (bf16/fp8 through ``ml_dtypes``) or CPU torch tensors
+without copying and raise :class:`Error` (``status``, ``message``) on bad input.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import warnings
+
+from . import _lib
+from ._lib import Error, Status, library_path
+from .cache import copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks
+from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Error",
+    "Status",
+    "library_path",
+    "version",
+    "isa",
+    "set_isa",
+    "set_num_threads",
+    "num_threads",
+    "reshape_and_cache",
+    "reshape_and_cache_flash",
+    "copy_blocks",
+    "swap_blocks",
+    "rms_norm",
+    "fused_add_rms_norm",
+    "rotary_embedding",
+    "silu_and_mul",
+]
+
+# Status codes by name, as in the C header (xpu_ops.OK, xpu_ops.ERR_NULL_POINTER, ...).
+OK = Status.OK
+for _s in Status:
+    if _s is not Status.OK:
+        globals()["ERR_" + _s.name] = _s
+        __all__.append("ERR_" + _s.name)
+del _s
+
+_version = _lib.function("xops_version", [], ctypes.c_char_p)
+_isa = _lib.function("xops_isa", [], ctypes.c_char_p)
+_set_isa = _lib.function("xops_set_isa", [ctypes.c_char_p])
+_set_num_threads = _lib.function("xops_set_num_threads", [ctypes.c_int])
+_get_num_threads = _lib.function("xops_get_num_threads", [], ctypes.c_int)
+
+
+def version() -> str:
+    """The loaded library's version ("MAJOR.MINOR.PATCH")."""
+    return _version().decode()
+
+
+def isa() -> str:
+    """The kernel tier ops run: "avx512", "avx2", "neon" or "generic"."""
+    return _isa().decode()
+
+
+def set_isa(name: str) -> None:
+    """Forces the kernel tier for the process ("auto" = the best available).
+    Raises :class:`Error` (UNSUPPORTED) for a tier this machine cannot run."""
+    _lib.call(_set_isa, _lib.c_string(name, "name"))
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of worker threads ops use."""
+    _lib.call(_set_num_threads, int(n))
+
+
+def num_threads() -> int:
+    """The number of worker threads ops use."""
+    return int(_get_num_threads())
+
+
+if version() != __version__:
+    warnings.warn(
+        f"xpu_ops {__version__} loaded library version {version()} from {library_path()}",
+        RuntimeWarning,
+        stacklevel=2,
+    )
