@@ -6,6 +6,7 @@
 //! if any case falls outside its tolerance.
 
 mod cache;
+mod gdn;
 mod layer;
 
 use crate::platform::{supported_isas, with_isa, Isa};
@@ -119,6 +120,7 @@ pub struct AlignRow {
 pub fn cases() -> Vec<AlignCase> {
     let mut all = Vec::new();
     all.extend(cache::cases());
+    all.extend(gdn::cases());
     all.extend(layer::cases());
     all
 }

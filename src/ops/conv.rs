@@ -17,6 +17,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const INDEX: [DType; 2] = [DType::I32, DType::I64];
@@ -413,6 +414,15 @@ pub fn causal_conv1d_fn(
     pad_slot_id: i64,
     out: Option<&mut TensorViewMut>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "causal_conv1d_fn",
+        &[
+            ("x", x.layout()),
+            ("weight", weight.layout()),
+            ("conv_states", conv_states.layout()),
+            ("query_start_loc", query_start_loc.layout()),
+        ],
+    );
     let silu = parse_activation(activation)?;
     check::on_cpu(&[("x", x.layout())])?;
     check::rank(x.layout(), "x", 2, "(dim, total_tokens)")?;
@@ -536,6 +546,14 @@ pub fn causal_conv1d_update(
     pad_slot_id: i64,
     out: Option<&mut TensorViewMut>,
 ) -> Result<()> {
+    let _span = trace::op(
+        "causal_conv1d_update",
+        &[
+            ("x", x.layout()),
+            ("conv_state", conv_state.layout()),
+            ("weight", weight.layout()),
+        ],
+    );
     let silu = parse_activation(activation)?;
     check::on_cpu(&[("x", x.layout())])?;
     check::dtype_in(x.layout(), "x", &FLOATS)?;

@@ -10,6 +10,7 @@ use crate::platform;
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 use crate::threading::{grid, Shared};
+use crate::trace;
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
@@ -130,6 +131,7 @@ pub fn fused_gdn_gating(
     g: &mut TensorViewMut,
     beta_output: &mut TensorViewMut,
 ) -> Result<()> {
+    let _span = trace::op("fused_gdn_gating", &[("a", a.layout()), ("b", b.layout())]);
     check::on_cpu(&[
         ("A_log", A_log.layout()),
         ("a", a.layout()),
@@ -226,6 +228,7 @@ pub fn fused_gdn_gating(
 /// # Ok::<(), xpu_ops::Error>(())
 /// ```
 pub fn l2norm(x: &TensorView, eps: f32, out: &mut TensorViewMut) -> Result<()> {
+    let _span = trace::op("l2norm", &[("x", x.layout()), ("out", out.layout())]);
     check::on_cpu(&[("x", x.layout()), ("out", out.layout())])?;
     check::dtype_in(x.layout(), "x", &FLOATS)?;
     check::dtype_in(out.layout(), "out", &FLOATS)?;
@@ -286,6 +289,10 @@ pub fn rms_norm_gated(
     norm_before_gate: bool,
     out: &mut TensorViewMut,
 ) -> Result<()> {
+    let _span = trace::op(
+        "rms_norm_gated",
+        &[("x", x.layout()), ("weight", weight.layout())],
+    );
     check::on_cpu(&[
         ("x", x.layout()),
         ("weight", weight.layout()),
@@ -858,6 +865,14 @@ pub fn fused_recurrent_gated_delta_rule(
     use_qk_l2norm_in_kernel: bool,
     o: &mut TensorViewMut,
 ) -> Result<()> {
+    let _span = trace::op(
+        "fused_recurrent_gated_delta_rule",
+        &[
+            ("q", q.layout()),
+            ("v", v.layout()),
+            ("initial_state", initial_state.layout()),
+        ],
+    );
     let d = check_gdn_inputs(q, k, v, g, beta, cu_seqlens, o.layout())?;
     let st = initial_state.layout().clone();
     let slots = check_state_pool(&st, "initial_state", &d)?;
@@ -953,6 +968,10 @@ pub fn chunk_gated_delta_rule(
     use_qk_l2norm_in_kernel: bool,
     o: &mut TensorViewMut,
 ) -> Result<()> {
+    let _span = trace::op(
+        "chunk_gated_delta_rule",
+        &[("q", q.layout()), ("v", v.layout())],
+    );
     let d = check_gdn_inputs(q, k, v, g, beta, cu_seqlens, o.layout())?;
     let scale = default_scale(scale, d.k)?;
     let n = d.seqs.len();
