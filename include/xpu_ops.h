@@ -138,6 +138,69 @@ typedef enum xops_status {
   XOPS_ERR_INTERNAL = 1011,
 } xops_status;
 
+/**
+ * vLLM's per-request sampling parameters for `xops_sampler_forward`. Every
+ * tensor is `[batch]` unless noted; NULL means "not given".
+ */
+typedef struct xops_sampling_metadata {
+  /**
+   * float; NULL = every row greedy (vLLM `all_greedy`). Rows below 1e-5
+   * are greedy; negative or non-finite values are errors.
+   */
+  const DLTensor *temperature;
+  /**
+   * int32/int64; NULL = off. Per row 0 or -1 = off, >= vocab = off.
+   */
+  const DLTensor *top_k;
+  /**
+   * float in (0, 1]; NULL = off.
+   */
+  const DLTensor *top_p;
+  /**
+   * float in [0, 1]; NULL = off.
+   */
+  const DLTensor *min_p;
+  /**
+   * int64 `[1]` or `[batch]`; NULL = use `seed_val`.
+   */
+  const DLTensor *maybe_seed_arr;
+  uint64_t seed_val;
+  /**
+   * int64 `[1]` or `[batch]`; NULL = use `offset_val`.
+   */
+  const DLTensor *maybe_offset_arr;
+  uint64_t offset_val;
+  /**
+   * int32/int64 `[batch, max_prompt_len]`, padded with `pad_token_id`.
+   */
+  const DLTensor *prompt_token_ids;
+  /**
+   * int32/int64 `[batch, max_output_len]`, padded with `pad_token_id`.
+   */
+  const DLTensor *output_token_ids;
+  /**
+   * float; NULL = 0.
+   */
+  const DLTensor *presence_penalties;
+  /**
+   * float; NULL = 0.
+   */
+  const DLTensor *frequency_penalties;
+  /**
+   * float > 0; NULL = 1.
+   */
+  const DLTensor *repetition_penalties;
+  /**
+   * The padding id of the token tensors (vLLM: vocab_size).
+   */
+  int64_t pad_token_id;
+  /**
+   * Top-n raw logprobs to return; < 0 = none (then the logprob outputs
+   * must be NULL).
+   */
+  int64_t max_num_logprobs;
+} xops_sampling_metadata;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -497,6 +560,208 @@ enum xops_status xops_rotary_embedding(const DLTensor *positions,
  * Each pointer is NULL or valid; `out` is writable for the duration of the call.
  */
 enum xops_status xops_silu_and_mul(const DLTensor *out, const DLTensor *input);
+
+/**
+ * FlashInfer `sampling_from_probs`: one category per output row from
+ * `probs` `[batch, vocab]` (float32/float16/bfloat16; rows sum to 1 within
+ * 1e-3 for float32, 1e-2 for 16-bit). `indices`: NULL or int32/int64
+ * `[batch]` mapping output rows to rows of `probs`.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `samples`) for the duration of the call.
+ */
+enum xops_status xops_sampling_from_probs(const DLTensor *probs,
+                                          const DLTensor *indices,
+                                          const DLTensor *maybe_seed_arr,
+                                          uint64_t seed_val,
+                                          const DLTensor *maybe_offset_arr,
+                                          uint64_t offset_val,
+                                          const DLTensor *samples);
+
+/**
+ * FlashInfer `sampling_from_logits`: samples softmax(`logits`) per row.
+ * Arguments as `xops_sampling_from_probs`.
+ *
+ * # Safety
+ * As `xops_sampling_from_probs`.
+ */
+enum xops_status xops_sampling_from_logits(const DLTensor *logits,
+                                           const DLTensor *indices,
+                                           const DLTensor *maybe_seed_arr,
+                                           uint64_t seed_val,
+                                           const DLTensor *maybe_offset_arr,
+                                           uint64_t offset_val,
+                                           const DLTensor *samples);
+
+/**
+ * FlashInfer `top_p_sampling_from_probs`: top_p in (0, 1] (1 keeps all),
+ * float `[batch]` tensor or scalar.
+ *
+ * # Safety
+ * As `xops_sampling_from_probs`.
+ */
+enum xops_status xops_top_p_sampling_from_probs(const DLTensor *probs,
+                                                const DLTensor *maybe_top_p_arr,
+                                                double top_p_val,
+                                                const DLTensor *indices,
+                                                const DLTensor *maybe_seed_arr,
+                                                uint64_t seed_val,
+                                                const DLTensor *maybe_offset_arr,
+                                                uint64_t offset_val,
+                                                const DLTensor *samples);
+
+/**
+ * FlashInfer `top_k_sampling_from_probs`: top_k >= 1 (ties at the k-th
+ * value kept; >= vocab keeps all), int32/int64 `[batch]` tensor or scalar.
+ *
+ * # Safety
+ * As `xops_sampling_from_probs`.
+ */
+enum xops_status xops_top_k_sampling_from_probs(const DLTensor *probs,
+                                                const DLTensor *maybe_top_k_arr,
+                                                int64_t top_k_val,
+                                                const DLTensor *indices,
+                                                const DLTensor *maybe_seed_arr,
+                                                uint64_t seed_val,
+                                                const DLTensor *maybe_offset_arr,
+                                                uint64_t offset_val,
+                                                const DLTensor *samples);
+
+/**
+ * FlashInfer `min_p_sampling_from_probs`: keeps p >= min_p * max(p);
+ * min_p in [0, 1], float `[batch]` tensor or scalar.
+ *
+ * # Safety
+ * As `xops_sampling_from_probs`.
+ */
+enum xops_status xops_min_p_sampling_from_probs(const DLTensor *probs,
+                                                const DLTensor *maybe_min_p_arr,
+                                                double min_p_val,
+                                                const DLTensor *indices,
+                                                const DLTensor *maybe_seed_arr,
+                                                uint64_t seed_val,
+                                                const DLTensor *maybe_offset_arr,
+                                                uint64_t offset_val,
+                                                const DLTensor *samples);
+
+/**
+ * FlashInfer `top_k_top_p_sampling_from_probs`; `filter_apply_order` is
+ * "top_k_first" (top-k, renormalise, then top-p) or "joint" (top-p mass
+ * against the whole row).
+ *
+ * # Safety
+ * As `xops_sampling_from_probs`; `filter_apply_order` is a NUL-terminated string.
+ */
+enum xops_status xops_top_k_top_p_sampling_from_probs(const DLTensor *probs,
+                                                      const DLTensor *maybe_top_k_arr,
+                                                      int64_t top_k_val,
+                                                      const DLTensor *maybe_top_p_arr,
+                                                      double top_p_val,
+                                                      const DLTensor *indices,
+                                                      const char *filter_apply_order,
+                                                      const DLTensor *maybe_seed_arr,
+                                                      uint64_t seed_val,
+                                                      const DLTensor *maybe_offset_arr,
+                                                      uint64_t offset_val,
+                                                      const DLTensor *samples);
+
+/**
+ * FlashInfer `top_k_top_p_sampling_from_logits`: as
+ * `xops_top_k_top_p_sampling_from_probs` over softmax(`logits`).
+ *
+ * # Safety
+ * As `xops_top_k_top_p_sampling_from_probs`.
+ */
+enum xops_status xops_top_k_top_p_sampling_from_logits(const DLTensor *logits,
+                                                       const DLTensor *maybe_top_k_arr,
+                                                       int64_t top_k_val,
+                                                       const DLTensor *maybe_top_p_arr,
+                                                       double top_p_val,
+                                                       const DLTensor *indices,
+                                                       const char *filter_apply_order,
+                                                       const DLTensor *maybe_seed_arr,
+                                                       uint64_t seed_val,
+                                                       const DLTensor *maybe_offset_arr,
+                                                       uint64_t offset_val,
+                                                       const DLTensor *samples);
+
+/**
+ * FlashInfer `top_k_renorm_probs`: keeps each row's top-k probabilities
+ * (ties kept), zeroes the rest, renormalises (fp64 sum) into `renorm_probs`
+ * (same shape and dtype as `probs`; may be `probs` itself).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `renorm_probs` is writable.
+ */
+enum xops_status xops_top_k_renorm_probs(const DLTensor *probs,
+                                         const DLTensor *maybe_top_k_arr,
+                                         int64_t top_k_val,
+                                         const DLTensor *renorm_probs);
+
+/**
+ * FlashInfer `top_p_renorm_probs`: keeps each row's top-p nucleus, zeroes
+ * the rest, renormalises into `renorm_probs` (may be `probs` itself).
+ *
+ * # Safety
+ * As `xops_top_k_renorm_probs`.
+ */
+enum xops_status xops_top_p_renorm_probs(const DLTensor *probs,
+                                         const DLTensor *maybe_top_p_arr,
+                                         double top_p_val,
+                                         const DLTensor *renorm_probs);
+
+/**
+ * FlashInfer `top_k_mask_logits`: keeps each row's top-k logits (ties kept)
+ * and sets the rest to -inf, into `mask_logits` (may be `logits` itself).
+ *
+ * # Safety
+ * As `xops_top_k_renorm_probs`.
+ */
+enum xops_status xops_top_k_mask_logits(const DLTensor *logits,
+                                        const DLTensor *maybe_top_k_arr,
+                                        int64_t top_k_val,
+                                        const DLTensor *mask_logits);
+
+/**
+ * vLLM `apply_penalties`, in place on `logits` `[batch, vocab]`: repetition
+ * penalties over prompt and output tokens, then frequency and presence
+ * penalties over output tokens (f32 arithmetic, vLLM's order). Token tensors
+ * are int32/int64 `[batch, max_len]` padded with `pad_token_id` (vLLM pads
+ * with vocab_size); penalty tensors are float `[batch]`. Other ids outside
+ * [0, vocab) are an error.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `logits` is writable.
+ */
+enum xops_status xops_apply_penalties(const DLTensor *logits,
+                                      const DLTensor *prompt_token_ids,
+                                      const DLTensor *output_token_ids,
+                                      const DLTensor *presence_penalties,
+                                      const DLTensor *frequency_penalties,
+                                      const DLTensor *repetition_penalties,
+                                      int64_t pad_token_id);
+
+/**
+ * vLLM's `Sampler.forward` fused over `logits` `[batch, vocab]`
+ * (float32/float16/bfloat16, not modified): penalties, greedy rows,
+ * temperature, min-p, top-k, top-p and one Philox draw per row. Writes
+ * `sampled_token_ids` (int32/int64 `[batch]` or `[batch, 1]`) and, when
+ * `metadata->max_num_logprobs >= 0`, the raw logprobs:
+ * `logprob_token_ids` (int32/int64) and `logprobs` (float32), both
+ * `[batch, max_num_logprobs + 1]` (column 0 the sampled token, then the
+ * top-n), and `selected_token_ranks` (int32/int64 `[batch]`).
+ *
+ * # Safety
+ * `metadata` is valid; each tensor pointer (in it too) is NULL or valid;
+ * outputs are writable.
+ */
+enum xops_status xops_sampler_forward(const DLTensor *logits,
+                                      const struct xops_sampling_metadata *metadata,
+                                      const DLTensor *sampled_token_ids,
+                                      const DLTensor *logprob_token_ids,
+                                      const DLTensor *logprobs,
+                                      const DLTensor *selected_token_ranks);
 
 #ifdef __cplusplus
 }  // extern "C"

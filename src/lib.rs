@@ -52,6 +52,12 @@ pub use ops::gdn::{
     rms_norm_gated,
 };
 pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
+pub use ops::sampling::{
+    apply_penalties, min_p_sampling_from_probs, sampler_forward, sampling_from_logits,
+    sampling_from_probs, top_k_mask_logits, top_k_renorm_probs, top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_logits, top_k_top_p_sampling_from_probs, top_p_renorm_probs,
+    top_p_sampling_from_probs, FilterApplyOrder, LogprobsTensorsMut, PerRow, SamplingMetadata,
+};
 pub use platform::{active_isa, detected_isa, set_isa, supported_isas, with_isa, Isa};
 pub use tensor::{Device, Layout, TensorView, TensorViewMut};
 pub use threading::{num_threads, set_num_threads};

@@ -257,6 +257,63 @@ pub struct xk_gdn_args {
     pub has_initial_state: xk_la_index,
     pub output_final_state: i32,
 }
+pub const xk_row_status_XK_ROW_OK: xk_row_status = 0;
+pub const xk_row_status_XK_ROW_NAN: xk_row_status = 1;
+pub const xk_row_status_XK_ROW_POS_INF: xk_row_status = 2;
+pub const xk_row_status_XK_ROW_NEGATIVE: xk_row_status = 3;
+pub const xk_row_status_XK_ROW_NO_FINITE: xk_row_status = 4;
+pub type xk_row_status = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_sample_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_row_stride: i64,
+    pub x_dtype: i32,
+    pub is_logits: i32,
+    pub vocab: i64,
+    pub row_index: *const i64,
+    pub penalized: *const f32,
+    pub row_penalized: *const u8,
+    pub temperature: *const f32,
+    pub greedy: *const u8,
+    pub top_k: *const i32,
+    pub top_p: *const f32,
+    pub min_p: *const f32,
+    pub joint: i32,
+    pub seed: *const u64,
+    pub offset: *const u64,
+    pub subsequence: *const u64,
+    pub samples: *mut i64,
+    pub status: *mut i32,
+    pub mass: *mut f64,
+    pub num_logprobs: i32,
+    pub logprob_ids: *mut i64,
+    pub logprobs: *mut f32,
+    pub ranks: *mut i64,
+    pub cap: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_filter_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_row_stride: i64,
+    pub x_dtype: i32,
+    pub is_logits: i32,
+    pub vocab: i64,
+    pub top_k: *const i32,
+    pub top_p: *const f32,
+    pub threshold: *mut u32,
+    pub kept_sum: *mut f64,
+    pub status: *mut i32,
+    pub mass: *mut f64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_row_stride: i64,
+    pub out_dtype: i32,
+    pub cap: i64,
+}
+unsafe extern "C" {
+    pub fn xk_sampling_workspace_bytes(cap: i64) -> i64;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xk_kernel_table {
@@ -311,6 +368,38 @@ pub struct xk_kernel_table {
     >,
     pub gdn_scratch_floats: ::core::option::Option<
         unsafe extern "C" fn(head_k_dim: i64, head_v_dim: i64, chunked: i32) -> i64,
+    >,
+    pub sample_rows: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_sample_args,
+            row_begin: i64,
+            row_end: i64,
+            workspace: *mut ::core::ffi::c_void,
+        ),
+    >,
+    pub filter_rows: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_filter_args,
+            row_begin: i64,
+            row_end: i64,
+            workspace: *mut ::core::ffi::c_void,
+        ),
+    >,
+    pub filter_apply: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_filter_args, row_begin: i64, row_end: i64),
+    >,
+    pub philox4x32: ::core::option::Option<
+        unsafe extern "C" fn(ctr: *const u32, key: *const u32, rounds: i32, out: *mut u32),
+    >,
+    pub sampling_exp_probe: ::core::option::Option<
+        unsafe extern "C" fn(
+            d32: *const f32,
+            e32: *mut f32,
+            n32: i64,
+            d64: *const f64,
+            e64: *mut f64,
+            n64: i64,
+        ),
     >,
 }
 unsafe extern "C" {

@@ -40,6 +40,7 @@ pub mod runtime;
 pub mod cache;
 pub mod gdn;
 pub mod layer;
+pub mod sampling;
 
 pub use runtime::*;
 pub use status::xops_status;

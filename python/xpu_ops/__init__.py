@@ -24,6 +24,21 @@ from .gdn import (
     rms_norm_gated,
 )
 from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
+from . import sampling
+from .sampling import (
+    apply_penalties,
+    min_p_sampling_from_probs,
+    sampler_forward,
+    sampling_from_logits,
+    sampling_from_probs,
+    top_k_mask_logits,
+    top_k_renorm_probs,
+    top_k_sampling_from_probs,
+    top_k_top_p_sampling_from_logits,
+    top_k_top_p_sampling_from_probs,
+    top_p_renorm_probs,
+    top_p_sampling_from_probs,
+)
 
 __version__ = "0.1.0"
 
@@ -51,6 +66,19 @@ __all__ = [
     "rms_norm_gated",
     "fused_recurrent_gated_delta_rule",
     "chunk_gated_delta_rule",
+    "sampling",
+    "sampling_from_probs",
+    "sampling_from_logits",
+    "top_p_sampling_from_probs",
+    "top_k_sampling_from_probs",
+    "min_p_sampling_from_probs",
+    "top_k_top_p_sampling_from_probs",
+    "top_k_top_p_sampling_from_logits",
+    "top_k_renorm_probs",
+    "top_p_renorm_probs",
+    "top_k_mask_logits",
+    "apply_penalties",
+    "sampler_forward",
 ]
 
 # Status codes by name, as in the C header (xpu_ops.OK, xpu_ops.ERR_NULL_POINTER, ...).

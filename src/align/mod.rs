@@ -8,6 +8,7 @@
 mod cache;
 mod gdn;
 mod layer;
+mod sampling;
 
 use crate::platform::{supported_isas, with_isa, Isa};
 
@@ -122,6 +123,7 @@ pub fn cases() -> Vec<AlignCase> {
     all.extend(cache::cases());
     all.extend(gdn::cases());
     all.extend(layer::cases());
+    all.extend(sampling::cases());
     all
 }
 

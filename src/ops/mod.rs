@@ -6,3 +6,4 @@ pub(crate) mod check;
 pub mod conv;
 pub mod gdn;
 pub mod layer;
+pub mod sampling;

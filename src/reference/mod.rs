@@ -5,3 +5,4 @@ pub mod cache;
 pub mod conv;
 pub mod gdn;
 pub mod layer;
+pub mod sampling;

@@ -15,6 +15,12 @@ void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, i
 void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
+void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds, uint32_t *out);
+void XK_FN(sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
+                               int64_t n64);
 
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
@@ -34,4 +40,9 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .gdn_recurrent = XK_FN(gdn_recurrent),
     .gdn_chunk = XK_FN(gdn_chunk),
     .gdn_scratch_floats = XK_FN(gdn_scratch_floats),
+    .sample_rows = XK_FN(sample_rows),
+    .filter_rows = XK_FN(filter_rows),
+    .filter_apply = XK_FN(filter_apply),
+    .philox4x32 = XK_FN(philox4x32),
+    .sampling_exp_probe = XK_FN(sampling_exp_probe),
 };

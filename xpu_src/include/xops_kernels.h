@@ -273,6 +273,69 @@ typedef struct xk_gdn_args {
   xk_la_index has_initial_state;   /* chunk: absent -> all true */
   int32_t output_final_state;      /* chunk: write the final state back */
 } xk_gdn_args;
+/* ---- sampling (issue 6) -------------------------------------------------
+ * Per-row outcome of a sampling or filter kernel; the launcher turns a
+ * non-zero status into a named error before it writes any output. */
+typedef enum xk_row_status {
+  XK_ROW_OK = 0,
+  XK_ROW_NAN = 1,       /* a NaN in the row */
+  XK_ROW_POS_INF = 2,   /* +inf (logits, or logits / temperature), or inf in probs */
+  XK_ROW_NEGATIVE = 3,  /* a negative probability */
+  XK_ROW_NO_FINITE = 4, /* logits: every value is -inf */
+} xk_row_status;
+
+/* FlashInfer's samplers and vLLM's fused sampler: one output row per grid block.
+ * The filters and the draw are defined in xpu_src/cpu/sampling.c. */
+typedef struct xk_sample_args {
+  const void *x;              /* host, [num_rows, vocab] logits or probs, rows x_row_stride apart */
+  int64_t x_row_stride;       /* elements */
+  int32_t x_dtype;            /* F32/F16/BF16 */
+  int32_t is_logits;          /* 1: weights are softmax(y); 0: probs */
+  int64_t vocab;              /* 1 <= vocab < 2^24 */
+  const int64_t *row_index;   /* [batch] input row of each output row */
+  const float *penalized;     /* NULL or [batch, vocab] f32: rows read instead of x where row_penalized[b] */
+  const uint8_t *row_penalized;
+  const float *temperature;   /* NULL or [batch]: y = x / temperature (logits) */
+  const uint8_t *greedy;      /* NULL or [batch]: 1 = argmax of the (penalized) row */
+  const int32_t *top_k;       /* NULL or [batch]: 0 = off, else 1 <= k < vocab */
+  const float *top_p;         /* NULL or [batch]: in (0, 1]; 1 = off */
+  const float *min_p;         /* NULL or [batch]: in [0, 1]; 0 = off */
+  int32_t joint;              /* top-p mass over the whole row (FlashInfer "joint") */
+  const uint64_t *seed;       /* [batch] Philox key */
+  const uint64_t *offset;     /* [batch] Philox offset (32-bit words) */
+  const uint64_t *subsequence;/* [batch] Philox counter high half */
+  int64_t *samples;           /* [batch] out */
+  int32_t *status;            /* [batch] out, xk_row_status */
+  double *mass;               /* [batch] out: probs rows, sum of trunc(p * 2^40) / 2^40 */
+  int32_t num_logprobs;       /* < 0: no logprobs; else top-n of the raw row */
+  int64_t *logprob_ids;       /* [batch, num_logprobs + 1]: sampled token, then the top-n */
+  float *logprobs;            /* [batch, num_logprobs + 1] */
+  int64_t *ranks;             /* [batch]: #{j : raw y_j >= raw y_sampled} */
+  int64_t cap;                /* candidate buffer entries per workspace */
+} xk_sample_args;
+
+/* top_k_renorm_probs, top_p_renorm_probs, top_k_mask_logits: a read-only
+ * phase (threshold and kept sum per row), then a write phase. */
+typedef struct xk_filter_args {
+  const void *x;              /* host, [rows, vocab] */
+  int64_t x_row_stride;
+  int32_t x_dtype;
+  int32_t is_logits;
+  int64_t vocab;
+  const int32_t *top_k;       /* NULL or [rows], as xk_sample_args */
+  const float *top_p;         /* NULL or [rows] */
+  uint32_t *threshold;        /* [rows] phase 1 out: kept iff key(y) >= threshold */
+  double *kept_sum;           /* [rows] phase 1 out: fp64 sum of kept probs */
+  int32_t *status;            /* [rows] phase 1 out */
+  double *mass;               /* [rows] phase 1 out (probs) */
+  void *out;                  /* host, [rows, vocab], phase 2 */
+  int64_t out_row_stride;
+  int32_t out_dtype;
+  int64_t cap;
+} xk_filter_args;
+
+/* Workspace bytes one sample_rows / filter_rows call needs for `cap` candidates. */
+int64_t xk_sampling_workspace_bytes(int64_t cap);
 
 typedef struct xk_kernel_table {
   const char *name;
@@ -298,6 +361,16 @@ typedef struct xk_kernel_table {
   void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   void (*gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
+  /* Sampling (issue 6). Rows [row_begin, row_end) of the batch. */
+  void (*sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+  void (*filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
+  void (*filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
+  /* Philox4x32 with `rounds` rounds (10 for Philox4x32-10): out = f(ctr[4], key[2]). */
+  void (*philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds, uint32_t *out);
+  /* The tier's exp kernels on arrays: e32 = expf_spec(d32) for d32 in [-27.8, 0],
+   * e64 = exp_spec(d64) for d64 in [-700, 0]; vector lanes where the tier has them. */
+  void (*sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
+                             int64_t n64);
 } xk_kernel_table;
 
 /* One table per tier; only the tiers of the target architecture are built
