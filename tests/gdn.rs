@@ -1142,3 +1142,77 @@ fn chunk_rejects_bad_input() {
     assert_err(r, Status::ShapeMismatch, "ssm_state_indices");
     assert_eq!(d.o.raw(), before.o.raw());
 }
+
+/// Views of one buffer that overlap: in place (same layout) works for the
+/// row ops; a shifted overlap, or o over the state pool, is refused.
+#[test]
+fn overlapping_outputs_are_refused() {
+    use xpu_ops::{Layout, TensorViewMut};
+    let (rows, n) = (4usize, 32usize);
+    let mut buf: Vec<f32> = (0..(rows + 1) * n)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let mut want = vec![0f32; rows * n];
+    l2norm(
+        &TensorView::new(&buf[..rows * n], &[rows, n]).unwrap(),
+        1e-6,
+        &mut TensorViewMut::new(&mut want, &[rows, n]).unwrap(),
+    )
+    .unwrap();
+    let layout = Layout::contiguous(DType::F32, &[rows, n]);
+    let before = buf.clone();
+    // SAFETY (test): both views cover `buf`; the op either refuses them or
+    // reads each piece before writing it.
+    let (x, mut shifted) = unsafe {
+        (
+            TensorView::from_raw(buf.as_ptr() as *const u8, layout.clone()),
+            TensorViewMut::from_raw(buf.as_mut_ptr().add(n) as *mut u8, layout.clone()),
+        )
+    };
+    assert_err(
+        l2norm(&x, 1e-6, &mut shifted),
+        Status::Aliasing,
+        "overlaps `x`",
+    );
+    assert_eq!(buf, before);
+    let (x, mut same) = unsafe {
+        (
+            TensorView::from_raw(buf.as_ptr() as *const u8, layout.clone()),
+            TensorViewMut::from_raw(buf.as_mut_ptr() as *mut u8, layout),
+        )
+    };
+    l2norm(&x, 1e-6, &mut same).unwrap();
+    assert_eq!(&buf[..rows * n], &want[..], "in place equals out of place");
+
+    let c = GdnCase {
+        idx: Idx::Identity,
+        spec: false,
+        varlen: false,
+        lens: vec![2, 2, 2],
+        ..base_case()
+    };
+    let mut d = make_gdn(&c);
+    let before = d.state.raw().to_vec();
+    let o_layout = d.o.view().layout().clone();
+    let (q, k, v, g) = (d.q.view(), d.k.view(), d.v.view(), d.g.view());
+    let mut st = d.state.view_mut();
+    // SAFETY (test): o placed over the state pool; the op must refuse it.
+    let mut o = unsafe {
+        TensorViewMut::from_raw(
+            st.as_mut_ptr(),
+            Layout {
+                dtype: DType::F32,
+                ..o_layout
+            },
+        )
+    };
+    assert_err(
+        fused_recurrent_gated_delta_rule(
+            &q, &k, &v, &g, None, None, &mut st, None, None, None, true, &mut o,
+        ),
+        Status::Aliasing,
+        "initial_state",
+    );
+    drop(o);
+    assert_eq!(d.state.raw(), &before[..]);
+}

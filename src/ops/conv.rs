@@ -170,7 +170,7 @@ pub(crate) fn check_lines(
     Ok(v)
 }
 
-fn overlaps(a: (*const u8, &Layout), b: (*const u8, &Layout)) -> bool {
+pub(crate) fn overlaps(a: (*const u8, &Layout), b: (*const u8, &Layout)) -> bool {
     let (ra, rb) = (check::byte_range(a.0, a.1), check::byte_range(b.0, b.1));
     ra.0 < rb.1 && rb.0 < ra.1
 }

@@ -75,6 +75,24 @@ fn rows2(r: &Rows) -> sys::xk_rows {
     }
 }
 
+/// `out` may be `input` itself (same memory and layout: row-wise ops read a
+/// piece before writing it) but must not otherwise overlap it.
+fn check_in_place(
+    out: (*const u8, &Layout),
+    input: (*const u8, &Layout),
+    name: &str,
+) -> Result<()> {
+    let identical =
+        out.0 == input.0 && out.1.shape == input.1.shape && out.1.strides == input.1.strides;
+    if !identical && crate::ops::conv::overlaps(out, input) {
+        bail!(
+            Aliasing,
+            "`out` overlaps `{name}` without being the same tensor"
+        );
+    }
+    Ok(())
+}
+
 fn same_shape(a: &Layout, an: &str, b: &Layout, bn: &str) -> Result<()> {
     if a.shape != b.shape {
         bail!(
@@ -170,6 +188,12 @@ pub fn fused_gdn_gating(
     };
     let gs = out_strides(g.layout(), "g")?;
     let bs = out_strides(beta_output.layout(), "beta_output")?;
+    if crate::ops::conv::overlaps(
+        (g.as_ptr(), g.layout()),
+        (beta_output.as_ptr(), beta_output.layout()),
+    ) {
+        bail!(Aliasing, "`g` and `beta_output` overlap");
+    }
     if !(beta.is_finite() && beta > 0.0) || threshold.is_nan() {
         bail!(
             InvalidValue,
@@ -235,6 +259,7 @@ pub fn l2norm(x: &TensorView, eps: f32, out: &mut TensorViewMut) -> Result<()> {
     same_shape(x.layout(), "x", out.layout(), "out")?;
     let xr = rows_of(x.layout(), "x")?;
     let or = rows_of(out.layout(), "out")?;
+    check_in_place((out.as_ptr(), out.layout()), (x.as_ptr(), x.layout()), "x")?;
     if !(eps >= 0.0 && eps.is_finite()) {
         bail!(InvalidValue, "eps must be finite and >= 0, got {eps}");
     }
@@ -317,6 +342,10 @@ pub fn rms_norm_gated(
     check::rank(weight.layout(), "weight", 1, "[n]")?;
     check::dtype_in(weight.layout(), "weight", &FLOATS)?;
     check::dim(weight.layout(), "weight", 0, n, "the last dim of `x`")?;
+    check_in_place((out.as_ptr(), out.layout()), (x.as_ptr(), x.layout()), "x")?;
+    if let Some(z) = z {
+        check_in_place((out.as_ptr(), out.layout()), (z.as_ptr(), z.layout()), "z")?;
+    }
     let (b_ptr, b_dtype, b_stride) = match bias {
         Some(b) => {
             check::on_cpu(&[("bias", b.layout())])?;
@@ -401,6 +430,7 @@ pub(crate) fn check_gdn_inputs(
     beta: Option<&TensorView>,
     cu_seqlens: Option<&TensorView>,
     o: &Layout,
+    o_ptr: *const u8,
 ) -> Result<Gdn> {
     check::on_cpu(&[
         ("q", q.layout()),
@@ -472,6 +502,20 @@ pub(crate) fn check_gdn_inputs(
         (o, "o"),
     ] {
         check::inner_contiguous(t, name)?;
+    }
+    let mut inputs = vec![
+        (q.as_ptr(), q.layout(), "q"),
+        (k.as_ptr(), k.layout(), "k"),
+        (v.as_ptr(), v.layout(), "v"),
+        (g.as_ptr(), g.layout(), "g"),
+    ];
+    if let Some(b) = beta {
+        inputs.push((b.as_ptr(), b.layout(), "beta"));
+    }
+    for (p, t, name) in inputs {
+        if crate::ops::conv::overlaps((o_ptr, o), (p, t)) {
+            bail!(Aliasing, "`o` overlaps `{name}`");
+        }
     }
     let seqs = match cu_seqlens {
         Some(cu) => {
@@ -873,9 +917,12 @@ pub fn fused_recurrent_gated_delta_rule(
             ("initial_state", initial_state.layout()),
         ],
     );
-    let d = check_gdn_inputs(q, k, v, g, beta, cu_seqlens, o.layout())?;
+    let d = check_gdn_inputs(q, k, v, g, beta, cu_seqlens, o.layout(), o.as_ptr())?;
     let st = initial_state.layout().clone();
     let slots = check_state_pool(&st, "initial_state", &d)?;
+    if crate::ops::conv::overlaps((o.as_ptr(), o.layout()), (initial_state.as_ptr(), &st)) {
+        bail!(Aliasing, "`o` overlaps `initial_state`");
+    }
     let plan = check_slots_plan(ssm_state_indices, num_accepted_tokens, &d, slots, true)?;
     let scale = default_scale(scale, d.k)?;
     let mut args = gdn_args(
@@ -972,7 +1019,7 @@ pub fn chunk_gated_delta_rule(
         "chunk_gated_delta_rule",
         &[("q", q.layout()), ("v", v.layout())],
     );
-    let d = check_gdn_inputs(q, k, v, g, beta, cu_seqlens, o.layout())?;
+    let d = check_gdn_inputs(q, k, v, g, beta, cu_seqlens, o.layout(), o.as_ptr())?;
     let scale = default_scale(scale, d.k)?;
     let n = d.seqs.len();
     let mut args = gdn_args(
@@ -999,6 +1046,9 @@ pub fn chunk_gated_delta_rule(
         Some(st) => {
             let layout = st.layout().clone();
             let slots = check_state_pool(&layout, "initial_state", &d)?;
+            if crate::ops::conv::overlaps((o.as_ptr(), o.layout()), (st.as_ptr(), &layout)) {
+                bail!(Aliasing, "`o` overlaps `initial_state`");
+            }
             let plan = check_slots_plan(ssm_state_indices, None, &d, slots, false)?;
             if let Some(h) = has_initial_state {
                 crate::ops::conv::vector_of(
