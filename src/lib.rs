@@ -48,6 +48,11 @@ pub use error::{Error, Result, Status};
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
 };
+pub use ops::conv::{causal_conv1d_fn, causal_conv1d_update};
+pub use ops::gdn::{
+    chunk_gated_delta_rule, fused_gdn_gating, fused_recurrent_gated_delta_rule, l2norm,
+    rms_norm_gated,
+};
 pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use ops::sampling::{
     apply_penalties, min_p_sampling_from_probs, sampler_forward, sampling_from_logits,

@@ -38,6 +38,7 @@ pub mod runtime;
 
 // One module per op family; add new families here.
 pub mod cache;
+pub mod gdn;
 pub mod layer;
 pub mod sampling;
 

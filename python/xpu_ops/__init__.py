@@ -15,6 +15,15 @@ import warnings
 from . import _lib
 from ._lib import Error, Status, library_path
 from .cache import copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks
+from .gdn import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+    chunk_gated_delta_rule,
+    fused_gdn_gating,
+    fused_recurrent_gated_delta_rule,
+    l2norm,
+    rms_norm_gated,
+)
 from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
 from . import sampling
 from .sampling import (
@@ -52,6 +61,13 @@ __all__ = [
     "fused_add_rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "fused_gdn_gating",
+    "l2norm",
+    "rms_norm_gated",
+    "fused_recurrent_gated_delta_rule",
+    "chunk_gated_delta_rule",
     "sampling",
     "sampling_from_probs",
     "sampling_from_logits",

@@ -6,6 +6,7 @@
 //! if any case falls outside its tolerance.
 
 mod cache;
+mod gdn;
 mod layer;
 mod sampling;
 
@@ -120,6 +121,7 @@ pub struct AlignRow {
 pub fn cases() -> Vec<AlignCase> {
     let mut all = Vec::new();
     all.extend(cache::cases());
+    all.extend(gdn::cases());
     all.extend(layer::cases());
     all.extend(sampling::cases());
     all

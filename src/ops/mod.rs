@@ -3,5 +3,7 @@
 
 pub mod cache;
 pub(crate) mod check;
+pub mod conv;
+pub mod gdn;
 pub mod layer;
 pub mod sampling;

@@ -2,5 +2,7 @@
 //! the upstream definitions without SIMD. Tests hold every kernel tier to it.
 
 pub mod cache;
+pub mod conv;
+pub mod gdn;
 pub mod layer;
 pub mod sampling;

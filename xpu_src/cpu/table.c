@@ -8,6 +8,13 @@ void XK_FN(rotary_embedding)(const xk_rotary_args *a, int64_t token_begin, int64
 void XK_FN(silu_and_mul)(const xk_silu_and_mul_args *a, int64_t row_begin, int64_t row_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
 void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
 void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
 void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
@@ -26,6 +33,13 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .silu_and_mul = XK_FN(silu_and_mul),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
+    .causal_conv1d = XK_FN(causal_conv1d),
+    .gdn_gating = XK_FN(gdn_gating),
+    .l2norm = XK_FN(l2norm),
+    .rms_norm_gated = XK_FN(rms_norm_gated),
+    .gdn_recurrent = XK_FN(gdn_recurrent),
+    .gdn_chunk = XK_FN(gdn_chunk),
+    .gdn_scratch_floats = XK_FN(gdn_scratch_floats),
     .sample_rows = XK_FN(sample_rows),
     .filter_rows = XK_FN(filter_rows),
     .filter_apply = XK_FN(filter_apply),
