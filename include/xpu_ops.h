@@ -250,6 +250,24 @@ enum xops_status xops_set_num_threads(int n);
 int xops_get_num_threads(void);
 
 /**
+ * Runs the node-level alignment report (every op against the reference on
+ * every ISA tier, cases whose op name contains `filter`; NULL or "" for all)
+ * and writes it as a NUL-terminated JSON array into `buf` when it fits
+ * `buf_len` bytes. `*needed` receives the size the report needs (with its
+ * NUL); `*failures` the number of rows outside their tolerance. Call with
+ * `buf_len = 0` to learn the size. The report is computed on every call.
+ *
+ * # Safety
+ * `filter` is NULL or NUL-terminated; `buf` has `buf_len` writable bytes
+ * (may be NULL when `buf_len` is 0); `needed` and `failures` are writable.
+ */
+enum xops_status xops_align(const char *filter,
+                            char *buf,
+                            size_t buf_len,
+                            size_t *needed,
+                            size_t *failures);
+
+/**
  * vLLM's `paged_attention_v1`: one query token per sequence over the paged
  * KV cache written by `xops_reshape_and_cache`.
  *
@@ -462,6 +480,161 @@ enum xops_status xops_copy_blocks(const DLTensor *const *key_caches,
 enum xops_status xops_swap_blocks(const DLTensor *src,
                                   const DLTensor *dst,
                                   const DLTensor *block_mapping);
+
+/**
+ * vLLM's `causal_conv1d_fn` (prefill): causal depthwise conv over each
+ * sequence of a varlen batch, starting from its cached history, writing the
+ * last `width - 1` inputs back to the cache line.
+ *
+ * * `x`: `(dim, total_tokens)` float32/float16/bfloat16, any strides; the
+ *   output goes to `out`, or into `x` when `out` is NULL (or `x` itself).
+ * * `weight`: `(dim, width)`, width 2..6; `bias`: `(dim,)` or NULL.
+ * * `conv_states`: `(cache_lines, dim, state_len >= width - 1)`, any strides.
+ * * `query_start_loc`: int32/int64 `[B + 1]`; `cache_indices`: `[B]` or NULL
+ *   (line = sequence); `has_initial_state`: bool/int `[B]` or NULL (all false).
+ * * `activation`: NULL/"none" or "silu"/"swish"; `pad_slot_id`: cache index
+ *   of skipped sequences (vLLM: -1).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `conv_states` and the output are writable
+ * for the duration of the call.
+ */
+enum xops_status xops_causal_conv1d_fn(const DLTensor *x,
+                                       const DLTensor *weight,
+                                       const DLTensor *bias,
+                                       const DLTensor *conv_states,
+                                       const DLTensor *query_start_loc,
+                                       const DLTensor *cache_indices,
+                                       const DLTensor *has_initial_state,
+                                       const char *activation,
+                                       int64_t pad_slot_id,
+                                       const DLTensor *out);
+
+/**
+ * vLLM's `causal_conv1d_update` (decode and speculative decode, widths 2..6).
+ *
+ * * `x`: `(B, dim)`, `(B, dim, seqlen)`, or `(num_tokens, dim)` with
+ *   `query_start_loc`; output into `x` unless `out` (same shape) is given.
+ * * `conv_state`: `(cache_lines, dim, state_len)`; `conv_state_indices`:
+ *   `[B]` or NULL; `pad_slot_id` skips a sequence.
+ * * `num_accepted_tokens`: `[B]` or NULL: the window starts at column
+ *   `num_accepted - 1` and the line keeps it minus its oldest column followed
+ *   by every new token (`state_len >= width - 2 + seqlen`).
+ * * `max_query_len`: varlen bound on sequence lengths, or -1.
+ *
+ * # Safety
+ * As `xops_causal_conv1d_fn`.
+ */
+enum xops_status xops_causal_conv1d_update(const DLTensor *x,
+                                           const DLTensor *conv_state,
+                                           const DLTensor *weight,
+                                           const DLTensor *bias,
+                                           const char *activation,
+                                           const DLTensor *conv_state_indices,
+                                           const DLTensor *num_accepted_tokens,
+                                           const DLTensor *query_start_loc,
+                                           int64_t max_query_len,
+                                           int64_t pad_slot_id,
+                                           const DLTensor *out);
+
+/**
+ * vLLM's `fused_gdn_gating`: `g = -exp(A_log) * softplus(a + dt_bias)`
+ * (softplus with `beta` and `threshold` as torch), `beta_output = sigmoid(b)`.
+ *
+ * * `A_log`, `dt_bias`: `[num_heads]`; `a`, `b`: `[num_tokens, num_heads]`.
+ * * `g`: float32 `[1, num_tokens, num_heads]` or `[num_tokens, num_heads]`;
+ *   `beta_output`: the same shape, float32/float16/bfloat16.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `g` and `beta_output` are writable.
+ */
+enum xops_status xops_fused_gdn_gating(const DLTensor *A_log,
+                                       const DLTensor *a,
+                                       const DLTensor *b,
+                                       const DLTensor *dt_bias,
+                                       double beta,
+                                       double threshold,
+                                       const DLTensor *g,
+                                       const DLTensor *beta_output);
+
+/**
+ * fla's `l2norm`: `out = x / sqrt(sum(x^2, -1) + eps)`; `out` has x's shape,
+ * any float dtype.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `out` is writable and does not overlap `x`.
+ */
+enum xops_status xops_l2norm(const DLTensor *x, double eps, const DLTensor *out);
+
+/**
+ * vLLM's `rms_norm_gated` (RMSNormGated): per group of `group_size`
+ * elements (<= 0: the whole last dim), norm before gate: `out = x * rstd *
+ * weight (+ bias)` then `* silu(z)`; otherwise the gate first. `z`, `bias`:
+ * NULL for none.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `out` is writable.
+ */
+enum xops_status xops_rms_norm_gated(const DLTensor *x,
+                                     const DLTensor *weight,
+                                     const DLTensor *bias,
+                                     const DLTensor *z,
+                                     double eps,
+                                     int64_t group_size,
+                                     int32_t norm_before_gate,
+                                     const DLTensor *out);
+
+/**
+ * vLLM's `fused_recurrent_gated_delta_rule` (decode / spec decode), the
+ * fp32 state pool `initial_state` `[slots, HV, V, K]` updated in place.
+ *
+ * * `q`, `k`: `[B, T, H, K]`; `v`, `o`: `[B, T, HV, V]` (o has v's dtype);
+ *   `g`, `beta` (NULL = ones): `[B, T, HV]`.
+ * * `scale`: 0 = `K^-0.5`.
+ * * `cu_seqlens`: `[N + 1]` (B = 1) or NULL; `ssm_state_indices`: NULL,
+ *   `[N]` or `[N, T]` (per-token snapshots, read at `num_accepted_tokens - 1`);
+ *   negative read slots skip the sequence (zero outputs).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `initial_state` and `o` are writable.
+ */
+enum xops_status xops_fused_recurrent_gated_delta_rule(const DLTensor *q,
+                                                       const DLTensor *k,
+                                                       const DLTensor *v,
+                                                       const DLTensor *g,
+                                                       const DLTensor *beta,
+                                                       double scale,
+                                                       const DLTensor *initial_state,
+                                                       const DLTensor *cu_seqlens,
+                                                       const DLTensor *ssm_state_indices,
+                                                       const DLTensor *num_accepted_tokens,
+                                                       int32_t use_qk_l2norm_in_kernel,
+                                                       const DLTensor *o);
+
+/**
+ * fla's `chunk_gated_delta_rule` (prefill, 64-token chunks), with the
+ * initial states gathered from the fp32 pool `initial_state` (NULL: zeros)
+ * by `ssm_state_indices` (`[N]` or NULL = slot n; negative = padding) unless
+ * `has_initial_state[n]` is false, and the final states written back when
+ * `output_final_state`. Other arguments as
+ * `xops_fused_recurrent_gated_delta_rule`.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `initial_state` and `o` are writable.
+ */
+enum xops_status xops_chunk_gated_delta_rule(const DLTensor *q,
+                                             const DLTensor *k,
+                                             const DLTensor *v,
+                                             const DLTensor *g,
+                                             const DLTensor *beta,
+                                             double scale,
+                                             const DLTensor *initial_state,
+                                             int32_t output_final_state,
+                                             const DLTensor *cu_seqlens,
+                                             const DLTensor *ssm_state_indices,
+                                             const DLTensor *has_initial_state,
+                                             int32_t use_qk_l2norm_in_kernel,
+                                             const DLTensor *o);
 
 /**
  * RMS normalization of each row (last dim) of `input`:

@@ -28,9 +28,11 @@
 //! ```
 
 pub mod align;
+pub mod bench;
 pub mod dlpack;
 pub mod dtype;
 pub mod error;
+mod mem;
 pub mod ops;
 pub mod platform;
 pub mod probe;
@@ -49,6 +51,11 @@ pub use ops::attention::{
 };
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
+};
+pub use ops::conv::{causal_conv1d_fn, causal_conv1d_update};
+pub use ops::gdn::{
+    chunk_gated_delta_rule, fused_gdn_gating, fused_recurrent_gated_delta_rule, l2norm,
+    rms_norm_gated,
 };
 pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use ops::sampling::{

@@ -1,23 +1,123 @@
-//! Probes of this machine's limits (DRAM bandwidth, FMA peak), measured the
-//! same way on every machine so benchmarks report fractions of a roofline that
-//! was measured, not assumed.
+//! Probes of this machine's limits (DRAM read and copy bandwidth, FMA peak),
+//! measured the same way on every machine so benchmarks report fractions of a
+//! roofline that was measured, not assumed.
+//!
+//! The bandwidth probes stream over buffers several times the last-level
+//! cache (see [`default_probe_bytes`]), touch them once before timing and
+//! report the best of a few passes on the library's thread pool.
 
 use std::time::Instant;
 
 use crate::platform;
 use crate::sys;
-use crate::threading::{grid, num_threads};
+use crate::threading::{grid, num_threads, Shared};
 
 /// Measured limits of this machine (with the current thread count).
 #[derive(Debug, Clone, Copy)]
 pub struct Roofline {
     /// DRAM read bandwidth, bytes/s.
     pub read_bw: f64,
-    /// DRAM copy bandwidth (bytes read + bytes written per second).
+    /// DRAM copy bandwidth with non-temporal stores (bytes read + bytes
+    /// written per second): the limit of an op that streams data to memory.
     pub copy_bw: f64,
     /// fp32 FMA peak, FLOP/s, on the active ISA tier.
     pub fma_peak: f64,
     pub threads: usize,
+}
+
+impl Roofline {
+    /// The better of two measurements of each limit (on a shared machine a
+    /// probe only underestimates: take the best one seen).
+    pub fn best(&self, other: &Roofline) -> Roofline {
+        Roofline {
+            read_bw: self.read_bw.max(other.read_bw),
+            copy_bw: self.copy_bw.max(other.copy_bw),
+            fma_peak: self.fma_peak.max(other.fma_peak),
+            threads: self.threads,
+        }
+    }
+}
+
+/// One CPU cache as the kernel describes it under `/sys/devices/system/cpu/cpu0/cache`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheLevel {
+    pub level: u32,
+    /// `Data`, `Instruction` or `Unified`.
+    pub kind: String,
+    pub bytes: usize,
+    /// The CPUs sharing this cache, as the kernel lists them (e.g. `0-1`).
+    pub shared_cpus: String,
+}
+
+/// The caches of CPU 0, lowest level first; empty where sysfs is absent.
+pub fn cache_levels() -> Vec<CacheLevel> {
+    let base = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let Ok(dir) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let read = |p: &std::path::Path, f: &str| {
+        std::fs::read_to_string(p.join(f)).map(|s| s.trim().to_string())
+    };
+    let mut out: Vec<CacheLevel> = dir
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("index"))
+        })
+        .filter_map(|p| {
+            Some(CacheLevel {
+                level: read(&p, "level").ok()?.parse().ok()?,
+                kind: read(&p, "type").ok()?,
+                bytes: parse_size(&read(&p, "size").ok()?)?,
+                shared_cpus: read(&p, "shared_cpu_list").unwrap_or_default(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.level, &a.kind).cmp(&(b.level, &b.kind)));
+    out
+}
+
+/// "48K", "2048K", "32M" -> bytes.
+fn parse_size(s: &str) -> Option<usize> {
+    let (num, mul) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 1 << 10),
+        'M' | 'm' => (&s[..s.len() - 1], 1 << 20),
+        'G' | 'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<usize>().ok().map(|n| n * mul)
+}
+
+/// The last-level cache size in bytes (32 MiB where it cannot be read).
+///
+/// On virtual machines this is often the host socket's whole L3, of which a
+/// guest sees only a share; sizes derived from it err on the cold side.
+pub fn llc_bytes() -> usize {
+    cache_levels()
+        .iter()
+        .filter(|c| c.kind != "Instruction")
+        .map(|c| c.bytes)
+        .max()
+        .unwrap_or(32 << 20)
+}
+
+/// Memory the kernel says is available, bytes (`MemAvailable`), if known.
+pub fn available_memory() -> Option<usize> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb << 10)
+}
+
+/// Buffer size for the bandwidth probes: 4x the last-level cache, at least
+/// 256 MiB, at most 2 GiB and a quarter of the available memory.
+pub fn default_probe_bytes() -> usize {
+    let mut b = (4 * llc_bytes()).clamp(256 << 20, 2 << 30);
+    if let Some(avail) = available_memory() {
+        b = b.min((avail / 4).max(64 << 20));
+    }
+    b
 }
 
 /// Best of `reps` runs of `f`, in seconds.
@@ -31,12 +131,13 @@ pub fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Reads a buffer far larger than the last-level cache, on all threads.
+/// Reads a buffer of `bytes` (use several times the last-level cache) on
+/// all threads; bytes/s.
 pub fn read_bandwidth(bytes: usize) -> f64 {
-    let buf = vec![1.0f32; bytes / 4];
+    let buf = vec![1.0f32; (bytes / 4).max(1)];
     let probe = platform::kernels().probe_read.expect("probe_read");
     let chunk = 1 << 20;
-    let secs = best_of(5, || {
+    let pass = || {
         let sum = std::sync::atomic::AtomicU64::new(0);
         grid(buf.len().div_ceil(chunk), 1, |r| {
             for c in r {
@@ -47,28 +148,32 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
             }
         });
         std::hint::black_box(sum.into_inner());
-    });
-    (buf.len() * 4) as f64 / secs
+    };
+    pass(); // warm-up: page tables, clock ramp
+    (buf.len() * 4) as f64 / best_of(5, pass)
 }
 
-/// memcpy between two buffers far larger than the last-level cache; counts
-/// bytes read plus bytes written.
+/// Copies a buffer of `bytes` into another on all threads with streaming
+/// stores; counts bytes read plus bytes written per second.
 pub fn copy_bandwidth(bytes: usize) -> f64 {
+    let bytes = bytes.max(64);
     let src = vec![1u8; bytes];
-    let mut dst = vec![0u8; bytes];
+    let mut dst = vec![2u8; bytes]; // written, so its pages exist before timing
     let chunk = 1 << 22;
-    let d = crate::threading::Shared(dst.as_mut_ptr());
-    let secs = best_of(5, || {
+    let d = Shared(dst.as_mut_ptr());
+    let pass = || {
         grid(bytes.div_ceil(chunk), 1, |r| {
             for c in r {
                 let (a, b) = (c * chunk, ((c + 1) * chunk).min(bytes));
-                // SAFETY: chunks are disjoint ranges of dst.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(src.as_ptr().add(a), d.get().add(a), b - a)
-                };
+                // SAFETY: chunks are disjoint ranges of dst, a live buffer of
+                // `bytes`, and of src, a different buffer of `bytes`.
+                unsafe { crate::mem::stream_copy(src.as_ptr().add(a), d.get().add(a), b - a) };
             }
+            crate::mem::store_fence();
         });
-    });
+    };
+    pass();
+    let secs = best_of(5, pass);
     std::hint::black_box(&dst);
     (2 * bytes) as f64 / secs
 }
@@ -77,10 +182,9 @@ pub fn copy_bandwidth(bytes: usize) -> f64 {
 pub fn fma_peak() -> f64 {
     let probe = platform::kernels().probe_fma.expect("probe_fma");
     let threads = num_threads();
-    let iters = 20_000_000;
-    let mut flops = 0.0;
-    let secs = best_of(3, || {
+    let run = |iters: i64| {
         let total = std::sync::Mutex::new(0.0);
+        let t = Instant::now();
         grid(threads, 1, |r| {
             for _ in r {
                 let mut sink = sys::xk_probe_result { value: 0.0 };
@@ -90,12 +194,18 @@ pub fn fma_peak() -> f64 {
                 *total.lock().unwrap() += f;
             }
         });
-        flops = total.into_inner().unwrap();
-    });
-    flops / secs
+        (total.into_inner().unwrap(), t.elapsed().as_secs_f64())
+    };
+    run(2_000_000); // warm-up: clock ramp, wake the pool
+    (0..3)
+        .map(|_| {
+            let (flops, secs) = run(20_000_000);
+            flops / secs
+        })
+        .fold(0.0, f64::max)
 }
 
-/// All probes, with buffers of `bytes` (use several times the L3 size).
+/// All probes, with buffers of `bytes` in total (use [`default_probe_bytes`]).
 pub fn measure(bytes: usize) -> Roofline {
     Roofline {
         read_bw: read_bandwidth(bytes),

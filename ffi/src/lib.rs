@@ -39,6 +39,7 @@ pub mod runtime;
 // One module per op family; add new families here.
 pub mod attention;
 pub mod cache;
+pub mod gdn;
 pub mod layer;
 pub mod sampling;
 

@@ -7,6 +7,7 @@
 
 mod attention;
 mod cache;
+mod gdn;
 mod layer;
 mod sampling;
 
@@ -121,6 +122,7 @@ pub struct AlignRow {
 pub fn cases() -> Vec<AlignCase> {
     let mut all = Vec::new();
     all.extend(cache::cases());
+    all.extend(gdn::cases());
     all.extend(layer::cases());
     all.extend(attention::cases());
     all.extend(sampling::cases());

@@ -323,16 +323,18 @@ pub fn reshape_and_cache(
         "reshape_and_cache",
         &[("key", key.layout()), ("key_cache", key_cache.layout())],
     );
-    let (kc, vc) = (key_cache.layout().clone(), value_cache.layout().clone());
-    let src = check_sources(key, value, &kc, &vc, slot_mapping, kv_cache_dtype)?;
+    // Pointers first, then borrowed layouts: no per-call copies of shapes.
+    let (kp, vp) = (key_cache.as_mut_ptr(), value_cache.as_mut_ptr());
+    let (kc, vc) = (key_cache.layout(), value_cache.layout());
+    let src = check_sources(key, value, kc, vc, slot_mapping, kv_cache_dtype)?;
     check::rank(
-        &kc,
+        kc,
         "key_cache",
         5,
         "[num_blocks, num_heads, head_size/x, block_size, x]",
     )?;
     check::rank(
-        &vc,
+        vc,
         "value_cache",
         4,
         "[num_blocks, num_heads, head_size, block_size]",
@@ -354,31 +356,27 @@ pub fn reshape_and_cache(
             src.head_size
         );
     }
-    check::dim(&kc, "key_cache", 1, src.num_heads, "num_heads")?;
-    check::dim(&kc, "key_cache", 2, src.head_size / x, "head_size / x")?;
-    check::inner_contiguous(&kc, "key_cache")?;
+    check::dim(kc, "key_cache", 1, src.num_heads, "num_heads")?;
+    check::dim(kc, "key_cache", 2, src.head_size / x, "head_size / x")?;
+    check::inner_contiguous(kc, "key_cache")?;
     check::dim(
-        &vc,
+        vc,
         "value_cache",
         0,
         num_blocks,
         "num_blocks of `key_cache`",
     )?;
-    check::dim(&vc, "value_cache", 1, src.num_heads, "num_heads")?;
-    check::dim(&vc, "value_cache", 2, src.head_size, "head_size")?;
+    check::dim(vc, "value_cache", 1, src.num_heads, "num_heads")?;
+    check::dim(vc, "value_cache", 2, src.head_size, "head_size")?;
     check::dim(
-        &vc,
+        vc,
         "value_cache",
         3,
         block_size,
         "block_size of `key_cache`",
     )?;
-    check_no_partial_overlap(
-        (key_cache.as_ptr(), &kc),
-        (value_cache.as_ptr(), &vc),
-        ("key_cache", "value_cache"),
-    )?;
-    if kc.numel() > 0 && key_cache.as_ptr() == value_cache.as_ptr() {
+    check_no_partial_overlap((kp, kc), (vp, vc), ("key_cache", "value_cache"))?;
+    if kc.numel() > 0 && kp == vp {
         bail!(
             Aliasing,
             "`key_cache` and `value_cache` are the same memory but have different layouts"
@@ -398,11 +396,11 @@ pub fn reshape_and_cache(
         &src,
         slot_mapping,
         sys::xk_cache_layout_XK_LAYOUT_PAGED,
-        key_cache.as_mut_ptr(),
-        value_cache.as_mut_ptr(),
+        kp,
+        vp,
         block_size,
         x,
-        (strides5(&kc), strides5(&vc)),
+        (strides5(kc), strides5(vc)),
         scales,
     );
     run_kv_write(args, src.num_tokens);
@@ -454,28 +452,26 @@ pub fn reshape_and_cache_flash(
         "reshape_and_cache_flash",
         &[("key", key.layout()), ("key_cache", key_cache.layout())],
     );
-    let kc = key_cache.layout().clone();
+    // Pointers first, then borrowed layouts: no per-call copies of shapes.
+    let kp = key_cache.as_mut_ptr();
+    let kc = key_cache.layout();
     let (vc, value_ptr) = match &value_cache {
-        Some(v) => (v.layout().clone(), v.as_ptr() as *mut u8),
-        None => (kc.clone(), key_cache.as_mut_ptr()),
+        Some(v) => (v.layout(), v.as_ptr() as *mut u8),
+        None => (kc, kp),
     };
-    let src = check_sources(key, value, &kc, &vc, slot_mapping, kv_cache_dtype)?;
+    let src = check_sources(key, value, kc, vc, slot_mapping, kv_cache_dtype)?;
     let what = "[num_blocks, block_size, num_heads, head_size]";
-    check::rank(&kc, "key_cache", 4, what)?;
-    check::rank(&vc, "value_cache", 4, what)?;
+    check::rank(kc, "key_cache", 4, what)?;
+    check::rank(vc, "value_cache", 4, what)?;
     let (num_blocks, block_size) = (kc.shape[0], kc.shape[1]);
-    for (t, name) in [(&kc, "key_cache"), (&vc, "value_cache")] {
+    for (t, name) in [(kc, "key_cache"), (vc, "value_cache")] {
         check::dim(t, name, 0, num_blocks, "num_blocks of `key_cache`")?;
         check::dim(t, name, 1, block_size, "block_size of `key_cache`")?;
         check::dim(t, name, 2, src.num_heads, "num_heads")?;
         check::dim(t, name, 3, src.head_size, "head_size")?;
         check::inner_contiguous(t, name)?;
     }
-    check_no_partial_overlap(
-        (key_cache.as_ptr(), &kc),
-        (value_ptr, &vc),
-        ("key_cache", "value_cache"),
-    )?;
+    check_no_partial_overlap((kp, kc), (value_ptr, vc), ("key_cache", "value_cache"))?;
     check_slots(
         slot_mapping,
         num_blocks * block_size,
@@ -490,11 +486,11 @@ pub fn reshape_and_cache_flash(
         &src,
         slot_mapping,
         sys::xk_cache_layout_XK_LAYOUT_FLASH,
-        key_cache.as_mut_ptr(),
+        kp,
         value_ptr,
         block_size,
         0,
-        (strides5(&kc), strides5(&vc)),
+        (strides5(kc), strides5(vc)),
         scales,
     );
     run_kv_write(args, src.num_tokens);
@@ -582,12 +578,18 @@ struct BlockCopy {
     block_bytes: usize,
 }
 
+/// Calls that copy at least this many bytes write with streaming stores (the
+/// destination lines are overwritten whole and not read again soon).
+const STREAM_COPY_MIN_BYTES: usize = 1 << 20;
+
 fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
     let work = Shared((copies, pairs));
     let n = copies.len() * pairs.len();
     let min_chunk = copies
         .first()
         .map_or(1, |c| (256 * 1024 / c.block_bytes.max(1)).max(1));
+    let total: usize = copies.iter().map(|c| c.block_bytes).sum::<usize>() * pairs.len();
+    let stream = total >= STREAM_COPY_MIN_BYTES;
     grid(n, min_chunk, |r| {
         let (copies, pairs) = *work.get();
         for i in r {
@@ -598,12 +600,19 @@ fn run_block_copies(copies: &[BlockCopy], pairs: &[(i64, i64)]) {
             // SAFETY: block ids were checked against both caches, blocks are
             // dense, and distinct pairs write distinct destination blocks.
             unsafe {
-                std::ptr::copy_nonoverlapping(
+                let (from, to) = (
                     c.src.add(s as usize * c.src_block_stride),
                     c.dst.add(d as usize * c.dst_block_stride),
-                    c.block_bytes,
-                )
+                );
+                if stream {
+                    crate::mem::stream_copy(from, to, c.block_bytes);
+                } else {
+                    std::ptr::copy_nonoverlapping(from, to, c.block_bytes);
+                }
             }
+        }
+        if stream {
+            crate::mem::store_fence();
         }
     });
 }

@@ -4,5 +4,7 @@
 pub mod attention;
 pub mod cache;
 pub(crate) mod check;
+pub mod conv;
+pub mod gdn;
 pub mod layer;
 pub mod sampling;

@@ -3,5 +3,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod conv;
+pub mod gdn;
 pub mod layer;
 pub mod sampling;

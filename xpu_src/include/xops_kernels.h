@@ -189,6 +189,171 @@ typedef struct xk_probe_result {
   double value; /* a checksum, so the compiler cannot drop the work */
 } xk_probe_result;
 
+/* ---- linear attention: causal_conv1d, gated delta rule (issue 4) -------- */
+
+/* Element type of an index tensor (query_start_loc, cache indices, flags). */
+typedef enum xk_la_index_dtype {
+  XK_LA_I32 = 0,
+  XK_LA_I64 = 1,
+  XK_LA_BOOL = 2, /* one byte, 0 or 1 */
+} xk_la_index_dtype;
+
+/* A host vector of indices: element i at data + i * stride (elements). data == NULL: absent. */
+typedef struct xk_la_index {
+  const void *data;
+  int64_t stride;
+  int32_t dtype; /* xk_la_index_dtype */
+} xk_la_index;
+
+/*
+ * causal_conv1d_fn and causal_conv1d_update. Sequence n's token t, channel c is
+ *   x[n * x_stride_seq + (start(n) + t) * x_stride_tok + c * x_stride_dim]
+ * with start(n) = query_start_loc[n] (0 without it) and length
+ * query_start_loc[n + 1] - start(n) (seqlen without it).
+ * Grid block b = n * num_channel_tiles + tile covers channels
+ * [tile * channel_tile, min(dim, (tile + 1) * channel_tile)) of sequence n.
+ */
+typedef struct xk_conv1d_args {
+  const void *x; /* host, read; may equal out (in place, same strides) */
+  int32_t x_dtype;
+  int64_t x_stride_seq, x_stride_tok, x_stride_dim;
+  void *out;
+  int32_t out_dtype;
+  int64_t out_stride_seq, out_stride_tok, out_stride_dim;
+  const void *weight; /* [dim, width] */
+  int32_t weight_dtype;
+  int64_t weight_stride_dim, weight_stride_width;
+  const void *bias; /* [dim] or NULL */
+  int32_t bias_dtype;
+  int64_t bias_stride;
+  void *conv_states; /* [cache_lines, dim, state_len], any strides */
+  int32_t state_dtype;
+  int64_t state_stride_line, state_stride_dim, state_stride_tok;
+  int64_t dim, width; /* width in 2..6 */
+  int64_t seqlen;     /* tokens per sequence when query_start_loc is absent */
+  xk_la_index query_start_loc;     /* [B + 1] or absent */
+  xk_la_index cache_indices;       /* [B] cache line of sequence n; absent: line n */
+  xk_la_index has_initial_state;   /* [B]; absent: load_state_default */
+  xk_la_index num_accepted_tokens; /* [B]; present: spec-decode shift */
+  int32_t load_state_default;
+  int32_t silu;
+  int64_t pad_slot_id; /* a cache index equal to it skips the sequence */
+  int64_t channel_tile; /* scratch holds (2 * width + 3) * channel_tile floats */
+  int64_t num_channel_tiles;
+} xk_conv1d_args;
+
+
+/* fused_gdn_gating, per row (token) t and value head h:
+ *   g[t, h] = -exp(A_log[h]) * softplus(a[t, h] + dt_bias[h]),  beta_output[t, h] = sigmoid(b[t, h])
+ * softplus(x) = log(1 + exp(beta x)) / beta, or x where beta x > threshold. */
+typedef struct xk_gdn_gating_args {
+  const void *a_log;
+  int32_t a_log_dtype;
+  int64_t a_log_stride;
+  const void *a;
+  int32_t a_dtype;
+  int64_t a_stride_row, a_stride_head;
+  const void *b;
+  int32_t b_dtype;
+  int64_t b_stride_row, b_stride_head;
+  const void *dt_bias;
+  int32_t dt_bias_dtype;
+  int64_t dt_bias_stride;
+  void *g;
+  int32_t g_dtype;
+  int64_t g_stride_row, g_stride_head;
+  void *beta_output;
+  int32_t beta_dtype;
+  int64_t beta_stride_row, beta_stride_head;
+  int64_t num_heads;
+  float softplus_beta, threshold;
+} xk_gdn_gating_args;
+
+/* Row r of a two-level row view starts at (r / inner) * outer_stride + (r % inner) * stride. */
+typedef struct xk_rows {
+  int64_t stride, inner, outer_stride;
+} xk_rows;
+
+/* l2norm over rows of n contiguous elements: y = x / sqrt(sum(x^2) + eps). */
+typedef struct xk_l2norm_args {
+  const void *x;
+  int32_t x_dtype;
+  xk_rows x_rows;
+  void *out; /* may equal x (same strides) */
+  int32_t out_dtype;
+  xk_rows out_rows;
+  int64_t n;
+  float eps;
+} xk_l2norm_args;
+
+/* rms_norm_gated over rows of n contiguous elements in groups of group_size:
+ * norm_before_gate: y = x * rstd(x) * w (+ b), then y *= silu(z);
+ * otherwise:        x' = x * silu(z), y = x' * rstd(x') * w (+ b).
+ * rstd(v) = 1 / sqrt(mean(v^2) over the group + eps). z == NULL: no gate. */
+typedef struct xk_rms_norm_gated_args {
+  const void *x;
+  int32_t x_dtype;
+  xk_rows x_rows;
+  const void *z;
+  int32_t z_dtype;
+  xk_rows z_rows;
+  const void *weight;
+  int32_t weight_dtype;
+  int64_t weight_stride;
+  const void *bias; /* NULL: none */
+  int32_t bias_dtype;
+  int64_t bias_stride;
+  void *out; /* may equal x or z (same strides) */
+  int32_t out_dtype;
+  xk_rows out_rows;
+  int64_t n, group_size;
+  float eps;
+  int32_t norm_before_gate;
+} xk_rms_norm_gated_args;
+
+/* One [B, T, heads, dim] input of the gated delta rule: element (sequence n,
+ * token t, head h, i) at data + n * s_seq + t * s_tok + h * s_head + i. For
+ * g and beta ([B, T, HV]) i is always 0. */
+typedef struct xk_gdn_tensor {
+  const void *data;
+  int32_t dtype;
+  int64_t s_seq, s_tok, s_head;
+} xk_gdn_tensor;
+
+/*
+ * fused_recurrent_gated_delta_rule and chunk_gated_delta_rule. Grid block
+ * b = n * HV + hv runs sequence n (tokens [cu_seqlens[n], cu_seqlens[n+1]) of
+ * batch row 0, or all seqlen tokens of batch row n without cu_seqlens) for
+ * value head hv, which reads q/k head hv / (HV / H). Per token:
+ *   S = exp(g) S;  d = beta (v - S k);  S += d k^T;  o = S q   (S is [V, K])
+ * with q, k optionally l2-normalised (eps 1e-6) and q scaled by `scale`.
+ * The state pool is fp32 [slots, HV, V, K] with any strides.
+ */
+typedef struct xk_gdn_args {
+  xk_gdn_tensor q, k, v, g, beta; /* beta.data == NULL: beta = 1 */
+  void *o;                        /* [B, T, HV, V] */
+  int32_t o_dtype;
+  int64_t o_s_seq, o_s_tok, o_s_head;
+  float *state; /* NULL (chunk only): zero initial state, nothing stored */
+  int64_t state_s_slot, state_s_head, state_s_v, state_s_k;
+  int64_t num_seqs, seqlen;
+  int64_t num_heads, num_v_heads, head_k_dim, head_v_dim; /* H, HV, K, V */
+  float scale;
+  int32_t use_qk_l2norm;
+  xk_la_index cu_seqlens; /* [N + 1] or absent */
+  /* Slots: absent -> slot n. Rank 1 [N]: read and written in place.
+   * Rank 2 [N, cols] (recurrent only): read at column num_accepted_tokens[n] - 1
+   * (0 without it); the state after token t is stored at column t. A negative
+   * read slot skips the sequence (its outputs are zeroed); a negative column-t
+   * slot just skips that snapshot. */
+  const void *state_indices;
+  int32_t state_indices_dtype; /* XK_LA_I32 or XK_LA_I64 */
+  int64_t idx_s_seq, idx_s_tok;
+  int32_t indices_2d;
+  xk_la_index num_accepted_tokens; /* recurrent, rank-2 indices only */
+  xk_la_index has_initial_state;   /* chunk: absent -> all true */
+  int32_t output_final_state;      /* chunk: write the final state back */
+} xk_gdn_args;
 /* ---- sampling (issue 6) -------------------------------------------------
  * Per-row outcome of a sampling or filter kernel; the launcher turns a
  * non-zero status into a named error before it writes any output. */
@@ -279,6 +444,18 @@ typedef struct xk_kernel_table {
    * peak for the attention benchmarks); returns the flops done, 0 on tiers
    * without AVX512_BF16. */
   double (*attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
+  /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args;
+   * `scratch` is private to the caller (see channel_tile). */
+  void (*causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  /* Rows [row_begin, row_end) of the elementwise GDN helpers. */
+  void (*gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
+  void (*l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
+  void (*rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
+  /* Gated delta rule, grid blocks [block_begin, block_end). `scratch` holds
+   * gdn_scratch_floats(head_k_dim, head_v_dim, chunked) floats private to the caller. */
+  void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  void (*gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
   /* Sampling (issue 6). Rows [row_begin, row_end) of the batch. */
   void (*sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
   void (*filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);

@@ -1,0 +1,399 @@
+//! The KV-cache write kernel's fast paths against the reference, bit for bit,
+//! on every ISA tier and with 1 and 2 threads: streaming stores (grid blocks
+//! writing >= 32 KiB of whole-line rows), the fallback for caches that are
+//! not line-aligned, the paged layout's runs of consecutive slots (staged and
+//! transposed 16 tokens at a time; partial runs, runs cut by padding, block
+//! sizes 8/16/32), and the fp8 power-of-two-scale multiply (vs. the general
+//! divide), with special values (NaN, inf, zeros, subnormals, huge) in the
+//! sources. Tolerance: none (copies and conversions are bit-exact, see
+//! `xpu_ops::ops::cache`).
+
+mod common;
+
+use half::{bf16, f16};
+use xpu_ops::bench::AlignedBuf;
+use xpu_ops::reference::cache as reference;
+use xpu_ops::{DType, TensorView, TensorViewMut};
+
+const H: usize = 2;
+const D: usize = 128;
+const T: usize = 300;
+/// Slots in every cache: 640 = 40 blocks of 16.
+const SLOTS: usize = 640;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    Flash,
+    Paged,
+}
+
+fn source_values(rng: &mut common::Rng) -> Vec<f32> {
+    let specials = [
+        f32::NAN,
+        -f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        1e-40,
+        -3e-39,
+        1e30,
+        -7e4,
+        448.0,
+        464.0,
+        0.013 * 448.0,
+        2f32.powi(-9),
+        2f32.powi(-10),
+    ];
+    (0..T * H * D)
+        .map(|i| {
+            if i % 37 == 0 {
+                specials[(i / 37) % specials.len()]
+            } else {
+                rng.uniform() * 8.0
+            }
+        })
+        .collect()
+}
+
+/// Key and value data in `dtype`, as bytes.
+fn encode(vals: &[f32], dtype: DType) -> Vec<u8> {
+    match dtype {
+        DType::F32 => vals.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => vals
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        DType::BF16 => vals
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
+        _ => unreachable!(),
+    }
+}
+
+struct Setup {
+    layout: Layout,
+    src: DType,
+    kv_cache_dtype: &'static str,
+    cache: DType,
+    k_scale: Vec<f32>,
+    v_scale: Vec<f32>,
+    /// Byte offset of the caches from a 64-byte boundary.
+    misalign: usize,
+    block_size: usize,
+    /// Slots in each cache.
+    slots: usize,
+}
+
+fn shapes(s: &Setup) -> (Vec<usize>, Vec<usize>) {
+    let x = 16 / s.cache.size();
+    let (bs, nb) = (s.block_size, s.slots / s.block_size);
+    match s.layout {
+        Layout::Flash => (vec![nb, bs, H, D], vec![nb, bs, H, D]),
+        Layout::Paged => (vec![nb, H, D / x, bs, x], vec![nb, H, D, bs]),
+    }
+}
+
+/// Runs the op (or the reference) into caches filled with 0x5a; returns the
+/// key and value cache bytes.
+fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
+    let bytes = s.slots * H * D * s.cache.size();
+    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+    let (ks, vs) = shapes(s);
+    {
+        let t = slots.len();
+        let k = TensorView::from_bytes(key, s.src, &[t, H, D], None).unwrap();
+        let v = TensorView::from_bytes(value, s.src, &[t, H, D], None).unwrap();
+        let sm = TensorView::new(slots, &[t]).unwrap();
+        let kscale = TensorView::new(&s.k_scale, &[s.k_scale.len()]).unwrap();
+        let vscale = TensorView::new(&s.v_scale, &[s.v_scale.len()]).unwrap();
+        let range = s.misalign..s.misalign + bytes;
+        let mut kc =
+            TensorViewMut::from_bytes(&mut kb.as_mut_slice()[range.clone()], s.cache, &ks, None)
+                .unwrap();
+        let mut vc =
+            TensorViewMut::from_bytes(&mut vb.as_mut_slice()[range], s.cache, &vs, None).unwrap();
+        let scales = (Some(&kscale), Some(&vscale));
+        match (s.layout, use_reference) {
+            (Layout::Flash, false) => xpu_ops::reshape_and_cache_flash(
+                &k,
+                &v,
+                &mut kc,
+                Some(&mut vc),
+                &sm,
+                s.kv_cache_dtype,
+                scales.0,
+                scales.1,
+            )
+            .unwrap(),
+            (Layout::Flash, true) => reference::reshape_and_cache_flash(
+                &k,
+                &v,
+                &mut kc,
+                Some(&mut vc),
+                &sm,
+                s.kv_cache_dtype,
+                scales.0,
+                scales.1,
+            ),
+            (Layout::Paged, false) => xpu_ops::reshape_and_cache(
+                &k,
+                &v,
+                &mut kc,
+                &mut vc,
+                &sm,
+                s.kv_cache_dtype,
+                scales.0,
+                scales.1,
+            )
+            .unwrap(),
+            (Layout::Paged, true) => reference::reshape_and_cache(
+                &k,
+                &v,
+                &mut kc,
+                &mut vc,
+                &sm,
+                s.kv_cache_dtype,
+                scales.0,
+                scales.1,
+            ),
+        }
+    }
+    let mut out = kb.as_slice().to_vec();
+    out.extend_from_slice(vb.as_slice());
+    out
+}
+
+fn shuffled(n: usize, rng: &mut common::Rng) -> Vec<i64> {
+    let mut v: Vec<i64> = (0..n as i64).collect();
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    v
+}
+
+/// Distinct random slots, one padding token.
+fn random_slots(rng: &mut common::Rng) -> Vec<i64> {
+    let mut slots = shuffled(SLOTS, rng);
+    slots.truncate(T);
+    slots[7] = -1;
+    slots
+}
+
+/// Sequences filling shuffled blocks in order, as prefill does: some start
+/// mid-block (a continued chunk), some end mid-block, a few tokens are padding.
+fn prefill_slots(rng: &mut common::Rng, block_size: usize) -> Vec<i64> {
+    let mut blocks = shuffled(SLOTS / block_size, rng).into_iter();
+    let mut slots = Vec::new();
+    for (i, len) in [1usize, 5, 16, 17, 40, 3, 64, 33, 121]
+        .into_iter()
+        .enumerate()
+    {
+        let mut pos = if i % 3 == 1 { 5 } else { 0 };
+        let mut block = blocks.next().unwrap();
+        for _ in 0..len {
+            if pos == block_size {
+                block = blocks.next().unwrap();
+                pos = 0;
+            }
+            slots.push(block * block_size as i64 + pos as i64);
+            pos += 1;
+        }
+    }
+    slots.truncate(T);
+    slots.resize(T, -1);
+    slots[20] = -1;
+    slots
+}
+
+#[test]
+fn fast_paths_match_reference_on_every_tier() {
+    let mut rng = common::Rng(11);
+    let kvals = source_values(&mut rng);
+    let vvals = source_values(&mut rng);
+    for (block_size, prefill) in [(16, false), (16, true), (32, true), (8, true)] {
+        let slots = if prefill {
+            prefill_slots(&mut rng, block_size)
+        } else {
+            random_slots(&mut rng)
+        };
+        check_all(&kvals, &vvals, &slots, block_size);
+    }
+}
+
+/// fp8 rows stream only when a grid block writes >= 1 MiB: 8192 tokens of
+/// 2 x 128 fp8 keys and values (4 MiB, >= 1 MiB per block for up to 4
+/// blocks), flash and paged (prefill-shaped slots), pow2 and other scales.
+#[test]
+fn fp8_streaming_matches_reference() {
+    let (t, slots_per_cache) = (8192, 8192 + 512);
+    let mut rng = common::Rng(23);
+    let vals: Vec<f32> = (0..t * H * D).map(|_| rng.uniform() * 6.0).collect();
+    let key = encode(&vals, DType::BF16);
+    let value: Vec<u8> = key.iter().rev().copied().collect();
+    // Blocks of 16 in shuffled order, 16 slots padding at the start.
+    let blocks = shuffled(slots_per_cache / 16, &mut rng);
+    let mut slots: Vec<i64> = blocks
+        .iter()
+        .flat_map(|&b| (0..16).map(move |o| b * 16 + o))
+        .collect();
+    slots.truncate(t);
+    slots[..16].fill(-1);
+    for layout in [Layout::Flash, Layout::Paged] {
+        for (ks, vs) in [(vec![1.0f32], vec![0.25f32]), (vec![0.013], vec![0.3])] {
+            let s = Setup {
+                layout,
+                src: DType::BF16,
+                kv_cache_dtype: "fp8",
+                cache: DType::U8,
+                k_scale: ks,
+                v_scale: vs,
+                misalign: 0,
+                block_size: 16,
+                slots: slots_per_cache,
+            };
+            let want = run(&s, &key, &value, &slots, true);
+            common::for_each_isa(|isa| {
+                let got = common::with_threads(1, || {
+                    xpu_ops::with_isa(isa, || run(&s, &key, &value, &slots, false)).unwrap()
+                });
+                assert!(got == want, "{layout:?} fp8 8192 tokens on {isa}");
+            });
+        }
+    }
+}
+
+fn check_all(kvals: &[f32], vvals: &[f32], slots: &[i64], block_size: usize) {
+    let caches: [(&str, DType, &[DType]); 4] = [
+        ("auto", DType::F32, &[DType::F32]),
+        ("bfloat16", DType::BF16, &[DType::F32, DType::BF16]),
+        ("fp8", DType::U8, &[DType::F32, DType::F16, DType::BF16]),
+        ("fp8_e5m2", DType::F8E5M2, &[DType::BF16]),
+    ];
+    // Power-of-two scales take the multiply path, others divide.
+    let scales: [(Vec<f32>, Vec<f32>); 4] = [
+        (vec![1.0], vec![1.0]),
+        (vec![0.25, 4.0], vec![2f32.powi(-20), 0.5]),
+        (vec![0.013], vec![3.0]),
+        (vec![0.5, 0.3], vec![1.0, 1e-3]),
+    ];
+    let mut checked = 0;
+    for layout in [Layout::Flash, Layout::Paged] {
+        for (kv_cache_dtype, cache, srcs) in caches {
+            for &src in srcs {
+                let fp8 = kv_cache_dtype.starts_with("fp8");
+                for (ks, vs) in scales.iter().take(if fp8 { 4 } else { 1 }) {
+                    for misalign in [0, 16] {
+                        let s = Setup {
+                            layout,
+                            src,
+                            kv_cache_dtype,
+                            cache,
+                            k_scale: ks.clone(),
+                            v_scale: vs.clone(),
+                            misalign,
+                            block_size,
+                            slots: SLOTS,
+                        };
+                        let (key, value) = (encode(kvals, src), encode(vvals, src));
+                        let want = run(&s, &key, &value, slots, true);
+                        common::for_each_isa(|isa| {
+                            for threads in [1, 2] {
+                                // The tier override is per thread: set it again on the pool's thread.
+                                let got = common::with_threads(threads, || {
+                                    xpu_ops::with_isa(isa, || run(&s, &key, &value, slots, false))
+                                        .unwrap()
+                                });
+                                if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                                    panic!(
+                                        "{layout:?} bs {block_size} {src}->{kv_cache_dtype} scales {ks:?}/{vs:?} misalign {misalign} on {isa} with {threads} threads: byte {i} is {:#x}, reference {:#x}",
+                                        got[i], want[i]
+                                    );
+                                }
+                            }
+                        });
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 2 * (1 + 2 + 3 * 4 + 4) * 2);
+}
+
+/// copy_blocks and swap_blocks stream when a call moves >= 1 MiB: check big
+/// and small calls, aligned and misaligned caches, against the reference.
+#[test]
+fn block_copies_match_reference() {
+    let mut rng = common::Rng(5);
+    let (nb, block) = (200usize, [16usize, 2, 256]); // 8 KiB fp8 blocks
+    let per_block: usize = block.iter().product();
+    let shape = [nb, block[0], block[1], block[2]];
+    let fill = |rng: &mut common::Rng| -> Vec<u8> {
+        (0..nb * per_block + 64)
+            .map(|_| rng.next_u64() as u8)
+            .collect()
+    };
+    let blocks = shuffled(nb, &mut rng);
+    for (pairs, misalign) in [(70usize, 0usize), (70, 3), (3, 0)] {
+        let mapping: Vec<i64> = (0..pairs)
+            .flat_map(|i| [blocks[i], blocks[pairs + i]])
+            .collect();
+        let bm = TensorView::new(&mapping, &[pairs, 2]).unwrap();
+        let init: Vec<Vec<u8>> = (0..4).map(|_| fill(&mut rng)).collect();
+        let range = misalign..misalign + nb * per_block;
+        let run = |use_reference: bool| {
+            let mut bufs = init.clone();
+            let (a, b) = bufs.split_at_mut(2);
+            let (k0, k1) = a.split_at_mut(1);
+            let (v0, v1) = b.split_at_mut(1);
+            fn view<'a>(buf: &'a mut [u8], shape: &[usize]) -> TensorViewMut<'a> {
+                TensorViewMut::from_bytes(buf, DType::U8, shape, None).unwrap()
+            }
+            let r = range.clone();
+            let mut ks = vec![
+                view(&mut k0[0][r.clone()], &shape),
+                view(&mut k1[0][r.clone()], &shape),
+            ];
+            let mut vs = vec![
+                view(&mut v0[0][r.clone()], &shape),
+                view(&mut v1[0][r], &shape),
+            ];
+            if use_reference {
+                reference::copy_blocks(&mut ks, &mut vs, &bm);
+            } else {
+                xpu_ops::copy_blocks(&mut ks, &mut vs, &bm).unwrap();
+            }
+            drop((ks, vs));
+            bufs
+        };
+        let want = run(true);
+        for threads in [1, 2] {
+            let got = common::with_threads(threads, || run(false));
+            assert!(
+                got == want,
+                "copy_blocks: {pairs} pairs, misalign {misalign}, {threads} threads"
+            );
+        }
+        // swap_blocks: from one cache into another.
+        let swap = |use_reference: bool| {
+            let mut dst = init[1].clone();
+            let src =
+                TensorView::from_bytes(&init[0][range.clone()], DType::U8, &shape, None).unwrap();
+            let mut d = TensorViewMut::from_bytes(&mut dst[range.clone()], DType::U8, &shape, None)
+                .unwrap();
+            if use_reference {
+                reference::swap_blocks(&src, &mut d, &bm);
+            } else {
+                xpu_ops::swap_blocks(&src, &mut d, &bm).unwrap();
+            }
+            dst
+        };
+        assert!(
+            swap(false) == swap(true),
+            "swap_blocks: {pairs} pairs, misalign {misalign}"
+        );
+    }
+}
