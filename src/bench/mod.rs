@@ -20,11 +20,15 @@ use std::time::{Duration, Instant};
 
 use crate::probe::Roofline;
 
+pub mod attention;
 pub mod kv_cache;
 
 /// Every op family's case list, in report order. A new family adds its
 /// module above and one line here.
-pub const FAMILIES: &[(&str, CaseList)] = &[("kv_cache", kv_cache::cases)];
+pub const FAMILIES: &[(&str, CaseList)] = &[
+    ("kv_cache", kv_cache::cases),
+    ("attention", attention::cases),
+];
 
 /// A family's case list for a configuration.
 pub type CaseList = fn(&Config) -> Vec<Case>;
