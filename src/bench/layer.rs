@@ -12,10 +12,11 @@
 //!   slots holding one call's inputs (with the weight, as in decode where
 //!   each layer's weights and activations are touched once) and second half
 //!   into slots for its outputs; successive calls take successive slots, so
-//!   every call streams from DRAM. Separate halves keep products of
-//!   products out of the inputs (they drift into subnormals, which made
-//!   `silu_and_mul` ~10x slower); only the in-place ops write the input
-//!   half, with normalized or rotated values. Only the RoPE `cos_sin_cache` and
+//!   every call streams from DRAM. The input half is never written after
+//!   it is filled (values in [-1, 1)), and the in-place ops (`fused_add_rms_norm`,
+//!   `rotary_embedding`) work in the output half: when earlier cases' outputs
+//!   (or a growing residual) fed `silu_and_mul`, it ran ~8x slower (values
+//!   whose exp is subnormal, or subnormal products). Only the RoPE `cos_sin_cache` and
 //!   positions are reused (one table for all layers).
 //! * Bytes counted: the elements the op reads plus those it writes (for RoPE
 //!   the rotary dims of every q/k head, read and written, and the cos/sin
@@ -67,14 +68,15 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// bf16 elements of one call's inputs (including weights and tensors
-    /// updated in place) and of its outputs.
+    /// bf16 elements of one call's slot in the arena's input half (tensors
+    /// only read) and in its output half (tensors written, including those
+    /// updated in place).
     fn slot_elems(&self) -> (usize, usize) {
         let t = self.tokens;
         match self.op {
             Op::RmsNorm { hidden } => (t * hidden + hidden, t * hidden),
-            Op::FusedAddRmsNorm { hidden } => (2 * t * hidden + hidden, 0),
-            Op::Rotary => (t * (Q_HEADS + 2 * KV_HEADS) * HEAD_SIZE, 0),
+            Op::FusedAddRmsNorm { hidden } => (hidden, 2 * t * hidden),
+            Op::Rotary => (0, t * (Q_HEADS + 2 * KV_HEADS) * HEAD_SIZE),
             Op::SiluAndMul { d } => (2 * t * d, t * d),
         }
     }
@@ -202,9 +204,10 @@ fn case(shape: Shape, cfg: &Config, arena: Arena) -> Case {
 }
 
 fn runner(s: Shape, arena: Arena, cold: usize) -> Runner {
-    // The arena's first half holds inputs, its second half outputs, so no
-    // call reads what another case wrote (products of products would end
-    // in subnormals, and those are slow); slots start on cache lines.
+    // The arena's first half holds tensors only read, its second half
+    // tensors written, so the inputs of `rms_norm` and `silu_and_mul` stay
+    // as filled whatever ran before (see the module doc); slots start on
+    // cache lines.
     let (in_elems, out_elems) = s.slot_elems();
     let (in_bytes, out_bytes) = (
         (in_elems * 2).next_multiple_of(64),
@@ -212,7 +215,7 @@ fn runner(s: Shape, arena: Arena, cold: usize) -> Runner {
     );
     let half = (cold / 2).max(in_bytes).max(out_bytes);
     let arena_bytes = 2 * half;
-    let slots = (half / in_bytes).min(half / out_bytes.max(1));
+    let slots = (half / in_bytes.max(1)).min(half / out_bytes.max(1));
     drop(arena_buf(&arena, arena_bytes)); // allocate before timing
     let mut next = 0usize;
     let t = s.tokens;
@@ -241,12 +244,11 @@ fn runner(s: Shape, arena: Arena, cold: usize) -> Runner {
                 )
             }
             Op::FusedAddRmsNorm { hidden: h } => {
-                let (x, rest) = slot.split_at_mut(t * h * 2);
-                let (r, w) = rest.split_at_mut(t * h * 2);
+                let (x, r) = out.split_at_mut(t * h * 2);
                 crate::fused_add_rms_norm(
                     &mut TensorViewMut::from_bytes(x, bf, &[t, h], None).unwrap(),
-                    &mut TensorViewMut::from_bytes(r, bf, &[t, h], None).unwrap(),
-                    &TensorView::from_bytes(&w[..h * 2], bf, &[h], None).unwrap(),
+                    &mut TensorViewMut::from_bytes(&mut r[..t * h * 2], bf, &[t, h], None).unwrap(),
+                    &TensorView::from_bytes(&slot[..h * 2], bf, &[h], None).unwrap(),
                     EPS,
                 )
             }
@@ -254,12 +256,12 @@ fn runner(s: Shape, arena: Arena, cold: usize) -> Runner {
                 // q [T, 16*256] and k [T, 2*256] with the qkv row stride, as
                 // vLLM's q/k views of one qkv tensor.
                 let row = (Q_HEADS + 2 * KV_HEADS) * HEAD_SIZE;
-                let p = slot.as_mut_ptr();
+                let p = out.as_mut_ptr();
                 let view = |cols: usize| Layout {
                     strides: vec![row, 1],
                     ..Layout::contiguous(bf, &[t, cols])
                 };
-                // SAFETY: both views lie inside the slot (the last row ends at
+                // SAFETY: both views lie inside the output slot (the last row ends at
                 // (t - 1) * row + (Q_HEADS + KV_HEADS) * HEAD_SIZE <= t * row
                 // elements), share no element, and the slot is borrowed
                 // mutably for the whole call.
