@@ -21,10 +21,16 @@ use std::time::{Duration, Instant};
 use crate::probe::Roofline;
 
 pub mod kv_cache;
+pub mod layer;
+pub mod sampling;
 
 /// Every op family's case list, in report order. A new family adds its
 /// module above and one line here.
-pub const FAMILIES: &[(&str, CaseList)] = &[("kv_cache", kv_cache::cases)];
+pub const FAMILIES: &[(&str, CaseList)] = &[
+    ("kv_cache", kv_cache::cases),
+    ("layer", layer::cases),
+    ("sampling", sampling::cases),
+];
 
 /// A family's case list for a configuration.
 pub type CaseList = fn(&Config) -> Vec<Case>;
