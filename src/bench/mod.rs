@@ -22,12 +22,16 @@ use crate::probe::Roofline;
 
 pub mod attention;
 pub mod kv_cache;
+pub mod layer;
+pub mod sampling;
 
 /// Every op family's case list, in report order. A new family adds its
 /// module above and one line here.
 pub const FAMILIES: &[(&str, CaseList)] = &[
     ("kv_cache", kv_cache::cases),
+    ("layer", layer::cases),
     ("attention", attention::cases),
+    ("sampling", sampling::cases),
 ];
 
 /// A family's case list for a configuration.
