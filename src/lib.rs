@@ -8,7 +8,7 @@
 //!
 //! Layers: C kernels (`xpu_src/`, one build per ISA tier) → Rust launchers
 //! ([`ops`]) → this safe API, the C ABI (`xpu-ops-ffi`) and Python. The
-//! [`reference`] module is the oracle the tests compare every tier against.
+//! [`mod@reference`] module is the oracle the tests compare every tier against.
 //!
 //! ```
 //! use xpu_ops::{TensorView, TensorViewMut, reshape_and_cache_flash};
