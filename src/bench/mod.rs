@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::probe::Roofline;
 
+pub mod gdn;
 pub mod kv_cache;
 pub mod layer;
 pub mod sampling;
@@ -29,6 +30,7 @@ pub mod sampling;
 pub const FAMILIES: &[(&str, CaseList)] = &[
     ("kv_cache", kv_cache::cases),
     ("layer", layer::cases),
+    ("gdn", gdn::cases),
     ("sampling", sampling::cases),
 ];
 
