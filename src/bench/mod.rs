@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::probe::Roofline;
 
 pub mod attention;
+pub mod gdn;
 pub mod kv_cache;
 pub mod layer;
 pub mod sampling;
@@ -31,6 +32,7 @@ pub const FAMILIES: &[(&str, CaseList)] = &[
     ("kv_cache", kv_cache::cases),
     ("layer", layer::cases),
     ("attention", attention::cases),
+    ("gdn", gdn::cases),
     ("sampling", sampling::cases),
 ];
 
