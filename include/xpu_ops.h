@@ -250,6 +250,161 @@ enum xops_status xops_set_num_threads(int n);
 int xops_get_num_threads(void);
 
 /**
+ * Runs the node-level alignment report (every op against the reference on
+ * every ISA tier, cases whose op name contains `filter`; NULL or "" for all)
+ * and writes it as a NUL-terminated JSON array into `buf` when it fits
+ * `buf_len` bytes. `*needed` receives the size the report needs (with its
+ * NUL); `*failures` the number of rows outside their tolerance. Call with
+ * `buf_len = 0` to learn the size. The report is computed on every call.
+ *
+ * # Safety
+ * `filter` is NULL or NUL-terminated; `buf` has `buf_len` writable bytes
+ * (may be NULL when `buf_len` is 0); `needed` and `failures` are writable.
+ */
+enum xops_status xops_align(const char *filter,
+                            char *buf,
+                            size_t buf_len,
+                            size_t *needed,
+                            size_t *failures);
+
+/**
+ * vLLM's `paged_attention_v1`: one query token per sequence over the paged
+ * KV cache written by `xops_reshape_and_cache`.
+ *
+ * * `out`, `query`: `[num_seqs, num_heads, head_size]` float32/float16/bfloat16,
+ *   head_size contiguous (token and head strides free), head_size one of
+ *   32, 64, 80, 96, 112, 120, 128, 192, 256, 512.
+ * * `key_cache`: `[num_blocks, num_kv_heads, head_size / x, block_size, x]`,
+ *   `value_cache`: `[num_blocks, num_kv_heads, head_size, block_size]`;
+ *   block_size 8, 16, 32, 64 or 128.
+ * * `block_tables`: int32 `[num_seqs, max_blocks]`; `seq_lens`: int32
+ *   `[num_seqs]`, each <= `max_seq_len`. Slots past a sequence's length are
+ *   never read.
+ * * `alibi_slopes`: NULL or float32 `[num_heads]`.
+ * * `kv_cache_dtype`: "auto", "float16", "bfloat16", "fp8" (= "fp8_e4m3"),
+ *   "fp8_e5m2"; `k_scale`, `v_scale`: NULL (1) or float32 `[1]` / `[num_kv_heads]`,
+ *   fp8 dequantised as fp8 * scale.
+ *
+ * Nothing is written unless every argument is valid.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `out`) for the duration of the call.
+ */
+enum xops_status xops_paged_attention_v1(const DLTensor *out,
+                                         const DLTensor *query,
+                                         const DLTensor *key_cache,
+                                         const DLTensor *value_cache,
+                                         int64_t num_kv_heads,
+                                         double scale,
+                                         const DLTensor *block_tables,
+                                         const DLTensor *seq_lens,
+                                         int64_t block_size,
+                                         int64_t max_seq_len,
+                                         const DLTensor *alibi_slopes,
+                                         const char *kv_cache_dtype,
+                                         const DLTensor *k_scale,
+                                         const DLTensor *v_scale);
+
+/**
+ * vLLM's `paged_attention_v2`: `xops_paged_attention_v1` in partitions of
+ * 512 tokens, reduced as vLLM does.
+ *
+ * * `exp_sums`, `max_logits`: float32 `[num_seqs, num_heads, max_num_partitions]`;
+ *   `tmp_out`: `[num_seqs, num_heads, max_num_partitions, head_size]` of the
+ *   query dtype; `max_num_partitions >= ceil(max_seq_len / 512)`.
+ *
+ * Other arguments as `xops_paged_attention_v1`.
+ *
+ * # Safety
+ * As `xops_paged_attention_v1`; `exp_sums`, `max_logits` and `tmp_out` are
+ * writable too.
+ */
+enum xops_status xops_paged_attention_v2(const DLTensor *out,
+                                         const DLTensor *exp_sums,
+                                         const DLTensor *max_logits,
+                                         const DLTensor *tmp_out,
+                                         const DLTensor *query,
+                                         const DLTensor *key_cache,
+                                         const DLTensor *value_cache,
+                                         int64_t num_kv_heads,
+                                         double scale,
+                                         const DLTensor *block_tables,
+                                         const DLTensor *seq_lens,
+                                         int64_t block_size,
+                                         int64_t max_seq_len,
+                                         const DLTensor *alibi_slopes,
+                                         const char *kv_cache_dtype,
+                                         const DLTensor *k_scale,
+                                         const DLTensor *v_scale);
+
+/**
+ * vllm-flash-attn's `flash_attn_varlen_func` over a paged cache
+ * (`block_table` given): prefill, decode and mixed batches.
+ *
+ * * `q`, `out`: `[total_q, num_heads, head_size]` float32/float16/bfloat16,
+ *   head_size a multiple of 8 up to 512, contiguous; sequence b owns rows
+ *   `cu_seqlens_q[b] .. cu_seqlens_q[b + 1]`.
+ * * `k`, `v`: `[num_blocks, block_size, num_kv_heads, head_size]` caches (any
+ *   stride order, head_size contiguous), of the query dtype or
+ *   float8_e4m3fn / float8_e5m2.
+ * * `cu_seqlens_q`: int32 `[batch + 1]`; `seqused_k`: int32 `[batch]` keys
+ *   per sequence; `block_table`: int32 `[batch, max_blocks]`.
+ * * `softmax_scale`: 0 means `1 / sqrt(head_size)`. `causal`: nonzero aligns
+ *   the queries to the end of their keys. `window_left`, `window_right`:
+ *   -1 unbounded. `softcap`: 0 off. `alibi_slopes`: NULL or float32
+ *   `[num_heads]` / `[batch, num_heads]`.
+ * * `softmax_lse`: NULL, or float32 `[num_heads, total_q]` written with each
+ *   row's log-sum-exp (-inf for a row with no keys).
+ * * `k_descale`, `v_descale`: NULL or float32 `[1]`, `[num_kv_heads]` or
+ *   `[batch, num_kv_heads]` (fp8 caches). `s_aux`: NULL or `[num_heads]`
+ *   sink logits.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `out` and `softmax_lse`) for the duration of the call.
+ */
+enum xops_status xops_flash_attn_varlen_func(const DLTensor *q,
+                                             const DLTensor *k,
+                                             const DLTensor *v,
+                                             int64_t max_seqlen_q,
+                                             const DLTensor *cu_seqlens_q,
+                                             int64_t max_seqlen_k,
+                                             const DLTensor *seqused_k,
+                                             double softmax_scale,
+                                             int32_t causal,
+                                             int64_t window_left,
+                                             int64_t window_right,
+                                             double softcap,
+                                             const DLTensor *alibi_slopes,
+                                             const DLTensor *block_table,
+                                             const DLTensor *softmax_lse,
+                                             const DLTensor *out,
+                                             const DLTensor *k_descale,
+                                             const DLTensor *v_descale,
+                                             const DLTensor *s_aux);
+
+/**
+ * vLLM's `merge_attn_states`: merges two partial attention results by their
+ * log-sum-exps. `output`, `prefix_output`, `suffix_output`:
+ * `[num_tokens, num_heads, head_size]` of one dtype (float32/float16/bfloat16);
+ * `prefix_lse`, `suffix_lse`, `output_lse` (NULL to skip): float32
+ * `[num_heads, num_tokens]`. An LSE of -inf (or +inf, FA2's empty row) marks
+ * an empty state; two empty states give 0 and -inf. `output` may be one of
+ * the inputs (in place).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `output` and `output_lse` are writable for
+ * the duration of the call.
+ */
+enum xops_status xops_merge_attn_states(const DLTensor *output,
+                                        const DLTensor *prefix_output,
+                                        const DLTensor *prefix_lse,
+                                        const DLTensor *suffix_output,
+                                        const DLTensor *suffix_lse,
+                                        const DLTensor *output_lse);
+
+/**
  * Writes each token's key and value into a paged cache.
  *
  * * `key`, `value`: `[num_tokens, num_heads, head_size]` float32/float16/bfloat16,
@@ -325,6 +480,161 @@ enum xops_status xops_copy_blocks(const DLTensor *const *key_caches,
 enum xops_status xops_swap_blocks(const DLTensor *src,
                                   const DLTensor *dst,
                                   const DLTensor *block_mapping);
+
+/**
+ * vLLM's `causal_conv1d_fn` (prefill): causal depthwise conv over each
+ * sequence of a varlen batch, starting from its cached history, writing the
+ * last `width - 1` inputs back to the cache line.
+ *
+ * * `x`: `(dim, total_tokens)` float32/float16/bfloat16, any strides; the
+ *   output goes to `out`, or into `x` when `out` is NULL (or `x` itself).
+ * * `weight`: `(dim, width)`, width 2..6; `bias`: `(dim,)` or NULL.
+ * * `conv_states`: `(cache_lines, dim, state_len >= width - 1)`, any strides.
+ * * `query_start_loc`: int32/int64 `[B + 1]`; `cache_indices`: `[B]` or NULL
+ *   (line = sequence); `has_initial_state`: bool/int `[B]` or NULL (all false).
+ * * `activation`: NULL/"none" or "silu"/"swish"; `pad_slot_id`: cache index
+ *   of skipped sequences (vLLM: -1).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `conv_states` and the output are writable
+ * for the duration of the call.
+ */
+enum xops_status xops_causal_conv1d_fn(const DLTensor *x,
+                                       const DLTensor *weight,
+                                       const DLTensor *bias,
+                                       const DLTensor *conv_states,
+                                       const DLTensor *query_start_loc,
+                                       const DLTensor *cache_indices,
+                                       const DLTensor *has_initial_state,
+                                       const char *activation,
+                                       int64_t pad_slot_id,
+                                       const DLTensor *out);
+
+/**
+ * vLLM's `causal_conv1d_update` (decode and speculative decode, widths 2..6).
+ *
+ * * `x`: `(B, dim)`, `(B, dim, seqlen)`, or `(num_tokens, dim)` with
+ *   `query_start_loc`; output into `x` unless `out` (same shape) is given.
+ * * `conv_state`: `(cache_lines, dim, state_len)`; `conv_state_indices`:
+ *   `[B]` or NULL; `pad_slot_id` skips a sequence.
+ * * `num_accepted_tokens`: `[B]` or NULL: the window starts at column
+ *   `num_accepted - 1` and the line keeps it minus its oldest column followed
+ *   by every new token (`state_len >= width - 2 + seqlen`).
+ * * `max_query_len`: varlen bound on sequence lengths, or -1.
+ *
+ * # Safety
+ * As `xops_causal_conv1d_fn`.
+ */
+enum xops_status xops_causal_conv1d_update(const DLTensor *x,
+                                           const DLTensor *conv_state,
+                                           const DLTensor *weight,
+                                           const DLTensor *bias,
+                                           const char *activation,
+                                           const DLTensor *conv_state_indices,
+                                           const DLTensor *num_accepted_tokens,
+                                           const DLTensor *query_start_loc,
+                                           int64_t max_query_len,
+                                           int64_t pad_slot_id,
+                                           const DLTensor *out);
+
+/**
+ * vLLM's `fused_gdn_gating`: `g = -exp(A_log) * softplus(a + dt_bias)`
+ * (softplus with `beta` and `threshold` as torch), `beta_output = sigmoid(b)`.
+ *
+ * * `A_log`, `dt_bias`: `[num_heads]`; `a`, `b`: `[num_tokens, num_heads]`.
+ * * `g`: float32 `[1, num_tokens, num_heads]` or `[num_tokens, num_heads]`;
+ *   `beta_output`: the same shape, float32/float16/bfloat16.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `g` and `beta_output` are writable.
+ */
+enum xops_status xops_fused_gdn_gating(const DLTensor *A_log,
+                                       const DLTensor *a,
+                                       const DLTensor *b,
+                                       const DLTensor *dt_bias,
+                                       double beta,
+                                       double threshold,
+                                       const DLTensor *g,
+                                       const DLTensor *beta_output);
+
+/**
+ * fla's `l2norm`: `out = x / sqrt(sum(x^2, -1) + eps)`; `out` has x's shape,
+ * any float dtype.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `out` is writable and does not overlap `x`.
+ */
+enum xops_status xops_l2norm(const DLTensor *x, double eps, const DLTensor *out);
+
+/**
+ * vLLM's `rms_norm_gated` (RMSNormGated): per group of `group_size`
+ * elements (<= 0: the whole last dim), norm before gate: `out = x * rstd *
+ * weight (+ bias)` then `* silu(z)`; otherwise the gate first. `z`, `bias`:
+ * NULL for none.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `out` is writable.
+ */
+enum xops_status xops_rms_norm_gated(const DLTensor *x,
+                                     const DLTensor *weight,
+                                     const DLTensor *bias,
+                                     const DLTensor *z,
+                                     double eps,
+                                     int64_t group_size,
+                                     int32_t norm_before_gate,
+                                     const DLTensor *out);
+
+/**
+ * vLLM's `fused_recurrent_gated_delta_rule` (decode / spec decode), the
+ * fp32 state pool `initial_state` `[slots, HV, V, K]` updated in place.
+ *
+ * * `q`, `k`: `[B, T, H, K]`; `v`, `o`: `[B, T, HV, V]` (o has v's dtype);
+ *   `g`, `beta` (NULL = ones): `[B, T, HV]`.
+ * * `scale`: 0 = `K^-0.5`.
+ * * `cu_seqlens`: `[N + 1]` (B = 1) or NULL; `ssm_state_indices`: NULL,
+ *   `[N]` or `[N, T]` (per-token snapshots, read at `num_accepted_tokens - 1`);
+ *   negative read slots skip the sequence (zero outputs).
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `initial_state` and `o` are writable.
+ */
+enum xops_status xops_fused_recurrent_gated_delta_rule(const DLTensor *q,
+                                                       const DLTensor *k,
+                                                       const DLTensor *v,
+                                                       const DLTensor *g,
+                                                       const DLTensor *beta,
+                                                       double scale,
+                                                       const DLTensor *initial_state,
+                                                       const DLTensor *cu_seqlens,
+                                                       const DLTensor *ssm_state_indices,
+                                                       const DLTensor *num_accepted_tokens,
+                                                       int32_t use_qk_l2norm_in_kernel,
+                                                       const DLTensor *o);
+
+/**
+ * fla's `chunk_gated_delta_rule` (prefill, 64-token chunks), with the
+ * initial states gathered from the fp32 pool `initial_state` (NULL: zeros)
+ * by `ssm_state_indices` (`[N]` or NULL = slot n; negative = padding) unless
+ * `has_initial_state[n]` is false, and the final states written back when
+ * `output_final_state`. Other arguments as
+ * `xops_fused_recurrent_gated_delta_rule`.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; `initial_state` and `o` are writable.
+ */
+enum xops_status xops_chunk_gated_delta_rule(const DLTensor *q,
+                                             const DLTensor *k,
+                                             const DLTensor *v,
+                                             const DLTensor *g,
+                                             const DLTensor *beta,
+                                             double scale,
+                                             const DLTensor *initial_state,
+                                             int32_t output_final_state,
+                                             const DLTensor *cu_seqlens,
+                                             const DLTensor *ssm_state_indices,
+                                             const DLTensor *has_initial_state,
+                                             int32_t use_qk_l2norm_in_kernel,
+                                             const DLTensor *o);
 
 /**
  * RMS normalization of each row (last dim) of `input`:

@@ -8,7 +8,7 @@
 //!
 //! Layers: C kernels (`xpu_src/`, one build per ISA tier) → Rust launchers
 //! ([`ops`]) → this safe API, the C ABI (`xpu-ops-ffi`) and Python. The
-//! [`reference`] module is the oracle the tests compare every tier against.
+//! [`mod@reference`] module is the oracle the tests compare every tier against.
 //!
 //! ```
 //! use xpu_ops::{TensorView, TensorViewMut, reshape_and_cache_flash};
@@ -45,8 +45,17 @@ pub mod trace;
 
 pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
+pub use ops::attention::{
+    attention_bf16_dot, flash_attn_varlen_func, merge_attn_states, paged_attention_v1,
+    paged_attention_v2, with_attention_bf16_dot,
+};
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,
+};
+pub use ops::conv::{causal_conv1d_fn, causal_conv1d_update};
+pub use ops::gdn::{
+    chunk_gated_delta_rule, fused_gdn_gating, fused_recurrent_gated_delta_rule, l2norm,
+    rms_norm_gated,
 };
 pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use ops::linear::{linear, wna16_linear};

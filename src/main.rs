@@ -15,12 +15,15 @@ commands:
   info              version, ISA tiers, threads, CPU caches
   bench [FILTER..]  measure this machine's roofline, then time every op case whose
                     op, family or name contains one of the FILTERs (all if none)
+  align [FILTER..]  every op against the reference on every ISA tier: cosine,
+                    rmse/rms, max abs error, share within tolerance; exits 1 if
+                    any case falls outside its documented tolerance
   help              this text
 
 options:
   --threads N       worker threads (default: XPU_OPS_NUM_THREADS, else all CPUs)
   --isa TIER        force a lower ISA tier: generic, avx2, avx512, neon
-  --json            bench/info: machine-readable output on stdout
+  --json            bench/info/align: machine-readable output on stdout
   --quick           bench: shorter timing per case and smaller probes
   --list            bench: list the cases that would run, without running them
   --version         print the version
@@ -109,6 +112,7 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         "bench" => cli::bench::run(args),
+        "align" => cli::align::run(args),
         "help" => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -41,6 +41,87 @@ pub struct xk_kv_write_args {
     pub k_scale_stride: i64,
     pub v_scale_stride: i64,
 }
+pub const xk_attn_kind_XK_ATTN_PAGED: xk_attn_kind = 0;
+pub const xk_attn_kind_XK_ATTN_VARLEN: xk_attn_kind = 1;
+pub type xk_attn_kind = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_attn_args {
+    pub kind: i32,
+    pub dtype: i32,
+    pub cache_dtype: i32,
+    pub layout: i32,
+    pub num_seqs: i64,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_size: i64,
+    pub block_size: i64,
+    pub query: *const ::core::ffi::c_void,
+    pub q_stride_token: i64,
+    pub q_stride_head: i64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_stride_token: i64,
+    pub out_stride_head: i64,
+    pub key_cache: *const ::core::ffi::c_void,
+    pub value_cache: *const ::core::ffi::c_void,
+    pub key_cache_strides: [i64; 5usize],
+    pub value_cache_strides: [i64; 5usize],
+    pub x: i64,
+    pub block_tables: *const i32,
+    pub block_tables_stride_seq: i64,
+    pub block_tables_stride_block: i64,
+    pub seq_lens: *const i32,
+    pub scale: f32,
+    pub softcap: f32,
+    pub alibi_slopes: *const f32,
+    pub alibi_stride_seq: i64,
+    pub k_scale: *const f32,
+    pub v_scale: *const f32,
+    pub scale_stride_seq: i64,
+    pub cu_seqlens_q: *const i32,
+    pub work: *const i32,
+    pub causal: i32,
+    pub has_lse: i32,
+    pub window_left: i64,
+    pub window_right: i64,
+    pub s_aux: *const f32,
+    pub lse: *mut f32,
+    pub lse_stride_head: i64,
+    pub lse_stride_token: i64,
+    pub max_rows: i64,
+    pub kv_group: i64,
+    pub bf16_dot: i32,
+    pub pad_: i32,
+    pub partition_size: i64,
+    pub max_partitions: i64,
+    pub max_context: i64,
+    pub exp_sums: *mut f32,
+    pub max_logits: *mut f32,
+    pub part_strides: [i64; 3usize],
+    pub tmp_out: *mut ::core::ffi::c_void,
+    pub tmp_out_strides: [i64; 4usize],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_merge_args {
+    pub dtype: i32,
+    pub pad_: i32,
+    pub num_tokens: i64,
+    pub num_heads: i64,
+    pub head_size: i64,
+    pub output: *mut ::core::ffi::c_void,
+    pub out_strides: [i64; 2usize],
+    pub prefix_output: *const ::core::ffi::c_void,
+    pub prefix_strides: [i64; 2usize],
+    pub suffix_output: *const ::core::ffi::c_void,
+    pub suffix_strides: [i64; 2usize],
+    pub prefix_lse: *const f32,
+    pub prefix_lse_strides: [i64; 2usize],
+    pub suffix_lse: *const f32,
+    pub suffix_lse_strides: [i64; 2usize],
+    pub output_lse: *mut f32,
+    pub output_lse_strides: [i64; 2usize],
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct xk_rms_norm_args {
@@ -167,6 +248,171 @@ pub struct xk_int8_mm_args {
     pub out_stride: i64,
     pub out_dtype: i32,
 }
+pub const xk_la_index_dtype_XK_LA_I32: xk_la_index_dtype = 0;
+pub const xk_la_index_dtype_XK_LA_I64: xk_la_index_dtype = 1;
+pub const xk_la_index_dtype_XK_LA_BOOL: xk_la_index_dtype = 2;
+pub type xk_la_index_dtype = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_la_index {
+    pub data: *const ::core::ffi::c_void,
+    pub stride: i64,
+    pub dtype: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_conv1d_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_dtype: i32,
+    pub x_stride_seq: i64,
+    pub x_stride_tok: i64,
+    pub x_stride_dim: i64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_dtype: i32,
+    pub out_stride_seq: i64,
+    pub out_stride_tok: i64,
+    pub out_stride_dim: i64,
+    pub weight: *const ::core::ffi::c_void,
+    pub weight_dtype: i32,
+    pub weight_stride_dim: i64,
+    pub weight_stride_width: i64,
+    pub bias: *const ::core::ffi::c_void,
+    pub bias_dtype: i32,
+    pub bias_stride: i64,
+    pub conv_states: *mut ::core::ffi::c_void,
+    pub state_dtype: i32,
+    pub state_stride_line: i64,
+    pub state_stride_dim: i64,
+    pub state_stride_tok: i64,
+    pub dim: i64,
+    pub width: i64,
+    pub seqlen: i64,
+    pub query_start_loc: xk_la_index,
+    pub cache_indices: xk_la_index,
+    pub has_initial_state: xk_la_index,
+    pub num_accepted_tokens: xk_la_index,
+    pub load_state_default: i32,
+    pub silu: i32,
+    pub pad_slot_id: i64,
+    pub channel_tile: i64,
+    pub num_channel_tiles: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_gdn_gating_args {
+    pub a_log: *const ::core::ffi::c_void,
+    pub a_log_dtype: i32,
+    pub a_log_stride: i64,
+    pub a: *const ::core::ffi::c_void,
+    pub a_dtype: i32,
+    pub a_stride_row: i64,
+    pub a_stride_head: i64,
+    pub b: *const ::core::ffi::c_void,
+    pub b_dtype: i32,
+    pub b_stride_row: i64,
+    pub b_stride_head: i64,
+    pub dt_bias: *const ::core::ffi::c_void,
+    pub dt_bias_dtype: i32,
+    pub dt_bias_stride: i64,
+    pub g: *mut ::core::ffi::c_void,
+    pub g_dtype: i32,
+    pub g_stride_row: i64,
+    pub g_stride_head: i64,
+    pub beta_output: *mut ::core::ffi::c_void,
+    pub beta_dtype: i32,
+    pub beta_stride_row: i64,
+    pub beta_stride_head: i64,
+    pub num_heads: i64,
+    pub softplus_beta: f32,
+    pub threshold: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_rows {
+    pub stride: i64,
+    pub inner: i64,
+    pub outer_stride: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_l2norm_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_dtype: i32,
+    pub x_rows: xk_rows,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_dtype: i32,
+    pub out_rows: xk_rows,
+    pub n: i64,
+    pub eps: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_rms_norm_gated_args {
+    pub x: *const ::core::ffi::c_void,
+    pub x_dtype: i32,
+    pub x_rows: xk_rows,
+    pub z: *const ::core::ffi::c_void,
+    pub z_dtype: i32,
+    pub z_rows: xk_rows,
+    pub weight: *const ::core::ffi::c_void,
+    pub weight_dtype: i32,
+    pub weight_stride: i64,
+    pub bias: *const ::core::ffi::c_void,
+    pub bias_dtype: i32,
+    pub bias_stride: i64,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_dtype: i32,
+    pub out_rows: xk_rows,
+    pub n: i64,
+    pub group_size: i64,
+    pub eps: f32,
+    pub norm_before_gate: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_gdn_tensor {
+    pub data: *const ::core::ffi::c_void,
+    pub dtype: i32,
+    pub s_seq: i64,
+    pub s_tok: i64,
+    pub s_head: i64,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_gdn_args {
+    pub q: xk_gdn_tensor,
+    pub k: xk_gdn_tensor,
+    pub v: xk_gdn_tensor,
+    pub g: xk_gdn_tensor,
+    pub beta: xk_gdn_tensor,
+    pub o: *mut ::core::ffi::c_void,
+    pub o_dtype: i32,
+    pub o_s_seq: i64,
+    pub o_s_tok: i64,
+    pub o_s_head: i64,
+    pub state: *mut f32,
+    pub state_s_slot: i64,
+    pub state_s_head: i64,
+    pub state_s_v: i64,
+    pub state_s_k: i64,
+    pub num_seqs: i64,
+    pub seqlen: i64,
+    pub num_heads: i64,
+    pub num_v_heads: i64,
+    pub head_k_dim: i64,
+    pub head_v_dim: i64,
+    pub scale: f32,
+    pub use_qk_l2norm: i32,
+    pub cu_seqlens: xk_la_index,
+    pub state_indices: *const ::core::ffi::c_void,
+    pub state_indices_dtype: i32,
+    pub idx_s_seq: i64,
+    pub idx_s_tok: i64,
+    pub indices_2d: i32,
+    pub num_accepted_tokens: xk_la_index,
+    pub has_initial_state: xk_la_index,
+    pub output_final_state: i32,
+}
 pub const xk_row_status_XK_ROW_OK: xk_row_status = 0;
 pub const xk_row_status_XK_ROW_NAN: xk_row_status = 1;
 pub const xk_row_status_XK_ROW_POS_INF: xk_row_status = 2;
@@ -267,6 +513,65 @@ pub struct xk_kernel_table {
     >,
     pub probe_bf16dot:
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
+    pub attn_workspace: ::core::option::Option<unsafe extern "C" fn(a: *const xk_attn_args) -> i64>,
+    pub attn_paged: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_attn_args,
+            workspace: *mut ::core::ffi::c_void,
+            begin: i64,
+            end: i64,
+        ),
+    >,
+    pub attn_paged_reduce:
+        ::core::option::Option<unsafe extern "C" fn(a: *const xk_attn_args, begin: i64, end: i64)>,
+    pub attn_varlen: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_attn_args,
+            workspace: *mut ::core::ffi::c_void,
+            begin: i64,
+            end: i64,
+        ),
+    >,
+    pub merge_attn_states:
+        ::core::option::Option<unsafe extern "C" fn(a: *const xk_merge_args, begin: i64, end: i64)>,
+    pub attn_probe_bf16_dot:
+        ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
+    pub causal_conv1d: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_conv1d_args,
+            scratch: *mut f32,
+            block_begin: i64,
+            block_end: i64,
+        ),
+    >,
+    pub gdn_gating: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_gdn_gating_args, row_begin: i64, row_end: i64),
+    >,
+    pub l2norm: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_l2norm_args, row_begin: i64, row_end: i64),
+    >,
+    pub rms_norm_gated: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_rms_norm_gated_args, row_begin: i64, row_end: i64),
+    >,
+    pub gdn_recurrent: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_gdn_args,
+            scratch: *mut f32,
+            block_begin: i64,
+            block_end: i64,
+        ),
+    >,
+    pub gdn_chunk: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_gdn_args,
+            scratch: *mut f32,
+            block_begin: i64,
+            block_end: i64,
+        ),
+    >,
+    pub gdn_scratch_floats: ::core::option::Option<
+        unsafe extern "C" fn(head_k_dim: i64, head_v_dim: i64, chunked: i32) -> i64,
+    >,
     pub sample_rows: ::core::option::Option<
         unsafe extern "C" fn(
             a: *const xk_sample_args,

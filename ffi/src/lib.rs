@@ -37,7 +37,9 @@ pub mod status;
 pub mod runtime;
 
 // One module per op family; add new families here.
+pub mod attention;
 pub mod cache;
+pub mod gdn;
 pub mod layer;
 pub mod linear;
 pub mod sampling;

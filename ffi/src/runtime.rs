@@ -89,3 +89,45 @@ pub extern "C" fn xops_get_num_threads() -> c_int {
         c_int::try_from(xops::num_threads()).unwrap_or(c_int::MAX)
     })
 }
+
+/// Runs the node-level alignment report (every op against the reference on
+/// every ISA tier, cases whose op name contains `filter`; NULL or "" for all)
+/// and writes it as a NUL-terminated JSON array into `buf` when it fits
+/// `buf_len` bytes. `*needed` receives the size the report needs (with its
+/// NUL); `*failures` the number of rows outside their tolerance. Call with
+/// `buf_len = 0` to learn the size. The report is computed on every call.
+///
+/// # Safety
+/// `filter` is NULL or NUL-terminated; `buf` has `buf_len` writable bytes
+/// (may be NULL when `buf_len` is 0); `needed` and `failures` are writable.
+#[no_mangle]
+pub unsafe extern "C" fn xops_align(
+    filter: *const c_char,
+    buf: *mut c_char,
+    buf_len: usize,
+    needed: *mut usize,
+    failures: *mut usize,
+) -> xops_status {
+    ffi_call("xops_align", || {
+        let filter = if filter.is_null() {
+            ""
+        } else {
+            c_str(filter, "filter")?
+        };
+        if needed.is_null() || failures.is_null() || (buf.is_null() && buf_len > 0) {
+            return Err(Error::new(
+                Status::NullPointer,
+                "`needed`, `failures` and (when buf_len > 0) `buf` must not be NULL",
+            ));
+        }
+        let rows = xops::align::run(filter);
+        let json = xops::align::format_json(&rows);
+        *needed = json.len() + 1;
+        *failures = rows.iter().filter(|r| !r.alignment.passes()).count();
+        if buf_len > json.len() {
+            std::ptr::copy_nonoverlapping(json.as_ptr(), buf as *mut u8, json.len());
+            *buf.add(json.len()) = 0;
+        }
+        Ok(())
+    })
+}

@@ -5,6 +5,8 @@
 //! * `link_kv_cache.c` linked to `libxpu_ops.so` (run once per ISA tier via
 //!   `XPU_OPS_ISA` and with 1 and 3 threads) and to `libxpu_ops.a`;
 //! * `dlopen_kv_cache.c`, which loads `libxpu_ops.so` with `dlopen`;
+//! * `link_attention.c` (paged / varlen decode, merge) linked like
+//!   `link_kv_cache.c`, on every tier with 1 and 3 threads;
 //! * the header compiled after a user's own `dlpack.h` definitions.
 //!
 //! Cargo does not build a cdylib/staticlib-only crate for its integration
@@ -318,6 +320,38 @@ fn link_sampling_shared_on_every_tier() {
     let exe = out_dir().join("link_sampling");
     compile(
         &[example("link_sampling.c")],
+        &exe,
+        &[
+            format!("-L{}", dir.display()),
+            "-lxpu_ops".into(),
+            format!("-Wl,-rpath,{}", dir.display()),
+            "-lm".into(),
+        ],
+    );
+    for isa in xops::supported_isas() {
+        for threads in ["1", "3"] {
+            let out = run(
+                &exe,
+                &[],
+                &[
+                    ("XPU_OPS_ISA", isa.name()),
+                    ("XPU_OPS_NUM_THREADS", threads),
+                ],
+            );
+            assert!(
+                out.contains(&format!("isa {}, {threads} threads", isa.name())),
+                "{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn link_attention_shared_on_every_tier() {
+    let dir = lib_dir();
+    let exe = out_dir().join("link_attention");
+    compile(
+        &[example("link_attention.c")],
         &exe,
         &[
             format!("-L{}", dir.display()),

@@ -108,3 +108,12 @@ def test_conversion_is_zero_copy_and_strided():
     assert e.value.status == Status.DTYPE_MISMATCH and "`big`" in e.value.message
     with pytest.raises(TypeError):
         _lib.tensor_out([1.0, 2.0], "out")
+
+
+def test_align_report_covers_every_tier_and_passes():
+    rows = xpu_ops.align("reshape_and_cache")
+    assert rows, "the KV-cache family registers alignment cases"
+    tiers = {r["isa"] for r in rows}
+    assert xpu_ops.isa() in tiers and "generic" in tiers
+    assert all(r["pass"] and r["within"] == 1.0 and r["cosine"] > 0.999 for r in rows)
+    assert xpu_ops.align("no-such-op") == []

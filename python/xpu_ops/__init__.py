@@ -9,6 +9,7 @@ without copying and raise :class:`Error` (``status``, ``message``) on bad input.
 from __future__ import annotations
 
 import ctypes
+import json
 import warnings
 
 from . import _lib
@@ -28,7 +29,22 @@ from .linear import (
     wna16_linear,
     wna16_row_bytes,
 )
+from .gdn import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+    chunk_gated_delta_rule,
+    fused_gdn_gating,
+    fused_recurrent_gated_delta_rule,
+    l2norm,
+    rms_norm_gated,
+)
 from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
+from .attention import (
+    flash_attn_varlen_func,
+    merge_attn_states,
+    paged_attention_v1,
+    paged_attention_v2,
+)
 from . import sampling
 from .sampling import (
     apply_penalties,
@@ -56,6 +72,7 @@ __all__ = [
     "set_isa",
     "set_num_threads",
     "num_threads",
+    "align",
     "reshape_and_cache",
     "reshape_and_cache_flash",
     "copy_blocks",
@@ -76,6 +93,17 @@ __all__ = [
     "fused_add_rms_norm",
     "rotary_embedding",
     "silu_and_mul",
+    "paged_attention_v1",
+    "paged_attention_v2",
+    "flash_attn_varlen_func",
+    "merge_attn_states",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "fused_gdn_gating",
+    "l2norm",
+    "rms_norm_gated",
+    "fused_recurrent_gated_delta_rule",
+    "chunk_gated_delta_rule",
     "sampling",
     "sampling_from_probs",
     "sampling_from_logits",
@@ -104,6 +132,16 @@ _isa = _lib.function("xops_isa", [], ctypes.c_char_p)
 _set_isa = _lib.function("xops_set_isa", [ctypes.c_char_p])
 _set_num_threads = _lib.function("xops_set_num_threads", [ctypes.c_int])
 _get_num_threads = _lib.function("xops_get_num_threads", [], ctypes.c_int)
+_align = _lib.function(
+    "xops_align",
+    [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.POINTER(ctypes.c_size_t),
+        ctypes.POINTER(ctypes.c_size_t),
+    ],
+)
 
 
 def version() -> str:
@@ -130,6 +168,20 @@ def set_num_threads(n: int) -> None:
 def num_threads() -> int:
     """The number of worker threads ops use."""
     return int(_get_num_threads())
+
+
+def align(filter: str = "") -> list:
+    """The node-level alignment report: every op case whose name contains
+    ``filter`` against the reference on every ISA tier this machine runs. A
+    list of dicts (op, shape, isa, elements, cosine, rel_rmse, max_abs,
+    within, atol, rtol, pass); ``all(r["pass"] for r in rows)`` when every
+    case lies within its documented tolerance."""
+    needed, failures = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    name = _lib.c_string(filter, "filter")
+    _lib.call(_align, name, None, 0, ctypes.byref(needed), ctypes.byref(failures))
+    buf = ctypes.create_string_buffer(needed.value)
+    _lib.call(_align, name, buf, needed.value, ctypes.byref(needed), ctypes.byref(failures))
+    return json.loads(buf.value.decode())
 
 
 if version() != __version__:

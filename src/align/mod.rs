@@ -5,7 +5,9 @@
 //! accelerator vendors publish). `xpu-ops align` prints it and exits non-zero
 //! if any case falls outside its tolerance.
 
+mod attention;
 mod cache;
+mod gdn;
 mod layer;
 mod sampling;
 
@@ -120,7 +122,9 @@ pub struct AlignRow {
 pub fn cases() -> Vec<AlignCase> {
     let mut all = Vec::new();
     all.extend(cache::cases());
+    all.extend(gdn::cases());
     all.extend(layer::cases());
+    all.extend(attention::cases());
     all.extend(sampling::cases());
     all
 }

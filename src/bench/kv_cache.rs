@@ -331,7 +331,7 @@ fn copy_case(shape: CopyShape, cfg: &Config, arena: Arena) -> Case {
         family: "kv_cache",
         op: "copy_blocks",
         shape: format!(
-            "pairs={} H={} D={} bs={BLOCK_SIZE} layers=1",
+            "pairs={} H={} D={} bs={BLOCK_SIZE} L=1",
             shape.pairs, shape.heads, shape.head_size
         ),
         dtype: match shape.cache {

@@ -20,13 +20,23 @@ use std::time::{Duration, Instant};
 
 use crate::probe::Roofline;
 
+pub mod attention;
+pub mod gdn;
 pub mod kv_cache;
+pub mod layer;
 pub mod linear;
+pub mod sampling;
 
 /// Every op family's case list, in report order. A new family adds its
 /// module above and one line here.
-pub const FAMILIES: &[(&str, CaseList)] =
-    &[("kv_cache", kv_cache::cases), ("linear", linear::cases)];
+pub const FAMILIES: &[(&str, CaseList)] = &[
+    ("kv_cache", kv_cache::cases),
+    ("layer", layer::cases),
+    ("attention", attention::cases),
+    ("gdn", gdn::cases),
+    ("sampling", sampling::cases),
+    ("linear", linear::cases),
+];
 
 /// A family's case list for a configuration.
 pub type CaseList = fn(&Config) -> Vec<Case>;

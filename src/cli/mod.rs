@@ -1,5 +1,6 @@
 //! The subcommands of the `xpu-ops` binary.
 
+pub mod align;
 pub mod bench;
 pub mod demo;
 pub mod info;

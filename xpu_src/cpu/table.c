@@ -15,6 +15,19 @@ void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t til
 double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink);
 void XK_FN(int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
 void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
+int64_t XK_FN(attn_workspace)(const xk_attn_args *a);
+void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
+void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
+double XK_FN(attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
+void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
 void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
 void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
 void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
@@ -40,6 +53,19 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .probe_bf16dot = XK_FN(probe_bf16dot),
     .int8_quant = XK_FN(int8_quant),
     .int8_mm = XK_FN(int8_mm),
+    .attn_workspace = XK_FN(attn_workspace),
+    .attn_paged = XK_FN(attn_paged),
+    .attn_paged_reduce = XK_FN(attn_paged_reduce),
+    .attn_varlen = XK_FN(attn_varlen),
+    .merge_attn_states = XK_FN(merge_attn_states),
+    .attn_probe_bf16_dot = XK_FN(attn_probe_bf16_dot),
+    .causal_conv1d = XK_FN(causal_conv1d),
+    .gdn_gating = XK_FN(gdn_gating),
+    .l2norm = XK_FN(l2norm),
+    .rms_norm_gated = XK_FN(rms_norm_gated),
+    .gdn_recurrent = XK_FN(gdn_recurrent),
+    .gdn_chunk = XK_FN(gdn_chunk),
+    .gdn_scratch_floats = XK_FN(gdn_scratch_floats),
     .sample_rows = XK_FN(sample_rows),
     .filter_rows = XK_FN(filter_rows),
     .filter_apply = XK_FN(filter_apply),

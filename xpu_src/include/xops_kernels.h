@@ -61,6 +61,87 @@ typedef struct xk_kv_write_args {
   int64_t v_scale_stride;
 } xk_kv_write_args;
 
+/* ---- attention (xpu_src/cpu/attention.c) --------------------------------- */
+
+/* Which op an xk_attn_args describes. */
+typedef enum xk_attn_kind {
+  XK_ATTN_PAGED = 0,  /* paged_attention_v1 (partition_size 0) / v2 partitions */
+  XK_ATTN_VARLEN = 1, /* flash_attn_varlen_func over a paged cache (block_table) */
+} xk_attn_kind;
+
+/*
+ * Attention over a paged KV cache. Every pointer is host memory the launcher
+ * validated; strides are in elements. Small per-head tables (alibi slopes,
+ * fp8 scales, sinks) and seq_lens / cu_seqlens_q / work are contiguous
+ * copies the launcher made.
+ */
+typedef struct xk_attn_args {
+  int32_t kind;        /* xk_attn_kind */
+  int32_t dtype;       /* query, out, tmp_out: F32, F16 or BF16 */
+  int32_t cache_dtype; /* dtype, or F8E4M3 / F8E5M2 (dequantised as fp8 * scale) */
+  int32_t layout;      /* xk_cache_layout of key_cache and value_cache */
+  int64_t num_seqs, num_heads, num_kv_heads, head_size, block_size;
+  const void *query; /* [tokens, num_heads, head_size], head_size contiguous */
+  int64_t q_stride_token, q_stride_head;
+  void *out; /* same shape as query */
+  int64_t out_stride_token, out_stride_head;
+  const void *key_cache; /* paged: [blocks, kv_heads, head_size/x, block_size, x]; flash: [blocks, block_size, kv_heads, head_size] */
+  const void *value_cache; /* paged: [blocks, kv_heads, head_size, block_size]; flash: as key_cache */
+  int64_t key_cache_strides[5], value_cache_strides[5];
+  int64_t x; /* paged key: elements per 16-byte chunk */
+  const int32_t *block_tables; /* [num_seqs, max_blocks] */
+  int64_t block_tables_stride_seq, block_tables_stride_block;
+  const int32_t *seq_lens; /* [num_seqs]: keys of each sequence (seq_lens / seqused_k) */
+  float scale;             /* softmax scale applied to q.k */
+  float softcap;           /* varlen: > 0 replaces s by softcap * tanh(s / softcap) */
+  const float *alibi_slopes; /* NULL or [num_seqs or 1][num_heads] */
+  int64_t alibi_stride_seq;  /* 0: one row of slopes for every sequence */
+  const float *k_scale;      /* NULL (1) or [num_seqs or 1][num_kv_heads], fp8 caches */
+  const float *v_scale;
+  int64_t scale_stride_seq;
+  /* varlen */
+  const int32_t *cu_seqlens_q; /* [num_seqs + 1] */
+  const int32_t *work;         /* [items][3]: sequence, first query, end query */
+  int32_t causal;              /* queries aligned to the end of their context */
+  int32_t has_lse;
+  int64_t window_left, window_right; /* -1: unbounded */
+  const float *s_aux;                /* NULL or [num_heads] sink logits */
+  float *lse;                        /* NULL or [num_heads, tokens] */
+  int64_t lse_stride_head, lse_stride_token;
+  int64_t max_rows; /* most (query, head) rows one grid block has, over its kv heads */
+  int64_t kv_group; /* varlen: adjacent kv heads per grid block (they share cache lines in NHD layouts) */
+  int32_t bf16_dot; /* AVX-512: bf16 queries over bf16/fp8 caches use vdpbf16ps (else widen to fp32 + FMA) */
+  int32_t pad_;
+  /* paged */
+  int64_t partition_size; /* 0: v1, one partition covering the sequence; v2: 512 */
+  int64_t max_partitions; /* v2: partitions per sequence in the grid */
+  int64_t max_context;    /* longest sequence */
+  float *exp_sums;        /* v2: [num_seqs, num_heads, partitions] */
+  float *max_logits;
+  int64_t part_strides[3]; /* of exp_sums and max_logits */
+  void *tmp_out;           /* v2: [num_seqs, num_heads, partitions, head_size] */
+  int64_t tmp_out_strides[4];
+} xk_attn_args;
+
+/* merge_attn_states: outputs [tokens, heads, head_size], LSEs [heads, tokens]. */
+typedef struct xk_merge_args {
+  int32_t dtype; /* F32, F16 or BF16, all three outputs */
+  int32_t pad_;
+  int64_t num_tokens, num_heads, head_size;
+  void *output;
+  int64_t out_strides[2];
+  const void *prefix_output;
+  int64_t prefix_strides[2];
+  const void *suffix_output;
+  int64_t suffix_strides[2];
+  const float *prefix_lse;
+  int64_t prefix_lse_strides[2];
+  const float *suffix_lse;
+  int64_t suffix_lse_strides[2];
+  float *output_lse; /* NULL or [heads, tokens] */
+  int64_t output_lse_strides[2];
+} xk_merge_args;
+
 /* rms_norm and fused_add_rms_norm: one grid block = a range of rows.
  * rms_norm:  out[r] = input[r] * rsqrt(mean(input[r]^2) + eps) * weight.
  * fused (residual != NULL): residual[r] = round(input[r] + residual[r]), then
@@ -183,6 +264,171 @@ typedef struct xk_int8_mm_args {
   int64_t out_stride;
   int32_t out_dtype;
 } xk_int8_mm_args;
+/* ---- linear attention: causal_conv1d, gated delta rule (issue 4) -------- */
+
+/* Element type of an index tensor (query_start_loc, cache indices, flags). */
+typedef enum xk_la_index_dtype {
+  XK_LA_I32 = 0,
+  XK_LA_I64 = 1,
+  XK_LA_BOOL = 2, /* one byte, 0 or 1 */
+} xk_la_index_dtype;
+
+/* A host vector of indices: element i at data + i * stride (elements). data == NULL: absent. */
+typedef struct xk_la_index {
+  const void *data;
+  int64_t stride;
+  int32_t dtype; /* xk_la_index_dtype */
+} xk_la_index;
+
+/*
+ * causal_conv1d_fn and causal_conv1d_update. Sequence n's token t, channel c is
+ *   x[n * x_stride_seq + (start(n) + t) * x_stride_tok + c * x_stride_dim]
+ * with start(n) = query_start_loc[n] (0 without it) and length
+ * query_start_loc[n + 1] - start(n) (seqlen without it).
+ * Grid block b = n * num_channel_tiles + tile covers channels
+ * [tile * channel_tile, min(dim, (tile + 1) * channel_tile)) of sequence n.
+ */
+typedef struct xk_conv1d_args {
+  const void *x; /* host, read; may equal out (in place, same strides) */
+  int32_t x_dtype;
+  int64_t x_stride_seq, x_stride_tok, x_stride_dim;
+  void *out;
+  int32_t out_dtype;
+  int64_t out_stride_seq, out_stride_tok, out_stride_dim;
+  const void *weight; /* [dim, width] */
+  int32_t weight_dtype;
+  int64_t weight_stride_dim, weight_stride_width;
+  const void *bias; /* [dim] or NULL */
+  int32_t bias_dtype;
+  int64_t bias_stride;
+  void *conv_states; /* [cache_lines, dim, state_len], any strides */
+  int32_t state_dtype;
+  int64_t state_stride_line, state_stride_dim, state_stride_tok;
+  int64_t dim, width; /* width in 2..6 */
+  int64_t seqlen;     /* tokens per sequence when query_start_loc is absent */
+  xk_la_index query_start_loc;     /* [B + 1] or absent */
+  xk_la_index cache_indices;       /* [B] cache line of sequence n; absent: line n */
+  xk_la_index has_initial_state;   /* [B]; absent: load_state_default */
+  xk_la_index num_accepted_tokens; /* [B]; present: spec-decode shift */
+  int32_t load_state_default;
+  int32_t silu;
+  int64_t pad_slot_id; /* a cache index equal to it skips the sequence */
+  int64_t channel_tile; /* scratch holds (2 * width + 3) * channel_tile floats */
+  int64_t num_channel_tiles;
+} xk_conv1d_args;
+
+
+/* fused_gdn_gating, per row (token) t and value head h:
+ *   g[t, h] = -exp(A_log[h]) * softplus(a[t, h] + dt_bias[h]),  beta_output[t, h] = sigmoid(b[t, h])
+ * softplus(x) = log(1 + exp(beta x)) / beta, or x where beta x > threshold. */
+typedef struct xk_gdn_gating_args {
+  const void *a_log;
+  int32_t a_log_dtype;
+  int64_t a_log_stride;
+  const void *a;
+  int32_t a_dtype;
+  int64_t a_stride_row, a_stride_head;
+  const void *b;
+  int32_t b_dtype;
+  int64_t b_stride_row, b_stride_head;
+  const void *dt_bias;
+  int32_t dt_bias_dtype;
+  int64_t dt_bias_stride;
+  void *g;
+  int32_t g_dtype;
+  int64_t g_stride_row, g_stride_head;
+  void *beta_output;
+  int32_t beta_dtype;
+  int64_t beta_stride_row, beta_stride_head;
+  int64_t num_heads;
+  float softplus_beta, threshold;
+} xk_gdn_gating_args;
+
+/* Row r of a two-level row view starts at (r / inner) * outer_stride + (r % inner) * stride. */
+typedef struct xk_rows {
+  int64_t stride, inner, outer_stride;
+} xk_rows;
+
+/* l2norm over rows of n contiguous elements: y = x / sqrt(sum(x^2) + eps). */
+typedef struct xk_l2norm_args {
+  const void *x;
+  int32_t x_dtype;
+  xk_rows x_rows;
+  void *out; /* may equal x (same strides) */
+  int32_t out_dtype;
+  xk_rows out_rows;
+  int64_t n;
+  float eps;
+} xk_l2norm_args;
+
+/* rms_norm_gated over rows of n contiguous elements in groups of group_size:
+ * norm_before_gate: y = x * rstd(x) * w (+ b), then y *= silu(z);
+ * otherwise:        x' = x * silu(z), y = x' * rstd(x') * w (+ b).
+ * rstd(v) = 1 / sqrt(mean(v^2) over the group + eps). z == NULL: no gate. */
+typedef struct xk_rms_norm_gated_args {
+  const void *x;
+  int32_t x_dtype;
+  xk_rows x_rows;
+  const void *z;
+  int32_t z_dtype;
+  xk_rows z_rows;
+  const void *weight;
+  int32_t weight_dtype;
+  int64_t weight_stride;
+  const void *bias; /* NULL: none */
+  int32_t bias_dtype;
+  int64_t bias_stride;
+  void *out; /* may equal x or z (same strides) */
+  int32_t out_dtype;
+  xk_rows out_rows;
+  int64_t n, group_size;
+  float eps;
+  int32_t norm_before_gate;
+} xk_rms_norm_gated_args;
+
+/* One [B, T, heads, dim] input of the gated delta rule: element (sequence n,
+ * token t, head h, i) at data + n * s_seq + t * s_tok + h * s_head + i. For
+ * g and beta ([B, T, HV]) i is always 0. */
+typedef struct xk_gdn_tensor {
+  const void *data;
+  int32_t dtype;
+  int64_t s_seq, s_tok, s_head;
+} xk_gdn_tensor;
+
+/*
+ * fused_recurrent_gated_delta_rule and chunk_gated_delta_rule. Grid block
+ * b = n * HV + hv runs sequence n (tokens [cu_seqlens[n], cu_seqlens[n+1]) of
+ * batch row 0, or all seqlen tokens of batch row n without cu_seqlens) for
+ * value head hv, which reads q/k head hv / (HV / H). Per token:
+ *   S = exp(g) S;  d = beta (v - S k);  S += d k^T;  o = S q   (S is [V, K])
+ * with q, k optionally l2-normalised (eps 1e-6) and q scaled by `scale`.
+ * The state pool is fp32 [slots, HV, V, K] with any strides.
+ */
+typedef struct xk_gdn_args {
+  xk_gdn_tensor q, k, v, g, beta; /* beta.data == NULL: beta = 1 */
+  void *o;                        /* [B, T, HV, V] */
+  int32_t o_dtype;
+  int64_t o_s_seq, o_s_tok, o_s_head;
+  float *state; /* NULL (chunk only): zero initial state, nothing stored */
+  int64_t state_s_slot, state_s_head, state_s_v, state_s_k;
+  int64_t num_seqs, seqlen;
+  int64_t num_heads, num_v_heads, head_k_dim, head_v_dim; /* H, HV, K, V */
+  float scale;
+  int32_t use_qk_l2norm;
+  xk_la_index cu_seqlens; /* [N + 1] or absent */
+  /* Slots: absent -> slot n. Rank 1 [N]: read and written in place.
+   * Rank 2 [N, cols] (recurrent only): read at column num_accepted_tokens[n] - 1
+   * (0 without it); the state after token t is stored at column t. A negative
+   * read slot skips the sequence (its outputs are zeroed); a negative column-t
+   * slot just skips that snapshot. */
+  const void *state_indices;
+  int32_t state_indices_dtype; /* XK_LA_I32 or XK_LA_I64 */
+  int64_t idx_s_seq, idx_s_tok;
+  int32_t indices_2d;
+  xk_la_index num_accepted_tokens; /* recurrent, rank-2 indices only */
+  xk_la_index has_initial_state;   /* chunk: absent -> all true */
+  int32_t output_final_state;      /* chunk: write the final state back */
+} xk_gdn_args;
 /* ---- sampling (issue 6) -------------------------------------------------
  * Per-row outcome of a sampling or filter kernel; the launcher turns a
  * non-zero status into a named error before it writes any output. */
@@ -274,6 +520,32 @@ typedef struct xk_kernel_table {
   void (*int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
   /* bf16 dot-product throughput (vdpbf16ps where the tier has it); returns flops done. */
   double (*probe_bf16dot)(int64_t iters, xk_probe_result *sink);
+  /* Attention: bytes of workspace one call of attn_paged / attn_varlen needs. */
+  int64_t (*attn_workspace)(const xk_attn_args *a);
+  /* Grid blocks (sequence, kv head, partition) in [begin, end). */
+  void (*attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+  /* paged_attention_v2 reduction: grid blocks (sequence, head). */
+  void (*attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
+  /* Grid blocks (work item, kv head). */
+  void (*attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+  /* Grid blocks (token, head). */
+  void (*merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
+  /* Runs `iters` rounds of independent vdpbf16ps chains (bf16 dot-product
+   * peak for the attention benchmarks); returns the flops done, 0 on tiers
+   * without AVX512_BF16. */
+  double (*attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
+  /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args;
+   * `scratch` is private to the caller (see channel_tile). */
+  void (*causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  /* Rows [row_begin, row_end) of the elementwise GDN helpers. */
+  void (*gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
+  void (*l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
+  void (*rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
+  /* Gated delta rule, grid blocks [block_begin, block_end). `scratch` holds
+   * gdn_scratch_floats(head_k_dim, head_v_dim, chunked) floats private to the caller. */
+  void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  void (*gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
+  int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
   /* Sampling (issue 6). Rows [row_begin, row_end) of the batch. */
   void (*sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
   void (*filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);

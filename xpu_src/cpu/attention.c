@@ -1,0 +1,1500 @@
+/*
+ * Attention over paged KV caches:
+ *   attn_paged         paged_attention_v1 / paged_attention_v2 partitions (vLLM)
+ *   attn_paged_reduce  the v2 reduction over partitions
+ *   attn_varlen        flash_attn_varlen_func with a block_table (prefill, decode, mixed)
+ *   merge_attn_states  merging two partial attention results by their LSE
+ *
+ * A grid block owns one sequence (or a tile of its queries) and one KV head,
+ * so every query head of a GQA group shares each K/V load. Keys and values
+ * are staged 32 tokens at a time (XA_W), converted from the cache format,
+ * into an L1-resident layout the micro-kernels stream:
+ *   kT [Dp][32]  keys transposed: one vector of 32 tokens per head-dim element
+ *   vt [32][Dp]  values: one row per token
+ * Dp is head_size rounded up to 32; the padding is zero.
+ *
+ * fp32 path (every tier): QK^T and PV are register-blocked outer products,
+ * a broadcast q (or p) element times a vector of k (or v), fp32 FMA.
+ * bf16 path (AVX-512, bf16 queries, bf16 or fp8 caches): the staged data stays
+ * bf16; kT holds (d, d+1) pairs per token and vt holds (t, t+1) pairs per
+ * head-dim element, so vdpbf16ps computes both products with exact bf16 x bf16
+ * products accumulated in fp32. fp8 values are exact in bf16 and f32.
+ *
+ * Numerics (shared by all paths): logits and softmax in fp32; fp8 K and V are
+ * dequantised as fp8 * scale, with the scale applied to the fp32 dot product
+ * and to the fp32 accumulator; probabilities are rounded to the query dtype
+ * before P.V; the output is rounded once to the query dtype.
+ */
+#include <float.h>
+#include <math.h>
+
+#include "../common/convert.h"
+#include "../common/tier.h"
+
+#define XA_W 32     /* tokens per staged tile */
+#define XA_VT 64    /* varlen: tokens per online-softmax step (a multiple of XA_W) */
+#define XA_ALIGN 64 /* workspace regions start on cache lines */
+
+static inline int64_t xa_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t xa_max(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t xa_round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* ---- vector primitives ---------------------------------------------------- */
+
+#if XK_F32_LANES == 16
+typedef __m512 xa_vf;
+#define XA_VL 16
+#define xa_vload(p) _mm512_loadu_ps(p)
+#define xa_vstore(p, v) _mm512_storeu_ps(p, v)
+#define xa_vset1(x) _mm512_set1_ps(x)
+#define xa_vzero() _mm512_setzero_ps()
+#define xa_vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define xa_vmul(a, b) _mm512_mul_ps(a, b)
+#define XA_QK_NR 8 /* rows per QK register block: 8 x 2 accumulators */
+#define XA_PV_NR 4 /* rows per PV register block: 4 x 4 accumulators */
+#define XA_PV_NV 4
+#define XA_BF16 1
+#elif XK_F32_LANES == 8
+typedef __m256 xa_vf;
+#define XA_VL 8
+#define xa_vload(p) _mm256_loadu_ps(p)
+#define xa_vstore(p, v) _mm256_storeu_ps(p, v)
+#define xa_vset1(x) _mm256_set1_ps(x)
+#define xa_vzero() _mm256_setzero_ps()
+#define xa_vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define xa_vmul(a, b) _mm256_mul_ps(a, b)
+#define XA_QK_NR 2 /* 2 x 4 accumulators */
+#define XA_PV_NR 2
+#define XA_PV_NV 4
+#define XA_BF16 0
+#else
+#define XA_BF16 0
+#endif
+
+#if XK_F32_LANES == 16
+/* exp(x) for x <= ~88 (softmax arguments are <= 0); NaN stays NaN, -inf gives 0.
+ * Cody-Waite reduction x = k ln2 + r and a degree-6 polynomial for e^r (~1 ulp). */
+static inline __m512 xa_exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), x); /* NaN in x survives (second operand) */
+  x = _mm512_min_ps(_mm512_set1_ps(88.7f), x);
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+#elif XK_F32_LANES == 8
+static inline __m256 xa_exp8(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.3f);
+  const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* false for NaN */
+  x = _mm256_max_ps(lo, x);                               /* NaN survives */
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  /* 2^k for k in [-126, 127] by building the exponent field. */
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(under, y);
+}
+#endif
+
+/* x[i] = exp(x[i] - m) for i < n; returns the sum (fixed order for a tier). */
+static float xa_exp_sum(float *x, int64_t n, float m) {
+  int64_t i = 0;
+  float sum = 0.0f;
+#if XK_F32_LANES == 16
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 acc = _mm512_setzero_ps();
+  for (; i + 16 <= n; i += 16) {
+    const __m512 e = xa_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    _mm512_storeu_ps(x + i, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (i < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+    const __m512 e = xa_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
+    i = n;
+  }
+  sum = _mm512_reduce_add_ps(acc);
+#elif XK_F32_LANES == 8
+  const __m256 vm = _mm256_set1_ps(m);
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = xa_exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(x + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  if (i < n) { /* the tail in its lanes, so element i always lands in lane i % 8 */
+    float t[8];
+    for (int j = 0; j < 8; j++) t[j] = i + j < n ? x[i + j] : -INFINITY;
+    const __m256 e = xa_exp8(_mm256_sub_ps(_mm256_loadu_ps(t), vm));
+    _mm256_storeu_ps(t, e);
+    for (int j = 0; i + j < n; j++) x[i + j] = t[j];
+    acc = _mm256_add_ps(acc, e);
+    i = n;
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int j = 0; j < 8; j++) sum += lanes[j];
+#endif
+  for (; i < n; i++) {
+    x[i] = expf(x[i] - m);
+    sum += x[i];
+  }
+  return sum;
+}
+
+/* max(init, x[0..n)), NaN elements ignored (as fmaxf). */
+static float xa_max_row(const float *x, int64_t n, float init) {
+  int64_t i = 0;
+  float m = init;
+#if XK_F32_LANES == 16
+  __m512 acc = _mm512_set1_ps(init);
+  for (; i + 16 <= n; i += 16) acc = _mm512_max_ps(_mm512_loadu_ps(x + i), acc);
+  if (i < n) {
+    const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+    acc = _mm512_mask_max_ps(acc, k, _mm512_maskz_loadu_ps(k, x + i), acc);
+    i = n;
+  }
+  m = _mm512_reduce_max_ps(acc);
+#elif XK_F32_LANES == 8
+  __m256 acc = _mm256_set1_ps(init);
+  for (; i + 8 <= n; i += 8) acc = _mm256_max_ps(_mm256_loadu_ps(x + i), acc);
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
+#endif
+  for (; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+/* x[i] = cap * tanh(x[i] / cap), through exp of a non-positive argument. */
+static void xa_softcap(float *x, int64_t n, float cap) {
+  int64_t i = 0;
+  const float inv = 1.0f / cap;
+#if XK_F32_LANES == 16
+  for (; i + 16 <= n; i += 16) {
+    const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(inv));
+    const __m512 ay = _mm512_abs_ps(y);
+    const __m512 e = xa_exp16(_mm512_mul_ps(ay, _mm512_set1_ps(-2.0f)));
+    __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    t = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_castps_si512(t), _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32((int)0x80000000u))));
+    _mm512_storeu_ps(x + i, _mm512_mul_ps(t, _mm512_set1_ps(cap)));
+  }
+#endif
+  for (; i < n; i++) x[i] = cap * tanhf(x[i] * inv);
+}
+
+/* Rounds x[0..n) to dtype (probabilities before P.V). */
+static void xa_round_to(float *x, int64_t n, int32_t dtype) {
+  if (dtype == XK_F32) return;
+  int64_t i = 0;
+#if XK_F32_LANES == 16
+  uint16_t tmp[16];
+  for (; i + 16 <= n; i += 16) {
+    xk_store16(tmp, dtype, _mm512_loadu_ps(x + i));
+    _mm512_storeu_ps(x + i, xk_load16(tmp, dtype));
+  }
+#elif XK_F32_LANES == 8
+  uint16_t tmp[8];
+  for (; i + 8 <= n; i += 8) {
+    xk_store8(tmp, dtype, _mm256_loadu_ps(x + i));
+    _mm256_storeu_ps(x + i, xk_load8(tmp, dtype));
+  }
+#endif
+  for (; i < n; i++) {
+    uint16_t h;
+    xk_store_scalar(&h, dtype, 0, x[i]);
+    x[i] = xk_load_scalar(&h, dtype, 0);
+  }
+}
+
+/* ---- conversion of cache / query rows -------------------------------------- */
+
+#if XK_F32_LANES == 16
+/* 16 elements of any kernel dtype as f32; lanes outside m read nothing and give 0. */
+static inline __m512 xa_ld16(const void *src, int32_t dt, __mmask16 m) {
+  switch (dt) {
+    case XK_F32: return _mm512_maskz_loadu_ps(m, src);
+    case XK_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, src));
+    case XK_BF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, src)), 16));
+    case XK_F8E5M2: /* e5m2 is the top byte of an f16 */
+      return _mm512_cvtph_ps(_mm256_slli_epi16(_mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, src)), 8));
+    default: { /* e4m3fn: (mag << 7) read as f16 is value * 2^-8, subnormals included */
+      const __m256i w = _mm256_cvtepu8_epi16(_mm_maskz_loadu_epi8(m, src));
+      const __m256i mag = _mm256_and_si256(w, _mm256_set1_epi16(0x7f));
+      const __m256i h = _mm256_or_si256(_mm256_slli_epi16(mag, 7),
+                                        _mm256_slli_epi16(_mm256_and_si256(w, _mm256_set1_epi16(0x80)), 8));
+      const __m512 f = _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
+      const __mmask16 nan = _mm256_cmpeq_epi16_mask(mag, _mm256_set1_epi16(0x7f));
+      return _mm512_mask_mov_ps(f, nan, _mm512_set1_ps(NAN));
+    }
+  }
+}
+#elif XK_F32_LANES == 8
+static inline __m256 xa_ld8(const void *src, int32_t dt) {
+  switch (dt) {
+    case XK_F32: return _mm256_loadu_ps(src);
+    case XK_F16: return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)src));
+    case XK_BF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)src)), 16));
+    case XK_F8E5M2:
+      return _mm256_cvtph_ps(_mm_slli_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)src)), 8));
+    default: {
+      const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)src));
+      const __m128i mag = _mm_and_si128(w, _mm_set1_epi16(0x7f));
+      const __m128i h =
+          _mm_or_si128(_mm_slli_epi16(mag, 7), _mm_slli_epi16(_mm_and_si128(w, _mm_set1_epi16(0x80)), 8));
+      const __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+      const __m256 nan = _mm256_castsi256_ps(_mm256_cvtepi16_epi32(_mm_cmpeq_epi16(mag, _mm_set1_epi16(0x7f))));
+      return _mm256_blendv_ps(f, _mm256_set1_ps(NAN), nan);
+    }
+  }
+}
+#endif
+
+/* dst[0..n) = src converted to f32. */
+static inline void xa_to_f32(float *dst, const void *src, int32_t dt, int64_t n) {
+  int64_t i = 0;
+#if XK_F32_LANES > 1
+  const char *s = (const char *)src;
+  const int64_t es = xk_dtype_size(dt);
+#endif
+#if XK_F32_LANES == 16
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, xa_ld16(s + i * es, dt, 0xffff));
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+    _mm512_mask_storeu_ps(dst + i, m, xa_ld16(s + i * es, dt, m));
+    i = n;
+  }
+#elif XK_F32_LANES == 8
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, xa_ld8(s + i * es, dt));
+#endif
+  for (; i < n; i++) dst[i] = xk_load_scalar(src, dt, i);
+}
+
+#if XA_BF16
+/* n 16-bit elements, copied with (masked) 64-byte moves: no libc call for short rows. */
+static inline void xa_copy_u16(uint16_t *dst, const void *src, int64_t n) {
+  const uint16_t *s = (const uint16_t *)src;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) _mm512_storeu_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(s + i)));
+  if (i < n) {
+    const __mmask32 m = (__mmask32)((1ull << (n - i)) - 1ull);
+    _mm512_mask_storeu_epi16(dst + i, m, _mm512_maskz_loadu_epi16(m, s + i));
+  }
+}
+
+/* dst[0..n) = src (bf16, or fp8 widened exactly) as bf16 bits. */
+static inline void xa_to_bf16(uint16_t *dst, const void *src, int32_t dt, int64_t n) {
+  if (dt == XK_BF16) {
+    xa_copy_u16(dst, src, n);
+    return;
+  }
+  const char *s = (const char *)src;
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i f = _mm512_castps_si512(xa_ld16(s + i, dt, 0xffff));
+    _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(f, 16)));
+  }
+  if (i < n) {
+    const __mmask16 m = (__mmask16)((1u << (n - i)) - 1u);
+    const __m512i f = _mm512_castps_si512(xa_ld16(s + i, dt, m));
+    _mm256_mask_storeu_epi16(dst + i, m, _mm512_cvtepi32_epi16(_mm512_srli_epi32(f, 16)));
+  }
+}
+#endif
+
+/* Converts n elements into an f32 (bf = 0) or bf16 (bf = 1) buffer. */
+static inline void xa_cvt(void *dst, int bf, const void *src, int32_t dt, int64_t n) {
+#if XA_BF16
+  if (bf) {
+    xa_to_bf16((uint16_t *)dst, src, dt, n);
+    return;
+  }
+#else
+  (void)bf;
+#endif
+  xa_to_f32((float *)dst, src, dt, n);
+}
+
+/* ---- 16 x 16 transpose of 32-bit elements ---------------------------------- */
+
+/* dst[j * dld + i] = src[i * sld + j] for i, j < 16. */
+#if XK_F32_LANES == 16
+/* In-register 16 x 16 transpose: r[j] lane i becomes r[i] lane j. */
+static inline __attribute__((always_inline)) void xa_tr16_regs(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) {
+    r[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  for (int j = 0; j < 4; j++) {
+    const __m512i x0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
+    const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xee);
+    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
+    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xee);
+    t[0 + j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
+    t[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
+    t[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
+    t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
+  }
+  for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#endif
+
+static void xa_tr16(const uint32_t *src, int64_t sld, uint32_t *dst, int64_t dld) {
+#if XK_F32_LANES == 16
+  __m512i r[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * sld));
+  xa_tr16_regs(r);
+  for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(dst + i * dld), r[i]);
+#elif XK_F32_LANES == 8
+  for (int bi = 0; bi < 16; bi += 8) {
+    for (int bj = 0; bj < 16; bj += 8) {
+      __m256 r[8], t[8];
+      for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps((const float *)(src + (bi + i) * sld + bj));
+      for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int g = 0; g < 2; g++) {
+        r[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+        r[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xee);
+        r[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+        r[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xee);
+      }
+      /* r[4g + j], 128-bit lane k: column 4k + j of rows 4g .. 4g + 3 */
+      for (int j = 0; j < 4; j++) {
+        _mm256_storeu_ps((float *)(dst + (bj + j) * dld + bi), _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+        _mm256_storeu_ps((float *)(dst + (bj + 4 + j) * dld + bi), _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+      }
+    }
+  }
+#else
+  for (int i = 0; i < 16; i++)
+    for (int j = 0; j < 16; j++) dst[j * dld + i] = src[i * sld + j];
+#endif
+}
+
+/* ---- workspace --------------------------------------------------------------- */
+
+typedef struct xa_ws {
+  void *q;        /* [R][Dp] f32, or bf16 on the bf16 path */
+  float *acc;     /* [R][Dp] */
+  float *lg;      /* [R][L] logits, then probabilities */
+  uint16_t *p16;  /* [R][L] bf16 probabilities (bf16 path) */
+  float *kT;      /* [Dp][W] (bf16 path: [Dp/2][W] pairs) */
+  float *vt;      /* [W][Dp] (bf16 path: [W/2][Dp] pairs) */
+  float *stage;   /* [W][Dp] rows or [Dp][W] columns before a transpose */
+  float *m, *l;   /* [R] running max and sum */
+  int64_t *lo, *hi, *pos; /* [R] key range and position of each query row */
+  int64_t R, L, Dp;
+} xa_ws;
+
+static int64_t xa_rows(const xk_attn_args *a) {
+  return a->kind == XK_ATTN_PAGED ? a->num_heads / a->num_kv_heads : a->max_rows;
+}
+
+static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
+  const int64_t Dp = xa_round_up(a->head_size, XA_W), R = xa_max(xa_rows(a), 1);
+  int64_t L;
+  if (a->kind == XK_ATTN_PAGED) {
+    L = a->partition_size ? a->partition_size : xa_round_up(xa_max(a->max_context, 1), XA_W);
+  } else {
+    L = XA_VT;
+  }
+  int64_t off = 0;
+#define XA_TAKE(field, type, count)                                       \
+  do {                                                                    \
+    if (w) w->field = (type *)(base + off);                               \
+    off += xa_round_up((int64_t)sizeof(type) * (int64_t)(count), XA_ALIGN); \
+  } while (0)
+  XA_TAKE(q, float, R * Dp);
+  XA_TAKE(acc, float, R * Dp);
+  XA_TAKE(lg, float, R * L);
+  XA_TAKE(p16, uint16_t, R * L);
+  XA_TAKE(kT, float, Dp * XA_W);
+  XA_TAKE(vt, float, Dp * XA_W);
+  XA_TAKE(stage, float, Dp * XA_W);
+  XA_TAKE(m, float, R);
+  XA_TAKE(l, float, R);
+  XA_TAKE(lo, int64_t, R);
+  XA_TAKE(hi, int64_t, R);
+  XA_TAKE(pos, int64_t, R);
+#undef XA_TAKE
+  if (w) {
+    w->R = R;
+    w->L = L;
+    w->Dp = Dp;
+  }
+  return off;
+}
+
+int64_t XK_FN(attn_workspace)(const xk_attn_args *a) { return xa_ws_layout(a, NULL, NULL); }
+
+static inline int xa_bf16_path(const xk_attn_args *a) {
+#if XA_BF16
+  return a->bf16_dot && a->dtype == XK_BF16 && (a->cache_dtype == XK_BF16 || xk_is_fp8(a->cache_dtype));
+#else
+  (void)a;
+  return 0;
+#endif
+}
+
+/* ---- staging ------------------------------------------------------------------ */
+
+typedef struct xa_src {
+  const xk_attn_args *a;
+  const int32_t *bt; /* this sequence's block table row */
+  int64_t kvh;
+  int bf;            /* bf16 path */
+} xa_src;
+
+/* Tokens [t0, t0 + n) of a tile as runs that share a cache block. */
+typedef struct xa_runs {
+  int64_t n, count;
+  int64_t j[XA_W], len[XA_W], block[XA_W], off[XA_W];
+} xa_runs;
+
+static void xa_make_runs(const xa_src *s, int64_t t0, int64_t n, xa_runs *r) {
+  const int64_t bs = s->a->block_size;
+  int64_t b = t0 / bs, off = t0 % bs;
+  r->n = n;
+  r->count = 0;
+  for (int64_t j = 0; j < n;) {
+    const int64_t len = xa_min(n - j, bs - off);
+    r->j[r->count] = j;
+    r->len[r->count] = len;
+    r->block[r->count] = (int64_t)s->bt[b * s->a->block_tables_stride_block];
+    r->off[r->count++] = off;
+    j += len;
+    b++;
+    off = 0;
+  }
+}
+
+/* Cache lines of the next tile, prefetched a few at a time from inside the
+ * current tile's micro-kernels so the DRAM reads overlap compute without
+ * flooding the miss queues. */
+#define XA_PF_MAX 1024
+typedef struct xa_pf {
+  const char *p[XA_PF_MAX];
+  int64_t n, i;
+} xa_pf;
+
+static inline void xa_pf_step(xa_pf *pf, int k) {
+  for (; k > 0 && pf->i < pf->n; k--) __builtin_prefetch(pf->p[pf->i++], 0, 2);
+}
+
+static inline void xa_pf_add(xa_pf *pf, const char *line) {
+  if (pf->n < XA_PF_MAX) pf->p[pf->n++] = line;
+}
+
+/* Queues the key (value = 0) or value (value = 1) lines of tokens [t0, t0 + n). */
+static void xa_pf_fill(xa_pf *pf, const xa_src *src, int64_t t0, int64_t n, int value, int64_t kvh) {
+  pf->n = pf->i = 0;
+  if (n <= 0) return;
+  xa_src sk = *src;
+  sk.kvh = kvh;
+  const xa_src *s = &sk;
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, es = xk_dtype_size(a->cache_dtype);
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
+  const char *cache = (const char *)(value ? a->value_cache : a->key_cache);
+  xa_runs ru;
+  xa_make_runs(s, t0, n, &ru);
+  for (int64_t r = 0; r < ru.count; r++) {
+    const int64_t blk = ru.block[r], off = ru.off[r], len = ru.len[r];
+    if (a->layout == XK_LAYOUT_FLASH) {
+      for (int64_t j = 0; j < len; j++) {
+        const char *row = cache + (blk * st[0] + (off + j) * st[1] + s->kvh * st[2]) * es;
+        for (int64_t b = 0; b < D * es; b += 64) xa_pf_add(pf, row + b);
+      }
+    } else if (!value) { /* [D/x][bs][x]: chunk c of the run is len * 16 contiguous bytes */
+      const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
+      for (int64_t c = 0; c < D / a->x; c++) {
+        for (int64_t b = 0; b < len * 16; b += 64) xa_pf_add(pf, base + c * st[2] * es + b);
+      }
+    } else { /* [D][bs]: row d of the run is len elements */
+      const char *base = cache + (blk * st[0] + s->kvh * st[1] + off * st[3]) * es;
+      for (int64_t d = 0; d < D; d++) {
+        const char *row = base + d * st[2] * es;
+        for (int64_t b = 0; b < len * es; b += 64) xa_pf_add(pf, row + b);
+        if (((uintptr_t)row & 63) + (uintptr_t)(len * es) > 64) xa_pf_add(pf, row + len * es - 1);
+      }
+    }
+  }
+}
+
+/* What a tile prefetches while it computes: tokens [t, t + n) of K or V. */
+typedef struct xa_next {
+  int64_t t, n;
+  int value;
+  int64_t kvh;
+} xa_next;
+
+/* One query row into q[r] (zero-padded to Dp). */
+static void xa_load_q(const xa_src *s, const xa_ws *w, int64_t r, const void *src) {
+  const int64_t D = s->a->head_size, Dp = w->Dp;
+  if (s->bf) {
+    uint16_t *d = (uint16_t *)w->q + r * Dp;
+    xa_cvt(d, 1, src, XK_BF16, D);
+    memset(d + D, 0, (size_t)(Dp - D) * 2);
+  } else {
+    float *d = (float *)w->q + r * Dp;
+    xa_to_f32(d, src, s->a->dtype, D);
+    memset(d + D, 0, (size_t)(Dp - D) * 4);
+  }
+}
+
+/* One 16-byte chunk of the paged key layout into the staging format. */
+static inline void xa_cvt_chunk(char *dst, int bf, const char *src, int32_t dt) {
+#if XA_BF16
+  if (bf && dt == XK_BF16) {
+    _mm_storeu_si128((__m128i *)dst, _mm_loadu_si128((const __m128i *)src));
+    return;
+  }
+#endif
+  xa_cvt(dst, bf, src, dt, 16 / xk_dtype_size(dt));
+}
+
+/* The run holding tokens [j, j + 16) of the tile whole, or -1. */
+static inline int64_t xa_run_covering16(const xa_runs *ru, int64_t j) {
+  for (int64_t r = 0; r < ru->count; r++) {
+    if (ru->j[r] <= j && ru->j[r] + ru->len[r] >= j + 16) return r;
+  }
+  return -1;
+}
+
+/* Address of tile token j's row (flash layout) or of its slot in the block
+ * (paged: element 0 of head-dim 0), or NULL past the tile's tokens. */
+static inline const char *xa_token_ptr(const xa_src *s, const xa_runs *ru, int64_t j, int value) {
+  const xk_attn_args *a = s->a;
+  if (j >= ru->n) return NULL;
+  int64_t r = 0;
+  while (ru->j[r] + ru->len[r] <= j) r++;
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
+  const char *cache = (const char *)(value ? a->value_cache : a->key_cache);
+  const int64_t off = ru->off[r] + (j - ru->j[r]), es = xk_dtype_size(a->cache_dtype);
+  if (a->layout == XK_LAYOUT_FLASH) return cache + (ru->block[r] * st[0] + off * st[1] + s->kvh * st[2]) * es;
+  return cache + (ru->block[r] * st[0] + s->kvh * st[1] + off * st[3]) * es;
+}
+
+#if XA_BF16
+/* 32 fp8 values as 32 bf16 (exact): normals by rebiasing the exponent,
+ * subnormals from a table, inf / NaN kept. */
+static inline __m512i xa_fp8x32_to_bf16(__m256i bytes, int32_t dt) {
+  const __m512i w = _mm512_cvtepu8_epi16(bytes);
+  const __m512i mag = _mm512_and_si512(w, _mm512_set1_epi16(0x7f));
+  const __m512i sign = _mm512_slli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x80)), 8);
+  __m512i r;
+  if (dt == XK_F8E4M3) {
+    const __m512i sub = _mm512_setr_epi32(0x3b000000, 0x3bc03b80, 0x3c203c00, 0x3c603c40, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          0, 0, 0, 0); /* m * 2^-9, m = 0 .. 7 */
+    r = _mm512_add_epi16(_mm512_slli_epi16(mag, 4), _mm512_set1_epi16(0x3c00));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(8)),
+                              _mm512_permutexvar_epi16(mag, sub));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7f)), _mm512_set1_epi16(0x7fc0));
+  } else {
+    const __m512i sub = _mm512_setr_epi32(0x37800000, 0x38403800, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                          0); /* m * 2^-16, m = 0 .. 3 */
+    r = _mm512_add_epi16(_mm512_slli_epi16(mag, 5), _mm512_set1_epi16(0x3800));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmplt_epu16_mask(mag, _mm512_set1_epi16(4)),
+                              _mm512_permutexvar_epi16(mag, sub));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpeq_epi16_mask(mag, _mm512_set1_epi16(0x7c)), _mm512_set1_epi16(0x7f80));
+    r = _mm512_mask_mov_epi16(r, _mm512_cmpgt_epu16_mask(mag, _mm512_set1_epi16(0x7c)), _mm512_set1_epi16(0x7fc0));
+  }
+  return _mm512_or_si512(r, sign);
+}
+
+/* Elements [e, e + 32) of a row (bf16 or fp8) as bf16, elements past n read as 0. */
+static inline __m512i xa_load32_bf16(const char *row, int32_t dt, int64_t e, int64_t n) {
+  if (e + 32 <= n) {
+    if (dt == XK_BF16) return _mm512_loadu_si512((const void *)(row + 2 * e));
+    return xa_fp8x32_to_bf16(_mm256_loadu_si256((const __m256i *)(row + e)), dt);
+  }
+  const __mmask32 m = n > e ? (__mmask32)((1ull << (n - e)) - 1ull) : 0;
+  if (dt == XK_BF16) return _mm512_maskz_loadu_epi16(m, row + 2 * e);
+  return _mm512_maskz_mov_epi16(m, xa_fp8x32_to_bf16(_mm256_maskz_loadu_epi8(m, row + e), dt));
+}
+
+/* 16 tokens of one block, paged keys: chunk c holds 16 bytes of a token:
+ * (d, d+1) pairs 4c .. 4c+3 (bf16) or 8c .. 8c+7 (fp8). Permute the chunk's
+ * 16 tokens straight into kT pair rows, columns col .. col+15. */
+static void xa_stage_k_paged16(const xa_src *s, const xa_ws *w, const char *base, int64_t col) {
+  const xk_attn_args *a = s->a;
+  const int64_t es = xk_dtype_size(a->cache_dtype), cs = a->key_cache_strides[2] * es;
+  uint32_t *kT = (uint32_t *)w->kT + col;
+  if (a->cache_dtype == XK_BF16) {
+    /* z_k: tokens 4k .. 4k+3 x pairs 0 .. 3 */
+    const __m512i ia = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    const __m512i ib = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+    for (int64_t c = 0; c < a->head_size / 8; c++) {
+      const char *p = base + c * cs;
+      const __m512i z0 = _mm512_loadu_si512((const void *)p), z1 = _mm512_loadu_si512((const void *)(p + 64));
+      const __m512i z2 = _mm512_loadu_si512((const void *)(p + 128)), z3 = _mm512_loadu_si512((const void *)(p + 192));
+      const __m512i t0 = _mm512_permutex2var_epi32(z0, ia, z1), t1 = _mm512_permutex2var_epi32(z0, ib, z1);
+      const __m512i u0 = _mm512_permutex2var_epi32(z2, ia, z3), u1 = _mm512_permutex2var_epi32(z2, ib, z3);
+      _mm512_storeu_si512((void *)(kT + (4 * c + 0) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0x44));
+      _mm512_storeu_si512((void *)(kT + (4 * c + 1) * XA_W), _mm512_shuffle_i64x2(t0, u0, 0xee));
+      _mm512_storeu_si512((void *)(kT + (4 * c + 2) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0x44));
+      _mm512_storeu_si512((void *)(kT + (4 * c + 3) * XA_W), _mm512_shuffle_i64x2(t1, u1, 0xee));
+    }
+    return;
+  }
+  /* fp8: y_k = tokens 2k, 2k+1 x pairs 0 .. 7 after widening. Level 1 gathers
+   * 4 tokens x 4 pairs per vector (one pair per 128-bit lane), level 2 is a
+   * 4 x 4 transpose of lanes. */
+  const __m512i i0 = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+  const __m512i i1 = _mm512_setr_epi32(4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
+  for (int64_t c = 0; c < a->head_size / 16; c++) {
+    const char *p = base + c * cs;
+    __m512i y[8];
+    for (int k = 0; k < 8; k++) y[k] = xa_fp8x32_to_bf16(_mm256_loadu_si256((const __m256i *)(p + 32 * k)), a->cache_dtype);
+    __m512i lo[4], hi[4]; /* lo[q]: tokens 4q .. 4q+3, lane p = pair p (0 .. 3); hi: pairs 4 .. 7 */
+    for (int q = 0; q < 4; q++) {
+      lo[q] = _mm512_permutex2var_epi32(y[2 * q], i0, y[2 * q + 1]);
+      hi[q] = _mm512_permutex2var_epi32(y[2 * q], i1, y[2 * q + 1]);
+    }
+    for (int h = 0; h < 2; h++) {
+      const __m512i *v = h ? hi : lo;
+      const __m512i x0 = _mm512_shuffle_i32x4(v[0], v[1], 0x44), x1 = _mm512_shuffle_i32x4(v[0], v[1], 0xee);
+      const __m512i z0 = _mm512_shuffle_i32x4(v[2], v[3], 0x44), z1 = _mm512_shuffle_i32x4(v[2], v[3], 0xee);
+      uint32_t *row = kT + (8 * c + 4 * h) * XA_W;
+      _mm512_storeu_si512((void *)(row + 0 * XA_W), _mm512_shuffle_i32x4(x0, z0, 0x88));
+      _mm512_storeu_si512((void *)(row + 1 * XA_W), _mm512_shuffle_i32x4(x0, z0, 0xdd));
+      _mm512_storeu_si512((void *)(row + 2 * XA_W), _mm512_shuffle_i32x4(x1, z1, 0x88));
+      _mm512_storeu_si512((void *)(row + 3 * XA_W), _mm512_shuffle_i32x4(x1, z1, 0xdd));
+    }
+  }
+}
+
+/* 16 token rows (flash layout; NULL rows are zero) transposed into kT pair
+ * rows, columns col .. col+15, 16 pairs at a time. */
+static void xa_stage_k_rows16(const xa_src *s, const xa_ws *w, const char *const *rows, int64_t col) {
+  const int64_t D = s->a->head_size;
+  const int32_t dt = s->a->cache_dtype;
+  uint32_t *kT = (uint32_t *)w->kT + col;
+  for (int64_t e = 0; e < D; e += 32) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i++) t[i] = rows[i] ? xa_load32_bf16(rows[i], dt, e, D) : _mm512_setzero_si512();
+    xa_tr16_regs(t);
+    for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(kT + (e / 2 + i) * XA_W), t[i]);
+  }
+}
+#endif
+
+#if XK_F32_LANES == 16
+/* fp32 path: elements [e, e + 16) of token row `row` (flash), as f32, 0 past n. */
+static inline __m512 xa_row_ld16(const char *row, int32_t dt, int64_t e, int64_t n) {
+  const int64_t es = xk_dtype_size(dt);
+  const __mmask16 m = e + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1u);
+  return xa_ld16(row + e * es, dt, m);
+}
+
+/* fp32 path: head-dim elements [e, e + 16) of a token of the paged key
+ * layout (16-byte chunks cs bytes apart, x elements each), 0 past D. */
+static inline __m512 xa_paged_ld16(const char *tok, int32_t dt, int64_t e, int64_t x, int64_t cs, int64_t D) {
+  if (x == 16) return xa_ld16(tok + (e / 16) * cs, dt, 0xffff);
+  if (x == 8) {
+    const __m128i lo = _mm_loadu_si128((const __m128i *)(tok + (e / 8) * cs));
+    const __m128i hi = e + 8 < D ? _mm_loadu_si128((const __m128i *)(tok + (e / 8 + 1) * cs)) : _mm_setzero_si128();
+    const __m256i h = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    if (dt == XK_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  __m512i v = _mm512_setzero_si512(); /* x == 4: f32 */
+  for (int k = 0; k < 4 && e + 4 * k < D; k++) {
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)(tok + (e / 4 + k) * cs)), k);
+  }
+  return _mm512_castsi512_ps(v);
+}
+
+/* fp32 path: 16 tokens (NULL = missing) of keys into kT columns col .. col+15,
+ * 16 head-dim rows at a time through a register transpose. */
+static void xa_stage_k_f32_16(const xa_src *s, const xa_ws *w, const char *const *tok, int64_t col) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, cs = a->key_cache_strides[2] * xk_dtype_size(a->cache_dtype);
+  const int32_t dt = a->cache_dtype;
+  const int flash = a->layout == XK_LAYOUT_FLASH;
+  for (int64_t e = 0; e < D; e += 16) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i++) {
+      if (!tok[i]) {
+        t[i] = _mm512_setzero_si512();
+      } else {
+        t[i] = _mm512_castps_si512(flash ? xa_row_ld16(tok[i], dt, e, D) : xa_paged_ld16(tok[i], dt, e, a->x, cs, D));
+      }
+    }
+    xa_tr16_regs(t);
+    for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(w->kT + (e + i) * XA_W + col), t[i]);
+  }
+}
+#endif
+
+/* Generic: keys of tile tokens [j0, j0 + 16) as rows of the stage buffer, then
+ * transposed into kT columns j0 .. j0+15. */
+static void xa_stage_k_generic16(const xa_src *s, const xa_ws *w, const xa_runs *ru, int64_t j0) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
+  const int64_t *ks = a->key_cache_strides;
+  char *stage = (char *)w->stage;
+  for (int64_t j = j0; j < j0 + 16; j++) {
+    char *dst = stage + j * Dp * dsz;
+    const char *src = xa_token_ptr(s, ru, j, 0);
+    if (!src) {
+      memset(dst, 0, (size_t)(Dp * dsz));
+      continue;
+    }
+    if (a->layout == XK_LAYOUT_FLASH) {
+      xa_cvt(dst, s->bf, src, a->cache_dtype, D);
+    } else {
+      for (int64_t c = 0; c < D / a->x; c++) xa_cvt(dst + c * a->x * dsz, s->bf, src + c * ks[2] * es, a->cache_dtype, a->x);
+    }
+    memset(dst + D * dsz, 0, (size_t)((Dp - D) * dsz));
+  }
+  const int64_t ncol = s->bf ? Dp / 2 : Dp; /* 32-bit elements per row */
+  for (int64_t cb = 0; cb < ncol; cb += 16) {
+    xa_tr16((const uint32_t *)w->stage + j0 * ncol + cb, ncol, (uint32_t *)w->kT + cb * XA_W + j0, XA_W);
+  }
+}
+
+/* Keys of the tile's tokens into kT ([Dp][W], or [Dp/2][W] pairs); missing
+ * tokens are zero. Rows past head_size are never read. */
+static void xa_stage_k(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
+  for (int64_t j0 = 0; j0 < XA_W; j0 += 16) {
+#if XA_BF16
+    if (s->bf) {
+      const xk_attn_args *a = s->a;
+      if (a->layout == XK_LAYOUT_FLASH) {
+        const char *rows[16];
+        for (int i = 0; i < 16; i++) rows[i] = xa_token_ptr(s, ru, j0 + i, 0);
+        xa_stage_k_rows16(s, w, rows, j0);
+        continue;
+      }
+      if (a->key_cache_strides[3] == a->x && xa_run_covering16(ru, j0) >= 0) {
+        xa_stage_k_paged16(s, w, xa_token_ptr(s, ru, j0, 0), j0);
+        continue;
+      }
+    }
+#endif
+#if XK_F32_LANES == 16
+    if (!s->bf) {
+      const char *tok[16];
+      for (int i = 0; i < 16; i++) tok[i] = xa_token_ptr(s, ru, j0 + i, 0);
+      xa_stage_k_f32_16(s, w, tok, j0);
+      continue;
+    }
+#endif
+    xa_stage_k_generic16(s, w, ru, j0);
+  }
+}
+
+/* Values of the tile's tokens into vt ([W][Dp], or [W/2][Dp] pairs); missing
+ * tokens and head-dim padding are zero. */
+static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
+  const xk_attn_args *a = s->a;
+  const int64_t D = a->head_size, Dp = w->Dp, es = xk_dtype_size(a->cache_dtype), dsz = s->bf ? 2 : 4;
+  const int64_t *vs = a->value_cache_strides, n = ru->n;
+#if XA_BF16
+  if (s->bf && a->layout == XK_LAYOUT_FLASH) {
+    /* vt[tp][d] = (v[2tp][d], v[2tp+1][d]) straight from the token rows. */
+    const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i hi_idx = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    uint32_t *vt = (uint32_t *)w->vt;
+    for (int64_t tp = 0; tp < XA_W / 2; tp++) {
+      const char *ra = xa_token_ptr(s, ru, 2 * tp, 1), *rb = xa_token_ptr(s, ru, 2 * tp + 1, 1);
+      for (int64_t d = 0; d < Dp; d += 32) {
+        const __m512i x = ra ? xa_load32_bf16(ra, a->cache_dtype, d, D) : _mm512_setzero_si512();
+        const __m512i y = rb ? xa_load32_bf16(rb, a->cache_dtype, d, D) : _mm512_setzero_si512();
+        const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
+        _mm512_storeu_si512((void *)(vt + tp * Dp + d), _mm512_permutex2var_epi64(lo, lo_idx, hi));
+        _mm512_storeu_si512((void *)(vt + tp * Dp + d + 16), _mm512_permutex2var_epi64(lo, hi_idx, hi));
+      }
+    }
+    return;
+  }
+  if (s->bf && xa_run_covering16(ru, 0) >= 0 && xa_run_covering16(ru, 16) >= 0) {
+    /* Paged: rows d .. d+15 of 32 tokens (two halves of 16) form a 16 x 16
+     * tile of token pairs, transposed in registers into vt [pair][d]. */
+    const char *b0 = xa_token_ptr(s, ru, 0, 1), *b1 = xa_token_ptr(s, ru, 16, 1);
+    const int64_t rs = vs[2] * es;
+    uint32_t *vt = (uint32_t *)w->vt;
+    for (int64_t db = 0; db < Dp; db += 16) {
+      __m512i t[16];
+      for (int i = 0; i < 16; i++) {
+        const int64_t d = db + i;
+        if (d >= D) {
+          t[i] = _mm512_setzero_si512();
+        } else if (a->cache_dtype == XK_BF16) {
+          const __m256i lo = _mm256_loadu_si256((const __m256i *)(b0 + d * rs));
+          const __m256i hi = _mm256_loadu_si256((const __m256i *)(b1 + d * rs));
+          t[i] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        } else {
+          const __m128i lo = _mm_loadu_si128((const __m128i *)(b0 + d * rs));
+          const __m128i hi = _mm_loadu_si128((const __m128i *)(b1 + d * rs));
+          t[i] = xa_fp8x32_to_bf16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), a->cache_dtype);
+        }
+      }
+      xa_tr16_regs(t);
+      for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(vt + i * Dp + db), t[i]);
+    }
+    return;
+  }
+#endif
+#if XK_F32_LANES == 16
+  if (!s->bf && a->layout == XK_LAYOUT_PAGED && (n == 16 || n == 32) && xa_run_covering16(ru, 0) >= 0 &&
+      (n == 16 || xa_run_covering16(ru, 16) >= 0)) {
+    /* Paged, fp32 path: rows d .. d+15 of each 16-token half transposed in
+     * registers into vt [token][d]. Tokens past n are never read. */
+    const int64_t rs = vs[2] * es;
+    for (int64_t h = 0; h < n / 16; h++) {
+      const char *b = xa_token_ptr(s, ru, 16 * h, 1);
+      for (int64_t db = 0; db < Dp; db += 16) {
+        __m512i t[16];
+        for (int i = 0; i < 16; i++) {
+          t[i] = db + i < D ? _mm512_castps_si512(xa_ld16(b + (db + i) * rs, a->cache_dtype, 0xffff))
+                            : _mm512_setzero_si512();
+        }
+        xa_tr16_regs(t);
+        for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(w->vt + (16 * h + i) * Dp + db), t[i]);
+      }
+    }
+    return;
+  }
+#endif
+  if (a->layout == XK_LAYOUT_FLASH) {
+    /* Token rows straight into vt (fp32 path). */
+    char *rows = (char *)w->vt;
+    for (int64_t r = 0; r < ru->count; r++) {
+      for (int64_t j = 0; j < ru->len[r]; j++) {
+        const char *src =
+            (const char *)a->value_cache + (ru->block[r] * vs[0] + (ru->off[r] + j) * vs[1] + s->kvh * vs[2]) * es;
+        xa_cvt(rows + (ru->j[r] + j) * Dp * dsz, s->bf, src, a->cache_dtype, D);
+      }
+    }
+    if (Dp > D) {
+      for (int64_t j = 0; j < n; j++) memset(rows + (j * Dp + D) * dsz, 0, (size_t)((Dp - D) * dsz));
+    }
+    if (n < XA_W) memset(rows + n * Dp * dsz, 0, (size_t)((XA_W - n) * Dp * dsz));
+    return;
+  }
+  /* Paged: each head-dim element is a row of block_size tokens. Gather
+   * columns stage[d][j] run by run, then transpose. */
+  char *stage = (char *)w->stage;
+  for (int64_t r = 0; r < ru->count; r++) {
+    const char *base = (const char *)a->value_cache + (ru->block[r] * vs[0] + s->kvh * vs[1] + ru->off[r] * vs[3]) * es;
+    for (int64_t d = 0; d < D; d++) {
+      xa_cvt(stage + (d * XA_W + ru->j[r]) * dsz, s->bf, base + d * vs[2] * es, a->cache_dtype, ru->len[r]);
+    }
+  }
+  if (n < XA_W) {
+    for (int64_t d = 0; d < D; d++) memset(stage + (d * XA_W + n) * dsz, 0, (size_t)((XA_W - n) * dsz));
+  }
+  if (Dp > D) memset(stage + D * XA_W * dsz, 0, (size_t)((Dp - D) * XA_W * dsz));
+  if (s->bf) {
+    /* stage [Dp][16 pairs] -> vt [16 pairs][Dp] */
+    for (int64_t db = 0; db < Dp; db += 16) {
+      xa_tr16((const uint32_t *)w->stage + db * 16, 16, (uint32_t *)w->vt + db, Dp);
+    }
+  } else {
+    for (int64_t db = 0; db < Dp; db += 16) {
+      for (int64_t tb = 0; tb < XA_W; tb += 16) {
+        xa_tr16((const uint32_t *)w->stage + db * XA_W + tb, XA_W, (uint32_t *)w->vt + tb * Dp + db, Dp);
+      }
+    }
+  }
+}
+
+/* ---- micro-kernels ------------------------------------------------------------ */
+
+/* lg[r][0..W) = q[r] . kT[:, 0..W) for r < nr (fp32 path). */
+#if XK_F32_LANES > 1
+#define XA_NVW (XA_W / XA_VL)
+static inline __attribute__((always_inline)) void xa_qk_f32_block(const float *q, int64_t qld, const float *kT,
+                                                                  int64_t D, float *lg, int64_t lld, const int nr,
+                                                                  xa_pf *pf) {
+  xa_vf acc[XA_QK_NR][XA_NVW];
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < XA_NVW; v++) acc[i][v] = xa_vzero();
+  for (int64_t d = 0; d < D; d++) {
+    xa_pf_step(pf, 2);
+    xa_vf k[XA_NVW];
+#pragma GCC unroll 4
+    for (int v = 0; v < XA_NVW; v++) k[v] = xa_vload(kT + d * XA_W + v * XA_VL);
+#pragma GCC unroll 8
+    for (int i = 0; i < nr; i++) {
+      const xa_vf qb = xa_vset1(q[i * qld + d]);
+#pragma GCC unroll 4
+      for (int v = 0; v < XA_NVW; v++) acc[i][v] = xa_vfma(qb, k[v], acc[i][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < XA_NVW; v++) xa_vstore(lg + i * lld + v * XA_VL, acc[i][v]);
+}
+#endif
+
+static void xa_qk_f32(const float *q, int64_t qld, int64_t nrows, const float *kT, int64_t D, float *lg,
+                      int64_t lld, xa_pf *pf) {
+#if XK_F32_LANES > 1
+  int64_t r = 0;
+  for (; r + XA_QK_NR <= nrows; r += XA_QK_NR) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, XA_QK_NR, pf);
+#if XA_QK_NR > 4
+  if (r + 4 <= nrows) {
+    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 4, pf);
+    r += 4;
+  }
+#endif
+#if XA_QK_NR > 2
+  if (r + 2 <= nrows) {
+    xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 2, pf);
+    r += 2;
+  }
+#endif
+  for (; r < nrows; r++) xa_qk_f32_block(q + r * qld, qld, kT, D, lg + r * lld, lld, 1, pf);
+#else
+  xa_pf_step(pf, XA_PF_MAX);
+  for (int64_t r = 0; r < nrows; r++) {
+    for (int64_t j = 0; j < XA_W; j++) {
+      float s = 0.0f;
+      for (int64_t d = 0; d < D; d++) s += q[r * qld + d] * kT[d * XA_W + j];
+      lg[r * lld + j] = s;
+    }
+  }
+#endif
+}
+
+/* acc[r][0..Dp) += sum_t p[r][t] * vt[t][0..Dp) for t < ntok (fp32 path). */
+#if XK_F32_LANES > 1
+static inline __attribute__((always_inline)) void xa_pv_f32_block(const float *p, int64_t pld, int64_t ntok,
+                                                                  const float *vt, int64_t Dp, float *acc,
+                                                                  int64_t d0, const int nr, const int nv, xa_pf *pf) {
+  xa_vf a[XA_PV_NR][XA_PV_NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) a[i][v] = xa_vload(acc + i * Dp + d0 + v * XA_VL);
+  for (int64_t t = 0; t < ntok; t++) {
+    xa_pf_step(pf, 1);
+    xa_vf x[XA_PV_NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) x[v] = xa_vload(vt + t * Dp + d0 + v * XA_VL);
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+      const xa_vf pb = xa_vset1(p[i * pld + t]);
+#pragma GCC unroll 4
+      for (int v = 0; v < nv; v++) a[i][v] = xa_vfma(pb, x[v], a[i][v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) xa_vstore(acc + i * Dp + d0 + v * XA_VL, a[i][v]);
+}
+
+static inline __attribute__((always_inline)) void xa_pv_f32_rows(const float *p, int64_t pld, int64_t ntok,
+                                                                 const float *vt, int64_t Dp, float *acc,
+                                                                 const int nr, xa_pf *pf) {
+  int64_t d0 = 0;
+  for (; d0 + XA_PV_NV * XA_VL <= Dp; d0 += XA_PV_NV * XA_VL) {
+    xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, XA_PV_NV, pf);
+  }
+  for (; d0 < Dp; d0 += XA_VL) xa_pv_f32_block(p, pld, ntok, vt, Dp, acc, d0, nr, 1, pf);
+}
+#endif
+
+static void xa_pv_f32(const float *p, int64_t pld, int64_t nrows, int64_t ntok, const float *vt, int64_t Dp,
+                      float *acc, xa_pf *pf) {
+#if XK_F32_LANES > 1
+  int64_t r = 0;
+  for (; r + XA_PV_NR <= nrows; r += XA_PV_NR) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, XA_PV_NR, pf);
+#if XA_PV_NR > 2
+  if (r + 2 <= nrows) {
+    xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 2, pf);
+    r += 2;
+  }
+#endif
+  for (; r < nrows; r++) xa_pv_f32_rows(p + r * pld, pld, ntok, vt, Dp, acc + r * Dp, 1, pf);
+#else
+  xa_pf_step(pf, XA_PF_MAX);
+  for (int64_t r = 0; r < nrows; r++) {
+    for (int64_t t = 0; t < ntok; t++) {
+      const float pr = p[r * pld + t];
+      for (int64_t d = 0; d < Dp; d++) acc[r * Dp + d] += pr * vt[t * Dp + d];
+    }
+  }
+#endif
+}
+
+#if XA_BF16
+/* bf16 path: q2 [r][Dp/2] and kT2 [Dp/2][W] are (d, d+1) pairs. */
+static inline __attribute__((always_inline)) void xa_qk_bf16_block(const uint32_t *q2, int64_t qld, const uint32_t *kT2,
+                                                                   int64_t Dh, float *lg, int64_t lld, const int nr,
+                                                                   xa_pf *pf) {
+  __m512 acc[8][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < Dh; d++) {
+    xa_pf_step(pf, 2);
+    const __m512bh k0 = (__m512bh)_mm512_loadu_si512((const void *)(kT2 + d * XA_W));
+    const __m512bh k1 = (__m512bh)_mm512_loadu_si512((const void *)(kT2 + d * XA_W + 16));
+#pragma GCC unroll 8
+    for (int i = 0; i < nr; i++) {
+      const __m512bh qb = (__m512bh)_mm512_set1_epi32((int)q2[i * qld + d]);
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], qb, k0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], qb, k1);
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < nr; i++) {
+    _mm512_storeu_ps(lg + i * lld, acc[i][0]);
+    _mm512_storeu_ps(lg + i * lld + 16, acc[i][1]);
+  }
+}
+
+static void xa_qk_bf16(const uint32_t *q2, int64_t qld, int64_t nrows, const uint32_t *kT2, int64_t Dh, float *lg,
+                       int64_t lld, xa_pf *pf) {
+  int64_t r = 0;
+  for (; r + 8 <= nrows; r += 8) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 8, pf);
+  if (r + 4 <= nrows) {
+    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 4, pf);
+    r += 4;
+  }
+  if (r + 2 <= nrows) {
+    xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 2, pf);
+    r += 2;
+  }
+  for (; r < nrows; r++) xa_qk_bf16_block(q2 + r * qld, qld, kT2, Dh, lg + r * lld, lld, 1, pf);
+}
+
+/* p2 [r][pairs] are (t, t+1) bf16 probability pairs, vt2 [pairs][Dp] value pairs. */
+static inline __attribute__((always_inline)) void xa_pv_bf16_block(const uint32_t *p2, int64_t pld, int64_t npair,
+                                                                   const uint32_t *vt2, int64_t Dp, float *acc,
+                                                                   int64_t d0, const int nr, const int nv, xa_pf *pf) {
+  __m512 a[4][4];
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) a[i][v] = _mm512_loadu_ps(acc + i * Dp + d0 + v * 16);
+  for (int64_t tp = 0; tp < npair; tp++) {
+    xa_pf_step(pf, 2);
+    __m512bh x[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) x[v] = (__m512bh)_mm512_loadu_si512((const void *)(vt2 + tp * Dp + d0 + v * 16));
+#pragma GCC unroll 4
+    for (int i = 0; i < nr; i++) {
+      const __m512bh pb = (__m512bh)_mm512_set1_epi32((int)p2[i * pld + tp]);
+#pragma GCC unroll 4
+      for (int v = 0; v < nv; v++) a[i][v] = _mm512_dpbf16_ps(a[i][v], pb, x[v]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < nr; i++)
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) _mm512_storeu_ps(acc + i * Dp + d0 + v * 16, a[i][v]);
+}
+
+static inline __attribute__((always_inline)) void xa_pv_bf16_rows(const uint32_t *p2, int64_t pld, int64_t npair,
+                                                                  const uint32_t *vt2, int64_t Dp, float *acc,
+                                                                  const int nr, xa_pf *pf) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= Dp; d0 += 64) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 4, pf);
+  for (; d0 < Dp; d0 += 16) xa_pv_bf16_block(p2, pld, npair, vt2, Dp, acc, d0, nr, 1, pf);
+}
+
+static void xa_pv_bf16(const uint32_t *p2, int64_t pld, int64_t nrows, int64_t npair, const uint32_t *vt2,
+                       int64_t Dp, float *acc, xa_pf *pf) {
+  int64_t r = 0;
+  for (; r + 4 <= nrows; r += 4) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 4, pf);
+  if (r + 2 <= nrows) {
+    xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 2, pf);
+    r += 2;
+  }
+  for (; r < nrows; r++) xa_pv_bf16_rows(p2 + r * pld, pld, npair, vt2, Dp, acc + r * Dp, 1, pf);
+}
+#endif
+
+/* Logits of rows [0, nrows) for tokens [t0, t0 + n) into lg[r][col0 ..],
+ * prefetching `next` meanwhile. */
+static void xa_qk_tile(const xa_src *s, const xa_ws *w, int64_t r0, int64_t nrows, int64_t t0, int64_t n,
+                       int64_t col0, xa_next next) {
+  xa_runs ru;
+  xa_make_runs(s, t0, n, &ru);
+  xa_stage_k(s, w, &ru);
+  xa_pf pf;
+  xa_pf_fill(&pf, s, next.t, next.n, next.value, next.kvh);
+#if XA_BF16
+  if (s->bf) {
+    xa_qk_bf16((const uint32_t *)((const uint16_t *)w->q + r0 * w->Dp), w->Dp / 2, nrows, (const uint32_t *)w->kT,
+               (s->a->head_size + 1) / 2, w->lg + r0 * w->L + col0, w->L, &pf);
+    xa_pf_step(&pf, XA_PF_MAX);
+    return;
+  }
+#endif
+  xa_qk_f32((const float *)w->q + r0 * w->Dp, w->Dp, nrows, w->kT, s->a->head_size, w->lg + r0 * w->L + col0, w->L,
+            &pf);
+  xa_pf_step(&pf, XA_PF_MAX);
+}
+
+/* acc[r] += P[r][col0 .. col0 + n) . V[t0 .. t0 + n) for rows [0, nrows),
+ * prefetching `next` meanwhile. */
+static void xa_pv_tile(const xa_src *s, const xa_ws *w, int64_t r0, int64_t nrows, int64_t t0, int64_t n,
+                       int64_t col0, xa_next next) {
+  xa_runs ru;
+  xa_make_runs(s, t0, n, &ru);
+  xa_stage_v(s, w, &ru);
+  xa_pf pf;
+  xa_pf_fill(&pf, s, next.t, next.n, next.value, next.kvh);
+#if XA_BF16
+  if (s->bf) {
+    xa_pv_bf16((const uint32_t *)(w->p16 + r0 * w->L + col0), w->L / 2, nrows, (n + 1) / 2, (const uint32_t *)w->vt,
+               w->Dp, w->acc + r0 * w->Dp, &pf);
+    xa_pf_step(&pf, XA_PF_MAX);
+    return;
+  }
+#endif
+  xa_pv_f32(w->lg + r0 * w->L + col0, w->L, nrows, n, w->vt, w->Dp, w->acc + r0 * w->Dp, &pf);
+  xa_pf_step(&pf, XA_PF_MAX);
+}
+
+/* The tile after [st, st + W) within [t_begin, t_end), of K (value 0) or V. */
+static inline xa_next xa_after(int64_t st, int64_t t_end, int value, int64_t kvh) {
+  const xa_next nx = {st + XA_W, xa_min(XA_W, t_end - st - XA_W), value, kvh};
+  return nx;
+}
+
+static void xa_prefetch_now(const xa_src *s, xa_next next) {
+  xa_pf pf;
+  xa_pf_fill(&pf, s, next.t, next.n, next.value, next.kvh);
+  xa_pf_step(&pf, XA_PF_MAX);
+}
+
+/* Rounds probabilities p[0..n) of row r to the query dtype where P.V reads them;
+ * the bf16 path also zero-fills the pair slots up to the next tile boundary. */
+static void xa_store_probs(const xa_src *s, const xa_ws *w, int64_t r, int64_t col0, int64_t n) {
+  float *p = w->lg + r * w->L + col0;
+#if XA_BF16
+  if (s->bf) {
+    uint16_t *d = w->p16 + r * w->L + col0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) xk_store16(d + i, XK_BF16, _mm512_loadu_ps(p + i));
+    for (; i < n; i++) d[i] = xk_f32_to_bf16_scalar(p[i]);
+    const int64_t end = xa_min(xa_round_up(n, XA_W), w->L - col0);
+    for (; i < end; i++) d[i] = 0;
+    return;
+  }
+#endif
+  xa_round_to(p, n, s->a->dtype);
+}
+
+/* Writes f32 row * f into dst (dtype). */
+static void xa_write_row(void *dst, int32_t dtype, float *row, int64_t n, float f) {
+  for (int64_t i = 0; i < n; i++) row[i] *= f;
+  xk_convert_row(dst, dtype, row, XK_F32, n, 1.0f);
+}
+
+/* ---- paged_attention_v1 / v2 -------------------------------------------------- */
+
+void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
+  xa_ws w;
+  xa_ws_layout(a, (char *)workspace, &w);
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size;
+  const int64_t P = a->partition_size ? a->max_partitions : 1, qes = xk_dtype_size(a->dtype);
+  xa_src s = {a, NULL, 0, xa_bf16_path(a)};
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t part = b % P, kvh = (b / P) % Hkv, seq = b / (P * Hkv);
+    const int64_t L = a->seq_lens[seq], t0 = part * a->partition_size;
+    if (a->partition_size && t0 >= L) continue; /* v2: nothing to do, nothing written */
+    const int64_t t1 = a->partition_size ? xa_min(t0 + a->partition_size, L) : L, n = t1 - t0;
+    s.bt = a->block_tables + seq * a->block_tables_stride_seq;
+    s.kvh = kvh;
+    const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      xa_load_q(&s, &w, g, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes);
+    }
+    /* Pass 1: logits of every token of the range, then the softmax. */
+    xa_prefetch_now(&s, (xa_next){t0, xa_min(XA_W, n), 0, kvh});
+    for (int64_t st = t0; st < t1; st += XA_W) {
+      const xa_next nx = st + XA_W < t1 ? xa_after(st, t1, 0, kvh) : (xa_next){t0, xa_min(XA_W, n), 1, kvh};
+      xa_qk_tile(&s, &w, 0, G, st, xa_min(XA_W, t1 - st), st - t0, nx);
+    }
+    const float sc = a->scale * ks;
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      float *x = w.lg + g * w.L;
+      const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
+      for (int64_t i = 0; i < n; i++) x[i] *= sc;
+      if (slope != 0.0f) {
+        for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
+      }
+      const float mx = xa_max_row(x, n, -FLT_MAX);
+      const float sum = xa_exp_sum(x, n, mx);
+      const float inv = 1.0f / (sum + 1e-6f);
+      for (int64_t i = 0; i < n; i++) x[i] *= inv;
+      xa_store_probs(&s, &w, g, 0, n);
+      if (a->partition_size) {
+        const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
+        a->max_logits[o] = mx;
+        a->exp_sums[o] = sum;
+      }
+    }
+    /* Pass 2: P.V */
+    memset(w.acc, 0, (size_t)(G * w.Dp) * sizeof(float));
+    for (int64_t st = t0; st < t1; st += XA_W) {
+      xa_pv_tile(&s, &w, 0, G, st, xa_min(XA_W, t1 - st), st - t0, xa_after(st, t1, 1, kvh));
+    }
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      char *dst;
+      if (a->partition_size) {
+        dst = (char *)a->tmp_out + (seq * a->tmp_out_strides[0] + h * a->tmp_out_strides[1] +
+                                    part * a->tmp_out_strides[2]) * qes;
+      } else {
+        dst = (char *)a->out + (seq * a->out_stride_token + h * a->out_stride_head) * qes;
+      }
+      xa_write_row(dst, a->dtype, w.acc + g * w.Dp, D, vs);
+    }
+  }
+}
+
+void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end) {
+  const int64_t H = a->num_heads, D = a->head_size, ps = a->partition_size, qes = xk_dtype_size(a->dtype);
+  float acc[512], row[512];
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t seq = b / H, h = b % H;
+    const int64_t L = a->seq_lens[seq], np = (L + ps - 1) / ps;
+    char *out = (char *)a->out + (seq * a->out_stride_token + h * a->out_stride_head) * qes;
+    const char *tmp = (const char *)a->tmp_out + (seq * a->tmp_out_strides[0] + h * a->tmp_out_strides[1]) * qes;
+    if (np == 1) {
+      memcpy(out, tmp, (size_t)(D * qes));
+      continue;
+    }
+    const float *ml = a->max_logits + seq * a->part_strides[0] + h * a->part_strides[1];
+    const float *es = a->exp_sums + seq * a->part_strides[0] + h * a->part_strides[1];
+    float mx = -FLT_MAX, total = 0.0f;
+    for (int64_t j = 0; j < np; j++) mx = fmaxf(mx, ml[j * a->part_strides[2]]);
+    for (int64_t j = 0; j < np; j++) total += es[j * a->part_strides[2]] * expf(ml[j * a->part_strides[2]] - mx);
+    const float inv = 1.0f / (total + 1e-6f);
+    for (int64_t d = 0; d < D; d++) acc[d] = 0.0f;
+    for (int64_t j = 0; j < np; j++) {
+      const float wj = es[j * a->part_strides[2]] * expf(ml[j * a->part_strides[2]] - mx);
+      xa_to_f32(row, tmp + j * a->tmp_out_strides[2] * qes, a->dtype, D);
+      for (int64_t d = 0; d < D; d++) acc[d] += row[d] * wj * inv;
+    }
+    xk_convert_row(out, a->dtype, acc, XK_F32, D, 1.0f);
+  }
+}
+
+/* ---- flash_attn_varlen_func over a paged cache --------------------------------- */
+
+void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
+  xa_ws w;
+  xa_ws_layout(a, (char *)workspace, &w);
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w.Dp;
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = Hkv / KG;
+  const int64_t qes = xk_dtype_size(a->dtype);
+  xa_src s = {a, NULL, 0, xa_bf16_path(a)};
+  for (int64_t b = begin; b < end; b++) {
+    /* Block: a work item (queries i0 .. i1 of one sequence) and kv heads
+     * kvh0 .. kvh0+KG-1. Row r = kvl * RQ + (i - i0) * G + g. */
+    const int64_t item = b / NG, kvh0 = (b % NG) * KG;
+    const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+    const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+    const int64_t RQ = (i1 - i0) * G, R = RQ * KG;
+    s.bt = a->block_tables + seq * a->block_tables_stride_seq;
+    int64_t LO = INT64_MAX, HI = 0;
+    for (int64_t i = i0; i < i1; i++) {
+      const int64_t pos = i + k_len - q_len;
+      int64_t hi = k_len, lo = 0;
+      if (a->causal) hi = xa_min(hi, pos + 1);
+      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
+      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = kvl * RQ + (i - i0) * G + g, h = (kvh0 + kvl) * G + g;
+          w.pos[r] = pos;
+          w.lo[r] = lo;
+          w.hi[r] = hi;
+          w.m[r] = -INFINITY;
+          w.l[r] = 0.0f;
+          xa_load_q(&s, &w, r, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes);
+        }
+      }
+      if (lo < hi) {
+        LO = xa_min(LO, lo);
+        HI = xa_max(HI, hi);
+      }
+    }
+    memset(w.acc, 0, (size_t)(R * Dp) * sizeof(float));
+    for (int64_t ts = LO; ts < HI; ts += XA_VT) {
+      const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
+      if (ts == LO) xa_prefetch_now(&s, (xa_next){ts, xa_min(XA_W, n), 0, kvh0});
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        s.kvh = kvh0 + kvl;
+        for (int64_t st = ts; st < te; st += XA_W) {
+          xa_next nx = xa_after(st, te, 0, s.kvh);
+          if (st + XA_W >= te) {
+            nx = kvl + 1 < KG ? (xa_next){ts, xa_min(XA_W, n), 0, s.kvh + 1} : (xa_next){ts, xa_min(XA_W, n), 1, kvh0};
+          }
+          xa_qk_tile(&s, &w, kvl * RQ, RQ, st, xa_min(XA_W, te - st), st - ts, nx);
+        }
+      }
+      for (int64_t r = 0; r < R; r++) {
+        const int64_t kvh = kvh0 + r / RQ, h = kvh * G + r % G;
+        const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+        const float sc = a->scale * ks;
+        float *x = w.lg + r * w.L;
+        for (int64_t i = 0; i < n; i++) x[i] *= sc;
+        if (a->softcap > 0.0f) xa_softcap(x, n, a->softcap);
+        if (a->alibi_slopes) {
+          const float slope = a->alibi_slopes[seq * a->alibi_stride_seq + h];
+          const int64_t pos = w.pos[r];
+          for (int64_t i = 0; i < n; i++) x[i] -= slope * fabsf((float)(pos - (ts + i)));
+        }
+        const int64_t lo = w.lo[r] - ts, hi = w.hi[r] - ts;
+        for (int64_t i = 0; i < n; i++) {
+          if (i < lo || i >= hi) x[i] = -INFINITY;
+        }
+        const float mt = xa_max_row(x, n, -INFINITY);
+        const float m_new = fmaxf(w.m[r], mt);
+        if (m_new == -INFINITY) { /* nothing attended yet: p = 0 */
+          for (int64_t i = 0; i < n; i++) x[i] = 0.0f;
+        } else {
+          const float alpha = w.m[r] == -INFINITY ? 0.0f : expf(w.m[r] - m_new);
+          const float sum = xa_exp_sum(x, n, m_new);
+          if (alpha != 1.0f) {
+            float *acc = w.acc + r * Dp;
+            for (int64_t d = 0; d < Dp; d++) acc[d] *= alpha;
+          }
+          w.l[r] = w.l[r] * alpha + sum;
+          w.m[r] = m_new;
+        }
+        xa_store_probs(&s, &w, r, 0, n);
+      }
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        s.kvh = kvh0 + kvl;
+        for (int64_t st = ts; st < te; st += XA_W) {
+          xa_next nx = xa_after(st, te, 1, s.kvh);
+          if (st + XA_W >= te) {
+            nx = kvl + 1 < KG ? (xa_next){ts, xa_min(XA_W, n), 1, s.kvh + 1}
+                              : (xa_next){te, xa_min(XA_W, HI - te), 0, kvh0};
+          }
+          xa_pv_tile(&s, &w, kvl * RQ, RQ, st, xa_min(XA_W, te - st), st - ts, nx);
+        }
+      }
+    }
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t kvh = kvh0 + r / RQ, i = i0 + (r % RQ) / G, h = kvh * G + r % G;
+      const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+      float m = w.m[r], l = w.l[r], f = 1.0f;
+      if (a->s_aux) {
+        const float sink = a->s_aux[h], ms = fmaxf(m, sink);
+        const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
+        l = l * alpha + expf(sink - ms);
+        f = alpha;
+        m = ms;
+      }
+      f = l == 0.0f ? 0.0f : f / l;
+      xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype,
+                   w.acc + r * Dp, D, f * vs);
+      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+    }
+  }
+}
+
+/* ---- merge_attn_states -------------------------------------------------------- */
+
+void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end) {
+  const int64_t H = a->num_heads, D = a->head_size, es = xk_dtype_size(a->dtype);
+  float po[256], so[256];
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t t = b / H, h = b % H;
+    float pl = a->prefix_lse[h * a->prefix_lse_strides[0] + t * a->prefix_lse_strides[1]];
+    float sl = a->suffix_lse[h * a->suffix_lse_strides[0] + t * a->suffix_lse_strides[1]];
+    /* FA2 reports +inf for an empty row, FA3 -inf: both mean "no keys". */
+    if (pl == INFINITY) pl = -INFINITY;
+    if (sl == INFINITY) sl = -INFINITY;
+    const float mx = fmaxf(pl, sl);
+    float ps = 0.0f, ss = 0.0f, lse = -INFINITY;
+    if (mx != -INFINITY) {
+      const float pe = expf(pl - mx), se = expf(sl - mx), sum = pe + se;
+      ps = pe / sum;
+      ss = se / sum;
+      lse = logf(sum) + mx;
+    }
+    if (a->output_lse) a->output_lse[h * a->output_lse_strides[0] + t * a->output_lse_strides[1]] = lse;
+    const char *pp = (const char *)a->prefix_output + (t * a->prefix_strides[0] + h * a->prefix_strides[1]) * es;
+    const char *sp = (const char *)a->suffix_output + (t * a->suffix_strides[0] + h * a->suffix_strides[1]) * es;
+    char *op = (char *)a->output + (t * a->out_strides[0] + h * a->out_strides[1]) * es;
+    for (int64_t d0 = 0; d0 < D; d0 += 256) {
+      const int64_t n = xa_min(256, D - d0);
+      /* A side whose weight is 0 (an empty state) contributes nothing, even NaN. */
+      if (ps != 0.0f) xa_to_f32(po, pp + d0 * es, a->dtype, n);
+      if (ss != 0.0f) xa_to_f32(so, sp + d0 * es, a->dtype, n);
+      for (int64_t i = 0; i < n; i++) {
+        float v = 0.0f;
+        if (ps != 0.0f) v = po[i] * ps;
+        if (ss != 0.0f) v += so[i] * ss;
+        po[i] = v;
+      }
+      xk_convert_row(op + d0 * es, a->dtype, po, XK_F32, n, 1.0f);
+    }
+  }
+}
+
+/* ---- bf16 dot-product probe ------------------------------------------------ */
+
+#define XA_PROBE_CHAINS 12
+
+double XK_FN(attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink) {
+#if XA_BF16
+  __m512 acc[XA_PROBE_CHAINS];
+  for (int j = 0; j < XA_PROBE_CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
+  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80); /* (1, 1) */
+  const __m512bh y = (__m512bh)_mm512_set1_epi32(0x2c002c00); /* small: no overflow */
+  for (int64_t i = 0; i < iters; i++) {
+    for (int j = 0; j < XA_PROBE_CHAINS; j++) acc[j] = _mm512_dpbf16_ps(acc[j], x, y);
+  }
+  __m512 t = acc[0];
+  for (int j = 1; j < XA_PROBE_CHAINS; j++) t = _mm512_add_ps(t, acc[j]);
+  sink->value = _mm512_reduce_add_ps(t);
+  return (double)iters * XA_PROBE_CHAINS * 64.0; /* 16 lanes x 2 products x 2 flops */
+#else
+  (void)iters;
+  sink->value = 0.0;
+  return 0.0;
+#endif
+}

@@ -1,0 +1,133 @@
+/*
+ * Helpers shared by the linear-attention kernels (conv.c, gdn.c): index
+ * vectors, strided row loads/stores through f32, and vector exp / silu.
+ */
+#ifndef XK_LA_UTIL_H
+#define XK_LA_UTIL_H
+
+#include <math.h>
+
+#include "../common/convert.h"
+
+/* Element i of an index vector (the launcher checked that it is present). */
+static inline int64_t la_at(const xk_la_index *v, int64_t i) {
+  const char *p = (const char *)v->data;
+  switch (v->dtype) {
+    case XK_LA_I32: return ((const int32_t *)p)[i * v->stride];
+    case XK_LA_I64: return ((const int64_t *)p)[i * v->stride];
+    default: return ((const uint8_t *)p)[i * v->stride] != 0;
+  }
+}
+
+/* dst[i] = src[i * stride] as f32, for n elements of `dtype`. */
+static inline void la_load_row(float *dst, const void *src, int32_t dtype, int64_t n, int64_t stride) {
+  if (stride == 1 || n <= 1) {
+    xk_convert_row(dst, XK_F32, src, dtype, n, 1.0f);
+    return;
+  }
+  switch (dtype) {
+    case XK_F32:
+      for (int64_t i = 0; i < n; i++) dst[i] = ((const float *)src)[i * stride];
+      return;
+    case XK_BF16:
+      for (int64_t i = 0; i < n; i++) dst[i] = xk_bf16_to_f32_scalar(((const uint16_t *)src)[i * stride]);
+      return;
+    default:
+      for (int64_t i = 0; i < n; i++) dst[i] = xk_load_scalar(src, dtype, i * stride);
+      return;
+  }
+}
+
+/* dst[i * stride] = src[i] rounded to `dtype`. */
+static inline void la_store_row(void *dst, int32_t dtype, const float *src, int64_t n, int64_t stride) {
+  if (stride == 1 || n <= 1) {
+    xk_convert_row(dst, dtype, src, XK_F32, n, 1.0f);
+    return;
+  }
+  switch (dtype) {
+    case XK_F32:
+      for (int64_t i = 0; i < n; i++) ((float *)dst)[i * stride] = src[i];
+      return;
+    case XK_BF16:
+      for (int64_t i = 0; i < n; i++) ((uint16_t *)dst)[i * stride] = xk_f32_to_bf16_scalar(src[i]);
+      return;
+    default:
+      for (int64_t i = 0; i < n; i++) xk_store_scalar(dst, dtype, i * stride, src[i]);
+      return;
+  }
+}
+
+static inline float la_silu(float x) { return x / (1.0f + expf(-x)); }
+
+/*
+ * exp on vectors: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
+ * e^r (relative error ~1e-7), then the 2^n scaling. Inputs are clamped to the
+ * finite range (NaN stays NaN: the clamps put the variable second, which the
+ * min/max instructions return when either operand is NaN).
+ */
+#if XK_F32_LANES == 16
+static inline __m512 la_exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
+  x = _mm512_max_ps(_mm512_set1_ps(-103.0f), x);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+/* x / (1 + e^-x) with a reciprocal estimate and one Newton step (~1 ulp;
+ * a division costs several times more). Where 1 + e^-x overflows, the
+ * estimate is 0 and so is the result, as the division would give. */
+static inline __m512 la_silu16(__m512 x) {
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), la_exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+  __m512 r = _mm512_rcp14_ps(d);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(x, r);
+}
+#elif XK_F32_LANES == 8
+static inline __m256 la_exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
+  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  /* 2^n for n in [-126, 127]; NaN lanes keep p = NaN whatever the scale. */
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+static inline __m256 la_silu8(__m256 x) {
+  const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), la_exp8(_mm256_sub_ps(_mm256_setzero_ps(), x)));
+  __m256 r = _mm256_rcp_ps(d);
+  r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
+  r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
+  return _mm256_mul_ps(x, r);
+}
+#endif
+
+/* In place: x[i] = silu(x[i]). */
+static inline void la_silu_row(float *x, int64_t n) {
+  int64_t i = 0;
+#if XK_F32_LANES == 16
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, la_silu16(_mm512_loadu_ps(x + i)));
+#elif XK_F32_LANES == 8
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, la_silu8(_mm256_loadu_ps(x + i)));
+#endif
+  for (; i < n; i++) x[i] = la_silu(x[i]);
+}
+
+#endif /* XK_LA_UTIL_H */
