@@ -717,6 +717,189 @@ enum xops_status xops_rotary_embedding(const DLTensor *positions,
 enum xops_status xops_silu_and_mul(const DLTensor *out, const DLTensor *input);
 
 /**
+ * `F.linear`: `out = x · weightᵀ + bias`.
+ *
+ * * `x`: `[M, K]` or `[K]` float32/float16/bfloat16, K contiguous.
+ * * `weight`: `[N, K]`, `x`'s dtype, K contiguous.
+ * * `bias`: `[N]` (`x`'s dtype or float32) or NULL.
+ * * `out`: `[M, N]` (or `[N]`), `x`'s dtype or float32; not overlapping an input.
+ *
+ * fp32 accumulation; bit-identical for any thread count.
+ *
+ * # Safety
+ * Each pointer is NULL or valid; tensor memory is readable (writable for
+ * `out`) for the duration of the call.
+ */
+enum xops_status xops_linear(const DLTensor *x,
+                             const DLTensor *weight,
+                             const DLTensor *bias,
+                             const DLTensor *out);
+
+/**
+ * Weight-only quantized linear with the canonical int4/int8 layout:
+ * `qweight` uint8 `[N, row_bytes]` (see `xops_wna16_row_bytes`), `scales`
+ * `[N, K / group_size]` float32/float16/bfloat16, `zeros` like `scales` or
+ * NULL (symmetric), `perm` int32 `[K]` (act-order) or NULL, `bits` 4 or 8.
+ * Other arguments as `xops_linear`.
+ *
+ * # Safety
+ * As `xops_linear`.
+ */
+enum xops_status xops_wna16_linear(const DLTensor *x,
+                                   const DLTensor *qweight,
+                                   const DLTensor *scales,
+                                   const DLTensor *zeros,
+                                   const DLTensor *perm,
+                                   const DLTensor *bias,
+                                   const DLTensor *out,
+                                   uint32_t bits);
+
+/**
+ * Dequantizes canonical weight tensors into `out` `[N, K]`
+ * (float32/float16/bfloat16) in input-channel order. Arguments as
+ * `xops_wna16_linear`.
+ *
+ * # Safety
+ * As `xops_linear`.
+ */
+enum xops_status xops_wna16_dequantize(const DLTensor *qweight,
+                                       const DLTensor *scales,
+                                       const DLTensor *zeros,
+                                       const DLTensor *perm,
+                                       const DLTensor *out,
+                                       uint32_t bits);
+
+/**
+ * Bytes per row of canonical `qweight` for `bits` (4 or 8) and `k` input
+ * channels: `64 * ceil(k / 128)` for 4 bits, `k` for 8.
+ */
+uint64_t xops_wna16_row_bytes(uint32_t bits, uint64_t k);
+
+/**
+ * Imports an AutoGPTQ / GPTQModel checkpoint into the canonical layout.
+ *
+ * * `qweight` int32 `[K / (32 / bits), N]`, `qzeros` int32 `[G, N / (32 / bits)]`,
+ *   `scales` `[G, N]`, `g_idx` int32 `[K]` or NULL; `bits` 4 or 8;
+ *   `use_v2_format` 0 for `gptq` (stored zero + 1), 1 for `gptq_v2`.
+ * * Outputs: `out_qweight` uint8 `[N, row_bytes]`, `out_scales` and
+ *   `out_zeros` `[N, G]` of `scales`' dtype, `out_perm` int32 `[K]`
+ *   (NULL allowed unless `g_idx` is act-order); `*is_act_order` (may be
+ *   NULL) is set to 1 when `out_perm` must be passed to the ops.
+ *
+ * # Safety
+ * As `xops_linear`; `is_act_order` is NULL or writable.
+ */
+enum xops_status xops_gptq_to_wna16(const DLTensor *qweight,
+                                    const DLTensor *qzeros,
+                                    const DLTensor *scales,
+                                    const DLTensor *g_idx,
+                                    uint32_t bits,
+                                    int32_t use_v2_format,
+                                    const DLTensor *out_qweight,
+                                    const DLTensor *out_scales,
+                                    const DLTensor *out_zeros,
+                                    const DLTensor *out_perm,
+                                    int32_t *is_act_order);
+
+/**
+ * Imports an AutoAWQ (GEMM layout, 4-bit) checkpoint: `qweight` int32
+ * `[K, N / 8]`, `qzeros` int32 `[G, N / 8]`, `scales` `[G, N]`. Outputs as
+ * `xops_gptq_to_wna16` (no permutation).
+ *
+ * # Safety
+ * As `xops_linear`.
+ */
+enum xops_status xops_awq_to_wna16(const DLTensor *qweight,
+                                   const DLTensor *qzeros,
+                                   const DLTensor *scales,
+                                   const DLTensor *out_qweight,
+                                   const DLTensor *out_scales,
+                                   const DLTensor *out_zeros);
+
+/**
+ * Imports a compressed-tensors `pack-quantized` weight: `weight_packed`
+ * int32 `[N, ceil(K / (32 / num_bits))]`, `weight_scale` `[N, G]`,
+ * `weight_zero_point` int32 `[ceil(N / (32 / num_bits)), G]` or NULL,
+ * `weight_g_idx` int32 `[K]` or NULL, the checkpoint's `weight_shape` as
+ * `n`, `k`. Outputs as `xops_gptq_to_wna16` (`out_zeros` may be NULL for a
+ * symmetric weight).
+ *
+ * # Safety
+ * As `xops_gptq_to_wna16`.
+ */
+enum xops_status xops_compressed_tensors_to_wna16(const DLTensor *weight_packed,
+                                                  const DLTensor *weight_scale,
+                                                  const DLTensor *weight_zero_point,
+                                                  const DLTensor *weight_g_idx,
+                                                  uint64_t n,
+                                                  uint64_t k,
+                                                  uint32_t num_bits,
+                                                  const DLTensor *out_qweight,
+                                                  const DLTensor *out_scales,
+                                                  const DLTensor *out_zeros,
+                                                  const DLTensor *out_perm,
+                                                  int32_t *is_act_order);
+
+/**
+ * vLLM `static_scaled_int8_quant`: `out` int8 = sat8(round_even(input /
+ * scale) (+ azp)); `input` `[num_tokens, hidden]` float32/float16/bfloat16;
+ * `scale` one float32; `azp` one int32 or NULL.
+ *
+ * # Safety
+ * As `xops_linear`.
+ */
+enum xops_status xops_static_scaled_int8_quant(const DLTensor *out,
+                                               const DLTensor *input,
+                                               const DLTensor *scale,
+                                               const DLTensor *azp);
+
+/**
+ * vLLM `dynamic_scaled_int8_quant`: per-token `scales` (float32, one per
+ * token) written, and per-token zero points `azp` (int32) when not NULL
+ * (asymmetric). Other arguments as `xops_static_scaled_int8_quant`.
+ *
+ * # Safety
+ * As `xops_linear`; `scales` and `azp` are written.
+ */
+enum xops_status xops_dynamic_scaled_int8_quant(const DLTensor *out,
+                                                const DLTensor *input,
+                                                const DLTensor *scales,
+                                                const DLTensor *azp);
+
+/**
+ * vLLM CPU `int8_scaled_mm`: `out = a_scales · b_scales · (a · b) + bias`;
+ * `a` int8 `[M, K]`, `b` int8 `[K, N]` column-major, `a_scales` float32 1 or
+ * M values, `b_scales` 1 or N, `bias` `[N]` or NULL, `out` `[M, N]`
+ * float32/float16/bfloat16.
+ *
+ * # Safety
+ * As `xops_linear`.
+ */
+enum xops_status xops_int8_scaled_mm(const DLTensor *out,
+                                     const DLTensor *a,
+                                     const DLTensor *b,
+                                     const DLTensor *a_scales,
+                                     const DLTensor *b_scales,
+                                     const DLTensor *bias);
+
+/**
+ * vLLM CPU `int8_scaled_mm_azp`: as `xops_int8_scaled_mm` minus
+ * `azp[m] · azp_adj[n]` (`azp` int32 M values, or NULL: `azp_adj` alone)
+ * before scaling; `azp_adj` int32 N values.
+ *
+ * # Safety
+ * As `xops_linear`.
+ */
+enum xops_status xops_int8_scaled_mm_azp(const DLTensor *out,
+                                         const DLTensor *a,
+                                         const DLTensor *b,
+                                         const DLTensor *a_scales,
+                                         const DLTensor *b_scales,
+                                         const DLTensor *azp_adj,
+                                         const DLTensor *azp,
+                                         const DLTensor *bias);
+
+/**
  * FlashInfer `sampling_from_probs`: one category per output row from
  * `probs` `[batch, vocab]` (float32/float16/bfloat16; rows sum to 1 within
  * 1e-3 for float32, 1e-2 for 16-bit). `indices`: NULL or int32/int64

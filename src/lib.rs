@@ -58,6 +58,11 @@ pub use ops::gdn::{
     rms_norm_gated,
 };
 pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
+pub use ops::linear::{linear, wna16_linear};
+pub use ops::quant::{
+    dynamic_scaled_int8_quant, int8_scaled_mm, int8_scaled_mm_azp, static_scaled_int8_quant,
+    wna16_dequantize, GptqFormat, Wna16Weight,
+};
 pub use ops::sampling::{
     apply_penalties, min_p_sampling_from_probs, sampler_forward, sampling_from_logits,
     sampling_from_probs, top_k_mask_logits, top_k_renorm_probs, top_k_sampling_from_probs,

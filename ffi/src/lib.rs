@@ -41,6 +41,7 @@ pub mod attention;
 pub mod cache;
 pub mod gdn;
 pub mod layer;
+pub mod linear;
 pub mod sampling;
 
 pub use runtime::*;

@@ -283,6 +283,38 @@ int main(void) {
 }
 
 #[test]
+fn link_linear_shared_on_every_tier() {
+    let dir = lib_dir();
+    let exe = out_dir().join("link_linear");
+    compile(
+        &[example("link_linear.c")],
+        &exe,
+        &[
+            format!("-L{}", dir.display()),
+            "-lxpu_ops".into(),
+            format!("-Wl,-rpath,{}", dir.display()),
+            "-lm".into(),
+        ],
+    );
+    for isa in xops::supported_isas() {
+        for threads in ["1", "3"] {
+            let out = run(
+                &exe,
+                &[],
+                &[
+                    ("XPU_OPS_ISA", isa.name()),
+                    ("XPU_OPS_NUM_THREADS", threads),
+                ],
+            );
+            assert!(
+                out.contains(&format!("isa {}, {threads} threads", isa.name())),
+                "{out}"
+            );
+        }
+    }
+}
+
+#[test]
 fn link_sampling_shared_on_every_tier() {
     let dir = lib_dir();
     let exe = out_dir().join("link_sampling");

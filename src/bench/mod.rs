@@ -24,6 +24,7 @@ pub mod attention;
 pub mod gdn;
 pub mod kv_cache;
 pub mod layer;
+pub mod linear;
 pub mod sampling;
 
 /// Every op family's case list, in report order. A new family adds its
@@ -33,6 +34,7 @@ pub const FAMILIES: &[(&str, CaseList)] = &[
     ("layer", layer::cases),
     ("attention", attention::cases),
     ("gdn", gdn::cases),
+    ("linear", linear::cases),
     ("sampling", sampling::cases),
 ];
 

@@ -7,4 +7,6 @@ pub(crate) mod check;
 pub mod conv;
 pub mod gdn;
 pub mod layer;
+pub mod linear;
+pub mod quant;
 pub mod sampling;

@@ -6,4 +6,5 @@ pub mod cache;
 pub mod conv;
 pub mod gdn;
 pub mod layer;
+pub mod linear;
 pub mod sampling;

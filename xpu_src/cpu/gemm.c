@@ -1,0 +1,878 @@
+/*
+ * FC / GEMM: y = x * w^T (+ bias), F.linear semantics, with dense f32/f16/bf16
+ * weights or weight-only 4/8-bit codes. fp32 accumulation everywhere.
+ *
+ * Two regimes, chosen by the launcher from the shape alone:
+ *
+ *  - decode (linear_gemv, M <= 16): a grid block is a range of output columns
+ *    n. Each weight row is streamed once from memory (K-chunked so the f32
+ *    activations stay in L1 when M > 4) and dotted with every activation row:
+ *    register tiles of up to 4 rows x 4 columns of 16-lane partial sums,
+ *    reduced once per output. The activations are read from `xf`, an f32 copy
+ *    that linear_prep writes (it applies `perm` too).
+ *
+ *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
+ *    x tile_n columns of the output. For each K block the tile packs its
+ *    weights into NR-column panels (converted to f32, dequantised, or kept as
+ *    bf16 pairs for vdpbf16ps) and runs an MR x NR register microkernel over
+ *    them, activations read straight from x (or from a converted copy).
+ *
+ * Determinism: every output element sums its K products in an order fixed by
+ * the tier, the regime and K alone (K blocks in order, lanes, one reduction
+ * tree). Grid blocks never split K and never share an output, so the result
+ * does not depend on the number of threads or on how tiles are cut.
+ *
+ * Canonical int4 code layout (XK_WEIGHT_INT4): each weight row n holds
+ * 64 * ceil(K/128) bytes. Block b (64 bytes = 16 little-endian 32-bit words)
+ * holds k = 128 b .. 128 b + 127: word l (0..15), bits 4i..4i+3 (i = 0..7)
+ * hold the code of k = 128 b + 16 i + l. A shift by 4i of the 16 words thus
+ * yields 16 consecutive k in 16 lanes. Codes past K are zero and never read.
+ * Codes are unsigned; w = (code - zero) * scale with zero = 8 (4-bit) or 128
+ * (8-bit) when there is no zeros tensor. XK_WEIGHT_INT8 rows are K plain bytes.
+ */
+#include "../common/convert.h"
+#include "../common/tier.h"
+
+#define XK_ALWAYS_INLINE static inline __attribute__((always_inline))
+
+/* ---- scalar helpers (every tier) ------------------------------------------ */
+
+static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static inline uint32_t q4_code(const uint8_t *row, int64_t k) {
+  const int64_t r = k & 127;
+  return (row[(k >> 7) * 64 + (r & 15) * 4 + (r >> 5)] >> (4 * ((r >> 4) & 1))) & 0xFu;
+}
+
+static inline float implicit_zero(const xk_linear_args *a) { return a->w_kind == XK_WEIGHT_INT4 ? 8.0f : 128.0f; }
+
+static inline float group_scale(const xk_linear_args *a, int64_t n, int64_t g) {
+  return xk_load_scalar(a->scales, a->sz_dtype, n * a->sz_stride + g);
+}
+
+static inline float group_zero(const xk_linear_args *a, int64_t n, int64_t g) {
+  return a->zeros ? xk_load_scalar(a->zeros, a->sz_dtype, n * a->sz_stride + g) : implicit_zero(a);
+}
+
+/* The f32 value of weight (n, k): dense conversion or (code - zero) * scale. */
+static inline float w_value(const xk_linear_args *a, int64_t n, int64_t k) {
+  if (a->w_kind == XK_WEIGHT_DENSE) return xk_load_scalar(a->w, a->w_dtype, n * a->w_stride + k);
+  const uint8_t *row = (const uint8_t *)a->w + n * a->w_stride;
+  const float q = (float)(a->w_kind == XK_WEIGHT_INT4 ? q4_code(row, k) : row[k]);
+  const int64_t g = k / a->group_size;
+  return (q - group_zero(a, n, g)) * group_scale(a, n, g);
+}
+
+static inline float x_value(const xk_linear_args *a, int64_t m, int64_t k) {
+  return xk_load_scalar(a->x, a->x_dtype, m * a->x_stride + (a->perm ? a->perm[k] : k));
+}
+
+static inline float bias_value(const xk_linear_args *a, int64_t n) {
+  return a->bias ? xk_load_scalar(a->bias, a->bias_dtype, n) : 0.0f;
+}
+
+static inline void store_out(const xk_linear_args *a, int64_t m, int64_t n, float acc) {
+  xk_store_scalar(a->out, a->out_dtype, m * a->out_stride + n, acc + bias_value(a, n));
+}
+
+void XK_FN(linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end) {
+  const int64_t xs = xk_dtype_size(a->x_dtype);
+  for (int64_t m = m_begin; m < m_end; m++) {
+    float *dst = a->xf + m * a->xf_stride;
+    const char *src = (const char *)a->x + m * a->x_stride * xs;
+    if (a->perm) {
+      for (int64_t k = 0; k < a->k; k++) dst[k] = xk_load_scalar(src, a->x_dtype, a->perm[k]);
+    } else {
+      xk_convert_row(dst, XK_F32, src, a->x_dtype, a->k, 1.0f);
+    }
+  }
+}
+
+/* Generic tier (and the probes' fallback): one sequential fp32 sum per output. */
+#if XK_F32_LANES == 1
+
+void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+  for (int64_t n = n_begin; n < n_end; n++) {
+    for (int64_t m = 0; m < a->m; m++) {
+      const float *xr = a->xf + m * a->xf_stride;
+      float acc = 0.0f;
+      for (int64_t k = 0; k < a->k; k++) acc += xr[k] * w_value(a, n, k);
+      store_out(a, m, n, acc);
+    }
+  }
+}
+
+int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads) {
+  (void)threads;
+  a->tile_m = 64;
+  a->tile_n = 64;
+  a->bf16_pairs = 0;
+  return 0;
+}
+
+void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
+  (void)workspace;
+  const int64_t mtiles = cdiv(a->m, a->tile_m);
+  for (int64_t t = tile_begin; t < tile_end; t++) {
+    const int64_t m0 = (t % mtiles) * a->tile_m, n0 = (t / mtiles) * a->tile_n;
+    const int64_t m1 = min64(a->m, m0 + a->tile_m), n1 = min64(a->n, n0 + a->tile_n);
+    for (int64_t m = m0; m < m1; m++) {
+      for (int64_t n = n0; n < n1; n++) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < a->k; k++) acc += x_value(a, m, k) * w_value(a, n, k);
+        store_out(a, m, n, acc);
+      }
+    }
+  }
+}
+
+double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink) {
+  float acc[4] = {0, 1, 2, 3};
+  for (int64_t it = 0; it < iters; it++)
+    for (int l = 0; l < 4; l++) acc[l] = acc[l] * 0.999999f + 1e-7f;
+  sink->value = acc[0] + acc[1] + acc[2] + acc[3];
+  return 2.0 * (double)iters * 4;
+}
+
+#else /* vector tiers ------------------------------------------------------- */
+
+/* ---- vector primitives: VL f32 lanes ------------------------------------- */
+
+#if XK_F32_LANES == 16
+#define VL 16
+typedef __m512 vf;
+typedef __mmask16 vmask;
+XK_ALWAYS_INLINE vmask vm_first(int64_t n) {
+  return n >= 16 ? (vmask)0xFFFF : n <= 0 ? (vmask)0 : (vmask)((1u << n) - 1u);
+}
+XK_ALWAYS_INLINE vf vf_zero(void) { return _mm512_setzero_ps(); }
+XK_ALWAYS_INLINE vf vf_set1(float x) { return _mm512_set1_ps(x); }
+XK_ALWAYS_INLINE vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+XK_ALWAYS_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+XK_ALWAYS_INLINE vf vf_load(const float *p) { return _mm512_loadu_ps(p); }
+XK_ALWAYS_INLINE vf vf_loadm(const float *p, vmask m) { return _mm512_maskz_loadu_ps(m, p); }
+XK_ALWAYS_INLINE void vf_store(float *p, vf v) { _mm512_storeu_ps(p, v); }
+XK_ALWAYS_INLINE void vf_storem(float *p, vf v, vmask m) { _mm512_mask_storeu_ps(p, m, v); }
+XK_ALWAYS_INLINE float vf_hsum(vf v) { return _mm512_reduce_add_ps(v); }
+/* Lanes at or past the mask's end are zero. */
+XK_ALWAYS_INLINE vf vw_loadm(const void *p, int32_t dt, vmask m) {
+  switch (dt) {
+    case XK_F32: return _mm512_maskz_loadu_ps(m, p);
+    case XK_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+    default:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+  }
+}
+#else
+#define VL 8
+typedef __m256 vf;
+typedef int vmask; /* number of leading valid lanes, 0..8 */
+XK_ALWAYS_INLINE vmask vm_first(int64_t n) { return n >= 8 ? 8 : n <= 0 ? 0 : (int)n; }
+XK_ALWAYS_INLINE vf vf_zero(void) { return _mm256_setzero_ps(); }
+XK_ALWAYS_INLINE vf vf_set1(float x) { return _mm256_set1_ps(x); }
+XK_ALWAYS_INLINE vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+XK_ALWAYS_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+XK_ALWAYS_INLINE vf vf_load(const float *p) { return _mm256_loadu_ps(p); }
+XK_ALWAYS_INLINE vf vf_loadm(const float *p, vmask m) {
+  if (m == 8) return _mm256_loadu_ps(p);
+  float t[8] = {0};
+  memcpy(t, p, (size_t)m * 4);
+  return _mm256_loadu_ps(t);
+}
+XK_ALWAYS_INLINE void vf_store(float *p, vf v) { _mm256_storeu_ps(p, v); }
+XK_ALWAYS_INLINE void vf_storem(float *p, vf v, vmask m) {
+  if (m == 8) {
+    _mm256_storeu_ps(p, v);
+    return;
+  }
+  float t[8];
+  _mm256_storeu_ps(t, v);
+  memcpy(p, t, (size_t)m * 4);
+}
+XK_ALWAYS_INLINE float vf_hsum(vf v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+XK_ALWAYS_INLINE vf vw_loadm(const void *p, int32_t dt, vmask m) {
+  if (m == 8) return xk_load8(p, dt);
+  uint8_t t[32] = {0};
+  memcpy(t, p, (size_t)m * (size_t)xk_dtype_size(dt));
+  return xk_load8(t, dt);
+}
+#endif
+
+/* ---- weight vectors: VL consecutive k of one weight row as f32 ------------ */
+
+enum { WK_F32, WK_F16, WK_BF16, WK_INT4, WK_INT8 };
+
+static inline int wkind_of(const xk_linear_args *a) {
+  if (a->w_kind == XK_WEIGHT_INT4) return WK_INT4;
+  if (a->w_kind == XK_WEIGHT_INT8) return WK_INT8;
+  return a->w_dtype == XK_F32 ? WK_F32 : a->w_dtype == XK_F16 ? WK_F16 : WK_BF16;
+}
+
+/* Per (row, group) parameters of a quantized row. For int4 on AVX-512, `p`
+ * is the 16-entry table (code - zero) * scale; otherwise p = scale, q = -zero * scale. */
+typedef struct wparams {
+  vf p, q;
+} wparams;
+
+XK_ALWAYS_INLINE wparams wparams_load(const xk_linear_args *a, const int kind, int64_t n, int64_t g) {
+  wparams r;
+  const float s = group_scale(a, n, g), z = group_zero(a, n, g);
+#if VL == 16
+  if (kind == WK_INT4) {
+    const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    r.p = _mm512_fmadd_ps(iota, vf_set1(s), vf_set1(-z * s)); /* exact for f16/bf16 scales */
+    r.q = r.p;
+    return r;
+  }
+#endif
+  (void)kind;
+  r.p = vf_set1(s);
+  r.q = vf_set1(-z * s); /* (q - z) * s = q * s - z * s: exact for f16/bf16 scales */
+  return r;
+}
+
+/* Weights k .. k+VL-1 of a row (row points at element/byte 0 of the row);
+ * lanes at or past the mask's end are zero. Int4 needs k % VL == 0 and a full mask. */
+XK_ALWAYS_INLINE vf w_vec(const int kind, const void *row, int64_t k, vmask m, wparams wp) {
+  switch (kind) {
+    case WK_F32: return vf_loadm((const float *)row + k, m);
+    case WK_F16: return vw_loadm((const uint16_t *)row + k, XK_F16, m);
+    case WK_BF16: return vw_loadm((const uint16_t *)row + k, XK_BF16, m);
+#if VL == 16
+    case WK_INT4: {
+      const __m512i raw = _mm512_loadu_si512((const uint8_t *)row + (k >> 7) * 64);
+      const __m512i idx = _mm512_srl_epi32(raw, _mm_cvtsi32_si128((int)(4 * ((k >> 4) & 7))));
+      return _mm512_permutexvar_ps(idx, wp.p);
+    }
+    default: {
+      const __m128i c = _mm_maskz_loadu_epi8(m, (const uint8_t *)row + k);
+      const vf q = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(c));
+      return _mm512_maskz_fmadd_ps(m, q, wp.p, wp.q);
+    }
+#else
+    case WK_INT4: {
+      const __m256i raw = _mm256_loadu_si256(
+          (const __m256i *)((const uint8_t *)row + (k >> 7) * 64 + ((k >> 3) & 1) * 32));
+      const __m256i c = _mm256_and_si256(_mm256_srl_epi32(raw, _mm_cvtsi32_si128((int)(4 * ((k >> 4) & 7)))),
+                                         _mm256_set1_epi32(0xF));
+      return _mm256_fmadd_ps(_mm256_cvtepi32_ps(c), wp.p, wp.q);
+    }
+    default: {
+      __m128i c;
+      if (m == 8) {
+        c = _mm_loadl_epi64((const __m128i *)((const uint8_t *)row + k));
+      } else {
+        uint8_t t[8] = {0};
+        memcpy(t, (const uint8_t *)row + k, (size_t)m);
+        c = _mm_loadl_epi64((const __m128i *)t);
+      }
+      const vf q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c));
+      vf w = _mm256_fmadd_ps(q, wp.p, wp.q);
+      if (m != 8) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        w = _mm256_and_ps(w, _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m), lane)));
+      }
+      return w;
+    }
+#endif
+  }
+}
+
+static inline const void *w_row(const xk_linear_args *a, int64_t n) {
+  const int64_t es = a->w_kind == XK_WEIGHT_DENSE ? xk_dtype_size(a->w_dtype) : 1;
+  return (const char *)a->w + n * a->w_stride * es;
+}
+
+/* ---- decode regime --------------------------------------------------------- */
+
+#if VL == 16
+#define GV_MT 4 /* activation rows per register tile */
+#define GV_NB 4 /* weight rows per register tile: 16 accumulators (8 x 3 measured slower) */
+#else
+#define GV_MT 4
+#define GV_NB 2
+#endif
+#define GV_MAXM 16
+#define GV_KCH 512 /* K chunk when M > GV_MT (multiple of 128) */
+
+/* Named accumulators a<i><j> (i < GV_MT activation rows, j < GV_NB weight
+ * rows) so the compiler keeps all of them in registers. */
+#if VL == 16
+#define GV_IJ(X) \
+  X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(1, 0) X(1, 1) X(1, 2) X(1, 3) X(2, 0) X(2, 1) X(2, 2) X(2, 3) X(3, 0) X(3, 1) X(3, 2) X(3, 3)
+#define GV_I(X) X(0) X(1) X(2) X(3)
+#define GV_J(X) X(0) X(1) X(2) X(3)
+#else
+#define GV_IJ(X) X(0, 0) X(0, 1) X(1, 0) X(1, 1) X(2, 0) X(2, 1) X(3, 0) X(3, 1)
+#define GV_I(X) X(0) X(1) X(2) X(3)
+#define GV_J(X) X(0) X(1)
+#endif
+#define GV_ON(i, j) ((i) < mt && (j) < nb)
+
+/* One step of VL k: weights of every row, then every activation row. */
+#define GV_W(j) const vf w##j = (j) < nb ? w_vec(kind, wr[j], k, msk, wp[j]) : vf_zero();
+/* Activation row i: one load, then its FMAs (one live activation register). */
+#if VL == 16
+#define GV_ROW(i)                                                               \
+  if ((i) < mt) {                                                               \
+    const vf x = FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk);          \
+    a##i##0 = vf_fma(x, w0, a##i##0);                                           \
+    if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
+    if (nb > 2) a##i##2 = vf_fma(x, w2, a##i##2);                               \
+    if (nb > 3) a##i##3 = vf_fma(x, w3, a##i##3);                               \
+  }
+#else
+#define GV_ROW(i)                                                               \
+  if ((i) < mt) {                                                               \
+    const vf x = FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk);          \
+    a##i##0 = vf_fma(x, w0, a##i##0);                                           \
+    if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
+  }
+#endif
+/* The next tile's weight rows (GV_NB rows on), fetched one line per row and
+ * step while this tile computes: decode rows are short streams that the
+ * hardware prefetchers pick up late. Prefetches past the matrix never fault. */
+#define GV_PF(j) _mm_prefetch((const char *)wr[j] + pf_off + k * wsz, _MM_HINT_T0);
+#define GV_STEP GV_J(GV_W) GV_I(GV_ROW)
+
+#if VL == 16
+/* int4 rows: c<j> holds the row's current 64-byte block shifted so that the
+ * low nibbles are the next 16 codes; an immediate shift by 4 steps it (a
+ * shift by a register count is 2 uops on Intel cores). */
+#define GV_C(j) __m512i c##j = _mm512_setzero_si512();
+#define GV_C_INIT(j)                                                                   \
+  if ((j) < nb) {                                                                      \
+    c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + (g0 >> 7) * 64);                \
+    _mm_prefetch((const char *)wr[j] + pf_off + (g0 >> 7) * 64, _MM_HINT_T0);          \
+    if (g0 & 127) c##j = _mm512_srl_epi32(c##j, sh0);                                  \
+  }
+#define GV_W4(j) const vf w##j = (j) < nb ? _mm512_permutexvar_ps(c##j, wp[j].p) : vf_zero();
+#define GV_C_NEXT(j)                                                                         \
+  if ((j) < nb) {                                                                            \
+    if (((k + 16) & 127) != 0) {                                                             \
+      c##j = _mm512_srli_epi32(c##j, 4);                                                     \
+    } else if (k + 16 < g1) {                                                                \
+      c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + ((k + 16) >> 7) * 64);              \
+      _mm_prefetch((const char *)wr[j] + pf_off + ((k + 16) >> 7) * 64, _MM_HINT_T0);        \
+    }                                                                                        \
+  }
+#endif
+
+/* Partial sums over k in [k0, k1) for rows m0.., weight rows n0..; they live
+ * in accbuf[(m * GV_NB + j) * VL] between K chunks. Quantized rows run group
+ * by group (the group's scale and zero in wp). */
+XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int mt, const int nb, int64_t m0,
+                              int64_t n0, int64_t k0, int64_t k1, float *accbuf, int first) {
+#define GV_DECL(i, j) \
+  vf a##i##j = (GV_ON(i, j) && !first) ? vf_load(accbuf + ((m0 + (i)) * GV_NB + (j)) * VL) : vf_zero();
+  GV_IJ(GV_DECL)
+  const float *xr[GV_MT];
+  for (int i = 0; i < GV_MT; i++) xr[i] = a->xf + (m0 + (i < mt ? i : 0)) * a->xf_stride;
+  const void *wr[GV_NB];
+  for (int j = 0; j < GV_NB; j++) wr[j] = w_row(a, n0 + (j < nb ? j : 0));
+  const int quant = kind == WK_INT4 || kind == WK_INT8;
+  const int64_t G = quant ? a->group_size : k1 - k0 + 1;
+  const int64_t wsz = quant ? 1 : xk_dtype_size(a->w_dtype); /* bytes per k (int4: unused) */
+  const int64_t pf_off = (kind == WK_INT4 ? 2 : 1) * GV_NB * a->w_stride * wsz; /* same row, a tile or two on */
+  (void)wsz;
+  if (quant && m0 == 0) {
+    const int64_t ss = xk_dtype_size(a->sz_dtype);
+    for (int j = 0; j < GV_NB; j++) {
+      const int64_t r = (n0 + GV_NB + j) * a->sz_stride + k0 / G;
+      _mm_prefetch((const char *)a->scales + r * ss, _MM_HINT_T0);
+      if (a->zeros) _mm_prefetch((const char *)a->zeros + r * ss, _MM_HINT_T0);
+    }
+  }
+  wparams wp[GV_NB];
+  for (int j = 0; j < GV_NB; j++) wp[j].p = wp[j].q = vf_zero();
+  for (int64_t g0 = k0; g0 < k1;) {
+    const int64_t g1 = quant ? min64(k1, (g0 / G + 1) * G) : k1;
+    if (quant)
+      for (int j = 0; j < nb; j++) wp[j] = wparams_load(a, kind, n0 + j, g0 / G);
+    int64_t k = g0;
+#if VL == 16
+    if (kind == WK_INT4) { /* K and every group boundary are multiples of 32 */
+      const __m128i sh0 = _mm_cvtsi32_si128((int)(4 * ((g0 >> 4) & 7)));
+      GV_J(GV_C)
+      GV_J(GV_C_INIT)
+      const vmask msk = vm_first(VL);
+      (void)msk;
+#define FULL 1
+      for (; k < g1; k += VL) {
+        GV_J(GV_W4)
+        GV_I(GV_ROW)
+        GV_J(GV_C_NEXT)
+      }
+#undef FULL
+      g0 = g1;
+      continue;
+    }
+#endif
+    {
+      const vmask msk = vm_first(VL);
+#define FULL 1
+      for (; k + VL <= g1; k += VL) {
+        GV_J(GV_PF)
+        GV_STEP
+      }
+#undef FULL
+    }
+    if (k < g1) {
+      const vmask msk = vm_first(g1 - k);
+#define FULL 0
+      GV_STEP
+#undef FULL
+    }
+    g0 = g1;
+  }
+#define GV_SAVE(i, j) \
+  if (GV_ON(i, j)) vf_store(accbuf + ((m0 + (i)) * GV_NB + (j)) * VL, a##i##j);
+  GV_IJ(GV_SAVE)
+}
+
+#define GV_CASE(KIND, MT, NB) \
+  case ((MT)-1) * GV_NB + (NB)-1: gv_tile(a, KIND, MT, NB, m0, n0, k0, k1, accbuf, first); break;
+
+#if VL == 16
+#define GV_CASES_MT(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2) GV_CASE(KIND, MT, 3) GV_CASE(KIND, MT, 4)
+#define GV_CASES(KIND) GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)
+#else
+#define GV_CASES_MT(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2)
+#define GV_CASES(KIND) GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)
+#endif
+#define GV_DISPATCH(KIND)                                                                               \
+  static void gv_tile_##KIND(const xk_linear_args *a, int mt, int nb, int64_t m0, int64_t n0, int64_t k0, \
+                             int64_t k1, float *accbuf, int first) {                                    \
+    switch ((mt - 1) * GV_NB + nb - 1) {                                                                \
+      GV_CASES(KIND)                                                                                    \
+      default: break;                                                                                   \
+    }                                                                                                   \
+  }
+GV_DISPATCH(WK_F32)
+GV_DISPATCH(WK_F16)
+GV_DISPATCH(WK_BF16)
+GV_DISPATCH(WK_INT4)
+GV_DISPATCH(WK_INT8)
+
+typedef void (*gv_tile_fn)(const xk_linear_args *, int, int, int64_t, int64_t, int64_t, int64_t, float *, int);
+
+void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+  static const gv_tile_fn tiles[] = {gv_tile_WK_F32, gv_tile_WK_F16, gv_tile_WK_BF16, gv_tile_WK_INT4,
+                                     gv_tile_WK_INT8};
+  const gv_tile_fn tile = tiles[wkind_of(a)];
+  const int64_t M = a->m, K = a->k;
+  const int64_t kch = M <= GV_MT ? (K > 0 ? K : 1) : GV_KCH;
+  float accbuf[GV_MAXM * GV_NB * VL] __attribute__((aligned(64)));
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += GV_NB) {
+    const int nb = (int)min64(GV_NB, n_end - n0);
+    if (K == 0) memset(accbuf, 0, sizeof accbuf);
+    for (int64_t k0 = 0; k0 < K; k0 += kch) {
+      const int64_t k1 = min64(K, k0 + kch);
+      for (int64_t m0 = 0; m0 < M; m0 += GV_MT) {
+        tile(a, (int)min64(GV_MT, M - m0), nb, m0, n0, k0, k1, accbuf, k0 == 0);
+      }
+    }
+    for (int64_t m = 0; m < M; m++)
+      for (int j = 0; j < nb; j++) store_out(a, m, n0 + j, vf_hsum(vf_load(accbuf + (m * GV_NB + j) * VL)));
+  }
+}
+
+/* ---- tiled GEMM ------------------------------------------------------------ */
+
+#if VL == 16
+#define MR 14
+#define NR 32
+#else
+#define MR 6
+#define NR 16
+#endif
+#define KC 256       /* K per block: f32 units */
+#define KC_PAIRS 256 /* K per block in bf16 pairs (512 elements) */
+#define MC (MR * 8)  /* activation rows per A block */
+#define TILE_N_MAX 2048 /* output columns per tile at most */
+#define TILE_M_MAX 1024
+#define PACK_AHEAD 128 /* elements of a weight row prefetched ahead while packing */
+
+/* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
+XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
+                             int load_c, int nr) {
+  enum { NV = NR / VL };
+  vf c[MR][NV];
+  vmask cm[NV];
+  for (int v = 0; v < NV; v++) cm[v] = vm_first(nr - v * VL);
+  for (int i = 0; i < mr; i++)
+    for (int v = 0; v < NV; v++) c[i][v] = load_c ? vf_loadm(C + i * ldc + v * VL, cm[v]) : vf_zero();
+  for (int64_t k = 0; k < kl; k++) {
+    vf b[NV];
+    for (int v = 0; v < NV; v++) b[v] = vf_load(B + k * NR + v * VL);
+    for (int i = 0; i < mr; i++) {
+      const vf av = vf_set1(A[k * MR + i]);
+      for (int v = 0; v < NV; v++) c[i][v] = vf_fma(av, b[v], c[i][v]);
+    }
+  }
+  for (int i = 0; i < mr; i++)
+    for (int v = 0; v < NV; v++) vf_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
+}
+
+#define UK_CASE(MRC) \
+  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr); break;
+static void uk_f32_any(int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc, int load_c,
+                       int nr) {
+  switch (mr) {
+    UK_CASE(1) UK_CASE(2) UK_CASE(3) UK_CASE(4) UK_CASE(5) UK_CASE(6)
+#if MR > 6
+    UK_CASE(7) UK_CASE(8) UK_CASE(9) UK_CASE(10) UK_CASE(11) UK_CASE(12) UK_CASE(13) UK_CASE(14)
+#endif
+    default: break;
+  }
+}
+
+#if VL == 16
+/* bf16 pairs: C[mr][NR] (+)= sum over pairs u of A[u][i] . B[u][n] (vdpbf16ps): A a packed
+ * micro-panel [kl][MR] and B a packed panel [kl][NR] of 32-bit bf16 pairs. */
+XK_ALWAYS_INLINE void uk_bf16(const int mr, int64_t kl, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc,
+                              int load_c, int nr) {
+  __m512 c[MR][2];
+  const vmask cm[2] = {vm_first(nr), vm_first(nr - 16)};
+  for (int i = 0; i < mr; i++)
+    for (int v = 0; v < 2; v++) c[i][v] = load_c ? vf_loadm(C + i * ldc + v * 16, cm[v]) : vf_zero();
+  for (int64_t u = 0; u < kl; u++) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + u * NR);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + u * NR + 16);
+    for (int i = 0; i < mr; i++) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32((int)A[u * MR + i]);
+      c[i][0] = _mm512_dpbf16_ps(c[i][0], av, b0);
+      c[i][1] = _mm512_dpbf16_ps(c[i][1], av, b1);
+    }
+  }
+  for (int i = 0; i < mr; i++)
+    for (int v = 0; v < 2; v++) vf_storem(C + i * ldc + v * 16, c[i][v], cm[v]);
+}
+
+#define UKB_CASE(MRC) \
+  case MRC: uk_bf16(MRC, kl, A, B, C, ldc, load_c, nr); break;
+static void uk_bf16_any(int mr, int64_t kl, const uint32_t *A, const uint32_t *B, float *C, int64_t ldc, int load_c,
+                        int nr) {
+  switch (mr) {
+    UKB_CASE(1) UKB_CASE(2) UKB_CASE(3) UKB_CASE(4) UKB_CASE(5) UKB_CASE(6) UKB_CASE(7)
+    UKB_CASE(8) UKB_CASE(9) UKB_CASE(10) UKB_CASE(11) UKB_CASE(12) UKB_CASE(13) UKB_CASE(14)
+    default: break;
+  }
+}
+#endif
+
+/* In-register transpose of VL vectors of VL lanes. */
+#if VL == 16
+XK_ALWAYS_INLINE void transpose(vf r[16]) {
+  vf t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) {
+    r[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
+    r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
+  }
+  /* r[4g + j] lane L holds column 4L + j of rows 4g .. 4g + 3. */
+  for (int j = 0; j < 4; j++) {
+    const vf u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+    const vf u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+    const vf u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
+    t[8 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
+    t[4 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+#else
+XK_ALWAYS_INLINE void transpose(vf r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
+
+/* Packs weight rows [n0, n1) x k [k0, k0 + kl) as f32 panels: panel p at
+ * dst + p * kl * NR, element (k, j) at k * NR + j. Rows past n1 are zero. */
+XK_ALWAYS_INLINE void pack_b_kind(const xk_linear_args *a, const int kind, int64_t n0, int64_t n1, int64_t k0,
+                                  int64_t kl, float *dst) {
+  const int quant = kind == WK_INT4 || kind == WK_INT8;
+  for (int64_t pn = n0; pn < n1; pn += NR) {
+    float *panel = dst + ((pn - n0) / NR) * kl * NR;
+    for (int64_t k = 0; k < kl; k += VL) {
+      const vmask km = vm_first(kl - k);
+      const int64_t kk = k0 + k;
+      for (int64_t jb = 0; jb < NR; jb += VL) {
+        vf r[VL];
+        for (int j = 0; j < VL; j++) {
+          const int64_t n = pn + jb + j;
+          if (n >= n1) {
+            r[j] = vf_zero();
+            continue;
+          }
+          wparams wp;
+          if (quant) {
+            wp = wparams_load(a, kind, n, kk / a->group_size);
+          } else {
+            wp.p = vf_zero();
+            wp.q = wp.p;
+          }
+          r[j] = w_vec(kind, w_row(a, n), kk, km, wp);
+          /* Rows are read as NR interleaved streams: fetch ahead of the prefetchers. */
+          if (!quant) _mm_prefetch((const char *)w_row(a, n) + (kk + PACK_AHEAD) * xk_dtype_size(a->w_dtype), _MM_HINT_T0);
+        }
+        transpose(r);
+        for (int v = 0; v < VL && k + v < kl; v++) vf_store(panel + (k + v) * NR + jb, r[v]);
+      }
+    }
+  }
+}
+
+static void pack_b(const xk_linear_args *a, int64_t n0, int64_t n1, int64_t k0, int64_t kl, float *dst) {
+  switch (wkind_of(a)) {
+    case WK_F32: pack_b_kind(a, WK_F32, n0, n1, k0, kl, dst); break;
+    case WK_F16: pack_b_kind(a, WK_F16, n0, n1, k0, kl, dst); break;
+    case WK_BF16: pack_b_kind(a, WK_BF16, n0, n1, k0, kl, dst); break;
+    case WK_INT4: pack_b_kind(a, WK_INT4, n0, n1, k0, kl, dst); break;
+    default: pack_b_kind(a, WK_INT8, n0, n1, k0, kl, dst); break;
+  }
+}
+
+#if VL == 16
+/* bf16 pairs: rows [n0, n1), k [k0, k0 + kl) as panels of [ceil(kl/2)][NR] 32-bit
+ * pairs (w[n][2u], w[n][2u+1]); a missing odd element and rows past n1 are zero. */
+static void pack_b_pairs(const xk_linear_args *a, int64_t n0, int64_t n1, int64_t k0, int64_t kl, uint32_t *dst) {
+  const int64_t units = (kl + 1) / 2;
+  for (int64_t pn = n0; pn < n1; pn += NR) {
+    uint32_t *panel = dst + ((pn - n0) / NR) * units * NR;
+    for (int64_t u = 0; u < units; u += 16) {
+      const int64_t left = kl - 2 * u;
+      const __mmask32 km = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1ull << left) - 1u);
+      for (int64_t jb = 0; jb < NR; jb += 16) {
+        vf r[16];
+        for (int j = 0; j < 16; j++) {
+          const int64_t n = pn + jb + j;
+          r[j] = n < n1 ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(
+                              km, (const uint16_t *)a->w + n * a->w_stride + k0 + 2 * u))
+                        : vf_zero();
+        }
+        transpose(r);
+        for (int v = 0; v < 16 && u + v < units; v++)
+          _mm512_storeu_si512(panel + (u + v) * NR + jb, _mm512_castps_si512(r[v]));
+      }
+    }
+  }
+}
+#endif
+
+/* Packs activation rows [r0, r0 + mr) x k [k0, k0 + kl) into a micro-panel
+ * dst[k][MR] of f32 (or, for bf16 pairs, [ceil(kl/2)][MR] 32-bit pairs with a
+ * zero odd tail); rows past mr are zero. */
+static void pack_a(const xk_linear_args *a, int pairs, int64_t r0, int mr, int64_t k0, int64_t kl, void *dst) {
+  const int64_t xs = xk_dtype_size(a->x_dtype);
+  if (a->perm) { /* act-order gather: scalar */
+    float *d = (float *)dst;
+    for (int64_t k = 0; k < kl; k++)
+      for (int i = 0; i < MR; i++) d[k * MR + i] = i < mr ? x_value(a, r0 + i, k0 + k) : 0.0f;
+    return;
+  }
+  const int64_t units = pairs ? (kl + 1) / 2 : kl;
+  for (int64_t u = 0; u < units; u += VL) {
+    vf r[VL];
+    for (int i = 0; i < VL; i++) {
+      if (i >= mr) {
+        r[i] = vf_zero();
+        continue;
+      }
+      const char *row = (const char *)a->x + ((r0 + i) * a->x_stride + k0) * xs;
+#if VL == 16
+      if (pairs) {
+        const int64_t left = kl - 2 * u;
+        const __mmask32 km = left >= 32 ? 0xFFFFFFFFu : (__mmask32)((1ull << left) - 1u);
+        r[i] = _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(km, (const uint16_t *)row + 2 * u));
+        continue;
+      }
+#endif
+      r[i] = vw_loadm(row + u * xs, a->x_dtype, vm_first(kl - u));
+    }
+    transpose(r);
+    for (int v = 0; v < VL && u + v < units; v++) vf_storem((float *)dst + (u + v) * MR, r[v], vm_first(MR));
+  }
+}
+
+/* Output columns [n0, n1) of rows [m0, m1): out = C + bias, converted. */
+static void epilogue(const xk_linear_args *a, int64_t m0, int64_t m1, int64_t n0, int64_t n1, const float *C,
+                     int64_t ldc) {
+  const int64_t os = xk_dtype_size(a->out_dtype);
+  for (int64_t m = m0; m < m1; m++) {
+    const float *c = C + (m - m0) * ldc;
+    char *o = (char *)a->out + (m * a->out_stride + n0) * os;
+    int64_t n = n0;
+    if (a->out_dtype == XK_F32 || a->out_dtype == XK_F16 || a->out_dtype == XK_BF16) {
+      for (; n + VL <= n1; n += VL) {
+        vf v = vf_load(c + (n - n0));
+        if (a->bias)
+          v = vf_add(v, vw_loadm((const char *)a->bias + n * xk_dtype_size(a->bias_dtype), a->bias_dtype,
+                                 vm_first(VL)));
+#if VL == 16
+        xk_store16(o + (n - n0) * os, a->out_dtype, v);
+#else
+        xk_store8(o + (n - n0) * os, a->out_dtype, v);
+#endif
+      }
+    }
+    for (; n < n1; n++) xk_store_scalar(o, a->out_dtype, n - n0, c[n - n0] + bias_value(a, n));
+  }
+}
+
+static int64_t align64(int64_t b) { return (b + 63) & ~(int64_t)63; }
+
+int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads) {
+#if VL == 16
+  /* bf16_pairs = -1 from the launcher forces the f32 microkernel. */
+  a->bf16_pairs = a->bf16_pairs >= 0 && a->w_kind == XK_WEIGHT_DENSE && a->w_dtype == XK_BF16 &&
+                  a->x_dtype == XK_BF16 && !a->perm;
+#else
+  a->bf16_pairs = 0;
+#endif
+  /* Few, large tiles: a tile packs its activations once per K block for all
+   * its columns and its weights once for all its rows, so packing costs
+   * ~(1/tile_n + 1/tile_m) of the work; ~2 tiles per thread balance load.
+   * Tile shapes never change an element's arithmetic. */
+  const int64_t want = 2 * (threads > 0 ? threads : 1);
+  int64_t tm = min64(a->m, TILE_M_MAX);
+  int64_t mt = cdiv(a->m, tm);
+  int64_t ntn = cdiv(a->n, TILE_N_MAX);
+  if (mt * ntn < want) {
+    const int64_t most = a->n / 256 > 1 ? a->n / 256 : 1; /* keep tiles >= 256 columns */
+    int64_t more = cdiv(want, mt);
+    ntn = more < most ? (more > ntn ? more : ntn) : (most > ntn ? most : ntn);
+    if (mt * ntn < want) mt = cdiv(want, ntn);
+  }
+  tm = cdiv(cdiv(a->m, mt), MR) * MR;
+  if (tm < MR * 4) tm = MR * 4;
+  if (tm > TILE_M_MAX) tm = TILE_M_MAX;
+  a->tile_m = tm;
+  a->tile_n = cdiv(cdiv(a->n, ntn), NR) * NR;
+  const int64_t packb = (a->bf16_pairs ? (int64_t)KC_PAIRS : (int64_t)KC) * a->tile_n * 4;
+  const int64_t abuf = (int64_t)MC * (a->bf16_pairs ? KC_PAIRS : KC) * 4;
+  const int64_t cpart = a->out_dtype == XK_F32 ? 0 : tm * a->tile_n * 4;
+  return align64(packb) + align64(abuf + 64) + align64(cpart) + 64;
+}
+
+static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
+  const int64_t mtiles = cdiv(a->m, a->tile_m);
+  const int64_t m0 = (t % mtiles) * a->tile_m, n0 = (t / mtiles) * a->tile_n;
+  const int64_t m1 = min64(a->m, m0 + a->tile_m), n1 = min64(a->n, n0 + a->tile_n);
+  const int pairs = a->bf16_pairs;
+  const int64_t kblock = pairs ? 2 * KC_PAIRS : KC;
+  char *p = (char *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
+  void *packb = p;
+  p += align64((pairs ? (int64_t)KC_PAIRS : (int64_t)KC) * a->tile_n * 4);
+  void *abuf = p;
+  p += align64((int64_t)MC * (pairs ? KC_PAIRS : KC) * 4 + 64);
+  float *C;
+  int64_t ldc;
+  if (a->out_dtype == XK_F32) {
+    C = (float *)a->out + m0 * a->out_stride + n0;
+    ldc = a->out_stride;
+  } else {
+    C = (float *)p;
+    ldc = a->tile_n;
+  }
+  const int64_t npanels = cdiv(n1 - n0, NR);
+
+  if (a->k == 0) {
+    for (int64_t m = m0; m < m1; m++) memset(C + (m - m0) * ldc, 0, (size_t)(n1 - n0) * 4);
+  }
+  for (int64_t k0 = 0; k0 < a->k; k0 += kblock) {
+    const int64_t kl = min64(kblock, a->k - k0);
+    const int64_t units = pairs ? (kl + 1) / 2 : kl;
+#if VL == 16
+    if (pairs)
+      pack_b_pairs(a, n0, n1, k0, kl, (uint32_t *)packb);
+    else
+#endif
+      pack_b(a, n0, n1, k0, kl, (float *)packb);
+    for (int64_t mb = m0; mb < m1; mb += MC) {
+      const int64_t mc = min64(MC, m1 - mb);
+      /* Micro-panels of MR rows, each [units][MR], back to back. */
+      for (int64_t i = 0; i < mc; i += MR)
+        pack_a(a, pairs, mb + i, (int)min64(MR, mc - i), k0, kl, (uint32_t *)abuf + i * units);
+      for (int64_t pi = 0; pi < npanels; pi++) {
+        const int nr = (int)min64(NR, n1 - n0 - pi * NR);
+        for (int64_t i = 0; i < mc; i += MR) {
+          const int mr = (int)min64(MR, mc - i);
+          float *c = C + (mb - m0 + i) * ldc + pi * NR;
+#if VL == 16
+          if (pairs) {
+            uk_bf16_any(mr, units, (const uint32_t *)abuf + i * units, (const uint32_t *)packb + pi * units * NR, c,
+                        ldc, k0 > 0, nr);
+            continue;
+          }
+#endif
+          uk_f32_any(mr, units, (const float *)abuf + i * units, (const float *)packb + pi * units * NR, c, ldc,
+                     k0 > 0, nr);
+        }
+      }
+    }
+  }
+  if (a->out_dtype != XK_F32 || a->bias) epilogue(a, m0, m1, n0, n1, C, ldc);
+}
+
+void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
+  for (int64_t t = tile_begin; t < tile_end; t++) gemm_tile(a, t, (char *)workspace);
+}
+
+/* ---- probe ------------------------------------------------------------------ */
+
+#define XK_DOT_CHAINS 12
+
+double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink) {
+#if VL == 16
+  __m512 acc[XK_DOT_CHAINS];
+  const __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3380);
+  for (int j = 0; j < XK_DOT_CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
+  for (int64_t it = 0; it < iters; it++)
+    for (int j = 0; j < XK_DOT_CHAINS; j++) acc[j] = _mm512_dpbf16_ps(acc[j], x, y);
+  __m512 s = acc[0];
+  for (int j = 1; j < XK_DOT_CHAINS; j++) s = _mm512_add_ps(s, acc[j]);
+  sink->value = _mm512_reduce_add_ps(s);
+  return 64.0 * (double)iters * XK_DOT_CHAINS;
+#else
+  /* No bf16 dot instruction: bf16 runs on the fp32 FMA units. */
+  __m256 acc[XK_DOT_CHAINS];
+  const __m256 x = _mm256_set1_ps(0.999999f), y = _mm256_set1_ps(1e-7f);
+  for (int j = 0; j < XK_DOT_CHAINS; j++) acc[j] = _mm256_set1_ps((float)j);
+  for (int64_t it = 0; it < iters; it++)
+    for (int j = 0; j < XK_DOT_CHAINS; j++) acc[j] = _mm256_fmadd_ps(acc[j], x, y);
+  __m256 s = acc[0];
+  for (int j = 1; j < XK_DOT_CHAINS; j++) s = _mm256_add_ps(s, acc[j]);
+  sink->value = vf_hsum(s);
+  return 16.0 * (double)iters * XK_DOT_CHAINS;
+#endif
+}
+
+#endif /* vector tiers */
