@@ -27,6 +27,7 @@ fn tiny(attention: AttentionBackend) -> DemoOptions {
         attention,
         temperatures: vec![0.0, 0.8, 1.0],
         measure_bandwidth: false,
+        repeats: 1,
         ..DemoOptions::default()
     }
 }
@@ -85,6 +86,8 @@ fn small_default_model_aligns() {
     };
     let report = assert_aligned(opts, "small");
     assert!(report.prefill_tokens_per_second() > 0.0);
+    // Three runs of the schedule (the default) generated the same tokens, or run_demo fails.
+    assert_eq!(report.repeats, 3);
     let shown = report.to_string();
     for needle in [
         "tokens/s",

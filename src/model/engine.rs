@@ -13,7 +13,7 @@ use super::report::{AlignmentReport, OpRow, Report, Roofline, StepAlignment};
 use super::weights::Weights;
 use super::{AttentionBackend, DemoOptions, Rng};
 use crate::align::{Alignment, Tolerance};
-use crate::error::Result;
+use crate::error::{bail, Result};
 use crate::ops::sampling::{PerRow, SamplingMetadata, SAMPLING_EPS};
 use crate::tensor::TensorView;
 
@@ -356,14 +356,32 @@ pub fn run_demo(opts: DemoOptions) -> Result<Report> {
         .map(|&n| n + opts.decode_steps + 1)
         .collect();
 
-    let mut eng = Engine::new(&weights, XpuBackend::default(), &capacity, &opts);
-    let run = run_schedule(
-        &mut eng,
-        &prompts,
-        opts.prefill_chunk,
-        opts.decode_steps,
-        None,
-    )?;
+    // The whole schedule `repeats` times on fresh caches; the fastest run's
+    // timings are reported, and every run must produce the same tokens.
+    let mut best: Option<(Run, Engine<XpuBackend>)> = None;
+    for _ in 0..opts.repeats.max(1) {
+        let mut eng = Engine::new(&weights, XpuBackend::default(), &capacity, &opts);
+        let run = run_schedule(
+            &mut eng,
+            &prompts,
+            opts.prefill_chunk,
+            opts.decode_steps,
+            None,
+        )?;
+        if let Some((b, _)) = &best {
+            if b.generated != run.generated {
+                bail!(
+                    Internal,
+                    "two runs of the same schedule generated different tokens"
+                );
+            }
+            if b.prefill_seconds + b.decode_seconds <= run.prefill_seconds + run.decode_seconds {
+                continue;
+            }
+        }
+        best = Some((run, eng));
+    }
+    let (run, eng) = best.expect("at least one run");
     let times = eng.backend.times.clone();
 
     let read_bw = if opts.measure_bandwidth && opts.decode_steps > 0 {
@@ -428,6 +446,7 @@ pub fn run_demo(opts: DemoOptions) -> Result<Report> {
         decode_steps: opts.decode_steps,
         batch,
         init_seconds,
+        repeats: opts.repeats.max(1),
         prefill_tokens: opts.prompt_lens.iter().sum(),
         prefill_seconds: run.prefill_seconds,
         decode_tokens: batch * opts.decode_steps,

@@ -323,6 +323,9 @@ pub struct DemoOptions {
     pub top_p: f32,
     /// Per-request Philox seeds are `sampling_seed + request index`.
     pub sampling_seed: u64,
+    /// Runs of the xpu-ops schedule (fresh caches each); the fastest is
+    /// reported (this machine is shared: single runs are noisy).
+    pub repeats: usize,
     /// Replay through the reference and report the alignment.
     pub reference: bool,
     /// Measure the read bandwidth for the decode roofline (~0.5 s).
@@ -343,6 +346,7 @@ impl Default for DemoOptions {
             top_k: 50,
             top_p: 0.95,
             sampling_seed: 1234,
+            repeats: 3,
             reference: true,
             measure_bandwidth: true,
             bandwidth_probe_bytes: 256 << 20,
@@ -365,6 +369,7 @@ impl DemoOptions {
             decode_steps: if big { 8 } else { 16 },
             prefill_chunk: if big { 256 } else { 64 },
             reference: !big,
+            repeats: if big { 1 } else { 3 },
             config,
             ..DemoOptions::default()
         }
@@ -374,8 +379,8 @@ impl DemoOptions {
     /// `--config small|tiny|qwen3_next`, `--layers N`, `--prompts 37,100,13`,
     /// `--decode N`, `--chunk N`, `--attention flash|paged`,
     /// `--temperatures 0,0.8`, `--top-k N`, `--top-p P`, `--seed N`,
-    /// `--reference` / `--no-reference`, `--no-bandwidth`, `--threads N`
-    /// (sets the pool size).
+    /// `--sampling-seed N`, `--repeats N`, `--reference` / `--no-reference`,
+    /// `--no-bandwidth`, `--threads N` (sets the pool size).
     pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self> {
         let args: Vec<String> = args.into_iter().collect();
         let value = |i: usize| -> Result<&str> {
@@ -441,6 +446,7 @@ impl DemoOptions {
                 "--top-p" => o.top_p = num(flag, value(i)?)?,
                 "--seed" => o.config.seed = num(flag, value(i)?)?,
                 "--sampling-seed" => o.sampling_seed = num(flag, value(i)?)?,
+                "--repeats" => o.repeats = num(flag, value(i)?)?,
                 "--threads" => crate::threading::set_num_threads(num(flag, value(i)?)?)?,
                 "--reference" => {
                     o.reference = true;
@@ -458,7 +464,7 @@ impl DemoOptions {
                     InvalidArgument,
                     "unknown demo flag {other:?} (flags: --config small|tiny|qwen3_next, \
                      --layers, --prompts, --decode, --chunk, --attention flash|paged, \
-                     --temperatures, --top-k, --top-p, --seed, --sampling-seed, --threads, \
+                     --temperatures, --top-k, --top-p, --seed, --sampling-seed, --repeats, --threads, \
                      --reference, --no-reference, --no-bandwidth)"
                 ),
             }

@@ -100,6 +100,8 @@ pub struct Report {
     pub decode_steps: usize,
     pub batch: usize,
     pub init_seconds: f64,
+    /// Runs of the schedule; the timings are the fastest run's.
+    pub repeats: usize,
     pub prefill_tokens: usize,
     pub prefill_seconds: f64,
     pub decode_tokens: usize,
@@ -180,7 +182,11 @@ impl fmt::Display for Report {
             self.batch, self.prompt_lens, self.prefill_steps, self.prefill_chunk, self.decode_steps
         )?;
         writeln!(f)?;
-        writeln!(f, "throughput")?;
+        writeln!(
+            f,
+            "throughput (fastest of {} runs on fresh caches; timings on a shared machine are noisy)",
+            self.repeats
+        )?;
         writeln!(
             f,
             "  prefill {:>7} tokens  {:>9.2} ms  {:>10.1} tokens/s",
