@@ -203,7 +203,7 @@ fn thread_count_does_not_change_results() {
 fn options_parse_and_bad_input_is_refused() {
     let args = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
     let o = DemoOptions::from_args(args(
-        "--config tiny --prompts 3,4 --decode 2 --attention paged --no-reference --top-k 5",
+        "--config tiny --prompts=3,4 --decode 2 --attention paged --no-reference --top-k 5",
     ))
     .unwrap();
     assert_eq!(o.config.name, "tiny");
@@ -218,7 +218,13 @@ fn options_parse_and_bad_input_is_refused() {
         !q.reference,
         "the big config skips the fp64 reference by default"
     );
-    for bad in ["--config huge", "--decode", "--bogus 1", "--attention x"] {
+    for bad in [
+        "--config huge",
+        "--decode",
+        "--bogus 1",
+        "--attention x",
+        "--isa sse9",
+    ] {
         let e = DemoOptions::from_args(args(bad)).unwrap_err();
         assert_eq!(e.status, Status::InvalidArgument, "{bad}: {e}");
     }

@@ -380,9 +380,17 @@ impl DemoOptions {
     /// `--decode N`, `--chunk N`, `--attention flash|paged`,
     /// `--temperatures 0,0.8`, `--top-k N`, `--top-p P`, `--seed N`,
     /// `--sampling-seed N`, `--repeats N`, `--reference` / `--no-reference`,
-    /// `--no-bandwidth`, `--threads N` (sets the pool size).
+    /// `--no-bandwidth`, `--threads N` (sets the pool size), `--isa TIER`
+    /// (forces a tier). `--flag=value` works too.
     pub fn from_args<I: IntoIterator<Item = String>>(args: I) -> Result<Self> {
-        let args: Vec<String> = args.into_iter().collect();
+        // `--flag=value` is `--flag value`.
+        let args: Vec<String> = args
+            .into_iter()
+            .flat_map(|a| match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => vec![f.to_string(), v.to_string()],
+                _ => vec![a],
+            })
+            .collect();
         let value = |i: usize| -> Result<&str> {
             match args.get(i + 1) {
                 Some(v) => Ok(v.as_str()),
@@ -448,6 +456,16 @@ impl DemoOptions {
                 "--sampling-seed" => o.sampling_seed = num(flag, value(i)?)?,
                 "--repeats" => o.repeats = num(flag, value(i)?)?,
                 "--threads" => crate::threading::set_num_threads(num(flag, value(i)?)?)?,
+                "--isa" => {
+                    let v = value(i)?;
+                    match crate::platform::Isa::parse(v) {
+                        Some(isa) => crate::platform::set_isa(isa)?,
+                        None => bail!(
+                            InvalidArgument,
+                            "--isa {v:?}: expected generic, avx2, avx512 or neon"
+                        ),
+                    }
+                }
                 "--reference" => {
                     o.reference = true;
                     step = 1
@@ -464,7 +482,7 @@ impl DemoOptions {
                     InvalidArgument,
                     "unknown demo flag {other:?} (flags: --config small|tiny|qwen3_next, \
                      --layers, --prompts, --decode, --chunk, --attention flash|paged, \
-                     --temperatures, --top-k, --top-p, --seed, --sampling-seed, --repeats, --threads, \
+                     --temperatures, --top-k, --top-p, --seed, --sampling-seed, --repeats, --threads, --isa, \
                      --reference, --no-reference, --no-bandwidth)"
                 ),
             }
