@@ -40,8 +40,11 @@ fn assert_aligned(opts: DemoOptions, what: &str) -> xpu_ops::model::Report {
         "{what}: min cosine {}\n{report}",
         a.min_cosine()
     );
+    // A greedy flip is allowed only on a near tie (top-2 gap below twice
+    // the row's logit error); the tiny config below demands every token.
     assert_eq!(
-        a.greedy_matched, a.greedy_total,
+        a.decisive_greedy_mismatches(),
+        0,
         "{what}: greedy tokens differ\n{report}"
     );
     assert_eq!(

@@ -9,7 +9,7 @@ use half::bf16;
 
 use super::forward::{forward, Backend, Batch, CacheState, Phase, SeqChunk, XpuBackend};
 use super::reference::RefBackend;
-use super::report::{AlignmentReport, OpRow, Report, Roofline, StepAlignment};
+use super::report::{AlignmentReport, GreedyMismatch, OpRow, Report, Roofline, StepAlignment};
 use super::weights::Weights;
 use super::{AttentionBackend, DemoOptions, Rng};
 use crate::align::{Alignment, Tolerance};
@@ -495,7 +495,7 @@ fn compare_runs<B: Backend>(
     let vocab = eng.weights.config.vocab_size;
     let mut steps = Vec::new();
     let (mut greedy, mut sampled, mut parity) = ([0usize; 2], [0usize; 2], [0usize; 2]);
-    let mut greedy_decisive_mismatches = 0;
+    let mut greedy_mismatches = Vec::new();
     for (a, b) in run.steps.iter().zip(&reference.steps) {
         if a.requests.is_empty() {
             continue;
@@ -524,8 +524,13 @@ fn compare_runs<B: Backend>(
                         top[1] = x;
                     }
                 }
-                if !ok && top[0] - top[1] > 2.0 * row.max_abs {
-                    greedy_decisive_mismatches += 1;
+                if !ok {
+                    greedy_mismatches.push(GreedyMismatch {
+                        label: a.label.clone(),
+                        request: r,
+                        top2_gap: top[0] - top[1],
+                        row_max_abs: row.max_abs,
+                    });
                 }
             } else {
                 sampled[0] += ok as usize;
@@ -547,7 +552,7 @@ fn compare_runs<B: Backend>(
         steps,
         greedy_matched: greedy[0],
         greedy_total: greedy[1],
-        greedy_decisive_mismatches,
+        greedy_mismatches,
         sampled_matched: sampled[0],
         sampled_total: sampled[1],
         sampler_parity: parity[0],

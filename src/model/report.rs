@@ -44,9 +44,8 @@ pub struct AlignmentReport {
     pub steps: Vec<StepAlignment>,
     pub greedy_matched: usize,
     pub greedy_total: usize,
-    /// Greedy mismatches where the reference's top-2 gap exceeds twice the
-    /// row's largest logit error (a real disagreement, not a near tie).
-    pub greedy_decisive_mismatches: usize,
+    /// Every greedy row whose token differs from the reference model's.
+    pub greedy_mismatches: Vec<GreedyMismatch>,
     /// Random draws (temperature > 0) equal to the reference model's. The
     /// draw inverts the CDF in token-id order, so a ~1% logit difference
     /// moves it now and then even though both samplers are exact.
@@ -60,7 +59,32 @@ pub struct AlignmentReport {
     pub reference_seconds: f64,
 }
 
+/// A greedy row where xpu-ops and the reference model picked different tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GreedyMismatch {
+    pub label: String,
+    pub request: usize,
+    /// The reference's top-1 minus top-2 logit.
+    pub top2_gap: f64,
+    /// The row's largest |xpu-ops − reference| logit difference.
+    pub row_max_abs: f64,
+}
+
+impl GreedyMismatch {
+    /// The reference's top two are further apart than twice the row's
+    /// largest error: a real disagreement, not a near tie.
+    pub fn decisive(&self) -> bool {
+        self.top2_gap > 2.0 * self.row_max_abs
+    }
+}
+
 impl AlignmentReport {
+    pub fn decisive_greedy_mismatches(&self) -> usize {
+        self.greedy_mismatches
+            .iter()
+            .filter(|m| m.decisive())
+            .count()
+    }
     pub fn min_cosine(&self) -> f64 {
         self.steps
             .iter()
@@ -319,8 +343,8 @@ impl fmt::Display for Report {
                 "  tokens vs the reference model: greedy {}/{} match{}, sampled (T > 0) {}/{} match{}",
                 a.greedy_matched,
                 a.greedy_total,
-                if a.greedy_decisive_mismatches > 0 {
-                    format!(" ({} DECISIVE MISMATCHES)", a.greedy_decisive_mismatches)
+                if a.decisive_greedy_mismatches() > 0 {
+                    format!(" ({} DECISIVE MISMATCHES)", a.decisive_greedy_mismatches())
                 } else {
                     String::new()
                 },
@@ -332,6 +356,17 @@ impl fmt::Display for Report {
                     ""
                 }
             )?;
+            for m in &a.greedy_mismatches {
+                writeln!(
+                    f,
+                    "    greedy mismatch at {} request {}: reference top-2 gap {:.4} vs row max error {:.4} ({})",
+                    m.label,
+                    m.request,
+                    m.top2_gap,
+                    m.row_max_abs,
+                    if m.decisive() { "DECISIVE" } else { "a near tie" }
+                )?;
+            }
             writeln!(
                 f,
                 "  sampler_forward vs reference sampler on the same logits: {}/{} rows identical",
