@@ -173,7 +173,8 @@ pub trait Backend {
 }
 
 /// The caches one engine owns: per attention layer a K and a V cache, per
-/// GDN layer a conv-state pool (bf16 `[slots, conv_dim, width - 1]`) and a
+/// GDN layer a conv-state pool (bf16 `[slots, conv_dim, width - 1]`, conv_dim
+/// contiguous as in vLLM) and a
 /// recurrent-state pool (fp32 `[slots, HV, V, K]`). Slot = request index.
 #[derive(Debug)]
 pub struct CacheState {
@@ -411,7 +412,13 @@ fn gdn_layer<B: Backend>(
     )?;
     // Causal conv + silu over the q, k, v channels, in place.
     let conv_w = v(&g.conv_weight.data, &[cd, width])?;
-    let mut conv_state = m(&mut st.conv[gi], &[slots, cd, width - 1])?;
+    // vLLM's layout: `[slots, dim, width - 1]` with dim contiguous (stored
+    // as `[slots, width - 1, dim]`), the faster one for the conv kernels.
+    let mut conv_state = TensorViewMut::strided(
+        &mut st.conv[gi],
+        &[slots, cd, width - 1],
+        &[cd * (width - 1), 1, cd],
+    )?;
     let idx = v(&meta.state_indices, &[n])?;
     if batch.decode {
         be.causal_conv1d_update(

@@ -206,11 +206,18 @@ impl fmt::Display for Report {
             self.batch, self.prompt_lens, self.prefill_steps, self.prefill_chunk, self.decode_steps
         )?;
         writeln!(f)?;
-        writeln!(
-            f,
-            "throughput (fastest of {} runs on fresh caches; timings on a shared machine are noisy)",
-            self.repeats
-        )?;
+        if self.repeats > 1 {
+            writeln!(
+                f,
+                "throughput (fastest of {} runs on fresh caches; timings on a shared machine are noisy)",
+                self.repeats
+            )?;
+        } else {
+            writeln!(
+                f,
+                "throughput (one run; timings on a shared machine are noisy)"
+            )?;
+        }
         writeln!(
             f,
             "  prefill {:>7} tokens  {:>9.2} ms  {:>10.1} tokens/s",
