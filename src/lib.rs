@@ -33,6 +33,7 @@ pub mod dlpack;
 pub mod dtype;
 pub mod error;
 mod mem;
+pub mod model;
 pub mod ops;
 pub mod platform;
 pub mod probe;

@@ -11,7 +11,10 @@ xpu-ops: CPU operator library for LLM inference engines
 usage: xpu-ops [COMMAND] [OPTIONS]
 
 commands:
-  demo              end-to-end KV-cache demo, verified against the reference (default)
+  demo [FLAGS]      the hybrid-model demo built from xpu-ops ops, aligned against
+                    the reference forward (default; `xpu-ops demo --help` for FLAGS)
+  kv-demo           KV-cache demo: prompts into bf16 and fp8 paged caches larger
+                    than L3, fork, decode, verified against the reference
   info              version, ISA tiers, threads, CPU caches
   bench [FILTER..]  measure this machine's roofline, then time every op case whose
                     op, family or name contains one of the FILTERs (all if none)
@@ -79,7 +82,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         }
     }
     if a.command.is_empty() {
-        a.command = "demo".into();
+        a.command = "help".into();
     }
     Ok(a)
 }
@@ -102,9 +105,9 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         }
     };
     match args.command.as_str() {
-        "demo" => {
-            extra_args("demo")?;
-            cli::demo::run()
+        "kv-demo" => {
+            extra_args("kv-demo")?;
+            cli::kv_demo::run()
         }
         "info" => {
             extra_args("info")?;
@@ -126,7 +129,12 @@ fn run(args: &Args) -> Result<ExitCode, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse(std::env::args().skip(1)) {
+    // The demo has its own flags (the model's); everything else parses here.
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map_or(true, |c| c == "demo") {
+        return cli::demo::run(raw.into_iter().skip(1));
+    }
+    let args = match parse(raw.into_iter()) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("xpu-ops: {e}\n(run `xpu-ops help` for usage)");
@@ -152,7 +160,7 @@ mod tests {
 
     #[test]
     fn parses_commands_and_options() {
-        assert_eq!(p("").unwrap().command, "demo");
+        assert_eq!(p("--threads 2").unwrap().command, "help");
         let a = p("bench --threads 1 --quick reshape copy_blocks --json").unwrap();
         assert_eq!(a.command, "bench");
         assert_eq!(a.threads, Some(1));

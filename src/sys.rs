@@ -173,81 +173,6 @@ pub struct xk_silu_and_mul_args {
 pub struct xk_probe_result {
     pub value: f64,
 }
-pub const xk_weight_kind_XK_WEIGHT_DENSE: xk_weight_kind = 0;
-pub const xk_weight_kind_XK_WEIGHT_INT4: xk_weight_kind = 1;
-pub const xk_weight_kind_XK_WEIGHT_INT8: xk_weight_kind = 2;
-pub type xk_weight_kind = ::core::ffi::c_uint;
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct xk_linear_args {
-    pub m: i64,
-    pub n: i64,
-    pub k: i64,
-    pub x: *const ::core::ffi::c_void,
-    pub x_stride: i64,
-    pub x_dtype: i32,
-    pub perm: *const i32,
-    pub xf: *mut f32,
-    pub xf_stride: i64,
-    pub w: *const ::core::ffi::c_void,
-    pub w_stride: i64,
-    pub w_dtype: i32,
-    pub w_kind: i32,
-    pub scales: *const ::core::ffi::c_void,
-    pub zeros: *const ::core::ffi::c_void,
-    pub sz_stride: i64,
-    pub sz_dtype: i32,
-    pub group_size: i64,
-    pub bias: *const ::core::ffi::c_void,
-    pub bias_dtype: i32,
-    pub out: *mut ::core::ffi::c_void,
-    pub out_stride: i64,
-    pub out_dtype: i32,
-    pub tile_m: i64,
-    pub tile_n: i64,
-    pub bf16_pairs: i32,
-    pub no_prefetch: i32,
-}
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct xk_int8_quant_args {
-    pub m: i64,
-    pub k: i64,
-    pub x: *const ::core::ffi::c_void,
-    pub x_stride: i64,
-    pub x_dtype: i32,
-    pub out: *mut i8,
-    pub out_stride: i64,
-    pub scale: *mut f32,
-    pub azp: *mut i32,
-    pub scale_stride: i64,
-    pub azp_stride: i64,
-    pub is_static: i32,
-}
-#[repr(C)]
-#[derive(Debug, Copy, Clone)]
-pub struct xk_int8_mm_args {
-    pub m: i64,
-    pub n: i64,
-    pub k: i64,
-    pub a: *const i8,
-    pub a_stride: i64,
-    pub b: *const i8,
-    pub b_stride: i64,
-    pub a_scales: *const f32,
-    pub a_scales_stride: i64,
-    pub b_scales: *const f32,
-    pub b_scales_stride: i64,
-    pub azp_adj: *const i32,
-    pub azp: *const i32,
-    pub azp_stride: i64,
-    pub a_sum: *const i32,
-    pub bias: *const ::core::ffi::c_void,
-    pub bias_dtype: i32,
-    pub out: *mut ::core::ffi::c_void,
-    pub out_stride: i64,
-    pub out_dtype: i32,
-}
 pub const xk_la_index_dtype_XK_LA_I32: xk_la_index_dtype = 0;
 pub const xk_la_index_dtype_XK_LA_I64: xk_la_index_dtype = 1;
 pub const xk_la_index_dtype_XK_LA_BOOL: xk_la_index_dtype = 2;
@@ -413,6 +338,81 @@ pub struct xk_gdn_args {
     pub has_initial_state: xk_la_index,
     pub output_final_state: i32,
 }
+pub const xk_weight_kind_XK_WEIGHT_DENSE: xk_weight_kind = 0;
+pub const xk_weight_kind_XK_WEIGHT_INT4: xk_weight_kind = 1;
+pub const xk_weight_kind_XK_WEIGHT_INT8: xk_weight_kind = 2;
+pub type xk_weight_kind = ::core::ffi::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_linear_args {
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub x: *const ::core::ffi::c_void,
+    pub x_stride: i64,
+    pub x_dtype: i32,
+    pub perm: *const i32,
+    pub xf: *mut f32,
+    pub xf_stride: i64,
+    pub w: *const ::core::ffi::c_void,
+    pub w_stride: i64,
+    pub w_dtype: i32,
+    pub w_kind: i32,
+    pub scales: *const ::core::ffi::c_void,
+    pub zeros: *const ::core::ffi::c_void,
+    pub sz_stride: i64,
+    pub sz_dtype: i32,
+    pub group_size: i64,
+    pub bias: *const ::core::ffi::c_void,
+    pub bias_dtype: i32,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_stride: i64,
+    pub out_dtype: i32,
+    pub tile_m: i64,
+    pub tile_n: i64,
+    pub bf16_pairs: i32,
+    pub no_prefetch: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_int8_quant_args {
+    pub m: i64,
+    pub k: i64,
+    pub x: *const ::core::ffi::c_void,
+    pub x_stride: i64,
+    pub x_dtype: i32,
+    pub out: *mut i8,
+    pub out_stride: i64,
+    pub scale: *mut f32,
+    pub azp: *mut i32,
+    pub scale_stride: i64,
+    pub azp_stride: i64,
+    pub is_static: i32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct xk_int8_mm_args {
+    pub m: i64,
+    pub n: i64,
+    pub k: i64,
+    pub a: *const i8,
+    pub a_stride: i64,
+    pub b: *const i8,
+    pub b_stride: i64,
+    pub a_scales: *const f32,
+    pub a_scales_stride: i64,
+    pub b_scales: *const f32,
+    pub b_scales_stride: i64,
+    pub azp_adj: *const i32,
+    pub azp: *const i32,
+    pub azp_stride: i64,
+    pub a_sum: *const i32,
+    pub bias: *const ::core::ffi::c_void,
+    pub bias_dtype: i32,
+    pub out: *mut ::core::ffi::c_void,
+    pub out_stride: i64,
+    pub out_dtype: i32,
+}
 pub const xk_row_status_XK_ROW_OK: xk_row_status = 0;
 pub const xk_row_status_XK_ROW_NAN: xk_row_status = 1;
 pub const xk_row_status_XK_ROW_POS_INF: xk_row_status = 2;
@@ -489,30 +489,6 @@ pub struct xk_kernel_table {
     pub probe_read: ::core::option::Option<unsafe extern "C" fn(src: *const f32, n: i64) -> f64>,
     pub probe_fma:
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
-    pub linear_prep: ::core::option::Option<
-        unsafe extern "C" fn(a: *const xk_linear_args, m_begin: i64, m_end: i64),
-    >,
-    pub linear_gemv: ::core::option::Option<
-        unsafe extern "C" fn(a: *const xk_linear_args, n_begin: i64, n_end: i64),
-    >,
-    pub linear_gemm_plan:
-        ::core::option::Option<unsafe extern "C" fn(a: *mut xk_linear_args, threads: i64) -> i64>,
-    pub linear_gemm: ::core::option::Option<
-        unsafe extern "C" fn(
-            a: *const xk_linear_args,
-            tile_begin: i64,
-            tile_end: i64,
-            workspace: *mut ::core::ffi::c_void,
-        ),
-    >,
-    pub int8_quant: ::core::option::Option<
-        unsafe extern "C" fn(a: *const xk_int8_quant_args, m_begin: i64, m_end: i64),
-    >,
-    pub int8_mm: ::core::option::Option<
-        unsafe extern "C" fn(a: *const xk_int8_mm_args, n_begin: i64, n_end: i64),
-    >,
-    pub probe_bf16dot:
-        ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
     pub attn_workspace: ::core::option::Option<unsafe extern "C" fn(a: *const xk_attn_args) -> i64>,
     pub attn_paged: ::core::option::Option<
         unsafe extern "C" fn(
@@ -572,6 +548,30 @@ pub struct xk_kernel_table {
     pub gdn_scratch_floats: ::core::option::Option<
         unsafe extern "C" fn(head_k_dim: i64, head_v_dim: i64, chunked: i32) -> i64,
     >,
+    pub linear_prep: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_linear_args, m_begin: i64, m_end: i64),
+    >,
+    pub linear_gemv: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_linear_args, n_begin: i64, n_end: i64),
+    >,
+    pub linear_gemm_plan:
+        ::core::option::Option<unsafe extern "C" fn(a: *mut xk_linear_args, threads: i64) -> i64>,
+    pub linear_gemm: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_linear_args,
+            tile_begin: i64,
+            tile_end: i64,
+            workspace: *mut ::core::ffi::c_void,
+        ),
+    >,
+    pub int8_quant: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_int8_quant_args, m_begin: i64, m_end: i64),
+    >,
+    pub int8_mm: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_int8_mm_args, n_begin: i64, n_end: i64),
+    >,
+    pub probe_bf16dot:
+        ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
     pub sample_rows: ::core::option::Option<
         unsafe extern "C" fn(
             a: *const xk_sample_args,

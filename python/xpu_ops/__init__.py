@@ -15,6 +15,15 @@ import warnings
 from . import _lib
 from ._lib import Error, Status, library_path
 from .cache import copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks
+from .gdn import (
+    causal_conv1d_fn,
+    causal_conv1d_update,
+    chunk_gated_delta_rule,
+    fused_gdn_gating,
+    fused_recurrent_gated_delta_rule,
+    l2norm,
+    rms_norm_gated,
+)
 from .linear import (
     awq_to_wna16,
     compressed_tensors_to_wna16,
@@ -28,15 +37,6 @@ from .linear import (
     wna16_dequantize,
     wna16_linear,
     wna16_row_bytes,
-)
-from .gdn import (
-    causal_conv1d_fn,
-    causal_conv1d_update,
-    chunk_gated_delta_rule,
-    fused_gdn_gating,
-    fused_recurrent_gated_delta_rule,
-    l2norm,
-    rms_norm_gated,
 )
 from .layer import fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul
 from .attention import (

@@ -9,6 +9,7 @@ mod attention;
 mod cache;
 mod gdn;
 mod layer;
+mod linear;
 mod sampling;
 
 use crate::platform::{supported_isas, with_isa, Isa};
@@ -126,6 +127,7 @@ pub fn cases() -> Vec<AlignCase> {
     all.extend(layer::cases());
     all.extend(attention::cases());
     all.extend(sampling::cases());
+    all.extend(linear::cases());
     all
 }
 

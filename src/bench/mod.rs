@@ -34,6 +34,7 @@ pub const FAMILIES: &[(&str, CaseList)] = &[
     ("layer", layer::cases),
     ("attention", attention::cases),
     ("gdn", gdn::cases),
+    ("linear", linear::cases),
     ("sampling", sampling::cases),
     ("linear", linear::cases),
 ];

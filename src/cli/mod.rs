@@ -4,6 +4,7 @@ pub mod align;
 pub mod bench;
 pub mod demo;
 pub mod info;
+pub mod kv_demo;
 
 /// "48 KiB", "2 MiB", "1.5 GiB".
 pub fn fmt_bytes(b: usize) -> String {

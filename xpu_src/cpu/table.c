@@ -8,13 +8,6 @@ void XK_FN(rotary_embedding)(const xk_rotary_args *a, int64_t token_begin, int64
 void XK_FN(silu_and_mul)(const xk_silu_and_mul_args *a, int64_t row_begin, int64_t row_end);
 double XK_FN(probe_read)(const float *src, int64_t n);
 double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink);
-void XK_FN(linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end);
-void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end);
-int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads);
-void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
-double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink);
-void XK_FN(int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
-void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
 int64_t XK_FN(attn_workspace)(const xk_attn_args *a);
 void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
 void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
@@ -28,6 +21,13 @@ void XK_FN(rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, i
 void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked);
+void XK_FN(linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end);
+void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end);
+int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads);
+void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
+double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink);
+void XK_FN(int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
+void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
 void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
 void XK_FN(filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
 void XK_FN(filter_apply)(const xk_filter_args *a, int64_t row_begin, int64_t row_end);
@@ -46,13 +46,6 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .silu_and_mul = XK_FN(silu_and_mul),
     .probe_read = XK_FN(probe_read),
     .probe_fma = XK_FN(probe_fma),
-    .linear_prep = XK_FN(linear_prep),
-    .linear_gemv = XK_FN(linear_gemv),
-    .linear_gemm_plan = XK_FN(linear_gemm_plan),
-    .linear_gemm = XK_FN(linear_gemm),
-    .probe_bf16dot = XK_FN(probe_bf16dot),
-    .int8_quant = XK_FN(int8_quant),
-    .int8_mm = XK_FN(int8_mm),
     .attn_workspace = XK_FN(attn_workspace),
     .attn_paged = XK_FN(attn_paged),
     .attn_paged_reduce = XK_FN(attn_paged_reduce),
@@ -66,6 +59,13 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .gdn_recurrent = XK_FN(gdn_recurrent),
     .gdn_chunk = XK_FN(gdn_chunk),
     .gdn_scratch_floats = XK_FN(gdn_scratch_floats),
+    .linear_prep = XK_FN(linear_prep),
+    .linear_gemv = XK_FN(linear_gemv),
+    .linear_gemm_plan = XK_FN(linear_gemm_plan),
+    .linear_gemm = XK_FN(linear_gemm),
+    .probe_bf16dot = XK_FN(probe_bf16dot),
+    .int8_quant = XK_FN(int8_quant),
+    .int8_mm = XK_FN(int8_mm),
     .sample_rows = XK_FN(sample_rows),
     .filter_rows = XK_FN(filter_rows),
     .filter_apply = XK_FN(filter_apply),

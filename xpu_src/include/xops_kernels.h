@@ -189,81 +189,6 @@ typedef struct xk_probe_result {
   double value; /* a checksum, so the compiler cannot drop the work */
 } xk_probe_result;
 
-/* ---- FC / GEMM: linear, weight-only int4/int8, W8A8 int8 (gemm.c, quant.c) ---- */
-
-/* What the weight operand of a linear holds. */
-typedef enum xk_weight_kind {
-  XK_WEIGHT_DENSE = 0, /* w: [N, K] elements of w_dtype (f32/f16/bf16), K contiguous */
-  XK_WEIGHT_INT4 = 1,  /* w: [N, 64 * ceil(K/128)] bytes of 4-bit codes in the blocked order of gemm.c */
-  XK_WEIGHT_INT8 = 2,  /* w: [N, K] bytes of 8-bit unsigned codes */
-} xk_weight_kind;
-
-/* y[m][n] = sum_k x[m][perm ? perm[k] : k] * w[n][k] (+ bias[n]); quantized
- * weights dequantize as w = (code - zero) * scale per (n, k / group_size). */
-typedef struct xk_linear_args {
-  int64_t m, n, k;
-  const void *x;          /* host, [M, K] of x_dtype, row stride x_stride elements, K contiguous */
-  int64_t x_stride;
-  int32_t x_dtype;
-  const int32_t *perm;    /* host, [K] input-channel permutation (act-order), or NULL */
-  float *xf;              /* host, [M, K] f32 activations for linear_gemv (row stride xf_stride); */
-  int64_t xf_stride;      /*   linear_prep writes it, or it points at an f32 x without perm */
-  const void *w;          /* host, see xk_weight_kind; w_stride in elements (dense) or bytes (codes) */
-  int64_t w_stride;
-  int32_t w_dtype;        /* dense weights: F32/F16/BF16 */
-  int32_t w_kind;         /* xk_weight_kind */
-  const void *scales;     /* host, [N, K / group_size] of sz_dtype (quantized only) */
-  const void *zeros;      /* host, same shape and dtype as scales, or NULL: zero = 2^(bits-1) */
-  int64_t sz_stride;      /* row stride of scales and zeros, elements */
-  int32_t sz_dtype;
-  int64_t group_size;
-  const void *bias;       /* host, [N] of bias_dtype, or NULL */
-  int32_t bias_dtype;
-  void *out;              /* host, [M, N] of out_dtype, row stride out_stride elements */
-  int64_t out_stride;
-  int32_t out_dtype;
-  /* Tiled GEMM: set by linear_gemm_plan; a tile is tile_m rows x tile_n columns of out. */
-  int64_t tile_m, tile_n;
-  int32_t bf16_pairs;     /* 1: bf16 x and w through the vdpbf16ps microkernel */
-  int32_t no_prefetch;    /* kernel-internal: 1 when w is an L1 copy (no row prefetch) */
-} xk_linear_args;
-
-/* scaled_int8_quant: out = saturate(round_even(x / scale) (+ azp)), per token or static. */
-typedef struct xk_int8_quant_args {
-  int64_t m, k;
-  const void *x;          /* host, [M, K] of x_dtype, row stride x_stride, K contiguous */
-  int64_t x_stride;
-  int32_t x_dtype;
-  int8_t *out;            /* host, [M, K], row stride out_stride */
-  int64_t out_stride;
-  float *scale;           /* host: static, [1] read; dynamic, [M] written (stride scale_stride) */
-  int32_t *azp;           /* host: NULL (symmetric), else like scale */
-  int64_t scale_stride, azp_stride;
-  int32_t is_static;
-} xk_int8_quant_args;
-
-/* out[m][n] = a_scale[m] * b_scale[n] * (sum_k a[m][k] * b[n][k] - azp[m] * azp_adj[n]) + bias[n];
- * without azp, azp_adj[n] alone is subtracted (per-tensor azp folded in by the caller). */
-typedef struct xk_int8_mm_args {
-  int64_t m, n, k;
-  const int8_t *a;        /* host, [M, K], row stride a_stride bytes */
-  int64_t a_stride;
-  const int8_t *b;        /* host, [N, K] (upstream's column-major [K, N]), row stride b_stride bytes */
-  int64_t b_stride;
-  const float *a_scales;  /* host, [M] (stride a_scales_stride) or [1] (stride 0) */
-  int64_t a_scales_stride;
-  const float *b_scales;  /* host, [N] or [1], like a_scales */
-  int64_t b_scales_stride;
-  const int32_t *azp_adj; /* host, [N] or NULL */
-  const int32_t *azp;     /* host, [M] (stride azp_stride) or NULL */
-  int64_t azp_stride;
-  const int32_t *a_sum;   /* host, [M]: sum_k a[m][k], for tiers that flip b to unsigned */
-  const void *bias;       /* host, [N] of bias_dtype, or NULL */
-  int32_t bias_dtype;
-  void *out;              /* host, [M, N] of out_dtype, row stride out_stride */
-  int64_t out_stride;
-  int32_t out_dtype;
-} xk_int8_mm_args;
 /* ---- linear attention: causal_conv1d, gated delta rule (issue 4) -------- */
 
 /* Element type of an index tensor (query_start_loc, cache indices, flags). */
@@ -429,6 +354,81 @@ typedef struct xk_gdn_args {
   xk_la_index has_initial_state;   /* chunk: absent -> all true */
   int32_t output_final_state;      /* chunk: write the final state back */
 } xk_gdn_args;
+/* ---- FC / GEMM: linear, weight-only int4/int8, W8A8 int8 (gemm.c, quant.c) ---- */
+
+/* What the weight operand of a linear holds. */
+typedef enum xk_weight_kind {
+  XK_WEIGHT_DENSE = 0, /* w: [N, K] elements of w_dtype (f32/f16/bf16), K contiguous */
+  XK_WEIGHT_INT4 = 1,  /* w: [N, 64 * ceil(K/128)] bytes of 4-bit codes in the blocked order of gemm.c */
+  XK_WEIGHT_INT8 = 2,  /* w: [N, K] bytes of 8-bit unsigned codes */
+} xk_weight_kind;
+
+/* y[m][n] = sum_k x[m][perm ? perm[k] : k] * w[n][k] (+ bias[n]); quantized
+ * weights dequantize as w = (code - zero) * scale per (n, k / group_size). */
+typedef struct xk_linear_args {
+  int64_t m, n, k;
+  const void *x;          /* host, [M, K] of x_dtype, row stride x_stride elements, K contiguous */
+  int64_t x_stride;
+  int32_t x_dtype;
+  const int32_t *perm;    /* host, [K] input-channel permutation (act-order), or NULL */
+  float *xf;              /* host, [M, K] f32 activations for linear_gemv (row stride xf_stride); */
+  int64_t xf_stride;      /*   linear_prep writes it, or it points at an f32 x without perm */
+  const void *w;          /* host, see xk_weight_kind; w_stride in elements (dense) or bytes (codes) */
+  int64_t w_stride;
+  int32_t w_dtype;        /* dense weights: F32/F16/BF16 */
+  int32_t w_kind;         /* xk_weight_kind */
+  const void *scales;     /* host, [N, K / group_size] of sz_dtype (quantized only) */
+  const void *zeros;      /* host, same shape and dtype as scales, or NULL: zero = 2^(bits-1) */
+  int64_t sz_stride;      /* row stride of scales and zeros, elements */
+  int32_t sz_dtype;
+  int64_t group_size;
+  const void *bias;       /* host, [N] of bias_dtype, or NULL */
+  int32_t bias_dtype;
+  void *out;              /* host, [M, N] of out_dtype, row stride out_stride elements */
+  int64_t out_stride;
+  int32_t out_dtype;
+  /* Tiled GEMM: set by linear_gemm_plan; a tile is tile_m rows x tile_n columns of out. */
+  int64_t tile_m, tile_n;
+  int32_t bf16_pairs;     /* 1: bf16 x and w through the vdpbf16ps microkernel */
+  int32_t no_prefetch;    /* kernel-internal: 1 when w is an L1 copy (no row prefetch) */
+} xk_linear_args;
+
+/* scaled_int8_quant: out = saturate(round_even(x / scale) (+ azp)), per token or static. */
+typedef struct xk_int8_quant_args {
+  int64_t m, k;
+  const void *x;          /* host, [M, K] of x_dtype, row stride x_stride, K contiguous */
+  int64_t x_stride;
+  int32_t x_dtype;
+  int8_t *out;            /* host, [M, K], row stride out_stride */
+  int64_t out_stride;
+  float *scale;           /* host: static, [1] read; dynamic, [M] written (stride scale_stride) */
+  int32_t *azp;           /* host: NULL (symmetric), else like scale */
+  int64_t scale_stride, azp_stride;
+  int32_t is_static;
+} xk_int8_quant_args;
+
+/* out[m][n] = a_scale[m] * b_scale[n] * (sum_k a[m][k] * b[n][k] - azp[m] * azp_adj[n]) + bias[n];
+ * without azp, azp_adj[n] alone is subtracted (per-tensor azp folded in by the caller). */
+typedef struct xk_int8_mm_args {
+  int64_t m, n, k;
+  const int8_t *a;        /* host, [M, K], row stride a_stride bytes */
+  int64_t a_stride;
+  const int8_t *b;        /* host, [N, K] (upstream's column-major [K, N]), row stride b_stride bytes */
+  int64_t b_stride;
+  const float *a_scales;  /* host, [M] (stride a_scales_stride) or [1] (stride 0) */
+  int64_t a_scales_stride;
+  const float *b_scales;  /* host, [N] or [1], like a_scales */
+  int64_t b_scales_stride;
+  const int32_t *azp_adj; /* host, [N] or NULL */
+  const int32_t *azp;     /* host, [M] (stride azp_stride) or NULL */
+  int64_t azp_stride;
+  const int32_t *a_sum;   /* host, [M]: sum_k a[m][k], for tiers that flip b to unsigned */
+  const void *bias;       /* host, [N] of bias_dtype, or NULL */
+  int32_t bias_dtype;
+  void *out;              /* host, [M, N] of out_dtype, row stride out_stride */
+  int64_t out_stride;
+  int32_t out_dtype;
+} xk_int8_mm_args;
 /* ---- sampling (issue 6) -------------------------------------------------
  * Per-row outcome of a sampling or filter kernel; the launcher turns a
  * non-zero status into a named error before it writes any output. */
@@ -505,21 +505,6 @@ typedef struct xk_kernel_table {
   double (*probe_read)(const float *src, int64_t n);
   /* Runs `iters` rounds of independent FMA chains; returns the flops done. */
   double (*probe_fma)(int64_t iters, xk_probe_result *sink);
-  /* FC / GEMM (gemm.c, quant.c). */
-  /* Writes xf rows [m_begin, m_end): x converted to f32, perm applied. */
-  void (*linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end);
-  /* Decode regime (M <= 16): out columns [n_begin, n_end) for every row, weights streamed once. */
-  void (*linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end);
-  /* Sets tile_m / tile_n / bf16_pairs for `threads` workers; returns workspace bytes per tile. */
-  int64_t (*linear_gemm_plan)(xk_linear_args *a, int64_t threads);
-  /* Tiles [tile_begin, tile_end) (row-tile fastest), workspace of linear_gemm_plan bytes. */
-  void (*linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
-  /* Rows [m_begin, m_end) of scaled_int8_quant. */
-  void (*int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
-  /* Out columns [n_begin, n_end) of the int8 x int8 GEMM, every row. */
-  void (*int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
-  /* bf16 dot-product throughput (vdpbf16ps where the tier has it); returns flops done. */
-  double (*probe_bf16dot)(int64_t iters, xk_probe_result *sink);
   /* Attention: bytes of workspace one call of attn_paged / attn_varlen needs. */
   int64_t (*attn_workspace)(const xk_attn_args *a);
   /* Grid blocks (sequence, kv head, partition) in [begin, end). */
@@ -546,6 +531,21 @@ typedef struct xk_kernel_table {
   void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   void (*gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
+  /* FC / GEMM (gemm.c, quant.c). */
+  /* Writes xf rows [m_begin, m_end): x converted to f32, perm applied. */
+  void (*linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end);
+  /* Decode regime (M <= 16): out columns [n_begin, n_end) for every row, weights streamed once. */
+  void (*linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end);
+  /* Sets tile_m / tile_n / bf16_pairs for `threads` workers; returns workspace bytes per tile. */
+  int64_t (*linear_gemm_plan)(xk_linear_args *a, int64_t threads);
+  /* Tiles [tile_begin, tile_end) (row-tile fastest), workspace of linear_gemm_plan bytes. */
+  void (*linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
+  /* Rows [m_begin, m_end) of scaled_int8_quant. */
+  void (*int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
+  /* Out columns [n_begin, n_end) of the int8 x int8 GEMM, every row. */
+  void (*int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
+  /* bf16 dot-product throughput (vdpbf16ps where the tier has it); returns flops done. */
+  double (*probe_bf16dot)(int64_t iters, xk_probe_result *sink);
   /* Sampling (issue 6). Rows [row_begin, row_end) of the batch. */
   void (*sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
   void (*filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
