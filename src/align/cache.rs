@@ -19,7 +19,10 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn flash_case(
+/// A write of `tokens` bf16 rows into a flash-layout cache, or with `paged`
+/// into the paged layout (key `[nb, H, D/x, bs, x]`, value `[nb, H, D, bs]`).
+fn write_case(
+    paged: bool,
     tokens: usize,
     heads: usize,
     head_size: usize,
@@ -41,8 +44,17 @@ fn flash_case(
         let slots = TensorView::new(&slots, &[tokens]).expect("valid case");
         let scale = [0.02f32];
         let scale = TensorView::new(&scale, &[1]).expect("valid case");
-        let shape = [blocks, block_size, heads, head_size];
-        let n = shape.iter().product::<usize>() * stored.size();
+        let x = 16 / stored.size();
+        let (key_shape, value_shape) = if paged {
+            (
+                vec![blocks, heads, head_size / x, block_size, x],
+                vec![blocks, heads, head_size, block_size],
+            )
+        } else {
+            let flash = vec![blocks, block_size, heads, head_size];
+            (flash.clone(), flash)
+        };
+        let n = key_shape.iter().product::<usize>() * stored.size();
         let decode = |cache: &[u8]| -> Vec<f64> {
             cache
                 .chunks(stored.size())
@@ -58,43 +70,51 @@ fn flash_case(
                 })
                 .collect()
         };
-        let mut out = [vec![0u8; n], vec![0u8; n]];
-        for (i, buf) in out.iter_mut().enumerate() {
-            let mut cache =
-                TensorViewMut::from_bytes(buf, stored, &shape, None).expect("valid case");
-            if i == 0 {
-                crate::reshape_and_cache_flash(
-                    &src,
-                    &src,
-                    &mut cache,
-                    None,
-                    &slots,
-                    kv,
-                    Some(&scale),
-                    Some(&scale),
-                )
+        // [kernel key, kernel value, reference key, reference value]
+        let mut out = [vec![0u8; n], vec![0u8; n], vec![0u8; n], vec![0u8; n]];
+        let [kk, kvv, rk, rv] = &mut out;
+        let (s, sc) = (Some(&scale), Some(&scale));
+        let (mut k1, mut v1) = (
+            view(kk, stored, &key_shape),
+            view(kvv, stored, &value_shape),
+        );
+        let (mut k2, mut v2) = (view(rk, stored, &key_shape), view(rv, stored, &value_shape));
+        if paged {
+            crate::reshape_and_cache(&src, &src, &mut k1, &mut v1, &slots, kv, s, sc)
                 .expect("valid case");
-            } else {
-                reference::reshape_and_cache_flash(
-                    &src,
-                    &src,
-                    &mut cache,
-                    None,
-                    &slots,
-                    kv,
-                    Some(&scale),
-                    Some(&scale),
-                );
-            }
+            reference::reshape_and_cache(&src, &src, &mut k2, &mut v2, &slots, kv, s, sc);
+        } else {
+            crate::reshape_and_cache_flash(&src, &src, &mut k1, Some(&mut v1), &slots, kv, s, sc)
+                .expect("valid case");
+            reference::reshape_and_cache_flash(
+                &src,
+                &src,
+                &mut k2,
+                Some(&mut v2),
+                &slots,
+                kv,
+                s,
+                sc,
+            );
         }
-        (decode(&out[0]), decode(&out[1]))
+        drop((k1, v1, k2, v2));
+        let joined = |a: &[u8], b: &[u8]| [decode(a), decode(b)].concat();
+        (joined(&out[0], &out[1]), joined(&out[2], &out[3]))
     };
     AlignCase {
-        op: "reshape_and_cache_flash",
+        op: if paged {
+            "reshape_and_cache"
+        } else {
+            "reshape_and_cache_flash"
+        },
         shape: format!("T={tokens} H={heads} D={head_size} {kv}"),
         tolerance: Tolerance::EXACT,
         run: Box::new(run),
     }
+}
+
+fn view<'a>(buf: &'a mut [u8], stored: DType, shape: &[usize]) -> TensorViewMut<'a> {
+    TensorViewMut::from_bytes(buf, stored, shape, None).expect("valid case")
 }
 
 fn bytes(v: &[u16]) -> &[u8] {
@@ -104,8 +124,10 @@ fn bytes(v: &[u16]) -> &[u8] {
 
 pub(super) fn cases() -> Vec<AlignCase> {
     vec![
-        flash_case(512, 2, 256, "auto", DType::BF16),
-        flash_case(512, 8, 128, "fp8", DType::F8E4M3),
-        flash_case(64, 8, 128, "fp8_e5m2", DType::F8E5M2),
+        write_case(false, 512, 2, 256, "auto", DType::BF16),
+        write_case(false, 512, 8, 128, "fp8", DType::F8E4M3),
+        write_case(false, 64, 8, 128, "fp8_e5m2", DType::F8E5M2),
+        write_case(true, 512, 2, 256, "auto", DType::BF16),
+        write_case(true, 256, 8, 128, "fp8", DType::F8E4M3),
     ]
 }
