@@ -3,9 +3,10 @@
 //! argument shapes and dtypes, thread count, start and duration. Off by
 //! default; when off, [`op`] costs one relaxed atomic load.
 //!
-//! Events are written as they finish, one per line of a JSON array whose
-//! closing bracket is optional in the trace-event format, so a trace survives
-//! a crash.
+//! Events are written as they finish, one per line of a JSON array. Stopping
+//! or replacing the trace ([`set_trace_file`]) writes the closing bracket, so
+//! the file is plain JSON; a process that ends while tracing leaves it off,
+//! which the trace-event format allows, so a trace survives a crash.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -21,19 +22,28 @@ const UNKNOWN: u8 = 0;
 const OFF: u8 = 1;
 const ON: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-static SINK: Mutex<Option<BufWriter<File>>> = Mutex::new(None);
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+/// The open trace file and whether an event was written (for the separators).
+struct Sink {
+    w: BufWriter<File>,
+    any_event: bool,
+}
 
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn open(path: &Path) -> Result<BufWriter<File>> {
+fn open(path: &Path) -> Result<Sink> {
     match File::create(path) {
         Ok(f) => {
             let mut w = BufWriter::new(f);
             let _ = w.write_all(b"[\n");
-            Ok(w)
+            Ok(Sink {
+                w,
+                any_event: false,
+            })
         }
         Err(e) => bail!(
             InvalidArgument,
@@ -62,8 +72,8 @@ fn enabled() -> bool {
 /// Starts tracing into `path` (replacing any current trace), or stops with `None`.
 pub fn set_trace_file(path: Option<&Path>) -> Result<()> {
     let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(w) = sink.as_mut() {
-        let _ = w.flush();
+    if let Some(old) = sink.as_mut() {
+        let _ = old.w.write_all(b"\n]\n").and_then(|_| old.w.flush());
     }
     *sink = path.map(open).transpose()?;
     STATE.store(if sink.is_some() { ON } else { OFF }, Ordering::Relaxed);
@@ -102,7 +112,7 @@ impl Drop for Span {
         let dur = self.start.elapsed().as_secs_f64() * 1e6;
         let tid = thread_id();
         let line = format!(
-            "{{\"name\":\"{}\",\"cat\":\"op\",\"ph\":\"X\",\"ts\":{ts:.3},\"dur\":{dur:.3},\"pid\":{},\"tid\":{tid},\"args\":{{{},\"threads\":{},\"isa\":\"{}\"}}}},\n",
+            "{{\"name\":\"{}\",\"cat\":\"op\",\"ph\":\"X\",\"ts\":{ts:.3},\"dur\":{dur:.3},\"pid\":{},\"tid\":{tid},\"args\":{{{},\"threads\":{},\"isa\":\"{}\"}}}}",
             self.name,
             std::process::id(),
             self.args,
@@ -110,8 +120,14 @@ impl Drop for Span {
             crate::platform::active_isa(),
         );
         let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(w) = sink.as_mut() {
-            let _ = w.write_all(line.as_bytes()).and_then(|_| w.flush());
+        if let Some(out) = sink.as_mut() {
+            let sep: &[u8] = if out.any_event { b",\n" } else { b"" };
+            out.any_event = true;
+            let _ = out
+                .w
+                .write_all(sep)
+                .and_then(|_| out.w.write_all(line.as_bytes()))
+                .and_then(|_| out.w.flush());
         }
     }
 }

@@ -32,6 +32,10 @@ fn op_calls_are_written_as_trace_events() {
     assert!(events[0].contains("\"name\":\"reshape_and_cache_flash\""));
     assert!(events[0].contains("\"key\":\"float32[1, 2, 4]\""));
     assert!(events[0].contains("\"threads\":"));
-    // The file parses as a trace: a JSON array once the optional bracket is closed.
-    assert!(text.starts_with("[\n"));
+    // Stopping the trace closed the JSON array: "[", three events joined by ",", "]".
+    assert!(
+        text.starts_with("[\n") && text.ends_with("}\n]\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("},\n{").count(), 2, "{text}");
 }
