@@ -1824,7 +1824,7 @@ fn w8a8_bad_inputs() {
 
 // ---------------------------------------------------------------------------
 // bf16 × bf16 on the AMX tile GEMM (the `amx` tier takes every such linear
-// with M >= 4; the other tiers run the same shapes as a cross-check). Edges:
+// with M >= 5; the other tiers run the same shapes as a cross-check). Edges:
 // 16-row x tiles, 32-k steps, 32-row weight blocks (64 in the M <= 16 decode
 // blocks), 256-k blocks, grid tiles.
 
@@ -1898,7 +1898,7 @@ fn bf16_amx_tile_edges_every_tier() {
 #[test]
 fn bf16_amx_k_blocks_and_decode_rows() {
     // K around the 256-k blocks (C tiles spilled between blocks), M around
-    // the decode threshold (AMX from 4 rows), K past one block at M <= 16
+    // the decode threshold (AMX from 5 rows), K past one block at M <= 16
     // (decode blocks keep the whole K), a multi-tile grid.
     let shapes = [
         (40, 70, 255),
