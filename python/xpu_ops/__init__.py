@@ -150,7 +150,7 @@ def version() -> str:
 
 
 def isa() -> str:
-    """The kernel tier ops run: "avx512", "avx2", "neon" or "generic"."""
+    """The kernel tier ops run: "amx", "avx512", "avx2", "neon" or "generic"."""
     return _isa().decode()
 
 

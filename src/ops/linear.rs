@@ -5,7 +5,8 @@
 //!
 //! Two regimes, chosen from the shape alone: decode (`M <= 16`) streams each
 //! weight byte once; larger `M` runs packed, cache-blocked microkernels
-//! (bf16 × bf16 through `vdpbf16ps` on AVX-512). Both accumulate in fp32, and
+//! (bf16 × bf16 through `vdpbf16ps` on AVX-512, or on the AMX tile unit on
+//! the `amx` tier: see [`crate::ops::linear_amx`]). Both accumulate in fp32, and
 //! each output element's summation order depends only on the ISA tier, the
 //! regime and `K`: results are bit-identical for any thread count.
 //!
@@ -242,7 +243,7 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
         return;
     }
     let kernels = platform::kernels();
-    if m <= DECODE_MAX_M {
+    if m <= DECODE_MAX_M && !crate::ops::linear_amx::takes_decode(&args) {
         let mut xf: Vec<f32> = Vec::new();
         if args.x_dtype == DType::F32.xk() && args.perm.is_null() && m <= 4 {
             args.xf = args.x as *mut f32;
