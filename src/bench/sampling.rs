@@ -23,7 +23,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use super::{Bound, Case, CaseInfo, Config, Floor, Rng, Runner, Work};
+use super::{Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work};
 use crate::tensor::{TensorView, TensorViewMut};
 use crate::SamplingMetadata;
 
@@ -117,6 +117,7 @@ impl Shape {
                 bytes: (self.batch * self.vocab * 4) as f64,
                 flops: 0.0,
                 bound: Bound::Read,
+                peak: Peak::Fp32,
             },
             floor,
         }

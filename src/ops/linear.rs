@@ -470,27 +470,3 @@ pub fn wna16_linear(
     run(args, row_bytes);
     Ok(())
 }
-
-/// bf16 dot-product throughput of this machine in FLOP/s on all threads
-/// (`vdpbf16ps` on AVX-512, fp32 FMA elsewhere), measured like
-/// [`crate::probe::fma_peak`]: the "bf16 peak" benchmarks report against.
-pub fn bf16_dot_peak() -> f64 {
-    let probe = platform::kernels().probe_bf16dot.expect("probe_bf16dot");
-    let threads = num_threads();
-    let iters = 10_000_000;
-    let mut flops = 0.0;
-    let secs = crate::probe::best_of(3, || {
-        let total = std::sync::Mutex::new(0.0);
-        grid(threads, 1, |r| {
-            for _ in r {
-                let mut sink = sys::xk_probe_result { value: 0.0 };
-                // SAFETY: sink is a valid out-pointer.
-                let f = unsafe { probe(iters, &mut sink) };
-                std::hint::black_box(sink.value);
-                *total.lock().unwrap_or_else(|e| e.into_inner()) += f;
-            }
-        });
-        flops = total.into_inner().unwrap_or_else(|e| e.into_inner());
-    });
-    flops / secs
-}

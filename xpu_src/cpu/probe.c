@@ -73,18 +73,3 @@ double XK_FN(probe_fma)(int64_t iters, xk_probe_result *sink) {
 #endif
   return 2.0 * (double)iters * XK_FMA_CHAINS * (XK_F32_LANES == 1 ? 4 : XK_F32_LANES);
 }
-
-#if defined(__AVX512BF16__)
-/* bf16 peak: 12 independent vdpbf16ps chains (32 multiply-adds per instruction). */
-double XK_FN(probe_bf16)(int64_t iters, xk_probe_result *sink) {
-  __m512 acc[XK_FMA_CHAINS];
-  const __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3380); /* 1, 2^-24 */
-  for (int j = 0; j < XK_FMA_CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
-  for (int64_t it = 0; it < iters; it++)
-    for (int j = 0; j < XK_FMA_CHAINS; j++) acc[j] = _mm512_dpbf16_ps(acc[j], x, y);
-  __m512 s = acc[0];
-  for (int j = 1; j < XK_FMA_CHAINS; j++) s = _mm512_add_ps(s, acc[j]);
-  sink->value = _mm512_reduce_add_ps(s);
-  return 64.0 * (double)iters * XK_FMA_CHAINS;
-}
-#endif

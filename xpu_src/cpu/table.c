@@ -35,9 +35,10 @@ void XK_FN(philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds,
 void XK_FN(sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
                                int64_t n64);
 
+/* The bf16 peak of a tier with vdpbf16ps is its dot-product rate (the amx
+ * tier swaps in its tile probe). */
 #if defined(__AVX512BF16__)
-double XK_FN(probe_bf16)(int64_t iters, xk_probe_result *sink);
-#define XK_PROBE_BF16 XK_FN(probe_bf16)
+#define XK_PROBE_BF16 XK_FN(probe_bf16dot)
 #else
 #define XK_PROBE_BF16 NULL
 #endif
