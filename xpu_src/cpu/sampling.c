@@ -499,6 +499,43 @@ static uint32_t xs_median3(const uint32_t *k, int64_t lo, int64_t hi) {
  * narrowing over the key range (no data-dependent branches in the loops).
  * Overwrites k; uses the workspace histogram. */
 static uint32_t xs_kth_largest(xs_ws *w, uint32_t *k, int64_t n, int64_t kk) {
+#if XK_F32_LANES == 16
+  /* Bisection on the key: the largest v with #{key >= v} >= kk, each count a
+   * compare + popcount sweep (no data-dependent branches, no histogram). */
+  (void)w;
+  __m512i vlo = _mm512_set1_epi32(-1), vhi = _mm512_setzero_si512();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i v = _mm512_loadu_si512(k + i);
+    vlo = _mm512_min_epu32(vlo, v);
+    vhi = _mm512_max_epu32(vhi, v);
+  }
+  uint32_t lo = _mm512_reduce_min_epu32(vlo), hi = _mm512_reduce_max_epu32(vhi);
+  for (; i < n; i++) {
+    lo = k[i] < lo ? k[i] : lo;
+    hi = k[i] > hi ? k[i] : hi;
+  }
+  const int64_t nv = n & ~(int64_t)15;
+  const __mmask16 tail = (__mmask16)((1u << (n & 15)) - 1);
+  while (lo < hi) {
+    const uint32_t mid = lo + (uint32_t)(((uint64_t)hi - lo + 1) / 2);
+    const __m512i vm = _mm512_set1_epi32((int)mid);
+    int64_t c0 = 0, c1 = 0;
+    int64_t j = 0;
+    for (; j + 32 <= nv; j += 32) {
+      c0 += __builtin_popcount(_mm512_cmp_epu32_mask(_mm512_loadu_si512(k + j), vm, _MM_CMPINT_NLT));
+      c1 += __builtin_popcount(_mm512_cmp_epu32_mask(_mm512_loadu_si512(k + j + 16), vm, _MM_CMPINT_NLT));
+    }
+    for (; j < nv; j += 16)
+      c0 += __builtin_popcount(_mm512_cmp_epu32_mask(_mm512_loadu_si512(k + j), vm, _MM_CMPINT_NLT));
+    if (tail) c1 += __builtin_popcount(_mm512_mask_cmp_epu32_mask(tail, _mm512_maskz_loadu_epi32(tail, k + nv), vm, _MM_CMPINT_NLT));
+    if (c0 + c1 >= kk)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+#else
   uint32_t lo = 0xffffffffu, hi = 0;
   for (int64_t i = 0; i < n; i++) {
     lo = k[i] < lo ? k[i] : lo;
@@ -531,6 +568,7 @@ static uint32_t xs_kth_largest(xs_ws *w, uint32_t *k, int64_t n, int64_t kk) {
     hi = top > hi ? hi : (uint32_t)top;
     if (shift == 0) return lo;
   }
+#endif
 }
 
 static inline int xs_kept(uint64_t g, xs_u128 lim) { return ((xs_u128)g << 32) < lim; }
@@ -572,7 +610,9 @@ static xs_u128 xs_top_p_limit(float top_p, uint64_t z) {
 
 /* ---- the candidate pass ----------------------------------------------------- */
 
-enum { XS_COLLECT_NONE = 0, XS_COLLECT_BOUNDS = 1 };
+/* ARGMAX (greedy rows without a temperature): no candidates; the pass
+ * records where the running max last rose (arg). */
+enum { XS_COLLECT_NONE = 0, XS_COLLECT_BOUNDS = 1, XS_COLLECT_ARGMAX = 2 };
 
 typedef struct xs_pass {
   /* in */
@@ -584,6 +624,7 @@ typedef struct xs_pass {
   xs_u128 lim; /* MASS: top-p limit */
   float m;           /* MASS: the row max */
   float L;           /* collect y >= L */
+  float XL;          /* the raw-value form of L: raw x < XL implies y < L */
   int64_t trigger;   /* compact when more candidates than this */
   /* out */
   float max;
@@ -591,6 +632,7 @@ typedef struct xs_pass {
   uint64_t zsum;
   int64_t n;
   int overflow;
+  int64_t arg; /* ARGMAX: the first index to search for the max from; -1 = 0 */
 } xs_pass;
 
 /* A lower bound on the min-p threshold from a running max m_run <= m. */
@@ -609,6 +651,26 @@ static int64_t xs_trigger(const xs_ws *w, const xs_pass *p, int64_t n) {
   return t;
 }
 
+/* The smallest raw x with fl(x / t) >= L (exactly: division by t > 0 is
+ * monotone), so the pass compares raw values and divides only what it keeps.
+ * Without a temperature it is L itself; -inf if the search does not settle. */
+static float xs_xbound(const xs_src *s, float L) {
+  if (!s->has_t || !(L > -INFINITY)) return L;
+  const float t = s->t;
+  float c = L * t;
+  if (c != c) return -INFINITY;
+  for (int it = 0; it < 16; it++) {
+    if (c / t >= L) {
+      const float d = nextafterf(c, -INFINITY);
+      if (!(d / t >= L)) return c;
+      c = d;
+    } else {
+      c = nextafterf(c, INFINITY);
+    }
+  }
+  return -INFINITY;
+}
+
 /* Raises the lower bound and drops candidates below it (keeping index order). */
 static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
   uint32_t lk = xs_key(p->L);
@@ -623,6 +685,19 @@ static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
     if (t > lk) lk = t;
   }
   int64_t j = 0;
+#if XK_F32_LANES == 16
+  /* Compress in place: the stores at j <= i only overwrite entries already read. */
+  const __m512i vlk = _mm512_set1_epi32((int)lk);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512 y = _mm512_maskz_loadu_ps(in, w->cy + i);
+    const __m512i ix = _mm512_maskz_loadu_epi32(in, w->ci + i);
+    const __mmask16 keep = _mm512_mask_cmp_epu32_mask(in, xs_key16(y), vlk, _MM_CMPINT_NLT);
+    _mm512_storeu_ps(w->cy + j, _mm512_maskz_compress_ps(keep, y));
+    _mm512_storeu_si512(w->ci + j, _mm512_maskz_compress_epi32(keep, ix));
+    j += __builtin_popcount((unsigned)keep);
+  }
+#else
   for (int64_t i = 0; i < n; i++) {
     if (xs_key(w->cy[i]) >= lk) {
       w->cy[j] = w->cy[i];
@@ -630,15 +705,169 @@ static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
       j++;
     }
   }
+#endif
   p->n = j;
   p->L = xs_tau(lk);
+  p->XL = xs_xbound(s, p->L);
   if (j > w->cap / 2) p->overflow = 1;
   p->trigger = xs_trigger(w, p, j);
 }
 
+#if XK_F32_LANES == 16
+/* ---- the streaming pass (AVX-512, logits) ------------------------------------
+ * 64 raw values per step from four independent loads, a software prefetch
+ * 4 KiB ahead (the hardware streamer stops at every 4 KiB page), the NaN test
+ * and a max tree with one loop-carried max, and one compare of the block max
+ * against the raw-value bound: the rare blocks that hold a candidate go to
+ * xs_hit64. No division in the loop: y = x / t is monotone in x, so the max
+ * and the bound work on raw values and only kept values are divided. */
+#define XS_PF_BYTES 4096
+
+static inline __attribute__((always_inline)) __m512 xs_ldx(const char *p, int64_t i, const int dtype) {
+  switch (dtype) {
+    case XK_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i)));
+    case XK_BF16:
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 2 * i))), 16));
+    default: return _mm512_loadu_ps((const float *)p + i);
+  }
+}
+
+/* Raises the min-p bound from the running raw max. */
+static __attribute__((noinline)) void xs_minp_raise(const xs_src *s, xs_pass *p, float mx_raw) {
+  const float m_run = s->has_t ? mx_raw / s->t : mx_raw;
+  const float b = xs_minp_bound(s, p, m_run);
+  if (b > p->L) {
+    p->L = b;
+    p->XL = xs_xbound(s, b);
+  }
+}
+
+/* Appends the values of y (raw; elements i0 + lane) at or above the raw
+ * bound to the candidates, divided by the temperature. */
+static inline __attribute__((always_inline)) int64_t xs_keep16(const xs_src *s, xs_ws *w, int64_t cn, __m512 y,
+                                                                __m512 vXL, int64_t i0) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __mmask16 k = _mm512_cmp_ps_mask(y, vXL, _CMP_GE_OQ);
+  const __m512 v = s->has_t ? _mm512_div_ps(y, _mm512_set1_ps(s->t)) : y;
+  _mm512_storeu_ps(w->cy + cn, _mm512_maskz_compress_ps(k, v));
+  _mm512_storeu_si512(w->ci + cn, _mm512_maskz_compress_epi32(k, _mm512_add_epi32(lanes, _mm512_set1_epi32((int)i0))));
+  return cn + __builtin_popcount((unsigned)k);
+}
+
+static inline __attribute__((always_inline)) void xs_pass_fast_t(const xs_src *s, xs_ws *w, xs_pass *p,
+                                                                   const int dtype, const int collect0) {
+  const char *const base = s->p;
+  const int64_t n = s->n, es = s->es;
+  const int minp = p->minp;
+  int collect = collect0;
+  int64_t cn = 0, trig = p->trigger;
+  float mrun = -INFINITY; /* min-p: the raw max so far (every block that raises it hits) */
+  __m512 vXL = _mm512_set1_ps(p->XL), vmax = _mm512_set1_ps(-INFINITY);
+  __mmask16 knan = 0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    _mm_prefetch(base + i * es + XS_PF_BYTES, _MM_HINT_T2);
+    const __m512 y0 = xs_ldx(base, i, dtype), y1 = xs_ldx(base, i + 16, dtype);
+    const __m512 y2 = xs_ldx(base, i + 32, dtype), y3 = xs_ldx(base, i + 48, dtype);
+    knan = _kor_mask16(knan, _kor_mask16(_mm512_cmp_ps_mask(y0, y1, _CMP_UNORD_Q),
+                                         _mm512_cmp_ps_mask(y2, y3, _CMP_UNORD_Q)));
+    const __m512 c = _mm512_max_ps(_mm512_max_ps(y0, y1), _mm512_max_ps(y2, y3));
+    vmax = _mm512_max_ps(c, vmax); /* a NaN in c leaves vmax as it was */
+    if (collect == 2 && __builtin_expect(_mm512_cmp_ps_mask(c, vXL, _CMP_GT_OQ) != 0, 0)) {
+      vXL = _mm512_set1_ps(_mm512_reduce_max_ps(c)); /* the running max */
+      p->arg = i;
+    }
+    if (collect == 1 && __builtin_expect(_mm512_cmp_ps_mask(c, vXL, _CMP_GE_OQ) != 0, 0)) {
+      if (minp) {
+        const float cb = _mm512_reduce_max_ps(c);
+        if (cb > mrun) {
+          mrun = cb;
+          xs_minp_raise(s, p, mrun);
+          vXL = _mm512_set1_ps(p->XL);
+        }
+      }
+      cn = xs_keep16(s, w, cn, y0, vXL, i);
+      cn = xs_keep16(s, w, cn, y1, vXL, i + 16);
+      cn = xs_keep16(s, w, cn, y2, vXL, i + 32);
+      cn = xs_keep16(s, w, cn, y3, vXL, i + 48);
+      if (cn > trig) {
+        const float mr = _mm512_reduce_max_ps(vmax);
+        p->n = cn;
+        xs_compact(s, w, p, s->has_t ? mr / s->t : mr);
+        cn = p->n;
+        trig = p->trigger;
+        vXL = _mm512_set1_ps(p->XL);
+        if (p->overflow) collect = 0;
+      }
+    }
+  }
+  float mx = _mm512_reduce_max_ps(vmax);
+  int nan = knan != 0;
+  for (; i < n; i++) {
+    const float x = xk_load_scalar(base, dtype, i);
+    if (x != x) {
+      nan = 1;
+      continue;
+    }
+    if (collect == 2 && x > mx) p->arg = i;
+    if (x > mx) mx = x;
+    if (collect == 1 && minp && x > mrun) {
+      mrun = x;
+      xs_minp_raise(s, p, mrun);
+    }
+    if (collect == 1 && x >= p->XL) {
+      w->cy[cn] = s->has_t ? x / s->t : x;
+      w->ci[cn] = (int32_t)i;
+      cn++;
+      if (cn > trig) {
+        p->n = cn;
+        xs_compact(s, w, p, s->has_t ? mx / s->t : mx);
+        cn = p->n;
+        trig = p->trigger;
+        if (p->overflow) collect = 0;
+      }
+    }
+  }
+  if (s->has_t) mx = mx / s->t;
+  p->n = cn;
+  p->max = mx;
+  p->nan = nan;
+  p->pinf = mx == INFINITY;
+  p->neg = 0;
+  p->zsum = 0;
+}
+
+/* The streaming pass for logits rows; 0 when the row's dtype has none. */
+static int xs_pass_fast(const xs_src *s, xs_ws *w, xs_pass *p) {
+  const int collect = p->mode == XS_COLLECT_ARGMAX && !s->has_t ? 2 : p->mode == XS_COLLECT_BOUNDS;
+  p->n = 0;
+  p->overflow = 0;
+  p->arg = -1;
+  p->trigger = xs_trigger(w, p, 0);
+  p->XL = collect == 2 ? -INFINITY : xs_xbound(s, p->L);
+  switch (s->dtype) {
+    case XK_F32:
+      if (collect == 1)
+        xs_pass_fast_t(s, w, p, XK_F32, 1);
+      else if (collect == 2)
+        xs_pass_fast_t(s, w, p, XK_F32, 2);
+      else
+        xs_pass_fast_t(s, w, p, XK_F32, 0);
+      return 1;
+    case XK_F16: xs_pass_fast_t(s, w, p, XK_F16, collect); return 1;
+    case XK_BF16: xs_pass_fast_t(s, w, p, XK_BF16, collect); return 1;
+    default: return 0;
+  }
+}
+#endif
+
 /* One pass over the row: max, NaN/inf/negative flags, the probs W total, and
  * (mode != NONE) the candidates y >= L under a rising lower bound. */
 static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
+#if XK_F32_LANES == 16
+  if (src->logits && xs_pass_fast(src, w, p)) return;
+#endif
   const xs_src sl = *src; /* a local copy: the candidate stores cannot alias it */
   const xs_src *s = &sl;
   const int64_t n = s->n;
@@ -647,12 +876,13 @@ static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
   float *const cy = w->cy;
   int32_t *const ci = w->ci;
   int64_t i = 0, cn = 0, trig;
-  int collect = p->mode != XS_COLLECT_NONE;
+  int collect = p->mode == XS_COLLECT_BOUNDS;
   float mx = -INFINITY;
   int nan = 0, pinf = 0, neg = 0;
   uint64_t z = 0;
   p->n = 0;
   p->overflow = 0;
+  p->arg = -1;
   p->trigger = trig = xs_trigger(w, p, 0);
 #if XK_F32_LANES == 16
   __m512 vmax = _mm512_set1_ps(-INFINITY), vL = _mm512_set1_ps(p->L);
@@ -1224,8 +1454,8 @@ static int64_t xs_row_draw(const xs_src *s, xs_ws *w, const xs_row *r, uint32_t 
 
 /* ---- greedy and raw logprobs ------------------------------------------------- */
 
-static int64_t xs_first_equal(const xs_src *s, float m) {
-  int64_t i = 0;
+static int64_t xs_first_equal(const xs_src *s, float m, int64_t from) {
+  int64_t i = from;
 #if XK_F32_LANES == 16
   for (; i + 16 <= s->n; i += 16) {
     const __mmask16 e = _mm512_cmp_ps_mask(xs_ld16(s, i), _mm512_set1_ps(m), _CMP_EQ_OQ);
@@ -1397,11 +1627,11 @@ void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_
     if (a->greedy && a->greedy[b]) {
       xs_pass p;
       memset(&p, 0, sizeof p);
-      p.mode = XS_COLLECT_NONE;
+      p.mode = XS_COLLECT_ARGMAX;
       p.L = -INFINITY;
       xs_pass_run(&s, &w, &p);
       status = p.nan ? XK_ROW_NAN : p.pinf ? XK_ROW_POS_INF : !(p.max > -INFINITY) ? XK_ROW_NO_FINITE : XK_ROW_OK;
-      if (!status) token = xs_first_equal(&s, p.max);
+      if (!status) token = xs_first_equal(&s, p.max, p.arg > 0 ? p.arg : 0);
     } else {
       if (a->temperature && a->temperature[b] != 1.0f) { /* x / 1 == x: skip the division */
         s.has_t = 1;
