@@ -1915,6 +1915,9 @@ fn bf16_amx_k_blocks_and_decode_rows() {
         (700, 40, 70),
         // Packed x of a tile over 1 MiB: 256-k blocks, C spilled between them.
         (700, 40, 1800),
+        // K = 0: out = bias, in both AMX paths.
+        (16, 20, 0),
+        (40, 20, 0),
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let mut c = Case::new(m, n, k, DType::BF16);
