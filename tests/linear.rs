@@ -1913,6 +1913,11 @@ fn bf16_amx_k_blocks_and_decode_rows() {
         (16, 130, 64),
         (100, 1100, 96),
         (700, 40, 70),
+        // Packed x of a tile over 1 MiB: 256-k blocks, C spilled between them.
+        (700, 40, 1800),
+        // K = 0: out = bias, in both AMX paths.
+        (16, 20, 0),
+        (40, 20, 0),
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let mut c = Case::new(m, n, k, DType::BF16);
@@ -2052,9 +2057,15 @@ fn bf16_nan_and_inf_flow_through_every_tier() {
 
 #[test]
 fn bf16_thread_invariance_amx_shapes() {
-    // Grid tiles change with the thread count (decode tile_n, GEMM tile_m/n);
-    // the arithmetic must not.
-    let shapes = [(16, 1000, 300), (300, 600, 520), (7, 2000, 64)];
+    // Grid tiles change with the thread count (decode tile_n, GEMM tile_m/n,
+    // and with them whether K runs in 256-k blocks: (700, 40, 1800) does on
+    // one thread, not on two); the arithmetic must not.
+    let shapes = [
+        (16, 1000, 300),
+        (300, 600, 520),
+        (7, 2000, 64),
+        (700, 40, 1800),
+    ];
     for_each_isa(|isa| {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             let c = Case::new(m, n, k, DType::BF16);

@@ -13,7 +13,9 @@
 //! Tolerance (documented in the tests next to each check): against an fp64
 //! reference, `|y - y_ref| <= 4·sqrt(K)·2⁻²⁴·Σ_k |x_k·w_k| + ulp(y_ref)` in the
 //! output dtype (one unit in the last place for f16/bf16 outputs, 2⁻²⁴
-//! relative for f32).
+//! relative for f32). The bf16 dot instructions (`vdpbf16ps`, AMX
+//! `TDPBF16PS`) treat bf16 denormal inputs as zero and flush products and sums
+//! below 2⁻¹²⁶: on those paths the bound holds plus the flushed products.
 
 use crate::dtype::DType;
 use crate::error::{bail, Result};
