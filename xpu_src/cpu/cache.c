@@ -11,21 +11,27 @@
  * - Paged layout: tokens whose slots are consecutive in one block (prefill)
  *   are written as a run of up to 16: rows converted into L1, key chunks
  *   copied side by side, value rows transposed 16x16 (see write_run_paged).
- *   Scattered single tokens (decode) touch a line per value element; that
- *   layout cost is not recoverable in the kernel.
- * - fp8 caches store saturate(x / scale): a power-of-two scale (1.0 by
- *   default) multiplies by its exact reciprocal instead of dividing. The
- *   divide plus the fp8 encoding bound fp8 writes at ~0.25 ns per element
- *   per core (AVX-512, this machine).
+ *   A scattered single token (decode) touches H * (D/x + D * block_size *
+ *   es / 64) lines, a few bytes of each (fp8, D = 256, block 16: 80 lines
+ *   per head for 512 bytes): their read-for-ownership and write-back are
+ *   the layout's cost, not recoverable in the kernel; it asks for the next
+ *   token's lines ahead (prefetch_paged_lines) to keep more in flight.
+ * - Flash writes touch the destination pages of a few tokens together
+ *   (FQ_GROUP) before the rows are written.
+ * - fp8 caches store saturate(x / scale). AVX-512 multiplies by 1/scale and
+ *   proves each lane exact (fp8_quant below, ~0.1 ns per element per core,
+ *   the divide took ~0.24); fp8 flash rows are converted in one pass per
+ *   cache with the constants in registers. AVX2 and generic divide, except
+ *   for power-of-two scales (exact reciprocal).
  */
 #include "../common/convert.h"
 #include "../common/tier.h"
 
 /* Staging buffer for one head row converted to the cache format. */
 #define XK_ROW_CHUNK 1024
-/* Cache bytes a grid block writes before it streams whole-line rows. fp8
- * writes are bound by the conversion more than by memory; they stream only
- * in blocks far bigger than the private caches (where it measured 2x+). */
+/* Cache bytes a grid block writes before it streams whole-line rows (fp8
+ * streamed only from 1 MiB while the divide bound it; with the multiply,
+ * scattered rows pay for a read-for-ownership each). */
 #define XK_STREAM_MIN_BYTES (32 * 1024)
 #define XK_STREAM_MIN_BYTES_FP8 (32 * 1024)
 
@@ -287,31 +293,68 @@ static inline __attribute__((always_inline)) void fq_run(uint8_t *dst, const cha
 typedef void (*fq_row_fn)(uint8_t *dst, const void *src, int64_t n, const fp8_quant *q, int stream);
 typedef void (*fq_tokens_fn)(const xk_kv_write_args *a, int kv, int64_t t0, int64_t t1, const fp8_quant *q,
                              int stream);
+typedef void (*fq_rows_fn)(uint8_t *dst, int64_t dst_stride, const char *src, int64_t src_stride, int64_t rows,
+                           int64_t n, const fp8_quant *q);
+
+/* Flash writes touch the destination pages of FQ_GROUP tokens together
+ * (one prefetch per new page) before writing their rows: scattered slots put
+ * each row on its own page, and page walks issued one by one behind a row's
+ * stores were not overlapped (measured: T=512 H=8 D=256 random fp8 565 ->
+ * 307 us; prefill rows share pages and are left alone). */
+#define FQ_GROUP 8
+
+/* Every token of [t0, t1) of one flash cache (kv: key or value) whose heads
+ * form one contiguous row in the source and the cache. */
+static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_write_args *a, int kv, int64_t t0,
+                                                                 int64_t t1, const fp8_quant *q, int stream,
+                                                                 int32_t src_dtype, int e5, int exact, int subc) {
+  const fq_consts c = fq_consts_make(q, e5, exact);
+  const char *src = (const char *)(kv ? a->value : a->key);
+  const int64_t s_tok = (kv ? a->value_stride_token : a->key_stride_token) * xk_dtype_size(src_dtype);
+  uint8_t *cache = (uint8_t *)(kv ? a->value_cache : a->key_cache);
+  const int64_t *st = kv ? a->value_cache_strides : a->key_cache_strides;
+  const int64_t n = a->num_heads * a->head_size, bs = a->block_size;
+  const int pow2 = (bs & (bs - 1)) == 0;
+  const int sh = pow2 ? __builtin_ctzll((unsigned long long)bs) : 0;
+  const float scale = q->scale;
+  for (int64_t g = t0; g < t1; g += FQ_GROUP) {
+    const int64_t gn = t1 - g < FQ_GROUP ? t1 - g : FQ_GROUP;
+    uint8_t *dst[FQ_GROUP];
+    uintptr_t prev = 0;
+    for (int64_t j = 0; j < gn; j++) {
+      const int64_t slot = slot_of(a, g + j);
+      if (slot < 0) {
+        dst[j] = 0;
+        continue;
+      }
+      const int64_t blk = pow2 ? slot >> sh : slot / bs, off = pow2 ? slot & (bs - 1) : slot % bs;
+      dst[j] = cache + blk * st[0] + off * st[1];
+      if (((uintptr_t)dst[j] ^ prev) >> 12) _mm_prefetch((const char *)dst[j], _MM_HINT_T0);
+      prev = (uintptr_t)dst[j];
+    }
+    for (int64_t j = 0; j < gn; j++)
+      if (dst[j]) fq_run(dst[j], src + (g + j) * s_tok, n, &c, scale, src_dtype, e5, exact, subc, stream);
+  }
+}
 
 /* One variant (source dtype, fp8 format, exact / window, subnormal check):
- * a row, and every token of [t0, t1) of one flash cache (kv: key or value)
- * whose heads form one contiguous row in the source and the cache. */
-#define FQ_VARIANT(SUF, SRC, E5, EXACT, SUBC)                                                               \
-  static __attribute__((noinline)) void fq_row_##SUF(uint8_t *dst, const void *src, int64_t n,             \
-                                                     const fp8_quant *q, int stream) {                     \
-    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                       \
-    fq_run(dst, (const char *)src, n, &c, q->scale, SRC, E5, EXACT, SUBC, stream);                          \
-  }                                                                                                         \
-  static __attribute__((noinline)) void fq_tokens_##SUF(const xk_kv_write_args *a, int kv, int64_t t0,     \
-                                                        int64_t t1, const fp8_quant *q, int stream) {       \
-    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                       \
-    const char *src = (const char *)(kv ? a->value : a->key);                                               \
-    const int64_t s_tok = (kv ? a->value_stride_token : a->key_stride_token) * xk_dtype_size(SRC);          \
-    uint8_t *cache = (uint8_t *)(kv ? a->value_cache : a->key_cache);                                       \
-    const int64_t *st = kv ? a->value_cache_strides : a->key_cache_strides;                                 \
-    const int64_t n = a->num_heads * a->head_size, bs = a->block_size;                                      \
-    const float scale = q->scale;                                                                           \
-    for (int64_t t = t0; t < t1; t++) {                                                                     \
-      const int64_t slot = slot_of(a, t);                                                                   \
-      if (slot < 0) continue;                                                                               \
-      fq_run(cache + (slot / bs) * st[0] + (slot % bs) * st[1], src + t * s_tok, n, &c, scale, SRC, E5, EXACT, \
-             SUBC, stream);                                                                                 \
-    }                                                                                                       \
+ * a row, and the flash tokens above. */
+#define FQ_VARIANT(SUF, SRC, E5, EXACT, SUBC)                                                            \
+  static __attribute__((noinline)) void fq_row_##SUF(uint8_t *dst, const void *src, int64_t n,          \
+                                                     const fp8_quant *q, int stream) {                  \
+    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                    \
+    fq_run(dst, (const char *)src, n, &c, q->scale, SRC, E5, EXACT, SUBC, stream);                       \
+  }                                                                                                      \
+  static __attribute__((noinline)) void fq_tokens_##SUF(const xk_kv_write_args *a, int kv, int64_t t0,  \
+                                                        int64_t t1, const fp8_quant *q, int stream) {    \
+    fq_tokens_body(a, kv, t0, t1, q, stream, SRC, E5, EXACT, SUBC);                                      \
+  }                                                                                                      \
+  static __attribute__((noinline)) void fq_rows_##SUF(uint8_t *dst, int64_t dst_stride, const char *src, \
+                                                      int64_t src_stride, int64_t rows, int64_t n,       \
+                                                      const fp8_quant *q) {                              \
+    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                    \
+    for (int64_t r = 0; r < rows; r++)                                                                   \
+      fq_run(dst + r * dst_stride, src + r * src_stride, n, &c, q->scale, SRC, E5, EXACT, SUBC, 0);      \
   }
 FQ_VARIANT(bf16_e4_exact, XK_BF16, 0, 1, 0)
 FQ_VARIANT(bf16_e4_approx, XK_BF16, 0, 0, 0)
@@ -335,6 +378,7 @@ FQ_VARIANT(f32_e5_approx, XK_F32, 1, 0, 0)
 typedef struct fq_fns {
   fq_row_fn row;
   fq_tokens_fn tokens;
+  fq_rows_fn rows;
 } fq_fns;
 
 static inline fq_fns fq_fns_for(const fp8_quant *q, int32_t src_dtype, int32_t cache_dtype) {
@@ -342,8 +386,9 @@ static inline fq_fns fq_fns_for(const fp8_quant *q, int32_t src_dtype, int32_t c
   do {               \
     f.row = fq_row_##SUF; \
     f.tokens = fq_tokens_##SUF; \
+    f.rows = fq_rows_##SUF; \
   } while (0)
-  fq_fns f = {0, 0};
+  fq_fns f = {0, 0, 0};
   if (!q->fast) return f;
   const int e5 = cache_dtype == XK_F8E5M2;
   const int mode = q->sub_exact ? 2 : q->exact ? 1 : 0; /* bf16 has no "exact, check subnormals" mode */
@@ -381,6 +426,7 @@ typedef struct scale_div {
   fp8_quant fq;
   fq_row_fn row;       /* NULL: the divide below */
   fq_tokens_fn tokens;
+  fq_rows_fn rows;
 #endif
 } scale_div;
 
@@ -392,9 +438,10 @@ static inline scale_div scale_div_make(float scale, int32_t src_dtype, int32_t c
   d.pow2 = (u & 0x7fffffu) == 0 && (u >> 23) >= 1 && (u >> 23) <= 254;
 #if XK_F32_LANES == 16
   d.fq = fp8_quant_make(scale, src_dtype, cache_dtype);
-  const fq_fns f = xk_is_fp8(cache_dtype) ? fq_fns_for(&d.fq, src_dtype, cache_dtype) : (fq_fns){0, 0};
+  const fq_fns f = xk_is_fp8(cache_dtype) ? fq_fns_for(&d.fq, src_dtype, cache_dtype) : (fq_fns){0, 0, 0};
   d.row = f.row;
   d.tokens = f.tokens;
+  d.rows = f.rows;
 #else
   (void)src_dtype;
   (void)cache_dtype;
@@ -585,7 +632,7 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
 /* Tokens per run (the transpose is 16 x 16). */
 #define XK_RUN 16
 /* Head elements staged per pass. */
-#define XK_DCHUNK 128
+#define XK_DCHUNK 256
 
 #if XK_F32_LANES > 1
 /* out[e] = byte e of rows 0..15 (16-byte rows, row_bytes apart). */
@@ -715,15 +762,38 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
       if (fp8 && scales && scale_stride) sd = scale_div_make(scales[h * scale_stride], a->src_dtype, a->cache_dtype);
       for (int64_t d0 = 0; d0 < a->head_size; d0 += XK_DCHUNK) {
         const int64_t dn = a->head_size - d0 < XK_DCHUNK ? a->head_size - d0 : XK_DCHUNK;
-        for (int64_t j = 0; j < n; j++)
-          convert_row(stg + j * stg_row, a->cache_dtype, src + ((t + j) * s_tok + h * s_head + d0) * ss,
-                      a->src_dtype, dn, &sd);
+        const char *s0 = src + (t * s_tok + h * s_head + d0) * ss;
+#if XK_F32_LANES == 16
+        if (sd.rows) sd.rows((uint8_t *)stg, stg_row, s0, s_tok * ss, n, dn, &sd.fq);
+        else
+#endif
+          for (int64_t j = 0; j < n; j++)
+            convert_row(stg + j * stg_row, a->cache_dtype, s0 + j * s_tok * ss, a->src_dtype, dn, &sd);
         if (kv) scatter_value_run(a, block, off, h, n, d0, dn, stg, stg_row, stream);
         else scatter_key_run(a, block, off, h, n, d0, dn, stg, stg_row, stream);
       }
     }
   }
 }
+
+#if XK_F32_LANES > 1
+/* Paged layout: every line a token's key chunks and value elements land in,
+ * for ownership (prefetchw; a no-op on processors without it). A scattered
+ * token touches H * (D/x + D * block_size * es / 64) lines, a few bytes of
+ * each: their read-for-ownership from memory is the cost of the layout, and
+ * the stores alone keep too few of them in flight. */
+static void prefetch_paged_lines(const xk_kv_write_args *a, int64_t slot) {
+  const int64_t es = xk_dtype_size(a->cache_dtype), blk = slot / a->block_size, off = slot % a->block_size;
+  const int64_t *ks = a->key_cache_strides, *vs = a->value_cache_strides;
+  const int64_t vstep = vs[2] * es >= 64 ? 1 : 64 / (vs[2] * es);
+  for (int64_t h = 0; h < a->num_heads; h++) {
+    const char *k = (const char *)a->key_cache + (blk * ks[0] + h * ks[1] + off * ks[3]) * es;
+    const char *v = (const char *)a->value_cache + (blk * vs[0] + h * vs[1] + off * vs[3]) * es;
+    for (int64_t c = 0; c < a->head_size / a->x; c++) __asm__ volatile("prefetchw %0" ::"m"(k[c * ks[2] * es]));
+    for (int64_t d = 0; d < a->head_size; d += vstep) __asm__ volatile("prefetchw %0" ::"m"(v[d * vs[2] * es]));
+  }
+}
+#endif
 
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end) {
   const int64_t ss = xk_dtype_size(a->src_dtype), es = xk_dtype_size(a->cache_dtype);
@@ -766,6 +836,12 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
         t += n;
         continue;
       }
+#if XK_F32_LANES > 1
+      /* A scattered token: ask for its lines (the first), and the next
+       * token's, ahead of the stores. */
+      if (t == token_begin) prefetch_paged_lines(a, slot);
+      if (t + 1 < token_end && slot_of(a, t + 1) >= 0) prefetch_paged_lines(a, slot_of(a, t + 1));
+#endif
     }
     if (whole) {
       write_row_flash(a->key_cache, a->key_cache_strides, a->cache_dtype, block, offset, 0,
