@@ -1036,6 +1036,52 @@ fn chunk_is_thread_invariant() {
     }
 }
 
+/// More value heads than the kernel runs together (8) and key heads shared by
+/// 4 value heads, so head batches and key-head groups split differently with
+/// each thread count: against the fp64 recurrence (as `chunk_matches_reference`)
+/// on every tier, and bit-identical for 1, 2, 3 and 5 threads.
+#[test]
+fn chunk_many_heads_matches_reference_and_is_thread_invariant() {
+    let c = GdnCase {
+        h: 3,
+        groups: 4,
+        k: 24,
+        v: 40,
+        lens: vec![70, 3, 129],
+        pad: vec![false, false, false],
+        idx: Idx::Rank1,
+        spec: false,
+        in_dtype: DType::F32,
+        ..base_case()
+    };
+    let co = ChunkOpts {
+        pool: true,
+        output_final_state: true,
+        with_has_init: true,
+    };
+    let base = make_gdn(&c);
+    let mut want = clone_gdn(&base);
+    run_chunk(&c, co, &mut want, true).unwrap();
+    for_each_isa(|isa| {
+        let run = |threads: usize| {
+            let mut d = clone_gdn(&base);
+            with_threads(threads, || run_chunk(&c, co, &mut d, false)).unwrap();
+            d
+        };
+        let one = run(1);
+        check_gdn(&one, &want, c.in_dtype, &format!("{isa} many heads"));
+        for threads in [2, 3, 5] {
+            let other = run(threads);
+            assert_eq!(one.o.raw(), other.o.raw(), "{isa} {threads} threads: o");
+            assert_eq!(
+                one.state.raw(),
+                other.state.raw(),
+                "{isa} {threads} threads: state"
+            );
+        }
+    });
+}
+
 #[test]
 fn chunk_rejects_bad_input() {
     let c = GdnCase {
