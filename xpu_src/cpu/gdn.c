@@ -564,7 +564,7 @@ typedef struct chunk_ws {
   /* Shared by the value heads of a key head. */
   float *Q;      /* [C][ldk] q (normalised, scaled), zero rows past the chunk */
   float *Km;     /* [C][ldk] k, likewise */
-  float *KT;     /* [round_up(K, 16)][C] k transposed */
+  float *KT;     /* [round_up(K, TMR)][C] k transposed */
   float *Gk, *Gq; /* [C][C] k k^T and q k^T (lower triangles) */
   /* One value head at a time. */
   float *Vm;     /* [C][ldv] v */
@@ -582,7 +582,7 @@ static int64_t chunk_ld(int64_t n) { return 16 * ((n + 15) / 16 | 1); }
 
 static int64_t chunk_layout(int64_t K, int64_t V, int64_t G, float *base, chunk_ws *w) {
   const int64_t C = CHUNK, ldk = chunk_ld(K), ldv = chunk_ld(V);
-  const int64_t sizes[] = {C * ldk, C * ldk, round_up(K, 16) * C, C * C, C * C, C * ldv, C * C, C * C,
+  const int64_t sizes[] = {C * ldk, C * ldk, round_up(K, TMR) * C, C * C, C * C, C * ldv, C * C, C * C,
                            C * ldv, C * ldv, C * ldv, C,           C,     C,     C,       G * round_up(K, TMR) * ldv};
   float **ptrs[] = {&w->Q, &w->Km, &w->KT, &w->Gk, &w->Gq, &w->Vm, &w->A,    &w->P,
                     &w->D, &w->Dt, &w->O,  &w->Gc, &w->beta, &w->eG, &w->eL, &w->S};
@@ -605,14 +605,12 @@ int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked) {
   return K * V + 2 * K + 4 * V + 64;
 }
 
-/* KT[j][i] = Km[i][j] for i < Cr, j < K. */
-static void chunk_transpose_k(const chunk_ws *w, int64_t Cr) {
-  const int64_t C = CHUNK, K = w->K, ldk = w->ldk;
+/* dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols. */
+static void chunk_transpose(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
+  int64_t r16 = 0, c16 = 0;
 #if XK_F32_LANES == 16
-  /* 16 x 16 blocks in registers: four butterfly stages, each swapping the
-   * off-diagonal sub-blocks of size 8, 4, 2, 1 between register pairs. Rows
-   * past Cr and columns past K come from scratch and land where nothing reads
-   * them (KT has round_up(K, 16) rows, Km C rows of ldk >= round_up(K, 16)). */
+  /* Whole 16 x 16 blocks in registers: four butterfly stages, each swapping
+   * the off-diagonal sub-blocks of size 8, 4, 2, 1 between register pairs. */
   static const int32_t idx[4][2][16] = {
       {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
       {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
@@ -623,11 +621,12 @@ static void chunk_transpose_k(const chunk_ws *w, int64_t Cr) {
     ilo[s] = _mm512_loadu_si512(idx[s][0]);
     ihi[s] = _mm512_loadu_si512(idx[s][1]);
   }
-  for (int64_t i0 = 0; i0 < Cr; i0 += 16) {
-    for (int64_t j0 = 0; j0 < K; j0 += 16) {
+  r16 = rows / 16 * 16, c16 = cols / 16 * 16;
+  for (int64_t i0 = 0; i0 < r16; i0 += 16) {
+    for (int64_t j0 = 0; j0 < c16; j0 += 16) {
       __m512 r[16];
 #pragma GCC unroll 16
-      for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(w->Km + (i0 + i) * ldk + j0);
+      for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (i0 + i) * lds + j0);
 #pragma GCC unroll 4
       for (int s = 0; s < 4; s++) {
         const int bs = 8 >> s;
@@ -640,13 +639,42 @@ static void chunk_transpose_k(const chunk_ws *w, int64_t Cr) {
         }
       }
 #pragma GCC unroll 16
-      for (int j = 0; j < 16; j++) _mm512_storeu_ps(w->KT + (j0 + j) * C + i0, r[j]);
+      for (int jj = 0; jj < 16; jj++) _mm512_storeu_ps(dst + (j0 + jj) * ldd + i0, r[jj]);
     }
   }
-#else
-  for (int64_t i = 0; i < Cr; i++)
-    for (int64_t j = 0; j < K; j++) w->KT[j * C + i] = w->Km[i * ldk + j];
 #endif
+  /* The edges (everything on tiers without the blocks). */
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t jj = i < r16 ? c16 : 0; jj < cols; jj++) dst[jj * ldd + i] = src[i * lds + jj];
+}
+
+/* S[k][v] (rows ldv apart) from, or back to, the pool's (v, k) elements. */
+static void chunk_state_io(const xk_gdn_args *a, float *S, int64_t ldv, float *pool, int to_pool) {
+  const int64_t K = a->head_k_dim, V = a->head_v_dim, sv = a->state_s_v, sk = a->state_s_k;
+  if (sk == 1) {
+    if (to_pool) {
+      chunk_transpose(S, ldv, pool, sv, K, V);
+    } else {
+      chunk_transpose(pool, sv, S, ldv, V, K);
+    }
+  } else if (sv == 1) {
+    for (int64_t j = 0; j < K; j++) {
+      if (to_pool) {
+        memcpy(pool + j * sk, S + j * ldv, (size_t)V * sizeof(float));
+      } else {
+        memcpy(S + j * ldv, pool + j * sk, (size_t)V * sizeof(float));
+      }
+    }
+  } else {
+    for (int64_t j = 0; j < K; j++)
+      for (int64_t i = 0; i < V; i++) {
+        if (to_pool) {
+          pool[i * sv + j * sk] = S[j * ldv + i];
+        } else {
+          S[j * ldv + i] = pool[i * sv + j * sk];
+        }
+      }
+  }
 }
 
 /* The key-head part of a chunk of Cn tokens from `tok0`: q, k (zero rows up
@@ -659,7 +687,7 @@ static void chunk_keys(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int
     memset(w->Q + i * ldk, 0, (size_t)K * sizeof(float));
     memset(w->Km + i * ldk, 0, (size_t)K * sizeof(float));
   }
-  chunk_transpose_k(w, Cr);
+  chunk_transpose(w->Km, ldk, w->KT, C, Cr, K);
   for (int64_t i0 = 0; i0 < Cr; i0 += TMR) {
     for (int which = 0; which < 2; which++) {
       const float *src = which ? w->Q : w->Km;
@@ -886,17 +914,12 @@ static void chunk_seq(const xk_gdn_args *a, const chunk_ws *w, int64_t n, int64_
     return;
   }
   const int load = a->state && (!a->has_initial_state.data || la_at(&a->has_initial_state, n));
-  /* S[k][v] from the pool's (v, k) element. */
   for (int64_t hv = hv0; hv < hv1; hv++) {
     float *S = w->S + (hv - hv0) * w->sst;
-    const float *pool = load ? a->state + slot * a->state_s_slot + hv * a->state_s_head : NULL;
-    for (int64_t j = 0; j < K; j++) {
-      float *srow = S + j * ldv;
-      if (pool) {
-        for (int64_t i = 0; i < V; i++) srow[i] = pool[i * a->state_s_v + j * a->state_s_k];
-      } else {
-        memset(srow, 0, (size_t)V * sizeof(float));
-      }
+    if (load) {
+      chunk_state_io(a, S, ldv, a->state + slot * a->state_s_slot + hv * a->state_s_head, 0);
+    } else {
+      for (int64_t j = 0; j < K; j++) memset(S + j * ldv, 0, (size_t)V * sizeof(float));
     }
   }
   const int64_t end = seq.bos + seq.len;
@@ -914,12 +937,8 @@ static void chunk_seq(const xk_gdn_args *a, const chunk_ws *w, int64_t n, int64_
     }
   }
   if (a->state && a->output_final_state) {
-    for (int64_t hv = hv0; hv < hv1; hv++) {
-      const float *S = w->S + (hv - hv0) * w->sst;
-      float *pool = a->state + slot * a->state_s_slot + hv * a->state_s_head;
-      for (int64_t j = 0; j < K; j++)
-        for (int64_t i = 0; i < V; i++) pool[i * a->state_s_v + j * a->state_s_k] = S[j * ldv + i];
-    }
+    for (int64_t hv = hv0; hv < hv1; hv++)
+      chunk_state_io(a, w->S + (hv - hv0) * w->sst, ldv, a->state + slot * a->state_s_slot + hv * a->state_s_head, 1);
   }
 }
 
