@@ -1036,6 +1036,116 @@ fn chunk_is_thread_invariant() {
     }
 }
 
+/// More value heads than the kernel runs together (8) and key heads shared by
+/// 4 value heads, so head batches and key-head groups split differently with
+/// each thread count: against the fp64 recurrence (as `chunk_matches_reference`)
+/// on every tier, and bit-identical for 1, 2, 3 and 5 threads.
+#[test]
+fn chunk_many_heads_matches_reference_and_is_thread_invariant() {
+    let c = GdnCase {
+        h: 3,
+        groups: 4,
+        k: 24,
+        v: 40,
+        lens: vec![70, 3, 129],
+        pad: vec![false, false, false],
+        idx: Idx::Rank1,
+        spec: false,
+        in_dtype: DType::F32,
+        ..base_case()
+    };
+    let co = ChunkOpts {
+        pool: true,
+        output_final_state: true,
+        with_has_init: true,
+    };
+    let base = make_gdn(&c);
+    let mut want = clone_gdn(&base);
+    run_chunk(&c, co, &mut want, true).unwrap();
+    for_each_isa(|isa| {
+        let run = |threads: usize| {
+            let mut d = clone_gdn(&base);
+            with_threads(threads, || run_chunk(&c, co, &mut d, false)).unwrap();
+            d
+        };
+        let one = run(1);
+        check_gdn(&one, &want, c.in_dtype, &format!("{isa} many heads"));
+        for threads in [2, 3, 5] {
+            let other = run(threads);
+            assert_eq!(one.o.raw(), other.o.raw(), "{isa} {threads} threads: o");
+            assert_eq!(
+                one.state.raw(),
+                other.state.raw(),
+                "{isa} {threads} threads: state"
+            );
+        }
+    });
+}
+
+/// A state pool with no unit stride (every other float of a [V, K] block)
+/// gives the same outputs and final states, bit for bit, as the same values
+/// in a contiguous pool (only the state's gather and scatter differ).
+#[test]
+fn chunk_state_without_unit_stride_equals_contiguous() {
+    use xpu_ops::TensorViewMut as TVM;
+    let (t, h, hv, k, v) = (70, 1, 2, 5, 17);
+    let mut rng = Rng(11);
+    let mut vals = |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| s * rng.uniform()).collect() };
+    let q = vals(t * h * k, 1.0);
+    let kk = vals(t * h * k, 1.0);
+    let vv = vals(t * hv * v, 1.0);
+    let g: Vec<f32> = vals(t * hv, 1.0)
+        .iter()
+        .map(|x| -0.05 - 0.05 * x.abs())
+        .collect();
+    let state = vals(hv * v * k, 0.5);
+    let call = |st: &mut TVM, o: &mut [f32]| {
+        xpu_ops::chunk_gated_delta_rule(
+            &TensorView::new(&q, &[1, t, h, k]).unwrap(),
+            &TensorView::new(&kk, &[1, t, h, k]).unwrap(),
+            &TensorView::new(&vv, &[1, t, hv, v]).unwrap(),
+            &TensorView::new(&g, &[1, t, hv]).unwrap(),
+            None,
+            None,
+            Some(st),
+            true,
+            None,
+            None,
+            None,
+            true,
+            &mut TVM::new(o, &[1, t, hv, v]).unwrap(),
+        )
+        .unwrap();
+    };
+    // (o, final state) with the pool contiguous or every other float.
+    let run = |strided: bool| -> (Vec<f32>, Vec<f32>) {
+        let mut o = vec![0f32; t * hv * v];
+        if strided {
+            let mut pool = vec![0f32; 2 * hv * v * k];
+            for (i, &x) in state.iter().enumerate() {
+                pool[2 * i] = x;
+            }
+            let strides = [2 * hv * v * k, 2 * v * k, 2 * k, 2];
+            call(
+                &mut TVM::strided(&mut pool, &[1, hv, v, k], &strides).unwrap(),
+                &mut o,
+            );
+            (o, pool.iter().step_by(2).copied().collect())
+        } else {
+            let mut pool = state.clone();
+            call(&mut TVM::new(&mut pool, &[1, hv, v, k]).unwrap(), &mut o);
+            (o, pool)
+        }
+    };
+    for_each_isa(|isa| {
+        let (o1, s1) = run(false);
+        let (o2, s2) = run(true);
+        assert_eq!(o1, o2, "{isa}: o");
+        assert_eq!(s1, s2, "{isa}: final state");
+        assert!(s1 != state, "{isa}: the state was updated");
+    });
+}
+
 #[test]
 fn chunk_rejects_bad_input() {
     let c = GdnCase {

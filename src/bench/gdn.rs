@@ -30,9 +30,32 @@
 //!   written; GDN prefill, q/k/v/g/beta read and o written (the 4 MiB state
 //!   is ignored). Roofline: the measured copy bandwidth. Flops: conv 2·width
 //!   per output; recurrent GDN 8·K·V per token and value head; chunked GDN
-//!   (chunk C = 64) 2·(C²K + C²(K+V)/2 + C²V/2 + 3·C·K·V) per chunk and
-//!   value head. The prefill cases are flop-bound: GFLOP/s against the
+//!   (chunk C = 64) 2·(3·C·K·V + C²·V + C²·K·H/HV) per chunk and value head
+//!   (below). The prefill cases are flop-bound: GFLOP/s against the
 //!   measured FMA peak.
+//! * Chunked vs recurrent, per token and value head (K = V = 128, C = 64,
+//!   HV/H = 2), counting a multiply-add as 2 flops:
+//!   - recurrent: S·k and S·q (2·K·V multiply-adds) and the rank-one update
+//!     exp(g)·S + d·kᵀ (2·K·V): 8·K·V = 131,072 flops.
+//!   - chunked, fla's form (W = T·(β·e^G·k), U = T·(β·v), then U − W·S):
+//!     k·kᵀ and q·kᵀ triangles C²·K, T·[βe^G k | βv] C²·(K+V)/2, P·D C²·V/2,
+//!     q·S, W·S, kᵀ·D 3·C·K·V multiply-adds per chunk: 139,264 flops a
+//!     token, 1.0625× the recurrence.
+//!   - chunked, this kernel: D = T·(β·(v − e^G·k·S)) needs no W or U (the
+//!     C²·K/2 of T·βe^G k goes), and k·kᵀ, q·kᵀ are computed once for the
+//!     HV/H value heads that share a key head: 3·C·K·V + C²·V + C²·K·H/HV
+//!     multiply-adds per chunk, 2·(3·K·V + C·V + C·K·H/HV) = 122,880 flops a
+//!     token, 0.9375× the recurrence.
+//!
+//!   So a chunked run 4× faster than the recurrent one must sustain
+//!   4 × 0.9375 = 3.75× the recurrent kernel's flop rate. With the recurrent
+//!   case at 364.6 ms for T = 4096 (47.1 GFLOP/s, 20% of a 240 GFLOP/s fp32
+//!   FMA peak), that is 177 GFLOP/s, 74% of peak, for the whole op: the
+//!   products and also the bf16 conversions, l2norm, decay exponentials, the
+//!   triangular solve's dependent steps, and the q/k/v/o traffic. The fp32
+//!   register tiles alone reach about 88% of peak in their inner loops and
+//!   about 72% with their epilogues in cache, so 4× is out of reach on this
+//!   machine with fp32 products; the measured ratio is in the report.
 //! * Floors (issue #4): conv ≥ 80% of the bandwidth roofline, GDN decode
 //!   ≥ 75%; the prefill speedup is not a per-case floor.
 
@@ -115,8 +138,8 @@ impl Shape {
             Shape::ChunkPrefill { tokens: t } => {
                 let (input, out) = gdn_io_bytes(t);
                 let (c, k, v) = (CHUNK as f64, KD as f64, VD as f64);
-                let per_chunk =
-                    2.0 * (c * c * k + c * c * (k + v) / 2.0 + c * c * v / 2.0 + 3.0 * c * k * v);
+                let share = H as f64 / HV as f64;
+                let per_chunk = 2.0 * (3.0 * c * k * v + c * c * v + c * c * k * share);
                 (
                     (input + out) as f64,
                     per_chunk * t.div_ceil(CHUNK) as f64 * HV as f64,

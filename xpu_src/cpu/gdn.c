@@ -423,292 +423,538 @@ void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_be
 
 /* ---- chunk_gated_delta_rule ---------------------------------------------------- */
 
-#define CHUNK 64
-
-enum { TRI_NONE = 0, TRI_N = 1, TRI_P = 2 };
-
 /*
- * C[i][j] (+)= alpha * sum_p A(i, p) B[p][j] for i < M, j < N, p < P, with
- * A(i, p) = A[i * rsa + p * csa], B row-major (ldb), C row-major (ldc).
- * tri == TRI_N: row block i0 only computes columns j < i0 + 4 (lower-triangular
- * results); tri == TRI_P: row block i0 only sums p < i0 + 4 (A lower triangular).
+ * Chunks of CHUNK tokens in the UT form, for one sequence and the G = HV / H
+ * value heads that share a key head (their q k^T and k k^T are computed once).
+ * With G the cumulative log decay inside the chunk, S the [K][V] state before
+ * it, and rows i, j tokens of the chunk:
+ *   A = strict_tril(beta_i exp(G_i - G_j) k_i . k_j),  P = tril(exp(G_i - G_j) q_i . k_j)
+ *   D = (I + A)^-1 (beta (v - exp(G) k S))            (fla's U - W S)
+ *   o = exp(G) q S + P D
+ *   S = exp(G_last) S + (k exp(G_last - G))^T D
+ * Every product runs on register tiles of TMR rows x TNR columns: C (+)= A B
+ * with A's rows broadcast element by element and B's rows loaded as vectors,
+ * fused with the step that follows (the triangular solve of a tile's diagonal
+ * block, the decay factors, the state update), all on f32 operands converted
+ * once per chunk. The loops run over TNR-column panels of V outermost, so a
+ * panel of S (K x TNR) stays in L1 from S's use to its update.
  */
+
+#define CHUNK 64
+/* Value heads run chunk by chunk together (their states stay in L2). */
+#define CHUNK_HEADS 8
+
 #if XK_F32_LANES == 16
-static void micro_4x64(int64_t P, const float *a0, const float *a1, const float *a2, const float *a3, int64_t csa,
-                       const float *B, int64_t ldb, float *C, int64_t ldc, int64_t mr, int64_t nc, float alpha,
-                       int accumulate) {
-  __mmask16 m[4];
-  for (int v = 0; v < 4; v++) {
-    const int64_t cnt = nc - 16 * v;
-    m[v] = cnt >= 16 ? (__mmask16)0xffff : cnt <= 0 ? (__mmask16)0 : (__mmask16)((1u << cnt) - 1u);
-  }
-  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c02 = c00, c03 = c00;
-  __m512 c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-  __m512 c20 = c00, c21 = c00, c22 = c00, c23 = c00;
-  __m512 c30 = c00, c31 = c00, c32 = c00, c33 = c00;
-  for (int64_t p = 0; p < P; p++) {
-    const float *b = B + p * ldb;
-    const __m512 b0 = _mm512_maskz_loadu_ps(m[0], b), b1 = _mm512_maskz_loadu_ps(m[1], b + 16);
-    const __m512 b2 = _mm512_maskz_loadu_ps(m[2], b + 32), b3 = _mm512_maskz_loadu_ps(m[3], b + 48);
-    __m512 x = _mm512_set1_ps(a0[p * csa]);
-    c00 = _mm512_fmadd_ps(x, b0, c00), c01 = _mm512_fmadd_ps(x, b1, c01);
-    c02 = _mm512_fmadd_ps(x, b2, c02), c03 = _mm512_fmadd_ps(x, b3, c03);
-    x = _mm512_set1_ps(a1[p * csa]);
-    c10 = _mm512_fmadd_ps(x, b0, c10), c11 = _mm512_fmadd_ps(x, b1, c11);
-    c12 = _mm512_fmadd_ps(x, b2, c12), c13 = _mm512_fmadd_ps(x, b3, c13);
-    x = _mm512_set1_ps(a2[p * csa]);
-    c20 = _mm512_fmadd_ps(x, b0, c20), c21 = _mm512_fmadd_ps(x, b1, c21);
-    c22 = _mm512_fmadd_ps(x, b2, c22), c23 = _mm512_fmadd_ps(x, b3, c23);
-    x = _mm512_set1_ps(a3[p * csa]);
-    c30 = _mm512_fmadd_ps(x, b0, c30), c31 = _mm512_fmadd_ps(x, b1, c31);
-    c32 = _mm512_fmadd_ps(x, b2, c32), c33 = _mm512_fmadd_ps(x, b3, c33);
-  }
-  __m512 acc[4][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23}, {c30, c31, c32, c33}};
-  const __m512 va = _mm512_set1_ps(alpha);
-  for (int64_t r = 0; r < mr; r++) {
-    float *c = C + r * ldc;
-    for (int v = 0; v < 4; v++) {
-      if (!m[v]) continue;
-      __m512 y = accumulate ? _mm512_fmadd_ps(va, acc[r][v], _mm512_maskz_loadu_ps(m[v], c + 16 * v))
-                            : _mm512_mul_ps(va, acc[r][v]);
-      _mm512_mask_storeu_ps(c + 16 * v, m[v], y);
-    }
-  }
+typedef __m512 cv_t;
+typedef __mmask16 cm_t;
+#define CV_L 16
+#define TMR 8
+#define TNR 32
+static inline cm_t cm_of(int64_t n) {
+  return n >= 16 ? (cm_t)0xffff : n <= 0 ? (cm_t)0 : (cm_t)((1u << n) - 1u);
 }
-#define NR 64
+static inline cv_t cv_load(const float *p, cm_t m) { return _mm512_maskz_loadu_ps(m, p); }
+static inline void cv_store(float *p, cv_t x, cm_t m) { _mm512_mask_storeu_ps(p, m, x); }
+static inline cv_t cv_set1(float x) { return _mm512_set1_ps(x); }
+static inline cv_t cv_fmadd(cv_t a, cv_t b, cv_t c) { return _mm512_fmadd_ps(a, b, c); }
+static inline cv_t cv_fnmadd(cv_t a, cv_t b, cv_t c) { return _mm512_fnmadd_ps(a, b, c); }
+static inline cv_t cv_mul(cv_t a, cv_t b) { return _mm512_mul_ps(a, b); }
+static inline cv_t cv_zero(void) { return _mm512_setzero_ps(); }
+static inline cv_t cv_sub(cv_t a, cv_t b) { return _mm512_sub_ps(a, b); }
+static inline cv_t cv_exp(cv_t x) { return la_exp16(x); }
+static inline cv_t cv_keep(cv_t x, cm_t m) { return _mm512_maskz_mov_ps(m, x); } /* 0 where m is off */
 #elif XK_F32_LANES == 8
-static void micro_4x16(int64_t P, const float *a0, const float *a1, const float *a2, const float *a3, int64_t csa,
-                       const float *B, int64_t ldb, float *C, int64_t ldc, int64_t mr, int64_t nc, float alpha,
-                       int accumulate) {
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nc), lane);
-  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)nc - 8), lane);
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  for (int64_t p = 0; p < P; p++) {
-    const float *b = B + p * ldb;
-    const __m256 b0 = _mm256_maskload_ps(b, m0), b1 = _mm256_maskload_ps(b + 8, m1);
-    __m256 x = _mm256_set1_ps(a0[p * csa]);
-    c00 = _mm256_fmadd_ps(x, b0, c00), c01 = _mm256_fmadd_ps(x, b1, c01);
-    x = _mm256_set1_ps(a1[p * csa]);
-    c10 = _mm256_fmadd_ps(x, b0, c10), c11 = _mm256_fmadd_ps(x, b1, c11);
-    x = _mm256_set1_ps(a2[p * csa]);
-    c20 = _mm256_fmadd_ps(x, b0, c20), c21 = _mm256_fmadd_ps(x, b1, c21);
-    x = _mm256_set1_ps(a3[p * csa]);
-    c30 = _mm256_fmadd_ps(x, b0, c30), c31 = _mm256_fmadd_ps(x, b1, c31);
-  }
-  __m256 acc[4][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
-  const __m256 va = _mm256_set1_ps(alpha);
-  for (int64_t r = 0; r < mr; r++) {
-    float *c = C + r * ldc;
-    __m256 y0 = _mm256_mul_ps(va, acc[r][0]), y1 = _mm256_mul_ps(va, acc[r][1]);
-    if (accumulate) {
-      y0 = _mm256_fmadd_ps(va, acc[r][0], _mm256_maskload_ps(c, m0));
-      y1 = _mm256_fmadd_ps(va, acc[r][1], _mm256_maskload_ps(c + 8, m1));
-    }
-    _mm256_maskstore_ps(c, m0, y0);
-    _mm256_maskstore_ps(c + 8, m1, y1);
-  }
+typedef __m256 cv_t;
+typedef __m256i cm_t;
+#define CV_L 8
+#define TMR 4
+#define TNR 16
+static inline cm_t cm_of(int64_t n) {
+  const int c = n >= 8 ? 8 : n <= 0 ? 0 : (int)n;
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(c), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
-#define NR 16
+static inline cv_t cv_load(const float *p, cm_t m) { return _mm256_maskload_ps(p, m); }
+static inline void cv_store(float *p, cv_t x, cm_t m) { _mm256_maskstore_ps(p, m, x); }
+static inline cv_t cv_set1(float x) { return _mm256_set1_ps(x); }
+static inline cv_t cv_fmadd(cv_t a, cv_t b, cv_t c) { return _mm256_fmadd_ps(a, b, c); }
+static inline cv_t cv_fnmadd(cv_t a, cv_t b, cv_t c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline cv_t cv_mul(cv_t a, cv_t b) { return _mm256_mul_ps(a, b); }
+static inline cv_t cv_zero(void) { return _mm256_setzero_ps(); }
+static inline cv_t cv_sub(cv_t a, cv_t b) { return _mm256_sub_ps(a, b); }
+static inline cv_t cv_exp(cv_t x) { return la_exp8(x); }
+static inline cv_t cv_keep(cv_t x, cm_t m) { return _mm256_and_ps(x, _mm256_castsi256_ps(m)); }
 #else
-static void micro_generic(int64_t P, const float *const *a, int64_t csa, const float *B, int64_t ldb, float *C,
-                          int64_t ldc, int64_t mr, int64_t nc, float alpha, int accumulate) {
-  float acc[4][16];
-  for (int64_t r = 0; r < mr; r++)
-    for (int64_t j = 0; j < nc; j++) acc[r][j] = 0.0f;
+typedef float cv_t;
+typedef int cm_t;
+#define CV_L 1
+#define TMR 4
+#define TNR 16
+static inline cm_t cm_of(int64_t n) { return n > 0; }
+static inline cv_t cv_load(const float *p, cm_t m) { return m ? *p : 0.0f; }
+static inline void cv_store(float *p, cv_t x, cm_t m) {
+  if (m) *p = x;
+}
+static inline cv_t cv_set1(float x) { return x; }
+static inline cv_t cv_fmadd(cv_t a, cv_t b, cv_t c) { return fmaf(a, b, c); }
+static inline cv_t cv_fnmadd(cv_t a, cv_t b, cv_t c) { return fmaf(-a, b, c); }
+static inline cv_t cv_mul(cv_t a, cv_t b) { return a * b; }
+static inline cv_t cv_zero(void) { return 0.0f; }
+static inline cv_t cv_sub(cv_t a, cv_t b) { return a - b; }
+static inline cv_t cv_exp(cv_t x) { return expf(x); }
+static inline cv_t cv_keep(cv_t x, cm_t m) { return m ? x : 0.0f; }
+#endif
+#define TNV (TNR / CV_L)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* A TMR x TNR accumulator tile (registers once inlined) and its column masks. */
+typedef struct tile {
+  cv_t c[TMR][TNV];
+} tile;
+typedef struct tmask {
+  cm_t m[TNV];
+} tmask;
+
+static ALWAYS_INLINE tmask tmask_of(int64_t nc) {
+  tmask m;
+#pragma GCC unroll 16
+  for (int v = 0; v < TNV; v++) m.m[v] = cm_of(nc - v * CV_L);
+  return m;
+}
+
+static ALWAYS_INLINE void tile_zero(tile *t) {
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++)
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) t->c[r][v] = cv_zero();
+}
+
+/* t[r] (+/-)= sum_{p < P} a[r][p] B[p] over the tile's first nv vectors (B's
+ * rows ldb apart, masked to the tile's columns). */
+static ALWAYS_INLINE void tile_madd(tile *t, int64_t P, const float *const *a, const float *B, int64_t ldb,
+                                    const tmask *m, int neg, int nv) {
+#pragma GCC unroll 2
   for (int64_t p = 0; p < P; p++) {
-    const float *b = B + p * ldb;
-    for (int64_t r = 0; r < mr; r++) {
-      const float x = a[r][p * csa];
-      for (int64_t j = 0; j < nc; j++) acc[r][j] = fmaf(x, b[j], acc[r][j]);
-    }
-  }
-  for (int64_t r = 0; r < mr; r++)
-    for (int64_t j = 0; j < nc; j++)
-      C[r * ldc + j] = accumulate ? fmaf(alpha, acc[r][j], C[r * ldc + j]) : alpha * acc[r][j];
-}
-#define NR 16
-#endif
-
-static void gemm(int64_t M, int64_t N, int64_t P, const float *A, int64_t rsa, int64_t csa, const float *B,
-                 int64_t ldb, float *C, int64_t ldc, float alpha, int accumulate, int tri) {
-  /* Column panels outermost: a panel of B (P x NR) stays in L1 across row blocks. */
-  for (int64_t j0 = 0; j0 < N; j0 += NR) {
-    for (int64_t i0 = 0; i0 < M; i0 += 4) {
-      const int64_t mr = M - i0 < 4 ? M - i0 : 4;
-      int64_t nlim = N, plim = P;
-      if (tri == TRI_N && i0 + mr < nlim) nlim = i0 + mr;
-      if (tri == TRI_P && i0 + mr < plim) plim = i0 + mr;
-      if (j0 >= nlim) continue;
-      const int64_t nc = nlim - j0 < NR ? nlim - j0 : NR;
-      const float *a[4];
-      for (int64_t r = 0; r < 4; r++) a[r] = A + (i0 + (r < mr ? r : mr - 1)) * rsa;
-#if XK_F32_LANES == 16
-      micro_4x64(plim, a[0], a[1], a[2], a[3], csa, B + j0, ldb, C + i0 * ldc + j0, ldc, mr, nc, alpha, accumulate);
-#elif XK_F32_LANES == 8
-      micro_4x16(plim, a[0], a[1], a[2], a[3], csa, B + j0, ldb, C + i0 * ldc + j0, ldc, mr, nc, alpha, accumulate);
-#else
-      micro_generic(plim, a, csa, B + j0, ldb, C + i0 * ldc + j0, ldc, mr, nc, alpha, accumulate);
-#endif
+    cv_t b[TNV];
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) b[v] = cv_load(B + p * ldb + v * CV_L, m->m[v]);
+#pragma GCC unroll 8
+    for (int r = 0; r < TMR; r++) {
+      const cv_t x = cv_set1(a[r][p]);
+#pragma GCC unroll 16
+      for (int v = 0; v < nv; v++) t->c[r][v] = neg ? cv_fnmadd(x, b[v], t->c[r][v]) : cv_fmadd(x, b[v], t->c[r][v]);
     }
   }
 }
 
-/* out[j] = exp(x - y[j]) for j < n. */
-static void vec_exp_sub(float *out, float x, const float *y, int64_t n) {
-  int64_t j = 0;
-#if XK_F32_LANES == 16
-  for (; j + 16 <= n; j += 16)
-    _mm512_storeu_ps(out + j, la_exp16(_mm512_sub_ps(_mm512_set1_ps(x), _mm512_loadu_ps(y + j))));
-#elif XK_F32_LANES == 8
-  for (; j + 8 <= n; j += 8)
-    _mm256_storeu_ps(out + j, la_exp8(_mm256_sub_ps(_mm256_set1_ps(x), _mm256_loadu_ps(y + j))));
-#endif
-  for (; j < n; j++) out[j] = expf(x - y[j]);
+/* Stores the first `mr` rows (first nv vectors) of t at C (rows ldc apart). */
+static ALWAYS_INLINE void tile_store(const tile *t, float *C, int64_t ldc, int64_t mr, const tmask *m, int nv) {
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+    if (r >= mr) break;
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) cv_store(C + r * ldc + v * CV_L, t->c[r][v], m->m[v]);
+  }
 }
 
-/* Scratch of one chunked block, as offsets into the caller's float buffer. */
-typedef struct chunk_scratch {
-  float *S;  /* [K][V] state */
-  float *Q;  /* [C][K] q (scaled), then q * exp(G) */
-  float *Kc; /* [C][K] k, then k * exp(G_last - G) */
-  float *KT; /* [K][C] k transposed */
-  float *X;  /* [C][K + V]: beta exp(G) k | beta v, then W | U */
-  float *A;  /* [C][C] */
-  float *P;  /* [C][C] */
-  float *D;  /* [C][V] U - W S */
-  float *O;  /* [C][V] */
-  float *G, *beta, *e; /* [C] cumulative log decay, beta, exp row */
-  float *row;          /* max(K, V) */
-} chunk_scratch;
+static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-static int64_t chunk_layout(int64_t K, int64_t V, float *base, chunk_scratch *s) {
-  const int64_t C = CHUNK;
-  const int64_t sizes[] = {K * V, C * K, C * K, K * C, C * (K + V), C * C, C * C, C * V, C * V, C, C, C,
-                           K > V ? K : V};
-  float **ptrs[] = {&s->S, &s->Q, &s->Kc, &s->KT, &s->X, &s->A, &s->P, &s->D, &s->O, &s->G, &s->beta, &s->e,
-                    &s->row};
+/* Scratch of one chunked block (pointers into the caller's float buffer). */
+typedef struct chunk_ws {
+  int64_t K, V, ldk, ldv, nst; /* nst: states held */
+  /* Shared by the value heads of a key head. */
+  float *Q;      /* [C][ldk] q (normalised, scaled), zero rows past the chunk */
+  float *Km;     /* [C][ldk] k, likewise */
+  float *KT;     /* [round_up(K, TMR)][C] k transposed */
+  float *Gk, *Gq; /* [C][C] k k^T and q k^T (lower triangles) */
+  /* One value head at a time. */
+  float *Vm;     /* [C][ldv] v */
+  float *A, *P;  /* [C][C] decayed */
+  float *D, *Dt; /* [C][ldv] D and exp(G_last - G) D */
+  float *O;      /* [C][ldv] */
+  float *Gc, *beta, *eG, *eL; /* [C] cumulative log decay, beta, exp(G), exp(G_last - G) */
+  float *S;      /* nst states [K][ldv] (rows up to round_up(K, TMR)), sst floats apart */
+  int64_t sst;
+} chunk_ws;
+
+/* Row stride for rows of n floats: an odd number of whole cache lines, so
+ * that a tile's column panel spreads over all L1 sets. */
+static int64_t chunk_ld(int64_t n) { return 16 * ((n + 15) / 16 | 1); }
+
+static int64_t chunk_layout(int64_t K, int64_t V, int64_t G, float *base, chunk_ws *w) {
+  const int64_t C = CHUNK, ldk = chunk_ld(K), ldv = chunk_ld(V);
+  const int64_t sizes[] = {C * ldk, C * ldk, round_up(K, TMR) * C, C * C, C * C, C * ldv, C * C, C * C,
+                           C * ldv, C * ldv, C * ldv, C,           C,     C,     C,       G * round_up(K, TMR) * ldv};
+  float **ptrs[] = {&w->Q, &w->Km, &w->KT, &w->Gk, &w->Gq, &w->Vm, &w->A,    &w->P,
+                    &w->D, &w->Dt, &w->O,  &w->Gc, &w->beta, &w->eG, &w->eL, &w->S};
   int64_t off = 0;
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     if (base) *ptrs[i] = base + off;
-    off += (sizes[i] + 15) & ~(int64_t)15; /* keep each piece 64-byte aligned relative to base */
+    off += round_up(sizes[i], 16); /* each piece 64-byte aligned relative to base */
   }
+  w->K = K, w->V = V, w->ldk = ldk, w->ldv = ldv, w->nst = G;
+  /* A state tile loads whole TMR-row tiles. */
+  w->sst = round_up(K, TMR) * ldv;
   return off;
 }
 
 int64_t XK_FN(gdn_scratch_floats)(int64_t K, int64_t V, int32_t chunked) {
   if (chunked) {
-    chunk_scratch s = {0};
-    return chunk_layout(K, V, NULL, &s) + 16;
+    chunk_ws w;
+    return chunk_layout(K, V, chunked < CHUNK_HEADS ? chunked : CHUNK_HEADS, NULL, &w) + 16;
   }
   return K * V + 2 * K + 4 * V + 64;
 }
 
-/* One chunk of Cn tokens starting at token `tok0`; S advances in place. */
-static void chunk_step(const xk_gdn_args *a, const chunk_scratch *s, gdn_seq seq, int64_t tok0, int64_t Cn,
-                       int64_t h, int64_t hv) {
-  const int64_t K = a->head_k_dim, V = a->head_v_dim, C = CHUNK, KV = K + V;
-  /* The next chunk's inputs arrive while this one computes: a quarter of its
-   * tokens before each of the four GEMM phases, so the prefetches do not
-   * queue behind each other. */
-  const int64_t end = seq.bos + seq.len, n0 = tok0 + Cn, n1 = n0 + C < end ? n0 + C : end;
-  const int64_t pq = (n1 - n0 + 3) / 4;
-#define PREFETCH_PART(i) \
-  gdn_prefetch_tokens(a, seq.row, n0 + (i) * pq < n1 ? n0 + (i) * pq : n1, n0 + ((i) + 1) * pq < n1 ? n0 + ((i) + 1) * pq : n1, h, hv)
-  /* 1. Load the chunk: q (normalised, scaled), k, beta v; cumulative log decay. */
+/* dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols. */
+static void chunk_transpose(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
+  int64_t r16 = 0, c16 = 0;
+#if XK_F32_LANES == 16
+  /* Whole 16 x 16 blocks in registers: four butterfly stages, each swapping
+   * the off-diagonal sub-blocks of size 8, 4, 2, 1 between register pairs. */
+  static const int32_t idx[4][2][16] = {
+      {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}},
+      {{0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}},
+      {{0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}},
+      {{0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}, {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}}};
+  __m512i ilo[4], ihi[4];
+  for (int s = 0; s < 4; s++) {
+    ilo[s] = _mm512_loadu_si512(idx[s][0]);
+    ihi[s] = _mm512_loadu_si512(idx[s][1]);
+  }
+  r16 = rows / 16 * 16, c16 = cols / 16 * 16;
+  for (int64_t i0 = 0; i0 < r16; i0 += 16) {
+    for (int64_t j0 = 0; j0 < c16; j0 += 16) {
+      __m512 r[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + (i0 + i) * lds + j0);
+#pragma GCC unroll 4
+      for (int s = 0; s < 4; s++) {
+        const int bs = 8 >> s;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+          if (i & bs) continue;
+          const __m512 a = r[i], b = r[i | bs];
+          r[i] = _mm512_permutex2var_ps(a, ilo[s], b);
+          r[i | bs] = _mm512_permutex2var_ps(a, ihi[s], b);
+        }
+      }
+#pragma GCC unroll 16
+      for (int jj = 0; jj < 16; jj++) _mm512_storeu_ps(dst + (j0 + jj) * ldd + i0, r[jj]);
+    }
+  }
+#endif
+  /* The edges (everything on tiers without the blocks). */
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t jj = i < r16 ? c16 : 0; jj < cols; jj++) dst[jj * ldd + i] = src[i * lds + jj];
+}
+
+/* S[k][v] (rows ldv apart) from, or back to, the pool's (v, k) elements. */
+static void chunk_state_io(const xk_gdn_args *a, float *S, int64_t ldv, float *pool, int to_pool) {
+  const int64_t K = a->head_k_dim, V = a->head_v_dim, sv = a->state_s_v, sk = a->state_s_k;
+  if (sk == 1) {
+    if (to_pool) {
+      chunk_transpose(S, ldv, pool, sv, K, V);
+    } else {
+      chunk_transpose(pool, sv, S, ldv, V, K);
+    }
+  } else if (sv == 1) {
+    for (int64_t j = 0; j < K; j++) {
+      if (to_pool) {
+        memcpy(pool + j * sk, S + j * ldv, (size_t)V * sizeof(float));
+      } else {
+        memcpy(S + j * ldv, pool + j * sk, (size_t)V * sizeof(float));
+      }
+    }
+  } else {
+    for (int64_t j = 0; j < K; j++)
+      for (int64_t i = 0; i < V; i++) {
+        if (to_pool) {
+          pool[i * sv + j * sk] = S[j * ldv + i];
+        } else {
+          S[j * ldv + i] = pool[i * sv + j * sk];
+        }
+      }
+  }
+}
+
+/* The key-head part of a chunk of Cn tokens from `tok0`: q, k (zero rows up
+ * to Cr), k^T, and the lower triangles of k k^T and q k^T. */
+static void chunk_keys(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t Cr,
+                       int64_t h) {
+  const int64_t K = w->K, ldk = w->ldk, C = CHUNK;
+  for (int64_t i = 0; i < Cn; i++) gdn_load_qk(a, seq.row, tok0 + i, h, w->Q + i * ldk, w->Km + i * ldk);
+  for (int64_t i = Cn; i < Cr; i++) {
+    memset(w->Q + i * ldk, 0, (size_t)K * sizeof(float));
+    memset(w->Km + i * ldk, 0, (size_t)K * sizeof(float));
+  }
+  chunk_transpose(w->Km, ldk, w->KT, C, Cr, K);
+  for (int64_t i0 = 0; i0 < Cr; i0 += TMR) {
+    for (int which = 0; which < 2; which++) {
+      const float *src = which ? w->Q : w->Km;
+      float *dst = which ? w->Gq : w->Gk;
+      const float *rows[TMR];
+      for (int r = 0; r < TMR; r++) rows[r] = src + (i0 + r) * ldk;
+      for (int64_t j0 = 0; j0 < i0 + TMR; j0 += TNR) {
+        const int64_t nc = i0 + TMR - j0 < TNR ? i0 + TMR - j0 : TNR;
+        const tmask m = tmask_of(nc);
+        tile t;
+        tile_zero(&t);
+        if (TNV > 1 && nc <= CV_L) { /* a narrow tile on the diagonal */
+          tile_madd(&t, K, rows, w->KT + j0, C, &m, 0, 1);
+          tile_store(&t, dst + i0 * C + j0, C, TMR, &m, 1);
+        } else {
+          tile_madd(&t, K, rows, w->KT + j0, C, &m, 0, TNV);
+          tile_store(&t, dst + i0 * C + j0, C, TMR, &m, TNV);
+        }
+      }
+    }
+  }
+}
+
+/* Value head part: v, decays, beta (rows past Cn: zero v and beta, no decay),
+ * and the decayed A and P (zero above the diagonal inside each row tile). */
+static void chunk_values(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t Cr,
+                         int64_t hv) {
+  const int64_t V = w->V, ldv = w->ldv, C = CHUNK;
   float gsum = 0.0f;
   for (int64_t i = 0; i < Cn; i++) {
     const int64_t tok = tok0 + i;
-    gdn_load_qk(a, seq.row, tok, h, s->Q + i * K, s->Kc + i * K);
-    la_load_row(s->X + i * KV + K, gdn_ptr(&a->v, seq.row, tok, hv), a->v.dtype, V, 1);
+    la_load_row(w->Vm + i * ldv, gdn_ptr(&a->v, seq.row, tok, hv), a->v.dtype, V, 1);
     gsum += gdn_scalar(&a->g, seq.row, tok, hv);
-    s->G[i] = gsum;
-    s->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
+    w->Gc[i] = gsum;
+    w->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
   }
-  for (int64_t i = 0; i < Cn; i++)
-    for (int64_t j = 0; j < K; j++) s->KT[j * C + i] = s->Kc[i * K + j];
-  PREFETCH_PART(0);
-  /* 2. A = k k^T and P = q k^T (lower triangles), then the decay and beta factors. */
-  gemm(Cn, Cn, K, s->Kc, K, 1, s->KT, C, s->A, C, 1.0f, 0, TRI_N);
-  gemm(Cn, Cn, K, s->Q, K, 1, s->KT, C, s->P, C, 1.0f, 0, TRI_N);
-  for (int64_t i = 0; i < Cn; i++) {
-    float *arow = s->A + i * C, *prow = s->P + i * C;
-    vec_exp_sub(s->e, s->G[i], s->G, i + 1);
-    for (int64_t j = 0; j < i; j++) arow[j] *= s->beta[i] * s->e[j];
-    for (int64_t j = i; j < C; j++) arow[j] = 0.0f;
-    vec_mul(prow, prow, s->e, i + 1);
-    for (int64_t j = i + 1; j < C; j++) prow[j] = 0.0f;
+  for (int64_t i = Cn; i < Cr; i++) {
+    memset(w->Vm + i * ldv, 0, (size_t)V * sizeof(float));
+    w->Gc[i] = gsum;
+    w->beta[i] = 0.0f;
   }
-  /* 3. Right-hand sides: beta exp(G) k | beta v. */
-  for (int64_t i = 0; i < Cn; i++) {
-    const float eg = expf(s->G[i]);
-    vec_scale(s->X + i * KV, s->Kc + i * K, s->beta[i] * eg, K);
-    vec_scale(s->X + i * KV + K, s->X + i * KV + K, s->beta[i], V);
+  for (int64_t i0 = 0; i0 < Cr; i0 += CV_L) {
+    const cm_t m = cm_of(Cr - i0);
+    const cv_t g = cv_load(w->Gc + i0, m);
+    cv_store(w->eG + i0, cv_exp(g), m);
+    cv_store(w->eL + i0, cv_exp(cv_sub(cv_set1(gsum), g)), m);
   }
-  PREFETCH_PART(1);
-  /* 4. (I + A) [W | U] = X by blocked forward substitution. */
-  for (int64_t i0 = 0; i0 < Cn; i0 += 4) {
-    const int64_t mr = Cn - i0 < 4 ? Cn - i0 : 4;
-    if (i0 > 0) gemm(mr, KV, i0, s->A + i0 * C, C, 1, s->X, KV, s->X + i0 * KV, KV, -1.0f, 1, TRI_NONE);
-    for (int64_t r = 1; r < mr; r++) {
-      float *xi = s->X + (i0 + r) * KV;
-      for (int64_t j = i0; j < i0 + r; j++) vec_axpby(xi, 1.0f, xi, -s->A[(i0 + r) * C + j], s->X + j * KV, KV);
+  for (int64_t i = 0; i < Cr; i++) {
+    float *arow = w->A + i * C, *prow = w->P + i * C;
+    const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
+    const int64_t lim = (i / TMR + 1) * TMR;
+    const cv_t gi = cv_set1(w->Gc[i]), b = cv_set1(w->beta[i]);
+    for (int64_t j0 = 0; j0 < lim; j0 += CV_L) {
+      const cm_t m = cm_of(lim - j0);
+      /* exp(G_i - G_j); lanes j > i may overflow and are zeroed. */
+      const cv_t e = cv_exp(cv_sub(gi, cv_load(w->Gc + j0, m)));
+      cv_store(arow + j0, cv_keep(cv_mul(b, cv_mul(e, cv_load(gk + j0, m))), cm_of(i - j0)), m);
+      cv_store(prow + j0, cv_keep(cv_mul(e, cv_load(gq + j0, m)), cm_of(i + 1 - j0)), m);
     }
   }
-  /* 5. D = U - W S. */
-  for (int64_t i = 0; i < Cn; i++) memcpy(s->D + i * V, s->X + i * KV + K, (size_t)V * sizeof(float));
-  gemm(Cn, V, K, s->X, KV, 1, s->S, V, s->D, V, -1.0f, 1, TRI_NONE);
-  PREFETCH_PART(2);
-  /* 6. O = (q exp(G)) S + P D. */
-  for (int64_t i = 0; i < Cn; i++) vec_scale(s->Q + i * K, s->Q + i * K, expf(s->G[i]), K);
-  gemm(Cn, V, K, s->Q, K, 1, s->S, V, s->O, V, 1.0f, 0, TRI_NONE);
-  gemm(Cn, V, Cn, s->P, C, 1, s->D, V, s->O, V, 1.0f, 1, TRI_P);
-  PREFETCH_PART(3);
-#undef PREFETCH_PART
-  /* 7. S = exp(G_last) S + (k exp(G_last - G))^T D. */
-  const float glast = s->G[Cn - 1];
-  vec_scale(s->S, s->S, expf(glast), K * V);
-  vec_exp_sub(s->e, glast, s->G, Cn);
-  for (int64_t i = 0; i < Cn; i++) vec_scale(s->Kc + i * K, s->Kc + i * K, s->e[i], K);
-  gemm(K, V, Cn, s->Kc, 1, K, s->D, V, s->S, V, 1.0f, 1, TRI_NONE);
-  for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, s->O + i * V);
 }
 
-static void chunk_block(const xk_gdn_args *a, float *scratch, int64_t n, int64_t hv) {
-  const int64_t K = a->head_k_dim, V = a->head_v_dim, h = hv / (a->num_v_heads / a->num_heads);
+/* D rows [i0, i0 + TMR) of one panel: beta (v - exp(G) k S), minus A D over
+ * the rows before, then the tile's own triangle solved in registers. */
+static ALWAYS_INLINE void chunk_solve_tile(const chunk_ws *w, const float *S, int64_t i0, int64_t j0,
+                                           const tmask *m) {
+  const int64_t C = CHUNK, ldk = w->ldk, ldv = w->ldv;
+  const float *rows[TMR];
+  tile t;
+  tile_zero(&t);
+  for (int r = 0; r < TMR; r++) rows[r] = w->Km + (i0 + r) * ldk;
+  tile_madd(&t, w->K, rows, S + j0, ldv, m, 0, TNV);
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+    const cv_t eg = cv_set1(w->eG[i0 + r]), b = cv_set1(w->beta[i0 + r]);
+    const float *vr = w->Vm + (i0 + r) * ldv + j0;
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) t.c[r][v] = cv_mul(b, cv_fnmadd(eg, t.c[r][v], cv_load(vr + v * CV_L, m->m[v])));
+  }
+  for (int r = 0; r < TMR; r++) rows[r] = w->A + (i0 + r) * C;
+  tile_madd(&t, i0, rows, w->D + j0, ldv, m, 1, TNV);
+#pragma GCC unroll 8
+  for (int r = 1; r < TMR; r++) {
+#pragma GCC unroll 8
+    for (int j = 0; j < r; j++) {
+      const cv_t x = cv_set1(w->A[(i0 + r) * C + i0 + j]);
+#pragma GCC unroll 16
+      for (int v = 0; v < TNV; v++) t.c[r][v] = cv_fnmadd(x, t.c[j][v], t.c[r][v]);
+    }
+  }
+  tile_store(&t, w->D + i0 * ldv + j0, ldv, TMR, m, TNV);
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+    const cv_t e = cv_set1(w->eL[i0 + r]);
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) t.c[r][v] = cv_mul(e, t.c[r][v]);
+  }
+  tile_store(&t, w->Dt + i0 * ldv + j0, ldv, TMR, m, TNV);
+}
+
+/* o rows [i0, i0 + TMR) of one panel: exp(G) q S + P D (D's rows below Cn). */
+static ALWAYS_INLINE void chunk_out_tile(const chunk_ws *w, const float *S, int64_t Cn, int64_t i0, int64_t j0,
+                                         const tmask *m) {
+  const int64_t C = CHUNK, ldk = w->ldk, ldv = w->ldv;
+  const float *rows[TMR];
+  tile t;
+  tile_zero(&t);
+  for (int r = 0; r < TMR; r++) rows[r] = w->Q + (i0 + r) * ldk;
+  tile_madd(&t, w->K, rows, S + j0, ldv, m, 0, TNV);
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+    const cv_t eg = cv_set1(w->eG[i0 + r]);
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) t.c[r][v] = cv_mul(eg, t.c[r][v]);
+  }
+  for (int r = 0; r < TMR; r++) rows[r] = w->P + (i0 + r) * C;
+  tile_madd(&t, i0 + TMR < Cn ? i0 + TMR : Cn, rows, w->D + j0, ldv, m, 0, TNV);
+  tile_store(&t, w->O + i0 * ldv + j0, ldv, TMR, m, TNV);
+}
+
+/* State rows [d0, d0 + mr) of one panel: exp(G_last) S + (k exp(G_last - G))^T D. */
+static ALWAYS_INLINE void chunk_state_tile(const chunk_ws *w, float *S, int64_t Cn, float decay, int64_t d0,
+                                           int64_t mr, int64_t j0, const tmask *m) {
+  const int64_t C = CHUNK, ldv = w->ldv;
+  const float *rows[TMR];
+  tile t;
+  tile_zero(&t);
+  for (int r = 0; r < TMR; r++) rows[r] = w->KT + (d0 + r) * C;
+  tile_madd(&t, Cn, rows, w->Dt + j0, ldv, m, 0, TNV);
+  const cv_t e = cv_set1(decay);
+  float *s = S + d0 * ldv + j0;
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) t.c[r][v] = cv_fmadd(e, cv_load(s + r * ldv + v * CV_L, m->m[v]), t.c[r][v]);
+  }
+  tile_store(&t, s, ldv, mr, m, TNV);
+}
+
+/* Input and output cache lines prefetched before each tile. */
+#define CHUNK_PF_LINES 8
+/* Rows of one (token range, key head, value head) to fetch ahead of their use. */
+typedef struct chunk_next {
+  int64_t t0, t1, h, hv;
+} chunk_next;
+
+/* A walk over the cache lines of q, k (head h), v and o (head hv) of tokens
+ * [t, t1), a few lines at a time between tiles: a burst of a chunk's rows at
+ * once would queue behind the line fill buffers and stall. */
+typedef struct chunk_pf {
+  int64_t t, t1, h, hv, part, line;
+} chunk_pf;
+
+static ALWAYS_INLINE void chunk_pf_step(const xk_gdn_args *a, int64_t row, chunk_pf *p, int lines) {
+  for (int n = 0; n < lines && p->t < p->t1; n++) {
+    const char *base;
+    int64_t bytes;
+    switch (p->part) {
+      case 0:
+        base = gdn_ptr(&a->q, row, p->t, p->h), bytes = a->head_k_dim * xk_dtype_size(a->q.dtype);
+        break;
+      case 1:
+        base = gdn_ptr(&a->k, row, p->t, p->h), bytes = a->head_k_dim * xk_dtype_size(a->k.dtype);
+        break;
+      case 2:
+        base = gdn_ptr(&a->v, row, p->t, p->hv), bytes = a->head_v_dim * xk_dtype_size(a->v.dtype);
+        break;
+      default:
+        base = (const char *)a->o + (row * a->o_s_seq + p->t * a->o_s_tok + p->hv * a->o_s_head) * xk_dtype_size(a->o_dtype);
+        bytes = a->head_v_dim * xk_dtype_size(a->o_dtype);
+        break;
+    }
+    if (p->part == 3) {
+      __builtin_prefetch(base + p->line, 1, 3);
+    } else {
+      __builtin_prefetch(base + p->line, 0, 3);
+    }
+    p->line += 64;
+    if (p->line >= bytes) {
+      p->line = 0;
+      if (++p->part == 4) p->part = 0, p->t++;
+    }
+  }
+}
+
+/* One value head's chunk: S advances in place, o rows [tok0, tok0 + Cn) are
+ * written; the rows of `next` are fetched a piece per panel meanwhile. */
+static void chunk_value_head(const xk_gdn_args *a, const chunk_ws *w, float *S, gdn_seq seq, int64_t tok0,
+                             int64_t Cn, int64_t Cr, int64_t hv, chunk_next next) {
+  const int64_t K = w->K, V = w->V;
+  chunk_values(a, w, seq, tok0, Cn, Cr, hv);
+  chunk_pf pf = {next.t0, next.t1, next.h, next.hv, 0, 0};
+  const float decay = expf(w->Gc[Cr - 1]);
+  for (int64_t j0 = 0; j0 < V; j0 += TNR) {
+    const tmask m = tmask_of(V - j0);
+    for (int64_t i0 = 0; i0 < Cr; i0 += TMR) {
+      chunk_pf_step(a, seq.row, &pf, CHUNK_PF_LINES);
+      chunk_solve_tile(w, S, i0, j0, &m);
+    }
+    for (int64_t i0 = 0; i0 < Cr; i0 += TMR) {
+      chunk_pf_step(a, seq.row, &pf, CHUNK_PF_LINES);
+      chunk_out_tile(w, S, Cn, i0, j0, &m);
+    }
+    for (int64_t d0 = 0; d0 < K; d0 += TMR) {
+      chunk_pf_step(a, seq.row, &pf, CHUNK_PF_LINES);
+      chunk_state_tile(w, S, Cn, decay, d0, K - d0, j0, &m);
+    }
+  }
+  chunk_pf_step(a, seq.row, &pf, 1 << 30);
+  for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, w->O + i * w->ldv);
+}
+
+/* Sequence n, value heads [hv0, hv1), chunk by chunk across the heads (a
+ * token's rows of all heads share pages), the value heads of one key head
+ * after their shared key part. */
+static void chunk_seq(const xk_gdn_args *a, const chunk_ws *w, int64_t n, int64_t hv0, int64_t hv1) {
+  const int64_t K = w->K, V = w->V, ldv = w->ldv, G = a->num_v_heads / a->num_heads;
   const gdn_seq seq = gdn_seq_of(a, n);
   if (seq.len <= 0) return;
-  chunk_scratch s = {0};
-  chunk_layout(K, V, scratch, &s);
   int64_t slot = n;
   if (a->state_indices) slot = gdn_index(a, n, 0);
   if (a->state && slot < 0) {
-    gdn_zero_outputs(a, seq, hv, s.row);
+    for (int64_t hv = hv0; hv < hv1; hv++) gdn_zero_outputs(a, seq, hv, w->O);
     return;
   }
   const int load = a->state && (!a->has_initial_state.data || la_at(&a->has_initial_state, n));
-  float *pool = a->state ? a->state + slot * a->state_s_slot + hv * a->state_s_head : NULL;
-  /* S[k][v] from the pool's (v, k) element. */
-  for (int64_t j = 0; j < K; j++) {
-    float *srow = s.S + j * V;
+  for (int64_t hv = hv0; hv < hv1; hv++) {
+    float *S = w->S + (hv - hv0) * w->sst;
     if (load) {
-      for (int64_t i = 0; i < V; i++) srow[i] = pool[i * a->state_s_v + j * a->state_s_k];
+      chunk_state_io(a, S, ldv, a->state + slot * a->state_s_slot + hv * a->state_s_head, 0);
     } else {
-      memset(srow, 0, (size_t)V * sizeof(float));
+      for (int64_t j = 0; j < K; j++) memset(S + j * ldv, 0, (size_t)V * sizeof(float));
     }
   }
-  for (int64_t c0 = 0; c0 < seq.len; c0 += CHUNK) {
-    const int64_t Cn = seq.len - c0 < CHUNK ? seq.len - c0 : CHUNK;
-    chunk_step(a, &s, seq, seq.bos + c0, Cn, h, hv);
+  const int64_t end = seq.bos + seq.len;
+  for (int64_t tok0 = seq.bos; tok0 < end; tok0 += CHUNK) {
+    const int64_t Cn = end - tok0 < CHUNK ? end - tok0 : CHUNK, Cr = round_up(Cn, TMR);
+    for (int64_t hv = hv0; hv < hv1; hv++) {
+      const int64_t h = hv / G;
+      if (hv == hv0 || hv % G == 0) chunk_keys(a, w, seq, tok0, Cn, Cr, h);
+      chunk_next next = {tok0, tok0 + Cn, (hv + 1) / G, hv + 1};
+      if (hv + 1 == hv1) {
+        const int64_t t1 = tok0 + Cn + CHUNK < end ? tok0 + Cn + CHUNK : end;
+        next = (chunk_next){tok0 + Cn, t1, hv0 / G, hv0};
+      }
+      chunk_value_head(a, w, w->S + (hv - hv0) * w->sst, seq, tok0, Cn, Cr, hv, next);
+    }
   }
-  if (pool && a->output_final_state) {
-    for (int64_t j = 0; j < K; j++)
-      for (int64_t i = 0; i < V; i++) pool[i * a->state_s_v + j * a->state_s_k] = s.S[j * V + i];
+  if (a->state && a->output_final_state) {
+    for (int64_t hv = hv0; hv < hv1; hv++)
+      chunk_state_io(a, w->S + (hv - hv0) * w->sst, ldv, a->state + slot * a->state_s_slot + hv * a->state_s_head, 1);
   }
 }
 
+/* `scratch` holds gdn_scratch_floats(K, V, min(block_end - block_begin, HV)) floats. */
 void XK_FN(gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  const int64_t HV = a->num_v_heads;
+  int64_t cap = block_end - block_begin < HV ? block_end - block_begin : HV;
+  if (cap > CHUNK_HEADS) cap = CHUNK_HEADS;
+  chunk_ws w;
   /* Align the scratch pieces to 64 bytes. */
-  float *base = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-  for (int64_t b = block_begin; b < block_end; b++) chunk_block(a, base, b / a->num_v_heads, b % a->num_v_heads);
+  chunk_layout(a->head_k_dim, a->head_v_dim, cap, (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), &w);
+  for (int64_t b = block_begin; b < block_end;) {
+    const int64_t n = b / HV, hv = b % HV;
+    int64_t hv1 = HV - hv < block_end - b ? HV : hv + (block_end - b);
+    if (hv1 - hv > CHUNK_HEADS) hv1 = hv + CHUNK_HEADS;
+    chunk_seq(a, &w, n, hv, hv1);
+    b += hv1 - hv;
+  }
 }

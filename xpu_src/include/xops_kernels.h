@@ -527,7 +527,8 @@ typedef struct xk_kernel_table {
   void (*l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
   void (*rms_norm_gated)(const xk_rms_norm_gated_args *a, int64_t row_begin, int64_t row_end);
   /* Gated delta rule, grid blocks [block_begin, block_end). `scratch` holds
-   * gdn_scratch_floats(head_k_dim, head_v_dim, chunked) floats private to the caller. */
+   * gdn_scratch_floats(head_k_dim, head_v_dim, chunked) floats private to the caller,
+   * with chunked = 0 for gdn_recurrent and min(block_end - block_begin, HV) for gdn_chunk. */
   void (*gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   void (*gdn_chunk)(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end);
   int64_t (*gdn_scratch_floats)(int64_t head_k_dim, int64_t head_v_dim, int32_t chunked);
