@@ -11,22 +11,104 @@
  * `keep` entries of W ++ x: keep = width - 1, or width - 2 + L in spec decode
  * (the state then holds the window minus its oldest column, then every draft).
  * The state is written before any output, so out may alias x.
+ *
+ * Paths. Within a tier every path computes each output with the same fp32
+ * operations in the same order, so neither the thread count nor the tiling
+ * nor the path changes a result bit (except bf16 outputs below 2^-126, which
+ * the fast paths' conversion flushes to zero):
+ * - generic: token rows converted to an fp32 ring through la_load_row /
+ *   la_store_row; any strides and dtypes (and the only path below AVX-512).
+ * - AVX-512, channel-contiguous x and out of one dtype (f32/f16/bf16):
+ *   * stream (prefill): the window of every 32-channel unit lives in
+ *     registers while the unit walks a block of tokens; rows are converted
+ *     in registers, never staged. Units start on output cache lines (partial
+ *     units are masked) and large outputs go to memory with streaming stores
+ *     (no read-for-ownership of lines written whole).
+ *   * decode (at most DEC_MAX tokens, state in x's dtype with dim contiguous,
+ *     vLLM's layout): per unit, the window is read from the cache line, the
+ *     new state written from the same registers (raw copies) and the outputs
+ *     computed; the next sequence's state is prefetched.
+ *   Weights and bias are converted once per tile (and grid call) into fp32
+ *   scratch. silu: silu16, or silu16_bf16 for bf16 outputs (see there).
  */
 #include "../common/tier.h"
 #include "la_util.h"
 
 #define MAXW 6
 
+#define XK_INLINE static inline __attribute__((always_inline))
+
+#if XK_F32_LANES == 16
+/*
+ * silu(x) = x / (1 + e^-x). e^-x = 2^y, y = -x log2(e) = n + f with
+ * n = floor(y) and f = y - n in [0, 1) (vreduceps, exact); 2^f by a degree-5
+ * minimax polynomial (relative error 7.5e-8, ~1.5e-7 in fp32), scaled by 2^n
+ * (vscalefps floors y itself). The rounding of y costs at most 2^-24 |x|
+ * relative in e^-x, i.e. under an fp32 ulp of |x| in silu(x). The
+ * reciprocal: an estimate plus one Newton step (~1 ulp). y is capped at 127
+ * so 1 + e^-x stays finite: below x = -88 the result is a tiny negative
+ * number (|silu| < 1e-35) rather than the exact, tinier one. y = -inf
+ * (x = +inf) gives f = 0, 2^-inf = 0 and silu = x. NaN stays NaN.
+ */
+XK_INLINE __m512 silu16(__m512 x) {
+  __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(-1.44269504f));
+  y = _mm512_min_ps(_mm512_set1_ps(127.0f), y);
+  const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.8775767e-3f), f, _mm512_set1_ps(8.9893397e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826318e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015361e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315308e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999994e-1f));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, y));
+  __m512 r = _mm512_rcp14_ps(d);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(x, r);
+}
+
+/*
+ * silu for bf16 outputs: the same reduction, a degree-4 polynomial (relative
+ * error 2.6e-6) and the reciprocal estimate alone (2^-14): silu to within
+ * 5.6e-5 relative, under 1/70 of a bf16 ulp. The rounded bf16 result stays
+ * within one ulp of the exact one; it differs from the correctly rounded
+ * value for about 0.3% of inputs of a few units (silu16: 0.001%). Without
+ * the Newton step 1 + e^-x may overflow to inf (silu = x * 0 = -0, as the
+ * division gives), so y needs no cap. It costs about 30% less than silu16,
+ * and silu is the bulk of a bf16 prefill's arithmetic.
+ */
+XK_INLINE __m512 silu16_bf16(__m512 x) {
+  const __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(-1.44269504f));
+  const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.3534168e-2f), f, _mm512_set1_ps(5.2011460e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4144275e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9300383e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000026f));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), _mm512_scalef_ps(p, y));
+  return _mm512_mul_ps(x, _mm512_rcp14_ps(d));
+}
+
+/* The silu every AVX-512 path applies for outputs of `out_dtype`. */
+XK_INLINE __m512 silu_for(__m512 x, int out_dtype) {
+  return out_dtype == XK_BF16 ? silu16_bf16(x) : silu16(x);
+}
+
+#endif
+
+/* ---- generic path ---------------------------------------------------------- */
+
 /* acc[c] = bias[c] + sum_j w[j][c] * u[j][c] over the tile; silu if asked. */
 static void conv_tile_step(float *acc, const float *bias, float *const *w, float *const *u, int64_t width,
-                           int64_t n, int silu) {
+                           int64_t n, int silu, int out_dtype) {
+  (void)out_dtype; /* AVX-512 picks its silu by the output dtype */
   int64_t c = 0;
 #if XK_F32_LANES == 16
-  for (; c + 16 <= n; c += 16) {
-    __m512 s = _mm512_loadu_ps(bias + c);
-    for (int64_t j = 0; j < width; j++) s = _mm512_fmadd_ps(_mm512_loadu_ps(w[j] + c), _mm512_loadu_ps(u[j] + c), s);
-    if (silu) s = la_silu16(s);
-    _mm512_storeu_ps(acc + c, s);
+  /* Masked tail: every channel takes the same vector arithmetic. */
+  for (; c < n; c += 16) {
+    const __mmask16 m = n - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - c)) - 1u);
+    __m512 s = _mm512_maskz_loadu_ps(m, bias + c);
+    for (int64_t j = 0; j < width; j++)
+      s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, w[j] + c), _mm512_maskz_loadu_ps(m, u[j] + c), s);
+    if (silu) s = silu_for(s, out_dtype);
+    _mm512_mask_storeu_ps(acc + c, m, s);
   }
 #elif XK_F32_LANES == 8
   for (; c + 8 <= n; c += 8) {
@@ -43,21 +125,34 @@ static void conv_tile_step(float *acc, const float *bias, float *const *w, float
   }
 }
 
-static void conv_block(const xk_conv1d_args *a, float *scratch, int64_t seq, int64_t tile) {
+/* Where sequence `seq` lives: its tokens, cache line and window offset. */
+typedef struct seq_info {
+  int64_t start, len, line, off;
+  int load, skip;
+} seq_info;
+
+static seq_info seq_of(const xk_conv1d_args *a, int64_t seq) {
+  seq_info s = {0, a->seqlen, seq, 0, 0, 0};
+  if (a->query_start_loc.data) {
+    s.start = la_at(&a->query_start_loc, seq);
+    s.len = la_at(&a->query_start_loc, seq + 1) - s.start;
+  }
+  if (a->cache_indices.data) s.line = la_at(&a->cache_indices, seq);
+  s.skip = s.len <= 0 || s.line == a->pad_slot_id;
+  s.load = a->has_initial_state.data ? (int)la_at(&a->has_initial_state, seq) : a->load_state_default;
+  if (a->num_accepted_tokens.data && !s.skip) s.off = la_at(&a->num_accepted_tokens, seq) - 1;
+  return s;
+}
+
+static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t seq, int64_t tile) {
   const int64_t c0 = tile * a->channel_tile;
   const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
   if (nc <= 0) return;
-  int64_t start = 0, len = a->seqlen;
-  if (a->query_start_loc.data) {
-    start = la_at(&a->query_start_loc, seq);
-    len = la_at(&a->query_start_loc, seq + 1) - start;
-  }
-  if (len <= 0) return;
-  const int64_t line = a->cache_indices.data ? la_at(&a->cache_indices, seq) : seq;
-  if (line == a->pad_slot_id) return;
-  const int load = a->has_initial_state.data ? (int)la_at(&a->has_initial_state, seq) : a->load_state_default;
+  const seq_info s = seq_of(a, seq);
+  if (s.skip) return;
+  const int load = s.load;
   const int spec = a->num_accepted_tokens.data != NULL;
-  const int64_t off = spec ? la_at(&a->num_accepted_tokens, seq) - 1 : 0;
+  const int64_t start = s.start, len = s.len, line = s.line, off = s.off;
   const int64_t width = a->width, hist = width - 1;
   const int64_t keep = spec ? width - 2 + len : hist;
 
@@ -122,14 +217,573 @@ static void conv_block(const xk_conv1d_args *a, float *scratch, int64_t seq, int
     }
     for (int64_t j = 0; j < width; j++) u[j] = ring[(head + j) % width];
     la_load_row(u[width - 1], xbase + t * a->x_stride_tok * xs, a->x_dtype, nc, a->x_stride_dim);
-    conv_tile_step(acc, bias, wv, u, width, nc, a->silu);
+    conv_tile_step(acc, bias, wv, u, width, nc, a->silu, a->out_dtype);
     la_store_row(obase + t * a->out_stride_tok * os, a->out_dtype, acc, nc, a->out_stride_dim);
     head = (head + 1) % width;
   }
 }
 
-void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
-  for (int64_t b = block_begin; b < block_end; b++) {
-    conv_block(a, scratch, b / a->num_channel_tiles, b % a->num_channel_tiles);
+/* ---- AVX-512 fast paths ---------------------------------------------------- */
+
+#if XK_F32_LANES == 16
+
+#define UNIT 32 /* channels per unit: two vectors of fp32 */
+#define DEC_MAX 8 /* the decode path takes sequences up to this long */
+/* Tunables (overridable for experiments), measured on a bf16 prefill of
+ * whole 16 KiB rows: tokens a unit walks before the next unit on the stream
+ * path (4 to 8 best: fewer concurrent row streams for the prefetchers; 16
+ * was ~5% slower, 1 ~40%); bytes ahead in each x row it prefetches (128 to
+ * 512 alike, none ~5% slower, 1 KiB+ slower); the output size of a grid
+ * block from which it streams stores (streaming measured ~15% faster on cold
+ * prefill than cached stores). */
+#ifndef TOK_BLOCK
+#define TOK_BLOCK 4
+#endif
+#ifndef X_PREFETCH
+#define X_PREFETCH 256
+#endif
+#ifndef STREAM_MIN_BYTES
+#define STREAM_MIN_BYTES (256 * 1024)
+#endif
+
+/* Scratch rows are this many floats apart (whole units, so a tail unit may
+ * load past the tile's last channel without leaving the row). */
+static inline int64_t row_floats(int64_t channel_tile) { return (channel_tile + UNIT - 1) / UNIT * UNIT; }
+
+typedef struct v32 {
+  __m512 lo, hi; /* channels 0..15, 16..31 of a unit */
+} v32;
+
+typedef struct raw32 {
+  __m512i a, b; /* a unit in its storage format (b used by f32 only) */
+} raw32;
+
+XK_INLINE raw32 raw_load(const char *p, int dt, __mmask32 m, int full) {
+  raw32 r;
+  if (dt == XK_F32) {
+    r.a = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi32((__mmask16)m, p);
+    r.b = full ? _mm512_loadu_si512(p + 64) : _mm512_maskz_loadu_epi32((__mmask16)(m >> 16), p + 64);
+  } else {
+    r.a = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(m, p);
+    r.b = r.a;
+  }
+  return r;
+}
+
+XK_INLINE void raw_store(char *p, int dt, raw32 r, __mmask32 m, int full) {
+  if (dt == XK_F32) {
+    if (full) {
+      _mm512_storeu_si512(p, r.a);
+      _mm512_storeu_si512(p + 64, r.b);
+    } else {
+      _mm512_mask_storeu_epi32(p, (__mmask16)m, r.a);
+      _mm512_mask_storeu_epi32(p + 64, (__mmask16)(m >> 16), r.b);
+    }
+  } else if (full) {
+    _mm512_storeu_si512(p, r.a);
+  } else {
+    _mm512_mask_storeu_epi16(p, m, r.a);
   }
 }
+
+XK_INLINE v32 raw_f32(raw32 r, int dt) {
+  v32 v;
+  if (dt == XK_F32) {
+    v.lo = _mm512_castsi512_ps(r.a);
+    v.hi = _mm512_castsi512_ps(r.b);
+  } else if (dt == XK_BF16) {
+    v.lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(r.a)), 16));
+    v.hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(r.a, 1)), 16));
+  } else {
+    v.lo = _mm512_cvtph_ps(_mm512_castsi512_si256(r.a));
+    v.hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(r.a, 1));
+  }
+  return v;
+}
+
+/* A unit of `dt` values as fp32 (masked lanes read as zero). */
+XK_INLINE v32 load_f32(const char *p, int dt, __mmask32 m, int full) {
+  if (full && dt == XK_BF16) {
+    v32 v;
+    v.lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+    v.hi = _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 32))), 16));
+    return v;
+  }
+  if (full && dt == XK_F16) {
+    v32 v;
+    v.lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    v.hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32)));
+    return v;
+  }
+  return raw_f32(raw_load(p, dt, m, full), dt);
+}
+
+/* Rounds a unit to `dt` and stores it: streamed when `stream` (full units
+ * at 64-byte aligned addresses only). bf16 rounds to nearest even in one
+ * instruction, which returns zero for fp32 results below 2^-126. */
+XK_INLINE void store_f32(char *p, int dt, v32 v, __mmask32 m, int full, int stream) {
+  if (dt == XK_F32) {
+    if (!full) {
+      _mm512_mask_storeu_ps(p, (__mmask16)m, v.lo);
+      _mm512_mask_storeu_ps(p + 64, (__mmask16)(m >> 16), v.hi);
+    } else if (stream) {
+      _mm512_stream_ps((float *)p, v.lo);
+      _mm512_stream_ps((float *)(p + 64), v.hi);
+    } else {
+      _mm512_storeu_ps(p, v.lo);
+      _mm512_storeu_ps(p + 64, v.hi);
+    }
+    return;
+  }
+  __m512i r;
+  if (dt == XK_BF16) {
+    r = (__m512i)_mm512_cvtne2ps_pbh(v.hi, v.lo);
+  } else {
+    r = _mm512_inserti64x4(
+        _mm512_castsi256_si512(_mm512_cvtps_ph(v.lo, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+        _mm512_cvtps_ph(v.hi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), 1);
+  }
+  if (!full) {
+    _mm512_mask_storeu_epi16(p, m, r);
+  } else if (stream) {
+    _mm512_stream_si512((void *)p, r);
+  } else {
+    _mm512_storeu_si512(p, r);
+  }
+}
+
+XK_INLINE v32 load_row_f32(const float *row) {
+  v32 v = {_mm512_loadu_ps(row), _mm512_loadu_ps(row + 16)};
+  return v;
+}
+
+XK_INLINE v32 zero32(void) {
+  v32 v = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+  return v;
+}
+
+/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order), then silu if asked. */
+XK_INLINE v32 conv_unit(const v32 *w, const v32 *u, v32 bias, const int W, const int DT, int silu) {
+  v32 s = bias;
+  for (int j = 0; j < W; j++) {
+    s.lo = _mm512_fmadd_ps(w[j].lo, u[j].lo, s.lo);
+    s.hi = _mm512_fmadd_ps(w[j].hi, u[j].hi, s.hi);
+  }
+  if (silu) {
+    s.lo = silu_for(s.lo, DT);
+    s.hi = silu_for(s.hi, DT);
+  }
+  return s;
+}
+
+/* What the fast paths of one grid block share. */
+typedef struct fast_ctx {
+  const xk_conv1d_args *a;
+  const float *wf, *bias; /* fp32 weights [width][rf] and bias [rf] of the tile */
+  int has_bias;           /* else bias is zero and not read */
+  float *carry;           /* [width - 1][rf] fp32 window carried between token blocks */
+  int64_t rf;             /* scratch row stride (floats) */
+  int64_t nc;             /* channels in the tile */
+  const char *xbase;      /* x at the tile's first channel, the sequence's first token */
+  char *obase;
+  int64_t xtok, otok; /* token strides in bytes */
+} fast_ctx;
+
+/* Stream path: units [u0, u1) of the tile (u1 - u0 <= UNIT channels from
+ * channel c), tokens [t0, t0 + tb). */
+XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, const int W,
+                           const int DT, int silu, int stream) {
+  const int full = n == UNIT;
+  const __mmask32 m = full ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  v32 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
+  for (int j = 0; j < W - 1; j++) u[j] = load_row_f32(k->carry + j * k->rf + c);
+  const v32 bias = k->has_bias ? load_row_f32(k->bias + c) : zero32();
+  const char *xp = k->xbase + t0 * k->xtok + c * es;
+  char *op = k->obase + t0 * k->otok + c * es;
+  int64_t t = 0;
+  /* Groups of W tokens index u as a ring (slot of window entry j at step s:
+   * (s + j) % W), so no register moves; after a group the ring is back in
+   * order. The rest shifts u. */
+  for (; t + W <= tb; t += W) {
+    for (int st = 0; st < W; st++) {
+      if (X_PREFETCH) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+      u[(st + W - 1) % W] = load_f32(xp, DT, m, full);
+      v32 s = bias;
+      for (int j = 0; j < W; j++) {
+        s.lo = _mm512_fmadd_ps(w[j].lo, u[(st + j) % W].lo, s.lo);
+        s.hi = _mm512_fmadd_ps(w[j].hi, u[(st + j) % W].hi, s.hi);
+      }
+      if (silu) {
+        s.lo = silu_for(s.lo, DT);
+        s.hi = silu_for(s.hi, DT);
+      }
+      store_f32(op, DT, s, m, full, stream);
+      xp += k->xtok;
+      op += k->otok;
+    }
+  }
+  for (; t < tb; t++) {
+    if (X_PREFETCH) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+    u[W - 1] = load_f32(xp, DT, m, full);
+    const v32 y = conv_unit(w, u, bias, W, DT, silu);
+    store_f32(op, DT, y, m, full, stream);
+    for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+    xp += k->xtok;
+    op += k->otok;
+  }
+  /* Masked: a partial unit must not touch the next unit's carry. */
+  for (int j = 0; j < W - 1; j++) {
+    _mm512_mask_storeu_ps(k->carry + j * k->rf + c, (__mmask16)m, u[j].lo);
+    _mm512_mask_storeu_ps(k->carry + j * k->rf + c + 16, (__mmask16)(m >> 16), u[j].hi);
+  }
+}
+
+XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT, int silu,
+                             int stream) {
+  for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
+    const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
+    int64_t c = 0;
+    if (head > 0) {
+      stream_unit(k, 0, head, t0, tb, W, DT, silu, stream);
+      c = head;
+    }
+    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, stream);
+    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, stream);
+  }
+}
+
+#define DISPATCH_W(FN, ...)                      \
+  switch (W) {                                   \
+    case 2: FN(__VA_ARGS__, 2, DT); break;       \
+    case 3: FN(__VA_ARGS__, 3, DT); break;       \
+    case 4: FN(__VA_ARGS__, 4, DT); break;       \
+    case 5: FN(__VA_ARGS__, 5, DT); break;       \
+    default: FN(__VA_ARGS__, 6, DT); break;      \
+  }
+
+#define STREAM_CALL(k, len, head, silu, stream, W_, DT_) stream_tokens(k, len, head, W_, DT_, silu, stream)
+
+static void stream_bf16(const fast_ctx *k, int64_t len, int64_t head, int silu, int stream, int W) {
+  const int DT = XK_BF16;
+  DISPATCH_W(STREAM_CALL, k, len, head, silu, stream)
+}
+static void stream_f16(const fast_ctx *k, int64_t len, int64_t head, int silu, int stream, int W) {
+  const int DT = XK_F16;
+  DISPATCH_W(STREAM_CALL, k, len, head, silu, stream)
+}
+static void stream_f32(const fast_ctx *k, int64_t len, int64_t head, int silu, int stream, int W) {
+  const int DT = XK_F32;
+  DISPATCH_W(STREAM_CALL, k, len, head, silu, stream)
+}
+
+/* Decode path, one unit: the window from the cache line (columns off..), the
+ * new state written from the same registers, then the outputs. */
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+  const int full = n == UNIT;
+  const __mmask32 m = full ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
+  const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
+  raw32 r[MAXW - 1 + DEC_MAX];
+  for (int j = 0; j < W - 1; j++) r[j] = raw_load(sbase + (off + j) * stok + c * es, DT, m, full);
+  for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load(k->xbase + t * k->xtok + c * es, DT, m, full);
+  if (next_state) {
+    for (int j = 0; j < W - 1; j++) {
+      _mm_prefetch(next_state + j * stok + c * es, _MM_HINT_T0);
+      if (DT == XK_F32) _mm_prefetch(next_state + j * stok + c * es + 64, _MM_HINT_T0);
+    }
+  }
+  for (int64_t i = 0; i < keep; i++) raw_store(sbase + i * stok + c * es, DT, r[hist + len - keep + i], m, full);
+  v32 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
+  const v32 bias = k->has_bias ? load_row_f32(k->bias + c) : zero32();
+  for (int j = 0; j < W - 1; j++) u[j] = raw_f32(r[j], DT);
+  for (int64_t t = 0; t < len; t++) {
+    u[W - 1] = raw_f32(r[hist + t], DT);
+    store_f32(k->obase + t * k->otok + c * es, DT, conv_unit(w, u, bias, W, DT, silu), m, full, 0);
+    for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+  }
+}
+
+/* decode_unit for one token (plain decode, or spec decode with one token):
+ * everything in registers. keep = width - 1: state column i <- (W ++ x)[1 + i]. */
+XK_INLINE void decode_unit1(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c,
+                            int64_t n, int64_t off, const int W, const int DT, int silu) {
+  const int full = n == UNIT;
+  const __mmask32 m = full ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  raw32 r[MAXW];
+  for (int j = 0; j < W - 1; j++) r[j] = raw_load(sbase + (off + j) * stok + c * es, DT, m, full);
+  r[W - 1] = raw_load(k->xbase + c * es, DT, m, full);
+  if (next_state) {
+    for (int j = 0; j < W - 1; j++) {
+      _mm_prefetch(next_state + j * stok + c * es, _MM_HINT_T0);
+      if (DT == XK_F32) _mm_prefetch(next_state + j * stok + c * es + 64, _MM_HINT_T0);
+    }
+  }
+  for (int i = 0; i < W - 1; i++) raw_store(sbase + i * stok + c * es, DT, r[i + 1], m, full);
+  v32 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) {
+    w[j] = load_row_f32(k->wf + j * k->rf + c);
+    u[j] = raw_f32(r[j], DT);
+  }
+  const v32 bias = k->has_bias ? load_row_f32(k->bias + c) : zero32();
+  store_f32(k->obase + c * es, DT, conv_unit(w, u, bias, W, DT, silu), m, full, 0);
+}
+
+XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
+                             int64_t off, int64_t keep, int silu, const int W, const int DT) {
+  int64_t c = 0;
+  if (len == 1) {
+    for (; c + UNIT <= k->nc; c += UNIT) decode_unit1(k, sbase, stok, next_state, c, UNIT, off, W, DT, silu);
+    if (c < k->nc) decode_unit1(k, sbase, stok, next_state, c, k->nc - c, off, W, DT, silu);
+    return;
+  }
+  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, len, off, keep, W, DT, silu);
+  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, len, off, keep, W, DT, silu);
+}
+
+#define DECODE_CALL(k, sbase, stok, next, len, off, keep, silu, W_, DT_) \
+  decode_tokens(k, sbase, stok, next, len, off, keep, silu, W_, DT_)
+
+static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, const char *next, int64_t len, int64_t off,
+                       int64_t keep, int silu, int W, int dt) {
+  if (dt == XK_BF16) {
+    const int DT = XK_BF16;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  } else if (dt == XK_F16) {
+    const int DT = XK_F16;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  } else {
+    const int DT = XK_F32;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  }
+}
+
+/* Gathers row j of the weights as fp32: dst[c] = weight[c0 + c, j], c < nc. */
+static void weight_row_f32(float *dst, const xk_conv1d_args *a, int64_t c0, int64_t nc, int64_t j) {
+  const int64_t ws = xk_dtype_size(a->weight_dtype), sd = a->weight_stride_dim;
+  const char *base = (const char *)a->weight + (c0 * sd + j * a->weight_stride_width) * ws;
+  int64_t c = 0;
+  if (sd == 1) {
+    xk_convert_row(dst, XK_F32, base, a->weight_dtype, nc, 1.0f);
+    return;
+  }
+  /* 32-bit gathers, 16 channels at a time. A 16-bit element is read with the
+   * two bytes after it: inside the tensor for every channel before the last
+   * (strides are non-negative, so channel dim - 1 holds the last element);
+   * the group holding channel dim - 1 goes through the scalar loop. */
+  int64_t vec_end = nc;
+  if (ws == 2 && a->dim - 1 - c0 < nc) vec_end = a->dim - 1 - c0;
+  if (sd > 0 && sd * ws <= INT32_MAX / 16) {
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)(sd * ws)));
+    for (; c + 16 <= vec_end; c += 16) {
+      const __m512i g = _mm512_i32gather_epi32(idx, base + c * sd * ws, 1);
+      __m512 v;
+      if (a->weight_dtype == XK_F32) {
+        v = _mm512_castsi512_ps(g);
+      } else if (a->weight_dtype == XK_BF16) {
+        v = _mm512_castsi512_ps(_mm512_slli_epi32(g, 16));
+      } else {
+        v = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(g));
+      }
+      _mm512_storeu_ps(dst + c, v);
+    }
+  }
+  for (; c < nc; c++) dst[c] = xk_load_scalar(base, a->weight_dtype, c * sd);
+}
+
+/*
+ * (dim, width) contiguous 16-bit weights, all rows at once: 16 channels are
+ * 16 * width consecutive elements (at most 96, three vectors), and lane i of
+ * row j is element i * width + j, picked by word permutes: into the high half
+ * of each 32-bit lane for bf16 (that is its fp32 value), into the low 16
+ * words for f16 (then converted). Channels 0..7 lie in the first two
+ * vectors, 8..15 in the last two (width <= 6). Returns the channels done.
+ */
+static int64_t weights_packed16(float *scratch, int64_t rf, const xk_conv1d_args *a, int64_t c0, int64_t nc) {
+  const int64_t width = a->width, words = 16 * width;
+  const char *p0 = (const char *)a->weight + c0 * width * 2;
+  const int bf = a->weight_dtype == XK_BF16;
+  __m512i va[MAXW], vb[MAXW];
+  for (int64_t j = 0; j < width; j++) {
+    uint16_t ia[32], ib[32];
+    for (int i = 0; i < 32; i++) {
+      const int lane = bf ? i / 2 : i; /* fp32 lane (bf16: its odd word) or word (f16) */
+      const int e = (int)(lane * width + j);
+      ia[i] = (uint16_t)(e & 63);
+      ib[i] = (uint16_t)((e - 32) & 63);
+    }
+    va[j] = _mm512_loadu_si512(ia);
+    vb[j] = _mm512_loadu_si512(ib);
+  }
+  const __mmask32 all = bf ? 0xaaaaaaaau : 0x0000ffffu;
+  const __mmask32 ka = bf ? 0x0000aaaau : 0x000000ffu, kb = bf ? 0xaaaa0000u : 0x0000ff00u;
+  const __mmask32 k1 = words >= 64 ? 0xffffffffu : (__mmask32)((1ull << (words - 32)) - 1);
+  const __mmask32 k2 = words > 64 ? (__mmask32)((1ull << (words - 64)) - 1) : 0;
+  int64_t c = 0;
+  for (; c + 16 <= nc; c += 16) {
+    const char *p = p0 + c * width * 2;
+    const __m512i z0 = _mm512_loadu_si512(p), z1 = _mm512_maskz_loadu_epi16(k1, p + 64);
+    const __m512i z2 = _mm512_maskz_loadu_epi16(k2, p + 128);
+    for (int64_t j = 0; j < width; j++) {
+      __m512i r;
+      if (words <= 64) {
+        r = _mm512_maskz_permutex2var_epi16(all, z0, va[j], z1);
+      } else {
+        r = _mm512_maskz_permutex2var_epi16(ka, z0, va[j], z1);
+        r = _mm512_or_si512(r, _mm512_maskz_permutex2var_epi16(kb, z1, vb[j], z2));
+      }
+      const __m512 v = bf ? _mm512_castsi512_ps(r) : _mm512_cvtph_ps(_mm512_castsi512_si256(r));
+      _mm512_storeu_ps(scratch + j * rf + c, v);
+    }
+  }
+  return c;
+}
+
+/* Fills the tile's fp32 weights and bias in scratch. */
+static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t c0, int64_t nc) {
+  const int64_t ws = xk_dtype_size(a->weight_dtype);
+  int64_t done = 0;
+  if (ws == 2 && a->weight_stride_dim == a->width && a->weight_stride_width == 1) {
+    done = weights_packed16(scratch, rf, a, c0, nc);
+  }
+  if (done < nc) {
+    for (int64_t j = 0; j < a->width; j++) weight_row_f32(scratch + j * rf + done, a, c0 + done, nc - done, j);
+  }
+  if (a->bias) {
+    la_load_row(scratch + a->width * rf, (const char *)a->bias + c0 * a->bias_stride * xk_dtype_size(a->bias_dtype),
+                a->bias_dtype, nc, a->bias_stride);
+  }
+}
+
+static int fast_eligible(const xk_conv1d_args *a) {
+#ifdef XK_CONV_FORCE_GENERIC
+  return 0;
+#endif
+  return a->x_stride_dim == 1 && a->out_stride_dim == 1 && a->x_dtype == a->out_dtype &&
+         (a->x_dtype == XK_F32 || a->x_dtype == XK_F16 || a->x_dtype == XK_BF16);
+}
+
+/* One block on the fast paths; the tile's weights are already in scratch. */
+static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t seq, int64_t tile,
+                            const seq_info *s, const seq_info *next) {
+  const int64_t c0 = tile * a->channel_tile;
+  const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
+  const int spec = a->num_accepted_tokens.data != NULL;
+  const int64_t width = a->width, hist = width - 1, len = s->len, off = s->off;
+  const int64_t keep = spec ? width - 2 + len : hist;
+  const int dt = a->x_dtype;
+  const int64_t es = xk_dtype_size(dt), ss = xk_dtype_size(a->state_dtype);
+
+  fast_ctx k;
+  k.a = a;
+  k.rf = rf;
+  k.nc = nc;
+  k.wf = scratch;
+  k.bias = scratch + width * rf;
+  k.has_bias = a->bias != NULL;
+  k.carry = scratch + (width + 1) * rf;
+  k.xbase = (const char *)a->x + (seq * a->x_stride_seq + s->start * a->x_stride_tok + c0) * es;
+  k.obase = (char *)a->out + (seq * a->out_stride_seq + s->start * a->out_stride_tok + c0) * es;
+  k.xtok = a->x_stride_tok * es;
+  k.otok = a->out_stride_tok * es;
+  char *sbase = (char *)a->conv_states + (s->line * a->state_stride_line + c0 * a->state_stride_dim) * ss;
+  const int64_t stok = a->state_stride_tok * ss;
+
+  if (len <= DEC_MAX && s->load && a->state_dtype == dt && a->state_stride_dim == 1) {
+    const char *next_state = NULL;
+    if (next && !next->skip && next->load) {
+      next_state = (const char *)a->conv_states + (next->line * a->state_stride_line + c0) * ss + next->off * stok;
+    }
+    decode_any(&k, sbase, stok, next_state, len, off, keep, a->silu, (int)width, dt);
+    return;
+  }
+
+  /* Stream path. The window into carry, then the new state (before any output). */
+  float *tmp = k.carry + hist * rf;
+  for (int64_t j = 0; j < hist; j++) {
+    if (s->load) {
+      la_load_row(k.carry + j * rf, sbase + (off + j) * stok, a->state_dtype, nc, a->state_stride_dim);
+    } else {
+      memset(k.carry + j * rf, 0, (size_t)nc * sizeof(float));
+    }
+  }
+  for (int64_t i = 0; i < keep; i++) {
+    const int64_t u = hist + len - keep + i; /* index into W ++ x */
+    char *dst = sbase + i * stok;
+    if (u < hist) {
+      la_store_row(dst, a->state_dtype, k.carry + u * rf, nc, a->state_stride_dim);
+    } else if (a->state_dtype == dt && a->state_stride_dim == 1) {
+      memcpy(dst, k.xbase + (u - hist) * k.xtok, (size_t)(nc * es));
+    } else {
+      la_load_row(tmp, k.xbase + (u - hist) * k.xtok, dt, nc, 1);
+      la_store_row(dst, a->state_dtype, tmp, nc, a->state_stride_dim);
+    }
+  }
+
+  /* Units start on output cache lines when every row shares one alignment
+   * (a store split over two lines costs two); then large outputs are
+   * streamed. */
+  int stream = 0;
+  int64_t head = 0;
+  const int64_t mis = (int64_t)((uintptr_t)k.obase & 63);
+  if ((k.otok & 63) == 0 && mis % es == 0) {
+    head = ((64 - mis) & 63) / es;
+    if (head > nc) head = nc;
+    stream = len * nc * es >= STREAM_MIN_BYTES;
+  }
+  if (dt == XK_BF16) {
+    stream_bf16(&k, len, head, a->silu, stream, (int)width);
+  } else if (dt == XK_F16) {
+    stream_f16(&k, len, head, a->silu, stream, (int)width);
+  } else {
+    stream_f32(&k, len, head, a->silu, stream, (int)width);
+  }
+  if (stream) _mm_sfence();
+}
+
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  if (!fast_eligible(a)) {
+    for (int64_t b = block_begin; b < block_end; b++) {
+      conv_block_generic(a, scratch, b / a->num_channel_tiles, b % a->num_channel_tiles);
+    }
+    return;
+  }
+  const int64_t rf = row_floats(a->channel_tile), tiles = a->num_channel_tiles;
+  int64_t prepared = -1, cur_seq = -1;
+  seq_info cur = {0, 0, 0, 0, 0, 1}, next = cur;
+  int have_next = 0;
+  for (int64_t b = block_begin; b < block_end; b++) {
+    const int64_t seq = b / tiles, tile = b % tiles;
+    if (seq != cur_seq) {
+      cur = have_next ? next : seq_of(a, seq);
+      cur_seq = seq;
+    }
+    /* With one tile per sequence, the next block is the next sequence:
+     * the decode path prefetches its state. */
+    have_next = tiles == 1 && b + 1 < block_end;
+    if (have_next) next = seq_of(a, seq + 1);
+    const int64_t c0 = tile * a->channel_tile;
+    if (cur.skip || c0 >= a->dim) continue;
+    if (tile != prepared) {
+      const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
+      prepare_tile(a, scratch, rf, c0, nc);
+      prepared = tile;
+    }
+    conv_block_fast(a, scratch, rf, seq, tile, &cur, have_next ? &next : NULL);
+  }
+}
+
+#else
+
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  for (int64_t b = block_begin; b < block_end; b++) {
+    conv_block_generic(a, scratch, b / a->num_channel_tiles, b % a->num_channel_tiles);
+  }
+}
+
+#endif
