@@ -56,7 +56,48 @@ fn empty_args() -> sys::xk_attn_args {
     // zeros is a valid value (NULL pointers, zero sizes).
     let mut a: sys::xk_attn_args = unsafe { std::mem::zeroed() };
     a.bf16_dot = bf16_dot() as i32;
+    a.fast = fast_decode() as i32;
     a
+}
+
+thread_local! {
+    static FAST: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the AVX-512 decode fast path may run: it needs AVX512-VBMI (fp8
+/// codes are decoded by byte-table lookups) and is on unless
+/// `XPU_OPS_ATTN_FAST=0`. It computes the same exact products as the other
+/// AVX-512 paths, summed in another order (results differ within the tolerance).
+fn fast_decode() -> bool {
+    static HW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let hw = *HW.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::env::var("XPU_OPS_ATTN_FAST").as_deref() != Ok("0")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    });
+    hw && FAST.with(|c| c.get()).unwrap_or(true)
+}
+
+/// Runs `f` with the AVX-512 decode fast path of attention ops called from
+/// this thread allowed (`true`, the default where the CPU has AVX512-VBMI) or
+/// disabled (`false`, so the general paths run); the tests run both.
+#[doc(hidden)]
+pub fn with_attention_fast_decode<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let prev = FAST.with(|c| c.replace(Some(on)));
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FAST.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
 }
 
 thread_local! {
