@@ -1,10 +1,8 @@
 //! Criterion benchmarks of the attention ops: the cases of
 //! `xpu_ops::bench::attention` (the same ones `xpu-ops bench attention`
 //! runs: decode over a cold 1 GiB-class cache arena, causal prefill), each
-//! followed by its fraction of this machine's measured roofline. Prefill is
-//! also reported against the measured bf16 dot-product (`vdpbf16ps`) peak,
-//! the reference for it, which is not a fixed multiple of the fp32
-//! FMA peak (2x on AMD Zen 5, 0.5x on a current Intel Xeon).
+//! followed by its fraction of this machine's measured roofline (prefill
+//! against the tier's measured bf16 peak, the reference for it).
 //!
 //! `cargo bench --bench attention -- 'paged_attention_v2/B=8,ctx=4096'` runs a
 //! subset (criterion's filter; only matching cases allocate anything).
@@ -19,11 +17,9 @@ use xpu_ops::probe;
 fn attention(c: &mut Criterion) {
     let cfg = Config::default();
     let roof = probe::measure(probe::default_probe_bytes());
-    let bf16_peak = xpu_ops::ops::attention::bf16_dot_peak();
     println!(
-        "roofline: {}; bf16 dot {:.1} GFLOP/s; bf16 path: {}",
+        "roofline: {}; bf16 path: {}",
         bench::fmt_roofline(&roof),
-        bf16_peak / 1e9,
         if xpu_ops::attention_bf16_dot() {
             "vdpbf16ps"
         } else {
@@ -71,16 +67,8 @@ fn attention(c: &mut Criterion) {
                 },
             };
             let (rate, unit) = m.achieved(&roof);
-            let bf16 = if m.info.shape.starts_with("prefill") && bf16_peak > 0.0 {
-                format!(
-                    ", {:.0}% of the bf16 dot peak",
-                    100.0 * m.info.work.flops / mean / bf16_peak
-                )
-            } else {
-                String::new()
-            };
             println!(
-                "    roofline: {:.1} {unit} = {:.0}% of the measured limit{bf16} (mean {} per call){}",
+                "    roofline: {:.1} {unit} = {:.0}% of the measured limit (mean {} per call){}",
                 rate,
                 m.fraction(&roof) * 100.0,
                 bench::fmt_time(mean),

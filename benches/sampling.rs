@@ -1,17 +1,18 @@
 //! Criterion benchmarks of sampling (issue 6): the cases of
 //! `xpu_ops::bench::sampling` (the same ones `xpu-ops bench sampling` runs:
-//! V in {151936, 248320}, B in {1, 8, 64}, f32 logits, cold; see that module
-//! for the samplers, the rows and the pool), on one thread, and B = 64 again
-//! on two. `sort_baseline` (B = 1, 8) is the sort-based sampler (softmax, full
-//! sort of the row, top-k, cumsum top-p, draw) measured in the same run.
+//! V in {151936, 248320}, B in {1, 8, 64}, f32 logits, cold, and hot for
+//! B in {1, 8}; see that module for the samplers, the rows, the pool and the
+//! hot buffer), on one thread, and B = 64 again on two. `sort_baseline`
+//! (B = 1, 8) is the sort-based sampler (softmax, full sort of the row,
+//! top-k, cumsum top-p, draw) measured in the same run.
 //!
 //! After criterion's output a table reports µs per row (mean per call / B),
 //! the passes over the row the algorithm makes, GB/s (passes x row bytes /
 //! time), the fraction of the one-pass roofline (row bytes / one-thread DRAM
-//! read bandwidth) and the ratio to the sort baseline of the same V, B and
-//! thread count. `SAMPLING_BENCH_QUICK=1` keeps only V = 151936; criterion's
-//! filter (`cargo bench --bench sampling -- 'B=1,'`) also selects cases, and
-//! only matching cases allocate anything.
+//! read bandwidth) and the ratio to the sort baseline of the same V, B,
+//! thread count and cache regime. `SAMPLING_BENCH_QUICK=1` keeps only
+//! V = 151936; criterion's filter (`cargo bench --bench sampling -- 'B=1,'`)
+//! also selects cases, and only matching cases allocate anything.
 
 use std::time::{Duration, Instant};
 
@@ -72,7 +73,7 @@ fn main() {
         g.finish();
     }
     c.final_summary();
-    println!("\ncold: successive batches of one pool of {} MiB; one-pass roofline at one-thread read bandwidth", cfg.cold_bytes() >> 20);
+    println!("\ncold: successive batches of one pool of {} MiB; hot: one buffer sampled by every call; one-pass roofline at one-thread read bandwidth", cfg.cold_bytes() >> 20);
     println!(
         "V       B   thr  case                               us/row  passes   GB/s  roofline  vs sort"
     );
@@ -84,6 +85,7 @@ fn main() {
             .find(|e| {
                 e.0.vocab == s.vocab
                     && e.0.batch == s.batch
+                    && e.0.hot == s.hot
                     && e.1 == threads
                     && e.0.sampler == Sampler::SortBaseline
             })

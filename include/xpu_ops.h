@@ -219,14 +219,14 @@ const char *xops_last_error(void);
 const char *xops_version(void);
 
 /**
- * The name of the kernel tier calls from this process run: "avx512",
- * "avx2", "neon" or "generic" (static storage).
+ * The name of the kernel tier calls from this process run: "amx",
+ * "avx512", "avx2", "neon" or "generic" (static storage).
  */
 const char *xops_isa(void);
 
 /**
  * Forces the kernel tier for the whole process: "generic", "neon", "avx2",
- * "avx512", or "auto" for the best this machine runs (the default, unless the
+ * "avx512", "amx", or "auto" for the best this machine runs (the default, unless the
  * `XPU_OPS_ISA` environment variable chose another at first use).
  * `XOPS_ERR_INVALID_ARGUMENT` for an unknown name, `XOPS_ERR_UNSUPPORTED`
  * for a tier this machine or build cannot run.

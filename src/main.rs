@@ -25,7 +25,7 @@ commands:
 
 options:
   --threads N       worker threads (default: XPU_OPS_NUM_THREADS, else all CPUs)
-  --isa TIER        force a lower ISA tier: generic, avx2, avx512, neon
+  --isa TIER        force a lower ISA tier: generic, avx2, avx512, amx, neon
   --json            bench/info/align: machine-readable output on stdout
   --quick           bench: shorter timing per case and smaller probes
   --list            bench: list the cases that would run, without running them
@@ -68,7 +68,7 @@ fn parse(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             "--isa" => {
                 let v = value("--isa")?;
                 a.isa = Some(xpu_ops::Isa::parse(&v).ok_or_else(|| {
-                    format!("unknown ISA tier {v:?}; expected generic, avx2, avx512 or neon")
+                    format!("unknown ISA tier {v:?}; expected generic, avx2, avx512, amx or neon")
                 })?);
             }
             "--json" => a.json = true,

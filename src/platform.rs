@@ -24,6 +24,10 @@ pub enum Isa {
     Avx2 = 2,
     /// x86-64 AVX-512 F/BW/DQ/VL + BF16 + VNNI.
     Avx512 = 3,
+    /// x86-64 AVX-512 plus AMX tiles (AMX-TILE + AMX-BF16): the avx512
+    /// kernels with bf16 GEMMs on the tile unit. Linux only: the OS must
+    /// enable the tile state and grant it to the process.
+    Amx = 4,
 }
 
 impl Isa {
@@ -33,11 +37,12 @@ impl Isa {
             Isa::Neon => "neon",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "amx",
         }
     }
 
     pub fn parse(s: &str) -> Option<Isa> {
-        [Isa::Generic, Isa::Neon, Isa::Avx2, Isa::Avx512]
+        [Isa::Generic, Isa::Neon, Isa::Avx2, Isa::Avx512, Isa::Amx]
             .into_iter()
             .find(|i| i.name() == s)
     }
@@ -47,12 +52,15 @@ impl Isa {
             1 => Isa::Neon,
             2 => Isa::Avx2,
             3 => Isa::Avx512,
+            4 => Isa::Amx,
             _ => Isa::Generic,
         }
     }
 
     pub(crate) fn kernels(self) -> &'static sys::xk_kernel_table {
         match self {
+            #[cfg(xops_tier_amx)]
+            Isa::Amx => amx_table(),
             #[cfg(xops_tier_avx512)]
             Isa::Avx512 => unsafe { &sys::xk_kernels_avx512 },
             #[cfg(xops_tier_avx2)]
@@ -94,6 +102,10 @@ pub fn supported_isas() -> Vec<Isa> {
         .all(|f| x86_has(f))
         {
             v.push(Isa::Avx512);
+            #[cfg(xops_tier_amx)]
+            if amx_usable() {
+                v.push(Isa::Amx);
+            }
         }
     }
     v
@@ -114,6 +126,50 @@ fn x86_has(feature: &str) -> bool {
         "avx512vnni" => std::arch::is_x86_feature_detected!("avx512vnni"),
         _ => false,
     }
+}
+
+/// Whether AMX tiles work here: CPUID leaf 7 says AMX-TILE (EDX bit 24) and
+/// AMX-BF16 (bit 22), and the C side finds the tile state enabled in XCR0 and
+/// obtains the process's XTILEDATA permission (Linux `arch_prctl`). Asked
+/// once per process.
+#[cfg(all(target_arch = "x86_64", xops_tier_amx))]
+fn amx_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        use std::arch::x86_64::{__cpuid, __cpuid_count};
+        // SAFETY (cpuid): leaf 0 exists on every x86-64 CPU and reports the
+        // highest leaf; leaf 7 is read only when it exists. (The intrinsics
+        // are safe on newer toolchains, unsafe on the crate's minimum one.)
+        #[allow(unused_unsafe)]
+        let max_leaf = unsafe { __cpuid(0) }.eax;
+        if max_leaf < 7 {
+            return false;
+        }
+        #[allow(unused_unsafe)]
+        let edx = unsafe { __cpuid_count(7, 0) }.edx;
+        let (tile, bf16) = (edx >> 24 & 1 == 1, edx >> 22 & 1 == 1);
+        // SAFETY: plain C, no arguments; it checks XCR0 before using anything.
+        tile && bf16 && unsafe { sys::xk_amx_request_permission() } == 0
+    })
+}
+
+/// The amx tier's table: the avx512 table with the AMX kernels swapped in
+/// (built once, only after [`amx_usable`] granted the tiles).
+#[cfg(xops_tier_amx)]
+fn amx_table() -> &'static sys::xk_kernel_table {
+    struct Table(sys::xk_kernel_table);
+    // SAFETY: the table holds function pointers and a static string, never written after init.
+    unsafe impl Sync for Table {}
+    unsafe impl Send for Table {}
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    &TABLE
+        .get_or_init(|| {
+            // SAFETY: the avx512 table is an immutable C static; init fills a plain struct.
+            let mut t = unsafe { sys::xk_kernels_avx512 };
+            unsafe { sys::xk_amx_table_init(&mut t) };
+            Table(t)
+        })
+        .0
 }
 
 /// The best tier this machine runs.

@@ -1,4 +1,5 @@
-//! Probes of this machine's limits (DRAM read and copy bandwidth, FMA peak),
+//! Probes of this machine's limits (DRAM read and copy bandwidth, fp32 FMA
+//! and bf16 peaks),
 //! measured the same way on every machine so benchmarks report fractions of a
 //! roofline that was measured, not assumed.
 //!
@@ -22,6 +23,8 @@ pub struct Roofline {
     pub copy_bw: f64,
     /// fp32 FMA peak, FLOP/s, on the active ISA tier.
     pub fma_peak: f64,
+    /// bf16 peak (fp32 accumulation), FLOP/s, on the active ISA tier: see [`bf16_peak`].
+    pub bf16_peak: f64,
     pub threads: usize,
 }
 
@@ -33,6 +36,7 @@ impl Roofline {
             read_bw: self.read_bw.max(other.read_bw),
             copy_bw: self.copy_bw.max(other.copy_bw),
             fma_peak: self.fma_peak.max(other.fma_peak),
+            bf16_peak: self.bf16_peak.max(other.bf16_peak),
             threads: self.threads,
         }
     }
@@ -180,7 +184,24 @@ pub fn copy_bandwidth(bytes: usize) -> f64 {
 
 /// fp32 FMA throughput on all threads with the active tier's widest vectors.
 pub fn fma_peak() -> f64 {
-    let probe = platform::kernels().probe_fma.expect("probe_fma");
+    compute_rate(platform::kernels().probe_fma.expect("probe_fma"))
+}
+
+/// bf16 multiply-add throughput (fp32 accumulation) on all threads: the
+/// tier's bf16 unit — `vdpbf16ps` on avx512, the AMX tiles on amx — or the
+/// fp32 FMA peak on tiers without one, where bf16 work runs on the FMA units.
+pub fn bf16_peak() -> f64 {
+    match platform::kernels().probe_bf16 {
+        Some(probe) => compute_rate(probe),
+        None => fma_peak(),
+    }
+}
+
+type ComputeProbe = unsafe extern "C" fn(i64, *mut sys::xk_probe_result) -> f64;
+
+/// FLOP/s of a compute probe run on every thread: a warm-up (clock ramp, wake
+/// the pool), then the best of three timed runs.
+fn compute_rate(probe: ComputeProbe) -> f64 {
     let threads = num_threads();
     let run = |iters: i64| {
         let total = std::sync::Mutex::new(0.0);
@@ -196,7 +217,7 @@ pub fn fma_peak() -> f64 {
         });
         (total.into_inner().unwrap(), t.elapsed().as_secs_f64())
     };
-    run(2_000_000); // warm-up: clock ramp, wake the pool
+    run(2_000_000);
     (0..3)
         .map(|_| {
             let (flops, secs) = run(20_000_000);
@@ -211,6 +232,7 @@ pub fn measure(bytes: usize) -> Roofline {
         read_bw: read_bandwidth(bytes),
         copy_bw: copy_bandwidth(bytes / 2),
         fma_peak: fma_peak(),
+        bf16_peak: bf16_peak(),
         threads: num_threads(),
     }
 }

@@ -572,6 +572,8 @@ pub struct xk_kernel_table {
     >,
     pub probe_bf16dot:
         ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
+    pub probe_bf16:
+        ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
     pub sample_rows: ::core::option::Option<
         unsafe extern "C" fn(
             a: *const xk_sample_args,
@@ -616,6 +618,12 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub static xk_kernels_neon: xk_kernel_table;
+}
+unsafe extern "C" {
+    pub fn xk_amx_request_permission() -> i32;
+}
+unsafe extern "C" {
+    pub fn xk_amx_table_init(t: *mut xk_kernel_table);
 }
 unsafe extern "C" {
     pub fn xk_fp8_to_f32(v: u8, fp8_dtype: i32) -> f32;

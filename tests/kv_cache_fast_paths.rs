@@ -223,9 +223,9 @@ fn fast_paths_match_reference_on_every_tier() {
     }
 }
 
-/// fp8 rows stream only when a grid block writes >= 1 MiB: 8192 tokens of
-/// 2 x 128 fp8 keys and values (4 MiB, >= 1 MiB per block for up to 4
-/// blocks), flash and paged (prefill-shaped slots), pow2 and other scales.
+/// fp8 rows of big batches stream (from 32 KiB per grid block; once from
+/// 1 MiB): 8192 tokens of 2 x 128 fp8 keys and values (4 MiB), flash and
+/// paged (prefill-shaped slots), pow2 and other scales.
 #[test]
 fn fp8_streaming_matches_reference() {
     let (t, slots_per_cache) = (8192, 8192 + 512);

@@ -1821,3 +1821,263 @@ fn w8a8_bad_inputs() {
     .unwrap_err();
     assert_eq!(e.status, Status::Unsupported, "{e}");
 }
+
+// ---------------------------------------------------------------------------
+// bf16 × bf16 on the AMX tile GEMM (the `amx` tier takes every such linear
+// with M >= 5; the other tiers run the same shapes as a cross-check). Edges:
+// 16-row x tiles, 32-k steps, 32-row weight blocks (64 in the M <= 16 decode
+// blocks), 256-k blocks, grid tiles.
+
+/// Checks `c` on every tier against one fp64 reference; returns nothing,
+/// panics with `what` on a mismatch. Tolerance: the module's.
+fn check_case_every_tier(c: &Case, seed: u64, what: &str) {
+    let d = make_data(c, seed);
+    let (xs, ws, os) = (c.k + c.x_pad, c.k + c.w_pad, c.n + c.out_pad);
+    let x = d.x.view(&[c.m, c.k], &[xs, 1]);
+    let w = d.w.view(&[c.n, c.k], &[ws, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let r = rl::linear(&x, &w, b.as_ref());
+    let absd = rl::abs_dot(
+        c.m,
+        c.n,
+        c.k,
+        |i, kk| x.get_f32(&[i, kk]) as f64,
+        |j, kk| w.get_f32(&[j, kk]) as f64,
+    );
+    for_each_isa(|isa| {
+        let out = run_case(c, &d);
+        let what = format!("{isa} {what} {c:?}");
+        assert_close(
+            &out.view(&[c.m, c.n], &[os, 1]),
+            &r,
+            &absd,
+            c.m,
+            c.n,
+            c.k,
+            &what,
+        );
+        let flat = out.view(&[c.m * os], &[1]);
+        for i in 0..c.m {
+            for p in c.n..os {
+                assert_eq!(
+                    flat.get_f32(&[i * os + p]),
+                    -7.0,
+                    "{what}: out padding [{i}][{p}] written"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn bf16_amx_tile_edges_every_tier() {
+    // Every (M, N, K) over the tile edges, with the extras varied.
+    const E: [usize; 8] = [1, 15, 16, 17, 31, 32, 33, 65];
+    let mut idx = 0usize;
+    for &m in &E {
+        for &n in &E {
+            for &k in &E {
+                let mut c = Case::new(m, n, k, DType::BF16);
+                c.bias = idx % 3 != 0;
+                c.bias_f32 = idx % 3 == 2;
+                c.out_dtype = if idx % 2 == 1 {
+                    DType::F32
+                } else {
+                    DType::BF16
+                };
+                c.x_pad = idx % 5;
+                c.w_pad = idx % 3;
+                c.out_pad = idx % 4;
+                check_case_every_tier(&c, 5000 + idx as u64, "tile edge");
+                idx += 1;
+            }
+        }
+    }
+}
+
+#[test]
+fn bf16_amx_k_blocks_and_decode_rows() {
+    // K around the 256-k blocks (C tiles spilled between blocks), M around
+    // the decode threshold (AMX from 5 rows), K past one block at M <= 16
+    // (decode blocks keep the whole K), a multi-tile grid.
+    let shapes = [
+        (40, 70, 255),
+        (40, 70, 256),
+        (40, 70, 257),
+        (33, 65, 511),
+        (64, 96, 513),
+        (3, 100, 100),
+        (4, 100, 100),
+        (5, 64, 700),
+        (16, 80, 1000),
+        (16, 130, 64),
+        (100, 1100, 96),
+        (700, 40, 70),
+        // Packed x of a tile over 1 MiB: 256-k blocks, C spilled between them.
+        (700, 40, 1800),
+        // K = 0: out = bias, in both AMX paths.
+        (16, 20, 0),
+        (40, 20, 0),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let mut c = Case::new(m, n, k, DType::BF16);
+        c.bias_f32 = i % 2 == 1;
+        c.out_dtype = if i % 3 == 1 { DType::F32 } else { DType::BF16 };
+        c.x_pad = i % 3;
+        c.out_pad = i % 2;
+        check_case_every_tier(&c, 6000 + i as u64, "k blocks");
+    }
+}
+
+/// The 248k-vocab lm_head at M = 16 (the AMX decode blocks), K reduced, on
+/// the best tier and on avx512 (the decode kernel) where that differs.
+#[test]
+fn lm_head_248320_bf16_m16() {
+    let best = xpu_ops::detected_isa();
+    for isa in [best, xpu_ops::Isa::Avx512] {
+        if !common::isas().contains(&isa) {
+            continue;
+        }
+        xpu_ops::with_isa(isa, || {
+            let mut c = Case::new(16, 248_320, 64, DType::BF16);
+            c.bias = false;
+            check_case(&c, 4244, &format!("{isa} lm_head M=16 N=248320 bf16"));
+            c.out_dtype = DType::F32;
+            c.bias = true;
+            check_case(
+                &c,
+                4245,
+                &format!("{isa} lm_head M=16 N=248320 bf16 -> f32"),
+            );
+        })
+        .unwrap();
+        if isa == xpu_ops::Isa::Avx512 {
+            break;
+        }
+    }
+}
+
+/// bf16 dot instructions (`vdpbf16ps`, `TDPBF16PS`) treat bf16 denormal
+/// inputs as zero and flush denormal products and sums. The documented
+/// tolerance then holds with those products added to the bound: checked on
+/// every tier with x full of denormals and products below 2⁻¹²⁶.
+#[test]
+fn bf16_denormals_within_tolerance_every_tier() {
+    for &(m, n, k) in &[(16usize, 40usize, 96usize), (40, 48, 300)] {
+        let mut rng = Rng(77);
+        // x: a third denormal (exponent 0), a third tiny normals, a third O(1).
+        let xv: Vec<bf16> = (0..m * k)
+            .map(|i| match i % 3 {
+                0 => bf16::from_bits(
+                    (rng.below(127) + 1) as u16 | if rng.below(2) == 1 { 0x8000 } else { 0 },
+                ),
+                1 => bf16::from_f32(rng.uniform() * 1e-30),
+                _ => bf16::from_f32(rng.uniform()),
+            })
+            .collect();
+        let wv: Vec<bf16> = (0..n * k)
+            .map(|i| bf16::from_f32(rng.uniform() * if i % 2 == 0 { 1e-10 } else { 1.0 }))
+            .collect();
+        let x = TensorView::new(&xv, &[m, k]).unwrap();
+        let w = TensorView::new(&wv, &[n, k]).unwrap();
+        let r = rl::linear(&x, &w, None);
+        let absd = rl::abs_dot(
+            m,
+            n,
+            k,
+            |i, kk| xv[i * k + kk].to_f64(),
+            |j, kk| wv[j * k + kk].to_f64(),
+        );
+        let tiny = 2f64.powi(-126);
+        // The flushed share: products with a denormal operand or below 2^-126.
+        let flushed: Vec<f64> = (0..m * n)
+            .map(|o| {
+                let (i, j) = (o / n, o % n);
+                (0..k)
+                    .map(|kk| (xv[i * k + kk].to_f64(), wv[j * k + kk].to_f64()))
+                    .filter(|(a, b)| a.abs() < tiny || b.abs() < tiny || (a * b).abs() < tiny)
+                    .map(|(a, b)| (a * b).abs())
+                    .sum()
+            })
+            .collect();
+        assert!(
+            flushed.iter().any(|&f| f > 0.0),
+            "the data has flushed products"
+        );
+        for_each_isa(|isa| {
+            for out_dtype in [DType::F32, DType::BF16] {
+                let mut out = Buf::zeros(out_dtype, m * n);
+                linear(&x, &w, None, &mut out.view_mut(&[m, n], &[n, 1])).unwrap();
+                let ov = out.view(&[m, n], &[n, 1]);
+                let gamma = 4.0 * (k as f64).sqrt() * 2f64.powi(-24);
+                for o in 0..m * n {
+                    let y = ov.get_f32(&[o / n, o % n]) as f64;
+                    let tol = gamma * absd[o] + ulp(out_dtype, r[o]) + flushed[o];
+                    assert!(
+                        (y - r[o]).abs() <= tol,
+                        "{isa} {out_dtype} M={m}: out[{o}] = {y}, reference {}, tol {tol}",
+                        r[o]
+                    );
+                }
+            }
+        });
+    }
+}
+
+#[test]
+fn bf16_nan_and_inf_flow_through_every_tier() {
+    for_each_isa(|isa| {
+        for m in [4usize, 16, 40] {
+            let (n, k) = (37, 70);
+            let mut x = vec![bf16::from_f32(0.5); m * k];
+            x[3] = bf16::NAN; // row 0
+            x[k + 65] = bf16::INFINITY; // row 1, in the K tail step
+            let w = vec![bf16::from_f32(0.25); n * k];
+            let mut out = vec![bf16::ZERO; m * n];
+            linear(
+                &TensorView::new(&x, &[m, k]).unwrap(),
+                &TensorView::new(&w, &[n, k]).unwrap(),
+                None,
+                &mut TensorViewMut::new(&mut out, &[m, n]).unwrap(),
+            )
+            .unwrap();
+            assert!(out[..n].iter().all(|v| v.is_nan()), "{isa} M={m}: NaN row");
+            assert!(
+                out[n..2 * n].iter().all(|&v| v == bf16::INFINITY),
+                "{isa} M={m}: inf row"
+            );
+            let want = bf16::from_f32(0.5 * 0.25 * k as f32);
+            assert!(
+                out[2 * n..].iter().all(|&v| v == want),
+                "{isa} M={m}: finite rows"
+            );
+        }
+    });
+}
+
+#[test]
+fn bf16_thread_invariance_amx_shapes() {
+    // Grid tiles change with the thread count (decode tile_n, GEMM tile_m/n,
+    // and with them whether K runs in 256-k blocks: (700, 40, 1800) does on
+    // one thread, not on two); the arithmetic must not.
+    let shapes = [
+        (16, 1000, 300),
+        (300, 600, 520),
+        (7, 2000, 64),
+        (700, 40, 1800),
+    ];
+    for_each_isa(|isa| {
+        for (i, &(m, n, k)) in shapes.iter().enumerate() {
+            let c = Case::new(m, n, k, DType::BF16);
+            let d = make_data(&c, 90 + i as u64);
+            let one = on_threads(isa, 1, || run_case(&c, &d)).bits();
+            for t in [2, 3] {
+                assert_eq!(
+                    one,
+                    on_threads(isa, t, || run_case(&c, &d)).bits(),
+                    "{isa} {c:?}: 1 vs {t} threads"
+                );
+            }
+        }
+    });
+}

@@ -623,6 +623,67 @@ fn every_kernel_path_matches_reference_at_large_vocab() {
     }
 }
 
+/// Top-p alone and with a temperature at Qwen's vocab, on rows that send the
+/// AVX-512 kernel down each of its top-p routes: the nucleus settled in the
+/// one-pass probe from the bounded softmax total (boosted rows), a band
+/// around the boundary (a broad nucleus), the cheap bound pass and the exact
+/// fallbacks (ascending rows, whose running max rises every block; ties;
+/// -inf entries). Exact against the reference on every tier and dtype.
+#[test]
+fn top_p_routes_match_reference_at_qwen_vocab() {
+    let mut rng = Rng(71);
+    let v = 151_936;
+    let gauss = |rng: &mut Rng, sd: f32| -> f32 {
+        // sum of 4 uniforms in [-1, 1]: variance 4/3
+        (0..4).map(|_| rng.uniform()).sum::<f32>() * sd * 0.866
+    };
+    let mut boosted: Vec<f32> = (0..v).map(|_| gauss(&mut rng, 2.0)).collect();
+    for _ in 0..5 {
+        let i = rng.below(v as u64) as usize;
+        boosted[i] = 10.0 + 3.0 * (rng.uniform() + 1.0);
+    }
+    let broad: Vec<f32> = (0..v).map(|_| gauss(&mut rng, 1.0)).collect();
+    let ascending: Vec<f32> = (0..v).map(|i| i as f32 * 2e-4).collect();
+    let mut masked = logits_row(&mut rng, v, 4.0, true, true);
+    masked[17] = 9.0;
+    let rows = [boosted, broad, ascending, masked];
+    let b = rows.len();
+    let seeds: Vec<i64> = (0..b).map(|_| rng.next_u64() as i64).collect();
+    let st = TensorView::new(&seeds, &[b]).unwrap();
+    for dtype in [DType::F32, DType::BF16] {
+        let owned = Owned::new(&rows, dtype, 0);
+        let x = owned.view();
+        for temp in [1.0f32, 0.7] {
+            for top_p in [0.3f32, 0.9, 0.99] {
+                for off in [0u64, 5] {
+                    let md = SamplingMetadata {
+                        temperature: Some(temp.into()),
+                        top_p: Some(top_p.into()),
+                        seed: PerRow::Tensor(&st),
+                        offset: off.into(),
+                        ..Default::default()
+                    };
+                    let want = reference::sampler_forward(&x, &md).sampled;
+                    for_each_isa(|isa| {
+                        let mut got = vec![0i64; b];
+                        sampler_forward(
+                            &x,
+                            &md,
+                            &mut TensorViewMut::new(&mut got, &[b]).unwrap(),
+                            None,
+                        )
+                        .unwrap();
+                        assert_eq!(
+                            got, want,
+                            "{dtype:?} T={temp} top_p={top_p} offset {off} on {isa}"
+                        );
+                    });
+                }
+            }
+        }
+    }
+}
+
 // ---- thread and batch invariance -------------------------------------------------
 
 #[test]

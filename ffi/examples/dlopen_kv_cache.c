@@ -145,7 +145,7 @@ int main(int argc, char **argv) {
       }
   }
 
-  static const char *tiers[] = {"generic", "neon", "avx2", "avx512"};
+  static const char *tiers[] = {"generic", "neon", "avx2", "avx512", "amx"};
   int ran = 0;
   for (size_t i = 0; i < sizeof tiers / sizeof tiers[0]; i++) {
     xops_status rc = set_isa(tiers[i]);

@@ -28,11 +28,12 @@ fn isa_c_name(isa: Isa) -> &'static CStr {
         Isa::Neon => c"neon",
         Isa::Avx2 => c"avx2",
         Isa::Avx512 => c"avx512",
+        Isa::Amx => c"amx",
     }
 }
 
-/// The name of the kernel tier calls from this process run: "avx512",
-/// "avx2", "neon" or "generic" (static storage).
+/// The name of the kernel tier calls from this process run: "amx",
+/// "avx512", "avx2", "neon" or "generic" (static storage).
 #[no_mangle]
 pub extern "C" fn xops_isa() -> *const c_char {
     ffi_value("xops_isa", c"unknown".as_ptr(), || {
@@ -41,7 +42,7 @@ pub extern "C" fn xops_isa() -> *const c_char {
 }
 
 /// Forces the kernel tier for the whole process: "generic", "neon", "avx2",
-/// "avx512", or "auto" for the best this machine runs (the default, unless the
+/// "avx512", "amx", or "auto" for the best this machine runs (the default, unless the
 /// `XPU_OPS_ISA` environment variable chose another at first use).
 /// `XOPS_ERR_INVALID_ARGUMENT` for an unknown name, `XOPS_ERR_UNSUPPORTED`
 /// for a tier this machine or build cannot run.
@@ -57,7 +58,7 @@ pub unsafe extern "C" fn xops_set_isa(name: *const c_char) -> xops_status {
             other => Isa::parse(other).ok_or_else(|| {
                 Error::new(
                     Status::InvalidArgument,
-                    format!("`name`: unknown ISA tier {other:?}; expected auto, generic, neon, avx2 or avx512"),
+                    format!("`name`: unknown ISA tier {other:?}; expected auto, generic, neon, avx2, avx512 or amx"),
                 )
             })?,
         };

@@ -554,7 +554,12 @@ fn runtime_controls() {
         let active = unsafe { CStr::from_ptr(xops_isa()) }.to_str().unwrap();
         assert_eq!(active, tier.name());
     }
-    for tier in [xops::Isa::Neon, xops::Isa::Avx2, xops::Isa::Avx512] {
+    for tier in [
+        xops::Isa::Neon,
+        xops::Isa::Avx2,
+        xops::Isa::Avx512,
+        xops::Isa::Amx,
+    ] {
         if !xops::supported_isas().contains(&tier) {
             assert_eq!(isa(tier.name()), XOPS_ERR_UNSUPPORTED);
             assert!(last_error().contains(tier.name()));

@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import xpu_ops  # noqa: E402
 
-TIERS = ["generic", "neon", "avx2", "avx512"]
+TIERS = ["generic", "neon", "avx2", "avx512", "amx"]
 
 
 def available_tiers():

@@ -150,7 +150,7 @@ def version() -> str:
 
 
 def isa() -> str:
-    """The kernel tier ops run: "avx512", "avx2", "neon" or "generic"."""
+    """The kernel tier ops run: "amx", "avx512", "avx2", "neon" or "generic"."""
     return _isa().decode()
 
 
@@ -178,10 +178,15 @@ def align(filter: str = "") -> list:
     case lies within its documented tolerance."""
     needed, failures = ctypes.c_size_t(0), ctypes.c_size_t(0)
     name = _lib.c_string(filter, "filter")
-    _lib.call(_align, name, None, 0, ctypes.byref(needed), ctypes.byref(failures))
-    buf = ctypes.create_string_buffer(needed.value)
-    _lib.call(_align, name, buf, needed.value, ctypes.byref(needed), ctypes.byref(failures))
-    return json.loads(buf.value.decode())
+    # The report is computed on every call: offer room for it up front
+    # (a full report is ~50 KB) and call again only if it did not fit.
+    size = 1 << 20
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        _lib.call(_align, name, buf, size, ctypes.byref(needed), ctypes.byref(failures))
+        if needed.value <= size:
+            return json.loads(buf.value.decode())
+        size = needed.value
 
 
 if version() != __version__:

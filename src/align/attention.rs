@@ -7,7 +7,7 @@
 
 use half::bf16;
 
-use super::{AlignCase, Tolerance};
+use super::{shuffled, to_bf16, values, widen, AlignCase, Tolerance};
 use crate::dtype::F8E4M3;
 use crate::reference::attention as reference;
 use crate::tensor::{TensorView, TensorViewMut};
@@ -18,38 +18,12 @@ const BF16: Tolerance = Tolerance {
     rtol: 8e-3,
 };
 
-/// A deterministic value stream in [-scale, scale).
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
-fn widen(v: &[bf16]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
-
-/// A shuffled block table: sequence s uses blocks[s][..], distinct ids.
+/// A shuffled block table: sequence s uses `blocks[s][..]`, distinct ids.
 fn tables(lens: &[usize], bs: usize, seed: u64) -> (Vec<i32>, usize, usize) {
     let per: Vec<usize> = lens.iter().map(|l| l.div_ceil(bs)).collect();
     let width = per.iter().copied().max().unwrap_or(0).max(1);
     let nb: usize = per.iter().sum::<usize>().max(1);
-    let mut ids: Vec<i32> = (0..nb as i32).collect();
-    let r = values(nb, seed, 1.0);
-    for i in (1..nb).rev() {
-        let j = ((r[i] + 1.0) * 0.5 * (i + 1) as f32) as usize % (i + 1);
-        ids.swap(i, j);
-    }
+    let ids: Vec<i32> = shuffled(nb, seed).into_iter().map(|i| i as i32).collect();
     let mut t = vec![0i32; lens.len() * width];
     let mut next = 0;
     for (s, &n) in per.iter().enumerate() {
@@ -64,7 +38,7 @@ fn paged_case(v2: bool) -> AlignCase {
     let lens: Vec<usize> = if v2 { vec![1100, 37] } else { vec![300, 77] };
     let run = move || {
         let (table, width, nb) = tables(&lens, bs, 11);
-        let q = to_bf16(&values(lens.len() * h * d, 1, 2.0));
+        let q = to_bf16(&values(lens.len() * h * d, 1, -2.0, 2.0));
         let lens32: Vec<i32> = lens.iter().map(|&l| l as i32).collect();
         let max_len = lens.iter().copied().max().unwrap_or(0);
         let np = max_len.div_ceil(512);
@@ -77,11 +51,11 @@ fn paged_case(v2: bool) -> AlignCase {
         if v2 {
             // fp8 e4m3 cache, values / scale stored, dequantised as fp8 * scale.
             let scale = [0.01f32];
-            let kc: Vec<F8E4M3> = values(n, 2, 100.0)
+            let kc: Vec<F8E4M3> = values(n, 2, -100.0, 100.0)
                 .iter()
                 .map(|&x| F8E4M3::from_f32(x))
                 .collect();
-            let vc: Vec<F8E4M3> = values(n, 3, 100.0)
+            let vc: Vec<F8E4M3> = values(n, 3, -100.0, 100.0)
                 .iter()
                 .map(|&x| F8E4M3::from_f32(x))
                 .collect();
@@ -139,8 +113,8 @@ fn paged_case(v2: bool) -> AlignCase {
                 }
             }
         } else {
-            let kc = to_bf16(&values(n, 2, 1.0));
-            let vc = to_bf16(&values(n, 3, 1.0));
+            let kc = to_bf16(&values(n, 2, -1.0, 1.0));
+            let vc = to_bf16(&values(n, 3, -1.0, 1.0));
             let kv = TensorView::new(&kc, &[nb, hkv, d / 8, bs, 8]).expect("valid case");
             let vv = TensorView::new(&vc, &[nb, hkv, d, bs]).expect("valid case");
             for (i, o) in out.iter_mut().enumerate() {
@@ -185,10 +159,10 @@ fn varlen_case() -> AlignCase {
         let k_lens: Vec<usize> = seqs.iter().map(|s| s.1).collect();
         let (table, width, nb) = tables(&k_lens, bs, 21);
         let total: usize = seqs.iter().map(|s| s.0).sum();
-        let q = to_bf16(&values(total * h * d, 4, 2.0));
+        let q = to_bf16(&values(total * h * d, 4, -2.0, 2.0));
         let n = nb * bs * hkv * d;
-        let kc = to_bf16(&values(n, 5, 1.0));
-        let vc = to_bf16(&values(n, 6, 1.0));
+        let kc = to_bf16(&values(n, 5, -1.0, 1.0));
+        let vc = to_bf16(&values(n, 6, -1.0, 1.0));
         let cu = [0i32, seqs[0].0 as i32, total as i32];
         let used: Vec<i32> = k_lens.iter().map(|&l| l as i32).collect();
         let qv = TensorView::new(&q, &[total, h, d]).expect("valid case");
@@ -260,10 +234,10 @@ fn varlen_case() -> AlignCase {
 fn merge_case() -> AlignCase {
     let (n, h, d) = (64usize, 16usize, 256usize);
     let run = move || {
-        let p = to_bf16(&values(n * h * d, 7, 1.0));
-        let s = to_bf16(&values(n * h * d, 8, 1.0));
-        let pl = values(h * n, 9, 6.0);
-        let sl = values(h * n, 10, 6.0);
+        let p = to_bf16(&values(n * h * d, 7, -1.0, 1.0));
+        let s = to_bf16(&values(n * h * d, 8, -1.0, 1.0));
+        let pl = values(h * n, 9, -6.0, 6.0);
+        let sl = values(h * n, 10, -6.0, 6.0);
         let views = (
             TensorView::new(&p, &[n, h, d]).expect("valid case"),
             TensorView::new(&pl, &[h, n]).expect("valid case"),

@@ -1,33 +1,15 @@
 //! Alignment cases of the linear-attention family on Qwen3-Next shapes
 //! (conv dim 8192 width 4 cut to 2048 channels to keep the fp64 reference
-//! quick; GDN 16 key / 32 value heads x 128): kernel against the fp64
-//! reference with the tolerances the ops document.
+//! quick; GDN 16 key / 32 value heads x 128, l2norm over the q / k head
+//! rows): kernel against the fp64 reference with the tolerances the ops
+//! document.
 
 use half::bf16;
 
-use super::{AlignCase, Tolerance};
+use super::{decode, encode, to_bf16, values, widen, AlignCase, Tolerance};
+use crate::dtype::DType;
 use crate::reference::{conv as conv_ref, gdn as gdn_ref};
 use crate::tensor::{TensorView, TensorViewMut};
-
-fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
-
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
-fn widen(v: &[bf16]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
 
 /// bf16 conv outputs: fp32 accumulation of <= 6 products plus one rounding.
 const CONV_BF16: Tolerance = Tolerance {
@@ -254,6 +236,44 @@ fn rms_norm_gated_case(rows: usize, n: usize) -> AlignCase {
     }
 }
 
+/// l2norm over `tokens` x 16 key heads x 128 in `dtype` (in and out): the
+/// tolerance of tests/gdn.rs, 2e-6 absolute (|y| <= 1, fp32 sum of squares)
+/// plus one rounding to the output dtype (2e-6 relative for f32, 2⁻⁷ for
+/// bf16).
+fn l2norm_case(tokens: usize, dtype: DType) -> AlignCase {
+    let run = move || {
+        let shape = [tokens, H, D];
+        let x = encode(&values(tokens * H * D, 15, -2.0, 2.0), dtype);
+        let xv = TensorView::from_bytes(&x, dtype, &shape, None).expect("valid case");
+        let mut outs = Vec::new();
+        for i in 0..2 {
+            let mut o = vec![0u8; x.len()];
+            let mut ov = TensorViewMut::from_bytes(&mut o, dtype, &shape, None).expect("valid");
+            if i == 0 {
+                crate::l2norm(&xv, 1e-6, &mut ov).expect("valid case");
+            } else {
+                gdn_ref::l2norm(&xv, 1e-6, &mut ov);
+            }
+            outs.push(decode(&o, dtype));
+        }
+        let want = outs.pop().expect("two runs");
+        (outs.pop().expect("two runs"), want)
+    };
+    AlignCase {
+        op: "l2norm",
+        shape: format!("T={tokens} H=16 D=128 {dtype}"),
+        tolerance: Tolerance {
+            atol: 2e-6,
+            rtol: if dtype == DType::F32 {
+                2e-6
+            } else {
+                1.0 / 128.0
+            },
+        },
+        run: Box::new(run),
+    }
+}
+
 /// Qwen3-Next GDN heads: q, k [1, T, 16, 128], v [1, T, 32, 128], bf16.
 struct GdnData {
     q: Vec<bf16>,
@@ -416,6 +436,8 @@ pub(super) fn cases() -> Vec<AlignCase> {
         conv_update_case(16, 2048, 3),
         gating_case(64, 32),
         rms_norm_gated_case(64, 128),
+        l2norm_case(512, DType::BF16),
+        l2norm_case(64, DType::F32),
         recurrent_case(4),
         chunk_case(130),
     ]

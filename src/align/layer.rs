@@ -5,30 +5,9 @@
 
 use half::bf16;
 
-use super::{AlignCase, Tolerance};
+use super::{to_bf16, values, widen, AlignCase, Tolerance};
 use crate::reference::layer as reference;
 use crate::tensor::{TensorView, TensorViewMut};
-
-/// A deterministic value stream in [-scale, scale).
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
-
-fn to_bf16(v: &[f32]) -> Vec<bf16> {
-    v.iter().map(|&x| bf16::from_f32(x)).collect()
-}
-
-fn widen(v: &[bf16]) -> Vec<f64> {
-    v.iter().map(|x| x.to_f64()).collect()
-}
 
 /// bf16 outputs: one rounding (≤ 1 ulp = 2⁻⁷ relative) plus f32 arithmetic.
 const BF16: Tolerance = Tolerance {
@@ -38,8 +17,8 @@ const BF16: Tolerance = Tolerance {
 
 fn rms_norm_case(tokens: usize, hidden: usize) -> AlignCase {
     let run = move || {
-        let x = to_bf16(&values(tokens * hidden, 3, 4.0));
-        let w = to_bf16(&values(hidden, 4, 2.0));
+        let x = to_bf16(&values(tokens * hidden, 3, -4.0, 4.0));
+        let w = to_bf16(&values(hidden, 4, -2.0, 2.0));
         let (xv, wv) = (
             TensorView::new(&x, &[tokens, hidden]).expect("valid case"),
             TensorView::new(&w, &[hidden]).expect("valid case"),
@@ -68,12 +47,12 @@ fn rms_norm_case(tokens: usize, hidden: usize) -> AlignCase {
 
 fn fused_add_rms_norm_case(tokens: usize, hidden: usize) -> AlignCase {
     let run = move || {
-        let w = to_bf16(&values(hidden, 5, 2.0));
+        let w = to_bf16(&values(hidden, 5, -2.0, 2.0));
         let wv = TensorView::new(&w, &[hidden]).expect("valid case");
         let mut out = Vec::new();
         for i in 0..2 {
-            let mut x = to_bf16(&values(tokens * hidden, 6, 4.0));
-            let mut r = to_bf16(&values(tokens * hidden, 7, 4.0));
+            let mut x = to_bf16(&values(tokens * hidden, 6, -4.0, 4.0));
+            let mut r = to_bf16(&values(tokens * hidden, 7, -4.0, 4.0));
             let mut xv = TensorViewMut::new(&mut x, &[tokens, hidden]).expect("valid case");
             let mut rv = TensorViewMut::new(&mut r, &[tokens, hidden]).expect("valid case");
             if i == 0 {
@@ -112,7 +91,7 @@ fn rotary_case(tokens: usize, is_neox: bool) -> AlignCase {
         let pv = TensorView::new(&pos, &[tokens]).expect("valid case");
         let mut out = Vec::new();
         for i in 0..2 {
-            let mut qkv = to_bf16(&values(tokens * row, 8, 4.0));
+            let mut qkv = to_bf16(&values(tokens * row, 8, -4.0, 4.0));
             let p = qkv.as_mut_ptr() as *mut u8;
             // q [T, nq*hs] and k [T, nk*hs] with the qkv row stride, as
             // views with disjoint elements of one buffer.
@@ -157,7 +136,7 @@ fn rotary_case(tokens: usize, is_neox: bool) -> AlignCase {
 
 fn silu_and_mul_case(tokens: usize, d: usize) -> AlignCase {
     let run = move || {
-        let x = to_bf16(&values(tokens * 2 * d, 9, 8.0));
+        let x = to_bf16(&values(tokens * 2 * d, 9, -8.0, 8.0));
         let xv = TensorView::new(&x, &[tokens, 2 * d]).expect("valid case");
         let mut out = [vec![bf16::ZERO; tokens * d], vec![bf16::ZERO; tokens * d]];
         for (i, o) in out.iter_mut().enumerate() {

@@ -3,28 +3,15 @@
 //! reference. Tolerance: the op's documented bound for inputs uniform in
 //! [-1, 1) — `4·sqrt(K)·2⁻²⁴·Σ|x·w|` (Σ|x·w| ≈ K/4) plus one output ulp.
 
-use super::{AlignCase, Tolerance};
-use crate::dtype::{store_f32, DType};
+use super::{encode, values, AlignCase, Tolerance};
+use crate::dtype::DType;
 use crate::reference::linear as reference;
 use crate::tensor::{TensorView, TensorViewMut};
 
-fn values(n: usize, seed: u64, dtype: DType) -> Vec<u8> {
-    let mut s = seed;
-    let mut out = Vec::with_capacity(n * dtype.size());
-    for _ in 0..n {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let x = (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-        out.extend_from_slice(&store_f32(x, dtype).to_le_bytes()[..dtype.size()]);
-    }
-    out
-}
-
 fn case(m: usize, k: usize, n: usize, dtype: DType) -> AlignCase {
     let run = move || {
-        let x = values(m * k, 1, dtype);
-        let w = values(n * k, 2, dtype);
+        let x = encode(&values(m * k, 1, -1.0, 1.0), dtype);
+        let w = encode(&values(n * k, 2, -1.0, 1.0), dtype);
         let xv = TensorView::from_bytes(&x, dtype, &[m, k], None).expect("valid case");
         let wv = TensorView::from_bytes(&w, dtype, &[n, k], None).expect("valid case");
         let mut y = vec![0u8; m * n * dtype.size()];
@@ -35,19 +22,31 @@ fn case(m: usize, k: usize, n: usize, dtype: DType) -> AlignCase {
             .collect();
         (got, reference::linear(&xv, &wv, None))
     };
-    let ulp = if dtype == DType::F32 {
-        2f64.powi(-23)
-    } else {
-        2f64.powi(-8)
-    };
     AlignCase {
         op: "linear",
         shape: format!("M={m} K={k} N={n} {dtype}"),
-        tolerance: Tolerance {
-            atol: 4.0 * (k as f64).sqrt() * 2f64.powi(-24) * k as f64 / 4.0,
-            rtol: ulp,
-        },
+        tolerance: tolerance(k, dtype),
         run: Box::new(run),
+    }
+}
+
+/// The rounding of one output in `dtype`, relative (f32: 2⁻²³; half
+/// precision: 2⁻⁸, half an ulp at the top of a binade).
+pub(super) fn out_ulp(dtype: DType) -> f64 {
+    if dtype == DType::F32 {
+        2f64.powi(-23)
+    } else {
+        2f64.powi(-8)
+    }
+}
+
+/// The FC family's bound for inputs whose `Σ_k |x·w|` is about `K/4`
+/// (uniform in [-1, 1), or E|w| = 1/2): `4·sqrt(K)·2⁻²⁴·K/4` plus one
+/// output rounding.
+pub(super) fn tolerance(k: usize, out: DType) -> Tolerance {
+    Tolerance {
+        atol: 4.0 * (k as f64).sqrt() * 2f64.powi(-24) * k as f64 / 4.0,
+        rtol: out_ulp(out),
     }
 }
 

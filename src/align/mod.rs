@@ -10,9 +10,70 @@ mod cache;
 mod gdn;
 mod layer;
 mod linear;
+mod quant;
 mod sampling;
 
+use half::bf16;
+
+use crate::dtype::{load_f32, store_f32, DType};
 use crate::platform::{supported_isas, with_isa, Isa};
+
+/// A deterministic stream of case inputs: 64-bit LCG steps, 24 bits each,
+/// uniform in [0, 1).
+fn unit(seed: u64) -> impl FnMut() -> f32 {
+    let mut s = seed;
+    move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// `n` deterministic values uniform in [lo, hi).
+fn values(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut u = unit(seed);
+    (0..n).map(|_| lo + (hi - lo) * u()).collect()
+}
+
+/// A deterministic shuffle of `0..n` (Fisher-Yates over [`values`]).
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut ids: Vec<usize> = (0..n).collect();
+    let r = values(n, seed, 0.0, 1.0);
+    for i in (1..n).rev() {
+        ids.swap(i, (r[i] * (i + 1) as f32) as usize % (i + 1));
+    }
+    ids
+}
+
+fn to_bf16(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+
+fn widen(v: &[bf16]) -> Vec<f64> {
+    v.iter().map(|x| x.to_f64()).collect()
+}
+
+/// `v` rounded once to a floating `dtype`, as little-endian bytes.
+fn encode(v: &[f32], dtype: DType) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * dtype.size());
+    for &x in v {
+        out.extend_from_slice(&store_f32(x, dtype).to_le_bytes()[..dtype.size()]);
+    }
+    out
+}
+
+/// The values of little-endian `dtype` bytes (a floating dtype).
+fn decode(bytes: &[u8], dtype: DType) -> Vec<f64> {
+    bytes
+        .chunks(dtype.size())
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            load_f32(u32::from_le_bytes(b), dtype) as f64
+        })
+        .collect()
+}
 
 /// `|got - want| <= atol + rtol * |want|`, the per-element tolerance an op documents.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,6 +189,7 @@ pub fn cases() -> Vec<AlignCase> {
     all.extend(attention::cases());
     all.extend(sampling::cases());
     all.extend(linear::cases());
+    all.extend(quant::cases());
     all
 }
 

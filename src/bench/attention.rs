@@ -15,19 +15,16 @@
 //!   output are negligible); flops: 4·B·H·context·D. Floor: ≥ 80% of the
 //!   measured DRAM read bandwidth at context ≥ 4k.
 //! * Prefill: one causal sequence of T ∈ {512, 2048, 8192} tokens through
-//!   `flash_attn_varlen_func`, bf16; flops 2·T·(T+1)·H·D. The floor
-//!   (≥ 40% of the bf16 dot-product peak at T ≥ 2048) is not expressed here:
-//!   the roofline only knows the fp32 FMA peak, and the ratio of the two
-//!   differs by core (2 on AMD Zen 5, 0.5 on a current Intel Xeon). The
-//!   criterion bench (`benches/attention.rs`) reports prefill against the
-//!   measured bf16 peak as well.
+//!   `flash_attn_varlen_func`, bf16; flops 2·T·(T+1)·H·D against the tier's
+//!   measured bf16 peak ([`crate::probe::bf16_peak`]: `vdpbf16ps`, or the
+//!   AMX tiles on the amx tier). Floor: ≥ 40% of it at T ≥ 2048.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use half::bf16;
 
-use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Floor, Rng, Runner, Work};
+use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work};
 use crate::dtype::DType;
 use crate::tensor::{TensorView, TensorViewMut};
 
@@ -154,6 +151,7 @@ fn decode_case(shape: DecodeShape, cfg: &Config, arena: Arena) -> Case {
             bytes: shape.bytes(),
             flops: shape.flops(),
             bound: Bound::Read,
+            peak: Peak::Fp32,
         },
         floor: (shape.context >= 4096).then_some(Floor::MinFraction(0.8)),
     };
@@ -330,8 +328,9 @@ fn prefill_case(shape: PrefillShape, cfg: &Config) -> Case {
             bytes: shape.bytes(),
             flops: shape.flops(),
             bound: Bound::Read,
+            peak: Peak::Bf16,
         },
-        floor: None,
+        floor: (shape.tokens >= 2048).then_some(Floor::MinFraction(0.4)),
     };
     let seed = cfg.seed ^ (shape.tokens * 7 + m.heads) as u64;
     Case::new(info, move || {

@@ -38,7 +38,7 @@
 
 use half::bf16;
 
-use super::{Bound, Case, CaseInfo, Config, Floor, Rng, Runner, Work};
+use super::{Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work};
 use crate::tensor::{TensorView, TensorViewMut};
 
 /// Conv channels (Qwen3-Next: 2·16·128 + 32·128).
@@ -131,6 +131,7 @@ impl Shape {
             bytes,
             flops,
             bound: Bound::Copy,
+            peak: Peak::Fp32,
         }
     }
 

@@ -26,7 +26,7 @@ use std::rc::Rc;
 
 use half::bf16;
 
-use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Floor, Rng, Runner, Work};
+use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work};
 use crate::dtype::DType;
 use crate::tensor::{TensorView, TensorViewMut};
 
@@ -216,6 +216,7 @@ fn write_case(shape: WriteShape, cfg: &Config, arena: Arena) -> Case {
             bytes: shape.bytes(),
             flops: 0.0,
             bound: Bound::Copy,
+            peak: Peak::Fp32,
         },
         floor,
     };
@@ -343,6 +344,7 @@ fn copy_case(shape: CopyShape, cfg: &Config, arena: Arena) -> Case {
             bytes: shape.bytes(),
             flops: 0.0,
             bound: Bound::Copy,
+            peak: Peak::Fp32,
         },
         floor: None,
     };

@@ -28,7 +28,7 @@ use std::rc::Rc;
 
 use half::bf16;
 
-use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Runner, Work};
+use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Peak, Runner, Work};
 use crate::dtype::DType;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
 
@@ -105,6 +105,7 @@ impl Shape {
             bytes: bytes as f64,
             flops: flops as f64,
             bound: Bound::Copy,
+            peak: Peak::Fp32,
         }
     }
 

@@ -13,16 +13,14 @@
 //!   DRAM read bandwidth.
 //! * GEMM (M ≥ 16, warm weights): flops `2·M·N·K` against the measured fp32
 //!   FMA peak. Floors: fp32 at M ≥ 512 ≥ 85%; bf16 at M ≥ 256 ≥ 75% of the
-//!   bf16 peak (the faster of `vdpbf16ps` and fp32 FMA on this machine,
-//!   expressed against the FMA peak the roofline carries).
+//!   tier's measured bf16 peak (`vdpbf16ps`, or the AMX tiles on the amx
+//!   tier; bf16 cases are counted against it).
 //! * W8A8: quantization is a pass over the activations (bytes); the int8 GEMM
 //!   is counted in int8 ops against the fp32 FMA peak (no floor).
 
-use std::sync::OnceLock;
-
 use half::{bf16, f16};
 
-use super::{Bound, Case, CaseInfo, Config, Floor, Rng, Runner, Work};
+use super::{Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work};
 use crate::dtype::DType;
 use crate::ops::quant::Wna16Weight;
 use crate::tensor::{TensorView, TensorViewMut};
@@ -37,29 +35,6 @@ pub const KN: [(usize, usize); 7] = [
     (2048, 151_936),
     (4096, 248_320),
 ];
-
-/// The bf16 peak over the fp32 FMA peak (single thread, measured once).
-fn bf16_over_fma() -> f64 {
-    static R: OnceLock<f64> = OnceLock::new();
-    *R.get_or_init(|| {
-        if !crate::ops::linear::bf16_dot_preferred() {
-            return 1.0; // bf16 runs on the fp32 FMA microkernel
-        }
-        let k = crate::platform::kernels();
-        let (fma, dot) = (
-            k.probe_fma.expect("probe_fma"),
-            k.probe_bf16dot.expect("probe_bf16dot"),
-        );
-        let mut sink = crate::sys::xk_probe_result { value: 0.0 };
-        let mut rate = |f: unsafe extern "C" fn(i64, *mut crate::sys::xk_probe_result) -> f64| {
-            let t = std::time::Instant::now();
-            // SAFETY: sink is a valid out-pointer.
-            let flops = unsafe { f(2_000_000, &mut sink) };
-            flops / t.elapsed().as_secs_f64()
-        };
-        (rate(dot) / rate(fma)).max(1.0)
-    })
-}
 
 fn dtype_label(d: DType) -> &'static str {
     match d {
@@ -128,7 +103,7 @@ fn linear_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: b
     } else if !cold && dtype == DType::F32 && m >= 512 {
         Some(Floor::MinFraction(0.85))
     } else if !cold && dtype == DType::BF16 && m >= 256 {
-        Some(Floor::MinFraction(0.75 * bf16_over_fma()))
+        Some(Floor::MinFraction(0.75))
     } else {
         None
     };
@@ -145,6 +120,12 @@ fn linear_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: b
             },
             flops,
             bound: Bound::Read,
+            // bf16 x bf16 runs on the bf16 unit (vdpbf16ps or AMX) where the tier has one.
+            peak: if dtype == DType::BF16 {
+                Peak::Bf16
+            } else {
+                Peak::Fp32
+            },
         },
         floor,
     };
@@ -193,6 +174,7 @@ fn wna16_case(cfg: &Config, m: usize, k: usize, n: usize, bits: u32, group: usiz
             bytes: wbytes,
             flops: 2.0 * (m * n * k) as f64,
             bound: Bound::Read,
+            peak: Peak::Fp32,
         },
         floor: (m == 1).then_some(Floor::MinFraction(0.8)),
     };
@@ -253,6 +235,7 @@ fn int8_quant_case(cfg: &Config, m: usize, k: usize) -> Case {
             bytes: (m * k * 3) as f64,
             flops: 0.0,
             bound: Bound::Copy,
+            peak: Peak::Fp32,
         },
         floor: None,
     };
@@ -286,6 +269,7 @@ fn int8_mm_case(cfg: &Config, m: usize, k: usize, n: usize) -> Case {
             bytes: (n * k) as f64,
             flops: 2.0 * (m * n * k) as f64,
             bound: Bound::Read,
+            peak: Peak::Fp32,
         },
         floor: None,
     };

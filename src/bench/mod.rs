@@ -106,6 +106,24 @@ pub enum Bound {
     Copy,
 }
 
+/// The compute unit whose peak bounds a case's arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Peak {
+    /// fp32 FMA.
+    Fp32,
+    /// bf16 multiply-add with fp32 accumulation ([`crate::probe::bf16_peak`]).
+    Bf16,
+}
+
+impl Peak {
+    fn of(self, roof: &Roofline) -> f64 {
+        match self {
+            Peak::Fp32 => roof.fma_peak,
+            Peak::Bf16 => roof.bf16_peak,
+        }
+    }
+}
+
 /// The work one call does, counted as the op's useful traffic and arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Work {
@@ -114,6 +132,8 @@ pub struct Work {
     /// Floating-point operations (an FMA counts 2).
     pub flops: f64,
     pub bound: Bound,
+    /// The peak `flops` are measured against.
+    pub peak: Peak,
 }
 
 /// A performance goal a case is expected to meet (from the op's issue).
@@ -241,7 +261,7 @@ impl Measured {
             Bound::Read => roof.read_bw,
             Bound::Copy => roof.copy_bw,
         };
-        (w.bytes / bw).max(w.flops / roof.fma_peak)
+        (w.bytes / bw).max(w.flops / w.peak.of(roof))
     }
 
     /// Roofline time over the median time (1.0 = at the limit).
@@ -257,7 +277,7 @@ impl Measured {
             Bound::Read => roof.read_bw,
             Bound::Copy => roof.copy_bw,
         };
-        if w.flops / roof.fma_peak > w.bytes / bw {
+        if w.flops / w.peak.of(roof) > w.bytes / bw {
             (w.flops / self.timing.median / 1e9, "GFLOP/s")
         } else {
             (w.bytes / self.timing.median / 1e9, "GB/s")
@@ -303,10 +323,11 @@ pub fn fmt_time(secs: f64) -> String {
 /// The roofline as one line of text.
 pub fn fmt_roofline(roof: &Roofline) -> String {
     format!(
-        "DRAM read {:.1} GB/s, DRAM copy (streaming stores, read+write) {:.1} GB/s, fp32 FMA {:.1} GFLOP/s ({} threads)",
+        "DRAM read {:.1} GB/s, DRAM copy (streaming stores, read+write) {:.1} GB/s, fp32 FMA {:.1} GFLOP/s, bf16 {:.1} GFLOP/s ({} threads)",
         roof.read_bw / 1e9,
         roof.copy_bw / 1e9,
         roof.fma_peak / 1e9,
+        roof.bf16_peak / 1e9,
         roof.threads,
     )
 }
@@ -384,10 +405,11 @@ pub fn json(results: &[Measured], roof: &Roofline, extra: &[(&str, String)]) -> 
         s.push_str(&format!("  {}: {v},\n", json_str(k)));
     }
     s.push_str(&format!(
-        "  \"roofline\": {{\"read_bytes_per_s\": {}, \"copy_bytes_per_s\": {}, \"fma_flops_per_s\": {}, \"threads\": {}}},\n",
+        "  \"roofline\": {{\"read_bytes_per_s\": {}, \"copy_bytes_per_s\": {}, \"fma_flops_per_s\": {}, \"bf16_flops_per_s\": {}, \"threads\": {}}},\n",
         json_num(roof.read_bw),
         json_num(roof.copy_bw),
         json_num(roof.fma_peak),
+        json_num(roof.bf16_peak),
         roof.threads,
     ));
     s.push_str("  \"cases\": [");
@@ -404,7 +426,7 @@ pub fn json(results: &[Measured], roof: &Roofline, extra: &[(&str, String)]) -> 
         };
         s.push_str(if i == 0 { "\n" } else { ",\n" });
         s.push_str(&format!(
-            "    {{\"family\": {}, \"op\": {}, \"shape\": {}, \"dtype\": {}, \"bytes\": {}, \"flops\": {}, \"bound\": {}, \"median_s\": {}, \"min_s\": {}, \"calls\": {}, \"roofline_s\": {}, \"fraction\": {}, \"floor\": {floor}, \"meets_floor\": {meets}}}",
+            "    {{\"family\": {}, \"op\": {}, \"shape\": {}, \"dtype\": {}, \"bytes\": {}, \"flops\": {}, \"bound\": {}, \"peak\": {}, \"median_s\": {}, \"min_s\": {}, \"calls\": {}, \"roofline_s\": {}, \"fraction\": {}, \"floor\": {floor}, \"meets_floor\": {meets}}}",
             json_str(m.info.family),
             json_str(m.info.op),
             json_str(&m.info.shape),
@@ -414,6 +436,10 @@ pub fn json(results: &[Measured], roof: &Roofline, extra: &[(&str, String)]) -> 
             json_str(match w.bound {
                 Bound::Read => "read",
                 Bound::Copy => "copy",
+            }),
+            json_str(match w.peak {
+                Peak::Fp32 => "fp32",
+                Peak::Bf16 => "bf16",
             }),
             json_num(m.timing.median),
             json_num(m.timing.min),

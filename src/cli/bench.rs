@@ -97,7 +97,7 @@ pub fn run(args: &Args) -> Result<ExitCode, String> {
 
 fn probe_json(r: &probe::Roofline) -> String {
     format!(
-        "{{\"read_bytes_per_s\": {:e}, \"copy_bytes_per_s\": {:e}, \"fma_flops_per_s\": {:e}}}",
-        r.read_bw, r.copy_bw, r.fma_peak
+        "{{\"read_bytes_per_s\": {:e}, \"copy_bytes_per_s\": {:e}, \"fma_flops_per_s\": {:e}, \"bf16_flops_per_s\": {:e}}}",
+        r.read_bw, r.copy_bw, r.fma_peak, r.bf16_peak
     )
 }

@@ -462,7 +462,7 @@ impl DemoOptions {
                         Some(isa) => crate::platform::set_isa(isa)?,
                         None => bail!(
                             InvalidArgument,
-                            "--isa {v:?}: expected generic, avx2, avx512 or neon"
+                            "--isa {v:?}: expected generic, avx2, avx512, amx or neon"
                         ),
                     }
                 }

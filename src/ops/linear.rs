@@ -5,14 +5,17 @@
 //!
 //! Two regimes, chosen from the shape alone: decode (`M <= 16`) streams each
 //! weight byte once; larger `M` runs packed, cache-blocked microkernels
-//! (bf16 × bf16 through `vdpbf16ps` on AVX-512). Both accumulate in fp32, and
+//! (bf16 × bf16 through `vdpbf16ps` on AVX-512, or on the AMX tile unit on
+//! the `amx` tier: see [`crate::ops::linear_amx`]). Both accumulate in fp32, and
 //! each output element's summation order depends only on the ISA tier, the
 //! regime and `K`: results are bit-identical for any thread count.
 //!
 //! Tolerance (documented in the tests next to each check): against an fp64
 //! reference, `|y - y_ref| <= 4·sqrt(K)·2⁻²⁴·Σ_k |x_k·w_k| + ulp(y_ref)` in the
 //! output dtype (one unit in the last place for f16/bf16 outputs, 2⁻²⁴
-//! relative for f32).
+//! relative for f32). The bf16 dot instructions (`vdpbf16ps`, AMX
+//! `TDPBF16PS`) treat bf16 denormal inputs as zero and flush products and sums
+//! below 2⁻¹²⁶: on those paths the bound holds plus the flushed products.
 
 use crate::dtype::DType;
 use crate::error::{bail, Result};
@@ -242,7 +245,7 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
         return;
     }
     let kernels = platform::kernels();
-    if m <= DECODE_MAX_M {
+    if m <= DECODE_MAX_M && !crate::ops::linear_amx::takes_decode(&args) {
         let mut xf: Vec<f32> = Vec::new();
         if args.x_dtype == DType::F32.xk() && args.perm.is_null() && m <= 4 {
             args.xf = args.x as *mut f32;
@@ -468,28 +471,4 @@ pub fn wna16_linear(
     args.perm = perm.map_or(std::ptr::null(), |p| p.as_ptr().cast());
     run(args, row_bytes);
     Ok(())
-}
-
-/// bf16 dot-product throughput of this machine in FLOP/s on all threads
-/// (`vdpbf16ps` on AVX-512, fp32 FMA elsewhere), measured like
-/// [`crate::probe::fma_peak`]: the "bf16 peak" benchmarks report against.
-pub fn bf16_dot_peak() -> f64 {
-    let probe = platform::kernels().probe_bf16dot.expect("probe_bf16dot");
-    let threads = num_threads();
-    let iters = 10_000_000;
-    let mut flops = 0.0;
-    let secs = crate::probe::best_of(3, || {
-        let total = std::sync::Mutex::new(0.0);
-        grid(threads, 1, |r| {
-            for _ in r {
-                let mut sink = sys::xk_probe_result { value: 0.0 };
-                // SAFETY: sink is a valid out-pointer.
-                let f = unsafe { probe(iters, &mut sink) };
-                std::hint::black_box(sink.value);
-                *total.lock().unwrap_or_else(|e| e.into_inner()) += f;
-            }
-        });
-        flops = total.into_inner().unwrap_or_else(|e| e.into_inner());
-    });
-    flops / secs
 }

@@ -8,5 +8,6 @@ pub mod conv;
 pub mod gdn;
 pub mod layer;
 pub mod linear;
+pub mod linear_amx;
 pub mod quant;
 pub mod sampling;

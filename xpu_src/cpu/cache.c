@@ -11,44 +11,441 @@
  * - Paged layout: tokens whose slots are consecutive in one block (prefill)
  *   are written as a run of up to 16: rows converted into L1, key chunks
  *   copied side by side, value rows transposed 16x16 (see write_run_paged).
- *   Scattered single tokens (decode) touch a line per value element; that
- *   layout cost is not recoverable in the kernel.
- * - fp8 caches store saturate(x / scale): a power-of-two scale (1.0 by
- *   default) multiplies by its exact reciprocal instead of dividing. The
- *   divide plus the fp8 encoding bound fp8 writes at ~0.25 ns per element
- *   per core (AVX-512, this machine).
+ *   A scattered single token (decode) touches H * (D/x + D * block_size *
+ *   es / 64) lines, a few bytes of each (fp8, D = 256, block 16: 80 lines
+ *   per head for 512 bytes): their read-for-ownership and write-back are
+ *   the layout's cost, not recoverable in the kernel; it asks for the next
+ *   token's lines ahead (prefetch_paged_lines) to keep more in flight.
+ * - Flash writes touch the destination pages of a few tokens together
+ *   (FQ_GROUP) before the rows are written.
+ * - fp8 caches store saturate(x / scale). AVX-512 multiplies by 1/scale and
+ *   proves each lane exact (fp8_quant below, ~0.1 ns per element per core,
+ *   the divide took ~0.24); fp8 flash rows are converted in one pass per
+ *   cache with the constants in registers. AVX2 and generic divide, except
+ *   for power-of-two scales (exact reciprocal).
  */
 #include "../common/convert.h"
 #include "../common/tier.h"
 
 /* Staging buffer for one head row converted to the cache format. */
 #define XK_ROW_CHUNK 1024
-/* Cache bytes a grid block writes before it streams whole-line rows. fp8
- * writes are bound by the conversion more than by memory; they stream only
- * in blocks far bigger than the private caches (where it measured 2x+). */
+/* Cache bytes a grid block writes before it streams whole-line rows (fp8
+ * streamed only from 1 MiB while the divide bound it; with the multiply,
+ * scattered rows pay for a read-for-ownership each). */
 #define XK_STREAM_MIN_BYTES (32 * 1024)
-#define XK_STREAM_MIN_BYTES_FP8 (1024 * 1024)
+#define XK_STREAM_MIN_BYTES_FP8 (32 * 1024)
 
 static inline int64_t slot_of(const xk_kv_write_args *a, int64_t t) {
   return a->slot_mapping_is_i64 ? ((const int64_t *)a->slot_mapping)[t]
                                 : (int64_t)((const int32_t *)a->slot_mapping)[t];
 }
 
+/* ---- fp8 quantisation without a divide (AVX-512) ----------------------------
+ * The cache stores fp8(t) with t = RN_f32(x / s) (the reference divides, then
+ * rounds t to fp8, ties to even, saturating). vdivps plus the generic encoder
+ * bound the write; this path multiplies by r = RN(1/s) instead and proves,
+ * lane by lane, that the fp8 code of q = RN(x * r) equals the code of t:
+ *
+ * - |q - t| <= 3 ulp when r = RN(1/s) and no f32 underflow/overflow:
+ *   |x*r - x/s| <= 2^-24 x/s, |q - x*r| <= 2^-24 x*r, |t - x/s| <= 2^-24 x/s,
+ *   so |q - t| < 3 * 2^-24 * 2^(e+1) = 3 ulp in q's binade (an integer number
+ *   of steps, also across a binade edge, where the lower steps are half as wide).
+ * - In the f32 bit pattern a (|q|), fp8 codes change only between a and a+1
+ *   whose low `shift` bits are H or H+1 (H = 2^(shift-1), the midpoint). So
+ *   if low(a) is outside [H-4, H+3], every float within 3 steps of q has q's
+ *   code, and there round-to-nearest-even equals round-half-up.
+ * - Lanes inside that window (8 of 2^20 (e4m3) / 2^21 (e5m2) patterns),
+ *   NaN sources, and sources whose quotient falls in the fp8 subnormal range
+ *   (above the values that round to 0) send their 64-element block to the
+ *   exact path (vdivps and the reference encoder).
+ * - "Exact" scales: when x * r is exact for every source value (r has at
+ *   most 24 - p significant bits, p = the source's precision) and
+ *   |1 - r s| / (1 - |1 - r s|) < 2^-25, then x/s = x r / (1 - d) lies within
+ *   half an ulp of the float x r (a quarter below a power of two), so
+ *   t = q exactly and q is encoded with ties to even, no window. This covers
+ *   power-of-two scales and short reciprocals (s = 0.01 -> r = 100).
+ * The range checks run on the source bits (magnitudes are monotone in them).
+ */
+typedef struct fp8_quant {
+  float scale, mul;
+  int fast;            /* the multiply path applies to this scale */
+  int exact;           /* q == t for every in-range lane: ties to even, no window */
+  int sub_exact;       /* exact, and M + x r / 2 is exact too (subnormal fp8 codes) */
+} fp8_quant;
+
+static inline int fq_sig_bits(float f) { /* significant bits of a normal float */
+  const uint32_t m = (xk_f32_bits(f) & 0x7fffffu) | 0x800000u;
+  return 24 - __builtin_ctz(m);
+}
+
+static inline fp8_quant fp8_quant_make(float scale, int32_t src_dtype, int32_t cache_dtype) {
+  fp8_quant q;
+  const uint32_t sb = xk_f32_bits(scale);
+  q.scale = scale;
+  q.mul = 1.0f / scale;
+  /* 2^-125 <= s < 2^124: 1/s and 1/(2s) normal, the bounds above hold. */
+  q.fast = (sb >> 23) >= 2 && (sb >> 23) <= 250 && (sb >> 31) == 0;
+  q.exact = q.sub_exact = 0;
+  (void)cache_dtype;
+  if (!q.fast) return q;
+  const double d = 1.0 - (double)q.mul * (double)scale; /* exact: 48-bit product, Sterbenz */
+  const double ad = d < 0 ? -d : d;
+  const int p = src_dtype == XK_BF16 ? 8 : src_dtype == XK_F16 ? 11 : 24;
+  const int sig = fq_sig_bits(q.mul);
+  const int prod = sig == 1 ? p : p + sig; /* bits of x * r, at most */
+  q.exact = prod <= 24 && ad < 0x1p-25 * (1.0 - ad) * (1.0 - 0x1p-40);
+  q.sub_exact = q.exact && prod <= 20;
+  return q;
+}
+
+#if XK_F32_LANES == 16
+/* Constants of one fp8 format for the fast path. */
+#define FQ_SHIFT(e5) ((e5) ? 21 : 20)
+#define FQ_HALF(e5) (1u << (FQ_SHIFT(e5) - 1))
+#define FQ_REBIAS(e5) ((e5) ? (112u << 2) : (120u << 3))
+#define FQ_MAXF(e5) ((e5) ? 0x7b : 0x7e)
+
+/* Exact path for up to 64 elements (mask m): divide, reference encoder. */
+static __attribute__((noinline)) void fp8_exact64(uint8_t *dst, const void *src, int32_t src_dtype, __mmask64 m,
+                                                  float scale, int e5) {
+  const xk_fp8_format *fmt = e5 ? &XK_E5M2 : &XK_E4M3;
+  const __m512 vs = _mm512_set1_ps(scale);
+  for (int j = 0; j < 4; j++) {
+    const __mmask16 mj = (__mmask16)(m >> (16 * j));
+    if (!mj) continue;
+    __m512 v;
+    if (src_dtype == XK_BF16) {
+      v = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mj, (const uint16_t *)src + 16 * j)), 16));
+    } else if (src_dtype == XK_F16) {
+      v = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mj, (const uint16_t *)src + 16 * j));
+    } else {
+      v = _mm512_maskz_loadu_ps(mj, (const float *)src + 16 * j);
+    }
+    _mm512_mask_cvtepi32_storeu_epi8(dst + 16 * j, mj, xk_fp8_encode16(_mm512_div_ps(v, vs), fmt));
+  }
+}
+
+/* Constants of the fast path, made once per row. */
+typedef struct fq_consts {
+  __m512 r, r2, mg;
+  __m512i kv, win, low, clr, hmask, abs16, inf16, maxf, sgn, perm;
+} fq_consts;
+
+static inline __attribute__((always_inline)) fq_consts fq_consts_make(const fp8_quant *q, int e5, int exact) {
+  fq_consts c;
+  const int shift = FQ_SHIFT(e5);
+  c.r = _mm512_set1_ps(q->mul);
+  c.r2 = _mm512_set1_ps(q->mul * 0.5f);
+  c.mg = _mm512_set1_ps(e5 ? 0x1p-15f : 0x1p-7f);
+  c.kv = _mm512_set1_epi32((int32_t)(FQ_HALF(e5) + (exact ? 0u : 4u) - (FQ_REBIAS(e5) << shift)));
+  c.win = _mm512_set1_epi32((int)((1u << shift) - 8u));
+  c.low = _mm512_set1_epi32((int)((1u << shift) - 1u));
+  c.clr = _mm512_set1_epi32((int)~(1u << shift));
+  c.hmask = _mm512_set1_epi32((int)0xffff0000u);
+  c.abs16 = _mm512_set1_epi32(0x7fff7fff);
+  c.inf16 = _mm512_set1_epi16(0x7f80);
+  c.maxf = _mm512_set1_epi8((char)FQ_MAXF(e5));
+  c.sgn = _mm512_set1_epi8((char)0x80);
+  c.perm = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  /* Opaque to the compiler: it keeps them in registers instead of
+   * re-broadcasting them inside the loops. */
+  __asm__("" : "+v"(c.r), "+v"(c.r2), "+v"(c.mg), "+v"(c.kv), "+v"(c.win), "+v"(c.low), "+v"(c.clr));
+  __asm__("" : "+v"(c.hmask), "+v"(c.abs16), "+v"(c.inf16), "+v"(c.maxf), "+v"(c.sgn), "+v"(c.perm));
+  return c;
+}
+
+/* 64 bf16 -> fp8 (mask m: the elements present). Returns 0 when a lane needs
+ * the exact path (nothing is stored then). */
+static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, const uint16_t *src, __mmask64 m,
+                                                                 const fq_consts *c, int e5, int exact, int full,
+                                                                 int stream) {
+  const int shift = FQ_SHIFT(e5);
+  const __m512i ra = full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16((__mmask32)m, src);
+  const __m512i rb = full ? _mm512_loadu_si512(src + 32) : _mm512_maskz_loadu_epi16((__mmask32)(m >> 32), src + 32);
+  const __m512i aa = _mm512_and_si512(ra, c->abs16), ab = _mm512_and_si512(rb, c->abs16);
+  /* NaN sources take the exact path. */
+  __mmask32 ok = _mm512_cmple_epu16_mask(aa, c->inf16);
+  ok = _mm512_mask_cmple_epu16_mask(ok, ab, c->inf16);
+  /* Even elements into the high halves of the dwords, odd ones masked. */
+  const __m512 xe0 = _mm512_castsi512_ps(_mm512_slli_epi32(aa, 16)), xo0 = _mm512_castsi512_ps(_mm512_and_si512(aa, c->hmask));
+  const __m512 xe1 = _mm512_castsi512_ps(_mm512_slli_epi32(ab, 16)), xo1 = _mm512_castsi512_ps(_mm512_and_si512(ab, c->hmask));
+  /* q = x r; below the smallest normal, y = M + x r / 2 (M = 2^-7 / 2^-15)
+   * puts RNE(q / smallest subnormal) in the bits the normal path rounds at,
+   * and max(q, y) picks y exactly there. */
+#define FQ_U(X) _mm512_add_epi32(_mm512_castps_si512(_mm512_max_ps(_mm512_mul_ps(X, c->r), _mm512_fmadd_ps(X, c->r2, c->mg))), c->kv)
+  __m512i ue0 = FQ_U(xe0), uo0 = FQ_U(xo0), ue1 = FQ_U(xe1), uo1 = FQ_U(xo1);
+#undef FQ_U
+  if (exact) {
+    if (ok != 0xffffffffu) return 0;
+    /* low(u) == 0: q is a midpoint (a tie), rounded half up to code c+1:
+     * clear the code's last bit (ties to even). */
+    ue0 = _mm512_mask_and_epi32(ue0, _mm512_testn_epi32_mask(ue0, c->low), ue0, c->clr);
+    uo0 = _mm512_mask_and_epi32(uo0, _mm512_testn_epi32_mask(uo0, c->low), uo0, c->clr);
+    ue1 = _mm512_mask_and_epi32(ue1, _mm512_testn_epi32_mask(ue1, c->low), ue1, c->clr);
+    uo1 = _mm512_mask_and_epi32(uo1, _mm512_testn_epi32_mask(uo1, c->low), uo1, c->clr);
+  } else {
+    /* low(u) in [0, 7]: q within 4 steps of a midpoint. */
+    __mmask16 k16 = (__mmask16)(ok & (ok >> 16));
+    k16 = _mm512_mask_test_epi32_mask(k16, ue0, c->win);
+    k16 = _mm512_mask_test_epi32_mask(k16, uo0, c->win);
+    k16 = _mm512_mask_test_epi32_mask(k16, ue1, c->win);
+    k16 = _mm512_mask_test_epi32_mask(k16, uo1, c->win);
+    if (k16 != 0xffff) return 0;
+  }
+  /* Codes as words, element order kept (select: odd from the high word). */
+  const __m512i w0 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(uo0, shift - 16), _mm512_srli_epi32(ue0, shift), c->hmask, 0xe4);
+  const __m512i w1 = _mm512_ternarylogic_epi32(_mm512_srli_epi32(uo1, shift - 16), _mm512_srli_epi32(ue1, shift), c->hmask, 0xe4);
+  __m512i b = _mm512_permutexvar_epi64(c->perm, _mm512_packus_epi16(w0, w1));
+  b = _mm512_min_epu8(b, c->maxf);
+  const __mmask64 sign = _mm512_kunpackd(_mm512_movepi16_mask(rb), _mm512_movepi16_mask(ra));
+  b = _mm512_mask_add_epi8(b, sign, b, c->sgn);
+  if (stream) _mm512_stream_si512((void *)dst, b);
+  else if (full) _mm512_storeu_si512(dst, b);
+  else _mm512_mask_storeu_epi8(dst, m, b);
+  return 1;
+}
+
+/* 64 f16 or f32 -> fp8, as fp8_fast64_bf16 in dword order. Exact scales whose
+ * M + x r / 2 may round (sub_exact == 0) send subnormal-range lanes to the
+ * exact path. */
+static inline __attribute__((always_inline)) int fp8_fast64_wide(uint8_t *dst, const void *src, int32_t src_dtype,
+                                                                 __mmask64 m, const fq_consts *c, int e5, int exact,
+                                                                 int sub_check, int full, int stream) {
+  const int shift = FQ_SHIFT(e5);
+  const __m512 r = c->r, r2 = c->r2, mg = c->mg;
+  const __m512i absm = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+  const __m512i kv = c->kv, low = c->low, win = c->win, clr = c->clr;
+  __m512i cd[4];
+  __mmask16 sg[4];
+  __mmask16 ok = 0xffff;
+  for (int j = 0; j < 4; j++) {
+    const __mmask16 mj = (__mmask16)(m >> (16 * j));
+    __m512 x;
+    if (src_dtype == XK_F16) x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mj, (const uint16_t *)src + 16 * j));
+    else x = _mm512_maskz_loadu_ps(mj, (const float *)src + 16 * j);
+    sg[j] = _mm512_movepi32_mask(_mm512_castps_si512(x));
+    const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), absm);
+    ok = _mm512_mask_cmple_epu32_mask(ok, a, inf);
+    const __m512 xa = _mm512_castsi512_ps(a);
+    const __m512 qv = _mm512_mul_ps(xa, r);
+    if (sub_check) { /* (2^-10, 2^-6) resp. (2^-17, 2^-14): not exact */
+      const __mmask16 bad = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(qv, _mm512_set1_ps(e5 ? 0x1p-17f : 0x1p-10f), _CMP_GT_OQ),
+                                                    qv, _mm512_set1_ps(e5 ? 0x1p-14f : 0x1p-6f), _CMP_LT_OQ);
+      ok = (__mmask16)(ok & ~bad);
+    }
+    __m512i u = _mm512_add_epi32(_mm512_castps_si512(_mm512_max_ps(qv, _mm512_fmadd_ps(xa, r2, mg))), kv);
+    if (exact) u = _mm512_mask_and_epi32(u, _mm512_testn_epi32_mask(u, low), u, clr);
+    else ok = _mm512_mask_test_epi32_mask(ok, u, win);
+    cd[j] = _mm512_srli_epi32(u, shift);
+  }
+  if (ok != 0xffff) return 0;
+  /* Per 128-bit lane i: bytes of c0[4i..4i+3], c1[..], c2[..], c3[..]. */
+  __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(cd[0], cd[1]), _mm512_packus_epi32(cd[2], cd[3]));
+  b = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), b);
+  b = _mm512_min_epu8(b, c->maxf);
+  const __mmask64 sign = _mm512_kunpackd(_mm512_kunpackw(sg[3], sg[2]), _mm512_kunpackw(sg[1], sg[0]));
+  b = _mm512_mask_add_epi8(b, sign, b, c->sgn);
+  if (stream) _mm512_stream_si512((void *)dst, b);
+  else if (full) _mm512_storeu_si512(dst, b);
+  else _mm512_mask_storeu_epi8(dst, m, b);
+  return 1;
+}
+
+static inline __attribute__((always_inline)) int fq_kernel(uint8_t *d, const char *s, __mmask64 m, const fq_consts *c,
+                                                           int32_t src_dtype, int e5, int exact, int subc, int full,
+                                                           int st) {
+  if (src_dtype == XK_BF16) return fp8_fast64_bf16(d, (const uint16_t *)s, m, c, e5, exact, full, st);
+  return fp8_fast64_wide(d, s, src_dtype, m, c, e5, exact, subc, full, st);
+}
+
+/* dst[i] = fp8(RN(src[i] / scale)) for n elements, bit-identical to the
+ * reference. `stream`: whole 64-byte lines of a 64-aligned dst go out with
+ * streaming stores. The fast loops hold no call, so the constants stay in
+ * registers; a block that needs the exact path leaves them. */
+static inline __attribute__((always_inline)) void fq_run(uint8_t *dst, const char *src, int64_t n, const fq_consts *c,
+                                                         float scale, int32_t src_dtype, int e5, int exact, int subc,
+                                                         int stream) {
+  const int64_t ss = xk_dtype_size(src_dtype);
+  const int st = stream && ((uintptr_t)dst & 63u) == 0;
+  int64_t i = 0;
+  for (;;) {
+    if (st) {
+      for (; i + 64 <= n; i += 64) {
+        /* Large batches read their source from memory: keep the lines ~16
+         * blocks ahead coming (the hardware stream stalls at page edges). */
+        for (int64_t l = 0; l < ss; l++) _mm_prefetch(src + (i + 1024) * ss + 64 * l, _MM_HINT_T0);
+        if (!fq_kernel(dst + i, src + i * ss, ~(__mmask64)0, c, src_dtype, e5, exact, subc, 1, 1)) break;
+      }
+    } else {
+      for (; i + 64 <= n; i += 64)
+        if (!fq_kernel(dst + i, src + i * ss, ~(__mmask64)0, c, src_dtype, e5, exact, subc, 1, 0)) break;
+    }
+    if (i >= n) return;
+    const __mmask64 m = n - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - i)) - 1);
+    if (i + 64 > n && fq_kernel(dst + i, src + i * ss, m, c, src_dtype, e5, exact, subc, 0, 0)) return;
+    fp8_exact64(dst + i, src + i * ss, src_dtype, m, scale, e5);
+    i += 64;
+    if (i >= n) return;
+  }
+}
+
+typedef void (*fq_row_fn)(uint8_t *dst, const void *src, int64_t n, const fp8_quant *q, int stream);
+typedef void (*fq_tokens_fn)(const xk_kv_write_args *a, int kv, int64_t t0, int64_t t1, const fp8_quant *q,
+                             int stream);
+typedef void (*fq_rows_fn)(uint8_t *dst, int64_t dst_stride, const char *src, int64_t src_stride, int64_t rows,
+                           int64_t n, const fp8_quant *q);
+
+/* Flash writes touch the destination pages of FQ_GROUP tokens together
+ * (one prefetch per new page) before writing their rows: scattered slots put
+ * each row on its own page, and page walks issued one by one behind a row's
+ * stores were not overlapped (measured: T=512 H=8 D=256 random fp8 565 ->
+ * 307 us; prefill rows share pages and are left alone). */
+#define FQ_GROUP 8
+
+/* Every token of [t0, t1) of one flash cache (kv: key or value) whose heads
+ * form one contiguous row in the source and the cache. */
+static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_write_args *a, int kv, int64_t t0,
+                                                                 int64_t t1, const fp8_quant *q, int stream,
+                                                                 int32_t src_dtype, int e5, int exact, int subc) {
+  const fq_consts c = fq_consts_make(q, e5, exact);
+  const char *src = (const char *)(kv ? a->value : a->key);
+  const int64_t s_tok = (kv ? a->value_stride_token : a->key_stride_token) * xk_dtype_size(src_dtype);
+  uint8_t *cache = (uint8_t *)(kv ? a->value_cache : a->key_cache);
+  const int64_t *st = kv ? a->value_cache_strides : a->key_cache_strides;
+  const int64_t n = a->num_heads * a->head_size, bs = a->block_size;
+  const int pow2 = (bs & (bs - 1)) == 0;
+  const int sh = pow2 ? __builtin_ctzll((unsigned long long)bs) : 0;
+  const float scale = q->scale;
+  for (int64_t g = t0; g < t1; g += FQ_GROUP) {
+    const int64_t gn = t1 - g < FQ_GROUP ? t1 - g : FQ_GROUP;
+    uint8_t *dst[FQ_GROUP];
+    uintptr_t prev = 0;
+    for (int64_t j = 0; j < gn; j++) {
+      const int64_t slot = slot_of(a, g + j);
+      if (slot < 0) {
+        dst[j] = 0;
+        continue;
+      }
+      const int64_t blk = pow2 ? slot >> sh : slot / bs, off = pow2 ? slot & (bs - 1) : slot % bs;
+      dst[j] = cache + blk * st[0] + off * st[1];
+      if (((uintptr_t)dst[j] ^ prev) >> 12) _mm_prefetch((const char *)dst[j], _MM_HINT_T0);
+      prev = (uintptr_t)dst[j];
+    }
+    for (int64_t j = 0; j < gn; j++)
+      if (dst[j]) fq_run(dst[j], src + (g + j) * s_tok, n, &c, scale, src_dtype, e5, exact, subc, stream);
+  }
+}
+
+/* One variant (source dtype, fp8 format, exact / window, subnormal check):
+ * a row, and the flash tokens above. */
+#define FQ_VARIANT(SUF, SRC, E5, EXACT, SUBC)                                                            \
+  static __attribute__((noinline)) void fq_row_##SUF(uint8_t *dst, const void *src, int64_t n,          \
+                                                     const fp8_quant *q, int stream) {                  \
+    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                    \
+    fq_run(dst, (const char *)src, n, &c, q->scale, SRC, E5, EXACT, SUBC, stream);                       \
+  }                                                                                                      \
+  static __attribute__((noinline)) void fq_tokens_##SUF(const xk_kv_write_args *a, int kv, int64_t t0,  \
+                                                        int64_t t1, const fp8_quant *q, int stream) {    \
+    fq_tokens_body(a, kv, t0, t1, q, stream, SRC, E5, EXACT, SUBC);                                      \
+  }                                                                                                      \
+  static __attribute__((noinline)) void fq_rows_##SUF(uint8_t *dst, int64_t dst_stride, const char *src, \
+                                                      int64_t src_stride, int64_t rows, int64_t n,       \
+                                                      const fp8_quant *q) {                              \
+    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                    \
+    for (int64_t r = 0; r < rows; r++)                                                                   \
+      fq_run(dst + r * dst_stride, src + r * src_stride, n, &c, q->scale, SRC, E5, EXACT, SUBC, 0);      \
+  }
+FQ_VARIANT(bf16_e4_exact, XK_BF16, 0, 1, 0)
+FQ_VARIANT(bf16_e4_approx, XK_BF16, 0, 0, 0)
+FQ_VARIANT(bf16_e5_exact, XK_BF16, 1, 1, 0)
+FQ_VARIANT(bf16_e5_approx, XK_BF16, 1, 0, 0)
+FQ_VARIANT(f16_e4_exact, XK_F16, 0, 1, 0)
+FQ_VARIANT(f16_e4_exactc, XK_F16, 0, 1, 1)
+FQ_VARIANT(f16_e4_approx, XK_F16, 0, 0, 0)
+FQ_VARIANT(f16_e5_exact, XK_F16, 1, 1, 0)
+FQ_VARIANT(f16_e5_exactc, XK_F16, 1, 1, 1)
+FQ_VARIANT(f16_e5_approx, XK_F16, 1, 0, 0)
+FQ_VARIANT(f32_e4_exact, XK_F32, 0, 1, 0)
+FQ_VARIANT(f32_e4_exactc, XK_F32, 0, 1, 1)
+FQ_VARIANT(f32_e4_approx, XK_F32, 0, 0, 0)
+FQ_VARIANT(f32_e5_exact, XK_F32, 1, 1, 0)
+FQ_VARIANT(f32_e5_exactc, XK_F32, 1, 1, 1)
+FQ_VARIANT(f32_e5_approx, XK_F32, 1, 0, 0)
+#undef FQ_VARIANT
+
+/* The functions for a quantiser; row NULL: scale out of range, divide. */
+typedef struct fq_fns {
+  fq_row_fn row;
+  fq_tokens_fn tokens;
+  fq_rows_fn rows;
+} fq_fns;
+
+static inline fq_fns fq_fns_for(const fp8_quant *q, int32_t src_dtype, int32_t cache_dtype) {
+#define FQ_PICK(SUF) \
+  do {               \
+    f.row = fq_row_##SUF; \
+    f.tokens = fq_tokens_##SUF; \
+    f.rows = fq_rows_##SUF; \
+  } while (0)
+  fq_fns f = {0, 0, 0};
+  if (!q->fast) return f;
+  const int e5 = cache_dtype == XK_F8E5M2;
+  const int mode = q->sub_exact ? 2 : q->exact ? 1 : 0; /* bf16 has no "exact, check subnormals" mode */
+  switch (src_dtype) {
+    case XK_BF16:
+      if (mode == 2) { if (e5) FQ_PICK(bf16_e5_exact); else FQ_PICK(bf16_e4_exact); }
+      else { if (e5) FQ_PICK(bf16_e5_approx); else FQ_PICK(bf16_e4_approx); }
+      break;
+    case XK_F16:
+      if (mode == 2) { if (e5) FQ_PICK(f16_e5_exact); else FQ_PICK(f16_e4_exact); }
+      else if (mode == 1) { if (e5) FQ_PICK(f16_e5_exactc); else FQ_PICK(f16_e4_exactc); }
+      else { if (e5) FQ_PICK(f16_e5_approx); else FQ_PICK(f16_e4_approx); }
+      break;
+    case XK_F32:
+      if (mode == 2) { if (e5) FQ_PICK(f32_e5_exact); else FQ_PICK(f32_e4_exact); }
+      else if (mode == 1) { if (e5) FQ_PICK(f32_e5_exactc); else FQ_PICK(f32_e4_exactc); }
+      else { if (e5) FQ_PICK(f32_e5_approx); else FQ_PICK(f32_e4_approx); }
+      break;
+    default: break;
+  }
+  return f;
+#undef FQ_PICK
+}
+#endif
+
 /* fp8 caches store saturate(x / scale). When scale is a power of two its
  * reciprocal is exact and x * (1 / scale) is the same real number as
  * x / scale, so both round alike: multiply (vLLM's default scale 1.0 is the
- * common case). Other scales divide. */
+ * common case). Other scales divide, except on AVX-512, where fp8_quant
+ * (above) multiplies and proves each lane. */
 typedef struct scale_div {
   float scale, inv;
   int pow2;
+#if XK_F32_LANES == 16
+  fp8_quant fq;
+  fq_row_fn row;       /* NULL: the divide below */
+  fq_tokens_fn tokens;
+  fq_rows_fn rows;
+#endif
 } scale_div;
 
-static inline scale_div scale_div_make(float scale) {
+static inline scale_div scale_div_make(float scale, int32_t src_dtype, int32_t cache_dtype) {
   scale_div d;
   uint32_t u = xk_f32_bits(scale);
   d.scale = scale;
   d.inv = 1.0f / scale;
   d.pow2 = (u & 0x7fffffu) == 0 && (u >> 23) >= 1 && (u >> 23) <= 254;
+#if XK_F32_LANES == 16
+  d.fq = fp8_quant_make(scale, src_dtype, cache_dtype);
+  const fq_fns f = xk_is_fp8(cache_dtype) ? fq_fns_for(&d.fq, src_dtype, cache_dtype) : (fq_fns){0, 0, 0};
+  d.row = f.row;
+  d.tokens = f.tokens;
+  d.rows = f.rows;
+#else
+  (void)src_dtype;
+  (void)cache_dtype;
+#endif
   return d;
 }
 
@@ -113,6 +510,12 @@ static inline void convert_row(void *dst, int32_t dst_dtype, const void *src, in
     xk_convert_row(dst, dst_dtype, src, src_dtype, n, 1.0f);
     return;
   }
+#if XK_F32_LANES == 16
+  if (d->row) {
+    d->row((uint8_t *)dst, src, n, &d->fq, 0);
+    return;
+  }
+#endif
   const float s = d->pow2 ? d->inv : d->scale;
   int64_t i = 0;
 #if XK_F32_LANES > 1
@@ -172,6 +575,12 @@ static void write_row_flash(char *cache, const int64_t *st, int32_t cache_dtype,
   const int64_t es = xk_dtype_size(cache_dtype);
   char *dst = cache + (block * st[0] + offset * st[1] + head * st[2]) * es;
 #if XK_F32_LANES > 1
+#if XK_F32_LANES == 16
+  if (stream && d->row) {
+    d->row((uint8_t *)dst, src, head_size, &d->fq, 1);
+    return;
+  }
+#endif
   if (stream && can_stream(dst, head_size * es)) {
     if (cache_dtype == src_dtype) stream_copy(dst, (const char *)src, head_size * es);
     else stream_converted_row(dst, cache_dtype, (const char *)src, src_dtype, head_size, d);
@@ -223,7 +632,7 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
 /* Tokens per run (the transpose is 16 x 16). */
 #define XK_RUN 16
 /* Head elements staged per pass. */
-#define XK_DCHUNK 128
+#define XK_DCHUNK 256
 
 #if XK_F32_LANES > 1
 /* out[e] = byte e of rows 0..15 (16-byte rows, row_bytes apart). */
@@ -350,12 +759,16 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
       const float *scales = kv ? a->v_scale : a->k_scale;
       const int64_t scale_stride = kv ? a->v_scale_stride : a->k_scale_stride;
       scale_div sd = kv ? *vs_all : *ks_all;
-      if (fp8 && scales && scale_stride) sd = scale_div_make(scales[h * scale_stride]);
+      if (fp8 && scales && scale_stride) sd = scale_div_make(scales[h * scale_stride], a->src_dtype, a->cache_dtype);
       for (int64_t d0 = 0; d0 < a->head_size; d0 += XK_DCHUNK) {
         const int64_t dn = a->head_size - d0 < XK_DCHUNK ? a->head_size - d0 : XK_DCHUNK;
-        for (int64_t j = 0; j < n; j++)
-          convert_row(stg + j * stg_row, a->cache_dtype, src + ((t + j) * s_tok + h * s_head + d0) * ss,
-                      a->src_dtype, dn, &sd);
+        const char *s0 = src + (t * s_tok + h * s_head + d0) * ss;
+#if XK_F32_LANES == 16
+        if (sd.rows) sd.rows((uint8_t *)stg, stg_row, s0, s_tok * ss, n, dn, &sd.fq);
+        else
+#endif
+          for (int64_t j = 0; j < n; j++)
+            convert_row(stg + j * stg_row, a->cache_dtype, s0 + j * s_tok * ss, a->src_dtype, dn, &sd);
         if (kv) scatter_value_run(a, block, off, h, n, d0, dn, stg, stg_row, stream);
         else scatter_key_run(a, block, off, h, n, d0, dn, stg, stg_row, stream);
       }
@@ -363,14 +776,51 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
   }
 }
 
+#if XK_F32_LANES > 1
+/* Paged layout: every line a token's key chunks and value elements land in,
+ * for ownership (prefetchw; a no-op on processors without it). A scattered
+ * token touches H * (D/x + D * block_size * es / 64) lines, a few bytes of
+ * each: their read-for-ownership from memory is the cost of the layout, and
+ * the stores alone keep too few of them in flight. */
+static void prefetch_paged_lines(const xk_kv_write_args *a, int64_t slot) {
+  const int64_t es = xk_dtype_size(a->cache_dtype), blk = slot / a->block_size, off = slot % a->block_size;
+  const int64_t *ks = a->key_cache_strides, *vs = a->value_cache_strides;
+  const int64_t vstep = vs[2] * es >= 64 ? 1 : 64 / (vs[2] * es);
+  for (int64_t h = 0; h < a->num_heads; h++) {
+    const char *k = (const char *)a->key_cache + (blk * ks[0] + h * ks[1] + off * ks[3]) * es;
+    const char *v = (const char *)a->value_cache + (blk * vs[0] + h * vs[1] + off * vs[3]) * es;
+    for (int64_t c = 0; c < a->head_size / a->x; c++) __asm__ volatile("prefetchw %0" ::"m"(k[c * ks[2] * es]));
+    for (int64_t d = 0; d < a->head_size; d += vstep) __asm__ volatile("prefetchw %0" ::"m"(v[d * vs[2] * es]));
+  }
+}
+#endif
+
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end) {
   const int64_t ss = xk_dtype_size(a->src_dtype), es = xk_dtype_size(a->cache_dtype);
   const int fp8 = xk_is_fp8(a->cache_dtype);
   const int stream = (token_end - token_begin) * a->num_heads * a->head_size * es * 2 >=
                      (fp8 ? XK_STREAM_MIN_BYTES_FP8 : XK_STREAM_MIN_BYTES);
   /* Per-tensor scales: one reciprocal for the whole block. */
-  const scale_div ks_all = scale_div_make(fp8 && a->k_scale ? a->k_scale[0] : 1.0f);
-  const scale_div vs_all = scale_div_make(fp8 && a->v_scale ? a->v_scale[0] : 1.0f);
+  const scale_div ks_all = scale_div_make(fp8 && a->k_scale ? a->k_scale[0] : 1.0f, a->src_dtype, a->cache_dtype);
+  const scale_div vs_all = scale_div_make(fp8 && a->v_scale ? a->v_scale[0] : 1.0f, a->src_dtype, a->cache_dtype);
+  /* Flash: a token's heads are one row of the cache when they are contiguous
+   * there and in the source, and share one scale. */
+  int whole = a->layout == XK_LAYOUT_FLASH;
+  for (int kv = 0; kv < 2; kv++) {
+    const int64_t s_head = kv ? a->value_stride_head : a->key_stride_head;
+    const int64_t *st = kv ? a->value_cache_strides : a->key_cache_strides;
+    const int64_t sc_stride = kv ? a->v_scale_stride : a->k_scale_stride;
+    whole &= s_head == a->head_size && st[2] == a->head_size && st[3] == 1 && !(fp8 && sc_stride);
+  }
+#if XK_F32_LANES == 16
+  if (whole && ks_all.tokens && vs_all.tokens) {
+    /* fp8 flash rows: one pass per cache, the quantiser's constants loaded once. */
+    ks_all.tokens(a, 0, token_begin, token_end, &ks_all.fq, stream);
+    vs_all.tokens(a, 1, token_begin, token_end, &vs_all.fq, stream);
+    if (stream) _mm_sfence();
+    return;
+  }
+#endif
   for (int64_t t = token_begin; t < token_end;) {
     const int64_t slot = slot_of(a, t);
     if (slot < 0) {
@@ -386,13 +836,29 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
         t += n;
         continue;
       }
+#if XK_F32_LANES > 1
+      /* A scattered token: ask for its lines (the first), and the next
+       * token's, ahead of the stores. */
+      if (t == token_begin) prefetch_paged_lines(a, slot);
+      if (t + 1 < token_end && slot_of(a, t + 1) >= 0) prefetch_paged_lines(a, slot_of(a, t + 1));
+#endif
+    }
+    if (whole) {
+      write_row_flash(a->key_cache, a->key_cache_strides, a->cache_dtype, block, offset, 0,
+                      (const char *)a->key + t * a->key_stride_token * ss, a->src_dtype,
+                      a->num_heads * a->head_size, &ks_all, stream);
+      write_row_flash(a->value_cache, a->value_cache_strides, a->cache_dtype, block, offset, 0,
+                      (const char *)a->value + t * a->value_stride_token * ss, a->src_dtype,
+                      a->num_heads * a->head_size, &vs_all, stream);
+      t++;
+      continue;
     }
     for (int64_t h = 0; h < a->num_heads; h++) {
       const char *k = (const char *)a->key + (t * a->key_stride_token + h * a->key_stride_head) * ss;
       const char *v = (const char *)a->value + (t * a->value_stride_token + h * a->value_stride_head) * ss;
       scale_div ks = ks_all, vs = vs_all;
-      if (fp8 && a->k_scale && a->k_scale_stride) ks = scale_div_make(a->k_scale[h * a->k_scale_stride]);
-      if (fp8 && a->v_scale && a->v_scale_stride) vs = scale_div_make(a->v_scale[h * a->v_scale_stride]);
+      if (fp8 && a->k_scale && a->k_scale_stride) ks = scale_div_make(a->k_scale[h * a->k_scale_stride], a->src_dtype, a->cache_dtype);
+      if (fp8 && a->v_scale && a->v_scale_stride) vs = scale_div_make(a->v_scale[h * a->v_scale_stride], a->src_dtype, a->cache_dtype);
       if (a->layout == XK_LAYOUT_FLASH) {
         write_row_flash(a->key_cache, a->key_cache_strides, a->cache_dtype, block, offset, h, k, a->src_dtype,
                         a->head_size, &ks, stream);

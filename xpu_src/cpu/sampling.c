@@ -143,6 +143,22 @@ static inline __m512d xs_exp64x8(__m512d d) {
   for (int j = 0; j < 13; j++) p = _mm512_add_pd(_mm512_mul_pd(p, r), _mm512_set1_pd(c[j]));
   return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(p), _mm512_slli_epi64(n, 52)));
 }
+/* 2^(d log2 e) by a degree-5 polynomial on [-1/2, 1/2] and vscalefps: within
+ * 4.3e-6 of e^d for every float d in [-27.8, 0] (checked exhaustively), and
+ * with the exp_spec error (2.6e-7) within XS_APPROX_EPS / 2 of exp_spec. */
+static inline __m512 xs_aexp16(__m512 d) {
+  const __m512 t = _mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 q = _mm512_set1_ps(1.3333558146428443e-3f);
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(q, n);
+}
+
 #elif XK_F32_LANES == 8
 static inline __m256 xs_expf8(__m256 d) {
   const __m256 magic = _mm256_set1_ps(XS_MAGIC32);
@@ -499,6 +515,51 @@ static uint32_t xs_median3(const uint32_t *k, int64_t lo, int64_t hi) {
  * narrowing over the key range (no data-dependent branches in the loops).
  * Overwrites k; uses the workspace histogram. */
 static uint32_t xs_kth_largest(xs_ws *w, uint32_t *k, int64_t n, int64_t kk) {
+#if XK_F32_LANES == 16
+  /* Bisection on the key: the largest v with #{key >= v} >= kk, each count a
+   * compare + popcount sweep; every third step the keys left in (lo, hi]
+   * are compressed in place (those above hi counted), so the sweeps shrink. */
+  (void)w;
+  __m512i vlo = _mm512_set1_epi32(-1), vhi = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi32(in, k + i);
+    vlo = _mm512_mask_min_epu32(vlo, in, vlo, v);
+    vhi = _mm512_mask_max_epu32(vhi, in, vhi, v);
+  }
+  /* invariant: #{key >= lo} >= kk (counting `above`), #{key >= hi + 1} < kk */
+  uint64_t lo = _mm512_reduce_min_epu32(vlo), hi = _mm512_reduce_max_epu32(vhi);
+  int64_t above = 0;
+  for (int step = 0; lo < hi; step++) {
+    if (step % 3 == 2) {
+      /* keep (lo, hi]: keys above hi are counted, keys <= lo can only be the answer lo itself */
+      const __m512i vl = _mm512_set1_epi32((int)(uint32_t)lo), vh = _mm512_set1_epi32((int)(uint32_t)hi);
+      int64_t j = 0;
+      for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512i v = _mm512_maskz_loadu_epi32(in, k + i);
+        const __mmask16 up = _mm512_mask_cmp_epu32_mask(in, v, vh, _MM_CMPINT_NLE);
+        const __mmask16 mid = _mm512_mask_cmp_epu32_mask(in, v, vl, _MM_CMPINT_NLE) & (__mmask16)~up;
+        above += __builtin_popcount((unsigned)up);
+        _mm512_storeu_si512(k + j, _mm512_maskz_compress_epi32(mid, v));
+        j += __builtin_popcount((unsigned)mid);
+      }
+      n = j;
+    }
+    const uint64_t mid = lo + (hi - lo + 1) / 2;
+    const __m512i vm = _mm512_set1_epi32((int)(uint32_t)mid);
+    int64_t c = above;
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+      c += __builtin_popcount(_mm512_mask_cmp_epu32_mask(in, _mm512_maskz_loadu_epi32(in, k + i), vm, _MM_CMPINT_NLT));
+    }
+    if (c >= kk)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return (uint32_t)lo;
+#else
   uint32_t lo = 0xffffffffu, hi = 0;
   for (int64_t i = 0; i < n; i++) {
     lo = k[i] < lo ? k[i] : lo;
@@ -531,6 +592,7 @@ static uint32_t xs_kth_largest(xs_ws *w, uint32_t *k, int64_t n, int64_t kk) {
     hi = top > hi ? hi : (uint32_t)top;
     if (shift == 0) return lo;
   }
+#endif
 }
 
 static inline int xs_kept(uint64_t g, xs_u128 lim) { return ((xs_u128)g << 32) < lim; }
@@ -539,8 +601,15 @@ static inline int xs_kept(uint64_t g, xs_u128 lim) { return ((xs_u128)g << 32) <
  * where G(v) sums w over entries with key > v; *mass_ge = acc0 + the weight
  * of entries with key >= v. Weighted quickselect; reorders k and w. The
  * largest key qualifies whenever acc0 does. Returns 0xffffffff if none. */
+#if XK_F32_LANES == 16
+static uint32_t xs_smallest_kept16(uint32_t *k, uint64_t *w, int64_t n, xs_u128 lim, uint64_t acc0,
+                                   uint64_t *mass_ge);
+#endif
 static uint32_t xs_smallest_kept(uint32_t *k, uint64_t *w, int64_t n, xs_u128 lim, uint64_t acc0,
                                  uint64_t *mass_ge) {
+#if XK_F32_LANES == 16
+  return xs_smallest_kept16(k, w, n, lim, acc0, mass_ge);
+#endif
   int64_t lo = 0, hi = n;
   uint64_t acc = acc0;
   uint32_t best = 0xffffffffu;
@@ -563,6 +632,91 @@ static uint32_t xs_smallest_kept(uint32_t *k, uint64_t *w, int64_t n, xs_u128 li
   return best;
 }
 
+#if XK_F32_LANES == 16
+/* xs_smallest_kept by bisection on the key value: x* = the smallest integer
+ * with (acc0 + S(x)) * 2^32 < lim, S(x) = the weight of keys > x, is found by
+ * masked-sum sweeps; the answer is the smallest key >= x*. Every third step
+ * the entries left in (lo, hi] are compressed in place (the weight above hi
+ * is carried), so the sweeps shrink. Same result as the quickselect. */
+static uint64_t xs_wsum_above16(const uint32_t *k, const uint64_t *w, int64_t n, uint32_t x) {
+  const __m512i vx = _mm512_set1_epi32((int)x);
+  __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __mmask16 gt = _mm512_mask_cmp_epu32_mask(in, _mm512_maskz_loadu_epi32(in, k + i), vx, _MM_CMPINT_NLE);
+    s0 = _mm512_add_epi64(s0, _mm512_maskz_loadu_epi64((__mmask8)gt, w + i));
+    s1 = _mm512_add_epi64(s1, _mm512_maskz_loadu_epi64((__mmask8)(gt >> 8), w + i + 8));
+  }
+  return (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(s0, s1));
+}
+
+static uint32_t xs_smallest_kept16(uint32_t *k, uint64_t *w, int64_t n, xs_u128 lim, uint64_t acc0,
+                                   uint64_t *mass_ge) {
+  if (n <= 0 || !xs_kept(acc0, lim)) return 0xffffffffu;
+  __m512i vlo = _mm512_set1_epi32(-1), vhi = _mm512_setzero_si512();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi32(in, k + i);
+    vlo = _mm512_mask_min_epu32(vlo, in, vlo, v);
+    vhi = _mm512_mask_max_epu32(vhi, in, vhi, v);
+  }
+  const uint32_t kmin = _mm512_reduce_min_epu32(vlo);
+  /* Q(hi) holds (S(max key) = 0); x* <= kmin when Q(kmin - 1) holds. */
+  uint64_t lo = (uint64_t)kmin - 1, hi = _mm512_reduce_max_epu32(vhi);
+  uint64_t carried = 0;            /* weight of dropped entries above hi */
+  uint32_t carried_min = 0xffffffffu; /* their smallest key */
+  if (xs_kept(acc0 + xs_wsum_above16(k, w, n, (uint32_t)lo), lim)) {
+    hi = kmin;
+  } else {
+    for (int step = 0; hi - lo > 1; step++) {
+      if (step % 3 == 2) {
+        const __m512i vl = _mm512_set1_epi32((int)(uint32_t)lo), vh = _mm512_set1_epi32((int)(uint32_t)hi);
+        __m512i c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512(), cm = _mm512_set1_epi32(-1);
+        int64_t j = 0;
+        for (int64_t i = 0; i < n; i += 16) {
+          const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+          const __m512i v = _mm512_maskz_loadu_epi32(in, k + i);
+          const __m512i w0 = _mm512_maskz_loadu_epi64((__mmask8)in, w + i);
+          const __m512i w1 = _mm512_maskz_loadu_epi64((__mmask8)(in >> 8), w + i + 8);
+          const __mmask16 up = _mm512_mask_cmp_epu32_mask(in, v, vh, _MM_CMPINT_NLE);
+          const __mmask16 mid = _mm512_mask_cmp_epu32_mask(in, v, vl, _MM_CMPINT_NLE) & (__mmask16)~up;
+          c0 = _mm512_mask_add_epi64(c0, (__mmask8)up, c0, w0);
+          c1 = _mm512_mask_add_epi64(c1, (__mmask8)(up >> 8), c1, w1);
+          cm = _mm512_mask_min_epu32(cm, up, cm, v);
+          /* in place: stores at j <= i cover entries already read */
+          const int lo8 = __builtin_popcount((unsigned)(mid & 0xff));
+          _mm512_storeu_si512(k + j, _mm512_maskz_compress_epi32(mid, v));
+          _mm512_storeu_si512(w + j, _mm512_maskz_compress_epi64((__mmask8)mid, w0));
+          _mm512_storeu_si512(w + j + lo8, _mm512_maskz_compress_epi64((__mmask8)(mid >> 8), w1));
+          j += __builtin_popcount((unsigned)mid);
+        }
+        carried += (uint64_t)_mm512_reduce_add_epi64(_mm512_add_epi64(c0, c1));
+        const uint32_t m2 = _mm512_reduce_min_epu32(cm);
+        carried_min = m2 < carried_min ? m2 : carried_min;
+        n = j;
+      }
+      const uint64_t mid = lo + (hi - lo) / 2;
+      if (xs_kept(acc0 + carried + xs_wsum_above16(k, w, n, (uint32_t)mid), lim))
+        hi = mid;
+      else
+        lo = mid;
+    }
+  }
+  /* the answer: the smallest key >= hi, among the entries left and the carried ones */
+  const __m512i vh = _mm512_set1_epi32((int)(uint32_t)hi);
+  __m512i cm = _mm512_set1_epi32(-1);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi32(in, k + i);
+    cm = _mm512_mask_min_epu32(cm, _mm512_mask_cmp_epu32_mask(in, v, vh, _MM_CMPINT_NLT), cm, v);
+  }
+  uint32_t v = _mm512_reduce_min_epu32(cm);
+  v = carried_min < v ? carried_min : v;
+  if (mass_ge) *mass_ge = acc0 + carried + (v ? xs_wsum_above16(k, w, n, v - 1) : 0);
+  return v;
+}
+#endif
+
 static xs_u128 xs_top_p_limit(float top_p, uint64_t z) {
   double q = ceil((double)top_p * 0x1p32);
   if (q < 1.0) q = 1.0;
@@ -572,7 +726,9 @@ static xs_u128 xs_top_p_limit(float top_p, uint64_t z) {
 
 /* ---- the candidate pass ----------------------------------------------------- */
 
-enum { XS_COLLECT_NONE = 0, XS_COLLECT_BOUNDS = 1 };
+/* ARGMAX (greedy rows without a temperature): no candidates; the pass
+ * records where the running max last rose (arg). */
+enum { XS_COLLECT_NONE = 0, XS_COLLECT_BOUNDS = 1, XS_COLLECT_ARGMAX = 2 };
 
 typedef struct xs_pass {
   /* in */
@@ -584,6 +740,7 @@ typedef struct xs_pass {
   xs_u128 lim; /* MASS: top-p limit */
   float m;           /* MASS: the row max */
   float L;           /* collect y >= L */
+  float XL;          /* the raw-value form of L: raw x < XL implies y < L */
   int64_t trigger;   /* compact when more candidates than this */
   /* out */
   float max;
@@ -591,6 +748,11 @@ typedef struct xs_pass {
   uint64_t zsum;
   int64_t n;
   int overflow;
+  int64_t arg; /* ARGMAX: the first index to search for the max from; -1 = 0 */
+  int asum;    /* in (AVX-512 BOUNDS, no temperature): also sum xs_aexp16(y - m) */
+  double sum;  /* out: that sum (all values; see xs_pass_fast_t) */
+  int64_t rescales;
+  uint64_t ztail; /* out: exact W of the values after the vector part */
 } xs_pass;
 
 /* A lower bound on the min-p threshold from a running max m_run <= m. */
@@ -609,6 +771,26 @@ static int64_t xs_trigger(const xs_ws *w, const xs_pass *p, int64_t n) {
   return t;
 }
 
+/* The smallest raw x with fl(x / t) >= L (exactly: division by t > 0 is
+ * monotone), so the pass compares raw values and divides only what it keeps.
+ * Without a temperature it is L itself; -inf if the search does not settle. */
+static float xs_xbound(const xs_src *s, float L) {
+  if (!s->has_t || !(L > -INFINITY)) return L;
+  const float t = s->t;
+  float c = L * t;
+  if (c != c) return -INFINITY;
+  for (int it = 0; it < 16; it++) {
+    if (c / t >= L) {
+      const float d = nextafterf(c, -INFINITY);
+      if (!(d / t >= L)) return c;
+      c = d;
+    } else {
+      c = nextafterf(c, INFINITY);
+    }
+  }
+  return -INFINITY;
+}
+
 /* Raises the lower bound and drops candidates below it (keeping index order). */
 static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
   uint32_t lk = xs_key(p->L);
@@ -623,6 +805,19 @@ static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
     if (t > lk) lk = t;
   }
   int64_t j = 0;
+#if XK_F32_LANES == 16
+  /* Compress in place: the stores at j <= i only overwrite entries already read. */
+  const __m512i vlk = _mm512_set1_epi32((int)lk);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512 y = _mm512_maskz_loadu_ps(in, w->cy + i);
+    const __m512i ix = _mm512_maskz_loadu_epi32(in, w->ci + i);
+    const __mmask16 keep = _mm512_mask_cmp_epu32_mask(in, xs_key16(y), vlk, _MM_CMPINT_NLT);
+    _mm512_storeu_ps(w->cy + j, _mm512_maskz_compress_ps(keep, y));
+    _mm512_storeu_si512(w->ci + j, _mm512_maskz_compress_epi32(keep, ix));
+    j += __builtin_popcount((unsigned)keep);
+  }
+#else
   for (int64_t i = 0; i < n; i++) {
     if (xs_key(w->cy[i]) >= lk) {
       w->cy[j] = w->cy[i];
@@ -630,15 +825,252 @@ static void xs_compact(const xs_src *s, xs_ws *w, xs_pass *p, float m_run) {
       j++;
     }
   }
+#endif
   p->n = j;
   p->L = xs_tau(lk);
+  p->XL = xs_xbound(s, p->L);
   if (j > w->cap / 2) p->overflow = 1;
   p->trigger = xs_trigger(w, p, j);
 }
 
+#if XK_F32_LANES == 16
+/* ---- the streaming pass (AVX-512, logits) ------------------------------------
+ * 64 raw values per step from four independent loads, a software prefetch
+ * 4 KiB ahead (the hardware streamer stops at every 4 KiB page), the NaN test
+ * and a max tree with one loop-carried max, and one compare of the block max
+ * against the raw-value bound: the rare blocks that hold a candidate go to
+ * xs_hit64. No division in the loop: y = x / t is monotone in x, so the max
+ * and the bound work on raw values and only kept values are divided. */
+#define XS_PF_BYTES 4096
+
+static inline __attribute__((always_inline)) __m512 xs_ldx(const char *p, int64_t i, const int dtype) {
+  switch (dtype) {
+    case XK_F16: return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i)));
+    case XK_BF16:
+      return _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 2 * i))), 16));
+    default: return _mm512_loadu_ps((const float *)p + i);
+  }
+}
+
+/* Raises the min-p bound from the running raw max. */
+static __attribute__((noinline)) void xs_minp_raise(const xs_src *s, xs_pass *p, float mx_raw) {
+  const float m_run = s->has_t ? mx_raw / s->t : mx_raw;
+  const float b = xs_minp_bound(s, p, m_run);
+  if (b > p->L) {
+    p->L = b;
+    p->XL = xs_xbound(s, b);
+  }
+}
+
+/* Appends the values of y (raw; elements i0 + lane) at or above the raw
+ * bound to the candidates, divided by the temperature. */
+static inline __attribute__((always_inline)) int64_t xs_keep16(const xs_src *s, xs_ws *w, int64_t cn, __m512 y,
+                                                                __m512 vXL, int64_t i0) {
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __mmask16 k = _mm512_cmp_ps_mask(y, vXL, _CMP_GE_OQ);
+  const __m512 v = s->has_t ? _mm512_div_ps(y, _mm512_set1_ps(s->t)) : y;
+  _mm512_storeu_ps(w->cy + cn, _mm512_maskz_compress_ps(k, v));
+  _mm512_storeu_si512(w->ci + cn, _mm512_maskz_compress_epi32(k, _mm512_add_epi32(lanes, _mm512_set1_epi32((int)i0))));
+  return cn + __builtin_popcount((unsigned)k);
+}
+
+/* Scales the online sums by exp_spec(old max - new max) per lane (within
+ * 2.6e-7 of e^d on [-28.8, 0], checked exhaustively; 3.5e-7 with the
+ * products' rounding); lanes whose max rose by more than 1 - XS_W_CUT drop
+ * their sum (all its values have W = 0 against any later max). */
+static inline __attribute__((always_inline)) void xs_rescale(__m512 *vs, __m512d *s0, __m512d *s1, __m512 oldm,
+                                                              __m512 newm) {
+  const __m512 d = _mm512_sub_ps(oldm, newm);
+  const __mmask16 ok = _mm512_cmp_ps_mask(d, _mm512_set1_ps(XS_W_CUT - 1.0f), _CMP_GE_OQ);
+  const __m512 sc = _mm512_maskz_mov_ps(ok, xs_expf16(_mm512_maskz_mov_ps(ok, d)));
+  *vs = _mm512_mul_ps(*vs, sc);
+  *s0 = _mm512_mul_pd(*s0, _mm512_cvtps_pd(_mm512_castps512_ps256(sc)));
+  *s1 = _mm512_mul_pd(*s1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(sc, 1)));
+}
+
+/* asum: an online sum of xs_aexp16(y - M) over the values with
+ * fl(y - M) >= cut, M = the lane's running max (rescaled as it rises, see
+ * xs_rescale), brought to the row max at the end: each term is within
+ * XS_APPROX_EPS / 2 of W / 2^40 plus the rescale errors (p->rescales of
+ * them, 3.5e-7 each), or has W = 0 and is below 2^-40. Float partial sums of 64 terms a
+ * lane go to double lanes. */
+static inline __attribute__((always_inline)) void xs_pass_fast_t(const xs_src *s, xs_ws *w, xs_pass *p,
+                                                                   const int dtype, const int collect0,
+                                                                   const int asum) {
+  const char *const base = s->p;
+  const int64_t n = s->n, es = s->es;
+  const int minp = p->minp;
+  int collect = collect0;
+  int64_t cn = 0, trig = p->trigger;
+  float mrun = -INFINITY; /* min-p: the raw max so far (every block that raises it hits) */
+  __m512 vXL = _mm512_set1_ps(p->XL), vmax = _mm512_set1_ps(-INFINITY);
+  __mmask16 knan = 0;
+  __m512 vs = _mm512_setzero_ps();
+  __m512d sd0 = _mm512_setzero_pd(), sd1 = sd0;
+  __m512i vres = _mm512_setzero_si512(); /* rescales per lane */
+  int blk = 0;
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    if (asum) { /* more work a line: every line, further ahead */
+      for (int q = 0; q < 4; q++) _mm_prefetch(base + i * es + 2 * XS_PF_BYTES + q * 16 * es, _MM_HINT_T2);
+    } else {
+      _mm_prefetch(base + i * es + XS_PF_BYTES, _MM_HINT_T2);
+    }
+    const __m512 y0 = xs_ldx(base, i, dtype), y1 = xs_ldx(base, i + 16, dtype);
+    const __m512 y2 = xs_ldx(base, i + 32, dtype), y3 = xs_ldx(base, i + 48, dtype);
+    knan = _kor_mask16(knan, _kor_mask16(_mm512_cmp_ps_mask(y0, y1, _CMP_UNORD_Q),
+                                         _mm512_cmp_ps_mask(y2, y3, _CMP_UNORD_Q)));
+    const __m512 c = _mm512_max_ps(_mm512_max_ps(y0, y1), _mm512_max_ps(y2, y3));
+    if (asum) {
+      const __m512 nm = _mm512_max_ps(c, vmax); /* a NaN in c leaves vmax as it was */
+      const __mmask16 up = _mm512_cmp_ps_mask(nm, vmax, _CMP_GT_OQ);
+      if (__builtin_expect(up != 0, 0)) {
+        xs_rescale(&vs, &sd0, &sd1, vmax, nm);
+        vres = _mm512_mask_add_epi32(vres, up, vres, _mm512_set1_epi32(1));
+      }
+      vmax = nm;
+      const __m512 cut = _mm512_set1_ps(XS_W_CUT);
+      const __m512 d0 = _mm512_sub_ps(y0, vmax), d1 = _mm512_sub_ps(y1, vmax);
+      const __m512 d2 = _mm512_sub_ps(y2, vmax), d3 = _mm512_sub_ps(y3, vmax);
+      const __m512 e01 = _mm512_add_ps(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d0, cut, _CMP_GE_OQ), xs_aexp16(d0)),
+                                       _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d1, cut, _CMP_GE_OQ), xs_aexp16(d1)));
+      const __m512 e23 = _mm512_add_ps(_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d2, cut, _CMP_GE_OQ), xs_aexp16(d2)),
+                                       _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(d3, cut, _CMP_GE_OQ), xs_aexp16(d3)));
+      vs = _mm512_add_ps(vs, _mm512_add_ps(e01, e23));
+      if (++blk == 16) {
+        sd0 = _mm512_add_pd(sd0, _mm512_cvtps_pd(_mm512_castps512_ps256(vs)));
+        sd1 = _mm512_add_pd(sd1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(vs, 1)));
+        vs = _mm512_setzero_ps();
+        blk = 0;
+      }
+    } else {
+      vmax = _mm512_max_ps(c, vmax); /* a NaN in c leaves vmax as it was */
+    }
+    if (collect == 2 && __builtin_expect(_mm512_cmp_ps_mask(c, vXL, _CMP_GT_OQ) != 0, 0)) {
+      vXL = _mm512_set1_ps(_mm512_reduce_max_ps(c)); /* the running max */
+      p->arg = i;
+    }
+    if (collect == 1 && __builtin_expect(_mm512_cmp_ps_mask(c, vXL, _CMP_GE_OQ) != 0, 0)) {
+      if (minp) {
+        const float cb = _mm512_reduce_max_ps(c);
+        if (cb > mrun) {
+          mrun = cb;
+          xs_minp_raise(s, p, mrun);
+          vXL = _mm512_set1_ps(p->XL);
+        }
+      }
+      cn = xs_keep16(s, w, cn, y0, vXL, i);
+      cn = xs_keep16(s, w, cn, y1, vXL, i + 16);
+      cn = xs_keep16(s, w, cn, y2, vXL, i + 32);
+      cn = xs_keep16(s, w, cn, y3, vXL, i + 48);
+      if (cn > trig) {
+        const float mr = _mm512_reduce_max_ps(vmax);
+        p->n = cn;
+        xs_compact(s, w, p, s->has_t ? mr / s->t : mr);
+        cn = p->n;
+        trig = p->trigger;
+        vXL = _mm512_set1_ps(p->XL);
+        if (p->overflow) collect = 0;
+      }
+    }
+  }
+  float mx = _mm512_reduce_max_ps(vmax);
+  int nan = knan != 0;
+  for (; i < n; i++) {
+    const float x = xk_load_scalar(base, dtype, i);
+    if (x != x) {
+      nan = 1;
+      continue;
+    }
+    if (collect == 2 && x > mx) p->arg = i;
+    if (x > mx) mx = x;
+    if (collect == 1 && minp && x > mrun) {
+      mrun = x;
+      xs_minp_raise(s, p, mrun);
+    }
+    if (collect == 1 && x >= p->XL) {
+      w->cy[cn] = s->has_t ? x / s->t : x;
+      w->ci[cn] = (int32_t)i;
+      cn++;
+      if (cn > trig) {
+        p->n = cn;
+        xs_compact(s, w, p, s->has_t ? mx / s->t : mx);
+        cn = p->n;
+        trig = p->trigger;
+        if (p->overflow) collect = 0;
+      }
+    }
+  }
+  if (asum) {
+    /* to the row max; the tail's exact W */
+    const __m512 vm = _mm512_set1_ps(mx);
+    sd0 = _mm512_add_pd(sd0, _mm512_cvtps_pd(_mm512_castps512_ps256(vs)));
+    sd1 = _mm512_add_pd(sd1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(vs, 1)));
+    vs = _mm512_setzero_ps();
+    if (mx > -INFINITY) xs_rescale(&vs, &sd0, &sd1, vmax, _mm512_max_ps(vm, vmax));
+    p->sum = _mm512_reduce_add_pd(_mm512_add_pd(sd0, sd1));
+    p->rescales = (int64_t)_mm512_reduce_max_epi32(vres) + 1; /* the most any lane's terms went through */
+    uint64_t zt = 0;
+    for (int64_t j = n - n % 64; j < n; j++) {
+      const float x = xk_load_scalar(base, dtype, j);
+      if (x == x) zt += xs_weight(1, x, mx);
+    }
+    p->ztail = zt;
+  }
+  if (s->has_t) mx = mx / s->t;
+  p->n = cn;
+  p->max = mx;
+  p->nan = nan;
+  p->pinf = mx == INFINITY;
+  p->neg = 0;
+  p->zsum = 0;
+}
+
+/* The streaming pass for logits rows; 0 when the row's dtype has none. */
+static int xs_pass_fast(const xs_src *s, xs_ws *w, xs_pass *p) {
+  const int collect = p->mode == XS_COLLECT_ARGMAX && !s->has_t ? 2 : p->mode == XS_COLLECT_BOUNDS;
+  p->n = 0;
+  p->overflow = 0;
+  p->arg = -1;
+  p->trigger = xs_trigger(w, p, 0);
+  p->XL = collect == 2 ? -INFINITY : xs_xbound(s, p->L);
+  const int asum = p->asum && collect == 1 && !s->has_t;
+  p->asum = asum;
+  switch (s->dtype) {
+    case XK_F32:
+      if (asum)
+        xs_pass_fast_t(s, w, p, XK_F32, 1, 1);
+      else if (collect == 1)
+        xs_pass_fast_t(s, w, p, XK_F32, 1, 0);
+      else if (collect == 2)
+        xs_pass_fast_t(s, w, p, XK_F32, 2, 0);
+      else
+        xs_pass_fast_t(s, w, p, XK_F32, 0, 0);
+      return 1;
+    case XK_F16:
+      if (asum)
+        xs_pass_fast_t(s, w, p, XK_F16, 1, 1);
+      else
+        xs_pass_fast_t(s, w, p, XK_F16, collect, 0);
+      return 1;
+    case XK_BF16:
+      if (asum)
+        xs_pass_fast_t(s, w, p, XK_BF16, 1, 1);
+      else
+        xs_pass_fast_t(s, w, p, XK_BF16, collect, 0);
+      return 1;
+    default: p->asum = 0; return 0;
+  }
+}
+#endif
+
 /* One pass over the row: max, NaN/inf/negative flags, the probs W total, and
  * (mode != NONE) the candidates y >= L under a rising lower bound. */
 static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
+#if XK_F32_LANES == 16
+  if (src->logits && xs_pass_fast(src, w, p)) return;
+#endif
   const xs_src sl = *src; /* a local copy: the candidate stores cannot alias it */
   const xs_src *s = &sl;
   const int64_t n = s->n;
@@ -647,12 +1079,14 @@ static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
   float *const cy = w->cy;
   int32_t *const ci = w->ci;
   int64_t i = 0, cn = 0, trig;
-  int collect = p->mode != XS_COLLECT_NONE;
+  int collect = p->mode == XS_COLLECT_BOUNDS;
   float mx = -INFINITY;
   int nan = 0, pinf = 0, neg = 0;
   uint64_t z = 0;
   p->n = 0;
   p->overflow = 0;
+  p->arg = -1;
+  p->asum = 0;
   p->trigger = trig = xs_trigger(w, p, 0);
 #if XK_F32_LANES == 16
   __m512 vmax = _mm512_set1_ps(-INFINITY), vL = _mm512_set1_ps(p->L);
@@ -661,6 +1095,7 @@ static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
   int blk = 0;
   const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (; i + 16 <= n; i += 16) {
+    _mm_prefetch((const char *)s->p + i * s->es + XS_PF_BYTES, _MM_HINT_T2);
     const __m512 y = xs_ld16(s, i);
     mnan |= _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
     mpinf |= _mm512_cmp_ps_mask(y, _mm512_set1_ps(INFINITY), _CMP_EQ_OQ);
@@ -712,6 +1147,7 @@ static void xs_pass_run(const xs_src *src, xs_ws *w, xs_pass *p) {
   __m256i ah = _mm256_setzero_si256(), al = _mm256_setzero_si256();
   int blk = 0;
   for (; i + 8 <= n; i += 8) {
+    if ((i & 15) == 0) _mm_prefetch((const char *)s->p + i * s->es + 4096, _MM_HINT_T2);
     const __m256 y = xs_ld8(s, i);
     anynan = _mm256_or_ps(anynan, _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
     anypinf = _mm256_or_ps(anypinf, _mm256_cmp_ps(y, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ));
@@ -845,10 +1281,11 @@ static uint64_t xs_mass(const xs_src *s, float m, float tau) {
   return z;
 }
 
-/* The first index whose running sum of W over y >= tau exceeds t (t < that total). */
-static int64_t xs_scan(const xs_src *s, float m, float tau, uint64_t t) {
-  const int64_t n = s->n;
-  int64_t i = 0, last = -1;
+/* The first index in [from, to) at which the running sum of W over y >= tau,
+ * from `from`, exceeds t. */
+static int64_t xs_scan_range(const xs_src *s, float m, float tau, uint64_t t, int64_t from, int64_t to) {
+  const int64_t n = to;
+  int64_t i = from, last = -1;
   uint64_t acc = 0;
 #if XK_F32_LANES == 16
   const __m512 vtau = _mm512_set1_ps(tau);
@@ -901,8 +1338,11 @@ static int64_t xs_scan(const xs_src *s, float m, float tau, uint64_t t) {
     acc += xs_weight(s->logits, y, m);
     if (acc > t) return i;
   }
-  return last; /* unreachable when t < the total */
+  return last; /* unreachable when t < the range's total */
 }
+
+/* The first index whose running sum of W over y >= tau exceeds t (t < that total). */
+static int64_t xs_scan(const xs_src *s, float m, float tau, uint64_t t) { return xs_scan_range(s, m, tau, t, 0, s->n); }
 
 /* Keys (and W when w != NULL) of the elements i0 .. i0+15 whose key lies in
  * [lo, hi]; returns the lane mask (bit j = element i0 + j), full chunks only. */
@@ -1094,11 +1534,36 @@ typedef struct xs_row {
   int64_t n;
   int have_z;     /* zkept holds the kept set's W total */
   uint64_t zkept;
+  int banded;     /* top-p resolved in a band (AVX-512): see xs_band */
+  uint32_t khi;   /* band: keys >= khi are kept; their W per chunk is in ws.hm */
+  int64_t clen, nchunk;
 } xs_row;
 
 /* Keeps candidates with key >= tau and fills their keys and weights. */
 static void xs_buf_filter(const xs_src *s, xs_ws *w, xs_row *r, uint32_t tau) {
   int64_t j = 0;
+#if XK_F32_LANES == 16
+  const int64_t n = r->n;
+  const __m512i vt = _mm512_set1_epi32((int)tau);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 in = i + 16 <= n ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+    const __m512 y = _mm512_maskz_loadu_ps(in, w->cy + i);
+    const __m512i ix = _mm512_maskz_loadu_epi32(in, w->ci + i);
+    const __m512i k = xs_key16(y);
+    const __mmask16 keep = _mm512_mask_cmp_epu32_mask(in, k, vt, _MM_CMPINT_NLT);
+    __m512i lo, hi;
+    xs_w16(y, r->m, s->logits, keep, &lo, &hi);
+    const int lo8 = __builtin_popcount((unsigned)(keep & 0xff));
+    _mm512_storeu_ps(w->cy + j, _mm512_maskz_compress_ps(keep, y));
+    _mm512_storeu_si512(w->ci + j, _mm512_maskz_compress_epi32(keep, ix));
+    _mm512_storeu_si512(w->ck + j, _mm512_maskz_compress_epi32(keep, k));
+    _mm512_storeu_si512(w->cw + j, _mm512_maskz_compress_epi64((__mmask8)keep, lo));
+    _mm512_storeu_si512(w->cw + j + lo8, _mm512_maskz_compress_epi64((__mmask8)(keep >> 8), hi));
+    j += __builtin_popcount((unsigned)keep);
+  }
+  r->n = j;
+  return;
+#endif
   for (int64_t i = 0; i < r->n; i++) {
     const uint32_t k = xs_key(w->cy[i]);
     if (k < tau) continue;
@@ -1111,9 +1576,339 @@ static void xs_buf_filter(const xs_src *s, xs_ws *w, xs_row *r, uint32_t tau) {
   r->n = j;
 }
 
+#if XK_F32_LANES == 16
+/* ---- top-p in a band (AVX-512) ----------------------------------------------
+ * Top-p over S1 = {key >= t0} when the nucleus is larger than the probe,
+ * in one pass over the row instead of a mass pass, a radix select and a
+ * scan:
+ *  1. plan: estimate Z and the boundary from the probe (the exact top of
+ *     the row) and a strided sample of the row, and pick a key band
+ *     [klo, khi) around the estimated boundary, sized to the workspace;
+ *  2. one pass: the exact W total Z of S1, the exact weight A of keys >= khi
+ *     (also per chunk of the row, for the draw), and the band's values and
+ *     indices in index order;
+ *  3. the boundary by a weighted select over the band with A carried; the
+ *     draw walks the per-chunk kept weights and scans one chunk.
+ * The plan only decides where to look: if the band overflows or the
+ * boundary lies outside it, the caller falls back to the radix select with
+ * the exact Z, so the kept set and the sample never depend on it. */
+typedef struct xs_band {
+  uint32_t t0, klo, khi;
+  uint64_t z, a;
+  int64_t nb, clen, nchunk;
+} xs_band;
+
+/* Band half-width as a fraction of the workspace, in estimated elements. */
+#define XS_BAND_FILL 0.36
+
+enum { XS_PLAN_NONE = 0, XS_PLAN_TOP = 1, XS_PLAN_BAND = 2 };
+
+/* Plans the top-p search: XS_PLAN_TOP when the probe's exact top (`nprobe`
+ * candidates in cy, all of S1 >= key lk among them) likely holds the
+ * nucleus, XS_PLAN_BAND with a band, XS_PLAN_NONE when it cannot tell. */
+static int xs_band_plan(const xs_src *s, xs_ws *w, float m, uint32_t t0, int64_t nprobe, uint32_t lk, float top_p,
+                        int need_band, xs_band *b) {
+  const uint32_t pk = lk > t0 ? lk : t0;
+  /* exact weight of the probe part: S1 keys >= lk */
+  uint64_t mp = 0;
+  if (nprobe > 0) {
+    __m512i acc = _mm512_setzero_si512();
+    const __m512i vp = _mm512_set1_epi32((int)pk);
+    for (int64_t i = 0; i < nprobe; i += 16) {
+      const __mmask16 in = i + 16 <= nprobe ? (__mmask16)0xffff : (__mmask16)((1u << (nprobe - i)) - 1);
+      const __m512 y = _mm512_maskz_loadu_ps(in, w->cy + i);
+      const __mmask16 keep = _mm512_mask_cmp_epu32_mask(in, xs_key16(y), vp, _MM_CMPINT_NLT);
+      __m512i lo, hi;
+      xs_w16(y, m, s->logits, keep, &lo, &hi);
+      acc = _mm512_add_epi64(acc, _mm512_add_epi64(lo, hi));
+    }
+    mp = (uint64_t)_mm512_reduce_add_epi64(acc);
+  }
+  /* a strided sample of whole vectors: S1 keys below the probe part */
+  const int64_t nvec = s->n / 16, room = w->cap / 16;
+  if (nvec < 1 || room < 1) return 0;
+  const int64_t stride = (nvec + room - 1) / room;
+  const __m512i vt0 = _mm512_set1_epi32((int)t0), vpk = _mm512_set1_epi32((int)pk);
+  __m512i acc = _mm512_setzero_si512();
+  int64_t cnt = 0, nsv = 0;
+  for (int64_t v = 0; v < nvec; v += stride, nsv++) {
+    const __m512 y = xs_ld16(s, v * 16);
+    const __m512i k = xs_key16(y);
+    __mmask16 in = _mm512_cmp_epu32_mask(k, vt0, _MM_CMPINT_NLT);
+    if (nprobe > 0 || lk != 0xffffffffu) in &= _mm512_cmp_epu32_mask(k, vpk, _MM_CMPINT_LT);
+    __m512i lo, hi;
+    xs_w16(y, m, s->logits, in, &lo, &hi);
+    acc = _mm512_add_epi64(acc, _mm512_add_epi64(lo, hi));
+    const int lo8 = __builtin_popcount((unsigned)(in & 0xff));
+    _mm512_storeu_si512(w->sk + cnt, _mm512_maskz_compress_epi32(in, k));
+    _mm512_storeu_si512(w->sw + cnt, _mm512_maskz_compress_epi64((__mmask8)in, lo));
+    _mm512_storeu_si512(w->sw + cnt + lo8, _mm512_maskz_compress_epi64((__mmask8)(in >> 8), hi));
+    cnt += __builtin_popcount((unsigned)in);
+  }
+  const double f = (double)nvec / (double)nsv, ms = (double)(uint64_t)_mm512_reduce_add_epi64(acc);
+  double target = (double)top_p * ((double)mp + f * ms);
+  if ((double)mp >= target && (nprobe > 0 || lk != 0xffffffffu) && !need_band) return XS_PLAN_TOP;
+  if ((double)mp >= target) target = (double)mp * 1.02; /* known to reach below the probe: just below it */
+  if (cnt == 0) return XS_PLAN_NONE;
+  /* the estimated boundary vhat: sample weight above it ~ (target - mp) / f */
+  const double need = (target - (double)mp) / f;
+  memcpy(w->ck, w->sk, sizeof(uint32_t) * (size_t)cnt);
+  memcpy(w->cw, w->sw, sizeof(uint64_t) * (size_t)cnt);
+  const uint64_t needi = need < 1.0 ? 1 : need > 0x1p62 ? (uint64_t)1 << 62 : (uint64_t)need;
+  uint32_t vhat = xs_smallest_kept16(w->ck, w->cw, cnt, (xs_u128)needi << 32, 0, NULL);
+  if (vhat == 0xffffffffu) return XS_PLAN_NONE;
+  /* its rank in the sample, and the keys r sample ranks either side */
+  int64_t rank = 0;
+  {
+    const __m512i vv = _mm512_set1_epi32((int)vhat);
+    for (int64_t i = 0; i < cnt; i += 16) {
+      const __mmask16 in = i + 16 <= cnt ? (__mmask16)0xffff : (__mmask16)((1u << (cnt - i)) - 1);
+      rank += __builtin_popcount(
+          _mm512_mask_cmp_epu32_mask(in, _mm512_maskz_loadu_epi32(in, w->sk + i), vv, _MM_CMPINT_NLT));
+    }
+  }
+  int64_t r = (int64_t)(XS_BAND_FILL * (double)w->cap / f);
+  if (r < 1) r = 1;
+  b->t0 = t0;
+  if (rank - r >= 1) {
+    memcpy(w->ck, w->sk, sizeof(uint32_t) * (size_t)cnt);
+    b->khi = xs_kth_largest(w, w->ck, cnt, rank - r);
+  } else {
+    b->khi = pk; /* up to the probe part (0xffffffff: nothing above) */
+  }
+  if (rank + r <= cnt) {
+    memcpy(w->ck, w->sk, sizeof(uint32_t) * (size_t)cnt);
+    b->klo = xs_kth_largest(w, w->ck, cnt, rank + r);
+  } else {
+    b->klo = t0;
+  }
+  if (b->khi <= b->klo) return XS_PLAN_NONE;
+  return XS_PLAN_BAND;
+}
+
+/* Relative bound on |W / 2^40 - approx| per element (1e-5) plus the float
+ * partial sums (32 terms a lane between flushes: 2e-6), with margin. */
+#define XS_APPROX_EPS 2e-5
+
+/* The smallest y with fl(y - m) >= XS_W_CUT (y - m is monotone in y). */
+static float xs_cut_bound(float m) {
+  float c = m + XS_W_CUT;
+  for (int it = 0; it < 64 && c == c; it++) {
+    if (c - m >= XS_W_CUT) {
+      const float d = nextafterf(c, -INFINITY);
+      if (!(d - m >= XS_W_CUT)) return c;
+      c = d;
+    } else {
+      c = nextafterf(c, INFINITY);
+    }
+  }
+  return -INFINITY;
+}
+
+static inline __attribute__((always_inline)) void xs_approx_loop(const xs_src *s, float m, float ylo, float yhi,
+                                                                  const int dtype, const int has_t, double *sum,
+                                                                  int64_t *end) {
+  const char *const base = s->p;
+  const int64_t n = s->n;
+  const __m512 vm = _mm512_set1_ps(m), vlo = _mm512_set1_ps(ylo), vhi = _mm512_set1_ps(yhi), vt = _mm512_set1_ps(s->t);
+  double acc = 0.0;
+  int64_t i = 0;
+  while (i + 32 <= n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+    const int64_t stop = n - i > 64 * 16 ? i + 64 * 16 : n - 31;
+    for (; i < stop; i += 32) {
+      __m512 y0 = xs_ldx(base, i, dtype), y1 = xs_ldx(base, i + 16, dtype);
+      if (has_t) {
+        y0 = _mm512_div_ps(y0, vt);
+        y1 = _mm512_div_ps(y1, vt);
+      }
+      const __mmask16 in0 = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(y0, vlo, _CMP_GE_OQ), y0, vhi, _CMP_LT_OQ);
+      const __mmask16 in1 = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(y1, vlo, _CMP_GE_OQ), y1, vhi, _CMP_LT_OQ);
+      a0 = _mm512_mask_add_ps(a0, in0, a0, xs_aexp16(_mm512_sub_ps(y0, vm)));
+      a1 = _mm512_mask_add_ps(a1, in1, a1, xs_aexp16(_mm512_sub_ps(y1, vm)));
+    }
+    const __m512 a = _mm512_add_ps(a0, a1);
+    acc += (double)_mm512_reduce_add_pd(_mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a)),
+                                                      _mm512_cvtps_pd(_mm512_extractf32x8_ps(a, 1))));
+  }
+  *sum = acc;
+  *end = i;
+}
+
+/* Bounds on the W total of S1 keys below pk (t0 <= key < pk) from one cheap
+ * pass: lo <= Z <= hi, exactly (see XS_APPROX_EPS; trunc loses < 1 each).
+ * In values: t0 <= key < pk and fl(y - m) >= cut is ylo <= y < yhi. */
+static void xs_approx_rest(const xs_src *s, float m, uint32_t t0, uint32_t pk, uint64_t *zlo, uint64_t *zhi) {
+  const int64_t n = s->n;
+  float ylo = xs_cut_bound(m);
+  if (xs_tau(t0) > ylo) ylo = xs_tau(t0);
+  const float yhi = pk == 0xffffffffu ? INFINITY : xs_tau(pk);
+  double sum = 0.0;
+  int64_t i = 0;
+  if (s->logits && s->dtype == XK_F32 && !s->has_t)
+    xs_approx_loop(s, m, ylo, yhi, XK_F32, 0, &sum, &i);
+  else if (s->logits && s->dtype == XK_F32)
+    xs_approx_loop(s, m, ylo, yhi, XK_F32, 1, &sum, &i);
+  else if (s->logits && !s->has_t && (s->dtype == XK_F16 || s->dtype == XK_BF16))
+    s->dtype == XK_F16 ? xs_approx_loop(s, m, ylo, yhi, XK_F16, 0, &sum, &i)
+                       : xs_approx_loop(s, m, ylo, yhi, XK_BF16, 0, &sum, &i);
+  uint64_t exact = 0;
+  for (; i < n; i++) {
+    const float y = xs_at(s, i);
+    const uint32_t k = xs_key(y);
+    if (y == y && k >= t0 && k < pk) exact += xs_weight(s->logits, y, m);
+  }
+  /* each term within XS_APPROX_EPS / 2 of W / 2^40 + [0, 2^-40); float
+   * partial sums of at most 33 terms a lane: 2e-6 relative */
+  const double scaled = sum * 0x1p40;
+  const double lo = scaled * (1.0 - XS_APPROX_EPS) - (double)n - 1.0, hi = scaled * (1.0 + XS_APPROX_EPS) + 1.0;
+  *zlo = exact + (lo > 0.0 ? (uint64_t)lo : 0);
+  *zhi = exact + (hi < 0x1p62 ? (uint64_t)hi + 1 : (uint64_t)1 << 62);
+}
+
+/* Top-p with the nucleus in the probe part P = S1 keys >= pk (all in cy),
+ * with the S1 total Z known only within [zlo, zhi] (`rest`: bounds on the
+ * part below pk, W(P) is added). Returns the boundary when both ends give
+ * the same one and nothing below pk can be kept, else 0xffffffff. Leaves P
+ * in ck / cw, r->n entries, either way. */
+#define XS_TOP_BELOW 0xfffffffeu /* xs_top_decide: the nucleus surely reaches below pk */
+static uint32_t xs_top_decide(const xs_src *s, xs_ws *w, xs_row *r, uint32_t pk, float top_p, uint64_t zlo,
+                              uint64_t zhi, int rest) {
+  xs_buf_filter(s, w, r, pk);
+  uint64_t zp = 0;
+  for (int64_t i = 0; i < r->n; i++) zp += w->cw[i];
+  if (rest) {
+    zlo += zp;
+    zhi += zp;
+  }
+  if (zlo < zp) zlo = zp;
+  if (zhi < zlo) zhi = zlo;
+  const xs_u128 llo = xs_top_p_limit(top_p, zlo), lhi = xs_top_p_limit(top_p, zhi);
+  if (xs_kept(zp, llo)) return XS_TOP_BELOW; /* something below pk is kept */
+  if (xs_kept(zp, lhi)) return 0xffffffffu;   /* ... may be */
+  memcpy(w->sk, w->ck, sizeof(uint32_t) * (size_t)r->n);
+  memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
+  const uint32_t a = xs_smallest_kept16(w->sk, w->sw, r->n, llo, 0, NULL);
+  memcpy(w->sk, w->ck, sizeof(uint32_t) * (size_t)r->n);
+  memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
+  const uint32_t b = xs_smallest_kept16(w->sk, w->sw, r->n, lhi, 0, NULL);
+  return a == b ? a : 0xffffffffu;
+}
+
+/* xs_top_decide with the part below pk bounded by one cheap pass. */
+static uint32_t xs_top_resolve(const xs_src *s, xs_ws *w, xs_row *r, uint32_t t0, uint32_t pk, float top_p) {
+  uint64_t rlo, rhi;
+  xs_approx_rest(s, r->m, t0, pk, &rlo, &rhi);
+  const uint32_t v = xs_top_decide(s, w, r, pk, top_p, rlo, rhi, 1);
+  return v == XS_TOP_BELOW ? 0xffffffffu : v;
+}
+
+/* Bounds on the row's W total from the pass's online sum (p->asum). */
+static void xs_asum_bounds(const xs_src *s, const xs_pass *p, uint64_t *zlo, uint64_t *zhi) {
+  const double eps = XS_APPROX_EPS + 5e-7 * (double)p->rescales;
+  const double scaled = p->sum * 0x1p40;
+  const double lo = scaled * (1.0 - eps) - (double)s->n - 1.0, hi = scaled * (1.0 + eps) + 1.0;
+  *zlo = p->ztail + (lo > 0.0 ? (uint64_t)lo : 0);
+  *zhi = p->ztail + (hi < 0x1p62 ? (uint64_t)hi + 1 : (uint64_t)1 << 62);
+}
+
+/* The band pass (see above). Chunks of clen elements (multiple of 16, at
+ * most XS_HIST of them): ws.hm[c] = W of chunk c's keys >= khi. */
+static void xs_band_pass(const xs_src *s, xs_ws *w, float m, xs_band *b) {
+  const int64_t n = s->n, cap = w->cap;
+  int64_t clen = ((n + XS_HIST - 1) / XS_HIST + 15) & ~(int64_t)15;
+  if (clen < 1024) clen = 1024;
+  b->clen = clen;
+  b->nchunk = (n + clen - 1) / clen;
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i vt0 = _mm512_set1_epi32((int)b->t0), vlo = _mm512_set1_epi32((int)b->klo),
+                vhi = _mm512_set1_epi32((int)b->khi);
+  uint64_t z = 0, a = 0;
+  int64_t nb = 0;
+  for (int64_t c = 0; c < b->nchunk; c++) {
+    const int64_t i1 = (c + 1) * clen < n ? (c + 1) * clen : n;
+    int64_t i = c * clen;
+    __m512i zh = _mm512_setzero_si512(), zl = zh, ah = zh, al = zh;
+    for (; i + 16 <= i1; i += 16) {
+      _mm_prefetch((const char *)s->p + i * s->es + XS_PF_BYTES, _MM_HINT_T0);
+      const __m512 y = xs_ld16(s, i);
+      const __m512i k = xs_key16(y);
+      const __mmask16 in = _mm512_cmp_epu32_mask(k, vt0, _MM_CMPINT_NLT);
+      __m512i h, l;
+      xs_wsplit16(y, m, s->logits, in, &h, &l);
+      zh = _mm512_add_epi32(zh, h);
+      zl = _mm512_add_epi32(zl, l);
+      const __mmask16 up = _mm512_mask_cmp_epu32_mask(in, k, vhi, _MM_CMPINT_NLT);
+      ah = _mm512_mask_add_epi32(ah, up, ah, h);
+      al = _mm512_mask_add_epi32(al, up, al, l);
+      const __mmask16 bd = _mm512_mask_cmp_epu32_mask(in & (__mmask16)~up, k, vlo, _MM_CMPINT_NLT);
+      if (nb + 16 <= cap) {
+        _mm512_storeu_ps(w->cy + nb, _mm512_maskz_compress_ps(bd, y));
+        _mm512_storeu_si512(w->ci + nb, _mm512_maskz_compress_epi32(bd, _mm512_add_epi32(lanes, _mm512_set1_epi32((int)i))));
+      }
+      nb += __builtin_popcount((unsigned)bd);
+    }
+    uint64_t cz = xs_split_sum16(zh, zl), ca = xs_split_sum16(ah, al);
+    for (; i < i1; i++) {
+      const float y = xs_at(s, i);
+      const uint32_t k = xs_key(y);
+      if (y != y || k < b->t0) continue;
+      const uint64_t wt = xs_weight(s->logits, y, m);
+      cz += wt;
+      if (k >= b->khi) {
+        ca += wt;
+      } else if (k >= b->klo) {
+        if (nb + 16 <= cap) {
+          w->cy[nb] = y;
+          w->ci[nb] = (int32_t)i;
+        }
+        nb++;
+      }
+    }
+    w->hm[c] = ca;
+    a += ca;
+    z += cz;
+  }
+  b->z = z;
+  b->a = a;
+  b->nb = nb;
+}
+
+/* The top-p boundary inside the band, or 0xffffffff when it lies outside
+ * (or the band overflowed); *zk = the kept weight. Leaves the band's keys and
+ * weights in ck / cw (index order), r->n entries. */
+static uint32_t xs_band_resolve(const xs_src *s, xs_ws *w, xs_row *r, const xs_band *b, xs_u128 lim, uint64_t *zk) {
+  if (b->nb > w->cap - 16) return 0xffffffffu;
+  if (!xs_kept(b->a, lim)) return 0xffffffffu; /* the boundary is above the band */
+  r->n = b->nb;
+  xs_buf_filter(s, w, r, b->klo);
+  uint64_t mb = 0;
+  for (int64_t i = 0; i < r->n; i++) mb += w->cw[i];
+  if (xs_kept(b->a + mb, lim)) return 0xffffffffu; /* ... or below it */
+  memcpy(w->sk, w->ck, sizeof(uint32_t) * (size_t)r->n);
+  memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
+  return xs_smallest_kept16(w->sk, w->sw, r->n, lim, b->a, zk);
+}
+
+/* The draw over a band-resolved row: the chunk holding the running weight
+ * T, then a scan of that chunk. */
+static int64_t xs_band_draw(const xs_src *s, const xs_ws *w, const xs_row *r, uint64_t t) {
+  uint64_t acc = 0;
+  int64_t j = 0;
+  for (int64_t c = 0; c < r->nchunk; c++) {
+    const int64_t i0 = c * r->clen, i1 = i0 + r->clen < s->n ? i0 + r->clen : s->n;
+    uint64_t cm = w->hm[c];
+    for (; j < r->n && w->ci[j] < i1; j++) cm += w->ck[j] >= r->tau ? w->cw[j] : 0;
+    if (acc + cm > t) return xs_scan_range(s, r->m, xs_tau(r->tau), t - acc, i0, i1);
+    acc += cm;
+  }
+  return xs_scan(s, r->m, xs_tau(r->tau), t); /* unreachable: t < the kept weight */
+}
+#endif
+
 /* Candidates probed for top-p without a small top-k: the nucleus is resolved
  * in the buffer when these already hold the top-p mass. */
-#define XS_TOPP_PROBE 512
+#define XS_TOPP_PROBE 32
 
 static void xs_row_filter(const xs_src *s, const xs_filter *f, xs_ws *w, xs_row *r) {
   const int topk = f->k > 0 && f->k < s->n, topp = f->top_p < 1.0f, minp = f->min_p > 0.0f;
@@ -1127,6 +1922,7 @@ static void xs_row_filter(const xs_src *s, const xs_filter *f, xs_ws *w, xs_row 
   p.lnmp = minp ? (float)log((double)f->min_p) : 0.0f;
   p.mode = (p.k > 0 || minp) ? XS_COLLECT_BOUNDS : XS_COLLECT_NONE;
   p.L = -INFINITY;
+  p.asum = topp && !topk && !minp && !f->joint && s->logits; /* top-p alone: S1 is the row */
   xs_pass_run(s, w, &p);
   r->status = p.nan ? XK_ROW_NAN : p.pinf ? XK_ROW_POS_INF : p.neg ? XK_ROW_NEGATIVE : XK_ROW_OK;
   if (!r->status && s->logits && !(p.max > -INFINITY)) r->status = XK_ROW_NO_FINITE;
@@ -1167,10 +1963,55 @@ static void xs_row_filter(const xs_src *s, const xs_filter *f, xs_ws *w, xs_row 
       memcpy(w->sw, w->cw, sizeof(uint64_t) * (size_t)r->n);
       tp = xs_smallest_kept(w->sk, w->sw, r->n, lim, 0, NULL);
     } else {
-      if (!f->joint) zp = xs_mass(s, m, xs_tau(tau));
+      int done = 0, zknown = 0, probe = collected;
+#if XK_F32_LANES == 16
+      xs_band b;
+      const uint32_t lk = collected ? xs_key(p.L) : 0xffffffffu;
+      int plan = XS_PLAN_NONE, below = 0;
+      if (p.asum && collected && tau == 0) {
+        /* the pass bounded Z: decide in the probe if it holds the nucleus */
+        uint64_t zlo, zhi;
+        xs_asum_bounds(s, &p, &zlo, &zhi);
+        const uint32_t v = xs_top_decide(s, w, r, lk, f->top_p, zlo, zhi, 0);
+        if (v == XS_TOP_BELOW) {
+          below = 1;
+        } else if (v != 0xffffffffu) {
+          tp = v;
+          r->in_buf = 1;
+          done = 1;
+        }
+      }
+      if (!done && !f->joint) plan = xs_band_plan(s, w, m, tau, collected ? r->n : 0, lk, f->top_p, below, &b);
+      if (plan == XS_PLAN_TOP) {
+        /* (on a miss the buffer holds the probe part, as the check below wants) */
+        const uint32_t v = xs_top_resolve(s, w, r, tau, lk > tau ? lk : tau, f->top_p);
+        if (v != 0xffffffffu) {
+          tp = v;
+          r->in_buf = 1;
+          done = 1;
+        }
+      } else if (plan == XS_PLAN_BAND) {
+        xs_band_pass(s, w, m, &b);
+        zp = b.z;
+        zknown = 1;
+        probe = 0; /* the band pass reused the candidate buffer */
+        uint64_t zk = 0;
+        const uint32_t v = xs_band_resolve(s, w, r, &b, xs_top_p_limit(f->top_p, zp), &zk);
+        if (v != 0xffffffffu) {
+          tp = v;
+          r->banded = 1;
+          r->have_z = 1;
+          r->zkept = zk;
+          r->khi = b.khi;
+          r->clen = b.clen;
+          r->nchunk = b.nchunk;
+          done = 1;
+        }
+      }
+#endif
+      if (!done && !f->joint && !zknown) zp = xs_mass(s, m, xs_tau(tau));
       const xs_u128 lim = xs_top_p_limit(f->top_p, zp);
-      int done = 0;
-      if (collected) {
+      if (!done && probe) {
         /* The probe holds every element >= p.L, all inside S1. If their
          * weight reaches the top-p mass, nothing below p.L is kept. */
         const uint32_t lk = xs_key(p.L);
@@ -1213,6 +2054,9 @@ static int64_t xs_row_draw(const xs_src *s, xs_ws *w, const xs_row *r, uint32_t 
     }
     return r->n ? w->ci[r->n - 1] : 0;
   }
+#if XK_F32_LANES == 16
+  if (r->banded) return xs_band_draw(s, w, r, (uint64_t)(((xs_u128)u * r->zkept) >> 32));
+#endif
   const float tauf = xs_tau(r->tau);
   const uint64_t z = r->have_z                                     ? r->zkept
                      : (!s->logits && r->tau <= XS_KEY_NEG_INF) ? r->zfull
@@ -1224,8 +2068,8 @@ static int64_t xs_row_draw(const xs_src *s, xs_ws *w, const xs_row *r, uint32_t 
 
 /* ---- greedy and raw logprobs ------------------------------------------------- */
 
-static int64_t xs_first_equal(const xs_src *s, float m) {
-  int64_t i = 0;
+static int64_t xs_first_equal(const xs_src *s, float m, int64_t from) {
+  int64_t i = from;
 #if XK_F32_LANES == 16
   for (; i + 16 <= s->n; i += 16) {
     const __mmask16 e = _mm512_cmp_ps_mask(xs_ld16(s, i), _mm512_set1_ps(m), _CMP_EQ_OQ);
@@ -1397,11 +2241,11 @@ void XK_FN(sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_
     if (a->greedy && a->greedy[b]) {
       xs_pass p;
       memset(&p, 0, sizeof p);
-      p.mode = XS_COLLECT_NONE;
+      p.mode = XS_COLLECT_ARGMAX;
       p.L = -INFINITY;
       xs_pass_run(&s, &w, &p);
       status = p.nan ? XK_ROW_NAN : p.pinf ? XK_ROW_POS_INF : !(p.max > -INFINITY) ? XK_ROW_NO_FINITE : XK_ROW_OK;
-      if (!status) token = xs_first_equal(&s, p.max);
+      if (!status) token = xs_first_equal(&s, p.max, p.arg > 0 ? p.arg : 0);
     } else {
       if (a->temperature && a->temperature[b] != 1.0f) { /* x / 1 == x: skip the division */
         s.has_t = 1;

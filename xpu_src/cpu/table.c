@@ -35,6 +35,14 @@ void XK_FN(philox4x32)(const uint32_t *ctr, const uint32_t *key, int32_t rounds,
 void XK_FN(sampling_exp_probe)(const float *d32, float *e32, int64_t n32, const double *d64, double *e64,
                                int64_t n64);
 
+/* The bf16 peak of a tier with vdpbf16ps is its dot-product rate (the amx
+ * tier swaps in its tile probe). */
+#if defined(__AVX512BF16__)
+#define XK_PROBE_BF16 XK_FN(probe_bf16dot)
+#else
+#define XK_PROBE_BF16 NULL
+#endif
+
 #define XK_STR_(x) #x
 #define XK_STR(x) XK_STR_(x)
 
@@ -64,6 +72,7 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .linear_gemm_plan = XK_FN(linear_gemm_plan),
     .linear_gemm = XK_FN(linear_gemm),
     .probe_bf16dot = XK_FN(probe_bf16dot),
+    .probe_bf16 = XK_PROBE_BF16,
     .int8_quant = XK_FN(int8_quant),
     .int8_mm = XK_FN(int8_mm),
     .sample_rows = XK_FN(sample_rows),

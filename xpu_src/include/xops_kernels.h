@@ -546,6 +546,9 @@ typedef struct xk_kernel_table {
   void (*int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
   /* bf16 dot-product throughput (vdpbf16ps where the tier has it); returns flops done. */
   double (*probe_bf16dot)(int64_t iters, xk_probe_result *sink);
+  /* bf16 peak: independent vdpbf16ps chains (avx512) or TDPBF16PS tiles (amx);
+   * returns the flops done. NULL on tiers without a bf16 dot instruction. */
+  double (*probe_bf16)(int64_t iters, xk_probe_result *sink);
   /* Sampling (issue 6). Rows [row_begin, row_end) of the batch. */
   void (*sample_rows)(const xk_sample_args *a, int64_t row_begin, int64_t row_end, void *workspace);
   void (*filter_rows)(const xk_filter_args *a, int64_t row_begin, int64_t row_end, void *workspace);
@@ -564,6 +567,14 @@ extern const xk_kernel_table xk_kernels_generic;
 extern const xk_kernel_table xk_kernels_avx2;
 extern const xk_kernel_table xk_kernels_avx512;
 extern const xk_kernel_table xk_kernels_neon;
+
+/* AMX (xpu_src/cpu/amx, x86-64 builds whose compiler has -mamx-tile/-mamx-bf16).
+ * xk_amx_request_permission: 0 once the OS enables the tile state (XCR0) and
+ * grants this process XTILEDATA (Linux arch_prctl), else -1; call it once,
+ * after CPUID says AMX-TILE and AMX-BF16. xk_amx_table_init: *t = the avx512
+ * table with the AMX kernels swapped in (call only after permission). */
+int32_t xk_amx_request_permission(void);
+void xk_amx_table_init(xk_kernel_table *t);
 
 /* Scalar conversions shared with the Rust side (tests check them bit for bit). */
 float xk_fp8_to_f32(uint8_t v, int32_t fp8_dtype);
