@@ -1083,15 +1083,24 @@ pub fn flash_attn_varlen_func(
     }
     // In an NHD cache the kv heads of a token sit side by side: for
     // decode-like work (few query rows, so K/V are read about once) a grid
-    // block takes a group of adjacent heads (up to 1 KiB of each token row)
-    // so it streams whole lines, keeping at least 8 blocks for the threads.
+    // block takes a group of adjacent heads (up to 4 KiB of each token row)
+    // so it streams long contiguous spans (shuffled short spans read at a
+    // fraction of the sequential bandwidth), keeping at least 8 blocks for
+    // several threads (one thread takes whole rows).
     // Prefill tiles reuse K/V across their rows and keep one head per block.
-    // Results do not depend on the grouping (each row's arithmetic is fixed).
+    // Results do not depend on the grouping (each row's arithmetic is fixed;
+    // the thread-invariance tests vary it).
     let row_bytes = d * stored.size();
+    let threads = crate::threading::num_threads();
+    let min_blocks = if threads == 1 {
+        1
+    } else {
+        (2 * threads).min(8)
+    };
     let mut kv_group = 1;
     if kl.strides[2] == d && vl.strides[2] == d && max_rows <= 2 * g {
         for gsz in (1..=hkv).rev() {
-            if hkv % gsz == 0 && gsz * row_bytes <= 1024 && items * (hkv / gsz) >= 8 {
+            if hkv % gsz == 0 && gsz * row_bytes <= 4096 && items * (hkv / gsz) >= min_blocks {
                 kv_group = gsz;
                 break;
             }

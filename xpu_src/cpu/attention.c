@@ -1513,36 +1513,9 @@ static inline __attribute__((always_inline)) xd_strip xd_pf_strip(xd_pf *pf, int
   return s;
 }
 
-#ifdef XD_TUNE /* local experiments only: prefetch hint, sparsity and distance from the environment */
-#include <stdlib.h>
-static int xd_mode = -1, xd_skip = 1, xd_distm = 4;
-static void xd_knobs(void) {
-  if (xd_mode >= 0) return;
-  const char *e = getenv("XD_MODE");
-  xd_mode = e ? atoi(e) : 1;
-  e = getenv("XD_SKIP");
-  xd_skip = e ? atoi(e) : 1;
-  e = getenv("XD_DISTM");
-  xd_distm = e ? atoi(e) : 4;
-}
-#else
-#define xd_mode 1
-#define xd_skip 1
-#define xd_distm 4
-static inline void xd_knobs(void) {}
-#endif
 /* Lines [k * i, k * i + k) of the strip, k = ceil(n / iters) (at most 8). */
 static inline __attribute__((always_inline)) void xd_strip_step(const xd_strip *s, int64_t i, int64_t k) {
-  for (int64_t j = k * i; j < k * i + k && j < s->n; j++) {
-    if (((uintptr_t)(s->p + 64 * j) >> 6) & (uintptr_t)(xd_skip - 1)) continue;
-    switch (xd_mode) {
-      case 0: break;
-      case 1: _mm_prefetch(s->p + 64 * j, _MM_HINT_T1); break;
-      case 2: _mm_prefetch(s->p + 64 * j, _MM_HINT_T0); break;
-      case 3: _mm_prefetch(s->p + 64 * j, _MM_HINT_T2); break;
-      default: _mm_prefetch(s->p + 64 * j, _MM_HINT_NTA); break;
-    }
-  }
+  for (int64_t j = k * i; j < k * i + k && j < s->n; j++) _mm_prefetch(s->p + 64 * j, _MM_HINT_T1);
 }
 
 /* ---- QK: logits of NR rows x 8 tokens ---- */
@@ -1735,10 +1708,9 @@ static XD_TARGET __attribute__((noinline)) void xd_paged(const xk_attn_args *a, 
   _mm_setcsr(csr | XD_FTZ_DAZ);
   xd_cvt t;
   if (fp8) xd_cvt_init(&t, a->cache_dtype);
-  xd_knobs();
   const int64_t nkm = xd_paged_nk_max(a, L_);
   xd_pf pf; /* a tile of values plus 64 tokens ahead */
-  xd_pf_init(&pf, a, begin, end, nkm * (XD_TILE * kgrp + 4 * kgrp * xd_distm / 4));
+  xd_pf_init(&pf, a, begin, end, nkm * (XD_TILE + 4) * kgrp);
   float *qf = (float *)w->q;
   const char *vb[XD_TILE];
   for (int64_t b = begin; b < end;) {
@@ -1960,10 +1932,9 @@ static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a,
   _mm_setcsr(csr | XD_FTZ_DAZ);
   xd_cvt t;
   if (fp8) xd_cvt_init(&t, a->cache_dtype);
-  xd_knobs();
   const int64_t tok_bytes = KG * D * es; /* keys (or values) of a token for the block's kv heads */
   xd_pf pf;
-  xd_pf_init(&pf, a, begin, end, 2 * XA_VT * tok_bytes * xd_distm / 4);
+  xd_pf_init(&pf, a, begin, end, 2 * XA_VT * tok_bytes);
   float *qf = (float *)w->q;
   char *kst = (char *)w->kT;        /* staged keys of one group */
   uint16_t *vst = (uint16_t *)w->vt; /* fp8: staged bf16 values of a step */
@@ -2111,6 +2082,7 @@ static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a,
   }
   _mm_setcsr(csr);
 }
+
 #endif /* XK_F32_LANES == 16 */
 
 /* ---- paged_attention_v1 / v2 -------------------------------------------------- */
