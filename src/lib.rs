@@ -48,7 +48,7 @@ pub use dtype::{DType, F8E4M3, F8E5M2};
 pub use error::{Error, Result, Status};
 pub use ops::attention::{
     attention_bf16_dot, flash_attn_varlen_func, merge_attn_states, paged_attention_v1,
-    paged_attention_v2, with_attention_bf16_dot,
+    paged_attention_v2, with_attention_bf16_dot, with_attention_fast_decode,
 };
 pub use ops::cache::{
     copy_blocks, reshape_and_cache, reshape_and_cache_flash, swap_blocks, KvCacheDtype,

@@ -91,7 +91,7 @@ pub struct xk_attn_args {
     pub max_rows: i64,
     pub kv_group: i64,
     pub bf16_dot: i32,
-    pub pad_: i32,
+    pub fast: i32,
     pub partition_size: i64,
     pub max_partitions: i64,
     pub max_context: i64,

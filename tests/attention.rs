@@ -18,14 +18,18 @@ use xpu_ops::dtype::{store_f32, DType};
 use xpu_ops::reference::attention as reference;
 use xpu_ops::{Status, TensorView, TensorViewMut};
 
-/// Every ISA tier; on AVX-512 both bf16 paths (`vdpbf16ps` and fp32 FMA).
+/// Every ISA tier; on AVX-512 the decode fast path (where the CPU has it)
+/// and both general bf16 paths (`vdpbf16ps` and fp32 FMA).
 fn for_each_path(mut f: impl FnMut(&str)) {
     for_each_isa(|isa| {
         if isa == xpu_ops::Isa::Avx512 {
-            xpu_ops::with_attention_bf16_dot(true, || f("avx512+dpbf16"));
-            xpu_ops::with_attention_bf16_dot(false, || f("avx512+fma"));
+            xpu_ops::with_attention_fast_decode(true, || f("avx512+fast"));
+            xpu_ops::with_attention_fast_decode(false, || {
+                xpu_ops::with_attention_bf16_dot(true, || f("avx512+dpbf16"));
+                xpu_ops::with_attention_bf16_dot(false, || f("avx512+fma"));
+            });
         } else {
-            f(isa.name());
+            xpu_ops::with_attention_fast_decode(false, || f(isa.name()));
         }
     });
 }
@@ -765,33 +769,36 @@ fn paged_thread_invariance() {
         spec(DType::BF16, "fp8_e4m3", 8, 2, 128, 16, 55),
         &[900, 1300, 40, 2000],
     );
-    for (isa, dot) in common::isas()
+    for (isa, dot, fast) in common::isas()
         .into_iter()
-        .flat_map(|i| [(i, true), (i, false)])
+        .flat_map(|i| [(i, true, true), (i, true, false), (i, false, false)])
     {
         let run = |threads: usize| {
             with_threads(threads, || {
                 xpu_ops::with_isa(isa, || {
-                    xpu_ops::with_attention_bf16_dot(dot, || {
-                        let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                        c.v1(&mut out).unwrap();
-                        let mut out2 = Buf::zeros(c.dtype, &c.out_shape());
-                        let (mut es, mut ml, mut tmp) = c.v2_buffers();
-                        c.v2(&mut out2, &mut es, &mut ml, &mut tmp).unwrap();
-                        (
-                            out.all_bits(),
-                            out2.all_bits(),
-                            tmp.all_bits(),
-                            es.all_bits(),
-                        )
+                    xpu_ops::with_attention_fast_decode(fast, || {
+                        xpu_ops::with_attention_bf16_dot(dot, || {
+                            let mut out = Buf::zeros(c.dtype, &c.out_shape());
+                            c.v1(&mut out).unwrap();
+                            let mut out2 = Buf::zeros(c.dtype, &c.out_shape());
+                            let (mut es, mut ml, mut tmp) = c.v2_buffers();
+                            c.v2(&mut out2, &mut es, &mut ml, &mut tmp).unwrap();
+                            (
+                                out.all_bits(),
+                                out2.all_bits(),
+                                tmp.all_bits(),
+                                es.all_bits(),
+                            )
+                        })
                     })
                 })
                 .unwrap()
             })
         };
         let one = run(1);
-        assert!(one == run(2), "{isa} dot={dot}: 2 threads differ from 1");
-        assert!(one == run(3), "{isa} dot={dot}: 3 threads differ from 1");
+        let what = format!("{isa} dot={dot} fast={fast}");
+        assert!(one == run(2), "{what}: 2 threads differ from 1");
+        assert!(one == run(3), "{what}: 3 threads differ from 1");
     }
 }
 
@@ -1459,26 +1466,34 @@ fn varlen_thread_invariance() {
     let mut sp = vspec(DType::BF16, DType::F8E4M3, 8, 2, 128, 16, 71);
     sp.sinks = true;
     let c = VarlenCase::new(sp, &[(1, 900), (120, 700), (1, 30), (64, 64)]);
-    for (isa, dot) in common::isas()
+    for (isa, dot, fast) in common::isas()
         .into_iter()
-        .flat_map(|i| [(i, true), (i, false)])
+        .flat_map(|i| [(i, true, true), (i, true, false), (i, false, false)])
     {
         let run = |threads: usize| {
             with_threads(threads, || {
                 xpu_ops::with_isa(isa, || {
-                    xpu_ops::with_attention_bf16_dot(dot, || {
-                        let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                        let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
-                        c.run(&mut out, Some(&mut lse)).unwrap();
-                        (out.data, lse.data)
+                    xpu_ops::with_attention_fast_decode(fast, || {
+                        xpu_ops::with_attention_bf16_dot(dot, || {
+                            let mut out = Buf::zeros(c.dtype, &c.out_shape());
+                            let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
+                            c.run(&mut out, Some(&mut lse)).unwrap();
+                            (out.data, lse.data)
+                        })
                     })
                 })
                 .unwrap()
             })
         };
         let one = run(1);
-        assert!(one == run(2), "{isa} dot={dot}: 2 threads differ");
-        assert!(one == run(3), "{isa} dot={dot}: 3 threads differ");
+        assert!(
+            one == run(2),
+            "{isa} dot={dot} fast={fast}: 2 threads differ"
+        );
+        assert!(
+            one == run(3),
+            "{isa} dot={dot} fast={fast}: 3 threads differ"
+        );
     }
 }
 

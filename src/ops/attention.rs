@@ -56,7 +56,48 @@ fn empty_args() -> sys::xk_attn_args {
     // zeros is a valid value (NULL pointers, zero sizes).
     let mut a: sys::xk_attn_args = unsafe { std::mem::zeroed() };
     a.bf16_dot = bf16_dot() as i32;
+    a.fast = fast_decode() as i32;
     a
+}
+
+thread_local! {
+    static FAST: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether the AVX-512 decode fast path may run: it needs AVX512-VBMI (fp8
+/// codes are decoded by byte-table lookups) and is on unless
+/// `XPU_OPS_ATTN_FAST=0`. It computes the same exact products as the other
+/// AVX-512 paths, summed in another order (results differ within the tolerance).
+fn fast_decode() -> bool {
+    static HW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let hw = *HW.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512vbmi")
+                && std::env::var("XPU_OPS_ATTN_FAST").as_deref() != Ok("0")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    });
+    hw && FAST.with(|c| c.get()).unwrap_or(true)
+}
+
+/// Runs `f` with the AVX-512 decode fast path of attention ops called from
+/// this thread allowed (`true`, the default where the CPU has AVX512-VBMI) or
+/// disabled (`false`, so the general paths run); the tests run both.
+#[doc(hidden)]
+pub fn with_attention_fast_decode<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let prev = FAST.with(|c| c.replace(Some(on)));
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FAST.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
 }
 
 thread_local! {
@@ -1042,15 +1083,24 @@ pub fn flash_attn_varlen_func(
     }
     // In an NHD cache the kv heads of a token sit side by side: for
     // decode-like work (few query rows, so K/V are read about once) a grid
-    // block takes a group of adjacent heads (up to 1 KiB of each token row)
-    // so it streams whole lines, keeping at least 8 blocks for the threads.
+    // block takes a group of adjacent heads (up to 4 KiB of each token row)
+    // so it streams long contiguous spans (shuffled short spans read at a
+    // fraction of the sequential bandwidth), keeping at least 8 blocks for
+    // several threads (one thread takes whole rows).
     // Prefill tiles reuse K/V across their rows and keep one head per block.
-    // Results do not depend on the grouping (each row's arithmetic is fixed).
+    // Results do not depend on the grouping (each row's arithmetic is fixed;
+    // the thread-invariance tests vary it).
     let row_bytes = d * stored.size();
+    let threads = crate::threading::num_threads();
+    let min_blocks = if threads == 1 {
+        1
+    } else {
+        (2 * threads).min(8)
+    };
     let mut kv_group = 1;
     if kl.strides[2] == d && vl.strides[2] == d && max_rows <= 2 * g {
         for gsz in (1..=hkv).rev() {
-            if hkv % gsz == 0 && gsz * row_bytes <= 1024 && items * (hkv / gsz) >= 8 {
+            if hkv % gsz == 0 && gsz * row_bytes <= 4096 && items * (hkv / gsz) >= min_blocks {
                 kv_group = gsz;
                 break;
             }

@@ -208,21 +208,22 @@ static void xa_softcap(float *x, int64_t n, float cap) {
 static void xa_round_to(float *x, int64_t n, int32_t dtype) {
   if (dtype == XK_F32) return;
   int64_t i = 0;
+  /* f32-sized scratch: the compiler cannot see that dtype is a 16-bit type */
 #if XK_F32_LANES == 16
-  uint16_t tmp[16];
+  float tmp[16];
   for (; i + 16 <= n; i += 16) {
     xk_store16(tmp, dtype, _mm512_loadu_ps(x + i));
     _mm512_storeu_ps(x + i, xk_load16(tmp, dtype));
   }
 #elif XK_F32_LANES == 8
-  uint16_t tmp[8];
+  float tmp[8];
   for (; i + 8 <= n; i += 8) {
     xk_store8(tmp, dtype, _mm256_loadu_ps(x + i));
     _mm256_storeu_ps(x + i, xk_load8(tmp, dtype));
   }
 #endif
   for (; i < n; i++) {
-    uint16_t h;
+    float h;
     xk_store_scalar(&h, dtype, 0, x[i]);
     x[i] = xk_load_scalar(&h, dtype, 0);
   }
@@ -422,14 +423,26 @@ static int64_t xa_rows(const xk_attn_args *a) {
   return a->kind == XK_ATTN_PAGED ? a->num_heads / a->num_kv_heads : a->max_rows;
 }
 
+/* Logit columns per row: a partition, a whole sequence (v1) or a varlen step. */
+static int64_t xa_cols(const xk_attn_args *a) {
+  if (a->kind != XK_ATTN_PAGED) return XA_VT;
+  return a->partition_size ? a->partition_size : xa_round_up(xa_max(a->max_context, 1), XA_W);
+}
+
+#if XK_F32_LANES == 16
+static int xd_paged_ok(const xk_attn_args *a);
+static int64_t xd_paged_nk_max(const xk_attn_args *a, int64_t L);
+#endif
+
 static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
-  const int64_t Dp = xa_round_up(a->head_size, XA_W), R = xa_max(xa_rows(a), 1);
-  int64_t L;
-  if (a->kind == XK_ATTN_PAGED) {
-    L = a->partition_size ? a->partition_size : xa_round_up(xa_max(a->max_context, 1), XA_W);
-  } else {
-    L = XA_VT;
+  const int64_t Dp = xa_round_up(a->head_size, XA_W), L = xa_cols(a);
+  int64_t R = xa_max(xa_rows(a), 1), Lbf = L;
+#if XK_F32_LANES == 16
+  if (a->kind == XK_ATTN_PAGED && xd_paged_ok(a)) { /* the fast path: rows of several kv heads, no bf16 copy */
+    R = a->num_heads / a->num_kv_heads * xd_paged_nk_max(a, L);
+    Lbf = 0;
   }
+#endif
   int64_t off = 0;
 #define XA_TAKE(field, type, count)                                       \
   do {                                                                    \
@@ -439,7 +452,7 @@ static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
   XA_TAKE(q, float, R * Dp);
   XA_TAKE(acc, float, R * Dp);
   XA_TAKE(lg, float, R * L);
-  XA_TAKE(p16, uint16_t, R * L);
+  XA_TAKE(p16, uint16_t, R * Lbf);
   XA_TAKE(kT, float, Dp * XA_W);
   XA_TAKE(vt, float, Dp * XA_W);
   XA_TAKE(stage, float, Dp * XA_W);
@@ -1224,6 +1237,854 @@ static void xa_write_row(void *dst, int32_t dtype, float *row, int64_t n, float 
   xk_convert_row(dst, dtype, row, XK_F32, n, 1.0f);
 }
 
+/* ---- decode fast path (AVX-512 + VBMI) ------------------------------------------
+ *
+ * Decode reads every key and value once, so it must run at DRAM speed. On
+ * cores where vdpbf16ps issues at a quarter of the fp32 FMA rate the fastest
+ * exact form is fp32 FMA over K and V widened in registers, laid out so that
+ * no transpose is needed:
+ *
+ *   keys (paged [D/x][bs][x]): 64 bytes of a chunk are 4 tokens x 16 bytes.
+ *     Widened, each 128-bit lane holds 4 consecutive head-dim elements of one
+ *     token, so q enters as a 4-element broadcast and the accumulator lanes
+ *     are (token, d mod 4) partial sums, reduced once per 16 tokens.
+ *   values (paged [D][bs]): 4 rows of 16 tokens form, after widening, four
+ *     vectors whose 128-bit lane L holds 4 tokens of row d + L; the
+ *     probabilities enter as 4-element broadcasts and the accumulator lanes
+ *     are (row, token mod 4) partial sums, reduced once per 512 tokens.
+ *
+ * fp8 codes become bf16 through two 128-entry byte tables (vpermt2b: exact
+ * for all 256 codes, NaN included, built from xa_fp8x32_to_bf16), bf16
+ * becomes f32 by a 16-bit shift (unpack with zero). Products are exact (the
+ * same as the vdpbf16ps path); only the fp32 summation order differs.
+ *
+ * A prefetch cursor walks the cache regions in the order the kernel consumes
+ * them (keys of a range, then its values, then the next grid block) a fixed
+ * distance ahead, a few lines per micro-kernel iteration: the block tables
+ * are shuffled, so the hardware prefetchers cannot follow.
+ *
+ * Used for paged_attention_v1/v2 with bf16 or fp8 caches, block_size a
+ * multiple of 16, head_size a multiple of 16, standard strides, any query
+ * dtype; else the general path below runs.
+ */
+#if XK_F32_LANES == 16
+#define XD_TARGET __attribute__((target("avx512vbmi")))
+#define XD_INLINE static inline __attribute__((always_inline, target("avx512vbmi")))
+#define XD_G 16 /* tokens per group: one slice of a cache block */
+/* MXCSR flush-to-zero and denormals-are-zero: probabilities far below the
+ * maximum underflow into f32 denormals, and an FMA producing a denormal costs
+ * a microcode assist (~100x a normal FMA). vdpbf16ps flushes them as well;
+ * the effect on results is below 1e-38 relative. */
+#define XD_FTZ_DAZ 0x8040u
+
+/* fp8 -> bf16 byte tables for magnitudes 0..127; the sign is or-ed in. */
+typedef struct xd_cvt {
+  __m512i lo0, lo1, hi0, hi1, sgn;
+} xd_cvt;
+
+static XD_TARGET void xd_cvt_init(xd_cvt *t, int32_t dt) {
+  __m512i lo[2], hi[2];
+  for (int k = 0; k < 2; k++) {
+    __m256i idx[2];
+    for (int h = 0; h < 2; h++) {
+      idx[h] = _mm256_add_epi8(_mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                                                21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31),
+                               _mm256_set1_epi8((char)(64 * k + 32 * h)));
+    }
+    const __m512i w0 = xa_fp8x32_to_bf16(idx[0], dt), w1 = xa_fp8x32_to_bf16(idx[1], dt);
+    lo[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(w0)), _mm512_cvtepi16_epi8(w1), 1);
+    hi[k] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srli_epi16(w0, 8))),
+                               _mm512_cvtepi16_epi8(_mm512_srli_epi16(w1, 8)), 1);
+  }
+  t->lo0 = lo[0];
+  t->lo1 = lo[1];
+  t->hi0 = hi[0];
+  t->hi1 = hi[1];
+  t->sgn = _mm512_set1_epi8((char)0x80);
+}
+
+/* 64 fp8 bytes (128-bit lane L: elements 16L .. 16L+15) as four f32 vectors:
+ * f[s] lane L holds elements 16L + 4s .. 16L + 4s + 3. */
+XD_INLINE void xd_fp8_f32(__m512i x, const xd_cvt *t, __m512 f[4]) {
+  const __m512i lo = _mm512_permutex2var_epi8(t->lo0, x, t->lo1);
+  const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi0, x, t->hi1), x, t->sgn, 0xf8);
+  const __m512i wl = _mm512_unpacklo_epi8(lo, hi), wh = _mm512_unpackhi_epi8(lo, hi), z = _mm512_setzero_si512();
+  f[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, wl));
+  f[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, wl));
+  f[2] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, wh));
+  f[3] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, wh));
+}
+
+/* 32 bf16 (128-bit lane L: elements 8L .. 8L+7): f[0] lane L = 8L .. 8L+3, f[1] = 8L+4 .. 8L+7. */
+XD_INLINE void xd_bf16_f32(__m512i x, __m512 f[2]) {
+  const __m512i z = _mm512_setzero_si512();
+  f[0] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, x));
+  f[1] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, x));
+}
+
+XD_INLINE __m512 xd_bcast4(const float *p) { return _mm512_broadcast_f32x4(_mm_loadu_ps(p)); }
+
+/* Pairwise sums: lane i < 8 = a[2i] + a[2i+1], lane 8 + i = b[2i] + b[2i+1]. */
+XD_INLINE __m512 xd_hadd(__m512 a, __m512 b) {
+  const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  return _mm512_add_ps(_mm512_permutex2var_ps(a, ev, b), _mm512_permutex2var_ps(a, od, b));
+}
+
+/* ---- prefetch cursor ---- */
+
+typedef struct xd_pf {
+  const xk_attn_args *a;
+  int64_t b, end;            /* next grid block of the cursor; end of this call's range */
+  int64_t t, t0, t1, ts, te, step, k0, nk; /* group start, the unit's range and steps, kv heads [k0, k0 + nk) */
+  const int32_t *bt;
+  int phase, done;           /* 0: keys, 1: values */
+  const char *base;          /* region: rows (o, i) at base + o * os + i * is, rbytes each */
+  int64_t no, os, ni, is, rbytes, o, i, off;
+  int64_t ahead, dist;       /* bytes issued and not yet consumed; target */
+} xd_pf;
+
+/* Varlen grid block b: its sequence, first kv head and the key range its rows
+ * attend ([*lo, *hi), empty if lo >= hi), as attn_varlen computes it. */
+static void xd_varlen_range(const xk_attn_args *a, int64_t b, int64_t *seq_out, int64_t *kvh0, int64_t *lo_out,
+                            int64_t *hi_out) {
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = a->num_kv_heads / KG;
+  const int64_t item = b / NG, seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+  const int64_t q_len = a->cu_seqlens_q[seq + 1] - a->cu_seqlens_q[seq], k_len = a->seq_lens[seq];
+  int64_t LO = INT64_MAX, HI = 0;
+  for (int64_t i = i0; i < i1; i++) {
+    const int64_t pos = i + k_len - q_len;
+    int64_t hi = k_len, lo = 0;
+    if (a->causal) hi = xa_min(hi, pos + 1);
+    if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
+    if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+    if (lo < hi) {
+      LO = xa_min(LO, lo);
+      HI = xa_max(HI, hi);
+    }
+  }
+  *seq_out = seq;
+  *kvh0 = (b % NG) * KG;
+  *lo_out = LO == INT64_MAX ? 0 : LO;
+  *hi_out = HI;
+}
+
+/* Most kv heads a paged unit takes: their logits ([heads][L] f32) stay under 4 MiB. */
+static int64_t xd_paged_nk_max(const xk_attn_args *a, int64_t L) {
+  const int64_t G = a->num_heads / a->num_kv_heads;
+  return xa_max(1, xa_min(a->num_kv_heads, ((int64_t)1 << 20) / xa_max(1, G * L)));
+}
+
+/* The paged unit starting at grid block b (kv heads fastest in the grid):
+ * one (sequence, partition) and the kv heads [*k0, *k0 + *nk) of [b, end);
+ * returns the grid block after it. */
+static int64_t xd_paged_unit(const xk_attn_args *a, int64_t L, int64_t b, int64_t end, int64_t *seq, int64_t *part,
+                             int64_t *k0, int64_t *nk, int64_t *t0, int64_t *t1) {
+  const int64_t Hkv = a->num_kv_heads, P = a->partition_size ? a->max_partitions : 1;
+  *k0 = b % Hkv;
+  *part = (b / Hkv) % P;
+  *seq = b / (Hkv * P);
+  *nk = xa_min(xa_min(Hkv - *k0, end - b), xd_paged_nk_max(a, L));
+  const int64_t len = a->seq_lens[*seq];
+  *t0 = *part * a->partition_size;
+  *t1 = a->partition_size ? xa_min(*t0 + a->partition_size, len) : len;
+  return b + *nk;
+}
+
+static XD_TARGET void xd_pf_region(xd_pf *pf) {
+  const xk_attn_args *a = pf->a;
+  const int64_t bs = a->block_size, es = xk_dtype_size(a->cache_dtype), D = a->head_size;
+  const int64_t blk = (int64_t)pf->bt[(pf->t / bs) * a->block_tables_stride_block], off = pf->t % bs;
+  const int64_t *st = pf->phase ? a->value_cache_strides : a->key_cache_strides;
+  const char *cache = (const char *)(pf->phase ? a->value_cache : a->key_cache);
+  if (a->layout == XK_LAYOUT_FLASH) {
+    pf->base = cache + (blk * st[0] + off * st[1] + pf->k0 * st[2]) * es;
+    pf->no = XD_G;
+    pf->os = st[1] * es;
+    pf->ni = 1;
+    pf->rbytes = pf->is = pf->nk * D * es;
+  } else {
+    pf->base = cache + (blk * st[0] + pf->k0 * st[1] + off * st[3]) * es;
+    pf->no = pf->nk;
+    pf->os = st[1] * es;
+    pf->ni = pf->phase ? D : D / a->x;
+    pf->is = st[2] * es;
+    pf->rbytes = pf->phase ? XD_G * es : XD_G * 16;
+  }
+  if (pf->is == pf->rbytes) { /* contiguous rows: one row per outer step, maybe one row in all */
+    pf->rbytes *= pf->ni;
+    pf->ni = 1;
+    pf->is = pf->rbytes;
+    if (pf->os == pf->rbytes) {
+      pf->rbytes *= pf->no;
+      pf->no = 1;
+    }
+  }
+  pf->o = pf->i = pf->off = 0;
+}
+
+/* Moves the cursor to the first unit at or after pf->b with tokens. */
+static XD_TARGET void xd_pf_block(xd_pf *pf) {
+  const xk_attn_args *a = pf->a;
+  while (pf->b < pf->end) {
+    int64_t seq, part, k0, nk, t0, t1;
+    if (a->kind == XK_ATTN_VARLEN) {
+      xd_varlen_range(a, pf->b, &seq, &k0, &t0, &t1);
+      t0 &= ~(int64_t)(XD_G - 1);
+      nk = a->kv_group > 0 ? a->kv_group : 1;
+      pf->b++;
+      pf->step = XA_VT;
+    } else {
+      pf->b = xd_paged_unit(a, xa_cols(a), pf->b, pf->end, &seq, &part, &k0, &nk, &t0, &t1);
+      pf->step = t1 - t0;
+    }
+    if (t1 <= t0) continue;
+    pf->t = pf->t0 = pf->ts = t0;
+    pf->t1 = t1;
+    pf->te = xa_min(t0 + pf->step, t1);
+    pf->k0 = k0;
+    pf->nk = nk;
+    pf->bt = a->block_tables + seq * a->block_tables_stride_seq;
+    pf->phase = 0;
+    xd_pf_region(pf);
+    return;
+  }
+  pf->done = 1;
+}
+
+static XD_TARGET void xd_pf_next(xd_pf *pf) {
+  pf->t += XD_G;
+  if (pf->t >= pf->te) {
+    if (pf->phase == 0) {
+      pf->phase = 1;
+      pf->t = pf->ts;
+    } else if (pf->te < pf->t1) {
+      pf->phase = 0;
+      pf->t = pf->ts = pf->te;
+      pf->te = xa_min(pf->ts + pf->step, pf->t1);
+    } else {
+      xd_pf_block(pf);
+      return;
+    }
+  }
+  xd_pf_region(pf);
+}
+
+static XD_TARGET void xd_pf_init(xd_pf *pf, const xk_attn_args *a, int64_t begin, int64_t end, int64_t dist) {
+  memset(pf, 0, sizeof *pf);
+  pf->a = a;
+  pf->b = begin;
+  pf->end = end;
+  pf->dist = dist;
+  xd_pf_block(pf);
+}
+
+/* Up to `want` lines of the cursor's current row, contiguous from the returned pointer. */
+static inline __attribute__((always_inline)) const char *xd_pf_take(xd_pf *pf, int64_t want, int64_t *got) {
+  *got = 0;
+  if (pf->done || want <= 0) return NULL;
+  const char *p = pf->base + pf->o * pf->os + pf->i * pf->is + pf->off;
+  const int64_t n = xa_min(want, (pf->rbytes - pf->off + 63) / 64);
+  pf->off += 64 * n;
+  pf->ahead += 64 * n;
+  *got = n;
+  if (pf->off >= pf->rbytes) {
+    pf->off = 0;
+    if (++pf->i == pf->ni) {
+      pf->i = 0;
+      if (++pf->o == pf->no) xd_pf_next(pf);
+    }
+  }
+  return p;
+}
+
+/* A strip of lines for a micro-kernel of `iters` iterations after `consumed`
+ * bytes were read: at most 8 lines an iteration. */
+typedef struct xd_strip {
+  const char *p;
+  int64_t n;
+} xd_strip;
+
+static inline __attribute__((always_inline)) xd_strip xd_pf_strip(xd_pf *pf, int64_t consumed, int64_t iters) {
+  pf->ahead -= consumed;
+  xd_strip s = {NULL, 0};
+  const int64_t want = xa_min((pf->dist - pf->ahead) / 64, 8 * iters);
+  s.p = xd_pf_take(pf, want, &s.n);
+  return s;
+}
+
+/* Lines [k * i, k * i + k) of the strip, k = ceil(n / iters) (at most 8). */
+static inline __attribute__((always_inline)) void xd_strip_step(const xd_strip *s, int64_t i, int64_t k) {
+  for (int64_t j = k * i; j < k * i + k && j < s->n; j++) _mm_prefetch(s->p + 64 * j, _MM_HINT_T1);
+}
+
+/* ---- QK: logits of NR rows x 8 tokens ---- */
+
+/* acc[r][j] over the head dim for the 2 quads (4 tokens each) at kb: bf16
+ * chunks of 8 elements cs bytes apart (quad j at +64 j), or fp8 chunks of 16.
+ * Writes 8 logits per row to lg + r * lld. */
+XD_INLINE void xd_qk8(const float *q, int64_t qld, const char *kb, int64_t cs, int64_t D, const int fp8,
+                      const xd_cvt *t, const int NR, float *lg, int64_t lld, const xd_strip *pf) {
+  __m512 acc[8][2];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+  const int64_t E = fp8 ? 16 : 8, nch = D / E, k = (pf->n + nch - 1) / (nch ? nch : 1);
+  for (int64_t c = 0; c < nch; c++) {
+    xd_strip_step(pf, c, k);
+    const char *p = kb + c * cs;
+    if (fp8) {
+      __m512 f[2][4];
+      xd_fp8_f32(_mm512_loadu_si512((const void *)p), t, f[0]);
+      xd_fp8_f32(_mm512_loadu_si512((const void *)(p + 64)), t, f[1]);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; r++) {
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+          const __m512 qb = xd_bcast4(q + r * qld + c * 16 + 4 * s);
+          acc[r][0] = _mm512_fmadd_ps(f[0][s], qb, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(f[1][s], qb, acc[r][1]);
+        }
+      }
+    } else {
+      __m512 f[2][2];
+      xd_bf16_f32(_mm512_loadu_si512((const void *)p), f[0]);
+      xd_bf16_f32(_mm512_loadu_si512((const void *)(p + 64)), f[1]);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; r++) {
+#pragma GCC unroll 2
+        for (int s = 0; s < 2; s++) {
+          const __m512 qb = xd_bcast4(q + r * qld + c * 8 + 4 * s);
+          acc[r][0] = _mm512_fmadd_ps(f[0][s], qb, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(f[1][s], qb, acc[r][1]);
+        }
+      }
+    }
+  }
+  /* acc[r][j] lane 4L + p: token 4j + L, partial p. */
+#pragma GCC unroll 4
+  for (int r = 0; r + 1 < NR; r += 2) {
+    const __m512 x = xd_hadd(xd_hadd(acc[r][0], acc[r][1]), xd_hadd(acc[r + 1][0], acc[r + 1][1]));
+    _mm256_storeu_ps(lg + r * lld, _mm512_castps512_ps256(x));
+    _mm256_storeu_ps(lg + (r + 1) * lld, _mm512_extractf32x8_ps(x, 1));
+  }
+  if (NR & 1) {
+    const __m512 h = xd_hadd(acc[NR - 1][0], acc[NR - 1][1]);
+    _mm256_storeu_ps(lg + (NR - 1) * lld, _mm512_castps512_ps256(xd_hadd(h, h)));
+  }
+}
+
+#define XD_QK_DEF(NR)                                                                                          \
+  static XD_TARGET void xd_qk8_##NR(const float *q, int64_t qld, const char *kb, int64_t cs, int64_t D, int fp8, \
+                                    const xd_cvt *t, float *lg, int64_t lld, const xd_strip *pf) {              \
+    if (fp8)                                                                                                   \
+      xd_qk8(q, qld, kb, cs, D, 1, t, NR, lg, lld, pf);                                                        \
+    else                                                                                                       \
+      xd_qk8(q, qld, kb, cs, D, 0, t, NR, lg, lld, pf);                                                        \
+  }
+XD_QK_DEF(8)
+XD_QK_DEF(4)
+XD_QK_DEF(2)
+XD_QK_DEF(1)
+
+/* ---- PV: out[r][d] += sum_t p[r][t] v[t][d] over a tile of groups ---- */
+
+/* Rows d .. d+3 of a group's values (row 0 at vb, rows rs bytes apart) as four
+ * f32 vectors: f[s] lane L = tokens 4s .. 4s+3 of row d + L; tokens >= nv are 0. */
+XD_INLINE void xd_v4(const char *vb, int64_t rs, const int fp8, const xd_cvt *t, int64_t nv, __m512 f[4]) {
+  if (fp8) {
+    __m512i x;
+    if (rs == 16) {
+      x = _mm512_loadu_si512((const void *)vb);
+    } else {
+      x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)vb));
+      x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(vb + rs)), 1);
+      x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(vb + 2 * rs)), 2);
+      x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i *)(vb + 3 * rs)), 3);
+    }
+    xd_fp8_f32(x, t, f);
+  } else {
+    __m512i a, b;
+    if (rs == 32) {
+      a = _mm512_loadu_si512((const void *)vb);
+      b = _mm512_loadu_si512((const void *)(vb + 64));
+    } else {
+      a = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)vb)),
+                             _mm256_loadu_si256((const __m256i *)(vb + rs)), 1);
+      b = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(vb + 2 * rs))),
+                             _mm256_loadu_si256((const __m256i *)(vb + 3 * rs)), 1);
+    }
+    /* a = rows d, d+1 (16 tokens each), b = rows d+2, d+3: gather tokens 0-7 and 8-15 of the 4 rows */
+    xd_bf16_f32(_mm512_shuffle_i64x2(a, b, 0x88), f);
+    xd_bf16_f32(_mm512_shuffle_i64x2(a, b, 0xdd), f + 2);
+  }
+  if (nv < XD_G) {
+#pragma GCC unroll 4
+    for (int s = 0; s < 4; s++) {
+      const int64_t k = xa_max(0, xa_min(4, nv - 4 * s));
+      const __mmask16 m = (__mmask16)(((1u << k) - 1u) * 0x1111u);
+      f[s] = _mm512_maskz_mov_ps(m, f[s]);
+    }
+  }
+}
+
+/* For NR rows (p rows pld apart, zero past n), ngrp groups with value rows
+ * at vb[g] (rs bytes apart), the last one holding nlast valid tokens:
+ * out[r][0 .. D) += P . V. Eight head-dim rows at a time (two slabs of 4). */
+XD_INLINE void xd_pv(const float *p, int64_t pld, const char *const *vb0, int64_t voff, int64_t ngrp, int64_t nlast,
+                     int64_t rs, int64_t D, const int fp8, const xd_cvt *t, const int NR, float *out, int64_t old,
+                     xd_pf *pfc, int64_t consumed_per_dblock) {
+  for (int64_t d0 = 0; d0 < D; d0 += 8) {
+    const xd_strip pf = xd_pf_strip(pfc, consumed_per_dblock, ngrp);
+    const int64_t k = (pf.n + ngrp - 1) / (ngrp ? ngrp : 1);
+    __m512 acc[8][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ngrp; g++) {
+      xd_strip_step(&pf, g, k);
+      const int64_t nv = g + 1 == ngrp ? nlast : XD_G;
+      __m512 f0[4], f1[4];
+      const char *vb = vb0[g] + voff;
+      xd_v4(vb + d0 * rs, rs, fp8, t, nv, f0);
+      xd_v4(vb + (d0 + 4) * rs, rs, fp8, t, nv, f1);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; r++) {
+#pragma GCC unroll 4
+        for (int s = 0; s < 4; s++) {
+          const __m512 pb = xd_bcast4(p + r * pld + g * XD_G + 4 * s);
+          acc[r][0] = _mm512_fmadd_ps(f0[s], pb, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(f1[s], pb, acc[r][1]);
+        }
+      }
+    }
+    /* acc[r][h] lane 4L + p: row d0 + 4h + L, partial p */
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) {
+      const __m512 h = xd_hadd(acc[r][0], acc[r][1]);
+      const __m256 s = _mm512_castps512_ps256(xd_hadd(h, h));
+      _mm256_storeu_ps(out + r * old + d0, _mm256_add_ps(_mm256_loadu_ps(out + r * old + d0), s));
+    }
+  }
+}
+
+#define XD_PV_DEF(NR)                                                                                          \
+  static XD_TARGET void xd_pv_##NR(const float *p, int64_t pld, const char *const *vb, int64_t voff,             \
+                                   int64_t ngrp, int64_t nlast, int64_t rs, int64_t D, int fp8, const xd_cvt *t, \
+                                   float *out, int64_t old, xd_pf *pfc, int64_t cpd) {                          \
+    if (fp8)                                                                                                   \
+      xd_pv(p, pld, vb, voff, ngrp, nlast, rs, D, 1, t, NR, out, old, pfc, cpd);                               \
+    else                                                                                                       \
+      xd_pv(p, pld, vb, voff, ngrp, nlast, rs, D, 0, t, NR, out, old, pfc, cpd);                               \
+  }
+XD_PV_DEF(8)
+XD_PV_DEF(4)
+XD_PV_DEF(2)
+XD_PV_DEF(1)
+
+#define XD_TILE 16 /* groups (256 tokens) per P.V sweep */
+
+/* Whether the fast path takes this paged call. */
+static int xd_paged_ok(const xk_attn_args *a) {
+  const int32_t dt = a->cache_dtype;
+  if (!a->fast || a->layout != XK_LAYOUT_PAGED || !(dt == XK_BF16 || xk_is_fp8(dt))) return 0;
+  if (a->block_size % XD_G || a->head_size % 16 || a->head_size > 512) return 0;
+  const int64_t x = 16 / xk_dtype_size(dt);
+  return a->x == x && a->key_cache_strides[4] == 1 && a->key_cache_strides[3] == x &&
+         a->value_cache_strides[3] == 1;
+}
+
+/* Units of one (sequence, partition) and a range of its kv heads: keys, then
+ * values, of every kv head of a cache block are adjacent, so walking the kv
+ * heads of a block together reads one contiguous span per block. */
+static XD_TARGET __attribute__((noinline)) void xd_paged(const xk_attn_args *a, const xa_ws *w, int64_t begin,
+                                                          int64_t end) {
+  const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size, Dp = w->Dp;
+  const int64_t qes = xk_dtype_size(a->dtype);
+  const int64_t es = xk_dtype_size(a->cache_dtype), bs = a->block_size, L_ = w->L;
+  const int fp8 = xk_is_fp8(a->cache_dtype);
+  const int64_t *ks = a->key_cache_strides, *vs_ = a->value_cache_strides;
+  const int64_t cs = ks[2] * es, rs = vs_[2] * es;
+  const int64_t kgrp = XD_G * D * es; /* key (or value) bytes of a group and kv head */
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | XD_FTZ_DAZ);
+  xd_cvt t;
+  if (fp8) xd_cvt_init(&t, a->cache_dtype);
+  const int64_t nkm = xd_paged_nk_max(a, L_);
+  xd_pf pf; /* a tile of values plus 64 tokens ahead */
+  xd_pf_init(&pf, a, begin, end, nkm * (XD_TILE + 4) * kgrp);
+  float *qf = (float *)w->q;
+  const char *vb[XD_TILE];
+  for (int64_t b = begin; b < end;) {
+    int64_t seq, part, k0, nk, t0, t1;
+    b = xd_paged_unit(a, L_, b, end, &seq, &part, &k0, &nk, &t0, &t1);
+    if (a->partition_size && t1 <= t0) continue; /* v2: nothing to do, nothing written */
+    const int64_t L = a->seq_lens[seq], n = xa_max(0, t1 - t0), R = nk * G;
+    const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t h = k0 * G + r;
+      xa_to_f32(qf + r * Dp, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes,
+                a->dtype, D);
+    }
+    const int64_t ngrp = (n + XD_G - 1) / XD_G;
+    /* Pass 1: logits of every token of the range. */
+    for (int64_t gi = 0; gi < ngrp; gi++) {
+      const int64_t tok = t0 + gi * XD_G;
+      const int64_t blk = (int64_t)bt[(tok / bs) * a->block_tables_stride_block];
+      const char *kb0 = (const char *)a->key_cache + (blk * ks[0] + k0 * ks[1] + (tok % bs) * ks[3]) * es;
+      int first = 1;
+      for (int64_t kvl = 0; kvl < nk; kvl++) {
+        const char *kb = kb0 + kvl * ks[1] * es;
+        for (int64_t r0 = 0; r0 < G;) {
+          const int64_t nr = G - r0 >= 8 ? 8 : G - r0 >= 4 ? 4 : G - r0 >= 2 ? 2 : 1;
+          for (int64_t h = 0; h < 2; h++) {
+            const xd_strip st = xd_pf_strip(&pf, first ? nk * kgrp : 0, D / (fp8 ? 16 : 8));
+            first = 0;
+            const int64_t r = kvl * G + r0;
+            const float *q = qf + r * Dp;
+            float *lg = w->lg + r * L_ + gi * XD_G + 8 * h;
+            const char *k8 = kb + 128 * h;
+            switch (nr) {
+              case 8: xd_qk8_8(q, Dp, k8, cs, D, fp8, &t, lg, L_, &st); break;
+              case 4: xd_qk8_4(q, Dp, k8, cs, D, fp8, &t, lg, L_, &st); break;
+              case 2: xd_qk8_2(q, Dp, k8, cs, D, fp8, &t, lg, L_, &st); break;
+              default: xd_qk8_1(q, Dp, k8, cs, D, fp8, &t, lg, L_, &st); break;
+            }
+          }
+          r0 += nr;
+        }
+      }
+    }
+    /* Softmax of each row; probabilities rounded to the query dtype, 0 past n. */
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t kvh = k0 + r / G, h = k0 * G + r;
+      const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+      const float sc = a->scale * ksc;
+      float *x = w->lg + r * L_;
+      const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
+      for (int64_t i = 0; i < n; i++) x[i] *= sc;
+      if (slope != 0.0f) {
+        for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
+      }
+      const float mx = xa_max_row(x, n, -FLT_MAX);
+      const float sum = xa_exp_sum(x, n, mx);
+      const float inv = 1.0f / (sum + 1e-6f);
+      for (int64_t i = 0; i < n; i++) x[i] *= inv;
+      xa_round_to(x, n, a->dtype);
+      for (int64_t i = n; i < ngrp * XD_G; i++) x[i] = 0.0f;
+      if (a->partition_size) {
+        const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
+        a->max_logits[o] = mx;
+        a->exp_sums[o] = sum;
+      }
+    }
+    /* Pass 2: P.V, a tile of groups at a time, eight head-dim rows per sweep. */
+    memset(w->acc, 0, (size_t)(R * Dp) * sizeof(float));
+    for (int64_t g0 = 0; g0 < ngrp; g0 += XD_TILE) {
+      const int64_t ng = xa_min(XD_TILE, ngrp - g0);
+      for (int64_t gi = 0; gi < ng; gi++) {
+        const int64_t tok = t0 + (g0 + gi) * XD_G;
+        const int64_t blk = (int64_t)bt[(tok / bs) * a->block_tables_stride_block];
+        vb[gi] = (const char *)a->value_cache + (blk * vs_[0] + k0 * vs_[1] + (tok % bs) * vs_[3]) * es;
+      }
+      const int64_t nlast = xa_min(XD_G, n - (g0 + ng - 1) * XD_G);
+      const int64_t cpd = ng * kgrp / (D / 8); /* value bytes one 8-row sweep of a kv head reads */
+      for (int64_t kvl = 0; kvl < nk; kvl++) {
+        const int64_t voff = kvl * vs_[1] * es;
+        for (int64_t r0 = 0; r0 < G;) {
+          const int64_t nr = G - r0 >= 8 ? 8 : G - r0 >= 4 ? 4 : G - r0 >= 2 ? 2 : 1;
+          const int64_t r = kvl * G + r0;
+          const float *p = w->lg + r * L_ + g0 * XD_G;
+          float *o = w->acc + r * Dp;
+          const int64_t c = r0 == 0 ? cpd : 0;
+          switch (nr) {
+            case 8: xd_pv_8(p, L_, vb, voff, ng, nlast, rs, D, fp8, &t, o, Dp, &pf, c); break;
+            case 4: xd_pv_4(p, L_, vb, voff, ng, nlast, rs, D, fp8, &t, o, Dp, &pf, c); break;
+            case 2: xd_pv_2(p, L_, vb, voff, ng, nlast, rs, D, fp8, &t, o, Dp, &pf, c); break;
+            default: xd_pv_1(p, L_, vb, voff, ng, nlast, rs, D, fp8, &t, o, Dp, &pf, c); break;
+          }
+          r0 += nr;
+        }
+      }
+    }
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t kvh = k0 + r / G, h = k0 * G + r;
+      const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+      char *dst;
+      if (a->partition_size) {
+        dst = (char *)a->tmp_out +
+              (seq * a->tmp_out_strides[0] + h * a->tmp_out_strides[1] + part * a->tmp_out_strides[2]) * qes;
+      } else {
+        dst = (char *)a->out + (seq * a->out_stride_token + h * a->out_stride_head) * qes;
+      }
+      xa_write_row(dst, a->dtype, w->acc + r * Dp, D, vsc);
+    }
+  }
+  _mm_setcsr(csr);
+}
+
+/* ---- varlen (flash layout) ---- */
+
+/* Keys of 16 token rows (row 0 at r0, rows rstride apart, rowbytes each, a
+ * multiple of 64) into the paged chunk layout at stage: chunk c (16 bytes of
+ * every token) at stage + 256 c, quad j at + 64 j. */
+XD_INLINE void xd_stage_k(const char *r0, int64_t rstride, int64_t rowbytes, char *stage) {
+#pragma GCC unroll 1
+  for (int64_t j = 0; j < 4; j++) {
+    const char *p = r0 + 4 * j * rstride;
+    for (int64_t off = 0; off < rowbytes; off += 64) {
+      const __m512i v0 = _mm512_loadu_si512((const void *)(p + off));
+      const __m512i v1 = _mm512_loadu_si512((const void *)(p + rstride + off));
+      const __m512i v2 = _mm512_loadu_si512((const void *)(p + 2 * rstride + off));
+      const __m512i v3 = _mm512_loadu_si512((const void *)(p + 3 * rstride + off));
+      const __m512i t0 = _mm512_shuffle_i64x2(v0, v1, 0x44), t1 = _mm512_shuffle_i64x2(v0, v1, 0xee);
+      const __m512i t2 = _mm512_shuffle_i64x2(v2, v3, 0x44), t3 = _mm512_shuffle_i64x2(v2, v3, 0xee);
+      char *o = stage + (off / 16) * 256 + 64 * j;
+      _mm512_storeu_si512((void *)o, _mm512_shuffle_i64x2(t0, t2, 0x88));
+      _mm512_storeu_si512((void *)(o + 256), _mm512_shuffle_i64x2(t0, t2, 0xdd));
+      _mm512_storeu_si512((void *)(o + 512), _mm512_shuffle_i64x2(t1, t3, 0x88));
+      _mm512_storeu_si512((void *)(o + 768), _mm512_shuffle_i64x2(t1, t3, 0xdd));
+    }
+  }
+}
+
+/* fp8 value rows (D elements, D a multiple of 64) as bf16 rows in natural order. */
+XD_INLINE void xd_stage_v_fp8(const char *src, int64_t D, const xd_cvt *t, uint16_t *dst) {
+  const __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  for (int64_t e = 0; e < D; e += 64) {
+    const __m512i x = _mm512_loadu_si512((const void *)(src + e));
+    const __m512i lo = _mm512_permutex2var_epi8(t->lo0, x, t->lo1);
+    const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi0, x, t->hi1), x, t->sgn, 0xf8);
+    const __m512i wl = _mm512_unpacklo_epi8(lo, hi), wh = _mm512_unpackhi_epi8(lo, hi);
+    _mm512_storeu_si512((void *)(dst + e), _mm512_permutex2var_epi64(wl, i0, wh));
+    _mm512_storeu_si512((void *)(dst + e + 32), _mm512_permutex2var_epi64(wl, i1, wh));
+  }
+}
+
+/* acc[r][..] += sum_j p[r][j] v[j] for n bf16 value rows (rows[j]), NR rows:
+ * 32 head-dim elements at a time; acc holds each 32-element piece permuted
+ * (vector v, lane 4L + e <-> element 8L + 4v + e), see xd_unpermute. */
+XD_INLINE void xd_pvr(const float *p, int64_t pld, const char *const *rows, int64_t n, int64_t D, const int NR,
+                      float *acc, int64_t ald, const xd_strip *pf) {
+  const int64_t it = D / 32 * n, k = (pf->n + it - 1) / (it ? it : 1);
+  for (int64_t d0 = 0; d0 < D; d0 += 32) {
+    __m512 a[8][2];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) {
+      a[r][0] = _mm512_loadu_ps(acc + r * ald + d0);
+      a[r][1] = _mm512_loadu_ps(acc + r * ald + d0 + 16);
+    }
+    for (int64_t j = 0; j < n; j++) {
+      xd_strip_step(pf, d0 / 32 * n + j, k);
+      __m512 f[2];
+      xd_bf16_f32(_mm512_loadu_si512((const void *)(rows[j] + 2 * d0)), f);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; r++) {
+        const __m512 pb = _mm512_set1_ps(p[r * pld + j]);
+        a[r][0] = _mm512_fmadd_ps(f[0], pb, a[r][0]);
+        a[r][1] = _mm512_fmadd_ps(f[1], pb, a[r][1]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) {
+      _mm512_storeu_ps(acc + r * ald + d0, a[r][0]);
+      _mm512_storeu_ps(acc + r * ald + d0 + 16, a[r][1]);
+    }
+  }
+}
+
+#define XD_PVR_DEF(NR)                                                                                         \
+  static XD_TARGET void xd_pvr_##NR(const float *p, int64_t pld, const char *const *rows, int64_t n, int64_t D, \
+                                    float *acc, int64_t ald, const xd_strip *pf) {                             \
+    xd_pvr(p, pld, rows, n, D, NR, acc, ald, pf);                                                              \
+  }
+XD_PVR_DEF(8)
+XD_PVR_DEF(4)
+XD_PVR_DEF(2)
+XD_PVR_DEF(1)
+
+/* Undoes xd_pvr's order on one row of D elements (tmp: D floats). */
+static void xd_unpermute(float *row, int64_t D, float *tmp) {
+  for (int64_t d0 = 0; d0 < D; d0 += 32) {
+    for (int v = 0; v < 2; v++)
+      for (int L = 0; L < 4; L++)
+        for (int e = 0; e < 4; e++) tmp[d0 + 8 * L + 4 * v + e] = row[d0 + 16 * v + 4 * L + e];
+  }
+  memcpy(row, tmp, (size_t)D * sizeof(float));
+}
+
+static int xd_varlen_ok(const xk_attn_args *a) {
+  const int32_t dt = a->cache_dtype;
+  if (!a->fast || a->layout != XK_LAYOUT_FLASH || !(dt == XK_BF16 || xk_is_fp8(dt))) return 0;
+  const int fp8 = xk_is_fp8(dt);
+  if (a->block_size % XD_G || a->head_size % (fp8 ? 64 : 32) || a->head_size > 512) return 0;
+  return a->key_cache_strides[3] == 1 && a->value_cache_strides[3] == 1;
+}
+
+/* flash_attn_varlen_func as attn_varlen below (same steps, masks and online
+ * softmax), with the decode fast path's micro-kernels. */
+static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a, const xa_ws *w, int64_t begin,
+                                                           int64_t end) {
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w->Dp;
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1;
+  const int64_t qes = xk_dtype_size(a->dtype), es = xk_dtype_size(a->cache_dtype), bs = a->block_size;
+  const int fp8 = xk_is_fp8(a->cache_dtype);
+  const int64_t *ks = a->key_cache_strides, *vs_ = a->value_cache_strides, L_ = w->L;
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | XD_FTZ_DAZ);
+  xd_cvt t;
+  if (fp8) xd_cvt_init(&t, a->cache_dtype);
+  const int64_t tok_bytes = KG * D * es; /* keys (or values) of a token for the block's kv heads */
+  xd_pf pf;
+  xd_pf_init(&pf, a, begin, end, 2 * XA_VT * tok_bytes);
+  float *qf = (float *)w->q;
+  char *kst = (char *)w->kT;        /* staged keys of one group */
+  uint16_t *vst = (uint16_t *)w->vt; /* fp8: staged bf16 values of a step */
+  const char *rows[XA_VT];
+  for (int64_t b = begin; b < end; b++) {
+    int64_t seq, kvh0, LO, HI;
+    xd_varlen_range(a, b, &seq, &kvh0, &LO, &HI);
+    const int64_t NG = Hkv / KG, item = b / NG;
+    const int64_t i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+    const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+    const int64_t RQ = (i1 - i0) * G, R = RQ * KG;
+    const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
+    for (int64_t i = i0; i < i1; i++) {
+      const int64_t pos = i + k_len - q_len;
+      int64_t hi = k_len, lo = 0;
+      if (a->causal) hi = xa_min(hi, pos + 1);
+      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
+      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        for (int64_t g = 0; g < G; g++) {
+          const int64_t r = kvl * RQ + (i - i0) * G + g, h = (kvh0 + kvl) * G + g;
+          w->pos[r] = pos;
+          w->lo[r] = lo;
+          w->hi[r] = hi;
+          w->m[r] = -INFINITY;
+          w->l[r] = 0.0f;
+          xa_to_f32(qf + r * Dp, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes,
+                    a->dtype, D);
+        }
+      }
+    }
+    memset(w->acc, 0, (size_t)(R * Dp) * sizeof(float));
+    const int64_t LOa = LO & ~(int64_t)(XD_G - 1);
+    for (int64_t ts = LOa; ts < HI; ts += XA_VT) {
+      const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts, ngrp = (n + XD_G - 1) / XD_G;
+      /* logits */
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        const int64_t kvh = kvh0 + kvl;
+        for (int64_t gi = 0; gi < ngrp; gi++) {
+          const int64_t tok = ts + gi * XD_G;
+          const int64_t blk = (int64_t)bt[(tok / bs) * a->block_tables_stride_block];
+          const char *r0 = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1] + kvh * ks[2]) * es;
+          xd_stage_k(r0, ks[1] * es, D * es, kst);
+          int first = 1;
+          for (int64_t q = 0; q < RQ;) {
+            const int64_t nr = RQ - q >= 8 ? 8 : RQ - q >= 4 ? 4 : RQ - q >= 2 ? 2 : 1;
+            for (int64_t h = 0; h < 2; h++) {
+              const xd_strip st = xd_pf_strip(&pf, first ? XD_G * D * es : 0, D / (fp8 ? 16 : 8));
+              first = 0;
+              const float *qq = qf + (kvl * RQ + q) * Dp;
+              float *lg = w->lg + (kvl * RQ + q) * L_ + gi * XD_G + 8 * h;
+              const char *k8 = kst + 128 * h;
+              switch (nr) {
+                case 8: xd_qk8_8(qq, Dp, k8, 256, D, fp8, &t, lg, L_, &st); break;
+                case 4: xd_qk8_4(qq, Dp, k8, 256, D, fp8, &t, lg, L_, &st); break;
+                case 2: xd_qk8_2(qq, Dp, k8, 256, D, fp8, &t, lg, L_, &st); break;
+                default: xd_qk8_1(qq, Dp, k8, 256, D, fp8, &t, lg, L_, &st); break;
+              }
+            }
+            q += nr;
+          }
+        }
+      }
+      /* masks and the online softmax (as attn_varlen) */
+      for (int64_t r = 0; r < R; r++) {
+        const int64_t kvh = kvh0 + r / RQ, h = kvh * G + r % G;
+        const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+        const float sc = a->scale * ksc;
+        float *x = w->lg + r * L_;
+        for (int64_t i = 0; i < n; i++) x[i] *= sc;
+        if (a->softcap > 0.0f) xa_softcap(x, n, a->softcap);
+        if (a->alibi_slopes) {
+          const float slope = a->alibi_slopes[seq * a->alibi_stride_seq + h];
+          const int64_t pos = w->pos[r];
+          for (int64_t i = 0; i < n; i++) x[i] -= slope * fabsf((float)(pos - (ts + i)));
+        }
+        const int64_t lo = w->lo[r] - ts, hi = w->hi[r] - ts;
+        for (int64_t i = 0; i < n; i++) {
+          if (i < lo || i >= hi) x[i] = -INFINITY;
+        }
+        const float mt = xa_max_row(x, n, -INFINITY);
+        const float m_new = fmaxf(w->m[r], mt);
+        if (m_new == -INFINITY) {
+          for (int64_t i = 0; i < n; i++) x[i] = 0.0f;
+        } else {
+          const float alpha = w->m[r] == -INFINITY ? 0.0f : expf(w->m[r] - m_new);
+          const float sum = xa_exp_sum(x, n, m_new);
+          if (alpha != 1.0f) {
+            float *acc = w->acc + r * Dp;
+            for (int64_t d = 0; d < Dp; d++) acc[d] *= alpha;
+          }
+          w->l[r] = w->l[r] * alpha + sum;
+          w->m[r] = m_new;
+        }
+        xa_round_to(x, n, a->dtype);
+      }
+      /* P.V */
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        const int64_t kvh = kvh0 + kvl;
+        for (int64_t j = 0; j < n; j++) {
+          const int64_t tok = ts + j;
+          const int64_t blk = (int64_t)bt[(tok / bs) * a->block_tables_stride_block];
+          rows[j] = (const char *)a->value_cache + (blk * vs_[0] + (tok % bs) * vs_[1] + kvh * vs_[2]) * es;
+        }
+        if (fp8) {
+          for (int64_t j = 0; j < n; j++) {
+            xd_stage_v_fp8(rows[j], D, &t, vst + j * D);
+            rows[j] = (const char *)(vst + j * D);
+          }
+        }
+        for (int64_t q = 0; q < RQ;) {
+          const int64_t nr = RQ - q >= 8 ? 8 : RQ - q >= 4 ? 4 : RQ - q >= 2 ? 2 : 1;
+          const xd_strip st = xd_pf_strip(&pf, q == 0 ? n * D * es : 0, D / 32 * n);
+          const float *p = w->lg + (kvl * RQ + q) * L_;
+          float *o = w->acc + (kvl * RQ + q) * Dp;
+          switch (nr) {
+            case 8: xd_pvr_8(p, L_, rows, n, D, o, Dp, &st); break;
+            case 4: xd_pvr_4(p, L_, rows, n, D, o, Dp, &st); break;
+            case 2: xd_pvr_2(p, L_, rows, n, D, o, Dp, &st); break;
+            default: xd_pvr_1(p, L_, rows, n, D, o, Dp, &st); break;
+          }
+          q += nr;
+        }
+      }
+      /* the cursor counts whole groups; the consumers above counted tokens */
+      pf.ahead -= KG * (ngrp * XD_G - n) * D * es;
+    }
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t kvh = kvh0 + r / RQ, i = i0 + (r % RQ) / G, h = kvh * G + r % G;
+      const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+      float m = w->m[r], l = w->l[r], f = 1.0f;
+      if (a->s_aux) {
+        const float sink = a->s_aux[h], ms = fmaxf(m, sink);
+        const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
+        l = l * alpha + expf(sink - ms);
+        f = alpha;
+        m = ms;
+      }
+      f = l == 0.0f ? 0.0f : f / l;
+      xd_unpermute(w->acc + r * Dp, D, w->stage);
+      xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype,
+                   w->acc + r * Dp, D, f * vsc);
+      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+    }
+  }
+  _mm_setcsr(csr);
+}
+
+#endif /* XK_F32_LANES == 16 */
+
 /* ---- paged_attention_v1 / v2 -------------------------------------------------- */
 
 void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
@@ -1232,8 +2093,14 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
   const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size;
   const int64_t P = a->partition_size ? a->max_partitions : 1, qes = xk_dtype_size(a->dtype);
   xa_src s = {a, NULL, 0, xa_bf16_path(a)};
+#if XK_F32_LANES == 16
+  if (xd_paged_ok(a)) {
+    xd_paged(a, &w, begin, end);
+    return;
+  }
+#endif
   for (int64_t b = begin; b < end; b++) {
-    const int64_t part = b % P, kvh = (b / P) % Hkv, seq = b / (P * Hkv);
+    const int64_t kvh = b % Hkv, part = (b / Hkv) % P, seq = b / (Hkv * P); /* kv heads fastest */
     const int64_t L = a->seq_lens[seq], t0 = part * a->partition_size;
     if (a->partition_size && t0 >= L) continue; /* v2: nothing to do, nothing written */
     const int64_t t1 = a->partition_size ? xa_min(t0 + a->partition_size, L) : L, n = t1 - t0;
@@ -1327,6 +2194,12 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
   const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = Hkv / KG;
   const int64_t qes = xk_dtype_size(a->dtype);
   xa_src s = {a, NULL, 0, xa_bf16_path(a)};
+#if XK_F32_LANES == 16
+  if (xd_varlen_ok(a)) {
+    xd_varlen(a, &w, begin, end);
+    return;
+  }
+#endif
   for (int64_t b = begin; b < end; b++) {
     /* Block: a work item (queries i0 .. i1 of one sequence) and kv heads
      * kvh0 .. kvh0+KG-1. Row r = kvl * RQ + (i - i0) * G + g. */
