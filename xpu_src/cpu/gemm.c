@@ -683,12 +683,11 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #define MR 6
 #define NR 16
 #endif
-#define KC 256       /* K per block: f32 units */
+#define KC 256 /* K per block: f32 units */
 #define KC_PAIRS 256 /* K per block in bf16 pairs (512 elements) */
-#define MC (MR * 8)  /* activation rows per A block */
+#define MC (MR * 8) /* activation rows per A block */
 #define TILE_N_MAX 2048 /* output columns per tile at most */
 #define TILE_M_MAX 1024
-#define PACK_AHEAD 128 /* elements of a weight row prefetched ahead while packing */
 
 /* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
 XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
@@ -697,8 +696,15 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
   vf c[MR][NV];
   vmask cm[NV];
   for (int v = 0; v < NV; v++) cm[v] = vm_first(nr - v * VL);
-  for (int i = 0; i < mr; i++)
-    for (int v = 0; v < NV; v++) c[i][v] = load_c ? vf_loadm(C + i * ldc + v * VL, cm[v]) : vf_zero();
+  /* The products sum from zero and C is added at the end: its lines, likely
+   * out of cache since the previous K block, are prefetched meanwhile. */
+  for (int i = 0; i < mr; i++) {
+    for (int v = 0; v < NV; v++) c[i][v] = vf_zero();
+    if (load_c) {
+      _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char *)(C + i * ldc + NR - 1), _MM_HINT_T0);
+    }
+  }
   for (int64_t k = 0; k < kl; k++) {
     vf b[NV];
     for (int v = 0; v < NV; v++) b[v] = vf_load(B + k * NR + v * VL);
@@ -708,7 +714,10 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
     }
   }
   for (int i = 0; i < mr; i++)
-    for (int v = 0; v < NV; v++) vf_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
+    for (int v = 0; v < NV; v++) {
+      if (load_c) c[i][v] = vf_add(c[i][v], vf_loadm(C + i * ldc + v * VL, cm[v]));
+      vf_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
+    }
 }
 
 #define UK_CASE(MRC) \
@@ -731,8 +740,13 @@ XK_ALWAYS_INLINE void uk_bf16(const int mr, int64_t kl, const uint32_t *A, const
                               int load_c, int nr) {
   __m512 c[MR][2];
   const vmask cm[2] = {vm_first(nr), vm_first(nr - 16)};
-  for (int i = 0; i < mr; i++)
-    for (int v = 0; v < 2; v++) c[i][v] = load_c ? vf_loadm(C + i * ldc + v * 16, cm[v]) : vf_zero();
+  for (int i = 0; i < mr; i++) {
+    for (int v = 0; v < 2; v++) c[i][v] = vf_zero();
+    if (load_c) { /* as in uk_f32 */
+      _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char *)(C + i * ldc + NR - 1), _MM_HINT_T0);
+    }
+  }
   for (int64_t u = 0; u < kl; u++) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + u * NR);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + u * NR + 16);
@@ -743,7 +757,10 @@ XK_ALWAYS_INLINE void uk_bf16(const int mr, int64_t kl, const uint32_t *A, const
     }
   }
   for (int i = 0; i < mr; i++)
-    for (int v = 0; v < 2; v++) vf_storem(C + i * ldc + v * 16, c[i][v], cm[v]);
+    for (int v = 0; v < 2; v++) {
+      if (load_c) c[i][v] = vf_add(c[i][v], vf_loadm(C + i * ldc + v * 16, cm[v]));
+      vf_storem(C + i * ldc + v * 16, c[i][v], cm[v]);
+    }
 }
 
 #define UKB_CASE(MRC) \
@@ -831,8 +848,16 @@ XK_ALWAYS_INLINE void pack_b_kind(const xk_linear_args *a, const int kind, int64
             wp.q = wp.p;
           }
           r[j] = w_vec(kind, w_row(a, n), kk, km, wp);
-          /* Rows are read as NR interleaved streams: fetch ahead of the prefetchers. */
-          if (!quant) _mm_prefetch((const char *)w_row(a, n) + (kk + PACK_AHEAD) * xk_dtype_size(a->w_dtype), _MM_HINT_T0);
+          /* Rows are read as NR streams of a K block each, too short for the
+           * hardware prefetchers: fetch the same line of the next panel's row
+           * (after the last panel, of the first panel's row in the next K block). */
+          if (!quant) {
+            const int last = n + NR >= n1;
+            const int64_t kp = last ? kk + kl : kk;
+            if (kp < a->k)
+              _mm_prefetch((const char *)w_row(a, last ? n0 + (n - pn) : n + NR) + kp * xk_dtype_size(a->w_dtype),
+                           _MM_HINT_T0);
+          }
         }
         transpose(r);
         for (int v = 0; v < VL && k + v < kl; v++) vf_store(panel + (k + v) * NR + jb, r[v]);
@@ -898,6 +923,8 @@ static void pack_a(const xk_linear_args *a, int pairs, int64_t r0, int mr, int64
         continue;
       }
       const char *row = (const char *)a->x + ((r0 + i) * a->x_stride + k0) * xs;
+      /* The same line of the next micro-panel's row (rows past M: a harmless prefetch). */
+      _mm_prefetch(row + MR * a->x_stride * xs + (pairs ? 2 * u : u) * xs, _MM_HINT_T0);
 #if VL == 16
       if (pairs) {
         const int64_t left = kl - 2 * u;
