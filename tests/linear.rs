@@ -721,16 +721,69 @@ fn wna16_parity_every_tier() {
     });
 }
 
+/// The int4 decode tiles (M <= 16): group sizes 32, 64, 128 and others
+/// (96, 160, K itself), a last partial 128-code block (K % 128 = 32, 64, 96),
+/// fewer than 4 weight rows left, 1, 2 or 3 activation rows per tile pass,
+/// K chunks that split a group (M > 2, G = 1024), and scale chunks that a
+/// group spans (G = K = 4608). Same tolerance as `linear`.
+#[test]
+fn wna16_int4_decode_tiles() {
+    // (m, n, k, group)
+    let shapes: [(usize, usize, usize, usize); 14] = [
+        (1, 9, 4096, 32),
+        (1, 6, 4608, 0),
+        (2, 7, 352, 32),
+        (3, 5, 320, 64),
+        (1, 4, 480, 96),
+        (4, 11, 288, 96),
+        (1, 3, 320, 160),
+        (5, 6, 3072, 1024),
+        (16, 5, 640, 128),
+        (7, 4, 1536, 512),
+        (1, 13, 96, 0),
+        (2, 2, 160, 32),
+        (1, 17, 2176, 64),
+        (3, 8, 4096, 4096),
+    ];
+    for_each_isa(|isa| {
+        for (si, &(m, n, k, group)) in shapes.iter().enumerate() {
+            let c = QCase {
+                m,
+                n,
+                k,
+                bits: 4,
+                group,
+                zeros: si % 3 != 1,
+                perm: si % 5 == 3,
+                sdtype: DTYPES[si % 3],
+                xdtype: DTYPES[(si + 2) % 3],
+                out_f32: si % 2 == 0,
+                bias: si % 4 == 1,
+            };
+            check_q(&c, 900 + si as u64, &format!("{isa} {c:?}"));
+        }
+    });
+}
+
 #[test]
 fn wna16_thread_invariance() {
     for_each_isa(|isa| {
-        for (i, &(m, bits, group)) in [(1, 4, 32), (9, 8, 0), (40, 4, 128), (40, 8, 64)]
-            .iter()
-            .enumerate()
+        // (m, n, bits, group): decode blocks hold ~256 KiB of weights, so
+        // N = 2051 int4 rows of K = 512 split over threads (with a ragged end).
+        for (i, &(m, n, bits, group)) in [
+            (1, 150, 4, 32),
+            (9, 150, 8, 0),
+            (40, 150, 4, 128),
+            (40, 150, 8, 64),
+            (1, 2051, 4, 64),
+            (3, 2051, 4, 128),
+        ]
+        .iter()
+        .enumerate()
         {
             let c = QCase {
                 m,
-                n: 150,
+                n,
                 k: 512,
                 bits,
                 group,

@@ -1,5 +1,6 @@
 //! FC / GEMM benchmark cases (issue #5): `linear` (f32/f16/bf16),
-//! `wna16_linear` (int8 per channel, int4 group 128 with zeros),
+//! `wna16_linear` (int8 per channel; int4 group 128 with zeros, and at
+//! K=4096 N=2048 also group 32 and 64 and symmetric group 128),
 //! `dynamic_scaled_int8_quant` and `int8_scaled_mm`, on the PERF.md shapes
 //! (K → N: 2048→12288, 2048→64, 4096→2048, 2048→8192, 2048→512,
 //! 2048→151936, 4096→248320).
@@ -153,9 +154,19 @@ fn linear_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: b
     })
 }
 
-fn wna16_case(cfg: &Config, m: usize, k: usize, n: usize, bits: u32, group: usize) -> Case {
+/// `zeros`: int4 with a zeros tensor (GPTQ/AWQ style) or symmetric (`sym`).
+fn wna16_case(
+    cfg: &Config,
+    m: usize,
+    k: usize,
+    n: usize,
+    bits: u32,
+    group: usize,
+    zeros: bool,
+) -> Case {
+    let zeros = zeros && bits == 4;
     let g = if group == 0 { k } else { group };
-    let sz = n * (k / g) * 2 * if bits == 4 { 2 } else { 1 }; // bf16 scales (+ zeros for int4)
+    let sz = n * (k / g) * 2 * if zeros { 2 } else { 1 }; // bf16 scales (+ zeros)
     let wbytes = (crate::ops::quant::wna16_row_bytes(bits, k) * n + sz) as f64;
     let cold = m <= 16;
     let info = CaseInfo {
@@ -163,12 +174,13 @@ fn wna16_case(cfg: &Config, m: usize, k: usize, n: usize, bits: u32, group: usiz
         op: "wna16_linear",
         shape: format!("M={m} K={k} N={n}{}", if cold { " cold" } else { "" }),
         dtype: format!(
-            "bf16 x int{bits}/{}",
+            "bf16 x int{bits}/{}{}",
             if group == 0 {
                 "ch".to_string()
             } else {
                 format!("g{group}")
-            }
+            },
+            if bits == 4 && !zeros { " sym" } else { "" }
         ),
         work: Work {
             bytes: wbytes,
@@ -199,7 +211,7 @@ fn wna16_case(cfg: &Config, m: usize, k: usize, n: usize, bits: u32, group: usiz
                     .collect();
                 let sv = TensorView::new(&s, &[n, groups]).unwrap();
                 let zv = TensorView::new(&z, &[n, groups]).unwrap();
-                Wna16Weight::from_codes(n, k, bits, &codes, &sv, (bits == 4).then_some(&zv), None)
+                Wna16Weight::from_codes(n, k, bits, &codes, &sv, zeros.then_some(&zv), None)
                     .unwrap()
             })
             .collect();
@@ -341,8 +353,14 @@ pub fn cases(cfg: &Config) -> Vec<Case> {
         if q && (k, n) != (4096, 2048) {
             continue;
         }
-        v.push(wna16_case(cfg, 1, k, n, 8, 0));
-        v.push(wna16_case(cfg, 1, k, n, 4, 128));
+        v.push(wna16_case(cfg, 1, k, n, 8, 0, false));
+        v.push(wna16_case(cfg, 1, k, n, 4, 128, true));
+        if (k, n) == (4096, 2048) {
+            // The other int4 group sizes and the symmetric (no zeros) form.
+            v.push(wna16_case(cfg, 1, k, n, 4, 128, false));
+            v.push(wna16_case(cfg, 1, k, n, 4, 64, true));
+            v.push(wna16_case(cfg, 1, k, n, 4, 32, true));
+        }
     }
     // GEMM, warm weights.
     let ms: &[usize] = if q {
@@ -371,7 +389,7 @@ pub fn cases(cfg: &Config) -> Vec<Case> {
         v.push(linear_case(cfg, 512, 4096, 4096, dtype, false)); // PERF.md's OpenBLAS baseline shape
     }
     if !q {
-        v.push(wna16_case(cfg, 256, 4096, 2048, 4, 128));
+        v.push(wna16_case(cfg, 256, 4096, 2048, 4, 128, true));
         v.push(int8_quant_case(cfg, 256, 4096));
         for m in [1, 16, 256] {
             v.push(int8_mm_case(cfg, m, 4096, 2048));

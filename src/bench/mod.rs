@@ -36,7 +36,6 @@ pub const FAMILIES: &[(&str, CaseList)] = &[
     ("gdn", gdn::cases),
     ("linear", linear::cases),
     ("sampling", sampling::cases),
-    ("linear", linear::cases),
 ];
 
 /// A family's case list for a configuration.

@@ -392,7 +392,9 @@ pub fn linear(
 ///
 /// Weights dequantize exactly as [`wna16_dequantize`](crate::wna16_dequantize)
 /// (in f32); the products accumulate in fp32 with the tolerance of
-/// [`linear`] (see the [module docs](self)). Thread-count invariant.
+/// [`linear`] (see the [module docs](self)). The AVX-512 int4 decode path
+/// (`M <= 16`) sums `x·(q - z)` over each group and multiplies the group's
+/// sum by its scale once, which stays within that tolerance. Thread-count invariant.
 ///
 /// ```
 /// use xpu_ops::{wna16_linear, TensorView, TensorViewMut, Wna16Weight};

@@ -10,6 +10,9 @@
  *    register tiles of up to 4 rows x 4 columns of 16-lane partial sums,
  *    reduced once per output. The activations are read from `xf`, an f32 copy
  *    that linear_prep writes (it applies `perm` too).
+ *    Int4 codes on AVX-512 run q4_gemv instead: three vector ops per 16
+ *    codes and row (shift, vpermps from a per-group table of weights, FMA),
+ *    with the tile's rows in different 4 KiB pages.
  *
  *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
  *    x tile_n columns of the output. For each K block the tile packs its
@@ -341,29 +344,6 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
 #define GV_PF(j) _mm_prefetch((const char *)wr[j] + pf_off + k * wsz, _MM_HINT_T0);
 #define GV_STEP GV_J(GV_W) GV_I(GV_ROW)
 
-#if VL == 16
-/* int4 rows: c<j> holds the row's current 64-byte block shifted so that the
- * low nibbles are the next 16 codes; an immediate shift by 4 steps it (a
- * shift by a register count is 2 uops on Intel cores). */
-#define GV_C(j) __m512i c##j = _mm512_setzero_si512();
-#define GV_C_INIT(j)                                                                   \
-  if ((j) < nb) {                                                                      \
-    c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + (g0 >> 7) * 64);                \
-    _mm_prefetch((const char *)wr[j] + pf_off + (g0 >> 7) * 64, _MM_HINT_T0);          \
-    if (g0 & 127) c##j = _mm512_srl_epi32(c##j, sh0);                                  \
-  }
-#define GV_W4(j) const vf w##j = (j) < nb ? _mm512_permutexvar_ps(c##j, wp[j].p) : vf_zero();
-#define GV_C_NEXT(j)                                                                         \
-  if ((j) < nb) {                                                                            \
-    if (((k + 16) & 127) != 0) {                                                             \
-      c##j = _mm512_srli_epi32(c##j, 4);                                                     \
-    } else if (k + 16 < g1) {                                                                \
-      c##j = _mm512_loadu_si512((const uint8_t *)wr[j] + ((k + 16) >> 7) * 64);              \
-      _mm_prefetch((const char *)wr[j] + pf_off + ((k + 16) >> 7) * 64, _MM_HINT_T0);        \
-    }                                                                                        \
-  }
-#endif
-
 /* Partial sums over k in [k0, k1) for rows m0.., weight rows n0..; they live
  * in accbuf[(m * GV_NB + j) * VL] between K chunks. Quantized rows run group
  * by group (the group's scale and zero in wp). */
@@ -398,24 +378,6 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
     if (quant)
       for (int j = 0; j < nb; j++) wp[j] = wparams_load(a, kind, n0 + j, g0 / G);
     int64_t k = g0;
-#if VL == 16
-    if (kind == WK_INT4) { /* K and every group boundary are multiples of 32 */
-      const __m128i sh0 = _mm_cvtsi32_si128((int)(4 * ((g0 >> 4) & 7)));
-      GV_J(GV_C)
-      GV_J(GV_C_INIT)
-      const vmask msk = vm_first(VL);
-      (void)msk;
-#define FULL 1
-      for (; k < g1; k += VL) {
-        GV_J(GV_W4)
-        GV_I(GV_ROW)
-        GV_J(GV_C_NEXT)
-      }
-#undef FULL
-      g0 = g1;
-      continue;
-    }
-#endif
     {
       const vmask msk = vm_first(VL);
 #define FULL 1
@@ -461,10 +423,13 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
 GV_DISPATCH(WK_F32)
 GV_DISPATCH(WK_F16)
 GV_DISPATCH(WK_BF16)
+#if VL == 8 /* AVX-512 decodes int4 in q4_gemv */
 GV_DISPATCH(WK_INT4)
+#endif
 GV_DISPATCH(WK_INT8)
 
 typedef void (*gv_tile_fn)(const xk_linear_args *, int, int, int64_t, int64_t, int64_t, int64_t, float *, int);
+
 
 /* out[m][n0 .. n0+nb) = horizontal sums of accbuf row m's nb accumulators
  * (+ bias); f32 output without bias is stored directly. */
@@ -481,15 +446,193 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
 }
 
 
+#if VL == 16
+/* ---- int4 decode on AVX-512 ------------------------------------------------
+ *
+ * Per 16 codes of a weight row: one immediate shift of the row's 64-byte
+ * block (the codes in the low nibbles; vpermps ignores the rest), one vpermps
+ * from the group's 16-entry table (code - zero) * scale and one FMA per
+ * activation row. A table costs one FMA per group and row, from scales and
+ * -zero * scale converted to f32 once per Q4_SB codes of a tile. The weights
+ * are exactly those of the other tiers (fma(code, s, -z * s), exact for
+ * f16/bf16 scales), summed in a fixed order that depends on K and M only.
+ */
+#define Q4_SB 2048                  /* codes per scale chunk (multiple of 128) */
+#define Q4_SMAX (Q4_SB / 32 + 2)    /* groups a scale chunk can touch */
+#define Q4_MAXR 4 /* row tiles per super-tile at most */
+enum { Q4_GANY = 0, Q4_G32 = 1, Q4_G64 = 2, Q4_G128 = 3 };
+
+/* Weight rows n0 + j * rs (j < NB) against activation rows m0 .. m0 + MT - 1 over
+ * codes [k0, k1); the partial sums of (m, j) live in accbuf[(m * ns + slot + j) * VL]. */
+XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int NB, const int GK, int64_t m0,
+                              int64_t n0, int64_t rs, int64_t k0, int64_t k1, float *accbuf, int64_t ns, int64_t slot,
+                              int first) {
+  const int64_t G = a->group_size;
+  const int has_z = a->zeros != NULL;
+  const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  vf acc[2][4], lut[4];
+  __m512i d[4];
+  const float *xr[2];
+  const uint8_t *wr[4];
+  for (int i = 0; i < MT; i++) {
+    xr[i] = a->xf + (m0 + i) * a->xf_stride;
+    for (int j = 0; j < NB; j++) acc[i][j] = first ? vf_zero() : vf_load(accbuf + ((m0 + i) * ns + slot + j) * VL);
+  }
+  for (int j = 0; j < NB; j++) wr[j] = (const uint8_t *)a->w + (n0 + j * rs) * a->w_stride;
+  /* The same line of the same rows one super-tile (4 rs rows) on: measured
+   * best (a shorter distance lands in rows this tile is reading). */
+  const int64_t pf = 4 * rs * a->w_stride;
+  /* Per group of the scale chunk: s and -z * s (exact for f16/bf16 scales). */
+  float sb[4][Q4_SMAX] __attribute__((aligned(64))), zb[4][Q4_SMAX] __attribute__((aligned(64)));
+  const int64_t ss = xk_dtype_size(a->sz_dtype);
+
+#define Q4_STEP(I)                                                                           \
+  {                                                                                          \
+    vf w_[4];                                                                                \
+    for (int j = 0; j < NB; j++)                                                             \
+      w_[j] = _mm512_permutexvar_ps((I) ? _mm512_srli_epi32(d[j], 4 * (I)) : d[j], lut[j]);  \
+    for (int i = 0; i < MT; i++) {                                                           \
+      const vf x_ = vf_load(xr[i] + b0 + 16 * (I));                                          \
+      for (int j = 0; j < NB; j++) acc[i][j] = vf_fma(x_, w_[j], acc[i][j]);                 \
+    }                                                                                        \
+  }
+  /* The table of group gi: (code - zero) * scale for codes 0..15. */
+#define Q4_LUT(j) lut[j] = _mm512_fmadd_ps(iota, vf_set1(sb[j][gi]), vf_set1(zb[j][gi]))
+  /* The current group ends at code KEND: the next group's tables. */
+#define Q4_NEXT(KEND)                                  \
+  if ((KEND) < c1) {                                   \
+    gi++;                                              \
+    gend += G;                                         \
+    for (int j = 0; j < NB; j++) Q4_LUT(j);            \
+  }
+
+  for (int64_t c0 = k0; c0 < k1; c0 += Q4_SB) {
+    const int64_t c1 = min64(k1, c0 + Q4_SB);
+    const int64_t g_lo = c0 / G, ng = (c1 - 1) / G + 1 - g_lo;
+    int64_t gi = 0, gend = (g_lo + 1) * G; /* the current group: index in sb, end */
+    for (int j = 0; j < NB; j++) {
+      const int64_t off = ((n0 + j * rs) * a->sz_stride + g_lo) * ss;
+      for (int64_t g = 0; g < ng; g += VL) {
+        const vmask m = vm_first(ng - g);
+        const vf sv = vw_loadm((const char *)a->scales + off + g * ss, a->sz_dtype, m);
+        const vf zv = has_z ? vw_loadm((const char *)a->zeros + off + g * ss, a->sz_dtype, m) : vf_set1(8.0f);
+        vf_store(sb[j] + g, sv);
+        vf_store(zb[j] + g, _mm512_sub_ps(vf_zero(), _mm512_mul_ps(zv, sv)));
+      }
+      Q4_LUT(j);
+    }
+    for (int64_t b0 = c0; b0 < c1; b0 += 128) {
+      for (int j = 0; j < NB; j++) {
+        d[j] = _mm512_loadu_si512(wr[j] + b0 / 2);
+        _mm_prefetch((const char *)wr[j] + pf + b0 / 2, _MM_HINT_T0);
+      }
+      if (b0 + 128 <= c1) {
+        Q4_STEP(0) Q4_STEP(1)
+        if (GK == Q4_G32 || (GK == Q4_GANY && b0 + 32 == gend)) Q4_NEXT(b0 + 32)
+        Q4_STEP(2) Q4_STEP(3)
+        if (GK == Q4_G32 || GK == Q4_G64 || (GK == Q4_GANY && b0 + 64 == gend)) Q4_NEXT(b0 + 64)
+        Q4_STEP(4) Q4_STEP(5)
+        if (GK == Q4_G32 || (GK == Q4_GANY && b0 + 96 == gend)) Q4_NEXT(b0 + 96)
+        Q4_STEP(6) Q4_STEP(7)
+        if (GK == Q4_G32 || GK == Q4_G64 || b0 + 128 == gend) Q4_NEXT(b0 + 128)
+      } else { /* the last, partial block of K: 32, 64 or 96 codes */
+        Q4_STEP(0) Q4_STEP(1)
+        if (b0 + 32 == gend) Q4_NEXT(b0 + 32)
+        if (b0 + 32 < c1) {
+          Q4_STEP(2) Q4_STEP(3)
+          if (b0 + 64 == gend) Q4_NEXT(b0 + 64)
+        }
+        if (b0 + 64 < c1) {
+          Q4_STEP(4) Q4_STEP(5)
+          if (b0 + 96 == gend) Q4_NEXT(b0 + 96)
+        }
+      }
+    }
+  }
+#undef Q4_STEP
+#undef Q4_LUT
+#undef Q4_NEXT
+  for (int i = 0; i < MT; i++)
+    for (int j = 0; j < NB; j++) vf_store(accbuf + ((m0 + i) * ns + slot + j) * VL, acc[i][j]);
+}
+
+#define Q4_FN(MT, NB, GK)                                                                                  \
+  static void q4_tile_##MT##_##NB##_##GK(const xk_linear_args *a, int64_t m0, int64_t n0, int64_t rs, int64_t k0, \
+                                         int64_t k1, float *accbuf, int64_t ns, int64_t slot, int first) {         \
+    q4_tile(a, MT, NB, GK, m0, n0, rs, k0, k1, accbuf, ns, slot, first);                                        \
+  }
+#define Q4_FNS(GK) Q4_FN(1, 1, GK) Q4_FN(1, 4, GK) Q4_FN(2, 1, GK) Q4_FN(2, 4, GK)
+Q4_FNS(0)
+Q4_FNS(1)
+Q4_FNS(2)
+Q4_FNS(3)
+typedef void (*q4_tile_fn)(const xk_linear_args *, int64_t, int64_t, int64_t, int64_t, int64_t, float *, int64_t,
+                           int64_t, int);
+#define Q4_ROW(GK) {q4_tile_1_1_##GK, q4_tile_1_4_##GK, q4_tile_2_1_##GK, q4_tile_2_4_##GK}
+static const q4_tile_fn q4_tiles[4][4] = {Q4_ROW(0), Q4_ROW(1), Q4_ROW(2), Q4_ROW(3)};
+
+/* linear_gemv for int4 codes: tiles of up to 2 activation rows x 4 weight
+ * rows. A super-tile of 4 R rows runs as R tiles of rows r, r + R, r + 2R,
+ * r + 3R (R = rows per 4 KiB page), so that the tile's 4 row streams lie in
+ * different pages (one stream per page for the L2 streamer). Each output's
+ * arithmetic is the same in any tile, so tiling never changes results. */
+static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+  const int64_t M = a->m, K = a->k, G = a->group_size;
+  const int gk = G == 32 ? Q4_G32 : G == 64 ? Q4_G64 : G % 128 == 0 ? Q4_G128 : Q4_GANY;
+  /* One row tile streams each weight row once over all of K; several row
+   * tiles share K chunks that stay in L1 between them. */
+  const int64_t kch = M <= 2 ? (K > 0 ? K : 1) : GV_KCH;
+  int64_t R = a->w_stride <= 0 || a->w_stride >= 4096 ? 1 : 4096 / a->w_stride;
+  if (R > Q4_MAXR) R = Q4_MAXR;
+  const int64_t ns = 4 * Q4_MAXR;
+  float accbuf[GV_MAXM * 4 * Q4_MAXR * VL] __attribute__((aligned(64)));
+  for (int64_t n0 = n_begin; n0 < n_end;) {
+    /* A super-tile of 4R rows, else a tile of 4, else one row (the block's end). */
+    const int64_t left = n_end - n0;
+    const int64_t rt = left >= 4 * R ? R : 1, rows = left >= 4 ? 4 * rt : 1;
+    if (K == 0) memset(accbuf, 0, sizeof accbuf);
+    for (int64_t k0 = 0; k0 < K; k0 += kch) {
+      const int64_t k1 = min64(K, k0 + kch);
+      for (int64_t m0 = 0; m0 < M; m0 += 2) {
+        const int mt = (int)min64(2, M - m0);
+        if (rows == 1) {
+          q4_tiles[gk][(mt - 1) * 2](a, m0, n0, 1, k0, k1, accbuf, ns, 0, k0 == 0);
+          continue;
+        }
+        for (int64_t r = 0; r < rt; r++)
+          q4_tiles[gk][(mt - 1) * 2 + 1](a, m0, n0 + r, rt, k0, k1, accbuf, ns, 4 * r, k0 == 0);
+      }
+    }
+    /* Slot 4r + j holds row n0 + r + j rt. */
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t t = 0; t < rows; t++) {
+        const int64_t slot = 4 * (t % rt) + t / rt;
+        store_out(a, m, n0 + t, vf_hsum(vf_load(accbuf + (m * ns + slot) * VL)));
+      }
+    n0 += rows;
+  }
+}
+#endif
+
 void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+#if VL == 16
+  static const gv_tile_fn tiles[] = {gv_tile_WK_F32, gv_tile_WK_F16, gv_tile_WK_BF16, NULL, gv_tile_WK_INT8};
+#else
   static const gv_tile_fn tiles[] = {gv_tile_WK_F32, gv_tile_WK_F16, gv_tile_WK_BF16, gv_tile_WK_INT4,
                                      gv_tile_WK_INT8};
+#endif
   const gv_tile_fn tile = tiles[wkind_of(a)];
   (void)tile;
   const int64_t M = a->m, K = a->k;
   const int64_t kch = M <= GV_MT ? (K > 0 ? K : 1) : GV_KCH;
   float accbuf[GV_MAXM * GV_NB * VL] __attribute__((aligned(64)));
   const int kind = wkind_of(a);
+#if VL == 16
+  if (kind == WK_INT4) {
+    q4_gemv(a, n_begin, n_end);
+    return;
+  }
+#endif
   if (M > GV_MT && (kind == WK_F16 || kind == WK_BF16)) {
     /* Several row tiles: convert each weight chunk to f32 once (exact) and
      * run every row tile from that L1-resident copy. */
@@ -540,12 +683,11 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #define MR 6
 #define NR 16
 #endif
-#define KC 256       /* K per block: f32 units */
+#define KC 256 /* K per block: f32 units */
 #define KC_PAIRS 256 /* K per block in bf16 pairs (512 elements) */
-#define MC (MR * 8)  /* activation rows per A block */
+#define MC (MR * 8) /* activation rows per A block */
 #define TILE_N_MAX 2048 /* output columns per tile at most */
 #define TILE_M_MAX 1024
-#define PACK_AHEAD 128 /* elements of a weight row prefetched ahead while packing */
 
 /* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
 XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
@@ -554,8 +696,15 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
   vf c[MR][NV];
   vmask cm[NV];
   for (int v = 0; v < NV; v++) cm[v] = vm_first(nr - v * VL);
-  for (int i = 0; i < mr; i++)
-    for (int v = 0; v < NV; v++) c[i][v] = load_c ? vf_loadm(C + i * ldc + v * VL, cm[v]) : vf_zero();
+  /* The products sum from zero and C is added at the end: its lines, likely
+   * out of cache since the previous K block, are prefetched meanwhile. */
+  for (int i = 0; i < mr; i++) {
+    for (int v = 0; v < NV; v++) c[i][v] = vf_zero();
+    if (load_c) {
+      _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char *)(C + i * ldc + NR - 1), _MM_HINT_T0);
+    }
+  }
   for (int64_t k = 0; k < kl; k++) {
     vf b[NV];
     for (int v = 0; v < NV; v++) b[v] = vf_load(B + k * NR + v * VL);
@@ -565,7 +714,10 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
     }
   }
   for (int i = 0; i < mr; i++)
-    for (int v = 0; v < NV; v++) vf_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
+    for (int v = 0; v < NV; v++) {
+      if (load_c) c[i][v] = vf_add(c[i][v], vf_loadm(C + i * ldc + v * VL, cm[v]));
+      vf_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
+    }
 }
 
 #define UK_CASE(MRC) \
@@ -588,8 +740,13 @@ XK_ALWAYS_INLINE void uk_bf16(const int mr, int64_t kl, const uint32_t *A, const
                               int load_c, int nr) {
   __m512 c[MR][2];
   const vmask cm[2] = {vm_first(nr), vm_first(nr - 16)};
-  for (int i = 0; i < mr; i++)
-    for (int v = 0; v < 2; v++) c[i][v] = load_c ? vf_loadm(C + i * ldc + v * 16, cm[v]) : vf_zero();
+  for (int i = 0; i < mr; i++) {
+    for (int v = 0; v < 2; v++) c[i][v] = vf_zero();
+    if (load_c) { /* as in uk_f32 */
+      _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
+      _mm_prefetch((const char *)(C + i * ldc + NR - 1), _MM_HINT_T0);
+    }
+  }
   for (int64_t u = 0; u < kl; u++) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(B + u * NR);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(B + u * NR + 16);
@@ -600,7 +757,10 @@ XK_ALWAYS_INLINE void uk_bf16(const int mr, int64_t kl, const uint32_t *A, const
     }
   }
   for (int i = 0; i < mr; i++)
-    for (int v = 0; v < 2; v++) vf_storem(C + i * ldc + v * 16, c[i][v], cm[v]);
+    for (int v = 0; v < 2; v++) {
+      if (load_c) c[i][v] = vf_add(c[i][v], vf_loadm(C + i * ldc + v * 16, cm[v]));
+      vf_storem(C + i * ldc + v * 16, c[i][v], cm[v]);
+    }
 }
 
 #define UKB_CASE(MRC) \
@@ -688,8 +848,16 @@ XK_ALWAYS_INLINE void pack_b_kind(const xk_linear_args *a, const int kind, int64
             wp.q = wp.p;
           }
           r[j] = w_vec(kind, w_row(a, n), kk, km, wp);
-          /* Rows are read as NR interleaved streams: fetch ahead of the prefetchers. */
-          if (!quant) _mm_prefetch((const char *)w_row(a, n) + (kk + PACK_AHEAD) * xk_dtype_size(a->w_dtype), _MM_HINT_T0);
+          /* Rows are read as NR streams of a K block each, too short for the
+           * hardware prefetchers: fetch the same line of the next panel's row
+           * (after the last panel, of the first panel's row in the next K block). */
+          if (!quant) {
+            const int last = n + NR >= n1;
+            const int64_t kp = last ? kk + kl : kk;
+            if (kp < a->k)
+              _mm_prefetch((const char *)w_row(a, last ? n0 + (n - pn) : n + NR) + kp * xk_dtype_size(a->w_dtype),
+                           _MM_HINT_T0);
+          }
         }
         transpose(r);
         for (int v = 0; v < VL && k + v < kl; v++) vf_store(panel + (k + v) * NR + jb, r[v]);
@@ -755,6 +923,8 @@ static void pack_a(const xk_linear_args *a, int pairs, int64_t r0, int mr, int64
         continue;
       }
       const char *row = (const char *)a->x + ((r0 + i) * a->x_stride + k0) * xs;
+      /* The same line of the next micro-panel's row (rows past M: a harmless prefetch). */
+      _mm_prefetch(row + MR * a->x_stride * xs + (pairs ? 2 * u : u) * xs, _MM_HINT_T0);
 #if VL == 16
       if (pairs) {
         const int64_t left = kl - 2 * u;
