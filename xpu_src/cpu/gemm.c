@@ -458,7 +458,7 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  * f16/bf16 scales), summed in a fixed order that depends on K and M only.
  */
 #define Q4_SB 2048                  /* codes per scale chunk (multiple of 128) */
-#define Q4_SMAX (Q4_SB / 32 + 2)    /* groups a scale chunk can touch */
+#define Q4_SMAX (Q4_SB / 32 + 16) /* groups a scale chunk can touch (<= 64), rounded up for 16-lane stores */
 #define Q4_MAXR 4 /* row tiles per super-tile at most */
 enum { Q4_GANY = 0, Q4_G32 = 1, Q4_G64 = 2, Q4_G128 = 3 };
 
