@@ -445,7 +445,6 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
   }
 }
 
-
 #if VL == 16
 /* ---- int4 decode on AVX-512 ------------------------------------------------
  *
@@ -457,9 +456,9 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  * are exactly those of the other tiers (fma(code, s, -z * s), exact for
  * f16/bf16 scales), summed in a fixed order that depends on K and M only.
  */
-#define Q4_SB 2048                  /* codes per scale chunk (multiple of 128) */
-#define Q4_SMAX (Q4_SB / 32 + 2)    /* groups a scale chunk can touch */
-#define Q4_MAXR 4 /* row tiles per super-tile at most */
+#define Q4_SB 2048                /* codes per scale chunk (multiple of 128) */
+#define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 64), room for whole 16-lane stores */
+#define Q4_MAXR 4                 /* row tiles per super-tile at most */
 enum { Q4_GANY = 0, Q4_G32 = 1, Q4_G64 = 2, Q4_G128 = 3 };
 
 /* Weight rows n0 + j * rs (j < NB) against activation rows m0 .. m0 + MT - 1 over
