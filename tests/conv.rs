@@ -705,6 +705,56 @@ fn spec_decode_acceptance_matches_plain_decode() {
     }
 }
 
+/// Prefills large enough that the AVX-512 kernel streams its stores (grid
+/// blocks writing >= 256 KiB; output rows a multiple of 64 bytes), with
+/// partial 32-channel units at both row ends whenever the buffer is not
+/// 64-byte aligned (the usual 16-byte aligned allocation): reference parity
+/// on every tier, and the same bits with 1, 2 and 3 threads (which tile the
+/// channels differently, some tiles below the streaming size).
+#[test]
+fn large_prefill_matches_reference_and_thread_counts() {
+    for (dtype, extra) in [(DType::BF16, false), (DType::F32, true)] {
+        let c = FnCase {
+            dim: 1120,
+            width: 4,
+            lens: vec![300, 3, 0],
+            pad: vec![false, false, false],
+            init: vec![true, false, true],
+            extra_state: 0,
+            dtypes: [dtype, dtype, DType::BF16, dtype],
+            separate_out: true,
+            bias: extra,
+            silu: true,
+            x_channel_contiguous: true,
+            state_dim_contiguous: !extra,
+            pad_slot_id: -1,
+            flags_as_bool: false,
+        };
+        let base = make_fn(&c, &mut Rng(11));
+        let mut want = clone_data(&base);
+        run_fn(&c, &mut want, true).unwrap();
+        for_each_isa(|isa| {
+            let run = |threads: usize| {
+                let mut d = clone_data(&base);
+                with_threads(threads, || run_fn(&c, &mut d, false)).unwrap();
+                d
+            };
+            let one = run(1);
+            check_outputs(&one, &want, dtype, &format!("{isa} {dtype:?}"));
+            for threads in [2, 3] {
+                let other = run(threads);
+                let (a, b) = (one.out.as_ref().unwrap(), other.out.as_ref().unwrap());
+                assert_eq!(a.raw(), b.raw(), "{isa} {dtype:?} {threads} threads: out");
+                assert_eq!(
+                    one.states.raw(),
+                    other.states.raw(),
+                    "{isa} {threads} threads: states"
+                );
+            }
+        });
+    }
+}
+
 #[test]
 fn thread_count_does_not_change_results() {
     let c = FnCase {

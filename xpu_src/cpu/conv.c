@@ -231,13 +231,13 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
 #define DEC_MAX 8 /* the decode path takes sequences up to this long */
 /* Tunables (overridable for experiments), measured on a bf16 prefill of
  * whole 16 KiB rows: tokens a unit walks before the next unit on the stream
- * path (4 to 8 best: fewer concurrent row streams for the prefetchers; 16
- * was ~5% slower, 1 ~40%); bytes ahead in each x row it prefetches (128 to
+ * path (4 to 8 best: few concurrent row streams for the prefetchers, the
+ * carried window reloaded rarely; 16 was ~5% slower, 1 ~40%); bytes ahead in each x row it prefetches (128 to
  * 512 alike, none ~5% slower, 1 KiB+ slower); the output size of a grid
  * block from which it streams stores (streaming measured ~15% faster on cold
  * prefill than cached stores). */
 #ifndef TOK_BLOCK
-#define TOK_BLOCK 4
+#define TOK_BLOCK 8
 #endif
 #ifndef X_PREFETCH
 #define X_PREFETCH 256
