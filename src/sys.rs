@@ -510,8 +510,6 @@ pub struct xk_kernel_table {
     >,
     pub merge_attn_states:
         ::core::option::Option<unsafe extern "C" fn(a: *const xk_merge_args, begin: i64, end: i64)>,
-    pub attn_probe_bf16_dot:
-        ::core::option::Option<unsafe extern "C" fn(iters: i64, sink: *mut xk_probe_result) -> f64>,
     pub causal_conv1d: ::core::option::Option<
         unsafe extern "C" fn(
             a: *const xk_conv1d_args,

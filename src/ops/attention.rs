@@ -1313,30 +1313,3 @@ pub fn merge_attn_states(
     });
     Ok(())
 }
-
-/// The bf16 dot-product (`vdpbf16ps`) peak of this machine on all threads, in
-/// FLOP/s; 0 where the active tier has no AVX512_BF16. The attention
-/// benchmarks report prefill against it: it is not a fixed multiple of the
-/// fp32 FMA peak (twice it on AMD Zen 5, half of it on a current Intel Xeon).
-pub fn bf16_dot_peak() -> f64 {
-    let probe = platform::kernels()
-        .attn_probe_bf16_dot
-        .expect("attn_probe_bf16_dot");
-    let threads = crate::threading::num_threads();
-    let iters = 20_000_000;
-    let mut flops = 0.0;
-    let secs = crate::probe::best_of(3, || {
-        let total = std::sync::Mutex::new(0.0);
-        grid(threads, 1, |r| {
-            for _ in r {
-                let mut sink = sys::xk_probe_result { value: 0.0 };
-                // SAFETY: sink is a valid out-pointer.
-                let f = unsafe { probe(iters, &mut sink) };
-                std::hint::black_box(sink.value);
-                *total.lock().unwrap_or_else(|e| e.into_inner()) += f;
-            }
-        });
-        flops = total.into_inner().unwrap_or_else(|e| e.into_inner());
-    });
-    flops / secs
-}

@@ -2347,27 +2347,3 @@ void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end
     }
   }
 }
-
-/* ---- bf16 dot-product probe ------------------------------------------------ */
-
-#define XA_PROBE_CHAINS 12
-
-double XK_FN(attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink) {
-#if XA_BF16
-  __m512 acc[XA_PROBE_CHAINS];
-  for (int j = 0; j < XA_PROBE_CHAINS; j++) acc[j] = _mm512_set1_ps((float)j);
-  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80); /* (1, 1) */
-  const __m512bh y = (__m512bh)_mm512_set1_epi32(0x2c002c00); /* small: no overflow */
-  for (int64_t i = 0; i < iters; i++) {
-    for (int j = 0; j < XA_PROBE_CHAINS; j++) acc[j] = _mm512_dpbf16_ps(acc[j], x, y);
-  }
-  __m512 t = acc[0];
-  for (int j = 1; j < XA_PROBE_CHAINS; j++) t = _mm512_add_ps(t, acc[j]);
-  sink->value = _mm512_reduce_add_ps(t);
-  return (double)iters * XA_PROBE_CHAINS * 64.0; /* 16 lanes x 2 products x 2 flops */
-#else
-  (void)iters;
-  sink->value = 0.0;
-  return 0.0;
-#endif
-}

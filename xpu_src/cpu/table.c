@@ -13,7 +13,6 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
 void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end);
 void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
 void XK_FN(merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
-double XK_FN(attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
 void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
 void XK_FN(gdn_gating)(const xk_gdn_gating_args *a, int64_t row_begin, int64_t row_end);
 void XK_FN(l2norm)(const xk_l2norm_args *a, int64_t row_begin, int64_t row_end);
@@ -59,7 +58,6 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .attn_paged_reduce = XK_FN(attn_paged_reduce),
     .attn_varlen = XK_FN(attn_varlen),
     .merge_attn_states = XK_FN(merge_attn_states),
-    .attn_probe_bf16_dot = XK_FN(attn_probe_bf16_dot),
     .causal_conv1d = XK_FN(causal_conv1d),
     .gdn_gating = XK_FN(gdn_gating),
     .l2norm = XK_FN(l2norm),

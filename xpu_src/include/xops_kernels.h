@@ -515,10 +515,6 @@ typedef struct xk_kernel_table {
   void (*attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
   /* Grid blocks (token, head). */
   void (*merge_attn_states)(const xk_merge_args *a, int64_t begin, int64_t end);
-  /* Runs `iters` rounds of independent vdpbf16ps chains (bf16 dot-product
-   * peak for the attention benchmarks); returns the flops done, 0 on tiers
-   * without AVX512_BF16. */
-  double (*attn_probe_bf16_dot)(int64_t iters, xk_probe_result *sink);
   /* causal_conv1d: grid blocks [block_begin, block_end) of xk_conv1d_args;
    * `scratch` is private to the caller (see channel_tile). */
   void (*causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end);
