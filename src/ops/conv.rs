@@ -351,7 +351,8 @@ fn launch(
     let per_block = (work_per_seq.max(1) * tile).max(1);
     let min_chunk = (32 * 1024 / per_block).max(1);
     let args = Shared(args);
-    let scratch_floats = (2 * conv.width + 3) * tile.next_multiple_of(32);
+    // + 16: the kernel aligns its scratch rows to the output's cache lines.
+    let scratch_floats = (2 * conv.width + 3) * tile.next_multiple_of(32) + 16;
     grid(blocks, min_chunk, |r| {
         with_scratch(scratch_floats, |scratch| {
             // SAFETY: every pointer, stride, index and length was validated;

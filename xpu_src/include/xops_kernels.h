@@ -238,7 +238,7 @@ typedef struct xk_conv1d_args {
   int32_t load_state_default;
   int32_t silu;
   int64_t pad_slot_id; /* a cache index equal to it skips the sequence */
-  int64_t channel_tile; /* scratch holds (2 * width + 3) * round_up(channel_tile, 32) floats */
+  int64_t channel_tile; /* scratch holds (2 * width + 3) * round_up(channel_tile, 32) + 16 floats */
   int64_t num_channel_tiles;
 } xk_conv1d_args;
 
