@@ -66,8 +66,9 @@ pub fn num_threads() -> usize {
 }
 
 /// Runs `body` over `0..n` split into ranges of at least `min_chunk` items.
-/// Small grids run inline on the caller (no pool hand-off for decode-sized
-/// work). Inside a caller's rayon pool the grid uses that pool.
+/// Small grids, and every grid when the pool has one thread, run inline on
+/// the caller (no pool hand-off). Inside a caller's rayon pool the grid uses
+/// that pool.
 pub(crate) fn grid(n: usize, min_chunk: usize, body: impl Fn(Range<usize>) + Sync) {
     if n == 0 {
         return;
@@ -87,8 +88,15 @@ pub(crate) fn grid(n: usize, min_chunk: usize, body: impl Fn(Range<usize>) + Syn
     };
     if rayon::current_thread_index().is_some() {
         run(rayon::current_num_threads());
+        return;
+    }
+    let p = pool();
+    if p.current_num_threads() == 1 {
+        // One thread: the caller does the work itself. Handing it to the
+        // pool's thread costs a wake-up (microseconds when it sleeps), which
+        // is most of a decode-sized call; chunking never changes results.
+        body(0..n);
     } else {
-        let p = pool();
         p.install(|| run(p.current_num_threads()));
     }
 }
