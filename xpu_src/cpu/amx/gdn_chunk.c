@@ -34,6 +34,16 @@
 #undef XK_TIER
 #define XK_TIER amx
 
+/* Input and output cache lines of the next head's (or chunk's) rows fetched
+ * per tile step of the products and per fp32 register tile: spread thin, so
+ * that the compute's own loads never queue behind a burst of misses. */
+#ifndef AMX_PF_GEMM
+#define AMX_PF_GEMM 4
+#endif
+#ifndef AMX_PF_TILE
+#define AMX_PF_TILE 8
+#endif
+
 /* Operand geometry: K and V padded to whole 32-wide tile steps. */
 typedef struct amx_ws {
   chunk_ws w;         /* fp32 pieces (Vm, A, P, D, O, Gc, beta, eG, eL, Gk, Gq), rows ld apart */
@@ -116,13 +126,16 @@ static void gdn_amx_config(void) {
 }
 
 /*
- * C[M][N] (=, or += when acc) sum over steps s < nks of A[., 32 (s % aks) ..
- * + 32) . B[rows 16 s .. + 16]: A row-major bf16 (lda elements a row), B in
- * pairs (VNNI, ldb words a row), C fp32 (ldc floats a row). M, N multiples
- * of 32; 2 x 2 blocks of C tiles.
+ * C[M][N] (=, or += when acc) sum over r < reps, s < aks of A[., 32 s .. +
+ * 32) . B[rows 16 (r aks + s) .. + 16]: A row-major bf16 (lda elements a
+ * row), B in pairs (VNNI, ldb words a row), C fp32 (ldc floats a row). M, N
+ * multiples of 32; 2 x 2 blocks of C tiles, each A tile pair used for all
+ * reps (the hi and lo halves of a split B). Every C element sums its steps
+ * in the same fixed order.
  */
 static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
-                     int64_t ldb, int64_t nks, int64_t M, int64_t N, int acc) {
+                     int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
+                     chunk_pf *pf) {
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
       float *c = C + m0 * ldc + n0;
@@ -137,17 +150,20 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
         _tile_zero(2);
         _tile_zero(3);
       }
-      for (int64_t s = 0; s < nks; s++) {
-        const uint16_t *ap = A + m0 * lda + 32 * (s % aks);
-        const uint32_t *bp = B + 16 * s * ldb + n0;
+      for (int64_t s = 0; s < aks; s++) {
+        const uint16_t *ap = A + m0 * lda + 32 * s;
         _tile_loadd(4, ap, lda * 2);
-        _tile_loadd(6, bp, ldb * 4);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, bp + 16, ldb * 4);
-        _tile_dpbf16ps(1, 4, 7);
         _tile_loadd(5, ap + 16 * lda, lda * 2);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        for (int64_t r = 0; r < reps; r++) {
+          const uint32_t *bp = B + 16 * (r * aks + s) * ldb + n0;
+          _tile_loadd(6, bp, ldb * 4);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_loadd(7, bp + 16, ldb * 4);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        if (pf) chunk_pf_step(a, row, pf, AMX_PF_GEMM);
       }
       _tile_stored(0, c, ldc * 4);
       _tile_stored(1, c + 16, ldc * 4);
@@ -197,17 +213,16 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
       x->rk[i] = 0.0f, x->rq[i] = 0.0f;
     }
   }
-  /* KTv[u][j] = pair u of k row j; KTa[d][i] = k[i][d]. */
-  for (int64_t j = 0; j < C; j++) {
-    const uint32_t *kw = (const uint32_t *)(x->AB + j * Kp);
-    const uint16_t *kh = x->AB + j * Kp;
-    for (int64_t u = 0; u < Kp / 2; u++) {
-      x->KTv[u * C + j] = kw[u];
-      x->KTa[(2 * u) * C + j] = kh[2 * u];
-      x->KTa[(2 * u + 1) * C + j] = kh[2 * u + 1];
+  /* KTv[u][j] = pair u of k row j (a 32-bit transpose); KTa[d][i] = k[i][d]. */
+  chunk_transpose((const float *)x->AB, Kp / 2, (float *)x->KTv, C, C, Kp / 2);
+  for (int64_t u = 0; u < Kp / 2; u++) {
+    for (int64_t j = 0; j < C; j += 16) {
+      const __m512i p = _mm512_loadu_si512(x->KTv + u * C + j);
+      _mm256_storeu_si256((__m256i *)(x->KTa + 2 * u * C + j), _mm512_cvtepi32_epi16(p));
+      _mm256_storeu_si256((__m256i *)(x->KTa + (2 * u + 1) * C + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)));
     }
   }
-  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, Kp / 32, 2 * C, C, 0);
+  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL);
   for (int64_t i = 0; i < C; i++) {
     float *gk = x->Gm + i * C, *gq = x->Gm + (C + i) * C;
     const __m512 fk = _mm512_set1_ps(x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
@@ -306,19 +321,19 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, gdn_
   chunk_values(a, w, seq, tok0, Cn, C, hv);
   chunk_pf pf = {next.t0, next.t1, next.h, next.hv, 0, 0};
   amx_split_state(x, S, expf(w->Gc[C - 1]));
-  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, x->Sp, ld, Kp / 16, 2 * C, Vp, 0);
+  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, x->Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf);
   for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
     const tmask m = tmask_of(V - j0);
     for (int64_t i0 = 0; i0 < C; i0 += TMR) {
-      chunk_pf_step(a, seq.row, &pf, CHUNK_PF_LINES);
+      chunk_pf_step(a, seq.row, &pf, AMX_PF_TILE);
       amx_solve_tile(x, i0, j0, &m);
     }
     for (int64_t i0 = 0; i0 < Cn; i0 += TMR) {
-      chunk_pf_step(a, seq.row, &pf, CHUNK_PF_LINES);
+      chunk_pf_step(a, seq.row, &pf, AMX_PF_TILE);
       amx_out_tile(x, Cn, i0, j0, &m);
     }
   }
-  amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, C / 16, Kp, Vp, 1);
+  amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf);
   chunk_pf_step(a, seq.row, &pf, 1 << 30);
   for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, w->O + i * ld);
 }
