@@ -37,6 +37,9 @@
 /* Input and output cache lines of the next head's (or chunk's) rows fetched
  * per tile step of the products and per fp32 register tile: spread thin, so
  * that the compute's own loads never queue behind a burst of misses. */
+#ifndef AMX_HEADS
+#define AMX_HEADS CHUNK_HEADS
+#endif
 #ifndef AMX_PF_GEMM
 #define AMX_PF_GEMM 4
 #endif
@@ -100,7 +103,7 @@ int64_t xk_gdn_scratch_floats_amx_tiles(int64_t K, int64_t V, int32_t chunked) {
   const int64_t fp32 = XK_CAT3(xk_gdn_scratch_floats, _, amx_gdn)(K, V, chunked);
   if (!chunked) return fp32;
   amx_ws x;
-  const int64_t amx = amx_layout(K, V, chunked < CHUNK_HEADS ? chunked : CHUNK_HEADS, NULL, &x) + 16;
+  const int64_t amx = amx_layout(K, V, chunked < AMX_HEADS ? chunked : AMX_HEADS, NULL, &x) + 16;
   return amx > fp32 ? amx : fp32;
 }
 
@@ -173,16 +176,17 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
   }
 }
 
-/* bf16 bits of 16 floats (round to nearest even), widened to 32-bit lanes. */
-static inline __m512i bf16_lanes(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
-
-/* Rows a and b (16 columns) as pairs: hi = (bf16 a, bf16 b), lo likewise of the remainders. */
+/* Rows a and b (16 columns each) as 16 pairs (a_j, b_j): hi = the pair of
+ * their bf16 roundings (to nearest even), lo = the pair of the remainders'. */
 static inline void split_pair(__m512 a, __m512 b, __m512i *hi, __m512i *lo) {
-  const __m512i ha = bf16_lanes(a), hb = bf16_lanes(b);
-  *hi = _mm512_or_si512(ha, _mm512_slli_epi32(hb, 16));
-  const __m512 ra = _mm512_sub_ps(a, _mm512_castsi512_ps(_mm512_slli_epi32(ha, 16)));
-  const __m512 rb = _mm512_sub_ps(b, _mm512_castsi512_ps(_mm512_slli_epi32(hb, 16)));
-  *lo = _mm512_or_si512(bf16_lanes(ra), _mm512_slli_epi32(bf16_lanes(rb), 16));
+  /* cvtne2ps gives [bf16 a | bf16 b]; the permutation interleaves the halves. */
+  const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i h = _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+  const __m512 ra = _mm512_sub_ps(a, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+  const __m512 rb = _mm512_sub_ps(b, _mm512_castsi512_ps(_mm512_and_si512(h, _mm512_set1_epi32((int)0xffff0000u))));
+  *hi = h;
+  *lo = _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(rb, ra));
 }
 
 /* ---- the chunk ----------------------------------------------------------------- */
@@ -381,14 +385,14 @@ void xk_gdn_chunk_amx_tiles(const xk_gdn_args *a, float *scratch, int64_t block_
   }
   const int64_t HV = a->num_v_heads;
   int64_t cap = block_end - block_begin < HV ? block_end - block_begin : HV;
-  if (cap > CHUNK_HEADS) cap = CHUNK_HEADS;
+  if (cap > AMX_HEADS) cap = AMX_HEADS;
   amx_ws x;
   amx_layout(a->head_k_dim, a->head_v_dim, cap, (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), &x);
   gdn_amx_config();
   for (int64_t b = block_begin; b < block_end;) {
     const int64_t n = b / HV, hv = b % HV;
     int64_t hv1 = HV - hv < block_end - b ? HV : hv + (block_end - b);
-    if (hv1 - hv > CHUNK_HEADS) hv1 = hv + CHUNK_HEADS;
+    if (hv1 - hv > AMX_HEADS) hv1 = hv + AMX_HEADS;
     amx_seq(a, &x, n, hv, hv1);
     b += hv1 - hv;
   }
