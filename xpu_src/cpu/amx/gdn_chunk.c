@@ -56,7 +56,8 @@ typedef struct amx_ws {
   uint32_t *KTv;      /* [Kp/2][C] pairs of raw k^T (B operand of the Gram) */
   float *Gm;          /* [2C][C] k k^T then q k^T (the w.Gk / w.Gq pair) */
   float *X;           /* [2C][ld] k S then q S (raw k, q) */
-  uint32_t *Sp;       /* [Kp][ld] pairs of S rows: hi (rows < Kp/2) then lo */
+  uint32_t *Sp;       /* per state [Kp][ld] (spst words apart): pairs of S rows, hi (rows < Kp/2) then lo */
+  int64_t spst;
   uint32_t *Dv;       /* [C][ld] pairs of Dt rows: hi (rows < C/2) then lo */
   float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
   float *tmp;         /* [Kp] */
@@ -73,7 +74,7 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
                            C * Kp,    /* AB (2C x Kp bf16) */
                            Kp * C / 2, /* KTa */
                            Kp * C / 2, /* KTv */
-                           2 * C * C, 2 * C * ld, Kp * ld, C * ld};
+                           2 * C * C, 2 * C * ld, G * Kp * ld, C * ld};
   int64_t off = 0;
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     p[i] = base ? (void *)(base + off) : NULL;
@@ -94,6 +95,7 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
   w->Gk = x->Gm, w->Gq = x->Gm + C * C;
   x->rk = rest, x->rq = rest + round_up(Kp > C ? Kp : C, 16), x->tmp = rest + 2 * round_up(Kp > C ? Kp : C, 16);
   x->S = S;
+  x->spst = Kp * ld;
   w->K = K, w->V = V, w->ldv = ld, w->ldk = Kp, w->nst = G;
   x->Kp = Kp, x->Vp = Vp, x->ld = ld;
   return off;
@@ -106,6 +108,9 @@ int64_t xk_gdn_scratch_floats_amx_tiles(int64_t K, int64_t V, int32_t chunked) {
   const int64_t amx = amx_layout(K, V, chunked < AMX_HEADS ? chunked : AMX_HEADS, NULL, &x) + 16;
   return amx > fp32 ? amx : fp32;
 }
+
+static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay, int64_t u0, int64_t u1,
+                            int64_t c0, int64_t c1);
 
 /* ---- tiles ------------------------------------------------------------------- */
 
@@ -138,7 +143,7 @@ static void gdn_amx_config(void) {
  */
 static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
                      int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
-                     chunk_pf *pf) {
+                     chunk_pf *pf, const amx_ws *sx, uint32_t *Sp, float decay) {
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
       float *c = C + m0 * ldc + n0;
@@ -172,6 +177,8 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
       _tile_stored(1, c + 16, ldc * 4);
       _tile_stored(2, c + 16 * ldc, ldc * 4);
       _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+      /* The state update: split the finished block for the next chunk. */
+      if (Sp) amx_split_state(sx, c - m0 * ldc - n0, Sp, decay, m0 / 2, m0 / 2 + 16, n0, n0 + 32);
     }
   }
 }
@@ -226,7 +233,7 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
       _mm256_storeu_si256((__m256i *)(x->KTa + (2 * u + 1) * C + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)));
     }
   }
-  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL);
+  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f);
   for (int64_t i = 0; i < C; i++) {
     float *gk = x->Gm + i * C, *gq = x->Gm + (C + i) * C;
     const __m512 fk = _mm512_set1_ps(x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
@@ -238,14 +245,15 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
   }
 }
 
-/* S (Kp x Vp) into hi/lo pairs, and S *= decay. */
-static void amx_split_state(const amx_ws *x, float *S, float decay) {
-  const int64_t Kp = x->Kp, Vp = x->Vp, ld = x->ld;
+/* Row pairs [u0, u1), columns [c0, c1) of S into hi/lo pairs (Sp), and S *= decay. */
+static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay, int64_t u0, int64_t u1,
+                            int64_t c0, int64_t c1) {
+  const int64_t Kp = x->Kp, ld = x->ld;
   const __m512 e = _mm512_set1_ps(decay);
-  for (int64_t u = 0; u < Kp / 2; u++) {
+  for (int64_t u = u0; u < u1; u++) {
     float *s0 = S + 2 * u * ld, *s1 = s0 + ld;
-    uint32_t *hi = x->Sp + u * ld, *lo = x->Sp + (Kp / 2 + u) * ld;
-    for (int64_t c = 0; c < Vp; c += 16) {
+    uint32_t *hi = Sp + u * ld, *lo = Sp + (Kp / 2 + u) * ld;
+    for (int64_t c = c0; c < c1; c += 16) {
       const __m512 a = _mm512_loadu_ps(s0 + c), b = _mm512_loadu_ps(s1 + c);
       __m512i h, l;
       split_pair(a, b, &h, &l);
@@ -318,14 +326,15 @@ static ALWAYS_INLINE void amx_out_tile(const amx_ws *x, int64_t Cn, int64_t i0, 
 }
 
 /* One value head's chunk: S advances in place, o rows [tok0, tok0 + Cn) are written. */
-static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, gdn_seq seq, int64_t tok0, int64_t Cn,
-                           int64_t hv, chunk_next next) {
+static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint32_t *Sp, gdn_seq seq, int64_t tok0,
+                           int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
   chunk_values(a, w, seq, tok0, Cn, C, hv);
   chunk_pf pf = {next.t0, next.t1, next.h, next.hv, 0, 0};
-  amx_split_state(x, S, expf(w->Gc[C - 1]));
-  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, x->Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf);
+  /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
+  if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
+  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f);
   for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
     const tmask m = tmask_of(V - j0);
     for (int64_t i0 = 0; i0 < C; i0 += TMR) {
@@ -337,7 +346,8 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, gdn_
       amx_out_tile(x, Cn, i0, j0, &m);
     }
   }
-  amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf);
+  amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
+           next_decay);
   chunk_pf_step(a, seq.row, &pf, 1 << 30);
   for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, w->O + i * ld);
 }
@@ -364,12 +374,15 @@ static void amx_seq(const xk_gdn_args *a, const amx_ws *x, int64_t n, int64_t hv
     const int64_t Cn = end - tok0 < CHUNK ? end - tok0 : CHUNK;
     for (int64_t hv = hv0; hv < hv1; hv++) {
       if (hv == hv0 || hv % G == 0) amx_keys(a, x, seq, tok0, Cn, hv / G);
+      const int64_t t1 = tok0 + Cn + CHUNK < end ? tok0 + Cn + CHUNK : end;
       chunk_next next = {tok0, tok0 + Cn, (hv + 1) / G, hv + 1};
-      if (hv + 1 == hv1) {
-        const int64_t t1 = tok0 + Cn + CHUNK < end ? tok0 + Cn + CHUNK : end;
-        next = (chunk_next){tok0 + Cn, t1, hv0 / G, hv0};
-      }
-      amx_value_head(a, x, x->S + (hv - hv0) * x->sst, seq, tok0, Cn, hv, next);
+      if (hv + 1 == hv1) next = (chunk_next){tok0 + Cn, t1, hv0 / G, hv0};
+      /* The next chunk's decay exp(G_last), summed as chunk_values will. */
+      const int has_next = tok0 + CHUNK < end;
+      float gsum = 0.0f;
+      for (int64_t t = tok0 + CHUNK; t < t1; t++) gsum += gdn_scalar(&a->g, seq.row, t, hv);
+      amx_value_head(a, x, x->S + (hv - hv0) * x->sst, x->Sp + (hv - hv0) * x->spst, seq, tok0, Cn, hv, next,
+                     tok0 == seq.bos, has_next, expf(gsum));
     }
   }
   if (a->state && a->output_final_state) {
