@@ -986,6 +986,7 @@ fn chunk_boundaries_against_reference_and_recurrent() {
                     "{what}: chunk vs recurrent rmse/rms {r} > {bound}"
                 );
                 let rs = la_common::rel_rmse(&got.state.values(), &rec.state.values());
+                eprintln!("{what}: chunk vs recurrent rmse/rms o {r:.3e}, final states {rs:.3e}");
                 assert!(rs <= 1e-5, "{what}: final states rmse/rms {rs}");
                 // Padded sequence: zero outputs.
                 let (b0, b1) = (base.cu[5] as usize, base.cu[6] as usize);

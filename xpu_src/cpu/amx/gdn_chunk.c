@@ -1,0 +1,419 @@
+/*
+ * chunk_gated_delta_rule on the AMX tile unit, for bf16 q and k (other
+ * dtypes run the avx512 fp32 kernel, compiled into this unit from gdn.c).
+ *
+ * The algorithm is gdn.c's (chunks of CHUNK tokens in the UT form, the value
+ * heads of a key head after their shared key part); what changes is where the
+ * big products run:
+ *   - q and k enter the products raw (bf16, exact): l2norm and scale become
+ *     per-row factors rk_i, rq_i applied in fp32 to the products' results
+ *     (k_i = rk_i k_raw_i), so no normalised vector is ever rounded;
+ *   - [k; q] [k; q]^T (the Gram, 2C x C) is one AMX product of exact bf16
+ *     operands with fp32 accumulation: every product is exact;
+ *   - [k; q] S (2C x V, for D and o) and k^T Dt (K x V, the state update)
+ *     have an fp32 operand (S, Dt = exp(G_last - G) rk D), split into
+ *     x = hi + lo with hi = bf16(x), lo = bf16(x - hi): two tile products
+ *     (the split doubles the reduction dimension: A [a | a], B [hi; lo]).
+ *     What the split drops is below 2^-17 |x| per element (about 2^-18 after
+ *     rounding to nearest), so these products carry about fp32 accuracy;
+ *   - the triangular solve (D = (I + A)^-1 W), P D and all decay factors stay
+ *     on gdn.c's fp32 register tiles.
+ * The state update accumulates into exp(G_last) S on the tiles themselves
+ * (S scaled in the pass that splits it). TDPBF16PS flushes bf16 denormal
+ * inputs (|x| < 1.2e-38) to zero, which only touches lo parts far below the
+ * rounding of their hi. Per element the work order is fixed by K, V and the
+ * chunk boundaries only, so results do not depend on head batching or
+ * threads.
+ */
+#include <immintrin.h>
+
+/* The fp32 kernels under their own suffix (the fallback and the shared pieces). */
+#undef XK_TIER
+#define XK_TIER amx_gdn
+#include "../gdn.c"
+#undef XK_TIER
+#define XK_TIER amx
+
+/* Input and output cache lines of the next head's (or chunk's) rows fetched
+ * per tile step of the products and per fp32 register tile: spread thin, so
+ * that the compute's own loads never queue behind a burst of misses. */
+#ifndef AMX_HEADS
+#define AMX_HEADS CHUNK_HEADS
+#endif
+#ifndef AMX_PF_GEMM
+#define AMX_PF_GEMM 4
+#endif
+#ifndef AMX_PF_TILE
+#define AMX_PF_TILE 8
+#endif
+
+/* Operand geometry: K and V padded to whole 32-wide tile steps. */
+typedef struct amx_ws {
+  chunk_ws w;         /* fp32 pieces (Vm, A, P, D, O, Gc, beta, eG, eL, Gk, Gq), rows ld apart */
+  int64_t Kp, Vp, ld; /* ld: row stride (floats / words) of the [.][V] buffers, >= Vp */
+  uint16_t *AB;       /* [2C][Kp] raw k rows then raw q rows, zero past the chunk */
+  uint16_t *KTa;      /* [Kp][C] raw k transposed (A operand of the state update) */
+  uint32_t *KTv;      /* [Kp/2][C] pairs of raw k^T (B operand of the Gram) */
+  float *Gm;          /* [2C][C] k k^T then q k^T (the w.Gk / w.Gq pair) */
+  float *X;           /* [2C][ld] k S then q S (raw k, q) */
+  uint32_t *Sp;       /* per state [Kp][ld] (spst words apart): pairs of S rows, hi (rows < Kp/2) then lo */
+  int64_t spst;
+  uint32_t *Dv;       /* [C][ld] pairs of Dt rows: hi (rows < C/2) then lo */
+  float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
+  float *tmp;         /* [Kp] */
+  float *S;           /* states [Kp][ld], sst floats apart */
+  int64_t sst;
+} amx_ws;
+
+static int64_t amx_ld(int64_t Vp) { return 16 * ((Vp / 16) | 1); }
+
+static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *x) {
+  const int64_t C = CHUNK, Kp = round_up(K, 32), Vp = round_up(V, 32), ld = amx_ld(Vp);
+  void *p[16];
+  const int64_t sizes[] = {C * ld, C * C,  C * C,  C * ld,  C * ld,   C,  C,  C,  C, /* Vm A P D O Gc beta eG eL */
+                           C * Kp,    /* AB (2C x Kp bf16) */
+                           Kp * C / 2, /* KTa */
+                           Kp * C / 2, /* KTv */
+                           2 * C * C, 2 * C * ld, G * Kp * ld, C * ld};
+  int64_t off = 0;
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+    p[i] = base ? (void *)(base + off) : NULL;
+    off += round_up(sizes[i], 16);
+  }
+  const int64_t extra = 3 * round_up(Kp > C ? Kp : C, 16);
+  float *rest = base ? base + off : NULL;
+  off += extra;
+  x->sst = Kp * ld;
+  float *S = base ? base + off : NULL;
+  off += G * x->sst;
+  if (!base) return off;
+  chunk_ws *w = &x->w;
+  memset(w, 0, sizeof *w);
+  w->Vm = p[0], w->A = p[1], w->P = p[2], w->D = p[3], w->O = p[4];
+  w->Gc = p[5], w->beta = p[6], w->eG = p[7], w->eL = p[8];
+  x->AB = p[9], x->KTa = p[10], x->KTv = p[11], x->Gm = p[12], x->X = p[13], x->Sp = p[14], x->Dv = p[15];
+  w->Gk = x->Gm, w->Gq = x->Gm + C * C;
+  x->rk = rest, x->rq = rest + round_up(Kp > C ? Kp : C, 16), x->tmp = rest + 2 * round_up(Kp > C ? Kp : C, 16);
+  x->S = S;
+  x->spst = Kp * ld;
+  w->K = K, w->V = V, w->ldv = ld, w->ldk = Kp, w->nst = G;
+  x->Kp = Kp, x->Vp = Vp, x->ld = ld;
+  return off;
+}
+
+int64_t xk_gdn_scratch_floats_amx_tiles(int64_t K, int64_t V, int32_t chunked) {
+  const int64_t fp32 = XK_CAT3(xk_gdn_scratch_floats, _, amx_gdn)(K, V, chunked);
+  if (!chunked) return fp32;
+  amx_ws x;
+  const int64_t amx = amx_layout(K, V, chunked < AMX_HEADS ? chunked : AMX_HEADS, NULL, &x) + 16;
+  return amx > fp32 ? amx : fp32;
+}
+
+static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay, int64_t u0, int64_t u1,
+                            int64_t c0, int64_t c1);
+
+/* ---- tiles ------------------------------------------------------------------- */
+
+typedef struct gdn_amx_cfg {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} gdn_amx_cfg;
+
+static void gdn_amx_config(void) {
+  _Alignas(64) gdn_amx_cfg c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int i = 0; i < 8; i++) {
+    c.colsb[i] = 64;
+    c.rows[i] = 16;
+  }
+  _tile_loadconfig(&c);
+  __asm__ volatile("" ::: "memory");
+}
+
+/*
+ * C[M][N] (=, or += when acc) sum over r < reps, s < aks of A[., 32 s .. +
+ * 32) . B[rows 16 (r aks + s) .. + 16]: A row-major bf16 (lda elements a
+ * row), B in pairs (VNNI, ldb words a row), C fp32 (ldc floats a row). M, N
+ * multiples of 32; 2 x 2 blocks of C tiles, each A tile pair used for all
+ * reps (the hi and lo halves of a split B). Every C element sums its steps
+ * in the same fixed order.
+ */
+static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
+                     int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
+                     chunk_pf *pf, const amx_ws *sx, uint32_t *Sp, float decay) {
+  for (int64_t m0 = 0; m0 < M; m0 += 32) {
+    for (int64_t n0 = 0; n0 < N; n0 += 32) {
+      float *c = C + m0 * ldc + n0;
+      if (acc) {
+        _tile_loadd(0, c, ldc * 4);
+        _tile_loadd(1, c + 16, ldc * 4);
+        _tile_loadd(2, c + 16 * ldc, ldc * 4);
+        _tile_loadd(3, c + 16 * ldc + 16, ldc * 4);
+      } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      for (int64_t s = 0; s < aks; s++) {
+        const uint16_t *ap = A + m0 * lda + 32 * s;
+        _tile_loadd(4, ap, lda * 2);
+        _tile_loadd(5, ap + 16 * lda, lda * 2);
+        for (int64_t r = 0; r < reps; r++) {
+          const uint32_t *bp = B + 16 * (r * aks + s) * ldb + n0;
+          _tile_loadd(6, bp, ldb * 4);
+          _tile_dpbf16ps(0, 4, 6);
+          _tile_loadd(7, bp + 16, ldb * 4);
+          _tile_dpbf16ps(1, 4, 7);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+        if (pf) chunk_pf_step(a, row, pf, AMX_PF_GEMM);
+      }
+      _tile_stored(0, c, ldc * 4);
+      _tile_stored(1, c + 16, ldc * 4);
+      _tile_stored(2, c + 16 * ldc, ldc * 4);
+      _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+      /* The state update: split the finished block for the next chunk. */
+      if (Sp) amx_split_state(sx, c - m0 * ldc - n0, Sp, decay, m0 / 2, m0 / 2 + 16, n0, n0 + 32);
+    }
+  }
+}
+
+/* Rows a and b (16 columns each) as 16 pairs (a_j, b_j): hi = the pair of
+ * their bf16 roundings (to nearest even), lo = the pair of the remainders'. */
+static inline void split_pair(__m512 a, __m512 b, __m512i *hi, __m512i *lo) {
+  /* cvtne2ps gives [bf16 a | bf16 b]; the permutation interleaves the halves. */
+  const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i h = _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(b, a));
+  const __m512 ra = _mm512_sub_ps(a, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
+  const __m512 rb = _mm512_sub_ps(b, _mm512_castsi512_ps(_mm512_and_si512(h, _mm512_set1_epi32((int)0xffff0000u))));
+  *hi = h;
+  *lo = _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(rb, ra));
+}
+
+/* ---- the chunk ----------------------------------------------------------------- */
+
+/* Key head h, Cn tokens from tok0: raw rows, their factors, k^T both ways, the Gram. */
+static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t h) {
+  const int64_t K = x->w.K, Kp = x->Kp, C = CHUNK;
+  for (int64_t i = 0; i < C; i++) {
+    uint16_t *kr = x->AB + i * Kp, *qr = x->AB + (C + i) * Kp;
+    if (i < Cn) {
+      const uint16_t *ks = (const uint16_t *)gdn_ptr(&a->k, seq.row, tok0 + i, h);
+      const uint16_t *qs = (const uint16_t *)gdn_ptr(&a->q, seq.row, tok0 + i, h);
+      memcpy(kr, ks, (size_t)K * 2);
+      memcpy(qr, qs, (size_t)K * 2);
+      memset(kr + K, 0, (size_t)(Kp - K) * 2);
+      memset(qr + K, 0, (size_t)(Kp - K) * 2);
+      float rk = 1.0f, rq = a->scale;
+      if (a->use_qk_l2norm) { /* as gdn_load_qk */
+        la_load_row(x->tmp, ks, XK_BF16, K, 1);
+        rk = 1.0f / sqrtf(vec_dot(x->tmp, x->tmp, K) + 1e-6f);
+        la_load_row(x->tmp, qs, XK_BF16, K, 1);
+        rq = a->scale / sqrtf(vec_dot(x->tmp, x->tmp, K) + 1e-6f);
+      }
+      x->rk[i] = rk, x->rq[i] = rq;
+    } else {
+      memset(kr, 0, (size_t)Kp * 2);
+      memset(qr, 0, (size_t)Kp * 2);
+      x->rk[i] = 0.0f, x->rq[i] = 0.0f;
+    }
+  }
+  /* KTv[u][j] = pair u of k row j (a 32-bit transpose); KTa[d][i] = k[i][d]. */
+  chunk_transpose((const float *)x->AB, Kp / 2, (float *)x->KTv, C, C, Kp / 2);
+  for (int64_t u = 0; u < Kp / 2; u++) {
+    for (int64_t j = 0; j < C; j += 16) {
+      const __m512i p = _mm512_loadu_si512(x->KTv + u * C + j);
+      _mm256_storeu_si256((__m256i *)(x->KTa + 2 * u * C + j), _mm512_cvtepi32_epi16(p));
+      _mm256_storeu_si256((__m256i *)(x->KTa + (2 * u + 1) * C + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)));
+    }
+  }
+  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f);
+  for (int64_t i = 0; i < C; i++) {
+    float *gk = x->Gm + i * C, *gq = x->Gm + (C + i) * C;
+    const __m512 fk = _mm512_set1_ps(x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
+    for (int64_t j = 0; j < C; j += 16) {
+      const __m512 r = _mm512_loadu_ps(x->rk + j);
+      _mm512_storeu_ps(gk + j, _mm512_mul_ps(_mm512_mul_ps(fk, r), _mm512_loadu_ps(gk + j)));
+      _mm512_storeu_ps(gq + j, _mm512_mul_ps(_mm512_mul_ps(fq, r), _mm512_loadu_ps(gq + j)));
+    }
+  }
+}
+
+/* Row pairs [u0, u1), columns [c0, c1) of S into hi/lo pairs (Sp), and S *= decay. */
+static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay, int64_t u0, int64_t u1,
+                            int64_t c0, int64_t c1) {
+  const int64_t Kp = x->Kp, ld = x->ld;
+  const __m512 e = _mm512_set1_ps(decay);
+  for (int64_t u = u0; u < u1; u++) {
+    float *s0 = S + 2 * u * ld, *s1 = s0 + ld;
+    uint32_t *hi = Sp + u * ld, *lo = Sp + (Kp / 2 + u) * ld;
+    for (int64_t c = c0; c < c1; c += 16) {
+      const __m512 a = _mm512_loadu_ps(s0 + c), b = _mm512_loadu_ps(s1 + c);
+      __m512i h, l;
+      split_pair(a, b, &h, &l);
+      _mm512_storeu_si512(hi + c, h);
+      _mm512_storeu_si512(lo + c, l);
+      _mm512_storeu_ps(s0 + c, _mm512_mul_ps(e, a));
+      _mm512_storeu_ps(s1 + c, _mm512_mul_ps(e, b));
+    }
+  }
+}
+
+/* D rows [i0, i0 + TMR) of one panel: beta (v - exp(G) rk (k S)), minus A D
+ * over the rows before, the tile's triangle solved in registers; Dt = exp(G_last
+ * - G) rk D stored split into pairs for the state update. */
+static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0, const tmask *m) {
+  const chunk_ws *w = &x->w;
+  const int64_t C = CHUNK, ld = x->ld;
+  const float *rows[TMR];
+  tile t;
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+    const cv_t eg = cv_set1(w->eG[i0 + r] * x->rk[i0 + r]), b = cv_set1(w->beta[i0 + r]);
+    const float *vr = w->Vm + (i0 + r) * ld + j0, *xr = x->X + (i0 + r) * ld + j0;
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++)
+      t.c[r][v] = cv_mul(b, cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), cv_load(vr + v * CV_L, m->m[v])));
+  }
+  for (int r = 0; r < TMR; r++) rows[r] = w->A + (i0 + r) * C;
+  tile_madd(&t, i0, rows, w->D + j0, ld, m, 1, TNV);
+#pragma GCC unroll 8
+  for (int r = 1; r < TMR; r++) {
+#pragma GCC unroll 8
+    for (int j = 0; j < r; j++) {
+      const cv_t f = cv_set1(w->A[(i0 + r) * C + i0 + j]);
+#pragma GCC unroll 16
+      for (int v = 0; v < TNV; v++) t.c[r][v] = cv_fnmadd(f, t.c[j][v], t.c[r][v]);
+    }
+  }
+  tile_store(&t, w->D + i0 * ld + j0, ld, TMR, m, TNV);
+#pragma GCC unroll 4
+  for (int r = 0; r < TMR; r += 2) {
+    const cv_t e0 = cv_set1(w->eL[i0 + r] * x->rk[i0 + r]), e1 = cv_set1(w->eL[i0 + r + 1] * x->rk[i0 + r + 1]);
+    const int64_t u = (i0 + r) / 2;
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) {
+      __m512i h, l;
+      split_pair(cv_mul(e0, t.c[r][v]), cv_mul(e1, t.c[r + 1][v]), &h, &l);
+      _mm512_storeu_si512(x->Dv + u * ld + j0 + v * CV_L, h);
+      _mm512_storeu_si512(x->Dv + (C / 2 + u) * ld + j0 + v * CV_L, l);
+    }
+  }
+}
+
+/* o rows [i0, i0 + TMR) of one panel: exp(G) rq (q S) + P D. */
+static ALWAYS_INLINE void amx_out_tile(const amx_ws *x, int64_t Cn, int64_t i0, int64_t j0, const tmask *m) {
+  const chunk_ws *w = &x->w;
+  const int64_t C = CHUNK, ld = x->ld;
+  const float *rows[TMR];
+  tile t;
+#pragma GCC unroll 8
+  for (int r = 0; r < TMR; r++) {
+    const cv_t eg = cv_set1(w->eG[i0 + r] * x->rq[i0 + r]);
+    const float *xr = x->X + (C + i0 + r) * ld + j0;
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) t.c[r][v] = cv_mul(eg, cv_load(xr + v * CV_L, m->m[v]));
+  }
+  for (int r = 0; r < TMR; r++) rows[r] = w->P + (i0 + r) * C;
+  tile_madd(&t, i0 + TMR < Cn ? i0 + TMR : Cn, rows, w->D + j0, ld, m, 0, TNV);
+  tile_store(&t, w->O + i0 * ld + j0, ld, TMR, m, TNV);
+}
+
+/* One value head's chunk: S advances in place, o rows [tok0, tok0 + Cn) are written. */
+static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint32_t *Sp, gdn_seq seq, int64_t tok0,
+                           int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
+  const chunk_ws *w = &x->w;
+  const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
+  chunk_values(a, w, seq, tok0, Cn, C, hv);
+  chunk_pf pf = {next.t0, next.t1, next.h, next.hv, 0, 0};
+  /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
+  if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
+  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f);
+  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
+    const tmask m = tmask_of(V - j0);
+    for (int64_t i0 = 0; i0 < C; i0 += TMR) {
+      chunk_pf_step(a, seq.row, &pf, AMX_PF_TILE);
+      amx_solve_tile(x, i0, j0, &m);
+    }
+    for (int64_t i0 = 0; i0 < Cn; i0 += TMR) {
+      chunk_pf_step(a, seq.row, &pf, AMX_PF_TILE);
+      amx_out_tile(x, Cn, i0, j0, &m);
+    }
+  }
+  amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
+           next_decay);
+  chunk_pf_step(a, seq.row, &pf, 1 << 30);
+  for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, w->O + i * ld);
+}
+
+/* As gdn.c's chunk_seq, on the tiles. */
+static void amx_seq(const xk_gdn_args *a, const amx_ws *x, int64_t n, int64_t hv0, int64_t hv1) {
+  const int64_t ld = x->ld, G = a->num_v_heads / a->num_heads;
+  const gdn_seq seq = gdn_seq_of(a, n);
+  if (seq.len <= 0) return;
+  int64_t slot = n;
+  if (a->state_indices) slot = gdn_index(a, n, 0);
+  if (a->state && slot < 0) {
+    for (int64_t hv = hv0; hv < hv1; hv++) gdn_zero_outputs(a, seq, hv, x->w.O);
+    return;
+  }
+  const int load = a->state && (!a->has_initial_state.data || la_at(&a->has_initial_state, n));
+  for (int64_t hv = hv0; hv < hv1; hv++) {
+    float *S = x->S + (hv - hv0) * x->sst;
+    memset(S, 0, (size_t)x->sst * sizeof(float)); /* padding rows and columns stay zero */
+    if (load) chunk_state_io(a, S, ld, a->state + slot * a->state_s_slot + hv * a->state_s_head, 0);
+  }
+  const int64_t end = seq.bos + seq.len;
+  for (int64_t tok0 = seq.bos; tok0 < end; tok0 += CHUNK) {
+    const int64_t Cn = end - tok0 < CHUNK ? end - tok0 : CHUNK;
+    for (int64_t hv = hv0; hv < hv1; hv++) {
+      if (hv == hv0 || hv % G == 0) amx_keys(a, x, seq, tok0, Cn, hv / G);
+      const int64_t t1 = tok0 + Cn + CHUNK < end ? tok0 + Cn + CHUNK : end;
+      chunk_next next = {tok0, tok0 + Cn, (hv + 1) / G, hv + 1};
+      if (hv + 1 == hv1) next = (chunk_next){tok0 + Cn, t1, hv0 / G, hv0};
+      /* The next chunk's decay exp(G_last), summed as chunk_values will. */
+      const int has_next = tok0 + CHUNK < end;
+      float gsum = 0.0f;
+      for (int64_t t = tok0 + CHUNK; t < t1; t++) gsum += gdn_scalar(&a->g, seq.row, t, hv);
+      amx_value_head(a, x, x->S + (hv - hv0) * x->sst, x->Sp + (hv - hv0) * x->spst, seq, tok0, Cn, hv, next,
+                     tok0 == seq.bos, has_next, expf(gsum));
+    }
+  }
+  if (a->state && a->output_final_state) {
+    for (int64_t hv = hv0; hv < hv1; hv++)
+      chunk_state_io(a, x->S + (hv - hv0) * x->sst, ld, a->state + slot * a->state_s_slot + hv * a->state_s_head, 1);
+  }
+}
+
+void xk_gdn_chunk_amx_tiles(const xk_gdn_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  if (a->q.dtype != XK_BF16 || a->k.dtype != XK_BF16) {
+    XK_CAT3(xk_gdn_chunk, _, amx_gdn)(a, scratch, block_begin, block_end);
+    return;
+  }
+  const int64_t HV = a->num_v_heads;
+  int64_t cap = block_end - block_begin < HV ? block_end - block_begin : HV;
+  if (cap > AMX_HEADS) cap = AMX_HEADS;
+  amx_ws x;
+  amx_layout(a->head_k_dim, a->head_v_dim, cap, (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), &x);
+  gdn_amx_config();
+  for (int64_t b = block_begin; b < block_end;) {
+    const int64_t n = b / HV, hv = b % HV;
+    int64_t hv1 = HV - hv < block_end - b ? HV : hv + (block_end - b);
+    if (hv1 - hv > AMX_HEADS) hv1 = hv + AMX_HEADS;
+    amx_seq(a, &x, n, hv, hv1);
+    b += hv1 - hv;
+  }
+  _tile_release();
+}
+
+/* The entries of the amx kernel table (xk_amx_table_init). */
+void xk_gdn_amx_install(xk_kernel_table *t) {
+  t->gdn_chunk = xk_gdn_chunk_amx_tiles;
+  t->gdn_scratch_floats = xk_gdn_scratch_floats_amx_tiles;
+}
