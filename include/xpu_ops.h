@@ -139,6 +139,13 @@ typedef enum xops_status {
 } xops_status;
 
 /**
+ * An opaque pre-packed linear weight (`xpu_ops::PackedLinearWeight`):
+ * create with `xops_packed_linear_weight_create`, run with
+ * `xops_linear_packed`, free with `xops_packed_linear_weight_destroy`.
+ */
+typedef struct xops_packed_linear_weight xops_packed_linear_weight;
+
+/**
  * vLLM's per-request sampling parameters for `xops_sampler_forward`. Every
  * tensor is `[batch]` unless noted; NULL means "not given".
  */
@@ -898,6 +905,49 @@ enum xops_status xops_int8_scaled_mm_azp(const DLTensor *out,
                                          const DLTensor *azp_adj,
                                          const DLTensor *azp,
                                          const DLTensor *bias);
+
+/**
+ * Packs `weight` (`[N, K]` float32/float16/bfloat16, K contiguous) once
+ * for the calling thread's ISA tier and stores a new handle in `*out`
+ * (set to NULL on error). The weight memory is not referenced afterwards.
+ *
+ * # Safety
+ * `weight` is NULL or a valid DLTensor whose memory is readable for the
+ * call; `out` is NULL or writable.
+ */
+enum xops_status xops_packed_linear_weight_create(const DLTensor *weight,
+                                                  struct xops_packed_linear_weight **out);
+
+/**
+ * Frees a handle from `xops_packed_linear_weight_create` (NULL: no-op).
+ *
+ * # Safety
+ * `w` is NULL or a live handle, not used afterwards.
+ */
+void xops_packed_linear_weight_destroy(struct xops_packed_linear_weight *w);
+
+/**
+ * Shape of a packed weight: writes N and K (either pointer may be NULL).
+ *
+ * # Safety
+ * `w` is a live handle or NULL; `n` and `k` are NULL or writable.
+ */
+enum xops_status xops_packed_linear_weight_shape(const struct xops_packed_linear_weight *w,
+                                                 uint64_t *n,
+                                                 uint64_t *k);
+
+/**
+ * `F.linear` with a packed weight: as `xops_linear` with `weight` a handle
+ * from `xops_packed_linear_weight_create`. `XOPS_ERR_UNSUPPORTED` when the
+ * calling thread's tier cannot read the packed layout.
+ *
+ * # Safety
+ * As `xops_linear`; `weight` is NULL or a live handle.
+ */
+enum xops_status xops_linear_packed(const DLTensor *x,
+                                    const struct xops_packed_linear_weight *weight,
+                                    const DLTensor *bias,
+                                    const DLTensor *out);
 
 /**
  * FlashInfer `sampling_from_probs`: one category per output row from

@@ -60,6 +60,7 @@ pub use ops::gdn::{
 };
 pub use ops::layer::{fused_add_rms_norm, rms_norm, rotary_embedding, silu_and_mul};
 pub use ops::linear::{linear, wna16_linear};
+pub use ops::linear_packed::{linear_packed, PackedLayout, PackedLinearWeight};
 pub use ops::quant::{
     dynamic_scaled_int8_quant, int8_scaled_mm, int8_scaled_mm_azp, static_scaled_int8_quant,
     wna16_dequantize, GptqFormat, Wna16Weight,

@@ -341,6 +341,8 @@ pub struct xk_gdn_args {
 pub const xk_weight_kind_XK_WEIGHT_DENSE: xk_weight_kind = 0;
 pub const xk_weight_kind_XK_WEIGHT_INT4: xk_weight_kind = 1;
 pub const xk_weight_kind_XK_WEIGHT_INT8: xk_weight_kind = 2;
+pub const xk_weight_kind_XK_WEIGHT_PACKED_AMX: xk_weight_kind = 3;
+pub const xk_weight_kind_XK_WEIGHT_PACKED_PANEL: xk_weight_kind = 4;
 pub type xk_weight_kind = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -372,6 +374,7 @@ pub struct xk_linear_args {
     pub tile_n: i64,
     pub bf16_pairs: i32,
     pub no_prefetch: i32,
+    pub xp: *mut ::core::ffi::c_void,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -561,6 +564,17 @@ pub struct xk_kernel_table {
             tile_end: i64,
             workspace: *mut ::core::ffi::c_void,
         ),
+    >,
+    pub linear_pack_w: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_linear_args,
+            begin: i64,
+            end: i64,
+            dst: *mut ::core::ffi::c_void,
+        ),
+    >,
+    pub linear_pack_x: ::core::option::Option<
+        unsafe extern "C" fn(a: *const xk_linear_args, begin: i64, end: i64),
     >,
     pub int8_quant: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_int8_quant_args, m_begin: i64, m_end: i64),

@@ -47,6 +47,7 @@ fn every_public_op_has_a_case() {
         "flash_attn_varlen_func",
         "merge_attn_states",
         "linear",
+        "linear_packed",
         "wna16_linear",
         "wna16_dequantize",
         "int8_scaled_mm",

@@ -363,6 +363,104 @@ pub unsafe extern "C" fn xops_int8_scaled_mm_azp(
     })
 }
 
+/// An opaque pre-packed linear weight (`xpu_ops::PackedLinearWeight`):
+/// create with `xops_packed_linear_weight_create`, run with
+/// `xops_linear_packed`, free with `xops_packed_linear_weight_destroy`.
+pub struct xops_packed_linear_weight {
+    inner: xops::PackedLinearWeight,
+}
+
+/// Packs `weight` (`[N, K]` float32/float16/bfloat16, K contiguous) once
+/// for the calling thread's ISA tier and stores a new handle in `*out`
+/// (set to NULL on error). The weight memory is not referenced afterwards.
+///
+/// # Safety
+/// `weight` is NULL or a valid DLTensor whose memory is readable for the
+/// call; `out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn xops_packed_linear_weight_create(
+    weight: *const DLTensor,
+    out: *mut *mut xops_packed_linear_weight,
+) -> xops_status {
+    ffi_call("xops_packed_linear_weight_create", || {
+        let Some(slot) = out.as_mut() else {
+            return Err(xops::Error::new(xops::Status::NullPointer, "`out` is NULL"));
+        };
+        *slot = std::ptr::null_mut();
+        let w = tensor(weight, "weight")?;
+        let inner = xops::PackedLinearWeight::new(&w)?;
+        *slot = Box::into_raw(Box::new(xops_packed_linear_weight { inner }));
+        Ok(())
+    })
+}
+
+/// Frees a handle from `xops_packed_linear_weight_create` (NULL: no-op).
+///
+/// # Safety
+/// `w` is NULL or a live handle, not used afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn xops_packed_linear_weight_destroy(w: *mut xops_packed_linear_weight) {
+    crate::call::ffi_value("xops_packed_linear_weight_destroy", (), || {
+        if !w.is_null() {
+            drop(Box::from_raw(w));
+        }
+    })
+}
+
+/// Shape of a packed weight: writes N and K (either pointer may be NULL).
+///
+/// # Safety
+/// `w` is a live handle or NULL; `n` and `k` are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn xops_packed_linear_weight_shape(
+    w: *const xops_packed_linear_weight,
+    n: *mut u64,
+    k: *mut u64,
+) -> xops_status {
+    ffi_call("xops_packed_linear_weight_shape", || {
+        let Some(w) = w.as_ref() else {
+            return Err(xops::Error::new(
+                xops::Status::NullPointer,
+                "`weight` is NULL",
+            ));
+        };
+        if let Some(n) = n.as_mut() {
+            *n = w.inner.n() as u64;
+        }
+        if let Some(k) = k.as_mut() {
+            *k = w.inner.k() as u64;
+        }
+        Ok(())
+    })
+}
+
+/// `F.linear` with a packed weight: as `xops_linear` with `weight` a handle
+/// from `xops_packed_linear_weight_create`. `XOPS_ERR_UNSUPPORTED` when the
+/// calling thread's tier cannot read the packed layout.
+///
+/// # Safety
+/// As `xops_linear`; `weight` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn xops_linear_packed(
+    x: *const DLTensor,
+    weight: *const xops_packed_linear_weight,
+    bias: *const DLTensor,
+    out: *const DLTensor,
+) -> xops_status {
+    ffi_call("xops_linear_packed", || {
+        let Some(w) = weight.as_ref() else {
+            return Err(xops::Error::new(
+                xops::Status::NullPointer,
+                "`weight` is NULL",
+            ));
+        };
+        let x = tensor(x, "x")?;
+        let b = opt_tensor(bias, "bias")?;
+        let mut o = tensor_mut(out, "out")?;
+        xops::linear_packed(&x, &w.inner, b.as_ref(), &mut o)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! Each export reaches the Rust op (bit-identical results), names NULL

@@ -631,3 +631,90 @@ fn header_version_macros_match_cargo_toml() {
         "python/xpu_ops/__init__.py must say {want}"
     );
 }
+
+#[test]
+fn packed_linear_weight_handle() {
+    use crate::linear::*;
+    let (m, n, k) = (3usize, 5usize, 7usize);
+    let mut w: Vec<f32> = (0..n * k).map(|i| (i % 11) as f32 * 0.25 - 1.0).collect();
+    let mut x: Vec<f32> = (0..m * k).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+    let mut bias: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let dw = Dl::new(&mut w, DType::F32, &[n as i64, k as i64], None);
+    let dx = Dl::new(&mut x, DType::F32, &[m as i64, k as i64], None);
+    let db = Dl::new(&mut bias, DType::F32, &[n as i64], None);
+    let mut h: *mut xops_packed_linear_weight = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { xops_packed_linear_weight_create(dw.p(), &mut h) },
+        XOPS_OK
+    );
+    assert!(!h.is_null());
+    let (mut nn, mut kk) = (0u64, 0u64);
+    assert_eq!(
+        unsafe { xops_packed_linear_weight_shape(h, &mut nn, &mut kk) },
+        XOPS_OK
+    );
+    assert_eq!((nn, kk), (n as u64, k as u64));
+    // Same result as xops_linear.
+    let mut y1 = vec![0f32; m * n];
+    let mut y2 = vec![0f32; m * n];
+    let dy1 = Dl::new(&mut y1, DType::F32, &[m as i64, n as i64], None);
+    let dy2 = Dl::new(&mut y2, DType::F32, &[m as i64, n as i64], None);
+    assert_eq!(
+        unsafe { xops_linear_packed(dx.p(), h, db.p(), dy1.p()) },
+        XOPS_OK
+    );
+    assert_eq!(
+        unsafe { crate::linear::xops_linear(dx.p(), dw.p(), db.p(), dy2.p()) },
+        XOPS_OK
+    );
+    drop((dy1, dy2));
+    let want: Vec<f32> = (0..m * n)
+        .map(|i| {
+            let (r, c) = (i / n, i % n);
+            (0..k).map(|q| x[r * k + q] * w[c * k + q]).sum::<f32>() + bias[c]
+        })
+        .collect();
+    for i in 0..m * n {
+        assert!(
+            (y1[i] - want[i]).abs() < 1e-5,
+            "{i}: {} vs {}",
+            y1[i],
+            want[i]
+        );
+        assert!((y1[i] - y2[i]).abs() < 1e-5);
+    }
+    // NULL handle / out / x; a bad shape names the argument and keeps out.
+    let null: *const DLTensor = std::ptr::null();
+    let nullw: *const xops_packed_linear_weight = std::ptr::null();
+    let mut y3 = vec![-3f32; m * n];
+    let dy3 = Dl::new(&mut y3, DType::F32, &[m as i64, n as i64], None);
+    assert_eq!(
+        unsafe { xops_linear_packed(dx.p(), nullw, null, dy3.p()) },
+        XOPS_ERR_NULL_POINTER
+    );
+    assert_eq!(last_error(), "null pointer: `weight` is NULL");
+    assert_eq!(
+        unsafe { xops_linear_packed(null, h, null, dy3.p()) },
+        XOPS_ERR_NULL_POINTER
+    );
+    assert_eq!(last_error(), "null pointer: `x` is NULL");
+    let dbad = Dl::new(&mut bias, DType::F32, &[1, n as i64], None);
+    assert_eq!(
+        unsafe { xops_linear_packed(dbad.p(), h, null, dy3.p()) },
+        XOPS_ERR_SHAPE_MISMATCH
+    );
+    drop(dy3);
+    assert!(y3.iter().all(|&v| v == -3.0));
+    assert_eq!(
+        unsafe { xops_packed_linear_weight_create(dw.p(), std::ptr::null_mut()) },
+        XOPS_ERR_NULL_POINTER
+    );
+    let mut h2: *mut xops_packed_linear_weight = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { xops_packed_linear_weight_create(null, &mut h2) },
+        XOPS_ERR_NULL_POINTER
+    );
+    assert!(h2.is_null());
+    unsafe { xops_packed_linear_weight_destroy(h) };
+    unsafe { xops_packed_linear_weight_destroy(std::ptr::null_mut()) };
+}

@@ -54,6 +54,65 @@ def test_linear_bad_input_leaves_out_untouched():
     assert (out == 7.0).all()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("m,n,k", [(1, 37, 53), (17, 65, 513), (40, 70, 300), (0, 5, 8)])
+def test_linear_packed(tier, dtype, m, n, k):
+    rng = np.random.default_rng(m * 7 + n + k)
+    x = rng.uniform(-1, 1, (m, k)).astype(dtype)
+    w = rng.uniform(-1, 1, (n, k)).astype(dtype)
+    b = rng.uniform(-1, 1, n).astype(np.float32)
+    p = xpu_ops.PackedLinearWeight(w)
+    assert p.shape == (n, k)
+    w_copy = w.copy()
+    w[:] = 0  # the packed weight holds its own copy
+    assert_linear_close(xpu_ops.linear_packed(x, p, b), x, w_copy, b)
+    out = np.zeros((m, n), np.float32)
+    assert xpu_ops.linear_packed(x, p, None, out=out) is out
+    assert_linear_close(out, x, w_copy)
+
+
+def test_linear_packed_bad_input_leaves_out_untouched():
+    p = xpu_ops.PackedLinearWeight(np.ones((3, 8), np.float32))
+    out = np.full((2, 3), 7.0, np.float32)
+    with pytest.raises(Error) as e:
+        xpu_ops.linear_packed(np.ones((2, 7), np.float32), p, out=out)
+    assert e.value.status == Status.SHAPE_MISMATCH
+    with pytest.raises(Error) as e:
+        xpu_ops.linear_packed(np.ones((2, 8), np.float16), p, out=np.zeros((2, 3), np.float16))
+    assert e.value.status == Status.DTYPE_MISMATCH
+    with pytest.raises(Error) as e:
+        xpu_ops.PackedLinearWeight(np.ones((3, 8), np.int32))
+    assert e.value.status == Status.DTYPE_MISMATCH
+    assert (out == 7.0).all()
+
+
+def test_linear_packed_wrong_tier():
+    tiers = [t for t in ("avx512", "amx") if t in xpu_ops_tiers()]
+    if tiers != ["avx512", "amx"]:
+        pytest.skip("needs the avx512 and amx tiers")
+    w = np.ones((3, 64), ml_dtypes.bfloat16)
+    x = np.ones((2, 64), ml_dtypes.bfloat16)
+    try:
+        xpu_ops.set_isa("amx")
+        p = xpu_ops.PackedLinearWeight(w)
+        xpu_ops.set_isa("avx512")
+        out = np.full((2, 3), 7.0, np.float32)
+        with pytest.raises(Error) as e:
+            xpu_ops.linear_packed(x, p, out=out)
+        assert e.value.status == Status.UNSUPPORTED
+        assert (out == 7.0).all()
+        xpu_ops.set_isa("amx")
+        assert (xpu_ops.linear_packed(x, p, out=out) == 64.0).all()
+    finally:
+        xpu_ops.set_isa("auto")
+
+
+def xpu_ops_tiers():
+    from conftest import available_tiers
+
+    return available_tiers()
+
+
 # --------------------------------------------------------------------------
 # Upstream weight formats: numpy packers and independent dequantisation.
 

@@ -20,6 +20,8 @@ from ._lib import TENSOR
 
 __all__ = [
     "linear",
+    "PackedLinearWeight",
+    "linear_packed",
     "wna16_linear",
     "wna16_dequantize",
     "wna16_row_bytes",
@@ -34,6 +36,15 @@ __all__ = [
 ]
 
 _linear = _lib.function("xops_linear", [TENSOR] * 4)
+_packed_create = _lib.function(
+    "xops_packed_linear_weight_create", [TENSOR, ctypes.POINTER(ctypes.c_void_p)]
+)
+_packed_destroy = _lib.function("xops_packed_linear_weight_destroy", [ctypes.c_void_p], None)
+_packed_shape = _lib.function(
+    "xops_packed_linear_weight_shape",
+    [ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_uint64)],
+)
+_linear_packed = _lib.function("xops_linear_packed", [TENSOR, ctypes.c_void_p, TENSOR, TENSOR])
 _wna16_linear = _lib.function("xops_wna16_linear", [TENSOR] * 7 + [ctypes.c_uint32])
 _wna16_dequantize = _lib.function("xops_wna16_dequantize", [TENSOR] * 5 + [ctypes.c_uint32])
 _row_bytes = _lib.function(
@@ -99,6 +110,43 @@ def linear(x: Any, weight: Any, bias: Any = None, out: Any = None) -> Any:
     xt, wt = _lib.tensor(x, "x"), _lib.tensor(weight, "weight")
     bt, ot = _lib.opt_tensor(bias, "bias"), _lib.tensor_out(out, "out")
     _lib.call(_linear, xt.ref, wt.ref, _lib.ref(bt), ot.ref)
+    return out
+
+
+class PackedLinearWeight:
+    """A ``[N, K]`` linear weight packed once (at load) for the ISA tier
+    active now (AMX tiles for bfloat16 on the amx tier, float32 panels on
+    avx2/avx512/amx, a plain copy otherwise); run it with
+    :func:`linear_packed`. The source array is not referenced afterwards.
+    Using it under a tier that cannot read its layout raises
+    :class:`xpu_ops.Error` (UNSUPPORTED)."""
+
+    def __init__(self, weight: Any):
+        self._h = ctypes.c_void_p()
+        wt = _lib.tensor(weight, "weight")
+        _lib.call(_packed_create, wt.ref, ctypes.byref(self._h))
+        n, k = ctypes.c_uint64(), ctypes.c_uint64()
+        _lib.call(_packed_shape, self._h, ctypes.byref(n), ctypes.byref(k))
+        self.shape = (n.value, k.value)
+        self.dtype = weight.dtype
+
+    def __del__(self):
+        h = getattr(self, "_h", None)
+        if h is not None and h.value:
+            _packed_destroy(h)
+            self._h = None
+
+
+def linear_packed(x: Any, weight: PackedLinearWeight, bias: Any = None, out: Any = None) -> Any:
+    """:func:`linear` with a :class:`PackedLinearWeight`: same arguments,
+    dtypes and errors. Returns ``out``."""
+    if not isinstance(weight, PackedLinearWeight):
+        raise TypeError("`weight` must be a PackedLinearWeight")
+    if out is None:
+        out = _empty(x, _out_shape(x, weight.shape[0]))
+    xt = _lib.tensor(x, "x")
+    bt, ot = _lib.opt_tensor(bias, "bias"), _lib.tensor_out(out, "out")
+    _lib.call(_linear_packed, xt.ref, weight._h, _lib.ref(bt), ot.ref)
     return out
 
 

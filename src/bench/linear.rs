@@ -97,6 +97,23 @@ fn out_view<'a>(buf: &'a mut [u32], dtype: DType, shape: &[usize]) -> TensorView
 }
 
 fn linear_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: bool) -> Case {
+    dense_case(cfg, m, k, n, dtype, cold, false)
+}
+
+/// `linear_packed`: the weight packed once at setup ([`crate::PackedLinearWeight`]).
+fn packed_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: bool) -> Case {
+    dense_case(cfg, m, k, n, dtype, cold, true)
+}
+
+fn dense_case(
+    cfg: &Config,
+    m: usize,
+    k: usize,
+    n: usize,
+    dtype: DType,
+    cold: bool,
+    packed: bool,
+) -> Case {
     let flops = 2.0 * (m * n * k) as f64;
     let wbytes = (n * k * dtype.size()) as f64;
     let floor = if cold && m == 1 && dtype == DType::BF16 {
@@ -110,7 +127,7 @@ fn linear_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: b
     };
     let info = CaseInfo {
         family: "linear",
-        op: "linear",
+        op: if packed { "linear_packed" } else { "linear" },
         shape: format!("M={m} K={k} N={n}{}", if cold { " cold" } else { "" }),
         dtype: dtype_label(dtype).into(),
         work: Work {
@@ -145,6 +162,20 @@ fn linear_case(cfg: &Config, m: usize, k: usize, n: usize, dtype: DType, cold: b
         let x = Dense::new(&mut rng, m * k, dtype);
         let mut out = vec![0u32; m * n];
         let mut i = 0usize;
+        if packed {
+            let ps: Vec<crate::PackedLinearWeight> = ws
+                .iter()
+                .map(|w| crate::PackedLinearWeight::new(&w.view(&[n, k])).expect("valid weight"))
+                .collect();
+            drop(ws);
+            return Box::new(move || {
+                let w = &ps[i % ps.len()];
+                i += 1;
+                let mut o = out_view(&mut out, dtype, &[m, n]);
+                crate::linear_packed(&x.view(&[m, k]), w, None, &mut o)
+                    .expect("valid linear_packed");
+            }) as Runner;
+        }
         Box::new(move || {
             let w = &ws[i % ws.len()];
             i += 1;
@@ -382,11 +413,19 @@ pub fn cases(cfg: &Config) -> Vec<Case> {
                     continue;
                 }
                 v.push(linear_case(cfg, m, k, n, dtype, false));
+                if (k, n) == (4096, 2048) && dtype != DType::F16 {
+                    v.push(packed_case(cfg, m, k, n, dtype, false));
+                }
             }
         }
     }
     for dtype in [DType::F32, DType::BF16] {
         v.push(linear_case(cfg, 512, 4096, 4096, dtype, false)); // PERF.md's OpenBLAS baseline shape
+        v.push(packed_case(cfg, 512, 4096, 4096, dtype, false));
+    }
+    // Packed weights at decode (cold): the AMX tiles and f32 panels run the tiled GEMM.
+    for dtype in [DType::BF16, DType::F32] {
+        v.push(packed_case(cfg, 1, 4096, 2048, dtype, true));
     }
     if !q {
         v.push(wna16_case(cfg, 256, 4096, 2048, 4, 128, true));

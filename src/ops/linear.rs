@@ -179,6 +179,7 @@ pub(crate) fn base_args(
         tile_n: 0,
         bf16_pairs: 0,
         no_prefetch: 0,
+        xp: std::ptr::null_mut(),
     }
 }
 
@@ -292,7 +293,7 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
 
 /// Runs `f` with a per-thread scratch buffer of at least `bytes` bytes, kept
 /// between calls so the GEMM's packing buffers are not faulted in each time.
-fn with_workspace<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+pub(crate) fn with_workspace<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
     thread_local! {
         static WS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
     }

@@ -9,5 +9,6 @@ pub mod gdn;
 pub mod layer;
 pub mod linear;
 pub mod linear_amx;
+pub mod linear_packed;
 pub mod quant;
 pub mod sampling;

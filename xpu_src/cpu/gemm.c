@@ -130,6 +130,20 @@ void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t til
   }
 }
 
+/* No packed layouts on this tier (the launcher keeps a plain copy). */
+void XK_FN(linear_pack_w)(const xk_linear_args *a, int64_t begin, int64_t end, void *dst) {
+  (void)a;
+  (void)begin;
+  (void)end;
+  (void)dst;
+}
+
+void XK_FN(linear_pack_x)(const xk_linear_args *a, int64_t begin, int64_t end) {
+  (void)a;
+  (void)begin;
+  (void)end;
+}
+
 double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink) {
   float acc[4] = {0, 1, 2, 3};
   for (int64_t it = 0; it < iters; it++)
@@ -1020,6 +1034,8 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
     ldc = a->tile_n;
   }
   const int64_t npanels = cdiv(n1 - n0, NR);
+  const int prepacked = a->w_kind == XK_WEIGHT_PACKED_PANEL; /* tile_n is a multiple of NR */
+  const int64_t npad = cdiv(a->n, NR) * NR;
 
   if (a->k == 0) {
     for (int64_t m = m0; m < m1; m++) memset(C + (m - m0) * ldc, 0, (size_t)(n1 - n0) * 4);
@@ -1027,11 +1043,13 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
   for (int64_t k0 = 0; k0 < a->k; k0 += kblock) {
     const int64_t kl = min64(kblock, a->k - k0);
     const int64_t units = pairs ? (kl + 1) / 2 : kl;
+    if (prepacked)
+      packb = (float *)a->w + k0 * npad + (n0 / NR) * kl * NR;
 #if VL == 16
-    if (pairs)
+    else if (pairs)
       pack_b_pairs(a, n0, n1, k0, kl, (uint32_t *)packb);
-    else
 #endif
+    else
       pack_b(a, n0, n1, k0, kl, (float *)packb);
     for (int64_t mb = m0; mb < m1; mb += MC) {
       const int64_t mc = min64(MC, m1 - mb);
@@ -1061,6 +1079,25 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
 
 void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
   for (int64_t t = tile_begin; t < tile_end; t++) gemm_tile(a, t, (char *)workspace);
+}
+
+/* XK_WEIGHT_PACKED_PANEL: panels [begin, end) of every K block (see the
+ * header); a->w is the dense weight. */
+void XK_FN(linear_pack_w)(const xk_linear_args *a, int64_t begin, int64_t end, void *dst) {
+  const int64_t npad = cdiv(a->n, NR) * NR;
+  xk_linear_args d = *a; /* the source is a dense weight */
+  d.w_kind = XK_WEIGHT_DENSE;
+  for (int64_t k0 = 0; k0 < a->k; k0 += XK_PANEL_KC) {
+    const int64_t kl = min64(XK_PANEL_KC, a->k - k0);
+    float *blk = (float *)dst + k0 * npad;
+    pack_b(&d, begin * NR, min64(a->n, end * NR), k0, kl, blk + begin * kl * NR);
+  }
+}
+
+void XK_FN(linear_pack_x)(const xk_linear_args *a, int64_t begin, int64_t end) {
+  (void)a;
+  (void)begin;
+  (void)end;
 }
 
 /* ---- probe ------------------------------------------------------------------ */

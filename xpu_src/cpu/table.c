@@ -24,6 +24,8 @@ void XK_FN(linear_prep)(const xk_linear_args *a, int64_t m_begin, int64_t m_end)
 void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end);
 int64_t XK_FN(linear_gemm_plan)(xk_linear_args *a, int64_t threads);
 void XK_FN(linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
+void XK_FN(linear_pack_w)(const xk_linear_args *a, int64_t begin, int64_t end, void *dst);
+void XK_FN(linear_pack_x)(const xk_linear_args *a, int64_t begin, int64_t end);
 double XK_FN(probe_bf16dot)(int64_t iters, xk_probe_result *sink);
 void XK_FN(int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
 void XK_FN(int8_mm)(const xk_int8_mm_args *a, int64_t n_begin, int64_t n_end);
@@ -69,6 +71,8 @@ const xk_kernel_table XK_CAT3(xk_kernels, _, XK_TIER) = {
     .linear_gemv = XK_FN(linear_gemv),
     .linear_gemm_plan = XK_FN(linear_gemm_plan),
     .linear_gemm = XK_FN(linear_gemm),
+    .linear_pack_w = XK_FN(linear_pack_w),
+    .linear_pack_x = XK_FN(linear_pack_x),
     .probe_bf16dot = XK_FN(probe_bf16dot),
     .probe_bf16 = XK_PROBE_BF16,
     .int8_quant = XK_FN(int8_quant),

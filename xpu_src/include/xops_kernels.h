@@ -361,7 +361,21 @@ typedef enum xk_weight_kind {
   XK_WEIGHT_DENSE = 0, /* w: [N, K] elements of w_dtype (f32/f16/bf16), K contiguous */
   XK_WEIGHT_INT4 = 1,  /* w: [N, 64 * ceil(K/128)] bytes of 4-bit codes in the blocked order of gemm.c */
   XK_WEIGHT_INT8 = 2,  /* w: [N, K] bytes of 8-bit unsigned codes */
+  XK_WEIGHT_PACKED_AMX = 3,   /* w: bf16 AMX tiles, see XK_AMX_PACK_KC (amx tier only) */
+  XK_WEIGHT_PACKED_PANEL = 4, /* w: f32 panels of the tier's NR columns, see XK_PANEL_KC (avx2/avx512) */
 } xk_weight_kind;
+
+/* Pre-packed weights (PackedLinearWeight). XK_WEIGHT_PACKED_AMX: K in blocks
+ * of XK_AMX_PACK_KC (the last one shorter, K zero-padded to 32), N in blocks
+ * of 32 rows (zero-padded); block (kb, nb) holds its steps of 32 k back to
+ * back, each step two 1 KiB tiles (rows nb*32 + 0..15, then 16..31; a tile
+ * row = 32 consecutive bf16 k); kb major: block (kb, nb) starts at byte
+ * 2048 * (kb * (XK_AMX_PACK_KC / 32) * ceil(N / 32) + nb * steps(kb)).
+ * XK_WEIGHT_PACKED_PANEL: K in blocks of XK_PANEL_KC, N padded to NR; block
+ * kb starts at float kb * XK_PANEL_KC * Npad and holds Npad / NR panels
+ * [kl][NR] f32 (element (k, j) of panel p at p * kl * NR + k * NR + j). */
+#define XK_AMX_PACK_KC 512
+#define XK_PANEL_KC 256
 
 /* y[m][n] = sum_k x[m][perm ? perm[k] : k] * w[n][k] (+ bias[n]); quantized
  * weights dequantize as w = (code - zero) * scale per (n, k / group_size). */
@@ -391,6 +405,8 @@ typedef struct xk_linear_args {
   int64_t tile_m, tile_n;
   int32_t bf16_pairs;     /* 1: bf16 x and w through the vdpbf16ps microkernel */
   int32_t no_prefetch;    /* kernel-internal: 1 when w is an L1 copy (no row prefetch) */
+  void *xp;               /* XK_WEIGHT_PACKED_AMX: x packed by linear_pack_x (layout of the weight's
+                           * tiles over M padded to 32 rows), ceil(M/32) * 32 * ceil(K/32) * 64 bytes */
 } xk_linear_args;
 
 /* scaled_int8_quant: out = saturate(round_even(x / scale) (+ azp)), per token or static. */
@@ -537,6 +553,11 @@ typedef struct xk_kernel_table {
   int64_t (*linear_gemm_plan)(xk_linear_args *a, int64_t threads);
   /* Tiles [tile_begin, tile_end) (row-tile fastest), workspace of linear_gemm_plan bytes. */
   void (*linear_gemm)(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
+  /* Packs the dense weight a->w into the layout a->w_kind names (PACKED_AMX: 32-row blocks
+   * [begin, end); PACKED_PANEL: NR-column panels [begin, end)) at dst. */
+  void (*linear_pack_w)(const xk_linear_args *a, int64_t begin, int64_t end, void *dst);
+  /* PACKED_AMX: packs x rows of 32-row blocks [begin, end) into a->xp. */
+  void (*linear_pack_x)(const xk_linear_args *a, int64_t begin, int64_t end);
   /* Rows [m_begin, m_end) of scaled_int8_quant. */
   void (*int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
   /* Out columns [n_begin, n_end) of the int8 x int8 GEMM, every row. */

@@ -52,6 +52,7 @@
 extern const xk_kernel_table xk_kernels_avx512;
 int64_t xk_linear_gemm_plan_avx512(xk_linear_args *a, int64_t threads);
 void xk_linear_gemm_avx512(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace);
+void xk_linear_pack_w_avx512(const xk_linear_args *a, int64_t begin, int64_t end, void *dst);
 
 /* ---- OS support -------------------------------------------------------------- */
 
@@ -91,6 +92,7 @@ static void amx_config(void) {
     c.rows[i] = 16;
   }
   _tile_loadconfig(&c);
+  __asm__ volatile("" ::: "memory");
 }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -128,10 +130,10 @@ static inline __mmask32 kmask(int64_t left) {
 }
 
 /* x rows [r0, r0 + 16) (rows past rows_valid zero), k [k0, k0 + kl) as `steps`
- * VNNI B tiles of 1 KiB at dst: tile s, row u, column j = (x[r0 + j][k0 + 32s + 2u], ... + 1);
- * k past kl is zero. */
+ * VNNI B tiles of 1 KiB, tile s at dst + s * tstride (uint32 units): row u,
+ * column j = (x[r0 + j][k0 + 32s + 2u], ... + 1); k past kl is zero. */
 static void pack_x(const xk_linear_args *a, int64_t r0, int64_t rows_valid, int64_t k0, int64_t kl, int64_t steps,
-                   uint32_t *dst) {
+                   uint32_t *dst, int64_t tstride) {
   const uint16_t *x = (const uint16_t *)a->x;
   for (int64_t s = 0; s < steps; s++) {
     const __mmask32 km = kmask(kl - 32 * s);
@@ -140,7 +142,7 @@ static void pack_x(const xk_linear_args *a, int64_t r0, int64_t rows_valid, int6
       r[j] = j < rows_valid ? _mm512_maskz_loadu_epi16(km, x + (r0 + j) * a->x_stride + k0 + 32 * s)
                             : _mm512_setzero_si512();
     transpose16(r);
-    for (int u = 0; u < 16; u++) _mm512_storeu_si512(dst + s * 256 + u * 16, r[u]);
+    for (int u = 0; u < 16; u++) _mm512_storeu_si512(dst + s * tstride + u * 16, r[u]);
   }
 }
 
@@ -318,7 +320,10 @@ static amx_ws ws_layout(const xk_linear_args *a) {
   return w;
 }
 
+static int64_t pk_plan(xk_linear_args *a, int64_t threads);
+
 int64_t xk_linear_gemm_plan_amx(xk_linear_args *a, int64_t threads) {
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX) return pk_plan(a, threads);
   if (!amx_applies(a)) return xk_linear_gemm_plan_avx512(a, threads);
   a->bf16_pairs = AMX_PAIRS;
   const int64_t want = 2 * (threads > 0 ? threads : 1);
@@ -421,7 +426,7 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
     const int64_t k0 = kb * p.kc, kl = a->k > 0 ? min64(p.kc, a->k - k0) : 0, steps = cdiv(kl, 32);
     const int first = kb == 0, last = kb == kblocks - 1;
     for (int64_t j = 0; j < 2 * p.nxb; j++)
-      pack_x(a, p.m0 + 16 * j, p.m1 - p.m0 - 16 * j, k0, kl, steps, p.xp + j * steps * 256);
+      pack_x(a, p.m0 + 16 * j, p.m1 - p.m0 - 16 * j, k0, kl, steps, p.xp + j * steps * 256, 256);
     for (int64_t n = p.n0; n < p.n1; n += 32) {
       const char *w0, *w1;
       int64_t wstr;
@@ -472,7 +477,7 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
   uint16_t *stage = (uint16_t *)(base + L->stage), *tail = stage + 2 * 16 * L->kc;
   float *ctmp = (float *)(base + L->ctmp);
   const int64_t kl = a->k, steps = cdiv(kl, 32), full = kl / 32;
-  pack_x(a, 0, a->m, 0, kl, steps, xp);
+  pack_x(a, 0, a->m, 0, kl, steps, xp, 256);
   for (int64_t nb = n0; nb < n1; nb += 64) {
     const char *wt[4], *tt[4];
     int64_t wsd[4];
@@ -509,7 +514,311 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
   }
 }
 
+/* ---- pre-packed weights (XK_WEIGHT_PACKED_AMX) ------------------------------------
+ *
+ * Layout in xops_kernels.h: K blocks of XK_AMX_PACK_KC, 32-row blocks, each
+ * step of 32 k two 1 KiB A tiles back to back. x is packed the same way (two
+ * VNNI B tiles of 16 rows per step) once per call, by linear_pack_x, before
+ * the tiles run. A grid tile walks k blocks, then 32-row weight blocks (a
+ * block's weights, 32 KiB, stay in L1), then 32-row x blocks streamed from
+ * L2 (TILELOADDT1: they do not evict the weights), C spilled exactly between
+ * k blocks; a tile of one x block (M <= 32) keeps C over the whole K. Loads
+ * are issued right after a tile's last use in the step, so they overlap the
+ * remaining products. Same products in the same order as the unpacked GEMM:
+ * results are bit-identical to it. */
+
+#define PK_KCS (XK_AMX_PACK_KC / 32)
+#ifndef PK_ABL
+#define PK_ABL 0
+#endif
+#ifndef PK_STREAM_X
+#define PK_STREAM_X 1
+#endif
+#ifndef PK_PF
+#define PK_PF 1
+#endif
+
+static inline int64_t pk_steps(int64_t k, int64_t kb) { return min64(PK_KCS, cdiv(k, 32) - kb * PK_KCS); }
+
+/* Packs weight rows of 32-row blocks [begin, end). */
+void xk_linear_pack_w_amx(const xk_linear_args *a, int64_t begin, int64_t end, void *dst) {
+  if (a->w_kind != XK_WEIGHT_PACKED_AMX) {
+    xk_linear_pack_w_avx512(a, begin, end, dst);
+    return;
+  }
+  const int64_t ks = cdiv(a->k, 32), np = cdiv(a->n, 32);
+  const uint16_t *w = (const uint16_t *)a->w;
+  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+    const int64_t st = pk_steps(a->k, kb);
+    uint16_t *blk = (uint16_t *)dst + 1024 * (kb * PK_KCS * np);
+    for (int64_t nb = begin; nb < end; nb++) {
+      uint16_t *o = blk + 1024 * nb * st;
+      for (int64_t s = 0; s < st; s++) {
+        const int64_t k = (kb * PK_KCS + s) * 32;
+        const __mmask32 km = kmask(a->k - k);
+        for (int64_t r = 0; r < 32; r++) {
+          const int64_t n = nb * 32 + r;
+          const __m512i v = n < a->n ? _mm512_maskz_loadu_epi16(km, w + n * a->w_stride + k) : _mm512_setzero_si512();
+          _mm512_storeu_si512(o + s * 1024 + r * 32, v);
+        }
+      }
+    }
+  }
+}
+
+/* Packs x rows of 32-row blocks [begin, end) into a->xp (rows past M zero). */
+void xk_linear_pack_x_amx(const xk_linear_args *a, int64_t begin, int64_t end) {
+  const int64_t ks = cdiv(a->k, 32), mp = cdiv(a->m, 32);
+  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+    const int64_t st = pk_steps(a->k, kb), k0 = kb * XK_AMX_PACK_KC;
+    uint32_t *blk = (uint32_t *)a->xp + 512 * (kb * PK_KCS * mp);
+    for (int64_t xb = begin; xb < end; xb++)
+      for (int h = 0; h < 2; h++) {
+        const int64_t r0 = xb * 32 + 16 * h;
+        pack_x(a, r0, a->m - r0, k0, a->k - k0, st, blk + 512 * xb * st + 256 * h, 512);
+      }
+  }
+}
+
+/* 2 x 2 C tiles over `steps` steps of packed tile pairs (w: weights, x: VNNI
+ * x, 2 KiB a step); stream_w / stream_x load that operand with TILELOADDT1. */
+XK_ALWAYS_INLINE void pk_steps_2x2(int64_t steps, const char *w, const char *x, const int stream_w,
+                                   const int stream_x) {
+#define PK_LW(t, p)                   \
+  do {                                \
+    if (stream_w)                     \
+      _tile_stream_loadd(t, p, 64);   \
+    else                              \
+      _tile_loadd(t, p, 64);          \
+  } while (0)
+#define PK_LX(t, p)                   \
+  do {                                \
+    if (stream_x)                     \
+      _tile_stream_loadd(t, p, 64);   \
+    else                              \
+      _tile_loadd(t, p, 64);          \
+  } while (0)
+  PK_LW(4, w);
+  PK_LX(6, x);
+  PK_LX(7, x + 1024);
+  PK_LW(5, w + 1024);
+  for (int64_t s = 1; s < steps; s++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    PK_LW(4, w + 2048 * s);
+    _tile_dpbf16ps(2, 5, 6);
+    PK_LX(6, x + 2048 * s);
+    _tile_dpbf16ps(3, 5, 7);
+    PK_LW(5, w + 2048 * s + 1024);
+    PK_LX(7, x + 2048 * s + 1024);
+  }
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+#undef PK_LW
+#undef PK_LX
+}
+
+/* Step 0's operand tiles of a block (x streamed). */
+XK_ALWAYS_INLINE void pk_load_ops(const char *w, const char *x) {
+  _tile_loadd(4, w, 64);
+  _tile_stream_loadd(6, x, 64);
+  _tile_stream_loadd(7, x + 1024, 64);
+  _tile_loadd(5, w + 1024, 64);
+}
+
+/* A block of the spilling GEMM: C in tiles 0-3 and step 0's operands in
+ * tiles 4-7 on entry; runs `steps` steps, stores C to dst, and (nw != NULL)
+ * leaves the next block's step-0 operands (nw, nx) in tiles 4-7. Each store
+ * and load is issued right after the last product that reads its tile. */
+XK_ALWAYS_INLINE void pk_body(int64_t steps, const char *w, const char *x) {
+  for (int64_t s = 1; s < steps; s++) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(4, w + 2048 * s, 64);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_stream_loadd(6, x + 2048 * s, 64);
+    _tile_dpbf16ps(3, 5, 7);
+    _tile_loadd(5, w + 2048 * s + 1024, 64);
+    _tile_stream_loadd(7, x + 2048 * s + 1024, 64);
+  }
+}
+
+XK_ALWAYS_INLINE void pk_tail(float *dst, const char *nw, const char *nx) {
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_stored(0, dst, 64);
+  if (nw) _tile_loadd(4, nw, 64);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_stored(1, dst + 256, 64);
+  if (nw) _tile_stream_loadd(6, nx, 64);
+  _tile_dpbf16ps(3, 5, 7);
+  _tile_stored(2, dst + 512, 64);
+  if (nw) {
+    _tile_stream_loadd(7, nx + 1024, 64);
+    _tile_loadd(5, nw + 1024, 64);
+  }
+  _tile_stored(3, dst + 768, 64);
+}
+
+typedef struct pk_ws {
+  int64_t cpart, ctmp, total;
+} pk_ws;
+
+static pk_ws pk_layout(const xk_linear_args *a) {
+  pk_ws w;
+  const int64_t nxb = cdiv(a->tile_m, 32), nnb = cdiv(a->tile_n, 32);
+  w.cpart = 0;
+  w.ctmp = nxb > 1 && a->k > XK_AMX_PACK_KC ? align64(nxb * nnb * 4096) : 0;
+  w.total = w.ctmp + 2 * 4096 + 64;
+  return w;
+}
+
+static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws *L) {
+  gemm_pipe p; /* for epilogue_block: a, m1, n1 */
+  p.a = a;
+  const int64_t mtiles = cdiv(a->m, a->tile_m);
+  p.m0 = (t % mtiles) * a->tile_m;
+  p.n0 = (t / mtiles) * a->tile_n;
+  p.m1 = min64(a->m, p.m0 + a->tile_m);
+  p.n1 = min64(a->n, p.n0 + a->tile_n);
+  float *cpart = (float *)(base + L->cpart), *ctmp = (float *)(base + L->ctmp);
+  const int64_t ks = cdiv(a->k, 32), np = cdiv(a->n, 32), mp = cdiv(a->m, 32);
+  const int64_t kblocks = cdiv(ks, PK_KCS), nxb = cdiv(p.m1 - p.m0, 32);
+  const int64_t nb0 = p.n0 / 32, nb1 = cdiv(p.n1, 32), xb0 = p.m0 / 32;
+  const char *W = (const char *)a->w, *X = (const char *)a->xp;
+  int64_t pending = -1, pend_n = 0, pend_m = 0, iter = 0;
+#define PK_W(kb, nb, st) (W + 2048 * ((kb) * PK_KCS * np + (nb) * (st)))
+#define PK_X(kb, xb, st) (X + 2048 * ((kb) * PK_KCS * mp + (xb) * (st)))
+#define PK_FLUSH()                                                     \
+  if (pending >= 0) {                                                  \
+    epilogue_block(&p, ctmp + 1024 * (pending & 1), pend_n, pend_m);   \
+    pending = -1;                                                      \
+  }
+  if (kblocks == 0) { /* K = 0: out = bias */
+    memset(ctmp, 0, 4096);
+    for (int64_t nb = nb0; nb < nb1; nb++)
+      for (int64_t xb = 0; xb < nxb; xb++) epilogue_block(&p, ctmp, nb * 32, p.m0 + 32 * xb);
+    return;
+  }
+  if (nxb == 1 || kblocks == 1) { /* C over the whole K */
+    for (int64_t nb = nb0; nb < nb1; nb++) {
+      for (int64_t xb = 0; xb < nxb; xb++, iter++) {
+        c_begin(1, NULL);
+        for (int64_t kb = 0; kb < kblocks; kb++) {
+          const int64_t st = pk_steps(a->k, kb);
+          if (nxb == 1) /* weights used once: streamed; x stays in L1 */
+            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 1, 0);
+          else
+            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 0, 1);
+        }
+        PK_FLUSH();
+        c_end(ctmp + 1024 * (iter & 1));
+        pending = iter;
+        pend_n = nb * 32;
+        pend_m = p.m0 + 32 * xb;
+      }
+    }
+    PK_FLUSH();
+    return;
+  }
+  /* Blocks (kb, nb, xb) in order; each block's last step stores its C
+   * tiles as soon as their products are issued and loads the next block's
+   * first operands in between, so the switch to the next block's C tiles
+   * does not drain the tile unit (up to ~10% at M = 512). */
+  int have_ops = 0;
+  for (int64_t kb = 0; kb < kblocks; kb++) {
+    const int64_t st = pk_steps(a->k, kb);
+    const int first = kb == 0, last = kb == kblocks - 1;
+    for (int64_t nb = nb0; nb < nb1; nb++) {
+      const char *w = PK_W(kb, nb, st);
+      for (int64_t xb = 0; xb < nxb; xb++, iter++) {
+        float *cp = cpart + ((nb - nb0) * nxb + xb) * 1024;
+        const char *x = PK_X(kb, xb0 + xb, st), *nw = NULL, *nx = NULL;
+        if (xb + 1 < nxb) {
+          nw = w;
+          nx = PK_X(kb, xb0 + xb + 1, st);
+        } else if (nb + 1 < nb1) {
+          nw = PK_W(kb, nb + 1, st);
+          nx = PK_X(kb, xb0, st);
+        } else if (kb + 1 < kblocks) {
+          const int64_t st1 = pk_steps(a->k, kb + 1);
+          nw = PK_W(kb + 1, nb0, st1);
+          nx = PK_X(kb + 1, xb0, st1);
+        }
+        if (!have_ops) pk_load_ops(w, x);
+#if PK_ABL >= 1
+        c_begin(1, cp);
+#else
+        c_begin(first, cp);
+#endif
+        pk_body(st, w, x);
+#if PK_PF
+        { /* into L2, a share per block: the next weight block over this x loop, the next k block's x over this k block */
+          const char *pw = nb + 1 < nb1 ? PK_W(kb, nb + 1, st) : kb + 1 < kblocks ? PK_W(kb + 1, nb0, pk_steps(a->k, kb + 1)) : NULL;
+          if (pw) {
+            const int64_t share = cdiv(pk_steps(a->k, nb + 1 < nb1 ? kb : kb + 1) * 2048 / 64, nxb);
+            for (int64_t l = xb * share; l < (xb + 1) * share; l++) _mm_prefetch(pw + 64 * l, _MM_HINT_T1);
+          }
+          if (kb + 1 < kblocks) {
+            const int64_t st1 = pk_steps(a->k, kb + 1), lines = nxb * st1 * 2048 / 64;
+            const int64_t blocks = (nb1 - nb0) * nxb, idx = (nb - nb0) * nxb + xb, share = cdiv(lines, blocks);
+            const char *px = PK_X(kb + 1, xb0, st1);
+            for (int64_t l = idx * share; l < (idx + 1) * share && l < lines; l++) _mm_prefetch(px + 64 * l, _MM_HINT_T1);
+          }
+        }
+#endif
+        PK_FLUSH();
+        pk_tail(last ? ctmp + 1024 * (iter & 1) : cp, nw, nx);
+        have_ops = nw != NULL;
+        if (last) {
+          pending = iter;
+          pend_n = nb * 32;
+          pend_m = p.m0 + 32 * xb;
+        }
+      }
+    }
+  }
+  PK_FLUSH();
+#undef PK_W
+#undef PK_X
+#undef PK_FLUSH
+}
+
+static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
+  a->bf16_pairs = AMX_PAIRS;
+  const int64_t want = 2 * (threads > 0 ? threads : 1);
+  if (a->m <= 32) {
+    a->tile_m = 32;
+    const int64_t tn = min64(AMX_DEC_TILE_N, cdiv(cdiv(a->n, want), 64) * 64);
+    a->tile_n = tn < 256 ? 256 : tn;
+  } else {
+    int64_t tm = min64(cdiv(a->m, 32) * 32, AMX_TILE_M_MAX);
+    int64_t mt = cdiv(a->m, tm);
+    int64_t ntn = cdiv(a->n, AMX_TILE_N_MAX);
+    if (mt * ntn < want) {
+      const int64_t most = a->n / 128 > 1 ? a->n / 128 : 1;
+      const int64_t more = min64(cdiv(want, mt), most);
+      if (more > ntn) ntn = more;
+      if (mt * ntn < want) mt = cdiv(want, ntn);
+    }
+    tm = cdiv(cdiv(a->m, mt), 32) * 32;
+    a->tile_m = tm < 32 ? 32 : tm;
+    a->tile_n = cdiv(cdiv(a->n, ntn), 32) * 32;
+  }
+  return pk_layout(a).total;
+}
+
 void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX) {
+    const pk_ws L = pk_layout(a);
+    char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+    amx_config();
+    for (int64_t t = tile_begin; t < tile_end; t++) pk_tile(a, t, base, &L);
+    _tile_release();
+    return;
+  }
   if (a->bf16_pairs != AMX_PAIRS) {
     xk_linear_gemm_avx512(a, tile_begin, tile_end, workspace);
     return;
@@ -567,6 +876,8 @@ void xk_amx_table_init(xk_kernel_table *t) {
   t->name = "amx";
   t->linear_gemm_plan = xk_linear_gemm_plan_amx;
   t->linear_gemm = xk_linear_gemm_amx;
+  t->linear_pack_w = xk_linear_pack_w_amx;
+  t->linear_pack_x = xk_linear_pack_x_amx;
   t->probe_bf16 = xk_probe_bf16_amx;
   xk_gdn_amx_install(t);
 }

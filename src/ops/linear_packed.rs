@@ -1,0 +1,398 @@
+//! Pre-packed linear weights: [`PackedLinearWeight`] packs a `[N, K]` weight
+//! once (at model load) into the layout the active ISA tier's GEMM reads,
+//! and [`linear_packed`] runs `F.linear` with it, skipping the per-call
+//! weight copy the plain [`linear`](crate::linear) does for every tile.
+//!
+//! Layouts, chosen by the tier active on the thread that packs:
+//!
+//! * `amx` tier, bf16 weight: AMX tiles (`XK_WEIGHT_PACKED_AMX` in
+//!   `xpu_src/include/xops_kernels.h`): K in blocks of 512, N in blocks of 32
+//!   rows, each 32-k step two 1 KiB tiles. Every `M` runs the tile GEMM (x is
+//!   packed once per call); results are bit-identical to the unpacked amx
+//!   path for `M > 16`.
+//! * `avx2` / `avx512` / `amx` tiers, f32 weight: f32 panels of the tier's
+//!   microkernel width (32 columns on avx512/amx, 16 on avx2), K in blocks of
+//!   256. Every `M` runs the tiled GEMM (the decode kernel needs plain rows);
+//!   results are bit-identical to the unpacked f32 GEMM (`M > 16`).
+//! * otherwise (generic tier, f16 weights, bf16 weights below amx): a plain
+//!   contiguous copy, run exactly as [`linear`](crate::linear).
+//!
+//! A packed weight records its layout: a tiled layout used on a thread whose
+//! tier cannot read it (e.g. AMX tiles under `avx512`) fails with
+//! [`Status::Unsupported`](crate::Status) naming both tiers; the plain
+//! layout runs on any tier.
+//!
+//! Numerics and tolerance: those of [`linear`](crate::linear) (fp32
+//! accumulation; see its module docs). Results do not depend on the thread
+//! count.
+
+use crate::dtype::DType;
+use crate::error::{bail, Result};
+use crate::ops::check;
+use crate::ops::linear::{
+    base_args, check_bias, check_out_alias, check_rows, inner_contiguous, with_workspace,
+};
+use crate::platform::{self, active_isa, Isa};
+use crate::sys;
+use crate::tensor::{Layout, TensorView, TensorViewMut};
+use crate::threading::{grid, num_threads, Shared};
+use crate::trace;
+
+/// K per block of the AMX tile layout (`XK_AMX_PACK_KC`).
+const AMX_PACK_KC: usize = 512;
+
+/// How a [`PackedLinearWeight`] stores its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackedLayout {
+    /// `[N, K]` row-major, contiguous: runs on every tier.
+    Plain,
+    /// bf16 AMX tiles (amx tier only).
+    AmxTiles,
+    /// f32 panels `nr` columns wide (avx2: 16; avx512 and amx: 32).
+    Panels {
+        /// Columns per panel.
+        nr: usize,
+    },
+}
+
+impl PackedLayout {
+    /// A short name: `plain`, `amx`, `panels32`, `panels16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PackedLayout::Plain => "plain",
+            PackedLayout::AmxTiles => "amx",
+            PackedLayout::Panels { nr: 32 } => "panels32",
+            PackedLayout::Panels { .. } => "panels16",
+        }
+    }
+
+    /// Whether a thread running `isa` reads this layout.
+    pub fn runs_on(self, isa: Isa) -> bool {
+        match self {
+            PackedLayout::Plain => true,
+            PackedLayout::AmxTiles => isa == Isa::Amx,
+            PackedLayout::Panels { nr } => nr == panel_width(isa),
+        }
+    }
+}
+
+/// The f32 panel width of a tier's GEMM microkernel (0: no panel layout).
+fn panel_width(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 | Isa::Amx => 32,
+        Isa::Avx2 => 16,
+        _ => 0,
+    }
+}
+
+/// A `[N, K]` linear weight packed once for the active tier's GEMM; run it
+/// with [`linear_packed`]. See the [module docs](self) for the layouts.
+///
+/// ```
+/// use xpu_ops::{linear_packed, PackedLinearWeight, TensorView, TensorViewMut};
+/// let w = [1.0f32, 0.0, 0.0, 0.0, 1.0, 1.0]; // [2, 3]
+/// let packed = PackedLinearWeight::new(&TensorView::new(&w, &[2, 3])?)?;
+/// let x = [1.0f32, 2.0, 3.0]; // [1, 3]
+/// let mut y = [0f32; 2];
+/// linear_packed(
+///     &TensorView::new(&x, &[1, 3])?,
+///     &packed,
+///     None,
+///     &mut TensorViewMut::new(&mut y, &[1, 2])?,
+/// )?;
+/// assert_eq!(y, [1.0, 5.0]);
+/// # Ok::<(), xpu_ops::Error>(())
+/// ```
+pub struct PackedLinearWeight {
+    n: usize,
+    k: usize,
+    dtype: DType,
+    isa: Isa,
+    layout: PackedLayout,
+    buf: Vec<u64>,
+    off: usize,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for PackedLinearWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedLinearWeight")
+            .field("n", &self.n)
+            .field("k", &self.k)
+            .field("dtype", &self.dtype)
+            .field("isa", &self.isa)
+            .field("layout", &self.layout)
+            .finish()
+    }
+}
+
+/// A zeroed buffer of `bytes` bytes starting at a 64-byte boundary: (words, offset).
+fn aligned_buf(bytes: usize) -> (Vec<u64>, usize) {
+    let buf = vec![0u64; bytes.div_ceil(8) + 8];
+    let off = (64 - (buf.as_ptr() as usize) % 64) % 64;
+    (buf, off)
+}
+
+impl PackedLinearWeight {
+    /// Packs `weight` (`[N, K]`, f32/f16/bf16, K contiguous, any row stride)
+    /// for the ISA tier active on this thread.
+    pub fn new(weight: &TensorView) -> Result<Self> {
+        let wl = weight.layout();
+        check::on_cpu(&[("weight", wl)])?;
+        check::rank(wl, "weight", 2, "[N, K]")?;
+        check::dtype_in(wl, "weight", &[DType::F32, DType::F16, DType::BF16])?;
+        inner_contiguous(wl, "weight")?;
+        let (n, k) = (wl.shape[0], wl.shape[1]);
+        let isa = active_isa();
+        let layout = if isa == Isa::Amx && wl.dtype == DType::BF16 {
+            PackedLayout::AmxTiles
+        } else if wl.dtype == DType::F32 && panel_width(isa) > 0 {
+            PackedLayout::Panels {
+                nr: panel_width(isa),
+            }
+        } else {
+            PackedLayout::Plain
+        };
+        let es = wl.dtype.size();
+        let bytes = match layout {
+            PackedLayout::Plain => n * k * es,
+            PackedLayout::AmxTiles => n.div_ceil(32) * 32 * k.div_ceil(32) * 32 * 2,
+            PackedLayout::Panels { nr } => n.div_ceil(nr) * nr * k * 4,
+        };
+        let (mut buf, off) = aligned_buf(bytes);
+        // SAFETY: the buffer holds off + bytes bytes.
+        let dst = unsafe { buf.as_mut_ptr().cast::<u8>().add(off) };
+        let w_stride = if n > 1 { wl.strides[0] } else { k };
+        match layout {
+            PackedLayout::Plain => {
+                for r in 0..n {
+                    // SAFETY: row r of the validated weight holds k elements;
+                    // dst holds n * k elements.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            weight.as_ptr().add(r * w_stride * es),
+                            dst.add(r * k * es),
+                            k * es,
+                        )
+                    };
+                }
+            }
+            _ => {
+                let mut args = pack_args(n, k, wl.dtype);
+                args.w = weight.as_ptr().cast();
+                args.w_stride = w_stride as i64;
+                args.w_kind = match layout {
+                    PackedLayout::AmxTiles => sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX,
+                    _ => sys::xk_weight_kind_XK_WEIGHT_PACKED_PANEL,
+                } as i32;
+                let blocks = match layout {
+                    PackedLayout::Panels { nr } => n.div_ceil(nr),
+                    _ => n.div_ceil(32),
+                };
+                let pack = platform::kernels().linear_pack_w.expect("linear_pack_w");
+                let (a, d) = (Shared(args), Shared(dst as usize));
+                grid(blocks, 8, |r| {
+                    // SAFETY: validated weight; blocks write disjoint parts of dst.
+                    unsafe {
+                        pack(
+                            a.get(),
+                            r.start as i64,
+                            r.end as i64,
+                            *d.get() as *mut std::ffi::c_void,
+                        )
+                    }
+                });
+            }
+        }
+        Ok(PackedLinearWeight {
+            n,
+            k,
+            dtype: wl.dtype,
+            isa,
+            layout,
+            buf,
+            off,
+            bytes,
+        })
+    }
+
+    /// Output features N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Input features K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The weight's dtype (x must have it).
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The tier active when it was packed.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// The stored layout.
+    pub fn layout(&self) -> PackedLayout {
+        self.layout
+    }
+
+    /// Bytes of packed data.
+    pub fn packed_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn data(&self) -> *const u8 {
+        // SAFETY: off < 64 and the buffer holds off + bytes bytes.
+        unsafe { self.buf.as_ptr().cast::<u8>().add(self.off) }
+    }
+}
+
+fn pack_args(n: usize, k: usize, dtype: DType) -> sys::xk_linear_args {
+    sys::xk_linear_args {
+        m: 0,
+        n: n as i64,
+        k: k as i64,
+        x: std::ptr::null(),
+        x_stride: 0,
+        x_dtype: dtype.xk(),
+        perm: std::ptr::null(),
+        xf: std::ptr::null_mut(),
+        xf_stride: 0,
+        w: std::ptr::null(),
+        w_stride: 0,
+        w_dtype: dtype.xk(),
+        w_kind: sys::xk_weight_kind_XK_WEIGHT_DENSE as i32,
+        scales: std::ptr::null(),
+        zeros: std::ptr::null(),
+        sz_stride: 0,
+        sz_dtype: 0,
+        group_size: 0,
+        bias: std::ptr::null(),
+        bias_dtype: 0,
+        out: std::ptr::null_mut(),
+        out_stride: 0,
+        out_dtype: dtype.xk(),
+        tile_m: 0,
+        tile_n: 0,
+        bf16_pairs: 0,
+        no_prefetch: 0,
+        xp: std::ptr::null_mut(),
+    }
+}
+
+/// `F.linear` with a pre-packed weight: `out = x · weightᵀ + bias`, the same
+/// contract as [`linear`](crate::linear) with `weight` packed by
+/// [`PackedLinearWeight::new`].
+///
+/// * `x`: `[M, K]` or `[K]`, the packed weight's dtype, K contiguous, any row stride.
+/// * `bias`: `[N]`, `x`'s dtype or f32, or `None`.
+/// * `out`: `[M, N]` (or `[N]`), `x`'s dtype or f32, N contiguous, not
+///   overlapping any input.
+///
+/// Errors as [`linear`](crate::linear), plus [`Status::Unsupported`](crate::Status)
+/// when the weight's layout is not readable by this thread's tier (see the
+/// [module docs](self)). Outputs are untouched on error. Tolerance: that of
+/// [`linear`](crate::linear).
+pub fn linear_packed(
+    x: &TensorView,
+    weight: &PackedLinearWeight,
+    bias: Option<&TensorView>,
+    out: &mut TensorViewMut,
+) -> Result<()> {
+    let _span = trace::op("linear_packed", &[("x", x.layout())]);
+    check::on_cpu(&[("x", x.layout()), ("out", out.layout())])?;
+    let (n, k) = (weight.n, weight.k);
+    let rows = check_rows(x, out, n, k, &[x.dtype(), DType::F32])?;
+    if x.dtype() != weight.dtype {
+        bail!(
+            DtypeMismatch,
+            "`x` has dtype {} but the packed weight is {}",
+            x.dtype(),
+            weight.dtype
+        );
+    }
+    check_bias(bias, n, x.dtype())?;
+    let isa = active_isa();
+    if !weight.layout.runs_on(isa) {
+        bail!(
+            Unsupported,
+            "the weight was packed as `{}` for ISA tier {} and tier {isa} cannot read it: \
+             pack it again under this tier",
+            weight.layout.name(),
+            weight.isa
+        );
+    }
+    let wlayout = Layout::contiguous(DType::U8, &[weight.bytes]);
+    let mut inputs: Vec<(&str, *const u8, &Layout)> = vec![
+        ("x", x.as_ptr(), x.layout()),
+        ("weight", weight.data(), &wlayout),
+    ];
+    if let Some(b) = bias {
+        inputs.push(("bias", b.as_ptr(), b.layout()));
+    }
+    check_out_alias(out, &inputs)?;
+
+    let mut args = base_args(x, &rows, n, bias, out);
+    args.w = weight.data().cast();
+    args.w_dtype = weight.dtype.xk();
+    match weight.layout {
+        PackedLayout::Plain => {
+            args.w_stride = k as i64;
+            crate::ops::linear::run(args, k * weight.dtype.size());
+        }
+        PackedLayout::AmxTiles => {
+            args.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX as i32;
+            run_tiled(args, true);
+        }
+        PackedLayout::Panels { .. } => {
+            args.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_PANEL as i32;
+            args.bf16_pairs = -1;
+            run_tiled(args, false);
+        }
+    }
+    Ok(())
+}
+
+/// The tiled GEMM over a packed weight, any M (x packed first on AMX).
+fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
+    let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernels = platform::kernels();
+    let mut xp: Vec<u64> = Vec::new();
+    if amx && k > 0 {
+        let bytes = m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
+        let off;
+        (xp, off) = aligned_buf(bytes);
+        // SAFETY: the buffer holds off + bytes bytes.
+        args.xp = unsafe { xp.as_mut_ptr().cast::<u8>().add(off) }.cast();
+        let pack = kernels.linear_pack_x.expect("linear_pack_x");
+        let a = Shared(args);
+        // ~256 KiB of packed x per block.
+        let min_chunk = ((256 * 1024) / (k.div_ceil(32) * 2048)).max(1);
+        grid(m.div_ceil(32), min_chunk, |r| {
+            // SAFETY: validated x; blocks write disjoint parts of xp.
+            unsafe { pack(a.get(), r.start as i64, r.end as i64) }
+        });
+    }
+    debug_assert_eq!(AMX_PACK_KC % 32, 0);
+    let plan = kernels.linear_gemm_plan.expect("linear_gemm_plan");
+    // SAFETY: plan only reads the shape and dtypes and writes the tile fields.
+    let ws_bytes = unsafe { plan(&mut args, num_threads() as i64) } as usize;
+    let tiles = m.div_ceil(args.tile_m as usize) * n.div_ceil(args.tile_n as usize);
+    let gemm = kernels.linear_gemm.expect("linear_gemm");
+    let a = Shared(args);
+    grid(tiles, 1, |r| {
+        with_workspace(ws_bytes, |ws| {
+            // SAFETY: validated arguments; tiles write disjoint output blocks.
+            unsafe { gemm(a.get(), r.start as i64, r.end as i64, ws.cast()) }
+        })
+    });
+    drop(xp);
+}

@@ -1,0 +1,511 @@
+//! Pre-packed linear weights (`PackedLinearWeight` + `linear_packed`, issue
+//! #5): parity against the fp64 reference on every tier, dtype and layout;
+//! bit-identity with the unpacked `linear` where both run the same tiled
+//! GEMM; thread invariance; bad inputs (named error, output untouched).
+//!
+//! Tolerance (that of `linear`): |y - y_ref| <= 4·sqrt(K)·2⁻²⁴·Σ|x·w| +
+//! ulp_out(y_ref); the test data has no bf16 denormals, so the AMX and
+//! `vdpbf16ps` flush rules do not apply.
+
+mod common;
+
+use common::{for_each_isa, with_threads, Rng};
+use half::{bf16, f16};
+use xpu_ops::reference::linear as rl;
+use xpu_ops::{
+    linear, linear_packed, DType, Isa, PackedLayout, PackedLinearWeight, Status, TensorView,
+    TensorViewMut,
+};
+
+#[derive(Clone, Debug)]
+enum Buf {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Buf {
+    fn from_f32(dtype: DType, v: &[f32]) -> Buf {
+        match dtype {
+            DType::F32 => Buf::F32(v.to_vec()),
+            DType::F16 => Buf::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
+            DType::BF16 => Buf::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
+            other => panic!("no float buffer of {other}"),
+        }
+    }
+    fn view(&self, shape: &[usize], strides: &[usize]) -> TensorView<'_> {
+        match self {
+            Buf::F32(v) => TensorView::strided(v, shape, strides),
+            Buf::F16(v) => TensorView::strided(v, shape, strides),
+            Buf::BF16(v) => TensorView::strided(v, shape, strides),
+        }
+        .expect("valid test view")
+    }
+    fn view_mut(&mut self, shape: &[usize], strides: &[usize]) -> TensorViewMut<'_> {
+        match self {
+            Buf::F32(v) => TensorViewMut::strided(v, shape, strides),
+            Buf::F16(v) => TensorViewMut::strided(v, shape, strides),
+            Buf::BF16(v) => TensorViewMut::strided(v, shape, strides),
+        }
+        .expect("valid test view")
+    }
+    fn bits(&self) -> Vec<u32> {
+        match self {
+            Buf::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Buf::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+            Buf::BF16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
+        }
+    }
+}
+
+fn ulp(dtype: DType, v: f64) -> f64 {
+    let (mant, min_exp) = match dtype {
+        DType::F32 => (23, -126),
+        DType::F16 => (10, -14),
+        DType::BF16 => (7, -126),
+        _ => unreachable!(),
+    };
+    let e = if v == 0.0 {
+        min_exp
+    } else {
+        (v.abs().log2().floor() as i32).max(min_exp)
+    };
+    2f64.powi(e - mant)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    dtype: DType,
+    out_f32: bool,
+    bias: Option<DType>,
+    x_pad: usize,
+    w_pad: usize,
+    out_pad: usize,
+}
+
+struct Data {
+    x: Buf,
+    w: Buf,
+    b: Option<Buf>,
+}
+
+fn rand_vals(rng: &mut Rng, n: usize, dtype: DType) -> Vec<f32> {
+    let b = Buf::from_f32(dtype, &rng.f32_vec(n, 1.0));
+    let v = b.view(&[n], &[1]);
+    (0..n).map(|i| v.get_f32(&[i])).collect()
+}
+
+fn make(c: &Case, seed: u64) -> Data {
+    let mut rng = Rng(seed);
+    let x = Buf::from_f32(
+        c.dtype,
+        &rand_vals(&mut rng, c.m * (c.k + c.x_pad), c.dtype),
+    );
+    let w = Buf::from_f32(
+        c.dtype,
+        &rand_vals(&mut rng, c.n * (c.k + c.w_pad), c.dtype),
+    );
+    let b = c
+        .bias
+        .map(|bd| Buf::from_f32(bd, &rand_vals(&mut rng, c.n, bd)));
+    Data { x, w, b }
+}
+
+fn out_dtype(c: &Case) -> DType {
+    if c.out_f32 {
+        DType::F32
+    } else {
+        c.dtype
+    }
+}
+
+/// Packs on the active tier and runs; `unpacked` runs plain `linear` instead.
+fn run(c: &Case, d: &Data, unpacked: bool) -> Buf {
+    let os = c.n + c.out_pad;
+    let mut out = Buf::from_f32(out_dtype(c), &vec![-7.0; c.m * os]);
+    let x = d.x.view(&[c.m, c.k], &[c.k + c.x_pad, 1]);
+    let w = d.w.view(&[c.n, c.k], &[c.k + c.w_pad, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let mut o = out.view_mut(&[c.m, c.n], &[os, 1]);
+    if unpacked {
+        linear(&x, &w, b.as_ref(), &mut o).expect("valid linear");
+    } else {
+        let p = PackedLinearWeight::new(&w).expect("valid weight");
+        linear_packed(&x, &p, b.as_ref(), &mut o).expect("valid linear_packed");
+    }
+    out
+}
+
+fn check(c: &Case, seed: u64, what: &str) {
+    let d = make(c, seed);
+    let x = d.x.view(&[c.m, c.k], &[c.k + c.x_pad, 1]);
+    let w = d.w.view(&[c.n, c.k], &[c.k + c.w_pad, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let r = rl::linear(&x, &w, b.as_ref());
+    let absd = rl::abs_dot(
+        c.m,
+        c.n,
+        c.k,
+        |i, kk| x.get_f32(&[i, kk]) as f64,
+        |j, kk| w.get_f32(&[j, kk]) as f64,
+    );
+    let out = run(c, &d, false);
+    let os = c.n + c.out_pad;
+    let flat = out.view(&[c.m * os], &[1]);
+    let gamma = 4.0 * (c.k as f64).sqrt() * 2f64.powi(-24);
+    for i in 0..c.m {
+        for j in 0..os {
+            let y = flat.get_f32(&[i * os + j]) as f64;
+            if j >= c.n {
+                assert_eq!(y, -7.0, "{what}: out padding [{i}][{j}] written");
+                continue;
+            }
+            let rr = r[i * c.n + j];
+            let tol = gamma * absd[i * c.n + j] + ulp(out_dtype(c), rr);
+            assert!(
+                (y - rr).abs() <= tol,
+                "{what}: out[{i}][{j}] = {y}, reference {rr}, |diff| {} > tol {tol}",
+                (y - rr).abs()
+            );
+        }
+    }
+}
+
+/// Shapes around the packed layouts' blocks: 32-row AMX blocks and 512-k
+/// blocks, 16/32-column panels and 256-k blocks, decode M, tile boundaries.
+const SHAPES: [(usize, usize, usize); 18] = [
+    (0, 5, 7),
+    (3, 0, 9),
+    (2, 6, 0),
+    (40, 70, 0),
+    (1, 1, 1),
+    (1, 37, 53),
+    (3, 33, 64),
+    (5, 64, 511),
+    (16, 31, 512),
+    (17, 65, 513),
+    (32, 32, 32),
+    (33, 97, 255),
+    (47, 130, 1055),
+    (64, 33, 257),
+    (65, 200, 96),
+    (71, 541, 29),
+    (100, 3, 1025),
+    (130, 300, 600),
+];
+
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+fn layout_for(isa: Isa, dtype: DType) -> PackedLayout {
+    match (isa, dtype) {
+        (Isa::Amx, DType::BF16) => PackedLayout::AmxTiles,
+        (Isa::Amx | Isa::Avx512, DType::F32) => PackedLayout::Panels { nr: 32 },
+        (Isa::Avx2, DType::F32) => PackedLayout::Panels { nr: 16 },
+        _ => PackedLayout::Plain,
+    }
+}
+
+#[test]
+fn packed_parity_every_tier_dtype_shape() {
+    for_each_isa(|isa| {
+        for (si, &(m, n, k)) in SHAPES.iter().enumerate() {
+            for (di, &dtype) in DTYPES.iter().enumerate() {
+                let c = Case {
+                    m,
+                    n,
+                    k,
+                    dtype,
+                    out_f32: (si + di) % 3 == 0,
+                    bias: match (si + di) % 3 {
+                        0 => None,
+                        1 => Some(dtype),
+                        _ => Some(DType::F32),
+                    },
+                    x_pad: si % 2 * 3,
+                    w_pad: (si + 1) % 2 * 5,
+                    out_pad: si % 3,
+                };
+                check(&c, 100 + si as u64, &format!("{isa} {c:?}"));
+            }
+        }
+        for dtype in DTYPES {
+            let p =
+                PackedLinearWeight::new(&Buf::from_f32(dtype, &[1.0; 6]).view(&[2, 3], &[3, 1]))
+                    .expect("valid weight");
+            assert_eq!(p.layout(), layout_for(isa, dtype), "{isa} {dtype}");
+            assert_eq!(p.isa(), isa);
+            assert_eq!((p.n(), p.k(), p.dtype()), (2, 3, dtype));
+        }
+    });
+}
+
+/// Vector x ([K] -> [N]) and the 248k-vocab lm_head row on the packed path.
+#[test]
+fn packed_vector_and_wide_n() {
+    for_each_isa(|isa| {
+        for dtype in [DType::BF16, DType::F32] {
+            let (n, k) = (1000, 72);
+            let mut rng = Rng(7);
+            let w = Buf::from_f32(dtype, &rand_vals(&mut rng, n * k, dtype));
+            let x = Buf::from_f32(dtype, &rand_vals(&mut rng, k, dtype));
+            let p = PackedLinearWeight::new(&w.view(&[n, k], &[k, 1])).unwrap();
+            let mut y = Buf::from_f32(dtype, &vec![0.0; n]);
+            let mut y2 = Buf::from_f32(dtype, &vec![0.0; n]);
+            linear_packed(&x.view(&[k], &[1]), &p, None, &mut y.view_mut(&[n], &[1])).unwrap();
+            linear_packed(
+                &x.view(&[1, k], &[k, 1]),
+                &p,
+                None,
+                &mut y2.view_mut(&[1, n], &[n, 1]),
+            )
+            .unwrap();
+            assert_eq!(y.bits(), y2.bits(), "{isa} {dtype}: [K] vs [1, K]");
+        }
+    });
+    // M = 1, N = 248,320, bf16 (an upstream kernel returns wrong logits there).
+    let c = Case {
+        m: 1,
+        n: 248_320,
+        k: 64,
+        dtype: DType::BF16,
+        out_f32: false,
+        bias: None,
+        x_pad: 0,
+        w_pad: 0,
+        out_pad: 0,
+    };
+    check(&c, 5, "lm_head 248320");
+}
+
+/// Where the packed and plain weights run the same tiled GEMM (amx bf16 and
+/// f32 panels for M > 16), the results are bit-identical.
+#[test]
+fn packed_matches_unpacked_bits() {
+    for_each_isa(|isa| {
+        for dtype in [DType::F32, DType::BF16] {
+            if layout_for(isa, dtype) == PackedLayout::Plain {
+                continue;
+            }
+            for &(m, n, k) in &[(17, 65, 513), (64, 96, 1100), (200, 70, 300)] {
+                let c = Case {
+                    m,
+                    n,
+                    k,
+                    dtype,
+                    out_f32: false,
+                    bias: Some(DType::F32),
+                    x_pad: 1,
+                    w_pad: 2,
+                    out_pad: 0,
+                };
+                let d = make(&c, 9);
+                let a = xpu_ops::ops::linear::with_bf16_dot(false, || run(&c, &d, true));
+                let b = run(&c, &d, false);
+                assert_eq!(a.bits(), b.bits(), "{isa} {c:?}");
+            }
+        }
+    });
+}
+
+#[test]
+fn packed_thread_invariance() {
+    for_each_isa(|isa| {
+        for dtype in DTYPES {
+            for &(m, n, k) in &[(1, 300, 200), (40, 257, 700), (150, 130, 1030)] {
+                let c = Case {
+                    m,
+                    n,
+                    k,
+                    dtype,
+                    out_f32: false,
+                    bias: Some(dtype),
+                    x_pad: 0,
+                    w_pad: 0,
+                    out_pad: 0,
+                };
+                let d = make(&c, 3);
+                let w = d.w.view(&[n, k], &[k, 1]);
+                let p = PackedLinearWeight::new(&w).unwrap();
+                let go = |threads: usize| {
+                    with_threads(threads, || {
+                        let mut out = Buf::from_f32(dtype, &vec![0.0; m * n]);
+                        let b = d.b.as_ref().map(|b| b.view(&[n], &[1]));
+                        linear_packed(
+                            &d.x.view(&[m, k], &[k, 1]),
+                            &p,
+                            b.as_ref(),
+                            &mut out.view_mut(&[m, n], &[n, 1]),
+                        )
+                        .unwrap();
+                        out.bits()
+                    })
+                };
+                let one = go(1);
+                assert_eq!(one, go(2), "{isa} {dtype} {m}x{n}x{k}: 1 vs 2 threads");
+                assert_eq!(one, go(3), "{isa} {dtype} {m}x{n}x{k}: 1 vs 3 threads");
+            }
+        }
+    });
+}
+
+fn expect_err(r: xpu_ops::Result<()>, status: Status, what: &str) {
+    match r {
+        Ok(()) => panic!("{what}: expected {status:?}, got Ok"),
+        Err(e) => assert_eq!(e.status, status, "{what}: {e}"),
+    }
+}
+
+#[test]
+fn packed_bad_inputs() {
+    let (m, n, k) = (3, 4, 5);
+    let w = vec![0.5f32; n * k];
+    let wv = TensorView::new(&w, &[n, k]).unwrap();
+    let p = PackedLinearWeight::new(&wv).unwrap();
+    let x = vec![1.0f32; m * k];
+    let xb = vec![bf16::from_f32(1.0); m * k];
+    let bias = vec![0.0f32; n];
+    let bias_bad = vec![0.0f32; n + 1];
+    let mut out = vec![-3.0f32; m * n];
+    let xv = TensorView::new(&x, &[m, k]).unwrap();
+    let untouched = |out: &[f32], what: &str| {
+        assert!(out.iter().all(|&v| v == -3.0), "{what}: out written");
+    };
+    // Packing: rank, dtype, inner stride.
+    let w1 = TensorView::new(&w, &[n * k]).unwrap();
+    assert_eq!(
+        PackedLinearWeight::new(&w1).unwrap_err().status,
+        Status::ShapeMismatch
+    );
+    let wi = vec![1i32; n * k];
+    assert_eq!(
+        PackedLinearWeight::new(&TensorView::new(&wi, &[n, k]).unwrap())
+            .unwrap_err()
+            .status,
+        Status::DtypeMismatch
+    );
+    let ws = TensorView::strided(&w, &[n, 2], &[5, 2]).unwrap();
+    assert_eq!(
+        PackedLinearWeight::new(&ws).unwrap_err().status,
+        Status::InvalidStride
+    );
+    // K mismatch.
+    let xk = TensorView::new(&x[..m * 4], &[m, 4]).unwrap();
+    expect_err(
+        linear_packed(
+            &xk,
+            &p,
+            None,
+            &mut TensorViewMut::new(&mut out, &[m, n]).unwrap(),
+        ),
+        Status::ShapeMismatch,
+        "K mismatch",
+    );
+    untouched(&out, "K mismatch");
+    // x dtype differs from the weight's.
+    let mut outb = vec![bf16::from_f32(-3.0); m * n];
+    expect_err(
+        linear_packed(
+            &TensorView::new(&xb, &[m, k]).unwrap(),
+            &p,
+            None,
+            &mut TensorViewMut::new(&mut outb, &[m, n]).unwrap(),
+        ),
+        Status::DtypeMismatch,
+        "x dtype",
+    );
+    assert!(outb.iter().all(|v| v.to_f32() == -3.0));
+    // out shape, bias shape.
+    expect_err(
+        linear_packed(
+            &xv,
+            &p,
+            None,
+            &mut TensorViewMut::new(&mut out[..m * 3], &[m, 3]).unwrap(),
+        ),
+        Status::ShapeMismatch,
+        "out shape",
+    );
+    untouched(&out, "out shape");
+    expect_err(
+        linear_packed(
+            &xv,
+            &p,
+            Some(&TensorView::new(&bias_bad, &[n + 1]).unwrap()),
+            &mut TensorViewMut::new(&mut out, &[m, n]).unwrap(),
+        ),
+        Status::ShapeMismatch,
+        "bias shape",
+    );
+    untouched(&out, "bias shape");
+    // out overlapping x.
+    let mut shared = vec![1.0f32; m * k + m * n];
+    let before = shared.clone();
+    {
+        let (xs, _) = shared.split_at(m * k);
+        let xs = xs.to_vec();
+        let _ = xs;
+    }
+    let ptr = shared.as_mut_ptr();
+    // SAFETY (test): two views of one buffer to provoke the aliasing check.
+    let (xa, oa) = unsafe {
+        (
+            std::slice::from_raw_parts(ptr, m * k),
+            std::slice::from_raw_parts_mut(ptr.add(2), m * n),
+        )
+    };
+    expect_err(
+        linear_packed(
+            &TensorView::new(xa, &[m, k]).unwrap(),
+            &p,
+            Some(&TensorView::new(&bias, &[n]).unwrap()),
+            &mut TensorViewMut::new(oa, &[m, n]).unwrap(),
+        ),
+        Status::Aliasing,
+        "alias",
+    );
+    assert_eq!(shared, before, "alias: out written");
+}
+
+/// A tiled layout used under a tier that cannot read it fails with a named
+/// error (output untouched); the plain layout runs anywhere.
+#[test]
+fn packed_wrong_tier() {
+    let isas = xpu_ops::supported_isas();
+    let (m, n, k) = (2, 3, 4);
+    for dtype in [DType::F32, DType::BF16] {
+        let w = Buf::from_f32(dtype, &[0.25; 12]);
+        let x = Buf::from_f32(dtype, &[1.0; 8]);
+        for &pack_isa in &isas {
+            let p = xpu_ops::with_isa(pack_isa, || {
+                PackedLinearWeight::new(&w.view(&[n, k], &[k, 1])).unwrap()
+            })
+            .unwrap();
+            for &run_isa in &isas {
+                let mut out = Buf::from_f32(dtype, &[-3.0; 6]);
+                let r = xpu_ops::with_isa(run_isa, || {
+                    linear_packed(
+                        &x.view(&[m, k], &[k, 1]),
+                        &p,
+                        None,
+                        &mut out.view_mut(&[m, n], &[n, 1]),
+                    )
+                })
+                .unwrap();
+                if p.layout().runs_on(run_isa) {
+                    r.unwrap_or_else(|e| panic!("{dtype} packed {pack_isa} run {run_isa}: {e}"));
+                    let o = out.view(&[6], &[1]);
+                    assert!((0..6).all(|i| o.get_f32(&[i]) == 1.0));
+                } else {
+                    let e = r.expect_err("wrong tier");
+                    assert_eq!(e.status, Status::Unsupported);
+                    assert!(e.to_string().contains(pack_isa.name()), "{e}");
+                    let o = out.view(&[6], &[1]);
+                    assert!((0..6).all(|i| o.get_f32(&[i]) == -3.0));
+                }
+            }
+        }
+    }
+}
