@@ -18,8 +18,13 @@
  *     rounding to nearest), so these products carry about fp32 accuracy;
  *   - the triangular solve (D = (I + A)^-1 W), P D and all decay factors stay
  *     on gdn.c's fp32 register tiles.
- * The state update accumulates into exp(G_last) S on the tiles themselves
- * (S scaled in the pass that splits it). TDPBF16PS flushes bf16 denormal
+ * The state update accumulates into exp(G_last) S on the tiles themselves;
+ * each finished block of the new state is split (for the next chunk's
+ * [k; q] S) and scaled by the next chunk's exp(G_last) while still in L1.
+ * o rows leave through streaming stores (whole cache lines; no read for
+ * ownership), so the prefetch of the next rows carries q, k, v only.
+ * Measured against the recurrent kernel: see chunk_gated_delta_rule in
+ * src/ops/gdn.rs. TDPBF16PS flushes bf16 denormal
  * inputs (|x| < 1.2e-38) to zero, which only touches lo parts far below the
  * rounding of their hi. Per element the work order is fixed by K, V and the
  * chunk boundaries only, so results do not depend on head batching or
