@@ -56,6 +56,13 @@
 //!   register tiles alone reach about 88% of peak in their inner loops and
 //!   about 72% with their epilogues in cache, so 4× is out of reach on this
 //!   machine with fp32 products; the measured ratio is in the report.
+//!
+//!   On the amx tier with bf16 q/k the chunked kernel runs `[k; q]·[k; q]ᵀ`,
+//!   `[k; q]·S` and `kᵀ·D` on the AMX tiles (xpu_src/cpu/amx/gdn_chunk.c;
+//!   the fp32 operands as bf16 hi + lo pairs, so those products cost twice
+//!   their count in tile flops). The flop count above is unchanged, so its
+//!   GFLOP/s there can exceed the fp32 FMA peak: a roof above 100% on that
+//!   tier means the tile unit, not a different accounting.
 //! * Floors (issue #4): conv ≥ 80% of the bandwidth roofline, GDN decode
 //!   ≥ 75%; the prefill speedup is not a per-case floor.
 

@@ -18,8 +18,13 @@
  *     rounding to nearest), so these products carry about fp32 accuracy;
  *   - the triangular solve (D = (I + A)^-1 W), P D and all decay factors stay
  *     on gdn.c's fp32 register tiles.
- * The state update accumulates into exp(G_last) S on the tiles themselves
- * (S scaled in the pass that splits it). TDPBF16PS flushes bf16 denormal
+ * The state update accumulates into exp(G_last) S on the tiles themselves;
+ * each finished block of the new state is split (for the next chunk's
+ * [k; q] S) and scaled by the next chunk's exp(G_last) while still in L1.
+ * o rows leave through streaming stores (whole cache lines; no read for
+ * ownership), so the prefetch of the next rows carries q, k, v only.
+ * Measured against the recurrent kernel: see chunk_gated_delta_rule in
+ * src/ops/gdn.rs. TDPBF16PS flushes bf16 denormal
  * inputs (|x| < 1.2e-38) to zero, which only touches lo parts far below the
  * rounding of their hi. Per element the work order is fixed by K, V and the
  * chunk boundaries only, so results do not depend on head batching or
@@ -60,7 +65,7 @@ typedef struct amx_ws {
   int64_t spst;
   uint32_t *Dv;       /* [C][ld] pairs of Dt rows: hi (rows < C/2) then lo */
   float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
-  float *tmp;         /* [Kp] */
+  float *tmp;         /* [max(Kp, Vp)] */
   float *S;           /* states [Kp][ld], sst floats apart */
   int64_t sst;
 } amx_ws;
@@ -80,7 +85,8 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
     p[i] = base ? (void *)(base + off) : NULL;
     off += round_up(sizes[i], 16);
   }
-  const int64_t extra = 3 * round_up(Kp > C ? Kp : C, 16);
+  const int64_t rmax = round_up(Kp > Vp ? (Kp > C ? Kp : C) : (Vp > C ? Vp : C), 16);
+  const int64_t extra = 3 * rmax;
   float *rest = base ? base + off : NULL;
   off += extra;
   x->sst = Kp * ld;
@@ -93,7 +99,7 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
   w->Gc = p[5], w->beta = p[6], w->eG = p[7], w->eL = p[8];
   x->AB = p[9], x->KTa = p[10], x->KTv = p[11], x->Gm = p[12], x->X = p[13], x->Sp = p[14], x->Dv = p[15];
   w->Gk = x->Gm, w->Gq = x->Gm + C * C;
-  x->rk = rest, x->rq = rest + round_up(Kp > C ? Kp : C, 16), x->tmp = rest + 2 * round_up(Kp > C ? Kp : C, 16);
+  x->rk = rest, x->rq = rest + rmax, x->tmp = rest + 2 * rmax;
   x->S = S;
   x->spst = Kp * ld;
   w->K = K, w->V = V, w->ldv = ld, w->ldk = Kp, w->nst = G;
@@ -111,6 +117,58 @@ int64_t xk_gdn_scratch_floats_amx_tiles(int64_t K, int64_t V, int32_t chunked) {
 
 static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay, int64_t u0, int64_t u1,
                             int64_t c0, int64_t c1);
+
+/* gdn.c's walk over the next rows, without o when o is written by streaming
+ * stores (amx_stream_o: no line of o is read). */
+typedef struct amx_pfw {
+  chunk_pf p;
+  int skip_o;
+} amx_pfw;
+
+static inline void amx_pf_step(const xk_gdn_args *a, int64_t row, amx_pfw *w, int lines) {
+  chunk_pf *p = &w->p;
+  if (!w->skip_o) {
+    chunk_pf_step(a, row, p, lines);
+    return;
+  }
+  for (int n = 0; n < lines && p->t < p->t1; n++) {
+    const char *base = p->part == 0   ? gdn_ptr(&a->q, row, p->t, p->h)
+                       : p->part == 1 ? gdn_ptr(&a->k, row, p->t, p->h)
+                                      : gdn_ptr(&a->v, row, p->t, p->hv);
+    const int64_t bytes = p->part == 2 ? a->head_v_dim * xk_dtype_size(a->v.dtype) : a->head_k_dim * 2;
+    __builtin_prefetch(base + p->line, 0, 3);
+    p->line += 64;
+    if (p->line >= bytes) {
+      p->line = 0;
+      if (++p->part == 3) p->part = 0, p->t++;
+    }
+  }
+}
+
+/* One o row (V floats): rounded to o's dtype in `tmp`, then copied out with
+ * streaming stores for its whole cache lines (no line of o is read for
+ * ownership; the partial lines at the ends, shared with the neighbouring
+ * rows, are stored plainly). */
+static void amx_stream_o(const xk_gdn_args *a, int64_t row, int64_t tok, int64_t hv, const float *o, char *tmp) {
+  const int64_t sz = xk_dtype_size(a->o_dtype), bytes = a->head_v_dim * sz;
+  char *dst = (char *)a->o + (row * a->o_s_seq + tok * a->o_s_tok + hv * a->o_s_head) * sz;
+  if (a->o_dtype == XK_BF16) { /* round to nearest even, as xk_convert_row */
+    for (int64_t j = 0; j < a->head_v_dim; j += 32) {
+      const int64_t n = a->head_v_dim - j;
+      const __m512 lo = _mm512_maskz_loadu_ps(cm_of(n), o + j), hi = _mm512_maskz_loadu_ps(cm_of(n - 16), o + j + 16);
+      _mm512_mask_storeu_epi16(tmp + 2 * j, n >= 32 ? ~(__mmask32)0 : (((__mmask32)1 << n) - 1),
+                               (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  } else {
+    la_store_row(tmp, a->o_dtype, o, a->head_v_dim, 1);
+  }
+  int64_t head = (int64_t)((64 - ((uintptr_t)dst & 63)) & 63);
+  if (head > bytes) head = bytes;
+  memcpy(dst, tmp, (size_t)head);
+  int64_t i = head;
+  for (; i + 64 <= bytes; i += 64) _mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512(tmp + i));
+  memcpy(dst + i, tmp + i, (size_t)(bytes - i));
+}
 
 /* ---- tiles ------------------------------------------------------------------- */
 
@@ -143,7 +201,7 @@ static void gdn_amx_config(void) {
  */
 static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
                      int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
-                     chunk_pf *pf, const amx_ws *sx, uint32_t *Sp, float decay) {
+                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay) {
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
       float *c = C + m0 * ldc + n0;
@@ -171,7 +229,7 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
           _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
         }
-        if (pf) chunk_pf_step(a, row, pf, AMX_PF_GEMM);
+        if (pf) amx_pf_step(a, row, pf, AMX_PF_GEMM);
       }
       _tile_stored(0, c, ldc * 4);
       _tile_stored(1, c + 16, ldc * 4);
@@ -331,25 +389,25 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
   chunk_values(a, w, seq, tok0, Cn, C, hv);
-  chunk_pf pf = {next.t0, next.t1, next.h, next.hv, 0, 0};
+  amx_pfw pf = {{next.t0, next.t1, next.h, next.hv, 0, 0}, 1};
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
   if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
   amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f);
   for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
     const tmask m = tmask_of(V - j0);
     for (int64_t i0 = 0; i0 < C; i0 += TMR) {
-      chunk_pf_step(a, seq.row, &pf, AMX_PF_TILE);
+      amx_pf_step(a, seq.row, &pf, AMX_PF_TILE);
       amx_solve_tile(x, i0, j0, &m);
     }
     for (int64_t i0 = 0; i0 < Cn; i0 += TMR) {
-      chunk_pf_step(a, seq.row, &pf, AMX_PF_TILE);
+      amx_pf_step(a, seq.row, &pf, AMX_PF_TILE);
       amx_out_tile(x, Cn, i0, j0, &m);
     }
   }
   amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
            next_decay);
-  chunk_pf_step(a, seq.row, &pf, 1 << 30);
-  for (int64_t i = 0; i < Cn; i++) gdn_store_o(a, seq.row, tok0 + i, hv, w->O + i * ld);
+  amx_pf_step(a, seq.row, &pf, 1 << 30);
+  for (int64_t i = 0; i < Cn; i++) amx_stream_o(a, seq.row, tok0 + i, hv, w->O + i * ld, (char *)x->tmp);
 }
 
 /* As gdn.c's chunk_seq, on the tiles. */
@@ -409,6 +467,7 @@ void xk_gdn_chunk_amx_tiles(const xk_gdn_args *a, float *scratch, int64_t block_
     amx_seq(a, &x, n, hv, hv1);
     b += hv1 - hv;
   }
+  _mm_sfence(); /* the streamed o rows, before the caller sees the op done */
   _tile_release();
 }
 
