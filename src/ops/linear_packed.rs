@@ -8,8 +8,8 @@
 //! * `amx` tier, bf16 weight: AMX tiles (`XK_WEIGHT_PACKED_AMX` in
 //!   `xpu_src/include/xops_kernels.h`): K in blocks of 512, N in blocks of 32
 //!   rows, each 32-k step two 1 KiB tiles. Every `M` runs the tile GEMM (x is
-//!   packed once per call); results are bit-identical to the unpacked amx
-//!   path for `M > 16`.
+//!   packed once per call into a per-thread buffer kept between calls);
+//!   results are bit-identical to the unpacked amx path for `M > 16`.
 //! * `avx2` / `avx512` / `amx` tiers, f32 weight: f32 panels of the tier's
 //!   microkernel width (32 columns on avx512/amx, 16 on avx2), K in blocks of
 //!   256. Every `M` runs the tiled GEMM (the decode kernel needs plain rows);
@@ -365,22 +365,53 @@ fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
         return;
     }
     let kernels = platform::kernels();
-    let mut xp: Vec<u64> = Vec::new();
     if amx && k > 0 {
         let bytes = m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
-        let off;
-        (xp, off) = aligned_buf(bytes);
-        // SAFETY: the buffer holds off + bytes bytes.
-        args.xp = unsafe { xp.as_mut_ptr().cast::<u8>().add(off) }.cast();
-        let pack = kernels.linear_pack_x.expect("linear_pack_x");
-        let a = Shared(args);
-        // ~256 KiB of packed x per block.
-        let min_chunk = ((256 * 1024) / (k.div_ceil(32) * 2048)).max(1);
-        grid(m.div_ceil(32), min_chunk, |r| {
-            // SAFETY: validated x; blocks write disjoint parts of xp.
-            unsafe { pack(a.get(), r.start as i64, r.end as i64) }
+        return with_xp(bytes, |xp| {
+            args.xp = xp.cast();
+            let pack = kernels.linear_pack_x.expect("linear_pack_x");
+            let a = Shared(args);
+            // ~256 KiB of packed x per block.
+            let min_chunk = ((256 * 1024) / (k.div_ceil(32) * 2048)).max(1);
+            grid(m.div_ceil(32), min_chunk, |r| {
+                // SAFETY: validated x; blocks write disjoint parts of xp.
+                unsafe { pack(a.get(), r.start as i64, r.end as i64) }
+            });
+            gemm_tiles(args);
         });
     }
+    gemm_tiles(args);
+}
+
+/// Runs `f` with the calling thread's packed-x buffer of at least `bytes`
+/// bytes (64-byte aligned), kept between calls: a fresh one per call would
+/// page-fault its memory in every time (a large share of a decode call).
+fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+    thread_local! {
+        static XP: std::cell::RefCell<(Vec<u64>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+    }
+    XP.with(|xp| match xp.try_borrow_mut() {
+        Ok(mut b) => {
+            if b.0.len() * 8 < bytes + b.1 + 64 {
+                *b = aligned_buf(bytes);
+            }
+            let off = b.1;
+            // SAFETY: the buffer holds off + bytes bytes.
+            f(unsafe { b.0.as_mut_ptr().cast::<u8>().add(off) })
+        }
+        // Re-entered on this thread (a nested grid): a fresh buffer.
+        Err(_) => {
+            let (mut v, off) = aligned_buf(bytes);
+            // SAFETY: as above.
+            f(unsafe { v.as_mut_ptr().cast::<u8>().add(off) })
+        }
+    })
+}
+
+/// The tiled GEMM's grid over a packed weight (x already packed on AMX).
+fn gemm_tiles(mut args: sys::xk_linear_args) {
+    let (m, n) = (args.m as usize, args.n as usize);
+    let kernels = platform::kernels();
     debug_assert_eq!(AMX_PACK_KC % 32, 0);
     let plan = kernels.linear_gemm_plan.expect("linear_gemm_plan");
     // SAFETY: plan only reads the shape and dtypes and writes the tile fields.
@@ -394,5 +425,4 @@ fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
             unsafe { gemm(a.get(), r.start as i64, r.end as i64, ws.cast()) }
         })
     });
-    drop(xp);
 }

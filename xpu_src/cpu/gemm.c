@@ -696,11 +696,23 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #define MR 6
 #define NR 16
 #endif
+#ifndef KC
 #define KC 256 /* K per block: f32 units */
+#endif
 #define KC_PAIRS 256 /* K per block in bf16 pairs (512 elements) */
-#define MC (MR * 8) /* activation rows per A block */
+#ifndef PANEL_PF
+#define PANEL_PF 1
+#endif
+#ifndef MC_MULT
+#define MC_MULT 8
+#endif
+#define MC (MR * MC_MULT) /* activation rows per A block */
+#ifndef TILE_N_MAX
 #define TILE_N_MAX 2048 /* output columns per tile at most */
+#endif
+#ifndef TILE_M_MAX
 #define TILE_M_MAX 1024
+#endif
 
 /* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
 XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
@@ -1070,6 +1082,14 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
 #endif
           uk_f32_any(mr, units, (const float *)abuf + i * units, (const float *)packb + pi * units * NR, c, ldc,
                      k0 > 0, nr);
+#if PANEL_PF
+          if (prepacked && mb == m0 && pi + 1 < npanels) {
+            /* Pre-packed panels come from L3: bring the next one into L2, a share per micro-panel. */
+            const char *nxt = (const char *)((const float *)packb + (pi + 1) * units * NR);
+            const int64_t lines = units * NR / 16, per = cdiv(lines, cdiv(mc, MR)), l0 = (i / MR) * per;
+            for (int64_t l = l0; l < l0 + per && l < lines; l++) _mm_prefetch(nxt + 64 * l, _MM_HINT_T1);
+          }
+#endif
         }
       }
     }

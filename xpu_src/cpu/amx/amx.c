@@ -522,18 +522,14 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
  * the tiles run. A grid tile walks k blocks, then 32-row weight blocks (a
  * block's weights, 32 KiB, stay in L1), then 32-row x blocks streamed from
  * L2 (TILELOADDT1: they do not evict the weights), C spilled exactly between
- * k blocks; a tile of one x block (M <= 32) keeps C over the whole K. Loads
- * are issued right after a tile's last use in the step, so they overlap the
- * remaining products. Same products in the same order as the unpacked GEMM:
- * results are bit-identical to it. */
+ * k blocks (K <= XK_AMX_PACK_KC: C kept over the whole K), so the weights
+ * are read in memory order, the next block prefetched into L2 (the decode
+ * regime too: M <= 32 is one x block). Loads are issued right after a
+ * tile's last use in the step, so they overlap the remaining products.
+ * Same products in the same order as the unpacked GEMM: results are
+ * bit-identical to it. */
 
 #define PK_KCS (XK_AMX_PACK_KC / 32)
-#ifndef PK_ABL
-#define PK_ABL 0
-#endif
-#ifndef PK_STREAM_X
-#define PK_STREAM_X 1
-#endif
 #ifndef PK_PF
 #define PK_PF 1
 #endif
@@ -583,7 +579,7 @@ void xk_linear_pack_x_amx(const xk_linear_args *a, int64_t begin, int64_t end) {
 /* 2 x 2 C tiles over `steps` steps of packed tile pairs (w: weights, x: VNNI
  * x, 2 KiB a step); stream_w / stream_x load that operand with TILELOADDT1. */
 XK_ALWAYS_INLINE void pk_steps_2x2(int64_t steps, const char *w, const char *x, const int stream_w,
-                                   const int stream_x) {
+                                   const int stream_x, const char *pf, int64_t pf_bytes) {
 #define PK_LW(t, p)                   \
   do {                                \
     if (stream_w)                     \
@@ -603,6 +599,8 @@ XK_ALWAYS_INLINE void pk_steps_2x2(int64_t steps, const char *w, const char *x, 
   PK_LX(7, x + 1024);
   PK_LW(5, w + 1024);
   for (int64_t s = 1; s < steps; s++) {
+    if (pf) /* 2 KiB of pf_bytes a step */
+      for (int64_t c = 2048 * (s - 1); c < 2048 * s && c < pf_bytes; c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     PK_LW(4, w + 2048 * s);
@@ -670,7 +668,7 @@ static pk_ws pk_layout(const xk_linear_args *a) {
   pk_ws w;
   const int64_t nxb = cdiv(a->tile_m, 32), nnb = cdiv(a->tile_n, 32);
   w.cpart = 0;
-  w.ctmp = nxb > 1 && a->k > XK_AMX_PACK_KC ? align64(nxb * nnb * 4096) : 0;
+  w.ctmp = a->k > XK_AMX_PACK_KC ? align64(nxb * nnb * 4096) : 0;
   w.total = w.ctmp + 2 * 4096 + 64;
   return w;
 }
@@ -702,16 +700,20 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
       for (int64_t xb = 0; xb < nxb; xb++) epilogue_block(&p, ctmp, nb * 32, p.m0 + 32 * xb);
     return;
   }
-  if (nxb == 1 || kblocks == 1) { /* C over the whole K */
+  if (kblocks == 1) { /* C over the whole K */
     for (int64_t nb = nb0; nb < nb1; nb++) {
       for (int64_t xb = 0; xb < nxb; xb++, iter++) {
         c_begin(1, NULL);
         for (int64_t kb = 0; kb < kblocks; kb++) {
           const int64_t st = pk_steps(a->k, kb);
-          if (nxb == 1) /* weights used once: streamed; x stays in L1 */
-            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 1, 0);
-          else
-            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 0, 1);
+          if (nxb == 1) { /* weights used once: streamed, the next chunk prefetched; x stays in L1 */
+            const int64_t kn = kb + 1 < kblocks ? kb + 1 : 0, nn = kb + 1 < kblocks ? nb : nb + 1;
+            const int64_t stn = pk_steps(a->k, kn);
+            const char *pf = nn < nb1 ? PK_W(kn, nn, stn) : NULL;
+            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 1, 0, pf, stn * 2048);
+          } else {
+            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 0, 1, NULL, 0);
+          }
         }
         PK_FLUSH();
         c_end(ctmp + 1024 * (iter & 1));
@@ -748,11 +750,7 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
           nx = PK_X(kb + 1, xb0, st1);
         }
         if (!have_ops) pk_load_ops(w, x);
-#if PK_ABL >= 1
-        c_begin(1, cp);
-#else
         c_begin(first, cp);
-#endif
         pk_body(st, w, x);
 #if PK_PF
         { /* into L2, a share per block: the next weight block over this x loop, the next k block's x over this k block */
