@@ -560,10 +560,15 @@ double xk_probe_bf16_amx(int64_t iters, xk_probe_result *sink) {
 
 /* ---- the table --------------------------------------------------------------- */
 
+int64_t xk_attn_workspace_amx(const xk_attn_args *a);                              /* attn_decode.c */
+void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
+
 void xk_amx_table_init(xk_kernel_table *t) {
   *t = xk_kernels_avx512;
   t->name = "amx";
   t->linear_gemm_plan = xk_linear_gemm_plan_amx;
   t->linear_gemm = xk_linear_gemm_amx;
   t->probe_bf16 = xk_probe_bf16_amx;
+  t->attn_workspace = xk_attn_workspace_amx;
+  t->attn_paged = xk_attn_paged_amx;
 }
