@@ -28,6 +28,10 @@ fn for_each_path(mut f: impl FnMut(&str)) {
                 xpu_ops::with_attention_bf16_dot(true, || f("avx512+dpbf16"));
                 xpu_ops::with_attention_bf16_dot(false, || f("avx512+fma"));
             });
+        } else if isa == xpu_ops::Isa::Amx {
+            // AMX decode kernels (bf16 queries) and the avx512 general paths.
+            xpu_ops::with_attention_fast_decode(true, || f("amx+fast"));
+            xpu_ops::with_attention_fast_decode(false, || f("amx"));
         } else {
             xpu_ops::with_attention_fast_decode(false, || f(isa.name()));
         }
