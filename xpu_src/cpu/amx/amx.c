@@ -560,10 +560,13 @@ double xk_probe_bf16_amx(int64_t iters, xk_probe_result *sink) {
 
 /* ---- the table --------------------------------------------------------------- */
 
+void xk_attn_prefill_amx_install(xk_kernel_table *t); /* attn_prefill.c */
+
 void xk_amx_table_init(xk_kernel_table *t) {
   *t = xk_kernels_avx512;
   t->name = "amx";
   t->linear_gemm_plan = xk_linear_gemm_plan_amx;
   t->linear_gemm = xk_linear_gemm_amx;
   t->probe_bf16 = xk_probe_bf16_amx;
+  xk_attn_prefill_amx_install(t);
 }
