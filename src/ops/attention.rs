@@ -61,6 +61,10 @@ pub const VARLEN_MAX_HEAD_SIZE: usize = 512;
 const QUERY_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 /// Query rows (queries x heads of one KV head) a varlen work item aims for.
 const VARLEN_TARGET_ROWS: usize = 32;
+/// The same on the AMX tier's tile kernel (bf16 queries and cache, no softcap
+/// or ALiBi, head size a multiple of 64), which repacks each K/V block once
+/// per item and reuses it across all the item's rows.
+const VARLEN_AMX_ROWS: usize = 256;
 
 fn empty_args() -> sys::xk_attn_args {
     // SAFETY: the struct is plain data (integers, floats, raw pointers); all
@@ -1073,7 +1077,18 @@ pub fn flash_attn_varlen_func(
 
     // Work items: tiles of up to qt queries of one sequence.
     let g = h / hkv;
-    let qt = (VARLEN_TARGET_ROWS / g).max(1);
+    let amx = platform::active_isa() == platform::Isa::Amx
+        && q.dtype() == DType::BF16
+        && stored == DType::BF16
+        && softcap == 0.0
+        && alibi_slopes.is_none()
+        && d % 64 == 0;
+    let qt = (if amx {
+        VARLEN_AMX_ROWS
+    } else {
+        VARLEN_TARGET_ROWS
+    } / g)
+        .max(1);
     let mut work: Vec<i32> = Vec::new();
     let mut max_rows = 0;
     let mut cost = 0usize;

@@ -1,0 +1,484 @@
+/*
+ * AMX tier: flash_attn_varlen_func (attn_varlen) on the tile unit, in the
+ * style of FlashAttention-2. Compiled in the amx unit (see amx.c); installed
+ * over the avx512 table's attn_varlen / attn_workspace by
+ * xk_attn_prefill_amx_install, which keeps the previous entries as the
+ * fallback for everything this file does not handle (fp8 caches, f32/f16
+ * queries, softcap, ALiBi, head sizes that are not a multiple of 64, paged
+ * layouts).
+ *
+ * Per grid block (a work item = queries i0..i1 of one sequence, and one or
+ * more kv heads), per kv head: the R = (i1 - i0) * G query rows of the GQA
+ * group (row r = (i - i0) * G + g) share every K/V block.
+ *   Q   bf16 [R16][D], row-major: the A operand of S = Q K^T as it is.
+ *   K   a block of AP_KB tokens repacked once into VNNI pairs
+ *       kp[D/2][KB] (dword (u, j) = K[j][2u], K[j][2u+1]): a 16 x 16 dword
+ *       transpose per 16 tokens x 32 head-dim elements.
+ *   S   = Q K^T on tiles (fp32), stored [R16][KB]; scaled, masked (causal /
+ *       window, per row [lo, hi)), online softmax in fp32 on AVX-512; P
+ *       rounded to bf16 (flash-attn: P enters P.V in the input dtype), the
+ *       row sum taken over the unrounded fp32 P.
+ *   V   repacked once per block into pairs of tokens vp[KB/2][D] (dword
+ *       (u, d) = V[2u][d], V[2u+1][d]): an interleave of two rows.
+ *   O   fp32 [R16][D], rescaled by exp(m_old - m_new) when a row's max
+ *       moves, then O += P V on tiles.
+ *
+ * Numerics and invariance. Key blocks are aligned to multiples of AP_KB from
+ * key 0, so every row walks the same blocks whatever work item (or thread)
+ * holds it; a block a row does not attend at all leaves its state exactly as
+ * it was (max unchanged, so the rescale factor is exactly 1, P = 0, sum + 0),
+ * so skipping such blocks for whole 16-row tiles changes nothing. Keys and
+ * values past the last attended key are never read (zero in the repacked
+ * blocks), so unused cache slots (NaN) never reach the output. Products are
+ * exact bf16 x bf16 in fp32 (TDPBF16PS: bf16 denormals read as zero, fp32
+ * results flushed, round to nearest even); only the summation order differs
+ * from the avx512 paths, within the op's documented bf16 tolerance.
+ */
+#include <math.h>
+
+#include "../../common/convert.h"
+#include "../../common/tier.h"
+
+#define AP_INLINE static inline __attribute__((always_inline))
+/* GCC's _tile_loadd is an asm without a memory clobber: vector stores it
+ * must see (packed K/V, P, rescaled O) are fenced off with this. */
+#define AP_BARRIER() __asm__ volatile("" ::: "memory")
+
+#ifndef AP_KB
+#define AP_KB 64 /* keys per block: a multiple of 64 */
+#endif
+
+typedef void (*ap_varlen_fn)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
+typedef int64_t (*ap_ws_fn)(const xk_attn_args *a);
+
+static ap_varlen_fn ap_prev_varlen;
+static ap_ws_fn ap_prev_ws;
+
+static inline int64_t ap_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t ap_max(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline int64_t ap_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+/* The cases this file computes; the rest goes to the previous table entry. */
+static int ap_applies(const xk_attn_args *a) {
+  if (a->kind != XK_ATTN_VARLEN || a->layout != XK_LAYOUT_FLASH) return 0;
+  if (a->dtype != XK_BF16 || a->cache_dtype != XK_BF16) return 0;
+  if (a->softcap > 0.0f || a->alibi_slopes) return 0;
+  if (a->head_size % 64 || a->head_size > 512 || a->head_size <= 0) return 0;
+  return a->key_cache_strides[3] == 1 && a->value_cache_strides[3] == 1;
+}
+
+/* ---- workspace ------------------------------------------------------------------ */
+
+typedef struct ap_ws {
+  uint16_t *q;   /* [R16][D] bf16 */
+  uint32_t *kp;  /* [D/2][KB] pairs: the current block's (one of kb) */
+  uint32_t *vp;  /* [KB/2][D] pairs (one of vb) */
+  uint32_t *kb0, *kb1, *vb0, *vb1; /* double buffers: packing a block does not wait for the last one's tile loads */
+  float *s;      /* [R16][KB] */
+  uint16_t *p;   /* [R16][KB] bf16 */
+  float *o;      /* [R16][D] */
+  float *m, *l;  /* [R16] */
+  int64_t *lo, *hi; /* [R16] */
+  int64_t *act, *msk; /* [R16 / 16]: a block's active tiles and their mask flags */
+  int64_t R16;
+} ap_ws;
+
+static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
+  const int64_t D = a->head_size, R16 = ap_up(ap_max(a->max_rows, 1), 16), KB = AP_KB;
+  int64_t off = 0;
+#define AP_TAKE(field, type, count)                              \
+  do {                                                           \
+    if (w) w->field = (type *)(base + off);                      \
+    off += ap_up((int64_t)sizeof(type) * (int64_t)(count), 64); \
+  } while (0)
+  AP_TAKE(q, uint16_t, R16 * D);
+  AP_TAKE(kb0, uint32_t, D / 2 * KB);
+  AP_TAKE(kb1, uint32_t, D / 2 * KB);
+  AP_TAKE(vb0, uint32_t, KB / 2 * D);
+  AP_TAKE(vb1, uint32_t, KB / 2 * D);
+  AP_TAKE(s, float, R16 * KB);
+  AP_TAKE(p, uint16_t, R16 * KB);
+  AP_TAKE(o, float, R16 * D);
+  AP_TAKE(m, float, R16);
+  AP_TAKE(l, float, R16);
+  AP_TAKE(lo, int64_t, R16);
+  AP_TAKE(hi, int64_t, R16);
+  AP_TAKE(act, int64_t, R16 / 16);
+  AP_TAKE(msk, int64_t, R16 / 16);
+#undef AP_TAKE
+  if (w) w->R16 = R16;
+  return off + 64;
+}
+
+static int64_t ap_workspace(const xk_attn_args *a) {
+  const int64_t prev = ap_prev_ws(a);
+  return ap_applies(a) ? ap_max(prev, ap_layout(a, NULL, NULL)) : prev;
+}
+
+/* ---- tiles -------------------------------------------------------------------- */
+
+typedef struct ap_cfg {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} ap_cfg;
+
+static void ap_tile_config(void) {
+  _Alignas(64) ap_cfg c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int i = 0; i < 8; i++) {
+    c.colsb[i] = 64;
+    c.rows[i] = 16;
+  }
+  _tile_loadconfig(&c);
+  __asm__ volatile("" ::: "memory");
+}
+
+/* In-register transpose of 16 vectors of 16 dwords: r[j] lane i <- r[i] lane j. */
+AP_INLINE void ap_transpose16(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; i++) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; i++) {
+    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int j = 0; j < 4; j++) {
+    const __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD);
+    const __m512i u2 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
+    const __m512i u3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xDD);
+    t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+    t[8 + j] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
+    t[4 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
+  }
+  for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+/* exp(x) for softmax arguments (<= 0, or -inf -> 0); Cody-Waite + degree-6
+ * polynomial, as attention.c's xa_exp16. */
+AP_INLINE __m512 ap_exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), x);
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+
+/* ---- repacking ------------------------------------------------------------------ */
+
+typedef struct ap_seq {
+  const xk_attn_args *a;
+  const int32_t *bt;
+  int64_t kvh;
+} ap_seq;
+
+AP_INLINE const uint16_t *ap_tok(const ap_seq *s, int value, int64_t t) {
+  const xk_attn_args *a = s->a;
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
+  const int64_t blk = (int64_t)s->bt[(t / a->block_size) * a->block_tables_stride_block];
+  return (const uint16_t *)(value ? a->value_cache : a->key_cache) + blk * st[0] + (t % a->block_size) * st[1] +
+         s->kvh * st[2];
+}
+
+/* Keys [t0, t0 + n) (n <= KB; the rest of the block zero) into kp. */
+static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_t *kp) {
+  const uint16_t *rows[AP_KB];
+  for (int64_t j = 0; j < AP_KB; j++) rows[j] = j < n ? ap_tok(s, 0, t0 + j) : NULL;
+  for (int64_t nt = 0; nt < AP_KB / 16; nt++) {
+    if (16 * nt >= n) {
+      for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KB + 16 * nt, _mm512_setzero_si512());
+      continue;
+    }
+    for (int64_t c = 0; c < D / 32; c++) {
+      __m512i r[16];
+      for (int j = 0; j < 16; j++) {
+        const uint16_t *row = rows[16 * nt + j];
+        r[j] = row ? _mm512_loadu_si512(row + 32 * c) : _mm512_setzero_si512();
+      }
+      ap_transpose16(r);
+      for (int u = 0; u < 16; u++) _mm512_storeu_si512(kp + (16 * c + u) * AP_KB + 16 * nt, r[u]);
+    }
+  }
+}
+
+/* Values [t0, t0 + n) into vp (token pairs; tokens past n zero). */
+static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_t *vp) {
+  const __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  for (int64_t u = 0; u < AP_KB / 2; u++) {
+    uint32_t *dst = vp + u * D;
+    if (2 * u >= n) {
+      for (int64_t d = 0; d < D; d += 16) _mm512_storeu_si512(dst + d, _mm512_setzero_si512());
+      continue;
+    }
+    const uint16_t *ra = ap_tok(s, 1, t0 + 2 * u), *rb = 2 * u + 1 < n ? ap_tok(s, 1, t0 + 2 * u + 1) : NULL;
+    for (int64_t d = 0; d < D; d += 32) {
+      const __m512i x = _mm512_loadu_si512(ra + d), y = rb ? _mm512_loadu_si512(rb + d) : _mm512_setzero_si512();
+      const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
+      _mm512_storeu_si512(dst + d, _mm512_permutex2var_epi64(lo, i0, hi));
+      _mm512_storeu_si512(dst + d + 16, _mm512_permutex2var_epi64(lo, i1, hi));
+    }
+  }
+}
+
+/* ---- tile kernels ------------------------------------------------------------------ */
+
+/* The tile work of one 16-row tile as steps, so that it can be spread
+ * between the rows of another tile's softmax (the tile unit then runs while
+ * the vector units work; a tile instruction blocks retirement for its whole
+ * latency, so issuing a long run of them ahead would stall the softmax).
+ *
+ * QK: S[r0..r0+16][KB] = Q K^T, per 64 keys: zero, D/32 steps of one Q tile
+ * against 4 key tiles, store. */
+#define AP_QK_STEPS(D) (AP_KB / 64 * ((D) / 32 + 2))
+AP_INLINE void ap_qk_step(const ap_ws *w, int64_t r0, int64_t D, int64_t st) {
+  const int64_t per = D / 32 + 2, n0 = st / per * 64, k = st % per;
+  if (k == 0) {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  } else if (k == per - 1) {
+    float *s = w->s + r0 * AP_KB + n0;
+    _tile_stored(0, s, AP_KB * 4);
+    _tile_stored(1, s + 16, AP_KB * 4);
+    _tile_stored(2, s + 32, AP_KB * 4);
+    _tile_stored(3, s + 48, AP_KB * 4);
+  } else {
+    const int64_t c = k - 1;
+    const char *b = (const char *)w->kp + (16 * c * AP_KB + n0) * 4;
+    _tile_loadd(4, (const char *)(w->q + r0 * D) + 64 * c, D * 2);
+    _tile_loadd(5, b, AP_KB * 4);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, b + 64, AP_KB * 4);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(7, b + 128, AP_KB * 4);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_loadd(5, b + 192, AP_KB * 4);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+}
+
+/* PV: O[r0..r0+16][D] += P V, per 64 head-dim columns: load O, KB/32 steps
+ * of one P tile against 4 value tiles, store O. */
+#define AP_PV_STEPS(D) ((D) / 64 * (AP_KB / 32 + 2))
+AP_INLINE void ap_pv_step(const ap_ws *w, int64_t r0, int64_t D, int64_t st) {
+  const int64_t per = AP_KB / 32 + 2, d0 = st / per * 64, k = st % per;
+  float *o = w->o + r0 * D + d0;
+  if (k == 0) {
+    _tile_loadd(0, o, D * 4);
+    _tile_loadd(1, o + 16, D * 4);
+    _tile_loadd(2, o + 32, D * 4);
+    _tile_loadd(3, o + 48, D * 4);
+  } else if (k == per - 1) {
+    _tile_stored(0, o, D * 4);
+    _tile_stored(1, o + 16, D * 4);
+    _tile_stored(2, o + 32, D * 4);
+    _tile_stored(3, o + 48, D * 4);
+  } else {
+    const int64_t kk = k - 1;
+    const char *b = (const char *)w->vp + (16 * kk * D + d0) * 4;
+    _tile_loadd(4, (const char *)(w->p + r0 * AP_KB) + 64 * kk, AP_KB * 2);
+    _tile_loadd(5, b, D * 4);
+    _tile_dpbf16ps(0, 4, 5);
+    _tile_loadd(6, b + 64, D * 4);
+    _tile_dpbf16ps(1, 4, 6);
+    _tile_loadd(7, b + 128, D * 4);
+    _tile_dpbf16ps(2, 4, 7);
+    _tile_loadd(5, b + 192, D * 4);
+    _tile_dpbf16ps(3, 4, 5);
+  }
+}
+
+/* Online softmax of row r over the block's logits S (unscaled); writes bf16 P
+ * and rescales O. The max is taken over S and scaled once (rounding is
+ * monotonic, so that is the max of the scaled logits); exp(s * scale - m)
+ * is one FMA away. */
+AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scale, int mask, int64_t D) {
+  enum { NV = AP_KB / 16 };
+  const float *sr = w->s + r * AP_KB;
+  __m512 x[NV];
+  for (int v = 0; v < NV; v++) x[v] = _mm512_loadu_ps(sr + 16 * v);
+  if (!(scale > 0.0f)) { /* scale the logits first: the max of S is not that of S * scale */
+    for (int v = 0; v < NV; v++) x[v] = _mm512_mul_ps(x[v], _mm512_set1_ps(scale));
+    scale = 1.0f;
+  }
+  if (mask) {
+    const int64_t lo = w->lo[r] - kb0, hi = w->hi[r] - kb0;
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i vlo = _mm512_set1_epi32((int)ap_max(ap_min(lo, AP_KB), -1));
+    const __m512i vhi = _mm512_set1_epi32((int)ap_max(ap_min(hi, AP_KB), -1));
+    for (int v = 0; v < NV; v++) {
+      const __m512i col = _mm512_add_epi32(iota, _mm512_set1_epi32(16 * v));
+      const __mmask16 keep = _mm512_cmpge_epi32_mask(col, vlo) & _mm512_cmplt_epi32_mask(col, vhi);
+      x[v] = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), keep, x[v]);
+    }
+  }
+  __m512 mv = x[0];
+  for (int v = 1; v < NV; v++) mv = _mm512_max_ps(mv, x[v]);
+  const float mt = _mm512_reduce_max_ps(mv) * scale;
+  const float m_old = w->m[r], m_new = mt > m_old ? mt : m_old;
+  uint16_t *pr = w->p + r * AP_KB;
+  if (m_new == -INFINITY) { /* nothing attended yet */
+    memset(pr, 0, AP_KB * 2);
+    return;
+  }
+  const float alpha = m_old == m_new ? 1.0f : expf(m_old - m_new);
+  const __m512 mn = _mm512_set1_ps(-m_new), sc = _mm512_set1_ps(scale);
+  __m512 sum = _mm512_setzero_ps();
+  for (int v = 0; v < NV; v++) {
+    const __m512 e = ap_exp16(_mm512_fmadd_ps(x[v], sc, mn));
+    sum = _mm512_add_ps(sum, e);
+    _mm256_storeu_si256((__m256i *)(pr + 16 * v), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  w->l[r] = w->l[r] * alpha + _mm512_reduce_add_ps(sum);
+  w->m[r] = m_new;
+  if (alpha != 1.0f) {
+    float *o = w->o + r * D;
+    const __m512 al = _mm512_set1_ps(alpha);
+    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), al));
+  }
+}
+
+/* ---- the kernel ------------------------------------------------------------------ */
+
+static void ap_head(const xk_attn_args *a, ap_ws *w, int64_t seq, int64_t kvh, int64_t i0, int64_t i1) {
+  const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size;
+  const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+  const int64_t RQ = (i1 - i0) * G, R16 = ap_up(RQ, 16);
+  const ap_seq sq = {a, a->block_tables + seq * a->block_tables_stride_seq, kvh};
+  int64_t LO = INT64_MAX, HI = 0;
+  for (int64_t r = 0; r < R16; r++) {
+    uint16_t *qd = w->q + r * D;
+    w->m[r] = -INFINITY;
+    w->l[r] = 0.0f;
+    if (r >= RQ) {
+      w->lo[r] = w->hi[r] = 0;
+      memset(qd, 0, (size_t)D * 2);
+      continue;
+    }
+    const int64_t i = i0 + r / G, h = kvh * G + r % G, pos = i + k_len - q_len;
+    int64_t hi = k_len, lo = 0;
+    if (a->causal) hi = ap_min(hi, pos + 1);
+    if (a->window_right >= 0) hi = ap_min(hi, pos + a->window_right + 1);
+    if (a->window_left >= 0) lo = ap_max(lo, pos - a->window_left);
+    w->lo[r] = lo;
+    w->hi[r] = hi;
+    if (lo < hi) {
+      LO = ap_min(LO, lo);
+      HI = ap_max(HI, hi);
+    }
+    memcpy(qd, (const uint16_t *)a->query + (q0 + i) * a->q_stride_token + h * a->q_stride_head, (size_t)D * 2);
+  }
+  memset(w->o, 0, (size_t)(R16 * D) * sizeof(float));
+  const float scale = a->scale * (a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f);
+  int64_t npacked = 0;
+  if (LO < HI) {
+    for (int64_t kb0 = LO / AP_KB * AP_KB; kb0 < HI; kb0 += AP_KB) {
+      const int64_t n = ap_min(AP_KB, HI - kb0), kb1 = kb0 + AP_KB;
+      /* the 16-row tiles that attend any key of the block, and whether they need masks */
+      int64_t na = 0;
+      for (int64_t r0 = 0; r0 < R16; r0 += 16) {
+        int any = 0, mask = 0;
+        for (int64_t r = r0; r < r0 + 16; r++) {
+          const int64_t lo = w->lo[r], hi = w->hi[r];
+          if (ap_max(lo, kb0) < ap_min(hi, kb1)) any = 1;
+          if (lo > kb0 || hi < kb1) mask = 1;
+        }
+        if (any) {
+          w->act[na] = r0;
+          w->msk[na++] = mask;
+        }
+      }
+      if (!na) continue;
+      const int odd = (int)(npacked++ & 1);
+      w->kp = odd ? w->kb1 : w->kb0;
+      w->vp = odd ? w->vb1 : w->vb0;
+      ap_pack_k(&sq, kb0, n, D, w->kp);
+      ap_pack_v(&sq, kb0, n, D, w->vp);
+      AP_BARRIER();
+      /* Software pipeline over the active tiles: tile j's softmax (vector
+       * units), its rows interleaved with tile j-2's P.V and tile j+2's
+       * Q.K^T (tile unit). Two tiles of slack: the softmax never reads S just
+       * stored by the tile unit, nor P.V loads P just written. */
+      const int64_t NQ = AP_QK_STEPS(D), NP = AP_PV_STEPS(D);
+      for (int64_t t = 0; t < 2 && t < na; t++)
+        for (int64_t st = 0; st < NQ; st++) ap_qk_step(w, w->act[t], D, st);
+      for (int64_t j = 0; j < na; j++) {
+        const int64_t r0 = w->act[j];
+        const int64_t np = j >= 2 ? NP : 0, total = np + (j + 2 < na ? NQ : 0);
+        int64_t st = 0;
+        for (int64_t r = r0; r < r0 + 16; r++) {
+          ap_softmax_row(w, r, kb0, scale, w->msk[j], D);
+          AP_BARRIER();
+          const int64_t until = total * (r - r0 + 1) / 16;
+          for (; st < until; st++) {
+            if (st < np)
+              ap_pv_step(w, w->act[j - 2], D, st);
+            else
+              ap_qk_step(w, w->act[j + 2], D, st - np);
+          }
+        }
+      }
+      for (int64_t t = ap_max(na - 2, 0); t < na; t++)
+        for (int64_t st = 0; st < NP; st++) ap_pv_step(w, w->act[t], D, st);
+    }
+  }
+  const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+  for (int64_t r = 0; r < RQ; r++) {
+    const int64_t i = i0 + r / G, h = kvh * G + r % G;
+    float m = w->m[r], l = w->l[r], f = 1.0f;
+    if (a->s_aux) {
+      const float sink = a->s_aux[h], ms = fmaxf(m, sink);
+      const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
+      l = l * alpha + expf(sink - ms);
+      f = alpha;
+      m = ms;
+    }
+    f = l == 0.0f ? 0.0f : f / l;
+    f *= vsc;
+    float *o = w->o + r * D;
+    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), _mm512_set1_ps(f)));
+    xk_convert_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * 2, XK_BF16, o, XK_F32, D,
+                   1.0f);
+    if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+  }
+}
+
+static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
+  if (!ap_applies(a)) {
+    ap_prev_varlen(a, workspace, begin, end);
+    return;
+  }
+  ap_ws w;
+  ap_layout(a, (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63), &w);
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = a->num_kv_heads / KG;
+  ap_tile_config(); /* per-thread state */
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t item = b / NG, kvh0 = (b % NG) * KG;
+    const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+    for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, seq, kvh0 + kvl, i0, i1);
+  }
+  _tile_release();
+}
+
+void xk_attn_prefill_amx_install(xk_kernel_table *t) {
+  ap_prev_varlen = t->attn_varlen;
+  ap_prev_ws = t->attn_workspace;
+  t->attn_varlen = ap_varlen;
+  t->attn_workspace = ap_workspace;
+}
