@@ -124,6 +124,10 @@ fn out_dtype(c: &Case) -> DType {
 
 /// Packs on the active tier and runs; `unpacked` runs plain `linear` instead.
 fn run(c: &Case, d: &Data, unpacked: bool) -> Buf {
+    run_layout(c, d, unpacked, None)
+}
+
+fn run_layout(c: &Case, d: &Data, unpacked: bool, layout: Option<PackedLayout>) -> Buf {
     let os = c.n + c.out_pad;
     let mut out = Buf::from_f32(out_dtype(c), &vec![-7.0; c.m * os]);
     let x = d.x.view(&[c.m, c.k], &[c.k + c.x_pad, 1]);
@@ -133,13 +137,21 @@ fn run(c: &Case, d: &Data, unpacked: bool) -> Buf {
     if unpacked {
         linear(&x, &w, b.as_ref(), &mut o).expect("valid linear");
     } else {
-        let p = PackedLinearWeight::new(&w).expect("valid weight");
+        let p = match layout {
+            Some(l) => PackedLinearWeight::with_layout(&w, l),
+            None => PackedLinearWeight::new(&w),
+        }
+        .expect("valid weight");
         linear_packed(&x, &p, b.as_ref(), &mut o).expect("valid linear_packed");
     }
     out
 }
 
 fn check(c: &Case, seed: u64, what: &str) {
+    check_layout(c, seed, what, None)
+}
+
+fn check_layout(c: &Case, seed: u64, what: &str, layout: Option<PackedLayout>) {
     let d = make(c, seed);
     let x = d.x.view(&[c.m, c.k], &[c.k + c.x_pad, 1]);
     let w = d.w.view(&[c.n, c.k], &[c.k + c.w_pad, 1]);
@@ -152,7 +164,7 @@ fn check(c: &Case, seed: u64, what: &str) {
         |i, kk| x.get_f32(&[i, kk]) as f64,
         |j, kk| w.get_f32(&[j, kk]) as f64,
     );
-    let out = run(c, &d, false);
+    let out = run_layout(c, &d, false, layout);
     let os = c.n + c.out_pad;
     let flat = out.view(&[c.m * os], &[1]);
     let gamma = 4.0 * (c.k as f64).sqrt() * 2f64.powi(-24);
@@ -202,9 +214,16 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 fn layout_for(isa: Isa, dtype: DType) -> PackedLayout {
     match (isa, dtype) {
         (Isa::Amx, DType::BF16) => PackedLayout::AmxTiles,
-        (Isa::Amx | Isa::Avx512, DType::F32) => PackedLayout::Panels { nr: 32 },
-        (Isa::Avx2, DType::F32) => PackedLayout::Panels { nr: 16 },
         _ => PackedLayout::Plain,
+    }
+}
+
+/// The f32 panel layout of a tier, where it has one.
+fn panels_for(isa: Isa) -> Option<PackedLayout> {
+    match isa {
+        Isa::Amx | Isa::Avx512 => Some(PackedLayout::Panels { nr: 32 }),
+        Isa::Avx2 => Some(PackedLayout::Panels { nr: 16 }),
+        _ => None,
     }
 }
 
@@ -229,6 +248,9 @@ fn packed_parity_every_tier_dtype_shape() {
                     out_pad: si % 3,
                 };
                 check(&c, 100 + si as u64, &format!("{isa} {c:?}"));
+                if let (DType::F32, Some(l)) = (dtype, panels_for(isa)) {
+                    check_layout(&c, 100 + si as u64, &format!("{isa} {l:?} {c:?}"), Some(l));
+                }
             }
         }
         for dtype in DTYPES {
@@ -286,9 +308,11 @@ fn packed_vector_and_wide_n() {
 fn packed_matches_unpacked_bits() {
     for_each_isa(|isa| {
         for dtype in [DType::F32, DType::BF16] {
-            if layout_for(isa, dtype) == PackedLayout::Plain {
-                continue;
-            }
+            let layout = match dtype {
+                DType::F32 => panels_for(isa),
+                _ => Some(layout_for(isa, dtype)).filter(|l| *l != PackedLayout::Plain),
+            };
+            let Some(layout) = layout else { continue };
             for &(m, n, k) in &[(17, 65, 513), (64, 96, 1100), (200, 70, 300)] {
                 let c = Case {
                     m,
@@ -303,8 +327,8 @@ fn packed_matches_unpacked_bits() {
                 };
                 let d = make(&c, 9);
                 let a = xpu_ops::ops::linear::with_bf16_dot(false, || run(&c, &d, true));
-                let b = run(&c, &d, false);
-                assert_eq!(a.bits(), b.bits(), "{isa} {c:?}");
+                let b = run_layout(&c, &d, false, Some(layout));
+                assert_eq!(a.bits(), b.bits(), "{isa} {layout:?} {c:?}");
             }
         }
     });
@@ -480,7 +504,12 @@ fn packed_wrong_tier() {
         let x = Buf::from_f32(dtype, &[1.0; 8]);
         for &pack_isa in &isas {
             let p = xpu_ops::with_isa(pack_isa, || {
-                PackedLinearWeight::new(&w.view(&[n, k], &[k, 1])).unwrap()
+                let wv = w.view(&[n, k], &[k, 1]);
+                match (dtype, panels_for(pack_isa)) {
+                    (DType::F32, Some(l)) => PackedLinearWeight::with_layout(&wv, l),
+                    _ => PackedLinearWeight::new(&wv),
+                }
+                .unwrap()
             })
             .unwrap();
             for &run_isa in &isas {
@@ -508,4 +537,78 @@ fn packed_wrong_tier() {
             }
         }
     }
+}
+
+/// `with_layout` refuses a layout the tier or dtype cannot use (Unsupported)
+/// and a forced f32 panel layout is thread-count invariant.
+#[test]
+fn packed_explicit_layouts() {
+    for_each_isa(|isa| {
+        let w32 = Buf::from_f32(DType::F32, &[0.5; 12]);
+        let w16 = Buf::from_f32(DType::BF16, &[0.5; 12]);
+        let (v32, v16) = (w32.view(&[3, 4], &[4, 1]), w16.view(&[3, 4], &[4, 1]));
+        let err = |r: xpu_ops::Result<PackedLinearWeight>| r.expect_err("bad layout").status;
+        assert_eq!(
+            err(PackedLinearWeight::with_layout(
+                &v32,
+                PackedLayout::AmxTiles
+            )),
+            Status::Unsupported
+        );
+        assert_eq!(
+            err(PackedLinearWeight::with_layout(
+                &v16,
+                PackedLayout::Panels { nr: 32 }
+            )),
+            Status::Unsupported
+        );
+        assert_eq!(
+            err(PackedLinearWeight::with_layout(
+                &v32,
+                PackedLayout::Panels { nr: 8 }
+            )),
+            Status::Unsupported
+        );
+        if isa != Isa::Amx {
+            assert_eq!(
+                err(PackedLinearWeight::with_layout(
+                    &v16,
+                    PackedLayout::AmxTiles
+                )),
+                Status::Unsupported
+            );
+        }
+        assert!(PackedLinearWeight::with_layout(&v16, PackedLayout::Plain).is_ok());
+        let Some(l) = panels_for(isa) else { return };
+        let (m, n, k) = (40, 257, 700);
+        let c = Case {
+            m,
+            n,
+            k,
+            dtype: DType::F32,
+            out_f32: false,
+            bias: Some(DType::F32),
+            x_pad: 0,
+            w_pad: 0,
+            out_pad: 0,
+        };
+        let d = make(&c, 11);
+        let p = PackedLinearWeight::with_layout(&d.w.view(&[n, k], &[k, 1]), l).unwrap();
+        assert_eq!(p.layout(), l);
+        let go = |threads: usize| {
+            with_threads(threads, || {
+                let mut out = Buf::from_f32(DType::F32, &vec![0.0; m * n]);
+                let b = d.b.as_ref().map(|b| b.view(&[n], &[1]));
+                linear_packed(
+                    &d.x.view(&[m, k], &[k, 1]),
+                    &p,
+                    b.as_ref(),
+                    &mut out.view_mut(&[m, n], &[n, 1]),
+                )
+                .unwrap();
+                out.bits()
+            })
+        };
+        assert_eq!(go(1), go(3), "{isa} panels: 1 vs 3 threads");
+    });
 }

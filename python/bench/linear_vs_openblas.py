@@ -54,7 +54,8 @@ def best(f, rounds):
 
 
 print(f"xpu-ops {xpu_ops.version()} ({xpu_ops.isa()}), numpy {np.__version__}, {args.threads} thread(s)")
-print(f"{'M':>5} {'K':>5} {'N':>6} | {'openblas f32':>12} | {'ours f32':>9} {'ratio':>6} | {'ours bf16':>9} {'vs f32 BLAS':>11}  (GFLOP/s)")
+print(f"{'M':>5} {'K':>5} {'N':>6} | {'openblas f32':>12} | {'ours f32':>9} {'ratio':>6} | {'packed f32':>10} {'ratio':>6} "
+      f"| {'ours bf16':>9} {'vs f32 BLAS':>11} | {'packed bf16':>11} {'vs f32 BLAS':>11}  (GFLOP/s)")
 shapes = [(m, k, n) for (k, n) in KN for m in MS] + [(512, 4096, 4096)]
 for m, k, n in shapes:
     rng = np.random.default_rng(0)
@@ -63,12 +64,16 @@ for m, k, n in shapes:
     xb, wb = x.astype(ml_dtypes.bfloat16), w.astype(ml_dtypes.bfloat16)
     y, yb = np.empty((m, n), np.float32), np.empty((m, n), ml_dtypes.bfloat16)
     wt = w.T
+    pw, pwb = xpu_ops.PackedLinearWeight(w), xpu_ops.PackedLinearWeight(wb)  # packed once, as at load
     rounds = args.rounds if m * n * k < 2**32 else 3
-    t_blas = t_ours = t_bf16 = float("inf")
-    for _ in range(2):  # alternate: BLAS, ours, ours bf16, twice
+    t_blas = t_ours = t_pack = t_bf16 = t_pbf16 = float("inf")
+    for _ in range(2):  # alternate: BLAS, ours (plain, packed) f32, bf16, twice
         t_blas = min(t_blas, best(lambda: np.matmul(x, wt, out=y), rounds))
         t_ours = min(t_ours, best(lambda: xpu_ops.linear(x, w, out=y), rounds))
+        t_pack = min(t_pack, best(lambda: xpu_ops.linear_packed(x, pw, out=y), rounds))
         t_bf16 = min(t_bf16, best(lambda: xpu_ops.linear(xb, wb, out=yb), rounds))
+        t_pbf16 = min(t_pbf16, best(lambda: xpu_ops.linear_packed(xb, pwb, out=yb), rounds))
     fl = 2.0 * m * n * k / 1e9
     print(f"{m:5d} {k:5d} {n:6d} | {fl / t_blas:12.1f} | {fl / t_ours:9.1f} {t_blas / t_ours:6.2f} | "
-          f"{fl / t_bf16:9.1f} {t_blas / t_bf16:11.2f}")
+          f"{fl / t_pack:10.1f} {t_blas / t_pack:6.2f} | {fl / t_bf16:9.1f} {t_blas / t_bf16:11.2f} | "
+          f"{fl / t_pbf16:11.1f} {t_blas / t_pbf16:11.2f}")

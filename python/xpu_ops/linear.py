@@ -115,8 +115,8 @@ def linear(x: Any, weight: Any, bias: Any = None, out: Any = None) -> Any:
 
 class PackedLinearWeight:
     """A ``[N, K]`` linear weight packed once (at load) for the ISA tier
-    active now (AMX tiles for bfloat16 on the amx tier, float32 panels on
-    avx2/avx512/amx, a plain copy otherwise); run it with
+    active now (AMX tiles for bfloat16 on the amx tier, a plain copy
+    otherwise); run it with
     :func:`linear_packed`. The source array is not referenced afterwards.
     Using it under a tier that cannot read its layout raises
     :class:`xpu_ops.Error` (UNSUPPORTED)."""

@@ -6,7 +6,8 @@
 //! Two regimes, chosen from the shape alone: decode (`M <= 16`) streams each
 //! weight byte once; larger `M` runs packed, cache-blocked microkernels
 //! (bf16 × bf16 through `vdpbf16ps` on AVX-512, or on the AMX tile unit on
-//! the `amx` tier: see [`crate::ops::linear_amx`]). Both accumulate in fp32, and
+//! the `amx` tier: see [`crate::ops::linear_amx`]; weights packed once at
+//! load for the tile unit: [`crate::ops::linear_packed`]). Both accumulate in fp32, and
 //! each output element's summation order depends only on the ISA tier, the
 //! regime and `K`: results are bit-identical for any thread count.
 //!

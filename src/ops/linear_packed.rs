@@ -10,12 +10,18 @@
 //!   rows, each 32-k step two 1 KiB tiles. Every `M` runs the tile GEMM (x is
 //!   packed once per call into a per-thread buffer kept between calls);
 //!   results are bit-identical to the unpacked amx path for `M > 16`.
-//! * `avx2` / `avx512` / `amx` tiers, f32 weight: f32 panels of the tier's
-//!   microkernel width (32 columns on avx512/amx, 16 on avx2), K in blocks of
-//!   256. Every `M` runs the tiled GEMM (the decode kernel needs plain rows);
-//!   results are bit-identical to the unpacked f32 GEMM (`M > 16`).
-//! * otherwise (generic tier, f16 weights, bf16 weights below amx): a plain
-//!   contiguous copy, run exactly as [`linear`](crate::linear).
+//! * otherwise: a plain contiguous copy, run exactly as
+//!   [`linear`](crate::linear).
+//! * on request ([`PackedLinearWeight::with_layout`]), `avx2` / `avx512` /
+//!   `amx` tiers, f32 weight: f32 panels of the tier's microkernel width (32
+//!   columns on avx512/amx, 16 on avx2), K in blocks of 256. Every `M` runs
+//!   the tiled GEMM (the decode kernel needs plain rows); results are
+//!   bit-identical to the unpacked f32 GEMM (`M > 16`). Not the default: it
+//!   measured no faster than the plain path (see `with_layout`).
+//!
+//! On the amx tier `M <= 4` is slower packed than plain (the tile GEMM
+//! against the weight-streaming decode kernel, ~0.7x at M = 1 with warm
+//! weights); from M = 16 the packed tiles are faster.
 //!
 //! A packed weight records its layout: a tiled layout used on a thread whose
 //! tier cannot read it (e.g. AMX tiles under `avx512`) fails with
@@ -137,6 +143,22 @@ impl PackedLinearWeight {
     /// Packs `weight` (`[N, K]`, f32/f16/bf16, K contiguous, any row stride)
     /// for the ISA tier active on this thread.
     pub fn new(weight: &TensorView) -> Result<Self> {
+        let layout = if active_isa() == Isa::Amx && weight.dtype() == DType::BF16 {
+            PackedLayout::AmxTiles
+        } else {
+            PackedLayout::Plain
+        };
+        Self::with_layout(weight, layout)
+    }
+
+    /// Packs `weight` into an explicit `layout`, which the active tier must
+    /// read ([`PackedLayout::runs_on`]): AMX tiles need a bf16 weight on the
+    /// amx tier, panels an f32 weight and the tier's panel width
+    /// (`Unsupported` otherwise). [`new`](Self::new) picks the layout
+    /// measured fastest: AMX tiles for bf16 on amx, else plain (f32 panels
+    /// measured 0.9-0.96x of the plain path at M = 512 and 0.8x at M = 1:
+    /// the per-tile panel copy they save is not the fp32 GEMM's bottleneck).
+    pub fn with_layout(weight: &TensorView, layout: PackedLayout) -> Result<Self> {
         let wl = weight.layout();
         check::on_cpu(&[("weight", wl)])?;
         check::rank(wl, "weight", 2, "[N, K]")?;
@@ -144,15 +166,20 @@ impl PackedLinearWeight {
         inner_contiguous(wl, "weight")?;
         let (n, k) = (wl.shape[0], wl.shape[1]);
         let isa = active_isa();
-        let layout = if isa == Isa::Amx && wl.dtype == DType::BF16 {
-            PackedLayout::AmxTiles
-        } else if wl.dtype == DType::F32 && panel_width(isa) > 0 {
-            PackedLayout::Panels {
-                nr: panel_width(isa),
-            }
-        } else {
-            PackedLayout::Plain
-        };
+        let ok = layout.runs_on(isa)
+            && match layout {
+                PackedLayout::Plain => true,
+                PackedLayout::AmxTiles => wl.dtype == DType::BF16,
+                PackedLayout::Panels { .. } => wl.dtype == DType::F32,
+            };
+        if !ok {
+            bail!(
+                Unsupported,
+                "layout `{}` is not available for a {} weight on ISA tier {isa}",
+                layout.name(),
+                wl.dtype
+            );
+        }
         let es = wl.dtype.size();
         let bytes = match layout {
             PackedLayout::Plain => n * k * es,
