@@ -1379,6 +1379,8 @@ fn varlen_head_sizes() {
 
 /// Chunked prefill gives the one-shot result bit for bit: each query row's
 /// computation depends only on its keys, which tiles walk from key 0 the same way.
+/// One exception: on the amx tier a chunk of a single query (bf16) runs the
+/// decode path instead of the tile kernel, so it matches within the tolerance.
 #[test]
 fn varlen_chunked_prefill_equals_one_shot() {
     for (dt, stored) in [
@@ -1407,18 +1409,31 @@ fn varlen_chunked_prefill_equals_one_shot() {
                     let mut out = Buf::zeros(dt, &c.out_shape());
                     let mut lse = Buf::zeros(DType::F32, &[8, b - a]);
                     c.run(&mut out, Some(&mut lse)).unwrap();
+                    let exact = !(isa == "amx" && dt == DType::BF16 && b - a == 1);
+                    let (atol, rtol) = tolerance(dt);
                     for idx in indices(&out.shape) {
-                        assert_eq!(
-                            out.view().get_bits(&idx),
-                            one.view().get_bits(&[a + idx[0], idx[1], idx[2]]),
-                            "{isa} {dt} chunk {a}..{b} {idx:?}"
-                        );
+                        let want_idx = [a + idx[0], idx[1], idx[2]];
+                        if exact {
+                            assert_eq!(
+                                out.view().get_bits(&idx),
+                                one.view().get_bits(&want_idx),
+                                "{isa} {dt} chunk {a}..{b} {idx:?}"
+                            );
+                        } else {
+                            let (g, w) = (out.get(&idx) as f64, one.get(&want_idx) as f64);
+                            assert!(
+                                (g - w).abs() <= 2.0 * (atol + rtol * w.abs()),
+                                "{isa} {dt} chunk {a}..{b} {idx:?}: {g} vs {w}"
+                            );
+                        }
                     }
                     for idx in indices(&lse.shape) {
-                        assert_eq!(
-                            lse.get(&idx).to_bits(),
-                            lse1.get(&[idx[0], a + idx[1]]).to_bits()
-                        );
+                        let (g, w) = (lse.get(&idx), lse1.get(&[idx[0], a + idx[1]]));
+                        if exact {
+                            assert_eq!(g.to_bits(), w.to_bits());
+                        } else {
+                            assert!((g - w).abs() <= 4e-4 * (1.0 + w.abs()), "lse {g} vs {w}");
+                        }
                     }
                 }
             }
