@@ -1377,6 +1377,25 @@ fn varlen_head_sizes() {
     }
 }
 
+/// bf16 prefill over a bf16 cache with head sizes 192/256/512 and work items of
+/// many 16-row tiles (on the amx tier: the tile kernel's multi-block, causal
+/// diagonal, window and sink paths, several work items per sequence).
+#[test]
+fn varlen_bf16_prefill_tiles() {
+    let sp = vspec(DType::BF16, DType::BF16, 8, 2, 256, 16, 301);
+    VarlenCase::new(sp, &[(150, 150), (1, 90), (70, 200)]).check();
+    let mut sp = vspec(DType::BF16, DType::BF16, 4, 1, 192, 32, 302);
+    sp.window = (77, -1);
+    sp.sinks = true;
+    sp.hnd = true;
+    VarlenCase::new(sp, &[(130, 260), (33, 33)]).check();
+    let mut sp = vspec(DType::BF16, DType::BF16, 2, 2, 512, 16, 303);
+    sp.causal = false;
+    sp.window = (40, 20);
+    sp.descale = 1;
+    VarlenCase::new(sp, &[(100, 180)]).check();
+}
+
 /// Chunked prefill gives the one-shot result bit for bit: each query row's
 /// computation depends only on its keys, which tiles walk from key 0 the same way.
 /// One exception: on the amx tier a chunk of a single query (bf16) runs the
