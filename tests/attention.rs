@@ -1394,6 +1394,26 @@ fn varlen_bf16_prefill_tiles() {
     sp.window = (40, 20);
     sp.descale = 1;
     VarlenCase::new(sp, &[(100, 180)]).check();
+    // Thread invariance of these paths (several work items and kv heads per call).
+    let mut sp = vspec(DType::BF16, DType::BF16, 8, 2, 128, 16, 304);
+    sp.sinks = true;
+    let c = VarlenCase::new(sp, &[(200, 260), (1, 50), (90, 90)]);
+    for isa in common::isas() {
+        let run = |threads: usize| {
+            with_threads(threads, || {
+                xpu_ops::with_isa(isa, || {
+                    let mut out = Buf::zeros(c.dtype, &c.out_shape());
+                    let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
+                    c.run(&mut out, Some(&mut lse)).unwrap();
+                    (out.data, lse.data)
+                })
+                .unwrap()
+            })
+        };
+        let one = run(1);
+        assert!(one == run(2), "{isa}: 2 threads differ");
+        assert!(one == run(3), "{isa}: 3 threads differ");
+    }
 }
 
 /// Chunked prefill gives the one-shot result bit for bit: each query row's
