@@ -37,6 +37,15 @@
 //! two-pass softmax and varlen its steps, so the documented tolerance holds
 //! unchanged (worst measured case 0.39 of it). See `XPU_OPS_ATTN_FAST`.
 //!
+//! AMX prefill ([`flash_attn_varlen_func`] on the amx tier: bf16 queries and
+//! cache, no softcap or ALiBi, head size a multiple of 64, work items of two
+//! or more queries): FlashAttention-2 on the tile unit (`TDPBF16PS`, exact
+//! bf16 products, fp32 accumulation, FTZ/DAZ), 64-key blocks aligned to key
+//! 0, exp in fp32 to ~2.5e-6 relative (below the bf16 rounding of P). Same
+//! tolerance; results independent of threads and of how prefill is chunked,
+//! except that a single-query chunk takes the decode path (another summation
+//! order, within the tolerance).
+//!
 //! [`reshape_and_cache`]: crate::reshape_and_cache
 
 use crate::dtype::DType;
@@ -63,8 +72,9 @@ const QUERY_DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 const VARLEN_TARGET_ROWS: usize = 32;
 /// The same on the AMX tier's tile kernel (bf16 queries and cache, no softcap
 /// or ALiBi, head size a multiple of 64), which repacks each K/V block once
-/// per item and reuses it across all the item's rows.
-const VARLEN_AMX_ROWS: usize = 256;
+/// per item and reuses it across all the item's rows (half for head sizes
+/// over 256).
+const VARLEN_AMX_ROWS: usize = 512;
 
 fn empty_args() -> sys::xk_attn_args {
     // SAFETY: the struct is plain data (integers, floats, raw pointers); all
@@ -1083,12 +1093,12 @@ pub fn flash_attn_varlen_func(
         && softcap == 0.0
         && alibi_slopes.is_none()
         && d % 64 == 0;
-    let qt = (if amx {
-        VARLEN_AMX_ROWS
-    } else {
-        VARLEN_TARGET_ROWS
-    } / g)
-        .max(1);
+    let target = match (amx, d <= 256) {
+        (true, true) => VARLEN_AMX_ROWS,
+        (true, false) => VARLEN_AMX_ROWS / 2, // O and Q of an item stay in L2
+        _ => VARLEN_TARGET_ROWS,
+    };
+    let qt = (target / g).max(1);
     let mut work: Vec<i32> = Vec::new();
     let mut max_rows = 0;
     let mut cost = 0usize;

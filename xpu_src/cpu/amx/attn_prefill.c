@@ -5,7 +5,10 @@
  * xk_attn_prefill_amx_install, which keeps the previous entries as the
  * fallback for everything this file does not handle (fp8 caches, f32/f16
  * queries, softcap, ALiBi, head sizes that are not a multiple of 64, paged
- * layouts).
+ * layouts) and for work items of a single query (decode rows: the previous
+ * entry's DRAM-bound decode path; repacking K/V would not be repaid). Such
+ * a row's result differs from the same row computed in a prefill item by
+ * summation order only, within the documented tolerance.
  *
  * Per grid block (a work item = queries i0..i1 of one sequence, and one or
  * more kv heads), per kv head: the R = (i1 - i0) * G query rows of the GQA
@@ -161,21 +164,20 @@ AP_INLINE void ap_transpose16(__m512i r[16]) {
   for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
-/* exp(x) for softmax arguments (<= 0, or -inf -> 0); Cody-Waite + degree-6
- * polynomial, as attention.c's xa_exp16. */
-AP_INLINE __m512 ap_exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), x);
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+/* 2^x for softmax arguments in log2 units (<= 0, or -inf -> 0): x = k + f,
+ * |f| <= 1/2, 2^f by its degree-5 Taylor polynomial (relative error
+ * < 2.5e-6, far below the bf16 rounding of P), times 2^k by vscalefps.
+ * Under FTZ, results below 2^-126 are 0. */
+AP_INLINE __m512 ap_exp2_16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
+  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, k);
+  __m512 p = _mm512_set1_ps(1.3333558146e-3f); /* ln2^5 / 120 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f)); /* ln2^4 / 24 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f)); /* ln2^3 / 6 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f)); /* ln2^2 / 2 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f)); /* ln2 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, k);
 }
 
@@ -307,7 +309,7 @@ AP_INLINE void ap_pv_step(const ap_ws *w, int64_t r0, int64_t D, int64_t st) {
 /* Online softmax of row r over the block's logits S (unscaled); writes bf16 P
  * and rescales O. The max is taken over S and scaled once (rounding is
  * monotonic, so that is the max of the scaled logits); exp(s * scale - m)
- * is one FMA away. */
+ * is 2^(one FMA). */
 AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scale, int mask, int64_t D) {
   enum { NV = AP_KB / 16 };
   const float *sr = w->s + r * AP_KB;
@@ -338,10 +340,11 @@ AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scal
     return;
   }
   const float alpha = m_old == m_new ? 1.0f : expf(m_old - m_new);
-  const __m512 mn = _mm512_set1_ps(-m_new), sc = _mm512_set1_ps(scale);
+  const float L2E = 1.44269504088896341f;
+  const __m512 mn = _mm512_set1_ps(-m_new * L2E), sc = _mm512_set1_ps(scale * L2E);
   __m512 sum = _mm512_setzero_ps();
   for (int v = 0; v < NV; v++) {
-    const __m512 e = ap_exp16(_mm512_fmadd_ps(x[v], sc, mn));
+    const __m512 e = ap_exp2_16(_mm512_fmadd_ps(x[v], sc, mn));
     sum = _mm512_add_ps(sum, e);
     _mm256_storeu_si256((__m256i *)(pr + 16 * v), (__m256i)_mm512_cvtneps_pbh(e));
   }
@@ -459,21 +462,52 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, int64_t seq, int64_t kvh, i
   }
 }
 
+/* Work items of one query (decode rows) stay on the previous table entry
+ * (the DRAM-bound decode path); the tile kernel needs several queries per
+ * item to repay its K/V repacking. */
+static inline int ap_decode_item(const xk_attn_args *a, int64_t b) {
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, item = b / (a->num_kv_heads / KG);
+  return a->work[3 * item + 2] - a->work[3 * item + 1] <= 1;
+}
+
 static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
   if (!ap_applies(a)) {
     ap_prev_varlen(a, workspace, begin, end);
     return;
   }
+  /* decode items first, in runs of consecutive grid blocks, as the previous entry would take them */
+  int64_t tiles = 0;
+  for (int64_t b = begin; b < end;) {
+    if (!ap_decode_item(a, b)) {
+      tiles++;
+      b++;
+      continue;
+    }
+    int64_t e = b + 1;
+    while (e < end && ap_decode_item(a, e)) e++;
+    ap_prev_varlen(a, workspace, b, e);
+    b = e;
+  }
+  if (!tiles) return;
   ap_ws w;
   ap_layout(a, (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63), &w);
   const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = a->num_kv_heads / KG;
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | 0x8040u); /* FTZ + DAZ: exp underflow (masked keys) must not take microcode assists */
   ap_tile_config(); /* per-thread state */
-  for (int64_t b = begin; b < end; b++) {
-    const int64_t item = b / NG, kvh0 = (b % NG) * KG;
-    const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
-    for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, seq, kvh0 + kvl, i0, i1);
+  /* kv heads outer: consecutive items of a head re-read the same keys and
+   * values, which then stay in L2 (blocks write disjoint outputs; the order
+   * does not change any result) */
+  for (int64_t kg = 0; kg < NG; kg++) {
+    for (int64_t b = begin + ((kg - begin % NG) % NG + NG) % NG; b < end; b += NG) {
+      if (ap_decode_item(a, b)) continue;
+      const int64_t item = b / NG, kvh0 = (b % NG) * KG;
+      const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+      for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, seq, kvh0 + kvl, i0, i1);
+    }
   }
   _tile_release();
+  _mm_setcsr(csr);
 }
 
 void xk_attn_prefill_amx_install(xk_kernel_table *t) {
