@@ -562,6 +562,7 @@ double xk_probe_bf16_amx(int64_t iters, xk_probe_result *sink) {
 
 int64_t xk_attn_workspace_amx(const xk_attn_args *a);                              /* attn_decode.c */
 void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
+void xk_attn_varlen_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
 
 void xk_amx_table_init(xk_kernel_table *t) {
   *t = xk_kernels_avx512;
@@ -571,4 +572,5 @@ void xk_amx_table_init(xk_kernel_table *t) {
   t->probe_bf16 = xk_probe_bf16_amx;
   t->attn_workspace = xk_attn_workspace_amx;
   t->attn_paged = xk_attn_paged_amx;
+  t->attn_varlen = xk_attn_varlen_amx;
 }
