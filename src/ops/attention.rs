@@ -38,7 +38,8 @@
 //! unchanged (worst measured case 0.39 of it). See `XPU_OPS_ATTN_FAST`.
 //!
 //! AMX decode path (the `amx` tier with the fast path allowed; v1/v2 with
-//! bf16 queries over bf16 caches, block size a multiple of 16, head size a
+//! bf16 queries over bf16 or fp8 caches (fp8 widened to bf16 exactly),
+//! block size a multiple of 16, head size a
 //! multiple of 16, at most 16 query heads per KV head): Q·Kᵀ and P·V run on
 //! `TDPBF16PS` (exact bf16 products, fp32 sums in tile order) with the same
 //! rounding points (fp32 logits and softmax, probabilities rounded to bf16,

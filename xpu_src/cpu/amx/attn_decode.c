@@ -64,7 +64,7 @@
 #define AD_DO_PV 1
 #endif
 #ifndef AD_FP8
-#define AD_FP8 0 /* fp8 caches on this path (else the avx512 fast path) */
+#define AD_FP8 1 /* fp8 caches on this path (0: the avx512 fast path) */
 #endif
 #ifndef AD_VLAG
 #define AD_VLAG 2 /* fp8 values: groups staged ahead of their tiles */
