@@ -46,6 +46,15 @@
 //! except that a single-query chunk takes the decode path (another summation
 //! order, within the tolerance).
 //!
+//! AMX decode path (the `amx` tier with the fast path allowed; v1/v2 with
+//! bf16 queries over bf16 or fp8 caches (fp8 widened to bf16 exactly),
+//! block size a multiple of 16, head size a
+//! multiple of 16, at most 16 query heads per KV head): Q·Kᵀ and P·V run on
+//! `TDPBF16PS` (exact bf16 products, fp32 sums in tile order) with the same
+//! rounding points (fp32 logits and softmax, probabilities rounded to bf16,
+//! one rounding of the output); results stay within the tolerance above and
+//! do not depend on the thread count. See `xpu_src/cpu/amx/attn_decode.c`.
+//!
 //! [`reshape_and_cache`]: crate::reshape_and_cache
 
 use crate::dtype::DType;
