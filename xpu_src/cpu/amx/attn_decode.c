@@ -33,9 +33,9 @@
  * arithmetic is fixed by the call alone, so results do not depend on
  * threads or units.
  *
- * A prefetch cursor walks the cache spans in the order the tiles consume
- * them (keys of a unit group by group, then values pass by pass, then the
- * next unit) a fixed distance ahead: block tables are shuffled.
+ * No software prefetch: each cache block is read as one contiguous span,
+ * which the hardware prefetchers follow; a cursor walking the spans a fixed
+ * distance ahead (several distances and hints) measured no better.
  */
 #include <float.h>
 #include <math.h>
@@ -47,22 +47,7 @@
 
 #define AD_INLINE static inline __attribute__((always_inline))
 #define AD_FTZ_DAZ 0x8040u
-#ifndef AD_PF_DIST
-#define AD_PF_DIST 0 /* software prefetch distance, bytes (0: the hardware prefetchers only, measured best) */
-#endif
-#ifndef AD_PF_STEP
-#define AD_PF_STEP 64 /* bytes between software prefetches */
-#endif
-#ifndef AD_PF_HINT
-#define AD_PF_HINT _MM_HINT_T1
-#endif
 #define AD_LG_BUDGET (1 << 20) /* logits + probabilities of a unit */
-#ifndef AD_DO_QK
-#define AD_DO_QK 1 /* harness knobs */
-#endif
-#ifndef AD_DO_PV
-#define AD_DO_PV 1
-#endif
 #ifndef AD_FP8
 #define AD_FP8 1 /* fp8 caches on this path (0: the avx512 fast path) */
 #endif
@@ -188,94 +173,6 @@ static void ad_config(int64_t gp, int64_t abytes, int64_t brows) {
   _tile_loadconfig(&c);
   __asm__ volatile("" ::: "memory");
 }
-
-/* ---- prefetch cursor ---------------------------------------------------------- */
-
-typedef struct ad_pf {
-  const xk_attn_args *a;
-  const ad_geom *g;
-  int64_t b, end; /* next grid block to open */
-  int done;
-  int64_t k0, nk, t0, t1;
-  const int32_t *bt;
-  int phase;        /* 0: keys, 1: values of the unit's blocks */
-  int64_t tok;      /* first token of the next span's block */
-  const char *base; /* current span: nrows rows of rbytes, rstride apart */
-  int64_t nrows, rstride, rbytes, row, off;
-  int64_t ahead, dist;
-} ad_pf;
-
-static void ad_pf_open(ad_pf *p);
-
-/* Sets the current span (one cache block: its keys or values of the unit's
- * kv heads), then advances to the next block. */
-static void ad_pf_span(ad_pf *p) {
-  const xk_attn_args *a = p->a;
-  const ad_geom *g = p->g;
-  if (p->tok >= p->t1) {
-    if (p->phase == 1) {
-      ad_pf_open(p);
-      return;
-    }
-    p->phase = 1;
-    p->tok = p->t0 - p->t0 % g->bs;
-  }
-  const int64_t blk = p->bt[(p->tok / g->bs) * a->block_tables_stride_block];
-  const int64_t *st = p->phase ? a->value_cache_strides : a->key_cache_strides;
-  const char *cache = (const char *)(p->phase ? a->value_cache : a->key_cache);
-  p->base = cache + (blk * st[0] + p->k0 * st[1]) * g->es;
-  p->nrows = p->nk;
-  p->rstride = st[1] * g->es;
-  p->rbytes = g->D * g->bs * g->es;
-  if (p->rstride == p->rbytes) {
-    p->rbytes *= p->nrows;
-    p->nrows = 1;
-  }
-  p->row = p->off = 0;
-  p->tok += g->bs - p->tok % g->bs;
-}
-
-/* Opens the first unit at or after p->b with tokens. */
-static void ad_pf_open(ad_pf *p) {
-  const xk_attn_args *a = p->a;
-  while (p->b < p->end) {
-    int64_t seq, part, k0, nk, t0, t1;
-    p->b = ad_unit(a, p->g, p->b, p->end, &seq, &part, &k0, &nk, &t0, &t1);
-    if (t1 <= t0) continue;
-    p->k0 = k0;
-    p->nk = nk;
-    p->t0 = t0;
-    p->t1 = t1;
-    p->bt = a->block_tables + seq * a->block_tables_stride_seq;
-    p->phase = 0;
-    p->tok = t0 - t0 % p->g->bs;
-    ad_pf_span(p);
-    return;
-  }
-  p->done = 1;
-}
-
-/* Issues up to `lines` prefetches while less than dist bytes are ahead. */
-AD_INLINE void ad_pf_pump(ad_pf *p, int64_t lines) {
-  if (AD_PF_DIST == 0) return;
-  while (lines-- > 0 && p->ahead < p->dist && !p->done) {
-    _mm_prefetch(p->base + p->row * p->rstride + p->off, AD_PF_HINT);
-    p->off += AD_PF_STEP;
-    p->ahead += AD_PF_STEP;
-    if (p->off >= p->rbytes) {
-      p->off = 0;
-      if (++p->row == p->nrows) ad_pf_span(p);
-    }
-  }
-}
-
-/* Bytes of the unit's blocks in [t0, t1) of one phase (what the cursor walks). */
-static int64_t ad_pf_phase_bytes(const ad_geom *g, int64_t nk, int64_t t0, int64_t t1) {
-  const int64_t nblk = (t1 - 1) / g->bs - t0 / g->bs + 1;
-  return nblk * nk * g->D * g->bs * g->es;
-}
-
-AD_INLINE void ad_pf_eat(ad_pf *p, int64_t bytes) { p->ahead -= bytes; }
 
 /* ---- fp8 -> bf16 ------------------------------------------------------------- */
 
@@ -437,7 +334,7 @@ static void ad_softmax(const xk_attn_args *a, const ad_geom *g, float *lg, uint3
  * nch chunks; A_i(c) at A[i] + c * achunk (16 rows, astride apart), B(c) at
  * qv + c * bstep (brows pair rows of gp). Stores C_i to lg + 16 i gp. */
 static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t achunk, int64_t astride,
-                  const uint32_t *qv, int64_t bstep, int64_t gp, float *lg, ad_pf *pf, int64_t lines) {
+                  const uint32_t *qv, int64_t bstep, int64_t gp, float *lg) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -460,7 +357,6 @@ static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t a
       _tile_loadd(5, A[3] + (c) * achunk, astride);                    \
       _tile_dpbf16ps(3, 5, BT);                                        \
     }                                                                  \
-    ad_pf_pump(pf, lines);                                             \
   } while (0)
   int64_t c = 0;
   for (; c + 2 <= nch; c += 2) {
@@ -491,17 +387,8 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
   ad_cvt cv;
   memset(&cv, 0, sizeof cv);
   if (fp8) ad_cvt_init(&cv, a->cache_dtype);
-  ad_pf pf;
-  memset(&pf, 0, sizeof pf);
-  pf.a = a;
-  pf.g = &g;
-  pf.b = begin;
-  pf.end = end;
-  pf.dist = AD_PF_DIST;
-  ad_pf_open(&pf);
   const int64_t kab = fp8 ? 32 : 16;           /* A row bytes of a key chunk */
   const int64_t nch = fp8 ? D / 16 : D / 8;    /* key chunks */
-  const int64_t kgrp = 16 * D * es;            /* key bytes of a group and kv head */
   const int64_t npass = (D + 63) / 64;
   float mx[16], sm[16];
   for (int64_t b = begin; b < end;) {
@@ -530,7 +417,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
      * step ahead (a tile load right after the stores that wrote its data
      * waits for them to drain). */
     if (ng16) ad_config(gp, kab, kab / 4);
-    const int64_t nsteps = (ng16 + AD_NB - 1) / AD_NB * nk * AD_DO_QK;
+    const int64_t nsteps = (ng16 + AD_NB - 1) / AD_NB * nk;
 #define AD_KSTAGE(st)                                                                                        \
   do {                                                                                                       \
     const int64_t gb_ = (st) / nk * AD_NB, kvl_ = (st) % nk, nb_ = ad_min(AD_NB, ng16 - gb_);                \
@@ -544,8 +431,6 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
     if (fp8 && nsteps) AD_KSTAGE(0);
     for (int64_t st = 0; st < nsteps; st++) {
       const int64_t gb = st / nk * AD_NB, kvl = st % nk, nb = ad_min(AD_NB, ng16 - gb);
-      if (kvl == 0) ad_pf_eat(&pf, nb * kgrp * nk);
-      const int64_t lines = (nb * kgrp + 63) / 64 / nch + 1;
       if (fp8 && st + 1 < nsteps) AD_KSTAGE(st + 1);
       const char *A[AD_NB];
       for (int64_t i = 0; i < nb; i++) {
@@ -558,7 +443,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       }
       for (int64_t i = nb; i < AD_NB; i++) A[i] = A[0];
       ad_qk(A, nb, nch, fp8 ? 512 : ks[2] * es, kab, qv + kvl * (D / 2) * gp, kab / 4 * gp, gp,
-            lgb + (kvl * g.Lp + 16 * gb) * gp, &pf, lines);
+            lgb + (kvl * g.Lp + 16 * gb) * gp);
     }
 #undef AD_KSTAGE
     /* softmax per kv head */
@@ -582,17 +467,13 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
         }
       }
     }
-    if (ng16) ad_pf_eat(&pf, ad_pf_phase_bytes(&g, nk, t0, t1) - ng16 * kgrp * nk); /* the last block's rest */
     /* P.V: batches of AD_VB groups of tw tokens, block-major; each (kv head,
      * 64-dim pass) accumulator lives in C tiles over a batch and is spilled
      * to cacc between batches (the sums keep the token order). */
     const int64_t nj = (n + tw - 1) / tw, nlast = n - (nj - 1) * tw;
-    const int64_t vgrp = tw * D * es; /* value bytes of a group and kv head */
     if (nj) ad_config(gp, 2 * tw, tw / 2);
     for (int64_t jb = 0; jb < nj; jb += AD_VB) {
       const int64_t nbj = ad_min(AD_VB, nj - jb);
-      ad_pf_eat(&pf, nbj * vgrp * nk);
-      const int64_t lines = (nbj * vgrp + 63) / 64 / (npass * nbj) + 1;
       const char *vb0[AD_VB];
       for (int64_t i = 0; i < nbj; i++) {
         const int64_t tok = t0 + (jb + i) * tw, blk = bt[(tok / bs) * btb];
@@ -617,7 +498,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
             _mm512_mask_storeu_epi16((uint16_t *)vlast + d * tw, tw == 32 ? ~(__mmask32)0 : 0xFFFF, v);
           }
         }
-        for (int64_t s = 0; s < npass * AD_DO_PV; s++) {
+        for (int64_t s = 0; s < npass; s++) {
           const int64_t ns = ad_min(4, (D - 64 * s) / 16);
           float *o = cacc + (kvl * D + 64 * s) * gp;
           const int64_t cs = 4 * gp;
@@ -675,7 +556,6 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
             else
               AD_PV_STEP(6);
 #undef AD_PV_STEP
-            ad_pf_pump(&pf, lines);
           }
           _tile_stored(0, o, cs);
           if (ns > 1) _tile_stored(1, o + 16 * gp, cs);
@@ -685,7 +565,6 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       }
     }
 #undef AD_VSTAGE
-    if (nj) ad_pf_eat(&pf, ad_pf_phase_bytes(&g, nk, t0, t1) - nj * vgrp * nk);
     if (!nj) memset(cacc, 0, (size_t)(nk * D * gp) * sizeof(float));
     for (int64_t kvl = 0; kvl < nk; kvl++) {
       const int64_t kvh = k0 + kvl;
@@ -709,297 +588,10 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
   _mm_setcsr(csr);
 }
 
-/* ---- flash_attn_varlen_func decode batches ---------------------------------------
- *
- * Flash layout [blocks][bs][Hkv][D]: a token's key row is contiguous, so
- * 16 tokens x 32 dims load as one A tile (row stride = the token stride)
- * against the queries' 32 dims as 16 VNNI pair rows x Gp (logits^T, K = 32
- * per TDPBF16PS). P.V computes out[Gp][16 dims] = P[Gp][32 tokens] .
- * V-VNNI, the value rows of each token pair interleaved into a staged B
- * (one 32-token chunk ahead of the tiles that read it). Decode-only calls
- * (one query per work item), bf16 queries and caches, no softcap, alibi,
- * window or sinks; the softmax is two-pass over the whole context (the
- * reference's rounding points: probabilities exp(s - max) rounded to bf16,
- * out = P.V / l, LSE = max + log l). Else the avx512 kernels run.
- *
- * OFF by default (AD_VARLEN 0): it is within the tolerance (every varlen
- * test passes with it on except one), but a decode row then differs in its
- * last bits from the same row computed inside a prefill batch, which
- * varlen_chunked_prefill_equals_one_shot requires bit for bit; and same-run
- * it measured no clear gain over the avx512 fast path under load. */
-#ifndef AD_VARLEN
-#define AD_VARLEN 0
-#endif
-
-static int ad_varlen_ok(const xk_attn_args *a) {
-  if (!AD_VARLEN) return 0;
-  if (a->kind != XK_ATTN_VARLEN || !a->fast || a->layout != XK_LAYOUT_FLASH || a->dtype != XK_BF16 ||
-      a->cache_dtype != XK_BF16)
-    return 0;
-  if (a->num_kv_heads <= 0 || a->num_heads % a->num_kv_heads) return 0;
-  const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size, KG = a->kv_group > 0 ? a->kv_group : 1;
-  if (G > 16 || KG > 16 || D % 32 || D > 512 || a->block_size % 16 || a->block_size <= 0) return 0;
-  if (a->softcap > 0.0f || a->alibi_slopes || a->s_aux || a->window_left >= 0 || a->window_right >= 0) return 0;
-  if (a->max_rows != G * KG) return 0; /* one query per work item */
-  return a->key_cache_strides[3] == 1 && a->value_cache_strides[3] == 1;
-}
-
-typedef struct ad_vgeom {
-  int64_t G, Gp, D, KG, Lp;
-  int64_t qv, lg, p16, acc, vst, row, total;
-} ad_vgeom;
-
-#define AD_VC 32 /* tokens per P.V chunk */
-#define AD_VCB 4 /* chunks per P.V batch */
-
-static ad_vgeom ad_vlayout(const xk_attn_args *a) {
-  ad_vgeom g;
-  g.G = a->num_heads / a->num_kv_heads;
-  g.Gp = ad_gp(g.G);
-  g.D = a->head_size;
-  g.KG = a->kv_group > 0 ? a->kv_group : 1;
-  int64_t L = 1;
-  for (int64_t s = 0; s < a->num_seqs; s++) L = ad_max(L, a->seq_lens[s]);
-  g.Lp = ad_up(L, 128);
-  int64_t off = 0;
-  g.qv = off;
-  off += ad_al(g.KG * (g.D / 2) * g.Gp * 4);
-  g.lg = off;
-  off += ad_al(g.Lp * g.Gp * 4);
-  g.p16 = off;
-  off += ad_al(g.KG * g.Gp * g.Lp * 2);
-  g.acc = off;
-  off += ad_al(g.KG * g.Gp * g.D * 4);
-  g.vst = off;
-  off += ad_al(2 * AD_VCB * 16 * g.D * 4);
-  g.row = off;
-  off += ad_al(g.D * 4);
-  g.total = off + 64;
-  return g;
-}
-
-/* Softmax of lg[n][gp] (times sc) without normalising: p16[h][t] = bf16(exp(s - m_h)),
- * zero for t in [n, ad_up(n, AD_VC)); m[h], l[h] = max and fp32 sum. */
-static void ad_vsoftmax(float *lg, int64_t gp, int64_t n, float sc, uint16_t *p16, int64_t Lp, float *m, float *l) {
-  const int64_t vt = 16 / gp, nvec = ad_up(n, 32) * gp / 16;
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i ltok = _mm512_srli_epi32(lane, __builtin_ctzll((unsigned long long)gp));
-  const __m512 vsc = _mm512_set1_ps(sc);
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  for (int64_t i = 0; i < nvec; i++) {
-    const __m512i tok = _mm512_add_epi32(ltok, _mm512_set1_epi32((int)(i * vt)));
-    const __mmask16 valid = _mm512_cmplt_epi32_mask(tok, _mm512_set1_epi32((int)n));
-    const __m512 x = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, _mm512_mul_ps(_mm512_loadu_ps(lg + 16 * i), vsc));
-    _mm512_storeu_ps(lg + 16 * i, x);
-    vmax = _mm512_max_ps(vmax, x);
-  }
-  vmax = ad_fold(vmax, gp, 1);
-  const __mmask16 fin = _mm512_cmp_ps_mask(vmax, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-  const __m512 vm0 = _mm512_maskz_mov_ps(fin, vmax); /* rows without keys: nothing is valid */
-  __m512 vsum = _mm512_setzero_ps();
-  for (int64_t i = 0; i < nvec; i++) {
-    const __m512 x = _mm512_loadu_ps(lg + 16 * i);
-    const __mmask16 valid = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-    const __m512 e = _mm512_maskz_mov_ps(valid, ad_exp16(_mm512_sub_ps(x, vm0)));
-    vsum = _mm512_add_ps(vsum, e);
-    _mm512_storeu_ps(lg + 16 * i, e);
-  }
-  vsum = ad_fold(vsum, gp, 0);
-  /* round to bf16 and transpose to [head][token] */
-  const int64_t nt = ad_up(n, AD_VC);
-  for (int64_t i = 0; i < nvec; i += 2) {
-    _Alignas(64) uint16_t b[32];
-    _mm256_store_si256((__m256i *)b, ad_bf16(_mm512_loadu_ps(lg + 16 * i)));
-    _mm256_store_si256((__m256i *)(b + 16), ad_bf16(_mm512_loadu_ps(lg + 16 * i + 16)));
-    const int64_t t0 = i * vt;
-    for (int k = 0; k < 32; k++) p16[(k % gp) * Lp + t0 + k / gp] = b[k];
-  }
-  for (int64_t h = 0; h < gp; h++)
-    for (int64_t t = ad_up(n, 32); t < nt; t++) p16[h * Lp + t] = 0;
-  _Alignas(64) float m16[16], s16[16];
-  _mm512_store_ps(m16, vmax);
-  _mm512_store_ps(s16, vsum);
-  for (int64_t h = 0; h < gp; h++) {
-    m[h] = m16[h];
-    l[h] = s16[h];
-  }
-}
-
-/* Value rows of tokens [t, t + 32) of kv head kvh as 16 VNNI rows of pairs
- * over the whole head: dst[u][d] = (v[t + 2u][d], v[t + 2u + 1][d]); tokens >= n are 0. */
-static void ad_vstage(const xk_attn_args *a, const int32_t *bt, int64_t kvh, int64_t t, int64_t n, int64_t D,
-                      uint32_t *dst) {
-  const int64_t *vs = a->value_cache_strides, bs = a->block_size, btb = a->block_tables_stride_block;
-  static const int16_t il[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
-                                 8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  const __m512i i0 = _mm512_loadu_si512((const void *)il);
-  const __m512i i1 = _mm512_add_epi16(i0, _mm512_set1_epi16(16));
-  for (int64_t u = 0; u < 16; u++) {
-    const int64_t ta = t + 2 * u, tb = ta + 1;
-    const uint16_t *ra = NULL, *rb = NULL;
-    if (ta < n) ra = (const uint16_t *)a->value_cache + bt[(ta / bs) * btb] * vs[0] + (ta % bs) * vs[1] + kvh * vs[2];
-    if (tb < n) rb = (const uint16_t *)a->value_cache + bt[(tb / bs) * btb] * vs[0] + (tb % bs) * vs[1] + kvh * vs[2];
-    for (int64_t d = 0; d < D; d += 32) {
-      const __m512i va = ra ? _mm512_loadu_si512((const void *)(ra + d)) : _mm512_setzero_si512();
-      const __m512i vb = rb ? _mm512_loadu_si512((const void *)(rb + d)) : _mm512_setzero_si512();
-      _mm512_storeu_si512((void *)(dst + u * D + d), _mm512_permutex2var_epi16(va, i0, vb));
-      _mm512_storeu_si512((void *)(dst + u * D + d + 16), _mm512_permutex2var_epi16(va, i1, vb));
-    }
-  }
-}
-
-static void ad_config_pv(int64_t gp) {
-  _Alignas(64) ad_cfg c;
-  memset(&c, 0, sizeof c);
-  c.palette = 1;
-  for (int i = 0; i < 4; i++) { /* C: out[gp][16 dims] */
-    c.rows[i] = (uint8_t)gp;
-    c.colsb[i] = 64;
-  }
-  for (int i = 4; i < 6; i++) { /* A: P[gp][32 tokens] */
-    c.rows[i] = (uint8_t)gp;
-    c.colsb[i] = 64;
-  }
-  for (int i = 6; i < 8; i++) { /* B: 16 token pairs x 16 dims */
-    c.rows[i] = 16;
-    c.colsb[i] = 64;
-  }
-  _tile_loadconfig(&c);
-  __asm__ volatile("" ::: "memory");
-}
-
-static void ad_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t end) {
-  const ad_vgeom g = ad_vlayout(a);
-  const int64_t G = g.G, gp = g.Gp, D = g.D, KG = g.KG, Hkv = a->num_kv_heads, NG = Hkv / KG;
-  const int64_t bs = a->block_size, btb = a->block_tables_stride_block, Lp = g.Lp;
-  const int64_t *ks = a->key_cache_strides;
-  uint32_t *qv = (uint32_t *)(base + g.qv), *vst = (uint32_t *)(base + g.vst);
-  float *lg = (float *)(base + g.lg), *acc = (float *)(base + g.acc), *row = (float *)(base + g.row);
-  uint16_t *p16 = (uint16_t *)(base + g.p16);
-  const unsigned csr = _mm_getcsr();
-  _mm_setcsr(csr | AD_FTZ_DAZ);
-  const int64_t nch = D / 32, npass = (D + 63) / 64;
-  float mh[16 * 16], lh[16 * 16];
-  ad_pf pf; /* unused here (AD_PF_DIST 0): ad_qk takes one */
-  memset(&pf, 0, sizeof pf);
-  pf.done = 1;
-  for (int64_t b = begin; b < end; b++) {
-    const int64_t item = b / NG, kvh0 = (b % NG) * KG;
-    const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1];
-    const int64_t qtok = a->cu_seqlens_q[seq] + i0, n = a->seq_lens[seq];
-    const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
-    for (int64_t kvl = 0; kvl < KG; kvl++) {
-      uint32_t *q = qv + kvl * (D / 2) * gp;
-      for (int64_t h = 0; h < gp; h++) {
-        const char *src = h < G ? (const char *)a->query +
-                                      (qtok * a->q_stride_token + ((kvh0 + kvl) * G + h) * a->q_stride_head) * 2
-                                : NULL;
-        for (int64_t p = 0; p < D / 2; p++) {
-          uint32_t v = 0;
-          if (src) memcpy(&v, src + 4 * p, 4);
-          q[p * gp + h] = v;
-        }
-      }
-    }
-    const int64_t ng16 = (n + 15) / 16;
-    for (int64_t kvl = 0; kvl < KG; kvl++) {
-      const int64_t kvh = kvh0 + kvl;
-      /* Q.K: batches of 4 groups of 16 tokens */
-      if (ng16) ad_config(gp, 64, 16);
-      for (int64_t gb = 0; gb < ng16; gb += AD_NB) {
-        const int64_t nb = ad_min(AD_NB, ng16 - gb);
-        const char *A[AD_NB];
-        for (int64_t i = 0; i < nb; i++) {
-          const int64_t tok = 16 * (gb + i), blk = bt[(tok / bs) * btb];
-          A[i] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1] + kvh * ks[2]) * 2;
-        }
-        for (int64_t i = nb; i < AD_NB; i++) A[i] = A[0];
-        ad_qk(A, nb, nch, 64, ks[1] * 2, qv + kvl * (D / 2) * gp, 16 * gp, gp, lg + 16 * gb * gp, &pf, 0);
-      }
-      const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
-      ad_vsoftmax(lg, gp, n, a->scale * ksc, p16 + kvl * gp * Lp, Lp, mh + 16 * kvl, lh + 16 * kvl);
-    }
-    /* P.V: batches of AD_VCB chunks of 32 tokens, values staged one batch ahead */
-    const int64_t nc = (n + AD_VC - 1) / AD_VC, nbt = (nc + AD_VCB - 1) / AD_VCB, nsteps = nbt * KG;
-    const int64_t slot = AD_VCB * 16 * D; /* u32 per staged batch */
-#define AD_VSTG(st)                                                                           \
-  do {                                                                                        \
-    const int64_t cb_ = (st) / KG * AD_VCB, kvl_ = (st) % KG;                                 \
-    for (int64_t c_ = 0; c_ < AD_VCB && cb_ + c_ < nc; c_++)                                  \
-      ad_vstage(a, bt, kvh0 + kvl_, (cb_ + c_) * AD_VC, n, D, vst + ((st) & 1) * slot + c_ * 16 * D); \
-  } while (0)
-    if (nsteps) {
-      ad_config_pv(gp);
-      AD_VSTG(0);
-    }
-    for (int64_t st = 0; st < nsteps; st++) {
-      const int64_t cb = st / KG * AD_VCB, kvl = st % KG, ncb = ad_min(AD_VCB, nc - cb);
-      if (st + 1 < nsteps) AD_VSTG(st + 1);
-      const uint32_t *bsrc = vst + (st & 1) * slot;
-      const uint16_t *P = p16 + kvl * gp * Lp + cb * AD_VC;
-      for (int64_t s = 0; s < npass; s++) {
-        const int64_t ns = ad_min(4, (D - 64 * s) / 16);
-        float *o = acc + kvl * gp * D + 64 * s;
-        const int64_t os = D * 4;
-        if (cb == 0) {
-          _tile_zero(0);
-          _tile_zero(1);
-          _tile_zero(2);
-          _tile_zero(3);
-        } else {
-          _tile_loadd(0, o, os);
-          if (ns > 1) _tile_loadd(1, o + 16, os);
-          if (ns > 2) _tile_loadd(2, o + 32, os);
-          if (ns > 3) _tile_loadd(3, o + 48, os);
-        }
-        for (int64_t c = 0; c < ncb; c++) {
-          const uint32_t *B = bsrc + c * 16 * D + 64 * s;
-          _tile_loadd(4, P + c * AD_VC, Lp * 2);
-          _tile_loadd(6, B, D * 4);
-          _tile_dpbf16ps(0, 4, 6);
-          if (ns > 1) {
-            _tile_loadd(7, B + 16, D * 4);
-            _tile_dpbf16ps(1, 4, 7);
-          }
-          if (ns > 2) {
-            _tile_loadd(6, B + 32, D * 4);
-            _tile_dpbf16ps(2, 4, 6);
-          }
-          if (ns > 3) {
-            _tile_loadd(7, B + 48, D * 4);
-            _tile_dpbf16ps(3, 4, 7);
-          }
-        }
-        _tile_stored(0, o, os);
-        if (ns > 1) _tile_stored(1, o + 16, os);
-        if (ns > 2) _tile_stored(2, o + 32, os);
-        if (ns > 3) _tile_stored(3, o + 48, os);
-      }
-    }
-#undef AD_VSTG
-    for (int64_t kvl = 0; kvl < KG; kvl++) {
-      const int64_t kvh = kvh0 + kvl;
-      const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
-      for (int64_t h = 0; h < G; h++) {
-        const int64_t hh = kvh * G + h;
-        const float m = mh[16 * kvl + h], l = lh[16 * kvl + h], f = l == 0.0f ? 0.0f : 1.0f / l;
-        const float *o = acc + (kvl * gp + h) * D;
-        for (int64_t d = 0; d < D; d++) row[d] = nc ? o[d] * (f * vsc) : 0.0f;
-        xk_convert_row((char *)a->out + (qtok * a->out_stride_token + hh * a->out_stride_head) * 2, a->dtype, row,
-                       XK_F32, D, 1.0f);
-        if (a->lse) a->lse[hh * a->lse_stride_head + qtok * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
-      }
-    }
-  }
-  _tile_release();
-  _mm_setcsr(csr);
-}
-
 /* ---- entry points (the amx table) ------------------------------------------------ */
 
 int64_t xk_attn_workspace_amx(const xk_attn_args *a) {
   if (ad_paged_ok(a)) return ad_layout(a).total;
-  if (ad_varlen_ok(a)) return ad_vlayout(a).total;
   return xk_kernels_avx512.attn_workspace(a);
 }
 
@@ -1010,13 +602,4 @@ void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, in
   }
   char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
   ad_paged(a, base, begin, end);
-}
-
-void xk_attn_varlen_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
-  if (!ad_varlen_ok(a)) {
-    xk_kernels_avx512.attn_varlen(a, workspace, begin, end);
-    return;
-  }
-  char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
-  ad_varlen(a, base, begin, end);
 }
