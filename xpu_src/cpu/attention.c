@@ -29,6 +29,7 @@
 #include <math.h>
 
 #include "../common/convert.h"
+#include "../common/simd512.h"
 #include "../common/tier.h"
 
 #define XA_W 32     /* tokens per staged tile */
@@ -71,26 +72,7 @@ typedef __m256 xa_vf;
 #define XA_BF16 0
 #endif
 
-#if XK_F32_LANES == 16
-/* exp(x) for x <= ~88 (softmax arguments are <= 0); NaN stays NaN, -inf gives 0.
- * Cody-Waite reduction x = k ln2 + r and a degree-6 polynomial for e^r (~1 ulp). */
-static inline __m512 xa_exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), x); /* NaN in x survives (second operand) */
-  x = _mm512_min_ps(_mm512_set1_ps(88.7f), x);
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);
-}
-#elif XK_F32_LANES == 8
+#if XK_F32_LANES == 8
 static inline __m256 xa_exp8(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.3f);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* false for NaN */
@@ -122,13 +104,13 @@ static float xa_exp_sum(float *x, int64_t n, float m) {
   const __m512 vm = _mm512_set1_ps(m);
   __m512 acc = _mm512_setzero_ps();
   for (; i + 16 <= n; i += 16) {
-    const __m512 e = xa_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+    const __m512 e = xk_exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
     _mm512_storeu_ps(x + i, e);
     acc = _mm512_add_ps(acc, e);
   }
   if (i < n) {
     const __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
-    const __m512 e = xa_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
+    const __m512 e = xk_exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm));
     _mm512_mask_storeu_ps(x + i, k, e);
     acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(k, e));
     i = n;
@@ -194,7 +176,7 @@ static void xa_softcap(float *x, int64_t n, float cap) {
   for (; i + 16 <= n; i += 16) {
     const __m512 y = _mm512_mul_ps(_mm512_loadu_ps(x + i), _mm512_set1_ps(inv));
     const __m512 ay = _mm512_abs_ps(y);
-    const __m512 e = xa_exp16(_mm512_mul_ps(ay, _mm512_set1_ps(-2.0f)));
+    const __m512 e = xk_exp16(_mm512_mul_ps(ay, _mm512_set1_ps(-2.0f)));
     __m512 t = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
     t = _mm512_castsi512_ps(_mm512_or_si512(
         _mm512_castps_si512(t), _mm512_and_si512(_mm512_castps_si512(y), _mm512_set1_epi32((int)0x80000000u))));
@@ -342,39 +324,11 @@ static inline void xa_cvt(void *dst, int bf, const void *src, int32_t dt, int64_
 /* ---- 16 x 16 transpose of 32-bit elements ---------------------------------- */
 
 /* dst[j * dld + i] = src[i * sld + j] for i, j < 16. */
-#if XK_F32_LANES == 16
-/* In-register 16 x 16 transpose: r[j] lane i becomes r[i] lane j. */
-static inline __attribute__((always_inline)) void xa_tr16_regs(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; g++) {
-    r[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
-    r[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
-    r[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
-    r[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
-  }
-  for (int j = 0; j < 4; j++) {
-    const __m512i x0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44);
-    const __m512i x1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xee);
-    const __m512i y0 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44);
-    const __m512i y1 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xee);
-    t[0 + j] = _mm512_shuffle_i32x4(x0, y0, 0x88);
-    t[4 + j] = _mm512_shuffle_i32x4(x0, y0, 0xdd);
-    t[8 + j] = _mm512_shuffle_i32x4(x1, y1, 0x88);
-    t[12 + j] = _mm512_shuffle_i32x4(x1, y1, 0xdd);
-  }
-  for (int i = 0; i < 16; i++) r[i] = t[i];
-}
-#endif
-
 static void xa_tr16(const uint32_t *src, int64_t sld, uint32_t *dst, int64_t dld) {
 #if XK_F32_LANES == 16
   __m512i r[16];
   for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512((const void *)(src + i * sld));
-  xa_tr16_regs(r);
+  xk_transpose16_epi32(r);
   for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(dst + i * dld), r[i]);
 #elif XK_F32_LANES == 8
   for (int bi = 0; bi < 16; bi += 8) {
@@ -718,7 +672,7 @@ static void xa_stage_k_rows16(const xa_src *s, const xa_ws *w, const char *const
   for (int64_t e = 0; e < D; e += 32) {
     __m512i t[16];
     for (int i = 0; i < 16; i++) t[i] = rows[i] ? xa_load32_bf16(rows[i], dt, e, D) : _mm512_setzero_si512();
-    xa_tr16_regs(t);
+    xk_transpose16_epi32(t);
     for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(kT + (e / 2 + i) * XA_W), t[i]);
   }
 }
@@ -766,7 +720,7 @@ static void xa_stage_k_f32_16(const xa_src *s, const xa_ws *w, const char *const
         t[i] = _mm512_castps_si512(flash ? xa_row_ld16(tok[i], dt, e, D) : xa_paged_ld16(tok[i], dt, e, a->x, cs, D));
       }
     }
-    xa_tr16_regs(t);
+    xk_transpose16_epi32(t);
     for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(w->kT + (e + i) * XA_W + col), t[i]);
   }
 }
@@ -876,7 +830,7 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
           t[i] = xa_fp8x32_to_bf16(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1), a->cache_dtype);
         }
       }
-      xa_tr16_regs(t);
+      xk_transpose16_epi32(t);
       for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(vt + i * Dp + db), t[i]);
     }
     return;
@@ -896,7 +850,7 @@ static void xa_stage_v(const xa_src *s, const xa_ws *w, const xa_runs *ru) {
           t[i] = db + i < D ? _mm512_castps_si512(xa_ld16(b + (db + i) * rs, a->cache_dtype, 0xffff))
                             : _mm512_setzero_si512();
         }
-        xa_tr16_regs(t);
+        xk_transpose16_epi32(t);
         for (int i = 0; i < 16; i++) _mm512_storeu_si512((void *)(w->vt + (16 * h + i) * Dp + db), t[i]);
       }
     }

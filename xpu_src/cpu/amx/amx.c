@@ -38,6 +38,7 @@
 #include <cpuid.h>
 
 #include "../../common/convert.h"
+#include "../../common/simd512.h"
 #include "../../common/tier.h"
 
 #if defined(__linux__)
@@ -99,31 +100,6 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t align64(int64_t b) { return (b + 63) & ~(int64_t)63; }
 
-/* In-register transpose of 16 vectors of 16 32-bit lanes: r[j] lane i <- r[i] lane j. */
-XK_ALWAYS_INLINE void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  /* r[4g + j] lane 4L + q holds row 4g + q, column 4L + j (L = 128-bit lane). */
-  for (int j = 0; j < 4; j++) {
-    const __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD);
-    const __m512i u2 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
-    const __m512i u3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xDD);
-    t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
-    t[8 + j] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
-    t[4 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
-    t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
-  }
-  for (int i = 0; i < 16; i++) r[i] = t[i];
-}
 
 static inline __mmask32 kmask(int64_t left) {
   return left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1u);
@@ -141,7 +117,7 @@ static void pack_x(const xk_linear_args *a, int64_t r0, int64_t rows_valid, int6
     for (int j = 0; j < 16; j++)
       r[j] = j < rows_valid ? _mm512_maskz_loadu_epi16(km, x + (r0 + j) * a->x_stride + k0 + 32 * s)
                             : _mm512_setzero_si512();
-    transpose16(r);
+    xk_transpose16_epi32(r);
     for (int u = 0; u < 16; u++) _mm512_storeu_si512(dst + s * tstride + u * 16, r[u]);
   }
 }
@@ -177,7 +153,7 @@ static void epilogue_tile(const xk_linear_args *a, const float *ct, int64_t n0, 
   if (nn <= 0 || mm <= 0) return;
   __m512i r[16];
   for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(ct + 16 * i);
-  transpose16(r);
+  xk_transpose16_epi32(r);
   const __mmask16 nm = nn >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nn) - 1u);
   __m512 b = _mm512_setzero_ps();
   if (a->bias) {
@@ -322,29 +298,36 @@ static amx_ws ws_layout(const xk_linear_args *a) {
 
 static int64_t pk_plan(xk_linear_args *a, int64_t threads);
 
+/* The tile grid of a GEMM: M <= dec_rows runs decode tiles of dec_rows rows
+ * over wide column spans; larger M splits rows and columns so every thread
+ * gets about two tiles (columns first, keeping tiles >= 128 columns). */
+static void plan_tiles(xk_linear_args *a, int64_t threads, int64_t dec_rows) {
+  const int64_t want = 2 * (threads > 0 ? threads : 1);
+  if (a->m <= dec_rows) {
+    a->tile_m = dec_rows;
+    const int64_t tn = min64(AMX_DEC_TILE_N, cdiv(cdiv(a->n, want), 64) * 64);
+    a->tile_n = tn < 256 ? 256 : tn;
+    return;
+  }
+  int64_t tm = min64(cdiv(a->m, 32) * 32, AMX_TILE_M_MAX);
+  int64_t mt = cdiv(a->m, tm);
+  int64_t ntn = cdiv(a->n, AMX_TILE_N_MAX);
+  if (mt * ntn < want) {
+    const int64_t most = a->n / 128 > 1 ? a->n / 128 : 1;
+    const int64_t more = min64(cdiv(want, mt), most);
+    if (more > ntn) ntn = more;
+    if (mt * ntn < want) mt = cdiv(want, ntn);
+  }
+  tm = cdiv(cdiv(a->m, mt), 32) * 32;
+  a->tile_m = tm < 32 ? 32 : tm;
+  a->tile_n = cdiv(cdiv(a->n, ntn), 32) * 32;
+}
+
 int64_t xk_linear_gemm_plan_amx(xk_linear_args *a, int64_t threads) {
   if (a->w_kind == XK_WEIGHT_PACKED_AMX) return pk_plan(a, threads);
   if (!amx_applies(a)) return xk_linear_gemm_plan_avx512(a, threads);
   a->bf16_pairs = AMX_PAIRS;
-  const int64_t want = 2 * (threads > 0 ? threads : 1);
-  if (a->m <= 16) {
-    a->tile_m = 16;
-    const int64_t tn = min64(AMX_DEC_TILE_N, cdiv(cdiv(a->n, want), 64) * 64);
-    a->tile_n = tn < 256 ? 256 : tn;
-  } else {
-    int64_t tm = min64(cdiv(a->m, 32) * 32, AMX_TILE_M_MAX);
-    int64_t mt = cdiv(a->m, tm);
-    int64_t ntn = cdiv(a->n, AMX_TILE_N_MAX);
-    if (mt * ntn < want) {
-      const int64_t most = a->n / 128 > 1 ? a->n / 128 : 1; /* keep tiles >= 128 columns */
-      const int64_t more = min64(cdiv(want, mt), most);
-      if (more > ntn) ntn = more;
-      if (mt * ntn < want) mt = cdiv(want, ntn);
-    }
-    tm = cdiv(cdiv(a->m, mt), 32) * 32;
-    a->tile_m = tm < 32 ? 32 : tm;
-    a->tile_n = cdiv(cdiv(a->n, ntn), 32) * 32;
-  }
+  plan_tiles(a, threads, 16);
   return ws_layout(a).total;
 }
 
@@ -793,25 +776,7 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
 
 static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
   a->bf16_pairs = AMX_PAIRS;
-  const int64_t want = 2 * (threads > 0 ? threads : 1);
-  if (a->m <= 32) {
-    a->tile_m = 32;
-    const int64_t tn = min64(AMX_DEC_TILE_N, cdiv(cdiv(a->n, want), 64) * 64);
-    a->tile_n = tn < 256 ? 256 : tn;
-  } else {
-    int64_t tm = min64(cdiv(a->m, 32) * 32, AMX_TILE_M_MAX);
-    int64_t mt = cdiv(a->m, tm);
-    int64_t ntn = cdiv(a->n, AMX_TILE_N_MAX);
-    if (mt * ntn < want) {
-      const int64_t most = a->n / 128 > 1 ? a->n / 128 : 1;
-      const int64_t more = min64(cdiv(want, mt), most);
-      if (more > ntn) ntn = more;
-      if (mt * ntn < want) mt = cdiv(want, ntn);
-    }
-    tm = cdiv(cdiv(a->m, mt), 32) * 32;
-    a->tile_m = tm < 32 ? 32 : tm;
-    a->tile_n = cdiv(cdiv(a->n, ntn), 32) * 32;
-  }
+  plan_tiles(a, threads, 32); /* packed weights come in 32-row blocks */
   return pk_layout(a).total;
 }
 

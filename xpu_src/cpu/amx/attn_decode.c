@@ -41,6 +41,7 @@
 #include <math.h>
 
 #include "../../common/convert.h"
+#include "../../common/simd512.h"
 #include "../../common/tier.h"
 
 #pragma GCC target("avx512vbmi")
@@ -230,23 +231,6 @@ AD_INLINE void ad_stage_fp8(const char *src, int64_t rs, int64_t nrows, int64_t 
 
 /* ---- softmax ------------------------------------------------------------------ */
 
-/* exp(x) as attention.c's xa_exp16 (Cody-Waite, degree-6 polynomial, ~1 ulp). */
-AD_INLINE __m512 ad_exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-105.0f), x);
-  x = _mm512_min_ps(_mm512_set1_ps(88.7f), x);
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, k);
-}
 
 /* Folds lanes of the same head (lane % gp): every lane ends with its head's max / sum. */
 AD_INLINE __m512 ad_fold(__m512 v, int64_t gp, int max) {
@@ -300,7 +284,7 @@ static void ad_softmax(const xk_attn_args *a, const ad_geom *g, float *lg, uint3
   for (int64_t i = 0; i < nvec; i++) {
     const __m512 x = _mm512_loadu_ps(lg + 16 * i);
     const __mmask16 valid = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ);
-    const __m512 e = _mm512_maskz_mov_ps(valid, ad_exp16(_mm512_sub_ps(x, vmax)));
+    const __m512 e = _mm512_maskz_mov_ps(valid, xk_exp16(_mm512_sub_ps(x, vmax)));
     _mm512_storeu_ps(lg + 16 * i, e);
     vsum = _mm512_add_ps(vsum, e);
   }

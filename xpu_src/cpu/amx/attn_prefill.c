@@ -40,6 +40,7 @@
 #include <math.h>
 
 #include "../../common/convert.h"
+#include "../../common/simd512.h"
 #include "../../common/tier.h"
 
 #define AP_INLINE static inline __attribute__((always_inline))
@@ -139,31 +140,6 @@ static void ap_tile_config(void) {
   __asm__ volatile("" ::: "memory");
 }
 
-/* In-register transpose of 16 vectors of 16 dwords: r[j] lane i <- r[i] lane j. */
-AP_INLINE void ap_transpose16(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; i++) {
-    r[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int j = 0; j < 4; j++) {
-    const __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xDD);
-    const __m512i u2 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88);
-    const __m512i u3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xDD);
-    t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
-    t[8 + j] = _mm512_shuffle_i32x4(u0, u2, 0xDD);
-    t[4 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
-    t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xDD);
-  }
-  for (int i = 0; i < 16; i++) r[i] = t[i];
-}
-
 /* 2^x for softmax arguments in log2 units (<= 0, or -inf -> 0): x = k + f,
  * |f| <= 1/2, 2^f by its degree-5 Taylor polynomial (relative error
  * < 2.5e-6, far below the bf16 rounding of P), times 2^k by vscalefps.
@@ -212,7 +188,7 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
         const uint16_t *row = rows[16 * nt + j];
         r[j] = row ? _mm512_loadu_si512(row + 32 * c) : _mm512_setzero_si512();
       }
-      ap_transpose16(r);
+      xk_transpose16_epi32(r);
       for (int u = 0; u < 16; u++) _mm512_storeu_si512(kp + (16 * c + u) * AP_KB + 16 * nt, r[u]);
     }
   }
