@@ -9,69 +9,14 @@
 
 mod common;
 
+use common::float_buf::{ulp, Buf};
 use common::{for_each_isa, with_threads, Rng};
-use half::{bf16, f16};
+use half::bf16;
 use xpu_ops::reference::linear as rl;
 use xpu_ops::{
     linear, linear_packed, DType, Isa, PackedLayout, PackedLinearWeight, Status, TensorView,
     TensorViewMut,
 };
-
-#[derive(Clone, Debug)]
-enum Buf {
-    F32(Vec<f32>),
-    F16(Vec<f16>),
-    BF16(Vec<bf16>),
-}
-
-impl Buf {
-    fn from_f32(dtype: DType, v: &[f32]) -> Buf {
-        match dtype {
-            DType::F32 => Buf::F32(v.to_vec()),
-            DType::F16 => Buf::F16(v.iter().map(|&x| f16::from_f32(x)).collect()),
-            DType::BF16 => Buf::BF16(v.iter().map(|&x| bf16::from_f32(x)).collect()),
-            other => panic!("no float buffer of {other}"),
-        }
-    }
-    fn view(&self, shape: &[usize], strides: &[usize]) -> TensorView<'_> {
-        match self {
-            Buf::F32(v) => TensorView::strided(v, shape, strides),
-            Buf::F16(v) => TensorView::strided(v, shape, strides),
-            Buf::BF16(v) => TensorView::strided(v, shape, strides),
-        }
-        .expect("valid test view")
-    }
-    fn view_mut(&mut self, shape: &[usize], strides: &[usize]) -> TensorViewMut<'_> {
-        match self {
-            Buf::F32(v) => TensorViewMut::strided(v, shape, strides),
-            Buf::F16(v) => TensorViewMut::strided(v, shape, strides),
-            Buf::BF16(v) => TensorViewMut::strided(v, shape, strides),
-        }
-        .expect("valid test view")
-    }
-    fn bits(&self) -> Vec<u32> {
-        match self {
-            Buf::F32(v) => v.iter().map(|x| x.to_bits()).collect(),
-            Buf::F16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
-            Buf::BF16(v) => v.iter().map(|x| x.to_bits() as u32).collect(),
-        }
-    }
-}
-
-fn ulp(dtype: DType, v: f64) -> f64 {
-    let (mant, min_exp) = match dtype {
-        DType::F32 => (23, -126),
-        DType::F16 => (10, -14),
-        DType::BF16 => (7, -126),
-        _ => unreachable!(),
-    };
-    let e = if v == 0.0 {
-        min_exp
-    } else {
-        (v.abs().log2().floor() as i32).max(min_exp)
-    };
-    2f64.powi(e - mant)
-}
 
 #[derive(Clone, Copy, Debug)]
 struct Case {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod float_buf;
+
 use xpu_ops::Isa;
 
 /// Every ISA tier this machine runs; each parity test loops over them.
