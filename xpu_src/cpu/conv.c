@@ -75,7 +75,7 @@ XK_INLINE __m512 silu16(__m512 x) {
  * whose coefficients carry the -log2(e) (relative error 7.5e-5), and the
  * reciprocal estimate alone (2^-14): silu to within 1.4e-4 relative, under
  * 1/28 of a bf16 ulp, so the rounded bf16 result stays within one ulp of the
- *  exact one (it differs from the correctly rounded value for ~0.5% of
+ * exact one (it differs from the correctly rounded value for ~0.5% of
  * inputs of a few units; silu16: 0.001%). The prescaled weights move the
  * conv sum by a few fp32 ulps of |bias| + sum |w u|, inside the documented
  * bound. Large y makes the denominator -inf and silu -0, as the division
