@@ -84,8 +84,30 @@ typedef struct ap_ws {
   float *m, *l;  /* [R16] */
   int64_t *lo, *hi; /* [R16] */
   int64_t *act, *msk; /* [R16 / 16]: a block's active tiles and their mask flags */
+  int64_t *tlo, *thi, *tlo_max, *thi_min; /* [R16 / 16]: a tile's attended key range (union) and its common part */
+  uint32_t *kc, *vc; /* NULL, or the packed blocks of a whole (sequence, kv head): [NB][D/2][KB], [NB][KB/2][D] */
   int64_t R16;
 } ap_ws;
+
+/* Packed K/V blocks kept between the work items of one (sequence, kv head)
+ * that a thread runs in turn: blocks [lo, hi) hold keys [lo * KB, end) (keys
+ * from end to the block's end zero). */
+typedef struct ap_cache {
+  int64_t seq, kvh, lo, hi, end;
+} ap_cache;
+
+/* Largest packed K/V cache per thread (bytes); longer contexts repack per item. */
+#ifndef AP_CACHE_MAX
+#define AP_CACHE_MAX (32ll << 20)
+#endif
+
+/* The packed-cache blocks the workspace holds (0: no cache). */
+static int64_t ap_cache_blocks(const xk_attn_args *a) {
+  int64_t maxk = 0;
+  for (int64_t s = 0; s < a->num_seqs; s++) maxk = ap_max(maxk, a->seq_lens[s]);
+  const int64_t nb = (maxk + AP_KB - 1) / AP_KB;
+  return nb * AP_KB * a->head_size * 4 <= AP_CACHE_MAX ? nb : 0;
+}
 
 static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
   const int64_t D = a->head_size, R16 = ap_up(ap_max(a->max_rows, 1), 16), KB = AP_KB;
@@ -109,6 +131,14 @@ static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
   AP_TAKE(hi, int64_t, R16);
   AP_TAKE(act, int64_t, R16 / 16);
   AP_TAKE(msk, int64_t, R16 / 16);
+  AP_TAKE(tlo, int64_t, R16 / 16);
+  AP_TAKE(thi, int64_t, R16 / 16);
+  AP_TAKE(tlo_max, int64_t, R16 / 16);
+  AP_TAKE(thi_min, int64_t, R16 / 16);
+  const int64_t NB = ap_cache_blocks(a);
+  AP_TAKE(kc, uint32_t, NB * D / 2 * KB);
+  AP_TAKE(vc, uint32_t, NB * KB / 2 * D);
+  if (w && !NB) w->kc = w->vc = NULL;
 #undef AP_TAKE
   if (w) w->R16 = R16;
   return off + 64;
@@ -165,18 +195,30 @@ typedef struct ap_seq {
   int64_t kvh;
 } ap_seq;
 
-AP_INLINE const uint16_t *ap_tok(const ap_seq *s, int value, int64_t t) {
+/* Row pointers of tokens [t0, t0 + n) (n <= AP_KB) of the key (value = 0) or
+ * value cache: one division for the first token, then page by page. */
+static void ap_rows(const ap_seq *s, int value, int64_t t0, int64_t n, const uint16_t **rows) {
   const xk_attn_args *a = s->a;
   const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
-  const int64_t blk = (int64_t)s->bt[(t / a->block_size) * a->block_tables_stride_block];
-  return (const uint16_t *)(value ? a->value_cache : a->key_cache) + blk * st[0] + (t % a->block_size) * st[1] +
-         s->kvh * st[2];
+  const uint16_t *base = (const uint16_t *)(value ? a->value_cache : a->key_cache) + s->kvh * st[2];
+  const int64_t bs = a->block_size;
+  int64_t page = t0 / bs, off = t0 % bs;
+  const uint16_t *pg = base + (int64_t)s->bt[page * a->block_tables_stride_block] * st[0];
+  for (int64_t j = 0; j < n; j++) {
+    rows[j] = pg + off * st[1];
+    if (++off == bs && j + 1 < n) {
+      off = 0;
+      page++;
+      pg = base + (int64_t)s->bt[page * a->block_tables_stride_block] * st[0];
+    }
+  }
 }
 
 /* Keys [t0, t0 + n) (n <= KB; the rest of the block zero) into kp. */
 static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_t *kp) {
   const uint16_t *rows[AP_KB];
-  for (int64_t j = 0; j < AP_KB; j++) rows[j] = j < n ? ap_tok(s, 0, t0 + j) : NULL;
+  ap_rows(s, 0, t0, n, rows);
+  for (int64_t j = n; j < AP_KB; j++) rows[j] = NULL;
   for (int64_t nt = 0; nt < AP_KB / 16; nt++) {
     if (16 * nt >= n) {
       for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KB + 16 * nt, _mm512_setzero_si512());
@@ -197,13 +239,15 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
 /* Values [t0, t0 + n) into vp (token pairs; tokens past n zero). */
 static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_t *vp) {
   const __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  const uint16_t *rows[AP_KB];
+  ap_rows(s, 1, t0, n, rows);
   for (int64_t u = 0; u < AP_KB / 2; u++) {
     uint32_t *dst = vp + u * D;
     if (2 * u >= n) {
       for (int64_t d = 0; d < D; d += 16) _mm512_storeu_si512(dst + d, _mm512_setzero_si512());
       continue;
     }
-    const uint16_t *ra = ap_tok(s, 1, t0 + 2 * u), *rb = 2 * u + 1 < n ? ap_tok(s, 1, t0 + 2 * u + 1) : NULL;
+    const uint16_t *ra = rows[2 * u], *rb = 2 * u + 1 < n ? rows[2 * u + 1] : NULL;
     for (int64_t d = 0; d < D; d += 32) {
       const __m512i x = _mm512_loadu_si512(ra + d), y = rb ? _mm512_loadu_si512(rb + d) : _mm512_setzero_si512();
       const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
@@ -335,7 +379,7 @@ AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scal
 
 /* ---- the kernel ------------------------------------------------------------------ */
 
-static void ap_head(const xk_attn_args *a, ap_ws *w, int64_t seq, int64_t kvh, int64_t i0, int64_t i1) {
+static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t seq, int64_t kvh, int64_t i0, int64_t i1) {
   const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size;
   const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
   const int64_t RQ = (i1 - i0) * G, R16 = ap_up(RQ, 16);
@@ -364,32 +408,72 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, int64_t seq, int64_t kvh, i
     memcpy(qd, (const uint16_t *)a->query + (q0 + i) * a->q_stride_token + h * a->q_stride_head, (size_t)D * 2);
   }
   memset(w->o, 0, (size_t)(R16 * D) * sizeof(float));
+  for (int64_t t = 0; t < R16 / 16; t++) { /* union and intersection of the tile's rows' key ranges */
+    int64_t ulo = INT64_MAX, uhi = 0, clo = 0, chi = INT64_MAX;
+    for (int64_t r = 16 * t; r < 16 * t + 16; r++) {
+      clo = ap_max(clo, w->lo[r]);
+      chi = ap_min(chi, w->hi[r]);
+      if (w->lo[r] < w->hi[r]) {
+        ulo = ap_min(ulo, w->lo[r]);
+        uhi = ap_max(uhi, w->hi[r]);
+      }
+    }
+    w->tlo[t] = ulo;
+    w->thi[t] = uhi;
+    w->tlo_max[t] = clo;
+    w->thi_min[t] = chi;
+  }
+  if (w->kc && LO < HI) { /* pack the blocks [LO, HI) the cache lacks */
+    const int64_t b0 = LO / AP_KB, b1 = (HI + AP_KB - 1) / AP_KB;
+    if (cache->seq != seq || cache->kvh != kvh || b1 < cache->lo || b0 > cache->hi) {
+      cache->seq = seq;
+      cache->kvh = kvh;
+      cache->lo = cache->hi = b0;
+      cache->end = b0 * AP_KB;
+    }
+    for (int64_t b = b0; b < cache->lo; b++)
+      ap_pack_k(&sq, b * AP_KB, AP_KB, D, w->kc + b * (D / 2 * AP_KB)),
+          ap_pack_v(&sq, b * AP_KB, AP_KB, D, w->vc + b * (AP_KB / 2 * D));
+    if (HI > cache->end) {
+      for (int64_t b = ap_max(cache->end / AP_KB, b0); b < b1; b++) {
+        const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
+        ap_pack_k(&sq, b * AP_KB, n, D, w->kc + b * (D / 2 * AP_KB));
+        ap_pack_v(&sq, b * AP_KB, n, D, w->vc + b * (AP_KB / 2 * D));
+      }
+      cache->end = HI;
+    }
+    cache->lo = ap_min(cache->lo, b0);
+    cache->hi = ap_max(cache->hi, b1);
+    AP_BARRIER();
+  }
   const float scale = a->scale * (a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f);
   int64_t npacked = 0;
   if (LO < HI) {
     for (int64_t kb0 = LO / AP_KB * AP_KB; kb0 < HI; kb0 += AP_KB) {
       const int64_t n = ap_min(AP_KB, HI - kb0), kb1 = kb0 + AP_KB;
       /* the 16-row tiles that attend any key of the block, and whether they need masks */
+      /* A tile whose rows' union range meets the block runs it (a row of
+       * it that attends none of the block's keys keeps its state exactly:
+       * see the top of the file); masks where some row does not attend all. */
       int64_t na = 0;
-      for (int64_t r0 = 0; r0 < R16; r0 += 16) {
-        int any = 0, mask = 0;
-        for (int64_t r = r0; r < r0 + 16; r++) {
-          const int64_t lo = w->lo[r], hi = w->hi[r];
-          if (ap_max(lo, kb0) < ap_min(hi, kb1)) any = 1;
-          if (lo > kb0 || hi < kb1) mask = 1;
-        }
-        if (any) {
-          w->act[na] = r0;
-          w->msk[na++] = mask;
+      for (int64_t t = 0; t < R16 / 16; t++) {
+        if (ap_max(w->tlo[t], kb0) < ap_min(w->thi[t], kb1)) {
+          w->act[na] = 16 * t;
+          w->msk[na++] = w->tlo_max[t] > kb0 || w->thi_min[t] < kb1;
         }
       }
       if (!na) continue;
-      const int odd = (int)(npacked++ & 1);
-      w->kp = odd ? w->kb1 : w->kb0;
-      w->vp = odd ? w->vb1 : w->vb0;
-      ap_pack_k(&sq, kb0, n, D, w->kp);
-      ap_pack_v(&sq, kb0, n, D, w->vp);
-      AP_BARRIER();
+      if (w->kc) {
+        w->kp = w->kc + kb0 / AP_KB * (D / 2 * AP_KB);
+        w->vp = w->vc + kb0 / AP_KB * (AP_KB / 2 * D);
+      } else {
+        const int odd = (int)(npacked++ & 1);
+        w->kp = odd ? w->kb1 : w->kb0;
+        w->vp = odd ? w->vb1 : w->vb0;
+        ap_pack_k(&sq, kb0, n, D, w->kp);
+        ap_pack_v(&sq, kb0, n, D, w->vp);
+        AP_BARRIER();
+      }
       /* Software pipeline over the active tiles: tile j's softmax (vector
        * units), its rows interleaved with tile j-2's P.V and tile j+2's
        * Q.K^T (tile unit). Two tiles of slack: the softmax never reads S just
@@ -471,6 +555,7 @@ static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int
   const unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8040u); /* FTZ + DAZ: exp underflow (masked keys) must not take microcode assists */
   ap_tile_config(); /* per-thread state */
+  ap_cache cache = {-1, -1, 0, 0, 0};
   /* kv heads outer: consecutive items of a head re-read the same keys and
    * values, which then stay in L2 (blocks write disjoint outputs; the order
    * does not change any result) */
@@ -479,7 +564,7 @@ static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int
       if (ap_decode_item(a, b)) continue;
       const int64_t item = b / NG, kvh0 = (b % NG) * KG;
       const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
-      for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, seq, kvh0 + kvl, i0, i1);
+      for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, &cache, seq, kvh0 + kvl, i0, i1);
     }
   }
   _tile_release();
