@@ -440,9 +440,10 @@ AP_INLINE __mmask16 ap_keep(const ap_ws *w, int64_t r, int64_t kb0, int v) {
   return _mm512_cmpge_epi32_mask(col, vlo) & _mm512_cmplt_epi32_mask(col, vhi);
 }
 
-AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int mask) {
+AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int mask,
+                           int v0, int v1) {
   __m512 m = _mm512_set1_ps(-INFINITY);
-  for (int v = 0; v < AP_KB / 16; v++) {
+  for (int v = v0; v < v1; v++) {
     const __m512 x = _mm512_loadu_ps(sr + 16 * v);
     m = mask ? _mm512_mask_max_ps(m, ap_keep(w, r0 + r, kb0, v), m, x) : _mm512_max_ps(m, x);
   }
@@ -464,10 +465,10 @@ AP_INLINE void ap_sm_mid(ap_sm16 *t, const ap_ws *w, int64_t r0, float scale) {
 }
 
 AP_INLINE void ap_sm_pass2(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, uint16_t *pr, int64_t kb0,
-                           float scale, int mask) {
+                           float scale, int mask, int v0, int v1) {
   const __m512 sc = _mm512_set1_ps(scale * 1.44269504088896341f), mn = _mm512_set1_ps(t->nm[r]);
   __m512 sum = _mm512_setzero_ps();
-  for (int v = 0; v < AP_KB / 16; v += 2) {
+  for (int v = v0; v < v1; v += 2) {
     __m512 e[2];
     for (int j = 0; j < 2; j++) {
       const __m512 x = _mm512_loadu_ps(sr + 16 * (v + j));
@@ -636,16 +637,19 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     }                                                  \
   } while (0)
       if (scale > 0.0f) {
+        /* only the key groups g0..g1 (the others are masked for every row
+         * of the pair, and P.V skips them) */
+        const int v0 = (int)(2 * c->g0), v1 = (int)(2 * c->g1);
         for (int64_t h = 0; h < 32; h += 16) {
           ap_sm16 t;
           const int64_t r0 = c->r0 + h;
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_KB, c->kb0, (int)c->mask);
+            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_KB, c->kb0, (int)c->mask, v0, v1);
             AP_STEPS();
           }
           ap_sm_mid(&t, w, r0, scale);
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_KB, pb + (h + r) * AP_KB, c->kb0, scale, (int)c->mask);
+            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_KB, pb + (h + r) * AP_KB, c->kb0, scale, (int)c->mask, v0, v1);
             AP_STEPS();
           }
           ap_sm_end(&t, w, r0, al + h);
