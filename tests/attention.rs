@@ -1420,6 +1420,16 @@ fn varlen_bf16_prefill_tiles() {
     }
 }
 
+/// A context longer than the amx tile kernel's packed K/V buffer (32 MiB:
+/// 16500 keys x head size 512 x 4 bytes): the kernel then packs each work
+/// item's keys chunk by chunk (two chunks here) instead of keeping them for
+/// the next items; the other tiers take it as any context.
+#[test]
+fn varlen_bf16_prefill_long_context() {
+    let sp = vspec(DType::BF16, DType::BF16, 2, 1, 512, 16, 305);
+    VarlenCase::new(sp, &[(3, 16500), (2, 40)]).check();
+}
+
 /// Chunked prefill gives the one-shot result bit for bit: each query row's
 /// computation depends only on its keys, which tiles walk from key 0 the same way.
 /// One exception: on the amx tier a chunk of a single query (bf16) runs the

@@ -13,24 +13,33 @@
  * Per grid block (a work item = queries i0..i1 of one sequence, and one or
  * more kv heads), per kv head: the R = (i1 - i0) * G query rows of the GQA
  * group (row r = (i - i0) * G + g) share every K/V block.
- *   Q   bf16 [R16][D], row-major: the A operand of S = Q K^T as it is.
- *   K   a block of AP_KB tokens repacked once into VNNI pairs
- *       kp[D/2][KB] (dword (u, j) = K[j][2u], K[j][2u+1]): a 16 x 16 dword
- *       transpose per 16 tokens x 32 head-dim elements.
- *   S   = Q K^T on tiles (fp32), stored [R16][KB]; scaled, masked (causal /
- *       window, per row [lo, hi)), online softmax in fp32 on AVX-512; P
- *       rounded to bf16 (flash-attn: P enters P.V in the input dtype), the
- *       row sum taken over the unrounded fp32 P.
- *   V   repacked once per block into pairs of tokens vp[KB/2][D] (dword
- *       (u, d) = V[2u][d], V[2u+1][d]): an interleave of two rows.
- *   O   fp32 [R16][D], rescaled by exp(m_old - m_new) when a row's max
- *       moves, then O += P V on tiles.
+ *   Q   bf16 [R32][D], row-major: the A operand of S = Q K^T as it is.
+ *   K   blocks of AP_KB tokens repacked into VNNI pairs kp[D/2][KB]
+ *       (dword (u, j) = K[j][2u], K[j][2u+1]): a 16 x 16 dword transpose per
+ *       16 tokens x 32 head-dim elements. Packed once per (sequence, kv
+ *       head) into a per-thread buffer that the following items of the same
+ *       head reuse (contexts too long for it: per item, chunk by chunk).
+ *   V   the same blocks as pairs of tokens vp[KB/2][D] (dword (u, d) =
+ *       V[2u][d], V[2u+1][d]): an interleave of two rows.
+ *   A unit = 32 rows (two tiles) x one key block; units run row pairs outer
+ *   and blocks inner, in chunks of AP_CHUNK blocks (a chunk's K/V stays in
+ *   L2 while all pairs use it), software-pipelined: the softmax of unit j
+ *   (vector units) interleaved with the tile work of units j-1 (P.V) and
+ *   j+1 (Q.K^T).
+ *   S   = Q K^T on tiles (2 x 2 blocks of C tiles), fp32 [32][KB]; scaled,
+ *       masked (causal / window, per row [lo, hi)), online softmax in fp32
+ *       on AVX-512, 16 rows at a time with the row statistics as vectors;
+ *       P rounded to bf16 (flash-attn: P enters P.V in the input dtype),
+ *       the row sum taken over the unrounded fp32 P.
+ *   O   fp32 [R32][D], rescaled by exp(m_old - m_new) when a row's max
+ *       moves (after the previous unit's P.V), then O += P V on tiles.
  *
  * Numerics and invariance. Key blocks are aligned to multiples of AP_KB from
  * key 0, so every row walks the same blocks whatever work item (or thread)
  * holds it; a block a row does not attend at all leaves its state exactly as
  * it was (max unchanged, so the rescale factor is exactly 1, P = 0, sum + 0),
- * so skipping such blocks for whole 16-row tiles changes nothing. Keys and
+ * so skipping such blocks for whole row pairs, or running them, changes
+ * nothing. Keys and
  * values past the last attended key are never read (zero in the repacked
  * blocks), so unused cache slots (NaN) never reach the output. Products are
  * exact bf16 x bf16 in fp32 (TDPBF16PS: bf16 denormals read as zero, fp32
@@ -48,8 +57,12 @@
  * must see (packed K/V, P, rescaled O) are fenced off with this. */
 #define AP_BARRIER() __asm__ volatile("" ::: "memory")
 
+#ifndef AP_CHUNK
+#define AP_CHUNK 4 /* key blocks per chunk (512 keys) */
+#endif
+
 #ifndef AP_KB
-#define AP_KB 64 /* keys per block: a multiple of 64 */
+#define AP_KB 128 /* keys per block: a multiple of 32 */
 #endif
 
 typedef void (*ap_varlen_fn)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
@@ -74,43 +87,65 @@ static int ap_applies(const xk_attn_args *a) {
 /* ---- workspace ------------------------------------------------------------------ */
 
 typedef struct ap_ws {
-  uint16_t *q;   /* [R16][D] bf16 */
-  uint32_t *kp;  /* [D/2][KB] pairs: the current block's (one of kb) */
-  uint32_t *vp;  /* [KB/2][D] pairs (one of vb) */
-  uint32_t *kb0, *kb1, *vb0, *vb1; /* double buffers: packing a block does not wait for the last one's tile loads */
-  float *s;      /* [R16][KB] */
-  uint16_t *p;   /* [R16][KB] bf16 */
-  float *o;      /* [R16][D] */
-  float *m, *l;  /* [R16] */
-  int64_t *lo, *hi; /* [R16] */
-  int64_t *act, *msk; /* [R16 / 16]: a block's active tiles and their mask flags */
-  int64_t R16;
+  uint16_t *q;   /* [R32][D] bf16 */
+  float *s;      /* [2][32][KB]: a unit's logits (two units in flight) */
+  uint16_t *p;   /* [2][32][KB] bf16 */
+  float *alpha;  /* [2][32]: a unit's O rescale factors */
+  float *o;      /* [R32][D] */
+  float *m, *l;  /* [R32] */
+  int64_t *lo, *hi; /* [R32] */
+  int64_t *tlo, *thi, *tlo_max, *thi_min; /* [R32 / 32]: a row pair's attended key range (union) and its common part */
+  uint32_t *kc, *vc; /* packed key blocks [NB][D/2][KB], value blocks [NB][KB/2][D] */
+  int64_t NB;        /* blocks kc/vc hold */
 } ap_ws;
 
+/* Packed K/V blocks kept between the work items of one (sequence, kv head)
+ * that a thread runs in turn (when the whole context fits the buffer):
+ * blocks [lo, hi) hold keys [lo * KB, end) (keys from end to the block's end
+ * zero). Else an item packs its keys chunk by chunk (seq = -1). */
+typedef struct ap_cache {
+  int64_t seq, kvh, lo, hi, end;
+} ap_cache;
+
+/* Largest packed K/V buffer per thread (bytes). */
+#ifndef AP_CACHE_MAX
+#define AP_CACHE_MAX (32ll << 20)
+#endif
+
+/* Key blocks the workspace's packed buffer holds: the longest context's, or
+ * as many as AP_CACHE_MAX allows (at least one). */
+static int64_t ap_cache_blocks(const xk_attn_args *a) {
+  int64_t maxk = 0;
+  for (int64_t s = 0; s < a->num_seqs; s++) maxk = ap_max(maxk, a->seq_lens[s]);
+  const int64_t nb = ap_max((maxk + AP_KB - 1) / AP_KB, 1), cap = ap_max(AP_CACHE_MAX / (AP_KB * a->head_size * 4), 1);
+  return ap_min(nb, cap);
+}
+
 static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
-  const int64_t D = a->head_size, R16 = ap_up(ap_max(a->max_rows, 1), 16), KB = AP_KB;
+  const int64_t D = a->head_size, R32 = ap_up(ap_max(a->max_rows, 1), 32), KB = AP_KB, NB = ap_cache_blocks(a);
   int64_t off = 0;
 #define AP_TAKE(field, type, count)                              \
   do {                                                           \
     if (w) w->field = (type *)(base + off);                      \
     off += ap_up((int64_t)sizeof(type) * (int64_t)(count), 64); \
   } while (0)
-  AP_TAKE(q, uint16_t, R16 * D);
-  AP_TAKE(kb0, uint32_t, D / 2 * KB);
-  AP_TAKE(kb1, uint32_t, D / 2 * KB);
-  AP_TAKE(vb0, uint32_t, KB / 2 * D);
-  AP_TAKE(vb1, uint32_t, KB / 2 * D);
-  AP_TAKE(s, float, R16 * KB);
-  AP_TAKE(p, uint16_t, R16 * KB);
-  AP_TAKE(o, float, R16 * D);
-  AP_TAKE(m, float, R16);
-  AP_TAKE(l, float, R16);
-  AP_TAKE(lo, int64_t, R16);
-  AP_TAKE(hi, int64_t, R16);
-  AP_TAKE(act, int64_t, R16 / 16);
-  AP_TAKE(msk, int64_t, R16 / 16);
+  AP_TAKE(q, uint16_t, R32 * D);
+  AP_TAKE(s, float, 2 * 32 * KB);
+  AP_TAKE(p, uint16_t, 2 * 32 * KB);
+  AP_TAKE(alpha, float, 2 * 32);
+  AP_TAKE(o, float, R32 * D);
+  AP_TAKE(m, float, R32);
+  AP_TAKE(l, float, R32);
+  AP_TAKE(lo, int64_t, R32);
+  AP_TAKE(hi, int64_t, R32);
+  AP_TAKE(tlo, int64_t, R32 / 32);
+  AP_TAKE(thi, int64_t, R32 / 32);
+  AP_TAKE(tlo_max, int64_t, R32 / 32);
+  AP_TAKE(thi_min, int64_t, R32 / 32);
+  AP_TAKE(kc, uint32_t, NB * D / 2 * KB);
+  AP_TAKE(vc, uint32_t, NB * KB / 2 * D);
 #undef AP_TAKE
-  if (w) w->R16 = R16;
+  if (w) w->NB = NB;
   return off + 64;
 }
 
@@ -157,6 +192,20 @@ AP_INLINE __m512 ap_exp2_16(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
+/* The same for finite x (no clamp): 2^x for x far below -126 still gives 0
+ * under FTZ (vscalefps of the polynomial by the rounded exponent). */
+AP_INLINE __m512 ap_exp2_16_finite(__m512 x) {
+  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, k);
+  __m512 p = _mm512_set1_ps(1.3333558146e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
 /* ---- repacking ------------------------------------------------------------------ */
 
 typedef struct ap_seq {
@@ -165,18 +214,30 @@ typedef struct ap_seq {
   int64_t kvh;
 } ap_seq;
 
-AP_INLINE const uint16_t *ap_tok(const ap_seq *s, int value, int64_t t) {
+/* Row pointers of tokens [t0, t0 + n) (n <= AP_KB) of the key (value = 0) or
+ * value cache: one division for the first token, then page by page. */
+static void ap_rows(const ap_seq *s, int value, int64_t t0, int64_t n, const uint16_t **rows) {
   const xk_attn_args *a = s->a;
   const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
-  const int64_t blk = (int64_t)s->bt[(t / a->block_size) * a->block_tables_stride_block];
-  return (const uint16_t *)(value ? a->value_cache : a->key_cache) + blk * st[0] + (t % a->block_size) * st[1] +
-         s->kvh * st[2];
+  const uint16_t *base = (const uint16_t *)(value ? a->value_cache : a->key_cache) + s->kvh * st[2];
+  const int64_t bs = a->block_size;
+  int64_t page = t0 / bs, off = t0 % bs;
+  const uint16_t *pg = base + (int64_t)s->bt[page * a->block_tables_stride_block] * st[0];
+  for (int64_t j = 0; j < n; j++) {
+    rows[j] = pg + off * st[1];
+    if (++off == bs && j + 1 < n) {
+      off = 0;
+      page++;
+      pg = base + (int64_t)s->bt[page * a->block_tables_stride_block] * st[0];
+    }
+  }
 }
 
 /* Keys [t0, t0 + n) (n <= KB; the rest of the block zero) into kp. */
 static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_t *kp) {
   const uint16_t *rows[AP_KB];
-  for (int64_t j = 0; j < AP_KB; j++) rows[j] = j < n ? ap_tok(s, 0, t0 + j) : NULL;
+  ap_rows(s, 0, t0, n, rows);
+  for (int64_t j = n; j < AP_KB; j++) rows[j] = NULL;
   for (int64_t nt = 0; nt < AP_KB / 16; nt++) {
     if (16 * nt >= n) {
       for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KB + 16 * nt, _mm512_setzero_si512());
@@ -197,13 +258,15 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
 /* Values [t0, t0 + n) into vp (token pairs; tokens past n zero). */
 static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_t *vp) {
   const __m512i i0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), i1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+  const uint16_t *rows[AP_KB];
+  ap_rows(s, 1, t0, n, rows);
   for (int64_t u = 0; u < AP_KB / 2; u++) {
     uint32_t *dst = vp + u * D;
     if (2 * u >= n) {
       for (int64_t d = 0; d < D; d += 16) _mm512_storeu_si512(dst + d, _mm512_setzero_si512());
       continue;
     }
-    const uint16_t *ra = ap_tok(s, 1, t0 + 2 * u), *rb = 2 * u + 1 < n ? ap_tok(s, 1, t0 + 2 * u + 1) : NULL;
+    const uint16_t *ra = rows[2 * u], *rb = 2 * u + 1 < n ? rows[2 * u + 1] : NULL;
     for (int64_t d = 0; d < D; d += 32) {
       const __m512i x = _mm512_loadu_si512(ra + d), y = rb ? _mm512_loadu_si512(rb + d) : _mm512_setzero_si512();
       const __m512i lo = _mm512_unpacklo_epi16(x, y), hi = _mm512_unpackhi_epi16(x, y);
@@ -215,80 +278,92 @@ static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
 
 /* ---- tile kernels ------------------------------------------------------------------ */
 
-/* The tile work of one 16-row tile as steps, so that it can be spread
- * between the rows of another tile's softmax (the tile unit then runs while
- * the vector units work; a tile instruction blocks retirement for its whole
- * latency, so issuing a long run of them ahead would stall the softmax).
+/* A unit of work: the 32 query rows r0.. (two 16-row tiles) against one
+ * key block (kp, vp packed; kb0 its first key). Its tile work is cut into
+ * steps, so that it can be spread between the rows of another unit's
+ * softmax (the tile unit then runs while the vector units work; a long run
+ * of tile instructions issued at once would stall the softmax). Both
+ * products use 2 x 2 blocks of C tiles: every A and B tile loaded feeds two
+ * TDPBF16PS.
  *
- * QK: S[r0..r0+16][KB] = Q K^T, per 64 keys: zero, D/32 steps of one Q tile
- * against 4 key tiles, store. */
-#define AP_QK_STEPS(D) (AP_KB / 64 * ((D) / 32 + 2))
-AP_INLINE void ap_qk_step(const ap_ws *w, int64_t r0, int64_t D, int64_t st) {
-  const int64_t per = D / 32 + 2, n0 = st / per * 64, k = st % per;
+ * QK: S[32][KB] = Q K^T, per 32 keys: zero, D/32 steps (2 Q tiles, 2 key
+ * tiles, 4 products), store. */
+typedef struct ap_unit {
+  int64_t r0, kb0, mask, buf;
+  int64_t g0, g1; /* the 32-key groups of the block that some row of the pair attends */
+  const uint32_t *kp, *vp;
+} ap_unit;
+
+/* Only the key groups g0..g1 run: the logits of the others are masked. */
+AP_INLINE int64_t ap_qk_steps(const ap_unit *u, int64_t D) { return (u->g1 - u->g0) * (D / 32 + 2); }
+AP_INLINE void ap_qk_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t st) {
+  const int64_t per = D / 32 + 2, n0 = (u->g0 + st / per) * 32, k = st % per;
   if (k == 0) {
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
   } else if (k == per - 1) {
-    float *s = w->s + r0 * AP_KB + n0;
+    float *s = w->s + u->buf * (32 * AP_KB) + n0;
     _tile_stored(0, s, AP_KB * 4);
     _tile_stored(1, s + 16, AP_KB * 4);
-    _tile_stored(2, s + 32, AP_KB * 4);
-    _tile_stored(3, s + 48, AP_KB * 4);
+    _tile_stored(2, s + 16 * AP_KB, AP_KB * 4);
+    _tile_stored(3, s + 16 * AP_KB + 16, AP_KB * 4);
   } else {
     const int64_t c = k - 1;
-    const char *b = (const char *)w->kp + (16 * c * AP_KB + n0) * 4;
-    _tile_loadd(4, (const char *)(w->q + r0 * D) + 64 * c, D * 2);
-    _tile_loadd(5, b, AP_KB * 4);
-    _tile_dpbf16ps(0, 4, 5);
-    _tile_loadd(6, b + 64, AP_KB * 4);
-    _tile_dpbf16ps(1, 4, 6);
-    _tile_loadd(7, b + 128, AP_KB * 4);
-    _tile_dpbf16ps(2, 4, 7);
-    _tile_loadd(5, b + 192, AP_KB * 4);
-    _tile_dpbf16ps(3, 4, 5);
+    const char *b = (const char *)u->kp + (16 * c * AP_KB + n0) * 4;
+    const char *q = (const char *)(w->q + u->r0 * D) + 64 * c;
+    _tile_loadd(4, q, D * 2);
+    _tile_loadd(6, b, AP_KB * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b + 64, AP_KB * 4);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, q + 32 * D, D * 2);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
   }
 }
 
-/* PV: O[r0..r0+16][D] += P V, per 64 head-dim columns: load O, KB/32 steps
- * of one P tile against 4 value tiles, store O. */
-#define AP_PV_STEPS(D) ((D) / 64 * (AP_KB / 32 + 2))
-AP_INLINE void ap_pv_step(const ap_ws *w, int64_t r0, int64_t D, int64_t st) {
-  const int64_t per = AP_KB / 32 + 2, d0 = st / per * 64, k = st % per;
-  float *o = w->o + r0 * D + d0;
+/* PV: O[32][D] += P V, per 32 head-dim columns: load O (2 x 2 tiles),
+ * KB/32 steps (2 P tiles, 2 value tiles, 4 products), store O. */
+/* Only the key groups g0..g1: P is exactly 0 in the others, whose products
+ * would add exact zeros. */
+AP_INLINE int64_t ap_pv_steps(const ap_unit *u, int64_t D) { return D / 32 * (u->g1 - u->g0 + 2); }
+AP_INLINE void ap_pv_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t st) {
+  const int64_t per = u->g1 - u->g0 + 2, d0 = st / per * 32, k = st % per;
+  float *o = w->o + u->r0 * D + d0;
   if (k == 0) {
     _tile_loadd(0, o, D * 4);
     _tile_loadd(1, o + 16, D * 4);
-    _tile_loadd(2, o + 32, D * 4);
-    _tile_loadd(3, o + 48, D * 4);
+    _tile_loadd(2, o + 16 * D, D * 4);
+    _tile_loadd(3, o + 16 * D + 16, D * 4);
   } else if (k == per - 1) {
     _tile_stored(0, o, D * 4);
     _tile_stored(1, o + 16, D * 4);
-    _tile_stored(2, o + 32, D * 4);
-    _tile_stored(3, o + 48, D * 4);
+    _tile_stored(2, o + 16 * D, D * 4);
+    _tile_stored(3, o + 16 * D + 16, D * 4);
   } else {
-    const int64_t kk = k - 1;
-    const char *b = (const char *)w->vp + (16 * kk * D + d0) * 4;
-    _tile_loadd(4, (const char *)(w->p + r0 * AP_KB) + 64 * kk, AP_KB * 2);
-    _tile_loadd(5, b, D * 4);
-    _tile_dpbf16ps(0, 4, 5);
-    _tile_loadd(6, b + 64, D * 4);
-    _tile_dpbf16ps(1, 4, 6);
-    _tile_loadd(7, b + 128, D * 4);
-    _tile_dpbf16ps(2, 4, 7);
-    _tile_loadd(5, b + 192, D * 4);
-    _tile_dpbf16ps(3, 4, 5);
+    const int64_t kk = u->g0 + k - 1;
+    const char *b = (const char *)u->vp + (16 * kk * D + d0) * 4;
+    const char *pp = (const char *)(w->p + u->buf * (32 * AP_KB)) + 64 * kk;
+    _tile_loadd(4, pp, AP_KB * 2);
+    _tile_loadd(6, b, D * 4);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, b + 64, D * 4);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, pp + 32 * AP_KB, AP_KB * 2);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
   }
 }
 
 /* Online softmax of row r over the block's logits S (unscaled); writes bf16 P
- * and rescales O. The max is taken over S and scaled once (rounding is
+ * and records the factor O is to be rescaled by. The max is taken over S and scaled once (rounding is
  * monotonic, so that is the max of the scaled logits); exp(s * scale - m)
  * is 2^(one FMA). */
-AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scale, int mask, int64_t D) {
+AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, const float *sr, uint16_t *pr, float *alpha_out, int64_t kb0, float scale,
+                               int mask) {
   enum { NV = AP_KB / 16 };
-  const float *sr = w->s + r * AP_KB;
   __m512 x[NV];
   for (int v = 0; v < NV; v++) x[v] = _mm512_loadu_ps(sr + 16 * v);
   if (!(scale > 0.0f)) { /* scale the logits first: the max of S is not that of S * scale */
@@ -310,9 +385,9 @@ AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scal
   for (int v = 1; v < NV; v++) mv = _mm512_max_ps(mv, x[v]);
   const float mt = _mm512_reduce_max_ps(mv) * scale;
   const float m_old = w->m[r], m_new = mt > m_old ? mt : m_old;
-  uint16_t *pr = w->p + r * AP_KB;
   if (m_new == -INFINITY) { /* nothing attended yet */
     memset(pr, 0, AP_KB * 2);
+    *alpha_out = 1.0f;
     return;
   }
   const float alpha = m_old == m_new ? 1.0f : expf(m_old - m_new);
@@ -326,22 +401,134 @@ AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, int64_t kb0, float scal
   }
   w->l[r] = w->l[r] * alpha + _mm512_reduce_add_ps(sum);
   w->m[r] = m_new;
-  if (alpha != 1.0f) {
-    float *o = w->o + r * D;
-    const __m512 al = _mm512_set1_ps(alpha);
+  *alpha_out = alpha;
+}
+
+/* O rows r0..r0+31 times the factors a softmax recorded (after the previous
+ * P.V into these rows, before the next). */
+AP_INLINE void ap_rescale(const ap_ws *w, int64_t r0, const float *alpha, int64_t D) {
+  for (int64_t r = 0; r < 32; r++) {
+    if (alpha[r] == 1.0f) continue;
+    float *o = w->o + (r0 + r) * D;
+    const __m512 al = _mm512_set1_ps(alpha[r]);
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), al));
   }
 }
 
+
+
+/* The same for 16 rows r0.. at once, in two passes, with the row statistics
+ * (max, sum, rescale factor) as vectors over the rows (the 16 per-row
+ * partial vectors transposed and combined lane-wise): no horizontal
+ * reductions, no per-row branches. Pass 1 (per row): the masked max of the
+ * row's logits, kept lane-wise. Then ap_sm_mid: the new running max and the
+ * factors. Pass 2 (per row): P = 2^(s * scale * log2e - m * log2e), rounded
+ * to bf16, and the lane-wise partial sums; ap_sm_end folds them into l.
+ * Rows that attend no key so far (max -inf) get P = 0, factor 1. */
+typedef struct ap_sm16 {
+  __m512 v[16];
+  _Alignas(64) float nm[16]; /* -m_new * log2e per row (0 where m_new is -inf) */
+  __m512 alpha;
+} ap_sm16;
+
+AP_INLINE __mmask16 ap_keep(const ap_ws *w, int64_t r, int64_t kb0, int v) {
+  const int64_t lo = w->lo[r] - kb0, hi = w->hi[r] - kb0;
+  const __m512i col = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                       _mm512_set1_epi32(16 * v));
+  const __m512i vlo = _mm512_set1_epi32((int)ap_max(ap_min(lo, AP_KB), -1));
+  const __m512i vhi = _mm512_set1_epi32((int)ap_max(ap_min(hi, AP_KB), -1));
+  return _mm512_cmpge_epi32_mask(col, vlo) & _mm512_cmplt_epi32_mask(col, vhi);
+}
+
+AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int mask,
+                           int v0, int v1) {
+  __m512 m = _mm512_set1_ps(-INFINITY);
+  for (int v = v0; v < v1; v++) {
+    const __m512 x = _mm512_loadu_ps(sr + 16 * v);
+    m = mask ? _mm512_mask_max_ps(m, ap_keep(w, r0 + r, kb0, v), m, x) : _mm512_max_ps(m, x);
+  }
+  t->v[r] = m;
+}
+
+AP_INLINE void ap_sm_mid(ap_sm16 *t, const ap_ws *w, int64_t r0, float scale) {
+  xk_transpose16_epi32((__m512i *)t->v);
+  __m512 m = t->v[0];
+  for (int j = 1; j < 16; j++) m = _mm512_max_ps(m, t->v[j]);
+  const float L2E = 1.44269504088896341f;
+  const __m512 m_old = _mm512_loadu_ps(w->m + r0), m_new = _mm512_max_ps(m_old, _mm512_mul_ps(m, _mm512_set1_ps(scale)));
+  const __mmask16 same = _mm512_cmp_ps_mask(m_old, m_new, _CMP_EQ_OQ);
+  const __mmask16 none = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
+  t->alpha = _mm512_mask_mov_ps(ap_exp2_16(_mm512_mul_ps(_mm512_sub_ps(m_old, m_new), _mm512_set1_ps(L2E))),
+                                (__mmask16)(same | none), _mm512_set1_ps(1.0f));
+  _mm512_storeu_ps(w->m + r0, m_new);
+  _mm512_store_ps(t->nm, _mm512_maskz_mov_ps((__mmask16)~none, _mm512_mul_ps(m_new, _mm512_set1_ps(-L2E))));
+}
+
+AP_INLINE void ap_sm_pass2(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, uint16_t *pr, int64_t kb0,
+                           float scale, int mask, int v0, int v1) {
+  const __m512 sc = _mm512_set1_ps(scale * 1.44269504088896341f), mn = _mm512_set1_ps(t->nm[r]);
+  __m512 sum = _mm512_setzero_ps();
+  for (int v = v0; v < v1; v += 2) {
+    __m512 e[2];
+    for (int j = 0; j < 2; j++) {
+      const __m512 x = _mm512_loadu_ps(sr + 16 * (v + j));
+      if (mask) /* masked logits: P = 0 (they may be stale, unset or -inf) */
+        e[j] = _mm512_maskz_mov_ps(ap_keep(w, r0 + r, kb0, v + j), ap_exp2_16(_mm512_fmadd_ps(x, sc, mn)));
+      else /* finite logits, <= the running max: no clamp needed */
+        e[j] = ap_exp2_16_finite(_mm512_fmadd_ps(x, sc, mn));
+      sum = _mm512_add_ps(sum, e[j]);
+    }
+    _mm512_storeu_si512((__m512i *)(pr + 16 * v), (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]));
+  }
+  t->v[r] = sum;
+}
+
+AP_INLINE void ap_sm_end(ap_sm16 *t, const ap_ws *w, int64_t r0, float *alpha_out) {
+  xk_transpose16_epi32((__m512i *)t->v);
+  __m512 s = t->v[0];
+  for (int j = 1; j < 16; j++) s = _mm512_add_ps(s, t->v[j]);
+  _mm512_storeu_ps(w->l + r0, _mm512_fmadd_ps(_mm512_loadu_ps(w->l + r0), t->alpha, s));
+  _mm512_storeu_ps(alpha_out, t->alpha);
+}
+
 /* ---- the kernel ------------------------------------------------------------------ */
 
-static void ap_head(const xk_attn_args *a, ap_ws *w, int64_t seq, int64_t kvh, int64_t i0, int64_t i1) {
+/* The units of an item, in order: row pairs outer, each pair's key blocks
+ * in [b0, b1) (clipped to the pair's range) inner. */
+typedef struct ap_iter {
+  int64_t pair, b, pb1;
+} ap_iter;
+
+static int ap_next(const ap_ws *w, int64_t npairs, int64_t b0, int64_t b1, ap_iter *it, ap_unit *u, int64_t base,
+                   int64_t D) {
+  while (it->b >= it->pb1) {
+    if (++it->pair >= npairs) return 0;
+    const int64_t lo = w->tlo[it->pair], hi = w->thi[it->pair];
+    if (lo >= hi) continue;
+    it->b = ap_max(b0, lo / AP_KB);
+    it->pb1 = ap_min(b1, (hi + AP_KB - 1) / AP_KB);
+  }
+  const int64_t p = it->pair, b = it->b++, kb0 = b * AP_KB;
+  u->r0 = 32 * p;
+  u->kb0 = kb0;
+  /* a pair whose rows' union range meets the block runs it (a row that
+   * attends none of its keys keeps its state exactly: see the top of the
+   * file); masks where some row does not attend the whole block */
+  u->mask = w->tlo_max[p] > kb0 || w->thi_min[p] < kb0 + AP_KB;
+  u->g0 = (ap_max(w->tlo[p], kb0) - kb0) / 32;
+  u->g1 = (ap_min(w->thi[p], kb0 + AP_KB) - kb0 + 31) / 32;
+  u->kp = w->kc + (b - base) * (D / 2 * AP_KB);
+  u->vp = w->vc + (b - base) * (AP_KB / 2 * D);
+  return 1;
+}
+
+static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t seq, int64_t kvh, int64_t i0, int64_t i1) {
   const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size;
   const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
-  const int64_t RQ = (i1 - i0) * G, R16 = ap_up(RQ, 16);
+  const int64_t RQ = (i1 - i0) * G, R32 = ap_up(RQ, 32), NP = R32 / 32;
   const ap_seq sq = {a, a->block_tables + seq * a->block_tables_stride_seq, kvh};
   int64_t LO = INT64_MAX, HI = 0;
-  for (int64_t r = 0; r < R16; r++) {
+  for (int64_t r = 0; r < R32; r++) {
     uint16_t *qd = w->q + r * D;
     w->m[r] = -INFINITY;
     w->l[r] = 0.0f;
@@ -363,58 +550,129 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, int64_t seq, int64_t kvh, i
     }
     memcpy(qd, (const uint16_t *)a->query + (q0 + i) * a->q_stride_token + h * a->q_stride_head, (size_t)D * 2);
   }
-  memset(w->o, 0, (size_t)(R16 * D) * sizeof(float));
+  memset(w->o, 0, (size_t)(R32 * D) * sizeof(float));
+  for (int64_t p = 0; p < NP; p++) { /* union and intersection of the pair's rows' key ranges */
+    int64_t ulo = INT64_MAX, uhi = 0, clo = 0, chi = INT64_MAX;
+    for (int64_t r = 32 * p; r < 32 * p + 32; r++) {
+      clo = ap_max(clo, w->lo[r]);
+      chi = ap_min(chi, w->hi[r]);
+      if (w->lo[r] < w->hi[r]) {
+        ulo = ap_min(ulo, w->lo[r]);
+        uhi = ap_max(uhi, w->hi[r]);
+      }
+    }
+    w->tlo[p] = ulo;
+    w->thi[p] = uhi;
+    w->tlo_max[p] = clo;
+    w->thi_min[p] = chi;
+  }
   const float scale = a->scale * (a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f);
-  int64_t npacked = 0;
-  if (LO < HI) {
-    for (int64_t kb0 = LO / AP_KB * AP_KB; kb0 < HI; kb0 += AP_KB) {
-      const int64_t n = ap_min(AP_KB, HI - kb0), kb1 = kb0 + AP_KB;
-      /* the 16-row tiles that attend any key of the block, and whether they need masks */
-      int64_t na = 0;
-      for (int64_t r0 = 0; r0 < R16; r0 += 16) {
-        int any = 0, mask = 0;
-        for (int64_t r = r0; r < r0 + 16; r++) {
-          const int64_t lo = w->lo[r], hi = w->hi[r];
-          if (ap_max(lo, kb0) < ap_min(hi, kb1)) any = 1;
-          if (lo > kb0 || hi < kb1) mask = 1;
-        }
-        if (any) {
-          w->act[na] = r0;
-          w->msk[na++] = mask;
-        }
+  const int64_t B0 = LO < HI ? LO / AP_KB : 0, B1 = LO < HI ? (HI + AP_KB - 1) / AP_KB : 0;
+  const int whole = (k_len + AP_KB - 1) / AP_KB <= w->NB;
+  for (int64_t c0 = B0; c0 < B1; c0 += w->NB) {
+    /* the packed blocks [b0, b1) of this chunk, at kc/vc + (b - base) */
+    const int64_t b0 = c0, b1 = ap_min(B1, c0 + w->NB), base = whole ? 0 : c0;
+    if (whole) { /* pack what the cache lacks */
+      if (cache->seq != seq || cache->kvh != kvh || b1 < cache->lo || b0 > cache->hi) {
+        cache->seq = seq;
+        cache->kvh = kvh;
+        cache->lo = cache->hi = b0;
+        cache->end = b0 * AP_KB;
       }
-      if (!na) continue;
-      const int odd = (int)(npacked++ & 1);
-      w->kp = odd ? w->kb1 : w->kb0;
-      w->vp = odd ? w->vb1 : w->vb0;
-      ap_pack_k(&sq, kb0, n, D, w->kp);
-      ap_pack_v(&sq, kb0, n, D, w->vp);
+      for (int64_t b = b0; b < cache->lo; b++)
+        ap_pack_k(&sq, b * AP_KB, AP_KB, D, w->kc + b * (D / 2 * AP_KB)),
+            ap_pack_v(&sq, b * AP_KB, AP_KB, D, w->vc + b * (AP_KB / 2 * D));
+      if (HI > cache->end) {
+        for (int64_t b = ap_max(cache->end / AP_KB, b0); b < b1; b++) {
+          const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
+          ap_pack_k(&sq, b * AP_KB, n, D, w->kc + b * (D / 2 * AP_KB));
+          ap_pack_v(&sq, b * AP_KB, n, D, w->vc + b * (AP_KB / 2 * D));
+        }
+        cache->end = HI;
+      }
+      cache->lo = ap_min(cache->lo, b0);
+      cache->hi = ap_max(cache->hi, b1);
+    } else {
+      cache->seq = -1;
+      for (int64_t b = b0; b < b1; b++) {
+        const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
+        ap_pack_k(&sq, b * AP_KB, n, D, w->kc + (b - base) * (D / 2 * AP_KB));
+        ap_pack_v(&sq, b * AP_KB, n, D, w->vc + (b - base) * (AP_KB / 2 * D));
+      }
+    }
+    AP_BARRIER();
+    /* Software pipeline over the units: unit j's softmax (vector units),
+     * its rows interleaved with unit j-1's P.V and unit j+1's Q.K^T (tile
+     * unit). S, P and the rescale factors alternate between two buffers;
+     * O rows are rescaled by unit j's factors after unit j-1's P.V (which
+     * may write the same rows) and before unit j's. */
+    for (int64_t e0 = b0; e0 < b1; e0 += AP_CHUNK) { /* key blocks in chunks: a chunk's K/V stays in L2 while every row pair runs it */
+    const int64_t e1 = ap_min(b1, e0 + AP_CHUNK);
+    ap_iter it = {-1, 0, 0};
+    ap_unit u[3];
+    int64_t nu = 0;
+    int have_prev = 0, have_cur = ap_next(w, NP, e0, e1, &it, &u[1], base, D);
+    if (!have_cur) continue;
+    u[1].buf = 0;
+    for (int64_t st = 0, n = ap_qk_steps(&u[1], D); st < n; st++) ap_qk_step(w, &u[1], D, st);
+    while (have_cur) {
+      const int have_next = ap_next(w, NP, e0, e1, &it, &u[2], base, D);
+      u[2].buf = (u[1].buf + 1) & 1;
       AP_BARRIER();
-      /* Software pipeline over the active tiles: tile j's softmax (vector
-       * units), its rows interleaved with tile j-2's P.V and tile j+2's
-       * Q.K^T (tile unit). Two tiles of slack: the softmax never reads S just
-       * stored by the tile unit, nor P.V loads P just written. */
-      const int64_t NQ = AP_QK_STEPS(D), NP = AP_PV_STEPS(D);
-      for (int64_t t = 0; t < 2 && t < na; t++)
-        for (int64_t st = 0; st < NQ; st++) ap_qk_step(w, w->act[t], D, st);
-      for (int64_t j = 0; j < na; j++) {
-        const int64_t r0 = w->act[j];
-        const int64_t np = j >= 2 ? NP : 0, total = np + (j + 2 < na ? NQ : 0);
-        int64_t st = 0;
-        for (int64_t r = r0; r < r0 + 16; r++) {
-          ap_softmax_row(w, r, kb0, scale, w->msk[j], D);
-          AP_BARRIER();
-          const int64_t until = total * (r - r0 + 1) / 16;
-          for (; st < until; st++) {
-            if (st < np)
-              ap_pv_step(w, w->act[j - 2], D, st);
-            else
-              ap_qk_step(w, w->act[j + 2], D, st - np);
+      const int64_t np = have_prev ? ap_pv_steps(&u[0], D) : 0, total = np + (have_next ? ap_qk_steps(&u[2], D) : 0);
+      const ap_unit *c = &u[1];
+      const float *sb = w->s + c->buf * (32 * AP_KB);
+      uint16_t *pb = w->p + c->buf * (32 * AP_KB);
+      float *al = w->alpha + c->buf * 32;
+      int64_t st = 0, slot = 0;
+#define AP_STEPS()                                     \
+  do {                                                 \
+    AP_BARRIER();                                      \
+    const int64_t until = total * (++slot) / 64;       \
+    for (; st < until; st++) {                         \
+      if (st < np)                                     \
+        ap_pv_step(w, &u[0], D, st);                   \
+      else                                             \
+        ap_qk_step(w, &u[2], D, st - np);              \
+    }                                                  \
+  } while (0)
+      if (scale > 0.0f) {
+        /* only the key groups g0..g1 (the others are masked for every row
+         * of the pair, and P.V skips them) */
+        const int v0 = (int)(2 * c->g0), v1 = (int)(2 * c->g1);
+        for (int64_t h = 0; h < 32; h += 16) {
+          ap_sm16 t;
+          const int64_t r0 = c->r0 + h;
+          for (int64_t r = 0; r < 16; r++) {
+            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_KB, c->kb0, (int)c->mask, v0, v1);
+            AP_STEPS();
           }
+          ap_sm_mid(&t, w, r0, scale);
+          for (int64_t r = 0; r < 16; r++) {
+            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_KB, pb + (h + r) * AP_KB, c->kb0, scale, (int)c->mask, v0, v1);
+            AP_STEPS();
+          }
+          ap_sm_end(&t, w, r0, al + h);
+        }
+      } else { /* scale <= 0 or NaN: the max of S is not that of S * scale */
+        for (int64_t r = 0; r < 32; r++) {
+          ap_softmax_row(w, c->r0 + r, sb + r * AP_KB, pb + r * AP_KB, al + r, c->kb0, scale, (int)c->mask);
+          AP_STEPS();
+          AP_STEPS();
         }
       }
-      for (int64_t t = ap_max(na - 2, 0); t < na; t++)
-        for (int64_t st = 0; st < NP; st++) ap_pv_step(w, w->act[t], D, st);
+#undef AP_STEPS
+      AP_BARRIER();
+      ap_rescale(w, c->r0, al, D);
+      AP_BARRIER();
+      u[0] = u[1];
+      u[1] = u[2];
+      have_prev = 1;
+      have_cur = have_next;
+      nu++;
+    }
+    for (int64_t st = 0, n = ap_pv_steps(&u[0], D); st < n; st++) ap_pv_step(w, &u[0], D, st);
+    AP_BARRIER();
     }
   }
   const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
@@ -471,6 +729,7 @@ static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int
   const unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8040u); /* FTZ + DAZ: exp underflow (masked keys) must not take microcode assists */
   ap_tile_config(); /* per-thread state */
+  ap_cache cache = {-1, -1, 0, 0, 0};
   /* kv heads outer: consecutive items of a head re-read the same keys and
    * values, which then stay in L2 (blocks write disjoint outputs; the order
    * does not change any result) */
@@ -479,7 +738,7 @@ static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int
       if (ap_decode_item(a, b)) continue;
       const int64_t item = b / NG, kvh0 = (b % NG) * KG;
       const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
-      for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, seq, kvh0 + kvl, i0, i1);
+      for (int64_t kvl = 0; kvl < KG; kvl++) ap_head(a, &w, &cache, seq, kvh0 + kvl, i0, i1);
     }
   }
   _tile_release();
