@@ -48,7 +48,7 @@
 
 #define AD_INLINE static inline __attribute__((always_inline))
 #define AD_FTZ_DAZ 0x8040u
-#define AD_LG_BUDGET (1 << 20) /* logits + probabilities of a unit */
+#define AD_LG_BUDGET (1 << 23) /* logits + probabilities of a unit */
 #ifndef AD_FP8
 #define AD_FP8 1 /* fp8 caches on this path (0: the avx512 fast path) */
 #endif
