@@ -1494,6 +1494,89 @@ fn varlen_chunked_prefill_equals_one_shot() {
     }
 }
 
+/// Decode-only batches (one query per sequence). On the amx tier (bf16 queries,
+/// bf16/fp8 caches, at most 8 query heads per kv head, head size a multiple of
+/// 32) they run the tile decode kernel: every head size it takes, fp8 e4m3 and
+/// e5m2, NHD and HND caches, contexts on both sides of its 16-key groups and
+/// 64-key steps, window, softcap, ALiBi, sinks and scales over poisoned caches;
+/// 16 query heads per kv head (and fp8 with at most 4) take the fallback.
+/// Tolerance: the module's.
+#[test]
+fn varlen_decode_only() {
+    let lens = [1usize, 15, 16, 17, 63, 64, 65, 200, 513];
+    let heads = [(16, 2), (32, 8), (8, 8), (16, 1)];
+    for (i, &d) in [32usize, 64, 96, 128, 192, 256, 512].iter().enumerate() {
+        for (k, stored) in [DType::BF16, DType::F8E4M3, DType::F8E5M2]
+            .into_iter()
+            .enumerate()
+        {
+            let (h, hkv) = heads[(i + k) % heads.len()];
+            let bs = [16, 32, 64][(i + 2 * k) % 3];
+            let mut sp = vspec(
+                DType::BF16,
+                stored,
+                h,
+                hkv,
+                d,
+                bs,
+                700 + (10 * i + k) as u64,
+            );
+            match (i + k) % 4 {
+                0 => {}
+                1 => {
+                    sp.window = (40, -1);
+                    sp.sinks = true;
+                }
+                2 => {
+                    sp.softcap = 30.0;
+                    sp.alibi = 2;
+                    sp.hnd = true;
+                }
+                _ => {
+                    sp.descale = 2;
+                    sp.causal = false;
+                    sp.window = (100, 3);
+                }
+            }
+            let seqs: Vec<(usize, usize)> = lens.iter().map(|&l| (1, l)).collect();
+            VarlenCase::new(sp, &seqs).check();
+        }
+    }
+}
+
+/// Decode-only batches give the same bits on 1, 2 and 3 threads (the launcher
+/// groups kv heads per grid block differently) on every tier, bf16 and fp8.
+#[test]
+fn varlen_decode_only_thread_invariance() {
+    // (the amx tile path takes fp8 caches only with 8 query heads per kv head)
+    for (n, (stored, h, hkv)) in [(DType::BF16, 32, 8), (DType::F8E4M3, 16, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut sp = vspec(DType::BF16, stored, h, hkv, 64, 16, 800 + n as u64);
+        sp.sinks = true;
+        sp.window = (300, -1);
+        let seqs: Vec<(usize, usize)> = (0..5).map(|k| (1, 100 + 97 * k)).collect();
+        let c = VarlenCase::new(sp, &seqs);
+        for isa in common::isas() {
+            let run = |threads: usize| {
+                with_threads(threads, || {
+                    xpu_ops::with_isa(isa, || {
+                        let mut out = Buf::zeros(c.dtype, &c.out_shape());
+                        let mut lse = Buf::zeros(DType::F32, &[h, c.q.shape[0]]);
+                        c.run(&mut out, Some(&mut lse)).unwrap();
+                        (out.data, lse.data)
+                    })
+                    .unwrap()
+                })
+            };
+            let one = run(1);
+            assert!(one == run(2), "{isa} {stored}: 2 threads differ");
+            assert!(one == run(3), "{isa} {stored}: 3 threads differ");
+        }
+    }
+}
+
 /// 1024 decode sequences through the varlen op.
 #[test]
 fn varlen_batch_1024() {

@@ -842,6 +842,7 @@ double xk_probe_bf16_amx(int64_t iters, xk_probe_result *sink) {
 void xk_gdn_amx_install(xk_kernel_table *t); /* gdn_chunk.c */
 int64_t xk_attn_workspace_amx(const xk_attn_args *a);                              /* attn_decode.c */
 void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
+void xk_attn_varlen_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
 void xk_attn_prefill_amx_install(xk_kernel_table *t); /* attn_prefill.c */
 
 void xk_amx_table_init(xk_kernel_table *t) {
@@ -855,6 +856,7 @@ void xk_amx_table_init(xk_kernel_table *t) {
   xk_gdn_amx_install(t);
   t->attn_workspace = xk_attn_workspace_amx;
   t->attn_paged = xk_attn_paged_amx;
+  t->attn_varlen = xk_attn_varlen_amx;
   /* After the decode entries: the prefill path keeps them as its fallback
    * (its workspace is the larger of the two). */
   xk_attn_prefill_amx_install(t);

@@ -48,7 +48,7 @@
 
 #define AD_INLINE static inline __attribute__((always_inline))
 #define AD_FTZ_DAZ 0x8040u
-#define AD_LG_BUDGET (1 << 20) /* logits + probabilities of a unit */
+#define AD_LG_BUDGET (1 << 23) /* logits + probabilities of a unit */
 #ifndef AD_FP8
 #define AD_FP8 1 /* fp8 caches on this path (0: the avx512 fast path) */
 #endif
@@ -572,11 +572,376 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
   _mm_setcsr(csr);
 }
 
+/* ---- flash_attn_varlen_func decode items ------------------------------------------
+ *
+ * Work items of one query over the flash layout [blocks][bs][Hkv][D] (HND
+ * views by strides). One tile shape (16 rows x 64 bytes) serves both
+ * products, so the config is loaded once:
+ *   Q.K: logits[16 tokens][16 lanes] += K[16 tokens][32 dims] . Qvnni, A =
+ *     16 key rows straight from the cache (row stride = the token stride),
+ *     B = the queries' 32 dims as 16 pair rows x 16 heads (heads >= G zero).
+ *   P.V: the value rows are not in VNNI pair order, so each probability
+ *     row is split in two: A row 2h holds (p_h,t, 0) and row 2h+1 (0, p_h,t)
+ *     for the 16 tokens t of a group, B = 16 value rows x 32 dims straight
+ *     from the cache, and C[2h + e][n] = sum_t p_h,t v_t[2n + e]: out[h] for
+ *     the 32 dims of the tile, even dims in row 2h, odd in 2h + 1. Needs
+ *     2 G <= 16.
+ * Steps of 64 keys (4 groups of 16, aligned to 16) with the online softmax
+ * of attn_varlen (probabilities exp(s - running max) rounded to bf16, fp32
+ * sum of the unrounded ones, accumulator rescaled when the max grows), the
+ * same logit order (scale * k_scale, softcap, ALiBi, window/causal mask) and
+ * the same sink / LSE epilogue. Groups that straddle the attended range take
+ * their values from a zero-padded copy (unused slots may hold NaN). fp8
+ * caches are widened to bf16 (exact) into staging rows first, k_scale on the
+ * logits and v_scale on the output. Each kv head's arithmetic depends on the
+ * call alone (not on kv_group or threads). */
+
+#define AV_NB 4 /* 16-token groups per step */
+
+static int av_ok(const xk_attn_args *a) {
+  const int32_t dt = a->cache_dtype;
+  if (a->kind != XK_ATTN_VARLEN || !a->fast || a->layout != XK_LAYOUT_FLASH || a->dtype != XK_BF16) return 0;
+  if (!(dt == XK_BF16 || (AD_FP8 && xk_is_fp8(dt)))) return 0;
+  if (a->num_kv_heads <= 0 || a->num_heads % a->num_kv_heads) return 0;
+  const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size, bs = a->block_size;
+  if (G > 8 || D <= 0 || D % 32 || D > 512 || bs <= 0 || bs % 16) return 0;
+  /* fp8 with G <= 4: the softmax over 16 lanes (G used) and the widening
+   * cost more than the avx512 fast path (Llama 32/8 fp8 B=8 ctx=4k measured
+   * 10-20% slower); G = 8 (Qwen 16/2) is faster here. */
+  if (xk_is_fp8(dt) && G <= 4) return 0;
+  return a->key_cache_strides[3] == 1 && a->value_cache_strides[3] == 1;
+}
+
+typedef struct av_geom {
+  int64_t KG, D, nch;
+  int64_t qb, lg, pe, acc, ml, vz, kst, row, total;
+} av_geom;
+
+static av_geom av_layout(const xk_attn_args *a) {
+  av_geom g;
+  g.KG = a->kv_group > 0 ? a->kv_group : 1;
+  g.D = a->head_size;
+  g.nch = g.D / 32;
+  const int fp8 = xk_is_fp8(a->cache_dtype);
+  int64_t off = 0;
+  g.qb = off; /* [KG][nch][16][16] u32 */
+  off += g.KG * g.nch * 1024;
+  g.lg = off; /* [KG][64][16] f32 */
+  off += g.KG * AV_NB * 1024;
+  g.pe = off; /* [KG][AV_NB][16][16] u32 */
+  off += g.KG * AV_NB * 1024;
+  g.acc = off; /* [KG][nch][16][16] f32 */
+  off += g.KG * g.nch * 1024;
+  g.ml = off; /* [KG][2][16] f32: running max and sum per lane */
+  off += g.KG * 128;
+  g.vz = off; /* [KG (fp8) or 1][AV_NB][16][D] bf16: fp8-widened or zero-padded value rows */
+  off += (fp8 ? g.KG : 1) * AV_NB * 16 * g.D * 2;
+  g.kst = off; /* fp8: [2][KG][AV_NB][16][D] bf16 key rows, a step ahead */
+  off += fp8 ? 2 * g.KG * AV_NB * 16 * g.D * 2 : 0;
+  g.row = off;
+  off += ad_al(g.D * 4);
+  g.total = off + 64;
+  return g;
+}
+
+static inline int av_decode_item(const xk_attn_args *a, int64_t b) {
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, item = b / (a->num_kv_heads / KG);
+  return a->work[3 * item + 2] - a->work[3 * item + 1] == 1;
+}
+
+/* fp8 -> bf16 of 32 codes (exact; byte tables of ad_cvt), natural order. */
+AD_INLINE __m512i av_fp8x32(__m256i codes, const ad_cvt *t) {
+  const __m512i x = _mm512_zextsi256_si512(codes);
+  const __m512i lo = _mm512_permutex2var_epi8(t->lo0, x, t->lo1);
+  const __m512i hi = _mm512_ternarylogic_epi32(_mm512_permutex2var_epi8(t->hi0, x, t->hi1), x, t->sgn, 0xf8);
+  /* bytes 0-31 of lo / hi: interleave to 32 little-endian words */
+  const __m512i wl = _mm512_unpacklo_epi8(lo, hi), wh = _mm512_unpackhi_epi8(lo, hi);
+  /* wl lanes: L0 = codes 0-7, L1 = 16-23; wh: L0 = 8-15, L1 = 24-31 */
+  return _mm512_permutex2var_epi64(wl, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), wh);
+}
+
+/* D cache elements as bf16 at d (fp8 widened exactly). */
+AD_INLINE void av_row(const char *s, int64_t D, int fp8, const ad_cvt *t, uint16_t *d) {
+  if (!fp8) {
+    memcpy(d, s, (size_t)D * 2);
+    return;
+  }
+  int64_t c = 0;
+  for (; c + 64 <= D; c += 64) {
+    __m512i o0, o1;
+    ad_fp8_rows4(_mm512_loadu_si512((const void *)(s + c)), t, &o0, &o1);
+    _mm512_storeu_si512((void *)(d + c), o0);
+    _mm512_storeu_si512((void *)(d + c + 32), o1);
+  }
+  if (c < D) _mm512_storeu_si512((void *)(d + c), av_fp8x32(_mm256_loadu_si256((const __m256i *)(s + c)), t));
+}
+
+/* Keys or values of nkv kv heads from kvh for one step (groups of 16 tokens
+ * from ts, at most ngmax) as bf16 rows at dst[kvl][group][16][D], in memory order (token
+ * rows outer, heads inner); tokens outside [lo, hi) are zero and not read. */
+static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *cache, const int64_t *st, int64_t es,
+                          int64_t ts, int64_t ngmax, int64_t lo, int64_t hi, int64_t kvh, int64_t nkv, int fp8,
+                          const ad_cvt *t, uint16_t *dst) {
+  const int64_t D = a->head_size, bs = a->block_size, ng = ad_min(ngmax, (hi - ts + 15) / 16);
+  for (int64_t j = 0; j < ng; j++) {
+    const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * a->block_tables_stride_block];
+    const char *src = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
+    const int64_t r0 = ad_max(0, lo - tok), r1 = ad_min(16, hi - tok);
+    for (int64_t r = 0; r < 16; r++) {
+      for (int64_t kvl = 0; kvl < nkv; kvl++) {
+        uint16_t *d = dst + ((kvl * AV_NB + j) * 16 + r) * D;
+        if (r < r0 || r >= r1)
+          memset(d, 0, (size_t)D * 2);
+        else
+          av_row(src + (r * st[1] + kvl * st[2]) * es, D, fp8, t, d);
+      }
+    }
+  }
+}
+
+static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t end) {
+  const av_geom g = av_layout(a);
+  const int64_t KG = g.KG, NG = a->num_kv_heads / KG, G = a->num_heads / a->num_kv_heads, D = g.D, nch = g.nch;
+  const int64_t bs = a->block_size, btb = a->block_tables_stride_block;
+  const int fp8 = xk_is_fp8(a->cache_dtype);
+  const int64_t es = fp8 ? 1 : 2;
+  const int64_t *ks = a->key_cache_strides, *vs = a->value_cache_strides;
+  uint32_t *qb = (uint32_t *)(base + g.qb), *pe = (uint32_t *)(base + g.pe);
+  float *lgb = (float *)(base + g.lg), *accb = (float *)(base + g.acc), *mlb = (float *)(base + g.ml);
+  float *row = (float *)(base + g.row);
+  uint16_t *vz = (uint16_t *)(base + g.vz), *kst = (uint16_t *)(base + g.kst);
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | AD_FTZ_DAZ);
+  ad_cvt cv;
+  memset(&cv, 0, sizeof cv);
+  if (fp8) ad_cvt_init(&cv, a->cache_dtype);
+  ad_config(16, 64, 16);
+  const __mmask16 hmask = (__mmask16)((1u << G) - 1u);
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  const float cap = a->softcap, icap = cap > 0.0f ? 1.0f / cap : 0.0f;
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t item = b / NG, kvh0 = (b % NG) * KG;
+    const int64_t seq = a->work[3 * item], i = a->work[3 * item + 1];
+    const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+    const int64_t qtok = q0 + i, pos = i + k_len - q_len;
+    int64_t hi = k_len, lo = 0;
+    if (a->causal) hi = ad_min(hi, pos + 1);
+    if (a->window_right >= 0) hi = ad_min(hi, pos + a->window_right + 1);
+    if (a->window_left >= 0) lo = ad_max(lo, pos - a->window_left);
+    const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
+    /* queries as B tiles: qb[kvl][c][p][h] = dims (32c + 2p, +1) of head h */
+    memset(qb, 0, (size_t)(KG * nch * 1024));
+    memset(accb, 0, (size_t)(KG * nch * 1024));
+    for (int64_t kvl = 0; kvl < KG; kvl++) {
+      for (int64_t h = 0; h < G; h++) {
+        const uint32_t *src = (const uint32_t *)((const char *)a->query +
+                                                 (qtok * a->q_stride_token + ((kvh0 + kvl) * G + h) * a->q_stride_head) * 2);
+        uint32_t *q = qb + kvl * nch * 256 + h;
+        for (int64_t p = 0; p < D / 2; p++) q[(p / 16) * 256 + (p % 16) * 16] = src[p];
+      }
+      _mm512_storeu_ps(mlb + kvl * 32, ninf);
+      _mm512_storeu_ps(mlb + kvl * 32 + 16, _mm512_setzero_ps());
+    }
+    const int64_t LOa = lo & ~(int64_t)15, kslot = KG * AV_NB * 16 * D;
+    /* fp8: a step's keys are widened (in memory order) one step ahead, its
+     * values right after its Q.K: a tile load right after the stores of its
+     * data waits for them. */
+    if (fp8 && LOa < hi) av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, AV_NB, lo, hi, kvh0, KG, 1, &cv, kst);
+    for (int64_t ts = LOa, sn = 0; ts < hi; ts += 16 * AV_NB, sn++) {
+      const int64_t ng = ad_min(AV_NB, (hi - ts + 15) / 16);
+      const char *kp[AV_NB], *vp[AV_NB];
+      for (int64_t j = 0; j < ng; j++) {
+        const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * btb];
+        kp[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
+        vp[j] = (const char *)a->value_cache + (blk * vs[0] + (tok % bs) * vs[1]) * es;
+      }
+      /* Q.K per kv head */
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        const int64_t kvh = kvh0 + kvl;
+        const char *A[AD_NB];
+        int64_t astr = ks[1] * es;
+        for (int64_t j = 0; j < ng; j++)
+          A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * AV_NB + j) * 16 * D) : kp[j] + kvh * ks[2] * es;
+        if (fp8) astr = D * 2;
+        for (int64_t j = ng; j < AD_NB; j++) A[j] = A[0];
+        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256);
+      }
+      if (fp8) {
+        if (ts + 16 * AV_NB < hi)
+          av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, ts + 16 * AV_NB, AV_NB, lo, hi, kvh0, KG, 1, &cv,
+                        kst + ((sn + 1) & 1) * kslot);
+        av_stage_step(a, bt, (const char *)a->value_cache, vs, 1, ts, AV_NB, lo, hi, kvh0, KG, 1, &cv, vz);
+      }
+      /* online softmax per kv head; probabilities split into A rows */
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        const int64_t kvh = kvh0 + kvl;
+        const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+        const __m512 vsc = _mm512_set1_ps(a->scale * ksc);
+        __m512 vsl = _mm512_setzero_ps();
+        if (a->alibi_slopes) vsl = _mm512_maskz_loadu_ps(hmask, a->alibi_slopes + seq * a->alibi_stride_seq + kvh * G);
+        float *lg = lgb + kvl * AV_NB * 256;
+        const int64_t nt = 16 * ng;
+        __m512 vmax = ninf;
+        for (int64_t r = 0; r < nt; r++) {
+          const int64_t tok = ts + r;
+          __m512 x = _mm512_mul_ps(_mm512_loadu_ps(lg + 16 * r), vsc);
+          if (cap > 0.0f) {
+            const __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(icap));
+            const __m512 e = xk_exp16(_mm512_mul_ps(_mm512_abs_ps(y), _mm512_set1_ps(-2.0f)));
+            __m512 th = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            th = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(th),
+                                                     _mm512_and_si512(_mm512_castps_si512(y),
+                                                                      _mm512_set1_epi32((int)0x80000000u))));
+            x = _mm512_mul_ps(th, _mm512_set1_ps(cap));
+          }
+          if (a->alibi_slopes) x = _mm512_sub_ps(x, _mm512_mul_ps(vsl, _mm512_set1_ps(fabsf((float)(pos - tok)))));
+          const __mmask16 valid = tok >= lo && tok < hi ? hmask : 0;
+          x = _mm512_mask_mov_ps(ninf, valid, x);
+          _mm512_storeu_ps(lg + 16 * r, x);
+          vmax = _mm512_mask_max_ps(vmax, valid, x, vmax); /* NaN logits ignored as fmaxf */
+        }
+        float *ml = mlb + kvl * 32;
+        const __m512 mold = _mm512_loadu_ps(ml);
+        const __m512 mnew = _mm512_max_ps(vmax, mold);
+        const __mmask16 live = _mm512_cmp_ps_mask(mnew, ninf, _CMP_NEQ_OQ);
+        const __mmask16 had = _mm512_cmp_ps_mask(mold, ninf, _CMP_NEQ_OQ);
+        const __m512 alpha = _mm512_maskz_mov_ps(had, xk_exp16(_mm512_sub_ps(mold, mnew)));
+        const __m512 msub = _mm512_maskz_mov_ps(live, mnew);
+        __m512 vsum = _mm512_setzero_ps();
+        for (int64_t r = 0; r < nt; r++) {
+          const __m512 x = _mm512_loadu_ps(lg + 16 * r);
+          const __mmask16 v = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ) & live;
+          const __m512 e = _mm512_maskz_mov_ps(v, xk_exp16(_mm512_sub_ps(x, msub)));
+          _mm512_storeu_ps(lg + 16 * r, e);
+          vsum = _mm512_add_ps(vsum, e);
+        }
+        /* lanes that attended nothing yet keep m = -inf, l = 0 */
+        const __m512 lold = _mm512_loadu_ps(ml + 16);
+        _mm512_storeu_ps(ml + 16, _mm512_mask_mov_ps(lold, live, _mm512_fmadd_ps(lold, alpha, vsum)));
+        _mm512_storeu_ps(ml, mnew);
+        /* rescale the accumulator where the max grew (rows 2h, 2h + 1 <- alpha_h) */
+        const __mmask16 grow = _mm512_cmp_ps_mask(alpha, _mm512_set1_ps(1.0f), _CMP_NEQ_UQ) & had & live;
+        if (grow) {
+          _Alignas(64) float al[16];
+          _mm512_store_ps(al, alpha);
+          float *acc = accb + kvl * nch * 256;
+          for (int64_t hh = 0; hh < G; hh++) {
+            if (!((grow >> hh) & 1)) continue;
+            const __m512 f = _mm512_set1_ps(al[hh]);
+            for (int64_t c = 0; c < nch; c++)
+              for (int e = 0; e < 2; e++) {
+                float *p = acc + c * 256 + (2 * hh + e) * 16;
+                _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), f));
+              }
+          }
+        }
+        /* round to bf16, transpose to [head][token], split rows */
+        for (int64_t j = 0; j < ng; j++) {
+          __m512i r16[16];
+          for (int t = 0; t < 16; t++) {
+            const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(lg + 16 * (16 * j + t)));
+            const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+            r16[t] = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd),
+                                      _mm512_set1_epi32((int)0xffff0000u));
+          }
+          xk_transpose16_epi32(r16);
+          uint32_t *P = pe + (kvl * AV_NB + j) * 256;
+          for (int h = 0; h < 8; h++) {
+            _mm512_storeu_si512((void *)(P + (2 * h) * 16), _mm512_srli_epi32(r16[h], 16));
+            _mm512_storeu_si512((void *)(P + (2 * h + 1) * 16), r16[h]);
+          }
+        }
+      }
+      /* P.V per kv head and pass of 4 C tiles (128 dims) */
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        const int64_t kvh = kvh0 + kvl;
+        const char *B[AV_NB];
+        int64_t bstr[AV_NB];
+        for (int64_t j = 0; j < ng; j++) {
+          const int64_t t0 = ts + 16 * j;
+          if (fp8) {
+            B[j] = (const char *)(vz + (kvl * AV_NB + j) * 16 * D);
+            bstr[j] = D * 2;
+          } else if (t0 < lo || t0 + 16 > hi) {
+            av_stage_step(a, bt, (const char *)a->value_cache, vs, 2, t0, 1, lo, hi, kvh, 1, 0, &cv, vz + j * 16 * D);
+            B[j] = (const char *)(vz + j * 16 * D);
+            bstr[j] = D * 2;
+          } else {
+            B[j] = vp[j] + kvh * vs[2] * 2;
+            bstr[j] = vs[1] * 2;
+          }
+        }
+        float *acc = accb + kvl * nch * 256;
+        const uint32_t *P = pe + kvl * AV_NB * 256;
+        for (int64_t c0 = 0; c0 < nch; c0 += 4) {
+          const int64_t nt4 = ad_min(4, nch - c0);
+          float *o = acc + c0 * 256;
+          _tile_loadd(0, o, 64);
+          if (nt4 > 1) _tile_loadd(1, o + 256, 64);
+          if (nt4 > 2) _tile_loadd(2, o + 512, 64);
+          if (nt4 > 3) _tile_loadd(3, o + 768, 64);
+          for (int64_t j = 0; j < ng; j++) {
+            const char *v = B[j] + c0 * 64;
+            const int64_t s = bstr[j];
+            _tile_loadd(4, P + j * 256, 64);
+            _tile_loadd(5, v, s);
+            _tile_dpbf16ps(0, 4, 5);
+            if (nt4 > 1) {
+              _tile_loadd(6, v + 64, s);
+              _tile_dpbf16ps(1, 4, 6);
+            }
+            if (nt4 > 2) {
+              _tile_loadd(7, v + 128, s);
+              _tile_dpbf16ps(2, 4, 7);
+            }
+            if (nt4 > 3) {
+              _tile_loadd(5, v + 192, s);
+              _tile_dpbf16ps(3, 4, 5);
+            }
+          }
+          _tile_stored(0, o, 64);
+          if (nt4 > 1) _tile_stored(1, o + 256, 64);
+          if (nt4 > 2) _tile_stored(2, o + 512, 64);
+          if (nt4 > 3) _tile_stored(3, o + 768, 64);
+        }
+      }
+    }
+    /* epilogue: sinks, 1 / l, v_scale, LSE */
+    for (int64_t kvl = 0; kvl < KG; kvl++) {
+      const int64_t kvh = kvh0 + kvl;
+      const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+      const float *acc = accb + kvl * nch * 256, *ml = mlb + kvl * 32;
+      for (int64_t gh = 0; gh < G; gh++) {
+        const int64_t h = kvh * G + gh;
+        float m = ml[gh], l = ml[16 + gh], f = 1.0f;
+        if (a->s_aux) {
+          const float sink = a->s_aux[h], ms = fmaxf(m, sink);
+          const float al = m == -INFINITY ? 0.0f : expf(m - ms);
+          l = l * al + expf(sink - ms);
+          f = al;
+          m = ms;
+        }
+        f = l == 0.0f ? 0.0f : f / l;
+        for (int64_t c = 0; c < nch; c++)
+          for (int64_t n = 0; n < 16; n++)
+            for (int e = 0; e < 2; e++) row[32 * c + 2 * n + e] = acc[c * 256 + (2 * gh + e) * 16 + n] * (f * vsc);
+        xk_convert_row((char *)a->out + (qtok * a->out_stride_token + h * a->out_stride_head) * 2, a->dtype, row,
+                       XK_F32, D, 1.0f);
+        if (a->lse) a->lse[h * a->lse_stride_head + qtok * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+      }
+    }
+  }
+  _tile_release();
+  _mm_setcsr(csr);
+}
+
 /* ---- entry points (the amx table) ------------------------------------------------ */
 
 int64_t xk_attn_workspace_amx(const xk_attn_args *a) {
   if (ad_paged_ok(a)) return ad_layout(a).total;
-  return xk_kernels_avx512.attn_workspace(a);
+  const int64_t prev = xk_kernels_avx512.attn_workspace(a);
+  if (av_ok(a)) return ad_max(prev, av_layout(a).total);
+  return prev;
 }
 
 void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
@@ -586,4 +951,24 @@ void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, in
   }
   char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
   ad_paged(a, base, begin, end);
+}
+
+/* flash_attn_varlen_func: runs of decode items (one query) on the tile
+ * kernel above, the rest on the avx512 kernel. */
+void xk_attn_varlen_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
+  if (!av_ok(a)) {
+    xk_kernels_avx512.attn_varlen(a, workspace, begin, end);
+    return;
+  }
+  char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+  for (int64_t b = begin; b < end;) {
+    const int dec = av_decode_item(a, b);
+    int64_t e = b + 1;
+    while (e < end && av_decode_item(a, e) == dec) e++;
+    if (dec)
+      av_varlen(a, base, b, e);
+    else
+      xk_kernels_avx512.attn_varlen(a, workspace, b, e);
+    b = e;
+  }
 }
