@@ -153,6 +153,59 @@ XK_ALWAYS_INLINE __m256i to_bf16(__m512 v) {
   return _mm512_cvtepi32_epi16(r);
 }
 
+/* Outputs of at least this many bytes are written with streaming stores
+ * where a row of the block is whole and 64-byte aligned: ordinary stores
+ * that miss the caches stall the tile loads behind them (M = 512, K = N =
+ * 4096: the epilogue took ~10% of the GEMM; with streaming stores ~1%). A
+ * smaller out is likely read again from cache, so it is stored normally. */
+#ifndef PK_NT_MIN
+#define PK_NT_MIN (4 << 20)
+#endif
+
+static inline int out_nt(const xk_linear_args *a) {
+  return a->m * a->n * (a->out_dtype == XK_F32 ? 4 : 2) >= PK_NT_MIN;
+}
+
+/* bias[n .. n + 32) (columns past nm zero) as two f32 vectors. */
+XK_ALWAYS_INLINE void bias32(const xk_linear_args *a, int64_t n, __mmask32 nm, __m512 *b0, __m512 *b1) {
+  *b0 = _mm512_setzero_ps();
+  *b1 = _mm512_setzero_ps();
+  if (!a->bias) return;
+  if (a->bias_dtype == XK_F32) {
+    *b0 = _mm512_maskz_loadu_ps((__mmask16)nm, (const float *)a->bias + n);
+    *b1 = _mm512_maskz_loadu_ps((__mmask16)(nm >> 16), (const float *)a->bias + n + 16);
+  } else {
+    const __m512i bb = _mm512_maskz_loadu_epi16(nm, (const uint16_t *)a->bias + n);
+    *b0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bb)), 16));
+    *b1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bb, 1)), 16));
+  }
+}
+
+/* out[m][n .. n + nn) = (v0, v1) (nn <= 32 columns, nm their mask), one
+ * 64-byte store (bf16); streaming when `nt` and the row is whole and
+ * aligned (the caller fences). */
+XK_ALWAYS_INLINE void store_row32(const xk_linear_args *a, int64_t m, int64_t n, int64_t nn, __mmask32 nm, __m512 v0,
+                                  __m512 v1, int nt) {
+  const int64_t row = m * a->out_stride + n;
+  if (a->out_dtype == XK_F32) {
+    float *o = (float *)a->out + row;
+    if (nt && nn == 32 && ((uintptr_t)o & 63) == 0) {
+      _mm512_stream_ps(o, v0);
+      _mm512_stream_ps(o + 16, v1);
+    } else {
+      _mm512_mask_storeu_ps(o, (__mmask16)nm, v0);
+      _mm512_mask_storeu_ps(o + 16, (__mmask16)(nm >> 16), v1);
+    }
+  } else {
+    uint16_t *o = (uint16_t *)a->out + row;
+    const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(to_bf16(v0)), to_bf16(v1), 1);
+    if (nt && nn == 32 && ((uintptr_t)o & 63) == 0)
+      _mm512_stream_si512((void *)o, h);
+    else
+      _mm512_mask_storeu_epi16(o, nm, h);
+  }
+}
+
 /* One finished C^T tile ct[16 n][16 m]: out[m0 + j][n0 + i] = ct[i][j] + bias[n0 + i]
  * for i < nn, j < mm. */
 static void epilogue_tile(const xk_linear_args *a, const float *ct, int64_t n0, int64_t nn, int64_t m0, int64_t mm) {
@@ -181,10 +234,16 @@ static void epilogue_tile(const xk_linear_args *a, const float *ct, int64_t n0, 
 /* ---- tile blocks ------------------------------------------------------------- */
 
 /* 2 x 2 C tiles (tiles 0-3: C[i][j] = tile 2i + j; i over weight tiles, j over
- * x tiles), weights in tiles 4-5, x in 6-7, over `steps` k-steps. */
-XK_ALWAYS_INLINE void steps_2x2(int64_t steps, const char *w0, int64_t ws0, const char *w1, int64_t ws1,
-                                const char *x0, const char *x1) {
+ * x tiles), weights in tiles 4-5, x in 6-7, over `steps` k-steps; also
+ * prefetches into L2, spread evenly over the steps, `lines` lines of rows
+ * `row` lines long, `rstride` bytes apart, from pf. */
+XK_ALWAYS_INLINE void steps_2x2_pf(int64_t steps, const char *w0, int64_t ws0, const char *w1, int64_t ws1,
+                                   const char *x0, const char *x1, const char *pf, int64_t lines, int64_t row,
+                                   int64_t rstride) {
+  const int64_t per = cdiv(lines, steps > 0 ? steps : 1);
   for (int64_t s = 0; s < steps; s++) {
+    for (int64_t g = s * per; g < (s + 1) * per && g < lines; g++)
+      _mm_prefetch(pf + (g / row) * rstride + 64 * (g % row), _MM_HINT_T1);
     _tile_loadd(4, w0 + 64 * s, ws0);
     _tile_loadd(6, x0 + 1024 * s, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -373,24 +432,43 @@ static void stage_block(const gemm_pipe *p, int64_t n, int64_t k0, int64_t kl) {
   }
 }
 
-/* Prefetches (into L2) this x block's share of the weight rows the block
- * after (n, k0) stages. */
-static void prefetch_next(const gemm_pipe *p, int64_t n, int64_t k0, int64_t xb) {
+/* This x block's share of the weight rows the block after (n, k0) stages,
+ * for steps_2x2_pf: rows from *pf, `row` lines each; returns the lines. */
+static int64_t prefetch_share(const gemm_pipe *p, int64_t n, int64_t k0, int64_t xb, const char **pf, int64_t *row) {
   const xk_linear_args *a = p->a;
   const int64_t nn = n + 32 < p->n1 ? n + 32 : p->n0, kk = n + 32 < p->n1 ? k0 : k0 + p->kc;
-  if (kk >= a->k) return;
-  const int64_t bytes = min64(p->kc, a->k - kk) * 2, r1 = 32 * (xb + 1) / p->nxb;
-  for (int64_t r = 32 * xb / p->nxb; r < r1 && nn + r < a->n; r++) {
-    const char *row = (const char *)((const uint16_t *)a->w + (nn + r) * a->w_stride + kk);
-    for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch(row + c, _MM_HINT_T1);
-  }
+  if (kk >= a->k) return 0;
+  const int64_t r0 = 32 * xb / p->nxb, r1 = min64(32 * (xb + 1) / p->nxb, a->n - nn);
+  if (r1 <= r0) return 0;
+  *pf = (const char *)((const uint16_t *)a->w + (nn + r0) * a->w_stride + kk);
+  *row = cdiv(min64(p->kc, a->k - kk) * 2, 64);
+  return (r1 - r0) * *row;
 }
 
-static void epilogue_block(const gemm_pipe *p, const float *ct, int64_t n, int64_t m) {
-  for (int i = 0; i < 2; i++)
-    for (int j = 0; j < 2; j++)
-      epilogue_tile(p->a, ct + 256 * (2 * i + j), n + 16 * i, min64(16, p->n1 - n - 16 * i), m + 16 * j,
-                    min64(16, p->m1 - m - 16 * j));
+/* A finished 2 x 2 block of C^T tiles (tile 2i + j: weight rows n + 16i..,
+ * x rows m + 16j..): transposed, then each out row's 32 columns in one
+ * 64-byte store (bf16), streaming for a large out (the caller fences). */
+static void epilogue_block(const gemm_pipe *p, const float *ct, int64_t n, int64_t m, int nt) {
+  const xk_linear_args *a = p->a;
+  const int64_t nn = min64(32, p->n1 - n);
+  if (nn <= 0) return;
+  const __mmask32 nm = kmask(nn);
+  __m512 b0, b1;
+  bias32(a, n, nm, &b0, &b1);
+  for (int j = 0; j < 2; j++) {
+    const int64_t mm = min64(16, p->m1 - m - 16 * j);
+    if (mm <= 0) break;
+    __m512i r0[16], r1[16];
+    for (int i = 0; i < 16; i++) {
+      r0[i] = _mm512_loadu_si512(ct + 256 * j + 16 * i);
+      r1[i] = _mm512_loadu_si512(ct + 256 * (2 + j) + 16 * i);
+    }
+    xk_transpose16_epi32(r0);
+    xk_transpose16_epi32(r1);
+    for (int64_t r = 0; r < mm; r++)
+      store_row32(a, m + 16 * j + r, n, nn, nm, _mm512_add_ps(_mm512_castsi512_ps(r0[r]), b0),
+                  _mm512_add_ps(_mm512_castsi512_ps(r1[r]), b1), nt);
+  }
 }
 
 static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_ws *L) {
@@ -410,6 +488,7 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
   p.ctmp[1] = p.ctmp[0] + 1024;
   const int64_t kblocks = a->k > 0 ? cdiv(a->k, p.kc) : 1;
   int64_t pending = -1, pend_n = 0, pend_m = 0; /* a finished C block in ctmp[pending & 1] */
+  const int nt = out_nt(a);
   int64_t iter = 0;
   for (int64_t kb = 0; kb < kblocks; kb++) {
     const int64_t k0 = kb * p.kc, kl = a->k > 0 ? min64(p.kc, a->k - k0) : 0, steps = cdiv(kl, 32);
@@ -433,11 +512,15 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
         float *cp = p.cpart + (((n - p.n0) / 32) * p.nxb + xb) * 1024;
         c_begin(first, cp);
         const char *x0 = (const char *)(p.xp + 2 * xb * steps * 256), *x1 = x0 + 1024 * steps;
-        steps_2x2(steps, w0, wstr, w1, wstr, x0, x1);
-        /* The next block's weight rows into L2, a share per x block. */
-        prefetch_next(&p, n, k0, xb);
+        { /* the next block's weight rows into L2, a share per x block, a few lines a step (a burst after
+           * the block holds the fill buffers the tile loads need: 1.1x at M = 512) */
+          const char *pf = NULL;
+          int64_t row = 1;
+          const int64_t lines = prefetch_share(&p, n, k0, xb, &pf, &row);
+          steps_2x2_pf(steps, w0, wstr, w1, wstr, x0, x1, pf, lines, row, a->w_stride * 2);
+        }
         if (pending >= 0) {
-          epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m);
+          epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m, nt);
           pending = -1;
         }
         if (last) {
@@ -451,7 +534,7 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
       }
     }
   }
-  if (pending >= 0) epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m);
+  if (pending >= 0) epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m, nt);
 }
 
 /* ---- decode tiles (M <= 16) -------------------------------------------------------
@@ -659,15 +742,6 @@ XK_ALWAYS_INLINE void pk_tail(float *dst, const char *nx, const char *nw) {
   _tile_stored(3, dst + 768, 64);
 }
 
-/* Outputs of at least this many bytes are written with streaming stores
- * where a row of the block is whole and 64-byte aligned: ordinary stores
- * that miss the caches stall the tile loads behind them (M = 512, K = N =
- * 4096: the epilogue took ~10% of the GEMM; with streaming stores ~1%). A
- * smaller out is likely read again from cache, so it is stored normally. */
-#ifndef PK_NT_MIN
-#define PK_NT_MIN (4 << 20)
-#endif
-
 /* One finished 32 x 32 C block ct (tile 2i + j: rows m + 16i.., columns n +
  * 16j..), row-major: out[m + r][n + c] = C + bias[n + c], for m + r < m1,
  * n + c < n1; one 64-byte row store per output row (bf16), streaming when
@@ -677,43 +751,14 @@ static void pk_epilogue(const xk_linear_args *a, const float *ct, int64_t n, int
   const int64_t nn = min64(32, n1 - n);
   if (nn <= 0) return;
   const __mmask32 nm = kmask(nn);
-  const __mmask16 nm0 = (__mmask16)nm, nm1 = (__mmask16)(nm >> 16);
-  __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-  if (a->bias) {
-    if (a->bias_dtype == XK_F32) {
-      b0 = _mm512_maskz_loadu_ps(nm0, (const float *)a->bias + n);
-      b1 = _mm512_maskz_loadu_ps(nm1, (const float *)a->bias + n + 16);
-    } else {
-      const __m512i bb = _mm512_maskz_loadu_epi16(nm, (const uint16_t *)a->bias + n);
-      b0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bb)), 16));
-      b1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bb, 1)), 16));
-    }
-  }
+  __m512 b0, b1;
+  bias32(a, n, nm, &b0, &b1);
   for (int i = 0; i < 2; i++) {
     const float *c0 = ct + 512 * i, *c1 = c0 + 256;
     const int64_t rows = min64(16, m1 - m - 16 * i);
-    for (int64_t r = 0; r < rows; r++) {
-      const __m512 v0 = _mm512_add_ps(_mm512_loadu_ps(c0 + 16 * r), b0);
-      const __m512 v1 = _mm512_add_ps(_mm512_loadu_ps(c1 + 16 * r), b1);
-      const int64_t row = (m + 16 * i + r) * a->out_stride + n;
-      if (a->out_dtype == XK_F32) {
-        float *o = (float *)a->out + row;
-        if (nt && nn == 32 && ((uintptr_t)o & 63) == 0) {
-          _mm512_stream_ps(o, v0);
-          _mm512_stream_ps(o + 16, v1);
-        } else {
-          _mm512_mask_storeu_ps(o, nm0, v0);
-          _mm512_mask_storeu_ps(o + 16, nm1, v1);
-        }
-      } else {
-        uint16_t *o = (uint16_t *)a->out + row;
-        const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(to_bf16(v0)), to_bf16(v1), 1);
-        if (nt && nn == 32 && ((uintptr_t)o & 63) == 0)
-          _mm512_stream_si512((void *)o, h);
-        else
-          _mm512_mask_storeu_epi16(o, nm, h);
-      }
-    }
+    for (int64_t r = 0; r < rows; r++)
+      store_row32(a, m + 16 * i + r, n, nn, nm, _mm512_add_ps(_mm512_loadu_ps(c0 + 16 * r), b0),
+                  _mm512_add_ps(_mm512_loadu_ps(c1 + 16 * r), b1), nt);
   }
 }
 
@@ -740,7 +785,7 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
   const int64_t nb0 = n0 / 32, nb1 = cdiv(n1, 32), xb0 = m0 / 32;
   const char *W = (const char *)a->w, *X = (const char *)a->xp;
   int64_t pending = -1, pend_n = 0, pend_m = 0, iter = 0;
-  const int nt = a->m * a->n * (a->out_dtype == XK_F32 ? 4 : 2) >= PK_NT_MIN;
+  const int nt = out_nt(a);
 #define PK_W(kb, nb, st) (W + 2048 * ((kb) * PK_KCS * np + (nb) * (st)))
 #define PK_X(kb, xb, st) (X + 2048 * ((kb) * PK_KCS * mp + (xb) * (st)))
 #define PK_FLUSH()                                                          \
@@ -871,6 +916,7 @@ void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t til
       gemm_tile(a, t, base, &L);
   }
   _tile_release();
+  _mm_sfence(); /* gemm_tile's streaming stores, before the caller's join */
 }
 
 /* ---- probe ------------------------------------------------------------------- */
