@@ -15,7 +15,9 @@
  * computes the transposed product C^T[n][m] = sum_k W[n][k] x[m][k], with x
  * (the smaller operand for any M < N) packed into VNNI B tiles per k block,
  * and transposes each finished 16 x 16 tile in the epilogue (bias added in
- * fp32, then the one rounding to the output dtype).
+ * fp32, then the one rounding to the output dtype). The pre-packed path
+ * (XK_WEIGHT_PACKED_AMX, below) instead stores the weights as VNNI B tiles
+ * once and computes C itself, x as row-major A tiles.
  *
  * Blocking. A grid tile is tile_m rows x tile_n columns of out. M > 16: the
  * K loop runs in blocks of AMX_KC (or the whole K when the tile's packed x
