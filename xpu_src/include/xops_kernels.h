@@ -368,8 +368,9 @@ typedef enum xk_weight_kind {
 /* Pre-packed weights (PackedLinearWeight). XK_WEIGHT_PACKED_AMX: K in blocks
  * of XK_AMX_PACK_KC (the last one shorter, K zero-padded to 32), N in blocks
  * of 32 rows (zero-padded); block (kb, nb) holds its steps of 32 k back to
- * back, each step two 1 KiB tiles (rows nb*32 + 0..15, then 16..31; a tile
- * row = 32 consecutive bf16 k); kb major: block (kb, nb) starts at byte
+ * back, each step two 1 KiB VNNI tiles (weight rows nb*32 + 0..15, then
+ * 16..31; tile row u holds, for each of its 16 weight rows j, the bf16 pair
+ * k = 2u, 2u + 1 of the step); kb major: block (kb, nb) starts at byte
  * 2048 * (kb * (XK_AMX_PACK_KC / 32) * ceil(N / 32) + nb * steps(kb)).
  * XK_WEIGHT_PACKED_PANEL: K in blocks of XK_PANEL_KC, N padded to NR; block
  * kb starts at float kb * XK_PANEL_KC * Npad and holds Npad / NR panels
@@ -405,8 +406,9 @@ typedef struct xk_linear_args {
   int64_t tile_m, tile_n;
   int32_t bf16_pairs;     /* 1: bf16 x and w through the vdpbf16ps microkernel */
   int32_t no_prefetch;    /* kernel-internal: 1 when w is an L1 copy (no row prefetch) */
-  void *xp;               /* XK_WEIGHT_PACKED_AMX: x packed by linear_pack_x (layout of the weight's
-                           * tiles over M padded to 32 rows), ceil(M/32) * 32 * ceil(K/32) * 64 bytes */
+  void *xp;               /* XK_WEIGHT_PACKED_AMX: x packed by linear_pack_x (the weight's block order
+                           * over M padded to 32 rows; each tile 16 x rows of 32 consecutive bf16 k),
+                           * ceil(M/32) * 32 * ceil(K/32) * 64 bytes */
 } xk_linear_args;
 
 /* scaled_int8_quant: out = saturate(round_even(x / scale) (+ azp)), per token or static. */

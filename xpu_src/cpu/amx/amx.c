@@ -15,7 +15,9 @@
  * computes the transposed product C^T[n][m] = sum_k W[n][k] x[m][k], with x
  * (the smaller operand for any M < N) packed into VNNI B tiles per k block,
  * and transposes each finished 16 x 16 tile in the epilogue (bias added in
- * fp32, then the one rounding to the output dtype).
+ * fp32, then the one rounding to the output dtype). The pre-packed path
+ * (XK_WEIGHT_PACKED_AMX, below) instead stores the weights as VNNI B tiles
+ * once and computes C itself, x as row-major A tiles.
  *
  * Blocking. A grid tile is tile_m rows x tile_n columns of out. M > 16: the
  * K loop runs in blocks of AMX_KC (or the whole K when the tile's packed x
@@ -105,21 +107,27 @@ static inline __mmask32 kmask(int64_t left) {
   return left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1u);
 }
 
-/* x rows [r0, r0 + 16) (rows past rows_valid zero), k [k0, k0 + kl) as `steps`
- * VNNI B tiles of 1 KiB, tile s at dst + s * tstride (uint32 units): row u,
- * column j = (x[r0 + j][k0 + 32s + 2u], ... + 1); k past kl is zero. */
-static void pack_x(const xk_linear_args *a, int64_t r0, int64_t rows_valid, int64_t k0, int64_t kl, int64_t steps,
-                   uint32_t *dst, int64_t tstride) {
-  const uint16_t *x = (const uint16_t *)a->x;
+/* Rows [r0, r0 + 16) of src (bf16, row stride `stride` elements; rows past
+ * rows_valid zero), k [k0, k0 + kl) as `steps` VNNI B tiles of 1 KiB, tile s
+ * at dst + s * tstride (uint32 units): row u, column j = (src[r0 + j][k0 +
+ * 32s + 2u], ... + 1); k past kl is zero. */
+static void pack_vnni(const uint16_t *src, int64_t stride, int64_t r0, int64_t rows_valid, int64_t k0, int64_t kl,
+                      int64_t steps, uint32_t *dst, int64_t tstride) {
   for (int64_t s = 0; s < steps; s++) {
     const __mmask32 km = kmask(kl - 32 * s);
     __m512i r[16];
     for (int j = 0; j < 16; j++)
-      r[j] = j < rows_valid ? _mm512_maskz_loadu_epi16(km, x + (r0 + j) * a->x_stride + k0 + 32 * s)
+      r[j] = j < rows_valid ? _mm512_maskz_loadu_epi16(km, src + (r0 + j) * stride + k0 + 32 * s)
                             : _mm512_setzero_si512();
     xk_transpose16_epi32(r);
     for (int u = 0; u < 16; u++) _mm512_storeu_si512(dst + s * tstride + u * 16, r[u]);
   }
+}
+
+/* x rows as VNNI B tiles (see pack_vnni). */
+static void pack_x(const xk_linear_args *a, int64_t r0, int64_t rows_valid, int64_t k0, int64_t kl, int64_t steps,
+                   uint32_t *dst, int64_t tstride) {
+  pack_vnni((const uint16_t *)a->x, a->x_stride, r0, rows_valid, k0, kl, steps, dst, tstride);
 }
 
 /* Copies weight rows [n, n + rows) (rows <= 16; the rest zero), k [k0, k0 + kl)
@@ -145,6 +153,59 @@ XK_ALWAYS_INLINE __m256i to_bf16(__m512 v) {
   const __mmask16 is_nan = _mm512_cmpgt_epu32_mask(ab, _mm512_set1_epi32(0x7f800000));
   r = _mm512_mask_mov_epi32(r, is_nan, _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40)));
   return _mm512_cvtepi32_epi16(r);
+}
+
+/* Outputs of at least this many bytes are written with streaming stores
+ * where a row of the block is whole and 64-byte aligned: ordinary stores
+ * that miss the caches stall the tile loads behind them (M = 512, K = N =
+ * 4096: the epilogue took ~10% of the GEMM; with streaming stores ~1%). A
+ * smaller out is likely read again from cache, so it is stored normally. */
+#ifndef PK_NT_MIN
+#define PK_NT_MIN (4 << 20)
+#endif
+
+static inline int out_nt(const xk_linear_args *a) {
+  return a->m * a->n * (a->out_dtype == XK_F32 ? 4 : 2) >= PK_NT_MIN;
+}
+
+/* bias[n .. n + 32) (columns past nm zero) as two f32 vectors. */
+XK_ALWAYS_INLINE void bias32(const xk_linear_args *a, int64_t n, __mmask32 nm, __m512 *b0, __m512 *b1) {
+  *b0 = _mm512_setzero_ps();
+  *b1 = _mm512_setzero_ps();
+  if (!a->bias) return;
+  if (a->bias_dtype == XK_F32) {
+    *b0 = _mm512_maskz_loadu_ps((__mmask16)nm, (const float *)a->bias + n);
+    *b1 = _mm512_maskz_loadu_ps((__mmask16)(nm >> 16), (const float *)a->bias + n + 16);
+  } else {
+    const __m512i bb = _mm512_maskz_loadu_epi16(nm, (const uint16_t *)a->bias + n);
+    *b0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(bb)), 16));
+    *b1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(bb, 1)), 16));
+  }
+}
+
+/* out[m][n .. n + nn) = (v0, v1) (nn <= 32 columns, nm their mask), one
+ * 64-byte store (bf16); streaming when `nt` and the row is whole and
+ * aligned (the caller fences). */
+XK_ALWAYS_INLINE void store_row32(const xk_linear_args *a, int64_t m, int64_t n, int64_t nn, __mmask32 nm, __m512 v0,
+                                  __m512 v1, int nt) {
+  const int64_t row = m * a->out_stride + n;
+  if (a->out_dtype == XK_F32) {
+    float *o = (float *)a->out + row;
+    if (nt && nn == 32 && ((uintptr_t)o & 63) == 0) {
+      _mm512_stream_ps(o, v0);
+      _mm512_stream_ps(o + 16, v1);
+    } else {
+      _mm512_mask_storeu_ps(o, (__mmask16)nm, v0);
+      _mm512_mask_storeu_ps(o + 16, (__mmask16)(nm >> 16), v1);
+    }
+  } else {
+    uint16_t *o = (uint16_t *)a->out + row;
+    const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(to_bf16(v0)), to_bf16(v1), 1);
+    if (nt && nn == 32 && ((uintptr_t)o & 63) == 0)
+      _mm512_stream_si512((void *)o, h);
+    else
+      _mm512_mask_storeu_epi16(o, nm, h);
+  }
 }
 
 /* One finished C^T tile ct[16 n][16 m]: out[m0 + j][n0 + i] = ct[i][j] + bias[n0 + i]
@@ -175,10 +236,16 @@ static void epilogue_tile(const xk_linear_args *a, const float *ct, int64_t n0, 
 /* ---- tile blocks ------------------------------------------------------------- */
 
 /* 2 x 2 C tiles (tiles 0-3: C[i][j] = tile 2i + j; i over weight tiles, j over
- * x tiles), weights in tiles 4-5, x in 6-7, over `steps` k-steps. */
-XK_ALWAYS_INLINE void steps_2x2(int64_t steps, const char *w0, int64_t ws0, const char *w1, int64_t ws1,
-                                const char *x0, const char *x1) {
+ * x tiles), weights in tiles 4-5, x in 6-7, over `steps` k-steps; also
+ * prefetches into L2, spread evenly over the steps, `lines` lines of rows
+ * `row` lines long, `rstride` bytes apart, from pf. */
+XK_ALWAYS_INLINE void steps_2x2_pf(int64_t steps, const char *w0, int64_t ws0, const char *w1, int64_t ws1,
+                                   const char *x0, const char *x1, const char *pf, int64_t lines, int64_t row,
+                                   int64_t rstride) {
+  const int64_t per = cdiv(lines, steps > 0 ? steps : 1);
   for (int64_t s = 0; s < steps; s++) {
+    for (int64_t g = s * per; g < (s + 1) * per && g < lines; g++)
+      _mm_prefetch(pf + (g / row) * rstride + 64 * (g % row), _MM_HINT_T1);
     _tile_loadd(4, w0 + 64 * s, ws0);
     _tile_loadd(6, x0 + 1024 * s, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -367,24 +434,43 @@ static void stage_block(const gemm_pipe *p, int64_t n, int64_t k0, int64_t kl) {
   }
 }
 
-/* Prefetches (into L2) this x block's share of the weight rows the block
- * after (n, k0) stages. */
-static void prefetch_next(const gemm_pipe *p, int64_t n, int64_t k0, int64_t xb) {
+/* This x block's share of the weight rows the block after (n, k0) stages,
+ * for steps_2x2_pf: rows from *pf, `row` lines each; returns the lines. */
+static int64_t prefetch_share(const gemm_pipe *p, int64_t n, int64_t k0, int64_t xb, const char **pf, int64_t *row) {
   const xk_linear_args *a = p->a;
   const int64_t nn = n + 32 < p->n1 ? n + 32 : p->n0, kk = n + 32 < p->n1 ? k0 : k0 + p->kc;
-  if (kk >= a->k) return;
-  const int64_t bytes = min64(p->kc, a->k - kk) * 2, r1 = 32 * (xb + 1) / p->nxb;
-  for (int64_t r = 32 * xb / p->nxb; r < r1 && nn + r < a->n; r++) {
-    const char *row = (const char *)((const uint16_t *)a->w + (nn + r) * a->w_stride + kk);
-    for (int64_t c = 0; c < bytes; c += 64) _mm_prefetch(row + c, _MM_HINT_T1);
-  }
+  if (kk >= a->k) return 0;
+  const int64_t r0 = 32 * xb / p->nxb, r1 = min64(32 * (xb + 1) / p->nxb, a->n - nn);
+  if (r1 <= r0) return 0;
+  *pf = (const char *)((const uint16_t *)a->w + (nn + r0) * a->w_stride + kk);
+  *row = cdiv(min64(p->kc, a->k - kk) * 2, 64);
+  return (r1 - r0) * *row;
 }
 
-static void epilogue_block(const gemm_pipe *p, const float *ct, int64_t n, int64_t m) {
-  for (int i = 0; i < 2; i++)
-    for (int j = 0; j < 2; j++)
-      epilogue_tile(p->a, ct + 256 * (2 * i + j), n + 16 * i, min64(16, p->n1 - n - 16 * i), m + 16 * j,
-                    min64(16, p->m1 - m - 16 * j));
+/* A finished 2 x 2 block of C^T tiles (tile 2i + j: weight rows n + 16i..,
+ * x rows m + 16j..): transposed, then each out row's 32 columns in one
+ * 64-byte store (bf16), streaming for a large out (the caller fences). */
+static void epilogue_block(const gemm_pipe *p, const float *ct, int64_t n, int64_t m, int nt) {
+  const xk_linear_args *a = p->a;
+  const int64_t nn = min64(32, p->n1 - n);
+  if (nn <= 0) return;
+  const __mmask32 nm = kmask(nn);
+  __m512 b0, b1;
+  bias32(a, n, nm, &b0, &b1);
+  for (int j = 0; j < 2; j++) {
+    const int64_t mm = min64(16, p->m1 - m - 16 * j);
+    if (mm <= 0) break;
+    __m512i r0[16], r1[16];
+    for (int i = 0; i < 16; i++) {
+      r0[i] = _mm512_loadu_si512(ct + 256 * j + 16 * i);
+      r1[i] = _mm512_loadu_si512(ct + 256 * (2 + j) + 16 * i);
+    }
+    xk_transpose16_epi32(r0);
+    xk_transpose16_epi32(r1);
+    for (int64_t r = 0; r < mm; r++)
+      store_row32(a, m + 16 * j + r, n, nn, nm, _mm512_add_ps(_mm512_castsi512_ps(r0[r]), b0),
+                  _mm512_add_ps(_mm512_castsi512_ps(r1[r]), b1), nt);
+  }
 }
 
 static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_ws *L) {
@@ -404,6 +490,7 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
   p.ctmp[1] = p.ctmp[0] + 1024;
   const int64_t kblocks = a->k > 0 ? cdiv(a->k, p.kc) : 1;
   int64_t pending = -1, pend_n = 0, pend_m = 0; /* a finished C block in ctmp[pending & 1] */
+  const int nt = out_nt(a);
   int64_t iter = 0;
   for (int64_t kb = 0; kb < kblocks; kb++) {
     const int64_t k0 = kb * p.kc, kl = a->k > 0 ? min64(p.kc, a->k - k0) : 0, steps = cdiv(kl, 32);
@@ -427,11 +514,15 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
         float *cp = p.cpart + (((n - p.n0) / 32) * p.nxb + xb) * 1024;
         c_begin(first, cp);
         const char *x0 = (const char *)(p.xp + 2 * xb * steps * 256), *x1 = x0 + 1024 * steps;
-        steps_2x2(steps, w0, wstr, w1, wstr, x0, x1);
-        /* The next block's weight rows into L2, a share per x block. */
-        prefetch_next(&p, n, k0, xb);
+        { /* the next block's weight rows into L2, a share per x block, a few lines a step (a burst after
+           * the block holds the fill buffers the tile loads need: 1.1x at M = 512) */
+          const char *pf = NULL;
+          int64_t row = 1;
+          const int64_t lines = prefetch_share(&p, n, k0, xb, &pf, &row);
+          steps_2x2_pf(steps, w0, wstr, w1, wstr, x0, x1, pf, lines, row, a->w_stride * 2);
+        }
         if (pending >= 0) {
-          epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m);
+          epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m, nt);
           pending = -1;
         }
         if (last) {
@@ -445,7 +536,7 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *base, const amx_
       }
     }
   }
-  if (pending >= 0) epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m);
+  if (pending >= 0) epilogue_block(&p, p.ctmp[pending & 1], pend_n, pend_m, nt);
 }
 
 /* ---- decode tiles (M <= 16) -------------------------------------------------------
@@ -499,25 +590,28 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
 
 /* ---- pre-packed weights (XK_WEIGHT_PACKED_AMX) ------------------------------------
  *
- * Layout in xops_kernels.h: K blocks of XK_AMX_PACK_KC, 32-row blocks, each
- * step of 32 k two 1 KiB A tiles back to back. x is packed the same way (two
- * VNNI B tiles of 16 rows per step) once per call, by linear_pack_x, before
- * the tiles run. A grid tile walks k blocks, then 32-row weight blocks (a
- * block's weights, 32 KiB, stay in L1), then 32-row x blocks streamed from
- * L2 (TILELOADDT1: they do not evict the weights), C spilled exactly between
- * k blocks (K <= XK_AMX_PACK_KC: C kept over the whole K), so the weights
- * are read in memory order, the next block prefetched into L2 (the decode
- * regime too: M <= 32 is one x block). Loads are issued right after a
- * tile's last use in the step, so they overlap the remaining products.
- * Same products in the same order as the unpacked GEMM: results are
- * bit-identical to it.
+ * Layout in xops_kernels.h: K blocks of XK_AMX_PACK_KC, 32-column blocks of
+ * out (32 weight rows), each step of 32 k two 1 KiB VNNI B tiles back to
+ * back. x is packed once per call, by linear_pack_x, into the same block
+ * order as row-major A tiles (16 x rows of 32 consecutive k: a plain copy),
+ * before the tiles run. So the C tiles hold out itself (16 rows x 16
+ * columns), not its transpose: the epilogue adds the bias and rounds rows
+ * of 32 columns, one 64-byte store each, with no transpose (it was ~15% of
+ * the time at M = 512 with the transposed C of the unpacked path).
  *
- * Ceiling of this 2x2 scheme (one core, thread CPU time, nonzero bf16 data,
- * fraction of the TDPBF16PS probe): the step loop with all four operand
- * tiles in L1 runs at 76-86%; with the x tiles streamed from L2 ~50%; a C
- * spill every 16 steps costs another 10-20 points. Every step needs 4 KiB
- * of tile loads per 4 products (8 tiles: 4 C + 2 W + 2 x, no larger
- * register block fits), so this GEMM tops out near 30-35% end to end here. */
+ * A grid tile walks k blocks, then 32-column weight blocks (a block's
+ * weights, 32 KiB, stay in L1), then 32-row x blocks streamed from L2
+ * (TILELOADDT1: they do not evict the weights), C spilled exactly between
+ * k blocks (K <= XK_AMX_PACK_KC: C kept over the whole K), so the weights
+ * are read in memory order (the decode regime too: M <= 32 is one x block).
+ * Each x block prefetches into L2 its share of the next weight block and
+ * of the next k block's x, a few lines per step rather than in one burst
+ * after the block (1.15-1.2x at M = 512: a burst of L2 prefetches that go
+ * to DRAM holds the fill buffers the streamed x tile loads need). Loads
+ * are issued right after a tile's last use in the step, so they overlap
+ * the remaining products.
+ * Same products in the same k order as the unpacked GEMM (TDPBF16PS is
+ * symmetric in its two operands): results are bit-identical to it. */
 
 #define PK_KCS (XK_AMX_PACK_KC / 32)
 #ifndef PK_PF
@@ -526,7 +620,7 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
 
 static inline int64_t pk_steps(int64_t k, int64_t kb) { return min64(PK_KCS, cdiv(k, 32) - kb * PK_KCS); }
 
-/* Packs weight rows of 32-row blocks [begin, end). */
+/* Packs the weight columns of 32-column blocks [begin, end) as VNNI B tiles. */
 void xk_linear_pack_w_amx(const xk_linear_args *a, int64_t begin, int64_t end, void *dst) {
   if (a->w_kind != XK_WEIGHT_PACKED_AMX) {
     xk_linear_pack_w_avx512(a, begin, end, dst);
@@ -535,16 +629,32 @@ void xk_linear_pack_w_amx(const xk_linear_args *a, int64_t begin, int64_t end, v
   const int64_t ks = cdiv(a->k, 32), np = cdiv(a->n, 32);
   const uint16_t *w = (const uint16_t *)a->w;
   for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+    const int64_t st = pk_steps(a->k, kb), k0 = kb * XK_AMX_PACK_KC;
+    uint32_t *blk = (uint32_t *)dst + 512 * (kb * PK_KCS * np);
+    for (int64_t nb = begin; nb < end; nb++)
+      for (int h = 0; h < 2; h++) {
+        const int64_t r0 = nb * 32 + 16 * h;
+        pack_vnni(w, a->w_stride, r0, a->n - r0, k0, a->k - k0, st, blk + 512 * nb * st + 256 * h, 512);
+      }
+  }
+}
+
+/* Packs x rows of 32-row blocks [begin, end) into a->xp as row-major A
+ * tiles (rows past M and k past K zero). */
+void xk_linear_pack_x_amx(const xk_linear_args *a, int64_t begin, int64_t end) {
+  const int64_t ks = cdiv(a->k, 32), mp = cdiv(a->m, 32);
+  const uint16_t *x = (const uint16_t *)a->x;
+  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
     const int64_t st = pk_steps(a->k, kb);
-    uint16_t *blk = (uint16_t *)dst + 1024 * (kb * PK_KCS * np);
-    for (int64_t nb = begin; nb < end; nb++) {
-      uint16_t *o = blk + 1024 * nb * st;
-      for (int64_t s = 0; s < st; s++) {
-        const int64_t k = (kb * PK_KCS + s) * 32;
-        const __mmask32 km = kmask(a->k - k);
-        for (int64_t r = 0; r < 32; r++) {
-          const int64_t n = nb * 32 + r;
-          const __m512i v = n < a->n ? _mm512_maskz_loadu_epi16(km, w + n * a->w_stride + k) : _mm512_setzero_si512();
+    uint16_t *blk = (uint16_t *)a->xp + 1024 * (kb * PK_KCS * mp);
+    for (int64_t xb = begin; xb < end; xb++) {
+      uint16_t *o = blk + 1024 * xb * st;
+      for (int64_t r = 0; r < 32; r++) {
+        const int64_t m = xb * 32 + r;
+        const uint16_t *row = x + m * a->x_stride;
+        for (int64_t s = 0; s < st; s++) {
+          const int64_t k = (kb * PK_KCS + s) * 32;
+          const __m512i v = m < a->m ? _mm512_maskz_loadu_epi16(kmask(a->k - k), row + k) : _mm512_setzero_si512();
           _mm512_storeu_si512(o + s * 1024 + r * 32, v);
         }
       }
@@ -552,102 +662,106 @@ void xk_linear_pack_w_amx(const xk_linear_args *a, int64_t begin, int64_t end, v
   }
 }
 
-/* Packs x rows of 32-row blocks [begin, end) into a->xp (rows past M zero). */
-void xk_linear_pack_x_amx(const xk_linear_args *a, int64_t begin, int64_t end) {
-  const int64_t ks = cdiv(a->k, 32), mp = cdiv(a->m, 32);
-  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
-    const int64_t st = pk_steps(a->k, kb), k0 = kb * XK_AMX_PACK_KC;
-    uint32_t *blk = (uint32_t *)a->xp + 512 * (kb * PK_KCS * mp);
-    for (int64_t xb = begin; xb < end; xb++)
-      for (int h = 0; h < 2; h++) {
-        const int64_t r0 = xb * 32 + 16 * h;
-        pack_x(a, r0, a->m - r0, k0, a->k - k0, st, blk + 512 * xb * st + 256 * h, 512);
-      }
-  }
-}
+/* A tile load, TILELOADDT1 when `stream`. */
+#define PK_LD(t, p, stream)           \
+  do {                                \
+    if (stream)                       \
+      _tile_stream_loadd(t, p, 64);   \
+    else                              \
+      _tile_loadd(t, p, 64);          \
+  } while (0)
 
-/* 2 x 2 C tiles over `steps` steps of packed tile pairs (w: weights, x: VNNI
- * x, 2 KiB a step); stream_w / stream_x load that operand with TILELOADDT1. */
-XK_ALWAYS_INLINE void pk_steps_2x2(int64_t steps, const char *w, const char *x, const int stream_w,
-                                   const int stream_x, const char *pf, int64_t pf_bytes) {
-#define PK_LW(t, p)                   \
-  do {                                \
-    if (stream_w)                     \
-      _tile_stream_loadd(t, p, 64);   \
-    else                              \
-      _tile_loadd(t, p, 64);          \
-  } while (0)
-#define PK_LX(t, p)                   \
-  do {                                \
-    if (stream_x)                     \
-      _tile_stream_loadd(t, p, 64);   \
-    else                              \
-      _tile_loadd(t, p, 64);          \
-  } while (0)
-  PK_LW(4, w);
-  PK_LX(6, x);
-  PK_LX(7, x + 1024);
-  PK_LW(5, w + 1024);
+/* 2 x 2 C tiles (C[i][j] = tile 2i + j: x half i, weight half j) over
+ * `steps` steps of packed tile pairs (x: A tiles 4-5, w: B tiles 6-7, 2 KiB
+ * a step); sx / sw stream that operand. pf: 2 KiB of pf_bytes a step into L1. */
+XK_ALWAYS_INLINE void pk_steps_2x2(int64_t steps, const char *x, const char *w, const int sx, const int sw,
+                                   const char *pf, int64_t pf_bytes) {
+  PK_LD(4, x, sx);
+  PK_LD(6, w, sw);
+  PK_LD(7, w + 1024, sw);
+  PK_LD(5, x + 1024, sx);
   for (int64_t s = 1; s < steps; s++) {
-    if (pf) /* 2 KiB of pf_bytes a step */
+    if (pf)
       for (int64_t c = 2048 * (s - 1); c < 2048 * s && c < pf_bytes; c += 64) _mm_prefetch(pf + c, _MM_HINT_T0);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
-    PK_LW(4, w + 2048 * s);
+    PK_LD(4, x + 2048 * s, sx);
     _tile_dpbf16ps(2, 5, 6);
-    PK_LX(6, x + 2048 * s);
+    PK_LD(6, w + 2048 * s, sw);
     _tile_dpbf16ps(3, 5, 7);
-    PK_LW(5, w + 2048 * s + 1024);
-    PK_LX(7, x + 2048 * s + 1024);
+    PK_LD(5, x + 2048 * s + 1024, sx);
+    PK_LD(7, w + 2048 * s + 1024, sw);
   }
   _tile_dpbf16ps(0, 4, 6);
   _tile_dpbf16ps(1, 4, 7);
   _tile_dpbf16ps(2, 5, 6);
   _tile_dpbf16ps(3, 5, 7);
-#undef PK_LW
-#undef PK_LX
 }
 
-/* Step 0's operand tiles of a block (x streamed). */
-XK_ALWAYS_INLINE void pk_load_ops(const char *w, const char *x) {
-  _tile_loadd(4, w, 64);
-  _tile_stream_loadd(6, x, 64);
-  _tile_stream_loadd(7, x + 1024, 64);
-  _tile_loadd(5, w + 1024, 64);
+/* Step 0's operand tiles of a block (x streamed, weights kept). */
+XK_ALWAYS_INLINE void pk_load_ops(const char *x, const char *w) {
+  _tile_stream_loadd(4, x, 64);
+  _tile_loadd(6, w, 64);
+  _tile_loadd(7, w + 1024, 64);
+  _tile_stream_loadd(5, x + 1024, 64);
 }
 
 /* A block of the spilling GEMM: C in tiles 0-3 and step 0's operands in
- * tiles 4-7 on entry; runs `steps` steps, stores C to dst, and (nw != NULL)
- * leaves the next block's step-0 operands (nw, nx) in tiles 4-7. Each store
- * and load is issued right after the last product that reads its tile. */
-XK_ALWAYS_INLINE void pk_body(int64_t steps, const char *w, const char *x) {
+ * tiles 4-7 on entry; runs steps 1.. (pk_tail issues the last products). */
+XK_ALWAYS_INLINE void pk_body(int64_t steps, const char *x, const char *w, const char *pa, int64_t na, const char *pb,
+                              int64_t nb) {
   for (int64_t s = 1; s < steps; s++) {
+    for (int64_t l = 0; l < na; l++) _mm_prefetch(pa + 64 * ((s - 1) * na + l), _MM_HINT_T1);
+    for (int64_t l = 0; l < nb; l++) _mm_prefetch(pb + 64 * ((s - 1) * nb + l), _MM_HINT_T1);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(4, w + 2048 * s, 64);
+    _tile_stream_loadd(4, x + 2048 * s, 64);
     _tile_dpbf16ps(2, 5, 6);
-    _tile_stream_loadd(6, x + 2048 * s, 64);
+    _tile_loadd(6, w + 2048 * s, 64);
     _tile_dpbf16ps(3, 5, 7);
-    _tile_loadd(5, w + 2048 * s + 1024, 64);
-    _tile_stream_loadd(7, x + 2048 * s + 1024, 64);
+    _tile_stream_loadd(5, x + 2048 * s + 1024, 64);
+    _tile_loadd(7, w + 2048 * s + 1024, 64);
   }
 }
 
-XK_ALWAYS_INLINE void pk_tail(float *dst, const char *nw, const char *nx) {
+/* The block's last products; stores C to dst and (nx != NULL) leaves the
+ * next block's step-0 operands (nx, nw) in tiles 4-7. Each store and load is
+ * issued right after the last product that reads its tile. */
+XK_ALWAYS_INLINE void pk_tail(float *dst, const char *nx, const char *nw) {
   _tile_dpbf16ps(0, 4, 6);
   _tile_dpbf16ps(1, 4, 7);
   _tile_stored(0, dst, 64);
-  if (nw) _tile_loadd(4, nw, 64);
+  if (nx) _tile_stream_loadd(4, nx, 64);
   _tile_dpbf16ps(2, 5, 6);
   _tile_stored(1, dst + 256, 64);
-  if (nw) _tile_stream_loadd(6, nx, 64);
+  if (nx) _tile_loadd(6, nw, 64);
   _tile_dpbf16ps(3, 5, 7);
   _tile_stored(2, dst + 512, 64);
-  if (nw) {
-    _tile_stream_loadd(7, nx + 1024, 64);
-    _tile_loadd(5, nw + 1024, 64);
+  if (nx) {
+    _tile_loadd(7, nw + 1024, 64);
+    _tile_stream_loadd(5, nx + 1024, 64);
   }
   _tile_stored(3, dst + 768, 64);
+}
+
+/* One finished 32 x 32 C block ct (tile 2i + j: rows m + 16i.., columns n +
+ * 16j..), row-major: out[m + r][n + c] = C + bias[n + c], for m + r < m1,
+ * n + c < n1; one 64-byte row store per output row (bf16), streaming when
+ * `nt` and the row is whole and aligned (the caller fences). */
+static void pk_epilogue(const xk_linear_args *a, const float *ct, int64_t n, int64_t n1, int64_t m, int64_t m1,
+                        int nt) {
+  const int64_t nn = min64(32, n1 - n);
+  if (nn <= 0) return;
+  const __mmask32 nm = kmask(nn);
+  __m512 b0, b1;
+  bias32(a, n, nm, &b0, &b1);
+  for (int i = 0; i < 2; i++) {
+    const float *c0 = ct + 512 * i, *c1 = c0 + 256;
+    const int64_t rows = min64(16, m1 - m - 16 * i);
+    for (int64_t r = 0; r < rows; r++)
+      store_row32(a, m + 16 * i + r, n, nn, nm, _mm512_add_ps(_mm512_loadu_ps(c0 + 16 * r), b0),
+                  _mm512_add_ps(_mm512_loadu_ps(c1 + 16 * r), b1), nt);
+  }
 }
 
 typedef struct pk_ws {
@@ -664,52 +778,45 @@ static pk_ws pk_layout(const xk_linear_args *a) {
 }
 
 static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws *L) {
-  gemm_pipe p; /* for epilogue_block: a, m1, n1 */
-  p.a = a;
   const int64_t mtiles = cdiv(a->m, a->tile_m);
-  p.m0 = (t % mtiles) * a->tile_m;
-  p.n0 = (t / mtiles) * a->tile_n;
-  p.m1 = min64(a->m, p.m0 + a->tile_m);
-  p.n1 = min64(a->n, p.n0 + a->tile_n);
+  const int64_t m0 = (t % mtiles) * a->tile_m, n0 = (t / mtiles) * a->tile_n;
+  const int64_t m1 = min64(a->m, m0 + a->tile_m), n1 = min64(a->n, n0 + a->tile_n);
   float *cpart = (float *)(base + L->cpart), *ctmp = (float *)(base + L->ctmp);
   const int64_t ks = cdiv(a->k, 32), np = cdiv(a->n, 32), mp = cdiv(a->m, 32);
-  const int64_t kblocks = cdiv(ks, PK_KCS), nxb = cdiv(p.m1 - p.m0, 32);
-  const int64_t nb0 = p.n0 / 32, nb1 = cdiv(p.n1, 32), xb0 = p.m0 / 32;
+  const int64_t kblocks = cdiv(ks, PK_KCS), nxb = cdiv(m1 - m0, 32);
+  const int64_t nb0 = n0 / 32, nb1 = cdiv(n1, 32), xb0 = m0 / 32;
   const char *W = (const char *)a->w, *X = (const char *)a->xp;
   int64_t pending = -1, pend_n = 0, pend_m = 0, iter = 0;
+  const int nt = out_nt(a);
 #define PK_W(kb, nb, st) (W + 2048 * ((kb) * PK_KCS * np + (nb) * (st)))
 #define PK_X(kb, xb, st) (X + 2048 * ((kb) * PK_KCS * mp + (xb) * (st)))
-#define PK_FLUSH()                                                     \
-  if (pending >= 0) {                                                  \
-    epilogue_block(&p, ctmp + 1024 * (pending & 1), pend_n, pend_m);   \
-    pending = -1;                                                      \
+#define PK_FLUSH()                                                          \
+  if (pending >= 0) {                                                       \
+    pk_epilogue(a, ctmp + 1024 * (pending & 1), pend_n, n1, pend_m, m1, nt); \
+    pending = -1;                                                           \
   }
   if (kblocks == 0) { /* K = 0: out = bias */
     memset(ctmp, 0, 4096);
     for (int64_t nb = nb0; nb < nb1; nb++)
-      for (int64_t xb = 0; xb < nxb; xb++) epilogue_block(&p, ctmp, nb * 32, p.m0 + 32 * xb);
+      for (int64_t xb = 0; xb < nxb; xb++) pk_epilogue(a, ctmp, nb * 32, n1, m0 + 32 * xb, m1, 0);
     return;
   }
   if (kblocks == 1) { /* C over the whole K */
     for (int64_t nb = nb0; nb < nb1; nb++) {
       for (int64_t xb = 0; xb < nxb; xb++, iter++) {
         c_begin(1, NULL);
-        for (int64_t kb = 0; kb < kblocks; kb++) {
-          const int64_t st = pk_steps(a->k, kb);
-          if (nxb == 1) { /* weights used once: streamed, the next chunk prefetched; x stays in L1 */
-            const int64_t kn = kb + 1 < kblocks ? kb + 1 : 0, nn = kb + 1 < kblocks ? nb : nb + 1;
-            const int64_t stn = pk_steps(a->k, kn);
-            const char *pf = nn < nb1 ? PK_W(kn, nn, stn) : NULL;
-            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 1, 0, pf, stn * 2048);
-          } else {
-            pk_steps_2x2(st, PK_W(kb, nb, st), PK_X(kb, xb0 + xb, st), 0, 1, NULL, 0);
-          }
+        const int64_t st = pk_steps(a->k, 0);
+        if (nxb == 1) { /* weights used once: streamed, the next block prefetched; x stays in L1 */
+          const char *pf = nb + 1 < nb1 ? PK_W(0, nb + 1, st) : NULL;
+          pk_steps_2x2(st, PK_X(0, xb0 + xb, st), PK_W(0, nb, st), 0, 1, pf, st * 2048);
+        } else {
+          pk_steps_2x2(st, PK_X(0, xb0 + xb, st), PK_W(0, nb, st), 1, 0, NULL, 0);
         }
         PK_FLUSH();
         c_end(ctmp + 1024 * (iter & 1));
         pending = iter;
         pend_n = nb * 32;
-        pend_m = p.m0 + 32 * xb;
+        pend_m = m0 + 32 * xb;
       }
     }
     PK_FLUSH();
@@ -739,31 +846,38 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
           nw = PK_W(kb + 1, nb0, st1);
           nx = PK_X(kb + 1, xb0, st1);
         }
-        if (!have_ops) pk_load_ops(w, x);
+        if (!have_ops) pk_load_ops(x, w);
         c_begin(first, cp);
-        pk_body(st, w, x);
-#if PK_PF
-        { /* into L2, a share per block: the next weight block over this x loop, the next k block's x over this k block */
-          const char *pw = nb + 1 < nb1 ? PK_W(kb, nb + 1, st) : kb + 1 < kblocks ? PK_W(kb + 1, nb0, pk_steps(a->k, kb + 1)) : NULL;
-          if (pw) {
-            const int64_t share = cdiv(pk_steps(a->k, nb + 1 < nb1 ? kb : kb + 1) * 2048 / 64, nxb);
-            for (int64_t l = xb * share; l < (xb + 1) * share; l++) _mm_prefetch(pw + 64 * l, _MM_HINT_T1);
+        { /* into L2, spread over the steps: this block's share of the next weight block and of the next k block's x
+           * (prefetches past a share's end may touch the next block or past the buffer: they never fault) */
+          const char *pw = NULL, *px = NULL;
+          int64_t nwl = 0, nxl = 0;
+          if (PK_PF) {
+            const int64_t kn = nb + 1 < nb1 ? kb : kb + 1;
+            if (kn < kblocks) {
+              const int64_t stn = pk_steps(a->k, kn), share = cdiv(stn * 32, nxb);
+              pw = PK_W(kn, nb + 1 < nb1 ? nb + 1 : nb0, stn) + 64 * xb * share;
+              nwl = cdiv(min64(share, stn * 32 - xb * share), st - 1 > 0 ? st - 1 : 1);
+              if (xb * share >= stn * 32) nwl = 0;
+            }
+            if (kb + 1 < kblocks) {
+              const int64_t st1 = pk_steps(a->k, kb + 1), lines = nxb * st1 * 32;
+              const int64_t blocks = (nb1 - nb0) * nxb, idx = (nb - nb0) * nxb + xb, share = cdiv(lines, blocks);
+              if (idx * share < lines) {
+                px = PK_X(kb + 1, xb0, st1) + 64 * idx * share;
+                nxl = cdiv(min64(share, lines - idx * share), st - 1 > 0 ? st - 1 : 1);
+              }
+            }
           }
-          if (kb + 1 < kblocks) {
-            const int64_t st1 = pk_steps(a->k, kb + 1), lines = nxb * st1 * 2048 / 64;
-            const int64_t blocks = (nb1 - nb0) * nxb, idx = (nb - nb0) * nxb + xb, share = cdiv(lines, blocks);
-            const char *px = PK_X(kb + 1, xb0, st1);
-            for (int64_t l = idx * share; l < (idx + 1) * share && l < lines; l++) _mm_prefetch(px + 64 * l, _MM_HINT_T1);
-          }
+          pk_body(st, x, w, pw, nwl, px, nxl);
         }
-#endif
         PK_FLUSH();
-        pk_tail(last ? ctmp + 1024 * (iter & 1) : cp, nw, nx);
-        have_ops = nw != NULL;
+        pk_tail(last ? ctmp + 1024 * (iter & 1) : cp, nx, nw);
+        have_ops = nx != NULL;
         if (last) {
           pending = iter;
           pend_n = nb * 32;
-          pend_m = p.m0 + 32 * xb;
+          pend_m = m0 + 32 * xb;
         }
       }
     }
@@ -787,6 +901,7 @@ void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t til
     amx_config();
     for (int64_t t = tile_begin; t < tile_end; t++) pk_tile(a, t, base, &L);
     _tile_release();
+    _mm_sfence(); /* the epilogue's streaming stores, before the caller's join */
     return;
   }
   if (a->bf16_pairs != AMX_PAIRS) {
@@ -803,6 +918,7 @@ void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t til
       gemm_tile(a, t, base, &L);
   }
   _tile_release();
+  _mm_sfence(); /* gemm_tile's streaming stores, before the caller's join */
 }
 
 /* ---- probe ------------------------------------------------------------------- */
