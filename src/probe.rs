@@ -138,7 +138,11 @@ pub fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
 /// Reads a buffer of `bytes` (use several times the last-level cache) on
 /// all threads; bytes/s.
 pub fn read_bandwidth(bytes: usize) -> f64 {
-    let buf = vec![1.0f32; (bytes / 4).max(1)];
+    // On a cache line, so vector loads never split (large allocations come
+    // 16 bytes past a page).
+    let n = (bytes / 4).max(1);
+    let alloc = vec![1.0f32; n + 16];
+    let buf = &alloc[alloc.as_ptr().align_offset(64)..][..n];
     let probe = platform::kernels().probe_read.expect("probe_read");
     let chunk = 1 << 20;
     let pass = || {
@@ -158,10 +162,10 @@ pub fn read_bandwidth(bytes: usize) -> f64 {
 }
 
 /// Streams a chunk is copied as, in lockstep, and the bytes each copies per
-/// step: one core moves data fastest with several streams in flight (one
-/// stream measured ~9 GB/s here against ~12-13.7 for 8 streams of 256 B-1 KiB
-/// steps, on a loaded machine), and kernels that walk several rows at once
-/// (conv prefill, KV writes) reach the faster figure.
+/// step: one core moves data fastest with several streams in flight (quiet,
+/// in C: one stream 18.5 GB/s, 8 streams of 512 B steps 25.3), and kernels
+/// that walk several rows at once (conv prefill, KV writes) reach the faster
+/// figure.
 const COPY_STREAMS: usize = 8;
 const COPY_STEP: usize = 512;
 
@@ -170,11 +174,12 @@ const COPY_STEP: usize = 512;
 /// read plus bytes written per second.
 pub fn copy_bandwidth(bytes: usize) -> f64 {
     let bytes = bytes.max(64);
-    let src = vec![1u8; bytes];
-    // Written, so its pages exist before timing. Pieces start on destination
-    // lines: a line written partly by streaming and partly by plain stores
-    // costs a read-modify-write.
-    let mut dst = vec![2u8; bytes + 64];
+    // Both start on cache lines (allocations of this size come 16 bytes past
+    // a page): a line written partly by streaming and partly by plain stores
+    // costs a read-modify-write, and loads split over two lines cost two.
+    let src = vec![1u8; bytes + 64];
+    let src = &src[src.as_ptr().align_offset(64)..];
+    let mut dst = vec![2u8; bytes + 64]; // written, so its pages exist before timing
     let skew = dst.as_ptr().align_offset(64);
     let chunk = 1 << 22;
     let d = Shared(dst[skew..].as_mut_ptr());
@@ -183,18 +188,21 @@ pub fn copy_bandwidth(bytes: usize) -> f64 {
             for c in r {
                 let (a, b) = (c * chunk, ((c + 1) * chunk).min(bytes));
                 let part = (b - a) / COPY_STREAMS / COPY_STEP * COPY_STEP;
-                // SAFETY: every piece lies in [a, b), a range of dst (a live
+                let rest = a + COPY_STREAMS * part;
+                // SAFETY: both copies stay in [a, b), a range of dst (a live
                 // buffer of `bytes`) no other chunk touches, and the same
                 // range of src, a different buffer of `bytes`.
-                let copy = |from: usize, len: usize| unsafe {
-                    crate::mem::stream_copy(src.as_ptr().add(from), d.get().add(from), len)
-                };
-                for step in (0..part).step_by(COPY_STEP) {
-                    for s in 0..COPY_STREAMS {
-                        copy(a + s * part + step, COPY_STEP);
-                    }
+                unsafe {
+                    let (s, d) = (src.as_ptr(), d.get());
+                    crate::mem::stream_copy_lockstep(
+                        s.add(a),
+                        d.add(a),
+                        part,
+                        COPY_STREAMS,
+                        COPY_STEP,
+                    );
+                    crate::mem::stream_copy(s.add(rest), d.add(rest), b - rest);
                 }
-                copy(a + COPY_STREAMS * part, b - a - COPY_STREAMS * part);
             }
             crate::mem::store_fence();
         });
