@@ -147,4 +147,20 @@ mod tests {
             assert!(dst[off_d + len..].iter().all(|&b| b == 0));
         }
     }
+
+    #[test]
+    fn stream_copy_lockstep_copies_every_part() {
+        let src: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8).collect();
+        for (part, streams, step) in [(0, 4, 64), (64, 1, 64), (1024, 3, 256), (960, 4, 64)] {
+            let mut dst = vec![0u8; 4096];
+            // SAFETY: streams * part <= 4096 bytes of both buffers, which do
+            // not overlap; part is a multiple of step.
+            unsafe {
+                super::stream_copy_lockstep(src.as_ptr(), dst.as_mut_ptr(), part, streams, step)
+            };
+            let n = part * streams;
+            assert_eq!(&dst[..n], &src[..n], "part {part} streams {streams}");
+            assert!(dst[n..].iter().all(|&b| b == 0));
+        }
+    }
 }
