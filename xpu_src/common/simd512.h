@@ -1,6 +1,7 @@
 /*
- * AVX-512 building blocks shared by several kernel files (attention, the AMX
- * GEMM and attention kernels). Only compiled where the tier has AVX-512F.
+ * AVX-512 building blocks shared by several kernel files (attention, sampling,
+ * the AMX GEMM and attention kernels). Only compiled where the tier has
+ * AVX-512F.
  */
 #ifndef XK_SIMD512_H
 #define XK_SIMD512_H
@@ -51,6 +52,22 @@ static inline __attribute__((always_inline)) __m512 xk_exp16(__m512 x) {
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
   p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, k);
+}
+
+/* 2^x for finite x: the degree-5 Taylor polynomial of 2^f, f = x - round(x)
+ * in [-1/2, 1/2] (relative error < 2.5e-6), times 2^round(x) by vscalefps.
+ * Results below 2^-126 are 0 under FTZ. Cheaper than xk_exp16 where a few
+ * ulps do not matter (probabilities rounded to bf16, sampling thresholds). */
+static inline __attribute__((always_inline)) __m512 xk_exp2_16(__m512 x) {
+  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, k);
+  __m512 p = _mm512_set1_ps(1.3333558146e-3f);                 /* ln2^5 / 120 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f)); /* ln2^4 / 24 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f)); /* ln2^3 / 6 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f)); /* ln2^2 / 2 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f)); /* ln2 */
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_scalef_ps(p, k);
 }
 

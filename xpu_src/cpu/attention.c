@@ -31,6 +31,7 @@
 #include "../common/convert.h"
 #include "../common/simd512.h"
 #include "../common/tier.h"
+#include "attn_util.h"
 
 #define XA_W 32     /* tokens per staged tile */
 #define XA_VT 64    /* varlen: tokens per online-softmax step (a multiple of XA_W) */
@@ -2019,19 +2020,12 @@ static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a,
     for (int64_t r = 0; r < R; r++) {
       const int64_t kvh = kvh0 + r / RQ, i = i0 + (r % RQ) / G, h = kvh * G + r % G;
       const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
-      float m = w->m[r], l = w->l[r], f = 1.0f;
-      if (a->s_aux) {
-        const float sink = a->s_aux[h], ms = fmaxf(m, sink);
-        const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
-        l = l * alpha + expf(sink - ms);
-        f = alpha;
-        m = ms;
-      }
-      f = l == 0.0f ? 0.0f : f / l;
+      float m = w->m[r], l = w->l[r];
+      const float f = xk_attn_row_factor(a, h, &m, &l);
       xd_unpermute(w->acc + r * Dp, D, w->stage);
       xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype,
                    w->acc + r * Dp, D, f * vsc);
-      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
     }
   }
   _mm_setcsr(csr);
@@ -2246,18 +2240,11 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
     for (int64_t r = 0; r < R; r++) {
       const int64_t kvh = kvh0 + r / RQ, i = i0 + (r % RQ) / G, h = kvh * G + r % G;
       const float vs = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
-      float m = w.m[r], l = w.l[r], f = 1.0f;
-      if (a->s_aux) {
-        const float sink = a->s_aux[h], ms = fmaxf(m, sink);
-        const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
-        l = l * alpha + expf(sink - ms);
-        f = alpha;
-        m = ms;
-      }
-      f = l == 0.0f ? 0.0f : f / l;
+      float m = w.m[r], l = w.l[r];
+      const float f = xk_attn_row_factor(a, h, &m, &l);
       xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype,
                    w.acc + r * Dp, D, f * vs);
-      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
     }
   }
 }

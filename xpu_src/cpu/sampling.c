@@ -35,6 +35,7 @@
 #include <math.h>
 
 #include "../common/convert.h"
+#include "../common/simd512.h"
 #include "../common/tier.h"
 
 #define XS_W_CUT (-27.8f)
@@ -147,16 +148,7 @@ static inline __m512d xs_exp64x8(__m512d d) {
  * 4.3e-6 of e^d for every float d in [-27.8, 0] (checked exhaustively), and
  * with the exp_spec error (2.6e-7) within XS_APPROX_EPS / 2 of exp_spec. */
 static inline __m512 xs_aexp16(__m512 d) {
-  const __m512 t = _mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 q = _mm512_set1_ps(1.3333558146428443e-3f);
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(2.4022650695910071e-1f));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(6.9314718055994531e-1f));
-  q = _mm512_fmadd_ps(q, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(q, n);
+  return xk_exp2_16(_mm512_mul_ps(d, _mm512_set1_ps(1.44269504088896341f)));
 }
 
 #elif XK_F32_LANES == 8

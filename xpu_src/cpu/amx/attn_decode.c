@@ -43,6 +43,7 @@
 #include "../../common/convert.h"
 #include "../../common/simd512.h"
 #include "../../common/tier.h"
+#include "../attn_util.h"
 
 #pragma GCC target("avx512vbmi")
 
@@ -913,21 +914,14 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       const float *acc = accb + kvl * nch * 256, *ml = mlb + kvl * 32;
       for (int64_t gh = 0; gh < G; gh++) {
         const int64_t h = kvh * G + gh;
-        float m = ml[gh], l = ml[16 + gh], f = 1.0f;
-        if (a->s_aux) {
-          const float sink = a->s_aux[h], ms = fmaxf(m, sink);
-          const float al = m == -INFINITY ? 0.0f : expf(m - ms);
-          l = l * al + expf(sink - ms);
-          f = al;
-          m = ms;
-        }
-        f = l == 0.0f ? 0.0f : f / l;
+        float m = ml[gh], l = ml[16 + gh];
+        const float f = xk_attn_row_factor(a, h, &m, &l);
         for (int64_t c = 0; c < nch; c++)
           for (int64_t n = 0; n < 16; n++)
             for (int e = 0; e < 2; e++) row[32 * c + 2 * n + e] = acc[c * 256 + (2 * gh + e) * 16 + n] * (f * vsc);
         xk_convert_row((char *)a->out + (qtok * a->out_stride_token + h * a->out_stride_head) * 2, a->dtype, row,
                        XK_F32, D, 1.0f);
-        if (a->lse) a->lse[h * a->lse_stride_head + qtok * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+        if (a->lse) a->lse[h * a->lse_stride_head + qtok * a->lse_stride_token] = xk_attn_lse(m, l);
       }
     }
   }

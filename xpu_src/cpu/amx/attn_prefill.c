@@ -51,6 +51,7 @@
 #include "../../common/convert.h"
 #include "../../common/simd512.h"
 #include "../../common/tier.h"
+#include "../attn_util.h"
 
 #define AP_INLINE static inline __attribute__((always_inline))
 /* GCC's _tile_loadd is an asm without a memory clobber: vector stores it
@@ -175,36 +176,10 @@ static void ap_tile_config(void) {
   __asm__ volatile("" ::: "memory");
 }
 
-/* 2^x for softmax arguments in log2 units (<= 0, or -inf -> 0): x = k + f,
- * |f| <= 1/2, 2^f by its degree-5 Taylor polynomial (relative error
- * < 2.5e-6, far below the bf16 rounding of P), times 2^k by vscalefps.
- * Under FTZ, results below 2^-126 are 0. */
-AP_INLINE __m512 ap_exp2_16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
-  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, k);
-  __m512 p = _mm512_set1_ps(1.3333558146e-3f); /* ln2^5 / 120 */
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f)); /* ln2^4 / 24 */
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f)); /* ln2^3 / 6 */
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f)); /* ln2^2 / 2 */
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f)); /* ln2 */
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
-}
-
-/* The same for finite x (no clamp): 2^x for x far below -126 still gives 0
- * under FTZ (vscalefps of the polynomial by the rounded exponent). */
-AP_INLINE __m512 ap_exp2_16_finite(__m512 x) {
-  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, k);
-  __m512 p = _mm512_set1_ps(1.3333558146e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, k);
-}
+/* 2^x for softmax arguments in log2 units (<= 0, or -inf -> 0 through the
+ * clamp): xk_exp2_16, relative error < 2.5e-6, far below the bf16 rounding
+ * of P. Unmasked finite arguments call xk_exp2_16 directly. */
+AP_INLINE __m512 ap_exp2_16(__m512 x) { return xk_exp2_16(_mm512_max_ps(_mm512_set1_ps(-150.0f), x)); }
 
 /* ---- repacking ------------------------------------------------------------------ */
 
@@ -475,7 +450,7 @@ AP_INLINE void ap_sm_pass2(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, co
       if (mask) /* masked logits: P = 0 (they may be stale, unset or -inf) */
         e[j] = _mm512_maskz_mov_ps(ap_keep(w, r0 + r, kb0, v + j), ap_exp2_16(_mm512_fmadd_ps(x, sc, mn)));
       else /* finite logits, <= the running max: no clamp needed */
-        e[j] = ap_exp2_16_finite(_mm512_fmadd_ps(x, sc, mn));
+        e[j] = xk_exp2_16(_mm512_fmadd_ps(x, sc, mn));
       sum = _mm512_add_ps(sum, e[j]);
     }
     _mm512_storeu_si512((__m512i *)(pr + 16 * v), (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]));
@@ -678,21 +653,13 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
   const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
   for (int64_t r = 0; r < RQ; r++) {
     const int64_t i = i0 + r / G, h = kvh * G + r % G;
-    float m = w->m[r], l = w->l[r], f = 1.0f;
-    if (a->s_aux) {
-      const float sink = a->s_aux[h], ms = fmaxf(m, sink);
-      const float alpha = m == -INFINITY ? 0.0f : expf(m - ms);
-      l = l * alpha + expf(sink - ms);
-      f = alpha;
-      m = ms;
-    }
-    f = l == 0.0f ? 0.0f : f / l;
-    f *= vsc;
+    float m = w->m[r], l = w->l[r];
+    const float f = xk_attn_row_factor(a, h, &m, &l) * vsc;
     float *o = w->o + r * D;
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), _mm512_set1_ps(f)));
     xk_convert_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * 2, XK_BF16, o, XK_F32, D,
                    1.0f);
-    if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = l == 0.0f ? -INFINITY : m + logf(l);
+    if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
   }
 }
 
