@@ -696,23 +696,31 @@ AD_INLINE void av_row(const char *s, int64_t D, int fp8, const ad_cvt *t, uint16
 }
 
 /* Keys or values of nkv kv heads from kvh for one step (groups of 16 tokens
- * from ts, at most ngmax) as bf16 rows at dst[kvl][group][16][D], in memory order (token
- * rows outer, heads inner); tokens outside [lo, hi) are zero and not read. */
+ * from ts, at most ngmax) as bf16 rows at dst[kvl][group][16][D] (token rows
+ * outer, groups, then heads inner); tokens outside [lo, hi) are zero and not
+ * read. */
 static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *cache, const int64_t *st, int64_t es,
                           int64_t ts, int64_t ngmax, int64_t lo, int64_t hi, int64_t kvh, int64_t nkv, int fp8,
                           const ad_cvt *t, uint16_t *dst) {
   const int64_t D = a->head_size, bs = a->block_size, ng = ad_min(ngmax, (hi - ts + 15) / 16);
+  const char *src[AV_NB];
+  int64_t r0[AV_NB], r1[AV_NB];
   for (int64_t j = 0; j < ng; j++) {
     const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * a->block_tables_stride_block];
-    const char *src = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
-    const int64_t r0 = ad_max(0, lo - tok), r1 = ad_min(16, hi - tok);
-    for (int64_t r = 0; r < 16; r++) {
+    src[j] = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
+    r0[j] = ad_max(0, lo - tok);
+    r1[j] = ad_min(16, hi - tok);
+  }
+  /* rows outer, groups inner: the loads of the step's (scattered) blocks
+   * are in flight together */
+  for (int64_t r = 0; r < 16; r++) {
+    for (int64_t j = 0; j < ng; j++) {
       for (int64_t kvl = 0; kvl < nkv; kvl++) {
         uint16_t *d = dst + ((kvl * AV_NB + j) * 16 + r) * D;
-        if (r < r0 || r >= r1)
+        if (r < r0[j] || r >= r1[j])
           memset(d, 0, (size_t)D * 2);
         else
-          av_row(src + (r * st[1] + kvl * st[2]) * es, D, fp8, t, d);
+          av_row(src[j] + (r * st[1] + kvl * st[2]) * es, D, fp8, t, d);
       }
     }
   }
