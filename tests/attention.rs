@@ -1499,7 +1499,7 @@ fn varlen_chunked_prefill_equals_one_shot() {
 /// 32) they run the tile decode kernel: every head size it takes, fp8 e4m3 and
 /// e5m2, NHD and HND caches, contexts on both sides of its 16-key groups and
 /// 64-key steps, window, softcap, ALiBi, sinks and scales over poisoned caches;
-/// 16 query heads per kv head (and fp8 with at most 4) take the fallback.
+/// 16 query heads per kv head take the fallback.
 /// Tolerance: the module's.
 #[test]
 fn varlen_decode_only() {
@@ -1548,10 +1548,14 @@ fn varlen_decode_only() {
 /// groups kv heads per grid block differently) on every tier, bf16 and fp8.
 #[test]
 fn varlen_decode_only_thread_invariance() {
-    // (the amx tile path takes fp8 caches only with 8 query heads per kv head)
-    for (n, (stored, h, hkv)) in [(DType::BF16, 32, 8), (DType::F8E4M3, 16, 2)]
-        .into_iter()
-        .enumerate()
+    // (fp8 with 4 and 8 query heads per kv head: both on the amx tile path)
+    for (n, (stored, h, hkv)) in [
+        (DType::BF16, 32, 8),
+        (DType::F8E4M3, 16, 2),
+        (DType::F8E5M2, 32, 8),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut sp = vspec(DType::BF16, stored, h, hkv, 64, 16, 800 + n as u64);
         sp.sinks = true;

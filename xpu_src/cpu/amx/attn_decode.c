@@ -36,6 +36,21 @@
  * No software prefetch: each cache block is read as one contiguous span,
  * which the hardware prefetchers follow; a cursor walking the spans a fixed
  * distance ahead (several distances and hints) measured no better.
+ *
+ * fp8 (measured with a standalone harness, Qwen 16/2 D=256 and Llama 32/8
+ * D=128, B=8, ctx=4096, 1 thread): the widening loop is bound by its cache
+ * loads, not by its permutes. Its samples sit on the first consumer of each
+ * load; a conversion with one qword permute fewer (bit-identical, 13% faster
+ * on L1-resident codes) was 20% SLOWER in the kernel (Llama 13.4 -> 16.1 ms)
+ * because the extra permute went in front of the table lookups, on the
+ * load-to-store chain. Also no better: L2 prefetch of the key groups 1-4 Q.K
+ * steps ahead (T0/T1/T2 hints, whole spans or first lines: 0-15% slower),
+ * staging keys 2-3 steps ahead, 2-16 key slots, slots padded off 4 KiB
+ * multiples, Q.K tiles before the next step's staging, AD_NB 1/2/4, AD_VLAG
+ * 1/3, AD_VB 2/8. Ablations (hot caches): staging alone or the Q.K tiles
+ * alone cost a fraction of what both together cost, so the tile loads of
+ * staged rows and the staging stores serialise; with cold caches (shuffled
+ * blocks) the kernel takes about twice the hot time.
  */
 #include <float.h>
 #include <math.h>
@@ -400,18 +415,22 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
     const int64_t ng16 = (n + 15) / 16;
     /* Q.K: steps (batch of AD_NB groups, kv head); fp8 keys are staged one
      * step ahead (a tile load right after the stores that wrote its data
-     * waits for them to drain). */
+     * waits for them to drain), chunk by chunk across the step's groups so
+     * that the loads of its (scattered) blocks are in flight together. */
     if (ng16) ad_config(gp, kab, kab / 4);
     const int64_t nsteps = (ng16 + AD_NB - 1) / AD_NB * nk;
 #define AD_KSTAGE(st)                                                                                        \
   do {                                                                                                       \
     const int64_t gb_ = (st) / nk * AD_NB, kvl_ = (st) % nk, nb_ = ad_min(AD_NB, ng16 - gb_);                \
+    const char *kb_[AD_NB];                                                                                  \
     for (int64_t i_ = 0; i_ < nb_; i_++) {                                                                   \
       const int64_t tok_ = t0 + 16 * (gb_ + i_), blk_ = bt[(tok_ / bs) * btb];                               \
-      const char *kb_ = (const char *)a->key_cache + (blk_ * ks[0] + (k0 + kvl_) * ks[1] + (tok_ % bs) * ks[3]); \
-      char *d_ = kst + ((st) & 1) * AD_NB * 16 * D * 2 + i_ * 16 * D * 2;                                     \
-      for (int64_t c_ = 0; c_ < nch; c_++) ad_stage_fp8(kb_ + c_ * ks[2], 16, 16, 16, &cv, d_ + c_ * 512);    \
+      kb_[i_] = (const char *)a->key_cache + (blk_ * ks[0] + (k0 + kvl_) * ks[1] + (tok_ % bs) * ks[3]);     \
     }                                                                                                        \
+    char *d_ = kst + ((st) & 1) * AD_NB * 16 * D * 2;                                                        \
+    for (int64_t c_ = 0; c_ < nch; c_++)                                                                     \
+      for (int64_t i_ = 0; i_ < nb_; i_++)                                                                   \
+        ad_stage_fp8(kb_[i_] + c_ * ks[2], 16, 16, 16, &cv, d_ + i_ * 16 * D * 2 + c_ * 512);                \
   } while (0)
     if (fp8 && nsteps) AD_KSTAGE(0);
     for (int64_t st = 0; st < nsteps; st++) {
@@ -606,10 +625,9 @@ static int av_ok(const xk_attn_args *a) {
   if (a->num_kv_heads <= 0 || a->num_heads % a->num_kv_heads) return 0;
   const int64_t G = a->num_heads / a->num_kv_heads, D = a->head_size, bs = a->block_size;
   if (G > 8 || D <= 0 || D % 32 || D > 512 || bs <= 0 || bs % 16) return 0;
-  /* fp8 with G <= 4: the softmax over 16 lanes (G used) and the widening
-   * cost more than the avx512 fast path (Llama 32/8 fp8 B=8 ctx=4k measured
-   * 10-20% slower); G = 8 (Qwen 16/2) is faster here. */
-  if (xk_is_fp8(dt) && G <= 4) return 0;
+  /* fp8 with G <= 4 runs here too: with the step's rows staged across its
+   * groups (av_stage_step) Llama 32/8 fp8 B=8 ctx=4k measured ~10% faster
+   * than the avx512 fast path (it was 10-20% slower before). */
   return a->key_cache_strides[3] == 1 && a->value_cache_strides[3] == 1;
 }
 
@@ -678,23 +696,31 @@ AD_INLINE void av_row(const char *s, int64_t D, int fp8, const ad_cvt *t, uint16
 }
 
 /* Keys or values of nkv kv heads from kvh for one step (groups of 16 tokens
- * from ts, at most ngmax) as bf16 rows at dst[kvl][group][16][D], in memory order (token
- * rows outer, heads inner); tokens outside [lo, hi) are zero and not read. */
+ * from ts, at most ngmax) as bf16 rows at dst[kvl][group][16][D] (token rows
+ * outer, groups, then heads inner); tokens outside [lo, hi) are zero and not
+ * read. */
 static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *cache, const int64_t *st, int64_t es,
                           int64_t ts, int64_t ngmax, int64_t lo, int64_t hi, int64_t kvh, int64_t nkv, int fp8,
                           const ad_cvt *t, uint16_t *dst) {
   const int64_t D = a->head_size, bs = a->block_size, ng = ad_min(ngmax, (hi - ts + 15) / 16);
+  const char *src[AV_NB];
+  int64_t r0[AV_NB], r1[AV_NB];
   for (int64_t j = 0; j < ng; j++) {
     const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * a->block_tables_stride_block];
-    const char *src = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
-    const int64_t r0 = ad_max(0, lo - tok), r1 = ad_min(16, hi - tok);
-    for (int64_t r = 0; r < 16; r++) {
+    src[j] = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
+    r0[j] = ad_max(0, lo - tok);
+    r1[j] = ad_min(16, hi - tok);
+  }
+  /* rows outer, groups inner: the loads of the step's (scattered) blocks
+   * are in flight together */
+  for (int64_t r = 0; r < 16; r++) {
+    for (int64_t j = 0; j < ng; j++) {
       for (int64_t kvl = 0; kvl < nkv; kvl++) {
         uint16_t *d = dst + ((kvl * AV_NB + j) * 16 + r) * D;
-        if (r < r0 || r >= r1)
+        if (r < r0[j] || r >= r1[j])
           memset(d, 0, (size_t)D * 2);
         else
-          av_row(src + (r * st[1] + kvl * st[2]) * es, D, fp8, t, d);
+          av_row(src[j] + (r * st[1] + kvl * st[2]) * es, D, fp8, t, d);
       }
     }
   }
