@@ -277,6 +277,14 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
     if !bf16_dot_preferred() {
         args.bf16_pairs = -1;
     }
+    gemm_tiles(args);
+}
+
+/// The tiled GEMM of validated `args` (plain or packed weights): the kernel
+/// plans the tiles, then the grid runs them, each thread with its workspace.
+pub(crate) fn gemm_tiles(mut args: sys::xk_linear_args) {
+    let (m, n) = (args.m as usize, args.n as usize);
+    let kernels = platform::kernels();
     let plan = kernels.linear_gemm_plan.expect("linear_gemm_plan");
     // SAFETY: plan only reads the shape and dtypes and writes the tile fields.
     let ws_bytes = unsafe { plan(&mut args, num_threads() as i64) } as usize;

@@ -36,16 +36,13 @@ use crate::dtype::DType;
 use crate::error::{bail, Result};
 use crate::ops::check;
 use crate::ops::linear::{
-    base_args, check_bias, check_out_alias, check_rows, inner_contiguous, with_workspace,
+    base_args, check_bias, check_out_alias, check_rows, gemm_tiles, inner_contiguous,
 };
 use crate::platform::{self, active_isa, Isa};
 use crate::sys;
 use crate::tensor::{Layout, TensorView, TensorViewMut};
-use crate::threading::{grid, num_threads, Shared};
+use crate::threading::{grid, Shared};
 use crate::trace;
-
-/// K per block of the AMX tile layout (`XK_AMX_PACK_KC`).
-const AMX_PACK_KC: usize = 512;
 
 /// How a [`PackedLinearWeight`] stores its weight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -470,23 +467,4 @@ fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
             f(unsafe { v.as_mut_ptr().cast::<u8>().add(off) })
         }
     })
-}
-
-/// The tiled GEMM's grid over a packed weight (x already packed on AMX).
-fn gemm_tiles(mut args: sys::xk_linear_args) {
-    let (m, n) = (args.m as usize, args.n as usize);
-    let kernels = platform::kernels();
-    debug_assert_eq!(AMX_PACK_KC % 32, 0);
-    let plan = kernels.linear_gemm_plan.expect("linear_gemm_plan");
-    // SAFETY: plan only reads the shape and dtypes and writes the tile fields.
-    let ws_bytes = unsafe { plan(&mut args, num_threads() as i64) } as usize;
-    let tiles = m.div_ceil(args.tile_m as usize) * n.div_ceil(args.tile_n as usize);
-    let gemm = kernels.linear_gemm.expect("linear_gemm");
-    let a = Shared(args);
-    grid(tiles, 1, |r| {
-        with_workspace(ws_bytes, |ws| {
-            // SAFETY: validated arguments; tiles write disjoint output blocks.
-            unsafe { gemm(a.get(), r.start as i64, r.end as i64, ws.cast()) }
-        })
-    });
 }

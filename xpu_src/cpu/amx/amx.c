@@ -42,6 +42,7 @@
 #include "../../common/convert.h"
 #include "../../common/simd512.h"
 #include "../../common/tier.h"
+#include "amx_tiles.h"
 
 #if defined(__linux__)
 #include <sys/syscall.h>
@@ -76,32 +77,9 @@ int32_t xk_amx_request_permission(void) {
 #endif
 }
 
-/* ---- tiles ------------------------------------------------------------------- */
-
-typedef struct amx_cfg {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} amx_cfg;
-
-/* Every tile 16 rows x 64 bytes: C (16 x 16 f32), W (16 x 32 bf16), x (16 pairs x 16 rows). */
-static void amx_config(void) {
-  _Alignas(64) amx_cfg c;
-  memset(&c, 0, sizeof c);
-  c.palette = 1;
-  for (int i = 0; i < 8; i++) {
-    c.colsb[i] = 64;
-    c.rows[i] = 16;
-  }
-  _tile_loadconfig(&c);
-  __asm__ volatile("" ::: "memory");
-}
-
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t align64(int64_t b) { return (b + 63) & ~(int64_t)63; }
-
 
 static inline __mmask32 kmask(int64_t left) {
   return left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0u : (__mmask32)((1u << left) - 1u);
@@ -898,7 +876,7 @@ void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t til
   if (a->w_kind == XK_WEIGHT_PACKED_AMX) {
     const pk_ws L = pk_layout(a);
     char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
-    amx_config();
+    xk_amx_config_16x64();
     for (int64_t t = tile_begin; t < tile_end; t++) pk_tile(a, t, base, &L);
     _tile_release();
     _mm_sfence(); /* the epilogue's streaming stores, before the caller's join */
@@ -910,7 +888,7 @@ void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t til
   }
   const amx_ws L = ws_layout(a);
   char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
-  amx_config(); /* tile configuration is per-thread state */
+  xk_amx_config_16x64(); /* tile configuration is per-thread state */
   for (int64_t t = tile_begin; t < tile_end; t++) {
     if (a->tile_m <= 16)
       dec_tile(a, t, base, &L);
@@ -928,7 +906,7 @@ double xk_probe_bf16_amx(int64_t iters, xk_probe_result *sink) {
   _Alignas(64) uint16_t ab[16 * 32];
   _Alignas(64) float c[256];
   for (int i = 0; i < 16 * 32; i++) ab[i] = (uint16_t)(i & 1 ? 0x3380 : 0x3f80); /* 1, 2^-24 */
-  amx_config();
+  xk_amx_config_16x64();
   _tile_loadd(4, ab, 64);
   _tile_loadd(5, ab, 64);
   _tile_loadd(6, ab, 64);

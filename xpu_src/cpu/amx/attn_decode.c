@@ -59,6 +59,7 @@
 #include "../../common/simd512.h"
 #include "../../common/tier.h"
 #include "../attn_util.h"
+#include "amx_tiles.h"
 
 #pragma GCC target("avx512vbmi")
 
@@ -163,32 +164,13 @@ static int64_t ad_unit(const xk_attn_args *a, const ad_geom *g, int64_t b, int64
 
 /* ---- tiles ------------------------------------------------------------------- */
 
-typedef struct ad_cfg {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} ad_cfg;
-
 /* C tiles 0-3: 16 x Gp f32; A tiles 4-5: 16 rows x abytes; B tiles 6-7: brows x Gp pairs. */
 static void ad_config(int64_t gp, int64_t abytes, int64_t brows) {
-  _Alignas(64) ad_cfg c;
-  memset(&c, 0, sizeof c);
-  c.palette = 1;
-  for (int i = 0; i < 4; i++) {
-    c.rows[i] = 16;
-    c.colsb[i] = (uint16_t)(4 * gp);
-  }
-  for (int i = 4; i < 6; i++) {
-    c.rows[i] = 16;
-    c.colsb[i] = (uint16_t)abytes;
-  }
-  for (int i = 6; i < 8; i++) {
-    c.rows[i] = (uint8_t)brows;
-    c.colsb[i] = (uint16_t)(4 * gp);
-  }
-  _tile_loadconfig(&c);
-  __asm__ volatile("" ::: "memory");
+  const uint16_t cb = (uint16_t)(4 * gp), ab = (uint16_t)abytes;
+  const uint8_t br = (uint8_t)brows;
+  const uint8_t rows[8] = {16, 16, 16, 16, 16, 16, br, br};
+  const uint16_t colsb[8] = {cb, cb, cb, cb, ab, ab, cb, cb};
+  xk_amx_load_config(rows, colsb);
 }
 
 /* ---- fp8 -> bf16 ------------------------------------------------------------- */
@@ -246,7 +228,6 @@ AD_INLINE void ad_stage_fp8(const char *src, int64_t rs, int64_t nrows, int64_t 
 }
 
 /* ---- softmax ------------------------------------------------------------------ */
-
 
 /* Folds lanes of the same head (lane % gp): every lane ends with its head's max / sum. */
 AD_INLINE __m512 ad_fold(__m512 v, int64_t gp, int max) {

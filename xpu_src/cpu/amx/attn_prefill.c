@@ -52,6 +52,7 @@
 #include "../../common/simd512.h"
 #include "../../common/tier.h"
 #include "../attn_util.h"
+#include "amx_tiles.h"
 
 #define AP_INLINE static inline __attribute__((always_inline))
 /* GCC's _tile_loadd is an asm without a memory clobber: vector stores it
@@ -156,25 +157,6 @@ static int64_t ap_workspace(const xk_attn_args *a) {
 }
 
 /* ---- tiles -------------------------------------------------------------------- */
-
-typedef struct ap_cfg {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} ap_cfg;
-
-static void ap_tile_config(void) {
-  _Alignas(64) ap_cfg c;
-  memset(&c, 0, sizeof c);
-  c.palette = 1;
-  for (int i = 0; i < 8; i++) {
-    c.colsb[i] = 64;
-    c.rows[i] = 16;
-  }
-  _tile_loadconfig(&c);
-  __asm__ volatile("" ::: "memory");
-}
 
 /* 2^x for softmax arguments in log2 units (<= 0, or -inf -> 0 through the
  * clamp): xk_exp2_16, relative error < 2.5e-6, far below the bf16 rounding
@@ -389,8 +371,6 @@ AP_INLINE void ap_rescale(const ap_ws *w, int64_t r0, const float *alpha, int64_
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), al));
   }
 }
-
-
 
 /* The same for 16 rows r0.. at once, in two passes, with the row statistics
  * (max, sum, rescale factor) as vectors over the rows (the 16 per-row
@@ -695,7 +675,7 @@ static void ap_varlen(const xk_attn_args *a, void *workspace, int64_t begin, int
   const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = a->num_kv_heads / KG;
   const unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | 0x8040u); /* FTZ + DAZ: exp underflow (masked keys) must not take microcode assists */
-  ap_tile_config(); /* per-thread state */
+  xk_amx_config_16x64(); /* per-thread state */
   ap_cache cache = {-1, -1, 0, 0, 0};
   /* kv heads outer: consecutive items of a head re-read the same keys and
    * values, which then stay in L2 (blocks write disjoint outputs; the order

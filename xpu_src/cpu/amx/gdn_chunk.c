@@ -36,6 +36,7 @@
 #undef XK_TIER
 #define XK_TIER amx_gdn
 #include "../gdn.c"
+#include "amx_tiles.h"
 #undef XK_TIER
 #define XK_TIER amx
 
@@ -171,25 +172,6 @@ static void amx_stream_o(const xk_gdn_args *a, int64_t row, int64_t tok, int64_t
 }
 
 /* ---- tiles ------------------------------------------------------------------- */
-
-typedef struct gdn_amx_cfg {
-  uint8_t palette, start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} gdn_amx_cfg;
-
-static void gdn_amx_config(void) {
-  _Alignas(64) gdn_amx_cfg c;
-  memset(&c, 0, sizeof c);
-  c.palette = 1;
-  for (int i = 0; i < 8; i++) {
-    c.colsb[i] = 64;
-    c.rows[i] = 16;
-  }
-  _tile_loadconfig(&c);
-  __asm__ volatile("" ::: "memory");
-}
 
 /*
  * C[M][N] (=, or += when acc) sum over r < reps, s < aks of A[., 32 s .. +
@@ -459,7 +441,7 @@ void xk_gdn_chunk_amx_tiles(const xk_gdn_args *a, float *scratch, int64_t block_
   if (cap > AMX_HEADS) cap = AMX_HEADS;
   amx_ws x;
   amx_layout(a->head_k_dim, a->head_v_dim, cap, (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63), &x);
-  gdn_amx_config();
+  xk_amx_config_16x64();
   for (int64_t b = block_begin; b < block_end;) {
     const int64_t n = b / HV, hv = b % HV;
     int64_t hv1 = HV - hv < block_end - b ? HV : hv + (block_end - b);
