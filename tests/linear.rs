@@ -8,41 +8,11 @@
 
 mod common;
 
-use common::float_buf::{ulp, Buf};
+use common::float_buf::{assert_linear_close, linear_reference, ulp, Buf};
 use common::{for_each_isa, with_threads, Rng};
 use half::{bf16, f16};
 use xpu_ops::reference::linear as rl;
 use xpu_ops::{linear, DType, Status, TensorView, TensorViewMut};
-
-/// Checks `out` (row stride `os`) against the fp64 reference with the
-/// documented tolerance: 4·sqrt(K)·2⁻²⁴·Σ|x·w| + ulp_out(ref).
-fn assert_close(
-    out: &TensorView,
-    ref_: &[f64],
-    absd: &[f64],
-    m: usize,
-    n: usize,
-    k: usize,
-    what: &str,
-) {
-    let gamma = 4.0 * (k as f64).sqrt() * 2f64.powi(-24);
-    for i in 0..m {
-        for j in 0..n {
-            let y = if out.ndim() == 2 {
-                out.get_f32(&[i, j])
-            } else {
-                out.get_f32(&[j])
-            } as f64;
-            let r = ref_[i * n + j];
-            let tol = gamma * absd[i * n + j] + ulp(out.dtype(), r);
-            assert!(
-                (y - r).abs() <= tol,
-                "{what}: out[{i}][{j}] = {y}, reference {r}, |diff| {} > tol {tol}",
-                (y - r).abs()
-            );
-        }
-    }
-}
 
 /// Random values exactly representable in `dtype`.
 fn rand_vals(rng: &mut Rng, n: usize, scale: f32, dtype: DType) -> Vec<f32> {
@@ -119,22 +89,13 @@ fn check_case(c: &Case, seed: u64, what: &str) {
     let x = d.x.view(&[c.m, c.k], &[xs, 1]);
     let w = d.w.view(&[c.n, c.k], &[ws, 1]);
     let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
-    let r = rl::linear(&x, &w, b.as_ref());
-    let absd = rl::abs_dot(
-        c.m,
-        c.n,
-        c.k,
-        |i, kk| x.get_f32(&[i, kk]) as f64,
-        |j, kk| w.get_f32(&[j, kk]) as f64,
-    );
+    let (r, absd) = linear_reference(&x, &w, b.as_ref());
     let out = run_case(c, &d);
     let ov = out.view(&[c.m, c.n], &[os, 1]);
-    assert_close(&ov, &r, &absd, c.m, c.n, c.k, what);
+    assert_linear_close(&ov, &r, &absd, c.m, c.n, c.k, what);
     // Row padding of `out` is never written.
     if c.out_pad > 0 {
         for i in 0..c.m {
-            let pad = out.view(&[c.m, c.out_pad], &[os, 1]);
-            let _ = pad; // shape helper only
             for p in c.n..os {
                 let v = out.view(&[c.m * os], &[1]).get_f32(&[i * os + p]);
                 assert_eq!(v, -7.0, "{what}: out padding [{i}][{p}] written");
@@ -226,7 +187,7 @@ fn dense_vector_input() {
                 |_, kk| xv.get_f32(&[kk]) as f64,
                 |j, kk| wv.get_f32(&[j, kk]) as f64,
             );
-            assert_close(
+            assert_linear_close(
                 &out.view(&[n], &[1]),
                 &r,
                 &absd,
@@ -584,7 +545,7 @@ fn check_q_against(c: &QCase, d: &QData, wref: &[f64], what: &str) {
     let r = rl::linear_f64(c.m, c.n, c.k, xv, wv, b.as_ref());
     let absd = rl::abs_dot(c.m, c.n, c.k, xv, wv);
     let out = run_q(c, d);
-    assert_close(
+    assert_linear_close(
         &out.view(&[c.m, c.n], &[c.n, 1]),
         &r,
         &absd,
@@ -1824,18 +1785,11 @@ fn check_case_every_tier(c: &Case, seed: u64, what: &str) {
     let x = d.x.view(&[c.m, c.k], &[xs, 1]);
     let w = d.w.view(&[c.n, c.k], &[ws, 1]);
     let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
-    let r = rl::linear(&x, &w, b.as_ref());
-    let absd = rl::abs_dot(
-        c.m,
-        c.n,
-        c.k,
-        |i, kk| x.get_f32(&[i, kk]) as f64,
-        |j, kk| w.get_f32(&[j, kk]) as f64,
-    );
+    let (r, absd) = linear_reference(&x, &w, b.as_ref());
     for_each_isa(|isa| {
         let out = run_case(c, &d);
         let what = format!("{isa} {what} {c:?}");
-        assert_close(
+        assert_linear_close(
             &out.view(&[c.m, c.n], &[os, 1]),
             &r,
             &absd,

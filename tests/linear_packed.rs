@@ -9,10 +9,9 @@
 
 mod common;
 
-use common::float_buf::{ulp, Buf};
+use common::float_buf::{assert_linear_close, linear_reference, linear_tol, Buf};
 use common::{for_each_isa, with_threads, Rng};
 use half::bf16;
-use xpu_ops::reference::linear as rl;
 use xpu_ops::{
     linear, linear_packed, DType, Isa, PackedLayout, PackedLinearWeight, Status, TensorView,
     TensorViewMut,
@@ -101,32 +100,23 @@ fn check_layout(c: &Case, seed: u64, what: &str, layout: Option<PackedLayout>) {
     let x = d.x.view(&[c.m, c.k], &[c.k + c.x_pad, 1]);
     let w = d.w.view(&[c.n, c.k], &[c.k + c.w_pad, 1]);
     let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
-    let r = rl::linear(&x, &w, b.as_ref());
-    let absd = rl::abs_dot(
+    let (r, absd) = linear_reference(&x, &w, b.as_ref());
+    let out = run_layout(c, &d, false, layout);
+    let os = c.n + c.out_pad;
+    assert_linear_close(
+        &out.view(&[c.m, c.n], &[os, 1]),
+        &r,
+        &absd,
         c.m,
         c.n,
         c.k,
-        |i, kk| x.get_f32(&[i, kk]) as f64,
-        |j, kk| w.get_f32(&[j, kk]) as f64,
+        what,
     );
-    let out = run_layout(c, &d, false, layout);
-    let os = c.n + c.out_pad;
     let flat = out.view(&[c.m * os], &[1]);
-    let gamma = 4.0 * (c.k as f64).sqrt() * 2f64.powi(-24);
     for i in 0..c.m {
-        for j in 0..os {
-            let y = flat.get_f32(&[i * os + j]) as f64;
-            if j >= c.n {
-                assert_eq!(y, -7.0, "{what}: out padding [{i}][{j}] written");
-                continue;
-            }
-            let rr = r[i * c.n + j];
-            let tol = gamma * absd[i * c.n + j] + ulp(out_dtype(c), rr);
-            assert!(
-                (y - rr).abs() <= tol,
-                "{what}: out[{i}][{j}] = {y}, reference {rr}, |diff| {} > tol {tol}",
-                (y - rr).abs()
-            );
+        for j in c.n..os {
+            let y = flat.get_f32(&[i * os + j]);
+            assert_eq!(y, -7.0, "{what}: out padding [{i}][{j}] written");
         }
     }
 }
@@ -296,22 +286,7 @@ fn packed_thread_invariance() {
                     out_pad: 0,
                 };
                 let d = make(&c, 3);
-                let w = d.w.view(&[n, k], &[k, 1]);
-                let p = PackedLinearWeight::new(&w).unwrap();
-                let go = |threads: usize| {
-                    with_threads(threads, || {
-                        let mut out = Buf::from_f32(dtype, &vec![0.0; m * n]);
-                        let b = d.b.as_ref().map(|b| b.view(&[n], &[1]));
-                        linear_packed(
-                            &d.x.view(&[m, k], &[k, 1]),
-                            &p,
-                            b.as_ref(),
-                            &mut out.view_mut(&[m, n], &[n, 1]),
-                        )
-                        .unwrap();
-                        out.bits()
-                    })
-                };
+                let go = |threads: usize| with_threads(threads, || run(&c, &d, false).bits());
                 let one = go(1);
                 assert_eq!(one, go(2), "{isa} {dtype} {m}x{n}x{k}: 1 vs 2 threads");
                 assert_eq!(one, go(3), "{isa} {dtype} {m}x{n}x{k}: 1 vs 3 threads");
@@ -540,20 +515,8 @@ fn packed_explicit_layouts() {
         let d = make(&c, 11);
         let p = PackedLinearWeight::with_layout(&d.w.view(&[n, k], &[k, 1]), l).unwrap();
         assert_eq!(p.layout(), l);
-        let go = |threads: usize| {
-            with_threads(threads, || {
-                let mut out = Buf::from_f32(DType::F32, &vec![0.0; m * n]);
-                let b = d.b.as_ref().map(|b| b.view(&[n], &[1]));
-                linear_packed(
-                    &d.x.view(&[m, k], &[k, 1]),
-                    &p,
-                    b.as_ref(),
-                    &mut out.view_mut(&[m, n], &[n, 1]),
-                )
-                .unwrap();
-                out.bits()
-            })
-        };
+        let go =
+            |threads: usize| with_threads(threads, || run_layout(&c, &d, false, Some(l)).bits());
         assert_eq!(go(1), go(3), "{isa} panels: 1 vs 3 threads");
     });
 }
@@ -608,15 +571,7 @@ fn large_aligned_out() {
         let x = d.x.view(&[m, k], &[k, 1]);
         let w = d.w.view(&[n, k], &[k, 1]);
         let b = d.b.as_ref().map(|b| b.view(&[n], &[1]));
-        let r = rl::linear(&x, &w, b.as_ref());
-        let absd = rl::abs_dot(
-            m,
-            n,
-            k,
-            |i, kk| x.get_f32(&[i, kk]) as f64,
-            |j, kk| w.get_f32(&[j, kk]) as f64,
-        );
-        let gamma = 4.0 * (k as f64).sqrt() * 2f64.powi(-24);
+        let (r, absd) = linear_reference(&x, &w, b.as_ref());
         for_each_isa(|isa| {
             let go = |unpacked: bool| {
                 if out_f32 {
@@ -627,7 +582,7 @@ fn large_aligned_out() {
             };
             let (p, u) = (go(false), go(true));
             for i in 0..m * n {
-                let tol = gamma * absd[i] + ulp(out_dtype(&c), r[i]);
+                let tol = linear_tol(k, absd[i], out_dtype(&c), r[i]);
                 assert!(
                     (p[i] - r[i]).abs() <= tol,
                     "{isa} out_f32={out_f32}: out[{}][{}] = {}, reference {}, tol {tol}",

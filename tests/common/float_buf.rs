@@ -1,6 +1,8 @@
-//! Float buffers of any dtype for the linear tests, and the ulp of a value.
+//! Float buffers of any dtype for the linear tests, the ulp of a value, and
+//! the linear tests' reference and tolerance.
 
 use half::{bf16, f16};
+use xpu_ops::reference::linear as rl;
 use xpu_ops::{DType, TensorView, TensorViewMut};
 
 /// A buffer of f32, f16 or bf16 values.
@@ -65,4 +67,59 @@ pub fn ulp(dtype: DType, v: f64) -> f64 {
         (v.abs().log2().floor() as i32).max(min_exp)
     };
     2f64.powi(e - mant)
+}
+
+/// F.linear of 2-D `x` in fp64 (`reference::linear`) and, per output,
+/// sum_k |x w|: the scale of an fp32 accumulation's rounding error.
+pub fn linear_reference(
+    x: &TensorView,
+    w: &TensorView,
+    b: Option<&TensorView>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (m, k, n) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+    let r = rl::linear(x, w, b);
+    let absd = rl::abs_dot(
+        m,
+        n,
+        k,
+        |i, kk| x.get_f32(&[i, kk]) as f64,
+        |j, kk| w.get_f32(&[j, kk]) as f64,
+    );
+    (r, absd)
+}
+
+/// The linear tests' tolerance for an output with reference `r` and
+/// sum_k |x w| = `absd`: 4 sqrt(k) fp32 roundings of the products' scale
+/// plus one ulp of the output dtype.
+pub fn linear_tol(k: usize, absd: f64, dtype: DType, r: f64) -> f64 {
+    4.0 * (k as f64).sqrt() * 2f64.powi(-24) * absd + ulp(dtype, r)
+}
+
+/// Every out[i][j] (a 2-D view, or 1-D for m = 1) within [`linear_tol`] of
+/// the reference.
+pub fn assert_linear_close(
+    out: &TensorView,
+    ref_: &[f64],
+    absd: &[f64],
+    m: usize,
+    n: usize,
+    k: usize,
+    what: &str,
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let y = if out.ndim() == 2 {
+                out.get_f32(&[i, j])
+            } else {
+                out.get_f32(&[j])
+            } as f64;
+            let r = ref_[i * n + j];
+            let tol = linear_tol(k, absd[i * n + j], out.dtype(), r);
+            assert!(
+                (y - r).abs() <= tol,
+                "{what}: out[{i}][{j}] = {y}, reference {r}, |diff| {} > tol {tol}",
+                (y - r).abs()
+            );
+        }
+    }
 }
