@@ -1203,6 +1203,28 @@ impl VarlenCase {
         self.q.shape.clone()
     }
 
+    /// One call's output and LSE words, for bit comparisons across runs.
+    fn output_words(&self) -> (Vec<u64>, Vec<u64>) {
+        let mut out = Buf::zeros(self.dtype, &self.out_shape());
+        let mut lse = Buf::zeros(DType::F32, &[self.q.shape[1], self.q.shape[0]]);
+        self.run(&mut out, Some(&mut lse)).unwrap();
+        (out.data, lse.data)
+    }
+
+    /// 1, 2 and 3 threads give the same bits on every tier.
+    fn assert_thread_invariant(&self, what: &str) {
+        for isa in common::isas() {
+            let run = |threads: usize| {
+                with_threads(threads, || {
+                    xpu_ops::with_isa(isa, || self.output_words()).unwrap()
+                })
+            };
+            let one = run(1);
+            assert!(one == run(2), "{isa} {what}: 2 threads differ");
+            assert!(one == run(3), "{isa} {what}: 3 threads differ");
+        }
+    }
+
     fn run(&self, out: &mut Buf, lse: Option<&mut Buf>) -> xpu_ops::Result<()> {
         let mut lse_view = lse.map(|l| l.view_mut());
         xpu_ops::flash_attn_varlen_func(
@@ -1401,23 +1423,7 @@ fn varlen_bf16_prefill_tiles() {
     // Thread invariance of these paths (several work items and kv heads per call).
     let mut sp = vspec(DType::BF16, DType::BF16, 8, 2, 128, 16, 304);
     sp.sinks = true;
-    let c = VarlenCase::new(sp, &[(200, 260), (1, 50), (90, 90)]);
-    for isa in common::isas() {
-        let run = |threads: usize| {
-            with_threads(threads, || {
-                xpu_ops::with_isa(isa, || {
-                    let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                    let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
-                    c.run(&mut out, Some(&mut lse)).unwrap();
-                    (out.data, lse.data)
-                })
-                .unwrap()
-            })
-        };
-        let one = run(1);
-        assert!(one == run(2), "{isa}: 2 threads differ");
-        assert!(one == run(3), "{isa}: 3 threads differ");
-    }
+    VarlenCase::new(sp, &[(200, 260), (1, 50), (90, 90)]).assert_thread_invariant("prefill");
 }
 
 /// A context longer than the amx tile kernel's packed K/V buffer (32 MiB:
@@ -1561,23 +1567,7 @@ fn varlen_decode_only_thread_invariance() {
         sp.sinks = true;
         sp.window = (300, -1);
         let seqs: Vec<(usize, usize)> = (0..5).map(|k| (1, 100 + 97 * k)).collect();
-        let c = VarlenCase::new(sp, &seqs);
-        for isa in common::isas() {
-            let run = |threads: usize| {
-                with_threads(threads, || {
-                    xpu_ops::with_isa(isa, || {
-                        let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                        let mut lse = Buf::zeros(DType::F32, &[h, c.q.shape[0]]);
-                        c.run(&mut out, Some(&mut lse)).unwrap();
-                        (out.data, lse.data)
-                    })
-                    .unwrap()
-                })
-            };
-            let one = run(1);
-            assert!(one == run(2), "{isa} {stored}: 2 threads differ");
-            assert!(one == run(3), "{isa} {stored}: 3 threads differ");
-        }
+        VarlenCase::new(sp, &seqs).assert_thread_invariant(&format!("{stored}"));
     }
 }
 
@@ -1629,12 +1619,7 @@ fn varlen_thread_invariance() {
             with_threads(threads, || {
                 xpu_ops::with_isa(isa, || {
                     xpu_ops::with_attention_fast_decode(fast, || {
-                        xpu_ops::with_attention_bf16_dot(dot, || {
-                            let mut out = Buf::zeros(c.dtype, &c.out_shape());
-                            let mut lse = Buf::zeros(DType::F32, &[8, c.q.shape[0]]);
-                            c.run(&mut out, Some(&mut lse)).unwrap();
-                            (out.data, lse.data)
-                        })
+                        xpu_ops::with_attention_bf16_dot(dot, || c.output_words())
                     })
                 })
                 .unwrap()
