@@ -407,6 +407,17 @@ pub unsafe extern "C" fn xops_packed_linear_weight_destroy(w: *mut xops_packed_l
     })
 }
 
+/// The handle behind `w`, or the NULL-pointer error naming `weight`.
+///
+/// # Safety
+/// `w` is a live handle or NULL.
+unsafe fn packed_handle<'a>(
+    w: *const xops_packed_linear_weight,
+) -> xops::Result<&'a xops_packed_linear_weight> {
+    w.as_ref()
+        .ok_or_else(|| xops::Error::new(xops::Status::NullPointer, "`weight` is NULL"))
+}
+
 /// Shape of a packed weight: writes N and K (either pointer may be NULL).
 ///
 /// # Safety
@@ -418,12 +429,7 @@ pub unsafe extern "C" fn xops_packed_linear_weight_shape(
     k: *mut u64,
 ) -> xops_status {
     ffi_call("xops_packed_linear_weight_shape", || {
-        let Some(w) = w.as_ref() else {
-            return Err(xops::Error::new(
-                xops::Status::NullPointer,
-                "`weight` is NULL",
-            ));
-        };
+        let w = packed_handle(w)?;
         if let Some(n) = n.as_mut() {
             *n = w.inner.n() as u64;
         }
@@ -448,12 +454,7 @@ pub unsafe extern "C" fn xops_linear_packed(
     out: *const DLTensor,
 ) -> xops_status {
     ffi_call("xops_linear_packed", || {
-        let Some(w) = weight.as_ref() else {
-            return Err(xops::Error::new(
-                xops::Status::NullPointer,
-                "`weight` is NULL",
-            ));
-        };
+        let w = packed_handle(weight)?;
         let x = tensor(x, "x")?;
         let b = opt_tensor(bias, "bias")?;
         let mut o = tensor_mut(out, "out")?;
