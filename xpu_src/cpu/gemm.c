@@ -34,6 +34,7 @@
  * (8-bit) when there is no zeros tensor. XK_WEIGHT_INT8 rows are K plain bytes.
  */
 #include "../common/convert.h"
+#include "../common/simd512.h"
 #include "../common/tier.h"
 
 #define XK_ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -803,28 +804,10 @@ static void uk_bf16_any(int mr, int64_t kl, const uint32_t *A, const uint32_t *B
 /* In-register transpose of VL vectors of VL lanes. */
 #if VL == 16
 XK_ALWAYS_INLINE void transpose(vf r[16]) {
-  vf t[16];
-  for (int i = 0; i < 8; i++) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; g++) {
-    r[4 * g + 0] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
-    r[4 * g + 1] = _mm512_shuffle_ps(t[4 * g], t[4 * g + 2], 0xEE);
-    r[4 * g + 2] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
-    r[4 * g + 3] = _mm512_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xEE);
-  }
-  /* r[4g + j] lane L holds column 4L + j of rows 4g .. 4g + 3. */
-  for (int j = 0; j < 4; j++) {
-    const vf u0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88), u1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
-    const vf u2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
-    const vf u3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
-    t[j] = _mm512_shuffle_f32x4(u0, u2, 0x88);
-    t[8 + j] = _mm512_shuffle_f32x4(u0, u2, 0xDD);
-    t[4 + j] = _mm512_shuffle_f32x4(u1, u3, 0x88);
-    t[12 + j] = _mm512_shuffle_f32x4(u1, u3, 0xDD);
-  }
-  for (int i = 0; i < 16; i++) r[i] = t[i];
+  __m512i v[16];
+  for (int i = 0; i < 16; i++) v[i] = _mm512_castps_si512(r[i]);
+  xk_transpose16_epi32(v);
+  for (int i = 0; i < 16; i++) r[i] = _mm512_castsi512_ps(v[i]);
 }
 #else
 XK_ALWAYS_INLINE void transpose(vf r[8]) {
