@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::float_buf::{assert_linear_close, linear_reference, linear_tol, Buf};
+use common::float_buf::{
+    assert_linear_close, assert_padding_untouched, linear_reference, linear_tol, Buf,
+};
 use common::{for_each_isa, with_threads, Rng};
 use half::bf16;
 use xpu_ops::{
@@ -112,13 +114,7 @@ fn check_layout(c: &Case, seed: u64, what: &str, layout: Option<PackedLayout>) {
         c.k,
         what,
     );
-    let flat = out.view(&[c.m * os], &[1]);
-    for i in 0..c.m {
-        for j in c.n..os {
-            let y = flat.get_f32(&[i * os + j]);
-            assert_eq!(y, -7.0, "{what}: out padding [{i}][{j}] written");
-        }
-    }
+    assert_padding_untouched(&out, c.m, c.n, os, -7.0, what);
 }
 
 /// Shapes around the packed layouts' blocks: 32-row AMX blocks and 512-k

@@ -123,3 +123,15 @@ pub fn assert_linear_close(
         }
     }
 }
+
+/// The row padding of an m x n output with row stride `os` (columns n..os)
+/// still holds `fill`, the value the test wrote before the call.
+pub fn assert_padding_untouched(out: &Buf, m: usize, n: usize, os: usize, fill: f32, what: &str) {
+    let flat = out.view(&[m * os], &[1]);
+    for i in 0..m {
+        for p in n..os {
+            let v = flat.get_f32(&[i * os + p]);
+            assert_eq!(v, fill, "{what}: out padding [{i}][{p}] written");
+        }
+    }
+}
