@@ -309,13 +309,79 @@ static void ad_softmax(const xk_attn_args *a, const ad_geom *g, float *lg, uint3
   (void)a;
 }
 
+/* ---- prefetch cursors ------------------------------------------------------------ */
+
+#ifndef AD_PFH
+#define AD_PFH _MM_HINT_T0
+#endif
+#ifndef AD_KPF
+#define AD_KPF 8 /* bf16 keys: chunks (of every group of a step) ahead of the tiles */
+#endif
+#ifndef AD_KPF8
+#define AD_KPF8 0 /* fp8 keys: chunks ahead of the step being staged */
+#endif
+#ifndef AD_VPF
+#define AD_VPF 4 /* values: P.V iterations ahead of the tiles (fp8: of the staging) */
+#endif
+
+/* Walks the keys of a unit in the order the Q.K steps read them (step,
+ * chunk, group) some distance ahead, prefetching each group's 256-byte
+ * piece (16 tokens x 16 bytes) of a chunk: the tile unit waits for each
+ * tile load before the next (no tile renaming), so the hardware streams
+ * alone leave DRAM idle behind the tile work. */
+typedef struct ad_kcur {
+  const char *cache;
+  const int32_t *bt;
+  const int64_t *ks;
+  int64_t btb, bs, es, t0, k0, nk, ng16, nsteps, nch;
+  int64_t ps, pc, n;
+  const char *p[AD_NB];
+} ad_kcur;
+
+static void ad_kcur_load(ad_kcur *c) {
+  c->n = 0;
+  if (c->ps >= c->nsteps) return;
+  const int64_t gb = c->ps / c->nk * AD_NB, kvl = c->ps % c->nk, nb = ad_min(AD_NB, c->ng16 - gb);
+  for (int64_t i = 0; i < nb; i++) {
+    const int64_t tok = c->t0 + 16 * (gb + i), blk = c->bt[(tok / c->bs) * c->btb];
+    c->p[c->n++] = c->cache + (blk * c->ks[0] + (c->k0 + kvl) * c->ks[1] + (tok % c->bs) * c->ks[3]) * c->es;
+  }
+}
+
+/* Starts the cursor `ahead` chunks past (step 0, chunk 0). */
+static void ad_kcur_init(ad_kcur *c, int64_t ahead) {
+  c->ps = 0;
+  c->pc = ahead;
+  while (c->pc >= c->nch && c->ps < c->nsteps) {
+    c->pc -= c->nch;
+    c->ps++;
+  }
+  ad_kcur_load(c);
+}
+
+/* Prefetches the cursor's chunk and moves it one chunk on. */
+AD_INLINE void ad_kcur_step(ad_kcur *c) {
+  for (int64_t i = 0; i < c->n; i++) {
+    const char *p = c->p[i] + c->pc * c->ks[2] * c->es;
+    _mm_prefetch(p, AD_PFH);
+    _mm_prefetch(p + 64, AD_PFH);
+    _mm_prefetch(p + 128, AD_PFH);
+    _mm_prefetch(p + 192, AD_PFH);
+  }
+  if (++c->pc == c->nch) {
+    c->pc = 0;
+    c->ps++;
+    ad_kcur_load(c);
+  }
+}
+
 /* ---- Q.K ---------------------------------------------------------------------- */
 
 /* logits^T of ng (<= 4) groups of 16 tokens: C tile i += A_i(c) . B(c) over
  * nch chunks; A_i(c) at A[i] + c * achunk (16 rows, astride apart), B(c) at
  * qv + c * bstep (brows pair rows of gp). Stores C_i to lg + 16 i gp. */
 static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t achunk, int64_t astride,
-                  const uint32_t *qv, int64_t bstep, int64_t gp, float *lg) {
+                  const uint32_t *qv, int64_t bstep, int64_t gp, float *lg, ad_kcur *pf) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -323,6 +389,7 @@ static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t a
   const int64_t bstr = 4 * gp;
 #define AD_QK_STEP(BT, c)                                              \
   do {                                                                 \
+    if (pf) ad_kcur_step(pf);                                          \
     _tile_loadd(BT, qv + (c) * bstep, bstr);                           \
     _tile_loadd(4, A[0] + (c) * achunk, astride);                      \
     _tile_dpbf16ps(0, 4, BT);                                          \
@@ -353,6 +420,25 @@ static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t a
 }
 
 /* ---- P.V ---------------------------------------------------------------------- */
+
+/* Prefetches the values P.V iteration u (of the batch at group jb, nbj
+ * groups; u may run into later batches) reads: (kv head, 64-dim pass,
+ * group) in the order of ad_paged, 16 rows per 16 dims. */
+static void ad_vpf(const xk_attn_args *a, const int32_t *bt, int64_t btb, int64_t t0, int64_t k0, int64_t es,
+                   int64_t tw, int64_t nj, int64_t nk, int64_t npass, int64_t jb, int64_t nbj, int64_t u) {
+  while (u >= nk * npass * nbj && jb + nbj < nj) {
+    u -= nk * npass * nbj;
+    jb += nbj;
+    nbj = ad_min(AD_VB, nj - jb);
+  }
+  if (u >= nk * npass * nbj) return;
+  const int64_t *vs = a->value_cache_strides, bs = a->block_size, D = a->head_size;
+  const int64_t i = u % nbj, s = u / nbj % npass, kvl = u / (nbj * npass);
+  const int64_t tok = t0 + (jb + i) * tw, blk = bt[(tok / bs) * btb];
+  const char *p = (const char *)a->value_cache + (blk * vs[0] + (k0 + kvl) * vs[1] + tok % bs + 64 * s * vs[2]) * es;
+  const int64_t rows = 16 * ad_min(4, (D - 64 * s) / 16), rb = vs[2] * es, rstep = rb < 64 ? 64 / rb : 1;
+  for (int64_t r = 0; r < rows; r += rstep) _mm_prefetch(p + r * rb, AD_PFH);
+}
 
 /* ---- the kernel ----------------------------------------------------------------- */
 
@@ -413,6 +499,10 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       for (int64_t i_ = 0; i_ < nb_; i_++)                                                                   \
         ad_stage_fp8(kb_[i_] + c_ * ks[2], 16, 16, 16, &cv, d_ + i_ * 16 * D * 2 + c_ * 512);                \
   } while (0)
+    /* bf16: the tiles read the cache; fp8: the staging of step st + 1
+     * runs before the tiles of step st, so the cursor walks a step further */
+    ad_kcur kc = {(const char *)a->key_cache, bt, ks, btb, bs, es, t0, k0, nk, ng16, nsteps, nch, 0, 0, 0, {0}};
+    ad_kcur_init(&kc, fp8 ? 2 * nch + AD_KPF8 : AD_KPF);
     if (fp8 && nsteps) AD_KSTAGE(0);
     for (int64_t st = 0; st < nsteps; st++) {
       const int64_t gb = st / nk * AD_NB, kvl = st % nk, nb = ad_min(AD_NB, ng16 - gb);
@@ -428,7 +518,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       }
       for (int64_t i = nb; i < AD_NB; i++) A[i] = A[0];
       ad_qk(A, nb, nch, fp8 ? 512 : ks[2] * es, kab, qv + kvl * (D / 2) * gp, kab / 4 * gp, gp,
-            lgb + (kvl * g.Lp + 16 * gb) * gp);
+            lgb + (kvl * g.Lp + 16 * gb) * gp, &kc);
     }
 #undef AD_KSTAGE
     /* softmax per kv head */
@@ -518,6 +608,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
               astr = vs[2] * 2;
             }
             const uint32_t *B = pv + i * (tw / 2) * gp;
+            ad_vpf(a, bt, btb, t0, k0, es, tw, nj, nk, npass, jb, nbj, ((kvl * npass + s) * nbj + i) + (fp8 ? AD_VLAG : 0) + AD_VPF);
 #define AD_PV_STEP(BT)                      \
   do {                                      \
     _tile_loadd(BT, B, cs);                 \
@@ -772,7 +863,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * AV_NB + j) * 16 * D) : kp[j] + kvh * ks[2] * es;
         if (fp8) astr = D * 2;
         for (int64_t j = ng; j < AD_NB; j++) A[j] = A[0];
-        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256);
+        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256, NULL);
       }
       if (fp8) {
         if (ts + 16 * AV_NB < hi)
