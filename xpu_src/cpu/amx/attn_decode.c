@@ -33,9 +33,22 @@
  * arithmetic is fixed by the call alone, so results do not depend on
  * threads or units.
  *
- * No software prefetch: each cache block is read as one contiguous span,
- * which the hardware prefetchers follow; a cursor walking the spans a fixed
- * distance ahead (several distances and hints) measured no better.
+ * Software prefetch (paged v1/v2): the tile unit has no tile renaming, so
+ * an A-tile load waits for the TDPBF16PS that read the tile before and only
+ * one or two tile loads are in flight; left to the hardware streams, DRAM
+ * idles behind the tile work (cold time ~ hot compute + pattern time). Two
+ * cursors walk the cache in the order the tiles (or the fp8 staging) read
+ * it and prefetch every line a short distance ahead (ad_kcur: 8 chunks of
+ * the step's groups; ad_vpf: 4 P.V iterations). Measured with a standalone
+ * harness (B=8, ctx=4096, shuffled blocks, 1 thread): 6-12% faster for
+ * bf16, 13-27% for fp8. No better (or slower): prefetching twice as far or
+ * half the lines, a second far cursor into L2, touching one line per page
+ * of later steps, prefetching the first values into L2 during the softmax,
+ * and the same kind of cursor in the varlen decode kernel below (30-40%
+ * slower there: its blocks are long contiguous spans the hardware streams
+ * already follow). Removing the TDPBF16PS ops from the cold kernel does not
+ * change its time; removing the tile loads too does: the loads, not the
+ * tile arithmetic, bound it.
  *
  * fp8 (measured with a standalone harness, Qwen 16/2 D=256 and Llama 32/8
  * D=128, B=8, ctx=4096, 1 thread): the widening loop is bound by its cache
