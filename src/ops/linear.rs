@@ -406,6 +406,10 @@ pub fn linear(
 /// (`M <= 16`) sums `x·(q - z)` over each group and multiplies the group's
 /// sum by its scale once, which stays within that tolerance. Thread-count invariant.
 ///
+/// Decode (`M <= 16`) streams `qweight` rows as 64-byte blocks: rows that
+/// start 64-byte aligned (page-aligned storage, as [`Wna16Weight`](crate::Wna16Weight)
+/// keeps) read measurably faster than rows off a cache-line boundary.
+///
 /// ```
 /// use xpu_ops::{wna16_linear, TensorView, TensorViewMut, Wna16Weight};
 /// let (n, k) = (3, 64);
