@@ -659,7 +659,9 @@ fn wna16_int4_decode_tiles() {
 fn wna16_thread_invariance() {
     for_each_isa(|isa| {
         // (m, n, bits, group): decode blocks hold ~256 KiB of weights, so
-        // N = 2051 int4 rows of K = 512 split over threads (with a ragged end).
+        // N = 2051 int4 rows of K = 512 split over threads (with a ragged end);
+        // int8 rows of K = 512 run in super-tiles of 16 rows (4 per page), so
+        // N = 2051 cuts them at block ends too.
         for (i, &(m, n, bits, group)) in [
             (1, 150, 4, 32),
             (9, 150, 8, 0),
@@ -667,6 +669,8 @@ fn wna16_thread_invariance() {
             (40, 150, 8, 64),
             (1, 2051, 4, 64),
             (3, 2051, 4, 128),
+            (1, 2051, 8, 0),
+            (4, 2051, 8, 128),
         ]
         .iter()
         .enumerate()

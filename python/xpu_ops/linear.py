@@ -214,6 +214,18 @@ def wna16_row_bytes(bits: int, k: int) -> int:
     return int(_row_bytes(int(bits), int(k)))
 
 
+def _page_aligned_codes(n: int, row_bytes: int):
+    """uint8 ``[n, row_bytes]`` starting on a 4 KiB page: the decode kernels
+    stream rows as 64-byte blocks, and numpy places large arrays 16 bytes
+    past a page (every block load then splits over two cache lines)."""
+    import numpy as np
+
+    nbytes = n * row_bytes
+    buf = np.empty(nbytes + 4096, dtype=np.uint8)
+    off = (-buf.ctypes.data) % 4096
+    return buf[off : off + nbytes].reshape(n, row_bytes)
+
+
 def _canonical_outputs(like: Any, n: int, k: int, groups: int, bits: int, scale_dtype: Any):
     import numpy as np
 
@@ -225,7 +237,7 @@ def _canonical_outputs(like: Any, n: int, k: int, groups: int, bits: int, scale_
         z = torch.empty((n, groups), dtype=scale_dtype)
         p = torch.empty((k,), dtype=torch.int32)
     else:
-        q = np.empty((n, wna16_row_bytes(bits, k)), dtype=np.uint8)
+        q = _page_aligned_codes(n, wna16_row_bytes(bits, k))
         s = np.empty((n, groups), dtype=scale_dtype)
         z = np.empty((n, groups), dtype=scale_dtype)
         p = np.empty((k,), dtype=np.int32)

@@ -403,8 +403,13 @@ pub fn linear(
 /// Weights dequantize exactly as [`wna16_dequantize`](crate::wna16_dequantize)
 /// (in f32); the products accumulate in fp32 with the tolerance of
 /// [`linear`] (see the [module docs](self)). The AVX-512 int4 decode path
-/// (`M <= 16`) sums `x·(q - z)` over each group and multiplies the group's
-/// sum by its scale once, which stays within that tolerance. Thread-count invariant.
+/// (`M <= 16`) looks each weight up in a per-group table of `(q - z)·s`
+/// (built as `fma(q, s, -z·s)` like the other vector paths: exact for f16/bf16
+/// scales). Thread-count invariant.
+///
+/// Decode (`M <= 16`) streams `qweight` rows as 64-byte blocks: rows that
+/// start 64-byte aligned (page-aligned storage, as [`Wna16Weight`](crate::Wna16Weight)
+/// keeps) read measurably faster than rows off a cache-line boundary.
 ///
 /// ```
 /// use xpu_ops::{wna16_linear, TensorView, TensorViewMut, Wna16Weight};

@@ -317,6 +317,7 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
 #define GV_NB 2
 #endif
 #define GV_MAXM 16
+#define GV_SUPER 4 /* int8: row tiles per super-tile at most */
 #define GV_KCH 512 /* K chunk when M > GV_MT (multiple of 128) */
 
 /* Named accumulators a<i><j> (i < GV_MT activation rows, j < GV_NB weight
@@ -672,6 +673,34 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
           gv_tile_WK_F32(&b, (int)min64(GV_MT, M - m0), nb, m0, 0, 0, kl, accbuf, k0 == 0);
       }
       gv_finish(a, M, n0, nb, accbuf);
+    }
+    return;
+  }
+  /* Int8 rows shorter than a 4 KiB page, one K pass (M <= GV_MT): a
+   * super-tile of GV_NB * R rows runs as R tiles of rows r, r + R, r + 2R, ...
+   * (R = rows per page), so that a tile's row streams lie in different pages
+   * (one stream per page for the L2 streamer). Each output's arithmetic is
+   * the same in any tile: results do not change. */
+  if (kind == WK_INT8 && M <= GV_MT && K > 0 && a->w_stride < 4096) {
+    int64_t R = 4096 / a->w_stride;
+    if (R > GV_SUPER) R = GV_SUPER;
+    const int64_t ss = xk_dtype_size(a->sz_dtype);
+    for (int64_t n0 = n_begin; n0 < n_end;) {
+      const int64_t rt = n_end - n0 >= GV_NB * R ? R : 1;
+      for (int64_t r = 0; r < rt; r++) {
+        const int nb = (int)min64(GV_NB, n_end - n0 - r);
+        xk_linear_args b = *a;
+        b.w = (const uint8_t *)a->w + (n0 + r) * a->w_stride;
+        b.w_stride = a->w_stride * rt;
+        b.scales = (const char *)a->scales + (n0 + r) * a->sz_stride * ss;
+        if (a->zeros) b.zeros = (const char *)a->zeros + (n0 + r) * a->sz_stride * ss;
+        b.sz_stride = a->sz_stride * rt;
+        tile(&b, (int)M, nb, 0, 0, 0, K, accbuf, 1);
+        for (int64_t m = 0; m < M; m++)
+          for (int j = 0; j < nb; j++)
+            store_out(a, m, n0 + r + j * rt, vf_hsum(vf_load(accbuf + (m * GV_NB + j) * VL)));
+      }
+      n0 += rt == 1 ? GV_NB : GV_NB * R;
     }
     return;
   }
