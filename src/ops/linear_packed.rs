@@ -34,6 +34,7 @@
 
 use crate::dtype::DType;
 use crate::error::{bail, Result};
+use crate::mem::AlignedBytes;
 use crate::ops::check;
 use crate::ops::linear::{
     base_args, check_bias, check_out_alias, check_rows, gemm_tiles, inner_contiguous,
@@ -112,9 +113,7 @@ pub struct PackedLinearWeight {
     dtype: DType,
     isa: Isa,
     layout: PackedLayout,
-    buf: Vec<u64>,
-    off: usize,
-    bytes: usize,
+    buf: AlignedBytes,
 }
 
 impl std::fmt::Debug for PackedLinearWeight {
@@ -128,50 +127,6 @@ impl std::fmt::Debug for PackedLinearWeight {
             .finish()
     }
 }
-
-/// Buffers of at least this many bytes start at a 2 MiB boundary and ask
-/// the kernel for transparent huge pages.
-const HUGE_MIN: usize = 4 << 20;
-const HUGE: usize = 2 << 20;
-
-/// A zeroed buffer of `bytes` bytes starting at a 64-byte boundary: (words,
-/// offset). From `HUGE_MIN` bytes it starts at a 2 MiB boundary and is
-/// advised for transparent huge pages (Linux, where THP is `madvise`): the
-/// AMX GEMM streams packed weights and x across thousands of 4 KiB pages,
-/// and huge pages measured ~10% faster at M = 512, K = N = 4096. The words
-/// before the offset are never touched, so the alignment costs address
-/// space only (the allocation is zeroed by the allocator's fresh mapping).
-fn aligned_buf(bytes: usize) -> (Vec<u64>, usize) {
-    let huge = bytes >= HUGE_MIN;
-    let align = if huge { HUGE } else { 64 };
-    let span = if huge {
-        bytes.div_ceil(HUGE) * HUGE
-    } else {
-        bytes
-    };
-    let buf = vec![0u64; (span + align).div_ceil(8)];
-    let off = (align - (buf.as_ptr() as usize) % align) % align;
-    if huge {
-        advise_huge(buf.as_ptr() as usize + off, span);
-    }
-    (buf, off)
-}
-
-/// madvise(MADV_HUGEPAGE) over `[addr, addr + len)` (2 MiB aligned, inside
-/// one allocation); a hint, failures ignored.
-#[cfg(target_os = "linux")]
-fn advise_huge(addr: usize, len: usize) {
-    extern "C" {
-        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
-    }
-    const MADV_HUGEPAGE: i32 = 14;
-    // SAFETY: the range lies inside a live allocation; madvise only changes
-    // how the kernel backs those pages, never their contents.
-    unsafe { madvise(addr as *mut std::ffi::c_void, len, MADV_HUGEPAGE) };
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge(_addr: usize, _len: usize) {}
 
 impl PackedLinearWeight {
     /// Packs `weight` (`[N, K]`, f32/f16/bf16, K contiguous, any row stride)
@@ -220,9 +175,8 @@ impl PackedLinearWeight {
             PackedLayout::AmxTiles => n.div_ceil(32) * 32 * k.div_ceil(32) * 32 * 2,
             PackedLayout::Panels { nr } => n.div_ceil(nr) * nr * k * 4,
         };
-        let (mut buf, off) = aligned_buf(bytes);
-        // SAFETY: the buffer holds off + bytes bytes.
-        let dst = unsafe { buf.as_mut_ptr().cast::<u8>().add(off) };
+        let mut buf = AlignedBytes::streamed(bytes);
+        let dst = buf.as_mut_ptr();
         let w_stride = if n > 1 { wl.strides[0] } else { k };
         match layout {
             PackedLayout::Plain => {
@@ -272,8 +226,6 @@ impl PackedLinearWeight {
             isa,
             layout,
             buf,
-            off,
-            bytes,
         })
     }
 
@@ -304,12 +256,11 @@ impl PackedLinearWeight {
 
     /// Bytes of packed data.
     pub fn packed_bytes(&self) -> usize {
-        self.bytes
+        self.buf.len()
     }
 
     fn data(&self) -> *const u8 {
-        // SAFETY: off < 64 and the buffer holds off + bytes bytes.
-        unsafe { self.buf.as_ptr().cast::<u8>().add(self.off) }
+        self.buf.as_ptr()
     }
 }
 
@@ -388,7 +339,7 @@ pub fn linear_packed(
             weight.isa
         );
     }
-    let wlayout = Layout::contiguous(DType::U8, &[weight.bytes]);
+    let wlayout = Layout::contiguous(DType::U8, &[weight.buf.len()]);
     let mut inputs: Vec<(&str, *const u8, &Layout)> = vec![
         ("x", x.as_ptr(), x.layout()),
         ("weight", weight.data(), &wlayout),
@@ -449,22 +400,16 @@ fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
 /// page-fault its memory in every time (a large share of a decode call).
 fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
     thread_local! {
-        static XP: std::cell::RefCell<(Vec<u64>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+        static XP: std::cell::RefCell<Option<AlignedBytes>> = const { std::cell::RefCell::new(None) };
     }
     XP.with(|xp| match xp.try_borrow_mut() {
         Ok(mut b) => {
-            if b.0.len() * 8 < bytes + b.1 {
-                *b = aligned_buf(bytes);
+            if !b.as_ref().is_some_and(|b| b.len() >= bytes) {
+                *b = Some(AlignedBytes::streamed(bytes));
             }
-            let off = b.1;
-            // SAFETY: the buffer holds off + bytes bytes.
-            f(unsafe { b.0.as_mut_ptr().cast::<u8>().add(off) })
+            f(b.as_mut().expect("filled above").as_mut_ptr())
         }
         // Re-entered on this thread (a nested grid): a fresh buffer.
-        Err(_) => {
-            let (mut v, off) = aligned_buf(bytes);
-            // SAFETY: as above.
-            f(unsafe { v.as_mut_ptr().cast::<u8>().add(off) })
-        }
+        Err(_) => f(AlignedBytes::streamed(bytes).as_mut_ptr()),
     })
 }

@@ -46,6 +46,7 @@ use half::{bf16, f16};
 
 use crate::dtype::DType;
 use crate::error::{bail, Result};
+use crate::mem::AlignedBytes;
 use crate::ops::check;
 use crate::ops::linear::inner_contiguous;
 use crate::sys;
@@ -100,61 +101,6 @@ pub enum GptqFormat {
     V2,
 }
 
-/// Zeroed bytes whose first byte sits on a 4 KiB page boundary. The decode
-/// kernels stream canonical rows (1-4 KiB) as 64-byte blocks, one row
-/// stream per page: a row start off a 64-byte boundary splits every block
-/// load over two cache lines and makes rows straddle pages (measured ~10%
-/// slower for int4 K = 4096 rows from a plain `Vec<u8>`, which large-allocation
-/// malloc places 16 bytes past a page boundary).
-struct PageAligned {
-    buf: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl PageAligned {
-    const ALIGN: usize = 4096;
-
-    fn zeroed(len: usize) -> PageAligned {
-        let buf = vec![0u8; len + Self::ALIGN - 1];
-        let off = (Self::ALIGN - buf.as_ptr() as usize % Self::ALIGN) % Self::ALIGN;
-        PageAligned { buf, off, len }
-    }
-}
-
-impl std::ops::Deref for PageAligned {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-}
-
-impl std::ops::DerefMut for PageAligned {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
-    }
-}
-
-impl Clone for PageAligned {
-    fn clone(&self) -> PageAligned {
-        let mut c = PageAligned::zeroed(self.len);
-        c.copy_from_slice(self);
-        c
-    }
-}
-
-impl PartialEq for PageAligned {
-    fn eq(&self, other: &PageAligned) -> bool {
-        **self == **other
-    }
-}
-
-impl std::fmt::Debug for PageAligned {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&**self, f)
-    }
-}
-
 /// A weight-only quantized linear weight in the canonical layout (see the
 /// [module docs](self)). The codes start on a 4 KiB page boundary.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,7 +109,10 @@ pub struct Wna16Weight {
     n: usize,
     k: usize,
     group_size: usize,
-    qweight: PageAligned,
+    /// On a 4 KiB page boundary: the decode kernels stream rows (1-4 KiB)
+    /// as 64-byte blocks, one row stream per page (int4 K = 4096 decode
+    /// measured ~10% slower from a plain `Vec<u8>`).
+    qweight: AlignedBytes,
     scales: ScaleVec,
     zeros: Option<ScaleVec>,
     perm: Option<Vec<i32>>,
@@ -359,7 +308,7 @@ impl Wna16Weight {
             );
         }
         let rb = wna16_row_bytes(bits, k);
-        let mut qweight = PageAligned::zeroed(n * rb);
+        let mut qweight = AlignedBytes::zeroed(n * rb, 4096);
         for r in 0..n {
             let (src, dst) = (
                 &codes[r * k..(r + 1) * k],
