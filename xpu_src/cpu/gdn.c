@@ -341,7 +341,7 @@ static void gdn_zero_outputs(const xk_gdn_args *a, gdn_seq s, int64_t hv, float 
 
 /* The state rows to prefetch while a token runs: its own (`self`, when it
  * comes cold from the pool) and the next block's first rows (`next.p`, NULL
- * for none), each row `row_bytes` long. */
+ * for none; same layout as the pool). */
 typedef struct st_prefetch {
   int self;
   st_view next;
