@@ -57,6 +57,20 @@ static inline void la_store_row(void *dst, int32_t dtype, const float *src, int6
   }
 }
 
+/*
+ * __builtin_prefetch with an empty volatile asm on its address: GCC's
+ * pure/const analysis sees no side effect in a prefetch, so a helper that only
+ * prefetches is found const and its calls are deleted as dead code (gdn.c at
+ * -O3 lost every prefetch of its recurrent kernel that way). The asm keeps
+ * the helper, and so the prefetch, in place.
+ */
+#define LA_PREFETCH(p, rw, locality)              \
+  do {                                            \
+    const void *la_pf_ = (const void *)(p);       \
+    __builtin_prefetch(la_pf_, (rw), (locality)); \
+    __asm__ volatile("" : : "r"(la_pf_));         \
+  } while (0)
+
 static inline float la_silu(float x) { return x / (1.0f + expf(-x)); }
 
 /*
