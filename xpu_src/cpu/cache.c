@@ -361,6 +361,7 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
   const int sh = pow2 ? __builtin_ctzll((unsigned long long)bs) : 0;
   const int do_k = which & 1, do_v = which >> 1;
   uint8_t *dk[2][FQ_GROUP], *dv[2][FQ_GROUP];
+  uintptr_t prev_k = 1, prev_v = 1; /* no page */
   int cur = 0;
   for (int64_t g = t0 - FQ_GROUP; g < t1; g += FQ_GROUP) {
     /* Destinations of the next group, their lines asked for. */
@@ -374,8 +375,12 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
       const int64_t blk = pow2 ? slot >> sh : slot / bs, off = pow2 ? slot & (bs - 1) : slot % bs;
       dk[cur ^ 1][j] = kc + blk * kst[0] + off * kst[1];
       dv[cur ^ 1][j] = vc + blk * vst[0] + off * vst[1];
-      if (do_k) _mm_prefetch((const char *)dk[cur ^ 1][j], _MM_HINT_T2);
-      if (do_v) _mm_prefetch((const char *)dv[cur ^ 1][j], _MM_HINT_T2);
+      /* Rows of consecutive slots share pages (prefill): one request per
+       * new page, the lines themselves are overwritten by streaming stores. */
+      if (do_k && (((uintptr_t)dk[cur ^ 1][j] ^ prev_k) >> 12)) _mm_prefetch((const char *)dk[cur ^ 1][j], _MM_HINT_T2);
+      if (do_v && (((uintptr_t)dv[cur ^ 1][j] ^ prev_v) >> 12)) _mm_prefetch((const char *)dv[cur ^ 1][j], _MM_HINT_T2);
+      prev_k = (uintptr_t)dk[cur ^ 1][j];
+      prev_v = (uintptr_t)dv[cur ^ 1][j];
     }
     if (g >= t0) {
       const int64_t m = t1 - g < FQ_GROUP ? t1 - g : FQ_GROUP;
