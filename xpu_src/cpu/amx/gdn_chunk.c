@@ -65,6 +65,8 @@ typedef struct amx_ws {
   uint32_t *Sp;       /* per state [Kp][ld] (spst words apart): pairs of S rows, hi (rows < Kp/2) then lo */
   int64_t spst;
   uint32_t *Dv;       /* [C][ld] pairs of Dt rows: hi (rows < C/2) then lo */
+  uint16_t *Ph, *Pl;  /* [C][C] P split: bf16 hi and lo parts (zero above the diagonal) */
+  uint32_t *Dp;       /* [C][ld] pairs of D rows: hi (rows < C/2) then lo */
   float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
   float *tmp;         /* [max(Kp, Vp)] */
   float *S;           /* states [Kp][ld], sst floats apart */
@@ -75,12 +77,13 @@ static int64_t amx_ld(int64_t Vp) { return 16 * ((Vp / 16) | 1); }
 
 static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *x) {
   const int64_t C = CHUNK, Kp = round_up(K, 32), Vp = round_up(V, 32), ld = amx_ld(Vp);
-  void *p[16];
+  void *p[19];
   const int64_t sizes[] = {C * ld, C * C,  C * C,  C * ld,  C * ld,   C,  C,  C,  C, /* Vm A P D O Gc beta eG eL */
                            C * Kp,    /* AB (2C x Kp bf16) */
                            Kp * C / 2, /* KTa */
                            Kp * C / 2, /* KTv */
-                           2 * C * C, 2 * C * ld, G * Kp * ld, C * ld};
+                           2 * C * C, 2 * C * ld, G * Kp * ld, C * ld,
+                           C * C / 2, C * C / 2, C * ld}; /* Ph Pl Dp */
   int64_t off = 0;
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     p[i] = base ? (void *)(base + off) : NULL;
@@ -99,6 +102,7 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
   w->Vm = p[0], w->A = p[1], w->P = p[2], w->D = p[3], w->O = p[4];
   w->Gc = p[5], w->beta = p[6], w->eG = p[7], w->eL = p[8];
   x->AB = p[9], x->KTa = p[10], x->KTv = p[11], x->Gm = p[12], x->X = p[13], x->Sp = p[14], x->Dv = p[15];
+  x->Ph = p[16], x->Pl = p[17], x->Dp = p[18];
   w->Gk = x->Gm, w->Gq = x->Gm + C * C;
   x->rk = rest, x->rq = rest + rmax, x->tmp = rest + 2 * rmax;
   x->S = S;
@@ -118,30 +122,40 @@ int64_t xk_gdn_scratch_floats_amx_tiles(int64_t K, int64_t V, int32_t chunked) {
 
 static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay, int64_t u0, int64_t u1,
                             int64_t c0, int64_t c1);
+static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1);
 
-/* gdn.c's walk over the next rows, without o when o is written by streaming
- * stores (amx_stream_o: no line of o is read). */
+/* The walk over the next rows (gdn.c's chunk_pf order: q, k, v of a token,
+ * token after token; o is written by streaming stores, so none of its lines
+ * is fetched), with each part's row address precomputed. When the next
+ * value head shares this one's key head, its q and k rows are the ones
+ * already loaded: the walk takes v alone. */
 typedef struct amx_pfw {
-  chunk_pf p;
-  int skip_o;
+  const char *base[3];
+  int64_t stride[3], bytes[3];
+  int64_t t, t1, part, line, first;
 } amx_pfw;
 
-static inline void amx_pf_step(const xk_gdn_args *a, int64_t row, amx_pfw *w, int lines) {
-  chunk_pf *p = &w->p;
-  if (!w->skip_o) {
-    chunk_pf_step(a, row, p, lines);
-    return;
+static amx_pfw amx_pf_init(const xk_gdn_args *a, int64_t row, chunk_next next, int same_key_head) {
+  amx_pfw w;
+  const xk_gdn_tensor *ts[3] = {&a->q, &a->k, &a->v};
+  for (int i = 0; i < 3; i++) {
+    const int64_t sz = xk_dtype_size(ts[i]->dtype);
+    w.base[i] = gdn_ptr(ts[i], row, 0, i == 2 ? next.hv : next.h);
+    w.stride[i] = ts[i]->s_tok * sz;
+    w.bytes[i] = (i == 2 ? a->head_v_dim : a->head_k_dim) * sz;
   }
-  for (int n = 0; n < lines && p->t < p->t1; n++) {
-    const char *base = p->part == 0   ? gdn_ptr(&a->q, row, p->t, p->h)
-                       : p->part == 1 ? gdn_ptr(&a->k, row, p->t, p->h)
-                                      : gdn_ptr(&a->v, row, p->t, p->hv);
-    const int64_t bytes = p->part == 2 ? a->head_v_dim * xk_dtype_size(a->v.dtype) : a->head_k_dim * 2;
-    __builtin_prefetch(base + p->line, 0, 3);
-    p->line += 64;
-    if (p->line >= bytes) {
-      p->line = 0;
-      if (++p->part == 3) p->part = 0, p->t++;
+  w.t = next.t0, w.t1 = next.t1, w.first = same_key_head ? 2 : 0, w.part = w.first, w.line = 0;
+  return w;
+}
+
+static inline void amx_pf_step(const xk_gdn_args *a, int64_t row, amx_pfw *w, int lines) {
+  (void)a, (void)row;
+  for (int n = 0; n < lines && w->t < w->t1; n++) {
+    __builtin_prefetch(w->base[w->part] + w->t * w->stride[w->part] + w->line, 0, 3);
+    w->line += 64;
+    if (w->line >= w->bytes[w->part]) {
+      w->line = 0;
+      if (++w->part == 3) w->part = w->first, w->t++;
     }
   }
 }
@@ -183,7 +197,11 @@ static void amx_stream_o(const xk_gdn_args *a, int64_t row, int64_t tok, int64_t
  */
 static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
                      int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
-                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay) {
+                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay, const amx_ws *side) {
+  int64_t pm = -1, pn = 0; /* the last finished block, split one block late */
+  /* `side`: rows of A and P computed a few per block, while the tiles work. */
+  const int64_t per = side ? (CHUNK + (M / 32) * ((N + 31) / 32) - 1) / ((M / 32) * ((N + 31) / 32)) : 0;
+  int64_t srow = 0;
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
       float *c = C + m0 * ldc + n0;
@@ -213,14 +231,22 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
         }
         if (pf) amx_pf_step(a, row, pf, AMX_PF_GEMM);
       }
+      /* The state update splits the previous block for the next chunk here,
+       * while the tile unit works on this one. */
+      if (Sp && pm >= 0) amx_split_state(sx, C, Sp, decay, pm / 2, pm / 2 + 16, pn, pn + 32);
+      if (side && srow < CHUNK) {
+        amx_decay_rows(side, srow, srow + per < CHUNK ? srow + per : CHUNK);
+        srow += per;
+      }
       _tile_stored(0, c, ldc * 4);
       _tile_stored(1, c + 16, ldc * 4);
       _tile_stored(2, c + 16 * ldc, ldc * 4);
       _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
-      /* The state update: split the finished block for the next chunk. */
-      if (Sp) amx_split_state(sx, c - m0 * ldc - n0, Sp, decay, m0 / 2, m0 / 2 + 16, n0, n0 + 32);
+      pm = m0, pn = n0;
     }
   }
+  if (Sp && pm >= 0) amx_split_state(sx, C, Sp, decay, pm / 2, pm / 2 + 16, pn, pn + 32);
+  if (side && srow < CHUNK) amx_decay_rows(side, srow, CHUNK);
 }
 
 /* Rows a and b (16 columns each) as 16 pairs (a_j, b_j): hi = the pair of
@@ -273,7 +299,7 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
       _mm256_storeu_si256((__m256i *)(x->KTa + (2 * u + 1) * C + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)));
     }
   }
-  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f);
+  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f, NULL);
   for (int64_t i = 0; i < C; i++) {
     float *gk = x->Gm + i * C, *gq = x->Gm + (C + i) * C;
     const __m512 fk = _mm512_set1_ps(x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
@@ -335,6 +361,17 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
   tile_store(&t, w->D + i0 * ld + j0, ld, TMR, m, TNV);
 #pragma GCC unroll 4
   for (int r = 0; r < TMR; r += 2) {
+    const int64_t u = (i0 + r) / 2;
+#pragma GCC unroll 16
+    for (int v = 0; v < TNV; v++) {
+      __m512i h, l;
+      split_pair(t.c[r][v], t.c[r + 1][v], &h, &l);
+      _mm512_storeu_si512(x->Dp + u * ld + j0 + v * CV_L, h);
+      _mm512_storeu_si512(x->Dp + (C / 2 + u) * ld + j0 + v * CV_L, l);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < TMR; r += 2) {
     const cv_t e0 = cv_set1(w->eL[i0 + r] * x->rk[i0 + r]), e1 = cv_set1(w->eL[i0 + r + 1] * x->rk[i0 + r + 1]);
     const int64_t u = (i0 + r) / 2;
 #pragma GCC unroll 16
@@ -347,22 +384,104 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
   }
 }
 
-/* o rows [i0, i0 + TMR) of one panel: exp(G) rq (q S) + P D. */
-static ALWAYS_INLINE void amx_out_tile(const amx_ws *x, int64_t Cn, int64_t i0, int64_t j0, const tmask *m) {
-  const chunk_ws *w = &x->w;
-  const int64_t C = CHUNK, ld = x->ld;
-  const float *rows[TMR];
-  tile t;
-#pragma GCC unroll 8
-  for (int r = 0; r < TMR; r++) {
-    const cv_t eg = cv_set1(w->eG[i0 + r] * x->rq[i0 + r]);
-    const float *xr = x->X + (C + i0 + r) * ld + j0;
-#pragma GCC unroll 16
-    for (int v = 0; v < TNV; v++) t.c[r][v] = cv_mul(eg, cv_load(xr + v * CV_L, m->m[v]));
+/* gdn.c's chunk_values without the decayed A and P (amx_decay_rows): v,
+ * the cumulative log decay, beta, exp(G), exp(G_last - G). */
+static void amx_values_load(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn,
+                            int64_t hv) {
+  const int64_t V = w->V, ldv = w->ldv, Cr = CHUNK;
+  float gsum = 0.0f;
+  for (int64_t i = 0; i < Cn; i++) {
+    const int64_t tok = tok0 + i;
+    la_load_row(w->Vm + i * ldv, gdn_ptr(&a->v, seq.row, tok, hv), a->v.dtype, V, 1);
+    gsum += gdn_scalar(&a->g, seq.row, tok, hv);
+    w->Gc[i] = gsum;
+    w->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
   }
-  for (int r = 0; r < TMR; r++) rows[r] = w->P + (i0 + r) * C;
-  tile_madd(&t, i0 + TMR < Cn ? i0 + TMR : Cn, rows, w->D + j0, ld, m, 0, TNV);
-  tile_store(&t, w->O + i0 * ld + j0, ld, TMR, m, TNV);
+  for (int64_t i = Cn; i < Cr; i++) {
+    memset(w->Vm + i * ldv, 0, (size_t)V * sizeof(float));
+    w->Gc[i] = gsum;
+    w->beta[i] = 0.0f;
+  }
+  for (int64_t i0 = 0; i0 < Cr; i0 += CV_L) {
+    const cm_t m = cm_of(Cr - i0);
+    const cv_t g = cv_load(w->Gc + i0, m);
+    cv_store(w->eG + i0, cv_exp(g), m);
+    cv_store(w->eL + i0, cv_exp(cv_sub(cv_set1(gsum), g)), m);
+  }
+}
+
+/* Rows [i0, i1) of the decayed A and P (as chunk_values), and of P split
+ * into bf16 hi and lo parts (zero above the diagonal) for amx_pd. */
+static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
+  const chunk_ws *w = &x->w;
+  const int64_t C = CHUNK;
+  for (int64_t i = i0; i < i1; i++) {
+    float *arow = w->A + i * C, *prow = w->P + i * C;
+    const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
+    const int64_t lim = (i / TMR + 1) * TMR;
+    const cv_t gi = cv_set1(w->Gc[i]), b = cv_set1(w->beta[i]);
+    for (int64_t j0 = 0; j0 < lim; j0 += CV_L) {
+      const cm_t m = cm_of(lim - j0);
+      const cv_t e = cv_exp(cv_sub(gi, cv_load(w->Gc + j0, m)));
+      cv_store(arow + j0, cv_keep(cv_mul(b, cv_mul(e, cv_load(gk + j0, m))), cm_of(i - j0)), m);
+      cv_store(prow + j0, cv_keep(cv_mul(e, cv_load(gq + j0, m)), cm_of(i + 1 - j0)), m);
+    }
+  }
+  for (int64_t i = i0; i < i1; i++) {
+    for (int64_t j = 0; j < C; j += 16) {
+      const __m512 p = _mm512_maskz_loadu_ps(cm_of(i + 1 - j), x->w.P + i * C + j);
+      const __m256bh h = _mm512_cvtneps_pbh(p);
+      const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+      _mm256_storeu_si256((__m256i *)(x->Ph + i * C + j), (__m256i)h);
+      _mm256_storeu_si256((__m256i *)(x->Pl + i * C + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf)));
+    }
+  }
+}
+
+/* O = P D on the tiles, P and D split into hi + lo: Ph Dh + Ph Dl + Pl Dh
+ * (the dropped Pl Dl is below 2^-16 of |P| |D|), in that order for every
+ * element. Row blocks of 32 stop at their diagonal block (P is lower
+ * triangular). */
+static void amx_pd(const amx_ws *x, float *O) {
+  const int64_t C = CHUNK, ld = x->ld, Vp = x->Vp;
+  for (int64_t m0 = 0; m0 < C; m0 += 32) {
+    for (int64_t n0 = 0; n0 < Vp; n0 += 32) {
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t s = 0; s <= m0 / 32; s++) {
+        const uint32_t *bh = x->Dp + 16 * s * ld + n0, *bl = x->Dp + (C / 2 + 16 * s) * ld + n0;
+        _tile_loadd(4, x->Ph + m0 * C + 32 * s, C * 2);
+        _tile_loadd(5, x->Ph + (m0 + 16) * C + 32 * s, C * 2);
+        _tile_loadd(6, bh, ld * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, bh + 16, ld * 4);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(6, bl, ld * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, bl + 16, ld * 4);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+        _tile_loadd(4, x->Pl + m0 * C + 32 * s, C * 2);
+        _tile_loadd(5, x->Pl + (m0 + 16) * C + 32 * s, C * 2);
+        _tile_loadd(6, bh, ld * 4);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, bh + 16, ld * 4);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+      }
+      float *c = O + m0 * ld + n0;
+      _tile_stored(0, c, ld * 4);
+      _tile_stored(1, c + 16, ld * 4);
+      _tile_stored(2, c + 16 * ld, ld * 4);
+      _tile_stored(3, c + 16 * ld + 16, ld * 4);
+    }
+  }
 }
 
 /* One value head's chunk: S advances in place, o rows [tok0, tok0 + Cn) are written. */
@@ -370,26 +489,32 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
                            int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
-  chunk_values(a, w, seq, tok0, Cn, C, hv);
-  amx_pfw pf = {{next.t0, next.t1, next.h, next.hv, 0, 0}, 1};
+  amx_values_load(a, w, seq, tok0, Cn, hv);
+  const int64_t G = a->num_v_heads / a->num_heads;
+  amx_pfw pf = amx_pf_init(a, seq.row, next, next.t0 == tok0 && next.h == hv / G);
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
   if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
-  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f);
+  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x);
   for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
     const tmask m = tmask_of(V - j0);
     for (int64_t i0 = 0; i0 < C; i0 += TMR) {
       amx_pf_step(a, seq.row, &pf, AMX_PF_TILE);
       amx_solve_tile(x, i0, j0, &m);
     }
-    for (int64_t i0 = 0; i0 < Cn; i0 += TMR) {
-      amx_pf_step(a, seq.row, &pf, AMX_PF_TILE);
-      amx_out_tile(x, Cn, i0, j0, &m);
-    }
   }
+  amx_pd(x, w->O);
   amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
-           next_decay);
+           next_decay, NULL);
+  /* o = exp(G) rq (q S) + P D, a row at a time on its way out. */
+  for (int64_t i = 0; i < Cn; i++) {
+    amx_pf_step(a, seq.row, &pf, 4);
+    float *o = w->O + i * ld;
+    const float *xq = x->X + (C + i) * ld;
+    const __m512 eg = _mm512_set1_ps(w->eG[i] * x->rq[i]);
+    for (int64_t j = 0; j < V; j += 16) _mm512_storeu_ps(o + j, _mm512_fmadd_ps(eg, _mm512_loadu_ps(xq + j), _mm512_loadu_ps(o + j)));
+    amx_stream_o(a, seq.row, tok0 + i, hv, o, (char *)x->tmp);
+  }
   amx_pf_step(a, seq.row, &pf, 1 << 30);
-  for (int64_t i = 0; i < Cn; i++) amx_stream_o(a, seq.row, tok0 + i, hv, w->O + i * ld, (char *)x->tmp);
 }
 
 /* As gdn.c's chunk_seq, on the tiles. */
