@@ -48,21 +48,37 @@
 //!     token, 0.9375× the recurrence.
 //!
 //!   So a chunked run 4× faster than the recurrent one must sustain
-//!   4 × 0.9375 = 3.75× the recurrent kernel's flop rate. With the recurrent
-//!   case at 364.6 ms for T = 4096 (47.1 GFLOP/s, 20% of a 240 GFLOP/s fp32
-//!   FMA peak), that is 177 GFLOP/s, 74% of peak, for the whole op: the
-//!   products and also the bf16 conversions, l2norm, decay exponentials, the
-//!   triangular solve's dependent steps, and the q/k/v/o traffic. The fp32
-//!   register tiles alone reach about 88% of peak in their inner loops and
-//!   about 72% with their epilogues in cache, so 4× is out of reach on this
-//!   machine with fp32 products; the measured ratio is in the report.
+//!   4 × 0.9375 = 3.75× the recurrent kernel's flop rate. With fp32 products
+//!   (the avx512 tier) that is out of reach: with the recurrent case at
+//!   364.6 ms (session 4; 47.1 GFLOP/s) it meant 177 GFLOP/s, 74% of a
+//!   240 GFLOP/s FMA peak, for the whole op (conversions, l2norm, decay
+//!   exponentials, the solve's dependent steps, the q/k/v/o traffic), and
+//!   the fp32 register tiles reach about 72% of peak with their epilogues.
+//!   Since the recurrent kernel holds a state row in registers (session 5)
+//!   it runs T = 4096 in 239.8 ms (71.6 GFLOP/s; `xpu-ops bench --threads 1
+//!   T=4096`, load 1.0), so 4× now needs the chunked op in 60 ms.
 //!
 //!   On the amx tier with bf16 q/k the chunked kernel runs `[k; q]·[k; q]ᵀ`,
-//!   `[k; q]·S` and `kᵀ·D` on the AMX tiles (xpu_src/cpu/amx/gdn_chunk.c;
-//!   the fp32 operands as bf16 hi + lo pairs, so those products cost twice
-//!   their count in tile flops). The flop count above is unchanged, so its
-//!   GFLOP/s there can exceed the fp32 FMA peak: a roof above 100% on that
-//!   tier means the tile unit, not a different accounting.
+//!   `[k; q]·S`, `kᵀ·D` and `P·D` on the AMX tiles (xpu_src/cpu/amx/gdn_chunk.c;
+//!   the fp32 operands as bf16 hi + lo pairs, so `[k; q]·S` and `kᵀ·D` cost
+//!   twice their count in tile flops and `P·D` three times). The flop count
+//!   above is unchanged, so its GFLOP/s there can exceed the fp32 FMA peak:
+//!   a roof above 100% on that tier means the tile unit, not a different
+//!   accounting. Per chunk and value head that is 512 + 256 + 64 (the Gram,
+//!   half per value head) + 144 (P·D, its triangle in 32-row blocks) = 976
+//!   TDPBF16PS of 16,384 flops, 32.7 GFLOP at T = 4096 (2048 chunk-heads):
+//!   8.6 ms at the probed 3782 GFLOP/s, 15 ms at the 7.4 ns per instruction
+//!   measured for the `[k; q]·S` block loop with its tile loads and stores
+//!   (random operands, in L2). The fp32 vector work left is the triangular
+//!   solve, 16.1k zmm FMAs per chunk-head (1.06 GFLOP, 4.3 ms at 244
+//!   GFLOP/s), plus the hi/lo splits (S, D and exp(G_last − G)·D: 1024 row
+//!   pairs per chunk-head), the decay exponentials and the bf16 conversions;
+//!   q/k/v/o are 75 MB (3.4 ms at the copy bandwidth, prefetched under the
+//!   products). The kernel measures 60.6 ms in the bench (53–59 ms best of
+//!   its harness), so about half its time is neither tile products nor FMAs
+//!   at peak: tile-load latency between dependent steps, the splits, and
+//!   the vector work that does not overlap the tile unit (the out-of-order
+//!   window holds only a few hundred instructions past a block's tile ops).
 //! * Floors (issue #4): conv ≥ 80% of the bandwidth roofline, GDN decode
 //!   ≥ 75%; the prefill speedup is not a per-case floor.
 
