@@ -277,11 +277,15 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
       memset(kr + K, 0, (size_t)(Kp - K) * 2);
       memset(qr + K, 0, (size_t)(Kp - K) * 2);
       float rk = 1.0f, rq = a->scale;
-      if (a->use_qk_l2norm) { /* as gdn_load_qk */
-        la_load_row(x->tmp, ks, XK_BF16, K, 1);
-        rk = 1.0f / sqrtf(vec_dot(x->tmp, x->tmp, K) + 1e-6f);
-        la_load_row(x->tmp, qs, XK_BF16, K, 1);
-        rq = a->scale / sqrtf(vec_dot(x->tmp, x->tmp, K) + 1e-6f);
+      if (a->use_qk_l2norm) { /* as gdn_load_qk; the squares of bf16 elements are exact */
+        __m512 sk = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+        for (int64_t d = 0; d < Kp; d += 32) {
+          const __m512bh kv = (__m512bh)_mm512_loadu_si512(kr + d), qv = (__m512bh)_mm512_loadu_si512(qr + d);
+          sk = _mm512_dpbf16_ps(sk, kv, kv);
+          sq = _mm512_dpbf16_ps(sq, qv, qv);
+        }
+        rk = 1.0f / sqrtf(_mm512_reduce_add_ps(sk) + 1e-6f);
+        rq = a->scale / sqrtf(_mm512_reduce_add_ps(sq) + 1e-6f);
       }
       x->rk[i] = rk, x->rq[i] = rq;
     } else {
