@@ -55,8 +55,9 @@
 //!   exponentials, the solve's dependent steps, the q/k/v/o traffic), and
 //!   the fp32 register tiles reach about 72% of peak with their epilogues.
 //!   Since the recurrent kernel holds a state row in registers (session 5)
-//!   it runs T = 4096 in 239.8 ms (71.6 GFLOP/s; `xpu-ops bench --threads 1
-//!   T=4096`, load 1.0), so 4× now needs the chunked op in 60 ms.
+//!   it runs T = 4096 in 222.5–239.8 ms (71.6–77.2 GFLOP/s; `xpu-ops bench
+//!   --threads 1 T=4096`, five runs at load 0.9–1.1), so 4× now needs the
+//!   chunked op in 56–60 ms.
 //!
 //!   On the amx tier with bf16 q/k the chunked kernel runs `[k; q]·[k; q]ᵀ`,
 //!   `[k; q]·S`, `kᵀ·D` and `P·D` on the AMX tiles (xpu_src/cpu/amx/gdn_chunk.c;
@@ -71,11 +72,12 @@
 //!   measured for the `[k; q]·S` block loop with its tile loads and stores
 //!   (random operands, in L2). The fp32 vector work left is the triangular
 //!   solve, 16.1k zmm FMAs per chunk-head (1.06 GFLOP, 4.3 ms at 244
-//!   GFLOP/s), plus the hi/lo splits (S, D and exp(G_last − G)·D: 1024 row
-//!   pairs per chunk-head), the decay exponentials and the bf16 conversions;
+//!   GFLOP/s), plus the hi/lo splits (S and exp(G_last − G)·D, which P·D
+//!   reuses: 768 row pairs per chunk-head), the decay exponentials and the bf16 conversions;
 //!   q/k/v/o are 75 MB (3.4 ms at the copy bandwidth, prefetched under the
-//!   products). The kernel measures 60.6 ms in the bench (53–59 ms best of
-//!   its harness), so about half its time is neither tile products nor FMAs
+//!   products). The kernel measures 51.6–55.8 ms in the bench (4.1–4.3× the
+//!   recurrent case in the same runs; 45–49 ms best of 16 in a standalone
+//!   harness), so about half its time is neither tile products nor FMAs
 //!   at peak: tile-load latency between dependent steps, the splits, and
 //!   the vector work that does not overlap the tile unit (the out-of-order
 //!   window holds only a few hundred instructions past a block's tile ops).
