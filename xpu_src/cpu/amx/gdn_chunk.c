@@ -535,6 +535,25 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
     float *o = w->O + i * ld;
     const float *xq = x->X + (C + i) * ld;
     const __m512 eg = _mm512_set1_ps(w->eG[i] * x->rq[i]);
+    char *dst = (char *)a->o + (seq.row * a->o_s_seq + (tok0 + i) * a->o_s_tok + hv * a->o_s_head) * 2;
+    if (a->o_dtype == XK_BF16 && V % 32 == 0) {
+      /* Rounded as xk_convert_row, from registers: streamed when the row is
+       * whole aligned lines, else stored plainly (streaming the middle of
+       * a row whose end lines are shared with the next head's row costs
+       * more than reading those lines for ownership). */
+      const int aligned = ((uintptr_t)dst & 63) == 0;
+      for (int64_t j = 0; j < V; j += 32) {
+        const __m512 lo = _mm512_fmadd_ps(eg, _mm512_loadu_ps(xq + j), _mm512_loadu_ps(o + j));
+        const __m512 hi = _mm512_fmadd_ps(eg, _mm512_loadu_ps(xq + j + 16), _mm512_loadu_ps(o + j + 16));
+        const __m512i r = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        if (aligned) {
+          _mm512_stream_si512((void *)(dst + 2 * j), r);
+        } else {
+          _mm512_storeu_si512((void *)(dst + 2 * j), r);
+        }
+      }
+      continue;
+    }
     for (int64_t j = 0; j < V; j += 16) _mm512_storeu_ps(o + j, _mm512_fmadd_ps(eg, _mm512_loadu_ps(xq + j), _mm512_loadu_ps(o + j)));
     amx_stream_o(a, seq.row, tok0 + i, hv, o, (char *)x->tmp);
   }
