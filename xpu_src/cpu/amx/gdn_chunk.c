@@ -148,6 +148,9 @@ static amx_pfw amx_pf_init(const xk_gdn_args *a, int64_t row, chunk_next next, i
     w.base[i] = gdn_ptr(ts[i], row, 0, i == 2 ? next.hv : next.h);
     w.stride[i] = ts[i]->s_tok * sz;
     w.bytes[i] = (i == 2 ? a->head_v_dim : a->head_k_dim) * sz;
+    /* From the row's first line (rows need not start on one). */
+    const int64_t off = (int64_t)((uintptr_t)w.base[i] & 63);
+    w.base[i] -= off, w.bytes[i] += off;
   }
   w.t = next.t0, w.t1 = next.t1, w.first = same_key_head ? 2 : 0, w.part = w.first, w.line = 0;
   return w;
