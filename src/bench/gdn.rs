@@ -55,9 +55,9 @@
 //!   exponentials, the solve's dependent steps, the q/k/v/o traffic), and
 //!   the fp32 register tiles reach about 72% of peak with their epilogues.
 //!   Since the recurrent kernel holds a state row in registers (session 5)
-//!   it runs T = 4096 in 222.5–239.8 ms (71.6–77.2 GFLOP/s; `xpu-ops bench
-//!   --threads 1 T=4096`, five runs at load 0.9–1.1), so 4× now needs the
-//!   chunked op in 56–60 ms.
+//!   it runs T = 4096 in 222.5–265.7 ms (64.7–77.2 GFLOP/s; `xpu-ops bench
+//!   --threads 1 T=4096`, nine runs at load 0.9–1.1), so 4× now needs the
+//!   chunked op in 56–66 ms.
 //!
 //!   On the amx tier with bf16 q/k the chunked kernel runs `[k; q]·[k; q]ᵀ`,
 //!   `[k; q]·S`, `kᵀ·D` and `P·D` on the AMX tiles (xpu_src/cpu/amx/gdn_chunk.c;
@@ -75,9 +75,11 @@
 //!   GFLOP/s), plus the hi/lo splits (S and exp(G_last − G)·D, which P·D
 //!   reuses: 768 row pairs per chunk-head), the decay exponentials and the bf16 conversions;
 //!   q/k/v/o are 75 MB (3.4 ms at the copy bandwidth, prefetched under the
-//!   products). The kernel measures 51.6–55.8 ms in the bench (4.1–4.3× the
-//!   recurrent case in the same runs; 45–49 ms best of 16 in a standalone
-//!   harness), so about half its time is neither tile products nor FMAs
+//!   products). The kernel measures 51.6–61.0 ms in the bench (4.1–4.4× the
+//!   recurrent case in the same runs, which swing as much with the load;
+//!   45–49 ms best of 16 in a standalone harness with 64-byte aligned
+//!   buffers, 52–55 ms with the bench's malloc'd ones, 16 bytes off a cache
+//!   line), so about half its time is neither tile products nor FMAs
 //!   at peak: tile-load latency between dependent steps, the splits, and
 //!   the vector work that does not overlap the tile unit (the out-of-order
 //!   window holds only a few hundred instructions past a block's tile ops).
