@@ -68,9 +68,6 @@ typedef struct amx_ws {
   uint16_t *Ph, *Pl;  /* [C][C] P split: bf16 hi and lo parts (zero above the diagonal) */
   uint32_t *Dp;       /* [C][ld] pairs of D rows: hi (rows < C/2) then lo */
   float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
-  float *Gq1;         /* [C][C] rq_i (q_i . k_j) on the raw rows (P without rk_j and the decay) */
-  float *eI;          /* [C] exp(G - G_last) */
-  int pd_dv;          /* this value head's P D reads Dv (see amx_values_load) */
   float *tmp;         /* [max(Kp, Vp)] */
   float *S;           /* states [Kp][ld], sst floats apart */
   int64_t sst;
@@ -80,14 +77,13 @@ static int64_t amx_ld(int64_t Vp) { return 16 * ((Vp / 16) | 1); }
 
 static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *x) {
   const int64_t C = CHUNK, Kp = round_up(K, 32), Vp = round_up(V, 32), ld = amx_ld(Vp);
-  void *p[21];
+  void *p[19];
   const int64_t sizes[] = {C * ld, C * C,  C * C,  C * ld,  C * ld,   C,  C,  C,  C, /* Vm A P D O Gc beta eG eL */
                            C * Kp,    /* AB (2C x Kp bf16) */
                            Kp * C / 2, /* KTa */
                            Kp * C / 2, /* KTv */
                            2 * C * C, 2 * C * ld, G * Kp * ld, C * ld,
-                           C * C / 2, C * C / 2, C * ld, /* Ph Pl Dp */
-                           C * C, C}; /* Gq1 eI */
+                           C * C / 2, C * C / 2, C * ld}; /* Ph Pl Dp */
   int64_t off = 0;
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     p[i] = base ? (void *)(base + off) : NULL;
@@ -107,7 +103,6 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
   w->Gc = p[5], w->beta = p[6], w->eG = p[7], w->eL = p[8];
   x->AB = p[9], x->KTa = p[10], x->KTv = p[11], x->Gm = p[12], x->X = p[13], x->Sp = p[14], x->Dv = p[15];
   x->Ph = p[16], x->Pl = p[17], x->Dp = p[18];
-  x->Gq1 = p[19], x->eI = p[20];
   w->Gk = x->Gm, w->Gq = x->Gm + C * C;
   x->rk = rest, x->rq = rest + rmax, x->tmp = rest + 2 * rmax;
   x->S = S;
@@ -318,7 +313,6 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
     for (int64_t j = 0; j < C; j += 16) {
       const __m512 r = _mm512_loadu_ps(x->rk + j);
       _mm512_storeu_ps(gk + j, _mm512_mul_ps(_mm512_mul_ps(fk, r), _mm512_loadu_ps(gk + j)));
-      _mm512_storeu_ps(x->Gq1 + i * C + j, _mm512_mul_ps(fq, _mm512_loadu_ps(gq + j)));
       _mm512_storeu_ps(gq + j, _mm512_mul_ps(_mm512_mul_ps(fq, r), _mm512_loadu_ps(gq + j)));
     }
   }
@@ -372,17 +366,15 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
     }
   }
   tile_store(&t, w->D + i0 * ld + j0, ld, TMR, m, TNV);
-  if (!x->pd_dv) { /* P D reads Dp */
 #pragma GCC unroll 4
-    for (int r = 0; r < TMR; r += 2) {
-      const int64_t u = (i0 + r) / 2;
+  for (int r = 0; r < TMR; r += 2) {
+    const int64_t u = (i0 + r) / 2;
 #pragma GCC unroll 16
-      for (int v = 0; v < TNV; v++) {
-        __m512i h, l;
-        split_pair(t.c[r][v], t.c[r + 1][v], &h, &l);
-        _mm512_storeu_si512(x->Dp + u * ld + j0 + v * CV_L, h);
-        _mm512_storeu_si512(x->Dp + (C / 2 + u) * ld + j0 + v * CV_L, l);
-      }
+    for (int v = 0; v < TNV; v++) {
+      __m512i h, l;
+      split_pair(t.c[r][v], t.c[r + 1][v], &h, &l);
+      _mm512_storeu_si512(x->Dp + u * ld + j0 + v * CV_L, h);
+      _mm512_storeu_si512(x->Dp + (C / 2 + u) * ld + j0 + v * CV_L, l);
     }
   }
 #pragma GCC unroll 4
@@ -401,9 +393,8 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
 
 /* gdn.c's chunk_values without the decayed A and P (amx_decay_rows): v,
  * the cumulative log decay, beta, exp(G), exp(G_last - G). */
-static void amx_values_load(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t tok0, int64_t Cn,
+static void amx_values_load(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn,
                             int64_t hv) {
-  const chunk_ws *w = &x->w;
   const int64_t V = w->V, ldv = w->ldv, Cr = CHUNK;
   float gsum = 0.0f;
   for (int64_t i = 0; i < Cn; i++) {
@@ -423,15 +414,7 @@ static void amx_values_load(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, 
     const cv_t g = cv_load(w->Gc + i0, m);
     cv_store(w->eG + i0, cv_exp(g), m);
     cv_store(w->eL + i0, cv_exp(cv_sub(cv_set1(gsum), g)), m);
-    cv_store(x->eI + i0, cv_exp(cv_sub(g, cv_set1(gsum))), m);
   }
-  /* P D = P' Dv with P'_ij = P_ij / (exp(G_last - G_j) rk_j) = exp(G_i - G_last)
-   * rq_i (q_i . k_j): the split of Dv serves the state update and P D both,
-   * while exp(G_last - G) stays far from under- and overflow (Dv's bf16
-   * parts keep D's bits; else D is split on its own, as Dp). */
-  int dv = 1;
-  for (int64_t i = 0; i < Cr; i++) dv &= w->eL[i] >= 0x1p-30f && w->eL[i] <= 0x1p30f;
-  ((amx_ws *)x)->pd_dv = dv;
 }
 
 /* Rows [i0, i1) of the decayed A and P (as chunk_values), and of P split
@@ -453,9 +436,7 @@ static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
   }
   for (int64_t i = i0; i < i1; i++) {
     for (int64_t j = 0; j < C; j += 16) {
-      const __mmask16 mk = cm_of(i + 1 - j);
-      const __m512 p = x->pd_dv ? _mm512_maskz_mul_ps(mk, _mm512_set1_ps(x->eI[i]), _mm512_loadu_ps(x->Gq1 + i * C + j))
-                                : _mm512_maskz_loadu_ps(mk, x->w.P + i * C + j);
+      const __m512 p = _mm512_maskz_loadu_ps(cm_of(i + 1 - j), x->w.P + i * C + j);
       const __m256bh h = _mm512_cvtneps_pbh(p);
       const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
       _mm256_storeu_si256((__m256i *)(x->Ph + i * C + j), (__m256i)h);
@@ -477,8 +458,7 @@ static void amx_pd(const amx_ws *x, float *O) {
       _tile_zero(2);
       _tile_zero(3);
       for (int64_t s = 0; s <= m0 / 32; s++) {
-        const uint32_t *B = x->pd_dv ? x->Dv : x->Dp;
-        const uint32_t *bh = B + 16 * s * ld + n0, *bl = B + (C / 2 + 16 * s) * ld + n0;
+        const uint32_t *bh = x->Dp + 16 * s * ld + n0, *bl = x->Dp + (C / 2 + 16 * s) * ld + n0;
         _tile_loadd(4, x->Ph + m0 * C + 32 * s, C * 2);
         _tile_loadd(5, x->Ph + (m0 + 16) * C + 32 * s, C * 2);
         _tile_loadd(6, bh, ld * 4);
@@ -516,7 +496,7 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
                            int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
-  amx_values_load(a, x, seq, tok0, Cn, hv);
+  amx_values_load(a, w, seq, tok0, Cn, hv);
   const int64_t G = a->num_v_heads / a->num_heads;
   amx_pfw pf = amx_pf_init(a, seq.row, next, next.t0 == tok0 && next.h == hv / G);
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
