@@ -72,11 +72,13 @@
 //!   measured for the `[k; q]·S` block loop with its tile loads and stores
 //!   (random operands, in L2). The fp32 vector work left is the triangular
 //!   solve, 16.1k zmm FMAs per chunk-head (1.06 GFLOP, 4.3 ms at 244
-//!   GFLOP/s), plus the hi/lo splits (S and exp(G_last − G)·D, which P·D
-//!   reuses: 768 row pairs per chunk-head), the decay exponentials and the bf16 conversions;
+//!   GFLOP/s), plus the hi/lo splits (S, exp(G_last − G)·D and P, D for
+//!   P·D), the decay exponentials and the bf16 conversions;
 //!   q/k/v/o are 75 MB (3.4 ms at the copy bandwidth, prefetched under the
 //!   products). The kernel measures 51.6–61.0 ms in the bench (4.1–4.4× the
 //!   recurrent case in the same runs, which swing as much with the load;
+//!   55.9 vs 240.4 ms = 4.3× without a variant of P·D that reused the state
+//!   update's split of D, dropped: 1–2% faster, less accurate;
 //!   45–49 ms best of 16 in a standalone harness with 64-byte aligned
 //!   buffers, 52–55 ms with the bench's malloc'd ones, 16 bytes off a cache
 //!   line), so about half its time is neither tile products nor FMAs
