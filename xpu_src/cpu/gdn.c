@@ -840,11 +840,11 @@ static void chunk_keys(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int
   }
 }
 
-/* Value head part: v, decays, beta (rows past Cn: zero v and beta, no decay),
- * and the decayed A and P (zero above the diagonal inside each row tile). */
-static void chunk_values(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t Cr,
-                         int64_t hv) {
-  const int64_t V = w->V, ldv = w->ldv, C = CHUNK;
+/* Value head part, first half: v, the cumulative log decay, beta (rows past
+ * Cn: zero v and beta, no decay), exp(G) and exp(G_last - G). */
+static void chunk_values_load(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn,
+                              int64_t Cr, int64_t hv) {
+  const int64_t V = w->V, ldv = w->ldv;
   float gsum = 0.0f;
   for (int64_t i = 0; i < Cn; i++) {
     const int64_t tok = tok0 + i;
@@ -864,7 +864,13 @@ static void chunk_values(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, i
     cv_store(w->eG + i0, cv_exp(g), m);
     cv_store(w->eL + i0, cv_exp(cv_sub(cv_set1(gsum), g)), m);
   }
-  for (int64_t i = 0; i < Cr; i++) {
+}
+
+/* Rows [i0, i1) of the decayed A and P (zero above the diagonal inside each
+ * row tile), from chunk_values_load's decays and the key part's Gk, Gq. */
+static void chunk_decay_rows(const chunk_ws *w, int64_t i0, int64_t i1) {
+  const int64_t C = CHUNK;
+  for (int64_t i = i0; i < i1; i++) {
     float *arow = w->A + i * C, *prow = w->P + i * C;
     const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
     const int64_t lim = (i / TMR + 1) * TMR;
@@ -877,6 +883,13 @@ static void chunk_values(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, i
       cv_store(prow + j0, cv_keep(cv_mul(e, cv_load(gq + j0, m)), cm_of(i + 1 - j0)), m);
     }
   }
+}
+
+/* Value head part: chunk_values_load, then the decayed A and P. */
+static void chunk_values(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t Cr,
+                         int64_t hv) {
+  chunk_values_load(a, w, seq, tok0, Cn, Cr, hv);
+  chunk_decay_rows(w, 0, Cr);
 }
 
 /* D rows [i0, i0 + TMR) of one panel: beta (v - exp(G) k S), minus A D over

@@ -251,33 +251,33 @@ typedef struct ap_unit {
   const uint32_t *kp, *vp;
 } ap_unit;
 
+/* C tiles 0-3 += the A pair at a (rows 0-15, then 16-31; rows lda bytes
+ * apart) times the B pair at b (xk_amx_dp_b2), tile 5 loaded after the
+ * first two products. */
+AP_INLINE void ap_dp_2x2(const char *a, int64_t lda, const char *b, int64_t ldb) {
+  _tile_loadd(4, a, lda);
+  _tile_loadd(6, b, ldb);
+  _tile_dpbf16ps(0, 4, 6);
+  _tile_loadd(7, b + 64, ldb);
+  _tile_dpbf16ps(1, 4, 7);
+  _tile_loadd(5, a + 16 * lda, lda);
+  _tile_dpbf16ps(2, 5, 6);
+  _tile_dpbf16ps(3, 5, 7);
+}
+
 /* Only the key groups g0..g1 run: the logits of the others are masked. */
 AP_INLINE int64_t ap_qk_steps(const ap_unit *u, int64_t D) { return (u->g1 - u->g0) * (D / 32 + 2); }
 AP_INLINE void ap_qk_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t st) {
   const int64_t per = D / 32 + 2, n0 = (u->g0 + st / per) * 32, k = st % per;
   if (k == 0) {
-    _tile_zero(0);
-    _tile_zero(1);
-    _tile_zero(2);
-    _tile_zero(3);
+    xk_amx_zero_c2x2();
   } else if (k == per - 1) {
-    float *s = w->s + u->buf * (32 * AP_KB) + n0;
-    _tile_stored(0, s, AP_KB * 4);
-    _tile_stored(1, s + 16, AP_KB * 4);
-    _tile_stored(2, s + 16 * AP_KB, AP_KB * 4);
-    _tile_stored(3, s + 16 * AP_KB + 16, AP_KB * 4);
+    xk_amx_store_c2x2(w->s + u->buf * (32 * AP_KB) + n0, AP_KB);
   } else {
     const int64_t c = k - 1;
     const char *b = (const char *)u->kp + (16 * c * AP_KB + n0) * 4;
     const char *q = (const char *)(w->q + u->r0 * D) + 64 * c;
-    _tile_loadd(4, q, D * 2);
-    _tile_loadd(6, b, AP_KB * 4);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b + 64, AP_KB * 4);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, q + 32 * D, D * 2);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    ap_dp_2x2(q, D * 2, b, AP_KB * 4);
   }
 }
 
@@ -290,27 +290,14 @@ AP_INLINE void ap_pv_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t s
   const int64_t per = u->g1 - u->g0 + 2, d0 = st / per * 32, k = st % per;
   float *o = w->o + u->r0 * D + d0;
   if (k == 0) {
-    _tile_loadd(0, o, D * 4);
-    _tile_loadd(1, o + 16, D * 4);
-    _tile_loadd(2, o + 16 * D, D * 4);
-    _tile_loadd(3, o + 16 * D + 16, D * 4);
+    xk_amx_load_c2x2(o, D);
   } else if (k == per - 1) {
-    _tile_stored(0, o, D * 4);
-    _tile_stored(1, o + 16, D * 4);
-    _tile_stored(2, o + 16 * D, D * 4);
-    _tile_stored(3, o + 16 * D + 16, D * 4);
+    xk_amx_store_c2x2(o, D);
   } else {
     const int64_t kk = u->g0 + k - 1;
     const char *b = (const char *)u->vp + (16 * kk * D + d0) * 4;
     const char *pp = (const char *)(w->p + u->buf * (32 * AP_KB)) + 64 * kk;
-    _tile_loadd(4, pp, AP_KB * 2);
-    _tile_loadd(6, b, D * 4);
-    _tile_dpbf16ps(0, 4, 6);
-    _tile_loadd(7, b + 64, D * 4);
-    _tile_dpbf16ps(1, 4, 7);
-    _tile_loadd(5, pp + 32 * AP_KB, AP_KB * 2);
-    _tile_dpbf16ps(2, 5, 6);
-    _tile_dpbf16ps(3, 5, 7);
+    ap_dp_2x2(pp, AP_KB * 2, b, D * 4);
   }
 }
 

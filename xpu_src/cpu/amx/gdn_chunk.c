@@ -209,29 +209,15 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
       float *c = C + m0 * ldc + n0;
       if (acc) {
-        _tile_loadd(0, c, ldc * 4);
-        _tile_loadd(1, c + 16, ldc * 4);
-        _tile_loadd(2, c + 16 * ldc, ldc * 4);
-        _tile_loadd(3, c + 16 * ldc + 16, ldc * 4);
+        xk_amx_load_c2x2(c, ldc);
       } else {
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
+        xk_amx_zero_c2x2();
       }
       for (int64_t s = 0; s < aks; s++) {
         const uint16_t *ap = A + m0 * lda + 32 * s;
         _tile_loadd(4, ap, lda * 2);
         _tile_loadd(5, ap + 16 * lda, lda * 2);
-        for (int64_t r = 0; r < reps; r++) {
-          const uint32_t *bp = B + 16 * (r * aks + s) * ldb + n0;
-          _tile_loadd(6, bp, ldb * 4);
-          _tile_dpbf16ps(0, 4, 6);
-          _tile_loadd(7, bp + 16, ldb * 4);
-          _tile_dpbf16ps(1, 4, 7);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        }
+        for (int64_t r = 0; r < reps; r++) xk_amx_dp_b2(B + 16 * (r * aks + s) * ldb + n0, ldb * 4);
         if (pf) amx_pf_step(a, row, pf, AMX_PF_GEMM);
       }
       /* The state update splits the previous block for the next chunk here,
@@ -241,10 +227,7 @@ static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int6
         amx_decay_rows(side, srow, srow + per < CHUNK ? srow + per : CHUNK);
         srow += per;
       }
-      _tile_stored(0, c, ldc * 4);
-      _tile_stored(1, c + 16, ldc * 4);
-      _tile_stored(2, c + 16 * ldc, ldc * 4);
-      _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+      xk_amx_store_c2x2(c, ldc);
       pm = m0, pn = n0;
     }
   }
@@ -391,49 +374,11 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
   }
 }
 
-/* gdn.c's chunk_values without the decayed A and P (amx_decay_rows): v,
- * the cumulative log decay, beta, exp(G), exp(G_last - G). */
-static void amx_values_load(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn,
-                            int64_t hv) {
-  const int64_t V = w->V, ldv = w->ldv, Cr = CHUNK;
-  float gsum = 0.0f;
-  for (int64_t i = 0; i < Cn; i++) {
-    const int64_t tok = tok0 + i;
-    la_load_row(w->Vm + i * ldv, gdn_ptr(&a->v, seq.row, tok, hv), a->v.dtype, V, 1);
-    gsum += gdn_scalar(&a->g, seq.row, tok, hv);
-    w->Gc[i] = gsum;
-    w->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
-  }
-  for (int64_t i = Cn; i < Cr; i++) {
-    memset(w->Vm + i * ldv, 0, (size_t)V * sizeof(float));
-    w->Gc[i] = gsum;
-    w->beta[i] = 0.0f;
-  }
-  for (int64_t i0 = 0; i0 < Cr; i0 += CV_L) {
-    const cm_t m = cm_of(Cr - i0);
-    const cv_t g = cv_load(w->Gc + i0, m);
-    cv_store(w->eG + i0, cv_exp(g), m);
-    cv_store(w->eL + i0, cv_exp(cv_sub(cv_set1(gsum), g)), m);
-  }
-}
-
-/* Rows [i0, i1) of the decayed A and P (as chunk_values), and of P split
- * into bf16 hi and lo parts (zero above the diagonal) for amx_pd. */
+/* Rows [i0, i1) of the decayed A and P (gdn.c's chunk_decay_rows), and of P
+ * split into bf16 hi and lo parts (zero above the diagonal) for amx_pd. */
 static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
-  const chunk_ws *w = &x->w;
   const int64_t C = CHUNK;
-  for (int64_t i = i0; i < i1; i++) {
-    float *arow = w->A + i * C, *prow = w->P + i * C;
-    const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
-    const int64_t lim = (i / TMR + 1) * TMR;
-    const cv_t gi = cv_set1(w->Gc[i]), b = cv_set1(w->beta[i]);
-    for (int64_t j0 = 0; j0 < lim; j0 += CV_L) {
-      const cm_t m = cm_of(lim - j0);
-      const cv_t e = cv_exp(cv_sub(gi, cv_load(w->Gc + j0, m)));
-      cv_store(arow + j0, cv_keep(cv_mul(b, cv_mul(e, cv_load(gk + j0, m))), cm_of(i - j0)), m);
-      cv_store(prow + j0, cv_keep(cv_mul(e, cv_load(gq + j0, m)), cm_of(i + 1 - j0)), m);
-    }
-  }
+  chunk_decay_rows(&x->w, i0, i1);
   for (int64_t i = i0; i < i1; i++) {
     for (int64_t j = 0; j < C; j += 16) {
       const __m512 p = _mm512_maskz_loadu_ps(cm_of(i + 1 - j), x->w.P + i * C + j);
@@ -453,40 +398,21 @@ static void amx_pd(const amx_ws *x, float *O) {
   const int64_t C = CHUNK, ld = x->ld, Vp = x->Vp;
   for (int64_t m0 = 0; m0 < C; m0 += 32) {
     for (int64_t n0 = 0; n0 < Vp; n0 += 32) {
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
+      xk_amx_zero_c2x2();
+/* A tiles 4, 5: rows m0 and m0 + 16 of a split P, key columns 32 s. */
+#define AMX_PD_A(P) \
+  _tile_loadd(4, (P) + m0 * C + 32 * s, C * 2); \
+  _tile_loadd(5, (P) + (m0 + 16) * C + 32 * s, C * 2);
       for (int64_t s = 0; s <= m0 / 32; s++) {
         const uint32_t *bh = x->Dp + 16 * s * ld + n0, *bl = x->Dp + (C / 2 + 16 * s) * ld + n0;
-        _tile_loadd(4, x->Ph + m0 * C + 32 * s, C * 2);
-        _tile_loadd(5, x->Ph + (m0 + 16) * C + 32 * s, C * 2);
-        _tile_loadd(6, bh, ld * 4);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, bh + 16, ld * 4);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(6, bl, ld * 4);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, bl + 16, ld * 4);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
-        _tile_loadd(4, x->Pl + m0 * C + 32 * s, C * 2);
-        _tile_loadd(5, x->Pl + (m0 + 16) * C + 32 * s, C * 2);
-        _tile_loadd(6, bh, ld * 4);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, bh + 16, ld * 4);
-        _tile_dpbf16ps(1, 4, 7);
-        _tile_dpbf16ps(2, 5, 6);
-        _tile_dpbf16ps(3, 5, 7);
+        AMX_PD_A(x->Ph)
+        xk_amx_dp_b2(bh, ld * 4);
+        xk_amx_dp_b2(bl, ld * 4);
+        AMX_PD_A(x->Pl)
+        xk_amx_dp_b2(bh, ld * 4);
       }
-      float *c = O + m0 * ld + n0;
-      _tile_stored(0, c, ld * 4);
-      _tile_stored(1, c + 16, ld * 4);
-      _tile_stored(2, c + 16 * ld, ld * 4);
-      _tile_stored(3, c + 16 * ld + 16, ld * 4);
+#undef AMX_PD_A
+      xk_amx_store_c2x2(O + m0 * ld + n0, ld);
     }
   }
 }
@@ -496,7 +422,7 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
                            int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
-  amx_values_load(a, w, seq, tok0, Cn, hv);
+  chunk_values_load(a, w, seq, tok0, Cn, CHUNK, hv); /* A and P: amx_decay_rows */
   const int64_t G = a->num_v_heads / a->num_heads;
   amx_pfw pf = amx_pf_init(a, seq.row, next, next.t0 == tok0 && next.h == hv / G);
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
