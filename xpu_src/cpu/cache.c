@@ -205,17 +205,15 @@ static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, c
     __mmask32 ok = _mm512_cmple_epu16_mask(aa, c->inf16);
     ok = _mm512_mask_cmple_epu16_mask(ok, ab, c->inf16);
     if (exact && ok != 0xffffffffu) return 0;
+    ue0 = FQ_U(xe0), uo0 = FQ_U(xo0), ue1 = FQ_U(xe1), uo1 = FQ_U(xo1);
     if (!exact) {
       /* low(u) in [0, 7]: q within 4 steps of a midpoint. */
-      ue0 = FQ_U(xe0), uo0 = FQ_U(xo0), ue1 = FQ_U(xe1), uo1 = FQ_U(xo1);
       __mmask16 k16 = (__mmask16)(ok & (ok >> 16));
       k16 = _mm512_mask_test_epi32_mask(k16, ue0, c->win);
       k16 = _mm512_mask_test_epi32_mask(k16, uo0, c->win);
       k16 = _mm512_mask_test_epi32_mask(k16, ue1, c->win);
       k16 = _mm512_mask_test_epi32_mask(k16, uo1, c->win);
       if (k16 != 0xffff) return 0;
-    } else {
-      ue0 = FQ_U(xe0), uo0 = FQ_U(xo0), ue1 = FQ_U(xe1), uo1 = FQ_U(xo1);
     }
   }
 #undef FQ_U
