@@ -518,3 +518,54 @@ impl AlignedBuf {
         &mut self.buf[self.off..self.off + self.len]
     }
 }
+
+/// Elements starting on a cache line, as PyTorch's CPU allocator places
+/// tensors (64-byte aligned). A plain large `Vec` starts 16 bytes past a page,
+/// which splits every 64-byte access of a row across two lines.
+pub struct LineAligned<T> {
+    buf: Vec<T>,
+    off: usize,
+    len: usize,
+}
+
+impl<T: Copy> LineAligned<T> {
+    /// `len` copies of `fill`.
+    pub fn filled(len: usize, fill: T) -> LineAligned<T> {
+        let es = std::mem::size_of::<T>();
+        assert!(
+            es > 0 && 64 % es == 0,
+            "element size must divide a cache line"
+        );
+        let mut buf = Vec::with_capacity(len + 64 / es);
+        let off = (buf.as_ptr() as usize).wrapping_neg() % 64 / es;
+        buf.resize(off + len, fill);
+        LineAligned { buf, off, len }
+    }
+
+    /// `v`'s elements, moved onto a cache-line boundary.
+    pub fn from_vec(v: Vec<T>) -> LineAligned<T> {
+        let Some(&first) = v.first() else {
+            return LineAligned {
+                buf: v,
+                off: 0,
+                len: 0,
+            };
+        };
+        let mut a = LineAligned::filled(v.len(), first);
+        a.copy_from_slice(&v);
+        a
+    }
+}
+
+impl<T> std::ops::Deref for LineAligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for LineAligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
