@@ -569,3 +569,26 @@ impl<T> std::ops::DerefMut for LineAligned<T> {
         &mut self.buf[self.off..self.off + self.len]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LineAligned;
+
+    #[test]
+    fn line_aligned_starts_on_a_line_and_keeps_the_elements() {
+        for len in [0usize, 1, 15, 16, 17, 1000] {
+            let v: Vec<u16> = (0..len as u16).collect();
+            let a = LineAligned::from_vec(v.clone());
+            assert_eq!(&a[..], &v[..]);
+            if len > 0 {
+                assert_eq!(a.as_ptr() as usize % 64, 0, "len {len}");
+            }
+            let f = LineAligned::filled(len, 2.5f32);
+            assert_eq!(f.len(), len);
+            assert!(f.iter().all(|&x| x == 2.5));
+            if len > 0 {
+                assert_eq!(f.as_ptr() as usize % 64, 0, "len {len}");
+            }
+        }
+    }
+}
