@@ -67,6 +67,18 @@
 #define AP_KB 128 /* keys per block: a multiple of 32 */
 #endif
 
+/* Row strides of the buffers the tiles load and store: each row 64 bytes
+ * longer than its data, so that the 16 rows of a tile (row strides of
+ * 256 B to 1 KiB otherwise) do not all fall into the same few L1 sets. */
+#define AP_KS (AP_KB + 16) /* packed key row (dword pairs) */
+#define AP_SS (AP_KB + 16) /* logits row (fp32) */
+#define AP_PS (AP_KB + 32) /* probabilities row (bf16) */
+static inline int64_t ap_qs(int64_t D) { return D + 32; } /* Q row (bf16) */
+static inline int64_t ap_os(int64_t D) { return D + 16; } /* O row (fp32) */
+static inline int64_t ap_vs(int64_t D) { return D + 16; } /* packed value row (dword pairs) */
+static inline int64_t ap_kblk(int64_t D) { return D / 2 * AP_KS; } /* dwords per packed key block */
+static inline int64_t ap_vblk(int64_t D) { return AP_KB / 2 * ap_vs(D); } /* dwords per packed value block */
+
 typedef void (*ap_varlen_fn)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
 typedef int64_t (*ap_ws_fn)(const xk_attn_args *a);
 
@@ -119,23 +131,23 @@ typedef struct ap_cache {
 static int64_t ap_cache_blocks(const xk_attn_args *a) {
   int64_t maxk = 0;
   for (int64_t s = 0; s < a->num_seqs; s++) maxk = ap_max(maxk, a->seq_lens[s]);
-  const int64_t nb = ap_max((maxk + AP_KB - 1) / AP_KB, 1), cap = ap_max(AP_CACHE_MAX / (AP_KB * a->head_size * 4), 1);
+  const int64_t nb = ap_max((maxk + AP_KB - 1) / AP_KB, 1), cap = ap_max(AP_CACHE_MAX / ((ap_kblk(a->head_size) + ap_vblk(a->head_size)) * 4), 1);
   return ap_min(nb, cap);
 }
 
 static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
-  const int64_t D = a->head_size, R32 = ap_up(ap_max(a->max_rows, 1), 32), KB = AP_KB, NB = ap_cache_blocks(a);
+  const int64_t D = a->head_size, R32 = ap_up(ap_max(a->max_rows, 1), 32), NB = ap_cache_blocks(a);
   int64_t off = 0;
 #define AP_TAKE(field, type, count)                              \
   do {                                                           \
     if (w) w->field = (type *)(base + off);                      \
     off += ap_up((int64_t)sizeof(type) * (int64_t)(count), 64); \
   } while (0)
-  AP_TAKE(q, uint16_t, R32 * D);
-  AP_TAKE(s, float, 2 * 32 * KB);
-  AP_TAKE(p, uint16_t, 2 * 32 * KB);
+  AP_TAKE(q, uint16_t, R32 * ap_qs(D));
+  AP_TAKE(s, float, 2 * 32 * AP_SS);
+  AP_TAKE(p, uint16_t, 2 * 32 * AP_PS);
   AP_TAKE(alpha, float, 2 * 32);
-  AP_TAKE(o, float, R32 * D);
+  AP_TAKE(o, float, R32 * ap_os(D));
   AP_TAKE(m, float, R32);
   AP_TAKE(l, float, R32);
   AP_TAKE(lo, int64_t, R32);
@@ -144,8 +156,8 @@ static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
   AP_TAKE(thi, int64_t, R32 / 32);
   AP_TAKE(tlo_max, int64_t, R32 / 32);
   AP_TAKE(thi_min, int64_t, R32 / 32);
-  AP_TAKE(kc, uint32_t, NB * D / 2 * KB);
-  AP_TAKE(vc, uint32_t, NB * KB / 2 * D);
+  AP_TAKE(kc, uint32_t, NB * ap_kblk(D));
+  AP_TAKE(vc, uint32_t, NB * ap_vblk(D));
 #undef AP_TAKE
   if (w) w->NB = NB;
   return off + 64;
@@ -197,7 +209,7 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
   for (int64_t j = n; j < AP_KB; j++) rows[j] = NULL;
   for (int64_t nt = 0; nt < AP_KB / 16; nt++) {
     if (16 * nt >= n) {
-      for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KB + 16 * nt, _mm512_setzero_si512());
+      for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KS + 16 * nt, _mm512_setzero_si512());
       continue;
     }
     for (int64_t c = 0; c < D / 32; c++) {
@@ -207,7 +219,7 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
         r[j] = row ? _mm512_loadu_si512(row + 32 * c) : _mm512_setzero_si512();
       }
       xk_transpose16_epi32(r);
-      for (int u = 0; u < 16; u++) _mm512_storeu_si512(kp + (16 * c + u) * AP_KB + 16 * nt, r[u]);
+      for (int u = 0; u < 16; u++) _mm512_storeu_si512(kp + (16 * c + u) * AP_KS + 16 * nt, r[u]);
     }
   }
 }
@@ -218,7 +230,7 @@ static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
   const uint16_t *rows[AP_KB];
   ap_rows(s, 1, t0, n, rows);
   for (int64_t u = 0; u < AP_KB / 2; u++) {
-    uint32_t *dst = vp + u * D;
+    uint32_t *dst = vp + u * ap_vs(D);
     if (2 * u >= n) {
       for (int64_t d = 0; d < D; d += 16) _mm512_storeu_si512(dst + d, _mm512_setzero_si512());
       continue;
@@ -272,12 +284,12 @@ AP_INLINE void ap_qk_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t s
   if (k == 0) {
     xk_amx_zero_c2x2();
   } else if (k == per - 1) {
-    xk_amx_store_c2x2(w->s + u->buf * (32 * AP_KB) + n0, AP_KB);
+    xk_amx_store_c2x2(w->s + u->buf * (32 * AP_SS) + n0, AP_SS);
   } else {
     const int64_t c = k - 1;
-    const char *b = (const char *)u->kp + (16 * c * AP_KB + n0) * 4;
-    const char *q = (const char *)(w->q + u->r0 * D) + 64 * c;
-    ap_dp_2x2(q, D * 2, b, AP_KB * 4);
+    const char *b = (const char *)u->kp + (16 * c * AP_KS + n0) * 4;
+    const char *q = (const char *)(w->q + u->r0 * ap_qs(D)) + 64 * c;
+    ap_dp_2x2(q, ap_qs(D) * 2, b, AP_KS * 4);
   }
 }
 
@@ -288,16 +300,16 @@ AP_INLINE void ap_qk_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t s
 AP_INLINE int64_t ap_pv_steps(const ap_unit *u, int64_t D) { return D / 32 * (u->g1 - u->g0 + 2); }
 AP_INLINE void ap_pv_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t st) {
   const int64_t per = u->g1 - u->g0 + 2, d0 = st / per * 32, k = st % per;
-  float *o = w->o + u->r0 * D + d0;
+  float *o = w->o + u->r0 * ap_os(D) + d0;
   if (k == 0) {
-    xk_amx_load_c2x2(o, D);
+    xk_amx_load_c2x2(o, ap_os(D));
   } else if (k == per - 1) {
-    xk_amx_store_c2x2(o, D);
+    xk_amx_store_c2x2(o, ap_os(D));
   } else {
     const int64_t kk = u->g0 + k - 1;
-    const char *b = (const char *)u->vp + (16 * kk * D + d0) * 4;
-    const char *pp = (const char *)(w->p + u->buf * (32 * AP_KB)) + 64 * kk;
-    ap_dp_2x2(pp, AP_KB * 2, b, D * 4);
+    const char *b = (const char *)u->vp + (16 * kk * ap_vs(D) + d0) * 4;
+    const char *pp = (const char *)(w->p + u->buf * (32 * AP_PS)) + 64 * kk;
+    ap_dp_2x2(pp, AP_PS * 2, b, ap_vs(D) * 4);
   }
 }
 
@@ -353,7 +365,7 @@ AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, const float *sr, uint16
 AP_INLINE void ap_rescale(const ap_ws *w, int64_t r0, const float *alpha, int64_t D) {
   for (int64_t r = 0; r < 32; r++) {
     if (alpha[r] == 1.0f) continue;
-    float *o = w->o + (r0 + r) * D;
+    float *o = w->o + (r0 + r) * ap_os(D);
     const __m512 al = _mm512_set1_ps(alpha[r]);
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), al));
   }
@@ -459,8 +471,8 @@ static int ap_next(const ap_ws *w, int64_t npairs, int64_t b0, int64_t b1, ap_it
   u->mask = w->tlo_max[p] > kb0 || w->thi_min[p] < kb0 + AP_KB;
   u->g0 = (ap_max(w->tlo[p], kb0) - kb0) / 32;
   u->g1 = (ap_min(w->thi[p], kb0 + AP_KB) - kb0 + 31) / 32;
-  u->kp = w->kc + (b - base) * (D / 2 * AP_KB);
-  u->vp = w->vc + (b - base) * (AP_KB / 2 * D);
+  u->kp = w->kc + (b - base) * ap_kblk(D);
+  u->vp = w->vc + (b - base) * ap_vblk(D);
   return 1;
 }
 
@@ -471,7 +483,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
   const ap_seq sq = {a, a->block_tables + seq * a->block_tables_stride_seq, kvh};
   int64_t LO = INT64_MAX, HI = 0;
   for (int64_t r = 0; r < R32; r++) {
-    uint16_t *qd = w->q + r * D;
+    uint16_t *qd = w->q + r * ap_qs(D);
     w->m[r] = -INFINITY;
     w->l[r] = 0.0f;
     if (r >= RQ) {
@@ -492,7 +504,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     }
     memcpy(qd, (const uint16_t *)a->query + (q0 + i) * a->q_stride_token + h * a->q_stride_head, (size_t)D * 2);
   }
-  memset(w->o, 0, (size_t)(R32 * D) * sizeof(float));
+  memset(w->o, 0, (size_t)(R32 * ap_os(D)) * sizeof(float));
   for (int64_t p = 0; p < NP; p++) { /* union and intersection of the pair's rows' key ranges */
     int64_t ulo = INT64_MAX, uhi = 0, clo = 0, chi = INT64_MAX;
     for (int64_t r = 32 * p; r < 32 * p + 32; r++) {
@@ -522,13 +534,13 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
         cache->end = b0 * AP_KB;
       }
       for (int64_t b = b0; b < cache->lo; b++)
-        ap_pack_k(&sq, b * AP_KB, AP_KB, D, w->kc + b * (D / 2 * AP_KB)),
-            ap_pack_v(&sq, b * AP_KB, AP_KB, D, w->vc + b * (AP_KB / 2 * D));
+        ap_pack_k(&sq, b * AP_KB, AP_KB, D, w->kc + b * ap_kblk(D)),
+            ap_pack_v(&sq, b * AP_KB, AP_KB, D, w->vc + b * ap_vblk(D));
       if (HI > cache->end) {
         for (int64_t b = ap_max(cache->end / AP_KB, b0); b < b1; b++) {
           const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
-          ap_pack_k(&sq, b * AP_KB, n, D, w->kc + b * (D / 2 * AP_KB));
-          ap_pack_v(&sq, b * AP_KB, n, D, w->vc + b * (AP_KB / 2 * D));
+          ap_pack_k(&sq, b * AP_KB, n, D, w->kc + b * ap_kblk(D));
+          ap_pack_v(&sq, b * AP_KB, n, D, w->vc + b * ap_vblk(D));
         }
         cache->end = HI;
       }
@@ -538,8 +550,8 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       cache->seq = -1;
       for (int64_t b = b0; b < b1; b++) {
         const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
-        ap_pack_k(&sq, b * AP_KB, n, D, w->kc + (b - base) * (D / 2 * AP_KB));
-        ap_pack_v(&sq, b * AP_KB, n, D, w->vc + (b - base) * (AP_KB / 2 * D));
+        ap_pack_k(&sq, b * AP_KB, n, D, w->kc + (b - base) * ap_kblk(D));
+        ap_pack_v(&sq, b * AP_KB, n, D, w->vc + (b - base) * ap_vblk(D));
       }
     }
     AP_BARRIER();
@@ -563,8 +575,8 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       AP_BARRIER();
       const int64_t np = have_prev ? ap_pv_steps(&u[0], D) : 0, total = np + (have_next ? ap_qk_steps(&u[2], D) : 0);
       const ap_unit *c = &u[1];
-      const float *sb = w->s + c->buf * (32 * AP_KB);
-      uint16_t *pb = w->p + c->buf * (32 * AP_KB);
+      const float *sb = w->s + c->buf * (32 * AP_SS);
+      uint16_t *pb = w->p + c->buf * (32 * AP_PS);
       float *al = w->alpha + c->buf * 32;
       int64_t st = 0, slot = 0;
 #define AP_STEPS()                                     \
@@ -586,19 +598,19 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
           ap_sm16 t;
           const int64_t r0 = c->r0 + h;
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_KB, c->kb0, (int)c->mask, v0, v1);
+            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_SS, c->kb0, (int)c->mask, v0, v1);
             AP_STEPS();
           }
           ap_sm_mid(&t, w, r0, scale);
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_KB, pb + (h + r) * AP_KB, c->kb0, scale, (int)c->mask, v0, v1);
+            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_SS, pb + (h + r) * AP_PS, c->kb0, scale, (int)c->mask, v0, v1);
             AP_STEPS();
           }
           ap_sm_end(&t, w, r0, al + h);
         }
       } else { /* scale <= 0 or NaN: the max of S is not that of S * scale */
         for (int64_t r = 0; r < 32; r++) {
-          ap_softmax_row(w, c->r0 + r, sb + r * AP_KB, pb + r * AP_KB, al + r, c->kb0, scale, (int)c->mask);
+          ap_softmax_row(w, c->r0 + r, sb + r * AP_SS, pb + r * AP_PS, al + r, c->kb0, scale, (int)c->mask);
           AP_STEPS();
           AP_STEPS();
         }
@@ -622,7 +634,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     const int64_t i = i0 + r / G, h = kvh * G + r % G;
     float m = w->m[r], l = w->l[r];
     const float f = xk_attn_row_factor(a, h, &m, &l) * vsc;
-    float *o = w->o + r * D;
+    float *o = w->o + r * ap_os(D);
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), _mm512_set1_ps(f)));
     xk_convert_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * 2, XK_BF16, o, XK_F32, D,
                    1.0f);
