@@ -40,7 +40,7 @@
 //! AMX prefill ([`flash_attn_varlen_func`] on the amx tier: bf16 queries and
 //! cache, no softcap or ALiBi, head size a multiple of 64, work items of two
 //! or more queries): FlashAttention-2 on the tile unit (`TDPBF16PS`, exact
-//! bf16 products, fp32 accumulation, FTZ/DAZ), 128-key blocks aligned to key
+//! bf16 products, fp32 accumulation, FTZ/DAZ), 256-key blocks aligned to key
 //! 0, exp in fp32 to ~2.5e-6 relative (below the bf16 rounding of P). Same
 //! tolerance; results independent of threads and of how prefill is chunked,
 //! except that a single-query chunk takes the decode path (another summation

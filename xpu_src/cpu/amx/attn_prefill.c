@@ -60,11 +60,11 @@
 #define AP_BARRIER() __asm__ volatile("" ::: "memory")
 
 #ifndef AP_CHUNK
-#define AP_CHUNK 4 /* key blocks per chunk (512 keys) */
+#define AP_CHUNK 2 /* key blocks per chunk (512 keys) */
 #endif
 
 #ifndef AP_KB
-#define AP_KB 128 /* keys per block: a multiple of 32 */
+#define AP_KB 256 /* keys per block: a multiple of 32 */
 #endif
 
 /* Row strides of the buffers the tiles load and store: each row 64 bytes
