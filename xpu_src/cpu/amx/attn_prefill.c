@@ -259,6 +259,7 @@ static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
  * tiles, 4 products), store. */
 typedef struct ap_unit {
   int64_t r0, kb0, mask, buf;
+  int m0, m1; /* the vectors (16 keys) of the block that every row of the pair attends: [m0, m1), in pairs */
   int64_t g0, g1; /* the 32-key groups of the block that some row of the pair attends */
   const uint32_t *kp, *vp;
 } ap_unit;
@@ -394,12 +395,14 @@ AP_INLINE __mmask16 ap_keep(const ap_ws *w, int64_t r, int64_t kb0, int v) {
   return _mm512_cmpge_epi32_mask(col, vlo) & _mm512_cmplt_epi32_mask(col, vhi);
 }
 
-AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int mask,
-                           int v0, int v1) {
+/* Vectors v0..v1 of the row; those outside [m0, m1) hold keys some row of
+ * the pair does not attend and take the row's mask. */
+AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int m0,
+                           int m1, int v0, int v1) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   for (int v = v0; v < v1; v++) {
     const __m512 x = _mm512_loadu_ps(sr + 16 * v);
-    m = mask ? _mm512_mask_max_ps(m, ap_keep(w, r0 + r, kb0, v), m, x) : _mm512_max_ps(m, x);
+    m = v < m0 || v >= m1 ? _mm512_mask_max_ps(m, ap_keep(w, r0 + r, kb0, v), m, x) : _mm512_max_ps(m, x);
   }
   t->v[r] = m;
 }
@@ -419,14 +422,14 @@ AP_INLINE void ap_sm_mid(ap_sm16 *t, const ap_ws *w, int64_t r0, float scale) {
 }
 
 AP_INLINE void ap_sm_pass2(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, uint16_t *pr, int64_t kb0,
-                           float scale, int mask, int v0, int v1) {
+                           float scale, int m0, int m1, int v0, int v1) {
   const __m512 sc = _mm512_set1_ps(scale * 1.44269504088896341f), mn = _mm512_set1_ps(t->nm[r]);
   __m512 sum = _mm512_setzero_ps();
   for (int v = v0; v < v1; v += 2) {
     __m512 e[2];
     for (int j = 0; j < 2; j++) {
       const __m512 x = _mm512_loadu_ps(sr + 16 * (v + j));
-      if (mask) /* masked logits: P = 0 (they may be stale, unset or -inf) */
+      if (v < m0 || v >= m1) /* masked logits: P = 0 (they may be stale, unset or -inf) */
         e[j] = _mm512_maskz_mov_ps(ap_keep(w, r0 + r, kb0, v + j), ap_exp2_16(_mm512_fmadd_ps(x, sc, mn)));
       else /* finite logits, <= the running max: no clamp needed */
         e[j] = xk_exp2_16(_mm512_fmadd_ps(x, sc, mn));
@@ -469,6 +472,12 @@ static int ap_next(const ap_ws *w, int64_t npairs, int64_t b0, int64_t b1, ap_it
    * attends none of its keys keeps its state exactly: see the top of the
    * file); masks where some row does not attend the whole block */
   u->mask = w->tlo_max[p] > kb0 || w->thi_min[p] < kb0 + AP_KB;
+  {
+    const int64_t clo = w->tlo_max[p] - kb0, chi = w->thi_min[p] - kb0;
+    u->m0 = clo <= 0 ? 0 : (int)ap_min(AP_KB / 16, (clo + 31) / 32 * 2);
+    u->m1 = chi <= 0 ? 0 : (int)ap_min(AP_KB / 16, chi / 32 * 2);
+    if (u->m1 < u->m0) u->m0 = u->m1 = 0;
+  }
   u->g0 = (ap_max(w->tlo[p], kb0) - kb0) / 32;
   u->g1 = (ap_min(w->thi[p], kb0 + AP_KB) - kb0 + 31) / 32;
   u->kp = w->kc + (b - base) * ap_kblk(D);
@@ -598,12 +607,12 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
           ap_sm16 t;
           const int64_t r0 = c->r0 + h;
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_SS, c->kb0, (int)c->mask, v0, v1);
+            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_SS, c->kb0, c->m0, c->m1, v0, v1);
             AP_STEPS();
           }
           ap_sm_mid(&t, w, r0, scale);
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_SS, pb + (h + r) * AP_PS, c->kb0, scale, (int)c->mask, v0, v1);
+            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_SS, pb + (h + r) * AP_PS, c->kb0, scale, c->m0, c->m1, v0, v1);
             AP_STEPS();
           }
           ap_sm_end(&t, w, r0, al + h);
