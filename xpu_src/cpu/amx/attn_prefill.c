@@ -31,8 +31,12 @@
  *       on AVX-512, 16 rows at a time with the row statistics as vectors;
  *       P rounded to bf16 (flash-attn: P enters P.V in the input dtype),
  *       the row sum taken over the unrounded fp32 P.
- *   O   fp32 [R32][D], rescaled by exp(m_old - m_new) when a row's max
- *       moves (after the previous unit's P.V), then O += P V on tiles.
+ *   O   fp32 [R32][D], rescaled by exp(m_old - m_new) when a row's
+ *       reference max moves (after the previous unit's P.V), then
+ *       O += P V on tiles. The reference max lags the running max by up
+ *       to AP_LAZY in log2 units, so P <= 2^AP_LAZY (lazy rescaling,
+ *       ap_sm_mid); the scale <= 0 path (ap_softmax_row) keeps the exact
+ *       running max.
  *
  * Numerics and invariance. Key blocks are aligned to multiples of AP_KB from
  * key 0, so every row walks the same blocks whatever work item (or thread)
@@ -61,6 +65,11 @@
 
 #ifndef AP_CHUNK
 #define AP_CHUNK 2 /* key blocks per chunk (512 keys) */
+#endif
+
+/* Lazy rescaling threshold (log2 units): see ap_sm_mid. */
+#ifndef AP_LAZY
+#define AP_LAZY 8.0f
 #endif
 
 #ifndef AP_KB
@@ -412,7 +421,14 @@ AP_INLINE void ap_sm_mid(ap_sm16 *t, const ap_ws *w, int64_t r0, float scale) {
   __m512 m = t->v[0];
   for (int j = 1; j < 16; j++) m = _mm512_max_ps(m, t->v[j]);
   const float L2E = 1.44269504088896341f;
-  const __m512 m_old = _mm512_loadu_ps(w->m + r0), m_new = _mm512_max_ps(m_old, _mm512_mul_ps(m, _mm512_set1_ps(scale)));
+  const __m512 m_old = _mm512_loadu_ps(w->m + r0), cand = _mm512_max_ps(m_old, _mm512_mul_ps(m, _mm512_set1_ps(scale)));
+  /* lazy rescaling (as FlashAttention-4): the reference max moves only when
+   * the block's max exceeds it by more than AP_LAZY in log2 units, so P <=
+   * 2^AP_LAZY and most blocks leave O unscaled (factor exactly 1); the final
+   * 1/l and the LSE use the same reference, so the result is the same
+   * softmax. A row's first attended block (m_old = -inf) always sets it. */
+  const __mmask16 keep = _mm512_cmp_ps_mask(_mm512_sub_ps(cand, m_old), _mm512_set1_ps(AP_LAZY / L2E), _CMP_LE_OQ);
+  const __m512 m_new = _mm512_mask_mov_ps(cand, keep, m_old);
   const __mmask16 same = _mm512_cmp_ps_mask(m_old, m_new, _CMP_EQ_OQ);
   const __mmask16 none = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
   t->alpha = _mm512_mask_mov_ps(ap_exp2_16(_mm512_mul_ps(_mm512_sub_ps(m_old, m_new), _mm512_set1_ps(L2E))),
