@@ -676,10 +676,15 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     const int64_t i = i0 + r / G, h = kvh * G + r % G;
     float m = w->m[r], l = w->l[r];
     const float f = xk_attn_row_factor(a, h, &m, &l) * vsc;
-    float *o = w->o + r * ap_os(D);
-    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), _mm512_set1_ps(f)));
-    xk_convert_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * 2, XK_BF16, o, XK_F32, D,
-                   1.0f);
+    /* o * f rounded to bf16 in one pass (VCVTNE2PS2BF16: round to nearest
+     * even, NaN quieted, as xk_convert_row; o * f is never denormal here,
+     * FTZ) */
+    const float *o = w->o + r * ap_os(D);
+    uint16_t *dst = (uint16_t *)a->out + (q0 + i) * a->out_stride_token + h * a->out_stride_head;
+    const __m512 vf = _mm512_set1_ps(f);
+    for (int64_t d = 0; d < D; d += 32)
+      _mm512_storeu_si512((__m512i *)(dst + d), (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + d + 16), vf),
+                                                                           _mm512_mul_ps(_mm512_loadu_ps(o + d), vf)));
     if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
   }
 }
