@@ -40,9 +40,12 @@
 //! AMX prefill ([`flash_attn_varlen_func`] on the amx tier: bf16 queries and
 //! cache, no softcap or ALiBi, head size a multiple of 64, work items of two
 //! or more queries): FlashAttention-2 on the tile unit (`TDPBF16PS`, exact
-//! bf16 products, fp32 accumulation, FTZ/DAZ), 128-key blocks aligned to key
-//! 0, exp in fp32 to ~2.5e-6 relative (below the bf16 rounding of P). Same
-//! tolerance; results independent of threads and of how prefill is chunked,
+//! bf16 products, fp32 accumulation, FTZ/DAZ), 256-key blocks aligned to key
+//! 0, exp in fp32 to ~2.5e-6 relative (below the bf16 rounding of P), lazy
+//! rescaling as in FlashAttention-4 (the maximum P is taken against moves
+//! only when a block's logits exceed it by more than 8 in log2 units, so
+//! P ≤ 256 before the final 1/l; each P keeps the same relative rounding).
+//! Same tolerance; results independent of threads and of how prefill is chunked,
 //! except that a single-query chunk takes the decode path (another summation
 //! order, within the tolerance).
 //!

@@ -31,8 +31,12 @@
  *       on AVX-512, 16 rows at a time with the row statistics as vectors;
  *       P rounded to bf16 (flash-attn: P enters P.V in the input dtype),
  *       the row sum taken over the unrounded fp32 P.
- *   O   fp32 [R32][D], rescaled by exp(m_old - m_new) when a row's max
- *       moves (after the previous unit's P.V), then O += P V on tiles.
+ *   O   fp32 [R32][D], rescaled by exp(m_old - m_new) when a row's
+ *       reference max moves (after the previous unit's P.V), then
+ *       O += P V on tiles. The reference max lags the running max by up
+ *       to AP_LAZY in log2 units, so P <= 2^AP_LAZY (lazy rescaling,
+ *       ap_sm_mid); the scale <= 0 path (ap_softmax_row) keeps the exact
+ *       running max.
  *
  * Numerics and invariance. Key blocks are aligned to multiples of AP_KB from
  * key 0, so every row walks the same blocks whatever work item (or thread)
@@ -45,6 +49,20 @@
  * exact bf16 x bf16 in fp32 (TDPBF16PS: bf16 denormals read as zero, fp32
  * results flushed, round to nearest even); only the summation order differs
  * from the avx512 paths, within the op's documented bf16 tolerance.
+ *
+ * Where the time goes (session 6 measurements, 1 thread, T=2048 causal,
+ * 34.4 GFLOP; standalone harness with parts compiled out): the tile work
+ * ~20 ms (16/2 D=256) / ~21.5 ms (32/8 D=128), the softmax ~6 / ~12 ms,
+ * the rest (Q copy, O zeroing, K/V packing, output) ~6.7 ms, and the
+ * whole is about their sum. On this core dense AVX-512 work hardly
+ * overlaps TDPBF16PS work (micro-benchmark: 192 FMAs per 4-product step
+ * take 10.7 ms with the tiles vs 4.7 ms tiles alone and 5.3 ms FMAs alone;
+ * up to ~64 per step hide; VCVTNE2PS2BF16 overlaps least), so how the
+ * softmax rows are interleaved with the tile steps barely matters, and its
+ * uop count adds to the time. The tile sequence itself (2 x 2 C blocks,
+ * S stored per 32 keys, O loaded/stored per 32 columns, K/V from L2) runs
+ * at 41-47% of the bf16 peak even alone (random data), against 70-80%
+ * for the same products and A/B loads with no C-tile loads or stores.
  */
 #include <math.h>
 
@@ -60,12 +78,29 @@
 #define AP_BARRIER() __asm__ volatile("" ::: "memory")
 
 #ifndef AP_CHUNK
-#define AP_CHUNK 4 /* key blocks per chunk (512 keys) */
+#define AP_CHUNK 2 /* key blocks per chunk (512 keys) */
+#endif
+
+/* Lazy rescaling threshold (log2 units): see ap_sm_mid. */
+#ifndef AP_LAZY
+#define AP_LAZY 8.0f
 #endif
 
 #ifndef AP_KB
-#define AP_KB 128 /* keys per block: a multiple of 32 */
+#define AP_KB 256 /* keys per block: a multiple of 32 */
 #endif
+
+/* Row strides of the buffers the tiles load and store: each row 64 bytes
+ * longer than its data, so that the 16 rows of a tile (row strides of
+ * 256 B to 1 KiB otherwise) do not all fall into the same few L1 sets. */
+#define AP_KS (AP_KB + 16) /* packed key row (dword pairs) */
+#define AP_SS (AP_KB + 16) /* logits row (fp32) */
+#define AP_PS (AP_KB + 32) /* probabilities row (bf16) */
+static inline int64_t ap_qs(int64_t D) { return D + 32; } /* Q row (bf16) */
+static inline int64_t ap_os(int64_t D) { return D + 16; } /* O row (fp32) */
+static inline int64_t ap_vs(int64_t D) { return D + 16; } /* packed value row (dword pairs) */
+static inline int64_t ap_kblk(int64_t D) { return D / 2 * AP_KS; } /* dwords per packed key block */
+static inline int64_t ap_vblk(int64_t D) { return AP_KB / 2 * ap_vs(D); } /* dwords per packed value block */
 
 typedef void (*ap_varlen_fn)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end);
 typedef int64_t (*ap_ws_fn)(const xk_attn_args *a);
@@ -119,23 +154,23 @@ typedef struct ap_cache {
 static int64_t ap_cache_blocks(const xk_attn_args *a) {
   int64_t maxk = 0;
   for (int64_t s = 0; s < a->num_seqs; s++) maxk = ap_max(maxk, a->seq_lens[s]);
-  const int64_t nb = ap_max((maxk + AP_KB - 1) / AP_KB, 1), cap = ap_max(AP_CACHE_MAX / (AP_KB * a->head_size * 4), 1);
+  const int64_t nb = ap_max((maxk + AP_KB - 1) / AP_KB, 1), cap = ap_max(AP_CACHE_MAX / ((ap_kblk(a->head_size) + ap_vblk(a->head_size)) * 4), 1);
   return ap_min(nb, cap);
 }
 
 static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
-  const int64_t D = a->head_size, R32 = ap_up(ap_max(a->max_rows, 1), 32), KB = AP_KB, NB = ap_cache_blocks(a);
+  const int64_t D = a->head_size, R32 = ap_up(ap_max(a->max_rows, 1), 32), NB = ap_cache_blocks(a);
   int64_t off = 0;
 #define AP_TAKE(field, type, count)                              \
   do {                                                           \
     if (w) w->field = (type *)(base + off);                      \
     off += ap_up((int64_t)sizeof(type) * (int64_t)(count), 64); \
   } while (0)
-  AP_TAKE(q, uint16_t, R32 * D);
-  AP_TAKE(s, float, 2 * 32 * KB);
-  AP_TAKE(p, uint16_t, 2 * 32 * KB);
+  AP_TAKE(q, uint16_t, R32 * ap_qs(D));
+  AP_TAKE(s, float, 2 * 32 * AP_SS);
+  AP_TAKE(p, uint16_t, 2 * 32 * AP_PS);
   AP_TAKE(alpha, float, 2 * 32);
-  AP_TAKE(o, float, R32 * D);
+  AP_TAKE(o, float, R32 * ap_os(D));
   AP_TAKE(m, float, R32);
   AP_TAKE(l, float, R32);
   AP_TAKE(lo, int64_t, R32);
@@ -144,8 +179,8 @@ static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
   AP_TAKE(thi, int64_t, R32 / 32);
   AP_TAKE(tlo_max, int64_t, R32 / 32);
   AP_TAKE(thi_min, int64_t, R32 / 32);
-  AP_TAKE(kc, uint32_t, NB * D / 2 * KB);
-  AP_TAKE(vc, uint32_t, NB * KB / 2 * D);
+  AP_TAKE(kc, uint32_t, NB * ap_kblk(D));
+  AP_TAKE(vc, uint32_t, NB * ap_vblk(D));
 #undef AP_TAKE
   if (w) w->NB = NB;
   return off + 64;
@@ -158,10 +193,27 @@ static int64_t ap_workspace(const xk_attn_args *a) {
 
 /* ---- tiles -------------------------------------------------------------------- */
 
-/* 2^x for softmax arguments in log2 units (<= 0, or -inf -> 0 through the
- * clamp): xk_exp2_16, relative error < 2.5e-6, far below the bf16 rounding
- * of P. Unmasked finite arguments call xk_exp2_16 directly. */
-AP_INLINE __m512 ap_exp2_16(__m512 x) { return xk_exp2_16(_mm512_max_ps(_mm512_set1_ps(-150.0f), x)); }
+/* 2^x for softmax arguments in log2 units (finite, <= 0 up to rounding):
+ * f = x - floor(x) in [0, 1) by one VREDUCEPS, a degree-4 polynomial fitted
+ * to 2^f on [0, 1) (relative error < 2.7e-6, far below the bf16 rounding of
+ * P), and VSCALEFPS, which multiplies by 2^floor(x) itself: 6 vector uops
+ * where a round (VRNDSCALEPS, two uops), a subtraction and a degree-5
+ * polynomial took 9. Dense vector work hardly overlaps the tile unit's
+ * (measured: x uops per tile step cost about as much with the tiles
+ * running as alone), so these uops add to the kernel's time. */
+AP_INLINE __m512 ap_exp2(__m512 x) {
+  const __m512 f = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF);
+  __m512 p = _mm512_set1_ps(0.013534121215343475f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.052011482417583466f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24144279956817627f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6930038332939148f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0000026226043701f));
+  return _mm512_scalef_ps(p, x);
+}
+
+/* The same for any argument: -inf (and anything below -150) gives 0 through
+ * the clamp (2^-150 flushes to zero). */
+AP_INLINE __m512 ap_exp2_16(__m512 x) { return ap_exp2(_mm512_max_ps(_mm512_set1_ps(-150.0f), x)); }
 
 /* ---- repacking ------------------------------------------------------------------ */
 
@@ -197,7 +249,7 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
   for (int64_t j = n; j < AP_KB; j++) rows[j] = NULL;
   for (int64_t nt = 0; nt < AP_KB / 16; nt++) {
     if (16 * nt >= n) {
-      for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KB + 16 * nt, _mm512_setzero_si512());
+      for (int64_t u = 0; u < D / 2; u++) _mm512_storeu_si512(kp + u * AP_KS + 16 * nt, _mm512_setzero_si512());
       continue;
     }
     for (int64_t c = 0; c < D / 32; c++) {
@@ -207,7 +259,7 @@ static void ap_pack_k(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
         r[j] = row ? _mm512_loadu_si512(row + 32 * c) : _mm512_setzero_si512();
       }
       xk_transpose16_epi32(r);
-      for (int u = 0; u < 16; u++) _mm512_storeu_si512(kp + (16 * c + u) * AP_KB + 16 * nt, r[u]);
+      for (int u = 0; u < 16; u++) _mm512_storeu_si512(kp + (16 * c + u) * AP_KS + 16 * nt, r[u]);
     }
   }
 }
@@ -218,7 +270,7 @@ static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
   const uint16_t *rows[AP_KB];
   ap_rows(s, 1, t0, n, rows);
   for (int64_t u = 0; u < AP_KB / 2; u++) {
-    uint32_t *dst = vp + u * D;
+    uint32_t *dst = vp + u * ap_vs(D);
     if (2 * u >= n) {
       for (int64_t d = 0; d < D; d += 16) _mm512_storeu_si512(dst + d, _mm512_setzero_si512());
       continue;
@@ -247,6 +299,7 @@ static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
  * tiles, 4 products), store. */
 typedef struct ap_unit {
   int64_t r0, kb0, mask, buf;
+  int m0, m1; /* the vectors (16 keys) of the block that every row of the pair attends: [m0, m1), in pairs */
   int64_t g0, g1; /* the 32-key groups of the block that some row of the pair attends */
   const uint32_t *kp, *vp;
 } ap_unit;
@@ -272,12 +325,12 @@ AP_INLINE void ap_qk_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t s
   if (k == 0) {
     xk_amx_zero_c2x2();
   } else if (k == per - 1) {
-    xk_amx_store_c2x2(w->s + u->buf * (32 * AP_KB) + n0, AP_KB);
+    xk_amx_store_c2x2(w->s + u->buf * (32 * AP_SS) + n0, AP_SS);
   } else {
     const int64_t c = k - 1;
-    const char *b = (const char *)u->kp + (16 * c * AP_KB + n0) * 4;
-    const char *q = (const char *)(w->q + u->r0 * D) + 64 * c;
-    ap_dp_2x2(q, D * 2, b, AP_KB * 4);
+    const char *b = (const char *)u->kp + (16 * c * AP_KS + n0) * 4;
+    const char *q = (const char *)(w->q + u->r0 * ap_qs(D)) + 64 * c;
+    ap_dp_2x2(q, ap_qs(D) * 2, b, AP_KS * 4);
   }
 }
 
@@ -288,16 +341,16 @@ AP_INLINE void ap_qk_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t s
 AP_INLINE int64_t ap_pv_steps(const ap_unit *u, int64_t D) { return D / 32 * (u->g1 - u->g0 + 2); }
 AP_INLINE void ap_pv_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t st) {
   const int64_t per = u->g1 - u->g0 + 2, d0 = st / per * 32, k = st % per;
-  float *o = w->o + u->r0 * D + d0;
+  float *o = w->o + u->r0 * ap_os(D) + d0;
   if (k == 0) {
-    xk_amx_load_c2x2(o, D);
+    xk_amx_load_c2x2(o, ap_os(D));
   } else if (k == per - 1) {
-    xk_amx_store_c2x2(o, D);
+    xk_amx_store_c2x2(o, ap_os(D));
   } else {
     const int64_t kk = u->g0 + k - 1;
-    const char *b = (const char *)u->vp + (16 * kk * D + d0) * 4;
-    const char *pp = (const char *)(w->p + u->buf * (32 * AP_KB)) + 64 * kk;
-    ap_dp_2x2(pp, AP_KB * 2, b, D * 4);
+    const char *b = (const char *)u->vp + (16 * kk * ap_vs(D) + d0) * 4;
+    const char *pp = (const char *)(w->p + u->buf * (32 * AP_PS)) + 64 * kk;
+    ap_dp_2x2(pp, AP_PS * 2, b, ap_vs(D) * 4);
   }
 }
 
@@ -353,7 +406,7 @@ AP_INLINE void ap_softmax_row(const ap_ws *w, int64_t r, const float *sr, uint16
 AP_INLINE void ap_rescale(const ap_ws *w, int64_t r0, const float *alpha, int64_t D) {
   for (int64_t r = 0; r < 32; r++) {
     if (alpha[r] == 1.0f) continue;
-    float *o = w->o + (r0 + r) * D;
+    float *o = w->o + (r0 + r) * ap_os(D);
     const __m512 al = _mm512_set1_ps(alpha[r]);
     for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), al));
   }
@@ -382,12 +435,14 @@ AP_INLINE __mmask16 ap_keep(const ap_ws *w, int64_t r, int64_t kb0, int v) {
   return _mm512_cmpge_epi32_mask(col, vlo) & _mm512_cmplt_epi32_mask(col, vhi);
 }
 
-AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int mask,
-                           int v0, int v1) {
+/* Vectors v0..v1 of the row; those outside [m0, m1) hold keys some row of
+ * the pair does not attend and take the row's mask. */
+AP_INLINE void ap_sm_pass1(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, int64_t kb0, int m0,
+                           int m1, int v0, int v1) {
   __m512 m = _mm512_set1_ps(-INFINITY);
   for (int v = v0; v < v1; v++) {
     const __m512 x = _mm512_loadu_ps(sr + 16 * v);
-    m = mask ? _mm512_mask_max_ps(m, ap_keep(w, r0 + r, kb0, v), m, x) : _mm512_max_ps(m, x);
+    m = v < m0 || v >= m1 ? _mm512_mask_max_ps(m, ap_keep(w, r0 + r, kb0, v), m, x) : _mm512_max_ps(m, x);
   }
   t->v[r] = m;
 }
@@ -397,7 +452,14 @@ AP_INLINE void ap_sm_mid(ap_sm16 *t, const ap_ws *w, int64_t r0, float scale) {
   __m512 m = t->v[0];
   for (int j = 1; j < 16; j++) m = _mm512_max_ps(m, t->v[j]);
   const float L2E = 1.44269504088896341f;
-  const __m512 m_old = _mm512_loadu_ps(w->m + r0), m_new = _mm512_max_ps(m_old, _mm512_mul_ps(m, _mm512_set1_ps(scale)));
+  const __m512 m_old = _mm512_loadu_ps(w->m + r0), cand = _mm512_max_ps(m_old, _mm512_mul_ps(m, _mm512_set1_ps(scale)));
+  /* lazy rescaling (as FlashAttention-4): the reference max moves only when
+   * the block's max exceeds it by more than AP_LAZY in log2 units, so P <=
+   * 2^AP_LAZY and most blocks leave O unscaled (factor exactly 1); the final
+   * 1/l and the LSE use the same reference, so the result is the same
+   * softmax. A row's first attended block (m_old = -inf) always sets it. */
+  const __mmask16 keep = _mm512_cmp_ps_mask(_mm512_sub_ps(cand, m_old), _mm512_set1_ps(AP_LAZY / L2E), _CMP_LE_OQ);
+  const __m512 m_new = _mm512_mask_mov_ps(cand, keep, m_old);
   const __mmask16 same = _mm512_cmp_ps_mask(m_old, m_new, _CMP_EQ_OQ);
   const __mmask16 none = _mm512_cmp_ps_mask(m_new, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ);
   t->alpha = _mm512_mask_mov_ps(ap_exp2_16(_mm512_mul_ps(_mm512_sub_ps(m_old, m_new), _mm512_set1_ps(L2E))),
@@ -407,17 +469,17 @@ AP_INLINE void ap_sm_mid(ap_sm16 *t, const ap_ws *w, int64_t r0, float scale) {
 }
 
 AP_INLINE void ap_sm_pass2(ap_sm16 *t, const ap_ws *w, int64_t r0, int64_t r, const float *sr, uint16_t *pr, int64_t kb0,
-                           float scale, int mask, int v0, int v1) {
+                           float scale, int m0, int m1, int v0, int v1) {
   const __m512 sc = _mm512_set1_ps(scale * 1.44269504088896341f), mn = _mm512_set1_ps(t->nm[r]);
   __m512 sum = _mm512_setzero_ps();
   for (int v = v0; v < v1; v += 2) {
     __m512 e[2];
     for (int j = 0; j < 2; j++) {
       const __m512 x = _mm512_loadu_ps(sr + 16 * (v + j));
-      if (mask) /* masked logits: P = 0 (they may be stale, unset or -inf) */
+      if (v < m0 || v >= m1) /* masked logits: P = 0 (they may be stale, unset or -inf) */
         e[j] = _mm512_maskz_mov_ps(ap_keep(w, r0 + r, kb0, v + j), ap_exp2_16(_mm512_fmadd_ps(x, sc, mn)));
       else /* finite logits, <= the running max: no clamp needed */
-        e[j] = xk_exp2_16(_mm512_fmadd_ps(x, sc, mn));
+        e[j] = ap_exp2(_mm512_fmadd_ps(x, sc, mn));
       sum = _mm512_add_ps(sum, e[j]);
     }
     _mm512_storeu_si512((__m512i *)(pr + 16 * v), (__m512i)_mm512_cvtne2ps_pbh(e[1], e[0]));
@@ -457,10 +519,16 @@ static int ap_next(const ap_ws *w, int64_t npairs, int64_t b0, int64_t b1, ap_it
    * attends none of its keys keeps its state exactly: see the top of the
    * file); masks where some row does not attend the whole block */
   u->mask = w->tlo_max[p] > kb0 || w->thi_min[p] < kb0 + AP_KB;
+  {
+    const int64_t clo = w->tlo_max[p] - kb0, chi = w->thi_min[p] - kb0;
+    u->m0 = clo <= 0 ? 0 : (int)ap_min(AP_KB / 16, (clo + 31) / 32 * 2);
+    u->m1 = chi <= 0 ? 0 : (int)ap_min(AP_KB / 16, chi / 32 * 2);
+    if (u->m1 < u->m0) u->m0 = u->m1 = 0;
+  }
   u->g0 = (ap_max(w->tlo[p], kb0) - kb0) / 32;
   u->g1 = (ap_min(w->thi[p], kb0 + AP_KB) - kb0 + 31) / 32;
-  u->kp = w->kc + (b - base) * (D / 2 * AP_KB);
-  u->vp = w->vc + (b - base) * (AP_KB / 2 * D);
+  u->kp = w->kc + (b - base) * ap_kblk(D);
+  u->vp = w->vc + (b - base) * ap_vblk(D);
   return 1;
 }
 
@@ -471,7 +539,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
   const ap_seq sq = {a, a->block_tables + seq * a->block_tables_stride_seq, kvh};
   int64_t LO = INT64_MAX, HI = 0;
   for (int64_t r = 0; r < R32; r++) {
-    uint16_t *qd = w->q + r * D;
+    uint16_t *qd = w->q + r * ap_qs(D);
     w->m[r] = -INFINITY;
     w->l[r] = 0.0f;
     if (r >= RQ) {
@@ -492,7 +560,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     }
     memcpy(qd, (const uint16_t *)a->query + (q0 + i) * a->q_stride_token + h * a->q_stride_head, (size_t)D * 2);
   }
-  memset(w->o, 0, (size_t)(R32 * D) * sizeof(float));
+  memset(w->o, 0, (size_t)(R32 * ap_os(D)) * sizeof(float));
   for (int64_t p = 0; p < NP; p++) { /* union and intersection of the pair's rows' key ranges */
     int64_t ulo = INT64_MAX, uhi = 0, clo = 0, chi = INT64_MAX;
     for (int64_t r = 32 * p; r < 32 * p + 32; r++) {
@@ -522,13 +590,13 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
         cache->end = b0 * AP_KB;
       }
       for (int64_t b = b0; b < cache->lo; b++)
-        ap_pack_k(&sq, b * AP_KB, AP_KB, D, w->kc + b * (D / 2 * AP_KB)),
-            ap_pack_v(&sq, b * AP_KB, AP_KB, D, w->vc + b * (AP_KB / 2 * D));
+        ap_pack_k(&sq, b * AP_KB, AP_KB, D, w->kc + b * ap_kblk(D)),
+            ap_pack_v(&sq, b * AP_KB, AP_KB, D, w->vc + b * ap_vblk(D));
       if (HI > cache->end) {
         for (int64_t b = ap_max(cache->end / AP_KB, b0); b < b1; b++) {
           const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
-          ap_pack_k(&sq, b * AP_KB, n, D, w->kc + b * (D / 2 * AP_KB));
-          ap_pack_v(&sq, b * AP_KB, n, D, w->vc + b * (AP_KB / 2 * D));
+          ap_pack_k(&sq, b * AP_KB, n, D, w->kc + b * ap_kblk(D));
+          ap_pack_v(&sq, b * AP_KB, n, D, w->vc + b * ap_vblk(D));
         }
         cache->end = HI;
       }
@@ -538,8 +606,8 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       cache->seq = -1;
       for (int64_t b = b0; b < b1; b++) {
         const int64_t n = ap_min(AP_KB, HI - b * AP_KB);
-        ap_pack_k(&sq, b * AP_KB, n, D, w->kc + (b - base) * (D / 2 * AP_KB));
-        ap_pack_v(&sq, b * AP_KB, n, D, w->vc + (b - base) * (AP_KB / 2 * D));
+        ap_pack_k(&sq, b * AP_KB, n, D, w->kc + (b - base) * ap_kblk(D));
+        ap_pack_v(&sq, b * AP_KB, n, D, w->vc + (b - base) * ap_vblk(D));
       }
     }
     AP_BARRIER();
@@ -563,8 +631,8 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       AP_BARRIER();
       const int64_t np = have_prev ? ap_pv_steps(&u[0], D) : 0, total = np + (have_next ? ap_qk_steps(&u[2], D) : 0);
       const ap_unit *c = &u[1];
-      const float *sb = w->s + c->buf * (32 * AP_KB);
-      uint16_t *pb = w->p + c->buf * (32 * AP_KB);
+      const float *sb = w->s + c->buf * (32 * AP_SS);
+      uint16_t *pb = w->p + c->buf * (32 * AP_PS);
       float *al = w->alpha + c->buf * 32;
       int64_t st = 0, slot = 0;
 #define AP_STEPS()                                     \
@@ -586,19 +654,19 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
           ap_sm16 t;
           const int64_t r0 = c->r0 + h;
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_KB, c->kb0, (int)c->mask, v0, v1);
+            ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_SS, c->kb0, c->m0, c->m1, v0, v1);
             AP_STEPS();
           }
           ap_sm_mid(&t, w, r0, scale);
           for (int64_t r = 0; r < 16; r++) {
-            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_KB, pb + (h + r) * AP_KB, c->kb0, scale, (int)c->mask, v0, v1);
+            ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_SS, pb + (h + r) * AP_PS, c->kb0, scale, c->m0, c->m1, v0, v1);
             AP_STEPS();
           }
           ap_sm_end(&t, w, r0, al + h);
         }
       } else { /* scale <= 0 or NaN: the max of S is not that of S * scale */
         for (int64_t r = 0; r < 32; r++) {
-          ap_softmax_row(w, c->r0 + r, sb + r * AP_KB, pb + r * AP_KB, al + r, c->kb0, scale, (int)c->mask);
+          ap_softmax_row(w, c->r0 + r, sb + r * AP_SS, pb + r * AP_PS, al + r, c->kb0, scale, (int)c->mask);
           AP_STEPS();
           AP_STEPS();
         }
@@ -622,10 +690,15 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     const int64_t i = i0 + r / G, h = kvh * G + r % G;
     float m = w->m[r], l = w->l[r];
     const float f = xk_attn_row_factor(a, h, &m, &l) * vsc;
-    float *o = w->o + r * D;
-    for (int64_t d = 0; d < D; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), _mm512_set1_ps(f)));
-    xk_convert_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * 2, XK_BF16, o, XK_F32, D,
-                   1.0f);
+    /* o * f rounded to bf16 in one pass (VCVTNE2PS2BF16: round to nearest
+     * even, NaN quieted, as xk_convert_row; o * f is never denormal here,
+     * FTZ) */
+    const float *o = w->o + r * ap_os(D);
+    uint16_t *dst = (uint16_t *)a->out + (q0 + i) * a->out_stride_token + h * a->out_stride_head;
+    const __m512 vf = _mm512_set1_ps(f);
+    for (int64_t d = 0; d < D; d += 32)
+      _mm512_storeu_si512((__m512i *)(dst + d), (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + d + 16), vf),
+                                                                           _mm512_mul_ps(_mm512_loadu_ps(o + d), vf)));
     if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
   }
 }
