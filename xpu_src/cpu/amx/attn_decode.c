@@ -45,8 +45,8 @@
  * half the lines, a second far cursor into L2, touching one line per page
  * of later steps, prefetching the first values into L2 during the softmax,
  * and the same kind of cursor in the varlen decode kernel below (30-40%
- * slower there: its blocks are long contiguous spans the hardware streams
- * already follow). Removing the TDPBF16PS ops from the cold kernel does not
+ * slower there; its cursor walks whole blocks in memory order instead, see
+ * av_vpf). Removing the TDPBF16PS ops from the cold kernel does not
  * change its time; removing the tile loads too does: the loads, not the
  * tile arithmetic, bound it.
  *
@@ -729,7 +729,17 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
  * tokens per (head, group), so G heads cost G vectors where the logit rows
  * cost 16 lanes with G used (Llama 32/8, G = 4: the hot kernel 2.8 -> 1.95
  * ms at B=8, ctx=4096); each head's sum of the step is a tree sum of its
- * vectors (the bits may differ from a token-order sum; same tolerance). */
+ * vectors (the bits may differ from a token-order sum; same tolerance).
+ * Memory (bf16, harness, B=8 ctx=4096, 1 thread, cold shuffled blocks): a
+ * K/V tile load is 16 token rows of 64 bytes at the token stride, 16 lines
+ * in 4 pages (Qwen 16/2 D=256), so the hardware streams follow it worse
+ * than the paged layout's 256 contiguous bytes: the step's tile loads alone
+ * (no arithmetic) take 5.4 ms where plain loads of the same blocks in memory
+ * order take 4.5 ms (Llama 32/8 D=128: 10.0 vs 8.7 ms); the hot kernel takes
+ * 0.9 ms (Llama 1.95), the cold one 6.9 (12.1) before the prefetch cursors.
+ * No better: other tile orders (block by block: Qwen 10% slower), staging
+ * bf16 K/V by vector copies, prefetching each line in tile order, or the
+ * first lines of each page, or whole next steps into L1. */
 
 #define AV_NB 4 /* 16-token groups per step */
 
@@ -852,8 +862,10 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
   const int64_t *ks = a->key_cache_strides, *vs = a->value_cache_strides;
   /* the values of a step are prefetched (av_vpf) for bf16 items whose kv heads
    * fill token rows of at most 1 KiB (measured: Qwen 16/2 D=256, 1 KiB rows,
-   * 6-8% faster; Llama 32/8 D=128, 2 KiB rows, 2-4% slower) */
+   * 6-8% faster, the keys too another 3-4%; Llama 32/8 D=128, 2 KiB rows,
+   * 2-4% slower) */
   const int vrow = !fp8 && vs[2] == D && vs[1] == KG * D && vs[1] * es <= 1024;
+  const int krow = vrow && ks[2] == D && ks[1] == KG * D; /* and the next step's keys during P.V */
   uint32_t *qb = (uint32_t *)(base + g.qb), *pe = (uint32_t *)(base + g.pe);
   float *lgb = (float *)(base + g.lg), *accb = (float *)(base + g.acc), *mlb = (float *)(base + g.ml);
   float *row = (float *)(base + g.row), *ltb = (float *)(base + g.lt);
@@ -1019,6 +1031,19 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           }
         }
       }
+      /* bf16 (krow): the next step's keys stream into L2 during P.V */
+      av_vpf kc2 = {{0}, 0, 16 * ks[1] * es, 0, 0, 0};
+      if (krow && ts + 16 * AV_NB < hi) {
+        const int64_t tn = ts + 16 * AV_NB, ticks = KG * ((nch + 3) / 4) * ng;
+        kc2.ng = ad_min(AV_NB, (hi - tn + 15) / 16);
+        for (int64_t j = 0; j < kc2.ng; j++) {
+          const int64_t tok = tn + 16 * j, blk = bt[(tok / bs) * btb];
+          kc2.p[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
+        }
+        kc2.per = (kc2.ng * kc2.span / 64 + ticks - 1) / ticks;
+      } else {
+        kc2.o = kc2.span;
+      }
       /* P.V per kv head and pass of 4 C tiles (128 dims) */
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         const int64_t kvh = kvh0 + kvl;
@@ -1050,6 +1075,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           for (int64_t j = 0; j < ng; j++) {
             const char *v = B[j] + c0 * 64;
             const int64_t s = bstr[j];
+            av_vpf_tick(&kc2);
             _tile_loadd(4, P + j * 256, 64);
             _tile_loadd(5, v, s);
             _tile_dpbf16ps(0, 4, 5);
