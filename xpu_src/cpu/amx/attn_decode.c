@@ -860,12 +860,13 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
   const int fp8 = xk_is_fp8(a->cache_dtype);
   const int64_t es = fp8 ? 1 : 2;
   const int64_t *ks = a->key_cache_strides, *vs = a->value_cache_strides;
-  /* the values of a step are prefetched (av_vpf) for bf16 items whose kv heads
-   * fill token rows of at most 1 KiB (measured: Qwen 16/2 D=256, 1 KiB rows,
-   * 6-8% faster, the keys too another 3-4%; Llama 32/8 D=128, 2 KiB rows,
-   * 2-4% slower) */
+  /* bf16 items whose kv heads fill whole token rows: the next step's keys
+   * are prefetched (av_vpf) during P.V (Qwen 16/2 D=256 and Llama 32/8
+   * D=128: 3-4% faster), a step's values during its Q.K where the rows are
+   * at most 1 KiB (Qwen, 1 KiB rows: 6-8% faster; Llama, 2 KiB rows: 2-4%
+   * slower) */
+  const int krow = !fp8 && ks[2] == D && ks[1] == KG * D;
   const int vrow = !fp8 && vs[2] == D && vs[1] == KG * D && vs[1] * es <= 1024;
-  const int krow = vrow && ks[2] == D && ks[1] == KG * D; /* and the next step's keys during P.V */
   uint32_t *qb = (uint32_t *)(base + g.qb), *pe = (uint32_t *)(base + g.pe);
   float *lgb = (float *)(base + g.lg), *accb = (float *)(base + g.acc), *mlb = (float *)(base + g.ml);
   float *row = (float *)(base + g.row), *ltb = (float *)(base + g.lt);
