@@ -58,12 +58,12 @@
 //! one rounding of the output); results stay within the tolerance above and
 //! do not depend on the thread count. See `xpu_src/cpu/amx/attn_decode.c`.
 //! [`flash_attn_varlen_func`] work items of one query (decode rows; bf16
-//! queries over bf16 caches, or fp8 caches with 5 to 8 query heads per KV
-//! head; head size a multiple of 32, at most 8 query heads per KV head) run
-//! on the same unit over the flash layout: K and
+//! queries over bf16 or fp8 caches, head size a multiple of 32, at most 8
+//! query heads per KV head) run on the same unit over the flash layout: K and
 //! V rows are tile operands straight from the cache (fp8 widened to bf16
-//! first), with attn_varlen's online softmax, masks, softcap, ALiBi, sinks and
-//! LSE; same tolerance, thread-count independent.
+//! first), with attn_varlen's online softmax (64-key steps; a step's sum of
+//! probabilities is added as a tree, not token by token), masks, softcap,
+//! ALiBi, sinks and LSE; same tolerance, thread-count independent.
 //!
 //! [`reshape_and_cache`]: crate::reshape_and_cache
 

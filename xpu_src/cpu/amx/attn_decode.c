@@ -45,8 +45,8 @@
  * half the lines, a second far cursor into L2, touching one line per page
  * of later steps, prefetching the first values into L2 during the softmax,
  * and the same kind of cursor in the varlen decode kernel below (30-40%
- * slower there: its blocks are long contiguous spans the hardware streams
- * already follow). Removing the TDPBF16PS ops from the cold kernel does not
+ * slower there; its cursor walks whole blocks in memory order instead, see
+ * av_vpf). Removing the TDPBF16PS ops from the cold kernel does not
  * change its time; removing the tile loads too does: the loads, not the
  * tile arithmetic, bound it.
  *
@@ -388,13 +388,37 @@ AD_INLINE void ad_kcur_step(ad_kcur *c) {
   }
 }
 
+/* Varlen decode (bf16 cache, the item's kv heads filling whole token rows):
+ * walks the value blocks of a step in memory order (256-byte pieces, the
+ * step's groups interleaved) and prefetches them into L2 a few lines per
+ * Q.K chunk step, so that the values are in flight while the tiles work on
+ * the keys and the core on the softmax. */
+typedef struct av_vpf {
+  const char *p[AD_NB];
+  int64_t ng, span, o, j, per;
+} av_vpf;
+
+AD_INLINE void av_vpf_tick(av_vpf *c) {
+  for (int64_t k = 0; k < c->per && c->o < c->span; k += 4) {
+    const char *p = c->p[c->j] + c->o;
+    _mm_prefetch(p, _MM_HINT_T2);
+    _mm_prefetch(p + 64, _MM_HINT_T2);
+    _mm_prefetch(p + 128, _MM_HINT_T2);
+    _mm_prefetch(p + 192, _MM_HINT_T2);
+    if (++c->j == c->ng) {
+      c->j = 0;
+      c->o += 256;
+    }
+  }
+}
+
 /* ---- Q.K ---------------------------------------------------------------------- */
 
 /* logits^T of ng (<= 4) groups of 16 tokens: C tile i += A_i(c) . B(c) over
  * nch chunks; A_i(c) at A[i] + c * achunk (16 rows, astride apart), B(c) at
  * qv + c * bstep (brows pair rows of gp). Stores C_i to lg + 16 i gp. */
 static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t achunk, int64_t astride,
-                  const uint32_t *qv, int64_t bstep, int64_t gp, float *lg, ad_kcur *pf) {
+                  const uint32_t *qv, int64_t bstep, int64_t gp, float *lg, ad_kcur *pf, av_vpf *vpf) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -403,6 +427,7 @@ static void ad_qk(const char *const A[AD_NB], int64_t ng, int64_t nch, int64_t a
 #define AD_QK_STEP(BT, c)                                              \
   do {                                                                 \
     if (pf) ad_kcur_step(pf);                                          \
+    if (vpf) av_vpf_tick(vpf);                                         \
     _tile_loadd(BT, qv + (c) * bstep, bstr);                           \
     _tile_loadd(4, A[0] + (c) * achunk, astride);                      \
     _tile_dpbf16ps(0, 4, BT);                                          \
@@ -531,7 +556,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       }
       for (int64_t i = nb; i < AD_NB; i++) A[i] = A[0];
       ad_qk(A, nb, nch, fp8 ? 512 : ks[2] * es, kab, qv + kvl * (D / 2) * gp, kab / 4 * gp, gp,
-            lgb + (kvl * g.Lp + 16 * gb) * gp, &kc);
+            lgb + (kvl * g.Lp + 16 * gb) * gp, &kc, NULL);
     }
 #undef AD_KSTAGE
     /* softmax per kv head */
@@ -699,7 +724,22 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
  * their values from a zero-padded copy (unused slots may hold NaN). fp8
  * caches are widened to bf16 (exact) into staging rows first, k_scale on the
  * logits and v_scale on the output. Each kv head's arithmetic depends on the
- * call alone (not on kv_group or threads). */
+ * call alone (not on kv_group or threads).
+ * The softmax runs on the transposed logits of a step: one vector of 16
+ * tokens per (head, group), so G heads cost G vectors where the logit rows
+ * cost 16 lanes with G used (Llama 32/8, G = 4: the hot kernel 2.8 -> 1.95
+ * ms at B=8, ctx=4096); each head's sum of the step is a tree sum of its
+ * vectors (the bits may differ from a token-order sum; same tolerance).
+ * Memory (bf16, harness, B=8 ctx=4096, 1 thread, cold shuffled blocks): a
+ * K/V tile load is 16 token rows of 64 bytes at the token stride, 16 lines
+ * in 4 pages (Qwen 16/2 D=256), so the hardware streams follow it worse
+ * than the paged layout's 256 contiguous bytes: the step's tile loads alone
+ * (no arithmetic) take 5.4 ms where plain loads of the same blocks in memory
+ * order take 4.5 ms (Llama 32/8 D=128: 10.0 vs 8.7 ms); the hot kernel takes
+ * 0.9 ms (Llama 1.95), the cold one 6.9 (12.1) before the prefetch cursors.
+ * No better: other tile orders (block by block: Qwen 10% slower), staging
+ * bf16 K/V by vector copies, prefetching each line in tile order, or the
+ * first lines of each page, or whole next steps into L1. */
 
 #define AV_NB 4 /* 16-token groups per step */
 
@@ -718,7 +758,7 @@ static int av_ok(const xk_attn_args *a) {
 
 typedef struct av_geom {
   int64_t KG, D, nch;
-  int64_t qb, lg, pe, acc, ml, vz, kst, row, total;
+  int64_t qb, lg, pe, acc, ml, vz, kst, lt, row, total;
 } av_geom;
 
 static av_geom av_layout(const xk_attn_args *a) {
@@ -742,6 +782,8 @@ static av_geom av_layout(const xk_attn_args *a) {
   off += (fp8 ? g.KG : 1) * AV_NB * 16 * g.D * 2;
   g.kst = off; /* fp8: [2][KG][AV_NB][16][D] bf16 key rows, a step ahead */
   off += fp8 ? 2 * g.KG * AV_NB * 16 * g.D * 2 : 0;
+  g.lt = off; /* [8][64] f32: one kv head's logits, transposed */
+  off += 8 * 64 * 4;
   g.row = off;
   off += ad_al(g.D * 4);
   g.total = off + 64;
@@ -818,9 +860,16 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
   const int fp8 = xk_is_fp8(a->cache_dtype);
   const int64_t es = fp8 ? 1 : 2;
   const int64_t *ks = a->key_cache_strides, *vs = a->value_cache_strides;
+  /* bf16 items whose kv heads fill whole token rows: the next step's keys
+   * are prefetched (av_vpf) during P.V (Qwen 16/2 D=256 and Llama 32/8
+   * D=128: 3-4% faster), a step's values during its Q.K where the rows are
+   * at most 1 KiB (Qwen, 1 KiB rows: 6-8% faster; Llama, 2 KiB rows: 2-4%
+   * slower) */
+  const int krow = !fp8 && ks[2] == D && ks[1] == KG * D;
+  const int vrow = !fp8 && vs[2] == D && vs[1] == KG * D && vs[1] * es <= 1024;
   uint32_t *qb = (uint32_t *)(base + g.qb), *pe = (uint32_t *)(base + g.pe);
   float *lgb = (float *)(base + g.lg), *accb = (float *)(base + g.acc), *mlb = (float *)(base + g.ml);
-  float *row = (float *)(base + g.row);
+  float *row = (float *)(base + g.row), *ltb = (float *)(base + g.lt);
   uint16_t *vz = (uint16_t *)(base + g.vz), *kst = (uint16_t *)(base + g.kst);
   const unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | AD_FTZ_DAZ);
@@ -828,7 +877,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
   memset(&cv, 0, sizeof cv);
   if (fp8) ad_cvt_init(&cv, a->cache_dtype);
   ad_config(16, 64, 16);
-  const __mmask16 hmask = (__mmask16)((1u << G) - 1u);
+  memset(pe, 0, (size_t)(g.KG * AV_NB * 1024)); /* rows 2G..15 stay zero */
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   const float cap = a->softcap, icap = cap > 0.0f ? 1.0f / cap : 0.0f;
   for (int64_t b = begin; b < end; b++) {
@@ -867,6 +916,10 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
         kp[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
         vp[j] = (const char *)a->value_cache + (blk * vs[0] + (tok % bs) * vs[1]) * es;
       }
+      /* bf16 (vrow): the step's values stream into L2 during Q.K (fp8, whose
+       * values are staged right after Q.K, measured 2-8% slower with it) */
+      av_vpf vc = {{0}, ng, 16 * vs[1] * es, 0, 0, (ng * 16 * vs[1] * es / 64 + KG * nch - 1) / (KG * nch)};
+      for (int64_t j = 0; j < ng; j++) vc.p[j] = vp[j];
       /* Q.K per kv head */
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         const int64_t kvh = kvh0 + kvl;
@@ -876,57 +929,88 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * AV_NB + j) * 16 * D) : kp[j] + kvh * ks[2] * es;
         if (fp8) astr = D * 2;
         for (int64_t j = ng; j < AD_NB; j++) A[j] = A[0];
-        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256, NULL);
+        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256, NULL, vrow ? &vc : NULL);
       }
+      if (vrow)
+        while (vc.o < vc.span) av_vpf_tick(&vc);
       if (fp8) {
         if (ts + 16 * AV_NB < hi)
           av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, ts + 16 * AV_NB, AV_NB, lo, hi, kvh0, KG, 1, &cv,
                         kst + ((sn + 1) & 1) * kslot);
         av_stage_step(a, bt, (const char *)a->value_cache, vs, 1, ts, AV_NB, lo, hi, kvh0, KG, 1, &cv, vz);
       }
-      /* online softmax per kv head; probabilities split into A rows */
+      /* online softmax per kv head on the transposed logits (a vector per head
+       * and group: 16 tokens), G heads instead of 16 lanes */
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         const int64_t kvh = kvh0 + kvl;
         const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
         const __m512 vsc = _mm512_set1_ps(a->scale * ksc);
-        __m512 vsl = _mm512_setzero_ps();
-        if (a->alibi_slopes) vsl = _mm512_maskz_loadu_ps(hmask, a->alibi_slopes + seq * a->alibi_stride_seq + kvh * G);
-        float *lg = lgb + kvl * AV_NB * 256;
-        const int64_t nt = 16 * ng;
-        __m512 vmax = ninf;
-        for (int64_t r = 0; r < nt; r++) {
-          const int64_t tok = ts + r;
-          __m512 x = _mm512_mul_ps(_mm512_loadu_ps(lg + 16 * r), vsc);
-          if (cap > 0.0f) {
-            const __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(icap));
-            const __m512 e = xk_exp16(_mm512_mul_ps(_mm512_abs_ps(y), _mm512_set1_ps(-2.0f)));
-            __m512 th = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-            th = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(th),
-                                                     _mm512_and_si512(_mm512_castps_si512(y),
-                                                                      _mm512_set1_epi32((int)0x80000000u))));
-            x = _mm512_mul_ps(th, _mm512_set1_ps(cap));
+        float sl[8] = {0};
+        if (a->alibi_slopes)
+          for (int64_t h = 0; h < G; h++) sl[h] = a->alibi_slopes[seq * a->alibi_stride_seq + kvh * G + h];
+        const float *lg = lgb + kvl * AV_NB * 256;
+        __m512 hmx[8];
+        for (int h = 0; h < 8; h++) hmx[h] = ninf;
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (int64_t j = 0; j < ng; j++) {
+          __m512i r16[16];
+          for (int t = 0; t < 16; t++) r16[t] = _mm512_castps_si512(_mm512_loadu_ps(lg + 16 * (16 * j + t)));
+          xk_transpose16_epi32(r16);
+          const __m512i tok = _mm512_add_epi32(lane, _mm512_set1_epi32((int)(ts + 16 * j)));
+          const __mmask16 tv = _mm512_cmpge_epi32_mask(tok, _mm512_set1_epi32((int)lo)) &
+                               _mm512_cmplt_epi32_mask(tok, _mm512_set1_epi32((int)hi));
+          const __m512 dist = _mm512_abs_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_set1_epi32((int)pos), tok)));
+          for (int64_t h = 0; h < G; h++) {
+            __m512 x = _mm512_mul_ps(_mm512_castsi512_ps(r16[h]), vsc);
+            if (cap > 0.0f) {
+              const __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(icap));
+              const __m512 e = xk_exp16(_mm512_mul_ps(_mm512_abs_ps(y), _mm512_set1_ps(-2.0f)));
+              __m512 th = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+              th = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(th),
+                                                       _mm512_and_si512(_mm512_castps_si512(y),
+                                                                        _mm512_set1_epi32((int)0x80000000u))));
+              x = _mm512_mul_ps(th, _mm512_set1_ps(cap));
+            }
+            if (a->alibi_slopes) x = _mm512_sub_ps(x, _mm512_mul_ps(_mm512_set1_ps(sl[h]), dist));
+            x = _mm512_mask_mov_ps(ninf, tv, x);
+            _mm512_storeu_ps(ltb + h * 64 + 16 * j, x);
+            hmx[h] = _mm512_mask_max_ps(hmx[h], tv, x, hmx[h]); /* NaN logits ignored as fmaxf */
           }
-          if (a->alibi_slopes) x = _mm512_sub_ps(x, _mm512_mul_ps(vsl, _mm512_set1_ps(fabsf((float)(pos - tok)))));
-          const __mmask16 valid = tok >= lo && tok < hi ? hmask : 0;
-          x = _mm512_mask_mov_ps(ninf, valid, x);
-          _mm512_storeu_ps(lg + 16 * r, x);
-          vmax = _mm512_mask_max_ps(vmax, valid, x, vmax); /* NaN logits ignored as fmaxf */
         }
+        _Alignas(64) float tmp[16];
+        for (int h = 0; h < 16; h++) tmp[h] = -INFINITY;
+        for (int h = 0; h < 8 && h < G; h++) tmp[h] = _mm512_reduce_max_ps(hmx[h]);
+        const __m512 vmax = _mm512_load_ps(tmp);
         float *ml = mlb + kvl * 32;
         const __m512 mold = _mm512_loadu_ps(ml);
         const __m512 mnew = _mm512_max_ps(vmax, mold);
         const __mmask16 live = _mm512_cmp_ps_mask(mnew, ninf, _CMP_NEQ_OQ);
         const __mmask16 had = _mm512_cmp_ps_mask(mold, ninf, _CMP_NEQ_OQ);
         const __m512 alpha = _mm512_maskz_mov_ps(had, xk_exp16(_mm512_sub_ps(mold, mnew)));
-        const __m512 msub = _mm512_maskz_mov_ps(live, mnew);
-        __m512 vsum = _mm512_setzero_ps();
-        for (int64_t r = 0; r < nt; r++) {
-          const __m512 x = _mm512_loadu_ps(lg + 16 * r);
-          const __mmask16 v = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ) & live;
-          const __m512 e = _mm512_maskz_mov_ps(v, xk_exp16(_mm512_sub_ps(x, msub)));
-          _mm512_storeu_ps(lg + 16 * r, e);
-          vsum = _mm512_add_ps(vsum, e);
+        _Alignas(64) float msubs[16];
+        _mm512_store_ps(msubs, _mm512_maskz_mov_ps(live, mnew));
+        /* exp, fp32 sums, bf16 probabilities as split A rows (2h: (p, 0), 2h + 1: (0, p)) */
+        for (int h = 0; h < 16; h++) tmp[h] = 0.0f;
+        for (int64_t h = 0; h < G; h++) {
+          const __m512 ms = _mm512_set1_ps(msubs[h]);
+          const __mmask16 lv = (live >> h) & 1 ? (__mmask16)0xffff : 0;
+          __m512 acc = _mm512_setzero_ps();
+          for (int64_t j = 0; j < ng; j++) {
+            const __m512 x = _mm512_loadu_ps(ltb + h * 64 + 16 * j);
+            const __mmask16 v = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ) & lv;
+            const __m512 e = _mm512_maskz_mov_ps(v, xk_exp16(_mm512_sub_ps(x, ms)));
+            acc = _mm512_add_ps(acc, e);
+            const __m512i u = _mm512_castps_si512(e);
+            const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+            const __m512i r = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd),
+                                               _mm512_set1_epi32((int)0xffff0000u));
+            uint32_t *P = pe + (kvl * AV_NB + j) * 256;
+            _mm512_storeu_si512((void *)(P + (2 * h) * 16), _mm512_srli_epi32(r, 16));
+            _mm512_storeu_si512((void *)(P + (2 * h + 1) * 16), r);
+          }
+          tmp[h] = _mm512_reduce_add_ps(acc);
         }
+        const __m512 vsum = _mm512_load_ps(tmp);
         /* lanes that attended nothing yet keep m = -inf, l = 0 */
         const __m512 lold = _mm512_loadu_ps(ml + 16);
         _mm512_storeu_ps(ml + 16, _mm512_mask_mov_ps(lold, live, _mm512_fmadd_ps(lold, alpha, vsum)));
@@ -947,22 +1031,19 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
               }
           }
         }
-        /* round to bf16, transpose to [head][token], split rows */
-        for (int64_t j = 0; j < ng; j++) {
-          __m512i r16[16];
-          for (int t = 0; t < 16; t++) {
-            const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(lg + 16 * (16 * j + t)));
-            const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-            r16[t] = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd),
-                                      _mm512_set1_epi32((int)0xffff0000u));
-          }
-          xk_transpose16_epi32(r16);
-          uint32_t *P = pe + (kvl * AV_NB + j) * 256;
-          for (int h = 0; h < 8; h++) {
-            _mm512_storeu_si512((void *)(P + (2 * h) * 16), _mm512_srli_epi32(r16[h], 16));
-            _mm512_storeu_si512((void *)(P + (2 * h + 1) * 16), r16[h]);
-          }
+      }
+      /* bf16 (krow): the next step's keys stream into L2 during P.V */
+      av_vpf kc2 = {{0}, 0, 16 * ks[1] * es, 0, 0, 0};
+      if (krow && ts + 16 * AV_NB < hi) {
+        const int64_t tn = ts + 16 * AV_NB, ticks = KG * ((nch + 3) / 4) * ng;
+        kc2.ng = ad_min(AV_NB, (hi - tn + 15) / 16);
+        for (int64_t j = 0; j < kc2.ng; j++) {
+          const int64_t tok = tn + 16 * j, blk = bt[(tok / bs) * btb];
+          kc2.p[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
         }
+        kc2.per = (kc2.ng * kc2.span / 64 + ticks - 1) / ticks;
+      } else {
+        kc2.o = kc2.span;
       }
       /* P.V per kv head and pass of 4 C tiles (128 dims) */
       for (int64_t kvl = 0; kvl < KG; kvl++) {
@@ -995,6 +1076,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           for (int64_t j = 0; j < ng; j++) {
             const char *v = B[j] + c0 * 64;
             const int64_t s = bstr[j];
+            av_vpf_tick(&kc2);
             _tile_loadd(4, P + j * 256, 64);
             _tile_loadd(5, v, s);
             _tile_dpbf16ps(0, 4, 5);
