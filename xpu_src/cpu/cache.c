@@ -172,6 +172,29 @@ static inline __attribute__((always_inline)) fq_consts fq_consts_make(const fp8_
   return c;
 }
 
+/* The constants that depend on the scale (fq_consts_make): key and value
+ * rows converted in one pass swap these between rows. */
+typedef struct fq_scale_regs {
+  __m512 r, r2;
+  __m512i norm16, span16;
+} fq_scale_regs;
+
+static inline __attribute__((always_inline)) fq_scale_regs fq_scale_regs_of(const fp8_quant *q) {
+  fq_scale_regs s;
+  s.r = _mm512_set1_ps(q->mul);
+  s.r2 = _mm512_set1_ps(q->mul * 0.5f);
+  s.norm16 = _mm512_set1_epi16((short)q->norm16);
+  s.span16 = _mm512_set1_epi16((short)(0x7f80 - q->norm16));
+  return s;
+}
+
+static inline __attribute__((always_inline)) void fq_use_scale(fq_consts *c, const fq_scale_regs *s) {
+  c->r = s->r;
+  c->r2 = s->r2;
+  c->norm16 = s->norm16;
+  c->span16 = s->span16;
+}
+
 /* 64 bf16 -> fp8 (mask m: the elements present). Returns 0 when a lane needs
  * the exact path (nothing is stored then). */
 static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, const uint16_t *src, __mmask64 m,
@@ -344,15 +367,17 @@ typedef void (*fq_tokens_fn)(const xk_kv_write_args *a, int which, int64_t t0, i
  * With both, a token's key and value rows are converted one after the other,
  * so two source streams are in flight (one cache after the other left the
  * loads of one stream waiting: T=8192 H=2 D=128 random 1052 -> 968 us); the
- * value scale's constants differ from the key's only in r and r2. */
+ * value scale's constants differ from the key's in r, r2 and (bf16 sources,
+ * exact scales) the normal-range bound norm16 / span16, swapped per row.
+ * (Swapping r and r2 alone let value rows use the key scale's bound: k_scale
+ * 0.5 and v_scale 1.0 wrote wrong codes for values in [2^-7, 2^-6).) */
 static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_write_args *a, int which, int64_t t0,
                                                                  int64_t t1, const fp8_quant *qk, const fp8_quant *qv,
                                                                  int stream, int32_t src_dtype, int e5, int exact,
                                                                  int subc) {
   const fp8_quant *q0 = which & 1 ? qk : qv;
   fq_consts c = fq_consts_make(q0, e5, exact);
-  const __m512 rk = c.r, r2k = c.r2;
-  const __m512 rv = _mm512_set1_ps(qv->mul), r2v = _mm512_set1_ps(qv->mul * 0.5f);
+  const fq_scale_regs sck = fq_scale_regs_of(qk), scv = fq_scale_regs_of(qv);
   const int64_t ss = xk_dtype_size(src_dtype);
   const char *srck = (const char *)a->key, *srcv = (const char *)a->value;
   const int64_t sk = a->key_stride_token * ss, sv = a->value_stride_token * ss;
@@ -389,13 +414,11 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
       for (int64_t j = 0; j < m; j++) {
         if (!dk[cur][j]) continue;
         if (do_k) {
-          c.r = rk;
-          c.r2 = r2k;
+          fq_use_scale(&c, &sck);
           fq_run(dk[cur][j], srck + (g + j) * sk, n, &c, qk->scale, src_dtype, e5, exact, subc, stream);
         }
         if (do_v) {
-          c.r = rv;
-          c.r2 = r2v;
+          fq_use_scale(&c, &scv);
           fq_run(dv[cur][j], srcv + (g + j) * sv, n, &c, qv->scale, src_dtype, e5, exact, subc, stream);
         }
       }
