@@ -36,7 +36,7 @@
 #define XK_STREAM_MIN_BYTES (32 * 1024)
 #define XK_STREAM_MIN_BYTES_FP8 (32 * 1024)
 /* Key + value source bytes of a grid block taken to be in cache (half of a
- * 2 MiB L2): the paged fp8 prefill converts straight into lines then. */
+ * 2 MiB L2); above, the paged fp8 prefill prefetches its sources. */
 #define XK_SRC_CACHED_BYTES (1024 * 1024)
 
 static inline int64_t slot_of(const xk_kv_write_args *a, int64_t t) {
@@ -410,7 +410,7 @@ typedef void (*fq_row_fn)(uint8_t *dst, const void *src, int64_t n, const fp8_qu
 typedef void (*fq_tokens_fn)(const xk_kv_write_args *a, int which, int64_t t0, int64_t t1, const fp8_quant *qk,
                              const fp8_quant *qv, int stream);
 typedef int (*fq_paged_fn)(const xk_kv_write_args *a, int64_t t, int64_t block, const fp8_quant *qk,
-                           const fp8_quant *qv, int64_t head);
+                           const fp8_quant *qv, int64_t head, const char *pfk, const char *pfv, int64_t pfb);
 
 /* Flash writes compute the destinations of FQ_GROUP tokens one group ahead
  * and ask for their lines into L2 (prefetcht2): scattered slots put each
@@ -521,7 +521,8 @@ static inline __attribute__((always_inline)) __m512i fq_tile(const char *src, in
 
 static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write_args *a, int64_t t, int64_t block,
                                                                const fp8_quant *qk, const fp8_quant *qv,
-                                                               int64_t head, int32_t src_dtype, int e5, int exact) {
+                                                               int64_t head, const char *pfk, const char *pfv,
+                                                               int64_t pfb, int32_t src_dtype, int e5, int exact) {
   const int64_t D = a->head_size, *ks = a->key_cache_strides, *vs = a->value_cache_strides;
   if (src_dtype != XK_BF16 || D % 32) return 0;
   fq_consts c = fq_consts_make(qk, e5, exact);
@@ -531,7 +532,13 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
   const char *v0 = (const char *)a->value + (t * a->value_stride_token + head * a->value_stride_head) * 2;
   uint8_t *kd = (uint8_t *)a->key_cache + block * ks[0] + head * ks[1];
   uint8_t *vd = (uint8_t *)a->value_cache + block * vs[0] + head * vs[1];
+  const int64_t pstep = pfb / (D / 32);
   for (int64_t d = 0; d < D; d += 32) {
+    /* This step's share of the pfb bytes to prefetch (see write_run_paged). */
+    for (int64_t l = (d / 32) * pstep; l < (d / 32 + 1) * pstep; l += 64) {
+      _mm_prefetch(pfk + l, _MM_HINT_T1);
+      _mm_prefetch(pfv + l, _MM_HINT_T1);
+    }
     /* Key chunks d / 16 and d / 16 + 1: four lines of four tokens each;
      * both halves of a source line are read together. */
     fq_use_scale(&c, &sck);
@@ -579,8 +586,9 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
     fq_tokens_body(a, which, t0, t1, qk, qv, stream, SRC, E5, EXACT, SUBC);                              \
   }                                                                                                      \
   static __attribute__((noinline)) int fq_paged_##SUF(const xk_kv_write_args *a, int64_t t, int64_t block, \
-                                                      const fp8_quant *qk, const fp8_quant *qv, int64_t head) { \
-    return fq_paged_body(a, t, block, qk, qv, head, SRC, E5, EXACT);                                     \
+                                                      const fp8_quant *qk, const fp8_quant *qv, int64_t head, \
+                                                      const char *pfk, const char *pfv, int64_t pfb) {   \
+    return fq_paged_body(a, t, block, qk, qv, head, pfk, pfv, pfb, SRC, E5, EXACT);                      \
   }
 FQ_VARIANT(bf16_e4_exact, XK_BF16, 0, 1, 0)
 FQ_VARIANT(bf16_e4_approx, XK_BF16, 0, 0, 0)
@@ -966,17 +974,20 @@ static void stage_rows(char *dst, int64_t dst_stride, const char *src, int64_t s
  * order (per-head passes over 16 rows a page apart left the loads waiting on
  * memory: paged fp8 prefill T=8192 H=8 D=256 took 14.6 ms, now 9.0 ms). */
 static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int64_t block, int64_t off,
-                            const scale_div *ks_all, const scale_div *vs_all, int stream, int src_cached) {
+                            const scale_div *ks_all, const scale_div *vs_all, int stream, int src_cached,
+                            int64_t token_end) {
   const int64_t ss = xk_dtype_size(a->src_dtype), es = xk_dtype_size(a->cache_dtype), D = a->head_size;
   const int fp8 = xk_is_fp8(a->cache_dtype);
 #if XK_F32_LANES == 16
   /* A whole block of a bf16 -> fp8 prefill: straight into lines
-   * (fq_paged_body), when the batch's sources are small enough to be in
-   * cache: its tiles read 16 token rows at once, which from memory streamed
-   * worse than the staged path's row after row (bench, T=8192 H=2 D=128:
-   * 816/829 us staged, 885/876 fused; T=512: 48.3/49.7 -> 44.0/44.3 us). */
+   * (fq_paged_body). Its tiles read 16 token rows at once; from memory that
+   * streamed worse than the staged path's row after row (bench, T=8192 H=2
+   * D=128: 816/829 us staged, 885/876 fused) until the next run's rows were
+   * prefetched in order (harness, T=8192 fp8 vs staged: H=2 D=128 858/899
+   * -> 800/813 us, H=8 D=128 3291/3289 -> 3046/2997, H=8 D=256 7792/6748
+   * -> 7095/6250). */
   const int64_t *kst = a->key_cache_strides, *vst = a->value_cache_strides;
-  if (src_cached && stream && fp8 && n == 16 && off == 0 && a->src_dtype == XK_BF16 && kst[2] == 256 && kst[3] == 16 &&
+  if (stream && fp8 && n == 16 && off == 0 && a->src_dtype == XK_BF16 && kst[2] == 256 && kst[3] == 16 &&
       vst[2] == 16 && vst[3] == 1 && (((uintptr_t)a->key_cache | (uintptr_t)a->value_cache) & 63u) == 0 &&
       ((block * kst[0] | kst[1] | block * vst[0] | vst[1]) & 63) == 0) {
     int64_t h = 0;
@@ -984,7 +995,20 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
       scale_div kh = *ks_all, vh = *vs_all;
       if (a->k_scale && a->k_scale_stride) kh = scale_div_make(a->k_scale[h * a->k_scale_stride], a->src_dtype, a->cache_dtype);
       if (a->v_scale && a->v_scale_stride) vh = scale_div_make(a->v_scale[h * a->v_scale_stride], a->src_dtype, a->cache_dtype);
-      if (!kh.paged || kh.paged != vh.paged || !kh.paged(a, t, block, &kh.fq, &vh.fq, h)) break;
+      /* Sources from memory: the next run's rows (16 contiguous token rows
+       * when the heads are packed), one share per head, asked for into L2
+       * while this run converts; the tiles' 16 rows at once are not a
+       * pattern the hardware prefetchers follow. */
+      const char *pfk = 0, *pfv = 0;
+      int64_t pfb = 0;
+      if (!src_cached && a->key_stride_head == D && a->value_stride_head == D &&
+          a->key_stride_token == a->num_heads * D && a->value_stride_token == a->key_stride_token &&
+          t + 32 <= token_end) {
+        pfb = 16 * D * 2;
+        pfk = (const char *)a->key + (t + 16) * a->key_stride_token * 2 + h * pfb;
+        pfv = (const char *)a->value + (t + 16) * a->value_stride_token * 2 + h * pfb;
+      }
+      if (!kh.paged || kh.paged != vh.paged || !kh.paged(a, t, block, &kh.fq, &vh.fq, h, pfk, pfv, pfb)) break;
     }
     if (h == a->num_heads) return;
     /* A head whose key and value scales take different variants: the path
@@ -1120,7 +1144,7 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
          * prefill, harness: bf16 1018 -> 834 us, fp8 1004 -> 860 us). */
         if (stream && t + n < token_end) prefetch_paged_block(a, slot_of(a, t + n));
 #endif
-        write_run_paged(a, t, n, block, offset, &ks_all, &vs_all, stream, src_cached);
+        write_run_paged(a, t, n, block, offset, &ks_all, &vs_all, stream, src_cached, token_end);
         t += n;
         continue;
       }
