@@ -10,7 +10,10 @@
  *   keep ordinary stores: their lines are read again soon by attention.
  * - Paged layout: tokens whose slots are consecutive in one block (prefill)
  *   are written as a run of up to 16: rows converted into L1, key chunks
- *   copied side by side, value rows transposed 16x16 (see write_run_paged).
+ *   copied side by side, value rows transposed 16x16 (see write_run_paged);
+ *   on AVX-512 a whole block of bf16 -> fp8 is converted straight into
+ *   lines instead (fq_paged_body). A streamed run first asks for one line
+ *   per page of the next run's blocks, so their page walks are done ahead.
  *   A scattered single token (decode) touches H * (D/x + D * block_size *
  *   es / 64) lines, a few bytes of each (fp8, D = 256, block 16: 80 lines
  *   per head for 512 bytes): their read-for-ownership and write-back are
