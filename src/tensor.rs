@@ -124,12 +124,19 @@ impl Layout {
                 strides.len()
             );
         }
-        let layout = Layout {
+        Layout {
             dtype,
             shape: shape.to_vec(),
             strides: strides.to_vec(),
             device: Device::Cpu,
-        };
+        }
+        .within(len)
+    }
+
+    /// `self` when every reachable element lies below `len`.
+    fn within(self, len: usize) -> Result<Layout> {
+        let layout = self;
+        let (shape, strides) = (&layout.shape, &layout.strides);
         if layout.span() > len {
             bail!(
                 ShapeMismatch,
@@ -289,8 +296,14 @@ unsafe impl Send for TensorViewMut<'_> {}
 impl<'a> TensorView<'a> {
     /// A contiguous row-major view of `data`.
     pub fn new<T: Element>(data: &'a [T], shape: &[usize]) -> Result<Self> {
-        let l = Layout::contiguous(T::DTYPE, shape);
-        Self::strided(data, shape, &l.strides)
+        // One layout built and checked (a decode-sized op call makes several
+        // views: their allocations were a visible part of it).
+        let layout = Layout::contiguous(T::DTYPE, shape).within(data.len())?;
+        Ok(TensorView {
+            ptr: data.as_ptr() as *const u8,
+            layout,
+            _borrow: PhantomData,
+        })
     }
 
     /// A view of `data` with explicit element strides.
@@ -310,12 +323,14 @@ impl<'a> TensorView<'a> {
         shape: &[usize],
         strides: Option<&[usize]>,
     ) -> Result<Self> {
-        let contiguous = Layout::contiguous(dtype, shape);
-        let strides = strides.unwrap_or(&contiguous.strides);
-        if data.as_ptr() as usize % dtype.size() != 0 && contiguous.numel() > 0 {
+        if data.as_ptr() as usize % dtype.size() != 0 && shape.iter().product::<usize>() > 0 {
             bail!(InvalidArgument, "buffer is not aligned for {dtype}");
         }
-        let layout = Layout::checked(dtype, shape, strides, data.len() / dtype.size())?;
+        let len = data.len() / dtype.size();
+        let layout = match strides {
+            Some(strides) => Layout::checked(dtype, shape, strides, len)?,
+            None => Layout::contiguous(dtype, shape).within(len)?,
+        };
         Ok(TensorView {
             ptr: data.as_ptr(),
             layout,
@@ -367,8 +382,12 @@ impl<'a> TensorView<'a> {
 impl<'a> TensorViewMut<'a> {
     /// A contiguous row-major mutable view of `data`.
     pub fn new<T: Element>(data: &'a mut [T], shape: &[usize]) -> Result<Self> {
-        let l = Layout::contiguous(T::DTYPE, shape);
-        Self::strided(data, shape, &l.strides)
+        let layout = Layout::contiguous(T::DTYPE, shape).within(data.len())?;
+        Ok(TensorViewMut {
+            ptr: data.as_mut_ptr() as *mut u8,
+            layout,
+            _borrow: PhantomData,
+        })
     }
 
     /// A mutable view of `data` with explicit element strides.
@@ -392,12 +411,14 @@ impl<'a> TensorViewMut<'a> {
         shape: &[usize],
         strides: Option<&[usize]>,
     ) -> Result<Self> {
-        let contiguous = Layout::contiguous(dtype, shape);
-        let strides = strides.unwrap_or(&contiguous.strides);
-        if data.as_ptr() as usize % dtype.size() != 0 && contiguous.numel() > 0 {
+        if data.as_ptr() as usize % dtype.size() != 0 && shape.iter().product::<usize>() > 0 {
             bail!(InvalidArgument, "buffer is not aligned for {dtype}");
         }
-        let layout = Layout::checked(dtype, shape, strides, data.len() / dtype.size())?;
+        let len = data.len() / dtype.size();
+        let layout = match strides {
+            Some(strides) => Layout::checked(dtype, shape, strides, len)?,
+            None => Layout::contiguous(dtype, shape).within(len)?,
+        };
         Ok(TensorViewMut {
             ptr: data.as_mut_ptr(),
             layout,

@@ -397,3 +397,66 @@ fn block_copies_match_reference() {
         );
     }
 }
+
+/// Key and value rows converted in one pass with different exact scales:
+/// each keeps its own bound of the normal fp8 range (bf16 sources whose 64
+/// lanes all quantise to normal codes skip the subnormal term; the bound
+/// depends on the scale). Keys lie in [1, 4) x the smallest normal code x
+/// k_scale, so whole key blocks take that branch, while values divided by a
+/// larger v_scale fall partly in the subnormal codes. 512 tokens (256 KiB)
+/// stream: flash rows and paged prefill runs.
+#[test]
+fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
+    let (t, slots_per_cache) = (512, 1024);
+    let mut rng = common::Rng(29);
+    let blocks = shuffled(slots_per_cache / 16, &mut rng);
+    let mut slots: Vec<i64> = blocks
+        .iter()
+        .flat_map(|&b| (0..16).map(move |o| b * 16 + o))
+        .collect();
+    slots.truncate(t);
+    for layout in [Layout::Flash, Layout::Paged] {
+        for (kv_cache_dtype, cache, min_normal) in [
+            ("fp8", DType::U8, 2f32.powi(-6)),
+            ("fp8_e5m2", DType::F8E5M2, 2f32.powi(-14)),
+        ] {
+            for (ks, vs) in [(0.5f32, 1.0f32), (0.25, 2.0), (1.0, 0.5)] {
+                let vals: Vec<f32> = (0..t * H * D)
+                    .map(|i| {
+                        let m = min_normal * ks * 4f32.powf(0.5 + 0.5 * rng.uniform());
+                        if i % 3 == 0 {
+                            -m
+                        } else {
+                            m
+                        }
+                    })
+                    .collect();
+                let key = encode(&vals, DType::BF16);
+                let value = key.clone();
+                let s = Setup {
+                    layout,
+                    src: DType::BF16,
+                    kv_cache_dtype,
+                    cache,
+                    k_scale: vec![ks],
+                    v_scale: vec![vs],
+                    misalign: 0,
+                    block_size: 16,
+                    slots: slots_per_cache,
+                };
+                let want = run(&s, &key, &value, &slots, true);
+                common::for_each_isa(|isa| {
+                    let got = common::with_threads(1, || {
+                        xpu_ops::with_isa(isa, || run(&s, &key, &value, &slots, false)).unwrap()
+                    });
+                    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                        panic!(
+                            "{layout:?} {kv_cache_dtype} k_scale {ks} v_scale {vs} on {isa}: byte {i} is {:#x}, reference {:#x}",
+                            got[i], want[i]
+                        );
+                    }
+                });
+            }
+        }
+    }
+}

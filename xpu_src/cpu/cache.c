@@ -10,7 +10,10 @@
  *   keep ordinary stores: their lines are read again soon by attention.
  * - Paged layout: tokens whose slots are consecutive in one block (prefill)
  *   are written as a run of up to 16: rows converted into L1, key chunks
- *   copied side by side, value rows transposed 16x16 (see write_run_paged).
+ *   copied side by side, value rows transposed 16x16 (see write_run_paged);
+ *   on AVX-512 a whole block of bf16 -> fp8 is converted straight into
+ *   lines instead (fq_paged_body). A streamed run first asks for one line
+ *   per page of the next run's blocks, so their page walks are done ahead.
  *   A scattered single token (decode) touches H * (D/x + D * block_size *
  *   es / 64) lines, a few bytes of each (fp8, D = 256, block 16: 80 lines
  *   per head for 512 bytes): their read-for-ownership and write-back are
@@ -35,11 +38,64 @@
  * scattered rows pay for a read-for-ownership each). */
 #define XK_STREAM_MIN_BYTES (32 * 1024)
 #define XK_STREAM_MIN_BYTES_FP8 (32 * 1024)
+/* Key + value source bytes of a grid block taken to be in cache (half of a
+ * 2 MiB L2); above, the paged fp8 prefill prefetches its sources. */
+#define XK_SRC_CACHED_BYTES (1024 * 1024)
 
 static inline int64_t slot_of(const xk_kv_write_args *a, int64_t t) {
   return a->slot_mapping_is_i64 ? ((const int64_t *)a->slot_mapping)[t]
                                 : (int64_t)((const int32_t *)a->slot_mapping)[t];
 }
+
+#if XK_F32_LANES > 1
+/* out[e] = byte e of rows 0..15 (16-byte rows, row_bytes apart). */
+static inline void transpose16_u8(const char *src, int64_t row_bytes, __m128i out[16]) {
+  __m128i a[16], b[16], c[16];
+  for (int j = 0; j < 16; j++) a[j] = _mm_loadu_si128((const __m128i *)(src + j * row_bytes));
+  for (int i = 0; i < 8; i++) { /* b: byte pairs of rows 2i, 2i+1 (elements 0-7 | 8-15) */
+    b[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) { /* c: rows 4g..4g+3, elements 0-3 | 4-7 | 8-11 | 12-15 */
+    c[4 * g + 0] = _mm_unpacklo_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 1] = _mm_unpackhi_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 2] = _mm_unpacklo_epi16(b[4 * g + 1], b[4 * g + 3]);
+    c[4 * g + 3] = _mm_unpackhi_epi16(b[4 * g + 1], b[4 * g + 3]);
+  }
+  for (int q = 0; q < 4; q++) { /* rows 0-7 and 8-15 of elements 4q..4q+3 */
+    for (int k = 0; k < 2; k++) {
+      const __m128i lo = k ? _mm_unpackhi_epi32(c[q], c[4 + q]) : _mm_unpacklo_epi32(c[q], c[4 + q]);
+      const __m128i hi = k ? _mm_unpackhi_epi32(c[8 + q], c[12 + q]) : _mm_unpacklo_epi32(c[8 + q], c[12 + q]);
+      out[4 * q + 2 * k] = _mm_unpacklo_epi64(lo, hi);
+      out[4 * q + 2 * k + 1] = _mm_unpackhi_epi64(lo, hi);
+    }
+  }
+}
+
+/* out[e] = 16-bit element e of rows 0..15 (32-byte rows, row_bytes apart). */
+static inline void transpose16_u16(const char *src, int64_t row_bytes, __m256i out[16]) {
+  __m256i a[16], b[16], c[16];
+  for (int j = 0; j < 16; j++) a[j] = _mm256_loadu_si256((const __m256i *)(src + j * row_bytes));
+  for (int i = 0; i < 8; i++) { /* b: pairs of rows 2i, 2i+1; lanes hold elements 0-7 | 8-15 */
+    b[2 * i] = _mm256_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm256_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; g++) { /* c: rows 4g..4g+3, two elements per lane */
+    c[4 * g + 0] = _mm256_unpacklo_epi32(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 1] = _mm256_unpackhi_epi32(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 2] = _mm256_unpacklo_epi32(b[4 * g + 1], b[4 * g + 3]);
+    c[4 * g + 3] = _mm256_unpackhi_epi32(b[4 * g + 1], b[4 * g + 3]);
+  }
+  for (int q = 0; q < 4; q++) { /* rows 0-7 (lo) and 8-15 (hi) of elements 2q+k and 8+2q+k */
+    for (int k = 0; k < 2; k++) {
+      const __m256i lo = k ? _mm256_unpackhi_epi64(c[q], c[4 + q]) : _mm256_unpacklo_epi64(c[q], c[4 + q]);
+      const __m256i hi = k ? _mm256_unpackhi_epi64(c[8 + q], c[12 + q]) : _mm256_unpacklo_epi64(c[8 + q], c[12 + q]);
+      out[2 * q + k] = _mm256_permute2x128_si256(lo, hi, 0x20);
+      out[8 + 2 * q + k] = _mm256_permute2x128_si256(lo, hi, 0x31);
+    }
+  }
+}
+#endif
 
 /* ---- fp8 quantisation without a divide (AVX-512) ----------------------------
  * The cache stores fp8(t) with t = RN_f32(x / s) (the reference divides, then
@@ -172,14 +228,34 @@ static inline __attribute__((always_inline)) fq_consts fq_consts_make(const fp8_
   return c;
 }
 
+/* The constants that depend on the scale (fq_consts_make): key and value
+ * rows converted in one pass swap these between rows. */
+typedef struct fq_scale_regs {
+  __m512 r, r2;
+  __m512i norm16, span16;
+} fq_scale_regs;
+
+static inline __attribute__((always_inline)) fq_scale_regs fq_scale_regs_of(const fp8_quant *q) {
+  fq_scale_regs s;
+  s.r = _mm512_set1_ps(q->mul);
+  s.r2 = _mm512_set1_ps(q->mul * 0.5f);
+  s.norm16 = _mm512_set1_epi16((short)q->norm16);
+  s.span16 = _mm512_set1_epi16((short)(0x7f80 - q->norm16));
+  return s;
+}
+
+static inline __attribute__((always_inline)) void fq_use_scale(fq_consts *c, const fq_scale_regs *s) {
+  c->r = s->r;
+  c->r2 = s->r2;
+  c->norm16 = s->norm16;
+  c->span16 = s->span16;
+}
+
 /* 64 bf16 -> fp8 (mask m: the elements present). Returns 0 when a lane needs
  * the exact path (nothing is stored then). */
-static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, const uint16_t *src, __mmask64 m,
-                                                                 const fq_consts *c, int e5, int exact, int full,
-                                                                 int stream) {
+static inline __attribute__((always_inline)) int fp8_fast64_bf16_regs(__m512i *out, __m512i ra, __m512i rb,
+                                                                      const fq_consts *c, int e5, int exact) {
   const int shift = FQ_SHIFT(e5);
-  const __m512i ra = full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16((__mmask32)m, src);
-  const __m512i rb = full ? _mm512_loadu_si512(src + 32) : _mm512_maskz_loadu_epi16((__mmask32)(m >> 32), src + 32);
   const __m512i aa = _mm512_and_si512(ra, c->abs16), ab = _mm512_and_si512(rb, c->abs16);
   /* Even elements into the high halves of the dwords, odd ones masked. */
   const __m512 xe0 = _mm512_castsi512_ps(_mm512_slli_epi32(aa, 16)), xo0 = _mm512_castsi512_ps(_mm512_and_si512(aa, c->hmask));
@@ -232,7 +308,17 @@ static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, c
   __m512i b = _mm512_permutexvar_epi64(c->perm, _mm512_packus_epi16(w0, w1));
   b = _mm512_min_epu8(b, c->maxf);
   const __mmask64 sign = _mm512_kunpackd(_mm512_movepi16_mask(rb), _mm512_movepi16_mask(ra));
-  b = _mm512_mask_add_epi8(b, sign, b, c->sgn);
+  *out = _mm512_mask_add_epi8(b, sign, b, c->sgn);
+  return 1;
+}
+
+static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, const uint16_t *src, __mmask64 m,
+                                                                 const fq_consts *c, int e5, int exact, int full,
+                                                                 int stream) {
+  const __m512i ra = full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16((__mmask32)m, src);
+  const __m512i rb = full ? _mm512_loadu_si512(src + 32) : _mm512_maskz_loadu_epi16((__mmask32)(m >> 32), src + 32);
+  __m512i b;
+  if (!fp8_fast64_bf16_regs(&b, ra, rb, c, e5, exact)) return 0;
   if (stream) _mm512_stream_si512((void *)dst, b);
   else if (full) _mm512_storeu_si512(dst, b);
   else _mm512_mask_storeu_epi8(dst, m, b);
@@ -326,6 +412,8 @@ static inline __attribute__((always_inline)) void fq_run(uint8_t *dst, const cha
 typedef void (*fq_row_fn)(uint8_t *dst, const void *src, int64_t n, const fp8_quant *q, int stream);
 typedef void (*fq_tokens_fn)(const xk_kv_write_args *a, int which, int64_t t0, int64_t t1, const fp8_quant *qk,
                              const fp8_quant *qv, int stream);
+typedef int (*fq_paged_fn)(const xk_kv_write_args *a, int64_t t, int64_t block, const fp8_quant *qk,
+                           const fp8_quant *qv, int64_t head, const char *pfk, const char *pfv, int64_t pfb);
 
 /* Flash writes compute the destinations of FQ_GROUP tokens one group ahead
  * and ask for their lines into L2 (prefetcht2): scattered slots put each
@@ -344,15 +432,17 @@ typedef void (*fq_tokens_fn)(const xk_kv_write_args *a, int which, int64_t t0, i
  * With both, a token's key and value rows are converted one after the other,
  * so two source streams are in flight (one cache after the other left the
  * loads of one stream waiting: T=8192 H=2 D=128 random 1052 -> 968 us); the
- * value scale's constants differ from the key's only in r and r2. */
+ * value scale's constants differ from the key's in r, r2 and (bf16 sources,
+ * exact scales) the normal-range bound norm16 / span16, swapped per row.
+ * (Swapping r and r2 alone let value rows use the key scale's bound: k_scale
+ * 0.5 and v_scale 1.0 wrote wrong codes for values in [2^-7, 2^-6).) */
 static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_write_args *a, int which, int64_t t0,
                                                                  int64_t t1, const fp8_quant *qk, const fp8_quant *qv,
                                                                  int stream, int32_t src_dtype, int e5, int exact,
                                                                  int subc) {
   const fp8_quant *q0 = which & 1 ? qk : qv;
   fq_consts c = fq_consts_make(q0, e5, exact);
-  const __m512 rk = c.r, r2k = c.r2;
-  const __m512 rv = _mm512_set1_ps(qv->mul), r2v = _mm512_set1_ps(qv->mul * 0.5f);
+  const fq_scale_regs sck = fq_scale_regs_of(qk), scv = fq_scale_regs_of(qv);
   const int64_t ss = xk_dtype_size(src_dtype);
   const char *srck = (const char *)a->key, *srcv = (const char *)a->value;
   const int64_t sk = a->key_stride_token * ss, sv = a->value_stride_token * ss;
@@ -389,19 +479,100 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
       for (int64_t j = 0; j < m; j++) {
         if (!dk[cur][j]) continue;
         if (do_k) {
-          c.r = rk;
-          c.r2 = r2k;
+          fq_use_scale(&c, &sck);
           fq_run(dk[cur][j], srck + (g + j) * sk, n, &c, qk->scale, src_dtype, e5, exact, subc, stream);
         }
         if (do_v) {
-          c.r = rv;
-          c.r2 = r2v;
+          fq_use_scale(&c, &scv);
           fq_run(dv[cur][j], srcv + (g + j) * sv, n, &c, qv->scale, src_dtype, e5, exact, subc, stream);
         }
       }
     }
     cur ^= 1;
   }
+}
+
+/* ---- paged prefill runs, bf16 -> fp8, converted straight into lines -------
+ * A run of 16 tokens at offsets 0..15 of a block (block_size 16) fills whole
+ * lines of both paged caches: key chunk c of tokens j..j+3 is one line
+ * (4 x 16 codes), value elements d..d+3 of the 16 tokens are one line. Both
+ * come from the same tile, elements 16c..16c+15 of four tokens (four 32-byte
+ * source loads): the key line is the tile's codes as they are; four tiles
+ * (16 tokens) transposed give the value's 16 rows of 16 codes. Conversion
+ * and streaming stores then alternate line by line, as in the flash rows,
+ * instead of a run's conversion into L1 followed by its stores (the store
+ * phase stalled on the fill buffers while the conversion waited: T=8192
+ * H=2 D=128 fp8 prefill 1.02 ms vs 0.65 ms for the same bytes in the flash
+ * layout). A tile that needs the exact path is converted by fp8_exact64
+ * from a copy. Returns 0 (nothing written) when the run does not fit. */
+#define FQ_TILE_LOAD(p, s)                                                                                          \
+  _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p))),                              \
+                     _mm256_loadu_si256((const __m256i *)((p) + (s))), 1)
+
+static inline __attribute__((always_inline)) __m512i fq_tile(const char *src, int64_t stok, const fq_consts *c,
+                                                             const fp8_quant *q, int e5, int exact) {
+  const __m512i ra = FQ_TILE_LOAD(src, stok), rb = FQ_TILE_LOAD(src + 2 * stok, stok);
+  __m512i b;
+  if (__builtin_expect(fp8_fast64_bf16_regs(&b, ra, rb, c, e5, exact), 1)) return b;
+  _Alignas(64) uint16_t tmp[64];
+  _Alignas(64) uint8_t codes[64];
+  _mm512_store_si512(tmp, ra);
+  _mm512_store_si512(tmp + 32, rb);
+  fp8_exact64(codes, tmp, XK_BF16, ~(__mmask64)0, q->scale, e5);
+  return _mm512_load_si512(codes);
+}
+
+static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write_args *a, int64_t t, int64_t block,
+                                                               const fp8_quant *qk, const fp8_quant *qv,
+                                                               int64_t head, const char *pfk, const char *pfv,
+                                                               int64_t pfb, int32_t src_dtype, int e5, int exact) {
+  const int64_t D = a->head_size, *ks = a->key_cache_strides, *vs = a->value_cache_strides;
+  if (src_dtype != XK_BF16 || D % 32) return 0;
+  fq_consts c = fq_consts_make(qk, e5, exact);
+  const fq_scale_regs sck = fq_scale_regs_of(qk), scv = fq_scale_regs_of(qv);
+  const int64_t sk = a->key_stride_token * 2, sv = a->value_stride_token * 2;
+  const char *k0 = (const char *)a->key + (t * a->key_stride_token + head * a->key_stride_head) * 2;
+  const char *v0 = (const char *)a->value + (t * a->value_stride_token + head * a->value_stride_head) * 2;
+  uint8_t *kd = (uint8_t *)a->key_cache + block * ks[0] + head * ks[1];
+  uint8_t *vd = (uint8_t *)a->value_cache + block * vs[0] + head * vs[1];
+  const int64_t pstep = pfb / (D / 32);
+  for (int64_t d = 0; d < D; d += 32) {
+    /* This step's share of the pfb bytes to prefetch (see write_run_paged). */
+    for (int64_t l = (d / 32) * pstep; l < (d / 32 + 1) * pstep; l += 64) {
+      _mm_prefetch(pfk + l, _MM_HINT_T1);
+      _mm_prefetch(pfv + l, _MM_HINT_T1);
+    }
+    /* Key chunks d / 16 and d / 16 + 1: four lines of four tokens each;
+     * both halves of a source line are read together. */
+    fq_use_scale(&c, &sck);
+    uint8_t *kl = kd + (d / 16) * ks[2];
+    for (int j = 0; j < 16; j += 4) {
+      const char *sj = k0 + j * sk + d * 2;
+      _mm512_stream_si512((void *)(kl + j * 16), fq_tile(sj, sk, &c, qk, e5, exact));
+      _mm512_stream_si512((void *)(kl + ks[2] + j * 16), fq_tile(sj + 32, sk, &c, qk, e5, exact));
+    }
+    /* Value elements d..d+31: four tiles per 16 elements, transposed. */
+    fq_use_scale(&c, &scv);
+    _Alignas(64) uint8_t tile[2][256];
+    for (int j = 0; j < 16; j += 4) {
+      const char *sj = v0 + j * sv + d * 2;
+      _mm512_store_si512(tile[0] + j * 16, fq_tile(sj, sv, &c, qv, e5, exact));
+      _mm512_store_si512(tile[1] + j * 16, fq_tile(sj + 32, sv, &c, qv, e5, exact));
+    }
+    for (int hf = 0; hf < 2; hf++) {
+      __m128i out[16];
+      transpose16_u8((const char *)tile[hf], 16, out);
+      uint8_t *vl = vd + (d + 16 * hf) * vs[2];
+      for (int e = 0; e < 16; e += 4) {
+        __m512i l = _mm512_castsi128_si512(out[e]);
+        l = _mm512_inserti32x4(l, out[e + 1], 1);
+        l = _mm512_inserti32x4(l, out[e + 2], 2);
+        l = _mm512_inserti32x4(l, out[e + 3], 3);
+        _mm512_stream_si512((void *)(vl + e * 16), l);
+      }
+    }
+  }
+  return 1;
 }
 
 /* One variant (source dtype, fp8 format, exact / window, subnormal check):
@@ -416,6 +587,11 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
                                                         int64_t t1, const fp8_quant *qk, const fp8_quant *qv, \
                                                         int stream) {                                    \
     fq_tokens_body(a, which, t0, t1, qk, qv, stream, SRC, E5, EXACT, SUBC);                              \
+  }                                                                                                      \
+  static __attribute__((noinline)) int fq_paged_##SUF(const xk_kv_write_args *a, int64_t t, int64_t block, \
+                                                      const fp8_quant *qk, const fp8_quant *qv, int64_t head, \
+                                                      const char *pfk, const char *pfv, int64_t pfb) {   \
+    return fq_paged_body(a, t, block, qk, qv, head, pfk, pfv, pfb, SRC, E5, EXACT);                      \
   }
 FQ_VARIANT(bf16_e4_exact, XK_BF16, 0, 1, 0)
 FQ_VARIANT(bf16_e4_approx, XK_BF16, 0, 0, 0)
@@ -439,6 +615,7 @@ FQ_VARIANT(f32_e5_approx, XK_F32, 1, 0, 0)
 typedef struct fq_fns {
   fq_row_fn row;
   fq_tokens_fn tokens;
+  fq_paged_fn paged;
 } fq_fns;
 
 static inline fq_fns fq_fns_for(const fp8_quant *q, int32_t src_dtype, int32_t cache_dtype) {
@@ -446,8 +623,9 @@ static inline fq_fns fq_fns_for(const fp8_quant *q, int32_t src_dtype, int32_t c
   do {               \
     f.row = fq_row_##SUF; \
     f.tokens = fq_tokens_##SUF; \
+    f.paged = fq_paged_##SUF; \
   } while (0)
-  fq_fns f = {0, 0};
+  fq_fns f = {0, 0, 0};
   if (!q->fast) return f;
   const int e5 = cache_dtype == XK_F8E5M2;
   const int mode = q->sub_exact ? 2 : q->exact ? 1 : 0; /* bf16 has no "exact, check subnormals" mode */
@@ -485,6 +663,7 @@ typedef struct scale_div {
   fp8_quant fq;
   fq_row_fn row;       /* NULL: the divide below */
   fq_tokens_fn tokens;
+  fq_paged_fn paged;
 #endif
 } scale_div;
 
@@ -496,9 +675,10 @@ static inline scale_div scale_div_make(float scale, int32_t src_dtype, int32_t c
   d.pow2 = (u & 0x7fffffu) == 0 && (u >> 23) >= 1 && (u >> 23) <= 254;
 #if XK_F32_LANES == 16
   d.fq = fp8_quant_make(scale, src_dtype, cache_dtype);
-  const fq_fns f = xk_is_fp8(cache_dtype) ? fq_fns_for(&d.fq, src_dtype, cache_dtype) : (fq_fns){0, 0};
+  const fq_fns f = xk_is_fp8(cache_dtype) ? fq_fns_for(&d.fq, src_dtype, cache_dtype) : (fq_fns){0, 0, 0};
   d.row = f.row;
   d.tokens = f.tokens;
+  d.paged = f.paged;
 #else
   (void)src_dtype;
   (void)cache_dtype;
@@ -714,55 +894,6 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
  * 512 measured best of 256-2048 (fp8 and bf16, H = 2 and 8, D = 128 and 256). */
 #define XK_STG_ROW 512
 
-#if XK_F32_LANES > 1
-/* out[e] = byte e of rows 0..15 (16-byte rows, row_bytes apart). */
-static inline void transpose16_u8(const char *src, int64_t row_bytes, __m128i out[16]) {
-  __m128i a[16], b[16], c[16];
-  for (int j = 0; j < 16; j++) a[j] = _mm_loadu_si128((const __m128i *)(src + j * row_bytes));
-  for (int i = 0; i < 8; i++) { /* b: byte pairs of rows 2i, 2i+1 (elements 0-7 | 8-15) */
-    b[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
-    b[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; g++) { /* c: rows 4g..4g+3, elements 0-3 | 4-7 | 8-11 | 12-15 */
-    c[4 * g + 0] = _mm_unpacklo_epi16(b[4 * g], b[4 * g + 2]);
-    c[4 * g + 1] = _mm_unpackhi_epi16(b[4 * g], b[4 * g + 2]);
-    c[4 * g + 2] = _mm_unpacklo_epi16(b[4 * g + 1], b[4 * g + 3]);
-    c[4 * g + 3] = _mm_unpackhi_epi16(b[4 * g + 1], b[4 * g + 3]);
-  }
-  for (int q = 0; q < 4; q++) { /* rows 0-7 and 8-15 of elements 4q..4q+3 */
-    for (int k = 0; k < 2; k++) {
-      const __m128i lo = k ? _mm_unpackhi_epi32(c[q], c[4 + q]) : _mm_unpacklo_epi32(c[q], c[4 + q]);
-      const __m128i hi = k ? _mm_unpackhi_epi32(c[8 + q], c[12 + q]) : _mm_unpacklo_epi32(c[8 + q], c[12 + q]);
-      out[4 * q + 2 * k] = _mm_unpacklo_epi64(lo, hi);
-      out[4 * q + 2 * k + 1] = _mm_unpackhi_epi64(lo, hi);
-    }
-  }
-}
-
-/* out[e] = 16-bit element e of rows 0..15 (32-byte rows, row_bytes apart). */
-static inline void transpose16_u16(const char *src, int64_t row_bytes, __m256i out[16]) {
-  __m256i a[16], b[16], c[16];
-  for (int j = 0; j < 16; j++) a[j] = _mm256_loadu_si256((const __m256i *)(src + j * row_bytes));
-  for (int i = 0; i < 8; i++) { /* b: pairs of rows 2i, 2i+1; lanes hold elements 0-7 | 8-15 */
-    b[2 * i] = _mm256_unpacklo_epi16(a[2 * i], a[2 * i + 1]);
-    b[2 * i + 1] = _mm256_unpackhi_epi16(a[2 * i], a[2 * i + 1]);
-  }
-  for (int g = 0; g < 4; g++) { /* c: rows 4g..4g+3, two elements per lane */
-    c[4 * g + 0] = _mm256_unpacklo_epi32(b[4 * g], b[4 * g + 2]);
-    c[4 * g + 1] = _mm256_unpackhi_epi32(b[4 * g], b[4 * g + 2]);
-    c[4 * g + 2] = _mm256_unpacklo_epi32(b[4 * g + 1], b[4 * g + 3]);
-    c[4 * g + 3] = _mm256_unpackhi_epi32(b[4 * g + 1], b[4 * g + 3]);
-  }
-  for (int q = 0; q < 4; q++) { /* rows 0-7 (lo) and 8-15 (hi) of elements 2q+k and 8+2q+k */
-    for (int k = 0; k < 2; k++) {
-      const __m256i lo = k ? _mm256_unpackhi_epi64(c[q], c[4 + q]) : _mm256_unpacklo_epi64(c[q], c[4 + q]);
-      const __m256i hi = k ? _mm256_unpackhi_epi64(c[8 + q], c[12 + q]) : _mm256_unpacklo_epi64(c[8 + q], c[12 + q]);
-      out[2 * q + k] = _mm256_permute2x128_si256(lo, hi, 0x20);
-      out[8 + 2 * q + k] = _mm256_permute2x128_si256(lo, hi, 0x31);
-    }
-  }
-}
-#endif
 
 /* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run). */
 static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
@@ -846,9 +977,47 @@ static void stage_rows(char *dst, int64_t dst_stride, const char *src, int64_t s
  * order (per-head passes over 16 rows a page apart left the loads waiting on
  * memory: paged fp8 prefill T=8192 H=8 D=256 took 14.6 ms, now 9.0 ms). */
 static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int64_t block, int64_t off,
-                            const scale_div *ks_all, const scale_div *vs_all, int stream) {
+                            const scale_div *ks_all, const scale_div *vs_all, int stream, int src_cached,
+                            int64_t token_end) {
   const int64_t ss = xk_dtype_size(a->src_dtype), es = xk_dtype_size(a->cache_dtype), D = a->head_size;
   const int fp8 = xk_is_fp8(a->cache_dtype);
+#if XK_F32_LANES == 16
+  /* A whole block of a bf16 -> fp8 prefill: straight into lines
+   * (fq_paged_body). Its tiles read 16 token rows at once; from memory that
+   * streamed worse than the staged path's row after row (bench, T=8192 H=2
+   * D=128: 816/829 us staged, 885/876 fused) until the next run's rows were
+   * prefetched in order (harness, T=8192 fp8 vs staged: H=2 D=128 858/899
+   * -> 800/813 us, H=8 D=128 3291/3289 -> 3046/2997, H=8 D=256 7792/6748
+   * -> 7095/6250). */
+  const int64_t *kst = a->key_cache_strides, *vst = a->value_cache_strides;
+  if (stream && fp8 && n == 16 && off == 0 && a->src_dtype == XK_BF16 && kst[2] == 256 && kst[3] == 16 &&
+      vst[2] == 16 && vst[3] == 1 && (((uintptr_t)a->key_cache | (uintptr_t)a->value_cache) & 63u) == 0 &&
+      ((block * kst[0] | kst[1] | block * vst[0] | vst[1]) & 63) == 0) {
+    int64_t h = 0;
+    for (; h < a->num_heads; h++) {
+      scale_div kh = *ks_all, vh = *vs_all;
+      if (a->k_scale && a->k_scale_stride) kh = scale_div_make(a->k_scale[h * a->k_scale_stride], a->src_dtype, a->cache_dtype);
+      if (a->v_scale && a->v_scale_stride) vh = scale_div_make(a->v_scale[h * a->v_scale_stride], a->src_dtype, a->cache_dtype);
+      /* Sources from memory: the next run's rows (16 contiguous token rows
+       * when the heads are packed), one share per head, asked for into L2
+       * while this run converts; the tiles' 16 rows at once are not a
+       * pattern the hardware prefetchers follow. */
+      const char *pfk = 0, *pfv = 0;
+      int64_t pfb = 0;
+      if (!src_cached && a->key_stride_head == D && a->value_stride_head == D &&
+          a->key_stride_token == a->num_heads * D && a->value_stride_token == a->key_stride_token &&
+          t + 32 <= token_end) {
+        pfb = 16 * D * 2;
+        pfk = (const char *)a->key + (t + 16) * a->key_stride_token * 2 + h * pfb;
+        pfv = (const char *)a->value + (t + 16) * a->value_stride_token * 2 + h * pfb;
+      }
+      if (!kh.paged || kh.paged != vh.paged || !kh.paged(a, t, block, &kh.fq, &vh.fq, h, pfk, pfv, pfb)) break;
+    }
+    if (h == a->num_heads) return;
+    /* A head whose key and value scales take different variants: the path
+     * below writes the whole run (heads before h again, same bits). */
+  }
+#endif
   _Alignas(64) char stg[XK_RUN * XK_STG_ROW];
   const int64_t row_elems = XK_STG_ROW / es;
   const int64_t hc = D <= row_elems ? row_elems / D : 1;
@@ -906,11 +1075,32 @@ static void prefetch_paged_lines(const xk_kv_write_args *a, int64_t slot) {
 }
 #endif
 
+#if XK_F32_LANES > 1
+/* The first line of every 4 KiB page of the key and value blocks of `slot`
+ * (none for padding), into L2. */
+static void prefetch_paged_block(const xk_kv_write_args *a, int64_t slot) {
+  if (slot < 0) return;
+  const int64_t es = xk_dtype_size(a->cache_dtype), blk = slot / a->block_size;
+  const int64_t kbytes = a->key_cache_strides[0] * es, vbytes = a->value_cache_strides[0] * es;
+  const char *k = (const char *)a->key_cache + blk * kbytes, *v = (const char *)a->value_cache + blk * vbytes;
+  /* The empty asm keeps GCC from deleting a function that only prefetches. */
+  for (int64_t p = 0; p < kbytes; p += 4096) {
+    _mm_prefetch(k + p, _MM_HINT_T2);
+    __asm__ volatile("" : : "r"(k + p));
+  }
+  for (int64_t p = 0; p < vbytes; p += 4096) {
+    _mm_prefetch(v + p, _MM_HINT_T2);
+    __asm__ volatile("" : : "r"(v + p));
+  }
+}
+#endif
+
 void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t token_end) {
   const int64_t ss = xk_dtype_size(a->src_dtype), es = xk_dtype_size(a->cache_dtype);
   const int fp8 = xk_is_fp8(a->cache_dtype);
   const int stream = (token_end - token_begin) * a->num_heads * a->head_size * es * 2 >=
                      (fp8 ? XK_STREAM_MIN_BYTES_FP8 : XK_STREAM_MIN_BYTES);
+  const int src_cached = (token_end - token_begin) * a->num_heads * a->head_size * ss * 2 <= XK_SRC_CACHED_BYTES;
   /* Per-tensor scales: one reciprocal for the whole block. */
   const scale_div ks_all = scale_div_make(fp8 && a->k_scale ? a->k_scale[0] : 1.0f, a->src_dtype, a->cache_dtype);
   const scale_div vs_all = scale_div_make(fp8 && a->v_scale ? a->v_scale[0] : 1.0f, a->src_dtype, a->cache_dtype);
@@ -948,7 +1138,16 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
       int64_t n = 1;
       while (n < XK_RUN && t + n < token_end && offset + n < a->block_size && slot_of(a, t + n) == slot + n) n++;
       if (n > 1) {
-        write_run_paged(a, t, n, block, offset, &ks_all, &vs_all, stream);
+#if XK_F32_LANES > 1
+        /* A streamed run (prefill): one line per 4 KiB page of the key and
+         * value blocks of the run after it asked for now, so their page
+         * walks are done before its streaming stores need them. Blocks are
+         * scattered: every block's pages miss the TLB, and a store that
+         * waits for its walk holds the stores behind it (T=8192 H=2 D=128
+         * prefill, harness: bf16 1018 -> 834 us, fp8 1004 -> 860 us). */
+        if (stream && t + n < token_end) prefetch_paged_block(a, slot_of(a, t + n));
+#endif
+        write_run_paged(a, t, n, block, offset, &ks_all, &vs_all, stream, src_cached, token_end);
         t += n;
         continue;
       }
