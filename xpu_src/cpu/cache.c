@@ -1017,6 +1017,9 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
     /* A head whose key and value scales take different variants: the path
      * below writes the whole run (heads before h again, same bits). */
   }
+#else
+  (void)src_cached; /* only the AVX-512 line-direct runs prefetch sources */
+  (void)token_end;
 #endif
   _Alignas(64) char stg[XK_RUN * XK_STG_ROW];
   const int64_t row_elems = XK_STG_ROW / es;
