@@ -29,6 +29,19 @@
  * rounding of their hi. Per element the work order is fixed by K, V and the
  * chunk boundaries only, so results do not depend on head batching or
  * threads.
+ *
+ * Where the time is not (harness, T = 4096, all buffers on cache lines,
+ * about 45-46 ms best of 16): with every B load and TDPBF16PS dropped the
+ * kernel still takes ~43.5 ms, so the tile unit is not the limit; dropping
+ * the solve saves ~6 ms, the state split ~3 ms, the prefetch walk costs
+ * ~2 ms when removed. Tried and measured neutral (within 1%, session 6):
+ * the solve's tiles (or P D's blocks) issued between the tile steps of the
+ * [k; q] S and P D products, o rows written a few per state-update block,
+ * the state update on zeroed tiles added to S by the split pass, column
+ * panels outer in the products, B tiles reloaded two products after their
+ * last use, prefetching the next block's B or C rows, AMX_HEADS 2/4/16,
+ * other AMX_PF_GEMM / AMX_PF_TILE values; plain stores for aligned o rows
+ * cost ~5 ms.
  */
 #include <immintrin.h>
 
