@@ -174,6 +174,44 @@ fn shuffled(n: usize, rng: &mut common::Rng) -> Vec<i64> {
     v
 }
 
+/// The first `t` slots of whole blocks of 16 taken in shuffled order, each
+/// filled in order (prefill into freshly allocated blocks).
+fn shuffled_block_slots(t: usize, slots_per_cache: usize, rng: &mut common::Rng) -> Vec<i64> {
+    let mut slots: Vec<i64> = shuffled(slots_per_cache / 16, rng)
+        .iter()
+        .flat_map(|&b| (0..16).map(move |o| b * 16 + o))
+        .collect();
+    slots.truncate(t);
+    slots
+}
+
+/// Every tier, with each thread count, writes exactly the reference's bytes;
+/// a mismatch names the first differing byte.
+fn assert_every_tier_matches_reference(
+    s: &Setup,
+    key: &[u8],
+    value: &[u8],
+    slots: &[i64],
+    threads: &[usize],
+    what: &str,
+) {
+    let want = run(s, key, value, slots, true);
+    common::for_each_isa(|isa| {
+        for &n in threads {
+            // The tier override is per thread: set it again on the pool's thread.
+            let got = common::with_threads(n, || {
+                xpu_ops::with_isa(isa, || run(s, key, value, slots, false)).unwrap()
+            });
+            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                panic!(
+                    "{what} on {isa} with {n} threads: byte {i} is {:#x}, reference {:#x}",
+                    got[i], want[i]
+                );
+            }
+        }
+    });
+}
+
 /// Distinct random slots, one padding token.
 fn random_slots(rng: &mut common::Rng) -> Vec<i64> {
     let mut slots = shuffled(SLOTS, rng);
@@ -233,13 +271,8 @@ fn fp8_streaming_matches_reference() {
     let vals: Vec<f32> = (0..t * H * D).map(|_| rng.uniform() * 6.0).collect();
     let key = encode(&vals, DType::BF16);
     let value: Vec<u8> = key.iter().rev().copied().collect();
-    // Blocks of 16 in shuffled order, 16 slots padding at the start.
-    let blocks = shuffled(slots_per_cache / 16, &mut rng);
-    let mut slots: Vec<i64> = blocks
-        .iter()
-        .flat_map(|&b| (0..16).map(move |o| b * 16 + o))
-        .collect();
-    slots.truncate(t);
+    // 16 slots padding at the start.
+    let mut slots = shuffled_block_slots(t, slots_per_cache, &mut rng);
     slots[..16].fill(-1);
     for layout in [Layout::Flash, Layout::Paged] {
         for (ks, vs) in [(vec![1.0f32], vec![0.25f32]), (vec![0.013], vec![0.3])] {
@@ -254,13 +287,8 @@ fn fp8_streaming_matches_reference() {
                 block_size: 16,
                 slots: slots_per_cache,
             };
-            let want = run(&s, &key, &value, &slots, true);
-            common::for_each_isa(|isa| {
-                let got = common::with_threads(1, || {
-                    xpu_ops::with_isa(isa, || run(&s, &key, &value, &slots, false)).unwrap()
-                });
-                assert!(got == want, "{layout:?} fp8 8192 tokens on {isa}");
-            });
+            let what = format!("{layout:?} fp8 8192 tokens");
+            assert_every_tier_matches_reference(&s, &key, &value, &slots, &[1], &what);
         }
     }
 }
@@ -298,22 +326,14 @@ fn check_all(kvals: &[f32], vvals: &[f32], slots: &[i64], block_size: usize) {
                             slots: SLOTS,
                         };
                         let (key, value) = (encode(kvals, src), encode(vvals, src));
-                        let want = run(&s, &key, &value, slots, true);
-                        common::for_each_isa(|isa| {
-                            for threads in [1, 2] {
-                                // The tier override is per thread: set it again on the pool's thread.
-                                let got = common::with_threads(threads, || {
-                                    xpu_ops::with_isa(isa, || run(&s, &key, &value, slots, false))
-                                        .unwrap()
-                                });
-                                if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-                                    panic!(
-                                        "{layout:?} bs {block_size} {src}->{kv_cache_dtype} scales {ks:?}/{vs:?} misalign {misalign} on {isa} with {threads} threads: byte {i} is {:#x}, reference {:#x}",
-                                        got[i], want[i]
-                                    );
-                                }
-                            }
-                        });
+                        assert_every_tier_matches_reference(
+                            &s,
+                            &key,
+                            &value,
+                            slots,
+                            &[1, 2],
+                            &format!("{layout:?} bs {block_size} {src}->{kv_cache_dtype} scales {ks:?}/{vs:?} misalign {misalign}"),
+                        );
                         checked += 1;
                     }
                 }
@@ -409,12 +429,7 @@ fn block_copies_match_reference() {
 fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
     let (t, slots_per_cache) = (512, 1024);
     let mut rng = common::Rng(29);
-    let blocks = shuffled(slots_per_cache / 16, &mut rng);
-    let mut slots: Vec<i64> = blocks
-        .iter()
-        .flat_map(|&b| (0..16).map(move |o| b * 16 + o))
-        .collect();
-    slots.truncate(t);
+    let slots = shuffled_block_slots(t, slots_per_cache, &mut rng);
     for layout in [Layout::Flash, Layout::Paged] {
         for (kv_cache_dtype, cache, min_normal) in [
             ("fp8", DType::U8, 2f32.powi(-6)),
@@ -444,18 +459,8 @@ fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
                     block_size: 16,
                     slots: slots_per_cache,
                 };
-                let want = run(&s, &key, &value, &slots, true);
-                common::for_each_isa(|isa| {
-                    let got = common::with_threads(1, || {
-                        xpu_ops::with_isa(isa, || run(&s, &key, &value, &slots, false)).unwrap()
-                    });
-                    if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-                        panic!(
-                            "{layout:?} {kv_cache_dtype} k_scale {ks} v_scale {vs} on {isa}: byte {i} is {:#x}, reference {:#x}",
-                            got[i], want[i]
-                        );
-                    }
-                });
+                let what = format!("{layout:?} {kv_cache_dtype} k_scale {ks} v_scale {vs}");
+                assert_every_tier_matches_reference(&s, &key, &value, &slots, &[1], &what);
             }
         }
     }

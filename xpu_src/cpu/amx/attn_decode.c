@@ -372,14 +372,20 @@ static void ad_kcur_init(ad_kcur *c, int64_t ahead) {
   ad_kcur_load(c);
 }
 
+/* The four lines of a 256-byte piece (the hint must be a constant). */
+#define AD_PREFETCH256(p, hint)          \
+  do {                                   \
+    _mm_prefetch((p), (hint));           \
+    _mm_prefetch((p) + 64, (hint));      \
+    _mm_prefetch((p) + 128, (hint));     \
+    _mm_prefetch((p) + 192, (hint));     \
+  } while (0)
+
 /* Prefetches the cursor's chunk and moves it one chunk on. */
 AD_INLINE void ad_kcur_step(ad_kcur *c) {
   for (int64_t i = 0; i < c->n; i++) {
     const char *p = c->p[i] + c->pc * c->ks[2] * c->es;
-    _mm_prefetch(p, AD_PFH);
-    _mm_prefetch(p + 64, AD_PFH);
-    _mm_prefetch(p + 128, AD_PFH);
-    _mm_prefetch(p + 192, AD_PFH);
+    AD_PREFETCH256(p, AD_PFH);
   }
   if (++c->pc == c->nch) {
     c->pc = 0;
@@ -401,10 +407,7 @@ typedef struct av_vpf {
 AD_INLINE void av_vpf_tick(av_vpf *c) {
   for (int64_t k = 0; k < c->per && c->o < c->span; k += 4) {
     const char *p = c->p[c->j] + c->o;
-    _mm_prefetch(p, _MM_HINT_T2);
-    _mm_prefetch(p + 64, _MM_HINT_T2);
-    _mm_prefetch(p + 128, _MM_HINT_T2);
-    _mm_prefetch(p + 192, _MM_HINT_T2);
+    AD_PREFETCH256(p, _MM_HINT_T2);
     if (++c->j == c->ng) {
       c->j = 0;
       c->o += 256;
