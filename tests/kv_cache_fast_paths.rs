@@ -110,11 +110,8 @@ fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) 
         let kscale = TensorView::new(&s.k_scale, &[s.k_scale.len()]).unwrap();
         let vscale = TensorView::new(&s.v_scale, &[s.v_scale.len()]).unwrap();
         let range = s.misalign..s.misalign + bytes;
-        let mut kc =
-            TensorViewMut::from_bytes(&mut kb.as_mut_slice()[range.clone()], s.cache, &ks, None)
-                .unwrap();
-        let mut vc =
-            TensorViewMut::from_bytes(&mut vb.as_mut_slice()[range], s.cache, &vs, None).unwrap();
+        let mut kc = TensorViewMut::from_bytes(&mut kb[range.clone()], s.cache, &ks, None).unwrap();
+        let mut vc = TensorViewMut::from_bytes(&mut vb[range], s.cache, &vs, None).unwrap();
         let scales = (Some(&kscale), Some(&vscale));
         match (s.layout, use_reference) {
             (Layout::Flash, false) => xpu_ops::reshape_and_cache_flash(
@@ -161,8 +158,8 @@ fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) 
             ),
         }
     }
-    let mut out = kb.as_slice().to_vec();
-    out.extend_from_slice(vb.as_slice());
+    let mut out = kb.to_vec();
+    out.extend_from_slice(&vb);
     out
 }
 

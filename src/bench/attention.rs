@@ -214,7 +214,7 @@ fn decode_runner(s: DecodeShape, arena: Arena, arena_bytes: usize, seed: u64) ->
     let mut call = 0usize;
     Box::new(move || {
         let a = arena_buf(&arena, arena_bytes);
-        let (kb, vb) = a.as_slice().split_at(half);
+        let (kb, vb) = a[..].split_at(half);
         let kc = TensorView::from_bytes(&kb[..cache_bytes], dtype, &kshape, None).unwrap();
         let vc = TensorView::from_bytes(&vb[..cache_bytes], dtype, &vshape, None).unwrap();
         let bt = TensorView::new(&tables[call % tables.len()], &[b, per_seq]).unwrap();

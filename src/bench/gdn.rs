@@ -90,7 +90,7 @@
 
 use half::bf16;
 
-use super::{Bound, Case, CaseInfo, Config, Floor, LineAligned, Peak, Rng, Runner, Work};
+use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work, LINE};
 use crate::tensor::{TensorView, TensorViewMut};
 
 /// Conv channels (Qwen3-Next: 2·16·128 + 32·128).
@@ -266,11 +266,12 @@ pub fn shapes() -> Vec<Shape> {
     v
 }
 
-fn rand_bf16(rng: &mut Rng, n: usize, scale: f32) -> LineAligned<bf16> {
-    LineAligned::from_vec(
+fn rand_bf16(rng: &mut Rng, n: usize, scale: f32) -> AlignedBuf<bf16> {
+    AlignedBuf::from_vec(
         (0..n)
             .map(|_| bf16::from_f32(scale * rng.uniform()))
             .collect(),
+        LINE,
     )
 }
 
@@ -286,11 +287,11 @@ fn conv_states(states: &mut [bf16], lines: usize) -> TensorViewMut<'_> {
 
 /// GDN inputs for `t` tokens: q, k, v, beta (bf16) and g (fp32).
 struct GdnInputs {
-    q: LineAligned<bf16>,
-    k: LineAligned<bf16>,
-    v: LineAligned<bf16>,
-    g: LineAligned<f32>,
-    beta: LineAligned<bf16>,
+    q: AlignedBuf<bf16>,
+    k: AlignedBuf<bf16>,
+    v: AlignedBuf<bf16>,
+    g: AlignedBuf<f32>,
+    beta: AlignedBuf<bf16>,
 }
 
 impl GdnInputs {
@@ -299,11 +300,15 @@ impl GdnInputs {
             q: rand_bf16(rng, t * H * KD, 1.0),
             k: rand_bf16(rng, t * H * KD, 1.0),
             v: rand_bf16(rng, t * HV * VD, 1.0),
-            g: LineAligned::from_vec((0..t * HV).map(|_| -0.05 - 0.05 * rng.uniform()).collect()),
-            beta: LineAligned::from_vec(
+            g: AlignedBuf::from_vec(
+                (0..t * HV).map(|_| -0.05 - 0.05 * rng.uniform()).collect(),
+                LINE,
+            ),
+            beta: AlignedBuf::from_vec(
                 (0..t * HV)
                     .map(|_| bf16::from_f32(0.5 + 0.4 * rng.uniform()))
                     .collect(),
+                LINE,
             ),
         }
     }
@@ -337,7 +342,7 @@ fn runner(s: Shape, cold: usize, seed: u64) -> Runner {
             let copies = (cold / (2 * DIM * t * 2)).max(1);
             // The op reads x only (out is given), so the copies stay as filled.
             let mut xs = rand_bf16(&mut rng, copies * DIM * t, 1.0);
-            let mut outs = LineAligned::filled(copies * DIM * t, bf16::ONE);
+            let mut outs = AlignedBuf::new(copies * DIM * t, LINE, bf16::ONE);
             let mut states = rand_bf16(&mut rng, copies * DIM * (WIDTH - 1), 1.0);
             let w = rand_bf16(&mut rng, DIM * WIDTH, 0.5);
             let qsl = [0i32, t as i32];
@@ -376,7 +381,7 @@ fn runner(s: Shape, cold: usize, seed: u64) -> Runner {
             let mut states = rand_bf16(&mut rng, lines * DIM * (WIDTH - 1), 1.0);
             let w = rand_bf16(&mut rng, DIM * WIDTH, 0.5);
             let mut x = rand_bf16(&mut rng, b * DIM, 1.0);
-            let mut out = LineAligned::filled(b * DIM, bf16::ZERO);
+            let mut out = AlignedBuf::new(b * DIM, LINE, bf16::ZERO);
             let mut idx = vec![0i32; b];
             let mut next = 0usize;
             Box::new(move || {
@@ -400,9 +405,9 @@ fn runner(s: Shape, cold: usize, seed: u64) -> Runner {
         Shape::GdnDecode { batch: b } => {
             let slots = s.pool_slots(cold);
             // Non-zero fill: every page written before timing.
-            let mut pool = LineAligned::filled(slots * HV * VD * KD, 0.01f32);
+            let mut pool = AlignedBuf::new(slots * HV * VD * KD, LINE, 0.01f32);
             let inp = GdnInputs::new(&mut rng, b);
-            let mut o = LineAligned::filled(b * HV * VD, bf16::ZERO);
+            let mut o = AlignedBuf::new(b * HV * VD, LINE, bf16::ZERO);
             let mut idx = vec![0i32; b];
             let mut next = 0usize;
             Box::new(move || {
@@ -428,8 +433,8 @@ fn runner(s: Shape, cold: usize, seed: u64) -> Runner {
         Shape::ChunkPrefill { tokens: t } | Shape::RecurrentPrefill { tokens: t } => {
             let chunked = matches!(s, Shape::ChunkPrefill { .. });
             let inp = GdnInputs::new(&mut rng, t);
-            let mut state = LineAligned::filled(HV * VD * KD, 0.01f32);
-            let mut o = LineAligned::filled(t * HV * VD, bf16::ZERO);
+            let mut state = AlignedBuf::new(HV * VD * KD, LINE, 0.01f32);
+            let mut o = AlignedBuf::new(t * HV * VD, LINE, bf16::ZERO);
             Box::new(move || {
                 let [q, k, v, g, beta] = inp.views(1, t);
                 let mut st = TensorViewMut::new(&mut state, &[1, HV, VD, KD]).unwrap();

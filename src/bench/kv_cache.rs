@@ -256,7 +256,7 @@ fn write_runner(s: WriteShape, arena: Arena, arena_bytes: usize, seed: u64) -> R
     let kv_dtype = s.cache.kv_cache_dtype();
     Box::new(move || {
         let mut a = arena_buf(&arena, arena_bytes);
-        let (kb, vb) = a.as_mut_slice().split_at_mut(half);
+        let (kb, vb) = a[..].split_at_mut(half);
         let slots = windows.next();
         let sm = TensorView::new(slots, &[t]).unwrap();
         let k = TensorView::new(&key, &[t, h, d]).unwrap();
@@ -372,7 +372,7 @@ fn copy_case(shape: CopyShape, cfg: &Config, arena: Arena) -> Case {
         let cshape = [num_blocks, BLOCK_SIZE, h, d];
         Box::new(move || {
             let mut a = arena_buf(&arena, arena_bytes);
-            let (kb, vb) = a.as_mut_slice().split_at_mut(half);
+            let (kb, vb) = a[..].split_at_mut(half);
             let m = &mapping[call * 2 * n..(call + 1) * 2 * n];
             call = (call + 1) % calls;
             let bm = TensorView::new(m, &[n, 2]).unwrap();

@@ -177,7 +177,7 @@ fn arena_buf(arena: &Arena, bytes: usize) -> std::cell::RefMut<'_, AlignedBuf> {
         *a = None; // free the old one first
         let mut buf = AlignedBuf::new(bytes, 4096, 0);
         // Values in [-1, 1): finite data, so no op takes a special path.
-        for (i, e) in buf.as_mut_slice().chunks_exact_mut(2).enumerate() {
+        for (i, e) in buf.chunks_exact_mut(2).enumerate() {
             let x = bf16::from_f32(((i * 7919) % 2003) as f32 / 1001.0 - 1.0);
             e.copy_from_slice(&x.to_le_bytes());
         }
@@ -229,7 +229,7 @@ fn runner(s: Shape, arena: Arena, cold: usize) -> Runner {
     };
     Box::new(move || {
         let mut a = arena_buf(&arena, arena_bytes);
-        let (ins, outs) = a.as_mut_slice()[..2 * half].split_at_mut(half);
+        let (ins, outs) = a[..2 * half].split_at_mut(half);
         let slot = &mut ins[next * in_bytes..][..in_bytes];
         let out = &mut outs[next * out_bytes..][..out_bytes];
         next = (next + 1) % slots;

@@ -21,7 +21,7 @@
 
 use half::{bf16, f16};
 
-use super::{Bound, Case, CaseInfo, Config, Floor, LineAligned, Peak, Rng, Runner, Work};
+use super::{AlignedBuf, Bound, Case, CaseInfo, Config, Floor, Peak, Rng, Runner, Work, LINE};
 use crate::dtype::DType;
 use crate::ops::quant::Wna16Weight;
 use crate::tensor::{TensorView, TensorViewMut};
@@ -47,28 +47,30 @@ fn dtype_label(d: DType) -> &'static str {
 }
 
 /// Pseudo-random weight bits of a 16-bit float: small finite values.
-fn half_bits(rng: &mut Rng, n: usize, dtype: DType) -> LineAligned<u16> {
-    LineAligned::from_vec(
+fn half_bits(rng: &mut Rng, n: usize, dtype: DType) -> AlignedBuf<u16> {
+    AlignedBuf::from_vec(
         (0..n)
             .map(|_| match dtype {
                 DType::BF16 => bf16::from_f32(rng.uniform() * 0.1).to_bits(),
                 _ => f16::from_f32(rng.uniform() * 0.1).to_bits(),
             })
             .collect(),
+        LINE,
     )
 }
 
 /// Owned dense weights of one dtype.
 enum Dense {
-    F32(LineAligned<f32>),
-    Half(LineAligned<u16>, DType),
+    F32(AlignedBuf<f32>),
+    Half(AlignedBuf<u16>, DType),
 }
 
 impl Dense {
     fn new(rng: &mut Rng, n: usize, dtype: DType) -> Dense {
         match dtype {
-            DType::F32 => Dense::F32(LineAligned::from_vec(
+            DType::F32 => Dense::F32(AlignedBuf::from_vec(
                 (0..n).map(|_| rng.uniform() * 0.1).collect(),
+                LINE,
             )),
             d => Dense::Half(half_bits(rng, n, d), d),
         }
@@ -164,7 +166,7 @@ fn dense_case(
             .map(|_| Dense::new(&mut rng, n * k, dtype))
             .collect();
         let x = Dense::new(&mut rng, m * k, dtype);
-        let mut out = LineAligned::filled(m * n, 0u32);
+        let mut out = AlignedBuf::new(m * n, LINE, 0u32);
         let mut i = 0usize;
         if packed {
             let ps: Vec<crate::PackedLinearWeight> = ws
@@ -250,8 +252,11 @@ fn wna16_case(
                     .unwrap()
             })
             .collect();
-        let x = LineAligned::from_vec((0..m * k).map(|_| bf16::from_f32(rng.uniform())).collect());
-        let mut out = LineAligned::filled(m * n, bf16::ZERO);
+        let x = AlignedBuf::from_vec(
+            (0..m * k).map(|_| bf16::from_f32(rng.uniform())).collect(),
+            LINE,
+        );
+        let mut out = AlignedBuf::new(m * n, LINE, bf16::ZERO);
         let mut i = 0usize;
         Box::new(move || {
             let w = &ws[i % ws.len()];

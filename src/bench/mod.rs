@@ -482,89 +482,56 @@ impl Rng {
     }
 }
 
-/// A byte buffer filled with `fill` whose start is aligned to `align` bytes
-/// (allocators return 16-byte aligned large blocks; streaming stores and
-/// cache-line accounting want 64 or a page). Every page is written on
-/// creation, so timing never pays first-touch page faults.
-pub struct AlignedBuf {
-    buf: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl AlignedBuf {
-    pub fn new(len: usize, align: usize, fill: u8) -> AlignedBuf {
-        assert!(align.is_power_of_two());
-        // Not vec![fill; n]: for fill = 0 that maps lazily-zeroed pages.
-        let mut buf = Vec::with_capacity(len + align);
-        buf.resize(len + align, fill);
-        let off = (buf.as_ptr() as usize).wrapping_neg() % align;
-        AlignedBuf { buf, off, len }
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn as_slice(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
-    }
-}
-
-/// Elements starting on a cache line, as PyTorch's CPU allocator places
-/// tensors (64-byte aligned). A plain large `Vec` starts 16 bytes past a page,
-/// which splits every 64-byte access of a row across two lines.
-pub struct LineAligned<T> {
+/// `len` elements whose start is aligned to `align` bytes. Large allocations
+/// start 16 bytes past a page, which splits every 64-byte access of a row
+/// across two lines; PyTorch's CPU allocator (what a vLLM-style engine hands
+/// us) aligns tensors to 64 bytes ([`LINE`]), and arenas want a page.
+/// Every element is written on creation, so timing never pays first-touch
+/// page faults.
+pub struct AlignedBuf<T = u8> {
     buf: Vec<T>,
     off: usize,
     len: usize,
 }
 
-impl<T: Copy> LineAligned<T> {
+/// Bytes in a cache line: the alignment of a torch tensor.
+pub const LINE: usize = 64;
+
+impl<T: Copy> AlignedBuf<T> {
     /// `len` copies of `fill`.
-    pub fn filled(len: usize, fill: T) -> LineAligned<T> {
+    pub fn new(len: usize, align: usize, fill: T) -> AlignedBuf<T> {
         let es = std::mem::size_of::<T>();
-        assert!(
-            es > 0 && 64 % es == 0,
-            "element size must divide a cache line"
-        );
-        let mut buf = Vec::with_capacity(len + 64 / es);
-        let off = (buf.as_ptr() as usize).wrapping_neg() % 64 / es;
+        assert!(align.is_power_of_two() && es > 0 && align % es == 0);
+        // Not vec![fill; n]: for fill = 0 that maps lazily-zeroed pages.
+        let mut buf = Vec::with_capacity(len + align / es);
+        let off = (buf.as_ptr() as usize).wrapping_neg() % align / es;
         buf.resize(off + len, fill);
-        LineAligned { buf, off, len }
+        AlignedBuf { buf, off, len }
     }
 
-    /// `v`'s elements, moved onto a cache-line boundary.
-    pub fn from_vec(v: Vec<T>) -> LineAligned<T> {
+    /// `v`'s elements, moved onto an `align`-byte boundary.
+    pub fn from_vec(v: Vec<T>, align: usize) -> AlignedBuf<T> {
         let Some(&first) = v.first() else {
-            return LineAligned {
+            return AlignedBuf {
                 buf: v,
                 off: 0,
                 len: 0,
             };
         };
-        let mut a = LineAligned::filled(v.len(), first);
+        let mut a = AlignedBuf::new(v.len(), align, first);
         a.copy_from_slice(&v);
         a
     }
 }
 
-impl<T> std::ops::Deref for LineAligned<T> {
+impl<T> std::ops::Deref for AlignedBuf<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         &self.buf[self.off..self.off + self.len]
     }
 }
 
-impl<T> std::ops::DerefMut for LineAligned<T> {
+impl<T> std::ops::DerefMut for AlignedBuf<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         &mut self.buf[self.off..self.off + self.len]
     }
@@ -572,22 +539,24 @@ impl<T> std::ops::DerefMut for LineAligned<T> {
 
 #[cfg(test)]
 mod tests {
-    use super::LineAligned;
+    use super::{AlignedBuf, LINE};
 
     #[test]
-    fn line_aligned_starts_on_a_line_and_keeps_the_elements() {
+    fn aligned_buf_starts_on_its_boundary_and_keeps_the_elements() {
         for len in [0usize, 1, 15, 16, 17, 1000] {
             let v: Vec<u16> = (0..len as u16).collect();
-            let a = LineAligned::from_vec(v.clone());
+            let a = AlignedBuf::from_vec(v.clone(), LINE);
             assert_eq!(&a[..], &v[..]);
             if len > 0 {
-                assert_eq!(a.as_ptr() as usize % 64, 0, "len {len}");
+                assert_eq!(a.as_ptr() as usize % LINE, 0, "len {len}");
             }
-            let f = LineAligned::filled(len, 2.5f32);
-            assert_eq!(f.len(), len);
-            assert!(f.iter().all(|&x| x == 2.5));
-            if len > 0 {
-                assert_eq!(f.as_ptr() as usize % 64, 0, "len {len}");
+            for align in [LINE, 4096] {
+                let f = AlignedBuf::new(len, align, 2.5f32);
+                assert_eq!(f.len(), len);
+                assert!(f.iter().all(|&x| x == 2.5));
+                if len > 0 {
+                    assert_eq!(f.as_ptr() as usize % align, 0, "len {len} align {align}");
+                }
             }
         }
     }

@@ -96,8 +96,8 @@ impl Cache {
         ) -> Result<TensorViewMut<'a>, String> {
             TensorViewMut::from_bytes(b, dtype, shape, None).map_err(|e| e.to_string())
         }
-        let mut kc = view(self.k.as_mut_slice(), dtype, &shape)?;
-        let mut vc = view(self.v.as_mut_slice(), dtype, &shape)?;
+        let mut kc = view(&mut self.k[..], dtype, &shape)?;
+        let mut vc = view(&mut self.v[..], dtype, &shape)?;
         let start = Instant::now();
         xpu_ops::reshape_and_cache_flash(
             &key,
@@ -291,11 +291,11 @@ pub fn run() -> Result<ExitCode, String> {
         for c in caches.iter_mut() {
             let shape = [c.num_blocks, BS, KV_HEADS, HEAD];
             ks.push(
-                TensorViewMut::from_bytes(c.k.as_mut_slice(), c.dtype, &shape, None)
+                TensorViewMut::from_bytes(&mut c.k[..], c.dtype, &shape, None)
                     .map_err(|e| e.to_string())?,
             );
             vs.push(
-                TensorViewMut::from_bytes(c.v.as_mut_slice(), c.dtype, &shape, None)
+                TensorViewMut::from_bytes(&mut c.v[..], c.dtype, &shape, None)
                     .map_err(|e| e.to_string())?,
             );
         }
@@ -348,10 +348,7 @@ pub fn run() -> Result<ExitCode, String> {
     let mut bad = Vec::new();
     let mut checked = 0usize;
     for c in &caches {
-        for (name, fast, slow) in [
-            ("key", c.k.as_slice(), &c.ref_k),
-            ("value", c.v.as_slice(), &c.ref_v),
-        ] {
+        for (name, fast, slow) in [("key", &c.k[..], &c.ref_k), ("value", &c.v[..], &c.ref_v)] {
             checked += fast.len();
             if let Some(i) = fast.iter().zip(slow.iter()).position(|(a, b)| a != b) {
                 let blk = i / c.block_bytes();
