@@ -132,6 +132,7 @@ typedef struct ap_ws {
   float *m, *l;  /* [R32] */
   int64_t *lo, *hi; /* [R32] */
   int64_t *tlo, *thi, *tlo_max, *thi_min; /* [R32 / 32]: a row pair's attended key range (union) and its common part */
+  uint8_t *ohas; /* [R32 / 32]: whether the pair's O rows hold data yet (else they count as zero) */
   uint32_t *kc, *vc; /* packed key blocks [NB][D/2][KB], value blocks [NB][KB/2][D] */
   int64_t NB;        /* blocks kc/vc hold */
 } ap_ws;
@@ -179,6 +180,7 @@ static int64_t ap_layout(const xk_attn_args *a, char *base, ap_ws *w) {
   AP_TAKE(thi, int64_t, R32 / 32);
   AP_TAKE(tlo_max, int64_t, R32 / 32);
   AP_TAKE(thi_min, int64_t, R32 / 32);
+  AP_TAKE(ohas, uint8_t, R32 / 32);
   AP_TAKE(kc, uint32_t, NB * ap_kblk(D));
   AP_TAKE(vc, uint32_t, NB * ap_vblk(D));
 #undef AP_TAKE
@@ -299,6 +301,7 @@ static void ap_pack_v(const ap_seq *s, int64_t t0, int64_t n, int64_t D, uint32_
  * tiles, 4 products), store. */
 typedef struct ap_unit {
   int64_t r0, kb0, mask, buf;
+  int fresh; /* the pair's first unit: its P.V starts from zero tiles, not from O in memory */
   int m0, m1; /* the vectors (16 keys) of the block that every row of the pair attends: [m0, m1), in pairs */
   int64_t g0, g1; /* the 32-key groups of the block that some row of the pair attends */
   const uint32_t *kp, *vp;
@@ -343,7 +346,10 @@ AP_INLINE void ap_pv_step(const ap_ws *w, const ap_unit *u, int64_t D, int64_t s
   const int64_t per = u->g1 - u->g0 + 2, d0 = st / per * 32, k = st % per;
   float *o = w->o + u->r0 * ap_os(D) + d0;
   if (k == 0) {
-    xk_amx_load_c2x2(o, ap_os(D));
+    if (u->fresh)
+      xk_amx_zero_c2x2();
+    else
+      xk_amx_load_c2x2(o, ap_os(D));
   } else if (k == per - 1) {
     xk_amx_store_c2x2(o, ap_os(D));
   } else {
@@ -527,6 +533,8 @@ static int ap_next(const ap_ws *w, int64_t npairs, int64_t b0, int64_t b1, ap_it
   }
   u->g0 = (ap_max(w->tlo[p], kb0) - kb0) / 32;
   u->g1 = (ap_min(w->thi[p], kb0 + AP_KB) - kb0 + 31) / 32;
+  u->fresh = !w->ohas[p];
+  w->ohas[p] = 1;
   u->kp = w->kc + (b - base) * ap_kblk(D);
   u->vp = w->vc + (b - base) * ap_vblk(D);
   return 1;
@@ -560,7 +568,8 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     }
     memcpy(qd, (const uint16_t *)a->query + (q0 + i) * a->q_stride_token + h * a->q_stride_head, (size_t)D * 2);
   }
-  memset(w->o, 0, (size_t)(R32 * ap_os(D)) * sizeof(float));
+  /* O is not cleared: a pair's first P.V starts from zero tiles and writes
+   * all its rows; the rows of a pair that runs no unit are zero (ohas). */
   for (int64_t p = 0; p < NP; p++) { /* union and intersection of the pair's rows' key ranges */
     int64_t ulo = INT64_MAX, uhi = 0, clo = 0, chi = INT64_MAX;
     for (int64_t r = 32 * p; r < 32 * p + 32; r++) {
@@ -571,6 +580,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
         uhi = ap_max(uhi, w->hi[r]);
       }
     }
+    w->ohas[p] = 0;
     w->tlo[p] = ulo;
     w->thi[p] = uhi;
     w->tlo_max[p] = clo;
@@ -673,7 +683,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       }
 #undef AP_STEPS
       AP_BARRIER();
-      ap_rescale(w, c->r0, al, D);
+      if (!c->fresh) ap_rescale(w, c->r0, al, D); /* a fresh pair's O is zero */
       AP_BARRIER();
       u[0] = u[1];
       u[1] = u[2];
@@ -696,9 +706,13 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     const float *o = w->o + r * ap_os(D);
     uint16_t *dst = (uint16_t *)a->out + (q0 + i) * a->out_stride_token + h * a->out_stride_head;
     const __m512 vf = _mm512_set1_ps(f);
-    for (int64_t d = 0; d < D; d += 32)
+    if (!w->ohas[r / 32]) { /* O = 0: o * f = +0 (f is finite and >= 0) */
+      memset(dst, 0, (size_t)D * 2);
+    } else {
+      for (int64_t d = 0; d < D; d += 32)
       _mm512_storeu_si512((__m512i *)(dst + d), (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + d + 16), vf),
-                                                                           _mm512_mul_ps(_mm512_loadu_ps(o + d), vf)));
+                                                                             _mm512_mul_ps(_mm512_loadu_ps(o + d), vf)));
+    }
     if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
   }
 }
