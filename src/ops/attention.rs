@@ -42,9 +42,11 @@
 //! or more queries): FlashAttention-2 on the tile unit (`TDPBF16PS`, exact
 //! bf16 products, fp32 accumulation, FTZ/DAZ), 256-key blocks aligned to key
 //! 0, exp in fp32 to ~2.5e-6 relative (below the bf16 rounding of P), lazy
-//! rescaling as in FlashAttention-4 (the maximum P is taken against moves
-//! only when a block's logits exceed it by more than 8 in log2 units, so
-//! P ≤ 256 before the final 1/l; each P keeps the same relative rounding).
+//! rescaling as in FlashAttention-4 (a block whose P, against the current
+//! reference maximum, sum to at most 2^16 per row is taken in one pass
+//! without moving it; otherwise the reference moves only when the block's
+//! logits exceed it by more than 8 in log2 units; so P ≤ 2^16 before the
+//! final 1/l; each P keeps the same relative rounding).
 //! Same tolerance; results independent of threads and of how prefill is chunked,
 //! except that a single-query chunk takes the decode path (another summation
 //! order, within the tolerance).

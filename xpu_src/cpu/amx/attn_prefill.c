@@ -33,10 +33,13 @@
  *       the row sum taken over the unrounded fp32 P.
  *   O   fp32 [R32][D], rescaled by exp(m_old - m_new) when a row's
  *       reference max moves (after the previous unit's P.V), then
- *       O += P V on tiles. The reference max lags the running max by up
- *       to AP_LAZY in log2 units, so P <= 2^AP_LAZY (lazy rescaling,
- *       ap_sm_mid); the scale <= 0 path (ap_softmax_row) keeps the exact
- *       running max.
+ *       O += P V on tiles. The reference max lags the running max (lazy
+ *       rescaling): 16 rows that all have a reference take a block in one
+ *       pass against it (ap_sm_fast) when each row's P sum to at most
+ *       AP_SUMMAX = 2^16 (so every P is); otherwise the two passes move a
+ *       row's reference when the block's max exceeds it by more than
+ *       AP_LAZY = 8 in log2 units (ap_sm_mid). So P <= 2^16 always; the
+ *       scale <= 0 path (ap_softmax_row) keeps the exact running max.
  *
  * Numerics and invariance. Key blocks are aligned to multiples of AP_KB from
  * key 0, so every row walks the same blocks whatever work item (or thread)
@@ -84,6 +87,12 @@
 /* Lazy rescaling threshold (log2 units): see ap_sm_mid. */
 #ifndef AP_LAZY
 #define AP_LAZY 8.0f
+#endif
+
+/* Largest row sum of P (against the current reference) a block may reach
+ * in the single-pass softmax (ap_sm_fast); above it the two passes run. */
+#ifndef AP_SUMMAX
+#define AP_SUMMAX 65536.0f
 #endif
 
 #ifndef AP_KB
@@ -501,6 +510,28 @@ AP_INLINE void ap_sm_end(ap_sm16 *t, const ap_ws *w, int64_t r0, float *alpha_ou
   _mm512_storeu_ps(alpha_out, t->alpha);
 }
 
+/* The single-pass form for 16 rows that all have a reference max already
+ * (the common case after a row's first block): pass 2 against it (factor
+ * 1, no max pass, no transpose of maxima), then the row sums; when every
+ * row's sum is at most AP_SUMMAX (so every P is too; NaN fails the test)
+ * they are added to l and 1 is returned, else nothing changes and the
+ * caller runs the two passes, which rewrite P. Where the two passes would
+ * keep every reference (block max at most AP_LAZY above it, so each sum at
+ * most KB * 2^AP_LAZY = AP_SUMMAX) both give the same bits; a block that
+ * passes here but would have moved a reference keeps it (P <= 2^16), which
+ * changes P's rounding points only (each P keeps its relative rounding). */
+AP_INLINE int ap_sm_fast(const ap_sm16 *t, const ap_ws *w, int64_t r0, float *alpha_out) {
+  __m512 v[16];
+  for (int j = 0; j < 16; j++) v[j] = t->v[j];
+  xk_transpose16_epi32((__m512i *)v);
+  __m512 s = v[0];
+  for (int j = 1; j < 16; j++) s = _mm512_add_ps(s, v[j]);
+  if (_mm512_cmp_ps_mask(s, _mm512_set1_ps(AP_SUMMAX), _CMP_LE_OQ) != 0xffff) return 0;
+  _mm512_storeu_ps(w->l + r0, _mm512_add_ps(_mm512_loadu_ps(w->l + r0), s));
+  _mm512_storeu_ps(alpha_out, _mm512_set1_ps(1.0f));
+  return 1;
+}
+
 /* ---- the kernel ------------------------------------------------------------------ */
 
 /* The units of an item, in order: row pairs outer, each pair's key blocks
@@ -648,7 +679,7 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
 #define AP_STEPS()                                     \
   do {                                                 \
     AP_BARRIER();                                      \
-    const int64_t until = total * (++slot) / 64;       \
+    const int64_t until = ap_min(total, total * (++slot) / 64); \
     for (; st < until; st++) {                         \
       if (st < np)                                     \
         ap_pv_step(w, &u[0], D, st);                   \
@@ -663,6 +694,16 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
         for (int64_t h = 0; h < 32; h += 16) {
           ap_sm16 t;
           const int64_t r0 = c->r0 + h;
+          const __m512 mo = _mm512_loadu_ps(w->m + r0);
+          if (!_mm512_cmp_ps_mask(mo, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ)) {
+            _mm512_store_ps(t.nm, _mm512_mul_ps(mo, _mm512_set1_ps(-1.44269504088896341f)));
+            for (int64_t r = 0; r < 16; r++) {
+              ap_sm_pass2(&t, w, r0, r, sb + (h + r) * AP_SS, pb + (h + r) * AP_PS, c->kb0, scale, c->m0, c->m1, v0, v1);
+              AP_STEPS();
+              AP_STEPS();
+            }
+            if (ap_sm_fast(&t, w, r0, al + h)) continue;
+          }
           for (int64_t r = 0; r < 16; r++) {
             ap_sm_pass1(&t, w, r0, r, sb + (h + r) * AP_SS, c->kb0, c->m0, c->m1, v0, v1);
             AP_STEPS();
