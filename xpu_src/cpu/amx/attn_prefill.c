@@ -66,6 +66,23 @@
  * S stored per 32 keys, O loaded/stored per 32 columns, K/V from L2) runs
  * at 41-47% of the bf16 peak even alone (random data), against 70-80%
  * for the same products and A/B loads with no C-tile loads or stores.
+ *
+ * Session 7 (same harness at load 4-5, so 10-20% above quiet times), after
+ * dropping the O clear and adding the single-pass softmax: T=2048 splits
+ * into tiles ~20 / ~19 ms, softmax ~3.8 / ~9 ms, rest ~7.4 / ~9.9 ms
+ * (16/2 D=256 / 32/8 D=128); T=8192 into ~373 / ~338, ~69 / ~135 and
+ * ~77 / ~98 ms. The rest is mostly the Q copy (row groups a token stride
+ * apart, from far memory), the output stores and the K/V packing.
+ * Micro-benchmarks of the tile sequence alone: Q.K^T with its S stores
+ * 1640-2480 GFLOP/s (2460-2510 without them), P.V with O loaded/stored
+ * every 8 steps 1860-2080 (2700-3000 without). Measured and not kept (no
+ * gain beyond the noise, or slower): B tiles by TILELOADDT1; the other
+ * product order (B first, A1 before B1); a group's lower S pair stored
+ * after the next group's first products (+5% alone, -6% in the kernel);
+ * Q.K^T steps before P.V steps; AP_CHUNK 1 or 4; AP_KB 128 or 512; a
+ * degree-3 2^x for P; the next call's query rows prefetched during this
+ * call's units (slower), or a few rows ahead of the copy; streaming
+ * stores for the output; 256 or 1024 rows per work item.
  */
 #include <math.h>
 
