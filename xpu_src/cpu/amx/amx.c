@@ -685,10 +685,13 @@ XK_ALWAYS_INLINE void pk_load_ops(const char *x, const char *w) {
 }
 
 /* A block of the spilling GEMM: C in tiles 0-3 and step 0's operands in
- * tiles 4-7 on entry; runs steps 1.. (pk_tail issues the last products). */
+ * tiles 4-7 on entry; runs steps 1.. (pk_tail issues the last products).
+ * Each step prefetches na lines of pa and nb of pb into L2 and nc of pc
+ * into L1. */
 XK_ALWAYS_INLINE void pk_body(int64_t steps, const char *x, const char *w, const char *pa, int64_t na, const char *pb,
-                              int64_t nb) {
+                              int64_t nb, const char *pc, int64_t nc) {
   for (int64_t s = 1; s < steps; s++) {
+    for (int64_t l = 0; l < nc; l++) _mm_prefetch(pc + 64 * ((s - 1) * nc + l), _MM_HINT_T0);
     for (int64_t l = 0; l < na; l++) _mm_prefetch(pa + 64 * ((s - 1) * na + l), _MM_HINT_T1);
     for (int64_t l = 0; l < nb; l++) _mm_prefetch(pb + 64 * ((s - 1) * nb + l), _MM_HINT_T1);
     _tile_dpbf16ps(0, 4, 6);
@@ -847,7 +850,17 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
               }
             }
           }
-          pk_body(st, x, w, pw, nwl, px, nxl);
+          /* the next block's spilled C (it is loaded unless the next block is
+           * in k block 0) into L1: its tile loads follow the last products of
+           * this block at once (M = 512: ~5% faster) */
+          const char *pc = NULL;
+          int64_t ncl = 0;
+          const int next_in_kb = xb + 1 < nxb || nb + 1 < nb1;
+          if (nx && !(first && next_in_kb)) {
+            pc = (const char *)(next_in_kb ? cp + 1024 : cpart);
+            ncl = cdiv(64, st - 1 > 0 ? st - 1 : 1);
+          }
+          pk_body(st, x, w, pw, nwl, px, nxl, pc, ncl);
         }
         PK_FLUSH();
         pk_tail(last ? ctmp + 1024 * (iter & 1) : cp, nx, nw);
