@@ -589,7 +589,19 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
  * are issued right after a tile's last use in the step, so they overlap
  * the remaining products.
  * Same products in the same k order as the unpacked GEMM (TDPBF16PS is
- * symmetric in its two operands): results are bit-identical to it. */
+ * symmetric in its two operands): results are bit-identical to it.
+ *
+ * Measured ceilings (session 7, one thread, thread CPU time, % of the
+ * same-process TDPBF16PS probe, load ~4): the bare 2x2 step with both
+ * operands in L1 runs at 78% (88-92% with no tile loads at all); x
+ * streamed from 512 KiB with TILELOADDT1 75%; plus a C spill to a 1 MiB
+ * buffer every 16 steps 54-57%, 63% with the C prefetch. This GEMM with
+ * the weights, x, C spills and epilogue all made artificially hot reaches
+ * 73-76% at M = 256 and 512 (K = 4096), i.e. the floor of 75% of the
+ * probe is the ceiling of this tile sequence with free memory. Knock-outs
+ * against the real kernel (GEMM time): weights always L1-hot -15..23%
+ * (the weight stream from L3/DRAM), x from one L2 block -4..9%, no C
+ * spills -0..10%, no epilogue -2..10%. */
 
 #define PK_KCS (XK_AMX_PACK_KC / 32)
 /* The L2 prefetches ask for every PK_PFS-th line: the L2's adjacent-line
