@@ -589,9 +589,28 @@ static void dec_tile(const xk_linear_args *a, int64_t t, char *base, const amx_w
  * are issued right after a tile's last use in the step, so they overlap
  * the remaining products.
  * Same products in the same k order as the unpacked GEMM (TDPBF16PS is
- * symmetric in its two operands): results are bit-identical to it. */
+ * symmetric in its two operands): results are bit-identical to it.
+ *
+ * Measured ceilings (session 7, one thread, thread CPU time, % of the
+ * same-process TDPBF16PS probe, load ~4): the bare 2x2 step with both
+ * operands in L1 runs at 78% (88-92% with no tile loads at all); x
+ * streamed from 512 KiB with TILELOADDT1 75%; plus a C spill to a 1 MiB
+ * buffer every 16 steps 54-57%, 63% with the C prefetch. This GEMM with
+ * the weights, x, C spills and epilogue all made artificially hot reaches
+ * 73-76% at M = 256 and 512 (K = 4096), i.e. the floor of 75% of the
+ * probe is the ceiling of this tile sequence with free memory. Knock-outs
+ * against the real kernel (GEMM time): weights always L1-hot -15..23%
+ * (the weight stream from L3/DRAM), x from one L2 block -4..9%, no C
+ * spills -0..10%, no epilogue -2..10%. */
 
 #define PK_KCS (XK_AMX_PACK_KC / 32)
+/* The L2 prefetches ask for every PK_PFS-th line: the L2's adjacent-line
+ * prefetcher brings the other line of each 128-byte pair, and half as many
+ * requests hold the L1 fill buffers the streamed x tile loads need (GEMM
+ * 2-6% faster at M = 256..1024; every 4th line was slower). */
+#ifndef PK_PFS
+#define PK_PFS 2
+#endif
 #ifndef PK_PF
 #define PK_PF 1
 #endif
@@ -617,27 +636,38 @@ void xk_linear_pack_w_amx(const xk_linear_args *a, int64_t begin, int64_t end, v
   }
 }
 
+/* Packed x of at least this many bytes is written with streaming stores: it
+ * does not stay in cache for the GEMM anyway, and ordinary stores read each
+ * line first (M = 4096, K = 4096: the pack took 7.0 ms, 3.5 with them). */
+#ifndef PK_XNT
+#define PK_XNT (16 << 20)
+#endif
+
 /* Packs x rows of 32-row blocks [begin, end) into a->xp as row-major A
- * tiles (rows past M and k past K zero). */
+ * tiles (rows past M and k past K zero), row by row: each x row is read
+ * once, in order. */
 void xk_linear_pack_x_amx(const xk_linear_args *a, int64_t begin, int64_t end) {
   const int64_t ks = cdiv(a->k, 32), mp = cdiv(a->m, 32);
   const uint16_t *x = (const uint16_t *)a->x;
-  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
-    const int64_t st = pk_steps(a->k, kb);
-    uint16_t *blk = (uint16_t *)a->xp + 1024 * (kb * PK_KCS * mp);
-    for (int64_t xb = begin; xb < end; xb++) {
-      uint16_t *o = blk + 1024 * xb * st;
-      for (int64_t r = 0; r < 32; r++) {
-        const int64_t m = xb * 32 + r;
-        const uint16_t *row = x + m * a->x_stride;
+  const int nt = mp * 32 * ks * 64 >= PK_XNT;
+  for (int64_t xb = begin; xb < end; xb++)
+    for (int64_t r = 0; r < 32; r++) {
+      const int64_t m = xb * 32 + r;
+      const uint16_t *row = x + m * a->x_stride;
+      for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+        const int64_t st = pk_steps(a->k, kb);
+        uint16_t *o = (uint16_t *)a->xp + 1024 * (kb * PK_KCS * mp + xb * st) + r * 32;
         for (int64_t s = 0; s < st; s++) {
           const int64_t k = (kb * PK_KCS + s) * 32;
           const __m512i v = m < a->m ? _mm512_maskz_loadu_epi16(kmask(a->k - k), row + k) : _mm512_setzero_si512();
-          _mm512_storeu_si512(o + s * 1024 + r * 32, v);
+          if (nt)
+            _mm512_stream_si512((void *)(o + s * 1024), v);
+          else
+            _mm512_storeu_si512(o + s * 1024, v);
         }
       }
     }
-  }
+  if (nt) _mm_sfence();
 }
 
 /* A tile load, TILELOADDT1 when `stream`. */
@@ -685,12 +715,15 @@ XK_ALWAYS_INLINE void pk_load_ops(const char *x, const char *w) {
 }
 
 /* A block of the spilling GEMM: C in tiles 0-3 and step 0's operands in
- * tiles 4-7 on entry; runs steps 1.. (pk_tail issues the last products). */
+ * tiles 4-7 on entry; runs steps 1.. (pk_tail issues the last products).
+ * Each step prefetches na lines of pa and nb of pb into L2 (every PK_PFS-th)
+ * and nc of pc into L1. */
 XK_ALWAYS_INLINE void pk_body(int64_t steps, const char *x, const char *w, const char *pa, int64_t na, const char *pb,
-                              int64_t nb) {
+                              int64_t nb, const char *pc, int64_t nc) {
   for (int64_t s = 1; s < steps; s++) {
-    for (int64_t l = 0; l < na; l++) _mm_prefetch(pa + 64 * ((s - 1) * na + l), _MM_HINT_T1);
-    for (int64_t l = 0; l < nb; l++) _mm_prefetch(pb + 64 * ((s - 1) * nb + l), _MM_HINT_T1);
+    for (int64_t l = 0; l < nc; l++) _mm_prefetch(pc + 64 * ((s - 1) * nc + l), _MM_HINT_T0);
+    for (int64_t l = 0; l < na; l += PK_PFS) _mm_prefetch(pa + 64 * ((s - 1) * na + l), _MM_HINT_T1);
+    for (int64_t l = 0; l < nb; l += PK_PFS) _mm_prefetch(pb + 64 * ((s - 1) * nb + l), _MM_HINT_T1);
     _tile_dpbf16ps(0, 4, 6);
     _tile_dpbf16ps(1, 4, 7);
     _tile_stream_loadd(4, x + 2048 * s, 64);
@@ -847,7 +880,17 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
               }
             }
           }
-          pk_body(st, x, w, pw, nwl, px, nxl);
+          /* the next block's spilled C (it is loaded unless the next block is
+           * in k block 0) into L1: its tile loads follow the last products of
+           * this block at once (M = 512: ~5% faster) */
+          const char *pc = NULL;
+          int64_t ncl = 0;
+          const int next_in_kb = xb + 1 < nxb || nb + 1 < nb1;
+          if (nx && !(first && next_in_kb)) {
+            pc = (const char *)(next_in_kb ? cp + 1024 : cpart);
+            ncl = cdiv(64, st - 1 > 0 ? st - 1 : 1);
+          }
+          pk_body(st, x, w, pw, nwl, px, nxl, pc, ncl);
         }
         PK_FLUSH();
         pk_tail(last ? ctmp + 1024 * (iter & 1) : cp, nx, nw);
