@@ -42,9 +42,9 @@
  * shuffled blocks): each TILESTORED event costs about one DRAM latency of
  * stalled streaming (a K-pass harness, Llama 32/8: 4.5 -> 5.5 ms with one
  * set of 4 C-tile stores per 16 KiB step, to L1 or not). So the P.V
- * accumulators stay in their tiles over AD_VB = 64 groups (was 4), and
- * Q.K stores one C tile set per pack of kv heads (Llama 32/8: 4x fewer
- * stores, Qwen 16/2: 2x).
+ * accumulators of bf16 caches stay in their tiles over AD_VB = 64 groups
+ * (was 4; fp8 keeps 4, AD_VB8), and Q.K stores one C tile set per pack of
+ * kv heads (Llama 32/8: 4x fewer stores, Qwen 16/2: 2x).
  *
  * Software prefetch (paged v1/v2): the tile unit has no tile renaming, so
  * an A-tile load waits for the TDPBF16PS that read the tile before and only
@@ -100,7 +100,10 @@
 #endif
 #define AD_VSLOTS 4 /* > AD_VLAG, a power of two */
 #ifndef AD_VB
-#define AD_VB 64 /* value groups per P.V batch: its C tiles are spilled once per batch */
+#define AD_VB 64 /* value groups per P.V batch (bf16): its C tiles are spilled once per batch */
+#endif
+#ifndef AD_VB8
+#define AD_VB8 4 /* the same for fp8 caches (tuned with the staging; 64 not shown better) */
 #endif
 #define AD_NB 4                /* 16-token groups per Q.K tile batch (C tiles 0-3) */
 
@@ -573,7 +576,7 @@ static void ad_vpf(const xk_attn_args *a, const int32_t *bt, int64_t btb, int64_
   while (u >= nk * npass * nbj && jb + nbj < nj) {
     u -= nk * npass * nbj;
     jb += nbj;
-    nbj = ad_min(AD_VB, nj - jb);
+    nbj = ad_min(es == 1 ? AD_VB8 : AD_VB, nj - jb);
   }
   if (u >= nk * npass * nbj) return;
   const int64_t *vs = a->value_cache_strides, bs = a->block_size, D = a->head_size;
@@ -724,9 +727,10 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
      * to cacc between batches (the sums keep the token order). */
     const int64_t nj = (n + tw - 1) / tw, nlast = n - (nj - 1) * tw;
     if (nj) ad_config(gp, 2 * tw, tw / 2);
-    for (int64_t jb = 0; jb < nj; jb += AD_VB) {
-      const int64_t nbj = ad_min(AD_VB, nj - jb);
-      const char *vb0[AD_VB];
+    const int64_t vbn = fp8 ? AD_VB8 : AD_VB;
+    for (int64_t jb = 0; jb < nj; jb += vbn) {
+      const int64_t nbj = ad_min(vbn, nj - jb);
+      const char *vb0[AD_VB > AD_VB8 ? AD_VB : AD_VB8];
       for (int64_t i = 0; i < nbj; i++) {
         const int64_t tok = t0 + (jb + i) * tw, blk = bt[(tok / bs) * btb];
         vb0[i] = (const char *)a->value_cache + (blk * vs[0] + k0 * vs[1] + tok % bs) * es;
