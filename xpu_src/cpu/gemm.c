@@ -514,6 +514,11 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
   /* The table of group gi: (code - zero) * scale for codes 0..15. */
 #define Q4_LUT(j) lut[j] = _mm512_fmadd_ps(iota, vf_set1(sb[j][gi]), vf_set1(zb[j][gi]))
   /* The current group ends at code KEND: the next group's tables. */
+#define Q4_BUMP                                        \
+  {                                                    \
+    gi++;                                              \
+    for (int j = 0; j < NB; j++) Q4_LUT(j);            \
+  }
 #define Q4_NEXT(KEND)                                  \
   if ((KEND) < c1) {                                   \
     gi++;                                              \
@@ -541,16 +546,28 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
         d[j] = _mm512_loadu_si512(wr[j] + b0 / 2);
         _mm_prefetch((const char *)wr[j] + pf + b0 / 2, _MM_HINT_T0);
       }
-      if (b0 + 128 <= c1) {
+      if (b0 + 128 <= c1 && (GK == Q4_G32 || GK == Q4_G64)) {
+        /* Groups of 32 or 64 end inside the block at fixed codes: the next
+         * tables without the bookkeeping of Q4_NEXT (gend is not used). */
         Q4_STEP(0) Q4_STEP(1)
-        if (GK == Q4_G32 || (GK == Q4_GANY && b0 + 32 == gend)) Q4_NEXT(b0 + 32)
+        if (GK == Q4_G32) Q4_BUMP
         Q4_STEP(2) Q4_STEP(3)
-        if (GK == Q4_G32 || GK == Q4_G64 || (GK == Q4_GANY && b0 + 64 == gend)) Q4_NEXT(b0 + 64)
+        Q4_BUMP
         Q4_STEP(4) Q4_STEP(5)
-        if (GK == Q4_G32 || (GK == Q4_GANY && b0 + 96 == gend)) Q4_NEXT(b0 + 96)
+        if (GK == Q4_G32) Q4_BUMP
         Q4_STEP(6) Q4_STEP(7)
-        if (GK == Q4_G32 || GK == Q4_G64 || b0 + 128 == gend) Q4_NEXT(b0 + 128)
+        if (b0 + 128 < c1) Q4_BUMP
+      } else if (b0 + 128 <= c1) {
+        Q4_STEP(0) Q4_STEP(1)
+        if (GK == Q4_GANY && b0 + 32 == gend) Q4_NEXT(b0 + 32)
+        Q4_STEP(2) Q4_STEP(3)
+        if (GK == Q4_GANY && b0 + 64 == gend) Q4_NEXT(b0 + 64)
+        Q4_STEP(4) Q4_STEP(5)
+        if (GK == Q4_GANY && b0 + 96 == gend) Q4_NEXT(b0 + 96)
+        Q4_STEP(6) Q4_STEP(7)
+        if (b0 + 128 == gend) Q4_NEXT(b0 + 128)
       } else { /* the last, partial block of K: 32, 64 or 96 codes */
+        if (GK == Q4_G32 || GK == Q4_G64) gend = b0 + G; /* a group starts at b0 */
         Q4_STEP(0) Q4_STEP(1)
         if (b0 + 32 == gend) Q4_NEXT(b0 + 32)
         if (b0 + 32 < c1) {
@@ -567,6 +584,7 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
 #undef Q4_STEP
 #undef Q4_LUT
 #undef Q4_NEXT
+#undef Q4_BUMP
   for (int i = 0; i < MT; i++)
     for (int j = 0; j < NB; j++) vf_store(accbuf + ((m0 + i) * ns + slot + j) * VL, acc[i][j]);
 }
