@@ -505,7 +505,17 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
  * phase stalled on the fill buffers while the conversion waited: T=8192
  * H=2 D=128 fp8 prefill 1.02 ms vs 0.65 ms for the same bytes in the flash
  * layout). A tile that needs the exact path is converted by fp8_exact64
- * from a copy. Returns 0 (nothing written) when the run does not fit. */
+ * from a copy. Returns 0 (nothing written) when the run does not fit.
+ * Measured and not kept (session 7, harness old/new interleaved and bench,
+ * T=8192 H=2 D=128 mostly): whole-line loads of two tokens, lanes regrouped
+ * by vshufi32x4 instead of 32-byte halves inserted (harness 2-4% faster;
+ * bench within noise, 0-5% either way over nine alternations); the next
+ * step's 32 source lines prefetched into L1 (5-10% slower); the next run's
+ * sources two runs ahead or every other line (no change); key and value
+ * tiles interleaved per four tokens (1-2% slower); all heads of a run in
+ * one call, constants made once (per-tensor scales; no change). With the conversion left out (timing only) the same
+ * loads and stores take ~590 us, flash fp8 ~616 us, this path ~700 us (load
+ * ~3): what is left is conversion work not hidden behind the memory traffic. */
 #define FQ_TILE_LOAD(p, s)                                                                                          \
   _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p))),                              \
                      _mm256_loadu_si256((const __m256i *)((p) + (s))), 1)
