@@ -498,13 +498,24 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
  * (4 x 16 codes), value elements d..d+3 of the 16 tokens are one line. Both
  * come from the same tile, elements 16c..16c+15 of four tokens (four 32-byte
  * source loads): the key line is the tile's codes as they are; four tiles
- * (16 tokens) transposed give the value's 16 rows of 16 codes. Conversion
+ * (16 tokens) transposed in registers (two dword permutes and a byte
+ * shuffle per line) give the value's 16 rows of 16 codes. Conversion
  * and streaming stores then alternate line by line, as in the flash rows,
  * instead of a run's conversion into L1 followed by its stores (the store
  * phase stalled on the fill buffers while the conversion waited: T=8192
  * H=2 D=128 fp8 prefill 1.02 ms vs 0.65 ms for the same bytes in the flash
  * layout). A tile that needs the exact path is converted by fp8_exact64
- * from a copy. Returns 0 (nothing written) when the run does not fit. */
+ * from a copy. Returns 0 (nothing written) when the run does not fit.
+ * Measured and not kept (session 7, harness old/new interleaved and bench,
+ * T=8192 H=2 D=128 mostly): whole-line loads of two tokens, lanes regrouped
+ * by vshufi32x4 instead of 32-byte halves inserted (harness 2-4% faster;
+ * bench within noise, 0-5% either way over nine alternations); the next
+ * step's 32 source lines prefetched into L1 (5-10% slower); the next run's
+ * sources two runs ahead or every other line (no change); key and value
+ * tiles interleaved per four tokens (1-2% slower); all heads of a run in
+ * one call, constants made once (per-tensor scales; no change). With the conversion left out (timing only) the same
+ * loads and stores take ~590 us, flash fp8 ~616 us, this path ~700 us (load
+ * ~3): what is left is conversion work not hidden behind the memory traffic. */
 #define FQ_TILE_LOAD(p, s)                                                                                          \
   _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p))),                              \
                      _mm256_loadu_si256((const __m256i *)((p) + (s))), 1)
@@ -536,6 +547,12 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
   uint8_t *kd = (uint8_t *)a->key_cache + block * ks[0] + head * ks[1];
   uint8_t *vd = (uint8_t *)a->value_cache + block * vs[0] + head * vs[1];
   const int64_t pstep = pfb / (D / 32);
+  __m512i gidx[4];
+  for (int k = 0; k < 4; k++) /* lane q, dword i: tile q's dword 4i + k (tiles 0|1, then 2|3) */
+    gidx[k] = _mm512_add_epi32(_mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0),
+                               _mm512_set1_epi32(k));
+  const __m512i btr = _mm512_set4_epi32(0x0f0b0703, 0x0e0a0602, 0x0d090501, 0x0c080400); /* byte 4m+i <- 4i+m */
+  const __m512i dtr = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0); /* dword 4m+q <- 4q+m */
   for (int64_t d = 0; d < D; d += 32) {
     /* This step's share of the pfb bytes to prefetch (see write_run_paged). */
     for (int64_t l = (d / 32) * pstep; l < (d / 32 + 1) * pstep; l += 64) {
@@ -551,24 +568,24 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
       _mm512_stream_si512((void *)(kl + j * 16), fq_tile(sj, sk, &c, qk, e5, exact));
       _mm512_stream_si512((void *)(kl + ks[2] + j * 16), fq_tile(sj + 32, sk, &c, qk, e5, exact));
     }
-    /* Value elements d..d+31: four tiles per 16 elements, transposed. */
+    /* Value elements d..d+31: four tiles per 16 elements (tokens 4q..4q+3
+     * in tile q), transposed in registers: a line's 16 dwords gathered
+     * (tile q's dword 4i+K: token 4q+i, elements 4K..4K+3) into lane q,
+     * each lane's 4x4 bytes transposed, then the 4x4 dwords. */
     fq_use_scale(&c, &scv);
-    _Alignas(64) uint8_t tile[2][256];
-    for (int j = 0; j < 16; j += 4) {
-      const char *sj = v0 + j * sv + d * 2;
-      _mm512_store_si512(tile[0] + j * 16, fq_tile(sj, sv, &c, qv, e5, exact));
-      _mm512_store_si512(tile[1] + j * 16, fq_tile(sj + 32, sv, &c, qv, e5, exact));
+    __m512i tv[2][4];
+    for (int q = 0; q < 4; q++) {
+      const char *sj = v0 + 4 * q * sv + d * 2;
+      tv[0][q] = fq_tile(sj, sv, &c, qv, e5, exact);
+      tv[1][q] = fq_tile(sj + 32, sv, &c, qv, e5, exact);
     }
     for (int hf = 0; hf < 2; hf++) {
-      __m128i out[16];
-      transpose16_u8((const char *)tile[hf], 16, out);
       uint8_t *vl = vd + (d + 16 * hf) * vs[2];
-      for (int e = 0; e < 16; e += 4) {
-        __m512i l = _mm512_castsi128_si512(out[e]);
-        l = _mm512_inserti32x4(l, out[e + 1], 1);
-        l = _mm512_inserti32x4(l, out[e + 2], 2);
-        l = _mm512_inserti32x4(l, out[e + 3], 3);
-        _mm512_stream_si512((void *)(vl + e * 16), l);
+      for (int k = 0; k < 4; k++) {
+        const __m512i lo = _mm512_permutex2var_epi32(tv[hf][0], gidx[k], tv[hf][1]);
+        const __m512i hi = _mm512_permutex2var_epi32(tv[hf][2], gidx[k], tv[hf][3]);
+        const __m512i r = _mm512_shuffle_epi8(_mm512_mask_blend_epi32(0xff00, lo, hi), btr);
+        _mm512_stream_si512((void *)(vl + k * 64), _mm512_permutexvar_epi32(dtr, r));
       }
     }
   }
