@@ -634,6 +634,24 @@ fn paged_long_contexts() {
     PagedCase::new(sp, &[1100]).check();
 }
 
+/// bf16 queries on a bf16 cache: the AMX decode kernel computes Q.K for a
+/// pack of 16 / Gp kv heads at once (Gp = G rounded up to a power of two).
+/// Several packs per sequence (32/8: packs of 4), a partial last pack (24/3:
+/// packs of 2, then 1; 10/5: one pack of 8 holding 5), padded query heads
+/// (9/3: G = 3 in Gp = 4), with ALiBi and v2 partitions (unused ones too).
+#[test]
+fn paged_kv_head_packs() {
+    for (i, &(h, hkv, d)) in [(32, 8, 128), (24, 3, 64), (10, 5, 32), (9, 3, 96)]
+        .iter()
+        .enumerate()
+    {
+        let mut sp = spec(DType::BF16, "auto", h, hkv, d, 16, 320 + i as u64);
+        sp.alibi = i % 2 == 0;
+        sp.strided_query = i == 1;
+        PagedCase::new(sp, &[1100, 37, 1]).check();
+    }
+}
+
 /// A sequence of length 0 gives zeros.
 #[test]
 fn paged_empty_sequence() {
