@@ -513,9 +513,10 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
  * step's 32 source lines prefetched into L1 (5-10% slower); the next run's
  * sources two runs ahead or every other line (no change); key and value
  * tiles interleaved per four tokens (1-2% slower); all heads of a run in
- * one call, constants made once (per-tensor scales; no change). With the conversion left out (timing only) the same
- * loads and stores take ~590 us, flash fp8 ~616 us, this path ~700 us (load
- * ~3): what is left is conversion work not hidden behind the memory traffic. */
+ * one call, constants made once (per-tensor scales; no change). With the
+ * conversion left out (timing only) the same loads and stores take ~590 us,
+ * flash fp8 ~616 us, this path ~700 us (load ~3): what is left is
+ * conversion work not hidden behind the memory traffic. */
 #define FQ_TILE_LOAD(p, s)                                                                                          \
   _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(p))),                              \
                      _mm256_loadu_si256((const __m256i *)((p) + (s))), 1)

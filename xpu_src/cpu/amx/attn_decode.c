@@ -22,9 +22,9 @@
  * k * Gp + h): each kv head's B holds its queries in its own lanes and
  * zeros elsewhere, so a TDPBF16PS adds exact zeros to the other heads'
  * lanes and every logit keeps its bits; the softmax of a pack
- * (ad_softmax_pack) repeats ad_softmax's per-lane operations and order. One unit = one (sequence, partition) and a run of
- * adjacent kv heads, as the avx512 fast path (kv heads of a block are
- * adjacent in memory).
+ * (ad_softmax_pack) repeats ad_softmax's per-lane operations and order.
+ * One unit = one (sequence, partition) and a run of adjacent kv heads, as
+ * the avx512 fast path (kv heads of a block are adjacent in memory).
  *
  * Numerics (the module tolerance of src/ops/attention.rs): logits = fp32
  * sums of exact products (tile order), times scale * k_scale (+ alibi);
@@ -1076,7 +1076,8 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * AV_NB + j) * 16 * D) : kp[j] + kvh * ks[2] * es;
         if (fp8) astr = D * 2;
         for (int64_t j = ng; j < AD_NB; j++) A[j] = A[0];
-        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256, NULL, vrow ? &vc : NULL, 1, 0, 0);
+        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256, NULL, vrow ? &vc : NULL,
+              1, 0, 0);
       }
       if (vrow)
         while (vc.o < vc.span) av_vpf_tick(&vc);

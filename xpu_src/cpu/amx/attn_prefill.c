@@ -693,16 +693,16 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       uint16_t *pb = w->p + c->buf * (32 * AP_PS);
       float *al = w->alpha + c->buf * 32;
       int64_t st = 0, slot = 0;
-#define AP_STEPS()                                     \
-  do {                                                 \
-    AP_BARRIER();                                      \
+#define AP_STEPS()                                              \
+  do {                                                          \
+    AP_BARRIER();                                               \
     const int64_t until = ap_min(total, total * (++slot) / 64); \
-    for (; st < until; st++) {                         \
-      if (st < np)                                     \
-        ap_pv_step(w, &u[0], D, st);                   \
-      else                                             \
-        ap_qk_step(w, &u[2], D, st - np);              \
-    }                                                  \
+    for (; st < until; st++) {                                  \
+      if (st < np)                                              \
+        ap_pv_step(w, &u[0], D, st);                            \
+      else                                                      \
+        ap_qk_step(w, &u[2], D, st - np);                       \
+    }                                                           \
   } while (0)
       if (scale > 0.0f) {
         /* only the key groups g0..g1 (the others are masked for every row
@@ -767,9 +767,11 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
     if (!w->ohas[r / 32]) { /* O = 0: o * f = +0 (f is finite and >= 0) */
       memset(dst, 0, (size_t)D * 2);
     } else {
-      for (int64_t d = 0; d < D; d += 32)
-      _mm512_storeu_si512((__m512i *)(dst + d), (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(_mm512_loadu_ps(o + d + 16), vf),
-                                                                             _mm512_mul_ps(_mm512_loadu_ps(o + d), vf)));
+      for (int64_t d = 0; d < D; d += 32) {
+        const __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(o + d), vf);
+        const __m512 hi = _mm512_mul_ps(_mm512_loadu_ps(o + d + 16), vf);
+        _mm512_storeu_si512((__m512i *)(dst + d), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
     }
     if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
   }
