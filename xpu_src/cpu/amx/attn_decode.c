@@ -493,11 +493,15 @@ AD_INLINE void ad_kcur_step(ad_kcur *c) {
 #ifndef AV_SG
 #define AV_SG 8 /* bf16 varlen decode: most 16-token groups per step */
 #endif
+#ifndef AV_SG8
+#define AV_SG8 4 /* fp8 varlen decode: 16-token groups per step (a multiple of 4) */
+#endif
+#define AV_SGMAX (AV_SG > AV_SG8 ? AV_SG : AV_SG8)
 #ifndef AV_SGB
 #define AV_SGB (128 << 10) /* bf16 varlen decode: most cache bytes (K or V) of a step */
 #endif
 typedef struct av_vpf {
-  const char *p[AV_SG > AD_NB ? AV_SG : AD_NB];
+  const char *p[AV_SGMAX];
   int64_t ng, span, o, j, per;
 } av_vpf;
 
@@ -893,9 +897,29 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
  * kv heads sharing the C tiles as the paged kernel does (bit-identical,
  * median ratio 0.94-1.06 at B=8 ctx=4k: a step also loads and stores the
  * P.V accumulators per kv head: 4 (Qwen) to 8 (Llama) more tile-store
- * events per step). */
+ * events per step).
+ * Step length (session 8, harness, B=8 ctx=4k, interleaved, load 1-5):
+ * bf16 steps of 8 groups made Qwen 16/2 D=256 9-11% faster (half the P.V
+ * spills); Llama 32/8 D=128 measured 3-9% SLOWER with 8 groups and 24%
+ * with 16 (with or without the packs below), Qwen 9% with 16 and 11-16%
+ * with 32. The limit looks like the number of 4 KiB pages a step keeps
+ * open: a tile load touches 16 token rows (Qwen 1 KiB rows: 4 pages of a
+ * 16 KiB block; Llama 2 KiB rows: 8 pages of 32 KiB), and the steps that
+ * were fast open at most 32 pages (Qwen 8 blocks, Llama 4). Hence the
+ * 128 KiB bound on a step's key rows (AV_SGB). Also no better at the
+ * chosen steps: Q.K packs of 16/G kv heads (Qwen 0.98-0.99, Llama
+ * 1.03-1.10) with or without P.V tiles of 2 G rows (Llama 0.98-1.08;
+ * bit-identical); a software-prefetch cursor over the next step's whole K
+ * and V blocks spread over the step (1.39-1.66x slower: every prefetch
+ * that misses holds an L1 fill buffer, so the core streams at most about
+ * 16 lines per DRAM latency where the L2 streamer alone reaches the probe's
+ * bandwidth); prefetching half of the lines (two of each 256-byte piece,
+ * the adjacent-line prefetcher to fill the rest: 1.07-1.22x slower);
+ * items of 4 or 2 kv heads for Llama (1.35-1.59x slower); fp8 steps of 8
+ * groups (AV_SG8; Qwen 0.74-1.14, Llama 0.99-1.08: unresolved under load,
+ * left at 4). */
 
-#define AV_NB 4 /* 16-token groups per step */
+#define AV_NB 4 /* 16-token groups per Q.K tile batch */
 
 static int av_ok(const xk_attn_args *a) {
   const int32_t dt = a->cache_dtype;
@@ -925,7 +949,7 @@ static av_geom av_layout(const xk_attn_args *a) {
    * of at most AV_SGB bytes of key rows of all kv heads (Qwen 16/2 D=256: 8,
    * Llama 32/8 D=128: 4), a multiple of AV_NB; fixed by the call's shape, not
    * by kv_group (which depends on the thread count) */
-  g.SG = AV_NB;
+  g.SG = AV_SG8;
   if (!fp8) g.SG = ad_max(AV_NB, ad_min(AV_SG, AV_SGB / (16 * a->num_kv_heads * g.D * 2)) / AV_NB * AV_NB);
   int64_t off = 0;
   g.qb = off; /* [KG][nch][16][16] u32 */
@@ -938,10 +962,10 @@ static av_geom av_layout(const xk_attn_args *a) {
   off += g.KG * g.nch * 1024;
   g.ml = off; /* [KG][2][16] f32: running max and sum per lane */
   off += g.KG * 128;
-  g.vz = off; /* fp8: [KG][AV_NB][16][D] widened value rows; bf16: [2][16][D] zero-padded edge groups */
-  off += (fp8 ? g.KG * AV_NB : 2) * 16 * g.D * 2;
-  g.kst = off; /* fp8: [2][KG][AV_NB][16][D] bf16 key rows, a step ahead */
-  off += fp8 ? 2 * g.KG * AV_NB * 16 * g.D * 2 : 0;
+  g.vz = off; /* fp8: [KG][SG][16][D] widened value rows; bf16: [2][16][D] zero-padded edge groups */
+  off += (fp8 ? g.KG * g.SG : 2) * 16 * g.D * 2;
+  g.kst = off; /* fp8: [2][KG][SG][16][D] bf16 key rows, a step ahead */
+  off += fp8 ? 2 * g.KG * g.SG * 16 * g.D * 2 : 0;
   g.lt = off; /* [8][SG * 16] f32: one kv head's logits, transposed */
   off += 8 * g.SG * 64;
   g.row = off;
@@ -990,8 +1014,8 @@ static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *
                           int64_t ts, int64_t ngmax, int64_t lo, int64_t hi, int64_t kvh, int64_t nkv, int fp8,
                           const ad_cvt *t, uint16_t *dst) {
   const int64_t D = a->head_size, bs = a->block_size, ng = ad_min(ngmax, (hi - ts + 15) / 16);
-  const char *src[AV_NB];
-  int64_t r0[AV_NB], r1[AV_NB];
+  const char *src[AV_SGMAX];
+  int64_t r0[AV_SGMAX], r1[AV_SGMAX];
   for (int64_t j = 0; j < ng; j++) {
     const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * a->block_tables_stride_block];
     src[j] = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
@@ -1003,7 +1027,7 @@ static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *
   for (int64_t r = 0; r < 16; r++) {
     for (int64_t j = 0; j < ng; j++) {
       for (int64_t kvl = 0; kvl < nkv; kvl++) {
-        uint16_t *d = dst + ((kvl * AV_NB + j) * 16 + r) * D;
+        uint16_t *d = dst + ((kvl * ngmax + j) * 16 + r) * D;
         if (r < r0[j] || r >= r1[j])
           memset(d, 0, (size_t)D * 2);
         else
@@ -1064,14 +1088,14 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       _mm512_storeu_ps(mlb + kvl * 32, ninf);
       _mm512_storeu_ps(mlb + kvl * 32 + 16, _mm512_setzero_ps());
     }
-    const int64_t LOa = lo & ~(int64_t)15, kslot = KG * AV_NB * 16 * D;
+    const int64_t LOa = lo & ~(int64_t)15, kslot = KG * SG * 16 * D;
     /* fp8: a step's keys are widened (in memory order) one step ahead, its
      * values right after its Q.K: a tile load right after the stores of its
      * data waits for them. */
-    if (fp8 && LOa < hi) av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, AV_NB, lo, hi, kvh0, KG, 1, &cv, kst);
+    if (fp8 && LOa < hi) av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, SG, lo, hi, kvh0, KG, 1, &cv, kst);
     for (int64_t ts = LOa, sn = 0; ts < hi; ts += SL, sn++) {
       const int64_t ng = ad_min(SG, (hi - ts + 15) / 16);
-      const char *kp[AV_SG > AV_NB ? AV_SG : AV_NB], *vp[AV_SG > AV_NB ? AV_SG : AV_NB];
+      const char *kp[AV_SGMAX], *vp[AV_SGMAX];
       for (int64_t j = 0; j < ng; j++) {
         const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * btb];
         kp[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
@@ -1090,7 +1114,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           const char *A[AD_NB];
           int64_t astr = ks[1] * es;
           for (int64_t j = 0; j < nb; j++)
-            A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * AV_NB + jb + j) * 16 * D)
+            A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * SG + jb + j) * 16 * D)
                        : kp[jb + j] + kvh * ks[2] * es;
           if (fp8) astr = D * 2;
           for (int64_t j = nb; j < AD_NB; j++) A[j] = A[0];
@@ -1102,9 +1126,9 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
         while (vc.o < vc.span) av_vpf_tick(&vc);
       if (fp8) {
         if (ts + SL < hi)
-          av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, ts + SL, AV_NB, lo, hi, kvh0, KG, 1, &cv,
+          av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, ts + SL, SG, lo, hi, kvh0, KG, 1, &cv,
                         kst + ((sn + 1) & 1) * kslot);
-        av_stage_step(a, bt, (const char *)a->value_cache, vs, 1, ts, AV_NB, lo, hi, kvh0, KG, 1, &cv, vz);
+        av_stage_step(a, bt, (const char *)a->value_cache, vs, 1, ts, SG, lo, hi, kvh0, KG, 1, &cv, vz);
       }
       /* online softmax per kv head on the transposed logits (a vector per head
        * and group: 16 tokens), G heads instead of 16 lanes */
@@ -1215,12 +1239,12 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       /* P.V per kv head and pass of 4 C tiles (128 dims) */
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         const int64_t kvh = kvh0 + kvl;
-        const char *B[AV_SG > AV_NB ? AV_SG : AV_NB];
-        int64_t bstr[AV_SG > AV_NB ? AV_SG : AV_NB];
+        const char *B[AV_SGMAX];
+        int64_t bstr[AV_SGMAX];
         for (int64_t j = 0; j < ng; j++) {
           const int64_t t0 = ts + 16 * j;
           if (fp8) {
-            B[j] = (const char *)(vz + (kvl * AV_NB + j) * 16 * D);
+            B[j] = (const char *)(vz + (kvl * SG + j) * 16 * D);
             bstr[j] = D * 2;
           } else if (t0 < lo || t0 + 16 > hi) { /* the first or the last group of the range: slot 0 or 1 */
             uint16_t *z = vz + (t0 < lo ? 0 : 16 * D);
