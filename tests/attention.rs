@@ -1522,12 +1522,13 @@ fn varlen_chunked_prefill_equals_one_shot() {
 /// bf16/fp8 caches, at most 8 query heads per kv head, head size a multiple of
 /// 32) they run the tile decode kernel: every head size it takes, fp8 e4m3 and
 /// e5m2, NHD and HND caches, contexts on both sides of its 16-key groups and
-/// 64-key steps, window, softcap, ALiBi, sinks and scales over poisoned caches;
+/// its steps (64 keys for fp8, up to 128 for bf16), window, softcap, ALiBi,
+/// sinks and scales over poisoned caches;
 /// 16 query heads per kv head take the fallback.
 /// Tolerance: the module's.
 #[test]
 fn varlen_decode_only() {
-    let lens = [1usize, 15, 16, 17, 63, 64, 65, 200, 513];
+    let lens = [1usize, 15, 16, 17, 63, 64, 65, 127, 129, 200, 513];
     let heads = [(16, 2), (32, 8), (8, 8), (16, 1)];
     for (i, &d) in [32usize, 64, 96, 128, 192, 256, 512].iter().enumerate() {
         for (k, stored) in [DType::BF16, DType::F8E4M3, DType::F8E5M2]

@@ -63,9 +63,11 @@
 //! queries over bf16 or fp8 caches, head size a multiple of 32, at most 8
 //! query heads per KV head) run on the same unit over the flash layout: K and
 //! V rows are tile operands straight from the cache (fp8 widened to bf16
-//! first), with attn_varlen's online softmax (64-key steps; a step's sum of
-//! probabilities is added as a tree, not token by token), masks, softcap,
-//! ALiBi, sinks and LSE; same tolerance, thread-count independent.
+//! first), with attn_varlen's online softmax (steps of 64 keys for fp8
+//! caches and of up to 128 keys, at most 128 KiB of key rows, for bf16; a
+//! step's sum of probabilities is added as a tree, not token by token),
+//! masks, softcap, ALiBi, sinks and LSE; same tolerance, thread-count
+//! independent (the step depends on the call's shape only).
 //!
 //! [`reshape_and_cache`]: crate::reshape_and_cache
 

@@ -490,8 +490,18 @@ AD_INLINE void ad_kcur_step(ad_kcur *c) {
  * step's groups interleaved) and prefetches them into L2 a few lines per
  * Q.K chunk step, so that the values are in flight while the tiles work on
  * the keys and the core on the softmax. */
+#ifndef AV_SG
+#define AV_SG 8 /* bf16 varlen decode: most 16-token groups per step */
+#endif
+#ifndef AV_SG8
+#define AV_SG8 4 /* fp8 varlen decode: 16-token groups per step (a multiple of 4) */
+#endif
+#define AV_SGMAX (AV_SG > AV_SG8 ? AV_SG : AV_SG8)
+#ifndef AV_SGB
+#define AV_SGB (128 << 10) /* bf16 varlen decode: most cache bytes (K or V) of a step */
+#endif
 typedef struct av_vpf {
-  const char *p[AD_NB];
+  const char *p[AV_SGMAX];
   int64_t ng, span, o, j, per;
 } av_vpf;
 
@@ -859,7 +869,8 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
  *     from the cache, and C[2h + e][n] = sum_t p_h,t v_t[2n + e]: out[h] for
  *     the 32 dims of the tile, even dims in row 2h, odd in 2h + 1. Needs
  *     2 G <= 16.
- * Steps of 64 keys (4 groups of 16, aligned to 16) with the online softmax
+ * Steps of 16 SG keys (SG groups of 16, aligned to 16; SG = 4 for fp8, up
+ * to 8 for bf16, see av_layout) with the online softmax
  * of attn_varlen (probabilities exp(s - running max) rounded to bf16, fp32
  * sum of the unrounded ones, accumulator rescaled when the max grows), the
  * same logit order (scale * k_scale, softcap, ALiBi, window/causal mask) and
@@ -886,9 +897,29 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
  * kv heads sharing the C tiles as the paged kernel does (bit-identical,
  * median ratio 0.94-1.06 at B=8 ctx=4k: a step also loads and stores the
  * P.V accumulators per kv head: 4 (Qwen) to 8 (Llama) more tile-store
- * events per step). */
+ * events per step).
+ * Step length (session 8, harness, B=8 ctx=4k, interleaved, load 1-5):
+ * bf16 steps of 8 groups made Qwen 16/2 D=256 9-11% faster (half the P.V
+ * spills); Llama 32/8 D=128 measured 3-9% SLOWER with 8 groups and 24%
+ * with 16 (with or without the packs below), Qwen 9% with 16 and 11-16%
+ * with 32. The limit looks like the number of 4 KiB pages a step keeps
+ * open: a tile load touches 16 token rows (Qwen 1 KiB rows: 4 pages of a
+ * 16 KiB block; Llama 2 KiB rows: 8 pages of 32 KiB), and the steps that
+ * were fast open at most 32 pages (Qwen 8 blocks, Llama 4). Hence the
+ * 128 KiB bound on a step's key rows (AV_SGB). Also no better at the
+ * chosen steps: Q.K packs of 16/G kv heads (Qwen 0.98-0.99, Llama
+ * 1.03-1.10) with or without P.V tiles of 2 G rows (Llama 0.98-1.08;
+ * bit-identical); a software-prefetch cursor over the next step's whole K
+ * and V blocks spread over the step (1.39-1.66x slower: every prefetch
+ * that misses holds an L1 fill buffer, so the core streams at most about
+ * 16 lines per DRAM latency where the L2 streamer alone reaches the probe's
+ * bandwidth); prefetching half of the lines (two of each 256-byte piece,
+ * the adjacent-line prefetcher to fill the rest: 1.07-1.22x slower);
+ * items of 4 or 2 kv heads for Llama (1.35-1.59x slower); fp8 steps of 8
+ * groups (AV_SG8; Qwen 0.74-1.14, Llama 0.99-1.08: unresolved under load,
+ * left at 4). */
 
-#define AV_NB 4 /* 16-token groups per step */
+#define AV_NB 4 /* 16-token groups per Q.K tile batch */
 
 static int av_ok(const xk_attn_args *a) {
   const int32_t dt = a->cache_dtype;
@@ -904,7 +935,7 @@ static int av_ok(const xk_attn_args *a) {
 }
 
 typedef struct av_geom {
-  int64_t KG, D, nch;
+  int64_t KG, D, nch, SG;
   int64_t qb, lg, pe, acc, ml, vz, kst, lt, row, total;
 } av_geom;
 
@@ -914,23 +945,29 @@ static av_geom av_layout(const xk_attn_args *a) {
   g.D = a->head_size;
   g.nch = g.D / 32;
   const int fp8 = xk_is_fp8(a->cache_dtype);
+  /* groups per step: fp8 AV_NB (its staging slots), bf16 up to AV_SG groups
+   * of at most AV_SGB bytes of key rows of all kv heads (Qwen 16/2 D=256: 8,
+   * Llama 32/8 D=128: 4), a multiple of AV_NB; fixed by the call's shape, not
+   * by kv_group (which depends on the thread count) */
+  g.SG = AV_SG8;
+  if (!fp8) g.SG = ad_max(AV_NB, ad_min(AV_SG, AV_SGB / (16 * a->num_kv_heads * g.D * 2)) / AV_NB * AV_NB);
   int64_t off = 0;
   g.qb = off; /* [KG][nch][16][16] u32 */
   off += g.KG * g.nch * 1024;
-  g.lg = off; /* [KG][64][16] f32 */
-  off += g.KG * AV_NB * 1024;
-  g.pe = off; /* [KG][AV_NB][16][16] u32 */
-  off += g.KG * AV_NB * 1024;
+  g.lg = off; /* [KG][SG][16][16] f32 */
+  off += g.KG * g.SG * 1024;
+  g.pe = off; /* [KG][SG][16][16] u32 */
+  off += g.KG * g.SG * 1024;
   g.acc = off; /* [KG][nch][16][16] f32 */
   off += g.KG * g.nch * 1024;
   g.ml = off; /* [KG][2][16] f32: running max and sum per lane */
   off += g.KG * 128;
-  g.vz = off; /* [KG (fp8) or 1][AV_NB][16][D] bf16: fp8-widened or zero-padded value rows */
-  off += (fp8 ? g.KG : 1) * AV_NB * 16 * g.D * 2;
-  g.kst = off; /* fp8: [2][KG][AV_NB][16][D] bf16 key rows, a step ahead */
-  off += fp8 ? 2 * g.KG * AV_NB * 16 * g.D * 2 : 0;
-  g.lt = off; /* [8][64] f32: one kv head's logits, transposed */
-  off += 8 * 64 * 4;
+  g.vz = off; /* fp8: [KG][SG][16][D] widened value rows; bf16: [2][16][D] zero-padded edge groups */
+  off += (fp8 ? g.KG * g.SG : 2) * 16 * g.D * 2;
+  g.kst = off; /* fp8: [2][KG][SG][16][D] bf16 key rows, a step ahead */
+  off += fp8 ? 2 * g.KG * g.SG * 16 * g.D * 2 : 0;
+  g.lt = off; /* [8][SG * 16] f32: one kv head's logits, transposed */
+  off += 8 * g.SG * 64;
   g.row = off;
   off += ad_al(g.D * 4);
   g.total = off + 64;
@@ -977,8 +1014,8 @@ static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *
                           int64_t ts, int64_t ngmax, int64_t lo, int64_t hi, int64_t kvh, int64_t nkv, int fp8,
                           const ad_cvt *t, uint16_t *dst) {
   const int64_t D = a->head_size, bs = a->block_size, ng = ad_min(ngmax, (hi - ts + 15) / 16);
-  const char *src[AV_NB];
-  int64_t r0[AV_NB], r1[AV_NB];
+  const char *src[AV_SGMAX];
+  int64_t r0[AV_SGMAX], r1[AV_SGMAX];
   for (int64_t j = 0; j < ng; j++) {
     const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * a->block_tables_stride_block];
     src[j] = cache + (blk * st[0] + (tok % bs) * st[1] + kvh * st[2]) * es;
@@ -990,7 +1027,7 @@ static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *
   for (int64_t r = 0; r < 16; r++) {
     for (int64_t j = 0; j < ng; j++) {
       for (int64_t kvl = 0; kvl < nkv; kvl++) {
-        uint16_t *d = dst + ((kvl * AV_NB + j) * 16 + r) * D;
+        uint16_t *d = dst + ((kvl * ngmax + j) * 16 + r) * D;
         if (r < r0[j] || r >= r1[j])
           memset(d, 0, (size_t)D * 2);
         else
@@ -1003,6 +1040,7 @@ static void av_stage_step(const xk_attn_args *a, const int32_t *bt, const char *
 static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t end) {
   const av_geom g = av_layout(a);
   const int64_t KG = g.KG, NG = a->num_kv_heads / KG, G = a->num_heads / a->num_kv_heads, D = g.D, nch = g.nch;
+  const int64_t SG = g.SG, SL = SG * 16; /* groups and tokens per step */
   const int64_t bs = a->block_size, btb = a->block_tables_stride_block;
   const int fp8 = xk_is_fp8(a->cache_dtype);
   const int64_t es = fp8 ? 1 : 2;
@@ -1024,7 +1062,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
   memset(&cv, 0, sizeof cv);
   if (fp8) ad_cvt_init(&cv, a->cache_dtype);
   ad_config(16, 64, 16);
-  memset(pe, 0, (size_t)(g.KG * AV_NB * 1024)); /* rows 2G..15 stay zero */
+  memset(pe, 0, (size_t)(g.KG * SG * 1024)); /* rows 2G..15 stay zero */
   const __m512 ninf = _mm512_set1_ps(-INFINITY);
   const float cap = a->softcap, icap = cap > 0.0f ? 1.0f / cap : 0.0f;
   for (int64_t b = begin; b < end; b++) {
@@ -1050,14 +1088,14 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       _mm512_storeu_ps(mlb + kvl * 32, ninf);
       _mm512_storeu_ps(mlb + kvl * 32 + 16, _mm512_setzero_ps());
     }
-    const int64_t LOa = lo & ~(int64_t)15, kslot = KG * AV_NB * 16 * D;
+    const int64_t LOa = lo & ~(int64_t)15, kslot = KG * SG * 16 * D;
     /* fp8: a step's keys are widened (in memory order) one step ahead, its
      * values right after its Q.K: a tile load right after the stores of its
      * data waits for them. */
-    if (fp8 && LOa < hi) av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, AV_NB, lo, hi, kvh0, KG, 1, &cv, kst);
-    for (int64_t ts = LOa, sn = 0; ts < hi; ts += 16 * AV_NB, sn++) {
-      const int64_t ng = ad_min(AV_NB, (hi - ts + 15) / 16);
-      const char *kp[AV_NB], *vp[AV_NB];
+    if (fp8 && LOa < hi) av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, SG, lo, hi, kvh0, KG, 1, &cv, kst);
+    for (int64_t ts = LOa, sn = 0; ts < hi; ts += SL, sn++) {
+      const int64_t ng = ad_min(SG, (hi - ts + 15) / 16);
+      const char *kp[AV_SGMAX], *vp[AV_SGMAX];
       for (int64_t j = 0; j < ng; j++) {
         const int64_t tok = ts + 16 * j, blk = bt[(tok / bs) * btb];
         kp[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
@@ -1065,27 +1103,32 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       }
       /* bf16 (vrow): the step's values stream into L2 during Q.K (fp8, whose
        * values are staged right after Q.K, measured 2-8% slower with it) */
-      av_vpf vc = {{0}, ng, 16 * vs[1] * es, 0, 0, (ng * 16 * vs[1] * es / 64 + KG * nch - 1) / (KG * nch)};
+      const int64_t qkt = KG * nch * ((ng + AD_NB - 1) / AD_NB); /* Q.K chunk steps */
+      av_vpf vc = {{0}, ng, 16 * vs[1] * es, 0, 0, (ng * 16 * vs[1] * es / 64 + qkt - 1) / qkt};
       for (int64_t j = 0; j < ng; j++) vc.p[j] = vp[j];
-      /* Q.K per kv head */
-      for (int64_t kvl = 0; kvl < KG; kvl++) {
-        const int64_t kvh = kvh0 + kvl;
-        const char *A[AD_NB];
-        int64_t astr = ks[1] * es;
-        for (int64_t j = 0; j < ng; j++)
-          A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * AV_NB + j) * 16 * D) : kp[j] + kvh * ks[2] * es;
-        if (fp8) astr = D * 2;
-        for (int64_t j = ng; j < AD_NB; j++) A[j] = A[0];
-        ad_qk(A, ng, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + kvl * AV_NB * 256, NULL, vrow ? &vc : NULL,
-              1, 0, 0);
+      /* Q.K per batch of AD_NB groups and kv head */
+      for (int64_t jb = 0; jb < ng; jb += AD_NB) {
+        const int64_t nb = ad_min(AD_NB, ng - jb);
+        for (int64_t kvl = 0; kvl < KG; kvl++) {
+          const int64_t kvh = kvh0 + kvl;
+          const char *A[AD_NB];
+          int64_t astr = ks[1] * es;
+          for (int64_t j = 0; j < nb; j++)
+            A[j] = fp8 ? (const char *)(kst + (sn & 1) * kslot + (kvl * SG + jb + j) * 16 * D)
+                       : kp[jb + j] + kvh * ks[2] * es;
+          if (fp8) astr = D * 2;
+          for (int64_t j = nb; j < AD_NB; j++) A[j] = A[0];
+          ad_qk(A, nb, nch, 64, astr, qb + kvl * nch * 256, 256, 16, lgb + (kvl * SG + jb) * 256, NULL,
+                vrow ? &vc : NULL, 1, 0, 0);
+        }
       }
       if (vrow)
         while (vc.o < vc.span) av_vpf_tick(&vc);
       if (fp8) {
-        if (ts + 16 * AV_NB < hi)
-          av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, ts + 16 * AV_NB, AV_NB, lo, hi, kvh0, KG, 1, &cv,
+        if (ts + SL < hi)
+          av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, ts + SL, SG, lo, hi, kvh0, KG, 1, &cv,
                         kst + ((sn + 1) & 1) * kslot);
-        av_stage_step(a, bt, (const char *)a->value_cache, vs, 1, ts, AV_NB, lo, hi, kvh0, KG, 1, &cv, vz);
+        av_stage_step(a, bt, (const char *)a->value_cache, vs, 1, ts, SG, lo, hi, kvh0, KG, 1, &cv, vz);
       }
       /* online softmax per kv head on the transposed logits (a vector per head
        * and group: 16 tokens), G heads instead of 16 lanes */
@@ -1096,7 +1139,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
         float sl[8] = {0};
         if (a->alibi_slopes)
           for (int64_t h = 0; h < G; h++) sl[h] = a->alibi_slopes[seq * a->alibi_stride_seq + kvh * G + h];
-        const float *lg = lgb + kvl * AV_NB * 256;
+        const float *lg = lgb + kvl * SG * 256;
         __m512 hmx[8];
         for (int h = 0; h < 8; h++) hmx[h] = ninf;
         const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -1121,7 +1164,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
             }
             if (a->alibi_slopes) x = _mm512_sub_ps(x, _mm512_mul_ps(_mm512_set1_ps(sl[h]), dist));
             x = _mm512_mask_mov_ps(ninf, tv, x);
-            _mm512_storeu_ps(ltb + h * 64 + 16 * j, x);
+            _mm512_storeu_ps(ltb + h * SL + 16 * j, x);
             hmx[h] = _mm512_mask_max_ps(hmx[h], tv, x, hmx[h]); /* NaN logits ignored as fmaxf */
           }
         }
@@ -1144,7 +1187,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           const __mmask16 lv = (live >> h) & 1 ? (__mmask16)0xffff : 0;
           __m512 acc = _mm512_setzero_ps();
           for (int64_t j = 0; j < ng; j++) {
-            const __m512 x = _mm512_loadu_ps(ltb + h * 64 + 16 * j);
+            const __m512 x = _mm512_loadu_ps(ltb + h * SL + 16 * j);
             const __mmask16 v = _mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ) & lv;
             const __m512 e = _mm512_maskz_mov_ps(v, xk_exp16(_mm512_sub_ps(x, ms)));
             acc = _mm512_add_ps(acc, e);
@@ -1152,7 +1195,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
             const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
             const __m512i r = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd),
                                                _mm512_set1_epi32((int)0xffff0000u));
-            uint32_t *P = pe + (kvl * AV_NB + j) * 256;
+            uint32_t *P = pe + (kvl * SG + j) * 256;
             _mm512_storeu_si512((void *)(P + (2 * h) * 16), _mm512_srli_epi32(r, 16));
             _mm512_storeu_si512((void *)(P + (2 * h + 1) * 16), r);
           }
@@ -1182,9 +1225,9 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       }
       /* bf16 (krow): the next step's keys stream into L2 during P.V */
       av_vpf kc2 = {{0}, 0, 16 * ks[1] * es, 0, 0, 0};
-      if (krow && ts + 16 * AV_NB < hi) {
-        const int64_t tn = ts + 16 * AV_NB, ticks = KG * ((nch + 3) / 4) * ng;
-        kc2.ng = ad_min(AV_NB, (hi - tn + 15) / 16);
+      if (krow && ts + SL < hi) {
+        const int64_t tn = ts + SL, ticks = KG * ((nch + 3) / 4) * ng;
+        kc2.ng = ad_min(SG, (hi - tn + 15) / 16);
         for (int64_t j = 0; j < kc2.ng; j++) {
           const int64_t tok = tn + 16 * j, blk = bt[(tok / bs) * btb];
           kc2.p[j] = (const char *)a->key_cache + (blk * ks[0] + (tok % bs) * ks[1]) * es;
@@ -1196,16 +1239,17 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
       /* P.V per kv head and pass of 4 C tiles (128 dims) */
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         const int64_t kvh = kvh0 + kvl;
-        const char *B[AV_NB];
-        int64_t bstr[AV_NB];
+        const char *B[AV_SGMAX];
+        int64_t bstr[AV_SGMAX];
         for (int64_t j = 0; j < ng; j++) {
           const int64_t t0 = ts + 16 * j;
           if (fp8) {
-            B[j] = (const char *)(vz + (kvl * AV_NB + j) * 16 * D);
+            B[j] = (const char *)(vz + (kvl * SG + j) * 16 * D);
             bstr[j] = D * 2;
-          } else if (t0 < lo || t0 + 16 > hi) {
-            av_stage_step(a, bt, (const char *)a->value_cache, vs, 2, t0, 1, lo, hi, kvh, 1, 0, &cv, vz + j * 16 * D);
-            B[j] = (const char *)(vz + j * 16 * D);
+          } else if (t0 < lo || t0 + 16 > hi) { /* the first or the last group of the range: slot 0 or 1 */
+            uint16_t *z = vz + (t0 < lo ? 0 : 16 * D);
+            av_stage_step(a, bt, (const char *)a->value_cache, vs, 2, t0, 1, lo, hi, kvh, 1, 0, &cv, z);
+            B[j] = (const char *)z;
             bstr[j] = D * 2;
           } else {
             B[j] = vp[j] + kvh * vs[2] * 2;
@@ -1213,7 +1257,7 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
           }
         }
         float *acc = accb + kvl * nch * 256;
-        const uint32_t *P = pe + kvl * AV_NB * 256;
+        const uint32_t *P = pe + kvl * SG * 256;
         for (int64_t c0 = 0; c0 < nch; c0 += 4) {
           const int64_t nt4 = ad_min(4, nch - c0);
           float *o = acc + c0 * 256;
