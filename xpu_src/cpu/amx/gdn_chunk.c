@@ -80,6 +80,7 @@ typedef struct amx_ws {
   uint32_t *Dv;       /* [C][ld] pairs of Dt rows: hi (rows < C/2) then lo */
   uint16_t *Ph, *Pl;  /* [C][C] P split: bf16 hi and lo parts (zero above the diagonal) */
   uint32_t *Dp;       /* [C][ld] pairs of D rows: hi (rows < C/2) then lo */
+  uint16_t *Ah, *Al;  /* [C/2][C/2] A's block of rows C/2.., columns ..C/2 split: bf16 hi and lo */
   float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
   float *tmp;         /* [max(Kp, Vp)] */
   float *S;           /* states [Kp][ld], sst floats apart */
@@ -90,13 +91,14 @@ static int64_t amx_ld(int64_t Vp) { return 16 * ((Vp / 16) | 1); }
 
 static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *x) {
   const int64_t C = CHUNK, Kp = round_up(K, 32), Vp = round_up(V, 32), ld = amx_ld(Vp);
-  void *p[19];
+  void *p[21];
   const int64_t sizes[] = {C * ld, C * C,  C * C,  C * ld,  C * ld,   C,  C,  C,  C, /* Vm A P D O Gc beta eG eL */
                            C * Kp,    /* AB (2C x Kp bf16) */
                            Kp * C / 2, /* KTa */
                            Kp * C / 2, /* KTv */
                            2 * C * C, 2 * C * ld, G * Kp * ld, C * ld,
-                           C * C / 2, C * C / 2, C * ld}; /* Ph Pl Dp */
+                           C * C / 2, C * C / 2, C * ld, /* Ph Pl Dp */
+                           C * C / 8, C * C / 8}; /* Ah Al */
   int64_t off = 0;
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     p[i] = base ? (void *)(base + off) : NULL;
@@ -116,6 +118,7 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
   w->Gc = p[5], w->beta = p[6], w->eG = p[7], w->eL = p[8];
   x->AB = p[9], x->KTa = p[10], x->KTv = p[11], x->Gm = p[12], x->X = p[13], x->Sp = p[14], x->Dv = p[15];
   x->Ph = p[16], x->Pl = p[17], x->Dp = p[18];
+  x->Ah = p[19], x->Al = p[20];
   w->Gk = x->Gm, w->Gq = x->Gm + C * C;
   x->rk = rest, x->rq = rest + rmax, x->tmp = rest + 2 * rmax;
   x->S = S;
@@ -337,7 +340,8 @@ static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay
 /* D rows [i0, i0 + TMR) of one panel: beta (v - exp(G) rk (k S)), minus A D
  * over the rows before, the tile's triangle solved in registers; Dt = exp(G_last
  * - G) rk D stored split into pairs for the state update. */
-static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0, const tmask *m) {
+static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0, const tmask *m, int64_t p0,
+                                         const float *Y) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, ld = x->ld;
   const float *rows[TMR];
@@ -347,11 +351,13 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
     const cv_t eg = cv_set1(w->eG[i0 + r] * x->rk[i0 + r]), b = cv_set1(w->beta[i0 + r]);
     const float *vr = w->Vm + (i0 + r) * ld + j0, *xr = x->X + (i0 + r) * ld + j0;
 #pragma GCC unroll 16
-    for (int v = 0; v < TNV; v++)
-      t.c[r][v] = cv_mul(b, cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), cv_load(vr + v * CV_L, m->m[v])));
+    for (int v = 0; v < TNV; v++) {
+      const cv_t u = cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), cv_load(vr + v * CV_L, m->m[v]));
+      t.c[r][v] = Y ? _mm512_fmsub_ps(b, u, cv_load(Y + (i0 + r) * ld + j0 + v * CV_L, m->m[v])) : cv_mul(b, u);
+    }
   }
-  for (int r = 0; r < TMR; r++) rows[r] = w->A + (i0 + r) * C;
-  tile_madd(&t, i0, rows, w->D + j0, ld, m, 1, TNV);
+  for (int r = 0; r < TMR; r++) rows[r] = w->A + (i0 + r) * C + p0;
+  tile_madd(&t, i0 - p0, rows, w->D + p0 * ld + j0, ld, m, 1, TNV);
 #pragma GCC unroll 8
   for (int r = 1; r < TMR; r++) {
 #pragma GCC unroll 8
@@ -400,6 +406,49 @@ static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
       _mm256_storeu_si256((__m256i *)(x->Ph + i * C + j), (__m256i)h);
       _mm256_storeu_si256((__m256i *)(x->Pl + i * C + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf)));
     }
+    if (i >= C / 2) { /* the off-diagonal block of A for amx_solve's tile product */
+      for (int64_t j = 0; j < C / 2; j += 16) {
+        const __m512 p = _mm512_loadu_ps(x->w.A + i * C + j);
+        const __m256bh h = _mm512_cvtneps_pbh(p);
+        const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+        _mm256_storeu_si256((__m256i *)(x->Ah + (i - C / 2) * (C / 2) + j), (__m256i)h);
+        _mm256_storeu_si256((__m256i *)(x->Al + (i - C / 2) * (C / 2) + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf)));
+      }
+    }
+  }
+}
+
+/* D = (I + A)^-1 W in two row halves: the first half solved in registers,
+ * then Y = A[C/2.., ..C/2] D[..C/2] on the tiles (A and D split into hi + lo
+ * as in amx_pd), then the second half solved against W - Y. */
+static void amx_solve(const xk_gdn_args *a, const amx_ws *x, int64_t row, amx_pfw *pf) {
+  const int64_t C = CHUNK, V = x->w.V, Vp = x->Vp, ld = x->ld;
+  float *Y = x->w.O; /* rows C/2.. (amx_pd overwrites O later) */
+  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
+    const tmask m = tmask_of(V - j0);
+    for (int64_t i0 = 0; i0 < C / 2; i0 += TMR) {
+      amx_pf_step(a, row, pf, AMX_PF_TILE);
+      amx_solve_tile(x, i0, j0, &m, 0, NULL);
+    }
+  }
+  for (int64_t n0 = 0; n0 < Vp; n0 += 32) {
+    const uint32_t *bh = x->Dp + n0, *bl = x->Dp + (C / 2) * ld + n0;
+    xk_amx_zero_c2x2();
+    _tile_loadd(4, x->Ah, C);
+    _tile_loadd(5, x->Ah + 16 * (C / 2), C);
+    xk_amx_dp_b2(bh, ld * 4);
+    xk_amx_dp_b2(bl, ld * 4);
+    _tile_loadd(4, x->Al, C);
+    _tile_loadd(5, x->Al + 16 * (C / 2), C);
+    xk_amx_dp_b2(bh, ld * 4);
+    xk_amx_store_c2x2(Y + (C / 2) * ld + n0, ld);
+  }
+  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
+    const tmask m = tmask_of(V - j0);
+    for (int64_t i0 = C / 2; i0 < C; i0 += TMR) {
+      amx_pf_step(a, row, pf, AMX_PF_TILE);
+      amx_solve_tile(x, i0, j0, &m, C / 2, Y);
+    }
   }
 }
 
@@ -441,13 +490,7 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
   if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
   amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x);
-  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
-    const tmask m = tmask_of(V - j0);
-    for (int64_t i0 = 0; i0 < C; i0 += TMR) {
-      amx_pf_step(a, seq.row, &pf, AMX_PF_TILE);
-      amx_solve_tile(x, i0, j0, &m);
-    }
-  }
+  amx_solve(a, x, seq.row, &pf);
   amx_pd(x, w->O);
   amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
            next_decay, NULL);
