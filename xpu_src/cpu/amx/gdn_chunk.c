@@ -341,7 +341,7 @@ static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay
  * over the rows before, the tile's triangle solved in registers; Dt = exp(G_last
  * - G) rk D stored split into pairs for the state update. */
 static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0, const tmask *m, int64_t p0,
-                                         const float *Y) {
+                                         const float *Y, const uint16_t *const *vrows) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, ld = x->ld;
   const float *rows[TMR];
@@ -352,7 +352,10 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
     const float *vr = w->Vm + (i0 + r) * ld + j0, *xr = x->X + (i0 + r) * ld + j0;
 #pragma GCC unroll 16
     for (int v = 0; v < TNV; v++) {
-      const cv_t u = cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), cv_load(vr + v * CV_L, m->m[v]));
+      const cv_t vin = vrows ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                   _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m->m[v], vrows[i0 + r] + j0 + v * CV_L)), 16))
+                             : cv_load(vr + v * CV_L, m->m[v]);
+      const cv_t u = cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), vin);
       t.c[r][v] = Y ? _mm512_fmsub_ps(b, u, cv_load(Y + (i0 + r) * ld + j0 + v * CV_L, m->m[v])) : cv_mul(b, u);
     }
   }
@@ -421,14 +424,18 @@ static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
 /* D = (I + A)^-1 W in two row halves: the first half solved in registers,
  * then Y = A[C/2.., ..C/2] D[..C/2] on the tiles (A and D split into hi + lo
  * as in amx_pd), then the second half solved against W - Y. */
-static void amx_solve(const xk_gdn_args *a, const amx_ws *x, int64_t row, amx_pfw *pf) {
+static void amx_solve(const xk_gdn_args *a, const amx_ws *x, int64_t row, amx_pfw *pf, const uint16_t *const *vrows) {
   const int64_t C = CHUNK, V = x->w.V, Vp = x->Vp, ld = x->ld;
   float *Y = x->w.O; /* rows C/2.. (amx_pd overwrites O later) */
   for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
     const tmask m = tmask_of(V - j0);
     for (int64_t i0 = 0; i0 < C / 2; i0 += TMR) {
       amx_pf_step(a, row, pf, AMX_PF_TILE);
-      amx_solve_tile(x, i0, j0, &m, 0, NULL);
+      if (vrows) {
+        amx_solve_tile(x, i0, j0, &m, 0, NULL, vrows);
+      } else {
+        amx_solve_tile(x, i0, j0, &m, 0, NULL, NULL);
+      }
     }
   }
   for (int64_t n0 = 0; n0 < Vp; n0 += 32) {
@@ -447,7 +454,11 @@ static void amx_solve(const xk_gdn_args *a, const amx_ws *x, int64_t row, amx_pf
     const tmask m = tmask_of(V - j0);
     for (int64_t i0 = C / 2; i0 < C; i0 += TMR) {
       amx_pf_step(a, row, pf, AMX_PF_TILE);
-      amx_solve_tile(x, i0, j0, &m, C / 2, Y);
+      if (vrows) {
+        amx_solve_tile(x, i0, j0, &m, C / 2, Y, vrows);
+      } else {
+        amx_solve_tile(x, i0, j0, &m, C / 2, Y, NULL);
+      }
     }
   }
 }
@@ -479,18 +490,48 @@ static void amx_pd(const amx_ws *x, float *O) {
   }
 }
 
+/* chunk_values_load without v: the cumulative log decay, beta (rows past
+ * Cn: zero beta, no decay), exp(G) and exp(G_last - G). */
+static void amx_gates_load(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t hv) {
+  const int64_t C = CHUNK;
+  float gsum = 0.0f;
+  for (int64_t i = 0; i < Cn; i++) {
+    const int64_t tok = tok0 + i;
+    gsum += gdn_scalar(&a->g, seq.row, tok, hv);
+    w->Gc[i] = gsum;
+    w->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
+  }
+  for (int64_t i = Cn; i < C; i++) w->Gc[i] = gsum, w->beta[i] = 0.0f;
+  for (int64_t i0 = 0; i0 < C; i0 += 16) {
+    const __m512 g = _mm512_loadu_ps(w->Gc + i0);
+    _mm512_storeu_ps(w->eG + i0, la_exp16(g));
+    _mm512_storeu_ps(w->eL + i0, la_exp16(_mm512_sub_ps(_mm512_set1_ps(gsum), g)));
+  }
+}
+
 /* One value head's chunk: S advances in place, o rows [tok0, tok0 + Cn) are written. */
 static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint32_t *Sp, gdn_seq seq, int64_t tok0,
                            int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
-  chunk_values_load(a, w, seq, tok0, Cn, CHUNK, hv); /* A and P: amx_decay_rows */
+  /* bf16 v is read by the solve straight from its rows (rows past the
+   * chunk: a zero row); other dtypes through w->Vm as f32. */
+  const uint16_t *vrows[CHUNK];
+  const int vdirect = a->v.dtype == XK_BF16;
+  if (vdirect) {
+    amx_gates_load(a, w, seq, tok0, Cn, hv);
+    if (Cn < C) memset(w->Vm, 0, (size_t)Vp * 2);
+    for (int64_t i = 0; i < C; i++)
+      vrows[i] = i < Cn ? (const uint16_t *)gdn_ptr(&a->v, seq.row, tok0 + i, hv) : (const uint16_t *)w->Vm;
+  } else {
+    chunk_values_load(a, w, seq, tok0, Cn, CHUNK, hv); /* A and P: amx_decay_rows */
+  }
   const int64_t G = a->num_v_heads / a->num_heads;
   amx_pfw pf = amx_pf_init(a, seq.row, next, next.t0 == tok0 && next.h == hv / G);
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
   if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
   amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x);
-  amx_solve(a, x, seq.row, &pf);
+  amx_solve(a, x, seq.row, &pf, vdirect ? vrows : NULL);
   amx_pd(x, w->O);
   amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
            next_decay, NULL);
