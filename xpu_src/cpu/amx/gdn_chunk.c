@@ -216,13 +216,14 @@ static void amx_stream_o(const xk_gdn_args *a, int64_t row, int64_t tok, int64_t
  */
 static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
                      int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
-                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay, const amx_ws *side) {
+                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay, const amx_ws *side, int64_t tri) {
   int64_t pm = -1, pn = 0; /* the last finished block, split one block late */
   /* `side`: rows of A and P computed a few per block, while the tiles work. */
   const int64_t per = side ? (CHUNK + (M / 32) * ((N + 31) / 32) - 1) / ((M / 32) * ((N + 31) / 32)) : 0;
   int64_t srow = 0;
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
+      if (tri && n0 > m0 % tri) continue; /* a block above the diagonal of [k; q] k^T */
       float *c = C + m0 * ldc + n0;
       if (acc) {
         xk_amx_load_c2x2(c, ldc);
@@ -305,16 +306,9 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
       _mm256_storeu_si256((__m256i *)(x->KTa + (2 * u + 1) * C + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)));
     }
   }
-  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f, NULL);
-  for (int64_t i = 0; i < C; i++) {
-    float *gk = x->Gm + i * C, *gq = x->Gm + (C + i) * C;
-    const __m512 fk = _mm512_set1_ps(x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
-    for (int64_t j = 0; j < C; j += 16) {
-      const __m512 r = _mm512_loadu_ps(x->rk + j);
-      _mm512_storeu_ps(gk + j, _mm512_mul_ps(_mm512_mul_ps(fk, r), _mm512_loadu_ps(gk + j)));
-      _mm512_storeu_ps(gq + j, _mm512_mul_ps(_mm512_mul_ps(fq, r), _mm512_loadu_ps(gq + j)));
-    }
-  }
+  /* Raw products (the factors rk, rq enter in amx_decay_rows); blocks
+   * above the diagonal, which nothing reads, are skipped. */
+  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f, NULL, C);
 }
 
 /* Row pairs [u0, u1), columns [c0, c1) of S into hi/lo pairs (Sp), and S *= decay. */
@@ -400,7 +394,26 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
  * split into bf16 hi and lo parts (zero above the diagonal) for amx_pd. */
 static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
   const int64_t C = CHUNK;
-  chunk_decay_rows(&x->w, i0, i1);
+  const chunk_ws *w = &x->w;
+  /* chunk_decay_rows on the raw products: A_ij = beta_i rk_i rk_j exp(G_i -
+   * G_j) k_i . k_j (j < i), P_ij = rq_i rk_j exp(G_i - G_j) q_i . k_j (j <= i),
+   * zero above the diagonal inside each row tile. */
+  for (int64_t i = i0; i < i1; i++) {
+    float *arow = w->A + i * C, *prow = w->P + i * C;
+    const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
+    const int64_t lim = (i / TMR + 1) * TMR;
+    const __m512 gi = _mm512_set1_ps(w->Gc[i]), b = _mm512_set1_ps(w->beta[i] * x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
+    for (int64_t j0 = 0; j0 < lim; j0 += 16) {
+      const __mmask16 m = cm_of(lim - j0);
+      /* exp(G_i - G_j); lanes j > i may overflow and are zeroed. */
+      const __m512 e = _mm512_mul_ps(la_exp16(_mm512_sub_ps(gi, _mm512_maskz_loadu_ps(m, w->Gc + j0))),
+                                     _mm512_maskz_loadu_ps(m, x->rk + j0));
+      _mm512_mask_storeu_ps(arow + j0, m,
+                            _mm512_maskz_mov_ps(cm_of(i - j0), _mm512_mul_ps(b, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gk + j0)))));
+      _mm512_mask_storeu_ps(prow + j0, m,
+                            _mm512_maskz_mov_ps(cm_of(i + 1 - j0), _mm512_mul_ps(fq, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gq + j0)))));
+    }
+  }
   for (int64_t i = i0; i < i1; i++) {
     for (int64_t j = 0; j < C; j += 16) {
       const __m512 p = _mm512_maskz_loadu_ps(cm_of(i + 1 - j), x->w.P + i * C + j);
@@ -530,11 +543,11 @@ static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint
   amx_pfw pf = amx_pf_init(a, seq.row, next, next.t0 == tok0 && next.h == hv / G);
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
   if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
-  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x);
+  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x, 0);
   amx_solve(a, x, seq.row, &pf, vdirect ? vrows : NULL);
   amx_pd(x, w->O);
   amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
-           next_decay, NULL);
+           next_decay, NULL, 0);
   /* o = exp(G) rq (q S) + P D, a row at a time on its way out. */
   for (int64_t i = 0; i < Cn; i++) {
     amx_pf_step(a, seq.row, &pf, 4);
