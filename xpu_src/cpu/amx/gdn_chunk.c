@@ -16,8 +16,10 @@
  *     (the split doubles the reduction dimension: A [a | a], B [hi; lo]).
  *     What the split drops is below 2^-17 |x| per element (about 2^-18 after
  *     rounding to nearest), so these products carry about fp32 accuracy;
- *   - the triangular solve (D = (I + A)^-1 W), P D and all decay factors stay
- *     on gdn.c's fp32 register tiles.
+ *   - P D runs on the tiles with both operands split (Ph Dh + Ph Dl + Pl Dh);
+ *   - the triangular solve (D = (I + A)^-1 W) runs in two 32-row halves on
+ *     gdn.c's fp32 register tiles, the block between them (A[32:, :32]
+ *     D[:32]) on the tiles, split as in P D; the decay factors stay fp32.
  * The state update accumulates into exp(G_last) S on the tiles themselves;
  * each finished block of the new state is split (for the next chunk's
  * [k; q] S) and scaled by the next chunk's exp(G_last) while still in L1.
@@ -42,6 +44,25 @@
  * last use, prefetching the next block's B or C rows, AMX_HEADS 2/4/16,
  * other AMX_PF_GEMM / AMX_PF_TILE values; plain stores for aligned o rows
  * cost ~5 ms.
+ * Session 8 (harness, thread CPU time, old and new interleaved, load 3-5):
+ * per-phase rdtsc split X = [k; q] S 25%, solve 21%, state update 19%, o
+ * out 9%, key part 10%, P D 7%, v load 5%; rerunning a phase on warm data
+ * saves only 15-25%, so the phases are slow in themselves, not for misses
+ * (a bare X block loop runs 7.7-8.1 ns per TDPBF16PS against 4.3 without
+ * its tile loads). The vector work pays for the tile unit too: a zmm FMA
+ * loop that also issues one tile op (load, store, zero or TDPBF16PS) every
+ * 25k FMA cycles reaches 144 GFLOP/s instead of 242 (one every 100 cycles:
+ * 116); a single tile op after a quiet spell costs ~2 us; a dependent
+ * scalar imul chain slows 11% (a power state of the core, not the ports).
+ * So every fp32 step here runs at ~60% of the probed FMA peak. Neutral (within 1-2%): X and the update with column
+ * panels outer or in 64-row groups, prefetching (and prefetchw) the solve
+ * tiles' rows, the q/k/v walk with prefetcht1/t2, q and k rows copied
+ * inline instead of memcpy, the split of Dt moved between P D's blocks, o
+ * written from P D's blocks (one block late), each panel's block of the
+ * solve issued before the previous panel's lower half, exp(G_i - G_j) as a
+ * product of two factors per 16-column group. Not kept for accuracy: q S
+ * on S's hi part only (as fla's bf16 state) is 4-5% faster but raises o's
+ * error to ~1.1e-3 rmse/rms (from ~5e-5).
  */
 #include <immintrin.h>
 
