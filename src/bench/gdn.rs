@@ -67,12 +67,15 @@
 //!   a roof above 100% on that tier means the tile unit, not a different
 //!   accounting. Per chunk and value head that is 512 + 256 + 64 (the Gram,
 //!   half per value head) + 144 (P·D, its triangle in 32-row blocks) = 976
-//!   TDPBF16PS of 16,384 flops, 32.7 GFLOP at T = 4096 (2048 chunk-heads):
+//!   TDPBF16PS of 16,384 flops, 32.7 GFLOP at T = 4096 (2048 chunk-heads;
+//!   since session 8: the Gram 48, skipping its blocks above the diagonal,
+//!   and + 48 for the solve's off-diagonal block, 1008):
 //!   8.6 ms at the probed 3782 GFLOP/s, 15 ms at the 7.4 ns per instruction
 //!   measured for the `[k; q]·S` block loop with its tile loads and stores
 //!   (random operands, in L2). The fp32 vector work left is the triangular
 //!   solve, 16.1k zmm FMAs per chunk-head (1.06 GFLOP, 4.3 ms at 244
-//!   GFLOP/s), plus the hi/lo splits (S, exp(G_last − G)·D and P, D for
+//!   GFLOP/s; ~8k since session 8 moved its off-diagonal block to the
+//!   tiles, which made the op only ~2% faster), plus the hi/lo splits (S, exp(G_last − G)·D and P, D for
 //!   P·D), the decay exponentials and the bf16 conversions;
 //!   q/k/v/o are 75 MB (3.4 ms at the copy bandwidth, prefetched under the
 //!   products). The kernel measures 51.6–61.0 ms in the bench (4.1–4.4× the

@@ -16,8 +16,10 @@
  *     (the split doubles the reduction dimension: A [a | a], B [hi; lo]).
  *     What the split drops is below 2^-17 |x| per element (about 2^-18 after
  *     rounding to nearest), so these products carry about fp32 accuracy;
- *   - the triangular solve (D = (I + A)^-1 W), P D and all decay factors stay
- *     on gdn.c's fp32 register tiles.
+ *   - P D runs on the tiles with both operands split (Ph Dh + Ph Dl + Pl Dh);
+ *   - the triangular solve (D = (I + A)^-1 W) runs in two 32-row halves on
+ *     gdn.c's fp32 register tiles, the block between them (A[32:, :32]
+ *     D[:32]) on the tiles, split as in P D; the decay factors stay fp32.
  * The state update accumulates into exp(G_last) S on the tiles themselves;
  * each finished block of the new state is split (for the next chunk's
  * [k; q] S) and scaled by the next chunk's exp(G_last) while still in L1.
@@ -42,6 +44,25 @@
  * last use, prefetching the next block's B or C rows, AMX_HEADS 2/4/16,
  * other AMX_PF_GEMM / AMX_PF_TILE values; plain stores for aligned o rows
  * cost ~5 ms.
+ * Session 8 (harness, thread CPU time, old and new interleaved, load 3-5):
+ * per-phase rdtsc split X = [k; q] S 25%, solve 21%, state update 19%, o
+ * out 9%, key part 10%, P D 7%, v load 5%; rerunning a phase on warm data
+ * saves only 15-25%, so the phases are slow in themselves, not for misses
+ * (a bare X block loop runs 7.7-8.1 ns per TDPBF16PS against 4.3 without
+ * its tile loads). The vector work pays for the tile unit too: a zmm FMA
+ * loop that also issues one tile op (load, store, zero or TDPBF16PS) every
+ * 25k FMA cycles reaches 144 GFLOP/s instead of 242 (one every 100 cycles:
+ * 116); a single tile op after a quiet spell costs ~2 us; a dependent
+ * scalar imul chain slows 11% (a power state of the core, not the ports).
+ * So every fp32 step here runs at ~60% of the probed FMA peak. Neutral (within 1-2%): X and the update with column
+ * panels outer or in 64-row groups, prefetching (and prefetchw) the solve
+ * tiles' rows, the q/k/v walk with prefetcht1/t2, q and k rows copied
+ * inline instead of memcpy, the split of Dt moved between P D's blocks, o
+ * written from P D's blocks (one block late), each panel's block of the
+ * solve issued before the previous panel's lower half, exp(G_i - G_j) as a
+ * product of two factors per 16-column group. Not kept for accuracy: q S
+ * on S's hi part only (as fla's bf16 state) is 4-5% faster but raises o's
+ * error to ~1.1e-3 rmse/rms (from ~5e-5).
  */
 #include <immintrin.h>
 
@@ -80,6 +101,7 @@ typedef struct amx_ws {
   uint32_t *Dv;       /* [C][ld] pairs of Dt rows: hi (rows < C/2) then lo */
   uint16_t *Ph, *Pl;  /* [C][C] P split: bf16 hi and lo parts (zero above the diagonal) */
   uint32_t *Dp;       /* [C][ld] pairs of D rows: hi (rows < C/2) then lo */
+  uint16_t *Ah, *Al;  /* [C/2][C/2] A's block of rows C/2.., columns ..C/2 split: bf16 hi and lo */
   float *rk, *rq;     /* [C] row factors of k and q (0 past the chunk) */
   float *tmp;         /* [max(Kp, Vp)] */
   float *S;           /* states [Kp][ld], sst floats apart */
@@ -90,13 +112,14 @@ static int64_t amx_ld(int64_t Vp) { return 16 * ((Vp / 16) | 1); }
 
 static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *x) {
   const int64_t C = CHUNK, Kp = round_up(K, 32), Vp = round_up(V, 32), ld = amx_ld(Vp);
-  void *p[19];
+  void *p[21];
   const int64_t sizes[] = {C * ld, C * C,  C * C,  C * ld,  C * ld,   C,  C,  C,  C, /* Vm A P D O Gc beta eG eL */
                            C * Kp,    /* AB (2C x Kp bf16) */
                            Kp * C / 2, /* KTa */
                            Kp * C / 2, /* KTv */
                            2 * C * C, 2 * C * ld, G * Kp * ld, C * ld,
-                           C * C / 2, C * C / 2, C * ld}; /* Ph Pl Dp */
+                           C * C / 2, C * C / 2, C * ld, /* Ph Pl Dp */
+                           C * C / 8, C * C / 8}; /* Ah Al */
   int64_t off = 0;
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
     p[i] = base ? (void *)(base + off) : NULL;
@@ -116,6 +139,7 @@ static int64_t amx_layout(int64_t K, int64_t V, int64_t G, float *base, amx_ws *
   w->Gc = p[5], w->beta = p[6], w->eG = p[7], w->eL = p[8];
   x->AB = p[9], x->KTa = p[10], x->KTv = p[11], x->Gm = p[12], x->X = p[13], x->Sp = p[14], x->Dv = p[15];
   x->Ph = p[16], x->Pl = p[17], x->Dp = p[18];
+  x->Ah = p[19], x->Al = p[20];
   w->Gk = x->Gm, w->Gq = x->Gm + C * C;
   x->rk = rest, x->rq = rest + rmax, x->tmp = rest + 2 * rmax;
   x->S = S;
@@ -213,13 +237,14 @@ static void amx_stream_o(const xk_gdn_args *a, int64_t row, int64_t tok, int64_t
  */
 static void amx_gemm(float *C, int64_t ldc, const uint16_t *A, int64_t lda, int64_t aks, const uint32_t *B,
                      int64_t ldb, int64_t reps, int64_t M, int64_t N, int acc, const xk_gdn_args *a, int64_t row,
-                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay, const amx_ws *side) {
+                     amx_pfw *pf, const amx_ws *sx, uint32_t *Sp, float decay, const amx_ws *side, int64_t tri) {
   int64_t pm = -1, pn = 0; /* the last finished block, split one block late */
   /* `side`: rows of A and P computed a few per block, while the tiles work. */
   const int64_t per = side ? (CHUNK + (M / 32) * ((N + 31) / 32) - 1) / ((M / 32) * ((N + 31) / 32)) : 0;
   int64_t srow = 0;
   for (int64_t m0 = 0; m0 < M; m0 += 32) {
     for (int64_t n0 = 0; n0 < N; n0 += 32) {
+      if (tri && n0 > m0 % tri) continue; /* a block above the diagonal of [k; q] k^T */
       float *c = C + m0 * ldc + n0;
       if (acc) {
         xk_amx_load_c2x2(c, ldc);
@@ -302,16 +327,9 @@ static void amx_keys(const xk_gdn_args *a, const amx_ws *x, gdn_seq seq, int64_t
       _mm256_storeu_si256((__m256i *)(x->KTa + (2 * u + 1) * C + j), _mm512_cvtepi32_epi16(_mm512_srli_epi32(p, 16)));
     }
   }
-  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f, NULL);
-  for (int64_t i = 0; i < C; i++) {
-    float *gk = x->Gm + i * C, *gq = x->Gm + (C + i) * C;
-    const __m512 fk = _mm512_set1_ps(x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
-    for (int64_t j = 0; j < C; j += 16) {
-      const __m512 r = _mm512_loadu_ps(x->rk + j);
-      _mm512_storeu_ps(gk + j, _mm512_mul_ps(_mm512_mul_ps(fk, r), _mm512_loadu_ps(gk + j)));
-      _mm512_storeu_ps(gq + j, _mm512_mul_ps(_mm512_mul_ps(fq, r), _mm512_loadu_ps(gq + j)));
-    }
-  }
+  /* Raw products (the factors rk, rq enter in amx_decay_rows); blocks
+   * above the diagonal, which nothing reads, are skipped. */
+  amx_gemm(x->Gm, C, x->AB, Kp, Kp / 32, x->KTv, C, 1, 2 * C, C, 0, a, seq.row, NULL, NULL, NULL, 0.0f, NULL, C);
 }
 
 /* Row pairs [u0, u1), columns [c0, c1) of S into hi/lo pairs (Sp), and S *= decay. */
@@ -337,7 +355,8 @@ static void amx_split_state(const amx_ws *x, float *S, uint32_t *Sp, float decay
 /* D rows [i0, i0 + TMR) of one panel: beta (v - exp(G) rk (k S)), minus A D
  * over the rows before, the tile's triangle solved in registers; Dt = exp(G_last
  * - G) rk D stored split into pairs for the state update. */
-static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0, const tmask *m) {
+static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0, const tmask *m, int64_t p0,
+                                         const float *Y, const uint16_t *const *vrows) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, ld = x->ld;
   const float *rows[TMR];
@@ -347,11 +366,16 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
     const cv_t eg = cv_set1(w->eG[i0 + r] * x->rk[i0 + r]), b = cv_set1(w->beta[i0 + r]);
     const float *vr = w->Vm + (i0 + r) * ld + j0, *xr = x->X + (i0 + r) * ld + j0;
 #pragma GCC unroll 16
-    for (int v = 0; v < TNV; v++)
-      t.c[r][v] = cv_mul(b, cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), cv_load(vr + v * CV_L, m->m[v])));
+    for (int v = 0; v < TNV; v++) {
+      const cv_t vin = vrows ? _mm512_castsi512_ps(_mm512_slli_epi32(
+                                   _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m->m[v], vrows[i0 + r] + j0 + v * CV_L)), 16))
+                             : cv_load(vr + v * CV_L, m->m[v]);
+      const cv_t u = cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), vin);
+      t.c[r][v] = Y ? _mm512_fmsub_ps(b, u, cv_load(Y + (i0 + r) * ld + j0 + v * CV_L, m->m[v])) : cv_mul(b, u);
+    }
   }
-  for (int r = 0; r < TMR; r++) rows[r] = w->A + (i0 + r) * C;
-  tile_madd(&t, i0, rows, w->D + j0, ld, m, 1, TNV);
+  for (int r = 0; r < TMR; r++) rows[r] = w->A + (i0 + r) * C + p0;
+  tile_madd(&t, i0 - p0, rows, w->D + p0 * ld + j0, ld, m, 1, TNV);
 #pragma GCC unroll 8
   for (int r = 1; r < TMR; r++) {
 #pragma GCC unroll 8
@@ -391,7 +415,26 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
  * split into bf16 hi and lo parts (zero above the diagonal) for amx_pd. */
 static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
   const int64_t C = CHUNK;
-  chunk_decay_rows(&x->w, i0, i1);
+  const chunk_ws *w = &x->w;
+  /* chunk_decay_rows on the raw products: A_ij = beta_i rk_i rk_j exp(G_i -
+   * G_j) k_i . k_j (j < i), P_ij = rq_i rk_j exp(G_i - G_j) q_i . k_j (j <= i),
+   * zero above the diagonal inside each row tile. */
+  for (int64_t i = i0; i < i1; i++) {
+    float *arow = w->A + i * C, *prow = w->P + i * C;
+    const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
+    const int64_t lim = (i / TMR + 1) * TMR;
+    const __m512 gi = _mm512_set1_ps(w->Gc[i]), b = _mm512_set1_ps(w->beta[i] * x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
+    for (int64_t j0 = 0; j0 < lim; j0 += 16) {
+      const __mmask16 m = cm_of(lim - j0);
+      /* exp(G_i - G_j); lanes j > i may overflow and are zeroed. */
+      const __m512 e = _mm512_mul_ps(la_exp16(_mm512_sub_ps(gi, _mm512_maskz_loadu_ps(m, w->Gc + j0))),
+                                     _mm512_maskz_loadu_ps(m, x->rk + j0));
+      _mm512_mask_storeu_ps(arow + j0, m,
+                            _mm512_maskz_mov_ps(cm_of(i - j0), _mm512_mul_ps(b, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gk + j0)))));
+      _mm512_mask_storeu_ps(prow + j0, m,
+                            _mm512_maskz_mov_ps(cm_of(i + 1 - j0), _mm512_mul_ps(fq, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gq + j0)))));
+    }
+  }
   for (int64_t i = i0; i < i1; i++) {
     for (int64_t j = 0; j < C; j += 16) {
       const __m512 p = _mm512_maskz_loadu_ps(cm_of(i + 1 - j), x->w.P + i * C + j);
@@ -399,6 +442,57 @@ static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
       const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
       _mm256_storeu_si256((__m256i *)(x->Ph + i * C + j), (__m256i)h);
       _mm256_storeu_si256((__m256i *)(x->Pl + i * C + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf)));
+    }
+    if (i >= C / 2) { /* the off-diagonal block of A for amx_solve's tile product */
+      for (int64_t j = 0; j < C / 2; j += 16) {
+        const __m512 p = _mm512_loadu_ps(x->w.A + i * C + j);
+        const __m256bh h = _mm512_cvtneps_pbh(p);
+        const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+        _mm256_storeu_si256((__m256i *)(x->Ah + (i - C / 2) * (C / 2) + j), (__m256i)h);
+        _mm256_storeu_si256((__m256i *)(x->Al + (i - C / 2) * (C / 2) + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf)));
+      }
+    }
+  }
+}
+
+/* D = (I + A)^-1 W in two row halves: the first half solved in registers,
+ * then Y = A[C/2.., ..C/2] D[..C/2] on the tiles (A and D split into hi + lo
+ * as in amx_pd), then the second half solved against W - Y. */
+static void amx_solve(const xk_gdn_args *a, const amx_ws *x, int64_t row, amx_pfw *pf, const uint16_t *const *vrows) {
+  const int64_t C = CHUNK, V = x->w.V, Vp = x->Vp, ld = x->ld;
+  float *Y = x->w.O; /* rows C/2.. (amx_pd overwrites O later) */
+  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
+    const tmask m = tmask_of(V - j0);
+    for (int64_t i0 = 0; i0 < C / 2; i0 += TMR) {
+      amx_pf_step(a, row, pf, AMX_PF_TILE);
+      if (vrows) {
+        amx_solve_tile(x, i0, j0, &m, 0, NULL, vrows);
+      } else {
+        amx_solve_tile(x, i0, j0, &m, 0, NULL, NULL);
+      }
+    }
+  }
+  for (int64_t n0 = 0; n0 < Vp; n0 += 32) {
+    const uint32_t *bh = x->Dp + n0, *bl = x->Dp + (C / 2) * ld + n0;
+    xk_amx_zero_c2x2();
+    _tile_loadd(4, x->Ah, C);
+    _tile_loadd(5, x->Ah + 16 * (C / 2), C);
+    xk_amx_dp_b2(bh, ld * 4);
+    xk_amx_dp_b2(bl, ld * 4);
+    _tile_loadd(4, x->Al, C);
+    _tile_loadd(5, x->Al + 16 * (C / 2), C);
+    xk_amx_dp_b2(bh, ld * 4);
+    xk_amx_store_c2x2(Y + (C / 2) * ld + n0, ld);
+  }
+  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
+    const tmask m = tmask_of(V - j0);
+    for (int64_t i0 = C / 2; i0 < C; i0 += TMR) {
+      amx_pf_step(a, row, pf, AMX_PF_TILE);
+      if (vrows) {
+        amx_solve_tile(x, i0, j0, &m, C / 2, Y, vrows);
+      } else {
+        amx_solve_tile(x, i0, j0, &m, C / 2, Y, NULL);
+      }
     }
   }
 }
@@ -430,27 +524,51 @@ static void amx_pd(const amx_ws *x, float *O) {
   }
 }
 
+/* chunk_values_load without v: the cumulative log decay, beta (rows past
+ * Cn: zero beta, no decay), exp(G) and exp(G_last - G). */
+static void amx_gates_load(const xk_gdn_args *a, const chunk_ws *w, gdn_seq seq, int64_t tok0, int64_t Cn, int64_t hv) {
+  const int64_t C = CHUNK;
+  float gsum = 0.0f;
+  for (int64_t i = 0; i < Cn; i++) {
+    const int64_t tok = tok0 + i;
+    gsum += gdn_scalar(&a->g, seq.row, tok, hv);
+    w->Gc[i] = gsum;
+    w->beta[i] = a->beta.data ? gdn_scalar(&a->beta, seq.row, tok, hv) : 1.0f;
+  }
+  for (int64_t i = Cn; i < C; i++) w->Gc[i] = gsum, w->beta[i] = 0.0f;
+  for (int64_t i0 = 0; i0 < C; i0 += 16) {
+    const __m512 g = _mm512_loadu_ps(w->Gc + i0);
+    _mm512_storeu_ps(w->eG + i0, la_exp16(g));
+    _mm512_storeu_ps(w->eL + i0, la_exp16(_mm512_sub_ps(_mm512_set1_ps(gsum), g)));
+  }
+}
+
 /* One value head's chunk: S advances in place, o rows [tok0, tok0 + Cn) are written. */
 static void amx_value_head(const xk_gdn_args *a, const amx_ws *x, float *S, uint32_t *Sp, gdn_seq seq, int64_t tok0,
                            int64_t Cn, int64_t hv, chunk_next next, int first, int has_next, float next_decay) {
   const chunk_ws *w = &x->w;
   const int64_t C = CHUNK, V = w->V, Kp = x->Kp, Vp = x->Vp, ld = x->ld;
-  chunk_values_load(a, w, seq, tok0, Cn, CHUNK, hv); /* A and P: amx_decay_rows */
+  /* bf16 v is read by the solve straight from its rows (rows past the
+   * chunk: a zero row); other dtypes through w->Vm as f32. */
+  const uint16_t *vrows[CHUNK];
+  const int vdirect = a->v.dtype == XK_BF16;
+  if (vdirect) {
+    amx_gates_load(a, w, seq, tok0, Cn, hv);
+    if (Cn < C) memset(w->Vm, 0, (size_t)Vp * 2);
+    for (int64_t i = 0; i < C; i++)
+      vrows[i] = i < Cn ? (const uint16_t *)gdn_ptr(&a->v, seq.row, tok0 + i, hv) : (const uint16_t *)w->Vm;
+  } else {
+    chunk_values_load(a, w, seq, tok0, Cn, CHUNK, hv); /* A and P: amx_decay_rows */
+  }
   const int64_t G = a->num_v_heads / a->num_heads;
   amx_pfw pf = amx_pf_init(a, seq.row, next, next.t0 == tok0 && next.h == hv / G);
   /* Sp holds S split, and S holds exp(G_last) S, from the last chunk's update. */
   if (first) amx_split_state(x, S, Sp, expf(w->Gc[C - 1]), 0, Kp / 2, 0, Vp);
-  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x);
-  for (int64_t j0 = 0; j0 < Vp; j0 += TNR) {
-    const tmask m = tmask_of(V - j0);
-    for (int64_t i0 = 0; i0 < C; i0 += TMR) {
-      amx_pf_step(a, seq.row, &pf, AMX_PF_TILE);
-      amx_solve_tile(x, i0, j0, &m);
-    }
-  }
+  amx_gemm(x->X, ld, x->AB, Kp, Kp / 32, Sp, ld, 2, 2 * C, Vp, 0, a, seq.row, &pf, NULL, NULL, 0.0f, x, 0);
+  amx_solve(a, x, seq.row, &pf, vdirect ? vrows : NULL);
   amx_pd(x, w->O);
   amx_gemm(S, ld, x->KTa, C, C / 32, x->Dv, ld, 2, Kp, Vp, 1, a, seq.row, &pf, x, has_next ? Sp : NULL,
-           next_decay, NULL);
+           next_decay, NULL, 0);
   /* o = exp(G) rq (q S) + P D, a row at a time on its way out. */
   for (int64_t i = 0; i < Cn; i++) {
     amx_pf_step(a, seq.row, &pf, 4);
