@@ -299,7 +299,13 @@ XK_ALWAYS_INLINE void c_end(float *cp) {
 #define NW_KC 256
 #endif
 #ifndef NW_PFD
-#define NW_PFD 4 /* x blocks ahead that the x prefetch runs */
+#define NW_PFD 4 /* x blocks ahead that the x prefetch runs (k blocks) */
+#endif
+#ifndef NW_PFD_WHOLE
+#define NW_PFD_WHOLE 2 /* the same over the whole K */
+#endif
+#ifndef NW_WHOLE_MIN
+#define NW_WHOLE_MIN (1 << 20) /* a tile's x bytes from which its blocks run over the whole K */
 #endif
 #ifndef NW_TILE_M_MAX
 #define NW_TILE_M_MAX 2048 /* rows per grid tile: 512 KiB of C spill */
@@ -942,6 +948,12 @@ static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
  * VNNI B tiles (4 x 16 columns a step) that stay in L1 for every x block of
  * the tile. Each x block's 4 C tiles (16 rows x 64 columns) are spilled
  * exactly between k blocks; the epilogue writes whole rows (no transpose).
+ * A tile whose x exceeds NW_WHOLE_MIN (x from L3 or DRAM, not L2) instead
+ * runs each x block over the whole K with all the weights packed (from L2,
+ * 256 KiB at K = 2048) and no spills: each x row is then read in order, a
+ * line of each of a later block's 16 rows prefetched a step, where k
+ * blocks read it 512 bytes a page at a time (M = 4096: 1.3x, M = 1024:
+ * 1.1-1.3x; at M = 256, x from L2, 0.83-0.88x, so not there).
  * The general kernel packed every x row into VNNI tiles (a transpose) and
  * staged the weights per 32 rows for tiles of 2 x 2: at M = 1024, K = 2048,
  * N = 64 that overhead, not the tile unit, was the time.
@@ -949,20 +961,21 @@ static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
  * symmetric in its operands, spills are exact): bit-identical results. */
 
 typedef struct nw_ws {
-  int64_t wb, cpart, xs, ctmp, total;
+  int64_t whole, wb, cpart, xs, ctmp, total;
 } nw_ws;
 
 static nw_ws nw_layout(const xk_linear_args *a) {
   nw_ws w;
+  w.whole = a->tile_m * a->k * 2 > NW_WHOLE_MIN;
   int64_t off = 0;
   w.wb = off;
-  off += (NW_KC / 32) * 4 * 1024;
+  off += (w.whole ? cdiv(a->k > 0 ? a->k : 1, 32) : NW_KC / 32) * 4 * 1024;
   w.xs = off;
   off += 1024;
   w.ctmp = off;
   off += 2 * 4096;
   w.cpart = off;
-  off += a->k > NW_KC ? cdiv(a->tile_m, 16) * 4096 : 0;
+  off += !w.whole && a->k > NW_KC ? cdiv(a->tile_m, 16) * 4096 : 0;
   w.total = off + 64;
   return w;
 }
@@ -996,7 +1009,8 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
   uint32_t *wb = (uint32_t *)(base + L->wb);
   uint16_t *xs = (uint16_t *)(base + L->xs);
   float *cpart = (float *)(base + L->cpart), *ctmp = (float *)(base + L->ctmp);
-  const int64_t K = a->k, ks = cdiv(K, 32), kcs = NW_KC / 32, kblocks = cdiv(ks, kcs), nxb = cdiv(m1 - m0, 16);
+  const int64_t K = a->k, ks = cdiv(K, 32), kcs = L->whole && ks > 0 ? ks : NW_KC / 32, kc = 32 * kcs;
+  const int64_t kblocks = cdiv(ks, kcs), nxb = cdiv(m1 - m0, 16);
   const uint16_t *X = (const uint16_t *)a->x;
   const int64_t xrow = a->x_stride * 2; /* bytes */
   const int nt = out_nt(a);
@@ -1007,7 +1021,7 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
   }
   int64_t pending = -1, pend_m = 0, iter = 0;
   for (int64_t kb = 0; kb < kblocks; kb++) {
-    const int64_t st = min64(kcs, ks - kb * kcs), k0 = kb * NW_KC;
+    const int64_t st = min64(kcs, ks - kb * kcs), k0 = kb * kc;
     const int first = kb == 0, last = kb == kblocks - 1;
     for (int i = 0; i < 4; i++)
       pack_vnni((const uint16_t *)a->w, a->w_stride, 16 * i, a->n - 16 * i, k0, K - k0, st, wb + 256 * i, 1024);
@@ -1017,16 +1031,21 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
       c_begin(first, cp);
       /* The x rows of the block NW_PFD blocks on into L2 (16 a step; one block on was too
        * late at M = 4096: 1.15-1.27x), and the next block's spilled C into L1 (8 lines a step). */
-      const int64_t pb = xb + NW_PFD, nm = m0 + 16 * (pb < nxb ? pb : pb - nxb), nk = pb < nxb ? k0 : k0 + NW_KC;
-      const int pfx = nk < K && nm < m1, pfc = !(first && xb + 1 < nxb) && (xb + 1 < nxb || k0 + NW_KC < K);
+      const int64_t pb = xb + (L->whole ? NW_PFD_WHOLE : NW_PFD), nm = m0 + 16 * (pb < nxb ? pb : pb - nxb), nk = pb < nxb ? k0 : k0 + kc;
+      const int pfx = nk < K && nm < m1, pfc = !(first && xb + 1 < nxb) && (xb + 1 < nxb || k0 + kc < K);
+      const int64_t nst = min64(kcs, ks - nk / 32); /* lines per row of that block */
       const char *px = (const char *)(X + min64(nm, a->m - 1) * a->x_stride + nk);
       const char *pc = (const char *)(xb + 1 < nxb ? cp + 1024 : cpart);
       for (int64_t s = 0; s < st; s++) {
         const int64_t k = k0 + 32 * s;
-        if (pfx && s < 8)
+        if (L->whole) {
+          if (pfx && s < nst) /* line s of each of its rows */
+            for (int64_t r = 0; r < 16 && nm + r < a->m; r++) _mm_prefetch(px + r * xrow + 64 * s, _MM_HINT_T1);
+        } else if (pfx && s < 8) { /* two rows a step (measured better here than a line of each row) */
           for (int64_t r = 2 * s; r < 2 * s + 2; r++)
             if (nm + r < a->m)
-              for (int64_t l = 0; l < 8 && l < st; l++) _mm_prefetch(px + r * xrow + 64 * l, _MM_HINT_T1);
+              for (int64_t l = 0; l < 8 && l < nst; l++) _mm_prefetch(px + r * xrow + 64 * l, _MM_HINT_T1);
+        }
         if (pfc && s < 8)
           for (int64_t l = 8 * s; l < 8 * s + 8; l++) _mm_prefetch(pc + 64 * l, _MM_HINT_T0);
         if (rows == 16 && k + 32 <= K) {
