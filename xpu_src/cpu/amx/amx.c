@@ -25,7 +25,9 @@
  * weight rows (copied to a compact, zero-padded buffer; loaded straight from
  * memory when the tile has at most NXB_DIRECT x blocks) each 32 x rows
  * accumulate a 2x2 block of C tiles over the block's 32-k steps; C tiles are
- * spilled, exactly, to an fp32 buffer between k blocks. M <= 16 (decode, see
+ * spilled, exactly, to an fp32 buffer between k blocks. N <= 64 with M > 16
+ * runs nw_tile instead (narrow weights: C itself, x rows as A tiles straight
+ * from x, the weights packed per call). M <= 16 (decode, see
  * src/ops/linear_amx.rs): one x tile over the whole K against 4 weight tiles
  * (64 rows) loaded straight from memory, only a tile crossing N and the K
  * tail staged zero-padded.
