@@ -1849,6 +1849,10 @@ fn bf16_amx_k_blocks_and_decode_rows() {
         // K = 0: out = bias, in both AMX paths.
         (16, 20, 0),
         (40, 20, 0),
+        // N <= 64 (the narrow-weight kernel: x rows as A tiles straight from
+        // x): partial 16-row blocks, K tails, 256-k blocks, N = 1.
+        (100, 64, 600),
+        (17, 1, 300),
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let mut c = Case::new(m, n, k, DType::BF16);

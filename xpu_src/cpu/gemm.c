@@ -758,13 +758,16 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #ifndef TILE_N_MAX
 #define TILE_N_MAX 2048 /* output columns per tile at most */
 #endif
+#ifndef DIRECT_MAX_PANELS
+#define DIRECT_MAX_PANELS 4 /* N <= 128 on avx512: 1.1-1.3x; at N = 2048-4096 0.95x */
+#endif
 #ifndef TILE_M_MAX
 #define TILE_M_MAX 1024
 #endif
 
 /* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
 XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
-                             int load_c, int nr) {
+                             int load_c, int nr, const int rows, const int64_t lda) {
   enum { NV = NR / VL };
   vf c[MR][NV];
   vmask cm[NV];
@@ -782,7 +785,7 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
     vf b[NV];
     for (int v = 0; v < NV; v++) b[v] = vf_load(B + k * NR + v * VL);
     for (int i = 0; i < mr; i++) {
-      const vf av = vf_set1(A[k * MR + i]);
+      const vf av = vf_set1(rows ? A[i * lda + k] : A[k * MR + i]);
       for (int v = 0; v < NV; v++) c[i][v] = vf_fma(av, b[v], c[i][v]);
     }
   }
@@ -794,13 +797,28 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
 }
 
 #define UK_CASE(MRC) \
-  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr); break;
+  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr, 0, 0); break;
 static void uk_f32_any(int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc, int load_c,
                        int nr) {
   switch (mr) {
     UK_CASE(1) UK_CASE(2) UK_CASE(3) UK_CASE(4) UK_CASE(5) UK_CASE(6)
 #if MR > 6
     UK_CASE(7) UK_CASE(8) UK_CASE(9) UK_CASE(10) UK_CASE(11) UK_CASE(12) UK_CASE(13) UK_CASE(14)
+#endif
+    default: break;
+  }
+}
+
+/* The same with A read straight from f32 rows lda floats apart (x itself:
+ * no pack). */
+#define UKR_CASE(MRC) \
+  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr, 1, lda); break;
+static void uk_f32_rows(int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc, int load_c,
+                        int nr, int64_t lda) {
+  switch (mr) {
+    UKR_CASE(1) UKR_CASE(2) UKR_CASE(3) UKR_CASE(4) UKR_CASE(5) UKR_CASE(6)
+#if MR > 6
+    UKR_CASE(7) UKR_CASE(8) UKR_CASE(9) UKR_CASE(10) UKR_CASE(11) UKR_CASE(12) UKR_CASE(13) UKR_CASE(14)
 #endif
     default: break;
   }
@@ -1076,6 +1094,10 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
     ldc = a->tile_n;
   }
   const int64_t npanels = cdiv(n1 - n0, NR);
+  /* f32 x with few panels per A block (N <= 64): the microkernel broadcasts A
+   * straight from x. The transposing pack_a was ~35% of such a GEMM (it runs
+   * once per A block for only 1-2 panels); same products in the same order. */
+  const int direct = !pairs && a->x_dtype == XK_F32 && !a->perm && npanels <= DIRECT_MAX_PANELS;
   const int prepacked = a->w_kind == XK_WEIGHT_PACKED_PANEL; /* tile_n is a multiple of NR */
   const int64_t npad = cdiv(a->n, NR) * NR;
 
@@ -1095,8 +1117,8 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
       pack_b(a, n0, n1, k0, kl, (float *)packb);
     for (int64_t mb = m0; mb < m1; mb += MC) {
       const int64_t mc = min64(MC, m1 - mb);
-      /* Micro-panels of MR rows, each [units][MR], back to back. */
-      for (int64_t i = 0; i < mc; i += MR)
+      /* Micro-panels of MR rows, each [units][MR], back to back (none when A is read from x). */
+      for (int64_t i = 0; i < mc && !direct; i += MR)
         pack_a(a, pairs, mb + i, (int)min64(MR, mc - i), k0, kl, (uint32_t *)abuf + i * units);
       for (int64_t pi = 0; pi < npanels; pi++) {
         const int nr = (int)min64(NR, n1 - n0 - pi * NR);
@@ -1110,8 +1132,12 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
             continue;
           }
 #endif
-          uk_f32_any(mr, units, (const float *)abuf + i * units, (const float *)packb + pi * units * NR, c, ldc,
-                     k0 > 0, nr);
+          if (direct)
+            uk_f32_rows(mr, units, (const float *)a->x + (mb + i) * a->x_stride + k0,
+                        (const float *)packb + pi * units * NR, c, ldc, k0 > 0, nr, a->x_stride);
+          else
+            uk_f32_any(mr, units, (const float *)abuf + i * units, (const float *)packb + pi * units * NR, c, ldc,
+                       k0 > 0, nr);
 #if PANEL_PF
           if (prepacked && mb == m0 && pi + 1 < npanels) {
             /* Pre-packed panels come from L3: bring the next one into L2, a share per micro-panel. */

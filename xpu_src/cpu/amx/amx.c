@@ -25,7 +25,9 @@
  * weight rows (copied to a compact, zero-padded buffer; loaded straight from
  * memory when the tile has at most NXB_DIRECT x blocks) each 32 x rows
  * accumulate a 2x2 block of C tiles over the block's 32-k steps; C tiles are
- * spilled, exactly, to an fp32 buffer between k blocks. M <= 16 (decode, see
+ * spilled, exactly, to an fp32 buffer between k blocks. N <= 64 with M > 16
+ * runs nw_tile instead (narrow weights: C itself, x rows as A tiles straight
+ * from x, the weights packed per call). M <= 16 (decode, see
  * src/ops/linear_amx.rs): one x tile over the whole K against 4 weight tiles
  * (64 rows) loaded straight from memory, only a tile crossing N and the K
  * tail staged zero-padded.
@@ -291,7 +293,25 @@ XK_ALWAYS_INLINE void c_end(float *cp) {
 #ifndef AMX_DEC_TILE_N
 #define AMX_DEC_TILE_N 1024 /* columns per grid tile (M <= 16) */
 #endif
-#define AMX_PAIRS 2 /* bf16_pairs value: this file's kernel */
+#define AMX_PAIRS 2  /* bf16_pairs value: this file's kernel */
+#define AMX_NARROW 3 /* bf16_pairs value: the narrow-weight kernel (N <= NW_N) */
+/* Narrow weights (see nw_tile): at most NW_N columns, k blocks of NW_KC. */
+#define NW_N 64
+#ifndef NW_KC
+#define NW_KC 256
+#endif
+#ifndef NW_PFD
+#define NW_PFD 4 /* x blocks ahead that the x prefetch runs (k blocks) */
+#endif
+#ifndef NW_PFD_WHOLE
+#define NW_PFD_WHOLE 2 /* the same over the whole K */
+#endif
+#ifndef NW_WHOLE_MIN
+#define NW_WHOLE_MIN (1 << 20) /* a tile's x bytes from which its blocks run over the whole K */
+#endif
+#ifndef NW_TILE_M_MAX
+#define NW_TILE_M_MAX 2048 /* rows per grid tile: 512 KiB of C spill */
+#endif
 /* Tiles of at most this many 32-row x blocks load weights straight from
  * memory (no compact copy: it is not repaid by 1-2 uses; M=32 1.7x, M=64
  * 1.13x faster, M=128 0.87x). */
@@ -368,9 +388,12 @@ static void plan_tiles(xk_linear_args *a, int64_t threads, int64_t dec_rows) {
   a->tile_n = cdiv(cdiv(a->n, ntn), 32) * 32;
 }
 
+static int64_t nw_plan(xk_linear_args *a, int64_t threads);
+
 int64_t xk_linear_gemm_plan_amx(xk_linear_args *a, int64_t threads) {
   if (a->w_kind == XK_WEIGHT_PACKED_AMX) return pk_plan(a, threads);
   if (!amx_applies(a)) return xk_linear_gemm_plan_avx512(a, threads);
+  if (a->m > 16 && a->n <= NW_N) return nw_plan(a, threads);
   a->bf16_pairs = AMX_PAIRS;
   plan_tiles(a, threads, 16);
   return ws_layout(a).total;
@@ -918,6 +941,149 @@ static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
   return pk_layout(a).total;
 }
 
+/* ---- narrow weights (N <= NW_N, M > 16) -----------------------------------------
+ *
+ * A weight of at most 64 rows (N = 64 at K = 2048: 256 KiB, far smaller than
+ * x) against many x rows. C = x . W^T itself: each 16-row x block is the A
+ * operand straight from x (16 rows x 32 k at the x row stride: no packing),
+ * and a k block's weights (NW_KC k, 32 KiB) are packed once per grid tile as
+ * VNNI B tiles (4 x 16 columns a step) that stay in L1 for every x block of
+ * the tile. Each x block's 4 C tiles (16 rows x 64 columns) are spilled
+ * exactly between k blocks; the epilogue writes whole rows (no transpose).
+ * A tile whose x exceeds NW_WHOLE_MIN (x from L3 or DRAM, not L2) instead
+ * runs each x block over the whole K with all the weights packed (from L2,
+ * 256 KiB at K = 2048) and no spills: each x row is then read in order, a
+ * line of each of a later block's 16 rows prefetched a step, where k
+ * blocks read it 512 bytes a page at a time (M = 4096: 1.3x, M = 1024:
+ * 1.1-1.3x; at M = 256, x from L2, 0.83-0.88x, so not there).
+ * The general kernel packed every x row into VNNI tiles (a transpose) and
+ * staged the weights per 32 rows for tiles of 2 x 2: at M = 1024, K = 2048,
+ * N = 64 that overhead, not the tile unit, was the time.
+ * Same products in the same k order as the general kernel (TDPBF16PS is
+ * symmetric in its operands, spills are exact): bit-identical results. */
+
+typedef struct nw_ws {
+  int64_t whole, wb, cpart, xs, ctmp, total;
+} nw_ws;
+
+static nw_ws nw_layout(const xk_linear_args *a) {
+  nw_ws w;
+  w.whole = a->tile_m * a->k * 2 > NW_WHOLE_MIN;
+  int64_t off = 0;
+  w.wb = off;
+  off += (w.whole ? cdiv(a->k > 0 ? a->k : 1, 32) : NW_KC / 32) * 4 * 1024;
+  w.xs = off;
+  off += 1024;
+  w.ctmp = off;
+  off += 2 * 4096;
+  w.cpart = off;
+  off += !w.whole && a->k > NW_KC ? cdiv(a->tile_m, 16) * 4096 : 0;
+  w.total = off + 64;
+  return w;
+}
+
+static int64_t nw_plan(xk_linear_args *a, int64_t threads) {
+  a->bf16_pairs = AMX_NARROW;
+  /* One tile per thread (each packs the weights once); tiles never change the arithmetic. */
+  const int64_t t = threads > 0 ? threads : 1;
+  a->tile_m = min64(cdiv(cdiv(a->m, t), 16) * 16, NW_TILE_M_MAX);
+  a->tile_n = NW_N;
+  return nw_layout(a).total;
+}
+
+/* Rows [m, m + rows) of a finished 16 x 64 C block (tile i: columns 16i..),
+ * plus bias, to out. */
+static void nw_epilogue(const xk_linear_args *a, const float *ct, int64_t m, int64_t rows, int nt) {
+  for (int64_t n = 0; n < a->n; n += 32) {
+    const int64_t nn = min64(32, a->n - n);
+    const __mmask32 nm = kmask(nn);
+    __m512 b0, b1;
+    bias32(a, n, nm, &b0, &b1);
+    const float *c0 = ct + 256 * (n / 16), *c1 = c0 + 256;
+    for (int64_t r = 0; r < rows; r++)
+      store_row32(a, m + r, n, nn, nm, _mm512_add_ps(_mm512_loadu_ps(c0 + 16 * r), b0),
+                  _mm512_add_ps(_mm512_loadu_ps(c1 + 16 * r), b1), nt);
+  }
+}
+
+static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws *L) {
+  const int64_t m0 = t * a->tile_m, m1 = min64(a->m, m0 + a->tile_m);
+  uint32_t *wb = (uint32_t *)(base + L->wb);
+  uint16_t *xs = (uint16_t *)(base + L->xs);
+  float *cpart = (float *)(base + L->cpart), *ctmp = (float *)(base + L->ctmp);
+  const int64_t K = a->k, ks = cdiv(K, 32), kcs = L->whole && ks > 0 ? ks : NW_KC / 32, kc = 32 * kcs;
+  const int64_t kblocks = cdiv(ks, kcs), nxb = cdiv(m1 - m0, 16);
+  const uint16_t *X = (const uint16_t *)a->x;
+  const int64_t xrow = a->x_stride * 2; /* bytes */
+  const int nt = out_nt(a);
+  if (kblocks == 0) { /* K = 0: out = bias */
+    memset(ctmp, 0, 4096);
+    for (int64_t m = m0; m < m1; m += 16) nw_epilogue(a, ctmp, m, min64(16, m1 - m), 0);
+    return;
+  }
+  int64_t pending = -1, pend_m = 0, iter = 0;
+  for (int64_t kb = 0; kb < kblocks; kb++) {
+    const int64_t st = min64(kcs, ks - kb * kcs), k0 = kb * kc;
+    const int first = kb == 0, last = kb == kblocks - 1;
+    for (int i = 0; i < 4; i++)
+      pack_vnni((const uint16_t *)a->w, a->w_stride, 16 * i, a->n - 16 * i, k0, K - k0, st, wb + 256 * i, 1024);
+    for (int64_t xb = 0; xb < nxb; xb++, iter++) {
+      const int64_t m = m0 + 16 * xb, rows = min64(16, m1 - m);
+      float *cp = cpart + 1024 * xb;
+      c_begin(first, cp);
+      /* The x rows of the block NW_PFD blocks on into L2 (16 a step; one block on was too
+       * late at M = 4096: 1.15-1.27x), and the next block's spilled C into L1 (8 lines a step). */
+      const int64_t pb = xb + (L->whole ? NW_PFD_WHOLE : NW_PFD), nm = m0 + 16 * (pb < nxb ? pb : pb - nxb), nk = pb < nxb ? k0 : k0 + kc;
+      const int pfx = nk < K && nm < m1, pfc = !(first && xb + 1 < nxb) && (xb + 1 < nxb || k0 + kc < K);
+      const int64_t nst = min64(kcs, ks - nk / 32); /* lines per row of that block */
+      const char *px = (const char *)(X + min64(nm, a->m - 1) * a->x_stride + nk);
+      const char *pc = (const char *)(xb + 1 < nxb ? cp + 1024 : cpart);
+      for (int64_t s = 0; s < st; s++) {
+        const int64_t k = k0 + 32 * s;
+        if (L->whole) {
+          if (pfx && s < nst) /* line s of each of its rows */
+            for (int64_t r = 0; r < 16 && nm + r < a->m; r++) _mm_prefetch(px + r * xrow + 64 * s, _MM_HINT_T1);
+        } else if (pfx && s < 8) { /* two rows a step (measured better here than a line of each row) */
+          for (int64_t r = 2 * s; r < 2 * s + 2; r++)
+            if (nm + r < a->m)
+              for (int64_t l = 0; l < 8 && l < nst; l++) _mm_prefetch(px + r * xrow + 64 * l, _MM_HINT_T1);
+        }
+        if (pfc && s < 8)
+          for (int64_t l = 8 * s; l < 8 * s + 8; l++) _mm_prefetch(pc + 64 * l, _MM_HINT_T0);
+        if (rows == 16 && k + 32 <= K) {
+          _tile_loadd(4, X + m * a->x_stride + k, xrow);
+        } else { /* rows past M or k past K: a zero-padded copy */
+          for (int64_t r = 0; r < 16; r++)
+            _mm512_storeu_si512(xs + 32 * r, r < rows ? _mm512_maskz_loadu_epi16(kmask(K - k), X + (m + r) * a->x_stride + k)
+                                                      : _mm512_setzero_si512());
+          _tile_loadd(4, xs, 64);
+        }
+        const uint32_t *w = wb + 1024 * s;
+        _tile_loadd(5, w, 64);
+        _tile_dpbf16ps(0, 4, 5);
+        _tile_loadd(6, w + 256, 64);
+        _tile_dpbf16ps(1, 4, 6);
+        _tile_loadd(7, w + 512, 64);
+        _tile_dpbf16ps(2, 4, 7);
+        _tile_loadd(5, w + 768, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+      if (pending >= 0) {
+        nw_epilogue(a, ctmp + 1024 * (pending & 1), pend_m, min64(16, m1 - pend_m), nt);
+        pending = -1;
+      }
+      if (last) {
+        c_end(ctmp + 1024 * (iter & 1));
+        pending = iter;
+        pend_m = m;
+      } else {
+        c_end(cp);
+      }
+    }
+  }
+  if (pending >= 0) nw_epilogue(a, ctmp + 1024 * (pending & 1), pend_m, min64(16, m1 - pend_m), nt);
+}
+
 void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
   if (a->w_kind == XK_WEIGHT_PACKED_AMX) {
     const pk_ws L = pk_layout(a);
@@ -926,6 +1092,15 @@ void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t til
     for (int64_t t = tile_begin; t < tile_end; t++) pk_tile(a, t, base, &L);
     _tile_release();
     _mm_sfence(); /* the epilogue's streaming stores, before the caller's join */
+    return;
+  }
+  if (a->bf16_pairs == AMX_NARROW) {
+    const nw_ws L = nw_layout(a);
+    char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+    xk_amx_config_16x64();
+    for (int64_t t = tile_begin; t < tile_end; t++) nw_tile(a, t, base, &L);
+    _tile_release();
+    _mm_sfence();
     return;
   }
   if (a->bf16_pairs != AMX_PAIRS) {
