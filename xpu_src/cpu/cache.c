@@ -26,7 +26,9 @@
  *   proves each lane exact (fp8_quant below, ~0.1 ns per element per core,
  *   the divide took ~0.24); fp8 flash rows are converted in one pass per
  *   cache with the constants in registers. AVX2 and generic divide, except
- *   for power-of-two scales (exact reciprocal).
+ *   for power-of-two scales (exact reciprocal). The amx tier runs this file
+ *   again built with AVX512-VBMI (amx/kv_vbmi.c): bf16 sources convert by
+ *   byte tables (fqv_make), ~12 uops per 64 elements instead of ~40.
  */
 #include "../common/convert.h"
 #include "../common/tier.h"
@@ -129,6 +131,9 @@ typedef struct fp8_quant {
   int exact;           /* q == t for every in-range lane: ties to even, no window */
   int sub_exact;       /* exact, and M + x r / 2 is exact too (subnormal fp8 codes) */
   uint16_t norm16;     /* bf16 sources: the smallest |x| bit pattern with RN(x r) >= 2M */
+  int vb;              /* the byte tables below are valid (fqv_make) */
+  uint16_t vfill;      /* a bf16 pattern whose code is normal (masked-off lanes) */
+  uint8_t vtab[256];   /* VBMI bf16 sources: T[mantissa] then U[exponent >> 1] */
 } fp8_quant;
 
 static inline int fq_sig_bits(float f) { /* significant bits of a normal float */
@@ -145,6 +150,8 @@ static inline fp8_quant fp8_quant_make(float scale, int32_t src_dtype, int32_t c
   q.fast = (sb >> 23) >= 2 && (sb >> 23) <= 250 && (sb >> 31) == 0;
   q.exact = q.sub_exact = 0;
   q.norm16 = 0x7f80;
+  q.vb = 0;
+  q.vfill = 0;
   if (!q.fast) return q;
   const double d = 1.0 - (double)q.mul * (double)scale; /* exact: 48-bit product, Sterbenz */
   const double ad = d < 0 ? -d : d;
@@ -196,14 +203,91 @@ static __attribute__((noinline)) void fp8_exact64(uint8_t *dst, const void *src,
   }
 }
 
+/* ---- bf16 -> fp8 by byte tables (AVX512-VBMI builds: XK_KV_VBMI) ---------
+ * For a normal bf16 x = (1 + m/128) 2^(E-127) and q = RN(x / s), doubling
+ * x doubles x / s exactly, and while q stays a normal f32 RN commutes with
+ * it; the reference encoder's normal branch ((a + half + lsb) >> shift -
+ * rebias, before its clamp) then moves by S = 8 (e4m3) or 4 (e5m2) codes
+ * per binade. So code(E, m) = T[m] + c0 + S (E - Eref), with T and c0 taken
+ * from the reference encoder itself at one exponent Eref whose 128 codes are
+ * normal. With V = code + 128 = T[m] + S e0 + U[E >> 1] (e0 = E & 1,
+ * U[e] = 2 S e + c0 - S Eref + 128 clamped to [0, 255]) every term is a
+ * byte: two vpermi2b lookups (7-bit indices: the low byte's mantissa and
+ * the high byte, whose sign bit the lookup ignores) and saturating adds.
+ * V >= 128 + S: the formula's code is normal, and then it is also the
+ * reference's code for q just below the smallest normal (both round up to
+ * it: e4m3 from q >= 2^-6 - 2^-11, where the subnormal RNE(q 2^9) >= 7.75;
+ * e5m2 likewise). Smaller V (fp8 subnormals, zeros) and bf16 exponents
+ * 0-1 and 254-255 (U = 0: subnormals, Inf, NaN) send the block to the
+ * multiply path (fp8_fast64_bf16_regs), then to the divide. Saturation is
+ * min(V, 128 + max code) (V saturates at 255 beyond); the sign leaves V's
+ * top bit set for negative lanes and clears it for positive ones. About 12
+ * uops per 64 elements against ~40 for the multiply path. Checked against
+ * the reference encoder for all 65536 bf16 patterns and 40 scales. */
+#ifdef XK_KV_VBMI
+static void fqv_make(fp8_quant *q, int e5) {
+  const uint32_t eref = xk_f32_bits(q->scale) >> 23; /* q->fast: 2..250, x / s in [1, 4) */
+  const int S = e5 ? 4 : 8, maxc = FQ_MAXF(e5);
+  const xk_fp8_format *fmt = e5 ? &XK_E5M2 : &XK_E4M3;
+  const __m512 vs = _mm512_set1_ps(q->scale);
+  _Alignas(64) int32_t code[128];
+  for (int j = 0; j < 8; j++) {
+    const __m512i m = _mm512_add_epi32(_mm512_set1_epi32((int32_t)(eref << 7) + 16 * j),
+                                       _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512 x = _mm512_castsi512_ps(_mm512_slli_epi32(m, 16));
+    _mm512_store_si512(code + 16 * j, xk_fp8_encode16(_mm512_div_ps(x, vs), fmt));
+  }
+  const int c0 = code[0];
+  if (c0 < S || code[127] >= maxc) return;
+  for (int m = 0; m < 128; m++) {
+    const int d = code[m] - c0;
+    if (d < 0 || d > S) return;
+    q->vtab[m] = (uint8_t)d;
+  }
+  for (int e = 0; e < 128; e++) {
+    int v = 2 * S * e + c0 - S * (int)eref + 128;
+    if (e == 0 || e == 127 || v < 0) v = 0;
+    q->vtab[128 + e] = (uint8_t)(v > 255 ? 255 : v);
+  }
+  q->vfill = (uint16_t)(eref << 7);
+  q->vb = 1;
+}
+#endif
+
 /* Constants of the fast path, made once per row. */
 typedef struct fq_consts {
   __m512 r, r2, mg;
   __m512i kv, win, low, clr, hmask, abs16, inf16, maxf, sgn, perm, norm16, span16;
+  __m512i t0, t1, u0, u1, ilo, ihi, vthr, vmax, vstep; /* byte tables (fqv64) */
 } fq_consts;
 
-static inline __attribute__((always_inline)) fq_consts fq_consts_make(const fp8_quant *q, int e5, int exact) {
+/* The table path's constants (fqv64); the multiply path's are not made. */
+static inline __attribute__((always_inline)) fq_consts fqv_consts_make(const fp8_quant *q, int e5) {
   fq_consts c;
+  c.r = c.r2 = c.mg = _mm512_setzero_ps();
+  c.kv = c.win = c.low = c.clr = c.hmask = c.abs16 = c.inf16 = c.maxf = c.perm = c.norm16 = c.span16 =
+      _mm512_setzero_si512();
+  c.t0 = _mm512_loadu_si512(q->vtab);
+  c.t1 = _mm512_loadu_si512(q->vtab + 64);
+  c.u0 = _mm512_loadu_si512(q->vtab + 128);
+  c.u1 = _mm512_loadu_si512(q->vtab + 192);
+  c.ilo = _mm512_setr_epi64(0x0e0c0a0806040200ll, 0x1e1c1a1816141210ll, 0x2e2c2a2826242220ll, 0x3e3c3a3836343230ll,
+                            0x4e4c4a4846444240ll, 0x5e5c5a5856545250ll, 0x6e6c6a6866646260ll, 0x7e7c7a7876747270ll);
+  c.ihi = _mm512_add_epi8(c.ilo, _mm512_set1_epi8(1));
+  c.vthr = _mm512_set1_epi8((char)(128 + (e5 ? 4 : 8)));
+  c.vmax = _mm512_set1_epi8((char)(128 + FQ_MAXF(e5)));
+  c.vstep = _mm512_set1_epi8((char)(e5 ? 4 : 8));
+  c.sgn = _mm512_set1_epi8((char)0x80);
+  __asm__("" : "+v"(c.t0), "+v"(c.t1), "+v"(c.u0), "+v"(c.u1), "+v"(c.ilo), "+v"(c.ihi));
+  __asm__("" : "+v"(c.vthr), "+v"(c.vmax), "+v"(c.vstep), "+v"(c.sgn));
+  return c;
+}
+
+static inline __attribute__((always_inline)) fq_consts fq_consts_make(const fp8_quant *q, int e5, int exact,
+                                                                      int vb) {
+  fq_consts c;
+  if (vb) return fqv_consts_make(q, e5);
+  c.t0 = c.t1 = c.u0 = c.u1 = c.ilo = c.ihi = c.vthr = c.vmax = c.vstep = _mm512_setzero_si512();
   const int shift = FQ_SHIFT(e5);
   c.r = _mm512_set1_ps(q->mul);
   c.r2 = _mm512_set1_ps(q->mul * 0.5f);
@@ -233,10 +317,21 @@ static inline __attribute__((always_inline)) fq_consts fq_consts_make(const fp8_
 typedef struct fq_scale_regs {
   __m512 r, r2;
   __m512i norm16, span16;
+  __m512i t0, t1, u0, u1;
 } fq_scale_regs;
 
-static inline __attribute__((always_inline)) fq_scale_regs fq_scale_regs_of(const fp8_quant *q) {
+static inline __attribute__((always_inline)) fq_scale_regs fq_scale_regs_of(const fp8_quant *q, int vb) {
   fq_scale_regs s;
+  if (vb) {
+    s.t0 = _mm512_loadu_si512(q->vtab);
+    s.t1 = _mm512_loadu_si512(q->vtab + 64);
+    s.u0 = _mm512_loadu_si512(q->vtab + 128);
+    s.u1 = _mm512_loadu_si512(q->vtab + 192);
+    s.r = s.r2 = _mm512_setzero_ps();
+    s.norm16 = s.span16 = _mm512_setzero_si512();
+    return s;
+  }
+  s.t0 = s.t1 = s.u0 = s.u1 = _mm512_setzero_si512();
   s.r = _mm512_set1_ps(q->mul);
   s.r2 = _mm512_set1_ps(q->mul * 0.5f);
   s.norm16 = _mm512_set1_epi16((short)q->norm16);
@@ -244,7 +339,14 @@ static inline __attribute__((always_inline)) fq_scale_regs fq_scale_regs_of(cons
   return s;
 }
 
-static inline __attribute__((always_inline)) void fq_use_scale(fq_consts *c, const fq_scale_regs *s) {
+static inline __attribute__((always_inline)) void fq_use_scale(fq_consts *c, const fq_scale_regs *s, int vb) {
+  if (vb) {
+    c->t0 = s->t0;
+    c->t1 = s->t1;
+    c->u0 = s->u0;
+    c->u1 = s->u1;
+    return;
+  }
   c->r = s->r;
   c->r2 = s->r2;
   c->norm16 = s->norm16;
@@ -312,13 +414,55 @@ static inline __attribute__((always_inline)) int fp8_fast64_bf16_regs(__m512i *o
   return 1;
 }
 
+/* 64 bf16 (ra: elements 0-31, rb: 32-63) -> fp8 by the byte tables (see
+ * fqv_make). Returns 0 when a lane needs another path. */
+static inline __attribute__((always_inline)) int fqv64(__m512i *out, __m512i ra, __m512i rb, const fq_consts *c) {
+#ifdef XK_KV_VBMI
+  const __m512i lo = _mm512_permutex2var_epi8(ra, c->ilo, rb), hi = _mm512_permutex2var_epi8(ra, c->ihi, rb);
+  __m512i v = _mm512_adds_epu8(_mm512_permutex2var_epi8(c->t0, lo, c->t1), _mm512_permutex2var_epi8(c->u0, hi, c->u1));
+  v = _mm512_mask_adds_epu8(v, _mm512_movepi8_mask(lo), v, c->vstep);
+  if (_mm512_cmplt_epu8_mask(v, c->vthr)) return 0;
+  /* v ^ (~hi & 0x80): positive lanes lose the bias bit. */
+  *out = _mm512_ternarylogic_epi32(_mm512_min_epu8(v, c->vmax), hi, c->sgn, 0xd2);
+  return 1;
+#else
+  (void)out, (void)ra, (void)rb, (void)c;
+  return 0;
+#endif
+}
+
+/* A block the tables leave: the multiply path, else the divide. */
+static __attribute__((noinline)) __m512i fqv_slow(__m512i ra, __m512i rb, const fp8_quant *q, int e5) {
+  _Alignas(64) uint16_t tmp[64];
+  _Alignas(64) uint8_t codes[64];
+  __m512i b;
+  if (q->sub_exact) {
+    const fq_consts c = fq_consts_make(q, e5, 1, 0);
+    if (fp8_fast64_bf16_regs(&b, ra, rb, &c, e5, 1)) return b;
+  } else {
+    const fq_consts c = fq_consts_make(q, e5, 0, 0);
+    if (fp8_fast64_bf16_regs(&b, ra, rb, &c, e5, 0)) return b;
+  }
+  _mm512_store_si512(tmp, ra);
+  _mm512_store_si512(tmp + 32, rb);
+  fp8_exact64(codes, tmp, XK_BF16, ~(__mmask64)0, q->scale, e5);
+  return _mm512_load_si512(codes);
+}
+
 static inline __attribute__((always_inline)) int fp8_fast64_bf16(uint8_t *dst, const uint16_t *src, __mmask64 m,
                                                                  const fq_consts *c, int e5, int exact, int full,
-                                                                 int stream) {
-  const __m512i ra = full ? _mm512_loadu_si512(src) : _mm512_maskz_loadu_epi16((__mmask32)m, src);
-  const __m512i rb = full ? _mm512_loadu_si512(src + 32) : _mm512_maskz_loadu_epi16((__mmask32)(m >> 32), src + 32);
+                                                                 int stream, int vb, const fp8_quant *q) {
+  /* Table path: lanes past the end hold a pattern whose code is normal. */
+  const __m512i fill = vb && !full ? _mm512_set1_epi16((short)q->vfill) : _mm512_setzero_si512();
+  const __m512i ra = full ? _mm512_loadu_si512(src) : _mm512_mask_loadu_epi16(fill, (__mmask32)m, src);
+  const __m512i rb =
+      full ? _mm512_loadu_si512(src + 32) : _mm512_mask_loadu_epi16(fill, (__mmask32)(m >> 32), src + 32);
   __m512i b;
-  if (!fp8_fast64_bf16_regs(&b, ra, rb, c, e5, exact)) return 0;
+  if (vb) {
+    if (__builtin_expect(!fqv64(&b, ra, rb, c), 0)) b = fqv_slow(ra, rb, q, e5);
+  } else if (!fp8_fast64_bf16_regs(&b, ra, rb, c, e5, exact)) {
+    return 0;
+  }
   if (stream) _mm512_stream_si512((void *)dst, b);
   else if (full) _mm512_storeu_si512(dst, b);
   else _mm512_mask_storeu_epi8(dst, m, b);
@@ -373,8 +517,8 @@ static inline __attribute__((always_inline)) int fp8_fast64_wide(uint8_t *dst, c
 
 static inline __attribute__((always_inline)) int fq_kernel(uint8_t *d, const char *s, __mmask64 m, const fq_consts *c,
                                                            int32_t src_dtype, int e5, int exact, int subc, int full,
-                                                           int st) {
-  if (src_dtype == XK_BF16) return fp8_fast64_bf16(d, (const uint16_t *)s, m, c, e5, exact, full, st);
+                                                           int st, int vb, const fp8_quant *q) {
+  if (src_dtype == XK_BF16) return fp8_fast64_bf16(d, (const uint16_t *)s, m, c, e5, exact, full, st, vb, q);
   return fp8_fast64_wide(d, s, src_dtype, m, c, e5, exact, subc, full, st);
 }
 
@@ -383,8 +527,9 @@ static inline __attribute__((always_inline)) int fq_kernel(uint8_t *d, const cha
  * streaming stores. The fast loops hold no call, so the constants stay in
  * registers; a block that needs the exact path leaves them. */
 static inline __attribute__((always_inline)) void fq_run(uint8_t *dst, const char *src, int64_t n, const fq_consts *c,
-                                                         float scale, int32_t src_dtype, int e5, int exact, int subc,
-                                                         int stream) {
+                                                         const fp8_quant *q, int32_t src_dtype, int e5, int exact,
+                                                         int subc, int stream, int vb) {
+  const float scale = q->scale;
   const int64_t ss = xk_dtype_size(src_dtype);
   const int st = stream && ((uintptr_t)dst & 63u) == 0;
   int64_t i = 0;
@@ -394,15 +539,15 @@ static inline __attribute__((always_inline)) void fq_run(uint8_t *dst, const cha
         /* Large batches read their source from memory: keep the lines ~16
          * blocks ahead coming (the hardware stream stalls at page edges). */
         for (int64_t l = 0; l < ss; l++) _mm_prefetch(src + (i + 1024) * ss + 64 * l, _MM_HINT_T0);
-        if (!fq_kernel(dst + i, src + i * ss, ~(__mmask64)0, c, src_dtype, e5, exact, subc, 1, 1)) break;
+        if (!fq_kernel(dst + i, src + i * ss, ~(__mmask64)0, c, src_dtype, e5, exact, subc, 1, 1, vb, q)) break;
       }
     } else {
       for (; i + 64 <= n; i += 64)
-        if (!fq_kernel(dst + i, src + i * ss, ~(__mmask64)0, c, src_dtype, e5, exact, subc, 1, 0)) break;
+        if (!fq_kernel(dst + i, src + i * ss, ~(__mmask64)0, c, src_dtype, e5, exact, subc, 1, 0, vb, q)) break;
     }
     if (i >= n) return;
     const __mmask64 m = n - i >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - i)) - 1);
-    if (i + 64 > n && fq_kernel(dst + i, src + i * ss, m, c, src_dtype, e5, exact, subc, 0, 0)) return;
+    if (i + 64 > n && fq_kernel(dst + i, src + i * ss, m, c, src_dtype, e5, exact, subc, 0, 0, vb, q)) return;
     fp8_exact64(dst + i, src + i * ss, src_dtype, m, scale, e5);
     i += 64;
     if (i >= n) return;
@@ -439,10 +584,10 @@ typedef int (*fq_paged_fn)(const xk_kv_write_args *a, int64_t t, int64_t block, 
 static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_write_args *a, int which, int64_t t0,
                                                                  int64_t t1, const fp8_quant *qk, const fp8_quant *qv,
                                                                  int stream, int32_t src_dtype, int e5, int exact,
-                                                                 int subc) {
+                                                                 int subc, int vb) {
   const fp8_quant *q0 = which & 1 ? qk : qv;
-  fq_consts c = fq_consts_make(q0, e5, exact);
-  const fq_scale_regs sck = fq_scale_regs_of(qk), scv = fq_scale_regs_of(qv);
+  fq_consts c = fq_consts_make(q0, e5, exact, vb);
+  const fq_scale_regs sck = fq_scale_regs_of(qk, vb && (which & 1)), scv = fq_scale_regs_of(qv, vb && (which >> 1));
   const int64_t ss = xk_dtype_size(src_dtype);
   const char *srck = (const char *)a->key, *srcv = (const char *)a->value;
   const int64_t sk = a->key_stride_token * ss, sv = a->value_stride_token * ss;
@@ -479,12 +624,12 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
       for (int64_t j = 0; j < m; j++) {
         if (!dk[cur][j]) continue;
         if (do_k) {
-          fq_use_scale(&c, &sck);
-          fq_run(dk[cur][j], srck + (g + j) * sk, n, &c, qk->scale, src_dtype, e5, exact, subc, stream);
+          fq_use_scale(&c, &sck, vb);
+          fq_run(dk[cur][j], srck + (g + j) * sk, n, &c, qk, src_dtype, e5, exact, subc, stream, vb);
         }
         if (do_v) {
-          fq_use_scale(&c, &scv);
-          fq_run(dv[cur][j], srcv + (g + j) * sv, n, &c, qv->scale, src_dtype, e5, exact, subc, stream);
+          fq_use_scale(&c, &scv, vb);
+          fq_run(dv[cur][j], srcv + (g + j) * sv, n, &c, qv, src_dtype, e5, exact, subc, stream, vb);
         }
       }
     }
@@ -522,9 +667,13 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
                      _mm256_loadu_si256((const __m256i *)((p) + (s))), 1)
 
 static inline __attribute__((always_inline)) __m512i fq_tile(const char *src, int64_t stok, const fq_consts *c,
-                                                             const fp8_quant *q, int e5, int exact) {
+                                                             const fp8_quant *q, int e5, int exact, int vb) {
   const __m512i ra = FQ_TILE_LOAD(src, stok), rb = FQ_TILE_LOAD(src + 2 * stok, stok);
   __m512i b;
+  if (vb) {
+    if (__builtin_expect(fqv64(&b, ra, rb, c), 1)) return b;
+    return fqv_slow(ra, rb, q, e5);
+  }
   if (__builtin_expect(fp8_fast64_bf16_regs(&b, ra, rb, c, e5, exact), 1)) return b;
   _Alignas(64) uint16_t tmp[64];
   _Alignas(64) uint8_t codes[64];
@@ -537,11 +686,12 @@ static inline __attribute__((always_inline)) __m512i fq_tile(const char *src, in
 static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write_args *a, int64_t t, int64_t block,
                                                                const fp8_quant *qk, const fp8_quant *qv,
                                                                int64_t head, const char *pfk, const char *pfv,
-                                                               int64_t pfb, int32_t src_dtype, int e5, int exact) {
+                                                               int64_t pfb, int32_t src_dtype, int e5, int exact,
+                                                               int vb) {
   const int64_t D = a->head_size, *ks = a->key_cache_strides, *vs = a->value_cache_strides;
   if (src_dtype != XK_BF16 || D % 32) return 0;
-  fq_consts c = fq_consts_make(qk, e5, exact);
-  const fq_scale_regs sck = fq_scale_regs_of(qk), scv = fq_scale_regs_of(qv);
+  fq_consts c = fq_consts_make(qk, e5, exact, vb);
+  const fq_scale_regs sck = fq_scale_regs_of(qk, vb), scv = fq_scale_regs_of(qv, vb);
   const int64_t sk = a->key_stride_token * 2, sv = a->value_stride_token * 2;
   const char *k0 = (const char *)a->key + (t * a->key_stride_token + head * a->key_stride_head) * 2;
   const char *v0 = (const char *)a->value + (t * a->value_stride_token + head * a->value_stride_head) * 2;
@@ -562,23 +712,23 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
     }
     /* Key chunks d / 16 and d / 16 + 1: four lines of four tokens each;
      * both halves of a source line are read together. */
-    fq_use_scale(&c, &sck);
+    fq_use_scale(&c, &sck, vb);
     uint8_t *kl = kd + (d / 16) * ks[2];
     for (int j = 0; j < 16; j += 4) {
       const char *sj = k0 + j * sk + d * 2;
-      _mm512_stream_si512((void *)(kl + j * 16), fq_tile(sj, sk, &c, qk, e5, exact));
-      _mm512_stream_si512((void *)(kl + ks[2] + j * 16), fq_tile(sj + 32, sk, &c, qk, e5, exact));
+      _mm512_stream_si512((void *)(kl + j * 16), fq_tile(sj, sk, &c, qk, e5, exact, vb));
+      _mm512_stream_si512((void *)(kl + ks[2] + j * 16), fq_tile(sj + 32, sk, &c, qk, e5, exact, vb));
     }
     /* Value elements d..d+31: four tiles per 16 elements (tokens 4q..4q+3
      * in tile q), transposed in registers: a line's 16 dwords gathered
      * (tile q's dword 4i+K: token 4q+i, elements 4K..4K+3) into lane q,
      * each lane's 4x4 bytes transposed, then the 4x4 dwords. */
-    fq_use_scale(&c, &scv);
+    fq_use_scale(&c, &scv, vb);
     __m512i tv[2][4];
     for (int q = 0; q < 4; q++) {
       const char *sj = v0 + 4 * q * sv + d * 2;
-      tv[0][q] = fq_tile(sj, sv, &c, qv, e5, exact);
-      tv[1][q] = fq_tile(sj + 32, sv, &c, qv, e5, exact);
+      tv[0][q] = fq_tile(sj, sv, &c, qv, e5, exact, vb);
+      tv[1][q] = fq_tile(sj + 32, sv, &c, qv, e5, exact, vb);
     }
     for (int hf = 0; hf < 2; hf++) {
       uint8_t *vl = vd + (d + 16 * hf) * vs[2];
@@ -594,39 +744,44 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
 }
 
 /* One variant (source dtype, fp8 format, exact / window, subnormal check):
- * a row, and the flash tokens above. */
-#define FQ_VARIANT(SUF, SRC, E5, EXACT, SUBC)                                                            \
+ * a row, the flash tokens and the paged runs above. VB: the byte tables
+ * (bf16 sources, XK_KV_VBMI builds). */
+#define FQ_VARIANT(SUF, SRC, E5, EXACT, SUBC, VB)                                                            \
   static __attribute__((noinline)) void fq_row_##SUF(uint8_t *dst, const void *src, int64_t n,          \
                                                      const fp8_quant *q, int stream) {                  \
-    const fq_consts c = fq_consts_make(q, E5, EXACT);                                                    \
-    fq_run(dst, (const char *)src, n, &c, q->scale, SRC, E5, EXACT, SUBC, stream);                       \
+    const fq_consts c = fq_consts_make(q, E5, EXACT, VB);                                                    \
+    fq_run(dst, (const char *)src, n, &c, q, SRC, E5, EXACT, SUBC, stream, VB);                       \
   }                                                                                                      \
   static __attribute__((noinline)) void fq_tokens_##SUF(const xk_kv_write_args *a, int which, int64_t t0, \
                                                         int64_t t1, const fp8_quant *qk, const fp8_quant *qv, \
                                                         int stream) {                                    \
-    fq_tokens_body(a, which, t0, t1, qk, qv, stream, SRC, E5, EXACT, SUBC);                              \
+    fq_tokens_body(a, which, t0, t1, qk, qv, stream, SRC, E5, EXACT, SUBC, VB);                              \
   }                                                                                                      \
   static __attribute__((noinline)) int fq_paged_##SUF(const xk_kv_write_args *a, int64_t t, int64_t block, \
                                                       const fp8_quant *qk, const fp8_quant *qv, int64_t head, \
                                                       const char *pfk, const char *pfv, int64_t pfb) {   \
-    return fq_paged_body(a, t, block, qk, qv, head, pfk, pfv, pfb, SRC, E5, EXACT);                      \
+    return fq_paged_body(a, t, block, qk, qv, head, pfk, pfv, pfb, SRC, E5, EXACT, VB);                      \
   }
-FQ_VARIANT(bf16_e4_exact, XK_BF16, 0, 1, 0)
-FQ_VARIANT(bf16_e4_approx, XK_BF16, 0, 0, 0)
-FQ_VARIANT(bf16_e5_exact, XK_BF16, 1, 1, 0)
-FQ_VARIANT(bf16_e5_approx, XK_BF16, 1, 0, 0)
-FQ_VARIANT(f16_e4_exact, XK_F16, 0, 1, 0)
-FQ_VARIANT(f16_e4_exactc, XK_F16, 0, 1, 1)
-FQ_VARIANT(f16_e4_approx, XK_F16, 0, 0, 0)
-FQ_VARIANT(f16_e5_exact, XK_F16, 1, 1, 0)
-FQ_VARIANT(f16_e5_exactc, XK_F16, 1, 1, 1)
-FQ_VARIANT(f16_e5_approx, XK_F16, 1, 0, 0)
-FQ_VARIANT(f32_e4_exact, XK_F32, 0, 1, 0)
-FQ_VARIANT(f32_e4_exactc, XK_F32, 0, 1, 1)
-FQ_VARIANT(f32_e4_approx, XK_F32, 0, 0, 0)
-FQ_VARIANT(f32_e5_exact, XK_F32, 1, 1, 0)
-FQ_VARIANT(f32_e5_exactc, XK_F32, 1, 1, 1)
-FQ_VARIANT(f32_e5_approx, XK_F32, 1, 0, 0)
+FQ_VARIANT(bf16_e4_exact, XK_BF16, 0, 1, 0, 0)
+FQ_VARIANT(bf16_e4_approx, XK_BF16, 0, 0, 0, 0)
+FQ_VARIANT(bf16_e5_exact, XK_BF16, 1, 1, 0, 0)
+FQ_VARIANT(bf16_e5_approx, XK_BF16, 1, 0, 0, 0)
+FQ_VARIANT(f16_e4_exact, XK_F16, 0, 1, 0, 0)
+FQ_VARIANT(f16_e4_exactc, XK_F16, 0, 1, 1, 0)
+FQ_VARIANT(f16_e4_approx, XK_F16, 0, 0, 0, 0)
+FQ_VARIANT(f16_e5_exact, XK_F16, 1, 1, 0, 0)
+FQ_VARIANT(f16_e5_exactc, XK_F16, 1, 1, 1, 0)
+FQ_VARIANT(f16_e5_approx, XK_F16, 1, 0, 0, 0)
+FQ_VARIANT(f32_e4_exact, XK_F32, 0, 1, 0, 0)
+FQ_VARIANT(f32_e4_exactc, XK_F32, 0, 1, 1, 0)
+FQ_VARIANT(f32_e4_approx, XK_F32, 0, 0, 0, 0)
+FQ_VARIANT(f32_e5_exact, XK_F32, 1, 1, 0, 0)
+FQ_VARIANT(f32_e5_exactc, XK_F32, 1, 1, 1, 0)
+FQ_VARIANT(f32_e5_approx, XK_F32, 1, 0, 0, 0)
+#ifdef XK_KV_VBMI
+FQ_VARIANT(bf16_e4_vb, XK_BF16, 0, 1, 0, 1)
+FQ_VARIANT(bf16_e5_vb, XK_BF16, 1, 1, 0, 1)
+#endif
 #undef FQ_VARIANT
 
 /* The functions for a quantiser; row NULL: scale out of range, divide. */
@@ -649,6 +804,12 @@ static inline fq_fns fq_fns_for(const fp8_quant *q, int32_t src_dtype, int32_t c
   const int mode = q->sub_exact ? 2 : q->exact ? 1 : 0; /* bf16 has no "exact, check subnormals" mode */
   switch (src_dtype) {
     case XK_BF16:
+#ifdef XK_KV_VBMI
+      if (q->vb) {
+        if (e5) FQ_PICK(bf16_e5_vb); else FQ_PICK(bf16_e4_vb);
+        break;
+      }
+#endif
       if (mode == 2) { if (e5) FQ_PICK(bf16_e5_exact); else FQ_PICK(bf16_e4_exact); }
       else { if (e5) FQ_PICK(bf16_e5_approx); else FQ_PICK(bf16_e4_approx); }
       break;
@@ -693,6 +854,9 @@ static inline scale_div scale_div_make(float scale, int32_t src_dtype, int32_t c
   d.pow2 = (u & 0x7fffffu) == 0 && (u >> 23) >= 1 && (u >> 23) <= 254;
 #if XK_F32_LANES == 16
   d.fq = fp8_quant_make(scale, src_dtype, cache_dtype);
+#ifdef XK_KV_VBMI
+  if (d.fq.fast && src_dtype == XK_BF16 && xk_is_fp8(cache_dtype)) fqv_make(&d.fq, cache_dtype == XK_F8E5M2);
+#endif
   const fq_fns f = xk_is_fp8(cache_dtype) ? fq_fns_for(&d.fq, src_dtype, cache_dtype) : (fq_fns){0, 0, 0};
   d.row = f.row;
   d.tokens = f.tokens;
