@@ -739,6 +739,26 @@ static inline __attribute__((always_inline)) __m512i fq_tile(const char *src, in
   return _mm512_load_si512(codes);
 }
 
+/* Table path: elements 0..31 of four token rows (stok bytes apart), four
+ * whole-line loads; each pair of rows is gathered in the order [row 0
+ * elements 0-15 | row 1 0-15 | row 0 16-31 | row 1 16-31] (c->ilo is set so
+ * in fq_paged_body), and two 128-bit lane shuffles give the two tiles of
+ * fq_tile (elements 0-15, then 16-31, of the four rows). fq_tile's two
+ * 32-byte loads and an insert per register cost 8 loads and 4 shuffles per
+ * pair of tiles, this 4 loads and 2 shuffles. */
+static inline __attribute__((always_inline)) void fqv_quad(__m512i out[2], const char *s, int64_t stok,
+                                                           const fq_consts *c, const fp8_quant *q, int e5, int *vm) {
+  const __m512i r0 = _mm512_loadu_si512(s), r1 = _mm512_loadu_si512(s + stok);
+  const __m512i r2 = _mm512_loadu_si512(s + 2 * stok), r3 = _mm512_loadu_si512(s + 3 * stok);
+  __m512i c01, c23;
+  if (__builtin_expect(!fqv64(&c01, r0, r1, c, q, vm), 0))
+    c01 = fqv_slow(_mm512_shuffle_i64x2(r0, r1, 0x44), _mm512_shuffle_i64x2(r0, r1, 0xee), q, e5);
+  if (__builtin_expect(!fqv64(&c23, r2, r3, c, q, vm), 0))
+    c23 = fqv_slow(_mm512_shuffle_i64x2(r2, r3, 0x44), _mm512_shuffle_i64x2(r2, r3, 0xee), q, e5);
+  out[0] = _mm512_shuffle_i64x2(c01, c23, 0x44);
+  out[1] = _mm512_shuffle_i64x2(c01, c23, 0xee);
+}
+
 static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write_args *a, int64_t t, int64_t block,
                                                                const fp8_quant *qk, const fp8_quant *qv,
                                                                int64_t head, const char *pfk, const char *pfv,
@@ -755,6 +775,12 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
   uint8_t *vd = (uint8_t *)a->value_cache + block * vs[0] + head * vs[1];
   const int64_t pstep = pfb / (D / 32);
   int vm = 0;
+  if (vb) { /* fqv_quad's byte order */
+    c.ilo = _mm512_setr_epi64(0x0e0c0a0806040200ll, 0x1e1c1a1816141210ll, 0x4e4c4a4846444240ll, 0x5e5c5a5856545250ll,
+                              0x2e2c2a2826242220ll, 0x3e3c3a3836343230ll, 0x6e6c6a6866646260ll, 0x7e7c7a7876747270ll);
+    c.ihi = _mm512_add_epi8(c.ilo, _mm512_set1_epi8(1));
+    __asm__("" : "+v"(c.ilo), "+v"(c.ihi));
+  }
   __m512i gidx[4];
   for (int k = 0; k < 4; k++) /* lane q, dword i: tile q's dword 4i + k (tiles 0|1, then 2|3) */
     gidx[k] = _mm512_add_epi32(_mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0),
@@ -773,6 +799,13 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
     uint8_t *kl = kd + (d / 16) * ks[2];
     for (int j = 0; j < 16; j += 4) {
       const char *sj = k0 + j * sk + d * 2;
+      if (vb) {
+        __m512i kt[2];
+        fqv_quad(kt, sj, sk, &c, qk, e5, &vm);
+        _mm512_stream_si512((void *)(kl + j * 16), kt[0]);
+        _mm512_stream_si512((void *)(kl + ks[2] + j * 16), kt[1]);
+        continue;
+      }
       _mm512_stream_si512((void *)(kl + j * 16), fq_tile(sj, sk, &c, qk, e5, exact, vb, &vm));
       _mm512_stream_si512((void *)(kl + ks[2] + j * 16), fq_tile(sj + 32, sk, &c, qk, e5, exact, vb, &vm));
     }
@@ -784,6 +817,13 @@ static inline __attribute__((always_inline)) int fq_paged_body(const xk_kv_write
     __m512i tv[2][4];
     for (int q = 0; q < 4; q++) {
       const char *sj = v0 + 4 * q * sv + d * 2;
+      if (vb) {
+        __m512i vt2[2];
+        fqv_quad(vt2, sj, sv, &c, qv, e5, &vm);
+        tv[0][q] = vt2[0];
+        tv[1][q] = vt2[1];
+        continue;
+      }
       tv[0][q] = fq_tile(sj, sv, &c, qv, e5, exact, vb, &vm);
       tv[1][q] = fq_tile(sj + 32, sv, &c, qv, e5, exact, vb, &vm);
     }
