@@ -28,7 +28,10 @@
  *   cache with the constants in registers. AVX2 and generic divide, except
  *   for power-of-two scales (exact reciprocal). The amx tier runs this file
  *   again built with AVX512-VBMI (amx/kv_vbmi.c): bf16 sources convert by
- *   byte tables (fqv_make), ~12 uops per 64 elements instead of ~40.
+ *   byte tables (fqv_make), ~12 uops per 64 elements instead of ~40
+ *   (bench, T=8192 H=2 D=128 paged fp8 prefill 817 -> 664-680 us, session
+ *   8). With the conversion reduced to its two byte gathers (timing only)
+ *   that case takes ~636 us against ~690 us in the harness.
  */
 #include "../common/convert.h"
 #include "../common/tier.h"
@@ -624,7 +627,11 @@ typedef int (*fq_paged_fn)(const xk_kv_write_args *a, int64_t t, int64_t block, 
  * H=2 D=128 2-4% faster, prefill 1% slower). The walks remain the largest
  * cost of random rows on 4 KiB pages: the same kernel on a destination with
  * transparent huge pages runs T=8192 H=2 D=128 random in 775-795 us instead
- * of 1061-1123 us. */
+ * of 1061-1123 us (session 8: 823 vs 1106 us). Even without the walks that
+ * is ~15 GB/s (random 256-byte rows to DRAM), under the 80% floor. With the
+ * byte tables (session 8) 24 or 32 tokens ahead changed nothing (harness,
+ * 1015-1024 us all three), nor does the conversion bound it: the avx512
+ * and vbmi builds differ by ~2% there. */
 #define FQ_GROUP 16
 
 /* Every token of [t0, t1) of the flash caches in `which` (1 key, 2 value,
