@@ -1155,6 +1155,7 @@ double xk_probe_bf16_amx(int64_t iters, xk_probe_result *sink) {
 /* ---- the table --------------------------------------------------------------- */
 
 void xk_gdn_amx_install(xk_kernel_table *t); /* gdn_chunk.c */
+void xk_kv_amx_install(xk_kernel_table *t);  /* kv_vbmi.c */
 int64_t xk_attn_workspace_amx(const xk_attn_args *a);                              /* attn_decode.c */
 void xk_attn_paged_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
 void xk_attn_varlen_amx(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end); /* attn_decode.c */
@@ -1169,6 +1170,7 @@ void xk_amx_table_init(xk_kernel_table *t) {
   t->linear_pack_x = xk_linear_pack_x_amx;
   t->probe_bf16 = xk_probe_bf16_amx;
   xk_gdn_amx_install(t);
+  xk_kv_amx_install(t);
   t->attn_workspace = xk_attn_workspace_amx;
   t->attn_paged = xk_attn_paged_amx;
   t->attn_varlen = xk_attn_varlen_amx;
