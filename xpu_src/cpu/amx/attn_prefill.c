@@ -83,6 +83,24 @@
  * degree-3 2^x for P; the next call's query rows prefetched during this
  * call's units (slower), or a few rows ahead of the copy; streaming
  * stores for the output; 256 or 1024 rows per work item.
+ *
+ * Session 8 (harness, load 3-4, T=2048, 16/2 D=256 / 32/8 D=128, old
+ * 29-31 / 37-40 ms): the query copy costs ~2 / ~3 ms and the output rows
+ * ~2 / ~3 ms (ablations that read the query rows of tokens i % 4, or write
+ * the output rows over 64 rows only, keeping the data realistic; reading
+ * the workspace's stale, all-zero query rows instead also makes every
+ * softmax take the fast path and overstates the copy). Measured and not
+ * kept, each within the noise: row sums of P by VDPBF16PS over the bf16 P
+ * (one uop per 32 keys instead of two additions); a one-pass softmax for a
+ * 16-row group's first block against a guessed reference (max of the
+ * first and last attended vectors; kept when ap_sm_fast accepts the sums);
+ * every line of the query row 8-64 rows ahead prefetched (again); the
+ * output rows of a finished pair written one per softmax row of the next
+ * unit (bit-identical, 0-1%); step positions kept as counters in the
+ * unit instead of a division per tile step (bit-identical, 32/8 ~7%
+ * slower). Streaming output stores looked 6% faster on
+ * 32/8 in the harness but not in `xpu-ops bench` (old/new alternated three
+ * times: 33.2 / 35.0 / 37.0 ms best old vs 33.3 / 37.1 / 38.6 new).
  */
 #include <math.h>
 
