@@ -765,7 +765,8 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #define TILE_M_MAX 1024
 #endif
 
-/* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR], B a packed panel [kl][NR]. */
+/* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR] (or, with rows, f32 rows lda floats apart), B a
+ * packed panel [kl][NR]. */
 XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc,
                              int load_c, int nr, const int rows, const int64_t lda) {
   enum { NV = NR / VL };
@@ -796,30 +797,32 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
     }
 }
 
-#define UK_CASE(MRC) \
-  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr, 0, 0); break;
+/* uk_f32 with mr as a compile-time constant: A is a packed micro-panel
+ * (uk_f32_any) or f32 rows lda floats apart, x itself with no pack
+ * (uk_f32_rows). */
+#define UK_CASE(MRC, DIRECT) \
+  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr, DIRECT, lda); break;
+#if MR > 6
+#define UK_CASES(DIRECT)                                                                                         \
+  UK_CASE(1, DIRECT) UK_CASE(2, DIRECT) UK_CASE(3, DIRECT) UK_CASE(4, DIRECT) UK_CASE(5, DIRECT) UK_CASE(6, DIRECT) \
+  UK_CASE(7, DIRECT) UK_CASE(8, DIRECT) UK_CASE(9, DIRECT) UK_CASE(10, DIRECT) UK_CASE(11, DIRECT)                \
+  UK_CASE(12, DIRECT) UK_CASE(13, DIRECT) UK_CASE(14, DIRECT)
+#else
+#define UK_CASES(DIRECT) \
+  UK_CASE(1, DIRECT) UK_CASE(2, DIRECT) UK_CASE(3, DIRECT) UK_CASE(4, DIRECT) UK_CASE(5, DIRECT) UK_CASE(6, DIRECT)
+#endif
 static void uk_f32_any(int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc, int load_c,
                        int nr) {
+  const int64_t lda = 0;
   switch (mr) {
-    UK_CASE(1) UK_CASE(2) UK_CASE(3) UK_CASE(4) UK_CASE(5) UK_CASE(6)
-#if MR > 6
-    UK_CASE(7) UK_CASE(8) UK_CASE(9) UK_CASE(10) UK_CASE(11) UK_CASE(12) UK_CASE(13) UK_CASE(14)
-#endif
+    UK_CASES(0)
     default: break;
   }
 }
-
-/* The same with A read straight from f32 rows lda floats apart (x itself:
- * no pack). */
-#define UKR_CASE(MRC) \
-  case MRC: uk_f32(MRC, kl, A, B, C, ldc, load_c, nr, 1, lda); break;
 static void uk_f32_rows(int mr, int64_t kl, const float *A, const float *B, float *C, int64_t ldc, int load_c,
                         int nr, int64_t lda) {
   switch (mr) {
-    UKR_CASE(1) UKR_CASE(2) UKR_CASE(3) UKR_CASE(4) UKR_CASE(5) UKR_CASE(6)
-#if MR > 6
-    UKR_CASE(7) UKR_CASE(8) UKR_CASE(9) UKR_CASE(10) UKR_CASE(11) UKR_CASE(12) UKR_CASE(13) UKR_CASE(14)
-#endif
+    UK_CASES(1)
     default: break;
   }
 }
