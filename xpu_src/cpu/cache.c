@@ -981,6 +981,17 @@ static inline scale_div scale_div_make(float scale, int32_t src_dtype, int32_t c
   return d;
 }
 
+/* Head h's scale: the per-tensor one (all) unless the scales are per head
+ * (a stride); then the one made once per grid block (pre, when there is
+ * one) or one made now into tmp. */
+static inline const scale_div *head_scale(const xk_kv_write_args *a, const scale_div *all, const scale_div *pre,
+                                          const float *scales, int64_t stride, int64_t h, scale_div *tmp) {
+  if (!scales || !stride) return all;
+  if (pre) return &pre[h];
+  *tmp = scale_div_make(scales[h * stride], a->src_dtype, a->cache_dtype, NULL);
+  return tmp;
+}
+
 /* ---- fp8 rows with the formats known at compile time ---------------------
  * xk_convert_row dispatches on the dtypes for every vector and reads the fp8
  * format through a pointer; for the common source/cache pairs the loop below
@@ -1292,23 +1303,8 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
     for (; h < a->num_heads; h++) {
       /* Per-head scales: no byte tables (made per head and run). */
       scale_div khs, vhs;
-      const scale_div *kh = ks_all, *vh = vs_all;
-      if (a->k_scale && a->k_scale_stride) {
-        if (khd) {
-          kh = &khd[h];
-        } else {
-          khs = scale_div_make(a->k_scale[h * a->k_scale_stride], a->src_dtype, a->cache_dtype, NULL);
-          kh = &khs;
-        }
-      }
-      if (a->v_scale && a->v_scale_stride) {
-        if (vhd) {
-          vh = &vhd[h];
-        } else {
-          vhs = scale_div_make(a->v_scale[h * a->v_scale_stride], a->src_dtype, a->cache_dtype, NULL);
-          vh = &vhs;
-        }
-      }
+      const scale_div *kh = head_scale(a, ks_all, khd, a->k_scale, a->k_scale_stride, h, &khs);
+      const scale_div *vh = head_scale(a, vs_all, vhd, a->v_scale, a->v_scale_stride, h, &vhs);
       /* Sources from memory: the next run's rows (16 contiguous token rows
        * when the heads are packed), one share per head, asked for into L2
        * while this run converts; the tiles' 16 rows at once are not a
@@ -1352,11 +1348,9 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
           stage_rows(stg, XK_STG_ROW, s0, s_tok * ss, n, (h1 - h0) * dn, a, all);
         } else {
           for (int64_t h = h0; h < h1; h++) {
-            const scale_div *hd = kv ? vhd : khd;
             scale_div sh;
-            if (per_head && !hd) sh = scale_div_make(scales[h * scale_stride], a->src_dtype, a->cache_dtype, NULL);
-            stage_rows(stg + (h - h0) * dn * es, XK_STG_ROW, s0 + (h - h0) * s_head * ss, s_tok * ss, n, dn, a,
-                       per_head ? (hd ? &hd[h] : &sh) : all);
+            const scale_div *hsc = per_head ? head_scale(a, all, kv ? vhd : khd, scales, scale_stride, h, &sh) : all;
+            stage_rows(stg + (h - h0) * dn * es, XK_STG_ROW, s0 + (h - h0) * s_head * ss, s_tok * ss, n, dn, a, hsc);
           }
         }
         for (int64_t h = h0; h < h1; h++) {
@@ -1517,23 +1511,8 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
       const char *k = (const char *)a->key + (t * a->key_stride_token + h * a->key_stride_head) * ss;
       const char *v = (const char *)a->value + (t * a->value_stride_token + h * a->value_stride_head) * ss;
       scale_div khs, vhs;
-      const scale_div *ks = &ks_all, *vs = &vs_all;
-      if (fp8 && a->k_scale && a->k_scale_stride) {
-        if (khdp) {
-          ks = &khdp[h];
-        } else {
-          khs = scale_div_make(a->k_scale[h * a->k_scale_stride], a->src_dtype, a->cache_dtype, NULL);
-          ks = &khs;
-        }
-      }
-      if (fp8 && a->v_scale && a->v_scale_stride) {
-        if (vhdp) {
-          vs = &vhdp[h];
-        } else {
-          vhs = scale_div_make(a->v_scale[h * a->v_scale_stride], a->src_dtype, a->cache_dtype, NULL);
-          vs = &vhs;
-        }
-      }
+      const scale_div *ks = fp8 ? head_scale(a, &ks_all, khdp, a->k_scale, a->k_scale_stride, h, &khs) : &ks_all;
+      const scale_div *vs = fp8 ? head_scale(a, &vs_all, vhdp, a->v_scale, a->v_scale_stride, h, &vhs) : &vs_all;
       if (a->layout == XK_LAYOUT_FLASH) {
         write_row_flash(a->key_cache, a->key_cache_strides, a->cache_dtype, block, offset, h, k, a->src_dtype,
                         a->head_size, ks, stream);
