@@ -1844,8 +1844,11 @@ fn bf16_amx_k_blocks_and_decode_rows() {
         (16, 130, 64),
         (100, 1100, 96),
         (700, 40, 70),
-        // Packed x of a tile over 1 MiB: 256-k blocks, C spilled between them.
+        // x of a tile over 1 MiB: N <= 64 runs the narrow-weight kernel's
+        // blocks over the whole K; wider N packs x in 256-k blocks, C
+        // spilled between them.
         (700, 40, 1800),
+        (700, 80, 1800),
         // K = 0: out = bias, in both AMX paths.
         (16, 20, 0),
         (40, 20, 0),
