@@ -964,7 +964,8 @@ static inline scale_div scale_div_make(float scale, int32_t src_dtype, int32_t c
 #if XK_F32_LANES == 16
   d.fq = fp8_quant_make(scale, src_dtype, cache_dtype);
 #ifdef XK_KV_VBMI
-  if (vt && d.fq.fast && src_dtype == XK_BF16 && xk_is_fp8(cache_dtype) && fqv_make(vt, &d.fq, cache_dtype == XK_F8E5M2))
+  if (vt && d.fq.fast && src_dtype == XK_BF16 && xk_is_fp8(cache_dtype) &&
+      fqv_make(vt, &d.fq, cache_dtype == XK_F8E5M2))
     d.fq.vt = vt;
 #else
   (void)vt;

@@ -1033,7 +1033,8 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
       c_begin(first, cp);
       /* The x rows of the block NW_PFD blocks on into L2 (16 a step; one block on was too
        * late at M = 4096: 1.15-1.27x), and the next block's spilled C into L1 (8 lines a step). */
-      const int64_t pb = xb + (L->whole ? NW_PFD_WHOLE : NW_PFD), nm = m0 + 16 * (pb < nxb ? pb : pb - nxb), nk = pb < nxb ? k0 : k0 + kc;
+      const int64_t pb = xb + (L->whole ? NW_PFD_WHOLE : NW_PFD);
+      const int64_t nm = m0 + 16 * (pb < nxb ? pb : pb - nxb), nk = pb < nxb ? k0 : k0 + kc;
       const int pfx = nk < K && nm < m1, pfc = !(first && xb + 1 < nxb) && (xb + 1 < nxb || k0 + kc < K);
       const int64_t nst = min64(kcs, ks - nk / 32); /* lines per row of that block */
       const char *px = (const char *)(X + min64(nm, a->m - 1) * a->x_stride + nk);
@@ -1054,8 +1055,9 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
           _tile_loadd(4, X + m * a->x_stride + k, xrow);
         } else { /* rows past M or k past K: a zero-padded copy */
           for (int64_t r = 0; r < 16; r++)
-            _mm512_storeu_si512(xs + 32 * r, r < rows ? _mm512_maskz_loadu_epi16(kmask(K - k), X + (m + r) * a->x_stride + k)
-                                                      : _mm512_setzero_si512());
+            _mm512_storeu_si512(xs + 32 * r, r < rows
+                                                 ? _mm512_maskz_loadu_epi16(kmask(K - k), X + (m + r) * a->x_stride + k)
+                                                 : _mm512_setzero_si512());
           _tile_loadd(4, xs, 64);
         }
         const uint32_t *w = wb + 1024 * s;

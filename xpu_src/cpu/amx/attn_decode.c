@@ -1092,7 +1092,8 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
     /* fp8: a step's keys are widened (in memory order) one step ahead, its
      * values right after its Q.K: a tile load right after the stores of its
      * data waits for them. */
-    if (fp8 && LOa < hi) av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, SG, lo, hi, kvh0, KG, 1, &cv, kst);
+    if (fp8 && LOa < hi)
+      av_stage_step(a, bt, (const char *)a->key_cache, ks, 1, LOa, SG, lo, hi, kvh0, KG, 1, &cv, kst);
     for (int64_t ts = LOa, sn = 0; ts < hi; ts += SL, sn++) {
       const int64_t ng = ad_min(SG, (hi - ts + 15) / 16);
       const char *kp[AV_SGMAX], *vp[AV_SGMAX];

@@ -367,9 +367,13 @@ static ALWAYS_INLINE void amx_solve_tile(const amx_ws *x, int64_t i0, int64_t j0
     const float *vr = w->Vm + (i0 + r) * ld + j0, *xr = x->X + (i0 + r) * ld + j0;
 #pragma GCC unroll 16
     for (int v = 0; v < TNV; v++) {
-      const cv_t vin = vrows ? _mm512_castsi512_ps(_mm512_slli_epi32(
-                                   _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m->m[v], vrows[i0 + r] + j0 + v * CV_L)), 16))
-                             : cv_load(vr + v * CV_L, m->m[v]);
+      cv_t vin;
+      if (vrows) { /* bf16 v rows, widened */
+        const __m256i vb = _mm256_maskz_loadu_epi16(m->m[v], vrows[i0 + r] + j0 + v * CV_L);
+        vin = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(vb), 16));
+      } else {
+        vin = cv_load(vr + v * CV_L, m->m[v]);
+      }
       const cv_t u = cv_fnmadd(eg, cv_load(xr + v * CV_L, m->m[v]), vin);
       t.c[r][v] = Y ? _mm512_fmsub_ps(b, u, cv_load(Y + (i0 + r) * ld + j0 + v * CV_L, m->m[v])) : cv_mul(b, u);
     }
@@ -423,16 +427,17 @@ static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
     float *arow = w->A + i * C, *prow = w->P + i * C;
     const float *gk = w->Gk + i * C, *gq = w->Gq + i * C;
     const int64_t lim = (i / TMR + 1) * TMR;
-    const __m512 gi = _mm512_set1_ps(w->Gc[i]), b = _mm512_set1_ps(w->beta[i] * x->rk[i]), fq = _mm512_set1_ps(x->rq[i]);
+    const __m512 gi = _mm512_set1_ps(w->Gc[i]), b = _mm512_set1_ps(w->beta[i] * x->rk[i]);
+    const __m512 fq = _mm512_set1_ps(x->rq[i]);
     for (int64_t j0 = 0; j0 < lim; j0 += 16) {
       const __mmask16 m = cm_of(lim - j0);
       /* exp(G_i - G_j); lanes j > i may overflow and are zeroed. */
       const __m512 e = _mm512_mul_ps(la_exp16(_mm512_sub_ps(gi, _mm512_maskz_loadu_ps(m, w->Gc + j0))),
                                      _mm512_maskz_loadu_ps(m, x->rk + j0));
-      _mm512_mask_storeu_ps(arow + j0, m,
-                            _mm512_maskz_mov_ps(cm_of(i - j0), _mm512_mul_ps(b, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gk + j0)))));
-      _mm512_mask_storeu_ps(prow + j0, m,
-                            _mm512_maskz_mov_ps(cm_of(i + 1 - j0), _mm512_mul_ps(fq, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gq + j0)))));
+      const __m512 ak = _mm512_mul_ps(b, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gk + j0)));
+      const __m512 pq = _mm512_mul_ps(fq, _mm512_mul_ps(e, _mm512_maskz_loadu_ps(m, gq + j0)));
+      _mm512_mask_storeu_ps(arow + j0, m, _mm512_maskz_mov_ps(cm_of(i - j0), ak));
+      _mm512_mask_storeu_ps(prow + j0, m, _mm512_maskz_mov_ps(cm_of(i + 1 - j0), pq));
     }
   }
   for (int64_t i = i0; i < i1; i++) {
@@ -449,7 +454,8 @@ static void amx_decay_rows(const amx_ws *x, int64_t i0, int64_t i1) {
         const __m256bh h = _mm512_cvtneps_pbh(p);
         const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
         _mm256_storeu_si256((__m256i *)(x->Ah + (i - C / 2) * (C / 2) + j), (__m256i)h);
-        _mm256_storeu_si256((__m256i *)(x->Al + (i - C / 2) * (C / 2) + j), (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf)));
+        const __m256i lo = (__m256i)_mm512_cvtneps_pbh(_mm512_sub_ps(p, hf));
+        _mm256_storeu_si256((__m256i *)(x->Al + (i - C / 2) * (C / 2) + j), lo);
       }
     }
   }
