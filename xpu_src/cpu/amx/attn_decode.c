@@ -80,6 +80,28 @@
  * alone cost a fraction of what both together cost, so the tile loads of
  * staged rows and the staging stores serialise; with cold caches (shuffled
  * blocks) the kernel takes about twice the hot time.
+ *
+ * Where the bf16 time goes (session 9, harness, Llama 32/8 and Qwen 16/2,
+ * B=8 ctx=4096, cold shuffled blocks, 1 thread): perf puts 40-50% of the
+ * samples on the prefetch instructions of the two cursors (the V cursor
+ * alone 37-40%): they wait for L1 fill buffers, so the kernel streams about
+ * 16 lines per memory latency (12.5 GB/s ~ 16 x 64 B / 82 ns). The softmax,
+ * the query setup and the output rows take under 1% each. Q.K alone (P.V
+ * skipped) reads at 74% of the read probe, P.V alone at 68%. With the
+ * harness's cache madvised for 2 MiB pages the kernel is 6% faster (10.64
+ * -> 10.02 ms): the page walks of the 4 KiB pages; a cache the engine owns
+ * may not have them. A plain-load pattern test reads shuffled 32 KiB blocks
+ * one at a time at ~70% of 8 sequential streams and 4 blocks interleaved at
+ * ~90%. Measured no better (medians of interleaved ratios, load 3-5): Q.K
+ * with a pack's kv heads outer and chunks inner (bit-identical, 1.02-1.11x
+ * slower: fewer pages streamed at once); P.V A rows of two value dims (64 B,
+ * B block-diagonal over dim parity, C tiles of 2 Gp lanes: half the passes,
+ * bit-identical) 1.05-1.17x slower, P.V alone 1.2-1.5x; the V cursor
+ * round-robin over the pieces it runs ahead on (1.04-1.07x), two-line T2
+ * triggers 8-12 pieces ahead with the T0 cursor 2-3 ahead (1.00-1.03x), T1 /
+ * T2 hints for the V cursor (0.96-1.01x), prefetching each unit's first key
+ * chunks and value pieces up front (0.99-1.02x; v2's extra cost per unit is
+ * not there), fp8 AD_VB8 8 (0.97-1.10x) and 16 (1.0-1.07x).
  */
 #include <float.h>
 #include <math.h>
