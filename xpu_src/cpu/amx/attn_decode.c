@@ -26,6 +26,12 @@
  * per step and the steps of a pack's kv heads accumulate into the same C
  * tiles, stored once after the last (AD_FP8PACK; was one store per kv head:
  * Llama 32/8 B=8 ctx=4k 2-10% faster, Qwen 16/2 2-3%, bit-identical).
+ * The zeros are exact only for finite keys: an Inf / NaN key element of one
+ * kv head inside the context (bf16 Inf / NaN, fp8 e4m3 0x7f / 0xff, e5m2
+ * Inf / NaN codes) makes that token's logits of the pack's other kv heads
+ * NaN (0 * Inf), so their outputs differ from the reference, which keeps
+ * kv heads apart (harness: one NaN e4m3 key code in kv head 1 changed 1362
+ * outputs of kv head 0's heads; before AD_FP8PACK only bf16 caches did so).
  * One unit = one (sequence, partition) and a run of adjacent kv heads, as
  * the avx512 fast path (kv heads of a block are adjacent in memory).
  *
