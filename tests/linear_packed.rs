@@ -598,3 +598,48 @@ fn large_aligned_out() {
         });
     }
 }
+
+/// `linear` with bf16 x and weight at M >= `REPACK_MIN_M` on the amx tier
+/// packs the weight per call, in column chunks of 8 MiB of packed tiles
+/// (992 columns at K = 4100): bit-identical to `linear_packed` with the
+/// same weight packed once (the same tile GEMM on the same products), and
+/// within `linear`'s tolerance of the fp64 reference on rows 0, 259 and 518
+/// (a strided view of those rows). Row strides, a bias (bf16 into a bf16
+/// out, f32 into an f32 out) and a chunk with a ragged end (N = 1000).
+#[test]
+fn repacked_linear_matches_packed_bits() {
+    if !xpu_ops::supported_isas().contains(&Isa::Amx) {
+        return;
+    }
+    let m = xpu_ops::ops::linear_packed::REPACK_MIN_M + 8;
+    for (out_f32, bias) in [(false, DType::BF16), (true, DType::F32)] {
+        let c = Case {
+            m,
+            n: 1000,
+            k: 4100,
+            dtype: DType::BF16,
+            out_f32,
+            bias: Some(bias),
+            x_pad: 3,
+            w_pad: 5,
+            out_pad: 2,
+        };
+        let d = make(&c, 21);
+        xpu_ops::with_isa(Isa::Amx, || {
+            let plain = with_threads(1, || run(&c, &d, true));
+            let packed = with_threads(1, || run(&c, &d, false));
+            assert_eq!(plain.bits(), packed.bits(), "{c:?}: repacked vs packed");
+            let two = with_threads(2, || run(&c, &d, true));
+            assert_eq!(plain.bits(), two.bits(), "{c:?}: 1 vs 2 threads");
+            let (xs, os, step) = (c.k + c.x_pad, c.n + c.out_pad, 259);
+            let x = d.x.view(&[3, c.k], &[step * xs, 1]);
+            let w = d.w.view(&[c.n, c.k], &[c.k + c.w_pad, 1]);
+            let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+            let (r, absd) = linear_reference(&x, &w, b.as_ref());
+            let out = plain.view(&[3, c.n], &[step * os, 1]);
+            assert_linear_close(&out, &r, &absd, 3, c.n, c.k, "repacked rows 0/259/518");
+            assert_padding_untouched(&plain, c.m, c.n, os, -7.0, "repacked");
+        })
+        .expect("amx tier");
+    }
+}

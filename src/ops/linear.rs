@@ -274,6 +274,10 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
         drop(xf);
         return;
     }
+    if crate::ops::linear_packed::repack_applies(&args) {
+        crate::ops::linear_packed::run_repacked(args);
+        return;
+    }
     if !bf16_dot_preferred() {
         args.bf16_pairs = -1;
     }

@@ -413,3 +413,119 @@ fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
         Err(_) => f(AlignedBytes::streamed(bytes).as_mut_ptr()),
     })
 }
+
+/// Fewest activation rows for which [`linear`](crate::linear) with bf16 x and
+/// weight on the `amx` tier packs the weight into AMX tiles for the call and
+/// runs the pre-packed tile GEMM (`N > 64`: narrower weights have their own
+/// kernel). The unpacked tile GEMM repacks x into B tiles for every k block
+/// of every column tile and transposes C in its epilogue; the pack is one
+/// pass over W (read and write, ~1.4 ms at K = 4096, N = 2048), which pays
+/// from here on. Measured (one thread, old and new path alternated in one
+/// process, best of 6-30 calls, load ~3): M = 1024 K = 4096 N = 2048 1.1-1.25x,
+/// M = 4096 1.85x, M = 512 K = N = 4096 1.09x; at M = 256 a tie or a loss
+/// (K = 4096 N = 2048 1.0-1.1x, K = 2048 N = 12288 0.92x), at M = 128 0.93x.
+pub const REPACK_MIN_M: usize = 512;
+
+/// Packed weight bytes per chunk of columns when `linear` packs per call:
+/// the buffer is kept per calling thread between calls, and a chunk is
+/// packed just before its GEMM, so it is still in cache.
+const REPACK_CHUNK_BYTES: usize = 8 << 20;
+
+/// Whether this validated `linear` (`M > 16`, plain weight) runs
+/// [`run_repacked`]: same products in the same k order as the unpacked tile
+/// GEMM, so results are bit-identical to it.
+pub(crate) fn repack_applies(a: &sys::xk_linear_args) -> bool {
+    active_isa() == Isa::Amx
+        && a.m as usize >= REPACK_MIN_M
+        && a.n > 64
+        && a.k > 0
+        && a.x_dtype == DType::BF16.xk()
+        && a.w_dtype == DType::BF16.xk()
+        && a.w_kind == sys::xk_weight_kind_XK_WEIGHT_DENSE as i32
+        && a.perm.is_null()
+}
+
+/// Runs a validated bf16 `linear` ([`repack_applies`]): x packed once, then
+/// per chunk of weight columns the chunk packed as AMX tiles and the packed
+/// tile GEMM run on it.
+pub(crate) fn run_repacked(mut args: sys::xk_linear_args) {
+    let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
+    let kernels = platform::kernels();
+    let kpad = k.div_ceil(32) * 32;
+    let cols = ((REPACK_CHUNK_BYTES / (kpad * 2)) / 32 * 32).max(32);
+    let wbytes = cols.min(n.div_ceil(32) * 32) * kpad * 2;
+    let xbytes = m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
+    let out_es = if args.out_dtype == DType::F32.xk() {
+        4
+    } else {
+        2
+    };
+    let bias_es = if args.bias_dtype == DType::F32.xk() {
+        4
+    } else {
+        2
+    };
+    with_xp(xbytes, |xp| {
+        args.xp = xp.cast();
+        let pack_x = kernels.linear_pack_x.expect("linear_pack_x");
+        let a = Shared(args);
+        let min_chunk = ((256 * 1024) / (k.div_ceil(32) * 2048)).max(1);
+        grid(m.div_ceil(32), min_chunk, |r| {
+            // SAFETY: validated x; blocks write disjoint parts of xp.
+            unsafe { pack_x(a.get(), r.start as i64, r.end as i64) }
+        });
+        with_wp(wbytes, |wp| {
+            let pack_w = kernels.linear_pack_w.expect("linear_pack_w");
+            for n0 in (0..n).step_by(cols) {
+                let nc = cols.min(n - n0);
+                let mut pa = pack_args(nc, k, DType::BF16);
+                // SAFETY (pointer offsets): row n0 and bias/out column n0
+                // exist in the validated tensors.
+                pa.w = unsafe { args.w.cast::<u16>().add(n0 * args.w_stride as usize) }.cast();
+                pa.w_stride = args.w_stride;
+                pa.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX as i32;
+                let (pa, d) = (Shared(pa), Shared(wp as usize));
+                grid(nc.div_ceil(32), 8, |r| {
+                    // SAFETY: validated weight rows; blocks write disjoint parts of wp,
+                    // which holds the chunk's packed bytes.
+                    unsafe {
+                        pack_w(
+                            pa.get(),
+                            r.start as i64,
+                            r.end as i64,
+                            *d.get() as *mut std::ffi::c_void,
+                        )
+                    }
+                });
+                let mut c = args;
+                c.n = nc as i64;
+                c.w = wp.cast_const().cast();
+                c.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX as i32;
+                // SAFETY: column n0 < N of the validated out and bias.
+                c.out = unsafe { args.out.cast::<u8>().add(n0 * out_es) }.cast();
+                if !args.bias.is_null() {
+                    // SAFETY: as above.
+                    c.bias = unsafe { args.bias.cast::<u8>().add(n0 * bias_es) }.cast();
+                }
+                gemm_tiles(c);
+            }
+        });
+    });
+}
+
+/// Runs `f` with a per-thread buffer of at least `bytes` bytes for weights
+/// packed per call, kept between calls (at most [`REPACK_CHUNK_BYTES`]).
+fn with_wp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
+    thread_local! {
+        static WP: std::cell::RefCell<Option<AlignedBytes>> = const { std::cell::RefCell::new(None) };
+    }
+    WP.with(|wp| match wp.try_borrow_mut() {
+        Ok(mut b) => {
+            if !b.as_ref().is_some_and(|b| b.len() >= bytes) {
+                *b = Some(AlignedBytes::streamed(bytes));
+            }
+            f(b.as_mut().expect("filled above").as_mut_ptr())
+        }
+        Err(_) => f(AlignedBytes::streamed(bytes).as_mut_ptr()),
+    })
+}

@@ -471,6 +471,24 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  * -zero * scale converted to f32 once per Q4_SB codes of a tile. The weights
  * are exactly those of the other tiers (fma(code, s, -z * s), exact for
  * f16/bf16 scales), summed in a fixed order that depends on K and M only.
+ *
+ * Measured and rejected (session 9; M = 1, K = 4096, N = 2048, harness with
+ * old and new kernels interleaved in one process, load 3-4.5). This kernel
+ * runs at 18.2-18.9 GB/s with the codes in L2/L3 against 16.8 GB/s from
+ * DRAM (8-stream probe), so it is near its vector throughput at DRAM speed:
+ *  - bf16 activations through vdpbf16ps on exact bf16 tables (code - zi),
+ *    codes paired by vpmultishiftqb, scale applied per group: 3 ops per 32
+ *    codes and row instead of 6, yet 1.3-1.4x slower (30 -> 40 us, N = 256
+ *    warm): vdpbf16ps costs ~1.4 FMAs here and vpermw more than vpermps;
+ *    with a 16-bit shift instead of vpmultishiftqb still 1.2x slower.
+ *  - the tile unit for M = 1 (16 weight rows unpacked by shift + vpermw
+ *    into an A tile, x as a one-column B tile, C per group times the 16
+ *    rows' scales): 1.3-1.45x slower (224 -> 293-304 us at G = K, 237 ->
+ *    336 us at g128, L3-warm); each TDPBF16PS costs a full tile op for one
+ *    column, and the tile loads wait for the vector stores that fill them.
+ *  - code prefetch 2 super-tiles ahead, half a super-tile, NTA, a second
+ *    T1 prefetch two super-tiles on, and scale/zero lines one super-tile
+ *    ahead: cold medians equal or 1-7% slower (NTA 2x slower).
  */
 #define Q4_SB 2048                /* codes per scale chunk (multiple of 128) */
 #define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 64), room for whole 16-lane stores */
