@@ -59,6 +59,12 @@
 //! rounding points (fp32 logits and softmax, probabilities rounded to bf16,
 //! one rounding of the output); results stay within the tolerance above and
 //! do not depend on the thread count. See `xpu_src/cpu/amx/attn_decode.c`.
+//! One difference in non-finite handling: Q·Kᵀ of up to 16 query heads runs
+//! as one tile product over a pack of KV heads, so an Inf or NaN key element
+//! inside one KV head's context (fp8 NaN codes, or a bf16 Inf/NaN) makes that
+//! token's logits NaN for the pack's other KV heads too, where the general
+//! paths keep it to its own heads. Slots past a sequence's length are never
+//! read, so poisoned padding does not reach any output.
 //! [`flash_attn_varlen_func`] work items of one query (decode rows; bf16
 //! queries over bf16 or fp8 caches, head size a multiple of 32, at most 8
 //! query heads per KV head) run on the same unit over the flash layout: K and
