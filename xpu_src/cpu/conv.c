@@ -412,14 +412,14 @@ typedef struct fast_ctx {
 /* Stream path: units [u0, u1) of the tile (u1 - u0 <= UNIT channels from
  * channel c), tokens [t0, t0 + tb). */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, const int W,
-                           const int DT, int silu, int stream) {
+                           const int DT, const int silu, const int stream, const int has_bias) {
   const int full = n == UNIT;
   const __mmask32 m = full ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
   const int64_t es = DT == XK_F32 ? 4 : 2;
   v32 w[MAXW], u[MAXW];
   for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
   for (int j = 0; j < W - 1; j++) u[j] = load_row_f32(k->carry + j * k->rf + c);
-  const v32 bias = k->has_bias ? load_row_f32(k->bias + c) : zero32();
+  const v32 bias = has_bias ? load_row_f32(k->bias + c) : zero32();
   const char *xp = k->xbase + t0 * k->xtok + c * es;
   char *op = k->obase + t0 * k->otok + c * es;
   int64_t t = 0;
@@ -460,17 +460,31 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
   }
 }
 
-XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT, int silu,
-                             int stream) {
+XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT,
+                                const int silu, const int stream, const int has_bias) {
   for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
     const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
     int64_t c = 0;
     if (head > 0) {
-      stream_unit(k, 0, head, t0, tb, W, DT, silu, stream);
+      stream_unit(k, 0, head, t0, tb, W, DT, silu, stream, has_bias);
       c = head;
     }
-    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, stream);
-    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, stream);
+    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, stream, has_bias);
+    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, stream, has_bias);
+  }
+}
+
+/* silu, streaming stores and the bias as constants of the token loop: as
+ * run-time flags they cost a test and branch per store and, through the
+ * registers the branches pin, spilled constants and register copies. */
+XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT, int silu,
+                             int stream) {
+  if (silu && stream && !k->has_bias) {
+    stream_tokens_as(k, len, head, W, DT, 1, 1, 0);
+  } else if (silu && !k->has_bias) {
+    stream_tokens_as(k, len, head, W, DT, 1, 0, 0);
+  } else {
+    stream_tokens_as(k, len, head, W, DT, silu, stream, k->has_bias);
   }
 }
 
