@@ -254,7 +254,22 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
  * carried window reloaded rarely; 16 was ~5% slower, 1 ~40%); bytes ahead in each x row it prefetches (128 to
  * 512 alike, none ~5% slower, 1 KiB+ slower); the output size of a grid
  * block from which it streams stores (streaming measured ~15% faster on cold
- * prefill than cached stores). */
+ * prefill than cached stores).
+ * Session 9 (bf16, dim 8192, width 4, silu; harness, old and new
+ * interleaved): the cold prefill is bound by compute and memory together.
+ * The same walk as a plain copy (no arithmetic) runs at the copy probe
+ * (24.4 GB/s, T = 2048 in 2.75 ms); the kernel on data in L2 (no DRAM
+ * traffic) needs ~3.1-3.3 ms for the same tokens; cold it takes 3.6-3.9 ms.
+ * silu is ~40% of the arithmetic: without it the cold run takes 3.07 ms
+ * (21.9 GB/s). The loop runs 31 vector ops per unit and token (2 widening
+ * loads + 2 shifts, 8 FMAs, 2 x 8 for silu, a cvtne2ps, the store) on the
+ * two 512-bit ports. Measured and not kept: x as one 64-byte load split by
+ * word unpacks, or into even/odd channels by a shift and a mask (weights
+ * permuted to match, the result re-interleaved by a qword or word
+ * permute): 3% and 5% slower on data in L2 (the permute costs more than
+ * the widening it saves); prefetch 128/384/512/768 bytes ahead, with T1 or
+ * NTA hints (NTA ~2x slower), TOK_BLOCK 4/6/12: within the noise or
+ * slower. */
 #ifndef TOK_BLOCK
 #define TOK_BLOCK 8
 #endif
