@@ -254,7 +254,22 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
  * carried window reloaded rarely; 16 was ~5% slower, 1 ~40%); bytes ahead in each x row it prefetches (128 to
  * 512 alike, none ~5% slower, 1 KiB+ slower); the output size of a grid
  * block from which it streams stores (streaming measured ~15% faster on cold
- * prefill than cached stores). */
+ * prefill than cached stores).
+ * Session 9 (bf16, dim 8192, width 4, silu; harness, old and new
+ * interleaved): the cold prefill is bound by compute and memory together.
+ * The same walk as a plain copy (no arithmetic) runs at the copy probe
+ * (24.4 GB/s, T = 2048 in 2.75 ms); the kernel on data in L2 (no DRAM
+ * traffic) needs ~3.1-3.3 ms for the same tokens; cold it takes 3.6-3.9 ms.
+ * silu is ~40% of the arithmetic: without it the cold run takes 3.07 ms
+ * (21.9 GB/s). The loop runs 31 vector ops per unit and token (2 widening
+ * loads + 2 shifts, 8 FMAs, 2 x 8 for silu, a cvtne2ps, the store) on the
+ * two 512-bit ports. Measured and not kept: x as one 64-byte load split by
+ * word unpacks, or into even/odd channels by a shift and a mask (weights
+ * permuted to match, the result re-interleaved by a qword or word
+ * permute): 3% and 5% slower on data in L2 (the permute costs more than
+ * the widening it saves); prefetch 128/384/512/768 bytes ahead, with T1 or
+ * NTA hints (NTA ~2x slower), TOK_BLOCK 4/6/12: within the noise or
+ * slower. */
 #ifndef TOK_BLOCK
 #define TOK_BLOCK 8
 #endif
@@ -412,14 +427,14 @@ typedef struct fast_ctx {
 /* Stream path: units [u0, u1) of the tile (u1 - u0 <= UNIT channels from
  * channel c), tokens [t0, t0 + tb). */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, const int W,
-                           const int DT, int silu, int stream) {
+                           const int DT, const int silu, const int stream, const int has_bias) {
   const int full = n == UNIT;
   const __mmask32 m = full ? 0xffffffffu : (__mmask32)((1u << n) - 1u);
   const int64_t es = DT == XK_F32 ? 4 : 2;
   v32 w[MAXW], u[MAXW];
   for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
   for (int j = 0; j < W - 1; j++) u[j] = load_row_f32(k->carry + j * k->rf + c);
-  const v32 bias = k->has_bias ? load_row_f32(k->bias + c) : zero32();
+  const v32 bias = has_bias ? load_row_f32(k->bias + c) : zero32();
   const char *xp = k->xbase + t0 * k->xtok + c * es;
   char *op = k->obase + t0 * k->otok + c * es;
   int64_t t = 0;
@@ -460,17 +475,31 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
   }
 }
 
-XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT, int silu,
-                             int stream) {
+XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT,
+                                const int silu, const int stream, const int has_bias) {
   for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
     const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
     int64_t c = 0;
     if (head > 0) {
-      stream_unit(k, 0, head, t0, tb, W, DT, silu, stream);
+      stream_unit(k, 0, head, t0, tb, W, DT, silu, stream, has_bias);
       c = head;
     }
-    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, stream);
-    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, stream);
+    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, stream, has_bias);
+    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, stream, has_bias);
+  }
+}
+
+/* silu, streaming stores and the bias as constants of the token loop: as
+ * run-time flags they cost a test and branch per store and, through the
+ * registers the branches pin, spilled constants and register copies. */
+XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, int64_t head, const int W, const int DT, int silu,
+                             int stream) {
+  if (silu && stream && !k->has_bias) {
+    stream_tokens_as(k, len, head, W, DT, 1, 1, 0);
+  } else if (silu && !k->has_bias) {
+    stream_tokens_as(k, len, head, W, DT, 1, 0, 0);
+  } else {
+    stream_tokens_as(k, len, head, W, DT, silu, stream, k->has_bias);
   }
 }
 

@@ -63,6 +63,10 @@
  * product of two factors per 16-column group. Not kept for accuracy: q S
  * on S's hi part only (as fla's bf16 state) is 4-5% faster but raises o's
  * error to ~1.1e-3 rmse/rms (from ~5e-5).
+ * Session 9 (harness, load 3-4): amx_gemm forced inline at its three call
+ * sites (constant reps, aks, tri) is neutral; replacing every scalar read
+ * of g and beta (amx_gates_load and the next chunk's decay sum) by
+ * constants saves only ~1% (0.4-0.6 ms of ~51).
  */
 #include <immintrin.h>
 
