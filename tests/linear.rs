@@ -2019,3 +2019,69 @@ fn bf16_thread_invariance_amx_shapes() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// f32 on the AMX tile unit (bf16x3 split, `linear_amx::takes_f32`).
+
+/// max and mean over outputs of |y - ref| / sum_k |x w| for `c` on `isa`
+/// (the FMA path on avx512, the split tile path on amx from
+/// `AMX_F32_MIN_M` rows), after checking the module's tolerance.
+fn f32_rel_err(isa: xpu_ops::Isa, c: &Case, seed: u64) -> (f64, f64) {
+    let d = make_data(c, seed);
+    let (xs, ws, os) = (c.k + c.x_pad, c.k + c.w_pad, c.n + c.out_pad);
+    let x = d.x.view(&[c.m, c.k], &[xs, 1]);
+    let w = d.w.view(&[c.n, c.k], &[ws, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let (r, absd) = linear_reference(&x, &w, b.as_ref());
+    let out = xpu_ops::with_isa(isa, || run_case(c, &d)).expect("tier");
+    let ov = out.view(&[c.m, c.n], &[os, 1]);
+    let what = format!("{isa} {c:?}");
+    assert_linear_close(&ov, &r, &absd, c.m, c.n, c.k, &what);
+    assert_padding_untouched(&out, c.m, c.n, os, -7.0, &what);
+    let (mut mx, mut sum) = (0f64, 0f64);
+    for i in 0..c.m {
+        for j in 0..c.n {
+            let e = (ov.get_f32(&[i, j]) as f64 - r[i * c.n + j]).abs() / absd[i * c.n + j];
+            mx = mx.max(e);
+            sum += e;
+        }
+    }
+    (mx, sum / (c.m * c.n) as f64)
+}
+
+fn has_amx() -> bool {
+    xpu_ops::supported_isas().contains(&xpu_ops::Isa::Amx)
+}
+
+#[test]
+fn f32_split_error_class() {
+    // The split path must stay in the FMA path's error class: its largest
+    // |y - ref| / sum|x w| within 4x of the FMA path's (and inside the
+    // module tolerance, checked in f32_rel_err). Measured figures are in
+    // src/ops/linear_amx.rs.
+    if !has_amx() {
+        eprintln!("no amx tier here: split path not run");
+        return;
+    }
+    let m = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
+    for (i, k) in [1usize, 31, 97, 1000, 2047, 4096].into_iter().enumerate() {
+        let mut c = Case::new(m, 80, k, DType::F32);
+        c.bias = false;
+        let fma = f32_rel_err(xpu_ops::Isa::Avx512, &c, 700 + i as u64);
+        let amx = f32_rel_err(xpu_ops::Isa::Amx, &c, 700 + i as u64);
+        eprintln!(
+            "K={k}: max rel err fma {:.3e} amx3 {:.3e} (ratio {:.2}); mean fma {:.3e} amx3 {:.3e}",
+            fma.0,
+            amx.0,
+            amx.0 / fma.0,
+            fma.1,
+            amx.1
+        );
+        assert!(
+            amx.0 <= 4.0 * fma.0.max(2f64.powi(-24)),
+            "K={k}: split max rel err {:.3e} vs FMA {:.3e}",
+            amx.0,
+            fma.0
+        );
+    }
+}

@@ -246,6 +246,9 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
     if m == 0 || n == 0 {
         return;
     }
+    if crate::ops::linear_amx::takes_f32(&args) && crate::ops::linear_amx::run_f32(args) {
+        return;
+    }
     let kernels = platform::kernels();
     if m <= DECODE_MAX_M && !crate::ops::linear_amx::takes_decode(&args) {
         let mut xf: Vec<f32> = Vec::new();
