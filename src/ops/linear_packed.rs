@@ -10,6 +10,15 @@
 //!   rows, each 32-k step two 1 KiB tiles. Every `M` runs the tile GEMM (x is
 //!   packed once per call into a per-thread buffer kept between calls);
 //!   results are bit-identical to the unpacked amx path for `M > 16`.
+//! * `amx` tier, f32 weight: three bf16 panels (`XK_WEIGHT_PACKED_AMX3`),
+//!   the weight split exactly as w = b0 + b1 + b2, each part in the bf16
+//!   tile layout: 6 bytes an element, 1.5x the f32 weight (N and K padded
+//!   to 32). Every `M` runs the split tile GEMM (x split into four parts as
+//!   it is packed per call; numerics in [`crate::ops::linear_amx`]); results
+//!   are bit-identical to the unpacked f32 linear where that splits too
+//!   (`M >= AMX_F32_MIN_M`, N > 64). A weight with inf or NaN is packed
+//!   plain instead (the FMA path). Decode-shaped `M` reads 1.5x the f32
+//!   bytes (no plain copy is kept).
 //! * otherwise: a plain contiguous copy, run exactly as
 //!   [`linear`](crate::linear).
 //! * on request ([`PackedLinearWeight::with_layout`]), `avx2` / `avx512` /
@@ -154,9 +163,11 @@ impl PackedLinearWeight {
 
     /// Packs `weight` into an explicit `layout`, which the active tier must
     /// read ([`PackedLayout::runs_on`]): AMX tiles need a bf16 weight on the
-    /// amx tier, panels an f32 weight and the tier's panel width
-    /// (`Unsupported` otherwise). [`new`](Self::new) picks the layout
-    /// measured fastest: AMX tiles for bf16 on amx, else plain (f32 panels
+    /// amx tier, the split `amx3` an f32 weight on the amx tier, panels an
+    /// f32 weight and the tier's panel width (`Unsupported` otherwise; `amx3`
+    /// of a weight with inf or NaN: `InvalidValue`). [`new`](Self::new) picks the layout
+    /// measured fastest: AMX tiles for bf16 on amx, the split `amx3` for f32
+    /// on amx, else plain (f32 panels
     /// measured 0.9-0.96x of the plain path at M = 512 and 0.8x at M = 1:
     /// the per-tile panel copy they save is not the fp32 GEMM's bottleneck).
     pub fn with_layout(weight: &TensorView, layout: PackedLayout) -> Result<Self> {
