@@ -972,6 +972,74 @@ static int64_t pk_segments(const xk_linear_args *a, const char *W[F32_SEGS], con
   return F32_SEGS;
 }
 
+/* Rows [0, M) x columns [nc, nc + 16 * H) (H = 1, 2 halves of a 32-column block, nc a multiple of 16,
+ * nc + 16 * H <= 32 * (nc / 32 + 1)) accumulated over all of K into acc[h][m]. */
+XK_ALWAYS_INLINE void pk3_dot(const xk_linear_args *a, int64_t nc, const int H, int64_t M, __m512 acc[2][16]) {
+  const int64_t K = a->k, ks = cdiv(K, 32), np = cdiv(a->n, 32), part = np * ks * 2048;
+  const int64_t nb = nc / 32, h0 = (nc / 16) & 1;
+  const char *W = (const char *)a->w;
+  const float *x = (const float *)a->x;
+  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+  for (int h = 0; h < H; h++)
+    for (int m = 0; m < 16; m++) acc[h][m] = _mm512_setzero_ps();
+  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+    const int64_t st = pk_steps(K, kb);
+    const char *blk = W + 2048 * (kb * PK_KCS * np + nb * st) + 1024 * h0;
+    for (int64_t s = 0; s < st; s++) {
+      const int64_t k0 = (kb * PK_KCS + s) * 32;
+      for (int64_t u = 0; u < 16 && k0 + 2 * u < K; u++) {
+        const int64_t k = k0 + 2 * u;
+        const int two = k + 1 < K;
+        for (int h = 0; h < H; h++) {
+          const char *t = blk + 2048 * s + 1024 * h + 64 * u;
+          const __m512i r0 = _mm512_loadu_si512(t), r1 = _mm512_loadu_si512(t + part);
+          const __m512i r2 = _mm512_loadu_si512(t + 2 * part);
+          const __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(r0, 16)),
+                                                        _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16))),
+                                          _mm512_castsi512_ps(_mm512_slli_epi32(r2, 16)));
+          const __m512 up = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_and_si512(r0, hi)),
+                                                        _mm512_castsi512_ps(_mm512_and_si512(r1, hi))),
+                                          _mm512_castsi512_ps(_mm512_and_si512(r2, hi)));
+          for (int m = 0; m < 16; m++) {
+            if (m >= M) break;
+            const float *xr = x + m * a->x_stride + k;
+            acc[h][m] = _mm512_fmadd_ps(_mm512_set1_ps(xr[0]), lo, acc[h][m]);
+            if (two) acc[h][m] = _mm512_fmadd_ps(_mm512_set1_ps(xr[1]), up, acc[h][m]);
+          }
+        }
+      }
+    }
+  }
+}
+
+/* Decode rows (M <= 16) of a split f32 weight, out columns [n0, n1) (n0 a
+ * multiple of 32): each weight is rebuilt exactly in f32, (b0 + b1) + b2 = w
+ * (b0 + b1 is w rounded at b1's last bit: representable), and multiplied
+ * as on the FMA path, one fp32 FMA a product in k order. The weight is read
+ * once (1.5x the f32 bytes) where the six-segment tile GEMM reads b0 three
+ * times and b1 twice. M <= 8 takes a 32-column block at once (both tile
+ * halves: the parts are read in memory order), larger M a half at a time. */
+static void pk3_gemv(const xk_linear_args *a, int64_t n0, int64_t n1) {
+  const int64_t M = a->m;
+  for (int64_t nc = n0; nc < n1;) {
+    __m512 acc[2][16];
+    int H = 1;
+    if (M <= 8 && (nc & 31) == 0 && nc + 16 < n1) {
+      H = 2;
+      pk3_dot(a, nc, 2, M, acc);
+    } else {
+      pk3_dot(a, nc, 1, M, acc);
+    }
+    for (int h = 0; h < H; h++, nc += 16) {
+      const int64_t nn = min64(16, n1 - nc);
+      const __mmask16 nm = (__mmask16)kmask(nn);
+      const __m512 b = a->bias ? _mm512_maskz_loadu_ps(nm, (const float *)a->bias + nc) : _mm512_setzero_ps();
+      for (int m = 0; m < 16 && m < M; m++)
+        _mm512_mask_storeu_ps((float *)a->out + m * a->out_stride + nc, nm, _mm512_add_ps(acc[h][m], b));
+    }
+  }
+}
+
 typedef struct pk_ws {
   int64_t cpart, ctmp, total;
 } pk_ws;
@@ -1265,6 +1333,10 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
 }
 
 void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX3 && a->m <= 16) { /* decode: no tiles, see pk3_gemv */
+    for (int64_t t = tile_begin; t < tile_end; t++) pk3_gemv(a, t * a->tile_n, min64(a->n, (t + 1) * a->tile_n));
+    return;
+  }
   if (a->w_kind == XK_WEIGHT_PACKED_AMX || a->w_kind == XK_WEIGHT_PACKED_AMX3) {
     const pk_ws L = pk_layout(a);
     char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
