@@ -1019,8 +1019,69 @@ XK_ALWAYS_INLINE void pk3_dot(const xk_linear_args *a, int64_t nc, const int H, 
  * once (1.5x the f32 bytes) where the six-segment tile GEMM reads b0 three
  * times and b1 twice. M <= 8 takes a 32-column block at once (both tile
  * halves: the parts are read in memory order), larger M a half at a time. */
+/* M = 1, out columns [n0, n1) (n0 a multiple of 32): k blocks outermost, so
+ * the parts are read in memory order (a k block's 32-column blocks are
+ * contiguous), the running sums kept exactly in out between k blocks (f32)
+ * and the bias added after the last; even and odd k in separate chains
+ * (summed at each k block's end) so the FMAs do not wait on each other. */
+static void pk3_gemv1(const xk_linear_args *a, int64_t n0, int64_t n1) {
+  const int64_t K = a->k, ks = cdiv(K, 32), np = cdiv(a->n, 32), part = np * ks * 2048;
+  const char *W = (const char *)a->w;
+  const float *x = (const float *)a->x;
+  float *out = (float *)a->out;
+  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+  const int64_t kbs = cdiv(ks, PK_KCS);
+  for (int64_t kb = 0; kb < kbs || (kb == 0 && ks == 0); kb++) {
+    const int64_t st = ks ? pk_steps(K, kb) : 0;
+    for (int64_t nc = n0; nc < n1; nc += 32) {
+      const int64_t nb = nc / 32;
+      const __mmask16 m0 = (__mmask16)kmask(n1 - nc), m1 = (__mmask16)kmask(n1 - nc - 16);
+      __m512 e0 = kb ? _mm512_maskz_loadu_ps(m0, out + nc) : _mm512_setzero_ps();
+      __m512 e1 = kb ? _mm512_maskz_loadu_ps(m1, out + nc + 16) : _mm512_setzero_ps();
+      __m512 o0 = _mm512_setzero_ps(), o1 = o0;
+      const char *blk = W + 2048 * (kb * PK_KCS * np + nb * st);
+      for (int64_t s = 0; s < st; s++) {
+        const int64_t k0 = (kb * PK_KCS + s) * 32;
+        for (int64_t u = 0; u < 16 && k0 + 2 * u < K; u++) {
+          const int64_t k = k0 + 2 * u;
+          const __m512 xe = _mm512_set1_ps(x[k]), xo = _mm512_set1_ps(k + 1 < K ? x[k + 1] : 0.0f);
+#define PK3_REBUILD(t, lo, up)                                                                                      \
+  const __m512i t##0 = _mm512_loadu_si512(t), t##1 = _mm512_loadu_si512((t) + part),                               \
+                t##2 = _mm512_loadu_si512((t) + 2 * part);                                                         \
+  const __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(t##0, 16)),                  \
+                                                _mm512_castsi512_ps(_mm512_slli_epi32(t##1, 16))),                 \
+                                  _mm512_castsi512_ps(_mm512_slli_epi32(t##2, 16)));                               \
+  const __m512 up = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_and_si512(t##0, hi)),                   \
+                                                _mm512_castsi512_ps(_mm512_and_si512(t##1, hi))),                  \
+                                  _mm512_castsi512_ps(_mm512_and_si512(t##2, hi)))
+          const char *ta = blk + 2048 * s + 64 * u, *tb = ta + 1024;
+          PK3_REBUILD(ta, la, ua);
+          PK3_REBUILD(tb, lb, ub);
+#undef PK3_REBUILD
+          e0 = _mm512_fmadd_ps(xe, la, e0);
+          o0 = _mm512_fmadd_ps(xo, ua, o0);
+          e1 = _mm512_fmadd_ps(xe, lb, e1);
+          o1 = _mm512_fmadd_ps(xo, ub, o1);
+        }
+      }
+      e0 = _mm512_add_ps(e0, o0);
+      e1 = _mm512_add_ps(e1, o1);
+      if (kb + 1 >= kbs && a->bias) {
+        e0 = _mm512_add_ps(e0, _mm512_maskz_loadu_ps(m0, (const float *)a->bias + nc));
+        e1 = _mm512_add_ps(e1, _mm512_maskz_loadu_ps(m1, (const float *)a->bias + nc + 16));
+      }
+      _mm512_mask_storeu_ps(out + nc, m0, e0);
+      _mm512_mask_storeu_ps(out + nc + 16, m1, e1);
+    }
+  }
+}
+
 static void pk3_gemv(const xk_linear_args *a, int64_t n0, int64_t n1) {
   const int64_t M = a->m;
+  if (M == 1) {
+    pk3_gemv1(a, n0, n1);
+    return;
+  }
   for (int64_t nc = n0; nc < n1;) {
     __m512 acc[2][16];
     int H = 1;
