@@ -343,6 +343,7 @@ pub const xk_weight_kind_XK_WEIGHT_INT4: xk_weight_kind = 1;
 pub const xk_weight_kind_XK_WEIGHT_INT8: xk_weight_kind = 2;
 pub const xk_weight_kind_XK_WEIGHT_PACKED_AMX: xk_weight_kind = 3;
 pub const xk_weight_kind_XK_WEIGHT_PACKED_PANEL: xk_weight_kind = 4;
+pub const xk_weight_kind_XK_WEIGHT_PACKED_AMX3: xk_weight_kind = 5;
 pub type xk_weight_kind = ::core::ffi::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -575,6 +576,14 @@ pub struct xk_kernel_table {
     >,
     pub linear_pack_x: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_linear_args, begin: i64, end: i64),
+    >,
+    pub linear_pack_w3: ::core::option::Option<
+        unsafe extern "C" fn(
+            a: *const xk_linear_args,
+            begin: i64,
+            end: i64,
+            dst: *mut ::core::ffi::c_void,
+        ) -> i64,
     >,
     pub int8_quant: ::core::option::Option<
         unsafe extern "C" fn(a: *const xk_int8_quant_args, m_begin: i64, m_end: i64),

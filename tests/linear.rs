@@ -2019,3 +2019,242 @@ fn bf16_thread_invariance_amx_shapes() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------
+// f32 on the AMX tile unit (bf16x3 split, `linear_amx::takes_f32`).
+
+/// max and mean over outputs of |y - ref| / sum_k |x w| for `c` on `isa`
+/// (the FMA path on avx512, the split tile path on amx from
+/// `AMX_F32_MIN_M` rows), after checking the module's tolerance.
+fn f32_rel_err(isa: xpu_ops::Isa, c: &Case, seed: u64) -> (f64, f64) {
+    let d = make_data(c, seed);
+    let (xs, ws, os) = (c.k + c.x_pad, c.k + c.w_pad, c.n + c.out_pad);
+    let x = d.x.view(&[c.m, c.k], &[xs, 1]);
+    let w = d.w.view(&[c.n, c.k], &[ws, 1]);
+    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
+    let (r, absd) = linear_reference(&x, &w, b.as_ref());
+    let out = xpu_ops::with_isa(isa, || run_case(c, &d)).expect("tier");
+    let ov = out.view(&[c.m, c.n], &[os, 1]);
+    let what = format!("{isa} {c:?}");
+    assert_linear_close(&ov, &r, &absd, c.m, c.n, c.k, &what);
+    assert_padding_untouched(&out, c.m, c.n, os, -7.0, &what);
+    let (mut mx, mut sum) = (0f64, 0f64);
+    for i in 0..c.m {
+        for j in 0..c.n {
+            let e = (ov.get_f32(&[i, j]) as f64 - r[i * c.n + j]).abs() / absd[i * c.n + j];
+            mx = mx.max(e);
+            sum += e;
+        }
+    }
+    (mx, sum / (c.m * c.n) as f64)
+}
+
+fn has_amx() -> bool {
+    xpu_ops::supported_isas().contains(&xpu_ops::Isa::Amx)
+}
+
+#[test]
+fn f32_split_error_class() {
+    // The split path must stay in the FMA path's error class: its largest
+    // |y - ref| / sum|x w| within 4x of the FMA path's (and inside the
+    // module tolerance, checked in f32_rel_err). Measured figures are in
+    // src/ops/linear_amx.rs.
+    if !has_amx() {
+        eprintln!("no amx tier here: split path not run");
+        return;
+    }
+    let m = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
+    for (i, k) in [1usize, 31, 97, 1000, 2047, 4096].into_iter().enumerate() {
+        let mut c = Case::new(m, 80, k, DType::F32);
+        c.bias = false;
+        let fma = f32_rel_err(xpu_ops::Isa::Avx512, &c, 700 + i as u64);
+        let amx = f32_rel_err(xpu_ops::Isa::Amx, &c, 700 + i as u64);
+        eprintln!(
+            "K={k}: max rel err fma {:.3e} amx3 {:.3e} (ratio {:.2}); mean fma {:.3e} amx3 {:.3e}",
+            fma.0,
+            amx.0,
+            amx.0 / fma.0,
+            fma.1,
+            amx.1
+        );
+        assert!(
+            amx.0 <= 4.0 * fma.0.max(2f64.powi(-24)),
+            "K={k}: split max rel err {:.3e} vs FMA {:.3e}",
+            amx.0,
+            fma.0
+        );
+    }
+}
+
+#[test]
+fn f32_split_shape_classes_every_tier() {
+    // M at and around the split path's threshold, K not a multiple of 32
+    // (and of 512, the packed k block), N not a multiple of 16 or 32, N = 64
+    // (the FMA path keeps it) and 65, padding, f32 bias: every tier (the
+    // split path runs on amx, the others run the FMA path).
+    let t = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
+    let shapes = [
+        (t - 1, 97, 300),
+        (t, 65, 31),
+        (t, 64, 1031),
+        (t + 1, 130, 513),
+        (t + 31, 33, 1),
+        (200, 257, 97),
+        (257, 100, 1055),
+        (300, 64, 700),
+    ];
+    for (i, &(m, n, k)) in shapes.iter().enumerate() {
+        let mut c = Case::new(m, n, k, DType::F32);
+        c.bias = i % 3 != 0;
+        c.bias_f32 = i % 2 == 0;
+        c.x_pad = i % 3;
+        c.w_pad = (i + 1) % 4;
+        c.out_pad = i % 2 * 5;
+        check_case_every_tier(&c, 8100 + i as u64, "f32 split shapes");
+    }
+}
+
+#[test]
+fn f32_split_thread_invariance() {
+    // Grid tiles and x-pack blocks change with the thread count; the split
+    // path's arithmetic must not (nor must the per-call weight split).
+    let t = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
+    for (i, &(m, n, k)) in [(t, 600, 520), (300, 97, 1031), (700, 257, 64)]
+        .iter()
+        .enumerate()
+    {
+        let c = Case::new(m, n, k, DType::F32);
+        let d = make_data(&c, 130 + i as u64);
+        for_each_isa(|isa| {
+            let one = on_threads(isa, 1, || run_case(&c, &d)).bits();
+            for th in [2, 3] {
+                assert_eq!(
+                    one,
+                    on_threads(isa, th, || run_case(&c, &d)).bits(),
+                    "{isa} {c:?}: 1 vs {th} threads"
+                );
+            }
+        });
+    }
+}
+
+/// One f32 linear of `x` [m, k] and `w` [n, k] (no bias) on the active tier.
+fn f32_linear(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    linear(
+        &TensorView::new(x, &[m, k]).unwrap(),
+        &TensorView::new(w, &[n, k]).unwrap(),
+        None,
+        &mut TensorViewMut::new(&mut out, &[m, n]).unwrap(),
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn f32_split_non_finite_and_extremes_every_tier() {
+    // inf / NaN in x: the same result class as the FMA path (an x inf meets
+    // weights that are exact bf16, so their low parts are zero: inf * 0 must
+    // not turn the row into NaN). A weight with inf / NaN runs the FMA path.
+    // Values near FLT_MAX (bf16 rounding would overflow) split exactly.
+    let (m, n, k) = (xpu_ops::ops::linear_amx::AMX_F32_MIN_M + 3, 70, 45);
+    for_each_isa(|isa| {
+        let mut x = vec![0.5f32; m * k];
+        x[3] = f32::NAN; // row 0
+        x[k + 40] = f32::INFINITY; // row 1
+        x[2 * k + 7] = f32::NEG_INFINITY; // row 2
+        x[3 * k + 1] = f32::MAX; // row 3: near FLT_MAX
+        let mut w = vec![0.25f32; n * k];
+        for v in &mut w[5 * k..6 * k] {
+            *v = 0.1; // row 5: not a bf16 value (non-zero low parts)
+        }
+        let y = f32_linear(&x, &w, m, n, k);
+        assert!(y[..n].iter().all(|v| v.is_nan()), "{isa}: NaN row");
+        assert!(
+            y[n..2 * n].iter().all(|&v| v == f32::INFINITY),
+            "{isa}: inf row"
+        );
+        assert!(
+            y[2 * n..3 * n].iter().all(|&v| v == f32::NEG_INFINITY),
+            "{isa}: -inf row"
+        );
+        for j in 0..n {
+            let wj = w[j * k] as f64;
+            let want = f32::MAX as f64 * wj + 0.5 * wj * (k - 1) as f64;
+            let got = y[3 * n + j] as f64;
+            assert!(
+                (got - want).abs() <= want.abs() * 2f64.powi(-22),
+                "{isa}: FLT_MAX row col {j}: {got} vs {want}"
+            );
+        }
+        let finite = 0.5 * 0.25 * k as f32;
+        assert!(
+            (4..m).all(|i| y[i * n..(i + 1) * n]
+                .iter()
+                .enumerate()
+                .all(|(j, &v)| if j == 5 {
+                    (v - 0.5 * 0.1 * k as f32).abs() < 1e-5
+                } else {
+                    v == finite
+                })),
+            "{isa}: finite rows"
+        );
+        // inf / NaN in the weight: those columns inf / NaN, the rest exact.
+        let x2 = vec![0.5f32; m * k];
+        let mut w2 = vec![0.25f32; n * k];
+        w2[2 * k + 9] = f32::INFINITY;
+        w2[4 * k] = f32::NAN;
+        let y2 = f32_linear(&x2, &w2, m, n, k);
+        for i in 0..m {
+            for j in 0..n {
+                let v = y2[i * n + j];
+                match j {
+                    2 => assert_eq!(v, f32::INFINITY, "{isa}: w inf col"),
+                    4 => assert!(v.is_nan(), "{isa}: w NaN col"),
+                    _ => assert_eq!(v, finite, "{isa}: [{i}][{j}]"),
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn f32_split_tiny_values_every_tier() {
+    // Values whose low bf16 parts are denormal (TDPBF16PS reads them as
+    // zero): the split path stays within the module tolerance plus the
+    // documented absolute bound 2^-125 (sum|x| + sum|w|) + 6K 2^-126.
+    let (m, n, k) = (xpu_ops::ops::linear_amx::AMX_F32_MIN_M, 72, 100);
+    let mut rng = Rng(77);
+    for scale in [
+        2f32.powi(-100),
+        2f32.powi(-118),
+        2f32.powi(-126),
+        2f32.powi(-140),
+    ] {
+        let x: Vec<f32> = rng.f32_vec(m * k, 1.0).iter().map(|v| v * scale).collect();
+        let w = rng.f32_vec(n * k, 1.0);
+        let c = Case::new(m, n, k, DType::F32);
+        let xb = Buf::from_f32(DType::F32, &x);
+        let wb = Buf::from_f32(DType::F32, &w);
+        let (r, absd) =
+            linear_reference(&xb.view(&[m, k], &[k, 1]), &wb.view(&[n, k], &[k, 1]), None);
+        for_each_isa(|isa| {
+            let y = f32_linear(&x, &w, m, n, k);
+            for i in 0..m {
+                let sx: f64 = x[i * k..(i + 1) * k].iter().map(|v| v.abs() as f64).sum();
+                for j in 0..n {
+                    let sw: f64 = w[j * k..(j + 1) * k].iter().map(|v| v.abs() as f64).sum();
+                    let rr = r[i * n + j];
+                    let tol = common::float_buf::linear_tol(k, absd[i * n + j], DType::F32, rr)
+                        + 2f64.powi(-125) * (sx + sw)
+                        + 6.0 * k as f64 * 2f64.powi(-126);
+                    let e = (y[i * n + j] as f64 - rr).abs();
+                    assert!(
+                        e <= tol,
+                        "{isa} scale {scale:e} {c:?} [{i}][{j}]: {e:e} > {tol:e}"
+                    );
+                }
+            }
+        });
+    }
+}

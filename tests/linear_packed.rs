@@ -145,6 +145,7 @@ const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 fn layout_for(isa: Isa, dtype: DType) -> PackedLayout {
     match (isa, dtype) {
         (Isa::Amx, DType::BF16) => PackedLayout::AmxTiles,
+        (Isa::Amx, DType::F32) => PackedLayout::AmxSplit,
         _ => PackedLayout::Plain,
     }
 }
@@ -234,17 +235,35 @@ fn packed_vector_and_wide_n() {
 }
 
 /// Where the packed and plain weights run the same tiled GEMM (amx bf16 and
-/// f32 panels for M > 16), the results are bit-identical.
+/// f32 panels for M > 16; the split f32 amx3 layout where plain linear
+/// splits too: M >= AMX_F32_MIN_M, N > 64), the results are bit-identical.
 #[test]
 fn packed_matches_unpacked_bits() {
     for_each_isa(|isa| {
-        for dtype in [DType::F32, DType::BF16] {
-            let layout = match dtype {
-                DType::F32 => panels_for(isa),
+        for (dtype, split) in [
+            (DType::F32, false),
+            (DType::F32, true),
+            (DType::BF16, false),
+        ] {
+            let layout = match (dtype, split) {
+                (DType::F32, false) => panels_for(isa),
+                (DType::F32, true) => Some(PackedLayout::AmxSplit).filter(|_| isa == Isa::Amx),
                 _ => Some(layout_for(isa, dtype)).filter(|l| *l != PackedLayout::Plain),
             };
             let Some(layout) = layout else { continue };
-            for &(m, n, k) in &[(17, 65, 513), (64, 96, 1100), (200, 70, 300)] {
+            let shapes: &[(usize, usize, usize)] = if split {
+                let m = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
+                &[
+                    (m, 65, 513),
+                    (m + 1, 96, 1100),
+                    (200, 70, 31),
+                    (300, 129, 2049),
+                ]
+            } else {
+                // M under AMX_F32_MIN_M: plain f32 runs the FMA GEMM on amx.
+                &[(17, 65, 513), (64, 96, 1100), (120, 70, 300)]
+            };
+            for &(m, n, k) in shapes {
                 let c = Case {
                     m,
                     n,
@@ -495,6 +514,53 @@ fn packed_explicit_layouts() {
             );
         }
         assert!(PackedLinearWeight::with_layout(&v16, PackedLayout::Plain).is_ok());
+        assert_eq!(
+            err(PackedLinearWeight::with_layout(
+                &v16,
+                PackedLayout::AmxSplit
+            )),
+            Status::Unsupported
+        );
+        if isa == Isa::Amx {
+            // A weight with inf or NaN is not split: with_layout refuses it,
+            // new() falls back to the plain layout (the FMA path).
+            for bad in [f32::INFINITY, f32::NAN] {
+                let mut wv = vec![0.5f32; 12];
+                wv[5] = bad;
+                let wb = Buf::from_f32(DType::F32, &wv);
+                let v = wb.view(&[3, 4], &[4, 1]);
+                assert_eq!(
+                    err(PackedLinearWeight::with_layout(&v, PackedLayout::AmxSplit)),
+                    Status::InvalidValue
+                );
+                let p = PackedLinearWeight::new(&v).unwrap();
+                assert_eq!(p.layout(), PackedLayout::Plain);
+                let x = Buf::from_f32(DType::F32, &[1.0; 4]);
+                let mut y = Buf::from_f32(DType::F32, &[0.0; 3]);
+                linear_packed(
+                    &x.view(&[1, 4], &[4, 1]),
+                    &p,
+                    None,
+                    &mut y.view_mut(&[1, 3], &[3, 1]),
+                )
+                .unwrap();
+                let yv = y.view(&[3], &[1]);
+                assert_eq!(yv.get_f32(&[0]), 2.0);
+                let y1 = yv.get_f32(&[1]);
+                assert!(
+                    if bad.is_nan() { y1.is_nan() } else { y1 == bad },
+                    "{bad}: {y1}"
+                );
+            }
+        } else {
+            assert_eq!(
+                err(PackedLinearWeight::with_layout(
+                    &v32,
+                    PackedLayout::AmxSplit
+                )),
+                Status::Unsupported
+            );
+        }
         let Some(l) = panels_for(isa) else { return };
         let (m, n, k) = (40, 257, 700);
         let c = Case {

@@ -17,6 +17,13 @@
 //! relative for f32). The bf16 dot instructions (`vdpbf16ps`, AMX
 //! `TDPBF16PS`) treat bf16 denormal inputs as zero and flush products and sums
 //! below 2⁻¹²⁶: on those paths the bound holds plus the flushed products.
+//!
+//! f32 on the `amx` tier from [`AMX_F32_MIN_M`](crate::ops::linear_amx::AMX_F32_MIN_M)
+//! rows (N > 64) runs on the tile unit with an exact three-way bf16 split of
+//! every value (see [`crate::ops::linear_amx`]): the same bound holds (measured
+//! max error within 1.5x of the FMA path's, see there), plus at most
+//! `2⁻¹²⁵·(Σ_k |x_k| + Σ_k |w_k|) + 6K·2⁻¹²⁶` absolute from the low parts of
+//! values below ~2⁻¹¹⁰, which the tile unit reads as zero.
 
 use crate::dtype::DType;
 use crate::error::{bail, Result};
@@ -244,6 +251,9 @@ fn cpu_is_amd() -> bool {
 pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
     let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
     if m == 0 || n == 0 {
+        return;
+    }
+    if crate::ops::linear_amx::takes_f32(&args) && crate::ops::linear_amx::run_f32(args) {
         return;
     }
     let kernels = platform::kernels();

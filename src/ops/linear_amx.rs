@@ -34,3 +34,115 @@ pub(crate) fn takes_decode(a: &sys::xk_linear_args) -> bool {
         && a.w_kind == sys::xk_weight_kind_XK_WEIGHT_DENSE as i32
         && a.perm.is_null()
 }
+
+/// Fewest activation rows for which an f32 × f32 [`linear`](crate::linear)
+/// runs the split AMX GEMM (see [`takes_f32`]) instead of the fp32 FMA path.
+pub const AMX_F32_MIN_M: usize = 128;
+
+/// Widest weights (N) that keep the FMA path for f32: the split tile GEMM
+/// packs all of x (four parts, 8 bytes an element) per call, which costs
+/// more than the GEMM itself for narrow weights (M = 1024, K = 2048, N = 64:
+/// 8.6 ms against the FMA path's 1.65 ms).
+pub const AMX_F32_NARROW_N: usize = 64;
+
+/// Whether this validated f32 linear runs on the tile unit with the bf16x3
+/// split (`XK_WEIGHT_PACKED_AMX3`, `xpu_src/cpu/amx/amx.c`): amx tier, f32
+/// x and dense f32 weight with no permutation, `M >= AMX_F32_MIN_M`, `K > 0`.
+///
+/// Numerics: each f32 value is split exactly into three bf16 parts and the
+/// six products of parts whose orders sum to at most 2 accumulate in fp32
+/// (every bf16 product is exact), the five small ones first over the whole
+/// K and the main one last, so the large terms round as on the FMA path;
+/// the dropped terms are ~2⁻²³ relative. Measured (uniform [-1, 1) data,
+/// M = 128, N = 80, no bias), max over outputs of `|y - y_ref| / Σ_k
+/// |x_k·w_k|` against fp64, FMA path (avx512) → split path: K = 31
+/// 1.4e-7 → 6.5e-8, K = 97 1.7e-7 → 4.8e-8, K = 1000 6.1e-8 → 3.3e-8,
+/// K = 2047 4.2e-8 → 3.5e-8, K = 4096 2.6e-8 → 3.7e-8 (means 1.7e-8 → 5.9e-9
+/// at K = 31, 4.9e-9 → 3.1e-9 at K = 4096); `tests/linear.rs::
+/// f32_split_error_class` keeps the split within 4x of the FMA path. (Running
+/// the six products k block by k block instead doubled the split's error at
+/// K = 4096, 8.8e-8: its small terms then round against the whole sum.)
+/// Values below ~2⁻¹¹⁰ lose their bf16-denormal parts (absolute error at
+/// most `2⁻¹²⁵·(Σ|x_k| + Σ|w_k|) + 6K·2⁻¹²⁶`); inf/NaN in x give the FMA
+/// path's result class; a weight with a non-finite value runs the FMA path.
+pub(crate) fn takes_f32(a: &sys::xk_linear_args) -> bool {
+    active_isa() == Isa::Amx
+        && a.m as usize >= AMX_F32_MIN_M
+        && a.n as usize > AMX_F32_NARROW_N
+        && a.k > 0
+        && a.x_dtype == DType::F32.xk()
+        && a.w_dtype == DType::F32.xk()
+        && a.w_kind == sys::xk_weight_kind_XK_WEIGHT_DENSE as i32
+        && a.perm.is_null()
+        && crate::platform::kernels().linear_pack_w3.is_some()
+}
+
+/// Bytes of an `[N, K]` f32 weight split into three packed bf16 parts (1.5x
+/// the f32 weight, N and K padded to 32).
+pub(crate) fn w3_bytes(n: usize, k: usize) -> usize {
+    3 * n.div_ceil(32) * k.div_ceil(32) * 2048
+}
+
+/// Splits and packs the dense f32 weight of `args` (`w`, `w_stride`, `n`,
+/// `k` set) into `dst` (at least [`w3_bytes`]); returns how many weights are
+/// not finite (then `dst` must not be used).
+pub(crate) fn pack_w3(args: &sys::xk_linear_args, dst: *mut u8) -> i64 {
+    use crate::threading::{grid, Shared};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let pack = crate::platform::kernels()
+        .linear_pack_w3
+        .expect("linear_pack_w3");
+    let blocks = (args.n as usize).div_ceil(32);
+    let bad = AtomicI64::new(0);
+    let (a, d) = (Shared(*args), Shared(dst as usize));
+    grid(blocks, 8, |r| {
+        // SAFETY: validated weight; blocks write disjoint parts of dst, which
+        // holds w3_bytes(n, k).
+        let c = unsafe {
+            pack(
+                a.get(),
+                r.start as i64,
+                r.end as i64,
+                *d.get() as *mut std::ffi::c_void,
+            )
+        };
+        bad.fetch_add(c, Ordering::Relaxed);
+    });
+    bad.into_inner()
+}
+
+/// Runs a validated f32 linear for which [`takes_f32`] holds on the tile
+/// unit: the weight split per call into the calling thread's buffer (kept
+/// between calls, 1.5x the f32 weight's bytes), then the packed GEMM.
+/// Returns false, having written nothing, when the weight has a non-finite
+/// value (the caller runs the FMA path).
+pub(crate) fn run_f32(mut args: sys::xk_linear_args) -> bool {
+    thread_local! {
+        static W3: std::cell::RefCell<Option<crate::mem::AlignedBytes>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let bytes = w3_bytes(args.n as usize, args.k as usize);
+    let go = |buf: *mut u8, args: &mut sys::xk_linear_args| {
+        if pack_w3(args, buf) != 0 {
+            return false;
+        }
+        args.w = buf.cast_const().cast();
+        args.w_stride = 0;
+        args.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32;
+        crate::ops::linear_packed::run_tiled(*args, true);
+        true
+    };
+    W3.with(|w| match w.try_borrow_mut() {
+        Ok(mut b) => {
+            if !b.as_ref().is_some_and(|b| b.len() >= bytes) {
+                *b = Some(crate::mem::AlignedBytes::streamed(bytes));
+            }
+            go(b.as_mut().expect("filled above").as_mut_ptr(), &mut args)
+        }
+        // Re-entered on this thread (a nested grid): a fresh buffer.
+        Err(_) => go(
+            crate::mem::AlignedBytes::streamed(bytes).as_mut_ptr(),
+            &mut args,
+        ),
+    })
+}

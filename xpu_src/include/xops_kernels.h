@@ -363,6 +363,7 @@ typedef enum xk_weight_kind {
   XK_WEIGHT_INT8 = 2,  /* w: [N, K] bytes of 8-bit unsigned codes */
   XK_WEIGHT_PACKED_AMX = 3,   /* w: bf16 AMX tiles, see XK_AMX_PACK_KC (amx tier only) */
   XK_WEIGHT_PACKED_PANEL = 4, /* w: f32 panels of the tier's NR columns, see XK_PANEL_KC (avx2/avx512) */
+  XK_WEIGHT_PACKED_AMX3 = 5,  /* w: an f32 weight split into 3 bf16 parts, see XK_AMX_PACK_KC (amx tier only) */
 } xk_weight_kind;
 
 /* Pre-packed weights (PackedLinearWeight). XK_WEIGHT_PACKED_AMX: K in blocks
@@ -374,7 +375,12 @@ typedef enum xk_weight_kind {
  * 2048 * (kb * (XK_AMX_PACK_KC / 32) * ceil(N / 32) + nb * steps(kb)).
  * XK_WEIGHT_PACKED_PANEL: K in blocks of XK_PANEL_KC, N padded to NR; block
  * kb starts at float kb * XK_PANEL_KC * Npad and holds Npad / NR panels
- * [kl][NR] f32 (element (k, j) of panel p at p * kl * NR + k * NR + j). */
+ * [kl][NR] f32 (element (k, j) of panel p at p * kl * NR + k * NR + j).
+ * XK_WEIGHT_PACKED_AMX3 (f32 x and weights on the tile unit): each f32 w is
+ * split exactly as w = b0 + b1 + b2 (bf16 parts, see amx.c), the three parts
+ * stored back to back, each in the XK_WEIGHT_PACKED_AMX layout
+ * (2048 * ceil(K/32) * ceil(N/32) bytes a part); xp holds x's four parts
+ * (a0, a0 with non-finite values zeroed, a1, a2) the same way. */
 #define XK_AMX_PACK_KC 512
 #define XK_PANEL_KC 256
 
@@ -560,6 +566,9 @@ typedef struct xk_kernel_table {
   void (*linear_pack_w)(const xk_linear_args *a, int64_t begin, int64_t end, void *dst);
   /* PACKED_AMX: packs x rows of 32-row blocks [begin, end) into a->xp. */
   void (*linear_pack_x)(const xk_linear_args *a, int64_t begin, int64_t end);
+  /* PACKED_AMX3 (amx tier; NULL elsewhere): splits and packs the f32 dense weight a->w's
+   * 32-row blocks [begin, end) at dst; returns how many weights were not finite. */
+  int64_t (*linear_pack_w3)(const xk_linear_args *a, int64_t begin, int64_t end, void *dst);
   /* Rows [m_begin, m_end) of scaled_int8_quant. */
   void (*int8_quant)(const xk_int8_quant_args *a, int64_t m_begin, int64_t m_end);
   /* Out columns [n_begin, n_end) of the int8 x int8 GEMM, every row. */

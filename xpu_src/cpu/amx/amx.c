@@ -391,7 +391,7 @@ static void plan_tiles(xk_linear_args *a, int64_t threads, int64_t dec_rows) {
 static int64_t nw_plan(xk_linear_args *a, int64_t threads);
 
 int64_t xk_linear_gemm_plan_amx(xk_linear_args *a, int64_t threads) {
-  if (a->w_kind == XK_WEIGHT_PACKED_AMX) return pk_plan(a, threads);
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX || a->w_kind == XK_WEIGHT_PACKED_AMX3) return pk_plan(a, threads);
   if (!amx_applies(a)) return xk_linear_gemm_plan_avx512(a, threads);
   if (a->m > 16 && a->n <= NW_N) return nw_plan(a, threads);
   a->bf16_pairs = AMX_PAIRS;
@@ -672,7 +672,13 @@ void xk_linear_pack_w_amx(const xk_linear_args *a, int64_t begin, int64_t end, v
 /* Packs x rows of 32-row blocks [begin, end) into a->xp as row-major A
  * tiles (rows past M and k past K zero), row by row: each x row is read
  * once, in order. */
+static void pack_x3(const xk_linear_args *a, int64_t begin, int64_t end);
+
 void xk_linear_pack_x_amx(const xk_linear_args *a, int64_t begin, int64_t end) {
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX3) {
+    pack_x3(a, begin, end);
+    return;
+  }
   const int64_t ks = cdiv(a->k, 32), mp = cdiv(a->m, 32);
   const uint16_t *x = (const uint16_t *)a->x;
   const int nt = mp * 32 * ks * 64 >= PK_XNT;
@@ -801,6 +807,300 @@ static void pk_epilogue(const xk_linear_args *a, const float *ct, int64_t n, int
   }
 }
 
+/* ---- fp32 on the tile unit (XK_WEIGHT_PACKED_AMX3) ----------------------------
+ *
+ * An f32 x and weight, each split exactly into three bf16 parts, a = a0 + a1
+ * + a2 and b = b0 + b1 + b2 (split3): a0 = a rounded to nearest even, a1 =
+ * a - a0 rounded to nearest even, a2 = the rest, which fits a bf16's 8 bits.
+ * So |a1| <= 2^-8 |a| and |a2| <= 2^-16 |a| (about). The GEMM accumulates in
+ * fp32 the six products whose parts sum to at most 2 (a0b0, a0b1, a1b0,
+ * a0b2, a1b1, a2b0): every bf16 product is exact in fp32, and the terms
+ * dropped (a1b2, a2b1, a2b2) are at most ~2^-23 |a b| together, below the
+ * fp32 rounding of the sum. The six run as six segments of k blocks over
+ * the whole K, the five small products first and a0b0 last, so the fp32
+ * accumulation of the large terms rounds as the FMA path's does (measured
+ * error figures: src/ops/linear_amx.rs).
+ *
+ * What the split cannot carry:
+ * - bf16 denormals: TDPBF16PS reads them as zero and flushes products below
+ *   2^-126, so a part below 2^-126 is lost (only values below ~2^-110 have
+ *   one): absolute error <= 2^-125 (sum_k |x_k| + sum_k |w_k|) + 6K 2^-126.
+ * - values whose rounding overflows (|a| within half a bf16 ulp of FLT_MAX):
+ *   a0 is truncated there instead, a1 then reaches 2^-7 |a|, still exact.
+ * - inf and NaN: a0 = a, a1 = a2 = 0. In the small products a0 meets b1 or
+ *   b2, which may be zero (inf * 0 = NaN where the FMA path has inf), so
+ *   those segments read x's a0 with non-finite values zeroed (x's fourth
+ *   part). A weight with a non-finite value is not split at all
+ *   (linear_pack_w3 counts them; the caller runs the FMA path instead). */
+
+/* bf16 rounding to nearest even of f32 bits u, as f32 bits (low half zero). */
+XK_ALWAYS_INLINE __m512i rne_hi(__m512i u) {
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  return _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), odd),
+                          _mm512_set1_epi32((int)0xffff0000u));
+}
+
+/* v = p0 + p1 + p2 (finite v), each part bf16 bits in the low half of a lane;
+ * p0z is p0 with the non-finite lanes zeroed, whose mask *nf gets. */
+XK_ALWAYS_INLINE void split3(__m512 v, __m512i *p0, __m512i *p0z, __m512i *p1, __m512i *p2, __mmask16 *nf) {
+  const __m512i u = _mm512_castps_si512(v), ex = _mm512_set1_epi32(0x7f800000);
+  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+  const __mmask16 bad = _mm512_cmpeq_epi32_mask(_mm512_and_si512(u, ex), ex);
+  __m512i h = rne_hi(u);
+  const __mmask16 trunc = bad | _mm512_cmpeq_epi32_mask(_mm512_and_si512(h, ex), ex);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)), ex);
+  h = _mm512_mask_mov_epi32(h, trunc, _mm512_and_si512(u, hi));
+  h = _mm512_mask_or_epi32(h, nan, h, _mm512_set1_epi32(0x00400000)); /* NaN stays NaN */
+  const __m512 r1 = _mm512_maskz_sub_ps((__mmask16)~bad, v, _mm512_castsi512_ps(h));
+  const __m512i h1 = rne_hi(_mm512_castps_si512(r1));
+  const __m512i h2 = _mm512_and_si512(_mm512_castps_si512(_mm512_sub_ps(r1, _mm512_castsi512_ps(h1))), hi);
+  *p0 = _mm512_srli_epi32(h, 16);
+  *p0z = _mm512_maskz_mov_epi32((__mmask16)~bad, *p0);
+  *p1 = _mm512_srli_epi32(h1, 16);
+  *p2 = _mm512_srli_epi32(h2, 16);
+  *nf = bad;
+}
+
+/* Two 16-lane halves of 32-bit lanes holding bf16 bits -> 32 bf16. */
+XK_ALWAYS_INLINE __m512i join16(__m512i lo, __m512i hi) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi32_epi16(lo)), _mm512_cvtepi32_epi16(hi), 1);
+}
+
+/* The 32 f32 at p (k past `left` zero) split: parts[0..3] = a0, a0z, a1, a2
+ * as 32 bf16 each; returns the non-finite count. */
+XK_ALWAYS_INLINE int split32(const float *p, int64_t left, __m512i parts[4]) {
+  const __mmask32 km = kmask(left);
+  const __m512 v0 = _mm512_maskz_loadu_ps((__mmask16)km, p), v1 = _mm512_maskz_loadu_ps((__mmask16)(km >> 16), p + 16);
+  __m512i a[4], b[4];
+  __mmask16 n0, n1;
+  split3(v0, &a[0], &a[1], &a[2], &a[3], &n0);
+  split3(v1, &b[0], &b[1], &b[2], &b[3], &n1);
+  for (int i = 0; i < 4; i++) parts[i] = join16(a[i], b[i]);
+  return __builtin_popcount((unsigned)n0) + __builtin_popcount((unsigned)n1);
+}
+
+/* Packs f32 x rows of 32-row blocks [begin, end) split into a->xp: four parts
+ * (a0, a0 with non-finite zeroed, a1, a2), each in linear_pack_x's layout. */
+static void pack_x3(const xk_linear_args *a, int64_t begin, int64_t end) {
+  const int64_t ks = cdiv(a->k, 32), mp = cdiv(a->m, 32), part = mp * ks * 1024; /* bf16 per part */
+  const float *x = (const float *)a->x;
+  const int nt = 4 * part * 2 >= PK_XNT;
+  for (int64_t xb = begin; xb < end; xb++)
+    for (int64_t r = 0; r < 32; r++) {
+      const int64_t m = xb * 32 + r;
+      const float *row = x + m * a->x_stride;
+      for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+        const int64_t st = pk_steps(a->k, kb);
+        uint16_t *o = (uint16_t *)a->xp + 1024 * (kb * PK_KCS * mp + xb * st) + r * 32;
+        for (int64_t s = 0; s < st; s++) {
+          const int64_t k = (kb * PK_KCS + s) * 32;
+          __m512i v[4];
+          if (m < a->m)
+            split32(row + k, a->k - k, v);
+          else
+            v[0] = v[1] = v[2] = v[3] = _mm512_setzero_si512();
+          for (int p = 0; p < 4; p++) {
+            if (nt)
+              _mm512_stream_si512((void *)(o + p * part + s * 1024), v[p]);
+            else
+              _mm512_storeu_si512(o + p * part + s * 1024, v[p]);
+          }
+        }
+      }
+    }
+  if (nt) _mm_sfence();
+}
+
+int64_t xk_linear_pack_w3_amx(const xk_linear_args *a, int64_t begin, int64_t end, void *dst) {
+  const int64_t ks = cdiv(a->k, 32), np = cdiv(a->n, 32), part = np * ks * 512; /* uint32 per part */
+  const float *w = (const float *)a->w;
+  const int nt = 3 * part * 4 >= PK_XNT; /* a split done per call (linear) is not read back from cache */
+  int64_t bad = 0;
+  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+    const int64_t st = pk_steps(a->k, kb), k0 = kb * XK_AMX_PACK_KC;
+    uint32_t *blk = (uint32_t *)dst + 512 * (kb * PK_KCS * np);
+    for (int64_t nb = begin; nb < end; nb++)
+      for (int h = 0; h < 2; h++) {
+        const int64_t r0 = nb * 32 + 16 * h;
+        for (int64_t s = 0; s < st; s++) {
+          const int64_t k = k0 + 32 * s;
+          __m512i t[3][16];
+          for (int j = 0; j < 16; j++) {
+            __m512i v[4];
+            if (r0 + j < a->n) {
+              bad += split32(w + (r0 + j) * a->w_stride + k, a->k - k, v);
+            } else {
+              v[0] = v[2] = v[3] = _mm512_setzero_si512();
+            }
+            t[0][j] = v[0];
+            t[1][j] = v[2];
+            t[2][j] = v[3];
+          }
+          for (int p = 0; p < 3; p++) {
+            xk_transpose16_epi32(t[p]);
+            uint32_t *o = blk + p * part + 512 * (nb * st + s) + 256 * h;
+            for (int u = 0; u < 16; u++) {
+              if (nt)
+                _mm512_stream_si512((void *)(o + u * 16), t[p][u]);
+              else
+                _mm512_storeu_si512(o + u * 16, t[p][u]);
+            }
+          }
+        }
+      }
+  }
+  if (nt) _mm_sfence();
+  return bad;
+}
+
+/* The segments of a packed GEMM (see pk_tile): one for bf16; for the split
+ * f32, (x part, weight part) = (a0z, b2), (a1, b1), (a2, b0), (a0z, b1),
+ * (a1, b0), then (a0, b0): the small products first. */
+#define F32_SEGS 6
+static int64_t pk_segments(const xk_linear_args *a, const char *W[F32_SEGS], const char *X[F32_SEGS]) {
+  if (a->w_kind != XK_WEIGHT_PACKED_AMX3) {
+    W[0] = (const char *)a->w;
+    X[0] = (const char *)a->xp;
+    return 1;
+  }
+  static const int xs[F32_SEGS] = {1, 2, 3, 1, 2, 0}, wsg[F32_SEGS] = {2, 1, 0, 1, 0, 0};
+  const int64_t ks = cdiv(a->k, 32), wpart = cdiv(a->n, 32) * ks * 2048, xpart = cdiv(a->m, 32) * ks * 2048;
+  for (int i = 0; i < F32_SEGS; i++) {
+    W[i] = (const char *)a->w + wsg[i] * wpart;
+    X[i] = (const char *)a->xp + xs[i] * xpart;
+  }
+  return F32_SEGS;
+}
+
+/* Rows [0, M) x columns [nc, nc + 16 * H) (H = 1, 2 halves of a 32-column block, nc a multiple of 16,
+ * nc + 16 * H <= 32 * (nc / 32 + 1)) accumulated over all of K into acc[h][m]. */
+XK_ALWAYS_INLINE void pk3_dot(const xk_linear_args *a, int64_t nc, const int H, int64_t M, __m512 acc[2][16]) {
+  const int64_t K = a->k, ks = cdiv(K, 32), np = cdiv(a->n, 32), part = np * ks * 2048;
+  const int64_t nb = nc / 32, h0 = (nc / 16) & 1;
+  const char *W = (const char *)a->w;
+  const float *x = (const float *)a->x;
+  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+  for (int h = 0; h < H; h++)
+    for (int m = 0; m < 16; m++) acc[h][m] = _mm512_setzero_ps();
+  for (int64_t kb = 0; kb * PK_KCS < ks; kb++) {
+    const int64_t st = pk_steps(K, kb);
+    const char *blk = W + 2048 * (kb * PK_KCS * np + nb * st) + 1024 * h0;
+    for (int64_t s = 0; s < st; s++) {
+      const int64_t k0 = (kb * PK_KCS + s) * 32;
+      for (int64_t u = 0; u < 16 && k0 + 2 * u < K; u++) {
+        const int64_t k = k0 + 2 * u;
+        const int two = k + 1 < K;
+        for (int h = 0; h < H; h++) {
+          const char *t = blk + 2048 * s + 1024 * h + 64 * u;
+          const __m512i r0 = _mm512_loadu_si512(t), r1 = _mm512_loadu_si512(t + part);
+          const __m512i r2 = _mm512_loadu_si512(t + 2 * part);
+          const __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(r0, 16)),
+                                                        _mm512_castsi512_ps(_mm512_slli_epi32(r1, 16))),
+                                          _mm512_castsi512_ps(_mm512_slli_epi32(r2, 16)));
+          const __m512 up = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_and_si512(r0, hi)),
+                                                        _mm512_castsi512_ps(_mm512_and_si512(r1, hi))),
+                                          _mm512_castsi512_ps(_mm512_and_si512(r2, hi)));
+          for (int m = 0; m < 16; m++) {
+            if (m >= M) break;
+            const float *xr = x + m * a->x_stride + k;
+            acc[h][m] = _mm512_fmadd_ps(_mm512_set1_ps(xr[0]), lo, acc[h][m]);
+            if (two) acc[h][m] = _mm512_fmadd_ps(_mm512_set1_ps(xr[1]), up, acc[h][m]);
+          }
+        }
+      }
+    }
+  }
+}
+
+/* Decode rows (M <= 16) of a split f32 weight, out columns [n0, n1) (n0 a
+ * multiple of 32): each weight is rebuilt exactly in f32, (b0 + b1) + b2 = w
+ * (b0 + b1 is w rounded at b1's last bit: representable), and multiplied
+ * as on the FMA path, one fp32 FMA a product in k order. The weight is read
+ * once (1.5x the f32 bytes) where the six-segment tile GEMM reads b0 three
+ * times and b1 twice. M <= 8 takes a 32-column block at once (both tile
+ * halves: the parts are read in memory order), larger M a half at a time. */
+/* M = 1, out columns [n0, n1) (n0 a multiple of 32): k blocks outermost, so
+ * the parts are read in memory order (a k block's 32-column blocks are
+ * contiguous), the running sums kept exactly in out between k blocks (f32)
+ * and the bias added after the last; even and odd k in separate chains
+ * (summed at each k block's end) so the FMAs do not wait on each other. */
+static void pk3_gemv1(const xk_linear_args *a, int64_t n0, int64_t n1) {
+  const int64_t K = a->k, ks = cdiv(K, 32), np = cdiv(a->n, 32), part = np * ks * 2048;
+  const char *W = (const char *)a->w;
+  const float *x = (const float *)a->x;
+  float *out = (float *)a->out;
+  const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+  const int64_t kbs = cdiv(ks, PK_KCS);
+  for (int64_t kb = 0; kb < kbs || (kb == 0 && ks == 0); kb++) {
+    const int64_t st = ks ? pk_steps(K, kb) : 0;
+    for (int64_t nc = n0; nc < n1; nc += 32) {
+      const int64_t nb = nc / 32;
+      const __mmask16 m0 = (__mmask16)kmask(n1 - nc), m1 = (__mmask16)kmask(n1 - nc - 16);
+      __m512 e0 = kb ? _mm512_maskz_loadu_ps(m0, out + nc) : _mm512_setzero_ps();
+      __m512 e1 = kb ? _mm512_maskz_loadu_ps(m1, out + nc + 16) : _mm512_setzero_ps();
+      __m512 o0 = _mm512_setzero_ps(), o1 = o0;
+      const char *blk = W + 2048 * (kb * PK_KCS * np + nb * st);
+      for (int64_t s = 0; s < st; s++) {
+        const int64_t k0 = (kb * PK_KCS + s) * 32;
+        for (int64_t u = 0; u < 16 && k0 + 2 * u < K; u++) {
+          const int64_t k = k0 + 2 * u;
+          const __m512 xe = _mm512_set1_ps(x[k]), xo = _mm512_set1_ps(k + 1 < K ? x[k + 1] : 0.0f);
+#define PK3_REBUILD(t, lo, up)                                                                                      \
+  const __m512i t##0 = _mm512_loadu_si512(t), t##1 = _mm512_loadu_si512((t) + part),                               \
+                t##2 = _mm512_loadu_si512((t) + 2 * part);                                                         \
+  const __m512 lo = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_slli_epi32(t##0, 16)),                  \
+                                                _mm512_castsi512_ps(_mm512_slli_epi32(t##1, 16))),                 \
+                                  _mm512_castsi512_ps(_mm512_slli_epi32(t##2, 16)));                               \
+  const __m512 up = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(_mm512_and_si512(t##0, hi)),                   \
+                                                _mm512_castsi512_ps(_mm512_and_si512(t##1, hi))),                  \
+                                  _mm512_castsi512_ps(_mm512_and_si512(t##2, hi)))
+          const char *ta = blk + 2048 * s + 64 * u, *tb = ta + 1024;
+          PK3_REBUILD(ta, la, ua);
+          PK3_REBUILD(tb, lb, ub);
+#undef PK3_REBUILD
+          e0 = _mm512_fmadd_ps(xe, la, e0);
+          o0 = _mm512_fmadd_ps(xo, ua, o0);
+          e1 = _mm512_fmadd_ps(xe, lb, e1);
+          o1 = _mm512_fmadd_ps(xo, ub, o1);
+        }
+      }
+      e0 = _mm512_add_ps(e0, o0);
+      e1 = _mm512_add_ps(e1, o1);
+      if (kb + 1 >= kbs && a->bias) {
+        e0 = _mm512_add_ps(e0, _mm512_maskz_loadu_ps(m0, (const float *)a->bias + nc));
+        e1 = _mm512_add_ps(e1, _mm512_maskz_loadu_ps(m1, (const float *)a->bias + nc + 16));
+      }
+      _mm512_mask_storeu_ps(out + nc, m0, e0);
+      _mm512_mask_storeu_ps(out + nc + 16, m1, e1);
+    }
+  }
+}
+
+static void pk3_gemv(const xk_linear_args *a, int64_t n0, int64_t n1) {
+  const int64_t M = a->m;
+  if (M == 1) {
+    pk3_gemv1(a, n0, n1);
+    return;
+  }
+  for (int64_t nc = n0; nc < n1;) {
+    __m512 acc[2][16];
+    int H = 1;
+    if (M <= 8 && (nc & 31) == 0 && nc + 16 < n1) {
+      H = 2;
+      pk3_dot(a, nc, 2, M, acc);
+    } else {
+      pk3_dot(a, nc, 1, M, acc);
+    }
+    for (int h = 0; h < H; h++, nc += 16) {
+      const int64_t nn = min64(16, n1 - nc);
+      const __mmask16 nm = (__mmask16)kmask(nn);
+      const __m512 b = a->bias ? _mm512_maskz_loadu_ps(nm, (const float *)a->bias + nc) : _mm512_setzero_ps();
+      for (int m = 0; m < 16 && m < M; m++)
+        _mm512_mask_storeu_ps((float *)a->out + m * a->out_stride + nc, nm, _mm512_add_ps(acc[h][m], b));
+    }
+  }
+}
+
 typedef struct pk_ws {
   int64_t cpart, ctmp, total;
 } pk_ws;
@@ -809,7 +1109,7 @@ static pk_ws pk_layout(const xk_linear_args *a) {
   pk_ws w;
   const int64_t nxb = cdiv(a->tile_m, 32), nnb = cdiv(a->tile_n, 32);
   w.cpart = 0;
-  w.ctmp = a->k > XK_AMX_PACK_KC ? align64(nxb * nnb * 4096) : 0;
+  w.ctmp = a->k > XK_AMX_PACK_KC || a->w_kind == XK_WEIGHT_PACKED_AMX3 ? align64(nxb * nnb * 4096) : 0;
   w.total = w.ctmp + 2 * 4096 + 64;
   return w;
 }
@@ -820,13 +1120,19 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
   const int64_t m1 = min64(a->m, m0 + a->tile_m), n1 = min64(a->n, n0 + a->tile_n);
   float *cpart = (float *)(base + L->cpart), *ctmp = (float *)(base + L->ctmp);
   const int64_t ks = cdiv(a->k, 32), np = cdiv(a->n, 32), mp = cdiv(a->m, 32);
-  const int64_t kblocks = cdiv(ks, PK_KCS), nxb = cdiv(m1 - m0, 32);
+  int64_t kblocks = cdiv(ks, PK_KCS);
+  const int64_t nxb = cdiv(m1 - m0, 32);
   const int64_t nb0 = n0 / 32, nb1 = cdiv(n1, 32), xb0 = m0 / 32;
-  const char *W = (const char *)a->w, *X = (const char *)a->xp;
+  /* The k blocks run over segments of the whole K, each one (x part, weight
+   * part) pair: one segment for bf16, six for the split f32 (see f32_segments). */
+  const char *W[F32_SEGS], *X[F32_SEGS];
+  const int64_t kbs = kblocks, nseg = pk_segments(a, W, X);
+  kblocks *= nseg;
   int64_t pending = -1, pend_n = 0, pend_m = 0, iter = 0;
   const int nt = out_nt(a);
-#define PK_W(kb, nb, st) (W + 2048 * ((kb) * PK_KCS * np + (nb) * (st)))
-#define PK_X(kb, xb, st) (X + 2048 * ((kb) * PK_KCS * mp + (xb) * (st)))
+#define PK_W(kb, nb, st) (W[(kb) / kbs] + 2048 * (((kb) % kbs) * PK_KCS * np + (nb) * (st)))
+#define PK_X(kb, xb, st) (X[(kb) / kbs] + 2048 * (((kb) % kbs) * PK_KCS * mp + (xb) * (st)))
+#define pk_steps(k, kb) pk_steps((k), (kb) % kbs)
 #define PK_FLUSH()                                                          \
   if (pending >= 0) {                                                       \
     pk_epilogue(a, ctmp + 1024 * (pending & 1), pend_n, n1, pend_m, m1, nt); \
@@ -933,6 +1239,7 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
 #undef PK_W
 #undef PK_X
 #undef PK_FLUSH
+#undef pk_steps
 }
 
 static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
@@ -1087,7 +1394,11 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
 }
 
 void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
-  if (a->w_kind == XK_WEIGHT_PACKED_AMX) {
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX3 && a->m <= 16) { /* decode: no tiles, see pk3_gemv */
+    for (int64_t t = tile_begin; t < tile_end; t++) pk3_gemv(a, t * a->tile_n, min64(a->n, (t + 1) * a->tile_n));
+    return;
+  }
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX || a->w_kind == XK_WEIGHT_PACKED_AMX3) {
     const pk_ws L = pk_layout(a);
     char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
     xk_amx_config_16x64();
@@ -1170,6 +1481,7 @@ void xk_amx_table_init(xk_kernel_table *t) {
   t->linear_gemm = xk_linear_gemm_amx;
   t->linear_pack_w = xk_linear_pack_w_amx;
   t->linear_pack_x = xk_linear_pack_x_amx;
+  t->linear_pack_w3 = xk_linear_pack_w3_amx;
   t->probe_bf16 = xk_probe_bf16_amx;
   xk_gdn_amx_install(t);
   xk_kv_amx_install(t);
