@@ -665,25 +665,34 @@ fn large_aligned_out() {
     }
 }
 
-/// `linear` with bf16 x and weight at M >= `REPACK_MIN_M` on the amx tier
-/// packs the weight per call, in column chunks of 8 MiB of packed tiles
-/// (992 columns at K = 4100): bit-identical to `linear_packed` with the
-/// same weight packed once (the same tile GEMM on the same products), and
-/// within `linear`'s tolerance of the fp64 reference on rows 0, 259 and 518
-/// (a strided view of those rows). Row strides, a bias (bf16 into a bf16
-/// out, f32 into an f32 out) and a chunk with a ragged end (N = 1000).
+/// `linear` on the amx tier with bf16 x and weight at M >= `REPACK_MIN_M`,
+/// or f32 at M >= `AMX_F32_MIN_M`, packs the weight per call in column
+/// chunks (bf16: 8 MiB of packed tiles, 992 columns at K = 4100; f32: the
+/// three-part split in 64 MiB, 2688 columns): bit-identical to
+/// `linear_packed` with the same weight packed once (the same tile GEMM on
+/// the same products), and within `linear`'s tolerance of the fp64 reference
+/// on the first, middle and last rows (a strided view of them). Row strides,
+/// a bias (bf16 into a bf16 out, f32 into an f32 out) and a second chunk
+/// with a ragged end.
 #[test]
 fn repacked_linear_matches_packed_bits() {
     if !xpu_ops::supported_isas().contains(&Isa::Amx) {
         return;
     }
-    let m = xpu_ops::ops::linear_packed::REPACK_MIN_M + 8;
-    for (out_f32, bias) in [(false, DType::BF16), (true, DType::F32)] {
+    let bf16_m = xpu_ops::ops::linear_packed::REPACK_MIN_M + 8;
+    let f32_m = xpu_ops::ops::linear_amx::AMX_F32_MIN_M + 8;
+    // f32: 2700 columns of the three-part split at K = 4100 take two of its
+    // 64 MiB chunks (2688 columns each).
+    for (dtype, m, n, out_f32, bias) in [
+        (DType::BF16, bf16_m, 1000, false, DType::BF16),
+        (DType::BF16, bf16_m, 1000, true, DType::F32),
+        (DType::F32, f32_m, 2700, true, DType::F32),
+    ] {
         let c = Case {
             m,
-            n: 1000,
+            n,
             k: 4100,
-            dtype: DType::BF16,
+            dtype,
             out_f32,
             bias: Some(bias),
             x_pad: 3,
@@ -697,13 +706,21 @@ fn repacked_linear_matches_packed_bits() {
             assert_eq!(plain.bits(), packed.bits(), "{c:?}: repacked vs packed");
             let two = with_threads(2, || run(&c, &d, true));
             assert_eq!(plain.bits(), two.bits(), "{c:?}: 1 vs 2 threads");
-            let (xs, os, step) = (c.k + c.x_pad, c.n + c.out_pad, 259);
+            let (xs, os, step) = (c.k + c.x_pad, c.n + c.out_pad, (c.m - 1) / 2);
             let x = d.x.view(&[3, c.k], &[step * xs, 1]);
             let w = d.w.view(&[c.n, c.k], &[c.k + c.w_pad, 1]);
             let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
             let (r, absd) = linear_reference(&x, &w, b.as_ref());
             let out = plain.view(&[3, c.n], &[step * os, 1]);
-            assert_linear_close(&out, &r, &absd, 3, c.n, c.k, "repacked rows 0/259/518");
+            assert_linear_close(
+                &out,
+                &r,
+                &absd,
+                3,
+                c.n,
+                c.k,
+                "repacked first/middle/last rows",
+            );
             assert_padding_untouched(&plain, c.m, c.n, os, -7.0, "repacked");
         })
         .expect("amx tier");

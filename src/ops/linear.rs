@@ -253,7 +253,9 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
     if m == 0 || n == 0 {
         return;
     }
-    if crate::ops::linear_amx::takes_f32(&args) && crate::ops::linear_amx::run_f32(args) {
+    if crate::ops::linear_packed::repack_applies(&args)
+        && crate::ops::linear_packed::run_repacked(args)
+    {
         return;
     }
     let kernels = platform::kernels();
@@ -282,10 +284,6 @@ pub(crate) fn run(mut args: sys::xk_linear_args, weight_bytes_per_row: usize) {
             unsafe { gemv(a.get(), r.start as i64, r.end as i64) }
         });
         drop(xf);
-        return;
-    }
-    if crate::ops::linear_packed::repack_applies(&args) {
-        crate::ops::linear_packed::run_repacked(args);
         return;
     }
     if !bf16_dot_preferred() {

@@ -110,39 +110,3 @@ pub(crate) fn pack_w3(args: &sys::xk_linear_args, dst: *mut u8) -> i64 {
     });
     bad.into_inner()
 }
-
-/// Runs a validated f32 linear for which [`takes_f32`] holds on the tile
-/// unit: the weight split per call into the calling thread's buffer (kept
-/// between calls, 1.5x the f32 weight's bytes), then the packed GEMM.
-/// Returns false, having written nothing, when the weight has a non-finite
-/// value (the caller runs the FMA path).
-pub(crate) fn run_f32(mut args: sys::xk_linear_args) -> bool {
-    thread_local! {
-        static W3: std::cell::RefCell<Option<crate::mem::AlignedBytes>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let bytes = w3_bytes(args.n as usize, args.k as usize);
-    let go = |buf: *mut u8, args: &mut sys::xk_linear_args| {
-        if pack_w3(args, buf) != 0 {
-            return false;
-        }
-        args.w = buf.cast_const().cast();
-        args.w_stride = 0;
-        args.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32;
-        crate::ops::linear_packed::run_tiled(*args, true);
-        true
-    };
-    W3.with(|w| match w.try_borrow_mut() {
-        Ok(mut b) => {
-            if !b.as_ref().is_some_and(|b| b.len() >= bytes) {
-                *b = Some(crate::mem::AlignedBytes::streamed(bytes));
-            }
-            go(b.as_mut().expect("filled above").as_mut_ptr(), &mut args)
-        }
-        // Re-entered on this thread (a nested grid): a fresh buffer.
-        Err(_) => go(
-            crate::mem::AlignedBytes::streamed(bytes).as_mut_ptr(),
-            &mut args,
-        ),
-    })
-}

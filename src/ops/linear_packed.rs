@@ -431,7 +431,7 @@ pub(crate) fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
             1
         };
         let bytes = parts * m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
-        return with_xp(bytes, |xp| {
+        return with_thread_buffer(&PACKED_X, bytes, |xp| {
             args.xp = xp.cast();
             let pack = kernels.linear_pack_x.expect("linear_pack_x");
             let a = Shared(args);
@@ -447,14 +447,26 @@ pub(crate) fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
     gemm_tiles(args);
 }
 
-/// Runs `f` with the calling thread's packed-x buffer of at least `bytes`
-/// bytes (64-byte aligned), kept between calls: a fresh one per call would
-/// page-fault its memory in every time (a large share of a decode call).
-fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
-    thread_local! {
-        static XP: std::cell::RefCell<Option<AlignedBytes>> = const { std::cell::RefCell::new(None) };
-    }
-    XP.with(|xp| match xp.try_borrow_mut() {
+type ThreadBuffer = std::thread::LocalKey<std::cell::RefCell<Option<AlignedBytes>>>;
+
+thread_local! {
+    /// The calling thread's packed x, kept between calls: a fresh buffer per
+    /// call would page-fault its memory in every time (a large share of a
+    /// decode call).
+    static PACKED_X: std::cell::RefCell<Option<AlignedBytes>> = const { std::cell::RefCell::new(None) };
+    /// The calling thread's chunk of weight columns packed per call by
+    /// [`run_repacked`], kept between calls.
+    static PACKED_W: std::cell::RefCell<Option<AlignedBytes>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with `key`'s buffer grown to at least `bytes` bytes (64-byte
+/// aligned; huge pages from 2 MiB, see [`AlignedBytes::streamed`]).
+fn with_thread_buffer<R>(
+    key: &'static ThreadBuffer,
+    bytes: usize,
+    f: impl FnOnce(*mut u8) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut b) => {
             if !b.as_ref().is_some_and(|b| b.len() >= bytes) {
                 *b = Some(AlignedBytes::streamed(bytes));
@@ -478,81 +490,104 @@ fn with_xp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
 /// (K = 4096 N = 2048 1.0-1.1x, K = 2048 N = 12288 0.92x), at M = 128 0.93x.
 pub const REPACK_MIN_M: usize = 512;
 
-/// Packed weight bytes per chunk of columns when `linear` packs per call:
-/// the buffer is kept per calling thread between calls, and a chunk is
-/// packed just before its GEMM, so it is still in cache.
+/// Packed weight bytes per chunk of columns when `linear` packs a bf16
+/// weight per call: a chunk is packed just before its GEMM, so it is still
+/// in cache.
 const REPACK_CHUNK_BYTES: usize = 8 << 20;
 
-/// Whether this validated `linear` (`M > 16`, plain weight) runs
-/// [`run_repacked`]: same products in the same k order as the unpacked tile
-/// GEMM, so results are bit-identical to it.
+/// The same for an f32 weight split into three bf16 parts: larger, because
+/// each chunk's GEMM streams all of packed x, four parts (8 bytes an element)
+/// here; 64 MiB keeps N ≤ 2720 at K = 4096 in one chunk. The chunks bound the
+/// per-thread buffer (a 248k-row lm_head would need 6 GiB whole).
+const SPLIT_CHUNK_BYTES: usize = 64 << 20;
+
+/// Whether this validated `linear` runs [`run_repacked`]: bf16 with
+/// `M >= REPACK_MIN_M` (same products in the same k order as the unpacked
+/// tile GEMM, so results are bit-identical to it), or f32 on the split path
+/// ([`takes_f32`](crate::ops::linear_amx::takes_f32)).
 pub(crate) fn repack_applies(a: &sys::xk_linear_args) -> bool {
-    active_isa() == Isa::Amx
+    let bf16 = active_isa() == Isa::Amx
         && a.m as usize >= REPACK_MIN_M
         && a.n > 64
         && a.k > 0
         && a.x_dtype == DType::BF16.xk()
         && a.w_dtype == DType::BF16.xk()
         && a.w_kind == sys::xk_weight_kind_XK_WEIGHT_DENSE as i32
-        && a.perm.is_null()
+        && a.perm.is_null();
+    bf16 || crate::ops::linear_amx::takes_f32(a)
 }
 
-/// Runs a validated bf16 `linear` ([`repack_applies`]): x packed once, then
-/// per chunk of weight columns the chunk packed as AMX tiles and the packed
-/// tile GEMM run on it.
-pub(crate) fn run_repacked(mut args: sys::xk_linear_args) {
+/// Runs a validated `linear` for which [`repack_applies`] holds: x packed
+/// once, then per chunk of weight columns the chunk packed (bf16 as AMX
+/// tiles, f32 split into three bf16 parts) and the packed tile GEMM run on
+/// it. Column chunks do not change any output's arithmetic, so results equal
+/// [`PackedLinearWeight`]'s for the same layout. Returns false when an f32
+/// weight has a non-finite value, which the split cannot carry: earlier
+/// chunks' outputs may then be written, and the caller's FMA path writes
+/// every output again.
+pub(crate) fn run_repacked(mut args: sys::xk_linear_args) -> bool {
     let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
     let kernels = platform::kernels();
+    let split = args.w_dtype == DType::F32.xk();
     let kpad = k.div_ceil(32) * 32;
-    let cols = ((REPACK_CHUNK_BYTES / (kpad * 2)) / 32 * 32).max(32);
-    let wbytes = cols.min(n.div_ceil(32) * 32) * kpad * 2;
-    let xbytes = m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
-    let out_es = if args.out_dtype == DType::F32.xk() {
-        4
+    let (kind, x_parts, col_bytes, chunk_bytes) = if split {
+        let kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3;
+        (kind, 4, 3 * kpad * 2, SPLIT_CHUNK_BYTES)
     } else {
-        2
+        let kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX;
+        (kind, 1, kpad * 2, REPACK_CHUNK_BYTES)
     };
-    let bias_es = if args.bias_dtype == DType::F32.xk() {
-        4
-    } else {
-        2
-    };
-    with_xp(xbytes, |xp| {
+    let cols = ((chunk_bytes / col_bytes) / 32 * 32).max(32);
+    let wbytes = cols.min(n.div_ceil(32) * 32) * col_bytes;
+    let xbytes = x_parts * m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
+    let f32_bytes = |dtype: i32| if dtype == DType::F32.xk() { 4 } else { 2 };
+    let (out_es, bias_es) = (f32_bytes(args.out_dtype), f32_bytes(args.bias_dtype));
+    let w_es = if split { 4 } else { 2 };
+    // pack_x reads the weight kind to know how many parts of x to pack.
+    args.w_kind = kind as i32;
+    with_thread_buffer(&PACKED_X, xbytes, |xp| {
         args.xp = xp.cast();
         let pack_x = kernels.linear_pack_x.expect("linear_pack_x");
         let a = Shared(args);
-        let min_chunk = ((256 * 1024) / (k.div_ceil(32) * 2048)).max(1);
+        let min_chunk = ((256 * 1024) / (x_parts * k.div_ceil(32) * 2048)).max(1);
         grid(m.div_ceil(32), min_chunk, |r| {
             // SAFETY: validated x; blocks write disjoint parts of xp.
             unsafe { pack_x(a.get(), r.start as i64, r.end as i64) }
         });
-        with_wp(wbytes, |wp| {
-            let pack_w = kernels.linear_pack_w.expect("linear_pack_w");
+        with_thread_buffer(&PACKED_W, wbytes, |wp| {
             for n0 in (0..n).step_by(cols) {
                 let nc = cols.min(n - n0);
-                let mut pa = pack_args(nc, k, DType::BF16);
+                let mut pa = pack_args(nc, k, if split { DType::F32 } else { DType::BF16 });
                 // SAFETY (pointer offsets): row n0 and bias/out column n0
                 // exist in the validated tensors.
-                pa.w = unsafe { args.w.cast::<u16>().add(n0 * args.w_stride as usize) }.cast();
+                pa.w =
+                    unsafe { args.w.cast::<u8>().add(n0 * args.w_stride as usize * w_es) }.cast();
                 pa.w_stride = args.w_stride;
-                pa.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX as i32;
-                let (pa, d) = (Shared(pa), Shared(wp as usize));
-                grid(nc.div_ceil(32), 8, |r| {
-                    // SAFETY: validated weight rows; blocks write disjoint parts of wp,
-                    // which holds the chunk's packed bytes.
-                    unsafe {
-                        pack_w(
-                            pa.get(),
-                            r.start as i64,
-                            r.end as i64,
-                            *d.get() as *mut std::ffi::c_void,
-                        )
+                if split {
+                    if crate::ops::linear_amx::pack_w3(&pa, wp) != 0 {
+                        return false;
                     }
-                });
+                } else {
+                    pa.w_kind = kind as i32;
+                    let pack_w = kernels.linear_pack_w.expect("linear_pack_w");
+                    let (pa, d) = (Shared(pa), Shared(wp as usize));
+                    grid(nc.div_ceil(32), 8, |r| {
+                        // SAFETY: validated weight rows; blocks write disjoint parts of wp,
+                        // which holds the chunk's packed bytes.
+                        unsafe {
+                            pack_w(
+                                pa.get(),
+                                r.start as i64,
+                                r.end as i64,
+                                *d.get() as *mut std::ffi::c_void,
+                            )
+                        }
+                    });
+                }
                 let mut c = args;
                 c.n = nc as i64;
                 c.w = wp.cast_const().cast();
-                c.w_kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX as i32;
+                c.w_stride = 0;
                 // SAFETY: column n0 < N of the validated out and bias.
                 c.out = unsafe { args.out.cast::<u8>().add(n0 * out_es) }.cast();
                 if !args.bias.is_null() {
@@ -561,23 +596,7 @@ pub(crate) fn run_repacked(mut args: sys::xk_linear_args) {
                 }
                 gemm_tiles(c);
             }
-        });
-    });
-}
-
-/// Runs `f` with a per-thread buffer of at least `bytes` bytes for weights
-/// packed per call, kept between calls (at most [`REPACK_CHUNK_BYTES`]).
-fn with_wp<R>(bytes: usize, f: impl FnOnce(*mut u8) -> R) -> R {
-    thread_local! {
-        static WP: std::cell::RefCell<Option<AlignedBytes>> = const { std::cell::RefCell::new(None) };
-    }
-    WP.with(|wp| match wp.try_borrow_mut() {
-        Ok(mut b) => {
-            if !b.as_ref().is_some_and(|b| b.len() >= bytes) {
-                *b = Some(AlignedBytes::streamed(bytes));
-            }
-            f(b.as_mut().expect("filled above").as_mut_ptr())
-        }
-        Err(_) => f(AlignedBytes::streamed(bytes).as_mut_ptr()),
+            true
+        })
     })
 }
