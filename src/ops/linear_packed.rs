@@ -21,7 +21,8 @@
 //!   weight exactly in f32 from its parts and run the FMA arithmetic
 //!   (`pk3_gemv`): they read 1.5x the f32 bytes, no plain copy being kept
 //!   (M = 1, K = 4096, N = 2048, cold: 3.5 ms against 2.1 ms plain; M = 16:
-//!   3.2 ms, as plain).
+//!   3.2 ms, as plain). A weight used mostly for decode can keep the plain
+//!   layout instead (`with_layout(PackedLayout::Plain)`).
 //! * otherwise: a plain contiguous copy, run exactly as
 //!   [`linear`](crate::linear).
 //! * on request ([`PackedLinearWeight::with_layout`]), `avx2` / `avx512` /
