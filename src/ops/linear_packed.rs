@@ -416,7 +416,7 @@ pub fn linear_packed(
 
 /// The tiled GEMM over a packed weight, any M (x packed first on AMX: four
 /// split parts for `XK_WEIGHT_PACKED_AMX3`).
-pub(crate) fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
+fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
     let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
     if m == 0 || n == 0 {
         return;
