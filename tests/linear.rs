@@ -85,17 +85,24 @@ fn run_case(c: &Case, d: &Data) -> Buf {
     out
 }
 
-fn check_case(c: &Case, seed: u64, what: &str) {
-    let d = make_data(c, seed);
+/// Runs the op on the active tier and checks it against the fp64 reference
+/// (tolerance and untouched padding); returns the output buffer with the
+/// reference and its Σ|x·w| per output.
+fn run_checked(c: &Case, d: &Data, what: &str) -> (Buf, Vec<f64>, Vec<f64>) {
     let (xs, ws, os) = (c.k + c.x_pad, c.k + c.w_pad, c.n + c.out_pad);
     let x = d.x.view(&[c.m, c.k], &[xs, 1]);
     let w = d.w.view(&[c.n, c.k], &[ws, 1]);
     let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
     let (r, absd) = linear_reference(&x, &w, b.as_ref());
-    let out = run_case(c, &d);
+    let out = run_case(c, d);
     let ov = out.view(&[c.m, c.n], &[os, 1]);
     assert_linear_close(&ov, &r, &absd, c.m, c.n, c.k, what);
     assert_padding_untouched(&out, c.m, c.n, os, -7.0, what);
+    (out, r, absd)
+}
+
+fn check_case(c: &Case, seed: u64, what: &str) {
+    run_checked(c, &make_data(c, seed), what);
 }
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -2028,16 +2035,9 @@ fn bf16_thread_invariance_amx_shapes() {
 /// `AMX_F32_MIN_M` rows), after checking the module's tolerance.
 fn f32_rel_err(isa: xpu_ops::Isa, c: &Case, seed: u64) -> (f64, f64) {
     let d = make_data(c, seed);
-    let (xs, ws, os) = (c.k + c.x_pad, c.k + c.w_pad, c.n + c.out_pad);
-    let x = d.x.view(&[c.m, c.k], &[xs, 1]);
-    let w = d.w.view(&[c.n, c.k], &[ws, 1]);
-    let b = d.b.as_ref().map(|b| b.view(&[c.n], &[1]));
-    let (r, absd) = linear_reference(&x, &w, b.as_ref());
-    let out = xpu_ops::with_isa(isa, || run_case(c, &d)).expect("tier");
-    let ov = out.view(&[c.m, c.n], &[os, 1]);
     let what = format!("{isa} {c:?}");
-    assert_linear_close(&ov, &r, &absd, c.m, c.n, c.k, &what);
-    assert_padding_untouched(&out, c.m, c.n, os, -7.0, &what);
+    let (out, r, absd) = xpu_ops::with_isa(isa, || run_checked(c, &d, &what)).expect("tier");
+    let ov = out.view(&[c.m, c.n], &[c.n + c.out_pad, 1]);
     let (mut mx, mut sum) = (0f64, 0f64);
     for i in 0..c.m {
         for j in 0..c.n {

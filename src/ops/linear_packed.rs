@@ -416,36 +416,43 @@ pub fn linear_packed(
 
 /// The tiled GEMM over a packed weight, any M (x packed first on AMX: four
 /// split parts for `XK_WEIGHT_PACKED_AMX3`).
-fn run_tiled(mut args: sys::xk_linear_args, amx: bool) {
+fn run_tiled(args: sys::xk_linear_args, amx: bool) {
     let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
     if m == 0 || n == 0 {
         return;
     }
-    let kernels = platform::kernels();
     // The split f32 layout's decode rows read x as it is (pk3_gemv in amx.c).
     let split_decode = args.w_kind == sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32
         && m <= crate::ops::linear::DECODE_MAX_M;
     if amx && k > 0 && !split_decode {
-        let parts = if args.w_kind == sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32 {
-            4
-        } else {
-            1
-        };
-        let bytes = parts * m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
-        return with_thread_buffer(&PACKED_X, bytes, |xp| {
-            args.xp = xp.cast();
-            let pack = kernels.linear_pack_x.expect("linear_pack_x");
-            let a = Shared(args);
-            // ~256 KiB of packed x per block.
-            let min_chunk = ((256 * 1024) / (parts * k.div_ceil(32) * 2048)).max(1);
-            grid(m.div_ceil(32), min_chunk, |r| {
-                // SAFETY: validated x; blocks write disjoint parts of xp.
-                unsafe { pack(a.get(), r.start as i64, r.end as i64) }
-            });
-            gemm_tiles(args);
-        });
+        return with_packed_x(args, gemm_tiles);
     }
     gemm_tiles(args);
+}
+
+/// Packs x of `args` (one bf16 part, or four split parts when `w_kind` is
+/// `XK_WEIGHT_PACKED_AMX3`) into the calling thread's packed-x buffer, in
+/// parallel, and runs `f` with `xp` pointing at it.
+fn with_packed_x<R>(mut args: sys::xk_linear_args, f: impl FnOnce(sys::xk_linear_args) -> R) -> R {
+    let (m, k) = (args.m as usize, args.k as usize);
+    let parts = if args.w_kind == sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32 {
+        4
+    } else {
+        1
+    };
+    let bytes = parts * m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
+    with_thread_buffer(&PACKED_X, bytes, |xp| {
+        args.xp = xp.cast();
+        let pack = platform::kernels().linear_pack_x.expect("linear_pack_x");
+        let a = Shared(args);
+        // ~256 KiB of packed x per block.
+        let min_chunk = ((256 * 1024) / (parts * k.div_ceil(32) * 2048)).max(1);
+        grid(m.div_ceil(32), min_chunk, |r| {
+            // SAFETY: validated x; blocks write disjoint parts of xp.
+            unsafe { pack(a.get(), r.start as i64, r.end as i64) }
+        });
+        f(args)
+    })
 }
 
 type ThreadBuffer = std::thread::LocalKey<std::cell::RefCell<Option<AlignedBytes>>>;
@@ -527,34 +534,25 @@ pub(crate) fn repack_applies(a: &sys::xk_linear_args) -> bool {
 /// chunks' outputs may then be written, and the caller's FMA path writes
 /// every output again.
 pub(crate) fn run_repacked(mut args: sys::xk_linear_args) -> bool {
-    let (m, n, k) = (args.m as usize, args.n as usize, args.k as usize);
+    let (n, k) = (args.n as usize, args.k as usize);
     let kernels = platform::kernels();
     let split = args.w_dtype == DType::F32.xk();
     let kpad = k.div_ceil(32) * 32;
-    let (kind, x_parts, col_bytes, chunk_bytes) = if split {
+    let (kind, col_bytes, chunk_bytes) = if split {
         let kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3;
-        (kind, 4, 3 * kpad * 2, SPLIT_CHUNK_BYTES)
+        (kind, 3 * kpad * 2, SPLIT_CHUNK_BYTES)
     } else {
         let kind = sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX;
-        (kind, 1, kpad * 2, REPACK_CHUNK_BYTES)
+        (kind, kpad * 2, REPACK_CHUNK_BYTES)
     };
     let cols = ((chunk_bytes / col_bytes) / 32 * 32).max(32);
     let wbytes = cols.min(n.div_ceil(32) * 32) * col_bytes;
-    let xbytes = x_parts * m.div_ceil(32) * 32 * k.div_ceil(32) * 64;
     let f32_bytes = |dtype: i32| if dtype == DType::F32.xk() { 4 } else { 2 };
     let (out_es, bias_es) = (f32_bytes(args.out_dtype), f32_bytes(args.bias_dtype));
     let w_es = if split { 4 } else { 2 };
     // pack_x reads the weight kind to know how many parts of x to pack.
     args.w_kind = kind as i32;
-    with_thread_buffer(&PACKED_X, xbytes, |xp| {
-        args.xp = xp.cast();
-        let pack_x = kernels.linear_pack_x.expect("linear_pack_x");
-        let a = Shared(args);
-        let min_chunk = ((256 * 1024) / (x_parts * k.div_ceil(32) * 2048)).max(1);
-        grid(m.div_ceil(32), min_chunk, |r| {
-            // SAFETY: validated x; blocks write disjoint parts of xp.
-            unsafe { pack_x(a.get(), r.start as i64, r.end as i64) }
-        });
+    with_packed_x(args, |args| {
         with_thread_buffer(&PACKED_W, wbytes, |wp| {
             for n0 in (0..n).step_by(cols) {
                 let nc = cols.min(n - n0);
