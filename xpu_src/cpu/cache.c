@@ -621,20 +621,35 @@ typedef int (*fq_paged_fn)(const xk_kv_write_args *a, int64_t t, int64_t block, 
                            const fp8_quant *qv, int64_t head, const char *pfk, const char *pfv, int64_t pfb);
 
 /* Flash writes compute the destinations of FQ_GROUP tokens one group ahead
- * and ask for their lines into L2 (prefetcht2): scattered slots put each
- * row on its own page, and page walks issued one by one behind a row's
- * stores were not overlapped (T=512 H=8 D=256 random fp8 565 -> 307 us with
- * a prefetch of the current group; one group ahead, into L2, 60 -> 54 us at
- * T=512 H=2 D=128 in the harness; 16 tokens rather than 8: random T=8192
- * H=2 D=128 2-4% faster, prefill 1% slower). The walks remain the largest
- * cost of random rows on 4 KiB pages: the same kernel on a destination with
- * transparent huge pages runs T=8192 H=2 D=128 random in 775-795 us instead
- * of 1061-1123 us (session 8: 823 vs 1106 us). Even without the walks that
- * is ~15 GB/s (random 256-byte rows to DRAM), under the 80% floor. With the
- * byte tables (session 8) 24 or 32 tokens ahead changed nothing (harness,
- * 1015-1024 us all three), nor does the conversion bound it: the avx512
- * and vbmi builds differ by ~2% there. */
+ * and start their translations: scattered slots put each row on its own
+ * page, and page walks issued one by one behind a row's stores were not
+ * overlapped (T=512 H=8 D=256 random fp8 565 -> 307 us with a prefetch of
+ * the current group; one group ahead, into L2, 60 -> 54 us at T=512 H=2
+ * D=128 in the harness; 16 tokens rather than 8: random T=8192 H=2 D=128
+ * 2-4% faster, prefill 1% slower). Streamed rows take the walk with
+ * dst_walk (CLWB) instead of a prefetch (session 10): the prefetch read the
+ * row's first line from DRAM only for the streaming store to evict it
+ * again (harness, random fp8 T=8192 H=2 D=128 955-985 -> 882-911 us, T=512
+ * 47-49 -> 40-44 us; no walk at all: 1055-1065 us). Unstreamed rows (small
+ * batches, ordinary stores) keep the prefetch, whose line they use. The
+ * walks remain the largest cost of random rows on 4 KiB pages: the same
+ * kernel on a destination with transparent huge pages runs T=8192 H=2
+ * D=128 random in 660 us instead of ~900 (session 10; session 8: 823 vs
+ * 1106 us with the prefetch). Walks measured alone (CLWB of 16384 random
+ * rows of a 960 MiB arena, nothing else): 24.5 ns per page walked, 110 ns
+ * each when serialised (8.6 / 30 ns with huge pages). With the byte tables
+ * (session 8) 24 or 32 tokens ahead changed nothing (harness, 1015-1024 us
+ * all three), nor does the conversion bound it: the avx512 and vbmi builds
+ * differ by ~2% there; 8 tokens ahead with CLWB: within noise of 16. */
 #define FQ_GROUP 16
+
+/* Translates p (a page walk on a TLB miss) without reading its line, for a
+ * row that streaming stores overwrite: CLWB writes back a dirty copy of the
+ * line if there is one (no change to memory's contents) and reads nothing.
+ * Every AVX-512 + BF16 processor (this tier) has CLWB. */
+static inline __attribute__((always_inline)) void dst_walk(const void *p) {
+  __asm__ volatile("clwb %0" : : "m"(*(const char *)p));
+}
 
 /* Every token of [t0, t1) of the flash caches in `which` (1 key, 2 value,
  * 3 both) whose heads form one contiguous row in the source and the cache.
@@ -679,8 +694,14 @@ static inline __attribute__((always_inline)) void fq_tokens_body(const xk_kv_wri
       dv[cur ^ 1][j] = vc + blk * vst[0] + off * vst[1];
       /* Rows of consecutive slots share pages (prefill): one request per
        * new page, the lines themselves are overwritten by streaming stores. */
-      if (do_k && (((uintptr_t)dk[cur ^ 1][j] ^ prev_k) >> 12)) _mm_prefetch((const char *)dk[cur ^ 1][j], _MM_HINT_T2);
-      if (do_v && (((uintptr_t)dv[cur ^ 1][j] ^ prev_v) >> 12)) _mm_prefetch((const char *)dv[cur ^ 1][j], _MM_HINT_T2);
+      if (do_k && (((uintptr_t)dk[cur ^ 1][j] ^ prev_k) >> 12)) {
+        if (stream) dst_walk(dk[cur ^ 1][j]);
+        else _mm_prefetch((const char *)dk[cur ^ 1][j], _MM_HINT_T2);
+      }
+      if (do_v && (((uintptr_t)dv[cur ^ 1][j] ^ prev_v) >> 12)) {
+        if (stream) dst_walk(dv[cur ^ 1][j]);
+        else _mm_prefetch((const char *)dv[cur ^ 1][j], _MM_HINT_T2);
+      }
       prev_k = (uintptr_t)dk[cur ^ 1][j];
       prev_v = (uintptr_t)dv[cur ^ 1][j];
     }
