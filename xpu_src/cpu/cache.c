@@ -641,7 +641,19 @@ typedef int (*fq_paged_fn)(const xk_kv_write_args *a, int64_t t, int64_t block, 
  * each when serialised (8.6 / 30 ns with huge pages). With the byte tables
  * (session 8) 24 or 32 tokens ahead changed nothing (harness, 1015-1024 us
  * all three), nor does the conversion bound it: the avx512 and vbmi builds
- * differ by ~2% there; 8 tokens ahead with CLWB: within noise of 16. */
+ * differ by ~2% there; 8 tokens ahead with CLWB: within noise of 16.
+ * Measured and not kept for fp8 rows (session 10, harness, random T=8192
+ * H=2 D=128): each token's walk issued while the previous token converts
+ * (one per token, 4-16 ahead, CLWB or prefetch): 40-50% slower, the walk
+ * trigger cannot retire before its walk and ~3 tokens of conversion fill
+ * the reorder window (perf: most samples right after the CLWB); groups of
+ * 4 / 8 / 32: 852-947 / 855-929 / 925 vs 892-936 us for 16, T=512 worse for
+ * 4 and 8; converting 4-32 tokens into an L1 buffer and then streaming them
+ * in a tight loop: 875-1030 us (the stores of a group no longer overlap
+ * the next group's conversion). The write pattern alone (conversion
+ * replaced by one byte gather per line, the walks ahead or none): 655-700
+ * us, ~the 80% floor at the quiet copy probe (623-687 us), with the
+ * conversion alone (source reads included) ~306 us. */
 #define FQ_GROUP 16
 
 /* Translates p (a page walk on a TLB miss) without reading its line, for a
