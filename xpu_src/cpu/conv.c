@@ -261,15 +261,24 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
  * (24.4 GB/s, T = 2048 in 2.75 ms); the kernel on data in L2 (no DRAM
  * traffic) needs ~3.1-3.3 ms for the same tokens; cold it takes 3.6-3.9 ms.
  * silu is ~40% of the arithmetic: without it the cold run takes 3.07 ms
- * (21.9 GB/s). The loop runs 31 vector ops per unit and token (2 widening
- * loads + 2 shifts, 8 FMAs, 2 x 8 for silu, a cvtne2ps, the store) on the
- * two 512-bit ports. Measured and not kept: x as one 64-byte load split by
+ * (21.9 GB/s). The loop runs 30 vector ops per unit and token (a qword
+ * permute and 2 word unpacks, 8 FMAs, 2 x 8 for silu, a cvtne2ps, the
+ * store) on the two 512-bit ports. Measured and not kept: x as one 64-byte load split by
  * word unpacks, or into even/odd channels by a shift and a mask (weights
  * permuted to match, the result re-interleaved by a qword or word
  * permute): 3% and 5% slower on data in L2 (the permute costs more than
  * the widening it saves); prefetch 128/384/512/768 bytes ahead, with T1 or
  * NTA hints (NTA ~2x slower), TOK_BLOCK 4/6/12: within the noise or
- * slower. */
+ * slower.
+ * Session 10 (thread CPU time): the loop is bound by the issue rate of the
+ * two vector ports, not by latency: Estrin's polynomial (one op more, 4
+ * cycles less latency) and silu issued stage by stage over 2-4 tokens
+ * were 2-12% slower. vrcp14ps zmm is two port-0 uops (the two reciprocals
+ * cost ~3.7 of ~20 cycles per unit and token), vcvtne2ps2bf16 three;
+ * exponent-trick reciprocals with Newton steps cost more. A degree-2
+ * exp2 would save two ops but errs 1.7e-3 (near half a bf16 ulp). Also
+ * neutral or slower cold: prefetching the next block's row heads, a
+ * second prefetch into L2 1-2 KiB ahead (~8% slower). */
 #ifndef TOK_BLOCK
 #define TOK_BLOCK 8
 #endif
@@ -338,10 +347,14 @@ XK_INLINE v32 raw_f32(raw32 r, int dt) {
 /* A unit of `dt` values as fp32 (masked lanes read as zero). */
 XK_INLINE v32 load_f32(const char *p, int dt, __mmask32 m, int full) {
   if (full && dt == XK_BF16) {
+    /* Word unpacks with zero put each bf16 in the high half of its fp32
+     * lane (its fp32 value) but work within 128-bit lanes: the qword
+     * permute first brings channels 4k..4k+3 and 16+4k..16+4k+3 into lane
+     * k. Three shuffles instead of two widening shuffles and two shifts. */
+    const __m512i r = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 4, 1, 5, 2, 6, 3, 7), _mm512_loadu_si512(p));
     v32 v;
-    v.lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
-    v.hi = _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p + 32))), 16));
+    v.lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), r));
+    v.hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), r));
     return v;
   }
   if (full && dt == XK_F16) {
