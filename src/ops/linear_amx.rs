@@ -40,8 +40,11 @@ pub(crate) fn takes_decode(a: &sys::xk_linear_args) -> bool {
 /// any N. Narrow weights (N <= [`AMX_F32_NARROW_N`]) run their own split
 /// kernel; measured there (one thread, K = 2048, N = 64, the per-call weight
 /// split included, FMA and split alternated in one process, load ~5): M = 17
-/// 0.57x, M = 32 0.71x, M = 48 0.80x, M = 64 1.04x, M = 128 1.09x, M = 256
-/// 1.13x, M = 1024 1.21x.
+/// 0.57x, M = 32 0.71x, M = 48 0.80x, M = 64 1.04x, M = 128 1.09-1.17x,
+/// M = 256 1.13-1.21x, M = 1024 1.21-1.28x; narrower weights at M = 128,
+/// 256, 1024: N = 1 1.19-1.22x, N = 16 1.04-1.11x, N = 32 1.01-1.05x, N = 33
+/// 1.21-1.34x (both paths are far from peak there: the split of x, not the
+/// products, is most of the time).
 pub const AMX_F32_MIN_M: usize = 128;
 
 /// Widest weights (N) whose f32 split runs the narrow kernel (`nw3_tile` in
