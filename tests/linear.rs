@@ -2098,7 +2098,9 @@ fn f32_split_shape_classes_every_tier() {
     // (and of 512, the packed k block), N not a multiple of 16 or 32, N = 64
     // and below (the narrow split kernel: one or two 32-column weight
     // blocks, 32-row grid tiles of 16-row x blocks, rows past M in the last
-    // block, one k step or many) and 65, padding, f32 bias: every tier (the
+    // block, one k step or many; weights past 1 MiB of split parts in 32-row
+    // tiles of k blocks, smaller ones in 16-row whole-K tiles) and 65,
+    // padding, f32 bias: every tier (the
     // split path runs on amx, the others run the FMA path).
     let t = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
     let shapes = [
@@ -2118,6 +2120,7 @@ fn f32_split_shape_classes_every_tier() {
         (147, 32, 600),
         (t, 16, 31),
         (161, 63, 64),
+        (t + 9, 64, 2800),
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let mut c = Case::new(m, n, k, DType::F32);
@@ -2142,6 +2145,7 @@ fn f32_split_thread_invariance() {
         (t + 5, 64, 1031),
         (300, 17, 520),
         (517, 1, 100),
+        (t + 40, 64, 3000),
     ]
     .iter()
     .enumerate()

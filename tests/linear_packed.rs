@@ -266,6 +266,7 @@ fn packed_matches_unpacked_bits() {
                     (m + 3, 17, 1100),
                     (200, 1, 31),
                     (300, 40, 2049),
+                    (m + 9, 64, 2800),
                 ]
             } else {
                 // M under AMX_F32_MIN_M: plain f32 runs the FMA GEMM on amx.

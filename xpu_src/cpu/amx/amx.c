@@ -1425,9 +1425,10 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
  *
  * A grid tile is NW3_TILE_M rows; its k blocks (NW3_KS1 steps in the first
  * pass, NW3_KS2 in the second) run over its x blocks, so a k block's
- * weight tiles are read from L1 by all x blocks but the first. C is spilled
- * between k blocks and passes (exact), so the tile shape and the thread
- * count never change the arithmetic. The vector split and the tile unit
+ * weight tiles are read from L1 by all x blocks but the first; a split
+ * weight of at most NW3_WHOLE_W instead runs 16-row tiles over the whole K
+ * (see nw3_whole). C is spilled between k blocks and passes (exact), so the
+ * tile shape and the thread count never change the arithmetic. The vector split and the tile unit
  * each take about half the time (M = 1024, K = 2048: ~0.6 ms each) and
  * overlap little, however the split is interleaved with the products (the
  * core's vector throughput drops while tiles are in use). */
@@ -1452,12 +1453,33 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
 #endif
 
 typedef struct nw3_ws {
+  int whole;                  /* 16-row tiles over the whole K (see nw3_whole) */
+  int64_t ks1, ks2, pfd;      /* k steps a block in the two passes, x blocks the prefetch runs ahead */
   int64_t abuf, stage, cpart, ctmp, total;
 } nw3_ws;
+
+/* Whether the split weight (three parts) fits NW3_WHOLE_W: then each grid
+ * tile is one 16-row x block over the whole K, its B tiles from L2, and x
+ * is read row by row (DRAM pages in order, C never spilled); larger weights
+ * run 32-row tiles in k blocks whose B tiles stay in L1. Measured (one
+ * thread, N = 64, alternated, load ~6 with other helpers' memory-bound
+ * benchmarks): K = 2048, M = 4096 5.8-6.2 -> 4.9-5.6 ms, M = 1024 1.27-1.29
+ * -> 1.17-1.24 ms, M = 256 a tie; K = 8192 (3 MiB of parts), M = 512
+ * 4.6-4.7 -> 5.9-6.2 ms, so not there. */
+#ifndef NW3_WHOLE_W
+#define NW3_WHOLE_W (1 << 20)
+#endif
+static int nw3_whole(const xk_linear_args *a) {
+  return 3 * cdiv(a->n, 32) * 32 * cdiv(a->k, 32) * 64 <= NW3_WHOLE_W;
+}
 
 static nw3_ws nw3_layout(const xk_linear_args *a) {
   nw3_ws w;
   const int64_t ks = cdiv(a->k, 32), nxb = cdiv(a->tile_m, 16);
+  w.whole = nw3_whole(a);
+  w.ks1 = w.whole && ks > 0 ? ks : NW3_KS1;
+  w.ks2 = w.whole && ks > 0 ? ks : NW3_KS2;
+  w.pfd = w.whole ? 1 : NW3_PFD;
   int64_t off = 0;
   w.abuf = off;
   off += nxb * ks * 1024;
@@ -1474,7 +1496,7 @@ static nw3_ws nw3_layout(const xk_linear_args *a) {
 static int64_t nw3_plan(xk_linear_args *a, int64_t threads) {
   (void)threads; /* tiles of NW3_TILE_M rows; the grid spreads them */
   a->bf16_pairs = AMX_NARROW;
-  a->tile_m = min64(cdiv(a->m, 16) * 16, NW3_TILE_M);
+  a->tile_m = nw3_whole(a) ? 16 : min64(cdiv(a->m, 16) * 16, NW3_TILE_M);
   a->tile_n = NW_N;
   return nw3_layout(a).total;
 }
@@ -1647,8 +1669,9 @@ XK_ALWAYS_INLINE void nw3_tile_nc(const int NC, const xk_linear_args *a, int64_t
     return;
   }
   const int spill = nxb > 1; /* one x block keeps C in its tiles throughout */
-  const int64_t nkb = cdiv(ks, NW3_KS1);
-  /* first pass: the small products, NW3_KS1 steps a block; each step's split is done during the step before */
+  const int64_t ks1 = L->ks1, ks2 = L->ks2, pfd = L->pfd;
+  const int64_t nkb = cdiv(ks, ks1);
+  /* first pass: the small products, ks1 steps a block; each step's split is done during the step before */
   nw3_job job[2];
   int cur = 0, bad = 0;
   job[0] = (nw3_job){x, a->x_stride, m0, min64(16, m1 - m0), 0, K, abuf, stage};
@@ -1656,17 +1679,17 @@ XK_ALWAYS_INLINE void nw3_tile_nc(const int NC, const xk_linear_args *a, int64_t
     nw3_fix(&job[0]);
     bad = 1;
   }
-  for (int64_t g0 = 0; g0 < ks; g0 += NW3_KS1) {
-    const int64_t g1 = min64(ks, g0 + NW3_KS1);
+  for (int64_t g0 = 0; g0 < ks; g0 += ks1) {
+    const int64_t g1 = min64(ks, g0 + ks1);
     for (int64_t xb = 0; xb < nxb; xb++) {
       float *cp = cpart + 1024 * xb;
-      /* x of the block NW3_PFD blocks on (in this pass's order, then the next tile's rows) into L2, two
+      /* x of the block pfd blocks on (in this pass's order, then the next tile's rows) into L2, two
        * lines of each of its rows a step */
-      const int64_t q = (g0 / NW3_KS1) * nxb + xb + NW3_PFD;
+      const int64_t q = (g0 / ks1) * nxb + xb + pfd;
       const int64_t pm = q < nkb * nxb ? m0 + 16 * (q % nxb) : m1 + 16 * (q - nkb * nxb);
-      const int64_t pk = q < nkb * nxb ? 32 * NW3_KS1 * (q / nxb) : 0;
+      const int64_t pk = q < nkb * nxb ? 32 * ks1 * (q / nxb) : 0;
       const char *px = (const char *)(x + min64(pm, a->m - 1) * a->x_stride + pk);
-      const int64_t prow = min64(16, a->m - pm), plines = cdiv(min64(32 * NW3_KS1, K - pk) * 4, 64);
+      const int64_t prow = min64(16, a->m - pm), plines = cdiv(min64(32 * ks1, K - pk) * 4, 64);
       if (g0 == 0) {
         _tile_zero(0);
         _tile_zero(1);
@@ -1712,8 +1735,8 @@ XK_ALWAYS_INLINE void nw3_tile_nc(const int NC, const xk_linear_args *a, int64_t
     }
   }
   /* second pass: a0 b0 over the whole K, then the epilogue */
-  for (int64_t g0 = 0; g0 < ks; g0 += NW3_KS2) {
-    const int64_t g1 = min64(ks, g0 + NW3_KS2);
+  for (int64_t g0 = 0; g0 < ks; g0 += ks2) {
+    const int64_t g1 = min64(ks, g0 + ks2);
     const int last = g1 == ks;
     for (int64_t xb = 0; xb < nxb; xb++) {
       const int64_t m = m0 + 16 * xb, rows = min64(16, m1 - m);
