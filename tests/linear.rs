@@ -2063,14 +2063,20 @@ fn f32_split_error_class() {
         eprintln!("no amx tier here: split path not run");
         return;
     }
+    // N = 80 runs the packed split GEMM, N = 64 and 17 the narrow split
+    // kernel (x split inside it).
     let m = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
-    for (i, k) in [1usize, 31, 97, 1000, 2047, 4096].into_iter().enumerate() {
-        let mut c = Case::new(m, 80, k, DType::F32);
+    for (i, (n, k)) in [80usize, 64, 17]
+        .into_iter()
+        .flat_map(|n| [1usize, 31, 97, 1000, 2047, 4096].map(|k| (n, k)))
+        .enumerate()
+    {
+        let mut c = Case::new(m, n, k, DType::F32);
         c.bias = false;
         let fma = f32_rel_err(xpu_ops::Isa::Avx512, &c, 700 + i as u64);
         let amx = f32_rel_err(xpu_ops::Isa::Amx, &c, 700 + i as u64);
         eprintln!(
-            "K={k}: max rel err fma {:.3e} amx3 {:.3e} (ratio {:.2}); mean fma {:.3e} amx3 {:.3e}",
+            "N={n} K={k}: max rel err fma {:.3e} amx3 {:.3e} (ratio {:.2}); mean fma {:.3e} amx3 {:.3e}",
             fma.0,
             amx.0,
             amx.0 / fma.0,
@@ -2079,7 +2085,7 @@ fn f32_split_error_class() {
         );
         assert!(
             amx.0 <= 4.0 * fma.0.max(2f64.powi(-24)),
-            "K={k}: split max rel err {:.3e} vs FMA {:.3e}",
+            "N={n} K={k}: split max rel err {:.3e} vs FMA {:.3e}",
             amx.0,
             fma.0
         );
@@ -2090,7 +2096,11 @@ fn f32_split_error_class() {
 fn f32_split_shape_classes_every_tier() {
     // M at and around the split path's threshold, K not a multiple of 32
     // (and of 512, the packed k block), N not a multiple of 16 or 32, N = 64
-    // (the FMA path keeps it) and 65, padding, f32 bias: every tier (the
+    // and below (the narrow split kernel: one or two 32-column weight
+    // blocks, 32-row grid tiles of 16-row x blocks, rows past M in the last
+    // block, one k step or many; weights past 1 MiB of split parts in 32-row
+    // tiles of k blocks, smaller ones in 16-row whole-K tiles) and 65,
+    // padding, f32 bias: every tier (the
     // split path runs on amx, the others run the FMA path).
     let t = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
     let shapes = [
@@ -2102,6 +2112,15 @@ fn f32_split_shape_classes_every_tier() {
         (200, 257, 97),
         (257, 100, 1055),
         (300, 64, 700),
+        (t - 1, 64, 200),
+        (t, 1, 97),
+        (t + 5, 17, 33),
+        (t + 17, 33, 1055),
+        (131, 64, 1),
+        (147, 32, 600),
+        (t, 16, 31),
+        (161, 63, 64),
+        (t + 9, 64, 2800),
     ];
     for (i, &(m, n, k)) in shapes.iter().enumerate() {
         let mut c = Case::new(m, n, k, DType::F32);
@@ -2119,9 +2138,17 @@ fn f32_split_thread_invariance() {
     // Grid tiles and x-pack blocks change with the thread count; the split
     // path's arithmetic must not (nor must the per-call weight split).
     let t = xpu_ops::ops::linear_amx::AMX_F32_MIN_M;
-    for (i, &(m, n, k)) in [(t, 600, 520), (300, 97, 1031), (700, 257, 64)]
-        .iter()
-        .enumerate()
+    for (i, &(m, n, k)) in [
+        (t, 600, 520),
+        (300, 97, 1031),
+        (700, 257, 64),
+        (t + 5, 64, 1031),
+        (300, 17, 520),
+        (517, 1, 100),
+        (t + 40, 64, 3000),
+    ]
+    .iter()
+    .enumerate()
     {
         let c = Case::new(m, n, k, DType::F32);
         let d = make_data(&c, 130 + i as u64);
@@ -2157,13 +2184,22 @@ fn f32_split_non_finite_and_extremes_every_tier() {
     // weights that are exact bf16, so their low parts are zero: inf * 0 must
     // not turn the row into NaN). A weight with inf / NaN runs the FMA path.
     // Values near FLT_MAX (bf16 rounding would overflow) split exactly.
-    let (m, n, k) = (xpu_ops::ops::linear_amx::AMX_F32_MIN_M + 3, 70, 45);
+    // N = 70 runs the packed split GEMM, 64 and 17 the narrow split kernel;
+    // the last row (alone in its x block) has an inf in its last k step.
+    for n in [70, 64, 17] {
+        non_finite_and_extremes(n);
+    }
+}
+
+fn non_finite_and_extremes(n: usize) {
+    let (m, k) = (xpu_ops::ops::linear_amx::AMX_F32_MIN_M + 3, 45);
     for_each_isa(|isa| {
         let mut x = vec![0.5f32; m * k];
         x[3] = f32::NAN; // row 0
         x[k + 40] = f32::INFINITY; // row 1
         x[2 * k + 7] = f32::NEG_INFINITY; // row 2
         x[3 * k + 1] = f32::MAX; // row 3: near FLT_MAX
+        x[(m - 1) * k + k - 1] = f32::INFINITY; // the last row
         let mut w = vec![0.25f32; n * k];
         for v in &mut w[5 * k..6 * k] {
             *v = 0.1; // row 5: not a bf16 value (non-zero low parts)
@@ -2187,9 +2223,13 @@ fn f32_split_non_finite_and_extremes_every_tier() {
                 "{isa}: FLT_MAX row col {j}: {got} vs {want}"
             );
         }
+        assert!(
+            y[(m - 1) * n..].iter().all(|&v| v == f32::INFINITY),
+            "{isa}: last row inf"
+        );
         let finite = 0.5 * 0.25 * k as f32;
         assert!(
-            (4..m).all(|i| y[i * n..(i + 1) * n]
+            (4..m - 1).all(|i| y[i * n..(i + 1) * n]
                 .iter()
                 .enumerate()
                 .all(|(j, &v)| if j == 5 {
@@ -2197,7 +2237,7 @@ fn f32_split_non_finite_and_extremes_every_tier() {
                 } else {
                     v == finite
                 })),
-            "{isa}: finite rows"
+            "{isa} N={n}: finite rows"
         );
         // inf / NaN in the weight: those columns inf / NaN, the rest exact.
         let x2 = vec![0.5f32; m * k];
@@ -2223,7 +2263,13 @@ fn f32_split_tiny_values_every_tier() {
     // Values whose low bf16 parts are denormal (TDPBF16PS reads them as
     // zero): the split path stays within the module tolerance plus the
     // documented absolute bound 2^-125 (sum|x| + sum|w|) + 6K 2^-126.
-    let (m, n, k) = (xpu_ops::ops::linear_amx::AMX_F32_MIN_M, 72, 100);
+    for n in [72, 40] {
+        tiny_values(n);
+    }
+}
+
+fn tiny_values(n: usize) {
+    let (m, k) = (xpu_ops::ops::linear_amx::AMX_F32_MIN_M, 100);
     let mut rng = Rng(77);
     for scale in [
         2f32.powi(-100),

@@ -118,8 +118,9 @@ fn check_layout(c: &Case, seed: u64, what: &str, layout: Option<PackedLayout>) {
 }
 
 /// Shapes around the packed layouts' blocks: 32-row AMX blocks and 512-k
-/// blocks, 16/32-column panels and 256-k blocks, decode M, tile boundaries.
-const SHAPES: [(usize, usize, usize); 18] = [
+/// blocks, 16/32-column panels and 256-k blocks, decode M, tile boundaries;
+/// f32 on amx with N <= 64 and M > 16 runs the narrow split kernel.
+const SHAPES: [(usize, usize, usize); 20] = [
     (0, 5, 7),
     (3, 0, 9),
     (2, 6, 0),
@@ -138,6 +139,8 @@ const SHAPES: [(usize, usize, usize); 18] = [
     (71, 541, 29),
     (100, 3, 1025),
     (130, 300, 600),
+    (17, 64, 97),
+    (50, 17, 600),
 ];
 
 const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
@@ -236,7 +239,8 @@ fn packed_vector_and_wide_n() {
 
 /// Where the packed and plain weights run the same tiled GEMM (amx bf16 and
 /// f32 panels for M > 16; the split f32 amx3 layout where plain linear
-/// splits too: M >= AMX_F32_MIN_M, N > 64), the results are bit-identical.
+/// splits too: M >= AMX_F32_MIN_M, the narrow split kernel for N <= 64),
+/// the results are bit-identical.
 #[test]
 fn packed_matches_unpacked_bits() {
     for_each_isa(|isa| {
@@ -258,6 +262,11 @@ fn packed_matches_unpacked_bits() {
                     (m + 1, 96, 1100),
                     (200, 70, 31),
                     (300, 129, 2049),
+                    (m, 64, 513),
+                    (m + 3, 17, 1100),
+                    (200, 1, 31),
+                    (300, 40, 2049),
+                    (m + 9, 64, 2800),
                 ]
             } else {
                 // M under AMX_F32_MIN_M: plain f32 runs the FMA GEMM on amx.
@@ -668,7 +677,8 @@ fn large_aligned_out() {
 /// `linear` on the amx tier with bf16 x and weight at M >= `REPACK_MIN_M`,
 /// or f32 at M >= `AMX_F32_MIN_M`, packs the weight per call in column
 /// chunks (bf16: 8 MiB of packed tiles, 992 columns at K = 4100; f32: the
-/// three-part split in 64 MiB, 2688 columns): bit-identical to
+/// three-part split in 64 MiB, 2688 columns; a ragged last chunk of at most
+/// 64 columns joins the one before): bit-identical to
 /// `linear_packed` with the same weight packed once (the same tile GEMM on
 /// the same products), and within `linear`'s tolerance of the fp64 reference
 /// on the first, middle and last rows (a strided view of them). Row strides,
@@ -681,11 +691,13 @@ fn repacked_linear_matches_packed_bits() {
     }
     let bf16_m = xpu_ops::ops::linear_packed::REPACK_MIN_M + 8;
     let f32_m = xpu_ops::ops::linear_amx::AMX_F32_MIN_M + 8;
-    // f32: 2700 columns of the three-part split at K = 4100 take two of its
-    // 64 MiB chunks (2688 columns each).
+    // f32: 2800 columns of the three-part split at K = 4100 take two of its
+    // 64 MiB chunks (2688 columns each); 2700 one (its last 12 columns join
+    // the first chunk: a chunk that narrow would run the narrow kernel).
     for (dtype, m, n, out_f32, bias) in [
         (DType::BF16, bf16_m, 1000, false, DType::BF16),
         (DType::BF16, bf16_m, 1000, true, DType::F32),
+        (DType::F32, f32_m, 2800, true, DType::F32),
         (DType::F32, f32_m, 2700, true, DType::F32),
     ] {
         let c = Case {

@@ -19,9 +19,10 @@
 //! below 2⁻¹²⁶: on those paths the bound holds plus the flushed products.
 //!
 //! f32 on the `amx` tier from [`AMX_F32_MIN_M`](crate::ops::linear_amx::AMX_F32_MIN_M)
-//! rows (N > 64) runs on the tile unit with an exact three-way bf16 split of
+//! rows runs on the tile unit with an exact three-way bf16 split of
 //! every value (see [`crate::ops::linear_amx`]; the weight is split per call
-//! in column chunks of at most 64 MiB): the same bound holds (measured
+//! in column chunks of at most 64 MiB; weights of at most 64 rows run a
+//! narrow kernel that splits x as it reads it): the same bound holds (measured
 //! max error within 1.5x of the FMA path's, see there), plus at most
 //! `2⁻¹²⁵·(Σ_k |x_k| + Σ_k |w_k|) + 6K·2⁻¹²⁶` absolute from the low parts of
 //! values below ~2⁻¹¹⁰, which the tile unit reads as zero.

@@ -36,18 +36,39 @@ pub(crate) fn takes_decode(a: &sys::xk_linear_args) -> bool {
 }
 
 /// Fewest activation rows for which an f32 × f32 [`linear`](crate::linear)
-/// runs the split AMX GEMM (see [`takes_f32`]) instead of the fp32 FMA path.
+/// runs the split AMX GEMM (see [`takes_f32`]) instead of the fp32 FMA path,
+/// any N. Narrow weights (N <= [`AMX_F32_NARROW_N`]) run their own split
+/// kernel; measured there (one thread, K = 2048, N = 64, the per-call weight
+/// split included, FMA and split alternated in one process, load ~5): M = 17
+/// 0.57x, M = 32 0.71x, M = 48 0.80x, M = 64 1.04x, M = 128 1.09-1.17x,
+/// M = 256 1.13-1.21x, M = 1024 1.21-1.28x; narrower weights at M = 128,
+/// 256, 1024: N = 1 1.19-1.22x, N = 16 1.04-1.11x, N = 32 1.01-1.05x, N = 33
+/// 1.21-1.34x (both paths are far from peak there: the split of x, not the
+/// products, is most of the time).
 pub const AMX_F32_MIN_M: usize = 128;
 
-/// Widest weights (N) that keep the FMA path for f32: the split tile GEMM
-/// packs all of x (four parts, 8 bytes an element) per call, which costs
-/// more than the GEMM itself for narrow weights (M = 1024, K = 2048, N = 64:
-/// 8.6 ms against the FMA path's 1.65 ms).
+/// Widest weights (N) whose f32 split runs the narrow kernel (`nw3_tile` in
+/// `xpu_src/cpu/amx/amx.c`): x is split into its bf16 parts inside the
+/// kernel, a 16-row block a k step at a time in registers, instead of being
+/// packed whole into four parts per call (8 bytes an element, read back six
+/// times), which for a narrow weight costs more than the GEMM itself
+/// (M = 1024, K = 2048, N = 64: 8.6 ms against the FMA path's 1.6 ms).
 pub const AMX_F32_NARROW_N: usize = 64;
+
+/// Whether a split f32 GEMM (`w_kind` `XK_WEIGHT_PACKED_AMX3`, `M > 16`)
+/// runs the narrow kernel, which reads x as it is: no packed x (`xp`) is
+/// needed. Mirrors `pk_plan` in amx.c.
+pub(crate) fn split_narrow(a: &sys::xk_linear_args) -> bool {
+    a.w_kind == sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32
+        && a.n as usize <= AMX_F32_NARROW_N
+        && a.m as usize > crate::ops::linear::DECODE_MAX_M
+}
 
 /// Whether this validated f32 linear runs on the tile unit with the bf16x3
 /// split (`XK_WEIGHT_PACKED_AMX3`, `xpu_src/cpu/amx/amx.c`): amx tier, f32
-/// x and dense f32 weight with no permutation, `M >= AMX_F32_MIN_M`, `K > 0`.
+/// x and dense f32 weight with no permutation, `M >= AMX_F32_MIN_M`, `K > 0`
+/// (any N: N <= [`AMX_F32_NARROW_N`] runs the narrow kernel, see
+/// [`split_narrow`]).
 ///
 /// Numerics: each f32 value is split exactly into three bf16 parts and the
 /// six products of parts whose orders sum to at most 2 accumulate in fp32
@@ -68,7 +89,6 @@ pub const AMX_F32_NARROW_N: usize = 64;
 pub(crate) fn takes_f32(a: &sys::xk_linear_args) -> bool {
     active_isa() == Isa::Amx
         && a.m as usize >= AMX_F32_MIN_M
-        && a.n as usize > AMX_F32_NARROW_N
         && a.k > 0
         && a.x_dtype == DType::F32.xk()
         && a.w_dtype == DType::F32.xk()

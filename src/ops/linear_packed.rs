@@ -14,9 +14,10 @@
 //!   the weight split exactly as w = b0 + b1 + b2, each part in the bf16
 //!   tile layout: 6 bytes an element, 1.5x the f32 weight (N and K padded
 //!   to 32). Every `M` runs the split tile GEMM (x split into four parts as
-//!   it is packed per call; numerics in [`crate::ops::linear_amx`]); results
+//!   it is packed per call, or, for N <= 64, split inside the narrow
+//!   kernel as it is read; numerics in [`crate::ops::linear_amx`]); results
 //!   are bit-identical to the unpacked f32 linear where that splits too
-//!   (`M >= AMX_F32_MIN_M`, N > 64). A weight with inf or NaN is packed
+//!   (`M >= AMX_F32_MIN_M`). A weight with inf or NaN is packed
 //!   plain instead (the FMA path). Decode rows (`M <= 16`) rebuild each
 //!   weight exactly in f32 from its parts and run the FMA arithmetic
 //!   (`pk3_gemv`): they read 1.5x the f32 bytes, no plain copy being kept
@@ -424,7 +425,7 @@ fn run_tiled(args: sys::xk_linear_args, amx: bool) {
     // The split f32 layout's decode rows read x as it is (pk3_gemv in amx.c).
     let split_decode = args.w_kind == sys::xk_weight_kind_XK_WEIGHT_PACKED_AMX3 as i32
         && m <= crate::ops::linear::DECODE_MAX_M;
-    if amx && k > 0 && !split_decode {
+    if amx && k > 0 && !split_decode && !crate::ops::linear_amx::split_narrow(&args) {
         return with_packed_x(args, gemm_tiles);
     }
     gemm_tiles(args);
@@ -546,16 +547,25 @@ pub(crate) fn run_repacked(mut args: sys::xk_linear_args) -> bool {
         (kind, kpad * 2, REPACK_CHUNK_BYTES)
     };
     let cols = ((chunk_bytes / col_bytes) / 32 * 32).max(32);
-    let wbytes = cols.min(n.div_ceil(32) * 32) * col_bytes;
+    // A last chunk of at most 64 columns joins the one before: a chunk that
+    // narrow would run the narrow split kernel (`split_narrow`), whose
+    // arithmetic differs in the last bit from the packed weight's GEMM.
+    let narrow = crate::ops::linear_amx::AMX_F32_NARROW_N;
+    let wbytes = (cols + narrow).min(n.div_ceil(32) * 32) * col_bytes;
     let f32_bytes = |dtype: i32| if dtype == DType::F32.xk() { 4 } else { 2 };
     let (out_es, bias_es) = (f32_bytes(args.out_dtype), f32_bytes(args.bias_dtype));
     let w_es = if split { 4 } else { 2 };
     // pack_x reads the weight kind to know how many parts of x to pack.
     args.w_kind = kind as i32;
-    with_packed_x(args, |args| {
+    let body = |args: sys::xk_linear_args| {
         with_thread_buffer(&PACKED_W, wbytes, |wp| {
-            for n0 in (0..n).step_by(cols) {
-                let nc = cols.min(n - n0);
+            let mut n0 = 0;
+            while n0 < n {
+                let nc = if n - n0 <= cols + narrow {
+                    n - n0
+                } else {
+                    cols
+                };
                 let mut pa = pack_args(nc, k, if split { DType::F32 } else { DType::BF16 });
                 // SAFETY (pointer offsets): row n0 and bias/out column n0
                 // exist in the validated tensors.
@@ -594,8 +604,15 @@ pub(crate) fn run_repacked(mut args: sys::xk_linear_args) -> bool {
                     c.bias = unsafe { args.bias.cast::<u8>().add(n0 * bias_es) }.cast();
                 }
                 gemm_tiles(c);
+                n0 += nc;
             }
             true
         })
-    })
+    };
+    if crate::ops::linear_amx::split_narrow(&args) {
+        // The narrow split kernel splits x itself: nothing to pack.
+        body(args)
+    } else {
+        with_packed_x(args, body)
+    }
 }

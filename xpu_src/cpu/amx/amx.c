@@ -809,6 +809,7 @@ static void pk_epilogue(const xk_linear_args *a, const float *ct, int64_t n, int
 
 /* ---- fp32 on the tile unit (XK_WEIGHT_PACKED_AMX3) ----------------------------
  *
+ * (N <= NW_N with M > 16: nw3_tile below, x split inside the kernel.)
  * An f32 x and weight, each split exactly into three bf16 parts, a = a0 + a1
  * + a2 and b = b0 + b1 + b2 (split3): a0 = a rounded to nearest even, a1 =
  * a - a0 rounded to nearest even, a2 = the rest, which fits a bf16's 8 bits.
@@ -1242,7 +1243,10 @@ static void pk_tile(const xk_linear_args *a, int64_t t, char *base, const pk_ws 
 #undef pk_steps
 }
 
+static int64_t nw3_plan(xk_linear_args *a, int64_t threads);
+
 static int64_t pk_plan(xk_linear_args *a, int64_t threads) {
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX3 && a->n <= NW_N && a->m > 16) return nw3_plan(a, threads);
   a->bf16_pairs = AMX_PAIRS;
   plan_tiles(a, threads, 32); /* packed weights come in 32-row blocks */
   return pk_layout(a).total;
@@ -1393,9 +1397,386 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
   if (pending >= 0) nw_epilogue(a, ctmp + 1024 * (pending & 1), pend_m, min64(16, m1 - pend_m), nt);
 }
 
+/* ---- narrow split f32 weights (XK_WEIGHT_PACKED_AMX3, N <= NW_N, M > 16) ------------
+ *
+ * The split GEMM of pk_tile packs all of x per call, four bf16 parts (8
+ * bytes an element, twice x's f32 bytes) read back by six segments: for a
+ * weight of at most 64 columns that packing, not the tile unit, is the time
+ * (M = 1024, K = 2048, N = 64: 8.6 ms against the FMA path's 1.6 ms). Here
+ * x is split where it is used instead: C = x . W^T itself, 16 x rows a
+ * block, C in tiles 0-3 (16 rows x 64 columns; 0-1 for N <= 32). Per k step
+ * the block's 16 x 32 f32 are split in registers into row-major A tiles in
+ * L1 (VCVTNE2PS2BF16 rounds to nearest even as split32 does, but reads
+ * denormals as zero: a part below 2^-126 is then zero where split32 keeps
+ * bf16-denormal bits, which TDPBF16PS reads as zero anyway, and an x value
+ * below 2^-126 is dropped, within the absolute bound documented there), a0
+ * kept in a per-tile buffer, and
+ * the five small products (a0z b2, a0z b1, a1 b1, a1 b0, a2 b0) are issued
+ * against the three weight parts' B tiles straight from the packed weight;
+ * after the whole K the main product a0 b0 runs over the whole K from that
+ * buffer. So every output sums the five small products over the whole K
+ * first and a0 b0 last, as pk_tile does (the five small ones here in k
+ * order, five a step, where pk_tile runs them segment by segment: the same
+ * terms, below ~2^-7 |y| together, rounded in another order, so results
+ * match pk_tile's to about 2^-31 |y|, not bit for bit; the error figures of
+ * src/ops/linear_amx.rs hold). Inf/NaN in x, and values whose rounding to
+ * bf16 overflows, are split by split32 itself (a0z zeroed lanes), so the
+ * result class is the FMA path's.
+ *
+ * A grid tile is NW3_TILE_M rows; its k blocks (NW3_KS1 steps in the first
+ * pass, NW3_KS2 in the second) run over its x blocks, so a k block's
+ * weight tiles are read from L1 by all x blocks but the first; a split
+ * weight of at most NW3_WHOLE_W instead runs 16-row tiles over the whole K
+ * (see nw3_whole). C is spilled between k blocks and passes (exact), so the
+ * tile shape and the thread count never change the arithmetic. The vector split and the tile unit
+ * each take about half the time (M = 1024, K = 2048: ~0.6 ms each) and
+ * overlap little, however the split is interleaved with the products (the
+ * core's vector throughput drops while tiles are in use). */
+
+#ifndef NW3_TILE_M
+#define NW3_TILE_M 32
+#endif
+#ifndef NW3_KS1
+#define NW3_KS1 2
+#endif
+#ifndef NW3_KS2
+#define NW3_KS2 8
+#endif
+#ifndef NW3_WIDEN
+#define NW3_WIDEN 1
+#endif
+#ifndef NW3_BADSUM
+#define NW3_BADSUM 1
+#endif
+#ifndef NW3_PFD
+#define NW3_PFD 4 /* x blocks ahead that the x prefetch runs */
+#endif
+
+typedef struct nw3_ws {
+  int whole;                  /* 16-row tiles over the whole K (see nw3_whole) */
+  int64_t ks1, ks2, pfd;      /* k steps a block in the two passes, x blocks the prefetch runs ahead */
+  int64_t abuf, stage, cpart, ctmp, total;
+} nw3_ws;
+
+/* Whether the split weight (three parts) fits NW3_WHOLE_W: then each grid
+ * tile is one 16-row x block over the whole K, its B tiles from L2, and x
+ * is read row by row (DRAM pages in order, C never spilled); larger weights
+ * run 32-row tiles in k blocks whose B tiles stay in L1. Measured (one
+ * thread, N = 64, alternated, load ~6 with other helpers' memory-bound
+ * benchmarks): K = 2048, M = 4096 5.8-6.2 -> 4.9-5.6 ms, M = 1024 1.27-1.29
+ * -> 1.17-1.24 ms, M = 256 a tie; K = 8192 (3 MiB of parts), M = 512
+ * 4.6-4.7 -> 5.9-6.2 ms, so not there. */
+#ifndef NW3_WHOLE_W
+#define NW3_WHOLE_W (1 << 20)
+#endif
+static int nw3_whole(const xk_linear_args *a) {
+  return 3 * cdiv(a->n, 32) * 32 * cdiv(a->k, 32) * 64 <= NW3_WHOLE_W;
+}
+
+static nw3_ws nw3_layout(const xk_linear_args *a) {
+  nw3_ws w;
+  const int64_t ks = cdiv(a->k, 32), nxb = cdiv(a->tile_m, 16);
+  w.whole = nw3_whole(a);
+  w.ks1 = w.whole && ks > 0 ? ks : NW3_KS1;
+  w.ks2 = w.whole && ks > 0 ? ks : NW3_KS2;
+  w.pfd = w.whole ? 1 : NW3_PFD;
+  int64_t off = 0;
+  w.abuf = off;
+  off += nxb * ks * 1024;
+  w.stage = off;
+  off += 2 * 3 * 1024;
+  w.ctmp = off;
+  off += 4096;
+  w.cpart = off;
+  off += nxb * 4096;
+  w.total = off + 64;
+  return w;
+}
+
+static int64_t nw3_plan(xk_linear_args *a, int64_t threads) {
+  (void)threads; /* tiles of NW3_TILE_M rows; the grid spreads them */
+  a->bf16_pairs = AMX_NARROW;
+  a->tile_m = nw3_whole(a) ? 16 : min64(cdiv(a->m, 16) * 16, NW3_TILE_M);
+  a->tile_n = NW_N;
+  return nw3_layout(a).total;
+}
+
+/* One x block's k step to split: rows [m, m + rows) (rows past them zero),
+ * k [k, k + 32) (past K zero); a0 to a0t, a0z / a1 / a2 to st[0..2] (1 KiB
+ * row-major A tiles each). */
+typedef struct nw3_job {
+  const float *x;
+  int64_t xs, m, rows, k, K;
+  uint16_t *a0t, *st;
+} nw3_job;
+
+/* Rows [r0, r1) of job j split as split32 does, except that a0z is not
+ * written (a0z = a0 unless a lane is non-finite or its rounding to bf16
+ * overflows: then the returned mask is nonzero and nw3_fix reruns the
+ * block with split32). */
+XK_ALWAYS_INLINE __mmask16 nw3_split_rows(const nw3_job *j, int r0, int r1) {
+  const __mmask32 km = kmask(j->K - j->k);
+  const __mmask16 k0 = (__mmask16)km, k1 = (__mmask16)(km >> 16);
+  __mmask16 bad = 0;
+#if NW3_WIDEN
+  /* word i of P into the high half of dword i (ilo: i < 16, ihi: i >= 16), the low halves zeroed by the mask */
+  const __m512i ilo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 0,
+                                       2, 0, 1, 0, 0, 0);
+  const __m512i ihi = _mm512_add_epi16(ilo, _mm512_set1_epi32(16 << 16));
+#endif
+#if NW3_BADSUM
+  __m512 qs = _mm512_setzero_ps();
+#endif
+  for (int r = r0; r < r1; r++) {
+    uint16_t *o0 = j->a0t + 32 * r, *o1 = j->st + 512 + 32 * r, *o2 = j->st + 1024 + 32 * r;
+    if (r < j->rows) {
+      const float *p = j->x + (j->m + r) * j->xs + j->k;
+      const __m512 v0 = _mm512_maskz_loadu_ps(k0, p), v1 = _mm512_maskz_loadu_ps(k1, p + 16);
+      const __m512i P = (__m512i)_mm512_cvtne2ps_pbh(v1, v0);
+#if NW3_WIDEN == 0
+      const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(P)), 16));
+      const __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(P, 1)), 16));
+#else
+      const __m512 h0 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ilo, P));
+      const __m512 h1 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ihi, P));
+#endif
+      const __m512 q0 = _mm512_sub_ps(v0, h0), q1 = _mm512_sub_ps(v1, h1);
+#if NW3_BADSUM
+      qs = _mm512_add_ps(qs, _mm512_add_ps(q0, q1));
+#else
+      bad |= _mm512_fpclass_ps_mask(q0, 0x99) | _mm512_fpclass_ps_mask(q1, 0x99); /* NaN or inf */
+#endif
+      const __m512i Q = (__m512i)_mm512_cvtne2ps_pbh(q1, q0);
+#if NW3_WIDEN == 0
+      const __m512 g0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(Q)), 16));
+      const __m512 g1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(Q, 1)), 16));
+#else
+      const __m512 g0 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ilo, Q));
+      const __m512 g1 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ihi, Q));
+#endif
+      _mm512_storeu_si512(o0, P);
+      _mm512_storeu_si512(o1, Q);
+      _mm512_storeu_si512(o2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(q1, g1), _mm512_sub_ps(q0, g0)));
+    } else {
+      const __m512i z = _mm512_setzero_si512();
+      _mm512_storeu_si512(o0, z);
+      _mm512_storeu_si512(o1, z);
+      _mm512_storeu_si512(o2, z);
+    }
+  }
+#if NW3_BADSUM
+  bad = _mm512_fpclass_ps_mask(qs, 0x99); /* inf - inf, NaN - x, finite - inf (overflowed rounding) */
+#endif
+  return bad;
+}
+
+/* Job j split by split32 itself (a non-finite or overflowing lane), a0z to st[0]. */
+static void nw3_fix(const nw3_job *j) {
+  for (int64_t r = 0; r < 16; r++) {
+    __m512i v[4];
+    if (r < j->rows)
+      split32(j->x + (j->m + r) * j->xs + j->k, j->K - j->k, v);
+    else
+      v[0] = v[1] = v[2] = v[3] = _mm512_setzero_si512();
+    _mm512_storeu_si512(j->a0t + 32 * r, v[0]);
+    for (int p = 0; p < 3; p++) _mm512_storeu_si512(j->st + 512 * p + 32 * r, v[p + 1]);
+  }
+}
+
+/* C tiles 0..3 += A (tile 4, loaded from a) . B column tiles of one
+ * weight part at wp (tile j at wp + (j / 2) * nbs + (j % 2) * 1024), B in
+ * tiles 5-7 in turn; NW3_B2: tiles 0-1. */
+#define NW3_B4(wp, nbs)                         \
+  do {                                          \
+    _tile_loadd(5, (wp), 64);                   \
+    _tile_dpbf16ps(0, 4, 5);                    \
+    _tile_loadd(6, (wp) + 1024, 64);            \
+    _tile_dpbf16ps(1, 4, 6);                    \
+    _tile_loadd(7, (wp) + (nbs), 64);           \
+    _tile_dpbf16ps(2, 4, 7);                    \
+    _tile_loadd(5, (wp) + (nbs) + 1024, 64);    \
+    _tile_dpbf16ps(3, 4, 5);                    \
+  } while (0)
+#define NW3_B2(wp)                              \
+  do {                                          \
+    _tile_loadd(5, (wp), 64);                   \
+    _tile_dpbf16ps(0, 4, 5);                    \
+    _tile_loadd(6, (wp) + 1024, 64);            \
+    _tile_dpbf16ps(1, 4, 6);                    \
+  } while (0)
+#define NW3_BP(NC, wp, nbs) \
+  do {                      \
+    if ((NC) == 4)          \
+      NW3_B4(wp, nbs);      \
+    else                    \
+      NW3_B2(wp);           \
+  } while (0)
+
+/* The small products of one k step, (a0z; b2, b1), (a1; b1, b0), (a2; b0),
+ * with the next step's split (job nj, when not NULL) issued between them
+ * four rows at a time, so the vector work runs while the tile unit works
+ * (split first and products after measured ~1.5x slower: the next step's
+ * tile loads wait for the split's stores to retire, behind the products).
+ * Returns the next split's non-finite mask. */
+XK_ALWAYS_INLINE __mmask16 nw3_small(const int NC, const char *a0z, const char *a1, const char *a2, const char *w0,
+                                     const char *w1, const char *w2, int64_t nbs, const nw3_job *nj) {
+  __mmask16 bad = 0;
+  _tile_loadd(4, a0z, 64);
+  NW3_BP(NC, w2, nbs);
+  if (nj) bad |= nw3_split_rows(nj, 0, 4);
+  NW3_BP(NC, w1, nbs);
+  if (nj) bad |= nw3_split_rows(nj, 4, 8);
+  _tile_loadd(4, a1, 64);
+  NW3_BP(NC, w1, nbs);
+  if (nj) bad |= nw3_split_rows(nj, 8, 12);
+  NW3_BP(NC, w0, nbs);
+  if (nj) bad |= nw3_split_rows(nj, 12, 16);
+  _tile_loadd(4, a2, 64);
+  NW3_BP(NC, w0, nbs);
+  return bad;
+}
+
+XK_ALWAYS_INLINE void nw3_c_load(const int NC, const float *cp) {
+  _tile_loadd(0, cp, 64);
+  _tile_loadd(1, cp + 256, 64);
+  if (NC == 4) {
+    _tile_loadd(2, cp + 512, 64);
+    _tile_loadd(3, cp + 768, 64);
+  }
+}
+
+XK_ALWAYS_INLINE void nw3_c_store(const int NC, float *cp) {
+  _tile_stored(0, cp, 64);
+  _tile_stored(1, cp + 256, 64);
+  if (NC == 4) {
+    _tile_stored(2, cp + 512, 64);
+    _tile_stored(3, cp + 768, 64);
+  }
+}
+
+XK_ALWAYS_INLINE void nw3_tile_nc(const int NC, const xk_linear_args *a, int64_t t, char *base, const nw3_ws *L) {
+  const int64_t m0 = t * a->tile_m, m1 = min64(a->m, m0 + a->tile_m);
+  const int64_t K = a->k, ks = cdiv(K, 32), np = cdiv(a->n, 32), part = np * ks * 2048; /* bytes per part */
+  const int64_t nxb = cdiv(m1 - m0, 16);
+  uint16_t *abuf = (uint16_t *)(base + L->abuf), *stage = (uint16_t *)(base + L->stage);
+  float *cpart = (float *)(base + L->cpart), *ctmp = (float *)(base + L->ctmp);
+  const float *x = (const float *)a->x;
+  const char *W = (const char *)a->w;
+  const int nt = out_nt(a);
+  if (ks == 0) { /* K = 0: out = bias */
+    memset(ctmp, 0, 4096);
+    for (int64_t m = m0; m < m1; m += 16) nw_epilogue(a, ctmp, m, min64(16, m1 - m), 0);
+    return;
+  }
+  const int spill = nxb > 1; /* one x block keeps C in its tiles throughout */
+  const int64_t ks1 = L->ks1, ks2 = L->ks2, pfd = L->pfd;
+  const int64_t nkb = cdiv(ks, ks1);
+  /* first pass: the small products, ks1 steps a block; each step's split is done during the step before */
+  nw3_job job[2];
+  int cur = 0, bad = 0;
+  job[0] = (nw3_job){x, a->x_stride, m0, min64(16, m1 - m0), 0, K, abuf, stage};
+  if (nw3_split_rows(&job[0], 0, 16)) {
+    nw3_fix(&job[0]);
+    bad = 1;
+  }
+  for (int64_t g0 = 0; g0 < ks; g0 += ks1) {
+    const int64_t g1 = min64(ks, g0 + ks1);
+    for (int64_t xb = 0; xb < nxb; xb++) {
+      float *cp = cpart + 1024 * xb;
+      /* x of the block pfd blocks on (in this pass's order, then the next tile's rows) into L2, two
+       * lines of each of its rows a step */
+      const int64_t q = (g0 / ks1) * nxb + xb + pfd;
+      const int64_t pm = q < nkb * nxb ? m0 + 16 * (q % nxb) : m1 + 16 * (q - nkb * nxb);
+      const int64_t pk = q < nkb * nxb ? 32 * ks1 * (q / nxb) : 0;
+      const char *px = (const char *)(x + min64(pm, a->m - 1) * a->x_stride + pk);
+      const int64_t prow = min64(16, a->m - pm), plines = cdiv(min64(32 * ks1, K - pk) * 4, 64);
+      if (g0 == 0) {
+        _tile_zero(0);
+        _tile_zero(1);
+        if (NC == 4) {
+          _tile_zero(2);
+          _tile_zero(3);
+        }
+      } else if (spill) {
+        nw3_c_load(NC, cp);
+      }
+      for (int64_t g = g0; g < g1; g++) {
+        for (int64_t l = 2 * (g - g0); l < 2 * (g - g0) + 2 && l < plines; l++)
+          for (int64_t r = 0; r < prow; r++) _mm_prefetch(px + r * a->x_stride * 4 + 64 * l, _MM_HINT_T1);
+        /* the next step in this pass's order: the next k step of the block, the next x block, the next k block */
+        int64_t nxb_ = xb, ng = g + 1;
+        if (ng == g1) {
+          ng = g0;
+          if (++nxb_ == nxb) {
+            nxb_ = 0;
+            ng = g1;
+          }
+        }
+        nw3_job *nj = NULL;
+        if (ng < ks) {
+          const int64_t m = m0 + 16 * nxb_;
+          nj = &job[cur ^ 1];
+          *nj = (nw3_job){x, a->x_stride, m, min64(16, m1 - m), 32 * ng, K, abuf + 512 * (nxb_ * ks + ng),
+                          stage + 1536 * (cur ^ 1)};
+        }
+        const nw3_job *cj = &job[cur];
+        const int64_t kb = g / PK_KCS, s = g % PK_KCS, sts = pk_steps(K, kb);
+        const char *w0 = W + 2048 * (kb * PK_KCS * np + s);
+        const __mmask16 nbad = nw3_small(NC, (const char *)(bad ? cj->st : cj->a0t), (const char *)(cj->st + 512),
+                                         (const char *)(cj->st + 1024), w0, w0 + part, w0 + 2 * part, 2048 * sts, nj);
+        bad = 0;
+        if (nbad) {
+          nw3_fix(nj);
+          bad = 1;
+        }
+        cur ^= 1;
+      }
+      if (spill) nw3_c_store(NC, cp);
+    }
+  }
+  /* second pass: a0 b0 over the whole K, then the epilogue */
+  for (int64_t g0 = 0; g0 < ks; g0 += ks2) {
+    const int64_t g1 = min64(ks, g0 + ks2);
+    const int last = g1 == ks;
+    for (int64_t xb = 0; xb < nxb; xb++) {
+      const int64_t m = m0 + 16 * xb, rows = min64(16, m1 - m);
+      float *cp = cpart + 1024 * xb;
+      if (spill) nw3_c_load(NC, cp);
+      for (int64_t g = g0; g < g1; g++) {
+        const int64_t kb = g / PK_KCS, s = g % PK_KCS, sts = pk_steps(K, kb);
+        const char *w0 = W + 2048 * (kb * PK_KCS * np + s);
+        _tile_loadd(4, abuf + 512 * (xb * ks + g), 64);
+        NW3_BP(NC, w0, 2048 * sts);
+      }
+      if (last) {
+        nw3_c_store(NC, ctmp);
+        nw_epilogue(a, ctmp, m, rows, nt);
+      } else if (spill) {
+        nw3_c_store(NC, cp);
+      }
+    }
+  }
+}
+
+static void nw3_tile(const xk_linear_args *a, int64_t t, char *base, const nw3_ws *L) {
+  if (a->n > 32)
+    nw3_tile_nc(4, a, t, base, L);
+  else
+    nw3_tile_nc(2, a, t, base, L);
+}
+
 void xk_linear_gemm_amx(const xk_linear_args *a, int64_t tile_begin, int64_t tile_end, void *workspace) {
   if (a->w_kind == XK_WEIGHT_PACKED_AMX3 && a->m <= 16) { /* decode: no tiles, see pk3_gemv */
     for (int64_t t = tile_begin; t < tile_end; t++) pk3_gemv(a, t * a->tile_n, min64(a->n, (t + 1) * a->tile_n));
+    return;
+  }
+  if (a->w_kind == XK_WEIGHT_PACKED_AMX3 && a->bf16_pairs == AMX_NARROW) { /* see nw3_tile */
+    const nw3_ws L = nw3_layout(a);
+    char *base = (char *)(((uintptr_t)workspace + 63) & ~(uintptr_t)63);
+    xk_amx_config_16x64();
+    for (int64_t t = tile_begin; t < tile_end; t++) nw3_tile(a, t, base, &L);
+    _tile_release();
+    _mm_sfence();
     return;
   }
   if (a->w_kind == XK_WEIGHT_PACKED_AMX || a->w_kind == XK_WEIGHT_PACKED_AMX3) {
