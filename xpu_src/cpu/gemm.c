@@ -490,9 +490,10 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  *    T1 prefetch two super-tiles on, and scale/zero lines one super-tile
  *    ahead: cold medians equal or 1-7% slower (NTA 2x slower).
  */
-#define Q4_SB 2048                /* codes per scale chunk (multiple of 128) */
+#define Q4_SB 4096                /* codes per scale chunk (multiple of 128) */
 #define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 64), room for whole 16-lane stores */
 #define Q4_MAXR 4                 /* row tiles per super-tile at most */
+#define Q4_NBMAX 8                /* weight rows per tile at most (M = 1, groups of 128 k or more) */
 enum { Q4_GANY = 0, Q4_G32 = 1, Q4_G64 = 2, Q4_G128 = 3 };
 
 /* Weight rows n0 + j * rs (j < NB) against activation rows m0 .. m0 + MT - 1 over
@@ -503,10 +504,10 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
   const int64_t G = a->group_size;
   const int has_z = a->zeros != NULL;
   const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  vf acc[2][4], lut[4];
-  __m512i d[4];
+  vf acc[2][Q4_NBMAX], lut[Q4_NBMAX];
+  __m512i d[Q4_NBMAX];
   const float *xr[2];
-  const uint8_t *wr[4];
+  const uint8_t *wr[Q4_NBMAX];
   for (int i = 0; i < MT; i++) {
     xr[i] = a->xf + (m0 + i) * a->xf_stride;
     for (int j = 0; j < NB; j++) acc[i][j] = first ? vf_zero() : vf_load(accbuf + ((m0 + i) * ns + slot + j) * VL);
@@ -514,14 +515,14 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
   for (int j = 0; j < NB; j++) wr[j] = (const uint8_t *)a->w + (n0 + j * rs) * a->w_stride;
   /* The same line of the same rows one super-tile (4 rs rows) on: measured
    * best (a shorter distance lands in rows this tile is reading). */
-  const int64_t pf = 4 * rs * a->w_stride;
+  const int64_t pf = (NB > 4 ? NB : 4) * rs * a->w_stride;
   /* Per group of the scale chunk: s and -z * s (exact for f16/bf16 scales). */
-  float sb[4][Q4_SMAX] __attribute__((aligned(64))), zb[4][Q4_SMAX] __attribute__((aligned(64)));
+  float sb[Q4_NBMAX][Q4_SMAX] __attribute__((aligned(64))), zb[Q4_NBMAX][Q4_SMAX] __attribute__((aligned(64)));
   const int64_t ss = xk_dtype_size(a->sz_dtype);
 
 #define Q4_STEP(I)                                                                           \
   {                                                                                          \
-    vf w_[4];                                                                                \
+    vf w_[Q4_NBMAX];                                                                             \
     for (int j = 0; j < NB; j++)                                                             \
       w_[j] = _mm512_permutexvar_ps((I) ? _mm512_srli_epi32(d[j], 4 * (I)) : d[j], lut[j]);  \
     for (int i = 0; i < MT; i++) {                                                           \
@@ -617,6 +618,7 @@ Q4_FNS(0)
 Q4_FNS(1)
 Q4_FNS(2)
 Q4_FNS(3)
+Q4_FN(1, 8, 3)
 typedef void (*q4_tile_fn)(const xk_linear_args *, int64_t, int64_t, int64_t, int64_t, int64_t, float *, int64_t,
                            int64_t, int);
 #define Q4_ROW(GK) {q4_tile_1_1_##GK, q4_tile_1_4_##GK, q4_tile_2_1_##GK, q4_tile_2_4_##GK}
@@ -635,12 +637,14 @@ static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int64_t kch = M <= 2 ? (K > 0 ? K : 1) : GV_KCH;
   int64_t R = a->w_stride <= 0 || a->w_stride >= 4096 ? 1 : 4096 / a->w_stride;
   if (R > Q4_MAXR) R = Q4_MAXR;
-  const int64_t ns = 4 * Q4_MAXR;
+  const int tw = M == 1 && gk == Q4_G128 ? 8 : 4; /* rows per tile of a full super-tile */
+  const int64_t ns = tw * Q4_MAXR;
   float accbuf[GV_MAXM * 4 * Q4_MAXR * VL] __attribute__((aligned(64)));
   for (int64_t n0 = n_begin; n0 < n_end;) {
-    /* A super-tile of 4R rows, else a tile of 4, else one row (the block's end). */
+    /* A super-tile of tw R rows, else of 4R rows, else a tile of 4, else one row (the block's end). */
     const int64_t left = n_end - n0;
-    const int64_t rt = left >= 4 * R ? R : 1, rows = left >= 4 ? 4 * rt : 1;
+    const int w = left >= tw * R ? tw : left >= 4 ? 4 : 1;
+    const int64_t rt = w > 1 && left >= w * R ? R : 1, rows = w * rt;
     if (K == 0) memset(accbuf, 0, sizeof accbuf);
     for (int64_t k0 = 0; k0 < K; k0 += kch) {
       const int64_t k1 = min64(K, k0 + kch);
@@ -650,14 +654,14 @@ static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
           q4_tiles[gk][(mt - 1) * 2](a, m0, n0, 1, k0, k1, accbuf, ns, 0, k0 == 0);
           continue;
         }
-        for (int64_t r = 0; r < rt; r++)
-          q4_tiles[gk][(mt - 1) * 2 + 1](a, m0, n0 + r, rt, k0, k1, accbuf, ns, 4 * r, k0 == 0);
+        const q4_tile_fn f = w == 8 ? q4_tile_1_8_3 : q4_tiles[gk][(mt - 1) * 2 + 1];
+        for (int64_t r = 0; r < rt; r++) f(a, m0, n0 + r, rt, k0, k1, accbuf, ns, w * r, k0 == 0);
       }
     }
-    /* Slot 4r + j holds row n0 + r + j rt. */
+    /* Slot w r + j holds row n0 + r + j rt. */
     for (int64_t m = 0; m < M; m++)
       for (int64_t t = 0; t < rows; t++) {
-        const int64_t slot = 4 * (t % rt) + t / rt;
+        const int64_t slot = w * (t % rt) + t / rt;
         store_out(a, m, n0 + t, vf_hsum(vf_load(accbuf + (m * ns + slot) * VL)));
       }
     n0 += rows;
