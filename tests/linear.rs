@@ -582,7 +582,7 @@ fn check_q(c: &QCase, seed: u64, what: &str) {
 #[test]
 fn wna16_parity_every_tier() {
     // (m, n, k, bits, group)
-    let shapes: [(usize, usize, usize, u32, usize); 14] = [
+    let shapes: [(usize, usize, usize, u32, usize); 16] = [
         (1, 13, 128, 4, 32),
         (1, 37, 416, 4, 32),
         (3, 8, 256, 4, 64),
@@ -597,6 +597,9 @@ fn wna16_parity_every_tier() {
         (33, 64, 192, 8, 64),
         (0, 5, 64, 4, 32),
         (3, 0, 64, 8, 0),
+        // int8 at M = 1: 8-row tiles in super-tiles of 8R rows (R = 4, 1), then the tails
+        (1, 41, 1000, 8, 0),
+        (1, 21, 4160, 8, 64),
     ];
     for_each_isa(|isa| {
         for (si, &(m, n, k, bits, group)) in shapes.iter().enumerate() {
