@@ -12,7 +12,9 @@
  *    that linear_prep writes (it applies `perm` too).
  *    Int4 codes on AVX-512 run q4_gemv instead: three vector ops per 16
  *    codes and row (shift, vpermps from a per-group table of weights, FMA),
- *    with the tile's rows in different 4 KiB pages.
+ *    with the tile's rows in different 4 KiB pages. At M = 1 on AVX-512,
+ *    int8 and int4 with groups of a multiple of 128 read 8 weight rows at
+ *    once (8 row streams in 8 pages) instead of 4.
  *
  *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
  *    x tile_n columns of the output. For each K block the tile packs its
@@ -489,9 +491,30 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  *  - code prefetch 2 super-tiles ahead, half a super-tile, NTA, a second
  *    T1 prefetch two super-tiles on, and scale/zero lines one super-tile
  *    ahead: cold medians equal or 1-7% slower (NTA 2x slower).
+ * Session 10 (same kind of harness, 1 GiB cold, load 4-7, and a pattern
+ * model: the same decode without scales over other row orders):
+ *  - kept: 8-row tiles at M = 1 for G % 128 == 0 (2-5% faster cold; for
+ *    G = 32/64 4-8% slower, so those stay 4 wide) and one scale chunk per
+ *    4096 codes (+2-3% warm).
+ *  - where the time goes (K = 4096, N = 2048 g128): pure loads in this
+ *    order 258 us, with the decode 290-300 us, the full kernel ~320-335 us,
+ *    8-stream probe 248 us. The decode's 23 vector ops per 128 codes and
+ *    row sit at the p0/p5 bound (vpermps and shifts one a cycle, FMA two);
+ *    scales and their tables are ~12% of the warm time (g128, 24% at g32).
+ *  - even nibbles by loads at byte offsets 1..3 instead of shifts (20 ops
+ *    instead of 23): the split (or masked) loads make it 15% slower warm.
+ *  - instruction rates measured here: vdpbf16ps one per ~2 cycles and
+ *    sharing p5, so no bf16-pair path; vpdpbusd/vpdpwssd two a cycle, but
+ *    an exact integer dot needs x in 2-3 int8/int16 planes per block plus
+ *    per-group plane and zero bookkeeping: no fewer ops at g128, more at
+ *    g32, and inexact when a block's x spans more exponents than the planes.
+ *  - scale/zero lines prefetched 1-4 super-tiles ahead, spread over the
+ *    first blocks: g128 1-2% faster, g32 2-3% slower; prefetch hints T1/T2,
+ *    distances 1-3 super-tiles, R = 4-16 rows per stream: within 3%; half
+ *    a super-tile or none: 10-25% slower.
  */
 #define Q4_SB 4096                /* codes per scale chunk (multiple of 128) */
-#define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 64), room for whole 16-lane stores */
+#define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 128), room for whole 16-lane stores */
 #define Q4_MAXR 4                 /* row tiles per super-tile at most */
 #define Q4_NBMAX 8                /* weight rows per tile at most (M = 1, groups of 128 k or more) */
 enum { Q4_GANY = 0, Q4_G32 = 1, Q4_G64 = 2, Q4_G128 = 3 };
@@ -625,10 +648,11 @@ typedef void (*q4_tile_fn)(const xk_linear_args *, int64_t, int64_t, int64_t, in
 static const q4_tile_fn q4_tiles[4][4] = {Q4_ROW(0), Q4_ROW(1), Q4_ROW(2), Q4_ROW(3)};
 
 /* linear_gemv for int4 codes: tiles of up to 2 activation rows x 4 weight
- * rows. A super-tile of 4 R rows runs as R tiles of rows r, r + R, r + 2R,
- * r + 3R (R = rows per 4 KiB page), so that the tile's 4 row streams lie in
- * different pages (one stream per page for the L2 streamer). Each output's
- * arithmetic is the same in any tile, so tiling never changes results. */
+ * rows (8 weight rows at M = 1 when G % 128 == 0). A super-tile of 4 R (8 R)
+ * rows runs as R tiles of rows r, r + R, r + 2R, ... (R = rows per 4 KiB
+ * page), so that the tile's row streams lie in different pages (one stream
+ * per page for the L2 streamer). Each output's arithmetic is the same in
+ * any tile, so tiling never changes results. */
 static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int64_t M = a->m, K = a->k, G = a->group_size;
   const int gk = G == 32 ? Q4_G32 : G == 64 ? Q4_G64 : G % 128 == 0 ? Q4_G128 : Q4_GANY;
