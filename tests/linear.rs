@@ -582,7 +582,7 @@ fn check_q(c: &QCase, seed: u64, what: &str) {
 #[test]
 fn wna16_parity_every_tier() {
     // (m, n, k, bits, group)
-    let shapes: [(usize, usize, usize, u32, usize); 14] = [
+    let shapes: [(usize, usize, usize, u32, usize); 16] = [
         (1, 13, 128, 4, 32),
         (1, 37, 416, 4, 32),
         (3, 8, 256, 4, 64),
@@ -597,6 +597,9 @@ fn wna16_parity_every_tier() {
         (33, 64, 192, 8, 64),
         (0, 5, 64, 4, 32),
         (3, 0, 64, 8, 0),
+        // int8 at M = 1: 8-row tiles in super-tiles of 8R rows (R = 4, 1), then the tails
+        (1, 41, 1000, 8, 0),
+        (1, 21, 4160, 8, 64),
     ];
     for_each_isa(|isa| {
         for (si, &(m, n, k, bits, group)) in shapes.iter().enumerate() {
@@ -622,11 +625,13 @@ fn wna16_parity_every_tier() {
 /// (96, 160, K itself), a last partial 128-code block (K % 128 = 32, 64, 96),
 /// fewer than 4 weight rows left, 1, 2 or 3 activation rows per tile pass,
 /// K chunks that split a group (M > 2, G = 1024), and scale chunks that a
-/// group spans (G = K = 4608). Same tolerance as `linear`.
+/// group spans (G = K = 4608), and the 8-row tiles of M = 1 with groups of
+/// a multiple of 128 (super-tiles of 8R rows, R = 4, 3 and 1 rows per page,
+/// with 4-row and 1-row tails). Same tolerance as `linear`.
 #[test]
 fn wna16_int4_decode_tiles() {
     // (m, n, k, group)
-    let shapes: [(usize, usize, usize, usize); 14] = [
+    let shapes: [(usize, usize, usize, usize); 17] = [
         (1, 9, 4096, 32),
         (1, 6, 4608, 0),
         (2, 7, 352, 32),
@@ -641,6 +646,9 @@ fn wna16_int4_decode_tiles() {
         (2, 2, 160, 32),
         (1, 17, 2176, 64),
         (3, 8, 4096, 4096),
+        (1, 37, 1024, 128),
+        (1, 27, 2176, 128),
+        (1, 19, 8320, 0),
     ];
     for_each_isa(|isa| {
         for (si, &(m, n, k, group)) in shapes.iter().enumerate() {
@@ -675,6 +683,7 @@ fn wna16_thread_invariance() {
             (40, 150, 4, 128),
             (40, 150, 8, 64),
             (1, 2051, 4, 64),
+            (1, 2051, 4, 128),
             (3, 2051, 4, 128),
             (1, 2051, 8, 0),
             (4, 2051, 8, 128),

@@ -12,7 +12,9 @@
  *    that linear_prep writes (it applies `perm` too).
  *    Int4 codes on AVX-512 run q4_gemv instead: three vector ops per 16
  *    codes and row (shift, vpermps from a per-group table of weights, FMA),
- *    with the tile's rows in different 4 KiB pages.
+ *    with the tile's rows in different 4 KiB pages. At M = 1 on AVX-512,
+ *    int8 and int4 with groups of a multiple of 128 read 8 weight rows at
+ *    once (8 row streams in 8 pages) instead of 4.
  *
  *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
  *    x tile_n columns of the output. For each K block the tile packs its
@@ -489,10 +491,32 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  *  - code prefetch 2 super-tiles ahead, half a super-tile, NTA, a second
  *    T1 prefetch two super-tiles on, and scale/zero lines one super-tile
  *    ahead: cold medians equal or 1-7% slower (NTA 2x slower).
+ * Session 10 (same kind of harness, 1 GiB cold, load 4-7, and a pattern
+ * model: the same decode without scales over other row orders):
+ *  - kept: 8-row tiles at M = 1 for G % 128 == 0 (2-5% faster cold; for
+ *    G = 32/64 4-8% slower, so those stay 4 wide) and one scale chunk per
+ *    4096 codes (+2-3% warm).
+ *  - where the time goes (K = 4096, N = 2048 g128): pure loads in this
+ *    order 258 us, with the decode 290-300 us, the full kernel ~320-335 us,
+ *    8-stream probe 248 us. The decode's 23 vector ops per 128 codes and
+ *    row sit at the p0/p5 bound (vpermps and shifts one a cycle, FMA two);
+ *    scales and their tables are ~12% of the warm time (g128, 24% at g32).
+ *  - even nibbles by loads at byte offsets 1..3 instead of shifts (20 ops
+ *    instead of 23): the split (or masked) loads make it 15% slower warm.
+ *  - instruction rates measured here: vdpbf16ps one per ~2 cycles and
+ *    sharing p5, so no bf16-pair path; vpdpbusd/vpdpwssd two a cycle, but
+ *    an exact integer dot needs x in 2-3 int8/int16 planes per block plus
+ *    per-group plane and zero bookkeeping: no fewer ops at g128, more at
+ *    g32, and inexact when a block's x spans more exponents than the planes.
+ *  - scale/zero lines prefetched 1-4 super-tiles ahead, spread over the
+ *    first blocks: g128 1-2% faster, g32 2-3% slower; prefetch hints T1/T2,
+ *    distances 1-3 super-tiles, R = 4-16 rows per stream: within 3%; half
+ *    a super-tile or none: 10-25% slower.
  */
-#define Q4_SB 2048                /* codes per scale chunk (multiple of 128) */
-#define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 64), room for whole 16-lane stores */
+#define Q4_SB 4096                /* codes per scale chunk (multiple of 128) */
+#define Q4_SMAX (Q4_SB / 32 + 16) /* groups a chunk touches (<= 128), room for whole 16-lane stores */
 #define Q4_MAXR 4                 /* row tiles per super-tile at most */
+#define Q4_NBMAX 8                /* weight rows per tile at most (M = 1, groups of 128 k or more) */
 enum { Q4_GANY = 0, Q4_G32 = 1, Q4_G64 = 2, Q4_G128 = 3 };
 
 /* Weight rows n0 + j * rs (j < NB) against activation rows m0 .. m0 + MT - 1 over
@@ -503,10 +527,10 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
   const int64_t G = a->group_size;
   const int has_z = a->zeros != NULL;
   const vf iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  vf acc[2][4], lut[4];
-  __m512i d[4];
+  vf acc[2][Q4_NBMAX], lut[Q4_NBMAX];
+  __m512i d[Q4_NBMAX];
   const float *xr[2];
-  const uint8_t *wr[4];
+  const uint8_t *wr[Q4_NBMAX];
   for (int i = 0; i < MT; i++) {
     xr[i] = a->xf + (m0 + i) * a->xf_stride;
     for (int j = 0; j < NB; j++) acc[i][j] = first ? vf_zero() : vf_load(accbuf + ((m0 + i) * ns + slot + j) * VL);
@@ -514,14 +538,14 @@ XK_ALWAYS_INLINE void q4_tile(const xk_linear_args *a, const int MT, const int N
   for (int j = 0; j < NB; j++) wr[j] = (const uint8_t *)a->w + (n0 + j * rs) * a->w_stride;
   /* The same line of the same rows one super-tile (4 rs rows) on: measured
    * best (a shorter distance lands in rows this tile is reading). */
-  const int64_t pf = 4 * rs * a->w_stride;
+  const int64_t pf = (NB > 4 ? NB : 4) * rs * a->w_stride;
   /* Per group of the scale chunk: s and -z * s (exact for f16/bf16 scales). */
-  float sb[4][Q4_SMAX] __attribute__((aligned(64))), zb[4][Q4_SMAX] __attribute__((aligned(64)));
+  float sb[Q4_NBMAX][Q4_SMAX] __attribute__((aligned(64))), zb[Q4_NBMAX][Q4_SMAX] __attribute__((aligned(64)));
   const int64_t ss = xk_dtype_size(a->sz_dtype);
 
 #define Q4_STEP(I)                                                                           \
   {                                                                                          \
-    vf w_[4];                                                                                \
+    vf w_[Q4_NBMAX];                                                                             \
     for (int j = 0; j < NB; j++)                                                             \
       w_[j] = _mm512_permutexvar_ps((I) ? _mm512_srli_epi32(d[j], 4 * (I)) : d[j], lut[j]);  \
     for (int i = 0; i < MT; i++) {                                                           \
@@ -617,16 +641,18 @@ Q4_FNS(0)
 Q4_FNS(1)
 Q4_FNS(2)
 Q4_FNS(3)
+Q4_FN(1, 8, 3)
 typedef void (*q4_tile_fn)(const xk_linear_args *, int64_t, int64_t, int64_t, int64_t, int64_t, float *, int64_t,
                            int64_t, int);
 #define Q4_ROW(GK) {q4_tile_1_1_##GK, q4_tile_1_4_##GK, q4_tile_2_1_##GK, q4_tile_2_4_##GK}
 static const q4_tile_fn q4_tiles[4][4] = {Q4_ROW(0), Q4_ROW(1), Q4_ROW(2), Q4_ROW(3)};
 
 /* linear_gemv for int4 codes: tiles of up to 2 activation rows x 4 weight
- * rows. A super-tile of 4 R rows runs as R tiles of rows r, r + R, r + 2R,
- * r + 3R (R = rows per 4 KiB page), so that the tile's 4 row streams lie in
- * different pages (one stream per page for the L2 streamer). Each output's
- * arithmetic is the same in any tile, so tiling never changes results. */
+ * rows (8 weight rows at M = 1 when G % 128 == 0). A super-tile of 4 R (8 R)
+ * rows runs as R tiles of rows r, r + R, r + 2R, ... (R = rows per 4 KiB
+ * page), so that the tile's row streams lie in different pages (one stream
+ * per page for the L2 streamer). Each output's arithmetic is the same in
+ * any tile, so tiling never changes results. */
 static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int64_t M = a->m, K = a->k, G = a->group_size;
   const int gk = G == 32 ? Q4_G32 : G == 64 ? Q4_G64 : G % 128 == 0 ? Q4_G128 : Q4_GANY;
@@ -635,12 +661,14 @@ static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int64_t kch = M <= 2 ? (K > 0 ? K : 1) : GV_KCH;
   int64_t R = a->w_stride <= 0 || a->w_stride >= 4096 ? 1 : 4096 / a->w_stride;
   if (R > Q4_MAXR) R = Q4_MAXR;
-  const int64_t ns = 4 * Q4_MAXR;
+  const int tw = M == 1 && gk == Q4_G128 ? 8 : 4; /* rows per tile of a full super-tile */
+  const int64_t ns = tw * Q4_MAXR;
   float accbuf[GV_MAXM * 4 * Q4_MAXR * VL] __attribute__((aligned(64)));
   for (int64_t n0 = n_begin; n0 < n_end;) {
-    /* A super-tile of 4R rows, else a tile of 4, else one row (the block's end). */
+    /* A super-tile of tw R rows, else of 4R rows, else a tile of 4, else one row (the block's end). */
     const int64_t left = n_end - n0;
-    const int64_t rt = left >= 4 * R ? R : 1, rows = left >= 4 ? 4 * rt : 1;
+    const int w = left >= tw * R ? tw : left >= 4 ? 4 : 1;
+    const int64_t rt = w > 1 && left >= w * R ? R : 1, rows = w * rt;
     if (K == 0) memset(accbuf, 0, sizeof accbuf);
     for (int64_t k0 = 0; k0 < K; k0 += kch) {
       const int64_t k1 = min64(K, k0 + kch);
@@ -650,18 +678,56 @@ static void q4_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
           q4_tiles[gk][(mt - 1) * 2](a, m0, n0, 1, k0, k1, accbuf, ns, 0, k0 == 0);
           continue;
         }
-        for (int64_t r = 0; r < rt; r++)
-          q4_tiles[gk][(mt - 1) * 2 + 1](a, m0, n0 + r, rt, k0, k1, accbuf, ns, 4 * r, k0 == 0);
+        const q4_tile_fn f = w == 8 ? q4_tile_1_8_3 : q4_tiles[gk][(mt - 1) * 2 + 1];
+        for (int64_t r = 0; r < rt; r++) f(a, m0, n0 + r, rt, k0, k1, accbuf, ns, w * r, k0 == 0);
       }
     }
-    /* Slot 4r + j holds row n0 + r + j rt. */
+    /* Slot w r + j holds row n0 + r + j rt. */
     for (int64_t m = 0; m < M; m++)
       for (int64_t t = 0; t < rows; t++) {
-        const int64_t slot = 4 * (t % rt) + t / rt;
+        const int64_t slot = w * (t % rt) + t / rt;
         store_out(a, m, n0 + t, vf_hsum(vf_load(accbuf + (m * ns + slot) * VL)));
       }
     n0 += rows;
   }
+}
+#endif
+
+#if VL == 16
+/* Int8 codes at M = 1: weight rows n0 + j rs (j < 8) over all of K, 8 row
+ * streams at once (in 8 pages when rows fill a page; 4 rows measured 4-5%
+ * slower cold). Per output the same operations in the same order as
+ * gv_tile (group by group, 16 codes a step, then the masked rest; one
+ * accumulator; one reduction), so results do not depend on the tiling. */
+static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
+  const int64_t K = a->k, G = a->group_size;
+  const float *xr = a->xf;
+  const uint8_t *wr[8];
+  vf acc[8];
+  for (int j = 0; j < 8; j++) {
+    wr[j] = (const uint8_t *)a->w + (n0 + j * rs) * a->w_stride;
+    acc[j] = vf_zero();
+  }
+  const int64_t pf = 8 * rs * a->w_stride; /* the same line one super-tile (8 rs rows) on */
+  for (int64_t g0 = 0; g0 < K;) {
+    const int64_t g1 = min64(K, (g0 / G + 1) * G);
+    wparams wp[8];
+    for (int j = 0; j < 8; j++) wp[j] = wparams_load(a, WK_INT8, n0 + j * rs, g0 / G);
+    int64_t k = g0;
+    for (; k + VL <= g1; k += VL) {
+      if ((k & 63) == 0)
+        for (int j = 0; j < 8; j++) _mm_prefetch((const char *)wr[j] + pf + k, _MM_HINT_T0);
+      const vf x = vf_load(xr + k);
+      for (int j = 0; j < 8; j++) acc[j] = vf_fma(x, w_vec(WK_INT8, wr[j], k, vm_first(VL), wp[j]), acc[j]);
+    }
+    if (k < g1) {
+      const vmask msk = vm_first(g1 - k);
+      const vf x = vf_loadm(xr + k, msk);
+      for (int j = 0; j < 8; j++) acc[j] = vf_fma(x, w_vec(WK_INT8, wr[j], k, msk, wp[j]), acc[j]);
+    }
+    g0 = g1;
+  }
+  for (int j = 0; j < 8; j++) store_out(a, 0, n0 + j * rs, vf_hsum(acc[j]));
 }
 #endif
 
@@ -682,6 +748,16 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
   if (kind == WK_INT4) {
     q4_gemv(a, n_begin, n_end);
     return;
+  }
+#endif
+#if VL == 16
+  if (kind == WK_INT8 && M == 1 && K > 0) {
+    /* Super-tiles of 8R rows (R rows per 4 KiB page), then the paths below. */
+    int64_t R = a->w_stride > 0 && a->w_stride < 4096 ? 4096 / a->w_stride : 1;
+    if (R > GV_SUPER) R = GV_SUPER;
+    for (; n_end - n_begin >= 8 * R; n_begin += 8 * R)
+      for (int64_t r = 0; r < R; r++) q8_tile8(a, n_begin + r, R);
+    if (n_begin == n_end) return;
   }
 #endif
   if (M > GV_MT && (kind == WK_F16 || kind == WK_BF16)) {
