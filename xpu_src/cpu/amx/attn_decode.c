@@ -16,6 +16,12 @@
  *     32 when bs is a multiple of 32, else 16; row stride bs), B = P^T as
  *     tw/2 rows of token pairs x Gp heads, C = out^T[16 dims][Gp] fp32,
  *     accumulated over the whole range (4 C tiles = 64 dims per pass).
+ *     bf16 caches put S = min(16 / Gp, AD_VS) such (kv head, pass) pairs
+ *     side by side in the lanes of one set of C tiles (16 dims x S * Gp):
+ *     pair sigma's B holds its P^T in lanes sigma * Gp.. and zeros
+ *     elsewhere (P rows are stored S * Gp lanes wide, zero past Gp, and the
+ *     tile load starts sigma * Gp lanes early), so each lane keeps its bits
+ *     and a set's A tiles of a group are the adjacent S * 2 KiB of a block.
  * Gp is the query-head group G rounded up to a power of two (<= 16); the
  * extra heads are zero. Q.K takes the 16 / Gp adjacent kv heads of a pack
  * into one set of C tiles (16 tokens x 16 lanes, lane k * Gp + h): each kv
@@ -32,6 +38,10 @@
  * NaN (0 * Inf), so their outputs differ from the reference, which keeps
  * kv heads apart (harness: one NaN e4m3 key code in kv head 1 changed 1362
  * outputs of kv head 0's heads; before AD_FP8PACK only bf16 caches did so).
+ * The same holds for the lane slots of bf16 P.V (below): an Inf / NaN value
+ * element inside the context also makes the output at the same tile row of
+ * the set's other pair NaN (dimension d + 64 or d - 64 of the kv head, or
+ * of the next / previous kv head when a set spans two).
  * One unit = one (sequence, partition) and a run of adjacent kv heads, as
  * the avx512 fast path (kv heads of a block are adjacent in memory).
  *
@@ -108,6 +118,23 @@
  * T2 hints for the V cursor (0.96-1.01x), prefetching each unit's first key
  * chunks and value pieces up front (0.99-1.02x; v2's extra cost per unit is
  * not there), fp8 AD_VB8 8 (0.97-1.10x) and 16 (1.0-1.07x).
+ *
+ * bf16 P.V order (session 10): (kv head, pass, 64 groups) read 2 KiB of
+ * 64 blocks in turn, which the L2 streamer cannot follow. With the lane
+ * slots a set's A tiles of a group are adjacent (4 KiB), the tiles run
+ * group by group and the value cursor (ad_vcur) prefetches them for 8
+ * groups round robin, one tile each. Walk harness (the kernel's read
+ * orders with tile loads + TDPBF16PS and a T0 cursor, shuffled blocks):
+ * the old order 80-90% of a sequential read, 512-byte round robin over 8
+ * groups 92-100%, over 2 KiB pieces 82-87%, T2 hints or 2 lines per tile
+ * 86-95%. Kernel harness (B=8 ctx=4096, thread CPU time): P.V phase Llama
+ * 32/8 14.0 -> 12.4 Mcycles, Qwen 16/2 7.3 -> 6.35, whole kernel 5%
+ * faster. AD_VS 4 (Llama: two kv heads per set, 64-byte P rows) gained
+ * only 2% (wider P rows in the softmax stores and B loads); AD_VPD 16/40
+ * and AD_VW 4/16 within noise. For Q.K the walk harness found nothing
+ * better than its current order: steps of 8 blocks, a cursor over a
+ * pack's contiguous span (4 or 8 blocks) or kv heads outer read 82-87%
+ * where the current order reads 90-96%.
  */
 #include <float.h>
 #include <math.h>
@@ -875,9 +902,9 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
         }
       }
     }
-    /* P.V: batches of AD_VB groups of tw tokens, block-major; each (kv head,
-     * 64-dim pass) accumulator lives in C tiles over a batch and is spilled
-     * to cacc between batches (the sums keep the token order). */
+    /* P.V: batches of AD_VB groups of tw tokens, block-major; each
+     * accumulator lives in C tiles over a batch and is spilled to cacc
+     * between batches (the sums keep the token order). */
     const int64_t nj = (n + tw - 1) / tw, nlast = n - (nj - 1) * tw;
     const int64_t vbn = fp8 ? AD_VB8 : AD_VB;
     const int64_t S = g.S, R = g.R, npairs = nk * npass, nsets = (npairs + S - 1) / S;
@@ -972,6 +999,9 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
         }
       }
     }
+    /* fp8: values widened into staging slots AD_VLAG iterations ahead;
+     * batches of AD_VB8 groups, (kv head, 64-dim pass) outer, one set of C
+     * tiles each (16 dims x Gp), spilled to cacc between batches */
     if (fp8 && nj) ad_config(gp, 2 * tw, tw / 2);
     for (int64_t jb = 0; fp8 && jb < nj; jb += vbn) {
       const int64_t nbj = ad_min(vbn, nj - jb);
@@ -991,14 +1021,6 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
   } while (0)
       for (int64_t kvl = 0; kvl < nk; kvl++) {
         const uint32_t *pv = pvb + kvl * g.pvr + R + jb * (tw / 2) * R;
-        if (last && !fp8 && nlast < tw) { /* the last group's values, zero past the context */
-          const uint16_t *vb = (const uint16_t *)(vb0[nbj - 1] + kvl * vs[1] * es);
-          const __mmask32 m = (__mmask32)((1u << nlast) - 1u);
-          for (int64_t d = 0; d < D; d++) {
-            const __m512i v = _mm512_maskz_loadu_epi16(m, vb + d * vs[2]);
-            _mm512_mask_storeu_epi16((uint16_t *)vlast + d * tw, tw == 32 ? ~(__mmask32)0 : 0xFFFF, v);
-          }
-        }
         for (int64_t s = 0; s < npass; s++) {
           const int64_t ns = ad_min(4, (D - 64 * s) / 16);
           float *o = cacc + (kvl * D + 64 * s) * gp;
@@ -1015,26 +1037,14 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
             if (ns > 3) _tile_loadd(3, o + 48 * gp, cs);
           }
           for (int64_t i = 0; i < nbj; i++) {
-            const int64_t nv = last && i == nbj - 1 ? nlast : tw;
-            const char *vb = vb0[i] + (kvl * vs[1] + 64 * s * vs[2]) * es;
-            const char *A;
-            int64_t astr;
-            if (fp8) {
-              const int64_t it = (kvl * npass + s) * nbj + i;
-              if (it == 0)
-                for (int64_t k = 0; k < AD_VLAG && k < nvit; k++) AD_VSTAGE(k);
-              if (it + AD_VLAG < nvit) AD_VSTAGE(it + AD_VLAG);
-              A = vst + (it & (AD_VSLOTS - 1)) * 64 * 32;
-              astr = 32;
-            } else if (nv < tw) {
-              A = vlast + 64 * s * tw * 2;
-              astr = tw * 2;
-            } else {
-              A = vb;
-              astr = vs[2] * 2;
-            }
+            const int64_t it = (kvl * npass + s) * nbj + i;
+            if (it == 0)
+              for (int64_t k = 0; k < AD_VLAG && k < nvit; k++) AD_VSTAGE(k);
+            if (it + AD_VLAG < nvit) AD_VSTAGE(it + AD_VLAG);
+            const char *A = vst + (it & (AD_VSLOTS - 1)) * 64 * 32;
+            const int64_t astr = 32;
             const uint32_t *B = pv + i * (tw / 2) * R;
-            ad_vpf(a, bt, btb, t0, k0, es, tw, nj, nk, npass, jb, nbj, ((kvl * npass + s) * nbj + i) + (fp8 ? AD_VLAG : 0) + AD_VPF);
+            ad_vpf(a, bt, btb, t0, k0, es, tw, nj, nk, npass, jb, nbj, it + AD_VLAG + AD_VPF);
 #define AD_PV_STEP(BT)                      \
   do {                                      \
     _tile_loadd(BT, B, 4 * R);              \
