@@ -477,7 +477,7 @@ static void ad_softmax_pack(const ad_geom *g, float *lg, uint32_t *pv0, int64_t 
 #define AD_PFH _MM_HINT_T0
 #endif
 #ifndef AD_KPF
-#define AD_KPF 8 /* bf16 keys: chunks (of every group of a step) ahead of the tiles */
+#define AD_KPF 12 /* bf16 keys: chunks (of every group of a step) ahead of the tiles (8 before the P.V lane slots) */
 #endif
 #ifndef AD_KPF8
 #define AD_KPF8 0 /* fp8 keys: chunks ahead of the step being staged */
