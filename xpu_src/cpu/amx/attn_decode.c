@@ -71,7 +71,8 @@
  * idles behind the tile work (cold time ~ hot compute + pattern time). Two
  * cursors walk the cache in the order the tiles (or the fp8 staging) read
  * it and prefetch every line a short distance ahead (ad_kcur: 8 chunks of
- * the step's groups; ad_vpf: 4 P.V iterations). Measured with a standalone
+ * the step's groups, 12 since session 10; ad_vpf: 4 P.V iterations, fp8
+ * only since session 10, bf16 values use ad_vcur). Measured with a standalone
  * harness (B=8, ctx=4096, shuffled blocks, 1 thread): 6-12% faster for
  * bf16, 13-27% for fp8. No better (or slower): prefetching twice as far or
  * half the lines, a second far cursor into L2, touching one line per page
