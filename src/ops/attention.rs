@@ -63,7 +63,10 @@
 //! as one tile product over a pack of KV heads, so an Inf or NaN key element
 //! inside one KV head's context (fp8 NaN codes, or a bf16 Inf/NaN) makes that
 //! token's logits NaN for the pack's other KV heads too, where the general
-//! paths keep it to its own heads. Slots past a sequence's length are never
+//! paths keep it to its own heads. Likewise P·V of a bf16 cache runs two
+//! (KV head, 64-dimension) pieces as one tile product, so an Inf or NaN
+//! value element inside the context also makes one other output element NaN
+//! (64 dimensions away, or in the neighbouring KV head). Slots past a sequence's length are never
 //! read, so poisoned padding does not reach any output.
 //! [`flash_attn_varlen_func`] work items of one query (decode rows; bf16
 //! queries over bf16 or fp8 caches, head size a multiple of 32, at most 8

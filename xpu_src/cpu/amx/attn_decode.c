@@ -16,6 +16,12 @@
  *     32 when bs is a multiple of 32, else 16; row stride bs), B = P^T as
  *     tw/2 rows of token pairs x Gp heads, C = out^T[16 dims][Gp] fp32,
  *     accumulated over the whole range (4 C tiles = 64 dims per pass).
+ *     bf16 caches put S = min(16 / Gp, AD_VS) such (kv head, pass) pairs
+ *     side by side in the lanes of one set of C tiles (16 dims x S * Gp):
+ *     pair sigma's B holds its P^T in lanes sigma * Gp.. and zeros
+ *     elsewhere (P rows are stored S * Gp lanes wide, zero past Gp, and the
+ *     tile load starts sigma * Gp lanes early), so each lane keeps its bits
+ *     and a set's A tiles of a group are the adjacent S * 2 KiB of a block.
  * Gp is the query-head group G rounded up to a power of two (<= 16); the
  * extra heads are zero. Q.K takes the 16 / Gp adjacent kv heads of a pack
  * into one set of C tiles (16 tokens x 16 lanes, lane k * Gp + h): each kv
@@ -32,6 +38,10 @@
  * NaN (0 * Inf), so their outputs differ from the reference, which keeps
  * kv heads apart (harness: one NaN e4m3 key code in kv head 1 changed 1362
  * outputs of kv head 0's heads; before AD_FP8PACK only bf16 caches did so).
+ * The same holds for the lane slots of bf16 P.V (below): an Inf / NaN value
+ * element inside the context also makes the output at the same tile row of
+ * the set's other pair NaN (dimension d + 64 or d - 64 of the kv head, or
+ * of the next / previous kv head when a set spans two).
  * One unit = one (sequence, partition) and a run of adjacent kv heads, as
  * the avx512 fast path (kv heads of a block are adjacent in memory).
  *
@@ -61,7 +71,8 @@
  * idles behind the tile work (cold time ~ hot compute + pattern time). Two
  * cursors walk the cache in the order the tiles (or the fp8 staging) read
  * it and prefetch every line a short distance ahead (ad_kcur: 8 chunks of
- * the step's groups; ad_vpf: 4 P.V iterations). Measured with a standalone
+ * the step's groups, 12 since session 10; ad_vpf: 4 P.V iterations, fp8
+ * only since session 10, bf16 values use ad_vcur). Measured with a standalone
  * harness (B=8, ctx=4096, shuffled blocks, 1 thread): 6-12% faster for
  * bf16, 13-27% for fp8. No better (or slower): prefetching twice as far or
  * half the lines, a second far cursor into L2, touching one line per page
@@ -108,6 +119,23 @@
  * T2 hints for the V cursor (0.96-1.01x), prefetching each unit's first key
  * chunks and value pieces up front (0.99-1.02x; v2's extra cost per unit is
  * not there), fp8 AD_VB8 8 (0.97-1.10x) and 16 (1.0-1.07x).
+ *
+ * bf16 P.V order (session 10): (kv head, pass, 64 groups) read 2 KiB of
+ * 64 blocks in turn, which the L2 streamer cannot follow. With the lane
+ * slots a set's A tiles of a group are adjacent (4 KiB), the tiles run
+ * group by group and the value cursor (ad_vcur) prefetches them for 8
+ * groups round robin, one tile each. Walk harness (the kernel's read
+ * orders with tile loads + TDPBF16PS and a T0 cursor, shuffled blocks):
+ * the old order 80-90% of a sequential read, 512-byte round robin over 8
+ * groups 92-100%, over 2 KiB pieces 82-87%, T2 hints or 2 lines per tile
+ * 86-95%. Kernel harness (B=8 ctx=4096, thread CPU time): P.V phase Llama
+ * 32/8 14.0 -> 12.4 Mcycles, Qwen 16/2 7.3 -> 6.35, whole kernel 5%
+ * faster. AD_VS 4 (Llama: two kv heads per set, 64-byte P rows) gained
+ * only 2% (wider P rows in the softmax stores and B loads); AD_VPD 16/40
+ * and AD_VW 4/16 within noise. For Q.K the walk harness found nothing
+ * better than its current order: steps of 8 blocks, a cursor over a
+ * pack's contiguous span (4 or 8 blocks) or kv heads outer read 82-87%
+ * where the current order reads 90-96%.
  */
 #include <float.h>
 #include <math.h>
@@ -138,6 +166,12 @@
 #endif
 #ifndef AD_FP8PACK
 #define AD_FP8PACK 1 /* fp8 caches: Q.K C tiles shared by a pack of kv heads (0: one set per kv head) */
+#endif
+#if !AD_FP8PACK
+#error "ad_softmax writes P rows of Gp lanes as rows of R lanes: only right for Gp = 16 (AD_FP8PACK 1)"
+#endif
+#ifndef AD_VS
+#define AD_VS 2 /* bf16 P.V: most lane slots (pairs) per set */
 #endif
 #define AD_NB 4                /* 16-token groups per Q.K tile batch (C tiles 0-3) */
 
@@ -171,6 +205,7 @@ static int ad_paged_ok(const xk_attn_args *a) {
 typedef struct ad_geom {
   int64_t G, Gp, D, bs, es, tw, Lp, nkmax, Hkv, P;
   int64_t ppk, W; /* kv heads per Q.K pack, logit lanes (ppk * Gp) */
+  int64_t npass, S, R, pvr; /* 64-dim P.V passes, P.V lane slots, lanes (S * Gp), u32 per kv head of P rows */
   int fp8;
   /* workspace offsets */
   int64_t qv, lg, pv, ot, kst, vst, vlast, row, total;
@@ -198,16 +233,21 @@ static ad_geom ad_layout(const xk_attn_args *a) {
   off += ad_al(g.nkmax * (g.D / 2) * g.W * 4);
   g.lg = off;
   off += ad_al(ad_up(g.nkmax, g.ppk) * g.Lp * g.Gp * 4);
+  g.npass = (g.D + 63) / 64;
+  g.S = ad_min(16 / g.Gp, AD_VS);
+  g.R = g.S * g.Gp;
+  /* P^T rows of R lanes (the kv head's Gp heads, then zeros) after one zero row */
+  g.pvr = (g.Lp / 2 + 1) * g.R;
   g.pv = off;
-  off += ad_al(g.nkmax * (g.Lp / 2) * g.Gp * 4);
+  off += ad_al(ad_up(g.nkmax, g.ppk) * g.pvr * 4);
   g.ot = off;
-  off += ad_al(g.nkmax * g.D * g.Gp * 4);
+  off += ad_al(ad_max(g.nkmax * g.D * g.Gp * 4, (g.nkmax * g.npass + g.S - 1) / g.S * 4 * 16 * g.R * 4));
   g.kst = off;
   off += g.fp8 ? ad_al(2 * AD_NB * 16 * g.D * 2) : 0;
   g.vst = off;
   off += g.fp8 ? ad_al(AD_VSLOTS * 64 * 16 * 2) : 0;
   g.vlast = off;
-  off += ad_al(g.D * g.tw * 2);
+  off += ad_al((g.S + 1) * g.D * g.tw * 2);
   g.row = off;
   off += ad_al(g.D * 4);
   g.total = off + 64;
@@ -384,6 +424,7 @@ static void ad_softmax(const xk_attn_args *a, const ad_geom *g, float *lg, uint3
 static void ad_softmax_pack(const ad_geom *g, float *lg, uint32_t *pv0, int64_t nkp, int64_t n, int64_t t0, int64_t L,
                             const float *sc16, const float *sl16, float *m16, float *s16) {
   const int64_t gp = g->Gp, vto = 16 / gp, nt = ad_up(n, 32);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   const __m512 vsc = _mm512_loadu_ps(sc16), vsl = sl16 ? _mm512_loadu_ps(sl16) : _mm512_setzero_ps();
   __m512 vmax = _mm512_set1_ps(-FLT_MAX);
   for (int64_t t = 0; t < nt; t++) {
@@ -416,15 +457,16 @@ static void ad_softmax_pack(const ad_geom *g, float *lg, uint32_t *pv0, int64_t 
   __m512 inv[16];
   for (int64_t j = 0; j < vto; j++)
     inv[j] = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(acc[j], _mm512_set1_ps(1e-6f)));
-  const int64_t pstride = (g->Lp / 2) * gp;
   for (int64_t q = 0; q < nt / 2; q++) {
     const __m512i r0 =
         _mm512_cvtepu16_epi32(ad_bf16(_mm512_mul_ps(_mm512_loadu_ps(lg + 32 * q), inv[(2 * q) & (vto - 1)])));
     const __m512i r1 =
         _mm512_cvtepu16_epi32(ad_bf16(_mm512_mul_ps(_mm512_loadu_ps(lg + 32 * q + 16), inv[(2 * q + 1) & (vto - 1)])));
     const __m512i v = _mm512_or_si512(r0, _mm512_slli_epi32(r1, 16));
-    for (int64_t k = 0; k < nkp; k++)
-      _mm512_mask_storeu_epi32(pv0 + k * pstride + (q - k) * gp, (__mmask16)(((1u << gp) - 1u) << (k * gp)), v);
+    for (int64_t k = 0; k < nkp; k++) /* kv head k's lanes to lanes 0..gp-1, zero above */
+      _mm512_mask_storeu_epi32(pv0 + k * g->pvr + q * g->R, (__mmask16)((1u << g->R) - 1u),
+                          _mm512_maskz_permutexvar_epi32((__mmask16)((1u << gp) - 1u),
+                                                         _mm512_add_epi32(lane, _mm512_set1_epi32((int)(k * gp))), v));
   }
   _mm512_storeu_ps(m16, vmax);
   _mm512_storeu_ps(s16, vsum);
@@ -436,7 +478,7 @@ static void ad_softmax_pack(const ad_geom *g, float *lg, uint32_t *pv0, int64_t 
 #define AD_PFH _MM_HINT_T0
 #endif
 #ifndef AD_KPF
-#define AD_KPF 8 /* bf16 keys: chunks (of every group of a step) ahead of the tiles */
+#define AD_KPF 12 /* bf16 keys: chunks (of every group of a step) ahead of the tiles (8 before the P.V lane slots) */
 #endif
 #ifndef AD_KPF8
 #define AD_KPF8 0 /* fp8 keys: chunks ahead of the step being staged */
@@ -634,6 +676,91 @@ static void ad_vpf(const xk_attn_args *a, const int32_t *bt, int64_t btb, int64_
   for (int64_t r = 0; r < rows; r += rstep) _mm_prefetch(p + r * rb, AD_PFH);
 }
 
+/* bf16 P.V in lane slots: the unit's (kv head, 64-dim pass) pairs in
+ * order, S = 16 / Gp per set; pair sigma of a set owns C lanes sigma * Gp
+ * ... + Gp - 1 (B = its P^T rows, zero in the other lanes), so the four C
+ * tiles of a set hold 16 dims x 16 lanes and a set covers S pairs that lie
+ * next to each other in a block (kv head, then dims). A set's A tiles of a
+ * group: byte offsets from the group's value base. */
+#ifndef AD_VW
+#define AD_VW 8 /* bf16 P.V: groups whose A tiles the value cursor interleaves */
+#endif
+#ifndef AD_VPD
+#define AD_VPD 24 /* bf16 P.V: value cursor distance in A tiles */
+#endif
+typedef struct ad_vset {
+  int64_t nt;
+  int64_t off[64];
+} ad_vset;
+
+static void ad_vset_load(ad_vset *v, int64_t set, int64_t S, int64_t npairs, int64_t npass, int64_t D,
+                         const int64_t *vs, int64_t es) {
+  v->nt = 0;
+  for (int64_t p = set * S; p < ad_min(npairs, set * S + S); p++) {
+    const int64_t kvl = p / npass, s = p % npass, ns = ad_min(4, (D - 64 * s) / 16);
+    for (int64_t j = 0; j < ns; j++) v->off[v->nt++] = (kvl * vs[1] + (64 * s + 16 * j) * vs[2]) * es;
+  }
+}
+
+/* Walks the A tiles of bf16 P.V (batch, set, window of AD_VW groups) and
+ * prefetches their lines, a window's groups interleaved tile by tile (the
+ * tiles themselves run group by group): a set's A tiles of a group are
+ * adjacent in its block, so the window streams AD_VW pages at a time in
+ * memory order, which the L2 streamer follows (harness: 512-byte pieces
+ * of 8 blocks round robin 92-100% of a sequential read, 2 KiB pieces
+ * 82-87%, the (kv head, pass, 64 groups) order 80-85%). */
+typedef struct ad_vcur {
+  const char *cache;
+  const int32_t *bt;
+  const int64_t *vs;
+  int64_t btb, bs, es, t0, k0, tw, nj, vbn, S, npairs, npass, D, nsets, rb, rstep;
+  int64_t jb, nbj, set, jw, nw, t, i;
+  ad_vset st;
+  const char *gb[AD_VW];
+} ad_vcur;
+
+static const char *ad_vgroup(const ad_vcur *c, int64_t j) {
+  const int64_t tok = c->t0 + j * c->tw, blk = c->bt[(tok / c->bs) * c->btb];
+  return c->cache + (blk * c->vs[0] + c->k0 * c->vs[1] + tok % c->bs) * c->es;
+}
+
+static void ad_vcur_window(ad_vcur *c) {
+  c->nw = ad_min(AD_VW, c->jb + c->nbj - c->jw);
+  for (int64_t i = 0; i < c->nw; i++) c->gb[i] = ad_vgroup(c, c->jw + i);
+}
+
+static void ad_vcur_init(ad_vcur *c) {
+  c->jb = c->set = c->jw = c->t = c->i = 0;
+  c->nbj = ad_min(c->vbn, c->nj);
+  c->rb = c->vs[2] * c->es;
+  c->rstep = c->rb < 64 ? 64 / c->rb : 1;
+  if (c->nj <= 0) return;
+  ad_vset_load(&c->st, 0, c->S, c->npairs, c->npass, c->D, c->vs, c->es);
+  ad_vcur_window(c);
+}
+
+AD_INLINE void ad_vcur_step(ad_vcur *c) {
+  if (c->jb >= c->nj) return;
+  const char *p = c->gb[c->i] + c->st.off[c->t];
+  for (int64_t r = 0; r < 16; r += c->rstep) _mm_prefetch(p + r * c->rb, AD_PFH);
+  if (++c->i < c->nw) return;
+  c->i = 0;
+  if (++c->t < c->st.nt) return;
+  c->t = 0;
+  c->jw += c->nw;
+  if (c->jw >= c->jb + c->nbj) {
+    if (++c->set == c->nsets) {
+      c->set = 0;
+      c->jb += c->nbj;
+      if (c->jb >= c->nj) return;
+      c->nbj = ad_min(c->vbn, c->nj - c->jb);
+    }
+    c->jw = c->jb;
+    ad_vset_load(&c->st, c->set, c->S, c->npairs, c->npass, c->D, c->vs, c->es);
+  }
+  ad_vcur_window(c);
+}
+
 /* ---- the kernel ----------------------------------------------------------------- */
 
 static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t end) {
@@ -724,6 +851,9 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
             !fp8 || kq == 0, !fp8 || kq == ppk - 1 || kvl == nk - 1);
     }
 #undef AD_KSTAGE
+    /* bf16 P.V reads P rows shifted by whole lane slots: the row before a
+     * kv head's first is zero (the softmax writes whole rows, zero past Gp) */
+    for (int64_t kvl = 0; kvl < nk; kvl++) memset(pvb + kvl * g.pvr, 0, (size_t)g.R * 4);
     /* softmax per kv head (per pack of kv heads when their logits share vectors) */
     for (int64_t pk = 0; ppk > 1 && pk < npk; pk++) {
       const int64_t kv0 = pk * ppk, nkp = ad_min(ppk, nk - kv0);
@@ -735,7 +865,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
         sl16[l] = a->alibi_slopes && in && h < G ? a->alibi_slopes[seq * a->alibi_stride_seq + kvh * G + h] : 0.0f;
       }
       if (n > 0) {
-        ad_softmax_pack(&g, lgb + pk * g.Lp * 16, pvb + kv0 * (g.Lp / 2) * gp, nkp, n, t0, L, sc16,
+        ad_softmax_pack(&g, lgb + pk * g.Lp * 16, pvb + kv0 * g.pvr + g.R, nkp, n, t0, L, sc16,
                         a->alibi_slopes ? sl16 : NULL, m16, s16);
       } else {
         for (int64_t l = 0; l < 16; l++) {
@@ -758,7 +888,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
       const float *sl = a->alibi_slopes ? a->alibi_slopes + seq * a->alibi_stride_seq + kvh * G : NULL;
       if (n > 0) {
-        ad_softmax(a, &g, lgb + kvl * g.Lp * gp, pvb + kvl * (g.Lp / 2) * gp, n, t0, L, a->scale * ksc, sl, mx, sm);
+        ad_softmax(a, &g, lgb + kvl * g.Lp * gp, pvb + kvl * g.pvr + g.R, n, t0, L, a->scale * ksc, sl, mx, sm);
       } else {
         for (int64_t h = 0; h < gp; h++) {
           mx[h] = -FLT_MAX;
@@ -773,13 +903,108 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
         }
       }
     }
-    /* P.V: batches of AD_VB groups of tw tokens, block-major; each (kv head,
-     * 64-dim pass) accumulator lives in C tiles over a batch and is spilled
-     * to cacc between batches (the sums keep the token order). */
+    /* P.V: batches of AD_VB groups of tw tokens, block-major; each
+     * accumulator lives in C tiles over a batch and is spilled to cacc
+     * between batches (the sums keep the token order). */
     const int64_t nj = (n + tw - 1) / tw, nlast = n - (nj - 1) * tw;
-    if (nj) ad_config(gp, 2 * tw, tw / 2);
     const int64_t vbn = fp8 ? AD_VB8 : AD_VB;
-    for (int64_t jb = 0; jb < nj; jb += vbn) {
+    const int64_t S = g.S, R = g.R, npairs = nk * npass, nsets = (npairs + S - 1) / S;
+    if (!fp8 && nj) {
+      /* bf16: batches of AD_VB groups; per set of S (kv head, pass) pairs
+       * one set of C tiles (16 dims x 16 lanes), groups in order, the
+       * set's pairs per group (the sums of every lane keep the token order) */
+      ad_config(R, 2 * tw, tw / 2);
+      ad_vcur vc = {.cache = (const char *)a->value_cache, .bt = bt, .vs = vs, .btb = btb, .bs = bs, .es = es,
+                    .t0 = t0, .k0 = k0, .tw = tw, .nj = nj, .vbn = vbn, .S = S, .npairs = npairs,
+                    .npass = npass, .D = D, .nsets = nsets};
+      ad_vcur_init(&vc);
+      for (int64_t k = 0; k < AD_VPD; k++) ad_vcur_step(&vc);
+      int64_t bt_ = 0;
+      for (int64_t jb = 0; jb < nj; jb += vbn) {
+        const int64_t nbj = ad_min(vbn, nj - jb);
+        const int last = jb + nbj == nj;
+        for (int64_t set = 0; set < nsets; set++) {
+          const int64_t p0 = set * S, p1 = ad_min(npairs, p0 + S), kvf = p0 / npass;
+          float *o = cacc + set * 4 * 16 * R;
+          if (jb == 0) {
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+          } else {
+            _tile_loadd(0, o, 4 * R);
+            _tile_loadd(1, o + 16 * R, 4 * R);
+            _tile_loadd(2, o + 32 * R, 4 * R);
+            _tile_loadd(3, o + 48 * R, 4 * R);
+          }
+          if (last && nlast < tw) { /* the last group's values of the set's kv heads, zero past the context */
+            const __mmask32 m = (__mmask32)((1u << nlast) - 1u);
+            for (int64_t kvl = kvf; kvl <= (p1 - 1) / npass; kvl++) {
+              const char *vb = ad_vgroup(&vc, nj - 1) + kvl * vs[1] * es;
+              uint16_t *dst = (uint16_t *)vlast + (kvl - kvf) * D * tw;
+              for (int64_t d = 0; d < D; d++) {
+                const __m512i v = _mm512_maskz_loadu_epi16(m, vb + d * vs[2] * es);
+                _mm512_mask_storeu_epi16(dst + d * tw, tw == 32 ? ~(__mmask32)0 : 0xFFFF, v);
+              }
+            }
+          }
+          for (int64_t i = 0; i < nbj; i++) {
+            const int64_t j = jb + i;
+            const int stg = last && i == nbj - 1 && nlast < tw;
+            const char *gbase = stg ? NULL : ad_vgroup(&vc, j);
+            for (int64_t p = p0; p < p1; p++) {
+              const int64_t kvl = p / npass, s = p % npass, ns = ad_min(4, (D - 64 * s) / 16);
+              const uint32_t *B = pvb + kvl * g.pvr + R + j * (tw / 2) * R - (p - p0) * gp;
+              const char *A;
+              int64_t astr;
+              if (stg) {
+                A = vlast + ((kvl - kvf) * D + 64 * s) * tw * 2;
+                astr = tw * 2;
+              } else {
+                A = gbase + (kvl * vs[1] + 64 * s * vs[2]) * es;
+                astr = vs[2] * es;
+              }
+#define AD_PVS_STEP(BT)                     \
+  do {                                      \
+    _tile_loadd(BT, B, 4 * R);              \
+    ad_vcur_step(&vc);                      \
+    _tile_loadd(4, A, astr);                \
+    _tile_dpbf16ps(0, 4, BT);               \
+    if (ns > 1) {                           \
+      ad_vcur_step(&vc);                    \
+      _tile_loadd(5, A + 16 * astr, astr);  \
+      _tile_dpbf16ps(1, 5, BT);             \
+    }                                       \
+    if (ns > 2) {                           \
+      ad_vcur_step(&vc);                    \
+      _tile_loadd(4, A + 32 * astr, astr);  \
+      _tile_dpbf16ps(2, 4, BT);             \
+    }                                       \
+    if (ns > 3) {                           \
+      ad_vcur_step(&vc);                    \
+      _tile_loadd(5, A + 48 * astr, astr);  \
+      _tile_dpbf16ps(3, 5, BT);             \
+    }                                       \
+  } while (0)
+              if (bt_++ & 1)
+                AD_PVS_STEP(7);
+              else
+                AD_PVS_STEP(6);
+#undef AD_PVS_STEP
+            }
+          }
+          _tile_stored(0, o, 4 * R);
+          _tile_stored(1, o + 16 * R, 4 * R);
+          _tile_stored(2, o + 32 * R, 4 * R);
+          _tile_stored(3, o + 48 * R, 4 * R);
+        }
+      }
+    }
+    /* fp8: values widened into staging slots AD_VLAG iterations ahead;
+     * batches of AD_VB8 groups, (kv head, 64-dim pass) outer, one set of C
+     * tiles each (16 dims x Gp), spilled to cacc between batches */
+    if (fp8 && nj) ad_config(gp, 2 * tw, tw / 2);
+    for (int64_t jb = 0; fp8 && jb < nj; jb += vbn) {
       const int64_t nbj = ad_min(vbn, nj - jb);
       const char *vb0[AD_VB > AD_VB8 ? AD_VB : AD_VB8];
       for (int64_t i = 0; i < nbj; i++) {
@@ -796,15 +1021,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
                  vst + ((it) & (AD_VSLOTS - 1)) * 64 * 32);                                                \
   } while (0)
       for (int64_t kvl = 0; kvl < nk; kvl++) {
-        const uint32_t *pv = pvb + kvl * (g.Lp / 2) * gp + jb * (tw / 2) * gp;
-        if (last && !fp8 && nlast < tw) { /* the last group's values, zero past the context */
-          const uint16_t *vb = (const uint16_t *)(vb0[nbj - 1] + kvl * vs[1] * es);
-          const __mmask32 m = (__mmask32)((1u << nlast) - 1u);
-          for (int64_t d = 0; d < D; d++) {
-            const __m512i v = _mm512_maskz_loadu_epi16(m, vb + d * vs[2]);
-            _mm512_mask_storeu_epi16((uint16_t *)vlast + d * tw, tw == 32 ? ~(__mmask32)0 : 0xFFFF, v);
-          }
-        }
+        const uint32_t *pv = pvb + kvl * g.pvr + R + jb * (tw / 2) * R;
         for (int64_t s = 0; s < npass; s++) {
           const int64_t ns = ad_min(4, (D - 64 * s) / 16);
           float *o = cacc + (kvl * D + 64 * s) * gp;
@@ -821,29 +1038,17 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
             if (ns > 3) _tile_loadd(3, o + 48 * gp, cs);
           }
           for (int64_t i = 0; i < nbj; i++) {
-            const int64_t nv = last && i == nbj - 1 ? nlast : tw;
-            const char *vb = vb0[i] + (kvl * vs[1] + 64 * s * vs[2]) * es;
-            const char *A;
-            int64_t astr;
-            if (fp8) {
-              const int64_t it = (kvl * npass + s) * nbj + i;
-              if (it == 0)
-                for (int64_t k = 0; k < AD_VLAG && k < nvit; k++) AD_VSTAGE(k);
-              if (it + AD_VLAG < nvit) AD_VSTAGE(it + AD_VLAG);
-              A = vst + (it & (AD_VSLOTS - 1)) * 64 * 32;
-              astr = 32;
-            } else if (nv < tw) {
-              A = vlast + 64 * s * tw * 2;
-              astr = tw * 2;
-            } else {
-              A = vb;
-              astr = vs[2] * 2;
-            }
-            const uint32_t *B = pv + i * (tw / 2) * gp;
-            ad_vpf(a, bt, btb, t0, k0, es, tw, nj, nk, npass, jb, nbj, ((kvl * npass + s) * nbj + i) + (fp8 ? AD_VLAG : 0) + AD_VPF);
+            const int64_t it = (kvl * npass + s) * nbj + i;
+            if (it == 0)
+              for (int64_t k = 0; k < AD_VLAG && k < nvit; k++) AD_VSTAGE(k);
+            if (it + AD_VLAG < nvit) AD_VSTAGE(it + AD_VLAG);
+            const char *A = vst + (it & (AD_VSLOTS - 1)) * 64 * 32;
+            const int64_t astr = 32;
+            const uint32_t *B = pv + i * (tw / 2) * R;
+            ad_vpf(a, bt, btb, t0, k0, es, tw, nj, nk, npass, jb, nbj, it + AD_VLAG + AD_VPF);
 #define AD_PV_STEP(BT)                      \
   do {                                      \
-    _tile_loadd(BT, B, cs);                 \
+    _tile_loadd(BT, B, 4 * R);              \
     _tile_loadd(4, A, astr);                \
     _tile_dpbf16ps(0, 4, BT);               \
     if (ns > 1) {                           \
@@ -873,7 +1078,7 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
       }
     }
 #undef AD_VSTAGE
-    if (!nj) memset(cacc, 0, (size_t)(nk * D * gp) * sizeof(float));
+    if (!nj) memset(cacc, 0, (size_t)(fp8 ? nk * D * gp : nsets * 4 * 16 * R) * sizeof(float));
     for (int64_t kvl = 0; kvl < nk; kvl++) {
       const int64_t kvh = k0 + kvl;
       const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
@@ -887,7 +1092,14 @@ static void ad_paged(const xk_attn_args *a, char *base, int64_t begin, int64_t e
         } else {
           dst = (char *)a->out + (seq * a->out_stride_token + hh * a->out_stride_head) * 2;
         }
-        for (int64_t d = 0; d < D; d++) row[d] = ot[d * gp + h] * vsc;
+        if (fp8) {
+          for (int64_t d = 0; d < D; d++) row[d] = ot[d * gp + h] * vsc;
+        } else {
+          for (int64_t d = 0; d < D; d++) {
+            const int64_t p = kvl * npass + d / 64;
+            row[d] = cacc[((p / S * 4 + d % 64 / 16) * 16 + d % 16) * R + p % S * gp + h] * vsc;
+          }
+        }
         xk_convert_row(dst, a->dtype, row, XK_F32, D, 1.0f);
       }
     }
