@@ -1442,12 +1442,6 @@ static void nw_tile(const xk_linear_args *a, int64_t t, char *base, const nw_ws 
 #ifndef NW3_KS2
 #define NW3_KS2 8
 #endif
-#ifndef NW3_WIDEN
-#define NW3_WIDEN 1
-#endif
-#ifndef NW3_BADSUM
-#define NW3_BADSUM 1
-#endif
 #ifndef NW3_PFD
 #define NW3_PFD 4 /* x blocks ahead that the x prefetch runs */
 #endif
@@ -1510,6 +1504,12 @@ typedef struct nw3_job {
   uint16_t *a0t, *st;
 } nw3_job;
 
+/* The 32 bf16 of p as f32: lanes 0-15 to lo, 16-31 to hi (ilo / ihi from nw3_split_rows). */
+XK_ALWAYS_INLINE void nw3_widen(__m512i p, __m512i ilo, __m512i ihi, __m512 *lo, __m512 *hi) {
+  *lo = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ilo, p));
+  *hi = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ihi, p));
+}
+
 /* Rows [r0, r1) of job j split as split32 does, except that a0z is not
  * written (a0z = a0 unless a lane is non-finite or its rounding to bf16
  * overflows: then the returned mask is nonzero and nw3_fix reruns the
@@ -1517,43 +1517,25 @@ typedef struct nw3_job {
 XK_ALWAYS_INLINE __mmask16 nw3_split_rows(const nw3_job *j, int r0, int r1) {
   const __mmask32 km = kmask(j->K - j->k);
   const __mmask16 k0 = (__mmask16)km, k1 = (__mmask16)(km >> 16);
-  __mmask16 bad = 0;
-#if NW3_WIDEN
   /* word i of P into the high half of dword i (ilo: i < 16, ihi: i >= 16), the low halves zeroed by the mask */
-  const __m512i ilo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0, 3, 0,
-                                       2, 0, 1, 0, 0, 0);
+  const __m512i ilo = _mm512_set_epi16(15, 0, 14, 0, 13, 0, 12, 0, 11, 0, 10, 0, 9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 4, 0,
+                                       3, 0, 2, 0, 1, 0, 0, 0);
   const __m512i ihi = _mm512_add_epi16(ilo, _mm512_set1_epi32(16 << 16));
-#endif
-#if NW3_BADSUM
+  /* One sum of every a1 + a2 remainder, classified once at the end instead of per row:
+   * any non-finite lane makes it inf or NaN. */
   __m512 qs = _mm512_setzero_ps();
-#endif
   for (int r = r0; r < r1; r++) {
     uint16_t *o0 = j->a0t + 32 * r, *o1 = j->st + 512 + 32 * r, *o2 = j->st + 1024 + 32 * r;
     if (r < j->rows) {
       const float *p = j->x + (j->m + r) * j->xs + j->k;
       const __m512 v0 = _mm512_maskz_loadu_ps(k0, p), v1 = _mm512_maskz_loadu_ps(k1, p + 16);
       const __m512i P = (__m512i)_mm512_cvtne2ps_pbh(v1, v0);
-#if NW3_WIDEN == 0
-      const __m512 h0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(P)), 16));
-      const __m512 h1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(P, 1)), 16));
-#else
-      const __m512 h0 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ilo, P));
-      const __m512 h1 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ihi, P));
-#endif
+      __m512 h0, h1, g0, g1;
+      nw3_widen(P, ilo, ihi, &h0, &h1);
       const __m512 q0 = _mm512_sub_ps(v0, h0), q1 = _mm512_sub_ps(v1, h1);
-#if NW3_BADSUM
       qs = _mm512_add_ps(qs, _mm512_add_ps(q0, q1));
-#else
-      bad |= _mm512_fpclass_ps_mask(q0, 0x99) | _mm512_fpclass_ps_mask(q1, 0x99); /* NaN or inf */
-#endif
       const __m512i Q = (__m512i)_mm512_cvtne2ps_pbh(q1, q0);
-#if NW3_WIDEN == 0
-      const __m512 g0 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(Q)), 16));
-      const __m512 g1 = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(Q, 1)), 16));
-#else
-      const __m512 g0 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ilo, Q));
-      const __m512 g1 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(0xAAAAAAAAu, ihi, Q));
-#endif
+      nw3_widen(Q, ilo, ihi, &g0, &g1);
       _mm512_storeu_si512(o0, P);
       _mm512_storeu_si512(o1, Q);
       _mm512_storeu_si512(o2, (__m512i)_mm512_cvtne2ps_pbh(_mm512_sub_ps(q1, g1), _mm512_sub_ps(q0, g0)));
@@ -1564,10 +1546,7 @@ XK_ALWAYS_INLINE __mmask16 nw3_split_rows(const nw3_job *j, int r0, int r1) {
       _mm512_storeu_si512(o2, z);
     }
   }
-#if NW3_BADSUM
-  bad = _mm512_fpclass_ps_mask(qs, 0x99); /* inf - inf, NaN - x, finite - inf (overflowed rounding) */
-#endif
-  return bad;
+  return _mm512_fpclass_ps_mask(qs, 0x99); /* inf - inf, NaN - x, finite - inf (overflowed rounding) */
 }
 
 /* Job j split by split32 itself (a non-finite or overflowing lane), a0z to st[0]. */
