@@ -113,6 +113,15 @@ fn on_threads<R: Send>(isa: xpu_ops::Isa, n: usize, f: impl FnOnce() -> R + Send
     with_threads(n, || xpu_ops::with_isa(isa, f).expect("supported tier"))
 }
 
+/// Asserts that `run(t)` (the output bits of a call on `t` threads) is the
+/// same for 2 and 3 threads as for 1.
+fn assert_thread_invariant(what: &str, run: impl Fn(usize) -> Vec<u32>) {
+    let one = run(1);
+    for t in [2, 3] {
+        assert_eq!(one, run(t), "{what}: 1 vs {t} threads");
+    }
+}
+
 /// Shapes around the kernels' blocks: decode tiles (4 rows x 4 cols, 16
 /// lanes), microkernel MR = 14 / NR = 32, K blocks of 256 (512 for bf16
 /// pairs), tile_n 512; zeros, ones and primes.
@@ -252,20 +261,12 @@ fn dense_thread_invariance() {
             ] {
                 let c = Case::new(m, n, k, dtype);
                 let d = make_data(&c, 9 + i as u64);
-                let run = |t: usize| {
+                assert_thread_invariant(&format!("{isa} bf16_dot={dot} {c:?}"), |t| {
                     on_threads(isa, t, || {
                         xpu_ops::ops::linear::with_bf16_dot(dot, || run_case(&c, &d))
                     })
                     .bits()
-                };
-                let one = run(1);
-                for t in [2, 3] {
-                    assert_eq!(
-                        one,
-                        run(t),
-                        "{isa} bf16_dot={dot} {c:?}: 1 vs {t} threads differ"
-                    );
-                }
+                });
             }
         }
     });
@@ -705,14 +706,9 @@ fn wna16_thread_invariance() {
                 bias: true,
             };
             let d = make_q(&c, 31 + i as u64);
-            let one = on_threads(isa, 1, || run_q(&c, &d)).bits();
-            for t in [2, 3] {
-                assert_eq!(
-                    one,
-                    on_threads(isa, t, || run_q(&c, &d)).bits(),
-                    "{isa} {c:?}: 1 vs {t} threads"
-                );
-            }
+            assert_thread_invariant(&format!("{isa} {c:?}"), |t| {
+                on_threads(isa, t, || run_q(&c, &d)).bits()
+            });
         }
     });
 }
@@ -2024,14 +2020,9 @@ fn bf16_thread_invariance_amx_shapes() {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             let c = Case::new(m, n, k, DType::BF16);
             let d = make_data(&c, 90 + i as u64);
-            let one = on_threads(isa, 1, || run_case(&c, &d)).bits();
-            for t in [2, 3] {
-                assert_eq!(
-                    one,
-                    on_threads(isa, t, || run_case(&c, &d)).bits(),
-                    "{isa} {c:?}: 1 vs {t} threads"
-                );
-            }
+            assert_thread_invariant(&format!("{isa} {c:?}"), |t| {
+                on_threads(isa, t, || run_case(&c, &d)).bits()
+            });
         }
     });
 }
@@ -2162,14 +2153,9 @@ fn f32_split_thread_invariance() {
         let c = Case::new(m, n, k, DType::F32);
         let d = make_data(&c, 130 + i as u64);
         for_each_isa(|isa| {
-            let one = on_threads(isa, 1, || run_case(&c, &d)).bits();
-            for th in [2, 3] {
-                assert_eq!(
-                    one,
-                    on_threads(isa, th, || run_case(&c, &d)).bits(),
-                    "{isa} {c:?}: 1 vs {th} threads"
-                );
-            }
+            assert_thread_invariant(&format!("{isa} {c:?}"), |t| {
+                on_threads(isa, t, || run_case(&c, &d)).bits()
+            });
         });
     }
 }
