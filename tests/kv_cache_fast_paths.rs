@@ -260,7 +260,9 @@ fn fast_paths_match_reference_on_every_tier() {
 
 /// fp8 rows of big batches stream (from 32 KiB per grid block; once from
 /// 1 MiB): 8192 tokens of 2 x 128 fp8 keys and values (4 MiB), flash and
-/// paged (prefill-shaped slots), pow2 and other scales.
+/// paged (prefill-shaped slots), pow2, other and per-head scales; and the
+/// same batch into bf16 caches (sources over 1 MiB: the paged runs read
+/// them in place with prefetches ahead on AVX2).
 #[test]
 fn fp8_streaming_matches_reference() {
     let (t, slots_per_cache) = (8192, 8192 + 512);
@@ -268,24 +270,34 @@ fn fp8_streaming_matches_reference() {
     let vals: Vec<f32> = (0..t * H * D).map(|_| rng.uniform() * 6.0).collect();
     let key = encode(&vals, DType::BF16);
     let value: Vec<u8> = key.iter().rev().copied().collect();
+    // bf16 caches copy bits, the reference goes through f32 (quieting the
+    // signalling NaNs the byte-reversed values hold): values for them.
+    let value_f: Vec<f32> = vals.iter().rev().map(|v| v * 0.5 - 1.0).collect();
+    let value_bf16 = encode(&value_f, DType::BF16);
     // 16 slots padding at the start.
     let mut slots = shuffled_block_slots(t, slots_per_cache, &mut rng);
     slots[..16].fill(-1);
     for layout in [Layout::Flash, Layout::Paged] {
-        for (ks, vs) in [(vec![1.0f32], vec![0.25f32]), (vec![0.013], vec![0.3])] {
+        for (kv, cache, ks, vs) in [
+            ("fp8", DType::U8, vec![1.0f32], vec![0.25f32]),
+            ("fp8", DType::U8, vec![0.013], vec![0.3]),
+            ("fp8", DType::U8, vec![0.013, 0.5], vec![0.3, 1.0 / 448.0]),
+            ("auto", DType::BF16, vec![1.0], vec![1.0]),
+        ] {
             let s = Setup {
                 layout,
                 src: DType::BF16,
-                kv_cache_dtype: "fp8",
-                cache: DType::U8,
+                kv_cache_dtype: kv,
+                cache,
                 k_scale: ks,
                 v_scale: vs,
                 misalign: 0,
                 block_size: 16,
                 slots: slots_per_cache,
             };
-            let what = format!("{layout:?} fp8 8192 tokens");
-            assert_every_tier_matches_reference(&s, &key, &value, &slots, &[1], &what);
+            let what = format!("{layout:?} {kv} 8192 tokens");
+            let v = if kv == "auto" { &value_bf16 } else { &value };
+            assert_every_tier_matches_reference(&s, &key, v, &slots, &[1, 2], &what);
         }
     }
 }
