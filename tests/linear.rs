@@ -123,9 +123,11 @@ fn assert_thread_invariant(what: &str, run: impl Fn(usize) -> Vec<u32>) {
 }
 
 /// Shapes around the kernels' blocks: decode tiles (4 rows x 4 cols, 16
-/// lanes), microkernel MR = 14 / NR = 32, K blocks of 256 (512 for bf16
-/// pairs), tile_n 512; zeros, ones and primes.
-const SHAPES: [(usize, usize, usize); 22] = [
+/// lanes), microkernel MR = 14 / NR = 32 (avx2: 6 / 16, A blocks of 48
+/// rows), K blocks of 256 (512 for bf16 pairs), weight rows packed a 64-byte
+/// line at a time, tile_n 512, A read as rows when N <= 64 (f16/bf16 x
+/// converted per block); zeros, ones and primes.
+const SHAPES: [(usize, usize, usize); 24] = [
     (0, 5, 7),
     (3, 0, 9),
     (2, 6, 0),
@@ -148,6 +150,8 @@ const SHAPES: [(usize, usize, usize); 22] = [
     (1, 600, 37),
     (15, 3, 1025),
     (33, 1, 2),
+    (101, 50, 530),
+    (59, 70, 301),
 ];
 
 #[test]

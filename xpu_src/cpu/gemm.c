@@ -838,6 +838,11 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #define MR 6
 #define NR 16
 #endif
+/* AVX2 on Zen 3 (one thread, f32 M = 512-1024, K = 4096), tried against these
+ * defaults and no better within the noise of a shared machine: MC_MULT 16 or
+ * 24 (BLIS's MC = 144; 79.9 vs 81.6 GFLOP/s), TILE_N_MAX 512 (80.5 vs 81.6),
+ * prefetching the next B panel into L1 or L2 from inside the microkernel, a
+ * line per k step (79.8-81.7 vs 80.7). */
 #ifndef KC
 #define KC 256 /* K per block: f32 units */
 #endif
@@ -857,6 +862,27 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
 #endif
 #ifndef TILE_M_MAX
 #define TILE_M_MAX 1024
+#endif
+
+/* Partial C rows. On AVX2, vmaskmov rather than vf_loadm / vf_storem: their
+ * memcpy calls clobber every vector register, so the compiler spilled all
+ * accumulators to the stack at every microkernel's end (+4% with C out of L1). */
+#if VL == 16
+XK_ALWAYS_INLINE vf c_loadm(const float *p, vmask m) { return vf_loadm(p, m); }
+XK_ALWAYS_INLINE void c_storem(float *p, vf v, vmask m) { vf_storem(p, v, m); }
+#else
+XK_ALWAYS_INLINE __m256i c_lanes(vmask m) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(m), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+XK_ALWAYS_INLINE vf c_loadm(const float *p, vmask m) {
+  return m == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, c_lanes(m));
+}
+XK_ALWAYS_INLINE void c_storem(float *p, vf v, vmask m) {
+  if (m == 8)
+    _mm256_storeu_ps(p, v);
+  else
+    _mm256_maskstore_ps(p, c_lanes(m), v);
+}
 #endif
 
 /* C[mr][NR] (+)= A * B over kl: A a packed micro-panel [kl][MR] (or, with rows, f32 rows lda floats apart), B a
@@ -886,8 +912,8 @@ XK_ALWAYS_INLINE void uk_f32(const int mr, int64_t kl, const float *A, const flo
   }
   for (int i = 0; i < mr; i++)
     for (int v = 0; v < NV; v++) {
-      if (load_c) c[i][v] = vf_add(c[i][v], vf_loadm(C + i * ldc + v * VL, cm[v]));
-      vf_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
+      if (load_c) c[i][v] = vf_add(c[i][v], c_loadm(C + i * ldc + v * VL, cm[v]));
+      c_storem(C + i * ldc + v * VL, c[i][v], cm[v]);
     }
 }
 
@@ -997,40 +1023,54 @@ XK_ALWAYS_INLINE void transpose(vf r[8]) {
 XK_ALWAYS_INLINE void pack_b_kind(const xk_linear_args *a, const int kind, int64_t n0, int64_t n1, int64_t k0,
                                   int64_t kl, float *dst) {
   const int quant = kind == WK_INT4 || kind == WK_INT8;
+  const int64_t es = quant ? 1 : xk_dtype_size(a->w_dtype);
+  /* A group of VL rows is read a 64-byte line of each at a time (VL k of
+   * codes). Rows a multiple of 4 KiB apart (K = 2048, 4096) share one L1 set:
+   * taking VL k per group, as before, re-read each line from L2 for every VL
+   * k (bf16 weights, M = 256, K = 4096, N = 2048 on Zen 3: pack_b 10% -> 8%
+   * of the profile). The prefetch went to the next panel's row, the same
+   * set again: 4 lines ahead measured best (2, 8, 16 and T1 no better). */
+  const int64_t kg_len = quant ? VL : 64 / es;
+  const int64_t pfd = 4 * kg_len; /* prefetch distance in k: 4 lines ahead, another L1 set */
   for (int64_t pn = n0; pn < n1; pn += NR) {
     float *panel = dst + ((pn - n0) / NR) * kl * NR;
-    for (int64_t k = 0; k < kl; k += VL) {
-      const vmask km = vm_first(kl - k);
-      const int64_t kk = k0 + k;
+    for (int64_t kg = 0; kg < kl; kg += kg_len) {
       for (int64_t jb = 0; jb < NR; jb += VL) {
-        vf r[VL];
-        for (int j = 0; j < VL; j++) {
-          const int64_t n = pn + jb + j;
-          if (n >= n1) {
-            r[j] = vf_zero();
-            continue;
+        for (int64_t k = kg; k < kl && k < kg + kg_len; k += VL) {
+          const vmask km = vm_first(kl - k);
+          const int64_t kk = k0 + k;
+          vf r[VL];
+          for (int j = 0; j < VL; j++) {
+            const int64_t n = pn + jb + j;
+            if (n >= n1) {
+              r[j] = vf_zero();
+              continue;
+            }
+            wparams wp;
+            if (quant) {
+              wp = wparams_load(a, kind, n, kk / a->group_size);
+            } else {
+              wp.p = vf_zero();
+              wp.q = wp.p;
+            }
+            r[j] = w_vec(kind, w_row(a, n), kk, km, wp);
+            /* Rows are read as NR streams of a K block each, too short for the
+             * hardware prefetchers: fetch pfd k ahead, past the block's end in
+             * the next panel's row (after the last panel, in the first panel's
+             * row of the next K block). */
+            if (!quant && k == kg) {
+              int64_t np = n, kp = kk + pfd;
+              if (k + pfd >= kl) {
+                const int last = n + NR >= n1;
+                np = last ? n0 + (n - pn) : n + NR;
+                if (!last) kp -= kl;
+              }
+              if (kp < a->k) _mm_prefetch((const char *)w_row(a, np) + kp * es, _MM_HINT_T0);
+            }
           }
-          wparams wp;
-          if (quant) {
-            wp = wparams_load(a, kind, n, kk / a->group_size);
-          } else {
-            wp.p = vf_zero();
-            wp.q = wp.p;
-          }
-          r[j] = w_vec(kind, w_row(a, n), kk, km, wp);
-          /* Rows are read as NR streams of a K block each, too short for the
-           * hardware prefetchers: fetch the same line of the next panel's row
-           * (after the last panel, of the first panel's row in the next K block). */
-          if (!quant) {
-            const int last = n + NR >= n1;
-            const int64_t kp = last ? kk + kl : kk;
-            if (kp < a->k)
-              _mm_prefetch((const char *)w_row(a, last ? n0 + (n - pn) : n + NR) + kp * xk_dtype_size(a->w_dtype),
-                           _MM_HINT_T0);
-          }
+          transpose(r);
+          for (int v = 0; v < VL && k + v < kl; v++) vf_store(panel + (k + v) * NR + jb, r[v]);
         }
-        transpose(r);
-        for (int v = 0; v < VL && k + v < kl; v++) vf_store(panel + (k + v) * NR + jb, r[v]);
       }
     }
   }
@@ -1191,10 +1231,16 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
     ldc = a->tile_n;
   }
   const int64_t npanels = cdiv(n1 - n0, NR);
-  /* f32 x with few panels per A block (N <= 64): the microkernel broadcasts A
-   * straight from x. The transposing pack_a was ~35% of such a GEMM (it runs
-   * once per A block for only 1-2 panels); same products in the same order. */
-  const int direct = !pairs && a->x_dtype == XK_F32 && !a->perm && npanels <= DIRECT_MAX_PANELS;
+  /* Few panels per A block (N <= 64): the microkernel broadcasts A from f32
+   * rows, x itself (direct) or, for f16/bf16 x, the block's rows converted
+   * into abuf (kl floats apart). The transposing pack_a was ~35% of such a
+   * GEMM (it runs once per A block for only 1-4 panels); same products in the
+   * same order. bf16 M = 1024, K = 2048, N = 64 on Zen 3: 58 -> 76 GFLOP/s;
+   * copying f32 x the same way instead of reading it in place: 82 -> 70.
+   * AVX-512 keeps pack_a for f16/bf16 x (not measured there). */
+  const int rows = !pairs && !a->perm && npanels <= DIRECT_MAX_PANELS && (VL == 8 || a->x_dtype == XK_F32);
+  const int direct = rows && a->x_dtype == XK_F32;
+  const int64_t xs = xk_dtype_size(a->x_dtype);
   const int prepacked = a->w_kind == XK_WEIGHT_PACKED_PANEL; /* tile_n is a multiple of NR */
   const int64_t npad = cdiv(a->n, NR) * NR;
 
@@ -1215,8 +1261,11 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
     for (int64_t mb = m0; mb < m1; mb += MC) {
       const int64_t mc = min64(MC, m1 - mb);
       /* Micro-panels of MR rows, each [units][MR], back to back (none when A is read from x). */
-      for (int64_t i = 0; i < mc && !direct; i += MR)
+      for (int64_t i = 0; i < mc && !rows; i += MR)
         pack_a(a, pairs, mb + i, (int)min64(MR, mc - i), k0, kl, (uint32_t *)abuf + i * units);
+      for (int64_t i = 0; i < mc && rows && !direct; i++)
+        xk_convert_row((float *)abuf + i * units, XK_F32, (const char *)a->x + ((mb + i) * a->x_stride + k0) * xs,
+                       a->x_dtype, kl, 1.0f);
       for (int64_t pi = 0; pi < npanels; pi++) {
         const int nr = (int)min64(NR, n1 - n0 - pi * NR);
         for (int64_t i = 0; i < mc; i += MR) {
@@ -1229,9 +1278,10 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
             continue;
           }
 #endif
-          if (direct)
-            uk_f32_rows(mr, units, (const float *)a->x + (mb + i) * a->x_stride + k0,
-                        (const float *)packb + pi * units * NR, c, ldc, k0 > 0, nr, a->x_stride);
+          if (rows)
+            uk_f32_rows(mr, units,
+                        direct ? (const float *)a->x + (mb + i) * a->x_stride + k0 : (const float *)abuf + i * units,
+                        (const float *)packb + pi * units * NR, c, ldc, k0 > 0, nr, direct ? a->x_stride : units);
           else
             uk_f32_any(mr, units, (const float *)abuf + i * units, (const float *)packb + pi * units * NR, c, ldc,
                        k0 > 0, nr);
