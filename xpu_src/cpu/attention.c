@@ -392,8 +392,12 @@ static int64_t xd_paged_nk_max(const xk_attn_args *a, int64_t L);
 static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
   const int64_t Dp = xa_round_up(a->head_size, XA_W), L = xa_cols(a);
   int64_t R = xa_max(xa_rows(a), 1), Lbf = L;
+  int64_t kTn = Dp * XA_W;
 #if XK_F32_LANES == 8
-  if (a->kind == XK_ATTN_VARLEN) R = xa_round_up(R, 8); /* the prefill path's rows fill whole vectors */
+  if (a->kind == XK_ATTN_VARLEN) { /* the prefill path: rows fill whole vectors, a step of K or V rows in kT */
+    R = xa_round_up(R, 8);
+    kTn = Dp * XA_VT;
+  }
 #endif
 #if XK_F32_LANES == 16
   if (a->kind == XK_ATTN_PAGED && xd_paged_ok(a)) { /* the fast path: rows of several kv heads, no bf16 copy */
@@ -411,7 +415,7 @@ static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
   XA_TAKE(acc, float, R * Dp);
   XA_TAKE(lg, float, R * L);
   XA_TAKE(p16, uint16_t, R * Lbf);
-  XA_TAKE(kT, float, Dp * XA_W);
+  XA_TAKE(kT, float, kTn);
   XA_TAKE(vt, float, Dp * XA_W);
   XA_TAKE(stage, float, Dp * XA_W);
   XA_TAKE(m, float, R);
@@ -2145,7 +2149,7 @@ void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end)
  *   qT   [D][R8]  the queries, transposed once per item (R8: rows rounded up to 8)
  *   lgT  [n][R8]  logits, then probabilities, of a step of n <= XA_VT keys
  *   accT [D][R8]  the P.V accumulator
- *   kv   [32][Dp] 32 key (or value) rows of the step, converted to f32 once
+ *   kv   [n][Dp]   the step's key (or value) rows, converted to f32 once
  * Q.K^T and P.V are then one register-blocked product, C[b][rows] += sum_k
  * A[b, k] * B[k][rows]: 6 broadcast elements of A (6 keys, or 6 head-dim
  * elements of the values) times 2 vectors of 8 rows: 12 accumulators, 2
@@ -2168,26 +2172,34 @@ void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end)
  * block while the current sub-tile computes: the rows of a kv head are
  * strided, so the hardware prefetchers do not run ahead of them. */
 typedef struct xp_pf {
-  const char *row[XA_W];
-  int64_t n, lines, i, quota; /* rows, lines per row, lines issued, lines per block */
+  const char *row[XA_VT];
+  int64_t n, lines, quota; /* rows, lines per row, lines per block */
+  int64_t j, l;            /* the next line: line l of row j */
 } xp_pf;
 
 static inline void xp_pf_issue(xp_pf *pf) {
-  for (int64_t k = 0; k < pf->quota && pf->i < pf->n * pf->lines; k++, pf->i++) {
-    _mm_prefetch(pf->row[pf->i / pf->lines] + 64 * (pf->i % pf->lines), _MM_HINT_T1);
+  for (int64_t k = 0; k < pf->quota && pf->j < pf->n; k++) {
+    _mm_prefetch(pf->row[pf->j] + 64 * pf->l, _MM_HINT_T0);
+    if (++pf->l == pf->lines) {
+      pf->l = 0;
+      pf->j++;
+    }
   }
 }
 
-/* C[b][0 .. 8 nv) (+)= sum_{k < nk} A[b * ab + k * ak] * B[k * bld + 0 .. 8 nv) for b < nb. */
+/* C[b][0 .. 8 nv) = C[b][..] * S[0 .. 8 nv) (or 0 if S is NULL) + sum_{k < nk} A[b * ab + k * ak] * B[k * bld + 0 ..
+ * 8 nv) for b < nb. */
 static inline __attribute__((always_inline)) void xp_block(const float *A, int64_t ab, int64_t ak, const float *B,
-                                                           int64_t bld, int64_t nk, float *C, int64_t cld, int load,
-                                                           const int nb, const int nv, xp_pf *pf) {
+                                                           int64_t bld, int64_t nk, float *C, int64_t cld,
+                                                           const float *S, const int nb, const int nv, xp_pf *pf) {
   xp_pf_issue(pf);
-  __m256 acc[12][2];
+  __m256 acc[12][2], sc[2];
+#pragma GCC unroll 2
+  for (int v = 0; v < nv; v++) sc[v] = S ? _mm256_loadu_ps(S + 8 * v) : _mm256_setzero_ps();
 #pragma GCC unroll 12
   for (int b = 0; b < nb; b++)
 #pragma GCC unroll 2
-    for (int v = 0; v < nv; v++) acc[b][v] = load ? _mm256_loadu_ps(C + b * cld + 8 * v) : _mm256_setzero_ps();
+    for (int v = 0; v < nv; v++) acc[b][v] = S ? _mm256_mul_ps(_mm256_loadu_ps(C + b * cld + 8 * v), sc[v]) : sc[v];
   for (int64_t k = 0; k < nk; k++) {
     __m256 x[2];
 #pragma GCC unroll 2
@@ -2205,20 +2217,35 @@ static inline __attribute__((always_inline)) void xp_block(const float *A, int64
     for (int v = 0; v < nv; v++) _mm256_storeu_ps(C + b * cld + 8 * v, acc[b][v]);
 }
 
-/* C[0 .. na)[0 .. 8 nvr) (+)= A . B: blocks of 2 row vectors x 6 (or 1 x 12);
- * a short remainder is split so that no block has fewer than 4 (8) accumulators. */
-static inline __attribute__((always_inline)) void xp_gemm(const float *A, int64_t ab, int64_t ak, const float *B,
-                                                          int64_t bld, int64_t nk, float *C, int64_t cld, int load,
-                                                          int64_t na, int64_t nvr, xp_pf *pf) {
+/* Broadcast elements of the next block of xp_gemm at a0 of na (nv row vectors): 6
+ * (12), a short remainder split so that no block has fewer than 4 (8) accumulators. */
+static inline int xp_nb(int64_t rem, int nv) {
+  const int nbmax = 12 / nv;
+  return (int)(rem >= nbmax + 4 ? nbmax : rem > nbmax ? (rem + 1) / 2 : rem);
+}
+
+/* How many blocks xp_gemm runs. */
+static int64_t xp_blocks(int64_t na, int64_t nvr) {
+  int64_t n = 0;
   for (int64_t v0 = 0; v0 < nvr; v0 += 2) {
-    const int nv = nvr - v0 >= 2 ? 2 : 1, nbmax = 12 / nv;
+    for (int64_t a0 = 0; a0 < na; n++) a0 += xp_nb(na - a0, nvr - v0 >= 2 ? 2 : 1);
+  }
+  return n;
+}
+
+/* C[0 .. na)[0 .. 8 nvr) = C * S (0 if S is NULL) + A . B in blocks of xp_nb broadcast elements x 2 (or 1)
+ * row vectors. */
+static inline __attribute__((always_inline)) void xp_gemm(const float *A, int64_t ab, int64_t ak, const float *B,
+                                                          int64_t bld, int64_t nk, float *C, int64_t cld,
+                                                          const float *S, int64_t na, int64_t nvr, xp_pf *pf) {
+  for (int64_t v0 = 0; v0 < nvr; v0 += 2) {
+    const int nv = nvr - v0 >= 2 ? 2 : 1;
     for (int64_t a0 = 0; a0 < na;) {
-      const int64_t rem = na - a0;
-      const int nb = (int)(rem >= nbmax + 4 ? nbmax : rem > nbmax ? (rem + 1) / 2 : rem);
-      const float *Ab = A + a0 * ab, *Bv = B + 8 * v0;
+      const int nb = xp_nb(na - a0, nv);
+      const float *Ab = A + a0 * ab, *Bv = B + 8 * v0, *Sv = S ? S + 8 * v0 : NULL;
       float *Cb = C + a0 * cld + 8 * v0;
 #define XP_CASE(NB, NV) \
-  case NB: xp_block(Ab, ab, ak, Bv, bld, nk, Cb, cld, load, NB, NV, pf); break
+  case NB: xp_block(Ab, ab, ak, Bv, bld, nk, Cb, cld, Sv, NB, NV, pf); break
       if (nv == 2) {
         switch (nb) {
           XP_CASE(6, 2); XP_CASE(5, 2); XP_CASE(4, 2); XP_CASE(3, 2); XP_CASE(2, 2); default: XP_CASE(1, 2);
@@ -2238,13 +2265,14 @@ static inline __attribute__((always_inline)) void xp_gemm(const float *A, int64_
 /* lgT[j][rows] = sum_d kv[j][d] * qT[d][rows] for keys j < nk (the chain over d of xa_qk_f32). */
 static void xp_qk(const float *kv, int64_t Dp, const float *qT, int64_t R8, int64_t D, float *lgT, int64_t nk,
                   xp_pf *pf) {
-  xp_gemm(kv, Dp, 1, qT, R8, D, lgT, R8, 0, nk, R8 / 8, pf);
+  xp_gemm(kv, Dp, 1, qT, R8, D, lgT, R8, NULL, nk, R8 / 8, pf);
 }
 
-/* accT[d][rows] += sum_t p[t][rows] * kv[t][d] over tokens t < nt, for d < D. */
+/* accT[d][rows] = accT[d][rows] * alpha[rows] + sum_t p[t][rows] * kv[t][d] over tokens t < nt, for d < D:
+ * the online softmax's rescale (alpha = 1: unchanged) folded into the accumulator load. */
 static void xp_pv(const float *kv, int64_t Dp, const float *pT, int64_t R8, int64_t nt, float *accT, int64_t D,
-                  xp_pf *pf) {
-  xp_gemm(kv, 1, Dp, pT, R8, nt, accT, R8, 1, D, R8 / 8, pf);
+                  const float *alpha, xp_pf *pf) {
+  xp_gemm(kv, 1, Dp, pT, R8, nt, accT, R8, alpha, D, R8 / 8, pf);
 }
 
 /* One work item's rows for one kv head. */
@@ -2299,7 +2327,7 @@ static void xp_pf_set(xp_pf *pf, const xk_attn_args *a, const int32_t *bt, int64
                       int64_t n, int64_t calls) {
   pf->n = xa_max(0, n);
   pf->lines = (a->head_size * xk_dtype_size(a->cache_dtype) + 63) / 64;
-  pf->i = 0;
+  pf->j = pf->l = 0;
   pf->quota = (pf->n * pf->lines + calls - 1) / calls;
   xp_rows_of(a, bt, kvh, value, t0, pf->n, pf->row);
 }
@@ -2327,9 +2355,10 @@ static inline void xp_tr8(const float *src, int64_t sld, float *dst, int64_t dld
 
 /* The online-softmax step over keys [ts, ts + n) (attn_varlen's, down the
  * columns of lgT): scale, softcap, ALiBi, masks, the running maximum and sum,
- * the rescale of accT, and the probabilities rounded to the query dtype. */
+ * the rescale factors of accT (alpha, applied by xp_pv), and the probabilities
+ * rounded to the query dtype. */
 static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int64_t n, float sc) {
-  const int64_t R8 = x->R8, D = a->head_size;
+  const int64_t R8 = x->R8;
   const __m256 ninf = _mm256_set1_ps(-INFINITY), vsc = _mm256_set1_ps(sc);
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t v = 0; v < R8; v += 8) {
@@ -2339,7 +2368,14 @@ static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int6
     const __m256 slope = _mm256_loadu_ps(x->slope + v);
     float *col = x->lgT + v;
     __m256 mx = ninf;
-    for (int64_t j = 0; j < n; j++) {
+    int plain = a->softcap <= 0.0f && !a->alibi_slopes; /* and every row attends every key of the step */
+    for (int e = 0; e < 8; e++) plain &= x->lo[v + e] <= ts && x->hi[v + e] >= ts + n;
+    for (int64_t j = 0; plain && j < n; j++) {
+      const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(col + j * R8), vsc);
+      _mm256_storeu_ps(col + j * R8, y);
+      mx = _mm256_max_ps(y, mx);
+    }
+    for (int64_t j = 0; !plain && j < n; j++) {
       __m256 y = _mm256_mul_ps(_mm256_loadu_ps(col + j * R8), vsc);
       if (a->softcap > 0.0f) { /* xa_softcap's scalar form on this tier */
         float t[8];
@@ -2359,12 +2395,15 @@ static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int6
       mx = _mm256_max_ps(y, mx); /* as xa_max_row: NaN logits ignored */
     }
     float mt[8], mn[8], zero[8];
+    int anyzero = 0;
     _mm256_storeu_ps(mt, mx);
     for (int e = 0; e < 8; e++) {
       const int64_t r = v + e;
-      const float m_new = fmaxf(x->m[r], mt[e]);
+      const float m_new = fmaxf(x->m[r], mt[e]), m = x->m[r];
       zero[e] = m_new == -INFINITY ? -1.0f : 0.0f; /* nothing attended yet: p = 0, m and l kept */
-      x->alpha[r] = m_new == -INFINITY ? 1.0f : x->m[r] == -INFINITY ? 0.0f : expf(x->m[r] - m_new);
+      anyzero |= m_new == -INFINITY;
+      /* expf(0) is 1: the call only where the maximum moved */
+      x->alpha[r] = m_new == -INFINITY || m == m_new ? 1.0f : m == -INFINITY ? 0.0f : expf(m - m_new);
       mn[e] = m_new == -INFINITY ? 0.0f : m_new;
     }
     const __m256 vm = _mm256_loadu_ps(mn), zmask = _mm256_loadu_ps(zero);
@@ -2377,15 +2416,13 @@ static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int6
         float *p = col + (j0 + e) * R8;
         __m256 ex = xa_exp8(_mm256_sub_ps(_mm256_loadu_ps(p), vm));
         part[e] = _mm256_add_ps(part[e], ex);
-        ex = _mm256_blendv_ps(ex, _mm256_setzero_ps(), zmask);
+        if (anyzero) ex = _mm256_blendv_ps(ex, _mm256_setzero_ps(), zmask);
         if (a->dtype == XK_BF16) { /* xk_store8 + xk_load8 in registers: round to nearest even, NaN quieted */
           const __m256i u = _mm256_castps_si256(ex), hi16 = _mm256_set1_epi32((int)0xffff0000u);
           const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
           const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), hi16);
           const __m256i qn = _mm256_or_si256(_mm256_and_si256(u, hi16), _mm256_set1_epi32(0x400000));
-          const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                                 _mm256_set1_epi32(0x7f800000));
-          ex = _mm256_castsi256_ps(_mm256_blendv_epi8(rn, qn, nan));
+          ex = _mm256_blendv_ps(_mm256_castsi256_ps(rn), _mm256_castsi256_ps(qn), _mm256_cmp_ps(ex, ex, _CMP_UNORD_Q));
         } else if (a->dtype == XK_F16) {
           ex = _mm256_cvtph_ps(_mm256_cvtps_ph(ex, _MM_FROUND_TO_NEAREST_INT));
         }
@@ -2396,20 +2433,11 @@ static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int6
     for (int e = 0; e < 8; e++) s = _mm256_add_ps(s, part[e]);
     float sum[8];
     _mm256_storeu_ps(sum, s);
-    int rescale = 0;
     for (int e = 0; e < 8; e++) {
       const int64_t r = v + e;
       if (zero[e] != 0.0f) continue;
       x->l[r] = x->l[r] * x->alpha[r] + sum[e];
       x->m[r] = mn[e];
-      rescale |= x->alpha[r] != 1.0f;
-    }
-    if (rescale) {
-      const __m256 al = _mm256_loadu_ps(x->alpha + v);
-      for (int64_t d = 0; d < D; d++) {
-        float *acc = x->accT + d * R8 + v;
-        _mm256_storeu_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(acc), al));
-      }
     }
   }
 }
@@ -2424,7 +2452,7 @@ static void xp_varlen(const xk_attn_args *a, const xa_ws *w, int64_t begin, int6
   const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w->Dp;
   const int64_t qes = xk_dtype_size(a->dtype);
   float *row = w->stage, *kv = w->kT;
-  const char *rows[XA_W];
+  const char *rows[XA_VT];
   xp_rows x;
   x.qT = (float *)w->q;
   x.lgT = w->lg;
@@ -2483,34 +2511,20 @@ static void xp_varlen(const xk_attn_args *a, const xa_ws *w, int64_t begin, int6
     if (LO == INT64_MAX) LO = 0;
     memset(x.accT, 0, (size_t)(D * R8) * sizeof(float));
     const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
-    /* micro-kernel calls per sub-tile, about: the next sub-tile's lines spread over the first 8 */
-    const int64_t calls = 8;
+    /* the values of a step are prefetched while its logits compute, the next keys while P.V runs */
+    const int64_t qk_calls = xp_blocks(XA_VT, R8 / 8), pv_calls = xp_blocks(D, R8 / 8);
     xp_pf pf;
     for (int64_t ts = LO; ts < HI; ts += XA_VT) {
-      const int64_t te = xa_min(ts + XA_VT, HI);
-      for (int64_t st = ts; st < te; st += XA_W) {
-        const int64_t nn = xa_min(XA_W, te - st);
-        xp_rows_of(a, bt, kvh, 0, st, nn, rows);
-        xp_stage(a, rows, nn, kv, Dp);
-        if (st + XA_W < te) {
-          xp_pf_set(&pf, a, bt, kvh, 0, st + XA_W, xa_min(XA_W, te - st - XA_W), calls);
-        } else {
-          xp_pf_set(&pf, a, bt, kvh, 1, ts, xa_min(XA_W, te - ts), calls);
-        }
-        xp_qk(kv, Dp, x.qT, R8, D, x.lgT + (st - ts) * R8, nn, &pf);
-      }
-      xp_softmax(a, &x, ts, te - ts, a->scale * ks);
-      for (int64_t st = ts; st < te; st += XA_W) {
-        const int64_t nn = xa_min(XA_W, te - st);
-        xp_rows_of(a, bt, kvh, 1, st, nn, rows);
-        xp_stage(a, rows, nn, kv, Dp);
-        if (st + XA_W < te) {
-          xp_pf_set(&pf, a, bt, kvh, 1, st + XA_W, xa_min(XA_W, te - st - XA_W), calls);
-        } else {
-          xp_pf_set(&pf, a, bt, kvh, 0, te, xa_min(XA_W, HI - te), calls);
-        }
-        xp_pv(kv, Dp, x.lgT + (st - ts) * R8, R8, nn, x.accT, D, &pf);
-      }
+      const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
+      xp_rows_of(a, bt, kvh, 0, ts, n, rows);
+      xp_stage(a, rows, n, kv, Dp);
+      xp_pf_set(&pf, a, bt, kvh, 1, ts, n, qk_calls);
+      xp_qk(kv, Dp, x.qT, R8, D, x.lgT, n, &pf);
+      xp_softmax(a, &x, ts, n, a->scale * ks);
+      xp_rows_of(a, bt, kvh, 1, ts, n, rows);
+      xp_stage(a, rows, n, kv, Dp);
+      xp_pf_set(&pf, a, bt, kvh, 0, te, xa_min(XA_VT, HI - te), pv_calls);
+      xp_pv(kv, Dp, x.lgT, R8, n, x.accT, D, x.alpha, &pf);
     }
     const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
     for (int64_t r0 = 0; r0 < x.R; r0 += 8) { /* 8 rows of accT at a time, transposed into the stage buffer */
