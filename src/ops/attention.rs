@@ -51,6 +51,15 @@
 //! except that a single-query chunk takes the decode path (another summation
 //! order, within the tolerance).
 //!
+//! AVX2 prefill ([`flash_attn_varlen_func`] on the avx2 tier, calls with
+//! work items of two or more queries): the query rows of a work item (64 on
+//! this tier) lie across vector lanes, K and V rows are converted to f32 once
+//! per item and kv head, Q·Kᵀ and P·V are register-blocked fp32 FMA products
+//! and the online softmax runs down the columns; bit-identical to the general
+//! loop over the same work items (same FMA chains, steps, exp and summation
+//! order; with a left window the steps start at an item's first key, so the
+//! item size moves them, within the tolerance). See `xpu_src/cpu/attention.c`.
+//!
 //! AMX decode path (the `amx` tier with the fast path allowed; v1/v2 with
 //! bf16 queries over bf16 or fp8 caches (fp8 widened to bf16 exactly),
 //! block size a multiple of 16, head size a

@@ -2149,7 +2149,7 @@ void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end)
  *   qT   [D][R8]  the queries, transposed once per item (R8: rows rounded up to 8)
  *   lgT  [n][R8]  logits, then probabilities, of a step of n <= XA_VT keys
  *   accT [D][R8]  the P.V accumulator
- *   kv   [n][Dp]   the step's key (or value) rows, converted to f32 once
+ *   kv   [n][Dp]  the step's key (or value) rows, converted to f32 once
  * Q.K^T and P.V are then one register-blocked product, C[b][rows] += sum_k
  * A[b, k] * B[k][rows]: 6 broadcast elements of A (6 keys, or 6 head-dim
  * elements of the values) times 2 vectors of 8 rows: 12 accumulators, 2
@@ -2166,11 +2166,16 @@ void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end)
  *
  * Replaced (T=2048, causal, bf16, one thread): the general loop, rows x 32 keys
  * as 2 x 4 accumulators with K transposed per tile, at 31-34% of the FMA peak.
+ * Measured and not kept: 32-key sub-tiles for Q.K^T and P.V (no faster than
+ * whole 64-key steps), prefetch hint T1 instead of T0 (no difference), all
+ * prefetches in the first few blocks (the prefetches stall once the miss
+ * buffers fill), a separate rescale pass over accT (folded into xp_pv instead).
  */
 
-/* Cache lines of the next sub-tile's token rows, issued a few per micro-kernel
- * block while the current sub-tile computes: the rows of a kv head are
- * strided, so the hardware prefetchers do not run ahead of them. */
+/* Cache lines of the token rows staged next (a step's values, or the next
+ * step's keys), issued a few per micro-kernel block while the current product
+ * computes: the rows of a kv head are strided, so the hardware prefetchers do
+ * not run ahead of them. */
 typedef struct xp_pf {
   const char *row[XA_VT];
   int64_t n, lines, quota; /* rows, lines per row, lines per block */
@@ -2187,8 +2192,8 @@ static inline void xp_pf_issue(xp_pf *pf) {
   }
 }
 
-/* C[b][0 .. 8 nv) = C[b][..] * S[0 .. 8 nv) (or 0 if S is NULL) + sum_{k < nk} A[b * ab + k * ak] * B[k * bld + 0 ..
- * 8 nv) for b < nb. */
+/* C[b][0 .. 8 nv) = C[b][..] * S[0 .. 8 nv) (0 if S is NULL)
+ *                   + sum_{k < nk} A[b * ab + k * ak] * B[k * bld + 0 .. 8 nv), for b < nb. */
 static inline __attribute__((always_inline)) void xp_block(const float *A, int64_t ab, int64_t ak, const float *B,
                                                            int64_t bld, int64_t nk, float *C, int64_t cld,
                                                            const float *S, const int nb, const int nv, xp_pf *pf) {
@@ -2420,7 +2425,8 @@ static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int6
         if (a->dtype == XK_BF16) { /* xk_store8 + xk_load8 in registers: round to nearest even, NaN quieted */
           const __m256i u = _mm256_castps_si256(ex), hi16 = _mm256_set1_epi32((int)0xffff0000u);
           const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-          const __m256i rn = _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), hi16);
+          const __m256i rn =
+              _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), hi16);
           const __m256i qn = _mm256_or_si256(_mm256_and_si256(u, hi16), _mm256_set1_epi32(0x400000));
           ex = _mm256_blendv_ps(_mm256_castsi256_ps(rn), _mm256_castsi256_ps(qn), _mm256_cmp_ps(ex, ex, _CMP_UNORD_Q));
         } else if (a->dtype == XK_F16) {
