@@ -1444,6 +1444,34 @@ fn varlen_bf16_prefill_tiles() {
     VarlenCase::new(sp, &[(200, 260), (1, 50), (90, 90)]).assert_thread_invariant("prefill");
 }
 
+/// Prefill work items whose rows (queries x query heads of a kv head) do not
+/// fill whole vectors (3 and 6 query heads per kv head, short last items), head
+/// sizes that are not a multiple of the micro-kernel blocks (40, 136), contexts
+/// that end inside a 64-key step, and masks inside the steps (windows, causal
+/// diagonal) with softcap, ALiBi, sinks and fp8 scales (the avx2 tier's
+/// row-vector kernel: padding lanes, block remainders and the unmasked-step
+/// shortcut); then thread invariance.
+#[test]
+fn varlen_prefill_row_tiles() {
+    let mut sp = vspec(DType::BF16, DType::BF16, 12, 4, 40, 5, 311);
+    sp.window = (50, -1);
+    sp.alibi = 1;
+    sp.softcap = 30.0;
+    VarlenCase::new(sp, &[(70, 200), (9, 9), (2, 130)]).check();
+    let mut sp = vspec(DType::F32, DType::F32, 6, 1, 136, 16, 312);
+    sp.causal = false;
+    sp.window = (30, 10);
+    sp.sinks = true;
+    VarlenCase::new(sp, &[(45, 131), (23, 64)]).check();
+    let mut sp = vspec(DType::F16, DType::F8E5M2, 16, 2, 256, 32, 313);
+    sp.descale = 2;
+    VarlenCase::new(sp, &[(130, 300), (5, 65)]).check();
+    let mut sp = vspec(DType::BF16, DType::F8E4M3, 12, 2, 72, 16, 314);
+    sp.alibi = 2;
+    sp.window = (90, -1);
+    VarlenCase::new(sp, &[(150, 260), (33, 40)]).assert_thread_invariant("prefill rows");
+}
+
 /// A context longer than the amx tile kernel's packed K/V buffer (32 MiB:
 /// 16500 keys x head size 512 x 4 bytes): the kernel then packs each work
 /// item's keys chunk by chunk (two chunks here) instead of keeping them for

@@ -392,6 +392,13 @@ static int64_t xd_paged_nk_max(const xk_attn_args *a, int64_t L);
 static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
   const int64_t Dp = xa_round_up(a->head_size, XA_W), L = xa_cols(a);
   int64_t R = xa_max(xa_rows(a), 1), Lbf = L;
+  int64_t kTn = Dp * XA_W;
+#if XK_F32_LANES == 8
+  if (a->kind == XK_ATTN_VARLEN) { /* the prefill path: rows fill whole vectors, a step of K or V rows in kT */
+    R = xa_round_up(R, 8);
+    kTn = Dp * XA_VT;
+  }
+#endif
 #if XK_F32_LANES == 16
   if (a->kind == XK_ATTN_PAGED && xd_paged_ok(a)) { /* the fast path: rows of several kv heads, no bf16 copy */
     R = a->num_heads / a->num_kv_heads * xd_paged_nk_max(a, L);
@@ -408,7 +415,7 @@ static int64_t xa_ws_layout(const xk_attn_args *a, char *base, xa_ws *w) {
   XA_TAKE(acc, float, R * Dp);
   XA_TAKE(lg, float, R * L);
   XA_TAKE(p16, uint16_t, R * Lbf);
-  XA_TAKE(kT, float, Dp * XA_W);
+  XA_TAKE(kT, float, kTn);
   XA_TAKE(vt, float, Dp * XA_W);
   XA_TAKE(stage, float, Dp * XA_W);
   XA_TAKE(m, float, R);
@@ -2133,6 +2140,414 @@ void XK_FN(attn_paged_reduce)(const xk_attn_args *a, int64_t begin, int64_t end)
   }
 }
 
+#if XK_F32_LANES == 8
+/* ---- varlen prefill (AVX2) ------------------------------------------------------
+ *
+ * flash_attn_varlen_func work items of several queries, one kv head at a time,
+ * with the item's query rows (queries x query heads of the kv head) across the
+ * vector lanes:
+ *   qT   [D][R8]  the queries, transposed once per item (R8: rows rounded up to 8)
+ *   lgT  [n][R8]  logits, then probabilities, of a step of n <= XA_VT keys
+ *   accT [D][R8]  the P.V accumulator
+ *   kv   [n][Dp]  the step's key (or value) rows, converted to f32 once
+ * Q.K^T and P.V are then one register-blocked product, C[b][rows] += sum_k
+ * A[b, k] * B[k][rows]: 6 broadcast elements of A (6 keys, or 6 head-dim
+ * elements of the values) times 2 vectors of 8 rows: 12 accumulators, 2
+ * operands and a broadcast in the 16 ymm registers, 8 loads per 12 FMAs. K and
+ * V stay token rows (no transpose), each element is converted once per item and
+ * kv head and used by all its rows, and the online softmax runs down the columns
+ * of lgT, so a row's maximum and sum are element-wise vector operations.
+ *
+ * The results are bit-identical to the general loop (attn_varlen below) on this
+ * tier: a logit is the same chain of FMAs over d, an accumulator the same chain
+ * over keys, the steps, masks and exp (xa_exp8) are the same, and a row's step
+ * sum is formed in xa_exp_sum's order (partial sums of keys i mod 8, added in
+ * lane order).
+ *
+ * Replaced (T=2048, causal, bf16, one thread): the general loop, rows x 32 keys
+ * as 2 x 4 accumulators with K transposed per tile, at 31-34% of the FMA peak.
+ * Measured and not kept: 32-key sub-tiles for Q.K^T and P.V (no faster than
+ * whole 64-key steps), prefetch hint T1 instead of T0 (no difference), all
+ * prefetches in the first few blocks (the prefetches stall once the miss
+ * buffers fill), a separate rescale pass over accT (folded into xp_pv instead).
+ */
+
+/* Cache lines of the token rows staged next (a step's values, or the next
+ * step's keys), issued a few per micro-kernel block while the current product
+ * computes: the rows of a kv head are strided, so the hardware prefetchers do
+ * not run ahead of them. */
+typedef struct xp_pf {
+  const char *row[XA_VT];
+  int64_t n, lines, quota; /* rows, lines per row, lines per block */
+  int64_t j, l;            /* the next line: line l of row j */
+} xp_pf;
+
+static inline void xp_pf_issue(xp_pf *pf) {
+  for (int64_t k = 0; k < pf->quota && pf->j < pf->n; k++) {
+    _mm_prefetch(pf->row[pf->j] + 64 * pf->l, _MM_HINT_T0);
+    if (++pf->l == pf->lines) {
+      pf->l = 0;
+      pf->j++;
+    }
+  }
+}
+
+/* C[b][0 .. 8 nv) = C[b][..] * S[0 .. 8 nv) (0 if S is NULL)
+ *                   + sum_{k < nk} A[b * ab + k * ak] * B[k * bld + 0 .. 8 nv), for b < nb. */
+static inline __attribute__((always_inline)) void xp_block(const float *A, int64_t ab, int64_t ak, const float *B,
+                                                           int64_t bld, int64_t nk, float *C, int64_t cld,
+                                                           const float *S, const int nb, const int nv, xp_pf *pf) {
+  xp_pf_issue(pf);
+  __m256 acc[12][2], sc[2];
+#pragma GCC unroll 2
+  for (int v = 0; v < nv; v++) sc[v] = S ? _mm256_loadu_ps(S + 8 * v) : _mm256_setzero_ps();
+#pragma GCC unroll 12
+  for (int b = 0; b < nb; b++)
+#pragma GCC unroll 2
+    for (int v = 0; v < nv; v++) acc[b][v] = S ? _mm256_mul_ps(_mm256_loadu_ps(C + b * cld + 8 * v), sc[v]) : sc[v];
+  for (int64_t k = 0; k < nk; k++) {
+    __m256 x[2];
+#pragma GCC unroll 2
+    for (int v = 0; v < nv; v++) x[v] = _mm256_loadu_ps(B + k * bld + 8 * v);
+#pragma GCC unroll 12
+    for (int b = 0; b < nb; b++) {
+      const __m256 s = _mm256_broadcast_ss(A + b * ab + k * ak);
+#pragma GCC unroll 2
+      for (int v = 0; v < nv; v++) acc[b][v] = _mm256_fmadd_ps(s, x[v], acc[b][v]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int b = 0; b < nb; b++)
+#pragma GCC unroll 2
+    for (int v = 0; v < nv; v++) _mm256_storeu_ps(C + b * cld + 8 * v, acc[b][v]);
+}
+
+/* Broadcast elements of the next block of xp_gemm at a0 of na (nv row vectors): 6
+ * (12), a short remainder split so that no block has fewer than 4 (8) accumulators. */
+static inline int xp_nb(int64_t rem, int nv) {
+  const int nbmax = 12 / nv;
+  return (int)(rem >= nbmax + 4 ? nbmax : rem > nbmax ? (rem + 1) / 2 : rem);
+}
+
+/* How many blocks xp_gemm runs. */
+static int64_t xp_blocks(int64_t na, int64_t nvr) {
+  int64_t n = 0;
+  for (int64_t v0 = 0; v0 < nvr; v0 += 2) {
+    for (int64_t a0 = 0; a0 < na; n++) a0 += xp_nb(na - a0, nvr - v0 >= 2 ? 2 : 1);
+  }
+  return n;
+}
+
+/* C[0 .. na)[0 .. 8 nvr) = C * S (0 if S is NULL) + A . B in blocks of xp_nb broadcast elements x 2 (or 1)
+ * row vectors. */
+static inline __attribute__((always_inline)) void xp_gemm(const float *A, int64_t ab, int64_t ak, const float *B,
+                                                          int64_t bld, int64_t nk, float *C, int64_t cld,
+                                                          const float *S, int64_t na, int64_t nvr, xp_pf *pf) {
+  for (int64_t v0 = 0; v0 < nvr; v0 += 2) {
+    const int nv = nvr - v0 >= 2 ? 2 : 1;
+    for (int64_t a0 = 0; a0 < na;) {
+      const int nb = xp_nb(na - a0, nv);
+      const float *Ab = A + a0 * ab, *Bv = B + 8 * v0, *Sv = S ? S + 8 * v0 : NULL;
+      float *Cb = C + a0 * cld + 8 * v0;
+#define XP_CASE(NB, NV) \
+  case NB: xp_block(Ab, ab, ak, Bv, bld, nk, Cb, cld, Sv, NB, NV, pf); break
+      if (nv == 2) {
+        switch (nb) {
+          XP_CASE(6, 2); XP_CASE(5, 2); XP_CASE(4, 2); XP_CASE(3, 2); XP_CASE(2, 2); default: XP_CASE(1, 2);
+        }
+      } else {
+        switch (nb) {
+          XP_CASE(12, 1); XP_CASE(11, 1); XP_CASE(10, 1); XP_CASE(9, 1); XP_CASE(8, 1); XP_CASE(7, 1);
+          XP_CASE(6, 1); XP_CASE(5, 1); XP_CASE(4, 1); XP_CASE(3, 1); XP_CASE(2, 1); default: XP_CASE(1, 1);
+        }
+      }
+#undef XP_CASE
+      a0 += nb;
+    }
+  }
+}
+
+/* lgT[j][rows] = sum_d kv[j][d] * qT[d][rows] for keys j < nk (the chain over d of xa_qk_f32). */
+static void xp_qk(const float *kv, int64_t Dp, const float *qT, int64_t R8, int64_t D, float *lgT, int64_t nk,
+                  xp_pf *pf) {
+  xp_gemm(kv, Dp, 1, qT, R8, D, lgT, R8, NULL, nk, R8 / 8, pf);
+}
+
+/* accT[d][rows] = accT[d][rows] * alpha[rows] + sum_t p[t][rows] * kv[t][d] over tokens t < nt, for d < D:
+ * the online softmax's rescale (alpha = 1: unchanged) folded into the accumulator load. */
+static void xp_pv(const float *kv, int64_t Dp, const float *pT, int64_t R8, int64_t nt, float *accT, int64_t D,
+                  const float *alpha, xp_pf *pf) {
+  xp_gemm(kv, 1, Dp, pT, R8, nt, accT, R8, alpha, D, R8 / 8, pf);
+}
+
+/* One work item's rows for one kv head. */
+typedef struct xp_rows {
+  int64_t R, R8;
+  float *qT, *lgT, *accT, *m, *l, *alpha, *slope;
+  int32_t *lo, *hi, *pos; /* keys [lo, hi) attended; position of the query */
+} xp_rows;
+
+/* Address of token t's row of kv head kvh in the key (value = 0) or value cache. */
+static inline const char *xp_row(const xk_attn_args *a, const int32_t *bt, int64_t kvh, int value, int64_t t) {
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides;
+  const char *cache = (const char *)(value ? a->value_cache : a->key_cache);
+  const int64_t bs = a->block_size, blk = (int64_t)bt[(t / bs) * a->block_tables_stride_block];
+  return cache + (blk * st[0] + (t % bs) * st[1] + kvh * st[2]) * xk_dtype_size(a->cache_dtype);
+}
+
+/* rows[j] = token t0 + j's row of kv head kvh in the key (value = 0) or value cache, j < n. */
+static void xp_rows_of(const xk_attn_args *a, const int32_t *bt, int64_t kvh, int value, int64_t t0, int64_t n,
+                       const char **rows) {
+  if (n <= 0) return;
+  const char *r = xp_row(a, bt, kvh, value, t0);
+  const int64_t bs = a->block_size;
+  const int64_t ts = (value ? a->value_cache_strides : a->key_cache_strides)[1] * xk_dtype_size(a->cache_dtype);
+  for (int64_t j = 0; j < n; j++) { /* a block lookup only where a cache block starts */
+    if (j > 0) r = (t0 + j) % bs ? r + ts : xp_row(a, bt, kvh, value, t0 + j);
+    rows[j] = r;
+  }
+}
+
+/* n token rows into kv [n][Dp] f32, one loop per cache dtype. */
+static void xp_stage(const xk_attn_args *a, const char *const *rows, int64_t n, float *kv, int64_t Dp) {
+  const int64_t D = a->head_size;
+  switch (D % 8 ? -1 : a->cache_dtype) {
+    case XK_BF16:
+      for (int64_t j = 0; j < n; j++) {
+        const uint16_t *src = (const uint16_t *)rows[j];
+        for (int64_t d = 0; d + 8 <= D; d += 8) {
+          const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(src + d)));
+          _mm256_storeu_ps(kv + j * Dp + d, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+        }
+      }
+      break;
+    default:
+      for (int64_t j = 0; j < n; j++) xa_to_f32(kv + j * Dp, rows[j], a->cache_dtype, D);
+      break;
+  }
+}
+
+/* Queues rows[0 .. n) (none if n <= 0) for blocks of `calls` micro-kernel calls. */
+static void xp_pf_set(xp_pf *pf, const xk_attn_args *a, const int32_t *bt, int64_t kvh, int value, int64_t t0,
+                      int64_t n, int64_t calls) {
+  pf->n = xa_max(0, n);
+  pf->lines = (a->head_size * xk_dtype_size(a->cache_dtype) + 63) / 64;
+  pf->j = pf->l = 0;
+  pf->quota = (pf->n * pf->lines + calls - 1) / calls;
+  xp_rows_of(a, bt, kvh, value, t0, pf->n, pf->row);
+}
+
+/* dst[j * dld + i] = src[i * sld + j] for i, j < 8. */
+static inline void xp_tr8(const float *src, int64_t sld, float *dst, int64_t dld) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * sld);
+  for (int i = 0; i < 4; i++) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int g = 0; g < 2; g++) {
+    r[4 * g + 0] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0x44);
+    r[4 * g + 1] = _mm256_shuffle_ps(t[4 * g], t[4 * g + 2], 0xee);
+    r[4 * g + 2] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0x44);
+    r[4 * g + 3] = _mm256_shuffle_ps(t[4 * g + 1], t[4 * g + 3], 0xee);
+  }
+  /* r[4g + j], 128-bit lane k: column 4k + j of rows 4g .. 4g + 3 */
+  for (int j = 0; j < 4; j++) {
+    _mm256_storeu_ps(dst + j * dld, _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+    _mm256_storeu_ps(dst + (4 + j) * dld, _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+  }
+}
+
+/* The online-softmax step over keys [ts, ts + n) (attn_varlen's, down the
+ * columns of lgT): scale, softcap, ALiBi, masks, the running maximum and sum,
+ * the rescale factors of accT (alpha, applied by xp_pv), and the probabilities
+ * rounded to the query dtype. */
+static void xp_softmax(const xk_attn_args *a, const xp_rows *x, int64_t ts, int64_t n, float sc) {
+  const int64_t R8 = x->R8;
+  const __m256 ninf = _mm256_set1_ps(-INFINITY), vsc = _mm256_set1_ps(sc);
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int64_t v = 0; v < R8; v += 8) {
+    const __m256i lo = _mm256_loadu_si256((const __m256i *)(x->lo + v));
+    const __m256i hi = _mm256_loadu_si256((const __m256i *)(x->hi + v));
+    const __m256i pos = _mm256_loadu_si256((const __m256i *)(x->pos + v));
+    const __m256 slope = _mm256_loadu_ps(x->slope + v);
+    float *col = x->lgT + v;
+    __m256 mx = ninf;
+    int plain = a->softcap <= 0.0f && !a->alibi_slopes; /* and every row attends every key of the step */
+    for (int e = 0; e < 8; e++) plain &= x->lo[v + e] <= ts && x->hi[v + e] >= ts + n;
+    for (int64_t j = 0; plain && j < n; j++) {
+      const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(col + j * R8), vsc);
+      _mm256_storeu_ps(col + j * R8, y);
+      mx = _mm256_max_ps(y, mx);
+    }
+    for (int64_t j = 0; !plain && j < n; j++) {
+      __m256 y = _mm256_mul_ps(_mm256_loadu_ps(col + j * R8), vsc);
+      if (a->softcap > 0.0f) { /* xa_softcap's scalar form on this tier */
+        float t[8];
+        const float cap = a->softcap, inv = 1.0f / cap;
+        _mm256_storeu_ps(t, y);
+        for (int e = 0; e < 8; e++) t[e] = cap * tanhf(t[e] * inv);
+        y = _mm256_loadu_ps(t);
+      }
+      const __m256i key = _mm256_set1_epi32((int)(ts + j));
+      if (a->alibi_slopes) {
+        const __m256 dist = _mm256_and_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(pos, key)), abs_mask);
+        y = _mm256_sub_ps(y, _mm256_mul_ps(slope, dist));
+      }
+      const __m256i keep = _mm256_andnot_si256(_mm256_cmpgt_epi32(lo, key), _mm256_cmpgt_epi32(hi, key));
+      y = _mm256_blendv_ps(ninf, y, _mm256_castsi256_ps(keep));
+      _mm256_storeu_ps(col + j * R8, y);
+      mx = _mm256_max_ps(y, mx); /* as xa_max_row: NaN logits ignored */
+    }
+    float mt[8], mn[8], zero[8];
+    int anyzero = 0;
+    _mm256_storeu_ps(mt, mx);
+    for (int e = 0; e < 8; e++) {
+      const int64_t r = v + e;
+      const float m_new = fmaxf(x->m[r], mt[e]), m = x->m[r];
+      zero[e] = m_new == -INFINITY ? -1.0f : 0.0f; /* nothing attended yet: p = 0, m and l kept */
+      anyzero |= m_new == -INFINITY;
+      /* expf(0) is 1: the call only where the maximum moved */
+      x->alpha[r] = m_new == -INFINITY || m == m_new ? 1.0f : m == -INFINITY ? 0.0f : expf(m - m_new);
+      mn[e] = m_new == -INFINITY ? 0.0f : m_new;
+    }
+    const __m256 vm = _mm256_loadu_ps(mn), zmask = _mm256_loadu_ps(zero);
+    __m256 part[8];
+    for (int e = 0; e < 8; e++) part[e] = _mm256_setzero_ps();
+    for (int64_t j0 = 0; j0 < n; j0 += 8) {
+#pragma GCC unroll 8
+      for (int e = 0; e < 8; e++) {
+        if (j0 + e >= n) break;
+        float *p = col + (j0 + e) * R8;
+        __m256 ex = xa_exp8(_mm256_sub_ps(_mm256_loadu_ps(p), vm));
+        part[e] = _mm256_add_ps(part[e], ex);
+        if (anyzero) ex = _mm256_blendv_ps(ex, _mm256_setzero_ps(), zmask);
+        if (a->dtype == XK_BF16) { /* xk_store8 + xk_load8 in registers: round to nearest even, NaN quieted */
+          const __m256i u = _mm256_castps_si256(ex), hi16 = _mm256_set1_epi32((int)0xffff0000u);
+          const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+          const __m256i rn =
+              _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), hi16);
+          const __m256i qn = _mm256_or_si256(_mm256_and_si256(u, hi16), _mm256_set1_epi32(0x400000));
+          ex = _mm256_blendv_ps(_mm256_castsi256_ps(rn), _mm256_castsi256_ps(qn), _mm256_cmp_ps(ex, ex, _CMP_UNORD_Q));
+        } else if (a->dtype == XK_F16) {
+          ex = _mm256_cvtph_ps(_mm256_cvtps_ph(ex, _MM_FROUND_TO_NEAREST_INT));
+        }
+        _mm256_storeu_ps(p, ex);
+      }
+    }
+    __m256 s = _mm256_setzero_ps();
+    for (int e = 0; e < 8; e++) s = _mm256_add_ps(s, part[e]);
+    float sum[8];
+    _mm256_storeu_ps(sum, s);
+    for (int e = 0; e < 8; e++) {
+      const int64_t r = v + e;
+      if (zero[e] != 0.0f) continue;
+      x->l[r] = x->l[r] * x->alpha[r] + sum[e];
+      x->m[r] = mn[e];
+    }
+  }
+}
+
+/* The AVX2 prefill path takes calls with work items of several queries (a
+ * decode-only call, one query per item, keeps the general loop). */
+static int xp_varlen_ok(const xk_attn_args *a) {
+  return a->kv_group <= 1 && a->max_rows > a->num_heads / a->num_kv_heads;
+}
+
+static void xp_varlen(const xk_attn_args *a, const xa_ws *w, int64_t begin, int64_t end) {
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w->Dp;
+  const int64_t qes = xk_dtype_size(a->dtype);
+  float *row = w->stage, *kv = w->kT;
+  const char *rows[XA_VT];
+  xp_rows x;
+  x.qT = (float *)w->q;
+  x.lgT = w->lg;
+  x.accT = w->acc;
+  x.m = w->m;
+  x.l = w->l;
+  /* the int64 row arrays hold the int32 and float ones (w->R >= R8) */
+  x.lo = (int32_t *)w->lo;
+  x.hi = x.lo + w->R;
+  x.pos = (int32_t *)w->hi;
+  x.alpha = (float *)w->pos;
+  x.slope = x.alpha + w->R;
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t item = b / Hkv, kvh = b % Hkv;
+    const int64_t seq = a->work[3 * item], i0 = a->work[3 * item + 1], i1 = a->work[3 * item + 2];
+    const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+    const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
+    x.R = (i1 - i0) * G;
+    x.R8 = xa_round_up(x.R, 8);
+    const int64_t R8 = x.R8;
+    int64_t LO = INT64_MAX, HI = 0;
+    for (int64_t r = 0; r < R8; r++) {
+      x.m[r] = -INFINITY;
+      x.l[r] = 0.0f;
+      x.slope[r] = 0.0f;
+      if (r >= x.R) { /* padding lanes attend nothing */
+        x.lo[r] = x.hi[r] = x.pos[r] = 0;
+        continue;
+      }
+      const int64_t i = i0 + r / G, h = kvh * G + r % G, pos = i + k_len - q_len;
+      int64_t hi = k_len, lo = 0;
+      if (a->causal) hi = xa_min(hi, pos + 1);
+      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
+      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      if (lo < hi) {
+        LO = xa_min(LO, lo);
+        HI = xa_max(HI, hi);
+      }
+      x.lo[r] = (int32_t)lo;
+      x.hi[r] = (int32_t)hi;
+      x.pos[r] = (int32_t)pos;
+      if (a->alibi_slopes) x.slope[r] = a->alibi_slopes[seq * a->alibi_stride_seq + h];
+    }
+    for (int64_t r0 = 0; r0 < R8; r0 += 8) { /* 8 query rows at a time into qT, via rows of the stage buffer */
+      for (int64_t e = 0; e < 8; e++) {
+        const int64_t r = r0 + e, i = i0 + r / G, h = kvh * G + r % G;
+        if (r < x.R) {
+          xa_to_f32(row + e * Dp, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes,
+                    a->dtype, D);
+        } else {
+          memset(row + e * Dp, 0, (size_t)D * sizeof(float));
+        }
+      }
+      for (int64_t d = 0; d < D; d += 8) xp_tr8(row + d, Dp, x.qT + d * R8 + r0, R8);
+    }
+    if (LO == INT64_MAX) LO = 0;
+    memset(x.accT, 0, (size_t)(D * R8) * sizeof(float));
+    const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    /* the values of a step are prefetched while its logits compute, the next keys while P.V runs */
+    const int64_t qk_calls = xp_blocks(XA_VT, R8 / 8), pv_calls = xp_blocks(D, R8 / 8);
+    xp_pf pf;
+    for (int64_t ts = LO; ts < HI; ts += XA_VT) {
+      const int64_t te = xa_min(ts + XA_VT, HI), n = te - ts;
+      xp_rows_of(a, bt, kvh, 0, ts, n, rows);
+      xp_stage(a, rows, n, kv, Dp);
+      xp_pf_set(&pf, a, bt, kvh, 1, ts, n, qk_calls);
+      xp_qk(kv, Dp, x.qT, R8, D, x.lgT, n, &pf);
+      xp_softmax(a, &x, ts, n, a->scale * ks);
+      xp_rows_of(a, bt, kvh, 1, ts, n, rows);
+      xp_stage(a, rows, n, kv, Dp);
+      xp_pf_set(&pf, a, bt, kvh, 0, te, xa_min(XA_VT, HI - te), pv_calls);
+      xp_pv(kv, Dp, x.lgT, R8, n, x.accT, D, x.alpha, &pf);
+    }
+    const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+    for (int64_t r0 = 0; r0 < x.R; r0 += 8) { /* 8 rows of accT at a time, transposed into the stage buffer */
+      for (int64_t d = 0; d < D; d += 8) xp_tr8(x.accT + d * R8 + r0, R8, row + d, Dp);
+      for (int64_t r = r0; r < xa_min(r0 + 8, x.R); r++) {
+        const int64_t i = i0 + r / G, h = kvh * G + r % G;
+        float m = x.m[r], l = x.l[r];
+        const float f = xk_attn_row_factor(a, h, &m, &l);
+        xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype,
+                     row + (r - r0) * Dp, D, f * vsc);
+        if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
+      }
+    }
+  }
+}
+#endif /* XK_F32_LANES == 8 */
+
 /* ---- flash_attn_varlen_func over a paged cache --------------------------------- */
 
 void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, int64_t end) {
@@ -2145,6 +2560,12 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
 #if XK_F32_LANES == 16
   if (xd_varlen_ok(a)) {
     xd_varlen(a, &w, begin, end);
+    return;
+  }
+#endif
+#if XK_F32_LANES == 8
+  if (xp_varlen_ok(a)) {
+    xp_varlen(a, &w, begin, end);
     return;
   }
 #endif
