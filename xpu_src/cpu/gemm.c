@@ -739,7 +739,8 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  *
  * One activation row: a tile streams D1_R weight rows at once over all of K
  * (eight FMA chains cover the FMA latency; eight row streams keep DRAM
- * busy), and prefetches the same bytes of the next tile's rows.
+ * busy), and prefetches the same bytes of the next tile's rows (when those
+ * are at most 16 KiB: further ahead the lines left L1 before use).
  *
  * Dense rows: per output the operations of gv_tile (one 8-lane accumulator,
  * k in order, then the masked rest; one reduction), so results are those of
