@@ -675,6 +675,51 @@ fn wna16_int4_decode_tiles() {
     });
 }
 
+/// M = 1 with int4 / int8 codes (the AVX2 kernel sums codes against x per
+/// group and applies scale and zero once a group): activations prepared in
+/// chunks of 4096 k, so K past a chunk, groups that span a chunk's end
+/// (G = 96, G = K), more than the 64 rows whose partial sums outlive a
+/// chunk, tiles of 8, 4 and 1 rows, K not a multiple of 8 (int8, G = K) or of 128 (int4), and
+/// the same shapes on 1, 2 and 3 threads (bit-identical). Same tolerance
+/// as `linear`.
+#[test]
+fn wna16_m1_chunks() {
+    // (n, k, bits, group)
+    let shapes: [(usize, usize, u32, usize); 10] = [
+        (13, 4800, 4, 96),
+        (300, 4224, 4, 128),
+        (9, 8320, 4, 0),
+        (5, 12288, 4, 32),
+        (12, 4099, 8, 0),
+        (200, 4160, 8, 64),
+        (13, 8448, 8, 96),
+        (3, 4128, 4, 0),
+        (11, 61, 8, 0),
+        (21, 160, 4, 0),
+    ];
+    for_each_isa(|isa| {
+        for (si, &(n, k, bits, group)) in shapes.iter().enumerate() {
+            let c = QCase {
+                m: 1,
+                n,
+                k,
+                bits,
+                group,
+                zeros: si % 2 == 0,
+                perm: si % 4 == 3,
+                sdtype: DTYPES[si % 3],
+                xdtype: DTYPES[(si + 1) % 3],
+                out_f32: si % 3 == 0,
+                bias: si % 5 != 1,
+            };
+            let what = format!("{isa} {c:?}");
+            check_q(&c, 1300 + si as u64, &what);
+            let d = make_q(&c, 1300 + si as u64);
+            assert_thread_invariant(&what, |t| on_threads(isa, t, || run_q(&c, &d)).bits());
+        }
+    });
+}
+
 #[test]
 fn wna16_thread_invariance() {
     for_each_isa(|isa| {

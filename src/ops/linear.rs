@@ -419,7 +419,12 @@ pub fn linear(
 /// [`linear`] (see the [module docs](self)). The AVX-512 int4 decode path
 /// (`M <= 16`) looks each weight up in a per-group table of `(q - z)·s`
 /// (built as `fma(q, s, -z·s)` like the other vector paths: exact for f16/bf16
-/// scales). Thread-count invariant.
+/// scales). The AVX2 path at `M = 1` does not dequantize each weight: per
+/// group it sums the codes against x, `t = Σ x·q - z·Σ x` (lane-wise, in
+/// fp32), and adds `s·t` (one FMA per 8 codes instead of two): the same
+/// tolerance holds (measured errors well inside it), but an infinite
+/// activation gives NaN there where the reference gives ±inf, and
+/// activations below 2⁻¹⁰² (int4) lose low bits. Thread-count invariant.
 ///
 /// Decode (`M <= 16`) streams `qweight` rows as 64-byte blocks: rows that
 /// start 64-byte aligned (page-aligned storage, as [`Wna16Weight`](crate::Wna16Weight)

@@ -14,7 +14,10 @@
  *    codes and row (shift, vpermps from a per-group table of weights, FMA),
  *    with the tile's rows in different 4 KiB pages. At M = 1 on AVX-512,
  *    int8 and int4 with groups of a multiple of 128 read 8 weight rows at
- *    once (8 row streams in 8 pages) instead of 4.
+ *    once (8 row streams in 8 pages) instead of 4. At M = 1 on AVX2 d1_gemv
+ *    runs tiles of 8 rows; for codes it sums q against x per group and applies
+ *    scale and zero once a group (see there: a different rounding from the
+ *    other paths, within the same tolerance).
  *
  *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
  *    x tile_n columns of the output. For each K block the tile packs its
@@ -24,7 +27,7 @@
  *
  * Determinism: every output element sums its K products in an order fixed by
  * the tier, the regime and K alone (K blocks in order, lanes, one reduction
- * tree). Grid blocks never split K and never share an output, so the result
+ * tree; quantized rows at M = 1 on AVX2 count as a regime of their own). Grid blocks never split K and never share an output, so the result
  * does not depend on the number of threads or on how tiles are cut.
  *
  * Canonical int4 code layout (XK_WEIGHT_INT4): each weight row n holds
@@ -731,6 +734,279 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
 }
 #endif
 
+#if VL == 8
+/* ---- M = 1 on AVX2 ----------------------------------------------------------
+ *
+ * One activation row: a tile streams D1_R weight rows at once over all of K
+ * (eight FMA chains cover the FMA latency; eight row streams keep DRAM
+ * busy), and prefetches the same bytes of the next tile's rows (when those
+ * are at most 16 KiB: further ahead the lines left L1 before use).
+ *
+ * Dense rows: per output the operations of gv_tile (one 8-lane accumulator,
+ * k in order, then the masked rest; one reduction), so results are those of
+ * every other decode tile.
+ *
+ * Int4 and int8 rows: the weights are not dequantized one by one (that costs
+ * a second FMA per 8 codes: with the code's conversion, four vector ops per
+ * 8 codes, ~13 GB/s of int4 at 3.2 GHz). Per group and lane the codes are
+ * summed against x as they are, t = sum x_k q_k - z sum x_k, and the group
+ * adds s * t: per 8 codes one AND (or shift), one conversion and one FMA.
+ * The zero term starts t (per-lane group sums of x, prepared once per chunk
+ * of K for every row). An int4 code of nibble i < 7 is converted in place,
+ * (w & 0xF << 4i) = q 2^4i exactly, against x_k 2^-4i prepared with it
+ * (exact unless x_k is below 2^-102); nibble 7 is shifted down.
+ * Each output's arithmetic does not depend on the tile: results do not
+ * depend on the number of threads. */
+#define D1_R 8     /* weight rows per tile */
+#define D1_KC 4096 /* activations prepared per chunk of K (a multiple of 128) */
+#define D1_PFMAX 16384 /* bytes of the next tile prefetched at most */
+#define D1_NB 64   /* rows whose partial sums (acc, t) outlive a chunk when K > D1_KC */
+#define D1_MAXG (D1_KC / 32 + 1) /* groups a chunk touches at most (groups are a multiple of 32, or K) */
+
+/* The prepared activations of the chunk [c0, c1) of K. */
+typedef struct d1_chunk {
+  int64_t c0, c1;            /* c1: min(c0 + D1_KC, K rounded up to 32) */
+  float xs[D1_KC];           /* x_k (int4: times 2^-4i for nibble i < 7); zero past K */
+  float xg[D1_MAXG * VL];    /* per group starting in the chunk: lane l holds the sum of x_k over the
+                              * group's k = l mod 8, times -zero when there is no zeros tensor */
+} d1_chunk;
+
+static void d1_prep(const xk_linear_args *a, const int q4, int64_t c0, d1_chunk *c) {
+  const int64_t K = a->k, G = a->group_size;
+  const float *x = a->xf;
+  c->c0 = c0;
+  c->c1 = min64(c0 + D1_KC, (K + 31) & ~(int64_t)31);
+  for (int64_t k = c0; k < c->c1; k += VL) {
+    vf v = k + VL <= K ? vf_load(x + k) : vf_loadm(x + k, vm_first(K - k));
+    const int i = (int)((k >> 4) & 7);
+    if (q4 && i < 7) v = _mm256_mul_ps(v, vf_set1(1.0f / (float)(1u << (4 * i))));
+    vf_store(c->xs + (k - c0), v);
+  }
+  const vf zs = vf_set1(a->zeros ? 1.0f : -implicit_zero(a));
+  float *xg = c->xg;
+  for (int64_t g0 = (c0 + G - 1) / G * G; g0 < min64(c0 + D1_KC, K); g0 += G, xg += VL) {
+    vf s = vf_zero();
+    for (int64_t k = g0; k < min64(g0 + G, K); k += VL)
+      s = vf_add(s, k + VL <= K ? vf_load(x + k) : vf_loadm(x + k, vm_first(K - k)));
+    vf_store(xg, _mm256_mul_ps(s, zs));
+  }
+}
+
+/* Dense rows n0 .. n0 + R - 1 over all of K. */
+XK_ALWAYS_INLINE void d1_dense(const xk_linear_args *a, const int kind, const int R, int64_t n0) {
+  const int64_t K = a->k, es = xk_dtype_size(a->w_dtype);
+  const float *x = a->xf;
+  const char *wr[D1_R];
+  vf acc[D1_R];
+  for (int j = 0; j < R; j++) {
+    wr[j] = (const char *)w_row(a, n0 + j);
+    acc[j] = vf_zero();
+  }
+  /* The same bytes of the next tile's rows while they fit half of L1 (further ahead, the lines are evicted
+   * before use; measured slower for int8 rows of 4 KiB); no prefetch past that. */
+  const int64_t pf = R * a->w_stride * es, pf_on = pf <= D1_PFMAX;
+  const wparams wp = {vf_zero(), vf_zero()};
+  int64_t k = 0;
+  for (; k + VL <= K; k += VL) {
+    if (pf_on && ((k * es) & 63) == 0)
+      for (int j = 0; j < R; j++) _mm_prefetch(wr[j] + pf + k * es, _MM_HINT_T0);
+    const vf xv = vf_load(x + k);
+    for (int j = 0; j < R; j++) acc[j] = vf_fma(xv, w_vec(kind, wr[j], k, VL, wp), acc[j]);
+  }
+  if (k < K) {
+    const vmask m = vm_first(K - k);
+    const vf xv = vf_loadm(x + k, m);
+    for (int j = 0; j < R; j++) acc[j] = vf_fma(xv, w_vec(kind, wr[j], k, m, wp), acc[j]);
+  }
+  for (int j = 0; j < R; j++) store_out(a, 0, n0 + j, vf_hsum(acc[j]));
+}
+
+/* Quantized rows n0 .. n0 + R - 1 over the chunk c. st holds each row's
+ * (acc, t) between chunks; first / last: the chunk starts / ends K. */
+XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int has_z, const int R, int64_t n0,
+                               const d1_chunk *c, float *st, int first, int last) {
+  const int64_t K = a->k, G = a->group_size, c0 = c->c0, c1 = c->c1;
+  const float *xs = c->xs - c0;
+  const uint8_t *wr[D1_R];
+  vf acc[D1_R], t[D1_R];
+  for (int j = 0; j < R; j++) {
+    wr[j] = (const uint8_t *)a->w + (n0 + j) * a->w_stride;
+    acc[j] = first ? vf_zero() : vf_load(st + (2 * j) * VL);
+    t[j] = first ? vf_zero() : vf_load(st + (2 * j + 1) * VL);
+  }
+  const int64_t pf = R * a->w_stride, pf_on = pf <= D1_PFMAX; /* as in d1_dense */
+  /* This chunk's scales (and zeros) in f32: groups g_lo .. g_lo + ng - 1. */
+  const int64_t g_lo = c0 / G, ng = (min64(c1, K) - 1) / G + 1 - g_lo;
+  const int64_t ss = xk_dtype_size(a->sz_dtype);
+  float sb[D1_R][D1_MAXG], zb[D1_R][D1_MAXG];
+  for (int j = 0; j < R; j++) {
+    const int64_t off = ((n0 + j) * a->sz_stride + g_lo) * ss;
+    xk_convert_row(sb[j], XK_F32, (const char *)a->scales + off, a->sz_dtype, ng, 1.0f);
+    if (has_z) xk_convert_row(zb[j], XK_F32, (const char *)a->zeros + off, a->sz_dtype, ng, 1.0f);
+  }
+  int64_t gi = 0;                              /* the current group, index in sb */
+  int64_t gstart = g_lo * G;                   /* its start (before c0: started in an earlier chunk) */
+  int64_t gend = min64(gstart + G, K);         /* its end */
+  const float *xg = c->xg;                     /* the next group start's lane sums */
+#define D1_START                                                                          \
+  if (k32 == gstart) {                                                                    \
+    const vf xgv = vf_load(xg);                                                           \
+    xg += VL;                                                                             \
+    for (int j = 0; j < R; j++)                                                           \
+      t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;          \
+  }
+#define D1_FINISH                                                                         \
+  if (k32 + 32 >= gend) {                                                                 \
+    for (int j = 0; j < R; j++) acc[j] = vf_fma(t[j], vf_set1(sb[j][gi]), acc[j]);        \
+    gi++;                                                                                 \
+    gstart = gend;                                                                        \
+    gend = min64(gend + G, K);                                                            \
+  }
+  if (q4) {
+    /* Block b0 (128 codes, 64 bytes a row): 32-code steps p (nibbles 2p, 2p + 1, both 32-byte halves). */
+#define D1_Q4(I, H)                                                                                        \
+  {                                                                                                      \
+    const vf xv = vf_load(xs + b0 + 16 * (I) + 8 * (H));                                                 \
+    int64_t off = b0 / 2 + 32 * (H);                                                                     \
+    __asm__ volatile("" : "+r"(off)); /* a load per use: kept in registers, the 8 rows' words spill */           \
+    for (int j = 0; j < R; j++) {                                                                        \
+      const __m256i raw = _mm256_loadu_si256((const __m256i *)(wr[j] + off));                           \
+      const __m256i q = (I) == 7 ? _mm256_srli_epi32(raw, 28)                                           \
+                                 : _mm256_and_si256(raw, _mm256_set1_epi32((int)(0xFu << (4 * (I))))); \
+      t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);                                                    \
+    }                                                                                                    \
+  }
+#define D1_Q4P(P)                                          \
+  {                                                        \
+    const int64_t k32 = b0 + 32 * (P);                     \
+    if (k32 >= c1) break;                                  \
+    D1_START                                               \
+    D1_Q4(2 * (P), 0) D1_Q4(2 * (P), 1)                    \
+    D1_Q4(2 * (P) + 1, 0) D1_Q4(2 * (P) + 1, 1)            \
+    D1_FINISH                                              \
+  }
+    for (int64_t b0 = c0; b0 < c1; b0 += 128) {
+      if (pf_on)
+        for (int j = 0; j < R; j++) _mm_prefetch((const char *)wr[j] + pf + b0 / 2, _MM_HINT_T0);
+      do {
+        D1_Q4P(0) D1_Q4P(1) D1_Q4P(2) D1_Q4P(3)
+      } while (0);
+    }
+#undef D1_Q4P
+#undef D1_Q4
+  } else {
+    /* 32 codes a step; the last step of a row may end inside (K % 32 != 0 only when G = K). */
+#define D1_Q8(S)                                                                                     \
+  {                                                                                                \
+    const vf xv = vf_load(xs + k32 + 8 * (S));                                                     \
+    for (int j = 0; j < R; j++) {                                                                  \
+      const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wr[j] + k32 + 8 * (S)))); \
+      t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);                                              \
+    }                                                                                              \
+  }
+    for (int64_t k32 = c0; k32 < c1; k32 += 32) {
+      if ((k32 & 63) == 0)
+        if (pf_on)
+          for (int j = 0; j < R; j++) _mm_prefetch((const char *)wr[j] + pf + k32, _MM_HINT_T0);
+      D1_START
+      if (k32 + 32 <= K) {
+        D1_Q8(0) D1_Q8(1) D1_Q8(2) D1_Q8(3)
+      } else {
+        for (int64_t k = k32; k < K; k += 8) {
+          const vf xv = vf_load(xs + k);
+          for (int j = 0; j < R; j++) {
+            uint8_t b[8] = {0};
+            memcpy(b, wr[j] + k, (size_t)min64(8, K - k));
+            const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+            t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);
+          }
+        }
+      }
+      D1_FINISH
+    }
+#undef D1_Q8
+  }
+#undef D1_START
+#undef D1_FINISH
+  for (int j = 0; j < R; j++) {
+    if (last) {
+      store_out(a, 0, n0 + j, vf_hsum(acc[j]));
+    } else {
+      vf_store(st + (2 * j) * VL, acc[j]);
+      vf_store(st + (2 * j + 1) * VL, t[j]);
+    }
+  }
+}
+
+#define D1_DENSE_FN(KIND, R) \
+  static void d1_dense_##KIND##_##R(const xk_linear_args *a, int64_t n0) { d1_dense(a, KIND, R, n0); }
+#define D1_DENSE_FNS(KIND) D1_DENSE_FN(KIND, 1) D1_DENSE_FN(KIND, 4) D1_DENSE_FN(KIND, 8)
+D1_DENSE_FNS(WK_F32)
+D1_DENSE_FNS(WK_F16)
+D1_DENSE_FNS(WK_BF16)
+typedef void (*d1_dense_fn)(const xk_linear_args *, int64_t);
+
+#define D1_QUANT_FN(Q4, Z, R)                                                                                \
+  static void d1_quant_##Q4##Z##_##R(const xk_linear_args *a, int64_t n0, const d1_chunk *c, float *st, int first, \
+                                     int last) {                                                             \
+    d1_quant(a, Q4, Z, R, n0, c, st, first, last);                                                           \
+  }
+#define D1_QUANT_FNS(Q4, Z) D1_QUANT_FN(Q4, Z, 1) D1_QUANT_FN(Q4, Z, 4) D1_QUANT_FN(Q4, Z, 8)
+D1_QUANT_FNS(0, 0)
+D1_QUANT_FNS(0, 1)
+D1_QUANT_FNS(1, 0)
+D1_QUANT_FNS(1, 1)
+typedef void (*d1_quant_fn)(const xk_linear_args *, int64_t, const d1_chunk *, float *, int, int);
+
+/* Tiles of 8 rows, then 4, then single rows at the block's end. */
+static int d1_rows(int64_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : 1; }
+
+static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+  const int64_t K = a->k;
+  const int kind = wkind_of(a);
+  if (kind != WK_INT4 && kind != WK_INT8) {
+    static const d1_dense_fn fns[3][3] = {{d1_dense_WK_F32_1, d1_dense_WK_F32_4, d1_dense_WK_F32_8},
+                                          {d1_dense_WK_F16_1, d1_dense_WK_F16_4, d1_dense_WK_F16_8},
+                                          {d1_dense_WK_BF16_1, d1_dense_WK_BF16_4, d1_dense_WK_BF16_8}};
+    for (int64_t n0 = n_begin; n0 < n_end;) {
+      const int r = d1_rows(n_end - n0);
+      fns[kind][r == 8 ? 2 : r == 4](a, n0);
+      n0 += r;
+    }
+    return;
+  }
+  static const d1_quant_fn fns[4][3] = {{d1_quant_00_1, d1_quant_00_4, d1_quant_00_8},
+                                        {d1_quant_01_1, d1_quant_01_4, d1_quant_01_8},
+                                        {d1_quant_10_1, d1_quant_10_4, d1_quant_10_8},
+                                        {d1_quant_11_1, d1_quant_11_4, d1_quant_11_8}};
+  const int q4 = kind == WK_INT4;
+  const d1_quant_fn *f = fns[q4 * 2 + (a->zeros != NULL)];
+  d1_chunk c;
+  float st[D1_NB * 2 * VL] __attribute__((aligned(32)));
+  if (K <= D1_KC) {
+    d1_prep(a, q4, 0, &c);
+    for (int64_t n0 = n_begin; n0 < n_end;) {
+      const int r = d1_rows(n_end - n0);
+      f[r == 8 ? 2 : r == 4](a, n0, &c, st, 1, 1);
+      n0 += r;
+    }
+    return;
+  }
+  /* Long rows: blocks of D1_NB rows run chunk by chunk, their (acc, t) kept in st. */
+  for (int64_t nb0 = n_begin; nb0 < n_end; nb0 += D1_NB) {
+    const int64_t nb1 = min64(n_end, nb0 + D1_NB);
+    for (int64_t c0 = 0; c0 < K; c0 += D1_KC) {
+      d1_prep(a, q4, c0, &c);
+      for (int64_t n0 = nb0; n0 < nb1;) {
+        const int r = d1_rows(nb1 - n0);
+        f[r == 8 ? 2 : r == 4](a, n0, &c, st + (n0 - nb0) * 2 * VL, c0 == 0, c0 + D1_KC >= K);
+        n0 += r;
+      }
+    }
+  }
+}
+#endif
+
 void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
 #if VL == 16
   static const gv_tile_fn tiles[] = {gv_tile_WK_F32, gv_tile_WK_F16, gv_tile_WK_BF16, NULL, gv_tile_WK_INT8};
@@ -744,6 +1020,12 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
   const int64_t kch = M <= GV_MT ? (K > 0 ? K : 1) : GV_KCH;
   float accbuf[GV_MAXM * GV_NB * VL] __attribute__((aligned(64)));
   const int kind = wkind_of(a);
+#if VL == 8
+  if (M == 1 && K > 0) {
+    d1_gemv(a, n_begin, n_end);
+    return;
+  }
+#endif
 #if VL == 16
   if (kind == WK_INT4) {
     q4_gemv(a, n_begin, n_end);
