@@ -19,7 +19,8 @@ use xpu_ops::reference::attention as reference;
 use xpu_ops::{Status, TensorView, TensorViewMut};
 
 /// Every ISA tier; on AVX-512 the decode fast path (where the CPU has it)
-/// and both general bf16 paths (`vdpbf16ps` and fp32 FMA).
+/// and both general bf16 paths (`vdpbf16ps` and fp32 FMA); on AVX2 the
+/// decode fast path and the general path.
 fn for_each_path(mut f: impl FnMut(&str)) {
     for_each_isa(|isa| {
         if isa == xpu_ops::Isa::Avx512 {
@@ -32,6 +33,9 @@ fn for_each_path(mut f: impl FnMut(&str)) {
             // AMX decode kernels (bf16 queries) and the avx512 general paths.
             xpu_ops::with_attention_fast_decode(true, || f("amx+fast"));
             xpu_ops::with_attention_fast_decode(false, || f("amx"));
+        } else if isa == xpu_ops::Isa::Avx2 {
+            xpu_ops::with_attention_fast_decode(true, || f("avx2+fast"));
+            xpu_ops::with_attention_fast_decode(false, || f("avx2"));
         } else {
             xpu_ops::with_attention_fast_decode(false, || f(isa.name()));
         }

@@ -37,6 +37,21 @@
 //! two-pass softmax and varlen its steps, so the documented tolerance holds
 //! unchanged (worst measured case 0.39 of it). See `XPU_OPS_ATTN_FAST`.
 //!
+//! AVX2 decode fast path ([`paged_attention_v1`] / [`paged_attention_v2`]
+//! on the avx2 tier; bf16 or fp8 caches, block size a multiple of 16, head
+//! size a multiple of 16, at most 16 query heads per KV head, any query
+//! dtype): K and V are widened to fp32 in registers (bf16 by a shift or a
+//! mask, fp8 e4m3/e5m2 by shifts, a mask and a power-of-two multiply: exact
+//! for every code, subnormals included; Inf/NaN codes on a rare exact path)
+//! and multiplied with fp32 FMA, all query heads of a KV head sharing each
+//! load. Same rounding points as the general path (fp32 logits and softmax,
+//! probabilities rounded to the query dtype, one rounding of the output);
+//! only the fp32 summation order differs, within the tolerance. It runs with
+//! MXCSR flush-to-zero (not DAZ; restored on return): products and
+//! probabilities below 2^-126 count as 0. Results do not depend on the thread
+//! count. `XPU_OPS_ATTN_FAST=0` (or [`with_attention_fast_decode`]) selects
+//! the general path. See `xpu_src/cpu/attention.c` (`xe_paged`).
+//!
 //! AMX prefill ([`flash_attn_varlen_func`] on the amx tier: bf16 queries and
 //! cache, no softcap or ALiBi, head size a multiple of 64, work items of two
 //! or more queries): FlashAttention-2 on the tile unit (`TDPBF16PS`, exact
@@ -134,28 +149,34 @@ thread_local! {
     static FAST: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
 }
 
-/// Whether the AVX-512 decode fast path may run: it needs AVX512-VBMI (fp8
-/// codes are decoded by byte-table lookups) and is on unless
-/// `XPU_OPS_ATTN_FAST=0`. It computes the same exact products as the other
-/// AVX-512 paths, summed in another order (results differ within the tolerance).
+/// Whether the decode fast path may run on the active tier: on AVX-512 (and
+/// AMX) it needs AVX512-VBMI (fp8 codes are decoded by byte-table lookups);
+/// on AVX2 it needs nothing more. On unless `XPU_OPS_ATTN_FAST=0`. It
+/// computes the same exact products as the general paths, summed in another
+/// order (results differ within the tolerance).
 fn fast_decode() -> bool {
-    static HW: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let hw = *HW.get_or_init(|| {
+    static HW: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    let (env, vbmi) = *HW.get_or_init(|| {
+        let env = std::env::var("XPU_OPS_ATTN_FAST").as_deref() != Ok("0");
         #[cfg(target_arch = "x86_64")]
         {
-            std::arch::is_x86_feature_detected!("avx512vbmi")
-                && std::env::var("XPU_OPS_ATTN_FAST").as_deref() != Ok("0")
+            (env, std::arch::is_x86_feature_detected!("avx512vbmi"))
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
-            false
+            (env, false)
         }
     });
-    hw && FAST.with(|c| c.get()).unwrap_or(true)
+    let tier = match platform::active_isa() {
+        platform::Isa::Avx512 | platform::Isa::Amx => vbmi,
+        platform::Isa::Avx2 => true,
+        _ => false,
+    };
+    env && tier && FAST.with(|c| c.get()).unwrap_or(true)
 }
 
-/// Runs `f` with the AVX-512 decode fast path of attention ops called from
-/// this thread allowed (`true`, the default where the CPU has AVX512-VBMI) or
+/// Runs `f` with the decode fast path of attention ops called from this
+/// thread allowed (`true`, the default on AVX2 and where an AVX-512 CPU has AVX512-VBMI) or
 /// disabled (`false`, so the general paths run); the tests run both.
 #[doc(hidden)]
 pub fn with_attention_fast_decode<R>(on: bool, f: impl FnOnce() -> R) -> R {

@@ -111,7 +111,7 @@ typedef struct xk_attn_args {
   int64_t max_rows; /* most (query, head) rows one grid block has, over its kv heads */
   int64_t kv_group; /* varlen: adjacent kv heads per grid block (they share cache lines in NHD layouts) */
   int32_t bf16_dot; /* AVX-512: bf16 queries over bf16/fp8 caches use vdpbf16ps (else widen to fp32 + FMA) */
-  int32_t fast;     /* AVX-512 with VBMI: the decode fast path may run (bf16/fp8 caches, see attention.c) */
+  int32_t fast;     /* the decode fast path may run (AVX2; AVX-512 with VBMI; bf16/fp8 caches, see attention.c) */
   /* paged */
   int64_t partition_size; /* 0: v1, one partition covering the sequence; v2: 512 */
   int64_t max_partitions; /* v2: partitions per sequence in the grid */
