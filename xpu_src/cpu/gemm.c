@@ -27,8 +27,9 @@
  *
  * Determinism: every output element sums its K products in an order fixed by
  * the tier, the regime and K alone (K blocks in order, lanes, one reduction
- * tree; quantized rows at M = 1 on AVX2 count as a regime of their own). Grid blocks never split K and never share an output, so the result
- * does not depend on the number of threads or on how tiles are cut.
+ * tree; quantized rows at M = 1 on AVX2 count as a regime of their own).
+ * Grid blocks never split K and never share an output, so the result does
+ * not depend on the number of threads or on how tiles are cut.
  *
  * Canonical int4 code layout (XK_WEIGHT_INT4): each weight row n holds
  * 64 * ceil(K/128) bytes. Block b (64 bytes = 16 little-endian 32-bit words)
