@@ -1323,10 +1323,8 @@ static void xd_varlen_range(const xk_attn_args *a, int64_t b, int64_t *seq_out, 
   int64_t LO = INT64_MAX, HI = 0;
   for (int64_t i = i0; i < i1; i++) {
     const int64_t pos = i + k_len - q_len;
-    int64_t hi = k_len, lo = 0;
-    if (a->causal) hi = xa_min(hi, pos + 1);
-    if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
-    if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+    int64_t lo, hi;
+    xk_attn_key_range(a, pos, k_len, &lo, &hi);
     if (lo < hi) {
       LO = xa_min(LO, lo);
       HI = xa_max(HI, hi);
@@ -1918,10 +1916,8 @@ static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a,
     const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
     for (int64_t i = i0; i < i1; i++) {
       const int64_t pos = i + k_len - q_len;
-      int64_t hi = k_len, lo = 0;
-      if (a->causal) hi = xa_min(hi, pos + 1);
-      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
-      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      int64_t lo, hi;
+      xk_attn_key_range(a, pos, k_len, &lo, &hi);
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         for (int64_t g = 0; g < G; g++) {
           const int64_t r = kvl * RQ + (i - i0) * G + g, h = (kvh0 + kvl) * G + g;
@@ -2982,10 +2978,8 @@ static void xp_varlen(const xk_attn_args *a, const xa_ws *w, int64_t begin, int6
         continue;
       }
       const int64_t i = i0 + r / G, h = kvh * G + r % G, pos = i + k_len - q_len;
-      int64_t hi = k_len, lo = 0;
-      if (a->causal) hi = xa_min(hi, pos + 1);
-      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
-      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      int64_t lo, hi;
+      xk_attn_key_range(a, pos, k_len, &lo, &hi);
       if (lo < hi) {
         LO = xa_min(LO, lo);
         HI = xa_max(HI, hi);
@@ -3073,10 +3067,8 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
     int64_t LO = INT64_MAX, HI = 0;
     for (int64_t i = i0; i < i1; i++) {
       const int64_t pos = i + k_len - q_len;
-      int64_t hi = k_len, lo = 0;
-      if (a->causal) hi = xa_min(hi, pos + 1);
-      if (a->window_right >= 0) hi = xa_min(hi, pos + a->window_right + 1);
-      if (a->window_left >= 0) lo = xa_max(lo, pos - a->window_left);
+      int64_t lo, hi;
+      xk_attn_key_range(a, pos, k_len, &lo, &hi);
       for (int64_t kvl = 0; kvl < KG; kvl++) {
         for (int64_t g = 0; g < G; g++) {
           const int64_t r = kvl * RQ + (i - i0) * G + g, h = (kvh0 + kvl) * G + g;

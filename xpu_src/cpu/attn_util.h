@@ -25,6 +25,18 @@ static inline float xk_attn_row_factor(const xk_attn_args *a, int64_t h, float *
   return *l == 0.0f ? 0.0f : f / *l;
 }
 
+/* The keys [*lo, *hi) a query at context position pos may attend among
+ * k_len: causal (queries aligned to the end of their context) and the
+ * sliding window (left, right; < 0: unbounded). Empty when *lo >= *hi. */
+static inline void xk_attn_key_range(const xk_attn_args *a, int64_t pos, int64_t k_len, int64_t *lo, int64_t *hi) {
+  int64_t h = k_len, l = 0;
+  if (a->causal && pos + 1 < h) h = pos + 1;
+  if (a->window_right >= 0 && pos + a->window_right + 1 < h) h = pos + a->window_right + 1;
+  if (a->window_left >= 0 && pos - a->window_left > l) l = pos - a->window_left;
+  *lo = l;
+  *hi = h;
+}
+
 /* log-sum-exp of a finished row: -inf when it attended nothing. */
 static inline float xk_attn_lse(float m, float l) { return l == 0.0f ? -INFINITY : m + logf(l); }
 

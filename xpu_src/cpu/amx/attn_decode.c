@@ -1323,10 +1323,8 @@ static void av_varlen(const xk_attn_args *a, char *base, int64_t begin, int64_t 
     const int64_t seq = a->work[3 * item], i = a->work[3 * item + 1];
     const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
     const int64_t qtok = q0 + i, pos = i + k_len - q_len;
-    int64_t hi = k_len, lo = 0;
-    if (a->causal) hi = ad_min(hi, pos + 1);
-    if (a->window_right >= 0) hi = ad_min(hi, pos + a->window_right + 1);
-    if (a->window_left >= 0) lo = ad_max(lo, pos - a->window_left);
+    int64_t lo, hi;
+    xk_attn_key_range(a, pos, k_len, &lo, &hi);
     const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
     /* queries as B tiles: qb[kvl][c][p][h] = dims (32c + 2p, +1) of head h */
     memset(qb, 0, (size_t)(KG * nch * 1024));

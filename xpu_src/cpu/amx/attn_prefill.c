@@ -622,10 +622,8 @@ static void ap_head(const xk_attn_args *a, ap_ws *w, ap_cache *cache, int64_t se
       continue;
     }
     const int64_t i = i0 + r / G, h = kvh * G + r % G, pos = i + k_len - q_len;
-    int64_t hi = k_len, lo = 0;
-    if (a->causal) hi = ap_min(hi, pos + 1);
-    if (a->window_right >= 0) hi = ap_min(hi, pos + a->window_right + 1);
-    if (a->window_left >= 0) lo = ap_max(lo, pos - a->window_left);
+    int64_t lo, hi;
+    xk_attn_key_range(a, pos, k_len, &lo, &hi);
     w->lo[r] = lo;
     w->hi[r] = hi;
     if (lo < hi) {
