@@ -2093,16 +2093,21 @@ static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a,
 #define XE_REG(v) __asm__("" : "+x"(v))
 #define XE_PD 2 /* groups the key prefetches run ahead of pass 1 */
 
-/* Plane k of 32 cache bytes w (see above). */
-XE_INLINE __m256 xe_plane(__m256i w, const int fp8, const int e5, const int k) {
+/* Plane k of 32 cache bytes w (see above); fp8 codes left at 2^-120 (e4m3)
+ * or 2^-112 (e5m2) of their value when raw (exact: no rounding, DAZ off). */
+XE_INLINE __m256 xe_plane_raw(__m256i w, const int fp8, const int e5, const int k) {
   if (!fp8) {
     return k ? _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32((int)0xffff0000u)))
              : _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
   const __m256i y = k == 3 ? w : _mm256_slli_epi32(w, 8 * (3 - k));
-  const __m256i f = _mm256_and_si256(_mm256_srai_epi32(y, e5 ? 3 : 4),
-                                     _mm256_set1_epi32(e5 ? (int)0x8fe00000u : (int)0x87f00000u));
-  return _mm256_mul_ps(_mm256_castsi256_ps(f), _mm256_set1_ps(e5 ? 0x1p112f : 0x1p120f));
+  return _mm256_castsi256_ps(_mm256_and_si256(_mm256_srai_epi32(y, e5 ? 3 : 4),
+                                              _mm256_set1_epi32(e5 ? (int)0x8fe00000u : (int)0x87f00000u)));
+}
+
+XE_INLINE __m256 xe_plane(__m256i w, const int fp8, const int e5, const int k) {
+  const __m256 f = xe_plane_raw(w, fp8, e5, k);
+  return fp8 ? _mm256_mul_ps(f, _mm256_set1_ps(e5 ? 0x1p112f : 0x1p120f)) : f;
 }
 
 /* Bytes of w that hold an fp8 code that is not finite (0xff in those bytes). */
@@ -2111,9 +2116,10 @@ XE_INLINE __m256i xe_special(__m256i w, const int e5) {
   return _mm256_cmpeq_epi8(_mm256_and_si256(w, m), m);
 }
 
-/* Plane k of w with its non-finite codes made Inf / NaN (s = xe_special(w)). */
-XE_INLINE __m256 xe_plane_fix(__m256i w, __m256i s, const int e5, const int k) {
-  const __m256 f = xe_plane(w, 1, e5, k);
+/* Plane k of w with its non-finite codes made Inf / NaN (s = xe_special(w)),
+ * the others raw or scaled as xe_plane_raw / xe_plane. */
+XE_INLINE __m256 xe_plane_fix(__m256i w, __m256i s, const int e5, const int k, const int raw) {
+  const __m256 f = raw ? xe_plane_raw(w, 1, e5, k) : xe_plane(w, 1, e5, k);
   __m256i m = _mm256_srai_epi32(k == 3 ? s : _mm256_slli_epi32(s, 8 * (3 - k)), 31);
   if (e5) m = _mm256_and_si256(m, _mm256_set1_epi32(0x7f800000)); /* exponent all ones, mantissa kept */
   return _mm256_or_ps(f, _mm256_castsi256_ps(m));                  /* e4m3: all ones, a NaN */
@@ -2172,25 +2178,25 @@ XE_INLINE void xe_store2(__m256 a[8][8], const int NR, const int M, float *dst, 
 }
 
 /* The same for accumulators whose 8 lanes are partials of one output each
- * (row r: output j of a[r][j]); always adds to dst. */
-XE_INLINE void xe_store1(__m256 a[8][8], const int NR, const int M, float *dst, int64_t ld) {
+ * (row r: output j of a[r][j]), adding to dst when acc. */
+XE_INLINE void xe_store1(__m256 a[8][8], const int NR, const int M, float *dst, int64_t ld, const int acc) {
   if (M >= 4) {
     for (int r = 0; r < NR; r++) {
       for (int j = 0; j < M; j += 4) {
         const __m256 x = xe_hred4(a[r][j], a[r][j + 1], a[r][j + 2], a[r][j + 3]);
         const __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
         float *d = dst + r * ld + j;
-        _mm_storeu_ps(d, _mm_add_ps(_mm_loadu_ps(d), s));
+        _mm_storeu_ps(d, acc ? _mm_add_ps(_mm_loadu_ps(d), s) : s);
       }
     }
   } else if (M == 2) {
     for (int r = 0; r < NR; r += 2) {
       const __m256 x = xe_hred4(a[r][0], a[r][1], a[r + 1][0], a[r + 1][1]);
       const __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+      const __m128 s1 = _mm_movehl_ps(s, s);
       float *d0 = dst + r * ld, *d1 = d0 + ld;
-      _mm_storel_pi((__m64 *)d0, _mm_add_ps(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)d0)), s));
-      _mm_storel_pi((__m64 *)d1, _mm_add_ps(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)d1)),
-                                            _mm_movehl_ps(s, s)));
+      _mm_storel_pi((__m64 *)d0, acc ? _mm_add_ps(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)d0)), s) : s);
+      _mm_storel_pi((__m64 *)d1, acc ? _mm_add_ps(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)d1)), s1) : s1);
     }
   }
 }
@@ -2228,7 +2234,9 @@ XE_INLINE int xe_qk(const float *qp, const char *kb, int64_t cs, int64_t nch, co
       for (int k = 0; k < NP; k++) {
         __m256 f[8];
 #pragma GCC unroll 8
-        for (int j = 0; j < TP; j++) f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k) : xe_plane(w[j], fp8, e5, k);
+        for (int j = 0; j < TP; j++) {
+          f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
+        }
 #pragma GCC unroll 8
         for (int r = 0; r < NR; r++) {
           __m256 q = _mm256_loadu_ps(qp + ((c * NP + k) * NR + r) * 8);
@@ -2290,7 +2298,7 @@ XE_INLINE int xe_pv(const float *pp, const char *const *vb, int64_t voff, int64_
     for (int k = 0; k < NP; k++) {
       __m256 f[8];
 #pragma GCC unroll 8
-      for (int j = 0; j < M; j++) f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k) : xe_plane(w[j], fp8, e5, k);
+      for (int j = 0; j < M; j++) f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
 #pragma GCC unroll 8
       for (int r = 0; r < NR; r++) {
         __m256 p = _mm256_loadu_ps(pp + ((g * NP + k) * NR + r) * 8);
@@ -2304,7 +2312,7 @@ XE_INLINE int xe_pv(const float *pp, const char *const *vb, int64_t voff, int64_
   if (fp8)
     xe_store2(acc, NR, M, out + d0, old, 1);
   else
-    xe_store1(acc, NR, M, out + d0, old);
+    xe_store1(acc, NR, M, out + d0, old, 1);
   return 0;
 }
 
@@ -2518,6 +2526,355 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
         dst = (char *)a->out + (seq * a->out_stride_token + h * a->out_stride_head) * qes;
       }
       xa_write_row(dst, a->dtype, w->acc + r * Dp, D, vsc);
+    }
+  }
+  _mm_setcsr(csr);
+}
+
+/* ---- varlen decode over the flash layout (AVX2) ---------------------------------
+ *
+ * flash_attn_varlen_func calls whose work items are one query each (decode
+ * rows): the xe_ scheme above over the flash layout [blocks][bs][Hkv][D],
+ * where a token's D elements of a kv head are contiguous.
+ *   keys: 32 bytes of one token row (16 bf16 or 32 fp8 elements), widened
+ *     into 2 or 4 planes (xe_plane: plane k lane i = element NP i + k), times
+ *     q in the same planes; the accumulator lanes are partial sums of one
+ *     token, reduced once per token (xe_store1).
+ *   values: 32 bytes of one token row widened the same way, times the
+ *     token's probability broadcast; the accumulator lanes are head-dim
+ *     elements in plane order (acc[c E + 8 k + i] = element c E + NP i + k,
+ *     E = 8 NP), put back in order once per item. fp8 values stay raw
+ *     (xe_plane_raw) and the probabilities carry the 2^120 / 2^112 instead:
+ *     raw * (p 2^120) is the same exact product as (raw 2^120) * p.
+ * Each load serves up to 4 query heads of its kv head. Tokens are addressed
+ * through per-token row pointers, so any block size and any step start work.
+ * The softmax runs online in steps of XF_S keys from the row's first key
+ * (attn_varlen's scale, softcap, ALiBi, running maximum and sum, sinks and
+ * LSE); probabilities rounded to the query dtype. Keys are prefetched (into
+ * L2) XE_PD groups ahead of pass 1 with the values of the same groups, so
+ * pass 2 reads them from L2 and the next step's first keys are in flight.
+ */
+#define XF_S XA_VT /* keys per online-softmax step (the workspace's logit columns; a multiple of XE_G) */
+
+/* Logits of NR query rows (q planes at qp: [chunk][plane][row][8]) for the 16
+ * token rows kt[0 .. 16) + hoff (nch chunks of 32 bytes), TP tokens per pass,
+ * to lg[r * lld + 0 .. 16); prefetches rows pf[0 .. 16) + hoff when pf (rowb
+ * bytes each). Returns 1 (lg partly written) when an fp8 key is not finite
+ * and fix is 0: the caller runs it again with fix. */
+XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, const int fp8, const int e5,
+                    const int fix, const int NR, const int TP, float *lg, int64_t lld, const char *const *pf,
+                    const char *const *pv, int64_t voff, int64_t rowb) {
+  const int NP = fp8 ? 4 : 2;
+  __m256i sp = _mm256_setzero_si256();
+  for (int tp0 = 0; tp0 < XE_G; tp0 += TP) {
+    __m256 acc[8][8];
+    const char *kr[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < TP; j++) kr[j] = kt[tp0 + j] + hoff;
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+      for (int j = 0; j < TP; j++) acc[r][j] = _mm256_setzero_ps();
+    for (int64_t c = 0; c < nch; c++) {
+      if (pf && 32 * c < rowb) { /* keys at even c, values at odd c: line c / 2 of each row */
+        for (int j = 0; j < TP; j++)
+          _mm_prefetch(c & 1 ? pv[tp0 + j] + voff + 32 * (c - 1) : pf[tp0 + j] + hoff + 32 * c, _MM_HINT_T1);
+      }
+      __m256i w[8], s[8];
+#pragma GCC unroll 8
+      for (int j = 0; j < TP; j++) {
+        w[j] = _mm256_loadu_si256((const __m256i *)(kr[j] + 32 * c));
+        if (fp8) {
+          s[j] = xe_special(w[j], e5);
+          if (!fix) sp = _mm256_or_si256(sp, s[j]);
+        }
+      }
+#pragma GCC unroll 4
+      for (int k = 0; k < NP; k++) {
+        __m256 f[8];
+#pragma GCC unroll 8
+        for (int j = 0; j < TP; j++) {
+          f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) {
+          __m256 q = _mm256_loadu_ps(qp + ((c * NP + k) * NR + r) * 8);
+          if (TP > 1) XE_REG(q);
+#pragma GCC unroll 8
+          for (int j = 0; j < TP; j++) acc[r][j] = _mm256_fmadd_ps(f[j], q, acc[r][j]);
+        }
+      }
+    }
+    xe_store1(acc, NR, TP, lg + tp0, lld, 0);
+  }
+  return fp8 && !fix && !_mm256_testz_si256(sp, sp);
+}
+
+/* P.V of NR rows (probabilities p[r * pld + t], fp8: times 2^120 / 2^112)
+ * over the n token rows vt[t] + hoff, for the M chunks of 32 bytes from c0
+ * and planes K0, K0 + 1: out[r * old + c E + 8 k + i] += sum_t p v (plane
+ * order, see above). Returns 1 (adding nothing) on a non-finite fp8 value
+ * when fix is 0. */
+XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t c0,
+                    const int fp8, const int e5, const int fix, const int K0, const int NR, const int M, float *out,
+                    int64_t old) {
+  const int NP = fp8 ? 4 : 2;
+  __m256 acc[8][8];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++)
+#pragma GCC unroll 2
+      for (int k = 0; k < 2; k++) acc[r][2 * m + k] = _mm256_loadu_ps(out + r * old + (c0 + m) * 8 * NP + 8 * (K0 + k));
+  __m256i sp = _mm256_setzero_si256();
+  for (int64_t t = 0; t < n; t++) {
+    const char *v = vt[t] + hoff + 32 * c0;
+    __m256i w[8], s[8];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+      w[m] = _mm256_loadu_si256((const __m256i *)(v + 32 * m));
+      if (fp8) {
+        s[m] = xe_special(w[m], e5);
+        if (!fix) sp = _mm256_or_si256(sp, s[m]);
+      }
+    }
+    __m256 pr[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) pr[r] = _mm256_broadcast_ss(p + r * pld + t);
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++) {
+#pragma GCC unroll 2
+      for (int k = 0; k < 2; k++) {
+        const __m256 f = fp8 && fix ? xe_plane_fix(w[m], s[m], e5, K0 + k, 1) : xe_plane_raw(w[m], fp8, e5, K0 + k);
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; r++) acc[r][2 * m + k] = _mm256_fmadd_ps(f, pr[r], acc[r][2 * m + k]);
+      }
+    }
+  }
+  if (fp8 && !fix && !_mm256_testz_si256(sp, sp)) return 1;
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; r++)
+#pragma GCC unroll 8
+    for (int m = 0; m < M; m++)
+#pragma GCC unroll 2
+      for (int k = 0; k < 2; k++) _mm256_storeu_ps(out + r * old + (c0 + m) * 8 * NP + 8 * (K0 + k), acc[r][2 * m + k]);
+  return 0;
+}
+
+/* One dtype's P.V kernel over chunks [c0, c0 + M), every plane pair. */
+#define XF_PV(FP8, E5, K0, NR, M)                                                                                   \
+  do {                                                                                                              \
+    if (xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 0, K0, NR, M, out, old))                                            \
+      xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 1, K0, NR, M, out, old);                                              \
+  } while (0)
+#define XF_PV_ALL(NR, M)                                                                                            \
+  do {                                                                                                              \
+    if (dt == XK_BF16) {                                                                                            \
+      XF_PV(0, 0, 0, NR, M);                                                                                        \
+    } else if (dt == XK_F8E4M3) {                                                                                   \
+      XF_PV(1, 0, 0, NR, M);                                                                                        \
+      XF_PV(1, 0, 2, NR, M);                                                                                        \
+    } else {                                                                                                        \
+      XF_PV(1, 1, 0, NR, M);                                                                                        \
+      XF_PV(1, 1, 2, NR, M);                                                                                        \
+    }                                                                                                               \
+  } while (0)
+
+/* The micro-kernels for NR rows: Q.K^T with 8 / NR tokens per pass, P.V with
+ * 4 / NR chunks per token (8 accumulators), then single chunks for the rest. */
+#define XF_DEF(NR)                                                                                                  \
+  static void xf_qk_##NR(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, int32_t dt, float *lg,  \
+                         int64_t lld, const char *const *pf, const char *const *pv, int64_t voff, int64_t rowb) {   \
+    if (dt == XK_BF16) {                                                                                            \
+      xf_qk(qp, kt, hoff, nch, 0, 0, 0, NR, 8 / NR, lg, lld, pf, pv, voff, rowb);                                   \
+    } else if (dt == XK_F8E4M3) {                                                                                   \
+      if (xf_qk(qp, kt, hoff, nch, 1, 0, 0, NR, 8 / NR, lg, lld, pf, pv, voff, rowb))                               \
+        xf_qk(qp, kt, hoff, nch, 1, 0, 1, NR, 8 / NR, lg, lld, NULL, NULL, 0, 0);                                   \
+    } else {                                                                                                        \
+      if (xf_qk(qp, kt, hoff, nch, 1, 1, 0, NR, 8 / NR, lg, lld, pf, pv, voff, rowb))                               \
+        xf_qk(qp, kt, hoff, nch, 1, 1, 1, NR, 8 / NR, lg, lld, NULL, NULL, 0, 0);                                   \
+    }                                                                                                               \
+  }                                                                                                                 \
+  static void xf_pv_##NR(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t cb,   \
+                         int64_t ce, int32_t dt, float *out, int64_t old) {                                         \
+    int64_t c0 = cb;                                                                                                \
+    for (; c0 + 4 / NR <= ce; c0 += 4 / NR) XF_PV_ALL(NR, 4 / NR);                                                  \
+    for (; c0 < ce; c0++) XF_PV_ALL(NR, 1);                                                                         \
+  }
+XF_DEF(4)
+XF_DEF(2)
+XF_DEF(1)
+#undef XF_DEF
+#undef XF_PV_ALL
+#undef XF_PV
+
+/* q (f32, D elements) as row rr of nr in the planes at dst (chunk c, plane
+ * k: lane i holds element c E + NP i + k, E = 8 NP). */
+static void xf_q_planes(const float *q, int64_t D, const int fp8, int64_t nr, int64_t rr, float *dst) {
+  const int64_t NP = fp8 ? 4 : 2, E = 8 * NP;
+  for (int64_t c = 0; c < D / E; c++)
+    for (int64_t k = 0; k < NP; k++)
+      for (int64_t i = 0; i < 8; i++) dst[((c * NP + k) * nr + rr) * 8 + i] = q[c * E + NP * i + k];
+}
+
+static int xf_varlen_ok(const xk_attn_args *a) {
+  const int32_t dt = a->cache_dtype;
+  if (!a->fast || a->layout != XK_LAYOUT_FLASH || !(dt == XK_BF16 || xk_is_fp8(dt))) return 0;
+  const int64_t G = a->num_heads / a->num_kv_heads, KG = a->kv_group > 0 ? a->kv_group : 1;
+  if (G > 16 || a->head_size % (xk_is_fp8(dt) ? 32 : 16) || a->head_size > 512) return 0;
+  /* items of one query each (a work item's rows: G per kv head of the group) */
+  return a->max_rows == G * KG && a->key_cache_strides[3] == 1 && a->value_cache_strides[3] == 1;
+}
+
+/* Row pointers (kv head 0) of tokens t0 .. t0 + n of a sequence's keys or values. */
+static void xf_rows(const xk_attn_args *a, const int32_t *bt, int value, int64_t t0, int64_t n, const char **rows) {
+  const int64_t *st = value ? a->value_cache_strides : a->key_cache_strides, es = xk_dtype_size(a->cache_dtype);
+  const char *base = (const char *)(value ? a->value_cache : a->key_cache);
+  const int64_t bs = a->block_size;
+  int64_t bi = t0 / bs, off = t0 % bs; /* one division per call, not one per token */
+  const char *blk = base + (int64_t)bt[bi * a->block_tables_stride_block] * st[0] * es;
+  for (int64_t i = 0; i < n; i++) {
+    rows[i] = blk + off * st[1] * es;
+    if (++off == bs && i + 1 < n) {
+      off = 0;
+      blk = base + (int64_t)bt[++bi * a->block_tables_stride_block] * st[0] * es;
+    }
+  }
+}
+
+static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_ws *w, int64_t begin, int64_t end) {
+  const int64_t Hkv = a->num_kv_heads, G = a->num_heads / Hkv, D = a->head_size, Dp = w->Dp, L_ = w->L;
+  const int64_t KG = a->kv_group > 0 ? a->kv_group : 1, NG = Hkv / KG, qes = xk_dtype_size(a->dtype);
+  const int32_t dt = a->cache_dtype;
+  const int fp8 = xk_is_fp8(dt);
+  const int64_t es = xk_dtype_size(dt), NP = fp8 ? 4 : 2, nch = D / (8 * NP), rowb = D * es;
+  const int64_t khs = a->key_cache_strides[2] * es, vhs = a->value_cache_strides[2] * es;
+  const float pscale = !fp8 ? 1.0f : dt == XK_F8E5M2 ? 0x1p112f : 0x1p120f;
+  float *qp = (float *)w->q;
+  const char *kt[XF_S + XE_G], *vt[XF_S + XE_G], *pk[XE_G], *pv[XE_G];
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | XE_FTZ);
+  for (int64_t b = begin; b < end; b++) {
+    const int64_t item = b / NG, kvh0 = (b % NG) * KG, R = KG * G;
+    const int64_t seq = a->work[3 * item], i = a->work[3 * item + 1];
+    const int64_t q0 = a->cu_seqlens_q[seq], q_len = a->cu_seqlens_q[seq + 1] - q0, k_len = a->seq_lens[seq];
+    const int64_t pos = i + k_len - q_len;
+    const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
+    int64_t lo, hi;
+    xk_attn_key_range(a, pos, k_len, &lo, &hi);
+    for (int64_t kvl = 0; kvl < KG; kvl++) { /* row r = kvl G + g: query head kvh0 G + r */
+      for (int64_t g = 0, r0 = 0; g < G; g++) {
+        const int64_t r = kvl * G + g, h = kvh0 * G + r, nr = xe_nr(G, r0);
+        xa_to_f32(w->stage, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes,
+                  a->dtype, D);
+        xf_q_planes(w->stage, D, fp8, nr, g - r0, qp + (kvl * G + r0) * D);
+        if (g + 1 == r0 + nr) r0 += nr;
+        w->m[r] = -INFINITY;
+        w->l[r] = 0.0f;
+      }
+    }
+    memset(w->acc, 0, (size_t)(R * Dp) * sizeof(float));
+    for (int64_t ts = lo; ts < hi; ts += XF_S) {
+      const int64_t n = xa_min(XF_S, hi - ts), ngrp = (n + XE_G - 1) / XE_G;
+      xf_rows(a, bt, 0, ts, n, kt);
+      xf_rows(a, bt, 1, ts, n, vt);
+      for (int64_t j = n; j < ngrp * XE_G; j++) kt[j] = kt[n - 1]; /* a partial group repeats its last key */
+      /* Pass 1: logits. Prefetched: the keys of the group XE_PD ahead (the
+       * next step's first ones at the end) and that group's values. */
+      for (int64_t gi = 0; gi < ngrp; gi++) {
+        const int64_t tp = ts + (gi + XE_PD) * XE_G, npf = xa_max(0, xa_min(XE_G, hi - tp));
+        if (npf) {
+          xf_rows(a, bt, 0, tp, npf, pk);
+          xf_rows(a, bt, 1, tp, npf, pv);
+          for (int64_t j = npf; j < XE_G; j++) pk[j] = pk[npf - 1], pv[j] = pv[npf - 1];
+        }
+        for (int64_t kvl = 0; kvl < KG; kvl++) {
+          const int64_t hoff = (kvh0 + kvl) * khs, voff = (kvh0 + kvl) * vhs;
+          for (int64_t r0 = 0; r0 < G;) {
+            const int64_t nr = xe_nr(G, r0), r = kvl * G + r0;
+            const float *q = qp + r * D;
+            float *lg = w->lg + r * L_ + gi * XE_G;
+            const char *const *pf = npf && !r0 ? pk : NULL;
+            switch (nr) {
+              case 4: xf_qk_4(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, pf, pv, voff, rowb); break;
+              case 2: xf_qk_2(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, pf, pv, voff, rowb); break;
+              default: xf_qk_1(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, pf, pv, voff, rowb); break;
+            }
+            r0 += nr;
+          }
+        }
+      }
+      /* The online-softmax step (attn_varlen's; every key of the step is in the row's range). */
+      for (int64_t r = 0; r < R; r++) {
+        const int64_t kvh = kvh0 + r / G, h = kvh0 * G + r;
+        const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+        const float sc = a->scale * ks;
+        float *x = w->lg + r * L_;
+        for (int64_t j = 0; j < n; j++) x[j] *= sc;
+        if (a->softcap > 0.0f) xa_softcap(x, n, a->softcap);
+        if (a->alibi_slopes) {
+          const float slope = a->alibi_slopes[seq * a->alibi_stride_seq + h];
+          for (int64_t j = 0; j < n; j++) x[j] -= slope * fabsf((float)(pos - (ts + j)));
+        }
+        const float mt = xa_max_row(x, n, -INFINITY);
+        const float m_new = fmaxf(w->m[r], mt);
+        if (m_new == -INFINITY) { /* nothing attended yet: p = 0 */
+          for (int64_t j = 0; j < n; j++) x[j] = 0.0f;
+          continue;
+        }
+        const float alpha = w->m[r] == -INFINITY ? 0.0f : expf(w->m[r] - m_new);
+        const float sum = xa_exp_sum(x, n, m_new);
+        if (alpha != 1.0f) {
+          float *acc = w->acc + r * Dp;
+          for (int64_t d = 0; d < D; d++) acc[d] *= alpha;
+        }
+        w->l[r] = w->l[r] * alpha + sum;
+        w->m[r] = m_new;
+        xa_round_to(x, n, a->dtype);
+        if (fp8) {
+          for (int64_t j = 0; j < n; j++) x[j] *= pscale;
+        }
+      }
+      /* Pass 2: P.V over the step's values (in L2 by now), 4 chunks (128
+       * bytes of each value row) at a time for all rows of the kv head. */
+      for (int64_t kvl = 0; kvl < KG; kvl++) {
+        const int64_t hoff = (kvh0 + kvl) * vhs;
+        for (int64_t cb = 0; cb < nch; cb += 4) {
+          const int64_t ce = xa_min(cb + 4, nch);
+          for (int64_t r0 = 0; r0 < G;) {
+            const int64_t nr = xe_nr(G, r0), r = kvl * G + r0;
+            const float *p = w->lg + r * L_;
+            float *o = w->acc + r * Dp;
+            switch (nr) {
+              case 4:
+                if (fp8) { /* 4 rows x 2 planes x 2 chunks would need 16 accumulators: two row pairs */
+                  xf_pv_2(p, L_, vt, hoff, n, cb, ce, dt, o, Dp);
+                  xf_pv_2(p + 2 * L_, L_, vt, hoff, n, cb, ce, dt, o + 2 * Dp, Dp);
+                } else {
+                  xf_pv_4(p, L_, vt, hoff, n, cb, ce, dt, o, Dp);
+                }
+                break;
+              case 2: xf_pv_2(p, L_, vt, hoff, n, cb, ce, dt, o, Dp); break;
+              default: xf_pv_1(p, L_, vt, hoff, n, cb, ce, dt, o, Dp); break;
+            }
+            r0 += nr;
+          }
+        }
+      }
+    }
+    for (int64_t r = 0; r < R; r++) {
+      const int64_t kvh = kvh0 + r / G, h = kvh0 * G + r;
+      const float vsc = a->v_scale ? a->v_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
+      const float *acc = w->acc + r * Dp;
+      float *row = w->stage;
+      for (int64_t c = 0; c < nch; c++) /* plane order back to head-dim order */
+        for (int64_t k = 0; k < NP; k++)
+          for (int64_t e = 0; e < 8; e++) row[c * 8 * NP + NP * e + k] = acc[c * 8 * NP + 8 * k + e];
+      float m = w->m[r], l = w->l[r];
+      const float f = xk_attn_row_factor(a, h, &m, &l);
+      xa_write_row((char *)a->out + ((q0 + i) * a->out_stride_token + h * a->out_stride_head) * qes, a->dtype, row, D,
+                   f * vsc);
+      if (a->lse) a->lse[h * a->lse_stride_head + (q0 + i) * a->lse_stride_token] = xk_attn_lse(m, l);
     }
   }
   _mm_setcsr(csr);
@@ -3051,6 +3408,10 @@ void XK_FN(attn_varlen)(const xk_attn_args *a, void *workspace, int64_t begin, i
   }
 #endif
 #if XK_F32_LANES == 8
+  if (xf_varlen_ok(a)) {
+    xf_varlen(a, &w, begin, end);
+    return;
+  }
   if (xp_varlen_ok(a)) {
     xp_varlen(a, &w, begin, end);
     return;
