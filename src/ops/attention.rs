@@ -51,6 +51,12 @@
 //! probabilities below 2^-126 count as 0. Results do not depend on the thread
 //! count. `XPU_OPS_ATTN_FAST=0` (or [`with_attention_fast_decode`]) selects
 //! the general path. See `xpu_src/cpu/attention.c` (`xe_paged`).
+//! [`flash_attn_varlen_func`] calls whose work items are one query each
+//! (decode rows; bf16 or fp8 caches, head size a multiple of 16 (32 for
+//! fp8), at most 16 query heads per KV head, any block size) take the same
+//! scheme over the flash layout (`xf_varlen`): attn_varlen's online softmax
+//! in steps of 64 keys, masks, softcap, ALiBi, sinks, scales and LSE, with
+//! the same rounding points and tolerance; thread-count independent.
 //!
 //! AMX prefill ([`flash_attn_varlen_func`] on the amx tier: bf16 queries and
 //! cache, no softcap or ALiBi, head size a multiple of 64, work items of two
