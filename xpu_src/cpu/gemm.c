@@ -15,9 +15,10 @@
  *    with the tile's rows in different 4 KiB pages. At M = 1 on AVX-512,
  *    int8 and int4 with groups of a multiple of 128 read 8 weight rows at
  *    once (8 row streams in 8 pages) instead of 4. At M = 1 on AVX2 d1_gemv
- *    runs tiles of 8 rows; for codes it sums q against x per group and applies
- *    scale and zero once a group (see there: a different rounding from the
- *    other paths, within the same tolerance).
+ *    runs tiles of 8 rows (dense and int8: one row from each of 8 runs of
+ *    consecutive rows, 8 long streams); for codes it sums q against x per
+ *    group and applies scale and zero once a group (see there: a different
+ *    rounding from the other paths, within the same tolerance).
  *
  *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
  *    x tile_n columns of the output. For each K block the tile packs its
@@ -740,8 +741,22 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  *
  * One activation row: a tile streams D1_R weight rows at once over all of K
  * (eight FMA chains cover the FMA latency; eight row streams keep DRAM
- * busy), and prefetches the same bytes of the next tile's rows (when those
- * are at most 16 KiB: further ahead the lines left L1 before use).
+ * busy).
+ *
+ * Dense and int8 rows: a block's rows are cut into D1_R runs of consecutive
+ * rows and a tile takes the next row of every run, so each of the 8 streams
+ * walks consecutive rows, one long sequential stream that the hardware
+ * prefetchers keep running across rows (cold, K=4096 N=2048 bf16, 4 KiB pages:
+ * ~0.85 -> ~0.72 ms against tiles of 8 adjacent rows; adjacent rows restart
+ * 8 short streams every tile). The run length is odd, so the 8 rows of a tile
+ * never share one L1 set when rows are a power of two long. No software
+ * prefetch there: with long streams it measured no faster, and prefetching
+ * within the rows (256 B to 2 KiB ahead) slower (1.05-1.15 ms: the prefetches
+ * hold L1 miss buffers the hardware L2 streams would use). Int4 rows keep
+ * tiles of adjacent rows and prefetch the same bytes of the next tile (when
+ * those are at most 16 KiB: further ahead the lines left L1 before use); the
+ * int4 loop is bound by its vector ops, not by DRAM, and runs measured 15%
+ * slower there.
  *
  * Dense rows: per output the operations of gv_tile (one 8-lane accumulator,
  * k in order, then the masked rest; one reduction), so results are those of
@@ -760,7 +775,7 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * depend on the number of threads. */
 #define D1_R 8     /* weight rows per tile */
 #define D1_KC 4096 /* activations prepared per chunk of K (a multiple of 128) */
-#define D1_PFMAX 16384 /* bytes of the next tile prefetched at most */
+#define D1_PFMAX 16384 /* int4: bytes of the next tile prefetched at most */
 #define D1_NB 64   /* rows whose partial sums (acc, t) outlive a chunk when K > D1_KC */
 #define D1_MAXG (D1_KC / 32 + 1) /* groups a chunk touches at most (groups are a multiple of 32, or K) */
 
@@ -793,24 +808,19 @@ static void d1_prep(const xk_linear_args *a, const int q4, int64_t c0, d1_chunk 
   }
 }
 
-/* Dense rows n0 .. n0 + R - 1 over all of K. */
-XK_ALWAYS_INLINE void d1_dense(const xk_linear_args *a, const int kind, const int R, int64_t n0) {
-  const int64_t K = a->k, es = xk_dtype_size(a->w_dtype);
+/* Dense rows n0 + j rs (j < R) over all of K. */
+XK_ALWAYS_INLINE void d1_dense(const xk_linear_args *a, const int kind, const int R, int64_t n0, int64_t rs) {
+  const int64_t K = a->k;
   const float *x = a->xf;
   const char *wr[D1_R];
   vf acc[D1_R];
   for (int j = 0; j < R; j++) {
-    wr[j] = (const char *)w_row(a, n0 + j);
+    wr[j] = (const char *)w_row(a, n0 + j * rs);
     acc[j] = vf_zero();
   }
-  /* The same bytes of the next tile's rows while they fit half of L1 (further ahead, the lines are evicted
-   * before use; measured slower for int8 rows of 4 KiB); no prefetch past that. */
-  const int64_t pf = R * a->w_stride * es, pf_on = pf <= D1_PFMAX;
   const wparams wp = {vf_zero(), vf_zero()};
   int64_t k = 0;
   for (; k + VL <= K; k += VL) {
-    if (pf_on && ((k * es) & 63) == 0)
-      for (int j = 0; j < R; j++) _mm_prefetch(wr[j] + pf + k * es, _MM_HINT_T0);
     const vf xv = vf_load(x + k);
     for (int j = 0; j < R; j++) acc[j] = vf_fma(xv, w_vec(kind, wr[j], k, VL, wp), acc[j]);
   }
@@ -819,13 +829,29 @@ XK_ALWAYS_INLINE void d1_dense(const xk_linear_args *a, const int kind, const in
     const vf xv = vf_loadm(x + k, m);
     for (int j = 0; j < R; j++) acc[j] = vf_fma(xv, w_vec(kind, wr[j], k, m, wp), acc[j]);
   }
-  for (int j = 0; j < R; j++) store_out(a, 0, n0 + j, vf_hsum(acc[j]));
+  for (int j = 0; j < R; j++) store_out(a, 0, n0 + j * rs, vf_hsum(acc[j]));
 }
 
-/* Quantized rows n0 .. n0 + R - 1 over the chunk c. st holds each row's
- * (acc, t) between chunks; first / last: the chunk starts / ends K. */
-XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int has_z, const int R, int64_t n0,
-                               const d1_chunk *c, float *st, int first, int last) {
+/* This chunk's scales (and zeros) of rows n0 + j rs in f32, groups c0 / G on; returns their number. */
+XK_ALWAYS_INLINE int64_t d1_scales(const xk_linear_args *a, const int has_z, const int R, int64_t n0, int64_t rs,
+                                   const d1_chunk *c, float (*sb)[D1_MAXG], float (*zb)[D1_MAXG]) {
+  const int64_t G = a->group_size, g_lo = c->c0 / G, ng = (min64(c->c1, a->k) - 1) / G + 1 - g_lo;
+  const int64_t ss = xk_dtype_size(a->sz_dtype);
+  for (int j = 0; j < R; j++) {
+    const int64_t off = ((n0 + j * rs) * a->sz_stride + g_lo) * ss;
+    xk_convert_row(sb[j], XK_F32, (const char *)a->scales + off, a->sz_dtype, ng, 1.0f);
+    if (has_z) xk_convert_row(zb[j], XK_F32, (const char *)a->zeros + off, a->sz_dtype, ng, 1.0f);
+  }
+  return ng;
+}
+
+/* Int4 rows n0 .. n0 + R - 1 over the chunk c. st holds each row's (acc, t) between chunks; first / last: the
+ * chunk starts / ends K. Cap on Zen 3: AND (or shift), convert and FMA per 8 codes, measured alone at 0.76 cycles
+ * (4 pipes, FMA and convert on two each), is ~17 GB/s of codes at 3.2 GHz, ~60% of DRAM; this loop runs
+ * ~1.2 cycles (8 FMA chains of latency 4 leave no slack). Rejected: the group loop of d1_q8 here (1.29 cycles
+ * G = 128, 2.2 cycles G = 32, against 1.20 and 1.61). */
+XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int R, int64_t n0, const d1_chunk *c,
+                            float *st, int first, int last) {
   const int64_t K = a->k, G = a->group_size, c0 = c->c0, c1 = c->c1;
   const float *xs = c->xs - c0;
   const uint8_t *wr[D1_R];
@@ -835,41 +861,19 @@ XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int 
     acc[j] = first ? vf_zero() : vf_load(st + (2 * j) * VL);
     t[j] = first ? vf_zero() : vf_load(st + (2 * j + 1) * VL);
   }
-  const int64_t pf = R * a->w_stride, pf_on = pf <= D1_PFMAX; /* as in d1_dense */
-  /* This chunk's scales (and zeros) in f32: groups g_lo .. g_lo + ng - 1. */
-  const int64_t g_lo = c0 / G, ng = (min64(c1, K) - 1) / G + 1 - g_lo;
-  const int64_t ss = xk_dtype_size(a->sz_dtype);
+  const int64_t pf = R * a->w_stride, pf_on = pf <= D1_PFMAX;
   float sb[D1_R][D1_MAXG], zb[D1_R][D1_MAXG];
-  for (int j = 0; j < R; j++) {
-    const int64_t off = ((n0 + j) * a->sz_stride + g_lo) * ss;
-    xk_convert_row(sb[j], XK_F32, (const char *)a->scales + off, a->sz_dtype, ng, 1.0f);
-    if (has_z) xk_convert_row(zb[j], XK_F32, (const char *)a->zeros + off, a->sz_dtype, ng, 1.0f);
-  }
+  d1_scales(a, has_z, R, n0, 1, c, sb, zb);
   int64_t gi = 0;                              /* the current group, index in sb */
-  int64_t gstart = g_lo * G;                   /* its start (before c0: started in an earlier chunk) */
+  int64_t gstart = c0 / G * G;                 /* its start (before c0: started in an earlier chunk) */
   int64_t gend = min64(gstart + G, K);         /* its end */
   const float *xg = c->xg;                     /* the next group start's lane sums */
-#define D1_START                                                                          \
-  if (k32 == gstart) {                                                                    \
-    const vf xgv = vf_load(xg);                                                           \
-    xg += VL;                                                                             \
-    for (int j = 0; j < R; j++)                                                           \
-      t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;          \
-  }
-#define D1_FINISH                                                                         \
-  if (k32 + 32 >= gend) {                                                                 \
-    for (int j = 0; j < R; j++) acc[j] = vf_fma(t[j], vf_set1(sb[j][gi]), acc[j]);        \
-    gi++;                                                                                 \
-    gstart = gend;                                                                        \
-    gend = min64(gend + G, K);                                                            \
-  }
-  if (q4) {
-    /* Block b0 (128 codes, 64 bytes a row): 32-code steps p (nibbles 2p, 2p + 1, both 32-byte halves). */
+  /* Block b0 (128 codes, 64 bytes a row): 32-code steps p (nibbles 2p, 2p + 1, both 32-byte halves). */
 #define D1_Q4(I, H)                                                                                        \
   {                                                                                                      \
     const vf xv = vf_load(xs + b0 + 16 * (I) + 8 * (H));                                                 \
     int64_t off = b0 / 2 + 32 * (H);                                                                     \
-    __asm__ volatile("" : "+r"(off)); /* a load per use: kept in registers, the 8 rows' words spill */           \
+    __asm__ volatile("" : "+r"(off)); /* a load per use: kept in registers, the 8 rows' words spill */   \
     for (int j = 0; j < R; j++) {                                                                        \
       const __m256i raw = _mm256_loadu_si256((const __m256i *)(wr[j] + off));                           \
       const __m256i q = (I) == 7 ? _mm256_srli_epi32(raw, 28)                                           \
@@ -877,58 +881,33 @@ XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int 
       t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);                                                    \
     }                                                                                                    \
   }
-#define D1_Q4P(P)                                          \
-  {                                                        \
-    const int64_t k32 = b0 + 32 * (P);                     \
-    if (k32 >= c1) break;                                  \
-    D1_START                                               \
-    D1_Q4(2 * (P), 0) D1_Q4(2 * (P), 1)                    \
-    D1_Q4(2 * (P) + 1, 0) D1_Q4(2 * (P) + 1, 1)            \
-    D1_FINISH                                              \
+#define D1_Q4P(P)                                                                           \
+  {                                                                                         \
+    const int64_t k32 = b0 + 32 * (P);                                                      \
+    if (k32 >= c1) break;                                                                   \
+    if (k32 == gstart) { /* the group starts: t = -z sum x */                               \
+      const vf xgv = vf_load(xg);                                                           \
+      xg += VL;                                                                             \
+      for (int j = 0; j < R; j++)                                                           \
+        t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;          \
+    }                                                                                       \
+    D1_Q4(2 * (P), 0) D1_Q4(2 * (P), 1) D1_Q4(2 * (P) + 1, 0) D1_Q4(2 * (P) + 1, 1)         \
+    if (k32 + 32 >= gend) { /* the group ends: acc += s t */                                \
+      for (int j = 0; j < R; j++) acc[j] = vf_fma(t[j], vf_set1(sb[j][gi]), acc[j]);        \
+      gi++;                                                                                 \
+      gstart = gend;                                                                        \
+      gend = min64(gend + G, K);                                                            \
+    }                                                                                       \
   }
-    for (int64_t b0 = c0; b0 < c1; b0 += 128) {
-      if (pf_on)
-        for (int j = 0; j < R; j++) _mm_prefetch((const char *)wr[j] + pf + b0 / 2, _MM_HINT_T0);
-      do {
-        D1_Q4P(0) D1_Q4P(1) D1_Q4P(2) D1_Q4P(3)
-      } while (0);
-    }
+  for (int64_t b0 = c0; b0 < c1; b0 += 128) {
+    if (pf_on)
+      for (int j = 0; j < R; j++) _mm_prefetch((const char *)wr[j] + pf + b0 / 2, _MM_HINT_T0);
+    do {
+      D1_Q4P(0) D1_Q4P(1) D1_Q4P(2) D1_Q4P(3)
+    } while (0);
+  }
 #undef D1_Q4P
 #undef D1_Q4
-  } else {
-    /* 32 codes a step; the last step of a row may end inside (K % 32 != 0 only when G = K). */
-#define D1_Q8(S)                                                                                     \
-  {                                                                                                \
-    const vf xv = vf_load(xs + k32 + 8 * (S));                                                     \
-    for (int j = 0; j < R; j++) {                                                                  \
-      const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wr[j] + k32 + 8 * (S)))); \
-      t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);                                              \
-    }                                                                                              \
-  }
-    for (int64_t k32 = c0; k32 < c1; k32 += 32) {
-      if ((k32 & 63) == 0)
-        if (pf_on)
-          for (int j = 0; j < R; j++) _mm_prefetch((const char *)wr[j] + pf + k32, _MM_HINT_T0);
-      D1_START
-      if (k32 + 32 <= K) {
-        D1_Q8(0) D1_Q8(1) D1_Q8(2) D1_Q8(3)
-      } else {
-        for (int64_t k = k32; k < K; k += 8) {
-          const vf xv = vf_load(xs + k);
-          for (int j = 0; j < R; j++) {
-            uint8_t b[8] = {0};
-            memcpy(b, wr[j] + k, (size_t)min64(8, K - k));
-            const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
-            t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);
-          }
-        }
-      }
-      D1_FINISH
-    }
-#undef D1_Q8
-  }
-#undef D1_START
-#undef D1_FINISH
   for (int j = 0; j < R; j++) {
     if (last) {
       store_out(a, 0, n0 + j, vf_hsum(acc[j]));
@@ -939,28 +918,114 @@ XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int 
   }
 }
 
+/* t[j] += x_k q_k of int8 rows wr over k in [k0, k1) (k0 a multiple of 32; k1 too, or K). */
+XK_ALWAYS_INLINE void d1_q8_run(const int R, const uint8_t *const *wr, const float *xs, int64_t K, int64_t k0,
+                                int64_t k1, vf *t) {
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32)
+    for (int s = 0; s < 4; s++) {
+      const vf xv = vf_load(xs + k + 8 * s);
+      for (int j = 0; j < R; j++) {
+        const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wr[j] + k + 8 * s)));
+        t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);
+      }
+    }
+  for (; k < k1; k += 8) { /* the row's last codes (K % 32 != 0 only when G = K) */
+    const vf xv = vf_load(xs + k);
+    for (int j = 0; j < R; j++) {
+      uint8_t b[8] = {0};
+      memcpy(b, wr[j] + k, (size_t)min64(8, K - k));
+      const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
+      t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);
+    }
+  }
+}
+
+/* Int8 rows n0 + j rs (j < R) over the chunk c; st as in d1_q4, row j's pair at st + 2 j rs VL. A group's start
+ * and end run outside its step loop, and acc stays in memory (touched once a group): with both inside the loop
+ * (as in d1_q4) the compiler kept the 8 sums t on the stack between steps, a store-to-load round trip on every
+ * FMA chain (1.21 -> 1.08 cycles per 8 codes and row, L1-resident; cold K=4096 N=2048 ~0.69 -> ~0.47 ms with
+ * the row runs). The same operations in the same order: results are unchanged. */
+XK_ALWAYS_INLINE void d1_q8(const xk_linear_args *a, const int has_z, const int R, int64_t n0, int64_t rs,
+                            const d1_chunk *c, float *st, int first, int last) {
+  const int64_t K = a->k, G = a->group_size, c0 = c->c0, c1 = min64(c->c1, K);
+  const float *xs = c->xs - c0;
+  const uint8_t *wr[D1_R];
+  vf t[D1_R];
+  float acc[D1_R * VL] __attribute__((aligned(32)));
+  for (int j = 0; j < R; j++) {
+    wr[j] = (const uint8_t *)a->w + (n0 + j * rs) * a->w_stride;
+    vf_store(acc + j * VL, first ? vf_zero() : vf_load(st + (2 * j * rs) * VL));
+    t[j] = first ? vf_zero() : vf_load(st + (2 * j * rs + 1) * VL);
+  }
+  float sb[D1_R][D1_MAXG], zb[D1_R][D1_MAXG];
+  const int64_t ng = d1_scales(a, has_z, R, n0, rs, c, sb, zb);
+  const float *xg = c->xg; /* the next group start's lane sums */
+  for (int64_t gi = 0; gi < ng; gi++) {
+    const int64_t gs = (c0 / G + gi) * G, ge = min64(gs + G, K);
+    const int64_t lo = gs > c0 ? gs : c0, hi = min64(ge, c1);
+    if (lo == gs) { /* the group starts: t = -z sum x */
+      const vf xgv = vf_load(xg);
+      xg += VL;
+      for (int j = 0; j < R; j++) t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;
+    }
+    d1_q8_run(R, wr, xs, K, lo, hi, t);
+    if (hi == ge) /* the group ends: acc += s t */
+      for (int j = 0; j < R; j++) vf_store(acc + j * VL, vf_fma(t[j], vf_set1(sb[j][gi]), vf_load(acc + j * VL)));
+  }
+  for (int j = 0; j < R; j++) {
+    if (last) {
+      store_out(a, 0, n0 + j * rs, vf_hsum(vf_load(acc + j * VL)));
+    } else {
+      vf_store(st + (2 * j * rs) * VL, vf_load(acc + j * VL));
+      vf_store(st + (2 * j * rs + 1) * VL, t[j]);
+    }
+  }
+}
+
+/* Quantized rows n0 + j rs (j < R; int4: rs = 1). */
+XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int has_z, const int R, int64_t n0,
+                               int64_t rs, const d1_chunk *c, float *st, int first, int last) {
+  if (q4)
+    d1_q4(a, has_z, R, n0, c, st, first, last);
+  else
+    d1_q8(a, has_z, R, n0, rs, c, st, first, last);
+}
+
 #define D1_DENSE_FN(KIND, R) \
-  static void d1_dense_##KIND##_##R(const xk_linear_args *a, int64_t n0) { d1_dense(a, KIND, R, n0); }
+  static void d1_dense_##KIND##_##R(const xk_linear_args *a, int64_t n0, int64_t rs) { d1_dense(a, KIND, R, n0, rs); }
 #define D1_DENSE_FNS(KIND) D1_DENSE_FN(KIND, 1) D1_DENSE_FN(KIND, 4) D1_DENSE_FN(KIND, 8)
 D1_DENSE_FNS(WK_F32)
 D1_DENSE_FNS(WK_F16)
 D1_DENSE_FNS(WK_BF16)
-typedef void (*d1_dense_fn)(const xk_linear_args *, int64_t);
+typedef void (*d1_dense_fn)(const xk_linear_args *, int64_t, int64_t);
 
 #define D1_QUANT_FN(Q4, Z, R)                                                                                \
-  static void d1_quant_##Q4##Z##_##R(const xk_linear_args *a, int64_t n0, const d1_chunk *c, float *st, int first, \
-                                     int last) {                                                             \
-    d1_quant(a, Q4, Z, R, n0, c, st, first, last);                                                           \
+  static void d1_quant_##Q4##Z##_##R(const xk_linear_args *a, int64_t n0, int64_t rs, const d1_chunk *c, float *st, \
+                                     int first, int last) {                                                  \
+    d1_quant(a, Q4, Z, R, n0, rs, c, st, first, last);                                                       \
   }
 #define D1_QUANT_FNS(Q4, Z) D1_QUANT_FN(Q4, Z, 1) D1_QUANT_FN(Q4, Z, 4) D1_QUANT_FN(Q4, Z, 8)
 D1_QUANT_FNS(0, 0)
 D1_QUANT_FNS(0, 1)
 D1_QUANT_FNS(1, 0)
 D1_QUANT_FNS(1, 1)
-typedef void (*d1_quant_fn)(const xk_linear_args *, int64_t, const d1_chunk *, float *, int, int);
+typedef void (*d1_quant_fn)(const xk_linear_args *, int64_t, int64_t, const d1_chunk *, float *, int, int);
 
-/* Tiles of 8 rows, then 4, then single rows at the block's end. */
-static int d1_rows(int64_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : 1; }
+/* Rows [b, e) as tiles: with RUNS, tiles of 8 rows S apart (8 runs of S consecutive rows, S odd); then tiles of
+ * 8, 4 and 1 adjacent rows. CALL(R, n0, rs) runs rows n0 + j rs, j < R. */
+#define D1_TILES(CALL, RUNS)                                     \
+  {                                                              \
+    const int64_t S = ((e - b) / D1_R - 1) | 1;                  \
+    int64_t n0 = b;                                              \
+    if ((RUNS) && S > 1) {                                       \
+      for (; n0 < b + S; n0++) CALL(8, n0, S);                   \
+      n0 = b + D1_R * S;                                         \
+    }                                                            \
+    for (; n0 + 8 <= e; n0 += 8) CALL(8, n0, 1);                 \
+    for (; n0 + 4 <= e; n0 += 4) CALL(4, n0, 1);                 \
+    for (; n0 < e; n0++) CALL(1, n0, 1);                         \
+  }
 
 static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int64_t K = a->k;
@@ -969,11 +1034,10 @@ static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
     static const d1_dense_fn fns[3][3] = {{d1_dense_WK_F32_1, d1_dense_WK_F32_4, d1_dense_WK_F32_8},
                                           {d1_dense_WK_F16_1, d1_dense_WK_F16_4, d1_dense_WK_F16_8},
                                           {d1_dense_WK_BF16_1, d1_dense_WK_BF16_4, d1_dense_WK_BF16_8}};
-    for (int64_t n0 = n_begin; n0 < n_end;) {
-      const int r = d1_rows(n_end - n0);
-      fns[kind][r == 8 ? 2 : r == 4](a, n0);
-      n0 += r;
-    }
+    const int64_t b = n_begin, e = n_end;
+#define D1_CALL(R, N0, RS) fns[kind][(R) == 8 ? 2 : (R) == 4](a, N0, RS)
+    D1_TILES(D1_CALL, 1)
+#undef D1_CALL
     return;
   }
   static const d1_quant_fn fns[4][3] = {{d1_quant_00_1, d1_quant_00_4, d1_quant_00_8},
@@ -986,23 +1050,20 @@ static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   float st[D1_NB * 2 * VL] __attribute__((aligned(32)));
   if (K <= D1_KC) {
     d1_prep(a, q4, 0, &c);
-    for (int64_t n0 = n_begin; n0 < n_end;) {
-      const int r = d1_rows(n_end - n0);
-      f[r == 8 ? 2 : r == 4](a, n0, &c, st, 1, 1);
-      n0 += r;
-    }
+    const int64_t b = n_begin, e = n_end;
+#define D1_CALL(R, N0, RS) f[(R) == 8 ? 2 : (R) == 4](a, N0, RS, &c, st, 1, 1)
+    D1_TILES(D1_CALL, !q4)
+#undef D1_CALL
     return;
   }
   /* Long rows: blocks of D1_NB rows run chunk by chunk, their (acc, t) kept in st. */
-  for (int64_t nb0 = n_begin; nb0 < n_end; nb0 += D1_NB) {
-    const int64_t nb1 = min64(n_end, nb0 + D1_NB);
+  for (int64_t b = n_begin; b < n_end; b += D1_NB) {
+    const int64_t e = min64(n_end, b + D1_NB);
     for (int64_t c0 = 0; c0 < K; c0 += D1_KC) {
       d1_prep(a, q4, c0, &c);
-      for (int64_t n0 = nb0; n0 < nb1;) {
-        const int r = d1_rows(nb1 - n0);
-        f[r == 8 ? 2 : r == 4](a, n0, &c, st + (n0 - nb0) * 2 * VL, c0 == 0, c0 + D1_KC >= K);
-        n0 += r;
-      }
+#define D1_CALL(R, N0, RS) f[(R) == 8 ? 2 : (R) == 4](a, N0, RS, &c, st + ((N0) - b) * 2 * VL, c0 == 0, c0 + D1_KC >= K)
+      D1_TILES(D1_CALL, !q4)
+#undef D1_CALL
     }
   }
 }
