@@ -417,6 +417,124 @@ static inline __attribute__((always_inline)) void gdn_rows_reg(st_view src, st_v
     }
   }
 }
+#elif XK_F32_LANES == 8
+/* Rows run in groups of this many on AVX2 (see gdn_rows_avx2). */
+#define ROW_GROUP 4
+
+/* 8 x 8 transpose: t[j] lane i = x[i] lane j. */
+static inline __attribute__((always_inline)) void transpose8(const __m256 x[8], __m256 t[8]) {
+  __m256 a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {
+    a[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
+    a[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    b[i] = _mm256_shuffle_ps(a[i], a[i + 2], 0x44);
+    b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], 0xee);
+    b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0x44);
+    b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0xee);
+  }
+  for (int i = 0; i < 4; i++) {
+    t[i] = _mm256_permute2f128_ps(b[i], b[i + 4], 0x20);
+    t[i + 4] = _mm256_permute2f128_ps(b[i], b[i + 4], 0x31);
+  }
+}
+
+/* One pass over i < K (step 8) for two row groups: the dots with k and q of
+ * group `dr` into acc (rows' k dots in acc[0..3], q dots in acc[4..7]) when
+ * `dot`, and the update dst = decay src + d k of group `us` / `ud` (d from
+ * dd) when `upd`. */
+static inline __attribute__((always_inline)) void rows_pass(const float *const *dr, __m256 *acc, const float *const *us,
+                                                            float *const *ud, const float *dd, __m256 va,
+                                                            const float *k, const float *q, int64_t K, int dot,
+                                                            int upd) {
+  __m256 vb[ROW_GROUP];
+  for (int r = 0; r < ROW_GROUP; r++) vb[r] = _mm256_broadcast_ss(dd + r);
+  for (int64_t i = 0; i < K; i += 8) {
+    const __m256 kk = _mm256_loadu_ps(k + i);
+    if (dot) {
+      const __m256 qq = _mm256_loadu_ps(q + i);
+#pragma GCC unroll 4
+      for (int r = 0; r < ROW_GROUP; r++) {
+        const __m256 x = _mm256_loadu_ps(dr[r] + i);
+        acc[r] = _mm256_fmadd_ps(x, kk, acc[r]);
+        acc[ROW_GROUP + r] = _mm256_fmadd_ps(x, qq, acc[ROW_GROUP + r]);
+      }
+    }
+    if (upd) {
+#pragma GCC unroll 4
+      for (int r = 0; r < ROW_GROUP; r++)
+        _mm256_storeu_ps(ud[r] + i, _mm256_fmadd_ps(vb[r], kk, _mm256_mul_ps(va, _mm256_loadu_ps(us[r] + i))));
+    }
+  }
+}
+
+/* Group rows r0.. of src / dst. */
+static inline void rows_at(st_view src, st_view dst, int64_t r0, const float **s, float **d) {
+  for (int r = 0; r < ROW_GROUP; r++) s[r] = src.p + (r0 + r) * src.sv, d[r] = dst.p + (r0 + r) * dst.sv;
+}
+
+/*
+ * gdn_token's [V, K] rows for K a multiple of 8, ROW_GROUP rows at a time
+ * (the V % ROW_GROUP rows left: vec_dot2 / vec_axpby). One row alone is a
+ * chain of K / 8 dependent FMAs per dot and a serial lane sum before its
+ * update can start: decode with the state hot in L2 ran at only ~35 GB/s
+ * of state traffic, no faster than DRAM. Four rows' chains interleave and
+ * share the loads of k and q, their lane sums run as one 8 x 8 transpose
+ * and 8 vector adds, and the dots of a group run in the same pass as the
+ * update of the group before (software pipelined), so the sums' latency
+ * overlaps FMAs: ~45 GB/s hot in L2, 1.5-2x per row in L1 (K = V = 128,
+ * one core, CPU time). Every row's operations are vec_dot2's and
+ * vec_axpby's in the same order (bit-identical): each lane's chain over the
+ * row, then 0 + l0 + l1 + ... + l7.
+ */
+static void gdn_rows_avx2(st_view src, st_view dst, const float *q, const float *k, const float *v, float decay,
+                          float beta, float qk, int64_t K, int64_t V, float *o, const st_prefetch *pf,
+                          int64_t ahead) {
+  const int prefetch = pf->self || pf->next.p;
+  const int64_t row_bytes = K * (int64_t)sizeof(float), groups = V / ROW_GROUP;
+  const __m256 va = _mm256_set1_ps(decay);
+  const __m128 vdec = _mm_set1_ps(decay), vbeta = _mm_set1_ps(beta), vqk = _mm_set1_ps(qk);
+  const float *ps[ROW_GROUP], *cs[ROW_GROUP]; /* the previous and the current group's rows */
+  float *pd[ROW_GROUP], *cd[ROW_GROUP];
+  float dd[ROW_GROUP]; /* the previous group's d */
+  __m256 acc[2 * ROW_GROUP];
+  for (int64_t g = 0; g < groups; g++) {
+    const int64_t r0 = g * ROW_GROUP;
+    if (prefetch) {
+      for (int r = 0; r < ROW_GROUP; r++)
+        prefetch_state_row(pf, src.p, src.sv, pf->next.sv, r0 + r + ahead, V, row_bytes);
+    }
+    rows_at(src, dst, r0, cs, cd);
+    for (int r = 0; r < 2 * ROW_GROUP; r++) acc[r] = _mm256_setzero_ps();
+    if (g > 0) {
+      rows_pass(cs, acc, ps, pd, dd, va, k, q, K, 1, 1);
+    } else {
+      rows_pass(cs, acc, ps, pd, dd, va, k, q, K, 1, 0);
+    }
+    /* Lane j of every accumulator in t[j]: sums 0 + l0 + ... + l7 lane-wise. */
+    __m256 t[8];
+    transpose8(acc, t);
+    __m256 s = _mm256_add_ps(_mm256_setzero_ps(), t[0]);
+#pragma GCC unroll 8
+    for (int j = 1; j < 8; j++) s = _mm256_add_ps(s, t[j]);
+    const __m128 kh = _mm256_castps256_ps128(s), qh = _mm256_extractf128_ps(s, 1);
+    const __m128 d = _mm_mul_ps(vbeta, _mm_sub_ps(_mm_loadu_ps(v + r0), _mm_mul_ps(vdec, kh)));
+    _mm_storeu_ps(o + r0, _mm_fmadd_ps(vdec, qh, _mm_mul_ps(d, vqk)));
+    _mm_storeu_ps(dd, d);
+    for (int r = 0; r < ROW_GROUP; r++) ps[r] = cs[r], pd[r] = cd[r];
+  }
+  if (groups > 0) rows_pass(cs, acc, ps, pd, dd, va, k, q, K, 0, 1); /* the last group's update */
+  for (int64_t i = groups * ROW_GROUP; i < V; i++) {
+    if (prefetch) prefetch_state_row(pf, src.p, src.sv, pf->next.sv, i + ahead, V, row_bytes);
+    const float *row = src.p + i * src.sv;
+    float kh, qh;
+    vec_dot2(row, k, q, K, &kh, &qh);
+    const float d = beta * (v[i] - decay * kh);
+    o[i] = fmaf(decay, qh, d * qk);
+    vec_axpby(dst.p + i * dst.sv, decay, row, d, k, K);
+  }
+}
 #endif
 
 /*
@@ -438,6 +556,11 @@ static void gdn_token(st_view src, st_view dst, const float *q, const float *k, 
     }
     if (K == 64) {
       gdn_rows_reg(src, dst, q, k, v, decay, beta, qk, V, o, pf, ahead, 4);
+      return;
+    }
+#elif XK_F32_LANES == 8
+    if (K % 8 == 0) {
+      gdn_rows_avx2(src, dst, q, k, v, decay, beta, qk, K, V, o, pf, ahead);
       return;
     }
 #endif
