@@ -558,15 +558,6 @@ static void gdn_token(st_view src, st_view dst, const float *q, const float *k, 
       gdn_rows_reg(src, dst, q, k, v, decay, beta, qk, V, o, pf, ahead, 4);
       return;
     }
-#elif XK_F32_LANES == 8
-    /* Not for a state that comes cold from the pool (decode): there the row
-     * loop below moved the state 3-7% faster (B = 64 / 256, 256-512 MiB
-     * pool, alternated runs, CPU time: 9.1-9.7 vs 9.4-10.4 ms at B = 64),
-     * whatever the prefetch distance (2-16 KiB ahead) or spread. */
-    if (K % 8 == 0 && !pf->self) {
-      gdn_rows_avx2(src, dst, q, k, v, decay, beta, qk, K, V, o, pf, ahead);
-      return;
-    }
 #endif
     for (int64_t i = 0; i < V; i++) {
       if (prefetch) prefetch_state_row(pf, src.p, src.sv, pf->next.sv, i + ahead, V, row_bytes);
@@ -609,6 +600,30 @@ static void gdn_token(st_view src, st_view dst, const float *q, const float *k, 
       }
     }
   }
+}
+
+/*
+ * gdn_token for a state already in cache (the tokens after a sequence's
+ * first): on AVX2, [V, K] rows with K a multiple of 8 run in gdn_rows_avx2's
+ * groups. Not for the state that comes cold from the pool (decode): there
+ * gdn_token's row loop moved the state 3-7% faster (B = 64 / 256, 256-512
+ * MiB pool, alternated runs, CPU time: 9.1-9.7 vs 9.4-10.4 ms at B = 64)
+ * whatever the prefetch distance (2-16 KiB ahead) or spread. The choice is
+ * made out here and the function kept out of line: with the groups as a
+ * branch inside gdn_token, B = 1 decode (cold, the row loop) got slower
+ * (harness best 147-152 vs 131-134 us); out of line, 146-152 vs 142-144 in
+ * one noisy comparison.
+ */
+__attribute__((noinline)) static void gdn_token_hot(st_view src, st_view dst, const float *q, const float *k, const float *v, float decay,
+                          float beta, int64_t K, int64_t V, float *o, float *tmp, const st_prefetch *pf) {
+#if XK_F32_LANES == 8
+  if (K % 8 == 0 && src.sk == 1 && dst.sk == 1) {
+    const int64_t row_bytes = K * (int64_t)sizeof(float), ahead = (STATE_PF_BYTES + row_bytes - 1) / row_bytes;
+    gdn_rows_avx2(src, dst, q, k, v, decay, beta, vec_dot(q, k, K), K, V, o, pf, ahead);
+    return;
+  }
+#endif
+  gdn_token(src, dst, q, k, v, decay, beta, K, V, o, tmp, pf);
 }
 
 /* The slot block (n, hv) reads its state from (< 0: padding). */
@@ -665,7 +680,11 @@ static void recurrent_block(const xk_gdn_args *a, float *scratch, int64_t n, int
     const float beta = a->beta.data ? gdn_scalar(&a->beta, s.row, tok, hv) : 1.0f;
     /* The state comes cold from the pool at the first token only. */
     const st_prefetch pf = {t == 0, t + 1 == s.len ? next : (st_view){NULL, 0, 0}};
-    gdn_token(cur, dst, q, k, v, decay, beta, K, V, o, tmp, &pf);
+    if (t == 0) {
+      gdn_token(cur, dst, q, k, v, decay, beta, K, V, o, tmp, &pf);
+    } else {
+      gdn_token_hot(cur, dst, q, k, v, decay, beta, K, V, o, tmp, &pf);
+    }
     gdn_store_o(a, s.row, tok, hv, o);
     cur = dst;
   }
