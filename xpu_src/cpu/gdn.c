@@ -335,7 +335,10 @@ static void gdn_zero_outputs(const xk_gdn_args *a, gdn_seq s, int64_t hv, float 
  * (it restarts at every 4 KiB page). Decode with a cold 960 MiB pool (K = V =
  * 128, B = 64, standalone harness) ran 15-17% faster with rows 3-4 KiB ahead
  * prefetched (into the next block's state at the end); 2 KiB gained less,
- * 8-16 KiB no more.
+ * 8-16 KiB no more. AVX2 on Zen 3 (B = 64, cold 256 MiB pool, harness,
+ * CPU time): 2, 4, 8, 16 KiB ahead within the noise (9.7-10.8 ms), into L1
+ * (prefetcht0) the same, no prefetch 2x slower (12 GB/s); streaming stores
+ * of the updated rows 2.5-5x slower (5-10 GB/s: the lines were just read).
  */
 #define STATE_PF_BYTES 4096
 
@@ -614,8 +617,9 @@ static void gdn_token(st_view src, st_view dst, const float *q, const float *k, 
  * (harness best 147-152 vs 131-134 us); out of line, 146-152 vs 142-144 in
  * one noisy comparison.
  */
-__attribute__((noinline)) static void gdn_token_hot(st_view src, st_view dst, const float *q, const float *k, const float *v, float decay,
-                          float beta, int64_t K, int64_t V, float *o, float *tmp, const st_prefetch *pf) {
+__attribute__((noinline)) static void gdn_token_hot(st_view src, st_view dst, const float *q, const float *k,
+                                                    const float *v, float decay, float beta, int64_t K, int64_t V,
+                                                    float *o, float *tmp, const st_prefetch *pf) {
 #if XK_F32_LANES == 8
   if (K % 8 == 0 && src.sk == 1 && dst.sk == 1) {
     const int64_t row_bytes = K * (int64_t)sizeof(float), ahead = (STATE_PF_BYTES + row_bytes - 1) / row_bytes;
@@ -716,7 +720,12 @@ void XK_FN(gdn_recurrent)(const xk_gdn_args *a, float *scratch, int64_t block_be
  */
 
 #define CHUNK 64
-/* Value heads run chunk by chunk together (their states stay in L2). */
+/* Value heads run chunk by chunk together (their states stay in L2). On
+ * Zen 3 (512 KiB L2: 8 states do not fit) 1, 2, 4, 8 heads ran T = 1024 at
+ * 62, 69, 72-75, 74-75 GFLOP/s (AVX2 harness; 1 recomputes the key part
+ * for each value head). Also tried there, no gain: KT rows padded to an
+ * odd number of lines, the key part's diagonal tiles on whole vectors
+ * (~10% slower key part), tile_madd unrolled 4 (+1-2%, within noise). */
 #define CHUNK_HEADS 8
 
 #if XK_F32_LANES == 16
