@@ -512,9 +512,11 @@ fn check_gdn(got: &GdnData, want: &GdnData, out_dtype: DType, what: &str) {
 fn gdn_case(max_t: usize) -> impl Strategy<Value = GdnCase> {
     (
         prop::sample::select(vec![(1usize, 1usize), (1, 2), (2, 2), (2, 1)]),
+        // (24, 19): the AVX2 row groups of 4 with 3 rows left over.
         prop::sample::select(vec![
             (16usize, 16usize),
             (5, 17),
+            (24, 19),
             (32, 64),
             (64, 32),
             (128, 128),
