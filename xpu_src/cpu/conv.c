@@ -15,9 +15,12 @@
  * Paths. Within a tier every path computes each output with the same fp32
  * operations in the same order, so neither the thread count nor the tiling
  * nor the path changes a result bit (except bf16 outputs below 2^-126, which
- * the fast paths' conversion flushes to zero):
+ * the AVX-512 fast paths' conversion flushes to zero):
  * - generic: token rows converted to an fp32 ring through la_load_row /
- *   la_store_row; any strides and dtypes (and the only path below AVX-512).
+ *   la_store_row; any strides and dtypes (and the only path of the generic
+ *   tier).
+ * - AVX2: the stream and decode paths below in 16-channel units (see the
+ *   AVX2 section), plain stores; silu8_bf16_y_n for bf16 outputs.
  * - AVX-512, channel-contiguous x and out of one dtype (f32/f16/bf16):
  *   * stream (prefill): the window of every 32-channel unit lives in
  *     registers while the unit walks a block of tokens; rows are converted
@@ -38,6 +41,20 @@
 #define MAXW 6
 
 #define XK_INLINE static inline __attribute__((always_inline))
+
+#if XK_F32_LANES >= 8
+/* With silu and bf16 outputs the SIMD tiers compute silu from y = -x log2(e)
+ * (silu16_bf16_y, silu8_bf16_y_n) and store the fp32 weights and bias of a
+ * call times SILU_Y_SCALE, so the conv sum already is y. */
+#define SILU_Y_SCALE (-1.44269504f)
+
+/* Whether the fp32 weights and bias of a call are stored times -log2(e). */
+static inline int silu_prescale(const xk_conv1d_args *a) { return a->silu && a->out_dtype == XK_BF16; }
+
+static void scale_row(float *row, int64_t n) {
+  for (int64_t i = 0; i < n; i++) row[i] *= SILU_Y_SCALE;
+}
+#endif
 
 #if XK_F32_LANES == 16
 /*
@@ -82,7 +99,6 @@ XK_INLINE __m512 silu16(__m512 x) {
  * gives. This is about 40% cheaper than silu16, and silu is the bulk of a
  * bf16 prefill's arithmetic.
  */
-#define SILU_Y_SCALE (-1.44269504f)
 XK_INLINE __m512 silu16_bf16_y(__m512 y) {
   const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-1.12564899e-01f), f, _mm512_set1_ps(-3.26145858e-01f));
@@ -92,19 +108,62 @@ XK_INLINE __m512 silu16_bf16_y(__m512 y) {
   return _mm512_mul_ps(y, _mm512_rcp14_ps(d));
 }
 
-/* Whether the fp32 weights and bias of a call are stored times -log2(e). */
-static inline int silu_prescale(const xk_conv1d_args *a) { return a->silu && a->out_dtype == XK_BF16; }
-
-static void scale_row(float *row, int64_t n) {
-  for (int64_t i = 0; i < n; i++) row[i] *= SILU_Y_SCALE;
-}
-
 /* The silu every AVX-512 path applies to a conv sum s for outputs of
  * `out_dtype` (bf16: s is prescaled, see silu16_bf16_y). */
 XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
   return out_dtype == XK_BF16 ? silu16_bf16_y(s) : silu16(s);
 }
 
+#elif XK_F32_LANES == 8
+/*
+ * silu for bf16 outputs on AVX2, from the prescaled conv sum y = -x log2(e)
+ * as silu16_bf16_y: silu(x) = y / (-log2(e) (1 + 2^y)), 2^f (f = y -
+ * floor(y)) by the same degree-3 polynomial with -log2(e) folded in
+ * (relative error 7.5e-5), 2^floor(y) added into the exponent field (y
+ * clamped to [-126, 127] there; the numerator keeps y), and the reciprocal
+ * estimate alone (relative error under 1.5 * 2^-12). silu to within 3.9e-4
+ * relative (measured over x in [-90, 90]), under 1/10 of a bf16 ulp: the
+ * rounded result stays within one ulp of the exact one and differs from the
+ * correctly rounded value for 1.2% of inputs (la_silu8: exact to ~1 fp32
+ * ulp). 12 vector ops where la_silu8 takes 21, and silu is
+ * most of a bf16 prefill's arithmetic. NaN stays NaN. On n <= 4 vectors in
+ * place, stage by stage (independent chains side by side: one vector's ~40
+ * dependent cycles alone stall the FP scheduler).
+ */
+XK_INLINE void silu8_bf16_y_n(__m256 *y, const int n) {
+  const __m256 lo = _mm256_set1_ps(-126.0f), hi = _mm256_set1_ps(127.0f);
+  __m256 f[4], p[4], d[4];
+  __m256i e[4];
+  for (int i = 0; i < n; i++) f[i] = _mm256_max_ps(lo, _mm256_min_ps(hi, y[i]));
+  for (int i = 0; i < n; i++) d[i] = _mm256_floor_ps(f[i]);
+  for (int i = 0; i < n; i++) f[i] = _mm256_sub_ps(f[i], d[i]);
+  for (int i = 0; i < n; i++) e[i] = _mm256_slli_epi32(_mm256_cvtps_epi32(d[i]), 23);
+  for (int i = 0; i < n; i++) {
+    p[i] = _mm256_fmadd_ps(_mm256_set1_ps(-1.12564899e-01f), f[i], _mm256_set1_ps(-3.26145858e-01f));
+  }
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(-1.00387621e+00f));
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(-1.44258702e+00f));
+  for (int i = 0; i < n; i++) d[i] = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p[i]), e[i]));
+  for (int i = 0; i < n; i++) d[i] = _mm256_rcp_ps(_mm256_add_ps(_mm256_set1_ps(SILU_Y_SCALE), d[i]));
+  for (int i = 0; i < n; i++) y[i] = _mm256_mul_ps(y[i], d[i]);
+}
+
+/* The silu every AVX2 path applies to a conv sum s for outputs of
+ * `out_dtype` (bf16: s is prescaled). */
+XK_INLINE __m256 silu_for8(__m256 s, int out_dtype) {
+  if (out_dtype != XK_BF16) return la_silu8(s);
+  silu8_bf16_y_n(&s, 1);
+  return s;
+}
+
+/* bias + sum_j w[j] * u[j] over 8 channels at c (fp32 FMAs in window order),
+ * then silu if asked. */
+XK_INLINE __m256 conv8(const float *bias, float *const *w, float *const *u, int64_t c, int64_t width, int silu,
+                       int out_dtype) {
+  __m256 s = _mm256_loadu_ps(bias + c);
+  for (int64_t j = 0; j < width; j++) s = _mm256_fmadd_ps(_mm256_loadu_ps(w[j] + c), _mm256_loadu_ps(u[j] + c), s);
+  return silu ? silu_for8(s, out_dtype) : s;
+}
 #endif
 
 /* ---- generic path ---------------------------------------------------------- */
@@ -112,7 +171,7 @@ XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
 /* acc[c] = bias[c] + sum_j w[j][c] * u[j][c] over the tile; silu if asked. */
 static void conv_tile_step(float *acc, const float *bias, float *const *w, float *const *u, int64_t width,
                            int64_t n, int silu, int out_dtype) {
-  (void)out_dtype; /* AVX-512 picks its silu by the output dtype */
+  (void)out_dtype; /* the SIMD tiers pick their silu by the output dtype */
   int64_t c = 0;
 #if XK_F32_LANES == 16
   /* Masked tail: every channel takes the same vector arithmetic. */
@@ -125,11 +184,23 @@ static void conv_tile_step(float *acc, const float *bias, float *const *w, float
     _mm512_mask_storeu_ps(acc + c, m, s);
   }
 #elif XK_F32_LANES == 8
-  for (; c + 8 <= n; c += 8) {
-    __m256 s = _mm256_loadu_ps(bias + c);
-    for (int64_t j = 0; j < width; j++) s = _mm256_fmadd_ps(_mm256_loadu_ps(w[j] + c), _mm256_loadu_ps(u[j] + c), s);
-    if (silu) s = la_silu8(s);
-    _mm256_storeu_ps(acc + c, s);
+  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(acc + c, conv8(bias, w, u, c, width, silu, out_dtype));
+  if (c < n) {
+    /* The tail through zero-padded copies: every channel takes the same
+     * vector arithmetic (as on the fast paths). */
+    const int64_t m = n - c;
+    float tb[8] = {0}, tw[MAXW][8] = {{0}}, tu[MAXW][8] = {{0}}, ty[8];
+    float *pw[MAXW], *pu[MAXW];
+    memcpy(tb, bias + c, (size_t)m * sizeof(float));
+    for (int64_t j = 0; j < width; j++) {
+      memcpy(tw[j], w[j] + c, (size_t)m * sizeof(float));
+      memcpy(tu[j], u[j] + c, (size_t)m * sizeof(float));
+      pw[j] = tw[j];
+      pu[j] = tu[j];
+    }
+    _mm256_storeu_ps(ty, conv8(tb, pw, pu, 0, width, silu, out_dtype));
+    memcpy(acc + c, ty, (size_t)m * sizeof(float));
+    c = n;
   }
 #endif
   for (; c < n; c++) {
@@ -216,7 +287,7 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
   } else {
     memset(bias, 0, (size_t)nc * sizeof(float));
   }
-#if XK_F32_LANES == 16
+#if XK_F32_LANES >= 8
   if (silu_prescale(a)) {
     for (int64_t j = 0; j <= width; j++) scale_row(j < width ? wv[j] : bias, nc);
   }
@@ -854,6 +925,506 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
       prepared = tile;
     }
     conv_block_fast(a, tile_scratch, rf, seq, tile, &cur, have_next ? &next : NULL);
+  }
+}
+
+/* ---- AVX2 fast paths ------------------------------------------------------- */
+
+#elif XK_F32_LANES == 8
+
+/*
+ * The AVX-512 paths' structure with 16-channel units of two 8-lane vectors
+ * (the window of a unit fits the 16 registers only at that size). bf16
+ * units hold their even channels in the first vector and the odd ones in
+ * the second: one 32-byte load gives both by a shift and a mask, and the
+ * rounded results interleave back by a shift and a word blend (widening
+ * and packing in channel order cost two more shuffles per 16 channels, on
+ * the same ports as the arithmetic). The tile's fp32 weights, bias and
+ * carried window are stored in that order (to_unit_order); units start at
+ * the tile's first channel. Every channel takes the same vector arithmetic
+ * as the generic path (partial units go through zero-padded copies), so
+ * results do not depend on the path.
+ */
+#define UNIT 16
+#define DEC_MAX 8 /* the decode path takes sequences up to this long */
+#define TOK_BLOCK 8
+#define X_PREFETCH 256
+
+static inline int64_t row_floats(int64_t channel_tile) { return (channel_tile + UNIT - 1) / UNIT * UNIT; }
+
+typedef struct v16 {
+  __m256 a, b; /* bf16: channels 0, 2, .., 14 and 1, 3, .., 15; else 0..7 and 8..15 */
+} v16;
+
+typedef struct raw16 {
+  __m256i a, b; /* a unit in its storage format (b used by f32 only) */
+} raw16;
+
+XK_INLINE raw16 raw_load(const char *p, const int DT) {
+  raw16 r;
+  r.a = _mm256_loadu_si256((const __m256i *)p);
+  r.b = DT == XK_F32 ? _mm256_loadu_si256((const __m256i *)(p + 32)) : r.a;
+  return r;
+}
+
+XK_INLINE void raw_store(char *p, const int DT, raw16 r) {
+  _mm256_storeu_si256((__m256i *)p, r.a);
+  if (DT == XK_F32) _mm256_storeu_si256((__m256i *)(p + 32), r.b);
+}
+
+XK_INLINE v16 raw_f32(raw16 r, const int DT) {
+  v16 v;
+  if (DT == XK_BF16) {
+    v.a = _mm256_castsi256_ps(_mm256_slli_epi32(r.a, 16));
+    v.b = _mm256_castsi256_ps(_mm256_and_si256(r.a, _mm256_set1_epi32((int)0xffff0000u)));
+  } else if (DT == XK_F16) {
+    v.a = _mm256_cvtph_ps(_mm256_castsi256_si128(r.a));
+    v.b = _mm256_cvtph_ps(_mm256_extracti128_si256(r.a, 1));
+  } else {
+    v.a = _mm256_castsi256_ps(r.a);
+    v.b = _mm256_castsi256_ps(r.b);
+  }
+  return v;
+}
+
+/* A unit of n <= UNIT `dt` values: zero-padded when partial. */
+XK_INLINE raw16 raw_load_n(const char *p, const int DT, int64_t n) {
+  if (n == UNIT) return raw_load(p, DT);
+  char buf[64] = {0};
+  memcpy(buf, p, (size_t)(n * (DT == XK_F32 ? 4 : 2)));
+  return raw_load(buf, DT);
+}
+
+XK_INLINE void raw_store_n(char *p, const int DT, raw16 r, int64_t n) {
+  if (n == UNIT) {
+    raw_store(p, DT, r);
+    return;
+  }
+  char buf[64];
+  raw_store(buf, DT, r);
+  memcpy(p, buf, (size_t)(n * (DT == XK_F32 ? 4 : 2)));
+}
+
+/* fp32 bits with the bf16 value rounded to nearest even in the high half
+ * (as xk_store8: NaN keeps its sign and top payload bits, made quiet). */
+XK_INLINE __m256i bf16_hi(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+}
+
+XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
+  __m256i odd[4], r[4], nan[4];
+  for (int i = 0; i < n; i++) odd[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
+                                                      _mm256_set1_epi32(1));
+  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x7fff));
+  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(r[i], odd[i]);
+  for (int i = 0; i < n; i++) nan[i] = _mm256_castps_si256(_mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+  for (int i = 0; i < n; i++) {
+    const __m256i q = _mm256_or_si256(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x400000));
+    h[i] = _mm256_blendv_epi8(r[i], q, nan[i]);
+  }
+}
+
+/* Rounds a unit to `dt` (round to nearest even, as xk_store8) in its
+ * storage format. */
+XK_INLINE raw16 f32_raw(v16 v, const int DT) {
+  raw16 r;
+  if (DT == XK_BF16) {
+    r.a = _mm256_blend_epi16(_mm256_srli_epi32(bf16_hi(v.a), 16), bf16_hi(v.b), 0xaa);
+  } else if (DT == XK_F16) {
+    r.a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(v.a, _MM_FROUND_TO_NEAREST_INT)),
+                                  _mm256_cvtps_ph(v.b, _MM_FROUND_TO_NEAREST_INT), 1);
+  } else {
+    r.a = _mm256_castps_si256(v.a);
+    r.b = _mm256_castps_si256(v.b);
+  }
+  r.b = DT == XK_F32 ? r.b : r.a;
+  return r;
+}
+
+
+XK_INLINE v16 load_row_f32(const float *row) {
+  v16 v = {_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8)};
+  return v;
+}
+
+XK_INLINE void store_row_f32(float *row, v16 v) {
+  _mm256_storeu_ps(row, v.a);
+  _mm256_storeu_ps(row + 8, v.b);
+}
+
+/* Reorders fp32 rows of n channels (whole units: the row holds
+ * row_floats(n) floats) from channel order to the units' lane order. */
+static void to_unit_order(float *row, int64_t n, int dt) {
+  if (dt != XK_BF16) return;
+  for (int64_t c = 0; c < n; c += UNIT) {
+    const __m256 lo = _mm256_loadu_ps(row + c), hi = _mm256_loadu_ps(row + c + 8);
+    /* shuffle_ps picks within 128-bit lanes; the qword permute joins them. */
+    const __m256 ev = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 od = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    _mm256_storeu_ps(row + c, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), 0xd8)));
+    _mm256_storeu_ps(row + c + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), 0xd8)));
+  }
+}
+
+/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order), then silu if asked. */
+XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W, const int DT, int silu) {
+  v16 s = bias;
+  for (int j = 0; j < W; j++) {
+    s.a = _mm256_fmadd_ps(w[j].a, u[j].a, s.a);
+    s.b = _mm256_fmadd_ps(w[j].b, u[j].b, s.b);
+  }
+  if (silu) {
+    s.a = silu_for8(s.a, DT);
+    s.b = silu_for8(s.b, DT);
+  }
+  return s;
+}
+
+/* What the fast paths of one grid block share. */
+typedef struct fast_ctx {
+  const float *wf, *bias; /* fp32 weights [width][rf] and bias [rf] of the tile, in unit order */
+  int has_bias;           /* else bias is zero (-0 when prescaled, as the generic path's) and not read */
+  float *carry;           /* [width - 1][rf] fp32 window carried between token blocks, in unit order */
+  int64_t rf;             /* scratch row stride (floats) */
+  int64_t nc;             /* channels in the tile */
+  const char *xbase;      /* x at the tile's first channel, the sequence's first token */
+  char *obase;
+  int64_t xtok, otok; /* token strides in bytes */
+} fast_ctx;
+
+XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias, const int DT, int silu) {
+  if (has_bias) return load_row_f32(k->bias + c);
+  const __m256 z = _mm256_set1_ps(DT == XK_BF16 && silu ? -0.0f : 0.0f);
+  v16 v = {z, z};
+  return v;
+}
+
+/* silu (if asked) and the stores of nt <= 2 tokens' sums y, the ops of all
+ * their vectors interleaved stage by stage. */
+XK_INLINE void finish_tokens(v16 *y, const int nt, char *op, int64_t otok, const int DT, int64_t n, const int silu) {
+  __m256 v[4];
+  for (int i = 0; i < nt; i++) {
+    v[2 * i] = y[i].a;
+    v[2 * i + 1] = y[i].b;
+  }
+  if (silu && DT == XK_BF16) {
+    silu8_bf16_y_n(v, 2 * nt);
+  } else if (silu) {
+    for (int i = 0; i < 2 * nt; i++) v[i] = la_silu8(v[i]);
+  }
+  if (DT == XK_BF16) {
+    __m256i h[4];
+    bf16_hi_n(v, h, 2 * nt);
+    for (int i = 0; i < nt; i++) {
+      raw16 r;
+      r.a = _mm256_blend_epi16(_mm256_srli_epi32(h[2 * i], 16), h[2 * i + 1], 0xaa);
+      r.b = r.a;
+      raw_store_n(op + i * otok, DT, r, n);
+    }
+    return;
+  }
+  for (int i = 0; i < nt; i++) {
+    const v16 t = {v[2 * i], v[2 * i + 1]};
+    raw_store_n(op + i * otok, DT, f32_raw(t, DT), n);
+  }
+}
+
+/* Stream path: one unit (n <= UNIT channels from channel c), tokens
+ * [t0, t0 + tb). */
+XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, const int W,
+                           const int DT, const int silu, const int has_bias) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  v16 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
+  for (int j = 0; j < W - 1; j++) u[j] = load_row_f32(k->carry + j * k->rf + c);
+  const v16 bias = bias_of(k, c, has_bias, DT, silu);
+  const char *xp = k->xbase + t0 * k->xtok + c * es;
+  char *op = k->obase + t0 * k->otok + c * es;
+  int64_t t = 0;
+  /* Groups of W tokens index u as a ring (slot of window entry j at step s:
+   * (s + j) % W), so no register moves; after a group the ring is back in
+   * order. The rest shifts u. */
+  for (; t + W <= tb; t += W) {
+    v16 y[MAXW];
+    const char *xg = xp;
+    for (int st = 0; st < W; st++) {
+      if (X_PREFETCH) _mm_prefetch(xg + X_PREFETCH, _MM_HINT_T0);
+      u[(st + W - 1) % W] = raw_f32(raw_load_n(xg, DT, n), DT);
+      y[st] = bias;
+      for (int j = 0; j < W; j++) {
+        y[st].a = _mm256_fmadd_ps(w[j].a, u[(st + j) % W].a, y[st].a);
+        y[st].b = _mm256_fmadd_ps(w[j].b, u[(st + j) % W].b, y[st].b);
+      }
+      xg += k->xtok;
+    }
+    /* silu and rounding two tokens (four vectors) at a time, stage by
+     * stage: one token's chain alone (~60 dependent cycles) fills Zen 3's
+     * FP scheduler before the next token's ops can issue. */
+    for (int st = 0; st < W; st += 2) {
+      const int nt = st + 1 < W ? 2 : 1;
+      finish_tokens(&y[st], nt, op, k->otok, DT, n, silu);
+      op += nt * k->otok;
+    }
+    xp = xg;
+  }
+  for (; t < tb; t++) {
+    if (X_PREFETCH) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+    u[W - 1] = raw_f32(raw_load_n(xp, DT, n), DT);
+    raw_store_n(op, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu), DT), n);
+    for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+    xp += k->xtok;
+    op += k->otok;
+  }
+  /* Whole units: the rows hold row_floats(nc) floats. */
+  for (int j = 0; j < W - 1; j++) store_row_f32(k->carry + j * k->rf + c, u[j]);
+}
+
+XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, const int W, const int DT, const int silu,
+                                const int has_bias) {
+  for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
+    const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
+    int64_t c = 0;
+    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, has_bias);
+    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, has_bias);
+  }
+}
+
+/* silu and the bias as constants of the token loop (as run-time flags they
+ * cost a test and branch per store). */
+XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, const int W, const int DT, int silu, int has_bias) {
+  if (silu && !has_bias) {
+    stream_tokens_as(k, len, W, DT, 1, 0);
+  } else {
+    stream_tokens_as(k, len, W, DT, silu, has_bias);
+  }
+}
+
+#define DISPATCH_W(FN, ...)                 \
+  switch (W) {                              \
+    case 2: FN(__VA_ARGS__, 2, DT); break;  \
+    case 3: FN(__VA_ARGS__, 3, DT); break;  \
+    case 4: FN(__VA_ARGS__, 4, DT); break;  \
+    case 5: FN(__VA_ARGS__, 5, DT); break;  \
+    default: FN(__VA_ARGS__, 6, DT); break; \
+  }
+
+#define STREAM_CALL(k, len, silu, has_bias, W_, DT_) stream_tokens(k, len, W_, DT_, silu, has_bias)
+
+static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) {
+  if (dt == XK_BF16) {
+    const int DT = XK_BF16;
+    DISPATCH_W(STREAM_CALL, k, len, silu, k->has_bias)
+  } else if (dt == XK_F16) {
+    const int DT = XK_F16;
+    DISPATCH_W(STREAM_CALL, k, len, silu, k->has_bias)
+  } else {
+    const int DT = XK_F32;
+    DISPATCH_W(STREAM_CALL, k, len, silu, k->has_bias)
+  }
+}
+
+/* Decode path, one unit: the window from the cache line (columns off..), the
+ * new state written from the same registers, then the outputs (all of x is
+ * read first: out may alias it). */
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+  const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
+  raw16 r[MAXW - 1 + DEC_MAX];
+  for (int j = 0; j < W - 1; j++) r[j] = raw_load_n(sbase + (off + j) * stok + c * es, DT, n);
+  for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load_n(k->xbase + t * k->xtok + c * es, DT, n);
+  if (next_state) {
+    for (int j = 0; j < W - 1; j++) {
+      _mm_prefetch(next_state + j * stok + c * es, _MM_HINT_T0);
+      if (DT == XK_F32) _mm_prefetch(next_state + j * stok + c * es + 32, _MM_HINT_T0);
+    }
+  }
+  for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + c * es, DT, r[hist + len - keep + i], n);
+  v16 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
+  const v16 bias = bias_of(k, c, k->has_bias, DT, silu);
+  for (int j = 0; j < W - 1; j++) u[j] = raw_f32(r[j], DT);
+  for (int64_t t = 0; t < len; t++) {
+    u[W - 1] = raw_f32(r[hist + t], DT);
+    raw_store_n(k->obase + t * k->otok + c * es, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu), DT), n);
+    for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+  }
+}
+
+XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
+                             int64_t off, int64_t keep, int silu, const int W, const int DT) {
+  int64_t c = 0;
+  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, len, off, keep, W, DT, silu);
+  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, len, off, keep, W, DT, silu);
+}
+
+#define DECODE_CALL(k, sbase, stok, next, len, off, keep, silu, W_, DT_) \
+  decode_tokens(k, sbase, stok, next, len, off, keep, silu, W_, DT_)
+
+static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, const char *next, int64_t len, int64_t off,
+                       int64_t keep, int silu, int W, int dt) {
+  if (dt == XK_BF16) {
+    const int DT = XK_BF16;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  } else if (dt == XK_F16) {
+    const int DT = XK_F16;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  } else {
+    const int DT = XK_F32;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  }
+}
+
+/* Fills the tile's fp32 weights and bias in scratch, zero past nc, in unit
+ * order. */
+static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t c0, int64_t nc) {
+  const int64_t ws = xk_dtype_size(a->weight_dtype);
+  const int rows = (int)a->width + (a->bias != NULL);
+  int64_t done = 0;
+  if (a->width == 4 && a->weight_stride_dim == 4 && a->weight_stride_width == 1) {
+    /* (dim, 4) contiguous weights, 8 channels (32 values) at a time: a
+     * transpose within 128-bit lanes gives tap j of channels 0, 2, 4, 6 and
+     * 1, 3, 5, 7; the permute puts them in order. The strided scalar rows
+     * below cost most of a small decode call. */
+    const char *base = (const char *)a->weight + c0 * 4 * ws;
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; done + 8 <= nc; done += 8) {
+      const char *p = base + done * 4 * ws;
+      __m256 m0 = xk_load8(p, a->weight_dtype), m1 = xk_load8(p + 8 * ws, a->weight_dtype);
+      __m256 m2 = xk_load8(p + 16 * ws, a->weight_dtype), m3 = xk_load8(p + 24 * ws, a->weight_dtype);
+      const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
+      const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
+      m0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+      m1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+      m2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+      m3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+      _mm256_storeu_ps(scratch + done, _mm256_permutevar8x32_ps(m0, order));
+      _mm256_storeu_ps(scratch + rf + done, _mm256_permutevar8x32_ps(m1, order));
+      _mm256_storeu_ps(scratch + 2 * rf + done, _mm256_permutevar8x32_ps(m2, order));
+      _mm256_storeu_ps(scratch + 3 * rf + done, _mm256_permutevar8x32_ps(m3, order));
+    }
+  }
+  for (int64_t j = 0; j < rows; j++) {
+    float *row = scratch + j * rf;
+    if (j < a->width) {
+      la_load_row(row + done,
+                  (const char *)a->weight + ((c0 + done) * a->weight_stride_dim + j * a->weight_stride_width) * ws,
+                  a->weight_dtype, nc - done, a->weight_stride_dim);
+    } else {
+      la_load_row(row, (const char *)a->bias + c0 * a->bias_stride * xk_dtype_size(a->bias_dtype), a->bias_dtype,
+                  nc, a->bias_stride);
+    }
+    memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
+    if (silu_prescale(a)) scale_row(row, nc);
+    to_unit_order(row, nc, a->x_dtype);
+  }
+}
+
+static int fast_eligible(const xk_conv1d_args *a) {
+  return a->x_stride_dim == 1 && a->out_stride_dim == 1 && a->x_dtype == a->out_dtype &&
+         (a->x_dtype == XK_F32 || a->x_dtype == XK_F16 || a->x_dtype == XK_BF16);
+}
+
+/* One block on the fast paths; the tile's weights are already in scratch. */
+static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t seq, int64_t tile,
+                            const seq_info *s, const seq_info *next) {
+  const int64_t c0 = tile * a->channel_tile;
+  const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
+  const int spec = a->num_accepted_tokens.data != NULL;
+  const int64_t width = a->width, hist = width - 1, len = s->len, off = s->off;
+  const int64_t keep = spec ? width - 2 + len : hist;
+  const int dt = a->x_dtype;
+  const int64_t es = xk_dtype_size(dt), ss = xk_dtype_size(a->state_dtype);
+
+  fast_ctx k;
+  k.rf = rf;
+  k.nc = nc;
+  k.wf = scratch;
+  k.bias = scratch + width * rf;
+  k.has_bias = a->bias != NULL;
+  k.carry = scratch + (width + 1) * rf;
+  k.xbase = (const char *)a->x + (seq * a->x_stride_seq + s->start * a->x_stride_tok + c0) * es;
+  k.obase = (char *)a->out + (seq * a->out_stride_seq + s->start * a->out_stride_tok + c0) * es;
+  k.xtok = a->x_stride_tok * es;
+  k.otok = a->out_stride_tok * es;
+  char *sbase = (char *)a->conv_states + (s->line * a->state_stride_line + c0 * a->state_stride_dim) * ss;
+  const int64_t stok = a->state_stride_tok * ss;
+
+  if (len <= DEC_MAX && s->load && a->state_dtype == dt && a->state_stride_dim == 1) {
+    const char *next_state = NULL;
+    if (next && !next->skip && next->load) {
+      next_state = (const char *)a->conv_states + (next->line * a->state_stride_line + c0) * ss + next->off * stok;
+    }
+    decode_any(&k, sbase, stok, next_state, len, off, keep, a->silu, (int)width, dt);
+    return;
+  }
+
+  /* Stream path. The window into carry, then the new state (before any
+   * output), then the carry in unit order. */
+  float *tmp = k.carry + hist * rf;
+  for (int64_t j = 0; j < hist; j++) {
+    float *row = k.carry + j * rf;
+    if (s->load) {
+      la_load_row(row, sbase + (off + j) * stok, a->state_dtype, nc, a->state_stride_dim);
+    } else {
+      memset(row, 0, (size_t)nc * sizeof(float));
+    }
+    memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
+  }
+  for (int64_t i = 0; i < keep; i++) {
+    const int64_t u = hist + len - keep + i; /* index into W ++ x */
+    char *dst = sbase + i * stok;
+    if (u < hist) {
+      la_store_row(dst, a->state_dtype, k.carry + u * rf, nc, a->state_stride_dim);
+    } else if (a->state_dtype == dt && a->state_stride_dim == 1) {
+      memcpy(dst, k.xbase + (u - hist) * k.xtok, (size_t)(nc * es));
+    } else {
+      la_load_row(tmp, k.xbase + (u - hist) * k.xtok, dt, nc, 1);
+      la_store_row(dst, a->state_dtype, tmp, nc, a->state_stride_dim);
+    }
+  }
+  for (int64_t j = 0; j < hist; j++) to_unit_order(k.carry + j * rf, nc, dt);
+
+  /* Plain stores: a unit writes half a 64-byte line of bf16, and streaming
+   * those halves (the other half follows TOK_BLOCK tokens later) measured
+   * ~2x slower on a cold bf16 prefill (partial write-combining flushes). */
+  stream_any(&k, len, a->silu, (int)width, dt);
+}
+
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  if (!fast_eligible(a)) {
+    for (int64_t b = block_begin; b < block_end; b++) {
+      conv_block_generic(a, scratch, b / a->num_channel_tiles, b % a->num_channel_tiles);
+    }
+    return;
+  }
+  /* Scratch rows 64-byte aligned (the launcher's 16 floats of slack). */
+  float *rows = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+  const int64_t rf = row_floats(a->channel_tile), tiles = a->num_channel_tiles;
+  int64_t prepared = -1, cur_seq = -1;
+  seq_info cur = {0, 0, 0, 0, 0, 1}, next = cur;
+  int have_next = 0;
+  for (int64_t b = block_begin; b < block_end; b++) {
+    const int64_t seq = b / tiles, tile = b % tiles;
+    if (seq != cur_seq) {
+      cur = have_next ? next : seq_of(a, seq);
+      cur_seq = seq;
+    }
+    /* With one tile per sequence, the next block is the next sequence:
+     * the decode path prefetches its state. */
+    have_next = tiles == 1 && b + 1 < block_end;
+    if (have_next) next = seq_of(a, seq + 1);
+    const int64_t c0 = tile * a->channel_tile;
+    if (cur.skip || c0 >= a->dim) continue;
+    if (tile != prepared) {
+      const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
+      prepare_tile(a, rows, rf, c0, nc);
+      prepared = tile;
+    }
+    conv_block_fast(a, rows, rf, seq, tile, &cur, have_next ? &next : NULL);
   }
 }
 
