@@ -20,7 +20,7 @@
  *   la_store_row; any strides and dtypes (and the only path of the generic
  *   tier).
  * - AVX2: the stream and decode paths below in 16-channel units (see the
- *   AVX2 section), plain stores; silu8_bf16_y_n for bf16 outputs.
+ *   AVX2 section), plain stores.
  * - AVX-512, channel-contiguous x and out of one dtype (f32/f16/bf16):
  *   * stream (prefill): the window of every 32-channel unit lives in
  *     registers while the unit walks a block of tokens; rows are converted
@@ -41,20 +41,6 @@
 #define MAXW 6
 
 #define XK_INLINE static inline __attribute__((always_inline))
-
-#if XK_F32_LANES >= 8
-/* With silu and bf16 outputs the SIMD tiers compute silu from y = -x log2(e)
- * (silu16_bf16_y, silu8_bf16_y_n) and store the fp32 weights and bias of a
- * call times SILU_Y_SCALE, so the conv sum already is y. */
-#define SILU_Y_SCALE (-1.44269504f)
-
-/* Whether the fp32 weights and bias of a call are stored times -log2(e). */
-static inline int silu_prescale(const xk_conv1d_args *a) { return a->silu && a->out_dtype == XK_BF16; }
-
-static void scale_row(float *row, int64_t n) {
-  for (int64_t i = 0; i < n; i++) row[i] *= SILU_Y_SCALE;
-}
-#endif
 
 #if XK_F32_LANES == 16
 /*
@@ -99,6 +85,7 @@ XK_INLINE __m512 silu16(__m512 x) {
  * gives. This is about 40% cheaper than silu16, and silu is the bulk of a
  * bf16 prefill's arithmetic.
  */
+#define SILU_Y_SCALE (-1.44269504f)
 XK_INLINE __m512 silu16_bf16_y(__m512 y) {
   const __m512 f = _mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-1.12564899e-01f), f, _mm512_set1_ps(-3.26145858e-01f));
@@ -108,62 +95,19 @@ XK_INLINE __m512 silu16_bf16_y(__m512 y) {
   return _mm512_mul_ps(y, _mm512_rcp14_ps(d));
 }
 
+/* Whether the fp32 weights and bias of a call are stored times -log2(e). */
+static inline int silu_prescale(const xk_conv1d_args *a) { return a->silu && a->out_dtype == XK_BF16; }
+
+static void scale_row(float *row, int64_t n) {
+  for (int64_t i = 0; i < n; i++) row[i] *= SILU_Y_SCALE;
+}
+
 /* The silu every AVX-512 path applies to a conv sum s for outputs of
  * `out_dtype` (bf16: s is prescaled, see silu16_bf16_y). */
 XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
   return out_dtype == XK_BF16 ? silu16_bf16_y(s) : silu16(s);
 }
 
-#elif XK_F32_LANES == 8
-/*
- * silu for bf16 outputs on AVX2, from the prescaled conv sum y = -x log2(e)
- * as silu16_bf16_y: silu(x) = y / (-log2(e) (1 + 2^y)), 2^f (f = y -
- * floor(y)) by the same degree-3 polynomial with -log2(e) folded in
- * (relative error 7.5e-5), 2^floor(y) added into the exponent field (y
- * clamped to [-126, 127] there; the numerator keeps y), and the reciprocal
- * estimate alone (relative error under 1.5 * 2^-12). silu to within 3.9e-4
- * relative (measured over x in [-90, 90]), under 1/10 of a bf16 ulp: the
- * rounded result stays within one ulp of the exact one and differs from the
- * correctly rounded value for 1.2% of inputs (la_silu8: exact to ~1 fp32
- * ulp). 12 vector ops where la_silu8 takes 21, and silu is
- * most of a bf16 prefill's arithmetic. NaN stays NaN. On n <= 4 vectors in
- * place, stage by stage (independent chains side by side: one vector's ~40
- * dependent cycles alone stall the FP scheduler).
- */
-XK_INLINE void silu8_bf16_y_n(__m256 *y, const int n) {
-  const __m256 lo = _mm256_set1_ps(-126.0f), hi = _mm256_set1_ps(127.0f);
-  __m256 f[4], p[4], d[4];
-  __m256i e[4];
-  for (int i = 0; i < n; i++) f[i] = _mm256_max_ps(lo, _mm256_min_ps(hi, y[i]));
-  for (int i = 0; i < n; i++) d[i] = _mm256_floor_ps(f[i]);
-  for (int i = 0; i < n; i++) f[i] = _mm256_sub_ps(f[i], d[i]);
-  for (int i = 0; i < n; i++) e[i] = _mm256_slli_epi32(_mm256_cvtps_epi32(d[i]), 23);
-  for (int i = 0; i < n; i++) {
-    p[i] = _mm256_fmadd_ps(_mm256_set1_ps(-1.12564899e-01f), f[i], _mm256_set1_ps(-3.26145858e-01f));
-  }
-  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(-1.00387621e+00f));
-  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], f[i], _mm256_set1_ps(-1.44258702e+00f));
-  for (int i = 0; i < n; i++) d[i] = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p[i]), e[i]));
-  for (int i = 0; i < n; i++) d[i] = _mm256_rcp_ps(_mm256_add_ps(_mm256_set1_ps(SILU_Y_SCALE), d[i]));
-  for (int i = 0; i < n; i++) y[i] = _mm256_mul_ps(y[i], d[i]);
-}
-
-/* The silu every AVX2 path applies to a conv sum s for outputs of
- * `out_dtype` (bf16: s is prescaled). */
-XK_INLINE __m256 silu_for8(__m256 s, int out_dtype) {
-  if (out_dtype != XK_BF16) return la_silu8(s);
-  silu8_bf16_y_n(&s, 1);
-  return s;
-}
-
-/* bias + sum_j w[j] * u[j] over 8 channels at c (fp32 FMAs in window order),
- * then silu if asked. */
-XK_INLINE __m256 conv8(const float *bias, float *const *w, float *const *u, int64_t c, int64_t width, int silu,
-                       int out_dtype) {
-  __m256 s = _mm256_loadu_ps(bias + c);
-  for (int64_t j = 0; j < width; j++) s = _mm256_fmadd_ps(_mm256_loadu_ps(w[j] + c), _mm256_loadu_ps(u[j] + c), s);
-  return silu ? silu_for8(s, out_dtype) : s;
-}
 #endif
 
 /* ---- generic path ---------------------------------------------------------- */
@@ -171,7 +115,7 @@ XK_INLINE __m256 conv8(const float *bias, float *const *w, float *const *u, int6
 /* acc[c] = bias[c] + sum_j w[j][c] * u[j][c] over the tile; silu if asked. */
 static void conv_tile_step(float *acc, const float *bias, float *const *w, float *const *u, int64_t width,
                            int64_t n, int silu, int out_dtype) {
-  (void)out_dtype; /* the SIMD tiers pick their silu by the output dtype */
+  (void)out_dtype; /* AVX-512 picks its silu by the output dtype */
   int64_t c = 0;
 #if XK_F32_LANES == 16
   /* Masked tail: every channel takes the same vector arithmetic. */
@@ -184,23 +128,11 @@ static void conv_tile_step(float *acc, const float *bias, float *const *w, float
     _mm512_mask_storeu_ps(acc + c, m, s);
   }
 #elif XK_F32_LANES == 8
-  for (; c + 8 <= n; c += 8) _mm256_storeu_ps(acc + c, conv8(bias, w, u, c, width, silu, out_dtype));
-  if (c < n) {
-    /* The tail through zero-padded copies: every channel takes the same
-     * vector arithmetic (as on the fast paths). */
-    const int64_t m = n - c;
-    float tb[8] = {0}, tw[MAXW][8] = {{0}}, tu[MAXW][8] = {{0}}, ty[8];
-    float *pw[MAXW], *pu[MAXW];
-    memcpy(tb, bias + c, (size_t)m * sizeof(float));
-    for (int64_t j = 0; j < width; j++) {
-      memcpy(tw[j], w[j] + c, (size_t)m * sizeof(float));
-      memcpy(tu[j], u[j] + c, (size_t)m * sizeof(float));
-      pw[j] = tw[j];
-      pu[j] = tu[j];
-    }
-    _mm256_storeu_ps(ty, conv8(tb, pw, pu, 0, width, silu, out_dtype));
-    memcpy(acc + c, ty, (size_t)m * sizeof(float));
-    c = n;
+  for (; c + 8 <= n; c += 8) {
+    __m256 s = _mm256_loadu_ps(bias + c);
+    for (int64_t j = 0; j < width; j++) s = _mm256_fmadd_ps(_mm256_loadu_ps(w[j] + c), _mm256_loadu_ps(u[j] + c), s);
+    if (silu) s = la_silu8(s);
+    _mm256_storeu_ps(acc + c, s);
   }
 #endif
   for (; c < n; c++) {
@@ -287,7 +219,7 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
   } else {
     memset(bias, 0, (size_t)nc * sizeof(float));
   }
-#if XK_F32_LANES >= 8
+#if XK_F32_LANES == 16
   if (silu_prescale(a)) {
     for (int64_t j = 0; j <= width; j++) scale_row(j < width ? wv[j] : bias, nc);
   }
@@ -941,9 +873,12 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
  * and packing in channel order cost two more shuffles per 16 channels, on
  * the same ports as the arithmetic). The tile's fp32 weights, bias and
  * carried window are stored in that order (to_unit_order); units start at
- * the tile's first channel. Every channel takes the same vector arithmetic
- * as the generic path (partial units go through zero-padded copies), so
- * results do not depend on the path.
+ * the tile's first channel. Every channel takes the generic path's
+ * arithmetic (the same FMAs, la_silu8 or, past the last whole 8 channels,
+ * la_silu, the same rounding; partial units go through zero-padded copies),
+ * so results do not depend on the path: they are the generic path's bits,
+ * except NaN payloads, which the state copies keep as they are where the
+ * generic path's round trip through fp32 quiets them.
  */
 #define UNIT 16
 #define DEC_MAX 8 /* the decode path takes sequences up to this long */
@@ -1070,16 +1005,46 @@ static void to_unit_order(float *row, int64_t n, int dt) {
   }
 }
 
-/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order), then silu if asked. */
-XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W, const int DT, int silu) {
+/*
+ * silu of the conv sums of nv / 2 units (vectors a, b of each in turn) in
+ * place, as the generic path computes it: la_silu8, except the channels
+ * past the tile's last whole 8 (from n & ~7 on in a partial unit of n
+ * channels: units start at the tile's first channel), which take la_silu.
+ */
+XK_INLINE void silu_units(__m256 *v, const int nv, const int DT, int64_t n) {
+  const int tail = n < UNIT && (n & 7) != 0;
+  float x[4][8];
+  if (tail) {
+    for (int i = 0; i < nv; i++) _mm256_storeu_ps(x[i], v[i]);
+  }
+  for (int i = 0; i < nv; i++) v[i] = la_silu8(v[i]);
+  if (tail) {
+    float y[4][8];
+    for (int i = 0; i < nv; i++) _mm256_storeu_ps(y[i], v[i]);
+    for (int i = 0; i < nv; i += 2) {
+      for (int64_t ch = n & ~7; ch < n; ch++) {
+        /* bf16 units: even channels in a, odd in b (v16) */
+        const int vi = i + (int)(DT == XK_BF16 ? ch & 1 : ch >> 3), lane = (int)(DT == XK_BF16 ? ch >> 1 : ch & 7);
+        y[vi][lane] = la_silu(x[vi][lane]);
+      }
+    }
+    for (int i = 0; i < nv; i++) v[i] = _mm256_loadu_ps(y[i]);
+  }
+}
+
+/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order), then silu if asked,
+ * for a unit of n channels. */
+XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W, const int DT, int silu, int64_t n) {
   v16 s = bias;
   for (int j = 0; j < W; j++) {
     s.a = _mm256_fmadd_ps(w[j].a, u[j].a, s.a);
     s.b = _mm256_fmadd_ps(w[j].b, u[j].b, s.b);
   }
   if (silu) {
-    s.a = silu_for8(s.a, DT);
-    s.b = silu_for8(s.b, DT);
+    __m256 v[2] = {s.a, s.b};
+    silu_units(v, 2, DT, n);
+    s.a = v[0];
+    s.b = v[1];
   }
   return s;
 }
@@ -1087,7 +1052,7 @@ XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W, const
 /* What the fast paths of one grid block share. */
 typedef struct fast_ctx {
   const float *wf, *bias; /* fp32 weights [width][rf] and bias [rf] of the tile, in unit order */
-  int has_bias;           /* else bias is zero (-0 when prescaled, as the generic path's) and not read */
+  int has_bias;           /* else bias is zero and not read */
   float *carry;           /* [width - 1][rf] fp32 window carried between token blocks, in unit order */
   int64_t rf;             /* scratch row stride (floats) */
   int64_t nc;             /* channels in the tile */
@@ -1096,10 +1061,9 @@ typedef struct fast_ctx {
   int64_t xtok, otok; /* token strides in bytes */
 } fast_ctx;
 
-XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias, const int DT, int silu) {
+XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias) {
   if (has_bias) return load_row_f32(k->bias + c);
-  const __m256 z = _mm256_set1_ps(DT == XK_BF16 && silu ? -0.0f : 0.0f);
-  v16 v = {z, z};
+  v16 v = {_mm256_setzero_ps(), _mm256_setzero_ps()};
   return v;
 }
 
@@ -1111,11 +1075,7 @@ XK_INLINE void finish_tokens(v16 *y, const int nt, char *op, int64_t otok, const
     v[2 * i] = y[i].a;
     v[2 * i + 1] = y[i].b;
   }
-  if (silu && DT == XK_BF16) {
-    silu8_bf16_y_n(v, 2 * nt);
-  } else if (silu) {
-    for (int i = 0; i < 2 * nt; i++) v[i] = la_silu8(v[i]);
-  }
+  if (silu) silu_units(v, 2 * nt, DT, n);
   if (DT == XK_BF16) {
     __m256i h[4];
     bf16_hi_n(v, h, 2 * nt);
@@ -1141,7 +1101,7 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
   v16 w[MAXW], u[MAXW];
   for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
   for (int j = 0; j < W - 1; j++) u[j] = load_row_f32(k->carry + j * k->rf + c);
-  const v16 bias = bias_of(k, c, has_bias, DT, silu);
+  const v16 bias = bias_of(k, c, has_bias);
   const char *xp = k->xbase + t0 * k->xtok + c * es;
   char *op = k->obase + t0 * k->otok + c * es;
   int64_t t = 0;
@@ -1174,7 +1134,7 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
   for (; t < tb; t++) {
     if (X_PREFETCH) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
     u[W - 1] = raw_f32(raw_load_n(xp, DT, n), DT);
-    raw_store_n(op, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu), DT), n);
+    raw_store_n(op, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu, n), DT), n);
     for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
     xp += k->xtok;
     op += k->otok;
@@ -1245,11 +1205,11 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const c
   for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + c * es, DT, r[hist + len - keep + i], n);
   v16 w[MAXW], u[MAXW];
   for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
-  const v16 bias = bias_of(k, c, k->has_bias, DT, silu);
+  const v16 bias = bias_of(k, c, k->has_bias);
   for (int j = 0; j < W - 1; j++) u[j] = raw_f32(r[j], DT);
   for (int64_t t = 0; t < len; t++) {
     u[W - 1] = raw_f32(r[hist + t], DT);
-    raw_store_n(k->obase + t * k->otok + c * es, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu), DT), n);
+    raw_store_n(k->obase + t * k->otok + c * es, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu, n), DT), n);
     for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
   }
 }
@@ -1318,7 +1278,6 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
                   nc, a->bias_stride);
     }
     memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
-    if (silu_prescale(a)) scale_row(row, nc);
     to_unit_order(row, nc, a->x_dtype);
   }
 }
