@@ -866,7 +866,7 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
 
 /*
  * The AVX-512 paths' structure with 16-channel units of two 8-lane vectors
- * (the window of a unit fits the 16 registers only at that size). bf16
+ * (a and b), taken two units (a 64-byte line of bf16) at a time. bf16
  * units hold their even channels in the first vector and the odd ones in
  * the second: one 32-byte load gives both by a shift and a mask, and the
  * rounded results interleave back by a shift and a word blend (widening
@@ -951,7 +951,7 @@ XK_INLINE __m256i bf16_hi(__m256 v) {
 }
 
 XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
-  __m256i odd[4], r[4], nan[4];
+  __m256i odd[8], r[8], nan[8];
   for (int i = 0; i < n; i++) odd[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
                                                       _mm256_set1_epi32(1));
   for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x7fff));
@@ -1013,13 +1013,13 @@ static void to_unit_order(float *row, int64_t n, int dt) {
  */
 XK_INLINE void silu_units(__m256 *v, const int nv, const int DT, int64_t n) {
   const int tail = n < UNIT && (n & 7) != 0;
-  float x[4][8];
+  float x[8][8];
   if (tail) {
     for (int i = 0; i < nv; i++) _mm256_storeu_ps(x[i], v[i]);
   }
-  for (int i = 0; i < nv; i++) v[i] = la_silu8(v[i]);
+  la_silu8_n(v, nv);
   if (tail) {
-    float y[4][8];
+    float y[8][8];
     for (int i = 0; i < nv; i++) _mm256_storeu_ps(y[i], v[i]);
     for (int i = 0; i < nv; i += 2) {
       for (int64_t ch = n & ~7; ch < n; ch++) {
@@ -1032,19 +1032,12 @@ XK_INLINE void silu_units(__m256 *v, const int nv, const int DT, int64_t n) {
   }
 }
 
-/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order), then silu if asked,
- * for a unit of n channels. */
-XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W, const int DT, int silu, int64_t n) {
+/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order). */
+XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W) {
   v16 s = bias;
   for (int j = 0; j < W; j++) {
     s.a = _mm256_fmadd_ps(w[j].a, u[j].a, s.a);
     s.b = _mm256_fmadd_ps(w[j].b, u[j].b, s.b);
-  }
-  if (silu) {
-    __m256 v[2] = {s.a, s.b};
-    silu_units(v, 2, DT, n);
-    s.a = v[0];
-    s.b = v[1];
   }
   return s;
 }
@@ -1067,17 +1060,18 @@ XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias) {
   return v;
 }
 
-/* silu (if asked) and the stores of nt <= 2 tokens' sums y, the ops of all
- * their vectors interleaved stage by stage. */
-XK_INLINE void finish_tokens(v16 *y, const int nt, char *op, int64_t otok, const int DT, int64_t n, const int silu) {
-  __m256 v[4];
+/* silu (if asked) and the stores of nt tokens' sums (vectors ya[i], yb[i]
+ * of token i), the ops of all their vectors interleaved stage by stage. */
+XK_INLINE void finish_tokens(const __m256 *ya, const __m256 *yb, const int nt, char *op, int64_t otok, const int DT,
+                             int64_t n, const int silu) {
+  __m256 v[8];
   for (int i = 0; i < nt; i++) {
-    v[2 * i] = y[i].a;
-    v[2 * i + 1] = y[i].b;
+    v[2 * i] = ya[i];
+    v[2 * i + 1] = yb[i];
   }
   if (silu) silu_units(v, 2 * nt, DT, n);
   if (DT == XK_BF16) {
-    __m256i h[4];
+    __m256i h[8];
     bf16_hi_n(v, h, 2 * nt);
     for (int i = 0; i < nt; i++) {
       raw16 r;
@@ -1093,54 +1087,98 @@ XK_INLINE void finish_tokens(v16 *y, const int nt, char *op, int64_t otok, const
   }
 }
 
-/* Stream path: one unit (n <= UNIT channels from channel c), tokens
- * [t0, t0 + tb). */
-XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, const int W,
-                           const int DT, const int silu, const int has_bias) {
+/* Vector h (0: a, 1: b) of a unit of `DT` values at p as fp32, in v16's lane
+ * order; a partial unit (n < UNIT) through a zero-padded copy. */
+XK_INLINE __m256 load_half(const char *p, const int DT, const int h, int64_t n) {
+  if (n < UNIT) {
+    const v16 v = raw_f32(raw_load_n(p, DT, n), DT);
+    return h ? v.b : v.a;
+  }
+  if (DT == XK_BF16) {
+    const __m256i r = _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_castsi256_ps(h ? _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u)) : _mm256_slli_epi32(r, 16));
+  }
+  if (DT == XK_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16 * h)));
+  return _mm256_loadu_ps((const float *)(p + 32 * h));
+}
+
+/* The conv sums of vector h of a unit (n <= UNIT channels from channel c)
+ * for tokens [t0, t0 + tb) into y[0..tb), and its carried window. One
+ * vector at a time: its weights and window take 2W - 1 registers (both
+ * vectors' would spill), and x rows are read once per vector from L1. */
+XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, __m256 *y, const int h,
+                           const int W, const int DT, const int has_bias) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
-  v16 w[MAXW], u[MAXW];
-  for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
-  for (int j = 0; j < W - 1; j++) u[j] = load_row_f32(k->carry + j * k->rf + c);
-  const v16 bias = bias_of(k, c, has_bias);
+  __m256 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) w[j] = _mm256_loadu_ps(k->wf + j * k->rf + c + 8 * h);
+  for (int j = 0; j < W - 1; j++) u[j] = _mm256_loadu_ps(k->carry + j * k->rf + c + 8 * h);
+  const __m256 bias = has_bias ? _mm256_loadu_ps(k->bias + c + 8 * h) : _mm256_setzero_ps();
   const char *xp = k->xbase + t0 * k->xtok + c * es;
-  char *op = k->obase + t0 * k->otok + c * es;
   int64_t t = 0;
   /* Groups of W tokens index u as a ring (slot of window entry j at step s:
    * (s + j) % W), so no register moves; after a group the ring is back in
    * order. The rest shifts u. */
   for (; t + W <= tb; t += W) {
-    v16 y[MAXW];
-    const char *xg = xp;
     for (int st = 0; st < W; st++) {
-      if (X_PREFETCH) _mm_prefetch(xg + X_PREFETCH, _MM_HINT_T0);
-      u[(st + W - 1) % W] = raw_f32(raw_load_n(xg, DT, n), DT);
-      y[st] = bias;
-      for (int j = 0; j < W; j++) {
-        y[st].a = _mm256_fmadd_ps(w[j].a, u[(st + j) % W].a, y[st].a);
-        y[st].b = _mm256_fmadd_ps(w[j].b, u[(st + j) % W].b, y[st].b);
-      }
-      xg += k->xtok;
+      if (X_PREFETCH && h == 0) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+      u[(st + W - 1) % W] = load_half(xp, DT, h, n);
+      __m256 s = bias;
+      for (int j = 0; j < W; j++) s = _mm256_fmadd_ps(w[j], u[(st + j) % W], s);
+      y[t + st] = s;
+      xp += k->xtok;
     }
-    /* silu and rounding two tokens (four vectors) at a time, stage by
-     * stage: one token's chain alone (~60 dependent cycles) fills Zen 3's
-     * FP scheduler before the next token's ops can issue. */
-    for (int st = 0; st < W; st += 2) {
-      const int nt = st + 1 < W ? 2 : 1;
-      finish_tokens(&y[st], nt, op, k->otok, DT, n, silu);
-      op += nt * k->otok;
-    }
-    xp = xg;
   }
   for (; t < tb; t++) {
-    if (X_PREFETCH) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
-    u[W - 1] = raw_f32(raw_load_n(xp, DT, n), DT);
-    raw_store_n(op, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu, n), DT), n);
+    if (X_PREFETCH && h == 0) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+    u[W - 1] = load_half(xp, DT, h, n);
+    __m256 s = bias;
+    for (int j = 0; j < W; j++) s = _mm256_fmadd_ps(w[j], u[j], s);
+    y[t] = s;
     for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
     xp += k->xtok;
-    op += k->otok;
   }
   /* Whole units: the rows hold row_floats(nc) floats. */
-  for (int j = 0; j < W - 1; j++) store_row_f32(k->carry + j * k->rf + c, u[j]);
+  for (int j = 0; j < W - 1; j++) _mm256_storeu_ps(k->carry + j * k->rf + c + 8 * h, u[j]);
+}
+
+/*
+ * Stream path: nu units (n <= UNIT channels from channel c, nu = 2 only
+ * for whole units), tokens [t0, t0 + tb): the sums of every vector, then
+ * silu and rounding two tokens (four vectors) at a time. The exact silu is
+ * most of the work: ~24 vector ops per 8 outputs, 15 of them on the two
+ * FMA/mul pipes (vrcpps, vpblendvb and the shifts share those pipes on Zen 3,
+ * measured), and a ~70-cycle dependency chain per vector; issued a vector
+ * at a time next to the conv, spills and the chains stalled the FP
+ * scheduler. Harness, bf16 dim 8192 w=4 silu, thread CPU time (Zen 3, 2
+ * shared vCPUs): T = 2048 cold 19.2 ms with the sums and silu of both
+ * vectors in one pass (the first re-land), 16.4 with la_silu8_n staged over
+ * four vectors, 15.0 with one vector per pass over x (stream_half), 14.7
+ * with two units per line. Tried and not kept: silu over one token (2
+ * vectors) or four tokens (8 vectors) at a time, +8% / within noise;
+ * TOK_BLOCK 4 or 16, within noise or slower; one unit per pass, ~25%
+ * slower on rows in L2 without silu (each 64-byte line of x and out is
+ * touched twice, TOK_BLOCK rows 16 KiB apart sharing one L1 set).
+ */
+XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
+                           const int DT, const int silu, const int has_bias) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 y[2][2][TOK_BLOCK + MAXW];
+  for (int q = 0; q < nu; q++) {
+    stream_half(k, c + q * UNIT, n, t0, tb, y[q][0], 0, W, DT, has_bias);
+    stream_half(k, c + q * UNIT, n, t0, tb, y[q][1], 1, W, DT, has_bias);
+  }
+  char *op = k->obase + t0 * k->otok + c * es;
+  int64_t t = 0;
+  for (; t + 2 <= tb; t += 2) {
+    for (int q = 0; q < nu; q++) {
+      finish_tokens(y[q][0] + t, y[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+    }
+  }
+  for (; t < tb; t++) {
+    for (int q = 0; q < nu; q++) {
+      finish_tokens(y[q][0] + t, y[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+    }
+  }
 }
 
 XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, const int W, const int DT, const int silu,
@@ -1148,8 +1186,9 @@ XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, const int W, con
   for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
     const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
     int64_t c = 0;
-    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, t0, tb, W, DT, silu, has_bias);
-    if (c < k->nc) stream_unit(k, c, k->nc - c, t0, tb, W, DT, silu, has_bias);
+    for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) stream_unit(k, c, UNIT, 2, t0, tb, W, DT, silu, has_bias);
+    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, 1, t0, tb, W, DT, silu, has_bias);
+    if (c < k->nc) stream_unit(k, c, k->nc - c, 1, t0, tb, W, DT, silu, has_bias);
   }
 }
 
@@ -1187,38 +1226,52 @@ static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) 
   }
 }
 
-/* Decode path, one unit: the window from the cache line (columns off..), the
- * new state written from the same registers, then the outputs (all of x is
- * read first: out may alias it). */
+/* Decode path, nu units (n <= UNIT channels from channel c, nu = 2 only for
+ * whole units): per unit the window from the cache line (columns off..),
+ * the new state written from the same registers (all of x is read first:
+ * out may alias it) and the sums; then silu and rounding of the units'
+ * vectors side by side, token by token. */
 XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
-                           int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
   const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
-  raw16 r[MAXW - 1 + DEC_MAX];
-  for (int j = 0; j < W - 1; j++) r[j] = raw_load_n(sbase + (off + j) * stok + c * es, DT, n);
-  for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load_n(k->xbase + t * k->xtok + c * es, DT, n);
-  if (next_state) {
-    for (int j = 0; j < W - 1; j++) {
-      _mm_prefetch(next_state + j * stok + c * es, _MM_HINT_T0);
-      if (DT == XK_F32) _mm_prefetch(next_state + j * stok + c * es + 32, _MM_HINT_T0);
+  __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
+  for (int q = 0; q < nu; q++) {
+    const int64_t cq = c + q * UNIT;
+    raw16 r[MAXW - 1 + DEC_MAX];
+    for (int j = 0; j < W - 1; j++) r[j] = raw_load_n(sbase + (off + j) * stok + cq * es, DT, n);
+    for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load_n(k->xbase + t * k->xtok + cq * es, DT, n);
+    if (next_state) {
+      for (int j = 0; j < W - 1; j++) {
+        _mm_prefetch(next_state + j * stok + cq * es, _MM_HINT_T0);
+        if (DT == XK_F32) _mm_prefetch(next_state + j * stok + cq * es + 32, _MM_HINT_T0);
+      }
+    }
+    for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + cq * es, DT, r[hist + len - keep + i], n);
+    v16 w[MAXW], u[MAXW];
+    for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + cq);
+    const v16 bias = bias_of(k, cq, k->has_bias);
+    for (int j = 0; j < W - 1; j++) u[j] = raw_f32(r[j], DT);
+    for (int64_t t = 0; t < len; t++) {
+      u[W - 1] = raw_f32(r[hist + t], DT);
+      const v16 s = conv_unit(w, u, bias, W);
+      ya[t * nu + q] = s.a;
+      yb[t * nu + q] = s.b;
+      for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
     }
   }
-  for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + c * es, DT, r[hist + len - keep + i], n);
-  v16 w[MAXW], u[MAXW];
-  for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + c);
-  const v16 bias = bias_of(k, c, k->has_bias);
-  for (int j = 0; j < W - 1; j++) u[j] = raw_f32(r[j], DT);
   for (int64_t t = 0; t < len; t++) {
-    u[W - 1] = raw_f32(r[hist + t], DT);
-    raw_store_n(k->obase + t * k->otok + c * es, DT, f32_raw(conv_unit(w, u, bias, W, DT, silu, n), DT), n);
-    for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+    finish_tokens(ya + t * nu, yb + t * nu, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
   }
 }
 
 XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
                              int64_t off, int64_t keep, int silu, const int W, const int DT) {
   int64_t c = 0;
-  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, len, off, keep, W, DT, silu);
-  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, len, off, keep, W, DT, silu);
+  for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) {
+    decode_unit(k, sbase, stok, next_state, c, UNIT, 2, len, off, keep, W, DT, silu);
+  }
+  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, 1, len, off, keep, W, DT, silu);
+  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, 1, len, off, keep, W, DT, silu);
 }
 
 #define DECODE_CALL(k, sbase, stok, next, len, off, keep, silu, W_, DT_) \
