@@ -15,9 +15,12 @@
  * Paths. Within a tier every path computes each output with the same fp32
  * operations in the same order, so neither the thread count nor the tiling
  * nor the path changes a result bit (except bf16 outputs below 2^-126, which
- * the fast paths' conversion flushes to zero):
+ * the AVX-512 fast paths' conversion flushes to zero):
  * - generic: token rows converted to an fp32 ring through la_load_row /
- *   la_store_row; any strides and dtypes (and the only path below AVX-512).
+ *   la_store_row; any strides and dtypes (and the only path of the generic
+ *   tier).
+ * - AVX2: the stream and decode paths below in 16-channel units (see the
+ *   AVX2 section), plain stores.
  * - AVX-512, channel-contiguous x and out of one dtype (f32/f16/bf16):
  *   * stream (prefill): the window of every 32-channel unit lives in
  *     registers while the unit walks a block of tokens; rows are converted
@@ -854,6 +857,586 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
       prepared = tile;
     }
     conv_block_fast(a, tile_scratch, rf, seq, tile, &cur, have_next ? &next : NULL);
+  }
+}
+
+/* ---- AVX2 fast paths ------------------------------------------------------- */
+
+#elif XK_F32_LANES == 8
+
+/*
+ * The AVX-512 paths' structure with 16-channel units of two 8-lane vectors
+ * (a and b), taken two units (a 64-byte line of bf16) at a time. bf16
+ * units hold their even channels in the first vector and the odd ones in
+ * the second: one 32-byte load gives both by a shift and a mask, and the
+ * rounded results interleave back by a shift and a word blend (widening
+ * and packing in channel order cost two more shuffles per 16 channels, on
+ * the same ports as the arithmetic). The tile's fp32 weights, bias and
+ * carried window are stored in that order (to_unit_order); units start at
+ * the tile's first channel. Every channel takes the generic path's
+ * arithmetic (the same FMAs, la_silu8 or, past the last whole 8 channels,
+ * la_silu, the same rounding; partial units go through zero-padded copies),
+ * so results do not depend on the path: they are the generic path's bits,
+ * except NaN payloads, which the state copies keep as they are where the
+ * generic path's round trip through fp32 quiets them.
+ */
+#define UNIT 16
+#define DEC_MAX 8 /* the decode path takes sequences up to this long */
+#define TOK_BLOCK 8
+#define X_PREFETCH 256
+
+static inline int64_t row_floats(int64_t channel_tile) { return (channel_tile + UNIT - 1) / UNIT * UNIT; }
+
+typedef struct v16 {
+  __m256 a, b; /* bf16: channels 0, 2, .., 14 and 1, 3, .., 15; else 0..7 and 8..15 */
+} v16;
+
+typedef struct raw16 {
+  __m256i a, b; /* a unit in its storage format (b used by f32 only) */
+} raw16;
+
+XK_INLINE raw16 raw_load(const char *p, const int DT) {
+  raw16 r;
+  r.a = _mm256_loadu_si256((const __m256i *)p);
+  r.b = DT == XK_F32 ? _mm256_loadu_si256((const __m256i *)(p + 32)) : r.a;
+  return r;
+}
+
+XK_INLINE void raw_store(char *p, const int DT, raw16 r) {
+  _mm256_storeu_si256((__m256i *)p, r.a);
+  if (DT == XK_F32) _mm256_storeu_si256((__m256i *)(p + 32), r.b);
+}
+
+XK_INLINE v16 raw_f32(raw16 r, const int DT) {
+  v16 v;
+  if (DT == XK_BF16) {
+    v.a = _mm256_castsi256_ps(_mm256_slli_epi32(r.a, 16));
+    v.b = _mm256_castsi256_ps(_mm256_and_si256(r.a, _mm256_set1_epi32((int)0xffff0000u)));
+  } else if (DT == XK_F16) {
+    v.a = _mm256_cvtph_ps(_mm256_castsi256_si128(r.a));
+    v.b = _mm256_cvtph_ps(_mm256_extracti128_si256(r.a, 1));
+  } else {
+    v.a = _mm256_castsi256_ps(r.a);
+    v.b = _mm256_castsi256_ps(r.b);
+  }
+  return v;
+}
+
+/* A unit of n <= UNIT `dt` values: zero-padded when partial. */
+XK_INLINE raw16 raw_load_n(const char *p, const int DT, int64_t n) {
+  if (n == UNIT) return raw_load(p, DT);
+  char buf[64] = {0};
+  memcpy(buf, p, (size_t)(n * (DT == XK_F32 ? 4 : 2)));
+  return raw_load(buf, DT);
+}
+
+XK_INLINE void raw_store_n(char *p, const int DT, raw16 r, int64_t n) {
+  if (n == UNIT) {
+    raw_store(p, DT, r);
+    return;
+  }
+  char buf[64];
+  raw_store(buf, DT, r);
+  memcpy(p, buf, (size_t)(n * (DT == XK_F32 ? 4 : 2)));
+}
+
+/* fp32 bits with the bf16 value rounded to nearest even in the high half
+ * (as xk_store8: NaN keeps its sign and top payload bits, made quiet). */
+XK_INLINE __m256i bf16_hi(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+}
+
+XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
+  __m256i odd[8], r[8], nan[8];
+  for (int i = 0; i < n; i++) odd[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
+                                                      _mm256_set1_epi32(1));
+  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x7fff));
+  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(r[i], odd[i]);
+  for (int i = 0; i < n; i++) nan[i] = _mm256_castps_si256(_mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
+  for (int i = 0; i < n; i++) {
+    const __m256i q = _mm256_or_si256(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x400000));
+    h[i] = _mm256_blendv_epi8(r[i], q, nan[i]);
+  }
+}
+
+/* Rounds a unit to `dt` (round to nearest even, as xk_store8) in its
+ * storage format. */
+XK_INLINE raw16 f32_raw(v16 v, const int DT) {
+  raw16 r;
+  if (DT == XK_BF16) {
+    r.a = _mm256_blend_epi16(_mm256_srli_epi32(bf16_hi(v.a), 16), bf16_hi(v.b), 0xaa);
+  } else if (DT == XK_F16) {
+    r.a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(v.a, _MM_FROUND_TO_NEAREST_INT)),
+                                  _mm256_cvtps_ph(v.b, _MM_FROUND_TO_NEAREST_INT), 1);
+  } else {
+    r.a = _mm256_castps_si256(v.a);
+    r.b = _mm256_castps_si256(v.b);
+  }
+  r.b = DT == XK_F32 ? r.b : r.a;
+  return r;
+}
+
+
+XK_INLINE v16 load_row_f32(const float *row) {
+  v16 v = {_mm256_loadu_ps(row), _mm256_loadu_ps(row + 8)};
+  return v;
+}
+
+XK_INLINE void store_row_f32(float *row, v16 v) {
+  _mm256_storeu_ps(row, v.a);
+  _mm256_storeu_ps(row + 8, v.b);
+}
+
+/* Reorders fp32 rows of n channels (whole units: the row holds
+ * row_floats(n) floats) from channel order to the units' lane order. */
+static void to_unit_order(float *row, int64_t n, int dt) {
+  if (dt != XK_BF16) return;
+  for (int64_t c = 0; c < n; c += UNIT) {
+    const __m256 lo = _mm256_loadu_ps(row + c), hi = _mm256_loadu_ps(row + c + 8);
+    /* shuffle_ps picks within 128-bit lanes; the qword permute joins them. */
+    const __m256 ev = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 od = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
+    _mm256_storeu_ps(row + c, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), 0xd8)));
+    _mm256_storeu_ps(row + c + 8, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(od), 0xd8)));
+  }
+}
+
+/*
+ * silu of the conv sums of nv / 2 units (vectors a, b of each in turn) in
+ * place, as the generic path computes it: la_silu8, except the channels
+ * past the tile's last whole 8 (from n & ~7 on in a partial unit of n
+ * channels: units start at the tile's first channel), which take la_silu.
+ */
+XK_INLINE void silu_units(__m256 *v, const int nv, const int DT, int64_t n) {
+  const int tail = n < UNIT && (n & 7) != 0;
+  float x[8][8];
+  if (tail) {
+    for (int i = 0; i < nv; i++) _mm256_storeu_ps(x[i], v[i]);
+  }
+  la_silu8_n(v, nv);
+  if (tail) {
+    float y[8][8];
+    for (int i = 0; i < nv; i++) _mm256_storeu_ps(y[i], v[i]);
+    for (int i = 0; i < nv; i += 2) {
+      for (int64_t ch = n & ~7; ch < n; ch++) {
+        /* bf16 units: even channels in a, odd in b (v16) */
+        const int vi = i + (int)(DT == XK_BF16 ? ch & 1 : ch >> 3), lane = (int)(DT == XK_BF16 ? ch >> 1 : ch & 7);
+        y[vi][lane] = la_silu(x[vi][lane]);
+      }
+    }
+    for (int i = 0; i < nv; i++) v[i] = _mm256_loadu_ps(y[i]);
+  }
+}
+
+/* bias + sum_j w[j] * u[j] (fp32 FMAs in window order). */
+XK_INLINE v16 conv_unit(const v16 *w, const v16 *u, v16 bias, const int W) {
+  v16 s = bias;
+  for (int j = 0; j < W; j++) {
+    s.a = _mm256_fmadd_ps(w[j].a, u[j].a, s.a);
+    s.b = _mm256_fmadd_ps(w[j].b, u[j].b, s.b);
+  }
+  return s;
+}
+
+/* What the fast paths of one grid block share. */
+typedef struct fast_ctx {
+  const float *wf, *bias; /* fp32 weights [width][rf] and bias [rf] of the tile, in unit order */
+  int has_bias;           /* else bias is zero and not read */
+  float *carry;           /* [width - 1][rf] fp32 window carried between token blocks, in unit order */
+  int64_t rf;             /* scratch row stride (floats) */
+  int64_t nc;             /* channels in the tile */
+  const char *xbase;      /* x at the tile's first channel, the sequence's first token */
+  char *obase;
+  int64_t xtok, otok; /* token strides in bytes */
+} fast_ctx;
+
+XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias) {
+  if (has_bias) return load_row_f32(k->bias + c);
+  v16 v = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  return v;
+}
+
+/* silu (if asked) and the stores of nt tokens' sums (vectors ya[i], yb[i]
+ * of token i), the ops of all their vectors interleaved stage by stage. */
+XK_INLINE void finish_tokens(const __m256 *ya, const __m256 *yb, const int nt, char *op, int64_t otok, const int DT,
+                             int64_t n, const int silu) {
+  __m256 v[8];
+  for (int i = 0; i < nt; i++) {
+    v[2 * i] = ya[i];
+    v[2 * i + 1] = yb[i];
+  }
+  if (silu) silu_units(v, 2 * nt, DT, n);
+  if (DT == XK_BF16) {
+    __m256i h[8];
+    bf16_hi_n(v, h, 2 * nt);
+    for (int i = 0; i < nt; i++) {
+      raw16 r;
+      r.a = _mm256_blend_epi16(_mm256_srli_epi32(h[2 * i], 16), h[2 * i + 1], 0xaa);
+      r.b = r.a;
+      raw_store_n(op + i * otok, DT, r, n);
+    }
+    return;
+  }
+  for (int i = 0; i < nt; i++) {
+    const v16 t = {v[2 * i], v[2 * i + 1]};
+    raw_store_n(op + i * otok, DT, f32_raw(t, DT), n);
+  }
+}
+
+/* Vector h (0: a, 1: b) of a unit of `DT` values at p as fp32, in v16's lane
+ * order; a partial unit (n < UNIT) through a zero-padded copy. */
+XK_INLINE __m256 load_half(const char *p, const int DT, const int h, int64_t n) {
+  if (n < UNIT) {
+    const v16 v = raw_f32(raw_load_n(p, DT, n), DT);
+    return h ? v.b : v.a;
+  }
+  if (DT == XK_BF16) {
+    const __m256i r = _mm256_loadu_si256((const __m256i *)p);
+    return _mm256_castsi256_ps(h ? _mm256_and_si256(r, _mm256_set1_epi32((int)0xffff0000u)) : _mm256_slli_epi32(r, 16));
+  }
+  if (DT == XK_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16 * h)));
+  return _mm256_loadu_ps((const float *)(p + 32 * h));
+}
+
+/* The conv sums of vector h of a unit (n <= UNIT channels from channel c)
+ * for tokens [t0, t0 + tb) into y[0..tb), and its carried window. One
+ * vector at a time: its weights and window take 2W - 1 registers (both
+ * vectors' would spill), and x rows are read once per vector from L1. */
+XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, int64_t tb, __m256 *y, const int h,
+                           const int W, const int DT, const int has_bias) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 w[MAXW], u[MAXW];
+  for (int j = 0; j < W; j++) w[j] = _mm256_loadu_ps(k->wf + j * k->rf + c + 8 * h);
+  for (int j = 0; j < W - 1; j++) u[j] = _mm256_loadu_ps(k->carry + j * k->rf + c + 8 * h);
+  const __m256 bias = has_bias ? _mm256_loadu_ps(k->bias + c + 8 * h) : _mm256_setzero_ps();
+  const char *xp = k->xbase + t0 * k->xtok + c * es;
+  int64_t t = 0;
+  /* Groups of W tokens index u as a ring (slot of window entry j at step s:
+   * (s + j) % W), so no register moves; after a group the ring is back in
+   * order. The rest shifts u. */
+  for (; t + W <= tb; t += W) {
+    for (int st = 0; st < W; st++) {
+      if (X_PREFETCH && h == 0) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+      u[(st + W - 1) % W] = load_half(xp, DT, h, n);
+      __m256 s = bias;
+      for (int j = 0; j < W; j++) s = _mm256_fmadd_ps(w[j], u[(st + j) % W], s);
+      y[t + st] = s;
+      xp += k->xtok;
+    }
+  }
+  for (; t < tb; t++) {
+    if (X_PREFETCH && h == 0) _mm_prefetch(xp + X_PREFETCH, _MM_HINT_T0);
+    u[W - 1] = load_half(xp, DT, h, n);
+    __m256 s = bias;
+    for (int j = 0; j < W; j++) s = _mm256_fmadd_ps(w[j], u[j], s);
+    y[t] = s;
+    for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+    xp += k->xtok;
+  }
+  /* Whole units: the rows hold row_floats(nc) floats. */
+  for (int j = 0; j < W - 1; j++) _mm256_storeu_ps(k->carry + j * k->rf + c + 8 * h, u[j]);
+}
+
+/*
+ * Stream path: nu units (n <= UNIT channels from channel c, nu = 2 only
+ * for whole units), tokens [t0, t0 + tb): the sums of every vector, then
+ * silu and rounding two tokens (four vectors) at a time. The exact silu is
+ * most of the work: ~24 vector ops per 8 outputs, 15 of them on the two
+ * FMA/mul pipes (vrcpps, vpblendvb and the shifts share those pipes on Zen 3,
+ * measured), and a ~70-cycle dependency chain per vector; issued a vector
+ * at a time next to the conv, spills and the chains stalled the FP
+ * scheduler. Harness, bf16 dim 8192 w=4 silu, thread CPU time (Zen 3, 2
+ * shared vCPUs): T = 2048 cold 19.2 ms with the sums and silu of both
+ * vectors in one pass (the first re-land), 16.4 with la_silu8_n staged over
+ * four vectors, 15.0 with one vector per pass over x (stream_half), 14.7
+ * with two units per line. Tried and not kept: silu over one token (2
+ * vectors) or four tokens (8 vectors) at a time, +8% / within noise;
+ * TOK_BLOCK 4 or 16, within noise or slower; one unit per pass, ~25%
+ * slower on rows in L2 without silu (each 64-byte line of x and out is
+ * touched twice, TOK_BLOCK rows 16 KiB apart sharing one L1 set).
+ */
+XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
+                           const int DT, const int silu, const int has_bias) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 y[2][2][TOK_BLOCK + MAXW];
+  for (int q = 0; q < nu; q++) {
+    stream_half(k, c + q * UNIT, n, t0, tb, y[q][0], 0, W, DT, has_bias);
+    stream_half(k, c + q * UNIT, n, t0, tb, y[q][1], 1, W, DT, has_bias);
+  }
+  char *op = k->obase + t0 * k->otok + c * es;
+  int64_t t = 0;
+  for (; t + 2 <= tb; t += 2) {
+    for (int q = 0; q < nu; q++) {
+      finish_tokens(y[q][0] + t, y[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+    }
+  }
+  for (; t < tb; t++) {
+    for (int q = 0; q < nu; q++) {
+      finish_tokens(y[q][0] + t, y[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+    }
+  }
+}
+
+XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, const int W, const int DT, const int silu,
+                                const int has_bias) {
+  for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
+    const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
+    int64_t c = 0;
+    for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) stream_unit(k, c, UNIT, 2, t0, tb, W, DT, silu, has_bias);
+    for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, 1, t0, tb, W, DT, silu, has_bias);
+    if (c < k->nc) stream_unit(k, c, k->nc - c, 1, t0, tb, W, DT, silu, has_bias);
+  }
+}
+
+/* silu and the bias as constants of the token loop (as run-time flags they
+ * cost a test and branch per store). */
+XK_INLINE void stream_tokens(const fast_ctx *k, int64_t len, const int W, const int DT, int silu, int has_bias) {
+  if (silu && !has_bias) {
+    stream_tokens_as(k, len, W, DT, 1, 0);
+  } else {
+    stream_tokens_as(k, len, W, DT, silu, has_bias);
+  }
+}
+
+#define DISPATCH_W(FN, ...)                 \
+  switch (W) {                              \
+    case 2: FN(__VA_ARGS__, 2, DT); break;  \
+    case 3: FN(__VA_ARGS__, 3, DT); break;  \
+    case 4: FN(__VA_ARGS__, 4, DT); break;  \
+    case 5: FN(__VA_ARGS__, 5, DT); break;  \
+    default: FN(__VA_ARGS__, 6, DT); break; \
+  }
+
+#define STREAM_CALL(k, len, silu, has_bias, W_, DT_) stream_tokens(k, len, W_, DT_, silu, has_bias)
+
+static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) {
+  if (dt == XK_BF16) {
+    const int DT = XK_BF16;
+    DISPATCH_W(STREAM_CALL, k, len, silu, k->has_bias)
+  } else if (dt == XK_F16) {
+    const int DT = XK_F16;
+    DISPATCH_W(STREAM_CALL, k, len, silu, k->has_bias)
+  } else {
+    const int DT = XK_F32;
+    DISPATCH_W(STREAM_CALL, k, len, silu, k->has_bias)
+  }
+}
+
+/* Decode path, nu units (n <= UNIT channels from channel c, nu = 2 only for
+ * whole units): per unit the window from the cache line (columns off..),
+ * the new state written from the same registers (all of x is read first:
+ * out may alias it) and the sums; then silu and rounding of the units'
+ * vectors side by side, token by token. */
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+  const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
+  __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
+  for (int q = 0; q < nu; q++) {
+    const int64_t cq = c + q * UNIT;
+    raw16 r[MAXW - 1 + DEC_MAX];
+    for (int j = 0; j < W - 1; j++) r[j] = raw_load_n(sbase + (off + j) * stok + cq * es, DT, n);
+    for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load_n(k->xbase + t * k->xtok + cq * es, DT, n);
+    if (next_state) {
+      for (int j = 0; j < W - 1; j++) {
+        _mm_prefetch(next_state + j * stok + cq * es, _MM_HINT_T0);
+        if (DT == XK_F32) _mm_prefetch(next_state + j * stok + cq * es + 32, _MM_HINT_T0);
+      }
+    }
+    for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + cq * es, DT, r[hist + len - keep + i], n);
+    v16 w[MAXW], u[MAXW];
+    for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + cq);
+    const v16 bias = bias_of(k, cq, k->has_bias);
+    for (int j = 0; j < W - 1; j++) u[j] = raw_f32(r[j], DT);
+    for (int64_t t = 0; t < len; t++) {
+      u[W - 1] = raw_f32(r[hist + t], DT);
+      const v16 s = conv_unit(w, u, bias, W);
+      ya[t * nu + q] = s.a;
+      yb[t * nu + q] = s.b;
+      for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
+    }
+  }
+  for (int64_t t = 0; t < len; t++) {
+    finish_tokens(ya + t * nu, yb + t * nu, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
+  }
+}
+
+XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
+                             int64_t off, int64_t keep, int silu, const int W, const int DT) {
+  int64_t c = 0;
+  for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) {
+    decode_unit(k, sbase, stok, next_state, c, UNIT, 2, len, off, keep, W, DT, silu);
+  }
+  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, 1, len, off, keep, W, DT, silu);
+  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, 1, len, off, keep, W, DT, silu);
+}
+
+#define DECODE_CALL(k, sbase, stok, next, len, off, keep, silu, W_, DT_) \
+  decode_tokens(k, sbase, stok, next, len, off, keep, silu, W_, DT_)
+
+static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, const char *next, int64_t len, int64_t off,
+                       int64_t keep, int silu, int W, int dt) {
+  if (dt == XK_BF16) {
+    const int DT = XK_BF16;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  } else if (dt == XK_F16) {
+    const int DT = XK_F16;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  } else {
+    const int DT = XK_F32;
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+  }
+}
+
+/* Fills the tile's fp32 weights and bias in scratch, zero past nc, in unit
+ * order. */
+static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t c0, int64_t nc) {
+  const int64_t ws = xk_dtype_size(a->weight_dtype);
+  const int rows = (int)a->width + (a->bias != NULL);
+  int64_t done = 0;
+  if (a->width == 4 && a->weight_stride_dim == 4 && a->weight_stride_width == 1) {
+    /* (dim, 4) contiguous weights, 8 channels (32 values) at a time: a
+     * transpose within 128-bit lanes gives tap j of channels 0, 2, 4, 6 and
+     * 1, 3, 5, 7; the permute puts them in order. The strided scalar rows
+     * below cost most of a small decode call. */
+    const char *base = (const char *)a->weight + c0 * 4 * ws;
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (; done + 8 <= nc; done += 8) {
+      const char *p = base + done * 4 * ws;
+      __m256 m0 = xk_load8(p, a->weight_dtype), m1 = xk_load8(p + 8 * ws, a->weight_dtype);
+      __m256 m2 = xk_load8(p + 16 * ws, a->weight_dtype), m3 = xk_load8(p + 24 * ws, a->weight_dtype);
+      const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
+      const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
+      m0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+      m1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
+      m2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+      m3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
+      _mm256_storeu_ps(scratch + done, _mm256_permutevar8x32_ps(m0, order));
+      _mm256_storeu_ps(scratch + rf + done, _mm256_permutevar8x32_ps(m1, order));
+      _mm256_storeu_ps(scratch + 2 * rf + done, _mm256_permutevar8x32_ps(m2, order));
+      _mm256_storeu_ps(scratch + 3 * rf + done, _mm256_permutevar8x32_ps(m3, order));
+    }
+  }
+  for (int64_t j = 0; j < rows; j++) {
+    float *row = scratch + j * rf;
+    if (j < a->width) {
+      la_load_row(row + done,
+                  (const char *)a->weight + ((c0 + done) * a->weight_stride_dim + j * a->weight_stride_width) * ws,
+                  a->weight_dtype, nc - done, a->weight_stride_dim);
+    } else {
+      la_load_row(row, (const char *)a->bias + c0 * a->bias_stride * xk_dtype_size(a->bias_dtype), a->bias_dtype,
+                  nc, a->bias_stride);
+    }
+    memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
+    to_unit_order(row, nc, a->x_dtype);
+  }
+}
+
+static int fast_eligible(const xk_conv1d_args *a) {
+  return a->x_stride_dim == 1 && a->out_stride_dim == 1 && a->x_dtype == a->out_dtype &&
+         (a->x_dtype == XK_F32 || a->x_dtype == XK_F16 || a->x_dtype == XK_BF16);
+}
+
+/* One block on the fast paths; the tile's weights are already in scratch. */
+static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t seq, int64_t tile,
+                            const seq_info *s, const seq_info *next) {
+  const int64_t c0 = tile * a->channel_tile;
+  const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
+  const int spec = a->num_accepted_tokens.data != NULL;
+  const int64_t width = a->width, hist = width - 1, len = s->len, off = s->off;
+  const int64_t keep = spec ? width - 2 + len : hist;
+  const int dt = a->x_dtype;
+  const int64_t es = xk_dtype_size(dt), ss = xk_dtype_size(a->state_dtype);
+
+  fast_ctx k;
+  k.rf = rf;
+  k.nc = nc;
+  k.wf = scratch;
+  k.bias = scratch + width * rf;
+  k.has_bias = a->bias != NULL;
+  k.carry = scratch + (width + 1) * rf;
+  k.xbase = (const char *)a->x + (seq * a->x_stride_seq + s->start * a->x_stride_tok + c0) * es;
+  k.obase = (char *)a->out + (seq * a->out_stride_seq + s->start * a->out_stride_tok + c0) * es;
+  k.xtok = a->x_stride_tok * es;
+  k.otok = a->out_stride_tok * es;
+  char *sbase = (char *)a->conv_states + (s->line * a->state_stride_line + c0 * a->state_stride_dim) * ss;
+  const int64_t stok = a->state_stride_tok * ss;
+
+  if (len <= DEC_MAX && s->load && a->state_dtype == dt && a->state_stride_dim == 1) {
+    const char *next_state = NULL;
+    if (next && !next->skip && next->load) {
+      next_state = (const char *)a->conv_states + (next->line * a->state_stride_line + c0) * ss + next->off * stok;
+    }
+    decode_any(&k, sbase, stok, next_state, len, off, keep, a->silu, (int)width, dt);
+    return;
+  }
+
+  /* Stream path. The window into carry, then the new state (before any
+   * output), then the carry in unit order. */
+  float *tmp = k.carry + hist * rf;
+  for (int64_t j = 0; j < hist; j++) {
+    float *row = k.carry + j * rf;
+    if (s->load) {
+      la_load_row(row, sbase + (off + j) * stok, a->state_dtype, nc, a->state_stride_dim);
+    } else {
+      memset(row, 0, (size_t)nc * sizeof(float));
+    }
+    memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
+  }
+  for (int64_t i = 0; i < keep; i++) {
+    const int64_t u = hist + len - keep + i; /* index into W ++ x */
+    char *dst = sbase + i * stok;
+    if (u < hist) {
+      la_store_row(dst, a->state_dtype, k.carry + u * rf, nc, a->state_stride_dim);
+    } else if (a->state_dtype == dt && a->state_stride_dim == 1) {
+      memcpy(dst, k.xbase + (u - hist) * k.xtok, (size_t)(nc * es));
+    } else {
+      la_load_row(tmp, k.xbase + (u - hist) * k.xtok, dt, nc, 1);
+      la_store_row(dst, a->state_dtype, tmp, nc, a->state_stride_dim);
+    }
+  }
+  for (int64_t j = 0; j < hist; j++) to_unit_order(k.carry + j * rf, nc, dt);
+
+  /* Plain stores: a unit writes half a 64-byte line of bf16, and streaming
+   * those halves (the other half follows TOK_BLOCK tokens later) measured
+   * ~2x slower on a cold bf16 prefill (partial write-combining flushes). */
+  stream_any(&k, len, a->silu, (int)width, dt);
+}
+
+void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block_begin, int64_t block_end) {
+  if (!fast_eligible(a)) {
+    for (int64_t b = block_begin; b < block_end; b++) {
+      conv_block_generic(a, scratch, b / a->num_channel_tiles, b % a->num_channel_tiles);
+    }
+    return;
+  }
+  /* Scratch rows 64-byte aligned (the launcher's 16 floats of slack). */
+  float *rows = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+  const int64_t rf = row_floats(a->channel_tile), tiles = a->num_channel_tiles;
+  int64_t prepared = -1, cur_seq = -1;
+  seq_info cur = {0, 0, 0, 0, 0, 1}, next = cur;
+  int have_next = 0;
+  for (int64_t b = block_begin; b < block_end; b++) {
+    const int64_t seq = b / tiles, tile = b % tiles;
+    if (seq != cur_seq) {
+      cur = have_next ? next : seq_of(a, seq);
+      cur_seq = seq;
+    }
+    /* With one tile per sequence, the next block is the next sequence:
+     * the decode path prefetches its state. */
+    have_next = tiles == 1 && b + 1 < block_end;
+    if (have_next) next = seq_of(a, seq + 1);
+    const int64_t c0 = tile * a->channel_tile;
+    if (cur.skip || c0 >= a->dim) continue;
+    if (tile != prepared) {
+      const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
+      prepare_tile(a, rows, rf, c0, nc);
+      prepared = tile;
+    }
+    conv_block_fast(a, rows, rf, seq, tile, &cur, have_next ? &next : NULL);
   }
 }
 

@@ -106,30 +106,52 @@ static inline __m512 la_silu16(__m512 x) {
   return _mm512_mul_ps(x, r);
 }
 #elif XK_F32_LANES == 8
-static inline __m256 la_exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_set1_ps(88.0f), x);
-  x = _mm256_max_ps(_mm256_set1_ps(-87.0f), x);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+/*
+ * la_exp8 and la_silu8 on n <= 8 vectors in place, each operation across the
+ * vectors before the next (the single-vector forms are n = 1): one vector's
+ * silu is a ~70-cycle dependency chain, and issued vector after vector it
+ * fills the FP scheduler (Zen 3) before the next vector's independent work
+ * can start. Same operations for any n, so the same bits.
+ */
+static inline __attribute__((always_inline)) void la_exp8_n(__m256 *x, const int n) {
+  __m256 k[8], p[8];
+  __m256i e[8];
+  for (int i = 0; i < n; i++) x[i] = _mm256_min_ps(_mm256_set1_ps(88.0f), x[i]);
+  for (int i = 0; i < n; i++) x[i] = _mm256_max_ps(_mm256_set1_ps(-87.0f), x[i]);
+  for (int i = 0; i < n; i++) k[i] = _mm256_mul_ps(x[i], _mm256_set1_ps(1.44269504f));
+  for (int i = 0; i < n; i++) k[i] = _mm256_round_ps(k[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  for (int i = 0; i < n; i++) x[i] = _mm256_fnmadd_ps(k[i], _mm256_set1_ps(0.693145752f), x[i]);
+  for (int i = 0; i < n; i++) x[i] = _mm256_fnmadd_ps(k[i], _mm256_set1_ps(1.42860677e-6f), x[i]);
   /* 2^n for n in [-126, 127]; NaN lanes keep p = NaN whatever the scale. */
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  for (int i = 0; i < n; i++) e[i] = _mm256_add_epi32(_mm256_cvtps_epi32(k[i]), _mm256_set1_epi32(127));
+  for (int i = 0; i < n; i++) e[i] = _mm256_slli_epi32(e[i], 23);
+  for (int i = 0; i < n; i++) p[i] = _mm256_set1_ps(1.0f / 720.0f);
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], x[i], _mm256_set1_ps(1.0f / 120.0f));
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], x[i], _mm256_set1_ps(1.0f / 24.0f));
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], x[i], _mm256_set1_ps(1.0f / 6.0f));
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], x[i], _mm256_set1_ps(0.5f));
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], x[i], _mm256_set1_ps(1.0f));
+  for (int i = 0; i < n; i++) p[i] = _mm256_fmadd_ps(p[i], x[i], _mm256_set1_ps(1.0f));
+  for (int i = 0; i < n; i++) x[i] = _mm256_mul_ps(p[i], _mm256_castsi256_ps(e[i]));
+}
+static inline __m256 la_exp8(__m256 x) {
+  la_exp8_n(&x, 1);
+  return x;
+}
+/* x / (1 + e^-x) with a reciprocal estimate and two Newton steps. */
+static inline __attribute__((always_inline)) void la_silu8_n(__m256 *x, const int n) {
+  __m256 d[8], r[8];
+  for (int i = 0; i < n; i++) d[i] = _mm256_sub_ps(_mm256_setzero_ps(), x[i]);
+  la_exp8_n(d, n);
+  for (int i = 0; i < n; i++) d[i] = _mm256_add_ps(_mm256_set1_ps(1.0f), d[i]);
+  for (int i = 0; i < n; i++) r[i] = _mm256_rcp_ps(d[i]);
+  for (int i = 0; i < n; i++) r[i] = _mm256_mul_ps(r[i], _mm256_fnmadd_ps(d[i], r[i], _mm256_set1_ps(2.0f)));
+  for (int i = 0; i < n; i++) r[i] = _mm256_mul_ps(r[i], _mm256_fnmadd_ps(d[i], r[i], _mm256_set1_ps(2.0f)));
+  for (int i = 0; i < n; i++) x[i] = _mm256_mul_ps(x[i], r[i]);
 }
 static inline __m256 la_silu8(__m256 x) {
-  const __m256 d = _mm256_add_ps(_mm256_set1_ps(1.0f), la_exp8(_mm256_sub_ps(_mm256_setzero_ps(), x)));
-  __m256 r = _mm256_rcp_ps(d);
-  r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
-  r = _mm256_mul_ps(r, _mm256_fnmadd_ps(d, r, _mm256_set1_ps(2.0f)));
-  return _mm256_mul_ps(x, r);
+  la_silu8_n(&x, 1);
+  return x;
 }
 #endif
 
