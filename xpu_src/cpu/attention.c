@@ -2201,6 +2201,38 @@ XE_INLINE void xe_store1(__m256 a[8][8], const int NR, const int M, float *dst, 
   }
 }
 
+/* One 32-byte chunk of Q.K for xe_qk and xf_qk: the key words w[0 .. TP)
+ * (one token each) widened plane by plane, times the NR query rows of the
+ * chunk's planes at qc ([plane][row][8]), into acc[r][j]. Non-finite fp8
+ * codes are or-ed into *sp unless fix (xe_plane_fix then widens them). */
+XE_INLINE void xe_qk_words(__m256 acc[8][8], const __m256i *w, const float *qc, const int fp8, const int e5,
+                           const int fix, const int NR, const int TP, __m256i *sp) {
+  const int NP = fp8 ? 4 : 2;
+  __m256i s[8];
+  if (fp8) {
+#pragma GCC unroll 8
+    for (int j = 0; j < TP; j++) {
+      s[j] = xe_special(w[j], e5);
+      if (!fix) *sp = _mm256_or_si256(*sp, s[j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < NP; k++) {
+    __m256 f[8];
+#pragma GCC unroll 8
+    for (int j = 0; j < TP; j++) {
+      f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; r++) {
+      __m256 q = _mm256_loadu_ps(qc + (k * NR + r) * 8);
+      if (TP > 1) XE_REG(q);
+#pragma GCC unroll 8
+      for (int j = 0; j < TP; j++) acc[r][j] = _mm256_fmadd_ps(f[j], q, acc[r][j]);
+    }
+  }
+}
+
 /* Logits of NR query rows (q planes at qp: [chunk][plane][row][8]) for the 16
  * tokens at kb (chunks cs bytes apart, nch of them), TP token pairs per
  * pass, to lg[r * lld + 0 .. 16). Returns 1 (with lg partly written) when
@@ -2221,30 +2253,10 @@ XE_INLINE int xe_qk(const float *qp, const char *kb, int64_t cs, int64_t nch, co
     for (int64_t c = 0; c < nch; c++) {
       const int64_t it = tp0 / TP * nch + c;
       for (int64_t u = 0; u < lk; u++) xe_pf_line(pk, it * lk + u);
-      __m256i w[8], s[8];
+      __m256i w[8];
 #pragma GCC unroll 8
-      for (int j = 0; j < TP; j++) {
-        w[j] = _mm256_loadu_si256((const __m256i *)(kb + c * cs + 32 * (tp0 + j)));
-        if (fp8) {
-          s[j] = xe_special(w[j], e5);
-          if (!fix) sp = _mm256_or_si256(sp, s[j]);
-        }
-      }
-#pragma GCC unroll 4
-      for (int k = 0; k < NP; k++) {
-        __m256 f[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < TP; j++) {
-          f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) {
-          __m256 q = _mm256_loadu_ps(qp + ((c * NP + k) * NR + r) * 8);
-          if (TP > 1) XE_REG(q);
-#pragma GCC unroll 8
-          for (int j = 0; j < TP; j++) acc[r][j] = _mm256_fmadd_ps(f[j], q, acc[r][j]);
-        }
-      }
+      for (int j = 0; j < TP; j++) w[j] = _mm256_loadu_si256((const __m256i *)(kb + c * cs + 32 * (tp0 + j)));
+      xe_qk_words(acc, w, qp + c * NP * NR * 8, fp8, e5, fix, NR, TP, &sp);
     }
     xe_store2(acc, NR, TP, lg + 2 * tp0, lld, 0);
   }
@@ -2586,30 +2598,10 @@ XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_
         for (int j = 0; j < TP; j++)
           _mm_prefetch(c & 1 ? pv[tp0 + j] + voff + 32 * (c - 1) : pf[tp0 + j] + hoff + 32 * c, _MM_HINT_T1);
       }
-      __m256i w[8], s[8];
+      __m256i w[8];
 #pragma GCC unroll 8
-      for (int j = 0; j < TP; j++) {
-        w[j] = _mm256_loadu_si256((const __m256i *)(kr[j] + 32 * c));
-        if (fp8) {
-          s[j] = xe_special(w[j], e5);
-          if (!fix) sp = _mm256_or_si256(sp, s[j]);
-        }
-      }
-#pragma GCC unroll 4
-      for (int k = 0; k < NP; k++) {
-        __m256 f[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < TP; j++) {
-          f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) {
-          __m256 q = _mm256_loadu_ps(qp + ((c * NP + k) * NR + r) * 8);
-          if (TP > 1) XE_REG(q);
-#pragma GCC unroll 8
-          for (int j = 0; j < TP; j++) acc[r][j] = _mm256_fmadd_ps(f[j], q, acc[r][j]);
-        }
-      }
+      for (int j = 0; j < TP; j++) w[j] = _mm256_loadu_si256((const __m256i *)(kr[j] + 32 * c));
+      xe_qk_words(acc, w, qp + c * NP * NR * 8, fp8, e5, fix, NR, TP, &sp);
     }
     xe_store1(acc, NR, TP, lg + tp0, lld, 0);
   }
