@@ -374,6 +374,28 @@ typedef struct xa_ws {
   int64_t R, L, Dp;
 } xa_ws;
 
+/* The paged decode's softmax of the n logits x of query head h (keys at
+ * positions pos0, pos0 + 1, ... relative to the last, 0): times sc, ALiBi
+ * added, normalised by the exp sum + 1e-6 as vLLM does, and (v2) the
+ * partition's max logit and exp sum stored. Every paged path calls it. */
+static void xa_paged_softmax(const xk_attn_args *a, float *x, int64_t n, float sc, int64_t seq, int64_t h,
+                             int64_t part, int64_t pos0) {
+  const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
+  for (int64_t i = 0; i < n; i++) x[i] *= sc;
+  if (slope != 0.0f) {
+    for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(pos0 + i);
+  }
+  const float mx = xa_max_row(x, n, -FLT_MAX);
+  const float sum = xa_exp_sum(x, n, mx);
+  const float inv = 1.0f / (sum + 1e-6f);
+  for (int64_t i = 0; i < n; i++) x[i] *= inv;
+  if (a->partition_size) {
+    const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
+    a->max_logits[o] = mx;
+    a->exp_sums[o] = sum;
+  }
+}
+
 static int64_t xa_rows(const xk_attn_args *a) {
   return a->kind == XK_ATTN_PAGED ? a->num_heads / a->num_kv_heads : a->max_rows;
 }
@@ -1726,22 +1748,9 @@ static XD_TARGET __attribute__((noinline)) void xd_paged(const xk_attn_args *a, 
       const float ksc = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
       const float sc = a->scale * ksc;
       float *x = w->lg + r * L_;
-      const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
-      for (int64_t i = 0; i < n; i++) x[i] *= sc;
-      if (slope != 0.0f) {
-        for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
-      }
-      const float mx = xa_max_row(x, n, -FLT_MAX);
-      const float sum = xa_exp_sum(x, n, mx);
-      const float inv = 1.0f / (sum + 1e-6f);
-      for (int64_t i = 0; i < n; i++) x[i] *= inv;
+      xa_paged_softmax(a, x, n, sc, seq, h, part, t0 - L + 1);
       xa_round_to(x, n, a->dtype);
       for (int64_t i = n; i < ngrp * XD_G; i++) x[i] = 0.0f;
-      if (a->partition_size) {
-        const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
-        a->max_logits[o] = mx;
-        a->exp_sums[o] = sum;
-      }
     }
     /* Pass 2: P.V, a tile of groups at a time, eight head-dim rows per sweep. */
     memset(w->acc, 0, (size_t)(R * Dp) * sizeof(float));
@@ -2484,24 +2493,11 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
     for (int64_t r = 0, r0 = 0; r < G; r++) {
       const int64_t h = kvh * G + r, nr = xe_nr(G, r0);
       float *x = w->lg + r * L_;
-      const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
-      for (int64_t i = 0; i < n; i++) x[i] *= sc;
-      if (slope != 0.0f) {
-        for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
-      }
-      const float mx = xa_max_row(x, n, -FLT_MAX);
-      const float sum = xa_exp_sum(x, n, mx);
-      const float inv = 1.0f / (sum + 1e-6f);
-      for (int64_t i = 0; i < n; i++) x[i] *= inv;
+      xa_paged_softmax(a, x, n, sc, seq, h, part, t0 - L + 1);
       xa_round_to(x, n, a->dtype);
       for (int64_t i = n; i < ngrp * XE_G; i++) x[i] = 0.0f;
       xe_p_planes(x, ngrp, fp8, nr, r - r0, pp + r0 * PW);
       if (r + 1 == r0 + nr) r0 += nr;
-      if (a->partition_size) {
-        const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
-        a->max_logits[o] = mx;
-        a->exp_sums[o] = sum;
-      }
     }
     /* Pass 2: P.V, a tile of groups at a time. No software prefetch:
      * prefetching the next tile or a few rows ahead measured 3-9% slower. */
@@ -2921,21 +2917,8 @@ void XK_FN(attn_paged)(const xk_attn_args *a, void *workspace, int64_t begin, in
     for (int64_t g = 0; g < G; g++) {
       const int64_t h = kvh * G + g;
       float *x = w.lg + g * w.L;
-      const float slope = a->alibi_slopes ? a->alibi_slopes[seq * a->alibi_stride_seq + h] : 0.0f;
-      for (int64_t i = 0; i < n; i++) x[i] *= sc;
-      if (slope != 0.0f) {
-        for (int64_t i = 0; i < n; i++) x[i] += slope * (float)(t0 + i - L + 1);
-      }
-      const float mx = xa_max_row(x, n, -FLT_MAX);
-      const float sum = xa_exp_sum(x, n, mx);
-      const float inv = 1.0f / (sum + 1e-6f);
-      for (int64_t i = 0; i < n; i++) x[i] *= inv;
+      xa_paged_softmax(a, x, n, sc, seq, h, part, t0 - L + 1);
       xa_store_probs(&s, &w, g, 0, n);
-      if (a->partition_size) {
-        const int64_t o = seq * a->part_strides[0] + h * a->part_strides[1] + part * a->part_strides[2];
-        a->max_logits[o] = mx;
-        a->exp_sums[o] = sum;
-      }
     }
     /* Pass 2: P.V */
     memset(w.acc, 0, (size_t)(G * w.Dp) * sizeof(float));
