@@ -274,3 +274,108 @@ fn f32_sources_around_every_fp8_midpoint_match_reference() {
         }
     }
 }
+
+/// Whole flash rows of bf16 sources converted a group of tokens at a time
+/// (AVX2: one call per 16 tokens, key and value rows in turn when their
+/// scales share the byte tables, else all keys, then all values), with
+/// padding slots between the tokens: every bf16 pattern, key and value
+/// scales equal and different (non-powers of two, many lanes on fp8
+/// rounding ties), odd H, head sizes 16, 32 and 48 (rows of 48 and 96: the
+/// 32- and 64-element steps and a tail), block sizes 1 and 16, both
+/// fp8 formats; all tokens in one call (streamed), and calls of 16 tokens
+/// (cached; at H x D = 48 below the byte tables' 1024 elements) and of 35
+/// tokens from token 5 (cached, with tables).
+#[test]
+fn grouped_flash_rows_with_padding_match_reference() {
+    let all = all_u16();
+    for kv in ["fp8", "fp8_e5m2"] {
+        let cache = if kv == "fp8" {
+            DType::U8
+        } else {
+            DType::F8E5M2
+        };
+        for (h, d) in [(3usize, 16usize), (1, 48), (3, 32)] {
+            let row = h * d;
+            let mut key = all.clone();
+            key.resize(all.len().div_ceil(row * 2) * row * 2, 0);
+            let t = key.len() / (row * 2);
+            // Value: the patterns in the opposite order.
+            let value: Vec<u8> = key
+                .chunks(2)
+                .rev()
+                .flat_map(|c| c.iter().copied())
+                .collect();
+            // Every fifth token is padding; the others take distinct slots.
+            let slots: Vec<i64> = (0..t as i64)
+                .map(|i| if i % 5 == 3 { -1 } else { t as i64 - 1 - i })
+                .collect();
+            for bs in [1usize, 16] {
+                let nb = t.div_ceil(bs);
+                for (ks, vs) in [(0.013f32, 0.013f32), (0.013, 1.0 / 448.0), (3.0, 0.1)] {
+                    let run = |part: std::ops::Range<usize>, use_reference: bool| -> Vec<u8> {
+                        let mut kb = vec![0x5au8; nb * bs * row];
+                        let mut vb = vec![0x5au8; nb * bs * row];
+                        let n = part.len();
+                        let kbytes = &key[part.start * row * 2..part.end * row * 2];
+                        let vbytes = &value[part.start * row * 2..part.end * row * 2];
+                        let k =
+                            TensorView::from_bytes(kbytes, DType::BF16, &[n, h, d], None).unwrap();
+                        let v =
+                            TensorView::from_bytes(vbytes, DType::BF16, &[n, h, d], None).unwrap();
+                        let sm = TensorView::new(&slots[part], &[n]).unwrap();
+                        let (ksv, vsv) = ([ks], [vs]);
+                        let kst = TensorView::new(&ksv, &[1]).unwrap();
+                        let vst = TensorView::new(&vsv, &[1]).unwrap();
+                        let shape = [nb, bs, h, d];
+                        {
+                            let mut kc =
+                                TensorViewMut::from_bytes(&mut kb, cache, &shape, None).unwrap();
+                            let mut vc =
+                                TensorViewMut::from_bytes(&mut vb, cache, &shape, None).unwrap();
+                            if use_reference {
+                                reference::reshape_and_cache_flash(
+                                    &k,
+                                    &v,
+                                    &mut kc,
+                                    Some(&mut vc),
+                                    &sm,
+                                    kv,
+                                    Some(&kst),
+                                    Some(&vst),
+                                );
+                            } else {
+                                xpu_ops::reshape_and_cache_flash(
+                                    &k,
+                                    &v,
+                                    &mut kc,
+                                    Some(&mut vc),
+                                    &sm,
+                                    kv,
+                                    Some(&kst),
+                                    Some(&vst),
+                                )
+                                .unwrap();
+                            }
+                        }
+                        kb.extend_from_slice(&vb);
+                        kb
+                    };
+                    for part in [0..t, 0..16.min(t), 5..t.min(40)] {
+                        let want = run(part.clone(), true);
+                        common::for_each_isa(|isa| {
+                            let got = common::with_threads(1, || {
+                                xpu_ops::with_isa(isa, || run(part.clone(), false)).unwrap()
+                            });
+                            if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                                panic!(
+                                    "{kv} h {h} d {d} bs {bs} scales {ks}/{vs} tokens {part:?} on {isa}: cache byte {i} is {:#04x}, reference {:#04x}",
+                                    got[i], want[i]
+                                );
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

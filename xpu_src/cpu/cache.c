@@ -1276,8 +1276,8 @@ static inline __attribute__((always_inline)) void bt_store32_patched(uint8_t *ds
 /* dst[i] = fp8(RN(src[i] / scale)), bit-identical to the reference; with
  * `stream` (dst 64-byte aligned, whole lines), by streaming stores. */
 static inline __attribute__((always_inline)) void bt_row_body(uint8_t *dst, const uint16_t *src, int64_t n,
-                                                              const bt_tabs *t, float scale, int e5, int stream) {
-  const bt_regs c = bt_regs_make(t, e5);
+                                                              const bt_regs *cp, float scale, int e5, int stream) {
+  const bt_regs c = *cp;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
     __m256i v0, s0, v1, s1;
@@ -1308,22 +1308,39 @@ static inline __attribute__((always_inline)) void bt_row_body(uint8_t *dst, cons
   if (i < n) bt_exact(dst + i, src + i, n - i, scale, e5);
 }
 
-static __attribute__((noinline)) void bt_row_e4(uint8_t *dst, const uint16_t *src, int64_t n, const bt_tabs *t,
-                                                float scale, int stream) {
-  bt_row_body(dst, src, n, t, scale, 0, stream);
+/* One row for bt_rows: n bf16 at src -> n fp8 at dst. */
+typedef struct bt_job {
+  uint8_t *dst;
+  const uint16_t *src;
+} bt_job;
+
+/* m rows of n elements through the same tables, their constants made once:
+ * made per row they took ~10% of a 256-element row (bt_regs_make, the call,
+ * the spills; 0.0988 vs 0.0890 ns per element for rows of 8192, L1). */
+static __attribute__((noinline)) void bt_rows_e4(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
+                                                 float scale, int stream) {
+  const bt_regs c = bt_regs_make(t, 0);
+  for (int64_t j = 0; j < m; j++) bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, 0, stream);
 }
 
-static __attribute__((noinline)) void bt_row_e5(uint8_t *dst, const uint16_t *src, int64_t n, const bt_tabs *t,
-                                                float scale, int stream) {
-  bt_row_body(dst, src, n, t, scale, 1, stream);
+static __attribute__((noinline)) void bt_rows_e5(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
+                                                 float scale, int stream) {
+  const bt_regs c = bt_regs_make(t, 1);
+  for (int64_t j = 0; j < m; j++) bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, 1, stream);
+}
+
+static inline void bt_rows(const bt_job *rows, int64_t m, int64_t n, int32_t dst_dtype, const bt_tabs *t, float scale,
+                           int stream) {
+  if (dst_dtype == XK_F8E5M2) bt_rows_e5(rows, m, n, t, scale, stream);
+  else bt_rows_e4(rows, m, n, t, scale, stream);
 }
 
 /* The row through the tables when d has them (bf16 sources). */
 static inline int bt_row(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n,
                          const scale_div *d, int stream) {
   if (!d->bt || src_dtype != XK_BF16) return 0;
-  if (dst_dtype == XK_F8E5M2) bt_row_e5((uint8_t *)dst, (const uint16_t *)src, n, d->bt, d->scale, stream);
-  else bt_row_e4((uint8_t *)dst, (const uint16_t *)src, n, d->bt, d->scale, stream);
+  const bt_job row = {(uint8_t *)dst, (const uint16_t *)src};
+  bt_rows(&row, 1, n, dst_dtype, d->bt, d->scale, stream);
   return 1;
 }
 #endif
@@ -1480,6 +1497,7 @@ static void flash_rows_ahead(const xk_kv_write_args *a, int64_t t0, int64_t t1, 
   const int pow2 = (bs & (bs - 1)) == 0;
   const int sh = pow2 ? __builtin_ctzll((unsigned long long)bs) : 0;
   const int clwb = stream && has_clwb();
+  const int rows_bt = xk_is_fp8(a->cache_dtype) && a->src_dtype == XK_BF16 && ks->bt && vs->bt;
   int64_t blk[2][FR_GROUP], off[2][FR_GROUP];
   uintptr_t prev_k = 1, prev_v = 1; /* no page */
   int cur = 0;
@@ -1501,7 +1519,26 @@ static void flash_rows_ahead(const xk_kv_write_args *a, int64_t t0, int64_t t1, 
       prev_k = (uintptr_t)pk;
       prev_v = (uintptr_t)pv;
     }
-    if (g >= t0) {
+    if (g >= t0 && rows_bt) {
+      /* The group's rows through the byte tables in one call: key and value
+       * rows in turn when they share the tables, else all keys, then all
+       * values. */
+      const int64_t m = t1 - g < FR_GROUP ? t1 - g : FR_GROUP;
+      const int same = ks->bt == vs->bt;
+      bt_job rows[2][2 * FR_GROUP];
+      int64_t r[2] = {0, 0};
+      int lines = stream;
+      for (int64_t j = 0; j < m; j++) {
+        if (blk[cur][j] < 0) continue;
+        uint8_t *kd = (uint8_t *)a->key_cache + blk[cur][j] * kst[0] + off[cur][j] * kst[1];
+        uint8_t *vd = (uint8_t *)a->value_cache + blk[cur][j] * vst[0] + off[cur][j] * vst[1];
+        lines &= can_stream(kd, n) && can_stream(vd, n);
+        rows[0][r[0]++] = (bt_job){kd, (const uint16_t *)a->key + (g + j) * a->key_stride_token};
+        rows[!same][r[!same]++] = (bt_job){vd, (const uint16_t *)a->value + (g + j) * a->value_stride_token};
+      }
+      bt_rows(rows[0], r[0], n, a->cache_dtype, ks->bt, ks->scale, lines);
+      if (r[1]) bt_rows(rows[1], r[1], n, a->cache_dtype, vs->bt, vs->scale, lines);
+    } else if (g >= t0) {
       const int64_t m = t1 - g < FR_GROUP ? t1 - g : FR_GROUP;
       for (int64_t j = 0; j < m; j++) {
         if (blk[cur][j] < 0) continue;
