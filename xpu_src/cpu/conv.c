@@ -940,36 +940,29 @@ XK_INLINE void raw_store_n(char *p, const int DT, raw16 r, int64_t n) {
   memcpy(p, buf, (size_t)(n * (DT == XK_F32 ? 4 : 2)));
 }
 
-/* fp32 bits with the bf16 value rounded to nearest even in the high half
- * (as xk_store8: NaN keeps its sign and top payload bits, made quiet). */
-XK_INLINE __m256i bf16_hi(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
-}
-
+/*
+ * fp32 bits with the bf16 value rounded to nearest even in the high half, as
+ * xk_store8 rounds (NaN keeps its sign and top payload bits, made quiet).
+ * Only for the results of fp32 arithmetic (conv sums, silu): their NaNs are
+ * already quiet, so a NaN lane is kept as it is (rounding increment masked
+ * to 0) instead of blended with itself made quiet. The increment masked by
+ * an and-not replaces vpblendvb, which runs on the two FMA/mul pipes of
+ * Zen 3 that silu saturates; same bits.
+ */
 XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
-  __m256i odd[8], r[8], nan[8];
-  for (int i = 0; i < n; i++) odd[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
+  __m256i inc[8], nan[8];
+  for (int i = 0; i < n; i++) inc[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
                                                       _mm256_set1_epi32(1));
-  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x7fff));
-  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(r[i], odd[i]);
+  for (int i = 0; i < n; i++) inc[i] = _mm256_add_epi32(inc[i], _mm256_set1_epi32(0x7fff));
   for (int i = 0; i < n; i++) nan[i] = _mm256_castps_si256(_mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
-  for (int i = 0; i < n; i++) {
-    const __m256i q = _mm256_or_si256(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x400000));
-    h[i] = _mm256_blendv_epi8(r[i], q, nan[i]);
-  }
+  for (int i = 0; i < n; i++) h[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_andnot_si256(nan[i], inc[i]));
 }
 
-/* Rounds a unit to `dt` (round to nearest even, as xk_store8) in its
- * storage format. */
+/* Rounds a unit of f16 or f32 to its storage format (f16: round to nearest
+ * even, as xk_store8; bf16 units go through bf16_hi_n). */
 XK_INLINE raw16 f32_raw(v16 v, const int DT) {
   raw16 r;
-  if (DT == XK_BF16) {
-    r.a = _mm256_blend_epi16(_mm256_srli_epi32(bf16_hi(v.a), 16), bf16_hi(v.b), 0xaa);
-  } else if (DT == XK_F16) {
+  if (DT == XK_F16) {
     r.a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(v.a, _MM_FROUND_TO_NEAREST_INT)),
                                   _mm256_cvtps_ph(v.b, _MM_FROUND_TO_NEAREST_INT), 1);
   } else {
