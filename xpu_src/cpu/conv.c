@@ -1003,14 +1003,20 @@ static void to_unit_order(float *row, int64_t n, int dt) {
  * place, as the generic path computes it: la_silu8, except the channels
  * past the tile's last whole 8 (from n & ~7 on in a partial unit of n
  * channels: units start at the tile's first channel), which take la_silu.
+ * d: the vectors' la_silu8_den_n results when a pass before computed them,
+ * else NULL.
  */
-XK_INLINE void silu_units(__m256 *v, const int nv, const int DT, int64_t n) {
+XK_INLINE void silu_units(__m256 *v, const __m256 *d, const int nv, const int DT, int64_t n) {
   const int tail = n < UNIT && (n & 7) != 0;
   float x[8][8];
   if (tail) {
     for (int i = 0; i < nv; i++) _mm256_storeu_ps(x[i], v[i]);
   }
-  la_silu8_n(v, nv);
+  if (d) {
+    la_silu8_div_n(v, d, nv);
+  } else {
+    la_silu8_n(v, nv);
+  }
   if (tail) {
     float y[8][8];
     for (int i = 0; i < nv; i++) _mm256_storeu_ps(y[i], v[i]);
@@ -1054,15 +1060,20 @@ XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias) {
 }
 
 /* silu (if asked) and the stores of nt tokens' sums (vectors ya[i], yb[i]
- * of token i), the ops of all their vectors interleaved stage by stage. */
-XK_INLINE void finish_tokens(const __m256 *ya, const __m256 *yb, const int nt, char *op, int64_t otok, const int DT,
-                             int64_t n, const int silu) {
-  __m256 v[8];
+ * of token i), the ops of all their vectors interleaved stage by stage.
+ * da, db: their la_silu8_den_n results (see silu_units), or NULL. */
+XK_INLINE void finish_tokens(const __m256 *ya, const __m256 *yb, const __m256 *da, const __m256 *db, const int nt,
+                             char *op, int64_t otok, const int DT, int64_t n, const int silu) {
+  __m256 v[8], d[8];
   for (int i = 0; i < nt; i++) {
     v[2 * i] = ya[i];
     v[2 * i + 1] = yb[i];
+    if (da) {
+      d[2 * i] = da[i];
+      d[2 * i + 1] = db[i];
+    }
   }
-  if (silu) silu_units(v, 2 * nt, DT, n);
+  if (silu) silu_units(v, da ? d : NULL, 2 * nt, DT, n);
   if (DT == XK_BF16) {
     __m256i h[8];
     bf16_hi_n(v, h, 2 * nt);
@@ -1151,25 +1162,41 @@ XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
  * TOK_BLOCK 4 or 16, within noise or slower; one unit per pass, ~25%
  * slower on rows in L2 without silu (each 64-byte line of x and out is
  * touched twice, TOK_BLOCK rows 16 KiB apart sharing one L1 set).
+ * Session 13: silu in two passes over the block (la_silu8_den_n for every
+ * vector, then la_silu8_div_n with the rounding and stores), each half of
+ * the chain, so more vectors are in flight in the OoO window: T = 2048
+ * 13.3 -> 11.8 ms (harness, CPU time; stage microbenchmark 14.2 -> 11.2
+ * cycles per 8 outputs, groups of 4 in both passes best: 2 or 8 in either
+ * pass 11.5-12.2).
  */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
                            const int DT, const int silu, const int has_bias) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
-  __m256 y[2][2][TOK_BLOCK + MAXW];
+  __m256 y[2][2][TOK_BLOCK + MAXW], d[2][2][TOK_BLOCK];
   for (int q = 0; q < nu; q++) {
     stream_half(k, c + q * UNIT, n, t0, tb, y[q][0], 0, W, DT, has_bias);
     stream_half(k, c + q * UNIT, n, t0, tb, y[q][1], 1, W, DT, has_bias);
+  }
+  /* silu's first stage for every vector of the block, four at a time. */
+  for (int q = 0; silu && q < nu; q++) {
+    for (int h = 0; h < 2; h++) {
+      int64_t t = 0;
+      for (; t + 4 <= tb; t += 4) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 4);
+      for (; t < tb; t++) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 1);
+    }
   }
   char *op = k->obase + t0 * k->otok + c * es;
   int64_t t = 0;
   for (; t + 2 <= tb; t += 2) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+      finish_tokens(y[q][0] + t, y[q][1] + t, d[q][0] + t, d[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok,
+                    DT, n, silu);
     }
   }
   for (; t < tb; t++) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+      finish_tokens(y[q][0] + t, y[q][1] + t, d[q][0] + t, d[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok,
+                    DT, n, silu);
     }
   }
 }
@@ -1253,7 +1280,7 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const c
     }
   }
   for (int64_t t = 0; t < len; t++) {
-    finish_tokens(ya + t * nu, yb + t * nu, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
+    finish_tokens(ya + t * nu, yb + t * nu, NULL, NULL, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
   }
 }
 

@@ -161,16 +161,29 @@ static inline __m256 la_exp8(__m256 x) {
   la_exp8_n(&x, 1, 0);
   return x;
 }
-/* x / (1 + e^-x) with a reciprocal estimate and two Newton steps. */
-static inline __attribute__((always_inline)) void la_silu8_n(__m256 *x, const int n) {
-  __m256 d[8], r[8];
+/*
+ * silu(x) = x / (1 + e^-x) with a reciprocal estimate and two Newton steps,
+ * in two stages that a caller may run in separate passes over many vectors
+ * (the same operations, so the same bits): la_silu8_den_n gives d = 1 +
+ * e^-x, la_silu8_div_n then x / d. Each stage is about half of silu's
+ * dependency chain, so a pass keeps more vectors in flight.
+ */
+static inline __attribute__((always_inline)) void la_silu8_den_n(const __m256 *x, __m256 *d, const int n) {
   for (int i = 0; i < n; i++) d[i] = x[i];
   la_exp8_n(d, n, 1);
   for (int i = 0; i < n; i++) d[i] = _mm256_add_ps(_mm256_set1_ps(1.0f), d[i]);
+}
+static inline __attribute__((always_inline)) void la_silu8_div_n(__m256 *x, const __m256 *d, const int n) {
+  __m256 r[8];
   for (int i = 0; i < n; i++) r[i] = _mm256_rcp_ps(d[i]);
   for (int i = 0; i < n; i++) r[i] = _mm256_mul_ps(r[i], _mm256_fnmadd_ps(d[i], r[i], _mm256_set1_ps(2.0f)));
   for (int i = 0; i < n; i++) r[i] = _mm256_mul_ps(r[i], _mm256_fnmadd_ps(d[i], r[i], _mm256_set1_ps(2.0f)));
   for (int i = 0; i < n; i++) x[i] = _mm256_mul_ps(x[i], r[i]);
+}
+static inline __attribute__((always_inline)) void la_silu8_n(__m256 *x, const int n) {
+  __m256 d[8];
+  la_silu8_den_n(x, d, n);
+  la_silu8_div_n(x, d, n);
 }
 static inline __m256 la_silu8(__m256 x) {
   la_silu8_n(&x, 1);
