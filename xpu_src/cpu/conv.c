@@ -1162,6 +1162,11 @@ XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
  * TOK_BLOCK 4 or 16, within noise or slower; one unit per pass, ~25%
  * slower on rows in L2 without silu (each 64-byte line of x and out is
  * touched twice, TOK_BLOCK rows 16 KiB apart sharing one L1 set).
+ * Session 13, not kept (T = 2048, loaded machine, base 12.3-17.2 ms):
+ * streaming stores of the now whole 64-byte output lines 20.8-26.8 ms; x
+ * prefetched 1024 bytes ahead 13.3-16.8; prefetchw of the output rows
+ * 12.7 (without silu the walk alone takes ~7.7 ms, ~13 GB/s with the
+ * output's read-for-ownership: the memory side, not overlapped with silu).
  * Session 13: silu in two passes over the block (la_silu8_den_n for every
  * vector, then la_silu8_div_n with the rounding and stores), each half of
  * the chain, so more vectors are in flight in the OoO window: T = 2048
@@ -1251,10 +1256,10 @@ static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) 
  * the new state written from the same registers (all of x is read first:
  * out may alias it) and the sums; then silu and rounding of the units'
  * vectors side by side, token by token. */
-XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
-                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, __m256 *ya,
+                           __m256 *yb) {
   const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
-  __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
   for (int q = 0; q < nu; q++) {
     const int64_t cq = c + q * UNIT;
     raw16 r[MAXW - 1 + DEC_MAX];
@@ -1279,14 +1284,46 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const c
       for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
     }
   }
+}
+
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
+  decode_sums(k, sbase, stok, next_state, c, n, nu, len, off, keep, W, DT, ya, yb);
   for (int64_t t = 0; t < len; t++) {
     finish_tokens(ya + t * nu, yb + t * nu, NULL, NULL, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
+  }
+}
+
+/*
+ * One token, DEC_GROUP whole unit pairs from channel c: their sums, then
+ * silu in two passes over all of them (as the stream path: la_silu8_den_n
+ * four vectors at a time, then the division, rounding and stores). Harness,
+ * bf16 dim 8192 w=4 silu, CPU time: B = 64 680-693 -> 507-509 us with 4
+ * pairs; 2 pairs 519-711 us (noisy, loaded machine).
+ */
+#define DEC_GROUP 4
+XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c,
+                             int64_t off, const int W, const int DT, int silu) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 y[DEC_GROUP][4], d[DEC_GROUP][4]; /* a of units 0, 1, then b */
+  for (int g = 0; g < DEC_GROUP; g++) {
+    decode_sums(k, sbase, stok, next_state, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
+  }
+  for (int g = 0; silu && g < DEC_GROUP; g++) la_silu8_den_n(y[g], d[g], 4);
+  for (int g = 0; g < DEC_GROUP; g++) {
+    finish_tokens(y[g], y[g] + 2, silu ? d[g] : NULL, silu ? d[g] + 2 : NULL, 2, k->obase + (c + g * 2 * UNIT) * es,
+                  UNIT * es, DT, UNIT, silu);
   }
 }
 
 XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
                              int64_t off, int64_t keep, int silu, const int W, const int DT) {
   int64_t c = 0;
+  for (; len == 1 && c + 2 * UNIT * DEC_GROUP <= k->nc; c += 2 * UNIT * DEC_GROUP) {
+    decode_group1(k, sbase, stok, next_state, c, off, W, DT, silu);
+  }
   for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) {
     decode_unit(k, sbase, stok, next_state, c, UNIT, 2, len, off, keep, W, DT, silu);
   }
