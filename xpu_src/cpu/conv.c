@@ -1354,27 +1354,41 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
   const int64_t ws = xk_dtype_size(a->weight_dtype);
   const int rows = (int)a->width + (a->bias != NULL);
   int64_t done = 0;
+  const int bf16_order = a->x_dtype == XK_BF16; /* weight rows in bf16 units' lane order (to_unit_order) */
   if (a->width == 4 && a->weight_stride_dim == 4 && a->weight_stride_width == 1) {
-    /* (dim, 4) contiguous weights, 8 channels (32 values) at a time: a
+    /* (dim, 4) contiguous weights, 16 channels (64 values) at a time: a
      * transpose within 128-bit lanes gives tap j of channels 0, 2, 4, 6 and
-     * 1, 3, 5, 7; the permute puts them in order. The strided scalar rows
-     * below cost most of a small decode call. */
+     * 1, 3, 5, 7 of each 8; joining the halves of two such blocks gives the
+     * even and odd channels (bf16 unit order, no to_unit_order pass), the
+     * permute puts each 8 in channel order for the other dtypes. The strided
+     * scalar rows below cost most of a small decode call. */
     const char *base = (const char *)a->weight + c0 * 4 * ws;
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (; done + 8 <= nc; done += 8) {
-      const char *p = base + done * 4 * ws;
-      __m256 m0 = xk_load8(p, a->weight_dtype), m1 = xk_load8(p + 8 * ws, a->weight_dtype);
-      __m256 m2 = xk_load8(p + 16 * ws, a->weight_dtype), m3 = xk_load8(p + 24 * ws, a->weight_dtype);
-      const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
-      const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
-      m0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
-      m1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
-      m2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
-      m3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
-      _mm256_storeu_ps(scratch + done, _mm256_permutevar8x32_ps(m0, order));
-      _mm256_storeu_ps(scratch + rf + done, _mm256_permutevar8x32_ps(m1, order));
-      _mm256_storeu_ps(scratch + 2 * rf + done, _mm256_permutevar8x32_ps(m2, order));
-      _mm256_storeu_ps(scratch + 3 * rf + done, _mm256_permutevar8x32_ps(m3, order));
+    for (; done + 16 <= nc; done += 16) {
+      __m256 tap[2][4];
+      for (int h = 0; h < 2; h++) {
+        const char *p = base + (done + 8 * h) * 4 * ws;
+        const __m256 m0 = xk_load8(p, a->weight_dtype), m1 = xk_load8(p + 8 * ws, a->weight_dtype);
+        const __m256 m2 = xk_load8(p + 16 * ws, a->weight_dtype), m3 = xk_load8(p + 24 * ws, a->weight_dtype);
+        const __m256d t0 = _mm256_castps_pd(_mm256_unpacklo_ps(m0, m1));
+        const __m256d t1 = _mm256_castps_pd(_mm256_unpackhi_ps(m0, m1));
+        const __m256d t2 = _mm256_castps_pd(_mm256_unpacklo_ps(m2, m3));
+        const __m256d t3 = _mm256_castps_pd(_mm256_unpackhi_ps(m2, m3));
+        tap[h][0] = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2));
+        tap[h][1] = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2));
+        tap[h][2] = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3));
+        tap[h][3] = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3));
+      }
+      for (int j = 0; j < 4; j++) {
+        float *row = scratch + j * rf + done;
+        if (bf16_order) {
+          _mm256_storeu_ps(row, _mm256_permute2f128_ps(tap[0][j], tap[1][j], 0x20));
+          _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(tap[0][j], tap[1][j], 0x31));
+        } else {
+          _mm256_storeu_ps(row, _mm256_permutevar8x32_ps(tap[0][j], order));
+          _mm256_storeu_ps(row + 8, _mm256_permutevar8x32_ps(tap[1][j], order));
+        }
+      }
     }
   }
   for (int64_t j = 0; j < rows; j++) {
@@ -1388,7 +1402,8 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
                   nc, a->bias_stride);
     }
     memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
-    to_unit_order(row, nc, a->x_dtype);
+    const int64_t from = j < a->width ? done : 0; /* channels before `from` are in order already */
+    to_unit_order(row + from, nc - from, a->x_dtype);
   }
 }
 
