@@ -940,36 +940,29 @@ XK_INLINE void raw_store_n(char *p, const int DT, raw16 r, int64_t n) {
   memcpy(p, buf, (size_t)(n * (DT == XK_F32 ? 4 : 2)));
 }
 
-/* fp32 bits with the bf16 value rounded to nearest even in the high half
- * (as xk_store8: NaN keeps its sign and top payload bits, made quiet). */
-XK_INLINE __m256i bf16_hi(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
-}
-
+/*
+ * fp32 bits with the bf16 value rounded to nearest even in the high half, as
+ * xk_store8 rounds (NaN keeps its sign and top payload bits, made quiet).
+ * Only for the results of fp32 arithmetic (conv sums, silu): their NaNs are
+ * already quiet, so a NaN lane is kept as it is (rounding increment masked
+ * to 0) instead of blended with itself made quiet. The increment masked by
+ * an and-not replaces vpblendvb, which runs on the two FMA/mul pipes of
+ * Zen 3 that silu saturates; same bits.
+ */
 XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
-  __m256i odd[8], r[8], nan[8];
-  for (int i = 0; i < n; i++) odd[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
+  __m256i inc[8], nan[8];
+  for (int i = 0; i < n; i++) inc[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
                                                       _mm256_set1_epi32(1));
-  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x7fff));
-  for (int i = 0; i < n; i++) r[i] = _mm256_add_epi32(r[i], odd[i]);
+  for (int i = 0; i < n; i++) inc[i] = _mm256_add_epi32(inc[i], _mm256_set1_epi32(0x7fff));
   for (int i = 0; i < n; i++) nan[i] = _mm256_castps_si256(_mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
-  for (int i = 0; i < n; i++) {
-    const __m256i q = _mm256_or_si256(_mm256_castps_si256(v[i]), _mm256_set1_epi32(0x400000));
-    h[i] = _mm256_blendv_epi8(r[i], q, nan[i]);
-  }
+  for (int i = 0; i < n; i++) h[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_andnot_si256(nan[i], inc[i]));
 }
 
-/* Rounds a unit to `dt` (round to nearest even, as xk_store8) in its
- * storage format. */
+/* Rounds a unit of f16 or f32 to its storage format (f16: round to nearest
+ * even, as xk_store8; bf16 units go through bf16_hi_n). */
 XK_INLINE raw16 f32_raw(v16 v, const int DT) {
   raw16 r;
-  if (DT == XK_BF16) {
-    r.a = _mm256_blend_epi16(_mm256_srli_epi32(bf16_hi(v.a), 16), bf16_hi(v.b), 0xaa);
-  } else if (DT == XK_F16) {
+  if (DT == XK_F16) {
     r.a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm256_cvtps_ph(v.a, _MM_FROUND_TO_NEAREST_INT)),
                                   _mm256_cvtps_ph(v.b, _MM_FROUND_TO_NEAREST_INT), 1);
   } else {
@@ -1010,14 +1003,20 @@ static void to_unit_order(float *row, int64_t n, int dt) {
  * place, as the generic path computes it: la_silu8, except the channels
  * past the tile's last whole 8 (from n & ~7 on in a partial unit of n
  * channels: units start at the tile's first channel), which take la_silu.
+ * d: the vectors' la_silu8_den_n results when a pass before computed them,
+ * else NULL.
  */
-XK_INLINE void silu_units(__m256 *v, const int nv, const int DT, int64_t n) {
+XK_INLINE void silu_units(__m256 *v, const __m256 *d, const int nv, const int DT, int64_t n) {
   const int tail = n < UNIT && (n & 7) != 0;
   float x[8][8];
   if (tail) {
     for (int i = 0; i < nv; i++) _mm256_storeu_ps(x[i], v[i]);
   }
-  la_silu8_n(v, nv);
+  if (d) {
+    la_silu8_div_n(v, d, nv);
+  } else {
+    la_silu8_n(v, nv);
+  }
   if (tail) {
     float y[8][8];
     for (int i = 0; i < nv; i++) _mm256_storeu_ps(y[i], v[i]);
@@ -1061,15 +1060,20 @@ XK_INLINE v16 bias_of(const fast_ctx *k, int64_t c, const int has_bias) {
 }
 
 /* silu (if asked) and the stores of nt tokens' sums (vectors ya[i], yb[i]
- * of token i), the ops of all their vectors interleaved stage by stage. */
-XK_INLINE void finish_tokens(const __m256 *ya, const __m256 *yb, const int nt, char *op, int64_t otok, const int DT,
-                             int64_t n, const int silu) {
-  __m256 v[8];
+ * of token i), the ops of all their vectors interleaved stage by stage.
+ * da, db: their la_silu8_den_n results (see silu_units), or NULL. */
+XK_INLINE void finish_tokens(const __m256 *ya, const __m256 *yb, const __m256 *da, const __m256 *db, const int nt,
+                             char *op, int64_t otok, const int DT, int64_t n, const int silu) {
+  __m256 v[8], d[8];
   for (int i = 0; i < nt; i++) {
     v[2 * i] = ya[i];
     v[2 * i + 1] = yb[i];
+    if (da) {
+      d[2 * i] = da[i];
+      d[2 * i + 1] = db[i];
+    }
   }
-  if (silu) silu_units(v, 2 * nt, DT, n);
+  if (silu) silu_units(v, da ? d : NULL, 2 * nt, DT, n);
   if (DT == XK_BF16) {
     __m256i h[8];
     bf16_hi_n(v, h, 2 * nt);
@@ -1158,25 +1162,46 @@ XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
  * TOK_BLOCK 4 or 16, within noise or slower; one unit per pass, ~25%
  * slower on rows in L2 without silu (each 64-byte line of x and out is
  * touched twice, TOK_BLOCK rows 16 KiB apart sharing one L1 set).
+ * Session 13, not kept (T = 2048, loaded machine, base 12.3-17.2 ms):
+ * streaming stores of the now whole 64-byte output lines 20.8-26.8 ms; x
+ * prefetched 1024 bytes ahead 13.3-16.8; prefetchw of the output rows
+ * 12.7 (without silu the walk alone takes ~7.7 ms, ~13 GB/s with the
+ * output's read-for-ownership: the memory side, not overlapped with silu).
+ * Session 13: silu in two passes over the block (la_silu8_den_n for every
+ * vector, then la_silu8_div_n with the rounding and stores), each half of
+ * the chain, so more vectors are in flight in the OoO window: T = 2048
+ * 13.3 -> 11.8 ms (harness, CPU time; stage microbenchmark 14.2 -> 11.2
+ * cycles per 8 outputs, groups of 4 in both passes best: 2 or 8 in either
+ * pass 11.5-12.2).
  */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
                            const int DT, const int silu, const int has_bias) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
-  __m256 y[2][2][TOK_BLOCK + MAXW];
+  __m256 y[2][2][TOK_BLOCK + MAXW], d[2][2][TOK_BLOCK];
   for (int q = 0; q < nu; q++) {
     stream_half(k, c + q * UNIT, n, t0, tb, y[q][0], 0, W, DT, has_bias);
     stream_half(k, c + q * UNIT, n, t0, tb, y[q][1], 1, W, DT, has_bias);
+  }
+  /* silu's first stage for every vector of the block, four at a time. */
+  for (int q = 0; silu && q < nu; q++) {
+    for (int h = 0; h < 2; h++) {
+      int64_t t = 0;
+      for (; t + 4 <= tb; t += 4) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 4);
+      for (; t < tb; t++) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 1);
+    }
   }
   char *op = k->obase + t0 * k->otok + c * es;
   int64_t t = 0;
   for (; t + 2 <= tb; t += 2) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+      finish_tokens(y[q][0] + t, y[q][1] + t, d[q][0] + t, d[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok,
+                    DT, n, silu);
     }
   }
   for (; t < tb; t++) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
+      finish_tokens(y[q][0] + t, y[q][1] + t, d[q][0] + t, d[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok,
+                    DT, n, silu);
     }
   }
 }
@@ -1231,10 +1256,10 @@ static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) 
  * the new state written from the same registers (all of x is read first:
  * out may alias it) and the sums; then silu and rounding of the units'
  * vectors side by side, token by token. */
-XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
-                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, __m256 *ya,
+                           __m256 *yb) {
   const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
-  __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
   for (int q = 0; q < nu; q++) {
     const int64_t cq = c + q * UNIT;
     raw16 r[MAXW - 1 + DEC_MAX];
@@ -1259,14 +1284,46 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const c
       for (int j = 0; j < W - 1; j++) u[j] = u[j + 1];
     }
   }
+}
+
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
+  decode_sums(k, sbase, stok, next_state, c, n, nu, len, off, keep, W, DT, ya, yb);
   for (int64_t t = 0; t < len; t++) {
-    finish_tokens(ya + t * nu, yb + t * nu, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
+    finish_tokens(ya + t * nu, yb + t * nu, NULL, NULL, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
+  }
+}
+
+/*
+ * One token, DEC_GROUP whole unit pairs from channel c: their sums, then
+ * silu in two passes over all of them (as the stream path: la_silu8_den_n
+ * four vectors at a time, then the division, rounding and stores). Harness,
+ * bf16 dim 8192 w=4 silu, CPU time: B = 64 680-693 -> 507-509 us with 4
+ * pairs; 2 pairs 519-711 us (noisy, loaded machine).
+ */
+#define DEC_GROUP 4
+XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c,
+                             int64_t off, const int W, const int DT, int silu) {
+  const int64_t es = DT == XK_F32 ? 4 : 2;
+  __m256 y[DEC_GROUP][4], d[DEC_GROUP][4]; /* a of units 0, 1, then b */
+  for (int g = 0; g < DEC_GROUP; g++) {
+    decode_sums(k, sbase, stok, next_state, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
+  }
+  for (int g = 0; silu && g < DEC_GROUP; g++) la_silu8_den_n(y[g], d[g], 4);
+  for (int g = 0; g < DEC_GROUP; g++) {
+    finish_tokens(y[g], y[g] + 2, silu ? d[g] : NULL, silu ? d[g] + 2 : NULL, 2, k->obase + (c + g * 2 * UNIT) * es,
+                  UNIT * es, DT, UNIT, silu);
   }
 }
 
 XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
                              int64_t off, int64_t keep, int silu, const int W, const int DT) {
   int64_t c = 0;
+  for (; len == 1 && c + 2 * UNIT * DEC_GROUP <= k->nc; c += 2 * UNIT * DEC_GROUP) {
+    decode_group1(k, sbase, stok, next_state, c, off, W, DT, silu);
+  }
   for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) {
     decode_unit(k, sbase, stok, next_state, c, UNIT, 2, len, off, keep, W, DT, silu);
   }
@@ -1297,27 +1354,41 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
   const int64_t ws = xk_dtype_size(a->weight_dtype);
   const int rows = (int)a->width + (a->bias != NULL);
   int64_t done = 0;
+  const int bf16_order = a->x_dtype == XK_BF16; /* weight rows in bf16 units' lane order (to_unit_order) */
   if (a->width == 4 && a->weight_stride_dim == 4 && a->weight_stride_width == 1) {
-    /* (dim, 4) contiguous weights, 8 channels (32 values) at a time: a
+    /* (dim, 4) contiguous weights, 16 channels (64 values) at a time: a
      * transpose within 128-bit lanes gives tap j of channels 0, 2, 4, 6 and
-     * 1, 3, 5, 7; the permute puts them in order. The strided scalar rows
-     * below cost most of a small decode call. */
+     * 1, 3, 5, 7 of each 8; joining the halves of two such blocks gives the
+     * even and odd channels (bf16 unit order, no to_unit_order pass), the
+     * permute puts each 8 in channel order for the other dtypes. The strided
+     * scalar rows below cost most of a small decode call. */
     const char *base = (const char *)a->weight + c0 * 4 * ws;
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    for (; done + 8 <= nc; done += 8) {
-      const char *p = base + done * 4 * ws;
-      __m256 m0 = xk_load8(p, a->weight_dtype), m1 = xk_load8(p + 8 * ws, a->weight_dtype);
-      __m256 m2 = xk_load8(p + 16 * ws, a->weight_dtype), m3 = xk_load8(p + 24 * ws, a->weight_dtype);
-      const __m256 t0 = _mm256_unpacklo_ps(m0, m1), t1 = _mm256_unpackhi_ps(m0, m1);
-      const __m256 t2 = _mm256_unpacklo_ps(m2, m3), t3 = _mm256_unpackhi_ps(m2, m3);
-      m0 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
-      m1 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t0), _mm256_castps_pd(t2)));
-      m2 = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
-      m3 = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(t1), _mm256_castps_pd(t3)));
-      _mm256_storeu_ps(scratch + done, _mm256_permutevar8x32_ps(m0, order));
-      _mm256_storeu_ps(scratch + rf + done, _mm256_permutevar8x32_ps(m1, order));
-      _mm256_storeu_ps(scratch + 2 * rf + done, _mm256_permutevar8x32_ps(m2, order));
-      _mm256_storeu_ps(scratch + 3 * rf + done, _mm256_permutevar8x32_ps(m3, order));
+    for (; done + 16 <= nc; done += 16) {
+      __m256 tap[2][4];
+      for (int h = 0; h < 2; h++) {
+        const char *p = base + (done + 8 * h) * 4 * ws;
+        const __m256 m0 = xk_load8(p, a->weight_dtype), m1 = xk_load8(p + 8 * ws, a->weight_dtype);
+        const __m256 m2 = xk_load8(p + 16 * ws, a->weight_dtype), m3 = xk_load8(p + 24 * ws, a->weight_dtype);
+        const __m256d t0 = _mm256_castps_pd(_mm256_unpacklo_ps(m0, m1));
+        const __m256d t1 = _mm256_castps_pd(_mm256_unpackhi_ps(m0, m1));
+        const __m256d t2 = _mm256_castps_pd(_mm256_unpacklo_ps(m2, m3));
+        const __m256d t3 = _mm256_castps_pd(_mm256_unpackhi_ps(m2, m3));
+        tap[h][0] = _mm256_castpd_ps(_mm256_unpacklo_pd(t0, t2));
+        tap[h][1] = _mm256_castpd_ps(_mm256_unpackhi_pd(t0, t2));
+        tap[h][2] = _mm256_castpd_ps(_mm256_unpacklo_pd(t1, t3));
+        tap[h][3] = _mm256_castpd_ps(_mm256_unpackhi_pd(t1, t3));
+      }
+      for (int j = 0; j < 4; j++) {
+        float *row = scratch + j * rf + done;
+        if (bf16_order) {
+          _mm256_storeu_ps(row, _mm256_permute2f128_ps(tap[0][j], tap[1][j], 0x20));
+          _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(tap[0][j], tap[1][j], 0x31));
+        } else {
+          _mm256_storeu_ps(row, _mm256_permutevar8x32_ps(tap[0][j], order));
+          _mm256_storeu_ps(row + 8, _mm256_permutevar8x32_ps(tap[1][j], order));
+        }
+      }
     }
   }
   for (int64_t j = 0; j < rows; j++) {
@@ -1331,7 +1402,8 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
                   nc, a->bias_stride);
     }
     memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
-    to_unit_order(row, nc, a->x_dtype);
+    const int64_t from = j < a->width ? done : 0; /* channels before `from` are in order already */
+    to_unit_order(row + from, nc - from, a->x_dtype);
   }
 }
 
