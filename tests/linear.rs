@@ -722,6 +722,105 @@ fn wna16_m1_chunks() {
     });
 }
 
+/// M = 1 with int4 / int8 codes on AVX2 feeds the codes' bit patterns to the
+/// FMAs as denormals against activations scaled by a power of 2 chosen from
+/// their largest magnitude: activations near 2^±90 (f32, bf16) or 2^-12
+/// (f16), an outlier channel 2^10 above the rest, and all-zero activations
+/// stay within the tolerance, on every tier; and DAZ set by the caller
+/// (MXCSR bit 6) changes no output bit and is still set after the call.
+/// (Outliers far larger break the tolerance where their weight is zero:
+/// t = sum x q - z sum x carries z x_k, and the rest of the group rounds
+/// away against it. That holds for the zero-point fold as it was, too.)
+#[test]
+fn wna16_m1_activation_range_and_daz() {
+    // (n, k, bits, group, zeros)
+    let shapes: [(usize, usize, u32, usize, bool); 4] = [
+        (19, 4224, 4, 128, true),
+        (9, 160, 4, 32, false),
+        (13, 1000, 8, 0, false),
+        (21, 4160, 8, 64, true),
+    ];
+    for_each_isa(|isa| {
+        for (si, &(n, k, bits, group, zeros)) in shapes.iter().enumerate() {
+            for (xi, xdtype) in DTYPES.iter().enumerate() {
+                let c = QCase {
+                    m: 1,
+                    n,
+                    k,
+                    bits,
+                    group,
+                    zeros,
+                    perm: false,
+                    sdtype: DTYPES[(si + xi) % 3],
+                    xdtype: *xdtype,
+                    out_f32: true,
+                    bias: si % 2 == 0,
+                };
+                let base = make_q(&c, 1700 + si as u64);
+                let x0: Vec<f32> = {
+                    let v = base.x.view(&[k], &[1]);
+                    (0..k).map(|i| v.get_f32(&[i])).collect()
+                };
+                let scales: &[f32] = if *xdtype == DType::F16 {
+                    &[4096.0f32.recip(), 0.0]
+                } else {
+                    &[2f32.powi(90), 2f32.powi(-90), 0.0]
+                };
+                let mut xs: Vec<(String, Vec<f32>)> = scales
+                    .iter()
+                    .map(|&f| (format!("x * {f:e}"), x0.iter().map(|v| v * f).collect()))
+                    .collect();
+                if *xdtype != DType::F16 {
+                    let mut spike = x0.clone();
+                    spike[k / 3] = 1024.0;
+                    xs.push(("one x_k = 2^10".into(), spike));
+                }
+                for (name, xv) in xs {
+                    let d = QData {
+                        w: base.w.clone(),
+                        x: Buf::from_f32(c.xdtype, &xv),
+                        b: base.b.clone(),
+                        wref: base.wref.clone(),
+                    };
+                    check_q_against(&c, &d, &d.wref, &format!("{isa} {c:?} {name}"));
+                }
+                #[cfg(target_arch = "x86_64")]
+                if *xdtype == DType::BF16 {
+                    let plain = on_threads(isa, 1, || run_q(&c, &base).bits());
+                    let (daz, csr) = on_threads(isa, 1, || {
+                        with_daz(|| {
+                            let out = run_q(&c, &base).bits();
+                            (out, mxcsr())
+                        })
+                    });
+                    assert_eq!(plain, daz, "{isa} {c:?}: DAZ set by the caller");
+                    assert_ne!(csr & 0x40, 0, "{isa} {c:?}: DAZ restored after the call");
+                }
+            }
+        }
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+fn mxcsr() -> u32 {
+    let mut csr = 0u32;
+    // SAFETY: stmxcsr stores the 4-byte MXCSR to a valid, writable u32.
+    unsafe { std::arch::asm!("stmxcsr [{}]", in(reg) &mut csr, options(nostack)) };
+    csr
+}
+
+/// Runs `f` with MXCSR.DAZ (denormals are zero) set on this thread.
+#[cfg(target_arch = "x86_64")]
+fn with_daz<R>(f: impl FnOnce() -> R) -> R {
+    let old = mxcsr();
+    let daz = old | 0x40;
+    // SAFETY: ldmxcsr loads a valid MXCSR value (the current one with DAZ set, then the saved one).
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &daz, options(nostack)) };
+    let r = f();
+    unsafe { std::arch::asm!("ldmxcsr [{}]", in(reg) &old, options(nostack)) };
+    r
+}
+
 #[test]
 fn wna16_thread_invariance() {
     for_each_isa(|isa| {

@@ -763,14 +763,26 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * every other decode tile.
  *
  * Int4 and int8 rows: the weights are not dequantized one by one (that costs
- * a second FMA per 8 codes: with the code's conversion, four vector ops per
- * 8 codes, ~13 GB/s of int4 at 3.2 GHz). Per group and lane the codes are
- * summed against x as they are, t = sum x_k q_k - z sum x_k, and the group
- * adds s * t: per 8 codes one AND (or shift), one conversion and one FMA.
- * The zero term starts t (per-lane group sums of x, prepared once per chunk
- * of K for every row). An int4 code of nibble i < 7 is converted in place,
- * (w & 0xF << 4i) = q 2^4i exactly, against x_k 2^-4i prepared with it
- * (exact unless x_k is below 2^-102); nibble 7 is shifted down.
+ * a second FMA per 8 codes). Per group and lane the codes are summed against
+ * x as they are, t = sum x_k q_k - z sum x_k, and the group adds s * t. The
+ * zero term starts t (per-lane group sums of x, prepared once per chunk of K
+ * for every row). The codes are not converted either: an AND leaves code q
+ * at bit b of its 32-bit word (int4: b = 4i for nibble i < 6 of the block's
+ * word, or of the word 2 bytes on for nibbles 6 and 7 of a block's first
+ * half, or a shift down by 24 or 28 in its second half; int8: b = 8j for
+ * byte j < 3, a shift by 24 for byte 3), a bit pattern below 2^24, which as
+ * an f32 is exactly q 2^(b - 149) (a denormal, or the smallest normal
+ * binade). The FMA takes it as it is against x_k 2^(149 - e - b), prepared
+ * per chunk: the product is x_k q 2^-e exactly, in the unit 2^e of t (see
+ * d1_unit; the scales carry 2^e). So per 8 codes one AND (or shift) and one
+ * FMA, against AND, conversion and FMA before (warm, L1: int4 ~1.07 -> ~0.76
+ * cycles per 8 codes and row in a standalone loop; the FMA takes denormal
+ * operands at full rate on Zen 3). d1_gemv clears DAZ (MXCSR) for the call:
+ * with it the codes would read as zeros. Int8 reads byte j of word l, so its
+ * lane l covers k = 4l + j of each 32 (x transposed to match at prep).
+ * The sums round differently from the other decode paths (products with a
+ * power-of-2 factor, code order within a 32 or 128 block): the same
+ * tolerance holds (measured error <= 0.03 of sqrt(K) 2^-24 sum |x w|).
  * Each output's arithmetic does not depend on the tile: results do not
  * depend on the number of threads. */
 #define D1_R 8     /* weight rows per tile */
@@ -782,30 +794,99 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
 /* The prepared activations of the chunk [c0, c1) of K. */
 typedef struct d1_chunk {
   int64_t c0, c1;            /* c1: min(c0 + D1_KC, K rounded up to 32) */
-  float xs[D1_KC];           /* x_k (int4: times 2^-4i for nibble i < 7); zero past K */
-  float xg[D1_MAXG * VL];    /* per group starting in the chunk: lane l holds the sum of x_k over the
+  int e;                     /* 2^e: the unit of the sums t (see d1_unit) */
+  float xs[D1_KC];           /* x_k 2^(149 - e - b) in the kernels' order (see d1_prep); zero past K */
+  float xg[D1_MAXG * VL];    /* per group starting in the chunk: lane l holds 2^-e times the sum of x_k over the
                               * group's k = l mod 8, times -zero when there is no zeros tensor */
 } d1_chunk;
+
+/* v * 2^e = v p[0] p[1], exact unless the result under- or overflows (e in [-252, 254]: two normal powers of 2,
+ * both of the sign of e, so the first product never leaves the range the second one ends in). */
+typedef struct d1_pow2 {
+  vf p[2];
+} d1_pow2;
+static inline d1_pow2 d1_pow2_of(int e) {
+  const int h = e / 2;
+  const d1_pow2 r = {{_mm256_castsi256_ps(_mm256_set1_epi32((h + 127) << 23)),
+                      _mm256_castsi256_ps(_mm256_set1_epi32((e - h + 127) << 23))}};
+  return r;
+}
+XK_ALWAYS_INLINE vf d1_ldexp(vf v, d1_pow2 f) { return _mm256_mul_ps(_mm256_mul_ps(v, f.p[0]), f.p[1]); }
+
+/* The bit position b of the code of nibble i in half h of a block in the word D1_Q4 ANDs it from: the block's
+ * word (i < 6), the word 2 bytes on (i = 6, 7 in half 0: still inside the block), the word shifted down by 24 or
+ * 28 (i = 6, 7 in half 1). */
+static inline int d1_shift(int i, int h) { return i < 6 ? 4 * i : h ? 0 : 4 * (i - 4); }
+
+/* The exponent e of the unit 2^e of the group sums t: with b the largest biased exponent of |x_k| (so
+ * |x_k| < 2^(b - 126)), e = b - 104 keeps every prepared x_k 2^(149 - e - shift) below 2^127 and the products
+ * x_k q 2^-e normal for |x_k| down to ~2^-100 of the largest (below that they round as denormals, far inside
+ * the tolerance). Inf / nan count as b = 254. */
+static int d1_unit(const xk_linear_args *a) {
+  const int64_t K = a->k;
+  const __m256i abs = _mm256_set1_epi32(0x7FFFFFFF);
+  __m256i m = _mm256_setzero_si256();
+  int64_t k = 0;
+  for (; k + VL <= K; k += VL)
+    m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(a->xf + k)), abs));
+  uint32_t u[VL];
+  _mm256_storeu_si256((__m256i *)u, m);
+  uint32_t mx = 0;
+  for (int l = 0; l < VL; l++) mx = u[l] > mx ? u[l] : mx;
+  for (; k < K; k++) {
+    uint32_t b;
+    memcpy(&b, a->xf + k, 4);
+    b &= 0x7FFFFFFFu;
+    mx = b > mx ? b : mx;
+  }
+  int b = (int)(mx >> 23);
+  if (b > 254) b = 254; /* inf / nan */
+  return b - 104;
+}
 
 static void d1_prep(const xk_linear_args *a, const int q4, int64_t c0, d1_chunk *c) {
   const int64_t K = a->k, G = a->group_size;
   const float *x = a->xf;
   c->c0 = c0;
   c->c1 = min64(c0 + D1_KC, (K + 31) & ~(int64_t)31);
-  for (int64_t k = c0; k < c->c1; k += VL) {
-    vf v = k + VL <= K ? vf_load(x + k) : vf_loadm(x + k, vm_first(K - k));
-    const int i = (int)((k >> 4) & 7);
-    if (q4 && i < 7) v = _mm256_mul_ps(v, vf_set1(1.0f / (float)(1u << (4 * i))));
-    vf_store(c->xs + (k - c0), v);
+#define D1_X(K0) ((K0) + VL <= K ? vf_load(x + (K0)) : vf_loadm(x + (K0), vm_first(K - (K0))))
+  if (q4) {
+    /* x_k 2^(149 - e - shift) for k in nibble i, half h of its block: 16 factors, index (k / 8) % 16. */
+    d1_pow2 f[16];
+    for (int i = 0; i < 16; i++) f[i] = d1_pow2_of(149 - c->e - d1_shift(i >> 1, i & 1));
+    for (int64_t k = c0; k < c->c1; k += 128)
+      for (int i = 0; i < 16 && k + 8 * i < c->c1; i++)
+        vf_store(c->xs + (k - c0) + 8 * i, d1_ldexp(D1_X(k + 8 * i), f[i]));
+  } else {
+    /* Int8: each 32 k, x_(k + 4l + j) to lane l of vector j (byte j of word l), times 2^(149 - e - 8j), j < 3,
+     * and 2^(149 - e) for j = 3 (shifted down): halves of 4 k to the 128-bit lanes, then 4 x 4 transposes. */
+    d1_pow2 f[4];
+    for (int j = 0; j < 4; j++) f[j] = d1_pow2_of(149 - c->e - (j < 3 ? 8 * j : 0));
+    for (int64_t k = c0; k < c->c1; k += 32) {
+      const vf v0 = D1_X(k), v1 = D1_X(k + 8), v2 = D1_X(k + 16), v3 = D1_X(k + 24);
+      const vf u0 = _mm256_permute2f128_ps(v0, v2, 0x20), u1 = _mm256_permute2f128_ps(v0, v2, 0x31);
+      const vf u2 = _mm256_permute2f128_ps(v1, v3, 0x20), u3 = _mm256_permute2f128_ps(v1, v3, 0x31);
+      const __m256d l01 = _mm256_castps_pd(_mm256_unpacklo_ps(u0, u1));
+      const __m256d h01 = _mm256_castps_pd(_mm256_unpackhi_ps(u0, u1));
+      const __m256d l23 = _mm256_castps_pd(_mm256_unpacklo_ps(u2, u3));
+      const __m256d h23 = _mm256_castps_pd(_mm256_unpackhi_ps(u2, u3));
+      float *d = c->xs + (k - c0);
+      vf_store(d, d1_ldexp(_mm256_castpd_ps(_mm256_unpacklo_pd(l01, l23)), f[0]));
+      vf_store(d + 8, d1_ldexp(_mm256_castpd_ps(_mm256_unpackhi_pd(l01, l23)), f[1]));
+      vf_store(d + 16, d1_ldexp(_mm256_castpd_ps(_mm256_unpacklo_pd(h01, h23)), f[2]));
+      vf_store(d + 24, d1_ldexp(_mm256_castpd_ps(_mm256_unpackhi_pd(h01, h23)), f[3]));
+    }
   }
+  /* The zero terms in the unit 2^e. */
+  const d1_pow2 fe = d1_pow2_of(-c->e);
   const vf zs = vf_set1(a->zeros ? 1.0f : -implicit_zero(a));
   float *xg = c->xg;
   for (int64_t g0 = (c0 + G - 1) / G * G; g0 < min64(c0 + D1_KC, K); g0 += G, xg += VL) {
     vf s = vf_zero();
-    for (int64_t k = g0; k < min64(g0 + G, K); k += VL)
-      s = vf_add(s, k + VL <= K ? vf_load(x + k) : vf_loadm(x + k, vm_first(K - k)));
-    vf_store(xg, _mm256_mul_ps(s, zs));
+    for (int64_t k = g0; k < min64(g0 + G, K); k += VL) s = vf_add(s, D1_X(k));
+    vf_store(xg, d1_ldexp(_mm256_mul_ps(s, zs), fe));
   }
+#undef D1_X
 }
 
 /* Dense rows n0 + j rs (j < R) over all of K. */
@@ -832,53 +913,63 @@ XK_ALWAYS_INLINE void d1_dense(const xk_linear_args *a, const int kind, const in
   for (int j = 0; j < R; j++) store_out(a, 0, n0 + j * rs, vf_hsum(acc[j]));
 }
 
-/* This chunk's scales (and zeros) of rows n0 + j rs in f32, groups c0 / G on; returns their number. */
+/* This chunk's scales (times 2^e when e != 0) and zeros of rows n0 + j rs in f32, groups c0 / G on; returns
+ * their number. */
 XK_ALWAYS_INLINE int64_t d1_scales(const xk_linear_args *a, const int has_z, const int R, int64_t n0, int64_t rs,
-                                   const d1_chunk *c, float (*sb)[D1_MAXG], float (*zb)[D1_MAXG]) {
+                                   const d1_chunk *c, int e, float (*sb)[D1_MAXG], float (*zb)[D1_MAXG]) {
   const int64_t G = a->group_size, g_lo = c->c0 / G, ng = (min64(c->c1, a->k) - 1) / G + 1 - g_lo;
   const int64_t ss = xk_dtype_size(a->sz_dtype);
+  const d1_pow2 fe = d1_pow2_of(e);
   for (int j = 0; j < R; j++) {
     const int64_t off = ((n0 + j * rs) * a->sz_stride + g_lo) * ss;
     xk_convert_row(sb[j], XK_F32, (const char *)a->scales + off, a->sz_dtype, ng, 1.0f);
+    int64_t g = 0;
+    for (; g + VL <= ng; g += VL) vf_store(sb[j] + g, d1_ldexp(vf_load(sb[j] + g), fe));
+    for (; g < ng; g++) sb[j][g] = sb[j][g] * _mm256_cvtss_f32(fe.p[0]) * _mm256_cvtss_f32(fe.p[1]);
     if (has_z) xk_convert_row(zb[j], XK_F32, (const char *)a->zeros + off, a->sz_dtype, ng, 1.0f);
   }
   return ng;
 }
 
-/* Int4 rows n0 .. n0 + R - 1 over the chunk c. st holds each row's (acc, t) between chunks; first / last: the
- * chunk starts / ends K. Cap on Zen 3: AND (or shift), convert and FMA per 8 codes, measured alone at 0.76 cycles
- * (4 pipes, FMA and convert on two each), is ~17 GB/s of codes at 3.2 GHz, ~60% of DRAM; this loop runs
- * ~1.2 cycles (8 FMA chains of latency 4 leave no slack). Rejected: the group loop of d1_q8 here (1.29 cycles
- * G = 128, 2.2 cycles G = 32, against 1.20 and 1.61). */
-XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int R, int64_t n0, const d1_chunk *c,
-                            float *st, int first, int last) {
+/* Int4 rows n0 + j rs (j < R; rs = 1: the tiles of adjacent rows) over the chunk c. st holds each row's
+ * (acc, t) between chunks, row j's pair at st + 2 j rs VL; first / last: the chunk starts / ends K. Per 8 codes
+ * and row one AND (two shifts for two nibbles of 128) and one FMA on the codes' bit patterns (see above). */
+XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int R, int64_t n0, int64_t rs,
+                            const d1_chunk *c, float *st, int first, int last) {
   const int64_t K = a->k, G = a->group_size, c0 = c->c0, c1 = c->c1;
   const float *xs = c->xs - c0;
   const uint8_t *wr[D1_R];
-  vf acc[D1_R], t[D1_R];
+  vf t[D1_R];
+  float acc[D1_R * VL] __attribute__((aligned(32))); /* in memory (see d1_q8): in registers, t spilled */
   for (int j = 0; j < R; j++) {
-    wr[j] = (const uint8_t *)a->w + (n0 + j) * a->w_stride;
-    acc[j] = first ? vf_zero() : vf_load(st + (2 * j) * VL);
-    t[j] = first ? vf_zero() : vf_load(st + (2 * j + 1) * VL);
+    wr[j] = (const uint8_t *)a->w + (n0 + j * rs) * a->w_stride;
+    vf_store(acc + j * VL, first ? vf_zero() : vf_load(st + (2 * j * rs) * VL));
+    t[j] = first ? vf_zero() : vf_load(st + (2 * j * rs + 1) * VL);
   }
-  const int64_t pf = R * a->w_stride, pf_on = pf <= D1_PFMAX;
+  const int64_t pf = R * a->w_stride, pf_on = rs == 1 && pf <= D1_PFMAX;
   float sb[D1_R][D1_MAXG], zb[D1_R][D1_MAXG];
-  d1_scales(a, has_z, R, n0, 1, c, sb, zb);
+  d1_scales(a, has_z, R, n0, rs, c, c->e, sb, zb);
   int64_t gi = 0;                              /* the current group, index in sb */
   int64_t gstart = c0 / G * G;                 /* its start (before c0: started in an earlier chunk) */
   int64_t gend = min64(gstart + G, K);         /* its end */
   const float *xg = c->xg;                     /* the next group start's lane sums */
   /* Block b0 (128 codes, 64 bytes a row): 32-code steps p (nibbles 2p, 2p + 1, both 32-byte halves). */
-#define D1_Q4(I, H)                                                                                        \
+#define D1_Q4(P, H)                                                                                        \
   {                                                                                                      \
-    const vf xv = vf_load(xs + b0 + 16 * (I) + 8 * (H));                                                 \
-    int64_t off = b0 / 2 + 32 * (H);                                                                     \
-    __asm__ volatile("" : "+r"(off)); /* a load per use: kept in registers, the 8 rows' words spill */   \
+    const vf x0 = vf_load(xs + b0 + 32 * (P) + 8 * (H)), x1 = vf_load(xs + b0 + 32 * (P) + 16 + 8 * (H));   \
+    __m256i m0 = _mm256_set1_epi32((int)(0xFu << d1_shift(2 * (P), H)));                                \
+    __m256i m1 = _mm256_set1_epi32((int)(0xFu << d1_shift(2 * (P) + 1, H)));                            \
+    __asm__ volatile("" : "+x"(m0), "+x"(m1)); /* set here: hoisted, 8 masks spilled two sums t */      \
+    int64_t off = b0 / 2 + 32 * (H) + ((P) == 3 && (H) == 0 ? 2 : 0);                                   \
+    __asm__ volatile("" : "+r"(off)); /* loads where used: hoisted, the 8 rows' words spill */           \
     for (int j = 0; j < R; j++) {                                                                        \
-      const __m256i raw = _mm256_loadu_si256((const __m256i *)(wr[j] + off));                           \
-      const __m256i q = (I) == 7 ? _mm256_srli_epi32(raw, 28)                                           \
-                                 : _mm256_and_si256(raw, _mm256_set1_epi32((int)(0xFu << (4 * (I))))); \
-      t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);                                                    \
+      __m256i w = _mm256_loadu_si256((const __m256i *)(wr[j] + off)), w1 = w;                           \
+      if ((P) == 3 && (H) == 1) {                                                                        \
+        w1 = _mm256_srli_epi32(w, 28);                                                                   \
+        w = _mm256_srli_epi32(w, 24);                                                                    \
+      }                                                                                                  \
+      t[j] = vf_fma(x0, _mm256_castsi256_ps(_mm256_and_si256(w, m0)), t[j]);                            \
+      t[j] = vf_fma(x1, _mm256_castsi256_ps((P) == 3 && (H) == 1 ? w1 : _mm256_and_si256(w1, m1)), t[j]); \
     }                                                                                                    \
   }
 #define D1_Q4P(P)                                                                           \
@@ -891,9 +982,10 @@ XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int 
       for (int j = 0; j < R; j++)                                                           \
         t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;          \
     }                                                                                       \
-    D1_Q4(2 * (P), 0) D1_Q4(2 * (P), 1) D1_Q4(2 * (P) + 1, 0) D1_Q4(2 * (P) + 1, 1)         \
+    D1_Q4(P, 0) D1_Q4(P, 1)                                                                 \
     if (k32 + 32 >= gend) { /* the group ends: acc += s t */                                \
-      for (int j = 0; j < R; j++) acc[j] = vf_fma(t[j], vf_set1(sb[j][gi]), acc[j]);        \
+      for (int j = 0; j < R; j++)                                                           \
+        vf_store(acc + j * VL, vf_fma(t[j], vf_set1(sb[j][gi]), vf_load(acc + j * VL)));    \
       gi++;                                                                                 \
       gstart = gend;                                                                        \
       gend = min64(gend + G, K);                                                            \
@@ -910,35 +1002,39 @@ XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int 
 #undef D1_Q4
   for (int j = 0; j < R; j++) {
     if (last) {
-      store_out(a, 0, n0 + j, vf_hsum(acc[j]));
+      store_out(a, 0, n0 + j * rs, vf_hsum(vf_load(acc + j * VL)));
     } else {
-      vf_store(st + (2 * j) * VL, acc[j]);
-      vf_store(st + (2 * j + 1) * VL, t[j]);
+      vf_store(st + (2 * j * rs) * VL, vf_load(acc + j * VL));
+      vf_store(st + (2 * j * rs + 1) * VL, t[j]);
     }
   }
 }
 
-/* t[j] += x_k q_k of int8 rows wr over k in [k0, k1) (k0 a multiple of 32; k1 too, or K). */
+/* t[j] += x_k q_k 2^-e of int8 rows wr over k in [k0, k1) (k0 a multiple of 32; k1 too, or K). Per 32 codes
+ * one load, three ANDs and a shift: byte j of word l, code q of k = k0 + 4 l + j, as the bit pattern q 2^8j
+ * (j < 3) or q (j = 3), against xs (see d1_prep). */
 XK_ALWAYS_INLINE void d1_q8_run(const int R, const uint8_t *const *wr, const float *xs, int64_t K, int64_t k0,
                                 int64_t k1, vf *t) {
-  int64_t k = k0;
-  for (; k + 32 <= k1; k += 32)
-    for (int s = 0; s < 4; s++) {
-      const vf xv = vf_load(xs + k + 8 * s);
-      for (int j = 0; j < R; j++) {
-        const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(wr[j] + k + 8 * s)));
-        t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);
-      }
-    }
-  for (; k < k1; k += 8) { /* the row's last codes (K % 32 != 0 only when G = K) */
-    const vf xv = vf_load(xs + k);
-    for (int j = 0; j < R; j++) {
-      uint8_t b[8] = {0};
-      memcpy(b, wr[j] + k, (size_t)min64(8, K - k));
-      const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b));
-      t[j] = vf_fma(xv, _mm256_cvtepi32_ps(q), t[j]);
-    }
+#define D1_Q8(SRC)                                                                                     \
+  for (int j = 0; j < R; j++) {                                                                        \
+    __m256i w = _mm256_loadu_si256((const __m256i *)(SRC));                                            \
+    __asm__("" : "+x"(w)); /* one load for the four codes (the compiler would load four times) */     \
+    t[j] = vf_fma(x0, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF))), t[j]);       \
+    t[j] = vf_fma(x1, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF00))), t[j]);     \
+    t[j] = vf_fma(x2, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF0000))), t[j]);   \
+    t[j] = vf_fma(x3, _mm256_castsi256_ps(_mm256_srli_epi32(w, 24)), t[j]);                            \
   }
+  int64_t k = k0;
+  for (; k + 32 <= k1; k += 32) {
+    const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
+    D1_Q8(wr[j] + k)
+  }
+  if (k < k1) { /* the row's last codes (K % 32 != 0 only when G = K): xs is zero past K */
+    const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
+    uint8_t b[32] = {0};
+    D1_Q8((memcpy(b, wr[j] + k, (size_t)(K - k)), b))
+  }
+#undef D1_Q8
 }
 
 /* Int8 rows n0 + j rs (j < R) over the chunk c; st as in d1_q4, row j's pair at st + 2 j rs VL. A group's start
@@ -959,7 +1055,7 @@ XK_ALWAYS_INLINE void d1_q8(const xk_linear_args *a, const int has_z, const int 
     t[j] = first ? vf_zero() : vf_load(st + (2 * j * rs + 1) * VL);
   }
   float sb[D1_R][D1_MAXG], zb[D1_R][D1_MAXG];
-  const int64_t ng = d1_scales(a, has_z, R, n0, rs, c, sb, zb);
+  const int64_t ng = d1_scales(a, has_z, R, n0, rs, c, c->e, sb, zb);
   const float *xg = c->xg; /* the next group start's lane sums */
   for (int64_t gi = 0; gi < ng; gi++) {
     const int64_t gs = (c0 / G + gi) * G, ge = min64(gs + G, K);
@@ -983,11 +1079,11 @@ XK_ALWAYS_INLINE void d1_q8(const xk_linear_args *a, const int has_z, const int 
   }
 }
 
-/* Quantized rows n0 + j rs (j < R; int4: rs = 1). */
+/* Quantized rows n0 + j rs (j < R). */
 XK_ALWAYS_INLINE void d1_quant(const xk_linear_args *a, const int q4, const int has_z, const int R, int64_t n0,
                                int64_t rs, const d1_chunk *c, float *st, int first, int last) {
   if (q4)
-    d1_q4(a, has_z, R, n0, c, st, first, last);
+    d1_q4(a, has_z, R, n0, rs, c, st, first, last);
   else
     d1_q8(a, has_z, R, n0, rs, c, st, first, last);
 }
@@ -1027,19 +1123,10 @@ typedef void (*d1_quant_fn)(const xk_linear_args *, int64_t, int64_t, const d1_c
     for (; n0 < e; n0++) CALL(1, n0, 1);                         \
   }
 
-static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+/* Quantized rows [n_begin, n_end). */
+static void d1_quant_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int64_t K = a->k;
   const int kind = wkind_of(a);
-  if (kind != WK_INT4 && kind != WK_INT8) {
-    static const d1_dense_fn fns[3][3] = {{d1_dense_WK_F32_1, d1_dense_WK_F32_4, d1_dense_WK_F32_8},
-                                          {d1_dense_WK_F16_1, d1_dense_WK_F16_4, d1_dense_WK_F16_8},
-                                          {d1_dense_WK_BF16_1, d1_dense_WK_BF16_4, d1_dense_WK_BF16_8}};
-    const int64_t b = n_begin, e = n_end;
-#define D1_CALL(R, N0, RS) fns[kind][(R) == 8 ? 2 : (R) == 4](a, N0, RS)
-    D1_TILES(D1_CALL, 1)
-#undef D1_CALL
-    return;
-  }
   static const d1_quant_fn fns[4][3] = {{d1_quant_00_1, d1_quant_00_4, d1_quant_00_8},
                                         {d1_quant_01_1, d1_quant_01_4, d1_quant_01_8},
                                         {d1_quant_10_1, d1_quant_10_4, d1_quant_10_8},
@@ -1047,6 +1134,7 @@ static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
   const int q4 = kind == WK_INT4;
   const d1_quant_fn *f = fns[q4 * 2 + (a->zeros != NULL)];
   d1_chunk c;
+  c.e = d1_unit(a);
   float st[D1_NB * 2 * VL] __attribute__((aligned(32)));
   if (K <= D1_KC) {
     d1_prep(a, q4, 0, &c);
@@ -1066,6 +1154,25 @@ static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
 #undef D1_CALL
     }
   }
+}
+
+static void d1_gemv(const xk_linear_args *a, int64_t n_begin, int64_t n_end) {
+  const int kind = wkind_of(a);
+  if (kind == WK_INT4 || kind == WK_INT8) {
+    /* The codes enter the FMAs as denormals: with DAZ set (MXCSR bit 6) they would read as zeros. */
+    const unsigned int csr = _mm_getcsr();
+    if (csr & 0x40u) _mm_setcsr(csr & ~0x40u);
+    d1_quant_gemv(a, n_begin, n_end);
+    if (csr & 0x40u) _mm_setcsr(csr);
+    return;
+  }
+  static const d1_dense_fn fns[3][3] = {{d1_dense_WK_F32_1, d1_dense_WK_F32_4, d1_dense_WK_F32_8},
+                                        {d1_dense_WK_F16_1, d1_dense_WK_F16_4, d1_dense_WK_F16_8},
+                                        {d1_dense_WK_BF16_1, d1_dense_WK_BF16_4, d1_dense_WK_BF16_8}};
+  const int64_t b = n_begin, e = n_end;
+#define D1_CALL(R, N0, RS) fns[kind][(R) == 8 ? 2 : (R) == 4](a, N0, RS)
+  D1_TILES(D1_CALL, 1)
+#undef D1_CALL
 }
 #endif
 
