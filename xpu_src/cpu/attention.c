@@ -2205,7 +2205,7 @@ XE_INLINE void xe_store1(__m256 a[8][8], const int NR, const int M, float *dst, 
  * chunk's planes at qc ([plane][row][8]), into acc[r][j]. Non-finite fp8
  * codes are or-ed into *sp unless fix (xe_plane_fix then widens them). */
 XE_INLINE void xe_qk_words(__m256 acc[8][8], const __m256i *w, const float *qc, const int fp8, const int e5,
-                           const int fix, const int NR, const int TP, __m256i *sp) {
+                           const int fix, const int raw, const int NR, const int TP, __m256i *sp) {
   const int NP = fp8 ? 4 : 2;
   __m256i s[8];
   if (fp8) {
@@ -2220,7 +2220,8 @@ XE_INLINE void xe_qk_words(__m256 acc[8][8], const __m256i *w, const float *qc, 
     __m256 f[8];
 #pragma GCC unroll 8
     for (int j = 0; j < TP; j++) {
-      f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, 0) : xe_plane(w[j], fp8, e5, k);
+      f[j] = fp8 && fix ? xe_plane_fix(w[j], s[j], e5, k, raw)
+                        : raw ? xe_plane_raw(w[j], fp8, e5, k) : xe_plane(w[j], fp8, e5, k);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < NR; r++) {
@@ -2238,7 +2239,7 @@ XE_INLINE void xe_qk_words(__m256 acc[8][8], const __m256i *w, const float *qc, 
  * when pk, 4 lines per chunk, TP / 2 lines an iteration. Returns 1 (with lg partly written) when an fp8 key is not
  * finite and fix is 0: the caller runs it again with fix. */
 XE_INLINE int xe_qk(const float *qp, const char *kb, int64_t cs, int64_t nch, const int fp8,
-                    const int e5, const int fix, const int NR, const int TP, float *lg, int64_t lld,
+                    const int e5, const int fix, const int raw, const int NR, const int TP, float *lg, int64_t lld,
                     const char *pk) {
   const int NP = fp8 ? 4 : 2;
   __m256i sp = _mm256_setzero_si256();
@@ -2257,7 +2258,7 @@ XE_INLINE int xe_qk(const float *qp, const char *kb, int64_t cs, int64_t nch, co
       __m256i w[8];
 #pragma GCC unroll 8
       for (int j = 0; j < TP; j++) w[j] = _mm256_loadu_si256((const __m256i *)(kb + c * cs + 32 * (tp0 + j)));
-      xe_qk_words(acc, w, qp + c * NP * NR * 8, fp8, e5, fix, NR, TP, &sp);
+      xe_qk_words(acc, w, qp + c * NP * NR * 8, fp8, e5, fix, raw, NR, TP, &sp);
     }
     xe_store2(acc, NR, TP, lg + 2 * tp0, lld, 0);
   }
@@ -2352,18 +2353,28 @@ static void xe_pv_sum(const float *av, int64_t ald, int64_t nr, int64_t D, float
   }
 }
 
+/* One fp8 Q.K kernel: raw keys (the q planes carry 2^120 / 2^112) or scaled. */
+#define XE_QK8(E5, RAW, NR)                                                                                          \
+  do {                                                                                                               \
+    if (xe_qk(qp, kb, cs, nch, 1, E5, 0, RAW, NR, 8 / NR, lg, lld, pk))                                              \
+      xe_qk(qp, kb, cs, nch, 1, E5, 1, RAW, NR, 8 / NR, lg, lld, NULL);                                              \
+  } while (0)
 /* The micro-kernels for NR rows (8 accumulators: M = 8 / NR per row). */
 #define XE_DEF(NR)                                                                                                   \
-  static void xe_qk_##NR(const float *qp, const char *kb, int64_t cs, int64_t nch, int32_t dt, float *lg,            \
+  static void xe_qk_##NR(const float *qp, const char *kb, int64_t cs, int64_t nch, int32_t dt, int raw, float *lg,   \
                          int64_t lld, const char *pk) {                                                              \
     if (dt == XK_BF16) {                                                                                             \
-      xe_qk(qp, kb, cs, nch, 0, 0, 0, NR, 8 / NR, lg, lld, pk);                                                      \
+      xe_qk(qp, kb, cs, nch, 0, 0, 0, 0, NR, 8 / NR, lg, lld, pk);                                                   \
     } else if (dt == XK_F8E4M3) {                                                                                    \
-      if (xe_qk(qp, kb, cs, nch, 1, 0, 0, NR, 8 / NR, lg, lld, pk))                                                  \
-        xe_qk(qp, kb, cs, nch, 1, 0, 1, NR, 8 / NR, lg, lld, NULL);                                                  \
+      if (raw)                                                                                                       \
+        XE_QK8(0, 1, NR);                                                                                            \
+      else                                                                                                           \
+        XE_QK8(0, 0, NR);                                                                                            \
     } else {                                                                                                         \
-      if (xe_qk(qp, kb, cs, nch, 1, 1, 0, NR, 8 / NR, lg, lld, pk))                                                  \
-        xe_qk(qp, kb, cs, nch, 1, 1, 1, NR, 8 / NR, lg, lld, NULL);                                                  \
+      if (raw)                                                                                                       \
+        XE_QK8(1, 1, NR);                                                                                            \
+      else                                                                                                           \
+        XE_QK8(1, 0, NR);                                                                                            \
     }                                                                                                                \
   }                                                                                                                  \
   static void xe_pv_##NR(const float *pp, const char *const *vb, int64_t voff, int64_t ngrp, int64_t nlast,          \
@@ -2384,6 +2395,7 @@ static void xe_pv_sum(const float *av, int64_t ald, int64_t nr, int64_t D, float
 XE_DEF(4)
 XE_DEF(2)
 XE_DEF(1)
+#undef XE_QK8
 
 /* Rows per micro-kernel call from row r0 of G: 4, 2 or 1. */
 static inline int64_t xe_nr(int64_t G, int64_t r0) {
@@ -2393,11 +2405,11 @@ static inline int64_t xe_nr(int64_t G, int64_t r0) {
 /* q (f32, D elements) as row rr of nr in the planes at dst: chunk c (E
  * elements), plane k: lanes i and 4 + i hold element c E + (E / 4) i + k,
  * the element xe_plane puts there. */
-static void xe_q_planes(const float *q, int64_t D, const int fp8, int64_t nr, int64_t rr, float *dst) {
+static void xe_q_planes(const float *q, int64_t D, const int fp8, float qs, int64_t nr, int64_t rr, float *dst) {
   const int64_t E = fp8 ? 16 : 8, NP = fp8 ? 4 : 2, step = fp8 ? 4 : 2;
   for (int64_t c = 0; c < D / E; c++)
     for (int64_t k = 0; k < NP; k++)
-      for (int64_t i = 0; i < 8; i++) dst[((c * NP + k) * nr + rr) * 8 + i] = q[c * E + step * (i & 3) + k];
+      for (int64_t i = 0; i < 8; i++) dst[((c * NP + k) * nr + rr) * 8 + i] = q[c * E + step * (i & 3) + k] * qs;
 }
 
 /* Probabilities p[0 .. 16 ngrp) times ps as row rr of nr in the planes
@@ -2465,11 +2477,21 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
     const int64_t t1 = a->partition_size ? xa_min(t0 + a->partition_size, L) : L, n = t1 - t0;
     const int64_t ngrp = (n + XE_G - 1) / XE_G;
     const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
+    /* fp8: when every |q| < 2^7 the q planes carry the keys' 2^120 (2^112)
+     * and the keys stay raw (xe_plane_raw): the same exact products, one
+     * multiply less per key plane, no overflow. */
+    float qmax = 0.0f;
+    for (int64_t g = 0; g < G; g++) {
+      const int64_t h = kvh * G + g;
+      float *qf = w->stage + g * D;
+      xa_to_f32(qf, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes, a->dtype, D);
+      for (int64_t i = 0; i < D; i++) qmax = fmaxf(qmax, fabsf(qf[i]));
+    }
+    const int raw = fp8 && qmax < 0x1p7f;
+    const float qs = !raw ? 1.0f : dt == XK_F8E5M2 ? 0x1p112f : 0x1p120f;
     for (int64_t g = 0, r0 = 0; g < G; g++) {
-      const int64_t h = kvh * G + g, nr = xe_nr(G, r0);
-      xa_to_f32(w->stage, (const char *)a->query + (seq * a->q_stride_token + h * a->q_stride_head) * qes, a->dtype,
-                D);
-      xe_q_planes(w->stage, D, fp8, nr, g - r0, qp + r0 * QW);
+      const int64_t nr = xe_nr(G, r0);
+      xe_q_planes(w->stage + g * D, D, fp8, qs, nr, g - r0, qp + r0 * QW);
       if (g + 1 == r0 + nr) r0 += nr;
     }
     /* Pass 1: logits of every token of the range. The keys of the group
@@ -2493,9 +2515,9 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
         float *lg = w->lg + r0 * L_ + gi * XE_G;
         const char *pf = r0 ? NULL : pk;
         switch (nr) {
-          case 4: xe_qk_4(q, kb, cs, nch, dt, lg, L_, pf); break;
-          case 2: xe_qk_2(q, kb, cs, nch, dt, lg, L_, pf); break;
-          default: xe_qk_1(q, kb, cs, nch, dt, lg, L_, pf); break;
+          case 4: xe_qk_4(q, kb, cs, nch, dt, raw, lg, L_, pf); break;
+          case 2: xe_qk_2(q, kb, cs, nch, dt, raw, lg, L_, pf); break;
+          default: xe_qk_1(q, kb, cs, nch, dt, raw, lg, L_, pf); break;
         }
         r0 += nr;
       }
@@ -2599,7 +2621,7 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
 XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, const int fp8, const int e5,
                     const int fix, const int NR, const int TP, float *lg, int64_t lld, const char *const *pf,
                     const char *const *pv, int64_t voff, int64_t rowb) {
-  const int NP = fp8 ? 4 : 2;
+  const int NP = fp8 ? 4 : 2, raw = 0;
   __m256i sp = _mm256_setzero_si256();
   for (int tp0 = 0; tp0 < XE_G; tp0 += TP) {
     __m256 acc[8][8];
@@ -2618,7 +2640,7 @@ XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_
       __m256i w[8];
 #pragma GCC unroll 8
       for (int j = 0; j < TP; j++) w[j] = _mm256_loadu_si256((const __m256i *)(kr[j] + 32 * c));
-      xe_qk_words(acc, w, qp + c * NP * NR * 8, fp8, e5, fix, NR, TP, &sp);
+      xe_qk_words(acc, w, qp + c * NP * NR * 8, fp8, e5, fix, raw, NR, TP, &sp);
     }
     xe_store1(acc, NR, TP, lg + tp0, lld, 0);
   }
