@@ -114,6 +114,45 @@ fn f32_sources(format: DType, scale: f32, rng: &mut common::Rng) -> Vec<f32> {
     v
 }
 
+/// One `reshape_and_cache_flash` call through the reference or the op.
+#[allow(clippy::too_many_arguments)]
+fn flash_write(
+    use_reference: bool,
+    k: &TensorView,
+    v: &TensorView,
+    kc: &mut TensorViewMut,
+    vc: &mut TensorViewMut,
+    slots: &TensorView,
+    kv: &str,
+    k_scale: &TensorView,
+    v_scale: &TensorView,
+) {
+    if use_reference {
+        reference::reshape_and_cache_flash(
+            k,
+            v,
+            kc,
+            Some(vc),
+            slots,
+            kv,
+            Some(k_scale),
+            Some(v_scale),
+        );
+    } else {
+        xpu_ops::reshape_and_cache_flash(
+            k,
+            v,
+            kc,
+            Some(vc),
+            slots,
+            kv,
+            Some(k_scale),
+            Some(v_scale),
+        )
+        .unwrap();
+    }
+}
+
 /// One flash write of `src` (a multiple of H * d elements) into a cache of
 /// exactly its size, slots in reverse order; returns (reference, op on each
 /// tier) key and value cache bytes.
@@ -146,30 +185,7 @@ fn check(src: &[u8], src_dtype: DType, d: usize, kv: &str, k_scale: &[f32], what
             let shape = [nb, 16, H, d];
             let mut kc = TensorViewMut::from_bytes(&mut kb, cache, &shape, None).unwrap();
             let mut vc = TensorViewMut::from_bytes(&mut vb, cache, &shape, None).unwrap();
-            if use_reference {
-                reference::reshape_and_cache_flash(
-                    &k,
-                    &v,
-                    &mut kc,
-                    Some(&mut vc),
-                    &sm,
-                    kv,
-                    Some(&ks),
-                    Some(&vs),
-                );
-            } else {
-                xpu_ops::reshape_and_cache_flash(
-                    &k,
-                    &v,
-                    &mut kc,
-                    Some(&mut vc),
-                    &sm,
-                    kv,
-                    Some(&ks),
-                    Some(&vs),
-                )
-                .unwrap();
-            }
+            flash_write(use_reference, &k, &v, &mut kc, &mut vc, &sm, kv, &ks, &vs);
         }
         kb.extend_from_slice(&vb);
         kb
@@ -332,30 +348,17 @@ fn grouped_flash_rows_with_padding_match_reference() {
                                 TensorViewMut::from_bytes(&mut kb, cache, &shape, None).unwrap();
                             let mut vc =
                                 TensorViewMut::from_bytes(&mut vb, cache, &shape, None).unwrap();
-                            if use_reference {
-                                reference::reshape_and_cache_flash(
-                                    &k,
-                                    &v,
-                                    &mut kc,
-                                    Some(&mut vc),
-                                    &sm,
-                                    kv,
-                                    Some(&kst),
-                                    Some(&vst),
-                                );
-                            } else {
-                                xpu_ops::reshape_and_cache_flash(
-                                    &k,
-                                    &v,
-                                    &mut kc,
-                                    Some(&mut vc),
-                                    &sm,
-                                    kv,
-                                    Some(&kst),
-                                    Some(&vst),
-                                )
-                                .unwrap();
-                            }
+                            flash_write(
+                                use_reference,
+                                &k,
+                                &v,
+                                &mut kc,
+                                &mut vc,
+                                &sm,
+                                kv,
+                                &kst,
+                                &vst,
+                            );
                         }
                         kb.extend_from_slice(&vb);
                         kb
