@@ -26,8 +26,10 @@
  * - fp8 caches store saturate(x / scale). AVX-512 multiplies by 1/scale and
  *   proves each lane exact (fp8_quant below, ~0.1 ns per element per core,
  *   the divide took ~0.24); fp8 flash rows are converted in one pass per
- *   cache with the constants in registers. AVX2 and generic divide, except
- *   for power-of-two scales (exact reciprocal). The amx tier runs this file
+ *   cache with the constants in registers. AVX2 converts bf16 sources by
+ *   byte tables (bt_make; lanes the tables leave go to the divide, per 8
+ *   elements), f16/f32 sources divide; generic divides. Power-of-two scales
+ *   multiply by the exact reciprocal. The amx tier runs this file
  *   again built with AVX512-VBMI (amx/kv_vbmi.c): bf16 sources convert by
  *   byte tables (fqv_make), ~12 uops per 64 elements instead of ~40
  *   (bench, T=8192 H=2 D=128 paged fp8 prefill 817 -> 664-680 us, session
