@@ -7,7 +7,10 @@
 //!   would read 17-34 GB per call), heads of Qwen3-Next (16 q / 2 kv, D 256)
 //!   and Llama (32 / 8, D 128), bf16 or fp8 e4m3 KV, block size 16.
 //! * Cold: the key and value caches fill one arena of [`Config::cold_bytes`]
-//!   (≥ 256 MiB and 2x the last-level cache), shared by all cases. Block
+//!   (≥ 256 MiB and 2x the last-level cache) per cache dtype, shared by all
+//!   cases of that dtype and filled once with values like a real cache's
+//!   ([`fill_kv`]; zeros would hide data-dependent costs, such as the fp8
+//!   subnormal codes that slowed the paged decode before session 13). Block
 //!   tables are shuffled; successive calls use disjoint windows of one
 //!   permutation of the blocks when the batch fits the arena several times,
 //!   else random blocks (with repeats) from the whole arena.
@@ -127,14 +130,58 @@ pub fn decode_shapes() -> Vec<DecodeShape> {
     v
 }
 
-/// The cold arena every decode case's caches live in (allocated, every page
-/// written, by the first case that runs).
-type Arena = Rc<RefCell<Option<AlignedBuf>>>;
+/// The cold arenas the decode cases' caches live in, one per cache dtype
+/// (bf16, fp8), each allocated and filled by the first case that uses it.
+type Arena = Rc<RefCell<[Option<AlignedBuf>; 2]>>;
 
-fn arena_buf(arena: &Arena, bytes: usize) -> std::cell::RefMut<'_, AlignedBuf> {
+fn arena_buf(
+    arena: &Arena,
+    bytes: usize,
+    fp8: bool,
+    seed: u64,
+) -> std::cell::RefMut<'_, AlignedBuf> {
     std::cell::RefMut::map(arena.borrow_mut(), |a| {
-        a.get_or_insert_with(|| AlignedBuf::new(bytes, 4096, 0))
+        a[fp8 as usize].get_or_insert_with(|| {
+            let mut buf = AlignedBuf::new(bytes, 4096, 0u8);
+            fill_kv(&mut buf, fp8, seed);
+            buf
+        })
     })
+}
+
+/// Fills a KV arena with samples of a unit normal, as bf16 or as fp8 e4m3
+/// codes quantised with the scale the cases pass (1.0): like the keys and
+/// values of a real cache, with about 1% subnormal fp8 codes (|x| < 2^-6)
+/// and a few zeros. The samples come from a table of 4096 drawn once, picked
+/// by 12 random bits each: about 0.35 s of one core for 256 MiB.
+pub fn fill_kv(buf: &mut [u8], fp8: bool, seed: u64) {
+    const N: usize = 4096;
+    let mut rng = Rng(seed);
+    let unit = |rng: &mut Rng| ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64; // (0, 1]
+    let table: Vec<u64> = (0..N)
+        .map(|_| {
+            let (u, v) = (unit(&mut rng), unit(&mut rng));
+            let x = ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32;
+            if fp8 {
+                crate::dtype::F8E4M3::from_f32(x).0 as u64
+            } else {
+                bf16::from_f32(x).to_bits() as u64
+            }
+        })
+        .collect();
+    let pick = |r: u64, k: usize| table[(r >> (16 * k)) as usize % N];
+    for chunk in buf.chunks_mut(8) {
+        let w = if fp8 {
+            let (r0, r1) = (rng.next_u64(), rng.next_u64());
+            (0..8).fold(0, |w, k| {
+                w | pick(if k < 4 { r0 } else { r1 }, k % 4) << (8 * k)
+            })
+        } else {
+            let r = rng.next_u64();
+            (0..4).fold(0, |w, k| w | pick(r, k) << (16 * k))
+        };
+        chunk.copy_from_slice(&w.to_le_bytes()[..chunk.len()]);
+    }
 }
 
 fn decode_case(shape: DecodeShape, cfg: &Config, arena: Arena) -> Case {
@@ -157,17 +204,26 @@ fn decode_case(shape: DecodeShape, cfg: &Config, arena: Arena) -> Case {
     };
     let arena_bytes = cfg.cold_bytes();
     let seed = cfg.seed ^ (shape.batch * 977 + shape.context * 31 + m.heads) as u64;
-    Case::new(info, move || decode_runner(shape, arena, arena_bytes, seed))
+    let arena_seed = cfg.seed;
+    Case::new(info, move || {
+        decode_runner(shape, arena, arena_bytes, seed, arena_seed)
+    })
 }
 
-fn decode_runner(s: DecodeShape, arena: Arena, arena_bytes: usize, seed: u64) -> Runner {
+fn decode_runner(
+    s: DecodeShape,
+    arena: Arena,
+    arena_bytes: usize,
+    seed: u64,
+    arena_seed: u64,
+) -> Runner {
     let m = s.model;
     let (b, h, hkv, d, es) = (s.batch, m.heads, m.kv_heads, m.head_size, s.elem());
     let half = arena_bytes / 2;
     let block_bytes = BLOCK_SIZE * hkv * d * es;
     let nb = half / block_bytes;
     let cache_bytes = nb * block_bytes;
-    drop(arena_buf(&arena, arena_bytes));
+    drop(arena_buf(&arena, arena_bytes, s.fp8, arena_seed));
     let per_seq = s.context.div_ceil(BLOCK_SIZE);
     let need = b * per_seq;
     let mut rng = Rng(seed);
@@ -213,7 +269,7 @@ fn decode_runner(s: DecodeShape, arena: Arena, arena_bytes: usize, seed: u64) ->
     let scale = 1.0 / (d as f32).sqrt();
     let mut call = 0usize;
     Box::new(move || {
-        let a = arena_buf(&arena, arena_bytes);
+        let a = arena_buf(&arena, arena_bytes, s.fp8, arena_seed);
         let (kb, vb) = a[..].split_at(half);
         let kc = TensorView::from_bytes(&kb[..cache_bytes], dtype, &kshape, None).unwrap();
         let vc = TensorView::from_bytes(&vb[..cache_bytes], dtype, &vshape, None).unwrap();
@@ -371,13 +427,51 @@ fn prefill_case(shape: PrefillShape, cfg: &Config) -> Case {
     })
 }
 
-/// Every attention case: decode cases share one cold arena.
+/// Every attention case: decode cases share one cold arena per cache dtype.
 pub fn cases(cfg: &Config) -> Vec<Case> {
-    let arena: Arena = Rc::new(RefCell::new(None));
+    let arena: Arena = Rc::new(RefCell::new([None, None]));
     let mut v: Vec<Case> = decode_shapes()
         .into_iter()
         .map(|s| decode_case(s, cfg, arena.clone()))
         .collect();
     v.extend(prefill_shapes().into_iter().map(|s| prefill_case(s, cfg)));
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::F8E4M3;
+
+    /// The arena fill looks like a unit normal in both dtypes, and the fp8
+    /// one has the subnormal codes (and no NaN codes) a real cache has.
+    #[test]
+    fn fill_kv_is_unit_normal_with_subnormal_fp8_codes() {
+        let mut buf = vec![0u8; 1 << 20];
+        fill_kv(&mut buf, true, 7);
+        let (mut sub, mut sum2) = (0usize, 0f64);
+        for &c in &buf {
+            assert!(c & 0x7f != 0x7f, "NaN code");
+            sub += (c & 0x78 == 0 && c & 7 != 0) as usize;
+            sum2 += (F8E4M3(c).to_f32() as f64).powi(2);
+        }
+        let n = buf.len() as f64;
+        assert!(
+            (0.004..0.03).contains(&(sub as f64 / n)),
+            "subnormals {sub}"
+        );
+        assert!((0.85..1.15).contains(&(sum2 / n)), "variance {}", sum2 / n);
+
+        fill_kv(&mut buf, false, 7);
+        let x: Vec<f32> = buf
+            .chunks_exact(2)
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect();
+        assert!(x.iter().all(|v| v.is_finite()));
+        let var = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / x.len() as f64;
+        assert!((0.85..1.15).contains(&var), "variance {var}");
+        let mut other = vec![0u8; 1 << 20];
+        fill_kv(&mut other, false, 8);
+        assert!(other != buf, "the seed picks the values");
+    }
 }
