@@ -174,11 +174,11 @@ pub fn fill_kv(buf: &mut [u8], fp8: bool, seed: u64) {
         let w = if fp8 {
             let (r0, r1) = (rng.next_u64(), rng.next_u64());
             (0..8).fold(0, |w, k| {
-                w | pick(if k < 4 { r0 } else { r1 }, k % 4) << (8 * k)
+                w | (pick(if k < 4 { r0 } else { r1 }, k % 4) << (8 * k))
             })
         } else {
             let r = rng.next_u64();
-            (0..4).fold(0, |w, k| w | pick(r, k) << (16 * k))
+            (0..4).fold(0, |w, k| w | (pick(r, k) << (16 * k)))
         };
         chunk.copy_from_slice(&w.to_le_bytes()[..chunk.len()]);
     }

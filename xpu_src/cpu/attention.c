@@ -2610,6 +2610,23 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
  * fp8 16.0-16.8 -> 14.3-14.4 ms (bf16 unchanged). Not kept: steps of 128 or
  * 256 keys and prefetch distances 3 or 4 (no difference within the noise),
  * a T0 prefetch of the step's values before pass 2 (no difference).
+ * Still 1.3-1.8x slower than xe_paged out of cache (session 14, harness, CPU
+ * time, B=8 ctx=4096 bf16: Qwen 13.1 vs 9.8 ms, Llama 20.1 vs 11.1 ms), while
+ * in L2 a 64-key step runs at 59-75% of the FMA peak per pass (plus 9-15% for
+ * the softmax step). Out of cache, pass 1 (which carries the K and V
+ * prefetches) takes 2.7-3.6x its in-L2 time and pass 2 1.2-1.5x, and a
+ * prefetched value line costs pass 1 about what its demand miss costs pass 2
+ * (B=1 ctx=4096 Llama, the same 16 MiB every call, rdtsc: Q.K 4.05M with K
+ * and V prefetches, 2.04M with K only; P.V 1.67M vs 2.36M). Tried in session 14
+ * (new/old time, B=8 ctx=4096, both models, bf16 and fp8, alternated runs):
+ * values prefetched during pass 1 of their own step and the next step's keys
+ * spread evenly over pass 2 in address order, 0.89-1.20; only the first 2-4
+ * lines of each 4 KiB page (for the L2 streamer), 1.07-1.95; values one kv
+ * head ahead in pass 2, 1.01-1.25; steps of 16 or 32 keys, 0.98-1.13; P.V in
+ * token tiles of 16 or 32 (the 2 KiB row stride puts a sweep's lines in few
+ * L1 sets), 0.95-1.10; raw fp8 keys with the factor on q (as xe_paged),
+ * bit-identical but 1.33-1.38x slower in L2; kv groups of 1, 2, 4 Llama heads
+ * instead of 8, 1.01-1.03 vs 0.95.
  */
 #define XF_S XA_VT /* keys per online-softmax step (the workspace's logit columns; a multiple of XE_G) */
 
