@@ -239,8 +239,9 @@ fn dense_perf_shapes_small_m() {
 }
 
 /// The decode regime at every M = 2..16. On AVX2 it runs blocks of 12
-/// weight rows over K chunks of 16 KiB of x (so 4096 / M k, rounded down to
-/// 128), register tiles of 4 x 3, 3 x 4 and 2 x 6 (rows x weight rows),
+/// weight rows over K chunks of 16 KiB of x from M = 5 (so 4096 / M k,
+/// rounded down to 128; M <= 4 in one chunk), register tiles of 4 x 3,
+/// 3 x 4 and 2 x 6 (rows x weight rows),
 /// f16/bf16 weight rows converted once when several row tiles share them,
 /// and an x copy 1 KiB apart per row from K = 1024. K here crosses a chunk
 /// boundary and is no multiple of 8, N leaves a tail after whole blocks, x

@@ -525,7 +525,7 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
  * Tried, no better in a harness on this shared Zen 3 (M = 16, K = 4096):
  * blocks of 24 or 48 rows, x chunks of 24 or 32 KiB, prefetching all rows
  * from every row tile or into L2 only; prefetching each tile's share of the
- * next x chunk was ~10% slower; K in one chunk at M <= 4 (cold) no faster.
+ * next x chunk was ~10% slower.
  * The launcher spaces the x rows 1 KiB apart modulo 4 KiB from K = 1024
  * (rows a power of two apart would share L1 sets: +10%). */
 #define GV_XCH 16384 /* bytes of x per K chunk */
@@ -539,7 +539,10 @@ static void gv_blocked(const xk_linear_args *a, gv_tile_fn tile, const int kind,
   /* Several row tiles share a 3-row weight tile (converted once to f32 when
    * it is f16 or bf16); one row tile takes the widest tile it allows. */
   const int64_t nbt = T > 1 ? 3 : gv_nb_of(M);
-  const int64_t kc = (GV_XCH / (4 * M)) & ~(int64_t)127;
+  /* One row tile (M <= 4) streams its rows over all of K, x (<= 64 KiB)
+   * from L2: in chunks the block's 12 row streams hop, and M = 4 cold ran
+   * ~10% slower (bench, alternated with session 13's binary). */
+  const int64_t kc = T == 1 ? (K + 127) / 128 * 128 : (GV_XCH / (4 * M)) & ~(int64_t)127;
   const int conv = T > 1 && (kind == WK_F16 || kind == WK_BF16);
   const int64_t es = a->w_kind == XK_WEIGHT_DENSE ? xk_dtype_size(a->w_dtype) : 1;
   const int64_t row_bytes = a->w_stride * es;
