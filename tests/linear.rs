@@ -238,6 +238,58 @@ fn dense_perf_shapes_small_m() {
     );
 }
 
+/// The decode regime at every M = 2..16. On AVX2 it runs blocks of 12
+/// weight rows over K chunks of 16 KiB of x from M = 5 (so 4096 / M k,
+/// rounded down to 128; M <= 4 in one chunk), register tiles of 4 x 3,
+/// 3 x 4 and 2 x 6 (rows x weight rows),
+/// f16/bf16 weight rows converted once when several row tiles share them,
+/// and an x copy 1 KiB apart per row from K = 1024. K here crosses a chunk
+/// boundary and is no multiple of 8, N leaves a tail after whole blocks, x
+/// is strided. Decode arithmetic does not depend on M (one regime): each
+/// row's bits equal the same row run alone.
+#[test]
+fn dense_small_m_every_m() {
+    for_each_isa(|isa| {
+        for m in 2..=16usize {
+            let kc = (16384 / (4 * m)) & !127;
+            for (i, &k) in [kc + 5, 2 * kc + 131].iter().enumerate() {
+                for dtype in DTYPES {
+                    // The second K only for one dtype per M (fp64 reference cost).
+                    if i == 1 && dtype != DTYPES[m % 3] {
+                        continue;
+                    }
+                    let mut c = Case::new(m, 24 + (m + i) % 12, k, dtype);
+                    c.out_dtype = DType::F32;
+                    c.x_pad = 3 * (m % 2);
+                    c.bias = m % 3 != 0;
+                    let what = format!("{isa} {c:?}");
+                    let d = make_data(&c, 300 + m as u64);
+                    let (out, _, _) = run_checked(&c, &d, &what);
+                    let xs = c.k + c.x_pad;
+                    for r in 0..m {
+                        let one = Case {
+                            m: 1,
+                            x_pad: 0,
+                            ..c
+                        };
+                        let row = Data {
+                            x: d.x.slice(r * xs..r * xs + k),
+                            w: d.w.clone(),
+                            b: d.b.clone(),
+                        };
+                        let alone = run_case(&one, &row).bits();
+                        assert_eq!(
+                            out.bits()[r * c.n..(r + 1) * c.n],
+                            alone[..],
+                            "{what}: row {r} vs the row alone"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// The 248k-vocab lm_head at M = 1 in half precision (an upstream kernel
 /// returns wrong logits there), K reduced to keep the test's memory small.
 #[test]
@@ -254,7 +306,15 @@ fn lm_head_248320_half_precision() {
 
 #[test]
 fn dense_thread_invariance() {
-    let shapes = [(1, 300, 1000), (9, 77, 513), (40, 700, 300), (130, 64, 257)];
+    // M = 3 and 16 at K >= 1024: the AVX2 decode blocks with several K chunks.
+    let shapes = [
+        (1, 300, 1000),
+        (9, 77, 513),
+        (3, 61, 1283),
+        (16, 50, 1100),
+        (40, 700, 300),
+        (130, 64, 257),
+    ];
     for_each_isa(|isa| {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
             for (dtype, dot) in [

@@ -44,6 +44,14 @@ impl Buf {
         }
         .expect("valid test view")
     }
+    /// Elements `r` as a buffer of their own.
+    pub fn slice(&self, r: std::ops::Range<usize>) -> Buf {
+        match self {
+            Buf::F32(v) => Buf::F32(v[r].to_vec()),
+            Buf::F16(v) => Buf::F16(v[r].to_vec()),
+            Buf::BF16(v) => Buf::BF16(v[r].to_vec()),
+        }
+    }
     pub fn bits(&self) -> Vec<u32> {
         match self {
             Buf::F32(v) => v.iter().map(|x| x.to_bits()).collect(),

@@ -8,8 +8,10 @@
  *    n. Each weight row is streamed once from memory (K-chunked so the f32
  *    activations stay in L1 when M > 4) and dotted with every activation row:
  *    register tiles of up to 4 rows x 4 columns of 16-lane partial sums,
- *    reduced once per output. The activations are read from `xf`, an f32 copy
- *    that linear_prep writes (it applies `perm` too).
+ *    reduced once per output. On AVX2, M >= 2 runs gv_blocked: blocks of 12
+ *    weight rows, K chunks of x kept in L1, tiles of 12 8-lane sums. The
+ *    activations are read from `xf`, an f32 copy that linear_prep writes (it
+ *    applies `perm` too).
  *    Int4 codes on AVX-512 run q4_gemv instead: three vector ops per 16
  *    codes and row (shift, vpermps from a per-group table of weights, FMA),
  *    with the tile's rows in different 4 KiB pages. At M = 1 on AVX-512,
@@ -319,32 +321,37 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
 #if VL == 16
 #define GV_MT 4 /* activation rows per register tile */
 #define GV_NB 4 /* weight rows per register tile: 16 accumulators (8 x 3 measured slower) */
+#define GV_LD GV_NB /* accumulator slots per activation row in accbuf */
 #else
 #define GV_MT 4
-#define GV_NB 2
+#define GV_NB 6  /* weight rows per register tile at most: gv_nb_of(mt) */
+#define GV_BLK 12 /* weight rows per block (gv_blocked): a multiple of every gv_nb_of */
+#define GV_LD GV_BLK
 #endif
 #define GV_MAXM 16
 #define GV_SUPER 4 /* int8: row tiles per super-tile at most */
 #define GV_KCH 512 /* K chunk when M > GV_MT (multiple of 128) */
 
 /* Named accumulators a<i><j> (i < GV_MT activation rows, j < GV_NB weight
- * rows) so the compiler keeps all of them in registers. */
+ * rows) so the compiler keeps all of them in registers (those a tile does
+ * not use are never read or written, and vanish). */
 #if VL == 16
 #define GV_IJ(X) \
   X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(1, 0) X(1, 1) X(1, 2) X(1, 3) X(2, 0) X(2, 1) X(2, 2) X(2, 3) X(3, 0) X(3, 1) X(3, 2) X(3, 3)
 #define GV_I(X) X(0) X(1) X(2) X(3)
 #define GV_J(X) X(0) X(1) X(2) X(3)
 #else
-#define GV_IJ(X) X(0, 0) X(0, 1) X(1, 0) X(1, 1) X(2, 0) X(2, 1) X(3, 0) X(3, 1)
+#define GV_IJ(X)                                                                                              \
+  X(0, 0) X(0, 1) X(0, 2) X(0, 3) X(0, 4) X(0, 5) X(1, 0) X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(1, 5) X(2, 0) X(2, 1) \
+      X(2, 2) X(2, 3) X(2, 4) X(2, 5) X(3, 0) X(3, 1) X(3, 2) X(3, 3) X(3, 4) X(3, 5)
 #define GV_I(X) X(0) X(1) X(2) X(3)
-#define GV_J(X) X(0) X(1)
+#define GV_J(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #endif
 #define GV_ON(i, j) ((i) < mt && (j) < nb)
 
 /* One step of VL k: weights of every row, then every activation row. */
 #define GV_W(j) const vf w##j = (j) < nb ? w_vec(kind, wr[j], k, msk, wp[j]) : vf_zero();
 /* Activation row i: one load, then its FMAs (one live activation register). */
-#if VL == 16
 #define GV_ROW(i)                                                               \
   if ((i) < mt) {                                                               \
     const vf x = FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk);          \
@@ -352,28 +359,54 @@ static inline const void *w_row(const xk_linear_args *a, int64_t n) {
     if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
     if (nb > 2) a##i##2 = vf_fma(x, w2, a##i##2);                               \
     if (nb > 3) a##i##3 = vf_fma(x, w3, a##i##3);                               \
+    GV_ROW_WIDE(i)                                                              \
   }
+#if VL == 16
+#define GV_ROW_WIDE(i)
+#define GV_STEP GV_J(GV_W) GV_I(GV_ROW)
 #else
-#define GV_ROW(i)                                                               \
-  if ((i) < mt) {                                                               \
-    const vf x = FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk);          \
-    a##i##0 = vf_fma(x, w0, a##i##0);                                           \
-    if (nb > 1) a##i##1 = vf_fma(x, w1, a##i##1);                               \
+#define GV_ROW_WIDE(i)                                                          \
+  if (nb > 4) a##i##4 = vf_fma(x, w4, a##i##4);                                 \
+  if (nb > 5) a##i##5 = vf_fma(x, w5, a##i##5);
+/* Tiles wider than tall (3 x 4, 2 x 6) hold the activations instead and
+ * take one weight vector at a time: 12 + mt + 1 registers, not 12 + nb + 1
+ * (GCC otherwise reloads the weights as FMA operands for every row). */
+#define GV_X(i) const vf x##i = (i) < mt ? (FULL ? vf_load(xr[i] + k) : vf_loadm(xr[i] + k, msk)) : vf_zero();
+#define GV_COL(j)                                                               \
+  if ((j) < nb) {                                                               \
+    const vf w = w_vec(kind, wr[j], k, msk, wp[j]);                             \
+    a0##j = vf_fma(x0, w, a0##j);                                               \
+    if (mt > 1) a1##j = vf_fma(x1, w, a1##j);                                   \
+    if (mt > 2) a2##j = vf_fma(x2, w, a2##j);                                   \
+    if (mt > 3) a3##j = vf_fma(x3, w, a3##j);                                   \
+  }
+#define GV_STEP                 \
+  if (mt < nb) {                \
+    GV_I(GV_X) GV_J(GV_COL)     \
+  } else {                      \
+    GV_J(GV_W) GV_I(GV_ROW)     \
   }
 #endif
 /* The next tile's weight rows (GV_NB rows on), fetched one line per row and
  * step while this tile computes: decode rows are short streams that the
  * hardware prefetchers pick up late. Prefetches past the matrix never fault. */
-#define GV_PF(j) _mm_prefetch((const char *)wr[j] + pf_off + k * wsz, _MM_HINT_T0);
-#define GV_STEP GV_J(GV_W) GV_I(GV_ROW)
+#if VL == 16
+#define GV_PF(j) _mm_prefetch((const char *)wr[j] + pf_off + kb_of(k), _MM_HINT_T0);
+#else
+#define GV_PF(j) \
+  if ((j) < nb) _mm_prefetch((const char *)wr[j] + pf_off + kb_of(k), _MM_HINT_T0);
+#endif
+
+#define GV_PF_NEXT INT64_MIN /* gv_tile's pf: the rows GV_NB (int4: 2 GV_NB) on */
 
 /* Partial sums over k in [k0, k1) for rows m0.., weight rows n0..; they live
- * in accbuf[(m * GV_NB + j) * VL] between K chunks. Quantized rows run group
- * by group (the group's scale and zero in wp). */
+ * in accbuf[(m * GV_LD + j) * VL] between K chunks. Quantized rows run group
+ * by group (the group's scale and zero in wp). While it runs, the tile
+ * prefetches the weight bytes pf bytes on from the ones it reads. */
 XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int mt, const int nb, int64_t m0,
-                              int64_t n0, int64_t k0, int64_t k1, float *accbuf, int first) {
+                              int64_t n0, int64_t k0, int64_t k1, float *accbuf, int first, int64_t pf) {
 #define GV_DECL(i, j) \
-  vf a##i##j = (GV_ON(i, j) && !first) ? vf_load(accbuf + ((m0 + (i)) * GV_NB + (j)) * VL) : vf_zero();
+  vf a##i##j = (GV_ON(i, j) && !first) ? vf_load(accbuf + ((m0 + (i)) * GV_LD + (j)) * VL) : vf_zero();
   GV_IJ(GV_DECL)
   const float *xr[GV_MT];
   for (int i = 0; i < GV_MT; i++) xr[i] = a->xf + (m0 + (i < mt ? i : 0)) * a->xf_stride;
@@ -381,8 +414,11 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
   for (int j = 0; j < GV_NB; j++) wr[j] = w_row(a, n0 + (j < nb ? j : 0));
   const int quant = kind == WK_INT4 || kind == WK_INT8;
   const int64_t G = quant ? a->group_size : k1 - k0 + 1;
-  const int64_t wsz = quant ? 1 : xk_dtype_size(a->w_dtype); /* bytes per k (int4: unused) */
-  const int64_t pf_off = (kind == WK_INT4 ? 2 : 1) * GV_NB * a->w_stride * wsz; /* same row, a tile or two on */
+  /* Bytes per k (int4: half a byte), a constant per kind: the prefetch test
+   * below is then one AND per step. */
+  const int64_t wsz = quant ? 1 : kind == WK_F32 ? 4 : 2;
+#define kb_of(k) (kind == WK_INT4 ? (k) >> 1 : (k)*wsz)
+  const int64_t pf_off = pf != GV_PF_NEXT ? pf : (kind == WK_INT4 ? 2 : 1) * GV_NB * a->w_stride * wsz;
   /* Dense rows: one prefetch per 64-byte line (none when the rows are an L1 copy). */
   const int64_t pf_every = a->no_prefetch ? 0 : 1;
   (void)wsz;
@@ -405,7 +441,7 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
       const vmask msk = vm_first(VL);
 #define FULL 1
       for (; k + VL <= g1; k += VL) {
-        if (pf_every && ((k * wsz) & (64 * pf_every - 1)) == 0) {
+        if (pf_every && (kb_of(k) & (64 * pf_every - 1)) == 0) {
           GV_J(GV_PF)
         }
         GV_STEP
@@ -421,23 +457,26 @@ XK_ALWAYS_INLINE void gv_tile(const xk_linear_args *a, const int kind, const int
     g0 = g1;
   }
 #define GV_SAVE(i, j) \
-  if (GV_ON(i, j)) vf_store(accbuf + ((m0 + (i)) * GV_NB + (j)) * VL, a##i##j);
+  if (GV_ON(i, j)) vf_store(accbuf + ((m0 + (i)) * GV_LD + (j)) * VL, a##i##j);
   GV_IJ(GV_SAVE)
+#undef kb_of
 }
 
 #define GV_CASE(KIND, MT, NB) \
-  case ((MT)-1) * GV_NB + (NB)-1: gv_tile(a, KIND, MT, NB, m0, n0, k0, k1, accbuf, first); break;
+  case ((MT)-1) * GV_NB + (NB)-1: gv_tile(a, KIND, MT, NB, m0, n0, k0, k1, accbuf, first, pf); break;
 
 #if VL == 16
 #define GV_CASES_MT(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2) GV_CASE(KIND, MT, 3) GV_CASE(KIND, MT, 4)
 #define GV_CASES(KIND) GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)
 #else
-#define GV_CASES_MT(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2)
-#define GV_CASES(KIND) GV_CASES_MT(KIND, 1) GV_CASES_MT(KIND, 2) GV_CASES_MT(KIND, 3) GV_CASES_MT(KIND, 4)
+#define GV_CASES_3(KIND, MT) GV_CASE(KIND, MT, 1) GV_CASE(KIND, MT, 2) GV_CASE(KIND, MT, 3)
+#define GV_CASES_6(KIND, MT) GV_CASES_3(KIND, MT) GV_CASE(KIND, MT, 4) GV_CASE(KIND, MT, 5) GV_CASE(KIND, MT, 6)
+#define GV_CASES(KIND) \
+  GV_CASES_6(KIND, 1) GV_CASES_6(KIND, 2) GV_CASES_3(KIND, 3) GV_CASE(KIND, 3, 4) GV_CASES_3(KIND, 4)
 #endif
 #define GV_DISPATCH(KIND)                                                                               \
   static void gv_tile_##KIND(const xk_linear_args *a, int mt, int nb, int64_t m0, int64_t n0, int64_t k0, \
-                             int64_t k1, float *accbuf, int first) {                                    \
+                             int64_t k1, float *accbuf, int first, int64_t pf) {                        \
     switch ((mt - 1) * GV_NB + nb - 1) {                                                                \
       GV_CASES(KIND)                                                                                    \
       default: break;                                                                                   \
@@ -451,15 +490,16 @@ GV_DISPATCH(WK_INT4)
 #endif
 GV_DISPATCH(WK_INT8)
 
-typedef void (*gv_tile_fn)(const xk_linear_args *, int, int, int64_t, int64_t, int64_t, int64_t, float *, int);
+typedef void (*gv_tile_fn)(const xk_linear_args *, int, int, int64_t, int64_t, int64_t, int64_t, float *, int,
+                           int64_t);
 
 
 /* out[m][n0 .. n0+nb) = horizontal sums of accbuf row m's nb accumulators
  * (+ bias); f32 output without bias is stored directly. */
 static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, const float *accbuf) {
   for (int64_t m = 0; m < M; m++) {
-    float sums[GV_NB];
-    for (int j = 0; j < nb; j++) sums[j] = vf_hsum(vf_load(accbuf + (m * GV_NB + j) * VL));
+    float sums[GV_LD];
+    for (int j = 0; j < nb; j++) sums[j] = vf_hsum(vf_load(accbuf + (m * GV_LD + j) * VL));
     if (a->out_dtype == XK_F32 && !a->bias) {
       memcpy((float *)a->out + m * a->out_stride + n0, sums, (size_t)nb * 4);
       continue;
@@ -467,6 +507,87 @@ static void gv_finish(const xk_linear_args *a, int64_t M, int64_t n0, int nb, co
     for (int j = 0; j < nb; j++) store_out(a, m, n0 + j, sums[j]);
   }
 }
+
+#if VL == 8
+/* ---- M = 2 .. 16 on AVX2 ---------------------------------------------------
+ * Blocks of GV_BLK weight rows; per block, K in chunks of kc, the chunk of x
+ * (every row, at most GV_XCH bytes) staying in L1 while each tile of nbt
+ * weight rows runs every row tile over it. Register tiles have 12
+ * accumulators where M allows (4 x 3, 3 x 4, 2 x 6: a step of 8 k loads
+ * 7 or 8 vectors for 12 FMAs); FMA latency 4 on 2 pipes needs 8 chains.
+ * The per-lane partial sums live in accbuf between chunks, so every output's
+ * arithmetic is that of one gv_tile over all of K: the tiling, kc and M do
+ * not change results.
+ * Before (session 13: 4 x 2 tiles, all of K per weight-row pair) every pair
+ * of weight rows read all of x, from L2 once x passed 32 KiB (M >= 8): M = 16
+ * bf16 ran at 33% of the FMA peak, M = 4 cold at 45%. A 4 x 3 tile runs at
+ * ~99% of the FMA peak on L1 data over 128 steps, ~85% over 32 (kc = 256).
+ * Tried, no better in a harness on this shared Zen 3 (M = 16, K = 4096):
+ * blocks of 24 or 48 rows, x chunks of 24 or 32 KiB, prefetching all rows
+ * from every row tile or into L2 only; prefetching each tile's share of the
+ * next x chunk was ~10% slower.
+ * The launcher spaces the x rows 1 KiB apart modulo 4 KiB from K = 1024
+ * (rows a power of two apart would share L1 sets: +10%). */
+#define GV_XCH 16384 /* bytes of x per K chunk */
+#define GV_CONV_KC 1024 /* K chunk bound when rows are converted (M > GV_MT) */
+
+static inline int gv_nb_of(int64_t mt) { return mt >= 4 ? 3 : mt == 3 ? 4 : 6; }
+
+static void gv_blocked(const xk_linear_args *a, gv_tile_fn tile, const int kind, int64_t n_begin, int64_t n_end) {
+  const int64_t M = a->m, K = a->k;
+  const int64_t T = cdiv(M, GV_MT); /* row tiles, of M / T or M / T + 1 rows */
+  /* Several row tiles share a 3-row weight tile (converted once to f32 when
+   * it is f16 or bf16); one row tile takes the widest tile it allows. */
+  const int64_t nbt = T > 1 ? 3 : gv_nb_of(M);
+  /* One row tile (M <= 4) streams its rows over all of K, x (<= 64 KiB)
+   * from L2: in chunks the block's 12 row streams hop, and M = 4 cold ran
+   * ~10% slower (bench, alternated with session 13's binary). */
+  const int64_t kc = T == 1 ? (K + 127) / 128 * 128 : (GV_XCH / (4 * M)) & ~(int64_t)127;
+  const int conv = T > 1 && (kind == WK_F16 || kind == WK_BF16);
+  const int64_t es = a->w_kind == XK_WEIGHT_DENSE ? xk_dtype_size(a->w_dtype) : 1;
+  const int64_t row_bytes = a->w_stride * es;
+  const int64_t kc_bytes = kind == WK_INT4 ? kc / 2 : kc * es;
+  float accbuf[GV_MAXM * GV_LD * VL] __attribute__((aligned(64)));
+  float wbuf[3 * GV_CONV_KC] __attribute__((aligned(64)));
+  xk_linear_args later = *a; /* row tiles after the first read the weights from L1 */
+  later.no_prefetch = 1;
+  xk_linear_args cb = *a; /* the converted tile */
+  cb.w = wbuf;
+  cb.w_stride = kc;
+  cb.w_dtype = XK_F32;
+  cb.no_prefetch = 1;
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += GV_BLK) {
+    const int64_t bl = min64(GV_BLK, n_end - n0);
+    if (K == 0) memset(accbuf, 0, sizeof accbuf);
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t k1 = min64(K, k0 + kc);
+      for (int64_t t0 = 0; t0 < bl; t0 += nbt) {
+        const int nb = (int)min64(nbt, bl - t0);
+        float *acc = accbuf + t0 * VL;
+        /* Prefetch the next tile's rows: the block's next, or after its last
+         * the block's first at the next chunk. */
+        const int64_t pf = t0 + nbt < bl ? nbt * row_bytes : kc_bytes - t0 * row_bytes;
+        if (conv) {
+          for (int j = 0; j < nb; j++) {
+            const char *src = (const char *)w_row(a, n0 + t0 + j) + k0 * es;
+            for (int64_t b = 0; b < (k1 - k0) * es; b += 64) _mm_prefetch(src + pf + b, _MM_HINT_T0);
+            xk_convert_row(wbuf + j * kc, XK_F32, src, a->w_dtype, k1 - k0, 1.0f);
+          }
+          cb.xf = a->xf + k0;
+        }
+        for (int64_t i = 0, m0 = 0; i < T; m0 += M / T + (i < M % T), i++) {
+          const int mt = (int)(M / T + (i < M % T));
+          if (conv)
+            gv_tile_WK_F32(&cb, mt, nb, m0, 0, 0, k1 - k0, acc, k0 == 0, 0);
+          else
+            tile(i == 0 ? a : &later, mt, nb, m0, n0 + t0, k0, k1, acc, k0 == 0, pf);
+        }
+      }
+    }
+    gv_finish(a, M, n0, (int)bl, accbuf);
+  }
+}
+#endif
 
 #if VL == 16
 /* ---- int4 decode on AVX-512 ------------------------------------------------
@@ -1184,24 +1305,21 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
                                      gv_tile_WK_INT8};
 #endif
   const gv_tile_fn tile = tiles[wkind_of(a)];
-  (void)tile;
   const int64_t M = a->m, K = a->k;
-  const int64_t kch = M <= GV_MT ? (K > 0 ? K : 1) : GV_KCH;
-  float accbuf[GV_MAXM * GV_NB * VL] __attribute__((aligned(64)));
   const int kind = wkind_of(a);
 #if VL == 8
   if (M == 1 && K > 0) {
     d1_gemv(a, n_begin, n_end);
     return;
   }
-#endif
-#if VL == 16
+  gv_blocked(a, tile, kind, n_begin, n_end);
+#else
+  const int64_t kch = M <= GV_MT ? (K > 0 ? K : 1) : GV_KCH;
+  float accbuf[GV_MAXM * GV_NB * VL] __attribute__((aligned(64)));
   if (kind == WK_INT4) {
     q4_gemv(a, n_begin, n_end);
     return;
   }
-#endif
-#if VL == 16
   if (kind == WK_INT8 && M == 1 && K > 0) {
     /* Super-tiles of 8R rows (R rows per 4 KiB page), then the paths below. */
     int64_t R = a->w_stride > 0 && a->w_stride < 4096 ? 4096 / a->w_stride : 1;
@@ -1210,7 +1328,6 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
       for (int64_t r = 0; r < R; r++) q8_tile8(a, n_begin + r, R);
     if (n_begin == n_end) return;
   }
-#endif
   if (M > GV_MT && (kind == WK_F16 || kind == WK_BF16)) {
     /* Several row tiles: convert each weight chunk to f32 once (exact) and
      * run every row tile from that L1-resident copy. */
@@ -1233,7 +1350,7 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
         b.xf = a->xf + k0;
         b.no_prefetch = 1;
         for (int64_t m0 = 0; m0 < M; m0 += GV_MT)
-          gv_tile_WK_F32(&b, (int)min64(GV_MT, M - m0), nb, m0, 0, 0, kl, accbuf, k0 == 0);
+          gv_tile_WK_F32(&b, (int)min64(GV_MT, M - m0), nb, m0, 0, 0, kl, accbuf, k0 == 0, GV_PF_NEXT);
       }
       gv_finish(a, M, n0, nb, accbuf);
     }
@@ -1258,7 +1375,7 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
         b.scales = (const char *)a->scales + (n0 + r) * a->sz_stride * ss;
         if (a->zeros) b.zeros = (const char *)a->zeros + (n0 + r) * a->sz_stride * ss;
         b.sz_stride = a->sz_stride * rt;
-        tile(&b, (int)M, nb, 0, 0, 0, K, accbuf, 1);
+        tile(&b, (int)M, nb, 0, 0, 0, K, accbuf, 1, GV_PF_NEXT);
         for (int64_t m = 0; m < M; m++)
           for (int j = 0; j < nb; j++)
             store_out(a, m, n0 + r + j * rt, vf_hsum(vf_load(accbuf + (m * GV_NB + j) * VL)));
@@ -1273,11 +1390,12 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
     for (int64_t k0 = 0; k0 < K; k0 += kch) {
       const int64_t k1 = min64(K, k0 + kch);
       for (int64_t m0 = 0; m0 < M; m0 += GV_MT) {
-        tile(a, (int)min64(GV_MT, M - m0), nb, m0, n0, k0, k1, accbuf, k0 == 0);
+        tile(a, (int)min64(GV_MT, M - m0), nb, m0, n0, k0, k1, accbuf, k0 == 0, GV_PF_NEXT);
       }
     }
     gv_finish(a, M, n0, nb, accbuf);
   }
+#endif
 }
 
 /* ---- tiled GEMM ------------------------------------------------------------ */
