@@ -1678,14 +1678,16 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
   const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->key_cache_strides, x = a->x;
   int64_t c = d0 / x;
 #if XK_F32_LANES == 8
-  /* Rows a multiple of 2 KiB apart (bf16 sources read in place, H * D =
-   * 1024 or 2048) share one or two L1 sets, 16 rows in 8 ways: a chunk at a
-   * time fetched every line again for each of its four chunks. Here each
-   * source line is read once, whole: two rows' lines give four chunk pairs,
-   * one 32-byte store each (harness, T=512 H=8 D=256 bf16 prefill, min of 5
-   * processes: 372 -> 317 us; at 512-byte rows, no conflicts, it measured
-   * ~1% slower, so the chunk loop below keeps those). */
-  if (st[3] == x && (n & 1) == 0 && (stg_row & 2047) == 0) {
+  /* Rows a multiple of 4 KiB apart (bf16 sources read in place, H * D =
+   * 2048) share one L1 set, 16 rows in 8 ways: a chunk at a time fetched
+   * every line again for each of its four chunks. Here each source line is
+   * read once, whole: two rows' lines give four chunk pairs, one 32-byte
+   * store each (harness, T=512 H=8 D=256 bf16 prefill, min of 5 processes:
+   * 372 -> 317 us; bench 466-640 -> 405-409 us with the value change). At
+   * 512-byte rows, no conflicts, it measured ~1% slower; at 2 KiB rows (8
+   * per set) harness T=512 H=8 D=128 -8% but T=8192 slower in the bench
+   * (4.6-5.0 -> 6.0-6.2 ms, 3 of 3 rounds): those keep the chunk loop. */
+  if (st[3] == x && (n & 1) == 0 && (stg_row & 4095) == 0) {
     char *kb = (char *)a->key_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
     const int64_t cs = st[2] * es;
     const int lines = stream && ((uintptr_t)kb & 63u) == 0 && (cs & 63) == 0 && ((n * 16) & 63) == 0;
@@ -1735,13 +1737,13 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
     /* Stream when the rows of consecutive elements tile whole lines. */
     const int lines = stream && st[2] == XK_RUN && (((uintptr_t)(base + d0 * st[2] * es)) & 63u) == 0;
 #if XK_F32_LANES == 8
-    /* Rows a multiple of 2 KiB apart (see scatter_key_run): both halves of
+    /* Rows a multiple of 4 KiB apart (see scatter_key_run): both halves of
      * each source line loaded together, two transposes (the second from
      * registers the compiler spills to the stack), so every line is fetched
      * once rather than once per half (harness, T=512 H=8 D=256 bf16
      * prefill, with the key change: 317 -> 262 us; T=8192: 12.6 -> 11.5 ms,
      * min of 4 processes on a loaded machine). */
-    if (es == 2 && (stg_row & 2047) == 0)
+    if (es == 2 && (stg_row & 4095) == 0)
       for (; d + 32 <= dn; d += 32) {
         __m256i lo[16], hi[16], out[16];
         for (int j = 0; j < 16; j++) {
