@@ -474,3 +474,120 @@ fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
         }
     }
 }
+
+/// Paged prefill runs whose source rows lie a multiple of 4 KiB apart (H * D
+/// = 2048 bf16, or the token stride of a fused qkv buffer), where the AVX2
+/// runs read each source line once: key chunks four at a time from two rows,
+/// value rows transposed two 16-element halves per line. Same-dtype caches
+/// (bf16, f16, f32 with x = 4), head sizes with a tail (40: five key chunks
+/// and eight value elements past the pairs; 44 f32: eleven chunks), block
+/// sizes 16/32/8, prefill slots with partial, odd and padded runs, aligned
+/// (streamed) and misaligned caches, 1 and 2 threads, every tier; and rows
+/// 2 KiB apart, which keep the chunk-at-a-time loops.
+#[test]
+fn paged_runs_with_rows_4kib_apart_match_reference() {
+    let t = T;
+    let mut rng = common::Rng(31);
+    let cases: [(DType, &str, usize, usize, usize); 5] = [
+        (DType::BF16, "auto", 8, 256, 2048),
+        (DType::BF16, "bfloat16", 2, 40, 2048),
+        (DType::F16, "float16", 2, 128, 4096),
+        (DType::F32, "auto", 2, 44, 1024),
+        (DType::BF16, "auto", 4, 256, 1024),
+    ];
+    for (src, kv_cache_dtype, heads, d, tok_stride) in cases {
+        let vals: Vec<f32> = (0..t * tok_stride)
+            .map(|i| {
+                if i % 41 == 0 {
+                    [0.0, -0.0, f32::INFINITY, -1e30, 1e-40][(i / 41) % 5]
+                } else {
+                    rng.uniform() * 8.0 - 4.0
+                }
+            })
+            .collect();
+        let key = encode(&vals, src);
+        let value: Vec<u8> = encode(&vals.iter().map(|v| v * 0.5 + 1.0).collect::<Vec<_>>(), src);
+        let es = src.size();
+        let x = 16 / es;
+        for block_size in [16usize, 32, 8] {
+            let slots = prefill_slots(&mut rng, block_size);
+            let nb = SLOTS / block_size;
+            let kshape = [nb, heads, d / x, block_size, x];
+            let vshape = [nb, heads, d, block_size];
+            let bytes = SLOTS * heads * d * es;
+            for misalign in [0usize, 16] {
+                let run = |use_reference: bool| -> Vec<u8> {
+                    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+                    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+                    {
+                        let strides = [tok_stride, d, 1];
+                        let len = ((t - 1) * tok_stride + heads * d) * es;
+                        let k = TensorView::from_bytes(
+                            &key[..len],
+                            src,
+                            &[t, heads, d],
+                            Some(&strides),
+                        )
+                        .unwrap();
+                        let v = TensorView::from_bytes(
+                            &value[..len],
+                            src,
+                            &[t, heads, d],
+                            Some(&strides),
+                        )
+                        .unwrap();
+                        let sm = TensorView::new(&slots, &[t]).unwrap();
+                        let r = misalign..misalign + bytes;
+                        let mut kc =
+                            TensorViewMut::from_bytes(&mut kb[r.clone()], src, &kshape, None)
+                                .unwrap();
+                        let mut vc =
+                            TensorViewMut::from_bytes(&mut vb[r], src, &vshape, None).unwrap();
+                        if use_reference {
+                            reference::reshape_and_cache(
+                                &k,
+                                &v,
+                                &mut kc,
+                                &mut vc,
+                                &sm,
+                                kv_cache_dtype,
+                                None,
+                                None,
+                            );
+                        } else {
+                            xpu_ops::reshape_and_cache(
+                                &k,
+                                &v,
+                                &mut kc,
+                                &mut vc,
+                                &sm,
+                                kv_cache_dtype,
+                                None,
+                                None,
+                            )
+                            .unwrap();
+                        }
+                    }
+                    let mut out = kb.to_vec();
+                    out.extend_from_slice(&vb);
+                    out
+                };
+                let want = run(true);
+                common::for_each_isa(|isa| {
+                    for n in [1, 2] {
+                        let got = common::with_threads(n, || {
+                            xpu_ops::with_isa(isa, || run(false)).unwrap()
+                        });
+                        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                            panic!(
+                                "{src}->{kv_cache_dtype} H {heads} D {d} token stride {tok_stride} bs {block_size} \
+                                 misalign {misalign} on {isa} with {n} threads: byte {i} is {:#x}, reference {:#x}",
+                                got[i], want[i]
+                            );
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
