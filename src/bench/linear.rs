@@ -1,6 +1,6 @@
 //! FC / GEMM benchmark cases (issue #5): `linear` (f32/f16/bf16),
 //! `wna16_linear` (int8 per channel; int4 group 128 with zeros, and at
-//! K=4096 N=2048 also group 32 and 64 and symmetric group 128),
+//! K=4096 N=2048 also group 32 and 64, symmetric group 128, and M = 4 and 16),
 //! `dynamic_scaled_int8_quant` and `int8_scaled_mm`, on the PERF.md shapes
 //! (K → N: 2048→12288, 2048→64, 4096→2048, 2048→8192, 2048→512,
 //! 2048→151936, 4096→248320).
@@ -401,6 +401,11 @@ pub fn cases(cfg: &Config) -> Vec<Case> {
             v.push(wna16_case(cfg, 1, k, n, 4, 64, true));
             v.push(wna16_case(cfg, 1, k, n, 4, 32, true));
         }
+    }
+    // Small decode batches of codes (no floor): the M = 2..16 tiles.
+    for m in [4, 16] {
+        v.push(wna16_case(cfg, m, 4096, 2048, 8, 0, false));
+        v.push(wna16_case(cfg, m, 4096, 2048, 4, 128, true));
     }
     // GEMM, warm weights.
     let ms: &[usize] = if q {
