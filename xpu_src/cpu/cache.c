@@ -1333,24 +1333,26 @@ typedef struct bt_job {
  * the spills; 0.0988 vs 0.0890 ns per element for rows of 8192, L1). With
  * pf, each row asks for the next one's lines first (rows a page or more
  * apart, which the hardware prefetchers do not follow). */
-static __attribute__((noinline)) void bt_rows_e4(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
-                                                 float scale, int stream, int pf) {
-  const bt_regs c = bt_regs_make(t, 0);
+static inline __attribute__((always_inline)) void bt_rows_run(const bt_job *rows, int64_t m, int64_t n,
+                                                              const bt_tabs *t, float scale, int stream, int pf,
+                                                              const int e5) {
+  const bt_regs c = bt_regs_make(t, e5);
   for (int64_t j = 0; j < m; j++) {
     if (pf && j + 1 < m)
       for (int64_t l = 0; l < 2 * n; l += 64) _mm_prefetch((const char *)rows[j + 1].src + l, _MM_HINT_T0);
-    bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, 0, stream);
+    bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, e5, stream);
   }
+}
+
+/* One copy per format, so the format is a constant inside each. */
+static __attribute__((noinline)) void bt_rows_e4(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
+                                                 float scale, int stream, int pf) {
+  bt_rows_run(rows, m, n, t, scale, stream, pf, 0);
 }
 
 static __attribute__((noinline)) void bt_rows_e5(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
                                                  float scale, int stream, int pf) {
-  const bt_regs c = bt_regs_make(t, 1);
-  for (int64_t j = 0; j < m; j++) {
-    if (pf && j + 1 < m)
-      for (int64_t l = 0; l < 2 * n; l += 64) _mm_prefetch((const char *)rows[j + 1].src + l, _MM_HINT_T0);
-    bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, 1, stream);
-  }
+  bt_rows_run(rows, m, n, t, scale, stream, pf, 1);
 }
 
 static inline void bt_rows(const bt_job *rows, int64_t m, int64_t n, int32_t dst_dtype, const bt_tabs *t, float scale,
