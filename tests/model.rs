@@ -6,8 +6,11 @@
 //! < 0.5 on logits of std ~3 (activations are bf16: a 1-ulp flip of one
 //! hidden element moves a row of logits by ~1e-3 relative; on the avx512 tier
 //! the tiny config is exact to f32 rounding, on generic a few flips show);
-//! greedy tokens equal; the xpu-ops sampler equal to the reference sampler on
-//! the same logits, row for row.
+//! greedy tokens and random draws equal to the reference model's except on
+//! near ties (a greedy top-2 gap, or a draw's distance to the edge of its
+//! token's CDF interval, within what the row's logit error can move); the
+//! xpu-ops sampler equal to the reference sampler on the same logits, row
+//! for row.
 
 mod common;
 
@@ -48,6 +51,11 @@ fn assert_aligned(opts: DemoOptions, what: &str) -> xpu_ops::model::Report {
         "{what}: greedy tokens differ\n{report}"
     );
     assert_eq!(
+        a.decisive_draw_mismatches(),
+        0,
+        "{what}: random draws differ\n{report}"
+    );
+    assert_eq!(
         a.sampler_parity, a.sampler_rows,
         "{what}: sampler differs from the reference sampler\n{report}"
     );
@@ -66,10 +74,13 @@ fn tiny_model_matches_reference_on_every_tier_and_backend() {
             let what = format!("{isa} {attention:?}");
             let report = assert_aligned(tiny(attention), &what);
             let a = report.alignment.as_ref().unwrap();
-            // Tiny: every token matches, random draws included (the result
-            // is deterministic per tier; a draw could flip on a tier whose
-            // rounding differs, see the report's note on inverse-CDF draws).
-            assert!(a.tokens_match(), "{what}: tokens differ\n{report}");
+            // Tiny: every greedy token matches. A random draw may flip on
+            // a near tie (checked in assert_aligned): a tier whose rounding
+            // differs by one bf16 ulp somewhere moves the CDF a little.
+            assert_eq!(
+                a.greedy_matched, a.greedy_total,
+                "{what}: greedy tokens differ\n{report}"
+            );
             // Logits have a std of ~3: a few bf16 flips move them by ~0.1.
             assert!(a.max_abs() < 0.5, "{what}: max abs {}", a.max_abs());
             assert_eq!(report.generated.len(), 4);

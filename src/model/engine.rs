@@ -9,7 +9,9 @@ use half::bf16;
 
 use super::forward::{forward, Backend, Batch, CacheState, Phase, SeqChunk, XpuBackend};
 use super::reference::RefBackend;
-use super::report::{AlignmentReport, GreedyMismatch, OpRow, Report, Roofline, StepAlignment};
+use super::report::{
+    AlignmentReport, DrawMismatch, GreedyMismatch, OpRow, Report, Roofline, StepAlignment,
+};
 use super::weights::Weights;
 use super::{AttentionBackend, DemoOptions, Rng};
 use crate::align::{Alignment, Tolerance};
@@ -484,6 +486,61 @@ fn reference_sample<B: Backend>(
     Ok(crate::reference::sampling::sampler_forward(&v, &md).sampled[0])
 }
 
+/// What a request's random draw depends on besides its logits.
+#[derive(Debug, Clone, Copy)]
+struct DrawSetting {
+    temperature: f32,
+    top_k: i64,
+    top_p: f32,
+    seed: i64,
+    /// Philox offset: tokens the request sampled before.
+    offset: i64,
+}
+
+/// For a random draw where the two models disagree: how deep the draw point
+/// lies inside the reference token's interval of the reference CDF (in
+/// probability), and how far the row's largest logit error `max_abs` can move
+/// any point of that CDF. Scaling every kept weight by a factor within
+/// e^(+-max_abs / T) moves a CDF value C by at most C (1 - C) (e^(2 max_abs / T) - 1)
+/// <= (e^(2 max_abs / T) - 1) / 4; tokens that one row keeps and the other
+/// drops (top-k / top-p edges) add their reference mass; 1e-6 covers the
+/// sampler's own weight rounding.
+fn draw_margin(
+    (reference, xpu): (&[f32], &[f32]),
+    d: DrawSetting,
+    token: usize,
+    max_abs: f64,
+) -> (f64, f64) {
+    use crate::reference::sampling::{kept_mask, uniform_bits, weight, RowFilter};
+    let vocab = reference.len();
+    let filter = RowFilter {
+        top_k: match d.top_k {
+            k if k <= 0 || k as usize >= vocab => 0,
+            k => k as usize,
+        },
+        top_p: d.top_p,
+        ..RowFilter::NONE
+    };
+    let scaled = |row: &[f32]| row.iter().map(|&x| x / d.temperature).collect::<Vec<f32>>();
+    let (y, y_xpu) = (scaled(reference), scaled(xpu));
+    let (kept, kept_xpu) = (
+        kept_mask(&y, true, &filter),
+        kept_mask(&y_xpu, true, &filter),
+    );
+    let m = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let w: Vec<f64> = y.iter().map(|&v| weight(true, v, m) as f64).collect();
+    let z: f64 = (0..vocab).filter(|&i| kept[i]).map(|i| w[i]).sum();
+    let below: f64 = (0..token).filter(|&i| kept[i]).map(|i| w[i]).sum();
+    let (lo, hi) = (below / z, (below + w[token]) / z);
+    let f = uniform_bits(d.seed as u64, 0, d.offset as u64) as f64 / 2f64.powi(32);
+    let swapped: f64 = (0..vocab)
+        .filter(|&i| kept[i] != kept_xpu[i])
+        .map(|i| w[i] / z)
+        .sum();
+    let bound = (2.0 * max_abs / d.temperature as f64).exp_m1() / 4.0 + swapped + 1e-6;
+    ((f - lo).min(hi - f), bound)
+}
+
 /// Step by step: logits alignment, token agreement with the reference
 /// model, and the xpu sampler against the reference sampler on the same logits.
 fn compare_runs<B: Backend>(
@@ -495,7 +552,7 @@ fn compare_runs<B: Backend>(
     let vocab = eng.weights.config.vocab_size;
     let mut steps = Vec::new();
     let (mut greedy, mut sampled, mut parity) = ([0usize; 2], [0usize; 2], [0usize; 2]);
-    let mut greedy_mismatches = Vec::new();
+    let (mut greedy_mismatches, mut draw_mismatches) = (Vec::new(), Vec::new());
     for (a, b) in run.steps.iter().zip(&reference.steps) {
         if a.requests.is_empty() {
             continue;
@@ -535,6 +592,27 @@ fn compare_runs<B: Backend>(
             } else {
                 sampled[0] += ok as usize;
                 sampled[1] += 1;
+                if !ok {
+                    let setting = DrawSetting {
+                        temperature: eng.temperatures[r],
+                        top_k: eng.top_k,
+                        top_p: eng.top_p,
+                        seed: eng.seeds[r],
+                        offset: b.offsets[i],
+                    };
+                    let (margin, bound) = draw_margin(
+                        (&b.logits[rows.clone()], &a.logits[rows.clone()]),
+                        setting,
+                        b.sampled[i] as usize,
+                        row.max_abs,
+                    );
+                    draw_mismatches.push(DrawMismatch {
+                        label: a.label.clone(),
+                        request: r,
+                        margin,
+                        bound,
+                    });
+                }
             }
             let s = reference_sample(eng, &a.logits[rows], r, a.offsets[i])?;
             parity[0] += (s == a.sampled[i]) as usize;
@@ -555,9 +633,79 @@ fn compare_runs<B: Backend>(
         greedy_mismatches,
         sampled_matched: sampled[0],
         sampled_total: sampled[1],
+        draw_mismatches,
         sampler_parity: parity[0],
         sampler_rows: parity[1],
         tolerance: LOGITS_TOLERANCE,
         reference_seconds: seconds,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(row: &[f32], d: DrawSetting) -> usize {
+        let (temp, seed, off) = ([d.temperature], [d.seed], [d.offset]);
+        let md = SamplingMetadata {
+            temperature: Some(PerRow::Tensor(&TensorView::new(&temp, &[1]).unwrap())),
+            top_k: Some(PerRow::Scalar(d.top_k)),
+            top_p: Some(PerRow::Scalar(d.top_p)),
+            seed: PerRow::Tensor(&TensorView::new(&seed, &[1]).unwrap()),
+            offset: PerRow::Tensor(&TensorView::new(&off, &[1]).unwrap()),
+            ..SamplingMetadata::default()
+        };
+        let v = TensorView::new(row, &[1, row.len()]).unwrap();
+        crate::reference::sampling::sampler_forward(&v, &md).sampled[0] as usize
+    }
+
+    /// Rows perturbed by up to `err`: every draw that flips must be judged a
+    /// near tie when the true error is passed, and some must be judged
+    /// decisive when a hundredth of it is claimed (the check can fail).
+    #[test]
+    fn draw_margin_bounds_every_flip_its_logit_error_can_cause() {
+        let mut rng = Rng(7);
+        let (vocab, err) = (48, 0.05f32);
+        let (mut flips, mut caught) = (0, 0);
+        for (temperature, top_k, top_p) in [(1.0, 0, 1.0), (0.8, 20, 1.0), (0.7, 0, 0.9)] {
+            for row_seed in 0..40 {
+                let reference: Vec<f32> = (0..vocab).map(|_| 3.0 * rng.symmetric()).collect();
+                let xpu: Vec<f32> = reference
+                    .iter()
+                    .map(|&x| x + err * rng.symmetric())
+                    .collect();
+                let max_abs = reference
+                    .iter()
+                    .zip(&xpu)
+                    .map(|(a, b)| (a - b).abs() as f64)
+                    .fold(0.0, f64::max);
+                for offset in 0..50 {
+                    let d = DrawSetting {
+                        temperature,
+                        top_k,
+                        top_p,
+                        seed: row_seed,
+                        offset,
+                    };
+                    let want = sample(&reference, d);
+                    if sample(&xpu, d) == want {
+                        continue;
+                    }
+                    flips += 1;
+                    let (margin, bound) = draw_margin((&reference, &xpu), d, want, max_abs);
+                    assert!(margin <= bound, "{d:?}: margin {margin} > bound {bound}");
+                    let (margin, bound) = draw_margin((&reference, &xpu), d, want, max_abs / 100.0);
+                    caught += (margin > bound) as usize;
+                }
+            }
+        }
+        assert!(
+            flips >= 100,
+            "only {flips} flips: the test does not exercise the bound"
+        );
+        assert!(
+            caught > 0,
+            "no flip judged decisive with the error understated"
+        );
+    }
 }

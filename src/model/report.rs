@@ -47,10 +47,12 @@ pub struct AlignmentReport {
     /// Every greedy row whose token differs from the reference model's.
     pub greedy_mismatches: Vec<GreedyMismatch>,
     /// Random draws (temperature > 0) equal to the reference model's. The
-    /// draw inverts the CDF in token-id order, so a ~1% logit difference
-    /// moves it now and then even though both samplers are exact.
+    /// draw inverts the CDF in token-id order, so a small logit difference
+    /// moves it when the draw lands near the edge of a token's interval.
     pub sampled_matched: usize,
     pub sampled_total: usize,
+    /// Every random draw whose token differs from the reference model's.
+    pub draw_mismatches: Vec<DrawMismatch>,
     /// Rows where the xpu-ops sampler's token equals the reference
     /// sampler's on the same (xpu-ops) logits: must be all of them.
     pub sampler_parity: usize,
@@ -78,12 +80,36 @@ impl GreedyMismatch {
     }
 }
 
+/// A random draw where xpu-ops and the reference model picked different
+/// tokens. Both invert the CDF at the same point `f` (the row's 32 random
+/// bits over 2^32); `margin` is how far `f` lies inside the reference token's
+/// interval of the reference CDF, `bound` how far the row's logit error can
+/// move any point of that CDF.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrawMismatch {
+    pub label: String,
+    pub request: usize,
+    pub margin: f64,
+    pub bound: f64,
+}
+
+impl DrawMismatch {
+    /// The draw lies deeper inside the reference token's interval than the
+    /// logit error can move its edges: a real disagreement, not a near tie.
+    pub fn decisive(&self) -> bool {
+        self.margin > self.bound
+    }
+}
+
 impl AlignmentReport {
     pub fn decisive_greedy_mismatches(&self) -> usize {
         self.greedy_mismatches
             .iter()
             .filter(|m| m.decisive())
             .count()
+    }
+    pub fn decisive_draw_mismatches(&self) -> usize {
+        self.draw_mismatches.iter().filter(|m| m.decisive()).count()
     }
     pub fn min_cosine(&self) -> f64 {
         self.steps
@@ -357,10 +383,10 @@ impl fmt::Display for Report {
                 },
                 a.sampled_matched,
                 a.sampled_total,
-                if a.sampled_matched < a.sampled_total {
-                    " (inverse-CDF draws move with ~1% logit differences)"
+                if a.decisive_draw_mismatches() > 0 {
+                    format!(" ({} DECISIVE MISMATCHES)", a.decisive_draw_mismatches())
                 } else {
-                    ""
+                    String::new()
                 }
             )?;
             for m in &a.greedy_mismatches {
@@ -371,6 +397,18 @@ impl fmt::Display for Report {
                     m.request,
                     m.top2_gap,
                     m.row_max_abs,
+                    if m.decisive() { "DECISIVE" } else { "a near tie" }
+                )?;
+            }
+            for m in &a.draw_mismatches {
+                writeln!(
+                    f,
+                    "    draw mismatch at {} request {}: draw {:.2e} inside the reference token's CDF interval vs \
+                     {:.2e} that the row's logit error can move it ({})",
+                    m.label,
+                    m.request,
+                    m.margin,
+                    m.bound,
                     if m.decisive() { "DECISIVE" } else { "a near tie" }
                 )?;
             }
