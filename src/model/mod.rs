@@ -23,7 +23,7 @@
 //! pools, times every op, measures the decode step against the machine's read
 //! bandwidth, and replays the same schedule through [`crate::reference`]
 //! (teacher-forced on the tokens xpu-ops produced) to report the alignment of
-//! the logits and whether the tokens match.
+//! the logits and whether the tokens agree.
 //!
 //! ```
 //! use xpu_ops::model::{run_demo, DemoOptions, ModelConfig};
@@ -36,7 +36,7 @@
 //! };
 //! let report = run_demo(opts)?;
 //! assert_eq!(report.generated[0].len(), 3); // one token from prefill + 2 decode steps
-//! assert!(report.alignment.as_ref().unwrap().tokens_match());
+//! assert!(report.alignment.as_ref().unwrap().tokens_agree());
 //! # Ok::<(), xpu_ops::Error>(())
 //! ```
 
