@@ -2776,7 +2776,7 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
 #define XF_PV(FP8, E5, K0, NR, M)                                                                                   \
   do {                                                                                                              \
     if (xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 0, K0, NR, M, out, old, f))                                         \
-      xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 1, K0, NR, M, out, old, f);                                      \
+      xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 1, K0, NR, M, out, old, f);                                           \
   } while (0)
 #define XF_PV_ALL(NR, M)                                                                                            \
   do {                                                                                                              \
@@ -2799,11 +2799,11 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
     if (dt == XK_BF16) {                                                                                            \
       xf_qk(qp, kt, hoff, nch, 0, 0, 0, NR, 8 / NR, lg, lld, f);                                                    \
     } else if (dt == XK_F8E4M3) {                                                                                   \
-      if (xf_qk(qp, kt, hoff, nch, 1, 0, 0, NR, 8 / NR, lg, lld, f))                                                 \
-        xf_qk(qp, kt, hoff, nch, 1, 0, 1, NR, 8 / NR, lg, lld, f);                                               \
+      if (xf_qk(qp, kt, hoff, nch, 1, 0, 0, NR, 8 / NR, lg, lld, f))                                                \
+        xf_qk(qp, kt, hoff, nch, 1, 0, 1, NR, 8 / NR, lg, lld, f);                                                  \
     } else {                                                                                                        \
-      if (xf_qk(qp, kt, hoff, nch, 1, 1, 0, NR, 8 / NR, lg, lld, f))                                                 \
-        xf_qk(qp, kt, hoff, nch, 1, 1, 1, NR, 8 / NR, lg, lld, f);                                               \
+      if (xf_qk(qp, kt, hoff, nch, 1, 1, 0, NR, 8 / NR, lg, lld, f))                                                \
+        xf_qk(qp, kt, hoff, nch, 1, 1, 1, NR, 8 / NR, lg, lld, f);                                                  \
     }                                                                                                               \
   }                                                                                                                 \
   static void xf_pv_##NR(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t cb,   \
