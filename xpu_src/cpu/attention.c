@@ -2601,45 +2601,99 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
  * through per-token row pointers, so any block size and any step start work.
  * The softmax runs online in steps of XF_S keys from the row's first key
  * (attn_varlen's scale, softcap, ALiBi, running maximum and sum, sinks and
- * LSE); probabilities rounded to the query dtype. Keys are prefetched (into
- * L2) XE_PD groups ahead of pass 1 with the values of the same groups, so
- * pass 2 reads them from L2 and the next step's first keys are in flight.
- * Measured (B=8 ctx=4096, one thread, a noisy shared host: best of runs):
- * the value prefetches as one burst per group left pass 2 waiting on its
- * value loads (half of xf_pv's samples); spread over the Q.K^T iterations,
- * fp8 16.0-16.8 -> 14.3-14.4 ms (bf16 unchanged). Not kept: steps of 128 or
- * 256 keys and prefetch distances 3 or 4 (no difference within the noise),
- * a T0 prefetch of the step's values before pass 2 (no difference).
- * Still 1.3-1.8x slower than xe_paged out of cache (session 14, harness, CPU
- * time, B=8 ctx=4096 bf16: Qwen 13.1 vs 9.8 ms, Llama 20.1 vs 11.1 ms), while
- * in L2 a 64-key step runs at 59-75% of the FMA peak per pass (plus 9-15% for
- * the softmax step). Out of cache, pass 1 (which carries the K and V
- * prefetches) takes 2.7-3.6x its in-L2 time and pass 2 1.2-1.5x, and a
- * prefetched value line costs pass 1 about what its demand miss costs pass 2
- * (B=1 ctx=4096 Llama, the same 16 MiB every call, rdtsc: Q.K 4.05M with K
- * and V prefetches, 2.04M with K only; P.V 1.67M vs 2.36M). Tried in session 14
- * (new/old time, B=8 ctx=4096, both models, bf16 and fp8, alternated runs):
- * values prefetched during pass 1 of their own step and the next step's keys
- * spread evenly over pass 2 in address order, 0.89-1.20; only the first 2-4
- * lines of each 4 KiB page (for the L2 streamer), 1.07-1.95; values one kv
- * head ahead in pass 2, 1.01-1.25; steps of 16 or 32 keys, 0.98-1.13; P.V in
- * token tiles of 16 or 32 (the 2 KiB row stride puts a sweep's lines in few
- * L1 sets), 0.95-1.10; raw fp8 keys with the factor on q (as xe_paged),
- * bit-identical but 1.33-1.38x slower in L2; kv groups of 1, 2, 4 Llama heads
- * instead of 8, 1.01-1.03 vs 0.95.
+ * LSE); probabilities rounded to the query dtype.
+ * Memory: pass 1 and pass 2 compute while the next step's keys and values
+ * stream into L2 (xf_pf: every line once, in address order, one line per
+ * gap FMAs of both passes), so DRAM traffic overlaps the FMAs at the even
+ * rate the step needs. Before (session 14), keys and values were prefetched
+ * two groups ahead inside pass 1 only, twice the rate there: the software
+ * prefetches (L1 miss buffers) could not keep up, and out of cache pass 1
+ * took 2.7-3.6x its in-L2 time while pass 2 waited on nothing. Session 15
+ * (harness, CPU time, B=8 ctx=4096 cold, new/old median, alternated in one
+ * process): Llama bf16 0.70-0.72, Qwen bf16 0.82-0.83, Llama fp8 0.91-0.97,
+ * Qwen fp8 1.03-1.05 (compute-bound: the count costs 2-5% of its loop);
+ * bit-identical. Now 1.1-1.35x xe_paged's time (bf16 Llama 14.5 vs 12.0 ms,
+ * Qwen 11.5 vs 10.3; fp8 Llama 17.9 vs 13.2, Qwen 14.8 vs 11.2): fp8 is
+ * compute-bound, in L2 a 64-key step runs at 59-75% of the FMA peak per pass
+ * plus 9-15% for the softmax step.
+ * Tried and rejected in session 15 (same harness, new/old, Llama/Qwen bf16,
+ * Llama/Qwen fp8): keys only prefetched in pass 1, values on demand, 0.86,
+ * 1.01, 1.10, 1.15; that plus the next step's values spread over pass 2,
+ * 0.88, 0.93, 0.96, 1.03; values on demand in P.V token tiles of 8 or 16 or
+ * steps of 16 or 32 keys (for the L2 streamer), 0.93-1.25; every other line
+ * only (for the adjacent-line prefetcher), Llama 1.38-1.49; the stream with
+ * its count in memory, 0.81-1.16; the stream without the first step's keys,
+ * ctx=512 fp8 0.97 / 1.07 (0.84 / 1.02 with them); T0 or T2 hints, no change.
+ * Tried in session 14 (new/old time, B=8 ctx=4096, both models, bf16 and
+ * fp8): values prefetched during pass 1 of their own step and the next
+ * step's keys spread evenly over pass 2 in address order, 0.89-1.20; only the
+ * first 2-4 lines of each 4 KiB page, 1.07-1.95; values one kv head ahead in
+ * pass 2, 1.01-1.25; steps of 16 or 32 keys, 0.98-1.13; P.V in token tiles of
+ * 16 or 32 (the 2 KiB row stride puts a sweep's lines in few L1 sets),
+ * 0.95-1.10; raw fp8 keys with the factor on q (as xe_paged), bit-identical
+ * but 1.33-1.38x slower in L2; kv groups of 1, 2, 4 Llama heads instead of 8,
+ * 1.01-1.03 vs 0.95; steps of 128 or 256 keys, prefetch distances 3 or 4.
  */
 #define XF_S XA_VT /* keys per online-softmax step (the workspace's logit columns; a multiple of XE_G) */
 
+/* The prefetch stream of a step (into L2): every line of the next step's key
+ * rows, then of its value rows (the first step: its own keys and values
+ * before them), token by token in address order, at an even pace over the
+ * step's micro-kernel iterations: one line per gap FMAs (cd counts down). */
+typedef struct {
+  const char *p, *end;           /* the current row's next line and its end */
+  const char *const *rows[4];    /* phases: token rows (kv head 0) of K, V (this step), K, V (the next) */
+  int64_t n[4], hs[4], np, ph;   /* tokens and head strides per phase; phases; the current one */
+  int64_t t, kvl, kv0, kg, rowb; /* position (token, kv head of kg from kv0) and row bytes */
+  int64_t gap, cd;
+} xf_pf;
+
+/* Next row of the stream (after the last one: p = end = NULL). */
+static void xf_pf_row(xf_pf *f) {
+  while (f->ph < f->np) {
+    if (f->t < f->n[f->ph]) {
+      f->p = f->rows[f->ph][f->t] + (f->kv0 + f->kvl) * f->hs[f->ph];
+      f->end = f->p + f->rowb;
+      if (++f->kvl == f->kg) f->kvl = 0, f->t++;
+      return;
+    }
+    f->ph++, f->t = 0, f->kvl = 0;
+  }
+  f->p = f->end = NULL;
+}
+
+/* A micro-kernel's copy of the stream position and count, in registers
+ * (the kernel's stores could alias f: -fno-strict-aliasing). */
+typedef struct {
+  const char *p;
+  int64_t cd;
+} xf_pfl;
+
+/* Counts W FMAs down; issues the stream's next lines while the count runs out. */
+XE_INLINE void xf_pf_tick(xf_pf *f, xf_pfl *l, int64_t W) {
+  if ((l->cd -= W) > 0) return;
+  do {
+    l->cd += f->gap;
+    if (!l->p) return;
+    _mm_prefetch(l->p, _MM_HINT_T1);
+    l->p += 64;
+    if (l->p >= f->end) {
+      xf_pf_row(f);
+      l->p = f->p;
+    }
+  } while (l->cd <= 0);
+}
+
 /* Logits of NR query rows (q planes at qp: [chunk][plane][row][8]) for the 16
  * token rows kt[0 .. 16) + hoff (nch chunks of 32 bytes), TP tokens per pass,
- * to lg[r * lld + 0 .. 16); prefetches rows pf[0 .. 16) + hoff when pf (rowb
- * bytes each). Returns 1 (lg partly written) when an fp8 key is not finite
- * and fix is 0: the caller runs it again with fix. */
+ * to lg[r * lld + 0 .. 16), advancing the prefetch stream f when f. Returns 1
+ * (lg partly written) when an fp8 key is not finite and fix is 0: the caller
+ * runs it again with fix. */
 XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, const int fp8, const int e5,
-                    const int fix, const int NR, const int TP, float *lg, int64_t lld, const char *const *pf,
-                    const char *const *pv, int64_t voff, int64_t rowb) {
+                    const int fix, const int NR, const int TP, float *lg, int64_t lld, xf_pf *f) {
   const int NP = fp8 ? 4 : 2, raw = 0;
   __m256i sp = _mm256_setzero_si256();
+  xf_pfl pl = {f->p, f->cd};
   for (int tp0 = 0; tp0 < XE_G; tp0 += TP) {
     __m256 acc[8][8];
     const char *kr[8];
@@ -2649,11 +2703,8 @@ XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_
     for (int r = 0; r < NR; r++)
 #pragma GCC unroll 8
       for (int j = 0; j < TP; j++) acc[r][j] = _mm256_setzero_ps();
+    if (!fix) xf_pf_tick(f, &pl, nch * NR * TP * NP);
     for (int64_t c = 0; c < nch; c++) {
-      if (pf && 32 * c < rowb) { /* keys at even c, values at odd c: line c / 2 of each row */
-        for (int j = 0; j < TP; j++)
-          _mm_prefetch(c & 1 ? pv[tp0 + j] + voff + 32 * (c - 1) : pf[tp0 + j] + hoff + 32 * c, _MM_HINT_T1);
-      }
       __m256i w[8];
 #pragma GCC unroll 8
       for (int j = 0; j < TP; j++) w[j] = _mm256_loadu_si256((const __m256i *)(kr[j] + 32 * c));
@@ -2661,6 +2712,8 @@ XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_
     }
     xe_store1(acc, NR, TP, lg + tp0, lld, 0);
   }
+  f->p = pl.p;
+  f->cd = pl.cd;
   return fp8 && !fix && !_mm256_testz_si256(sp, sp);
 }
 
@@ -2671,7 +2724,7 @@ XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_
  * when fix is 0. */
 XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t c0,
                     const int fp8, const int e5, const int fix, const int K0, const int NR, const int M, float *out,
-                    int64_t old) {
+                    int64_t old, xf_pf *f) {
   const int NP = fp8 ? 4 : 2;
   __m256 acc[8][8];
 #pragma GCC unroll 8
@@ -2681,7 +2734,9 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
 #pragma GCC unroll 2
       for (int k = 0; k < 2; k++) acc[r][2 * m + k] = _mm256_loadu_ps(out + r * old + (c0 + m) * 8 * NP + 8 * (K0 + k));
   __m256i sp = _mm256_setzero_si256();
+  xf_pfl pl = {f->p, f->cd};
   for (int64_t t = 0; t < n; t++) {
+    if (!fix) xf_pf_tick(f, &pl, 2 * NR * M);
     const char *v = vt[t] + hoff + 32 * c0;
     __m256i w[8], s[8];
 #pragma GCC unroll 8
@@ -2705,6 +2760,8 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
       }
     }
   }
+  f->p = pl.p;
+  f->cd = pl.cd;
   if (fp8 && !fix && !_mm256_testz_si256(sp, sp)) return 1;
 #pragma GCC unroll 8
   for (int r = 0; r < NR; r++)
@@ -2718,8 +2775,8 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
 /* One dtype's P.V kernel over chunks [c0, c0 + M), every plane pair. */
 #define XF_PV(FP8, E5, K0, NR, M)                                                                                   \
   do {                                                                                                              \
-    if (xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 0, K0, NR, M, out, old))                                            \
-      xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 1, K0, NR, M, out, old);                                              \
+    if (xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 0, K0, NR, M, out, old, f))                                         \
+      xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 1, K0, NR, M, out, old, f);                                           \
   } while (0)
 #define XF_PV_ALL(NR, M)                                                                                            \
   do {                                                                                                              \
@@ -2738,19 +2795,19 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
  * 4 / NR chunks per token (8 accumulators), then single chunks for the rest. */
 #define XF_DEF(NR)                                                                                                  \
   static void xf_qk_##NR(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, int32_t dt, float *lg,  \
-                         int64_t lld, const char *const *pf, const char *const *pv, int64_t voff, int64_t rowb) {   \
+                         int64_t lld, xf_pf *f) {                                                                   \
     if (dt == XK_BF16) {                                                                                            \
-      xf_qk(qp, kt, hoff, nch, 0, 0, 0, NR, 8 / NR, lg, lld, pf, pv, voff, rowb);                                   \
+      xf_qk(qp, kt, hoff, nch, 0, 0, 0, NR, 8 / NR, lg, lld, f);                                                    \
     } else if (dt == XK_F8E4M3) {                                                                                   \
-      if (xf_qk(qp, kt, hoff, nch, 1, 0, 0, NR, 8 / NR, lg, lld, pf, pv, voff, rowb))                               \
-        xf_qk(qp, kt, hoff, nch, 1, 0, 1, NR, 8 / NR, lg, lld, NULL, NULL, 0, 0);                                   \
+      if (xf_qk(qp, kt, hoff, nch, 1, 0, 0, NR, 8 / NR, lg, lld, f))                                                \
+        xf_qk(qp, kt, hoff, nch, 1, 0, 1, NR, 8 / NR, lg, lld, f);                                                  \
     } else {                                                                                                        \
-      if (xf_qk(qp, kt, hoff, nch, 1, 1, 0, NR, 8 / NR, lg, lld, pf, pv, voff, rowb))                               \
-        xf_qk(qp, kt, hoff, nch, 1, 1, 1, NR, 8 / NR, lg, lld, NULL, NULL, 0, 0);                                   \
+      if (xf_qk(qp, kt, hoff, nch, 1, 1, 0, NR, 8 / NR, lg, lld, f))                                                \
+        xf_qk(qp, kt, hoff, nch, 1, 1, 1, NR, 8 / NR, lg, lld, f);                                                  \
     }                                                                                                               \
   }                                                                                                                 \
   static void xf_pv_##NR(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t cb,   \
-                         int64_t ce, int32_t dt, float *out, int64_t old) {                                         \
+                         int64_t ce, int32_t dt, float *out, int64_t old, xf_pf *f) {                               \
     int64_t c0 = cb;                                                                                                \
     for (; c0 + 4 / NR <= ce; c0 += 4 / NR) XF_PV_ALL(NR, 4 / NR);                                                  \
     for (; c0 < ce; c0++) XF_PV_ALL(NR, 1);                                                                         \
@@ -2805,7 +2862,7 @@ static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_
   const int64_t khs = a->key_cache_strides[2] * es, vhs = a->value_cache_strides[2] * es;
   const float pscale = !fp8 ? 1.0f : dt == XK_F8E5M2 ? 0x1p112f : 0x1p120f;
   float *qp = (float *)w->q;
-  const char *kt[XF_S + XE_G], *vt[XF_S + XE_G], *pk[XE_G], *pv[XE_G];
+  const char *rows[2][2][XF_S + XE_G]; /* [buffer][key, value][token]: this step's and the next one's */
   const unsigned csr = _mm_getcsr();
   _mm_setcsr(csr | XE_FTZ);
   for (int64_t b = begin; b < end; b++) {
@@ -2828,31 +2885,43 @@ static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_
       }
     }
     memset(w->acc, 0, (size_t)(R * Dp) * sizeof(float));
-    for (int64_t ts = lo; ts < hi; ts += XF_S) {
+    const char **kt = rows[0][0], **vt = rows[0][1];
+    if (lo < hi) {
+      xf_rows(a, bt, 0, lo, xa_min(XF_S, hi - lo), kt);
+      xf_rows(a, bt, 1, lo, xa_min(XF_S, hi - lo), vt);
+    }
+    for (int64_t ts = lo, nb = 1; ts < hi; ts += XF_S, nb ^= 1) {
       const int64_t n = xa_min(XF_S, hi - ts), ngrp = (n + XE_G - 1) / XE_G;
-      xf_rows(a, bt, 0, ts, n, kt);
-      xf_rows(a, bt, 1, ts, n, vt);
+      const int64_t n2 = xa_max(0, xa_min(XF_S, hi - ts - XF_S)); /* the next step's keys */
+      const char **kn = rows[nb][0], **vn = rows[nb][1];
+      if (n2) {
+        xf_rows(a, bt, 0, ts + XF_S, n2, kn);
+        xf_rows(a, bt, 1, ts + XF_S, n2, vn);
+      }
       for (int64_t j = n; j < ngrp * XE_G; j++) kt[j] = kt[n - 1]; /* a partial group repeats its last key */
-      /* Pass 1: logits. Prefetched: the keys of the group XE_PD ahead (the
-       * next step's first ones at the end) and that group's values. */
+      /* The prefetch stream over the step's FMAs (pass 1 runs 16 ngrp keys,
+       * pass 2 n values, D / 8 FMAs per key and row): the next step's keys
+       * and values, the first step's own before them. A token's rows of the
+       * group's kv heads are one span when adjacent. */
+      const int64_t adj = khs == rowb && vhs == rowb, first = ts == lo;
+      xf_pf f = {.rows = {kt, vt, kn, vn}, .n = {n, n, n2, n2}, .hs = {khs, vhs, khs, vhs}, .np = 4,
+                 .ph = first ? 0 : 2, .kv0 = kvh0, .kg = adj ? 1 : KG, .rowb = adj ? KG * rowb : rowb};
+      const int64_t lines = ((first ? 2 * n : 0) + 2 * n2) * KG * ((rowb + 63) / 64);
+      f.gap = lines ? xa_max(1, (ngrp * XE_G + n) * R * D / 8 / lines) : INT64_MAX;
+      f.cd = f.gap;
+      xf_pf_row(&f);
+      /* Pass 1: logits. */
       for (int64_t gi = 0; gi < ngrp; gi++) {
-        const int64_t tp = ts + (gi + XE_PD) * XE_G, npf = xa_max(0, xa_min(XE_G, hi - tp));
-        if (npf) {
-          xf_rows(a, bt, 0, tp, npf, pk);
-          xf_rows(a, bt, 1, tp, npf, pv);
-          for (int64_t j = npf; j < XE_G; j++) pk[j] = pk[npf - 1], pv[j] = pv[npf - 1];
-        }
         for (int64_t kvl = 0; kvl < KG; kvl++) {
-          const int64_t hoff = (kvh0 + kvl) * khs, voff = (kvh0 + kvl) * vhs;
+          const int64_t hoff = (kvh0 + kvl) * khs;
           for (int64_t r0 = 0; r0 < G;) {
             const int64_t nr = xe_nr(G, r0), r = kvl * G + r0;
             const float *q = qp + r * D;
             float *lg = w->lg + r * L_ + gi * XE_G;
-            const char *const *pf = npf && !r0 ? pk : NULL;
             switch (nr) {
-              case 4: xf_qk_4(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, pf, pv, voff, rowb); break;
-              case 2: xf_qk_2(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, pf, pv, voff, rowb); break;
-              default: xf_qk_1(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, pf, pv, voff, rowb); break;
+              case 4: xf_qk_4(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, &f); break;
+              case 2: xf_qk_2(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, &f); break;
+              default: xf_qk_1(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, &f); break;
             }
             r0 += nr;
           }
@@ -2902,19 +2971,21 @@ static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_
             switch (nr) {
               case 4:
                 if (fp8) { /* 4 rows x 2 planes x 2 chunks would need 16 accumulators: two row pairs */
-                  xf_pv_2(p, L_, vt, hoff, n, cb, ce, dt, o, Dp);
-                  xf_pv_2(p + 2 * L_, L_, vt, hoff, n, cb, ce, dt, o + 2 * Dp, Dp);
+                  xf_pv_2(p, L_, vt, hoff, n, cb, ce, dt, o, Dp, &f);
+                  xf_pv_2(p + 2 * L_, L_, vt, hoff, n, cb, ce, dt, o + 2 * Dp, Dp, &f);
                 } else {
-                  xf_pv_4(p, L_, vt, hoff, n, cb, ce, dt, o, Dp);
+                  xf_pv_4(p, L_, vt, hoff, n, cb, ce, dt, o, Dp, &f);
                 }
                 break;
-              case 2: xf_pv_2(p, L_, vt, hoff, n, cb, ce, dt, o, Dp); break;
-              default: xf_pv_1(p, L_, vt, hoff, n, cb, ce, dt, o, Dp); break;
+              case 2: xf_pv_2(p, L_, vt, hoff, n, cb, ce, dt, o, Dp, &f); break;
+              default: xf_pv_1(p, L_, vt, hoff, n, cb, ce, dt, o, Dp, &f); break;
             }
             r0 += nr;
           }
         }
       }
+      kt = kn;
+      vt = vn;
     }
     for (int64_t r = 0; r < R; r++) {
       const int64_t kvh = kvh0 + r / G, h = kvh0 * G + r;
