@@ -262,7 +262,7 @@ fn fast_paths_match_reference_on_every_tier() {
 /// 1 MiB): 8192 tokens of 2 x 128 fp8 keys and values (4 MiB), flash and
 /// paged (prefill-shaped slots), pow2, other and per-head scales; and the
 /// same batch into bf16 caches (sources over 1 MiB: the paged runs read
-/// them in place with prefetches ahead on AVX2).
+/// them in place).
 #[test]
 fn fp8_streaming_matches_reference() {
     let (t, slots_per_cache) = (8192, 8192 + 512);
@@ -482,8 +482,8 @@ fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
 /// (bf16, f16, f32 with x = 4), head sizes with a tail (40: five key chunks
 /// and eight value elements past the pairs; 44 f32: eleven chunks), block
 /// sizes 16/32/8, prefill slots with partial, odd and padded runs, aligned
-/// (streamed) and misaligned caches, 1 and 2 threads, every tier; and rows
-/// 2 KiB apart, which keep the chunk-at-a-time loops.
+/// (streamed) and misaligned caches, 1 and 2 threads, every tier; rows 4, 2
+/// and 1 KiB apart (the AVX2 line-at-a-time forms apply at every stride).
 #[test]
 fn paged_runs_with_rows_4kib_apart_match_reference() {
     let t = T;
@@ -582,6 +582,165 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
                             panic!(
                                 "{src}->{kv_cache_dtype} H {heads} D {d} token stride {tok_stride} bs {block_size} \
                                  misalign {misalign} on {isa} with {n} threads: byte {i} is {:#x}, reference {:#x}",
+                                got[i], want[i]
+                            );
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// bf16 -> fp8 paged runs stage whole token rows on AVX2 (up to 2048 fp8
+/// bytes a row, packed 64-byte aligned) and ask for the next token's row
+/// while a row converts: rows of exactly 2048 (H 8 x D 256), two head groups
+/// (H 16 x D 256), a head wider than a staged row (D 2080: 2048 + a 32-element
+/// group), per-head scales over an odd number of heads with D 48 (rows
+/// padded to 64 bytes), and heads apart in the source (fused-qkv head
+/// stride, one staging call per head); e4m3 and e5m2, special values (the
+/// byte tables' exact-path lanes), block sizes 16/32/8, prefill slots with
+/// partial, odd and padded runs, aligned (streamed) and misaligned caches,
+/// 1 and 2 threads, every tier.
+#[test]
+fn paged_fp8_runs_stage_whole_token_rows_match_reference() {
+    let t = T;
+    let mut rng = common::Rng(47);
+    type Case = (
+        usize,
+        usize,
+        usize,
+        usize,
+        &'static str,
+        DType,
+        Vec<f32>,
+        Vec<f32>,
+    );
+    let cases: [Case; 5] = [
+        (8, 256, 2048, 256, "fp8", DType::U8, vec![0.013], vec![0.3]),
+        (
+            16,
+            256,
+            4096,
+            256,
+            "fp8_e5m2",
+            DType::F8E5M2,
+            vec![0.5],
+            vec![0.013],
+        ),
+        (
+            1,
+            2080,
+            2080,
+            2080,
+            "fp8",
+            DType::U8,
+            vec![0.013],
+            vec![0.013],
+        ),
+        (
+            3,
+            48,
+            200,
+            48,
+            "fp8",
+            DType::U8,
+            vec![0.013, 0.5, 3.0],
+            vec![0.3, 1.0, 0.02],
+        ),
+        (4, 128, 1536, 384, "fp8", DType::U8, vec![0.013], vec![0.3]),
+    ];
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        -0.0,
+        1e-40,
+        -7e4,
+        1e-3,
+        448.0 * 0.013,
+    ];
+    for (heads, d, tok_stride, head_stride, kv_cache_dtype, cache, k_scale, v_scale) in cases {
+        let n = (t - 1) * tok_stride + (heads - 1) * head_stride + d;
+        let vals: Vec<f32> = (0..n)
+            .map(|i| {
+                if i % 29 == 0 {
+                    specials[(i / 29) % specials.len()]
+                } else {
+                    rng.uniform() * 8.0 - 4.0
+                }
+            })
+            .collect();
+        let key = encode(&vals, DType::BF16);
+        let value = encode(
+            &vals.iter().map(|v| v * 0.25 + 0.5).collect::<Vec<_>>(),
+            DType::BF16,
+        );
+        for block_size in [16usize, 32, 8] {
+            let slots = prefill_slots(&mut rng, block_size);
+            let nb = SLOTS / block_size;
+            let kshape = [nb, heads, d / 16, block_size, 16];
+            let vshape = [nb, heads, d, block_size];
+            let bytes = SLOTS * heads * d;
+            for misalign in [0usize, 16] {
+                let run = |use_reference: bool| -> Vec<u8> {
+                    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+                    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+                    {
+                        let strides = [tok_stride, head_stride, 1];
+                        let src = DType::BF16;
+                        let k = TensorView::from_bytes(&key, src, &[t, heads, d], Some(&strides))
+                            .unwrap();
+                        let v = TensorView::from_bytes(&value, src, &[t, heads, d], Some(&strides))
+                            .unwrap();
+                        let sm = TensorView::new(&slots, &[t]).unwrap();
+                        let ks = TensorView::new(&k_scale, &[k_scale.len()]).unwrap();
+                        let vs = TensorView::new(&v_scale, &[v_scale.len()]).unwrap();
+                        let r = misalign..misalign + bytes;
+                        let mut kc =
+                            TensorViewMut::from_bytes(&mut kb[r.clone()], cache, &kshape, None)
+                                .unwrap();
+                        let mut vc =
+                            TensorViewMut::from_bytes(&mut vb[r], cache, &vshape, None).unwrap();
+                        if use_reference {
+                            reference::reshape_and_cache(
+                                &k,
+                                &v,
+                                &mut kc,
+                                &mut vc,
+                                &sm,
+                                kv_cache_dtype,
+                                Some(&ks),
+                                Some(&vs),
+                            );
+                        } else {
+                            xpu_ops::reshape_and_cache(
+                                &k,
+                                &v,
+                                &mut kc,
+                                &mut vc,
+                                &sm,
+                                kv_cache_dtype,
+                                Some(&ks),
+                                Some(&vs),
+                            )
+                            .unwrap();
+                        }
+                    }
+                    let mut out = kb.to_vec();
+                    out.extend_from_slice(&vb);
+                    out
+                };
+                let want = run(true);
+                common::for_each_isa(|isa| {
+                    for n in [1, 2] {
+                        let got = common::with_threads(n, || {
+                            xpu_ops::with_isa(isa, || run(false)).unwrap()
+                        });
+                        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
+                            panic!(
+                                "bf16->{kv_cache_dtype} H {heads} D {d} strides {tok_stride}/{head_stride} \
+                                 bs {block_size} misalign {misalign} on {isa} with {n} threads: byte {i} is \
+                                 {:#x}, reference {:#x}",
                                 got[i], want[i]
                             );
                         }

@@ -53,6 +53,11 @@
 /* Key + value source bytes of a grid block taken to be in cache (half of a
  * 2 MiB L2); above, the paged fp8 prefill prefetches its sources. */
 #define XK_SRC_CACHED_BYTES (1024 * 1024)
+/* Key + value source bytes of a grid block from which the AVX2 fp8 flash
+ * rows ask for the next token's row (a quarter of a 32 MiB L3; the 8192
+ * tokens of tests/kv_cache_fast_paths.rs are 8 MiB): from cache the
+ * prefetches only cost (harness, T=512 H=8 D=256: 213-217 -> 219-225 us). */
+#define XK_SRC_MEM_BYTES (8 * 1024 * 1024)
 /* Key + value elements of a grid block from which the VBMI build makes its
  * byte tables (~0.5 us per scale; they save ~1-5 ns per 64 elements). */
 #define XK_VB_MIN_ELEMS (32 * 1024)
@@ -1288,12 +1293,19 @@ static inline __attribute__((always_inline)) void bt_store32_patched(uint8_t *ds
 }
 
 /* dst[i] = fp8(RN(src[i] / scale)), bit-identical to the reference; with
- * `stream` (dst 64-byte aligned, whole lines), by streaming stores. */
+ * `stream` (dst 64-byte aligned, whole lines), by streaming stores. With pf,
+ * the same bytes at pf are asked for as src is read, two lines per 64
+ * elements (see bt_rows_run). */
 static inline __attribute__((always_inline)) void bt_row_body(uint8_t *dst, const uint16_t *src, int64_t n,
-                                                              const bt_regs *cp, float scale, int e5, int stream) {
+                                                              const bt_regs *cp, float scale, int e5, int stream,
+                                                              const char *pf) {
   const bt_regs c = *cp;
   int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
+    if (pf) {
+      _mm_prefetch(pf + 2 * i, _MM_HINT_T0);
+      _mm_prefetch(pf + 2 * i + 64, _MM_HINT_T0);
+    }
     __m256i v0, s0, v1, s1;
     bt32(_mm256_loadu_si256((const __m256i *)(src + i)), _mm256_loadu_si256((const __m256i *)(src + i + 16)), &c,
          e5, &v0, &s0);
@@ -1322,51 +1334,57 @@ static inline __attribute__((always_inline)) void bt_row_body(uint8_t *dst, cons
   if (i < n) bt_exact(dst + i, src + i, n - i, scale, e5);
 }
 
-/* One row for bt_rows: n bf16 at src -> n fp8 at dst. */
+/* One row for bt_rows: n bf16 at src -> n fp8 at dst; pf (or NULL): a row
+ * of the same length to ask for meanwhile (a later token's). */
 typedef struct bt_job {
   uint8_t *dst;
   const uint16_t *src;
+  const uint16_t *pf;
 } bt_job;
 
 /* m rows of n elements through the same tables, their constants made once:
  * made per row they took ~10% of a 256-element row (bt_regs_make, the call,
- * the spills; 0.0988 vs 0.0890 ns per element for rows of 8192, L1). With
- * pf, each row asks for the next one's lines first (rows a page or more
- * apart, which the hardware prefetchers do not follow). */
+ * the spills; 0.0988 vs 0.0890 ns per element for rows of 8192, L1).
+ * Source rows from memory (a page or more apart, T = 8192) are asked for a
+ * row ahead, spread over the conversion (bt_row_body): the next row's lines
+ * all at once at the start of a row, as before, stalled the conversion
+ * (more misses than the core tracks) and left it and the reads in turn
+ * (harness, paged fp8 prefill T=8192 H=8 D=256, conversion alone: 6.2 ms
+ * from memory, 3.5 ms with the source in cache; spread: 3.7 ms). */
 static inline __attribute__((always_inline)) void bt_rows_run(const bt_job *rows, int64_t m, int64_t n,
-                                                              const bt_tabs *t, float scale, int stream, int pf,
+                                                              const bt_tabs *t, float scale, int stream,
                                                               const int e5) {
   const bt_regs c = bt_regs_make(t, e5);
   for (int64_t j = 0; j < m; j++) {
-    if (pf && j + 1 < m)
-      for (int64_t l = 0; l < 2 * n; l += 64) _mm_prefetch((const char *)rows[j + 1].src + l, _MM_HINT_T0);
-    bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, e5, stream);
+    /* Two copies of the body: without a prefetch, no test in its loop. */
+    if (rows[j].pf) bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, e5, stream, (const char *)rows[j].pf);
+    else bt_row_body(rows[j].dst, rows[j].src, n, &c, scale, e5, stream, NULL);
   }
 }
 
 /* One copy per format, so the format is a constant inside each. */
 static __attribute__((noinline)) void bt_rows_e4(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
-                                                 float scale, int stream, int pf) {
-  bt_rows_run(rows, m, n, t, scale, stream, pf, 0);
+                                                 float scale, int stream) {
+  bt_rows_run(rows, m, n, t, scale, stream, 0);
 }
 
 static __attribute__((noinline)) void bt_rows_e5(const bt_job *rows, int64_t m, int64_t n, const bt_tabs *t,
-                                                 float scale, int stream, int pf) {
-  bt_rows_run(rows, m, n, t, scale, stream, pf, 1);
+                                                 float scale, int stream) {
+  bt_rows_run(rows, m, n, t, scale, stream, 1);
 }
 
 static inline void bt_rows(const bt_job *rows, int64_t m, int64_t n, int32_t dst_dtype, const bt_tabs *t, float scale,
-                           int stream, int pf) {
-  if (dst_dtype == XK_F8E5M2) bt_rows_e5(rows, m, n, t, scale, stream, pf);
-  else bt_rows_e4(rows, m, n, t, scale, stream, pf);
+                           int stream) {
+  if (dst_dtype == XK_F8E5M2) bt_rows_e5(rows, m, n, t, scale, stream);
+  else bt_rows_e4(rows, m, n, t, scale, stream);
 }
 
 /* The row through the tables when d has them (bf16 sources). */
 static inline int bt_row(void *dst, int32_t dst_dtype, const void *src, int32_t src_dtype, int64_t n,
                          const scale_div *d, int stream) {
   if (!d->bt || src_dtype != XK_BF16) return 0;
-  const bt_job row = {(uint8_t *)dst, (const uint16_t *)src};
-  bt_rows(&row, 1, n, dst_dtype, d->bt, d->scale, stream, 0);
+  const bt_job row = {(uint8_t *)dst, (const uint16_t *)src, NULL};
+  bt_rows(&row, 1, n, dst_dtype, d->bt, d->scale, stream);
   return 1;
 }
 #endif
@@ -1516,7 +1534,7 @@ static void write_row_flash(char *cache, const int64_t *st, int32_t cache_dtype,
  * prefetcht2 and prefetcht0 within noise of each other there). */
 #define FR_GROUP 16
 static void flash_rows_ahead(const xk_kv_write_args *a, int64_t t0, int64_t t1, const scale_div *ks,
-                             const scale_div *vs, int stream) {
+                             const scale_div *vs, int stream, int src_mem) {
   const int64_t es = xk_dtype_size(a->cache_dtype), ss = xk_dtype_size(a->src_dtype);
   const int64_t n = a->num_heads * a->head_size, bs = a->block_size;
   const int64_t *kst = a->key_cache_strides, *vst = a->value_cache_strides;
@@ -1559,11 +1577,17 @@ static void flash_rows_ahead(const xk_kv_write_args *a, int64_t t0, int64_t t1, 
         uint8_t *kd = (uint8_t *)a->key_cache + blk[cur][j] * kst[0] + off[cur][j] * kst[1];
         uint8_t *vd = (uint8_t *)a->value_cache + blk[cur][j] * vst[0] + off[cur][j] * vst[1];
         lines &= can_stream(kd, n) && can_stream(vd, n);
-        rows[0][r[0]++] = (bt_job){kd, (const uint16_t *)a->key + (g + j) * a->key_stride_token};
-        rows[!same][r[!same]++] = (bt_job){vd, (const uint16_t *)a->value + (g + j) * a->value_stride_token};
+        const uint16_t *ks_row = (const uint16_t *)a->key + (g + j) * a->key_stride_token;
+        const uint16_t *vs_row = (const uint16_t *)a->value + (g + j) * a->value_stride_token;
+        /* From memory, each row asks for its stream's next token row as it
+         * converts (harness, CPU time, T=8192 fp8 H=8 D=256 5.84 -> 4.46
+         * ms, D=128 2.17 -> 2.00; H=2 the same within noise). */
+        const int next = src_mem && g + j + 1 < t1;
+        rows[0][r[0]++] = (bt_job){kd, ks_row, next ? ks_row + a->key_stride_token : NULL};
+        rows[!same][r[!same]++] = (bt_job){vd, vs_row, next ? vs_row + a->value_stride_token : NULL};
       }
-      bt_rows(rows[0], r[0], n, a->cache_dtype, ks->bt, ks->scale, lines, 0);
-      if (r[1]) bt_rows(rows[1], r[1], n, a->cache_dtype, vs->bt, vs->scale, lines, 0);
+      bt_rows(rows[0], r[0], n, a->cache_dtype, ks->bt, ks->scale, lines);
+      if (r[1]) bt_rows(rows[1], r[1], n, a->cache_dtype, vs->bt, vs->scale, lines);
     } else if (g >= t0) {
       const int64_t m = t1 - g < FR_GROUP ? t1 - g : FR_GROUP;
       for (int64_t j = 0; j < m; j++) {
@@ -1670,8 +1694,19 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
 /* Tokens per run (the transpose is 16 x 16). */
 #define XK_RUN 16
 /* Staged bytes per token of a run (cache dtype): whole heads when they fit.
- * 512 measured best of 256-2048 (fp8 and bf16, H = 2 and 8, D = 128 and 256). */
+ * 512 measured best of 256-2048 (fp8 and bf16, H = 2 and 8, D = 128 and 256,
+ * session 8). AVX2 fp8 caches stage up to 2048 (whole token rows at H * D
+ * <= 2048): with the spread prefetch (bt_rows_run) rows read in order whole
+ * let the reads overlap the conversion (harness, paged fp8 prefill, with
+ * the prefetch: T=8192 H=8 D=256 512: 7.8 ms, 1024: 7.4, 2048: 5.7-6.0,
+ * 4096: 6.3; H=8 D=128 3.97 / 3.00 / 2.99 / 3.34 ms; T=512 H=8 D=256 354 /
+ * 345 / 327 / 363 us). */
 #define XK_STG_ROW 512
+#if XK_F32_LANES == 8
+#define XK_STG_ROW_FP8 2048
+#else
+#define XK_STG_ROW_FP8 XK_STG_ROW
+#endif
 
 
 /* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run). */
@@ -1680,16 +1715,19 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
   const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->key_cache_strides, x = a->x;
   int64_t c = d0 / x;
 #if XK_F32_LANES == 8
-  /* Rows a multiple of 4 KiB apart (bf16 sources read in place, H * D =
-   * 2048) share one L1 set, 16 rows in 8 ways: a chunk at a time fetched
-   * every line again for each of its four chunks. Here each source line is
-   * read once, whole: two rows' lines give four chunk pairs, one 32-byte
-   * store each (harness, T=512 H=8 D=256 bf16 prefill, min of 5 processes:
-   * 372 -> 317 us; bench 466-640 -> 405-409 us with the value change). At
-   * 512-byte rows, no conflicts, it measured ~1% slower; at 2 KiB rows (8
-   * per set) harness T=512 H=8 D=128 -8% but T=8192 slower in the bench
-   * (4.6-5.0 -> 6.0-6.2 ms, 3 of 3 rounds): those keep the chunk loop. */
-  if (st[3] == x && (n & 1) == 0 && (stg_row & 4095) == 0) {
+  /* Each source line read once, whole: two rows' lines give four chunk
+   * pairs, one 32-byte store each. Rows a multiple of 4 KiB apart (bf16
+   * sources read in place, H * D = 2048) share one L1 set, 16 rows in 8
+   * ways, and a chunk at a time fetched every line again for each of its
+   * four chunks (harness, T=512 H=8 D=256 bf16 prefill, min of 5 processes:
+   * 372 -> 317 us; bench 466-640 -> 405-409 us with the value change).
+   * Session 14 kept the chunk loop for other strides (2 KiB rows: T=8192
+   * slower in the bench, 4.6-5.0 -> 6.0-6.2 ms) while the next run's rows
+   * were prefetched; without that prefetch the line form is faster at
+   * every stride (harness, CPU time, T=8192 H=8 D=128 bf16 prefill 3.4 ->
+   * 3.2 ms, T=512 121 -> 106 us; staged fp8 rows T=8192 H=8 D=128 3.05 ->
+   * 2.87 ms, D=256 5.9 -> 5.7, T=512 H=8 D=256 323 -> 308 us). */
+  if (st[3] == x && (n & 1) == 0) {
     char *kb = (char *)a->key_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
     const int64_t cs = st[2] * es;
     const int lines = stream && ((uintptr_t)kb & 63u) == 0 && (cs & 63) == 0 && ((n * 16) & 63) == 0;
@@ -1739,13 +1777,13 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
     /* Stream when the rows of consecutive elements tile whole lines. */
     const int lines = stream && st[2] == XK_RUN && (((uintptr_t)(base + d0 * st[2] * es)) & 63u) == 0;
 #if XK_F32_LANES == 8
-    /* Rows a multiple of 4 KiB apart (see scatter_key_run): both halves of
-     * each source line loaded together, two transposes (the second from
-     * registers the compiler spills to the stack), so every line is fetched
-     * once rather than once per half (harness, T=512 H=8 D=256 bf16
-     * prefill, with the key change: 317 -> 262 us; T=8192: 12.6 -> 11.5 ms,
-     * min of 4 processes on a loaded machine). */
-    if (es == 2 && (stg_row & 4095) == 0)
+    /* Both halves of each source line loaded together, two transposes (the
+     * second from registers the compiler spills to the stack), so every
+     * line is fetched once rather than once per half (see scatter_key_run;
+     * harness, T=512 H=8 D=256 bf16 prefill, with the key change: 317 ->
+     * 262 us; T=8192: 12.6 -> 11.5 ms, min of 4 processes on a loaded
+     * machine; now at every row stride, as the keys). */
+    if (es == 2)
       for (; d + 32 <= dn; d += 32) {
         __m256i lo[16], hi[16], out[16];
         for (int j = 0; j < 16; j++) {
@@ -1791,24 +1829,26 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
 }
 
 /* rows x n source elements (rows src_stride bytes apart) converted into
- * staged rows dst_stride bytes apart. */
+ * staged rows dst_stride bytes apart; the source has `avail` rows from src
+ * (>= rows): the row after the last one is asked for too when there is one. */
 static void stage_rows(char *dst, int64_t dst_stride, const char *src, int64_t src_stride, int64_t rows, int64_t n,
-                       const xk_kv_write_args *a, const scale_div *sd) {
+                       int64_t avail, const xk_kv_write_args *a, const scale_div *sd) {
   const int64_t row_bytes = n * xk_dtype_size(a->src_dtype);
 #if XK_F32_LANES == 8
   /* bf16 -> fp8 through the byte tables: the run's rows in one bt_rows call,
-   * its constants made once, the next row asked for as below (made per row,
-   * 512-element rows: harness T=512 fp8 prefill H=8 D=256 357 -> 308 us,
-   * H=2 D=128 54 -> 42 us; T=8192 H=2 D=128 920 -> 746 us; without the
-   * next-row prefetch T=512 H=8 D=256 took 322 us and T=8192 H=8 D=256 lost
-   * ~10%, with every row asked for up front 351 us). */
+   * its constants made once (made per row, 512-element rows: harness T=512
+   * fp8 prefill H=8 D=256 357 -> 308 us, H=2 D=128 54 -> 42 us; T=8192 H=2
+   * D=128 920 -> 746 us), each row asking for the next one as it converts. */
   if (xk_is_fp8(a->cache_dtype) && a->src_dtype == XK_BF16 && sd->bt && rows <= XK_RUN) {
     bt_job jobs[XK_RUN];
     for (int64_t j = 0; j < rows; j++)
-      jobs[j] = (bt_job){(uint8_t *)dst + j * dst_stride, (const uint16_t *)(src + j * src_stride)};
-    bt_rows(jobs, rows, n, a->cache_dtype, sd->bt, sd->scale, 0, 1);
+      jobs[j] = (bt_job){(uint8_t *)dst + j * dst_stride, (const uint16_t *)(src + j * src_stride),
+                         j + 1 < avail ? (const uint16_t *)(src + (j + 1) * src_stride) : NULL};
+    bt_rows(jobs, rows, n, a->cache_dtype, sd->bt, sd->scale, 0);
     return;
   }
+#else
+  (void)avail;
 #endif
   for (int64_t j = 0; j < rows; j++) {
     /* The next token's row is a page or more away: the hardware prefetchers
@@ -1868,28 +1908,26 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
     /* A head whose key and value scales take different variants: the path
      * below writes the whole run (heads before h again, same bits). */
   }
-#elif XK_F32_LANES != 8
-  (void)src_cached; /* only the AVX-512 and AVX2 runs prefetch sources */
-  (void)token_end;
+#else
+  (void)src_cached; /* only the AVX-512 runs prefetch sources ahead */
 #endif
 #if XK_F32_LANES == 8
   /* Same dtype: the scatters read the source rows in place; the staging
    * copy (a memcpy call per row) took 28% of the samples of a bf16 prefill
-   * (perf, harness, T=8192 H=8 D=128). From memory
-   * (!src_cached), each head's slices of the next run's 16 token rows are
-   * asked for while this one is written: the scatters read 16 rows at once,
-   * which the hardware prefetchers do not follow. */
+   * (perf, harness, T=8192 H=8 D=128). No software prefetch of the next
+   * run's rows: asked for per head (16 rows x D elements, session 14) it
+   * made the case from memory slower on Zen 3, not faster (harness, T=8192
+   * bf16 prefill, one thread's CPU time: H=8 D=256 7.1-7.3 -> 5.1-5.3 ms
+   * without; H=8 D=128 3.5 -> 3.1-3.3 ms, with the whole-line scatters for
+   * every row stride; also spread over the run or in order ahead, H=8
+   * D=256 6.6-7.0 ms; T=512 H=8 D=256 248 -> 231 us, D=128 122 -> 106). */
   if (a->cache_dtype == a->src_dtype) {
-    const int pf = !src_cached && t + n + XK_RUN <= token_end;
     for (int kv = 0; kv < 2; kv++) {
       const char *src = kv ? (const char *)a->value : (const char *)a->key;
       const int64_t s_tok = (kv ? a->value_stride_token : a->key_stride_token) * ss;
       const int64_t s_head = (kv ? a->value_stride_head : a->key_stride_head) * ss;
       for (int64_t h = 0; h < a->num_heads; h++) {
         const char *hs = src + t * s_tok + h * s_head;
-        if (pf)
-          for (int64_t j = 0; j < XK_RUN; j++)
-            for (int64_t l = 0; l < D * ss; l += 64) _mm_prefetch(hs + (n + j) * s_tok + l, _MM_HINT_T1);
         if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream);
         else scatter_key_run(a, block, off, h, n, 0, D, hs, s_tok, stream);
       }
@@ -1897,9 +1935,19 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
     return;
   }
 #endif
-  _Alignas(64) char stg[XK_RUN * XK_STG_ROW];
-  const int64_t row_elems = XK_STG_ROW / es;
+  /* Staged, then scattered. Tried and dropped (AVX2, harness, CPU time):
+   * scattering the previous group in pieces after each row of the next
+   * one converts, so the streaming stores drain during the conversion:
+   * slower (fp8 T=8192 H=8 D=256 5.9 -> 6.1 ms, D=128 2.9 -> 3.1, T=512
+   * 305 -> 313 us); the two phases add up either way (T=512 H=8 D=256:
+   * conversion alone 231 us, scatter alone 123, both 338). */
+  _Alignas(64) char stg[XK_RUN * XK_STG_ROW_FP8];
+  const int64_t row_elems = (fp8 ? XK_STG_ROW_FP8 : XK_STG_ROW) / es;
   const int64_t hc = D <= row_elems ? row_elems / D : 1;
+  /* Staged rows packed (64-byte aligned): a 2048-byte stride for the 256
+   * bytes of H=2 D=128 fp8 rows put 8 of the 16 rows in each L1 set
+   * (harness, T=8192 fp8 prefill 665-751 -> 721-828 us). */
+  const int64_t stg_row = ((D <= row_elems ? (hc < a->num_heads ? hc : a->num_heads) * D : row_elems) * es + 63) & ~63;
   for (int kv = 0; kv < 2; kv++) {
     const char *src = kv ? (const char *)a->value : (const char *)a->key;
     const int64_t s_tok = kv ? a->value_stride_token : a->key_stride_token;
@@ -1914,18 +1962,19 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
         const int64_t dn = D - d0 < row_elems ? D - d0 : row_elems;
         const char *s0 = src + (t * s_tok + h0 * s_head + d0) * ss;
         if (!per_head && (s_head == D || h1 - h0 == 1)) {
-          stage_rows(stg, XK_STG_ROW, s0, s_tok * ss, n, (h1 - h0) * dn, a, all);
+          stage_rows(stg, stg_row, s0, s_tok * ss, n, (h1 - h0) * dn, token_end - t, a, all);
         } else {
           for (int64_t h = h0; h < h1; h++) {
             scale_div sh;
             const scale_div *hsc = per_head ? head_scale(a, all, kv ? vhd : khd, scales, scale_stride, h, &sh) : all;
-            stage_rows(stg + (h - h0) * dn * es, XK_STG_ROW, s0 + (h - h0) * s_head * ss, s_tok * ss, n, dn, a, hsc);
+            stage_rows(stg + (h - h0) * dn * es, stg_row, s0 + (h - h0) * s_head * ss, s_tok * ss, n, dn, token_end - t,
+                       a, hsc);
           }
         }
         for (int64_t h = h0; h < h1; h++) {
           const char *hs = stg + (h - h0) * dn * es;
-          if (kv) scatter_value_run(a, block, off, h, n, d0, dn, hs, XK_STG_ROW, stream);
-          else scatter_key_run(a, block, off, h, n, d0, dn, hs, XK_STG_ROW, stream);
+          if (kv) scatter_value_run(a, block, off, h, n, d0, dn, hs, stg_row, stream);
+          else scatter_key_run(a, block, off, h, n, d0, dn, hs, stg_row, stream);
         }
       }
     }
@@ -2068,7 +2117,8 @@ void XK_FN(kv_write)(const xk_kv_write_args *a, int64_t token_begin, int64_t tok
 #endif
 #if XK_F32_LANES == 8
   if (whole) {
-    flash_rows_ahead(a, token_begin, token_end, &ks_all, &vs_all, stream);
+    flash_rows_ahead(a, token_begin, token_end, &ks_all, &vs_all, stream,
+                     (token_end - token_begin) * a->num_heads * a->head_size * ss * 2 >= XK_SRC_MEM_BYTES);
     if (stream) _mm_sfence();
     return;
   }
