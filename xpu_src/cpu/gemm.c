@@ -877,7 +877,18 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * tiles of adjacent rows and prefetch the same bytes of the next tile (when
  * those are at most 16 KiB: further ahead the lines left L1 before use); the
  * int4 loop is bound by its vector ops, not by DRAM, and runs measured 15%
- * slower there.
+ * slower there. Session 15 (int4 g128, K=4096 N=2048, one thread, alternated
+ * in a C harness; this host's timings swing +-10%): no prefetch runs faster
+ * warm (weights in L3: ~350 vs ~400 us) but slower cold (~560-600 vs ~520);
+ * hints T1, T2, NTA and distances of 2 and 4 tiles measured within the noise
+ * of T0 at one tile cold (498-538 us each); the words loaded once into a
+ * register instead of as two AND operands, no faster (L2-resident 25.1 ->
+ * 24.8 us at N=128); int4 groups run as in d1_q8 (start and end outside a
+ * branch-free step loop, no sum t on the stack) slower (warm 396 -> 437-485,
+ * L2-resident 24.9 -> 28.1 us), cause not found. Two threads: pinned to both
+ * CPUs, int4 g128 M=1 ran 447 -> 241 us (best) and M=16 6.5 -> 3.2 ms; the
+ * bench's bimodal 2-thread medians come from the other jobs on this 2-CPU
+ * host, not from the work split.
  *
  * Dense rows: per output the operations of gv_tile (one 8-lane accumulator,
  * k in order, then the masked rest; one reduction), so results are those of
@@ -887,15 +898,17 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * a second FMA per 8 codes). Per group and lane the codes are summed against
  * x as they are, t = sum x_k q_k - z sum x_k, and the group adds s * t. The
  * zero term starts t (per-lane group sums of x, prepared once per chunk of K
- * for every row). The codes are not converted either: an AND leaves code q
- * at bit b of its 32-bit word (int4: b = 4i for nibble i < 6 of the block's
- * word, or of the word 2 bytes on for nibbles 6 and 7 of a block's first
- * half, or a shift down by 24 or 28 in its second half; int8: b = 8j for
- * byte j < 3, a shift by 24 for byte 3), a bit pattern below 2^24, which as
- * an f32 is exactly q 2^(b - 149) (a denormal, or the smallest normal
- * binade). The FMA takes it as it is against x_k 2^(149 - e - b), prepared
- * per chunk: the product is x_k q 2^-e exactly, in the unit 2^e of t (see
- * d1_unit; the scales carry 2^e). So per 8 codes one AND (or shift) and one
+ * for every row), except for int4 with a zeros tensor: there t starts at 0
+ * and a tile adds the groups' -s z sum x to its sums once (see d1_q4). The
+ * codes are not converted either: an AND leaves code q at bit b of its
+ * 32-bit word (int4: b = 4i for nibble i < 6 of the block's word, or of the
+ * word 2 bytes on for nibbles 6 and 7 of a block's first half, or a shift
+ * down by 24 or 28 in its second half; int8: b = 8j for byte j < 3, a shift
+ * by 24 for byte 3), a bit pattern below 2^24, which as an f32 is exactly
+ * q 2^(b - 149) (a denormal, or the smallest normal binade). The FMA takes
+ * it as it is against x_k 2^(149 - e - b), prepared per chunk: the product
+ * is x_k q 2^-e exactly, in the unit 2^e of t (see d1_unit; the scales carry
+ * 2^e). So per 8 codes one AND (or shift) and one
  * FMA, against AND, conversion and FMA before (warm, L1: int4 ~1.07 -> ~0.76
  * cycles per 8 codes and row in a standalone loop; the FMA takes denormal
  * operands at full rate on Zen 3). d1_gemv clears DAZ (MXCSR) for the call:
@@ -903,7 +916,9 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * lane l covers k = 4l + j of each 32 (x transposed to match at prep).
  * The sums round differently from the other decode paths (products with a
  * power-of-2 factor, code order within a 32 or 128 block): the same
- * tolerance holds (measured error <= 0.03 of sqrt(K) 2^-24 sum |x w|).
+ * tolerance holds (measured error <= 0.03 of sqrt(K) 2^-24 sum |x w|; int4
+ * with zeros since the zero terms moved out of t: the tests' tolerance holds,
+ * the ratio was not measured again).
  * Each output's arithmetic does not depend on the tile: results do not
  * depend on the number of threads. */
 #define D1_R 8     /* weight rows per tile */
@@ -919,6 +934,7 @@ typedef struct d1_chunk {
   float xs[D1_KC];           /* x_k 2^(149 - e - b) in the kernels' order (see d1_prep); zero past K */
   float xg[D1_MAXG * VL];    /* per group starting in the chunk: lane l holds 2^-e times the sum of x_k over the
                               * group's k = l mod 8, times -zero when there is no zeros tensor */
+  float xq[D1_MAXG];         /* int4 with zeros: per group starting in the chunk, the sum of its lanes in xg */
 } d1_chunk;
 
 /* v * 2^e = v p[0] p[1], exact unless the result under- or overflows (e in [-252, 254]: two normal powers of 2,
@@ -1006,6 +1022,7 @@ static void d1_prep(const xk_linear_args *a, const int q4, int64_t c0, d1_chunk 
     vf s = vf_zero();
     for (int64_t k = g0; k < min64(g0 + G, K); k += VL) s = vf_add(s, D1_X(k));
     vf_store(xg, d1_ldexp(_mm256_mul_ps(s, zs), fe));
+    if (a->zeros) c->xq[(xg - c->xg) / VL] = vf_hsum(vf_load(xg));
   }
 #undef D1_X
 }
@@ -1069,11 +1086,30 @@ XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int 
   }
   const int64_t pf = R * a->w_stride, pf_on = rs == 1 && pf <= D1_PFMAX;
   float sb[D1_R][D1_MAXG], zb[D1_R][D1_MAXG];
-  d1_scales(a, has_z, R, n0, rs, c, c->e, sb, zb);
+  const int64_t ng = d1_scales(a, has_z, R, n0, rs, c, c->e, sb, zb);
   int64_t gi = 0;                              /* the current group, index in sb */
   int64_t gstart = c0 / G * G;                 /* its start (before c0: started in an earlier chunk) */
   int64_t gend = min64(gstart + G, K);         /* its end */
   const float *xg = c->xg;                     /* the next group start's lane sums */
+  if (has_z) {
+    /* With a zeros tensor, the zero terms -s z sum x of the groups starting in this chunk go into acc once,
+     * 8 groups a vector (xq: the groups' sums of x), instead of t = -z sum x per group and row (an FMA and
+     * a broadcast each). Cold K=4096 N=2048, 3 alternated rounds: g128 480-497 -> 476-478 us, g64 564-580
+     * -> 526-539, g32 703-732 -> 633-658. A different rounding (the zero terms summed apart), same
+     * tolerance. Symmetric rows keep t = -8 sum x (a copy): the same there measured ~5% slower. */
+    const int64_t g0 = gstart < c0 ? 1 : 0, nq = ng - g0;
+    for (int j = 0; j < R; j++) {
+      vf zt = vf_zero();
+      float zs = 0.0f;
+      int64_t i = 0;
+      for (; i + VL <= nq; i += VL)
+        zt = _mm256_fnmadd_ps(_mm256_mul_ps(vf_load(sb[j] + g0 + i), vf_load(zb[j] + g0 + i)), vf_load(c->xq + i),
+                              zt);
+      for (; i < nq; i++) zs -= sb[j][g0 + i] * zb[j][g0 + i] * c->xq[i];
+      zt = _mm256_add_ps(zt, _mm256_setr_ps(zs, 0, 0, 0, 0, 0, 0, 0));
+      vf_store(acc + j * VL, vf_add(vf_load(acc + j * VL), zt));
+    }
+  }
   /* Block b0 (128 codes, 64 bytes a row): 32-code steps p (nibbles 2p, 2p + 1, both 32-byte halves). */
 #define D1_Q4(P, H)                                                                                        \
   {                                                                                                      \
@@ -1097,11 +1133,10 @@ XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int 
   {                                                                                         \
     const int64_t k32 = b0 + 32 * (P);                                                      \
     if (k32 >= c1) break;                                                                   \
-    if (k32 == gstart) { /* the group starts: t = -z sum x */                               \
-      const vf xgv = vf_load(xg);                                                           \
+    if (k32 == gstart) { /* the group starts: t = -z sum x (zeros tensor: 0, the term is in acc) */\
+      const vf xgv = has_z ? vf_zero() : vf_load(xg);                                       \
       xg += VL;                                                                             \
-      for (int j = 0; j < R; j++)                                                           \
-        t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;          \
+      for (int j = 0; j < R; j++) t[j] = xgv;                                               \
     }                                                                                       \
     D1_Q4(P, 0) D1_Q4(P, 1)                                                                 \
     if (k32 + 32 >= gend) { /* the group ends: acc += s t */                                \
