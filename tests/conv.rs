@@ -789,7 +789,7 @@ fn thread_count_does_not_change_results() {
             "{threads} threads: states"
         );
     }
-    let u = UpdCase {
+    let spec = UpdCase {
         dim: 1000,
         width: 4,
         shape: XShape::Varlen,
@@ -805,25 +805,46 @@ fn thread_count_does_not_change_results() {
         state_dim_contiguous: true,
         with_indices: true,
     };
-    let base = make_upd(&u, &mut Rng(5));
-    let run = |threads: usize| {
-        let mut d = clone_upd(&base);
-        with_threads(threads, || run_upd(&u, &mut d, false)).unwrap();
-        d
+    // Plain decode with the state in x's dtype (the fast decode path's
+    // groups of unit pairs, then pairs, a unit and a partial unit), two
+    // sequences: 2 and 3 threads split their channels into tiles.
+    let plain = UpdCase {
+        dim: 1000,
+        width: 4,
+        shape: XShape::Single,
+        lens: vec![1, 1],
+        pad: vec![false, false],
+        spec: false,
+        accepted: vec![1, 1],
+        extra_state: 0,
+        dtypes: [DType::BF16, DType::BF16, DType::BF16, DType::BF16],
+        separate_out: true,
+        bias: true,
+        silu: true,
+        state_dim_contiguous: true,
+        with_indices: true,
     };
-    let one = run(1);
-    for threads in [2, 3] {
-        let other = run(threads);
-        assert_eq!(
-            one.out.as_ref().unwrap().raw(),
-            other.out.as_ref().unwrap().raw(),
-            "{threads} threads: out"
-        );
-        assert_eq!(
-            one.state.raw(),
-            other.state.raw(),
-            "{threads} threads: state"
-        );
+    for u in [spec, plain] {
+        let base = make_upd(&u, &mut Rng(5));
+        let run = |threads: usize| {
+            let mut d = clone_upd(&base);
+            with_threads(threads, || run_upd(&u, &mut d, false)).unwrap();
+            d
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            assert_eq!(
+                one.out.as_ref().unwrap().raw(),
+                other.out.as_ref().unwrap().raw(),
+                "{threads} threads: out"
+            );
+            assert_eq!(
+                one.state.raw(),
+                other.state.raw(),
+                "{threads} threads: state"
+            );
+        }
     }
 }
 

@@ -294,8 +294,8 @@ fn launch(
     // Whole token rows per block where possible: the hardware prefetchers
     // then follow x row after row (half rows measured ~15% slower on a
     // prefill), the kernel converts the weights once per grid chunk, and the
-    // decode path prefetches the next sequence's state. With fewer sequences
-    // than threads, channels are split so every thread gets a block. Tiles
+    // AVX-512 decode path prefetches the next sequence's state. With fewer
+    // sequences than threads, channels are split so every thread gets a block. Tiles
     // are multiples of 32 channels (one kernel unit), and every channel takes
     // the same vector arithmetic whatever the tiling: results do not depend
     // on the thread count.

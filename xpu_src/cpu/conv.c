@@ -1256,21 +1256,14 @@ static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) 
  * the new state written from the same registers (all of x is read first:
  * out may alias it) and the sums; then silu and rounding of the units'
  * vectors side by side, token by token. */
-XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
-                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, __m256 *ya,
-                           __m256 *yb) {
+XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t n, const int nu, int64_t len,
+                           int64_t off, int64_t keep, const int W, const int DT, __m256 *ya, __m256 *yb) {
   const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
   for (int q = 0; q < nu; q++) {
     const int64_t cq = c + q * UNIT;
     raw16 r[MAXW - 1 + DEC_MAX];
     for (int j = 0; j < W - 1; j++) r[j] = raw_load_n(sbase + (off + j) * stok + cq * es, DT, n);
     for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load_n(k->xbase + t * k->xtok + cq * es, DT, n);
-    if (next_state) {
-      for (int j = 0; j < W - 1; j++) {
-        _mm_prefetch(next_state + j * stok + cq * es, _MM_HINT_T0);
-        if (DT == XK_F32) _mm_prefetch(next_state + j * stok + cq * es + 32, _MM_HINT_T0);
-      }
-    }
     for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + cq * es, DT, r[hist + len - keep + i], n);
     v16 w[MAXW], u[MAXW];
     for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + cq);
@@ -1286,11 +1279,11 @@ XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, const c
   }
 }
 
-XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t n,
                            const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
   __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
-  decode_sums(k, sbase, stok, next_state, c, n, nu, len, off, keep, W, DT, ya, yb);
+  decode_sums(k, sbase, stok, c, n, nu, len, off, keep, W, DT, ya, yb);
   for (int64_t t = 0; t < len; t++) {
     finish_tokens(ya + t * nu, yb + t * nu, NULL, NULL, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
   }
@@ -1301,15 +1294,32 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const c
  * silu in two passes over all of them (as the stream path: la_silu8_den_n
  * four vectors at a time, then the division, rounding and stores). Harness,
  * bf16 dim 8192 w=4 silu, CPU time: B = 64 680-693 -> 507-509 us with 4
- * pairs; 2 pairs 519-711 us (noisy, loaded machine).
+ * pairs; 2 pairs 519-711 us (noisy, loaded machine). Session 15 (harness,
+ * state pool 256 MiB, best of each round, old and new in one process):
+ * without the next sequence's state prefetch (below) 8 pairs 444-459 us,
+ * 4 pairs 483-493, 2 pairs 458-464 (one 634), 1 pair 519-525, 16 pairs
+ * 491-510.
+ *
+ * No software prefetch of the state: prefetching the next sequence's state
+ * lines while the current one ran (one line per unit, a whole sequence
+ * ahead) cost 5-7% at B = 64, with consecutive pool indices (the bench) and
+ * with random ones alike (503-511 vs 464-477 us; 522-527 vs 499-503): the
+ * lines come back into L1 ~100 KiB of traffic before their use and are
+ * evicted again, and the hardware prefetchers follow the 16 KiB state rows
+ * from their first lines. Also not kept: a sequence per 512-channel chunk
+ * (all sequences of the call through one chunk, its weights in L1, then
+ * the next chunk, the next sequence's chunk prefetched): 1 KiB runs per
+ * row, ~10% slower cold; with the call's data in L2 it was no faster, so
+ * the L2 weight reads do not bound this loop. The bound is silu: all in L2,
+ * B = 64 takes ~245 us without silu and ~420 us with it, cold ~300 / ~470.
  */
-#define DEC_GROUP 4
-XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c,
-                             int64_t off, const int W, const int DT, int silu) {
+#define DEC_GROUP 8
+XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t off, const int W,
+                             const int DT, int silu) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
   __m256 y[DEC_GROUP][4], d[DEC_GROUP][4]; /* a of units 0, 1, then b */
   for (int g = 0; g < DEC_GROUP; g++) {
-    decode_sums(k, sbase, stok, next_state, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
+    decode_sums(k, sbase, stok, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
   }
   for (int g = 0; silu && g < DEC_GROUP; g++) la_silu8_den_n(y[g], d[g], 4);
   for (int g = 0; g < DEC_GROUP; g++) {
@@ -1318,33 +1328,33 @@ XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, const
   }
 }
 
-XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
-                             int64_t off, int64_t keep, int silu, const int W, const int DT) {
+XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, int64_t len, int64_t off, int64_t keep,
+                             int silu, const int W, const int DT) {
   int64_t c = 0;
   for (; len == 1 && c + 2 * UNIT * DEC_GROUP <= k->nc; c += 2 * UNIT * DEC_GROUP) {
-    decode_group1(k, sbase, stok, next_state, c, off, W, DT, silu);
+    decode_group1(k, sbase, stok, c, off, W, DT, silu);
   }
   for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) {
-    decode_unit(k, sbase, stok, next_state, c, UNIT, 2, len, off, keep, W, DT, silu);
+    decode_unit(k, sbase, stok, c, UNIT, 2, len, off, keep, W, DT, silu);
   }
-  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, 1, len, off, keep, W, DT, silu);
-  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, 1, len, off, keep, W, DT, silu);
+  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, c, UNIT, 1, len, off, keep, W, DT, silu);
+  if (c < k->nc) decode_unit(k, sbase, stok, c, k->nc - c, 1, len, off, keep, W, DT, silu);
 }
 
-#define DECODE_CALL(k, sbase, stok, next, len, off, keep, silu, W_, DT_) \
-  decode_tokens(k, sbase, stok, next, len, off, keep, silu, W_, DT_)
+#define DECODE_CALL(k, sbase, stok, len, off, keep, silu, W_, DT_) \
+  decode_tokens(k, sbase, stok, len, off, keep, silu, W_, DT_)
 
-static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, const char *next, int64_t len, int64_t off,
+static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, int64_t len, int64_t off,
                        int64_t keep, int silu, int W, int dt) {
   if (dt == XK_BF16) {
     const int DT = XK_BF16;
-    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, len, off, keep, silu)
   } else if (dt == XK_F16) {
     const int DT = XK_F16;
-    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, len, off, keep, silu)
   } else {
     const int DT = XK_F32;
-    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, len, off, keep, silu)
   }
 }
 
@@ -1414,7 +1424,7 @@ static int fast_eligible(const xk_conv1d_args *a) {
 
 /* One block on the fast paths; the tile's weights are already in scratch. */
 static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t seq, int64_t tile,
-                            const seq_info *s, const seq_info *next) {
+                            const seq_info *s) {
   const int64_t c0 = tile * a->channel_tile;
   const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
   const int spec = a->num_accepted_tokens.data != NULL;
@@ -1438,11 +1448,7 @@ static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf,
   const int64_t stok = a->state_stride_tok * ss;
 
   if (len <= DEC_MAX && s->load && a->state_dtype == dt && a->state_stride_dim == 1) {
-    const char *next_state = NULL;
-    if (next && !next->skip && next->load) {
-      next_state = (const char *)a->conv_states + (next->line * a->state_stride_line + c0) * ss + next->off * stok;
-    }
-    decode_any(&k, sbase, stok, next_state, len, off, keep, a->silu, (int)width, dt);
+    decode_any(&k, sbase, stok, len, off, keep, a->silu, (int)width, dt);
     return;
   }
 
@@ -1489,18 +1495,13 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
   float *rows = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
   const int64_t rf = row_floats(a->channel_tile), tiles = a->num_channel_tiles;
   int64_t prepared = -1, cur_seq = -1;
-  seq_info cur = {0, 0, 0, 0, 0, 1}, next = cur;
-  int have_next = 0;
+  seq_info cur = {0, 0, 0, 0, 0, 1};
   for (int64_t b = block_begin; b < block_end; b++) {
     const int64_t seq = b / tiles, tile = b % tiles;
     if (seq != cur_seq) {
-      cur = have_next ? next : seq_of(a, seq);
+      cur = seq_of(a, seq);
       cur_seq = seq;
     }
-    /* With one tile per sequence, the next block is the next sequence:
-     * the decode path prefetches its state. */
-    have_next = tiles == 1 && b + 1 < block_end;
-    if (have_next) next = seq_of(a, seq + 1);
     const int64_t c0 = tile * a->channel_tile;
     if (cur.skip || c0 >= a->dim) continue;
     if (tile != prepared) {
@@ -1508,7 +1509,7 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
       prepare_tile(a, rows, rf, c0, nc);
       prepared = tile;
     }
-    conv_block_fast(a, rows, rf, seq, tile, &cur, have_next ? &next : NULL);
+    conv_block_fast(a, rows, rf, seq, tile, &cur);
   }
 }
 
