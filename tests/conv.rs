@@ -789,7 +789,7 @@ fn thread_count_does_not_change_results() {
             "{threads} threads: states"
         );
     }
-    let u = UpdCase {
+    let spec = UpdCase {
         dim: 1000,
         width: 4,
         shape: XShape::Varlen,
@@ -805,25 +805,102 @@ fn thread_count_does_not_change_results() {
         state_dim_contiguous: true,
         with_indices: true,
     };
-    let base = make_upd(&u, &mut Rng(5));
-    let run = |threads: usize| {
-        let mut d = clone_upd(&base);
-        with_threads(threads, || run_upd(&u, &mut d, false)).unwrap();
-        d
+    // Plain decode with the state in x's dtype (the fast decode path's
+    // groups of unit pairs, then pairs, a unit and a partial unit), two
+    // sequences: 2 and 3 threads split their channels into tiles.
+    let plain = UpdCase {
+        dim: 1000,
+        width: 4,
+        shape: XShape::Single,
+        lens: vec![1, 1],
+        pad: vec![false, false],
+        spec: false,
+        accepted: vec![1, 1],
+        extra_state: 0,
+        dtypes: [DType::BF16, DType::BF16, DType::BF16, DType::BF16],
+        separate_out: true,
+        bias: true,
+        silu: true,
+        state_dim_contiguous: true,
+        with_indices: true,
     };
-    let one = run(1);
-    for threads in [2, 3] {
-        let other = run(threads);
-        assert_eq!(
-            one.out.as_ref().unwrap().raw(),
-            other.out.as_ref().unwrap().raw(),
-            "{threads} threads: out"
-        );
-        assert_eq!(
-            one.state.raw(),
-            other.state.raw(),
-            "{threads} threads: state"
-        );
+    for u in [spec, plain] {
+        let base = make_upd(&u, &mut Rng(5));
+        let run = |threads: usize| {
+            let mut d = clone_upd(&base);
+            with_threads(threads, || run_upd(&u, &mut d, false)).unwrap();
+            d
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let other = run(threads);
+            assert_eq!(
+                one.out.as_ref().unwrap().raw(),
+                other.out.as_ref().unwrap().raw(),
+                "{threads} threads: out"
+            );
+            assert_eq!(
+                one.state.raw(),
+                other.state.raw(),
+                "{threads} threads: state"
+            );
+        }
+    }
+}
+
+/// bf16 outputs with silu take a cheaper silu than fp32/f16 outputs on the
+/// SIMD tiers (prescaled weights, a short exp2, a reciprocal with one Newton
+/// step): the fast paths (channel-contiguous x: stream, decode, grouped
+/// single-token decode) and the generic path (channel-strided x) must
+/// compute every channel with the same operations, tails of partial 8- and
+/// 16-channel units included, so they give the same bits; both within the
+/// tolerance of the reference. Widths 2-6, odd dims, sequences of 1 token
+/// (decode path, grouped from 256 channels), 5 (decode path, several
+/// tokens), 20 (stream path, a partial token block) and a padding slot.
+#[test]
+fn bf16_silu_fast_and_generic_paths_agree() {
+    let mut rng = Rng(21);
+    for width in 2..=6 {
+        for dim in [19, 45, 300] {
+            let c = FnCase {
+                dim,
+                width,
+                lens: vec![1, 5, 20, 1, 3],
+                pad: vec![false, false, false, false, true],
+                init: vec![true, true, false, true, true],
+                extra_state: 0,
+                dtypes: [DType::BF16; 4],
+                separate_out: true,
+                bias: width % 2 == 0,
+                silu: true,
+                x_channel_contiguous: true,
+                state_dim_contiguous: true,
+                pad_slot_id: -1,
+                flags_as_bool: false,
+            };
+            let base = make_fn(&c, &mut rng);
+            let mut want = clone_data(&base);
+            run_fn(&c, &mut want, true).unwrap();
+            // The same values with x's channels strided: the generic path.
+            let shape = [dim, base.x.shape[1]];
+            let strided =
+                Buf::with_order(DType::BF16, &shape, &[0, 1], 1).fill_with(|i| base.x.get(i));
+            for_each_isa(|isa| {
+                let what = format!("{isa} width {width} dim {dim}");
+                let mut fast = clone_data(&base);
+                run_fn(&c, &mut fast, false).unwrap();
+                check_outputs(&fast, &want, DType::BF16, &format!("{what} fast"));
+                let mut generic = clone_data(&base);
+                generic.x = strided.clone();
+                run_fn(&c, &mut generic, false).unwrap();
+                assert_eq!(
+                    fast.out.as_ref().unwrap().raw(),
+                    generic.out.as_ref().unwrap().raw(),
+                    "{what}: fast and generic outputs"
+                );
+                assert_eq!(fast.states.raw(), generic.states.raw(), "{what}: states");
+            });
+        }
     }
 }
 

@@ -7,14 +7,15 @@
 //! then one rounding to the output dtype. Against the fp64 reference
 //! ([`crate::reference::conv`]) the error is a few fp32 ulps of
 //! `|bias| + sum |weight * u|` before the final rounding (tests: 1e-5 relative
-//! to that magnitude, plus one ulp of the output dtype). Two AVX-512 details
+//! to that magnitude, plus one ulp of the output dtype). Two SIMD details
 //! stay inside that bound: for bf16 outputs with silu the fp32 weights and bias
 //! are stored times -log2(e) (the sum is silu's exponent directly) and silu is
-//! evaluated to 1.4e-4 relative (under 1/28 of a bf16 ulp; the rounded result
-//! is within one ulp and differs from the correctly rounded one for 0.5% of
-//! 16M sums of four uniform [-1, 1] terms), which makes bf16 prefill about a
-//! third faster than an fp32-exact silu; and bf16 rounding returns zero for
-//! fp32 results below 2^-126. Every output is computed with the same
+//! evaluated to 1.4e-4 relative on AVX-512 and 7.5e-5 on AVX2 (under 1/28 of a
+//! bf16 ulp; the rounded result is within one ulp and differs from the
+//! correctly rounded one for 0.5% (AVX-512) and 0.33% (AVX2, 8M sums with
+//! |x| <= 30) of the outputs), which makes bf16 prefill about a third
+//! (AVX-512) and ~15% (AVX2) faster than an fp32-exact silu; and on AVX-512
+//! bf16 rounding returns zero for fp32 results below 2^-126. Every output is computed with the same
 //! operations whatever the thread count, tiling or code path. State
 //! write-back copies inputs, so the cache is bit-identical to the reference.
 
@@ -294,8 +295,8 @@ fn launch(
     // Whole token rows per block where possible: the hardware prefetchers
     // then follow x row after row (half rows measured ~15% slower on a
     // prefill), the kernel converts the weights once per grid chunk, and the
-    // decode path prefetches the next sequence's state. With fewer sequences
-    // than threads, channels are split so every thread gets a block. Tiles
+    // AVX-512 decode path prefetches the next sequence's state. With fewer
+    // sequences than threads, channels are split so every thread gets a block. Tiles
     // are multiples of 32 channels (one kernel unit), and every channel takes
     // the same vector arithmetic whatever the tiling: results do not depend
     // on the thread count.

@@ -20,7 +20,9 @@
  *   la_store_row; any strides and dtypes (and the only path of the generic
  *   tier).
  * - AVX2: the stream and decode paths below in 16-channel units (see the
- *   AVX2 section), plain stores.
+ *   AVX2 section), plain stores; for bf16 outputs with silu the weights
+ *   and bias prescaled as on AVX-512 and silu8_bf16_y_n (generic path
+ *   included).
  * - AVX-512, channel-contiguous x and out of one dtype (f32/f16/bf16):
  *   * stream (prefill): the window of every 32-channel unit lives in
  *     registers while the unit walks a block of tokens; rows are converted
@@ -95,19 +97,63 @@ XK_INLINE __m512 silu16_bf16_y(__m512 y) {
   return _mm512_mul_ps(y, _mm512_rcp14_ps(d));
 }
 
-/* Whether the fp32 weights and bias of a call are stored times -log2(e). */
-static inline int silu_prescale(const xk_conv1d_args *a) { return a->silu && a->out_dtype == XK_BF16; }
-
-static void scale_row(float *row, int64_t n) {
-  for (int64_t i = 0; i < n; i++) row[i] *= SILU_Y_SCALE;
-}
-
 /* The silu every AVX-512 path applies to a conv sum s for outputs of
  * `out_dtype` (bf16: s is prescaled, see silu16_bf16_y). */
 XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
   return out_dtype == XK_BF16 ? silu16_bf16_y(s) : silu16(s);
 }
 
+#elif XK_F32_LANES == 8
+/*
+ * AVX2 silu for bf16 outputs, on n <= 8 vectors in place, each operation
+ * across the vectors before the next (as la_silu8_n). As silu16_bf16_y, the
+ * input is the conv sum of prescaled weights and bias, y = -x log2(e), and
+ *   silu(x) = y / (-log2(e) (1 + 2^y)).
+ * 2^y = 2^k 2^f with k = round(y) (the 1.5 * 2^23 shifter: k lands in the
+ * low mantissa bits, so k << 23 is the exponent increment), f = y - k in
+ * [-0.5, 0.5], -log2(e) 2^f by a degree-3 minimax polynomial (relative error
+ * 7.5e-5), then the reciprocal estimate (1.5 * 2^-12) and one Newton step.
+ * Over 8M conv sums (|x| <= 30) the bf16 result is within one ulp of the
+ * correctly rounded silu and differs from it for 0.33% of them (la_silu8:
+ * 0.0007%); the relative error is at most 7.5e-5 (1/50 of a bf16 ulp).
+ * The exponent only sees y clamped to [-125, 126], so 2^k 2^f stays a
+ * normal number; the numerator is the unclamped y (x > 86: silu = x up to
+ * the reciprocal's error; x < -87: a tiny number instead of a tinier one).
+ * NaN stays NaN (the clamps put the variable second). Measured (harness,
+ * bf16 dim 8192 w=4, T = 2048, CPU time): see stream_unit.
+ * Not kept: the estimate without the Newton step (2 FMA-pipe ops less per
+ * vector) rounds 1.2% of the outputs differently; degree 4 with the Newton
+ * step 0.012% for one more FMA.
+ */
+#define SILU_Y_SCALE (-1.44269504f)
+XK_INLINE void silu8_bf16_y_n(__m256 *v, const int n) {
+  __m256 t[8], f[8], d[8];
+  const __m256 shifter = _mm256_set1_ps(12582912.0f);
+  for (int i = 0; i < n; i++) f[i] = _mm256_max_ps(_mm256_set1_ps(-125.0f), v[i]);
+  for (int i = 0; i < n; i++) f[i] = _mm256_min_ps(_mm256_set1_ps(126.0f), f[i]);
+  for (int i = 0; i < n; i++) t[i] = _mm256_add_ps(f[i], shifter);
+  for (int i = 0; i < n; i++) f[i] = _mm256_sub_ps(f[i], _mm256_sub_ps(t[i], shifter));
+  for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(_mm256_set1_ps(-7.95958936e-02f), f[i], _mm256_set1_ps(-3.50013882e-01f));
+  for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(d[i], f[i], _mm256_set1_ps(-1.00016415e+00f));
+  for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(d[i], f[i], _mm256_set1_ps(-1.44259131e+00f));
+  for (int i = 0; i < n; i++) {
+    d[i] = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(d[i]),
+                                                _mm256_slli_epi32(_mm256_castps_si256(t[i]), 23)));
+  }
+  for (int i = 0; i < n; i++) d[i] = _mm256_add_ps(_mm256_set1_ps(SILU_Y_SCALE), d[i]);
+  for (int i = 0; i < n; i++) t[i] = _mm256_rcp_ps(d[i]);
+  for (int i = 0; i < n; i++) t[i] = _mm256_mul_ps(t[i], _mm256_fnmadd_ps(d[i], t[i], _mm256_set1_ps(2.0f)));
+  for (int i = 0; i < n; i++) v[i] = _mm256_mul_ps(v[i], t[i]);
+}
+#endif
+
+#if XK_F32_LANES >= 8
+/* Whether the fp32 weights and bias of a call are stored times -log2(e). */
+static inline int silu_prescale(const xk_conv1d_args *a) { return a->silu && a->out_dtype == XK_BF16; }
+
+static void scale_row(float *row, int64_t n) {
+  for (int64_t i = 0; i < n; i++) row[i] *= SILU_Y_SCALE;
+}
 #endif
 
 /* ---- generic path ---------------------------------------------------------- */
@@ -128,11 +174,36 @@ static void conv_tile_step(float *acc, const float *bias, float *const *w, float
     _mm512_mask_storeu_ps(acc + c, m, s);
   }
 #elif XK_F32_LANES == 8
+  const int cheap = silu && out_dtype == XK_BF16; /* prescaled sums, silu8_bf16_y_n */
   for (; c + 8 <= n; c += 8) {
     __m256 s = _mm256_loadu_ps(bias + c);
     for (int64_t j = 0; j < width; j++) s = _mm256_fmadd_ps(_mm256_loadu_ps(w[j] + c), _mm256_loadu_ps(u[j] + c), s);
-    if (silu) s = la_silu8(s);
+    if (cheap) {
+      silu8_bf16_y_n(&s, 1);
+    } else if (silu) {
+      s = la_silu8(s);
+    }
     _mm256_storeu_ps(acc + c, s);
+  }
+  if (cheap && c < n) {
+    /* The tail through zero-padded vectors: the fast paths' arithmetic. */
+    float v[MAXW + 1][8] = {{0}};
+    for (int64_t i = c; i < n; i++) {
+      v[0][i - c] = bias[i];
+      for (int64_t j = 0; j < width; j++) {
+        v[1 + j][i - c] = w[j][i]; /* weights in v[1..width], inputs below */
+      }
+    }
+    __m256 s = _mm256_loadu_ps(v[0]);
+    for (int64_t j = 0; j < width; j++) {
+      float uj[8] = {0};
+      for (int64_t i = c; i < n; i++) uj[i - c] = u[j][i];
+      s = _mm256_fmadd_ps(_mm256_loadu_ps(v[1 + j]), _mm256_loadu_ps(uj), s);
+    }
+    silu8_bf16_y_n(&s, 1);
+    _mm256_storeu_ps(v[0], s);
+    for (int64_t i = c; i < n; i++) acc[i] = v[0][i - c];
+    return;
   }
 #endif
   for (; c < n; c++) {
@@ -219,7 +290,7 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
   } else {
     memset(bias, 0, (size_t)nc * sizeof(float));
   }
-#if XK_F32_LANES == 16
+#if XK_F32_LANES >= 8
   if (silu_prescale(a)) {
     for (int64_t j = 0; j <= width; j++) scale_row(j < width ? wv[j] : bias, nc);
   }
@@ -874,9 +945,11 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
  * the same ports as the arithmetic). The tile's fp32 weights, bias and
  * carried window are stored in that order (to_unit_order); units start at
  * the tile's first channel. Every channel takes the generic path's
- * arithmetic (the same FMAs, la_silu8 or, past the last whole 8 channels,
- * la_silu, the same rounding; partial units go through zero-padded copies),
- * so results do not depend on the path: they are the generic path's bits,
+ * arithmetic (the same FMAs, the same rounding; partial units go through
+ * zero-padded copies; silu: silu8_bf16_y_n on prescaled sums for bf16
+ * outputs, as the generic path of this tier, else la_silu8 or, past the
+ * last whole 8 channels, la_silu), so results do not depend on the path:
+ * they are the generic path's bits,
  * except NaN payloads, which the state copies keep as they are where the
  * generic path's round trip through fp32 quiets them.
  */
@@ -1000,13 +1073,18 @@ static void to_unit_order(float *row, int64_t n, int dt) {
 
 /*
  * silu of the conv sums of nv / 2 units (vectors a, b of each in turn) in
- * place, as the generic path computes it: la_silu8, except the channels
+ * place, as the generic path computes it: bf16 silu8_bf16_y_n (prescaled
+ * sums, every channel alike); else la_silu8, except the channels
  * past the tile's last whole 8 (from n & ~7 on in a partial unit of n
  * channels: units start at the tile's first channel), which take la_silu.
- * d: the vectors' la_silu8_den_n results when a pass before computed them,
- * else NULL.
+ * d: the vectors' la_silu8_den_n results when a pass before computed them
+ * (not for bf16), else NULL.
  */
 XK_INLINE void silu_units(__m256 *v, const __m256 *d, const int nv, const int DT, int64_t n) {
+  if (DT == XK_BF16) {
+    silu8_bf16_y_n(v, nv); /* prescaled sums; every channel the same, tails included */
+    return;
+  }
   const int tail = n < UNIT && (n & 7) != 0;
   float x[8][8];
   if (tail) {
@@ -1183,7 +1261,7 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu
     stream_half(k, c + q * UNIT, n, t0, tb, y[q][1], 1, W, DT, has_bias);
   }
   /* silu's first stage for every vector of the block, four at a time. */
-  for (int q = 0; silu && q < nu; q++) {
+  for (int q = 0; silu && DT != XK_BF16 && q < nu; q++) {
     for (int h = 0; h < 2; h++) {
       int64_t t = 0;
       for (; t + 4 <= tb; t += 4) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 4);
@@ -1191,17 +1269,18 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu
     }
   }
   char *op = k->obase + t0 * k->otok + c * es;
+  const int two = silu && DT != XK_BF16; /* the first stage ran above */
   int64_t t = 0;
   for (; t + 2 <= tb; t += 2) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, d[q][0] + t, d[q][1] + t, 2, op + t * k->otok + q * UNIT * es, k->otok,
-                    DT, n, silu);
+      finish_tokens(y[q][0] + t, y[q][1] + t, two ? d[q][0] + t : NULL, d[q][1] + t, 2,
+                    op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
     }
   }
   for (; t < tb; t++) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, d[q][0] + t, d[q][1] + t, 1, op + t * k->otok + q * UNIT * es, k->otok,
-                    DT, n, silu);
+      finish_tokens(y[q][0] + t, y[q][1] + t, two ? d[q][0] + t : NULL, d[q][1] + t, 1,
+                    op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
     }
   }
 }
@@ -1256,21 +1335,14 @@ static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) 
  * the new state written from the same registers (all of x is read first:
  * out may alias it) and the sums; then silu and rounding of the units'
  * vectors side by side, token by token. */
-XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
-                           const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, __m256 *ya,
-                           __m256 *yb) {
+XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t n, const int nu, int64_t len,
+                           int64_t off, int64_t keep, const int W, const int DT, __m256 *ya, __m256 *yb) {
   const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
   for (int q = 0; q < nu; q++) {
     const int64_t cq = c + q * UNIT;
     raw16 r[MAXW - 1 + DEC_MAX];
     for (int j = 0; j < W - 1; j++) r[j] = raw_load_n(sbase + (off + j) * stok + cq * es, DT, n);
     for (int64_t t = 0; t < len; t++) r[hist + t] = raw_load_n(k->xbase + t * k->xtok + cq * es, DT, n);
-    if (next_state) {
-      for (int j = 0; j < W - 1; j++) {
-        _mm_prefetch(next_state + j * stok + cq * es, _MM_HINT_T0);
-        if (DT == XK_F32) _mm_prefetch(next_state + j * stok + cq * es + 32, _MM_HINT_T0);
-      }
-    }
     for (int64_t i = 0; i < keep; i++) raw_store_n(sbase + i * stok + cq * es, DT, r[hist + len - keep + i], n);
     v16 w[MAXW], u[MAXW];
     for (int j = 0; j < W; j++) w[j] = load_row_f32(k->wf + j * k->rf + cq);
@@ -1286,11 +1358,11 @@ XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, const c
   }
 }
 
-XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c, int64_t n,
+XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t n,
                            const int nu, int64_t len, int64_t off, int64_t keep, const int W, const int DT, int silu) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
   __m256 ya[2 * DEC_MAX], yb[2 * DEC_MAX]; /* token t, unit q: [t * nu + q] */
-  decode_sums(k, sbase, stok, next_state, c, n, nu, len, off, keep, W, DT, ya, yb);
+  decode_sums(k, sbase, stok, c, n, nu, len, off, keep, W, DT, ya, yb);
   for (int64_t t = 0; t < len; t++) {
     finish_tokens(ya + t * nu, yb + t * nu, NULL, NULL, nu, k->obase + t * k->otok + c * es, UNIT * es, DT, n, silu);
   }
@@ -1301,50 +1373,68 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, const c
  * silu in two passes over all of them (as the stream path: la_silu8_den_n
  * four vectors at a time, then the division, rounding and stores). Harness,
  * bf16 dim 8192 w=4 silu, CPU time: B = 64 680-693 -> 507-509 us with 4
- * pairs; 2 pairs 519-711 us (noisy, loaded machine).
+ * pairs; 2 pairs 519-711 us (noisy, loaded machine). Session 15 (harness,
+ * state pool 256 MiB, best of each round, old and new in one process):
+ * without the next sequence's state prefetch (below) 8 pairs 444-459 us,
+ * 4 pairs 483-493, 2 pairs 458-464 (one 634), 1 pair 519-525, 16 pairs
+ * 491-510.
+ *
+ * No software prefetch of the state: prefetching the next sequence's state
+ * lines while the current one ran (one line per unit, a whole sequence
+ * ahead) cost 5-7% at B = 64, with consecutive pool indices (the bench) and
+ * with random ones alike (503-511 vs 464-477 us; 522-527 vs 499-503): the
+ * lines come back into L1 ~100 KiB of traffic before their use and are
+ * evicted again, and the hardware prefetchers follow the 16 KiB state rows
+ * from their first lines. Also not kept: a sequence per 512-channel chunk
+ * (all sequences of the call through one chunk, its weights in L1, then
+ * the next chunk, the next sequence's chunk prefetched): 1 KiB runs per
+ * row, ~10% slower cold; with the call's data in L2 it was no faster, so
+ * the L2 weight reads do not bound this loop. The bound is silu: all in L2,
+ * B = 64 takes ~245 us without silu and ~420 us with it, cold ~300 / ~470.
  */
-#define DEC_GROUP 4
-XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t c,
-                             int64_t off, const int W, const int DT, int silu) {
+#define DEC_GROUP 8
+XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t off, const int W,
+                             const int DT, int silu) {
   const int64_t es = DT == XK_F32 ? 4 : 2;
   __m256 y[DEC_GROUP][4], d[DEC_GROUP][4]; /* a of units 0, 1, then b */
   for (int g = 0; g < DEC_GROUP; g++) {
-    decode_sums(k, sbase, stok, next_state, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
+    decode_sums(k, sbase, stok, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
   }
-  for (int g = 0; silu && g < DEC_GROUP; g++) la_silu8_den_n(y[g], d[g], 4);
+  const int two = silu && DT != XK_BF16;
+  for (int g = 0; two && g < DEC_GROUP; g++) la_silu8_den_n(y[g], d[g], 4);
   for (int g = 0; g < DEC_GROUP; g++) {
-    finish_tokens(y[g], y[g] + 2, silu ? d[g] : NULL, silu ? d[g] + 2 : NULL, 2, k->obase + (c + g * 2 * UNIT) * es,
+    finish_tokens(y[g], y[g] + 2, two ? d[g] : NULL, two ? d[g] + 2 : NULL, 2, k->obase + (c + g * 2 * UNIT) * es,
                   UNIT * es, DT, UNIT, silu);
   }
 }
 
-XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, const char *next_state, int64_t len,
-                             int64_t off, int64_t keep, int silu, const int W, const int DT) {
+XK_INLINE void decode_tokens(const fast_ctx *k, char *sbase, int64_t stok, int64_t len, int64_t off, int64_t keep,
+                             int silu, const int W, const int DT) {
   int64_t c = 0;
   for (; len == 1 && c + 2 * UNIT * DEC_GROUP <= k->nc; c += 2 * UNIT * DEC_GROUP) {
-    decode_group1(k, sbase, stok, next_state, c, off, W, DT, silu);
+    decode_group1(k, sbase, stok, c, off, W, DT, silu);
   }
   for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) {
-    decode_unit(k, sbase, stok, next_state, c, UNIT, 2, len, off, keep, W, DT, silu);
+    decode_unit(k, sbase, stok, c, UNIT, 2, len, off, keep, W, DT, silu);
   }
-  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, next_state, c, UNIT, 1, len, off, keep, W, DT, silu);
-  if (c < k->nc) decode_unit(k, sbase, stok, next_state, c, k->nc - c, 1, len, off, keep, W, DT, silu);
+  for (; c + UNIT <= k->nc; c += UNIT) decode_unit(k, sbase, stok, c, UNIT, 1, len, off, keep, W, DT, silu);
+  if (c < k->nc) decode_unit(k, sbase, stok, c, k->nc - c, 1, len, off, keep, W, DT, silu);
 }
 
-#define DECODE_CALL(k, sbase, stok, next, len, off, keep, silu, W_, DT_) \
-  decode_tokens(k, sbase, stok, next, len, off, keep, silu, W_, DT_)
+#define DECODE_CALL(k, sbase, stok, len, off, keep, silu, W_, DT_) \
+  decode_tokens(k, sbase, stok, len, off, keep, silu, W_, DT_)
 
-static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, const char *next, int64_t len, int64_t off,
+static void decode_any(const fast_ctx *k, char *sbase, int64_t stok, int64_t len, int64_t off,
                        int64_t keep, int silu, int W, int dt) {
   if (dt == XK_BF16) {
     const int DT = XK_BF16;
-    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, len, off, keep, silu)
   } else if (dt == XK_F16) {
     const int DT = XK_F16;
-    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, len, off, keep, silu)
   } else {
     const int DT = XK_F32;
-    DISPATCH_W(DECODE_CALL, k, sbase, stok, next, len, off, keep, silu)
+    DISPATCH_W(DECODE_CALL, k, sbase, stok, len, off, keep, silu)
   }
 }
 
@@ -1404,6 +1494,7 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
     memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
     const int64_t from = j < a->width ? done : 0; /* channels before `from` are in order already */
     to_unit_order(row + from, nc - from, a->x_dtype);
+    if (silu_prescale(a)) scale_row(row, row_floats(nc)); /* unit order: a partial unit spans its 16 slots */
   }
 }
 
@@ -1414,7 +1505,7 @@ static int fast_eligible(const xk_conv1d_args *a) {
 
 /* One block on the fast paths; the tile's weights are already in scratch. */
 static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf, int64_t seq, int64_t tile,
-                            const seq_info *s, const seq_info *next) {
+                            const seq_info *s) {
   const int64_t c0 = tile * a->channel_tile;
   const int64_t nc = (a->dim - c0) < a->channel_tile ? (a->dim - c0) : a->channel_tile;
   const int spec = a->num_accepted_tokens.data != NULL;
@@ -1438,11 +1529,7 @@ static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf,
   const int64_t stok = a->state_stride_tok * ss;
 
   if (len <= DEC_MAX && s->load && a->state_dtype == dt && a->state_stride_dim == 1) {
-    const char *next_state = NULL;
-    if (next && !next->skip && next->load) {
-      next_state = (const char *)a->conv_states + (next->line * a->state_stride_line + c0) * ss + next->off * stok;
-    }
-    decode_any(&k, sbase, stok, next_state, len, off, keep, a->silu, (int)width, dt);
+    decode_any(&k, sbase, stok, len, off, keep, a->silu, (int)width, dt);
     return;
   }
 
@@ -1489,18 +1576,13 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
   float *rows = (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
   const int64_t rf = row_floats(a->channel_tile), tiles = a->num_channel_tiles;
   int64_t prepared = -1, cur_seq = -1;
-  seq_info cur = {0, 0, 0, 0, 0, 1}, next = cur;
-  int have_next = 0;
+  seq_info cur = {0, 0, 0, 0, 0, 1};
   for (int64_t b = block_begin; b < block_end; b++) {
     const int64_t seq = b / tiles, tile = b % tiles;
     if (seq != cur_seq) {
-      cur = have_next ? next : seq_of(a, seq);
+      cur = seq_of(a, seq);
       cur_seq = seq;
     }
-    /* With one tile per sequence, the next block is the next sequence:
-     * the decode path prefetches its state. */
-    have_next = tiles == 1 && b + 1 < block_end;
-    if (have_next) next = seq_of(a, seq + 1);
     const int64_t c0 = tile * a->channel_tile;
     if (cur.skip || c0 >= a->dim) continue;
     if (tile != prepared) {
@@ -1508,7 +1590,7 @@ void XK_FN(causal_conv1d)(const xk_conv1d_args *a, float *scratch, int64_t block
       prepare_tile(a, rows, rf, c0, nc);
       prepared = tile;
     }
-    conv_block_fast(a, rows, rf, seq, tile, &cur, have_next ? &next : NULL);
+    conv_block_fast(a, rows, rf, seq, tile, &cur);
   }
 }
 
