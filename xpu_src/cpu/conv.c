@@ -1445,6 +1445,7 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
   const int rows = (int)a->width + (a->bias != NULL);
   int64_t done = 0;
   const int bf16_order = a->x_dtype == XK_BF16; /* weight rows in bf16 units' lane order (to_unit_order) */
+  const int pre = silu_prescale(a);
   if (a->width == 4 && a->weight_stride_dim == 4 && a->weight_stride_width == 1) {
     /* (dim, 4) contiguous weights, 16 channels (64 values) at a time: a
      * transpose within 128-bit lanes gives tap j of channels 0, 2, 4, 6 and
@@ -1471,6 +1472,10 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
       }
       for (int j = 0; j < 4; j++) {
         float *row = scratch + j * rf + done;
+        if (pre) { /* scaled here, not in a second pass over the row: B=1 decode pays every pass */
+          tap[0][j] = _mm256_mul_ps(tap[0][j], _mm256_set1_ps(SILU_Y_SCALE));
+          tap[1][j] = _mm256_mul_ps(tap[1][j], _mm256_set1_ps(SILU_Y_SCALE));
+        }
         if (bf16_order) {
           _mm256_storeu_ps(row, _mm256_permute2f128_ps(tap[0][j], tap[1][j], 0x20));
           _mm256_storeu_ps(row + 8, _mm256_permute2f128_ps(tap[0][j], tap[1][j], 0x31));
@@ -1494,7 +1499,7 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
     memset(row + nc, 0, (size_t)(row_floats(nc) - nc) * sizeof(float));
     const int64_t from = j < a->width ? done : 0; /* channels before `from` are in order already */
     to_unit_order(row + from, nc - from, a->x_dtype);
-    if (silu_prescale(a)) scale_row(row, row_floats(nc)); /* unit order: a partial unit spans its 16 slots */
+    if (pre) scale_row(row + from, row_floats(nc) - from); /* unit order: a partial unit spans its 16 slots */
   }
 }
 
