@@ -917,8 +917,9 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * The sums round differently from the other decode paths (products with a
  * power-of-2 factor, code order within a 32 or 128 block): the same
  * tolerance holds (measured error <= 0.03 of sqrt(K) 2^-24 sum |x w|; int4
- * with zeros since the zero terms moved out of t: the tests' tolerance holds,
- * the ratio was not measured again).
+ * with zeros since the zero terms moved out of t, M=1 K=4096 N=2048 bf16 x
+ * of 4 scales: max 0.0095 / 0.0106 / 0.0153 at g128 / g64 / g32, against
+ * 0.0041 / 0.0053 / 0.0064 before).
  * Each output's arithmetic does not depend on the tile: results do not
  * depend on the number of threads. */
 #define D1_R 8     /* weight rows per tile */
