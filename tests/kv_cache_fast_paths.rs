@@ -182,23 +182,18 @@ fn shuffled_block_slots(t: usize, slots_per_cache: usize, rng: &mut common::Rng)
     slots
 }
 
-/// Every tier, with each thread count, writes exactly the reference's bytes;
-/// a mismatch names the first differing byte.
-fn assert_every_tier_matches_reference(
-    s: &Setup,
-    key: &[u8],
-    value: &[u8],
-    slots: &[i64],
+/// Every tier, with each thread count, writes exactly the bytes of
+/// `run(true)` (the reference); a mismatch names the first differing byte.
+fn assert_tiers_match_reference(
+    run: impl Fn(bool) -> Vec<u8> + Sync,
     threads: &[usize],
     what: &str,
 ) {
-    let want = run(s, key, value, slots, true);
+    let want = run(true);
     common::for_each_isa(|isa| {
         for &n in threads {
             // The tier override is per thread: set it again on the pool's thread.
-            let got = common::with_threads(n, || {
-                xpu_ops::with_isa(isa, || run(s, key, value, slots, false)).unwrap()
-            });
+            let got = common::with_threads(n, || xpu_ops::with_isa(isa, || run(false)).unwrap());
             if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
                 panic!(
                     "{what} on {isa} with {n} threads: byte {i} is {:#x}, reference {:#x}",
@@ -207,6 +202,18 @@ fn assert_every_tier_matches_reference(
             }
         }
     });
+}
+
+/// [`assert_tiers_match_reference`] for the op on a [`Setup`].
+fn assert_every_tier_matches_reference(
+    s: &Setup,
+    key: &[u8],
+    value: &[u8],
+    slots: &[i64],
+    threads: &[usize],
+    what: &str,
+) {
+    assert_tiers_match_reference(|r| run(s, key, value, slots, r), threads, what);
 }
 
 /// Distinct random slots, one padding token.
@@ -572,21 +579,11 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
                     out.extend_from_slice(&vb);
                     out
                 };
-                let want = run(true);
-                common::for_each_isa(|isa| {
-                    for n in [1, 2] {
-                        let got = common::with_threads(n, || {
-                            xpu_ops::with_isa(isa, || run(false)).unwrap()
-                        });
-                        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-                            panic!(
-                                "{src}->{kv_cache_dtype} H {heads} D {d} token stride {tok_stride} bs {block_size} \
-                                 misalign {misalign} on {isa} with {n} threads: byte {i} is {:#x}, reference {:#x}",
-                                got[i], want[i]
-                            );
-                        }
-                    }
-                });
+                let what = format!(
+                    "{src}->{kv_cache_dtype} H {heads} D {d} token stride {tok_stride} bs {block_size} \
+                     misalign {misalign}"
+                );
+                assert_tiers_match_reference(run, &[1, 2], &what);
             }
         }
     }
@@ -730,22 +727,11 @@ fn paged_fp8_runs_stage_whole_token_rows_match_reference() {
                     out.extend_from_slice(&vb);
                     out
                 };
-                let want = run(true);
-                common::for_each_isa(|isa| {
-                    for n in [1, 2] {
-                        let got = common::with_threads(n, || {
-                            xpu_ops::with_isa(isa, || run(false)).unwrap()
-                        });
-                        if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-                            panic!(
-                                "bf16->{kv_cache_dtype} H {heads} D {d} strides {tok_stride}/{head_stride} \
-                                 bs {block_size} misalign {misalign} on {isa} with {n} threads: byte {i} is \
-                                 {:#x}, reference {:#x}",
-                                got[i], want[i]
-                            );
-                        }
-                    }
-                });
+                let what = format!(
+                    "bf16->{kv_cache_dtype} H {heads} D {d} strides {tok_stride}/{head_stride} \
+                     bs {block_size} misalign {misalign}"
+                );
+                assert_tiers_match_reference(run, &[1, 2], &what);
             }
         }
     }
