@@ -1251,6 +1251,18 @@ XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
  * 13.3 -> 11.8 ms (harness, CPU time; stage microbenchmark 14.2 -> 11.2
  * cycles per 8 outputs, groups of 4 in both passes best: 2 or 8 in either
  * pass 11.5-12.2).
+ * Session 14, bf16 outputs: silu8_bf16_y_n in one pass over 2 tokens (4
+ * vectors) in finish_tokens (no first stage here). Harness CPU time, T =
+ * 2048 cold: 11.6 -> 9.7-10.3 ms; rows in L2 (dim 512): 0.041 -> 0.033 ms
+ * per 64K outputs, ~12.7 cycles per 8 outputs (6.5 of them without silu)
+ * against ~6.8 for the ~27 vector ops (taps 4, silu 15, rounding 7, load 1)
+ * on four pipes, 5.5 on the two FMA pipes. Cold runs now take ~1.2x the
+ * L2 time: the memory walk mostly overlaps; the rest is issue efficiency.
+ * Not kept: silu over 4 tokens (8 vectors, spills) 0.033 -> 0.040 ms in
+ * L2, 9.8 -> 13.4-16.6 ms cold; no x prefetch, within noise; TOK_BLOCK 16,
+ * within noise; no Newton step ~9% faster in L2 but 1.2% of the outputs
+ * rounded off by one ulp (vs 0.33%); Estrin's scheme for the polynomial,
+ * within noise on a loaded machine.
  */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
                            const int DT, const int silu, const int has_bias) {
