@@ -133,7 +133,8 @@ XK_INLINE void silu8_bf16_y_n(__m256 *v, const int n) {
   for (int i = 0; i < n; i++) f[i] = _mm256_min_ps(_mm256_set1_ps(126.0f), f[i]);
   for (int i = 0; i < n; i++) t[i] = _mm256_add_ps(f[i], shifter);
   for (int i = 0; i < n; i++) f[i] = _mm256_sub_ps(f[i], _mm256_sub_ps(t[i], shifter));
-  for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(_mm256_set1_ps(-7.95958936e-02f), f[i], _mm256_set1_ps(-3.50013882e-01f));
+  for (int i = 0; i < n; i++)
+    d[i] = _mm256_fmadd_ps(_mm256_set1_ps(-7.95958936e-02f), f[i], _mm256_set1_ps(-3.50013882e-01f));
   for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(d[i], f[i], _mm256_set1_ps(-1.00016415e+00f));
   for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(d[i], f[i], _mm256_set1_ps(-1.44259131e+00f));
   for (int i = 0; i < n; i++) {
@@ -246,7 +247,8 @@ static void conv_block_generic(const xk_conv1d_args *a, float *scratch, int64_t 
 
   const int64_t xs = xk_dtype_size(a->x_dtype), os = xk_dtype_size(a->out_dtype);
   const int64_t ss = xk_dtype_size(a->state_dtype), ws = xk_dtype_size(a->weight_dtype);
-  const char *xbase = (const char *)a->x + (seq * a->x_stride_seq + start * a->x_stride_tok + c0 * a->x_stride_dim) * xs;
+  const char *xbase =
+      (const char *)a->x + (seq * a->x_stride_seq + start * a->x_stride_tok + c0 * a->x_stride_dim) * xs;
   char *obase = (char *)a->out + (seq * a->out_stride_seq + start * a->out_stride_tok + c0 * a->out_stride_dim) * os;
   char *sbase = (char *)a->conv_states + (line * a->state_stride_line + c0 * a->state_stride_dim) * ss;
 
@@ -1285,13 +1287,13 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu
   int64_t t = 0;
   for (; t + 2 <= tb; t += 2) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, two ? d[q][0] + t : NULL, d[q][1] + t, 2,
+      finish_tokens(y[q][0] + t, y[q][1] + t, two ? d[q][0] + t : NULL, two ? d[q][1] + t : NULL, 2,
                     op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
     }
   }
   for (; t < tb; t++) {
     for (int q = 0; q < nu; q++) {
-      finish_tokens(y[q][0] + t, y[q][1] + t, two ? d[q][0] + t : NULL, d[q][1] + t, 1,
+      finish_tokens(y[q][0] + t, y[q][1] + t, two ? d[q][0] + t : NULL, two ? d[q][1] + t : NULL, 1,
                     op + t * k->otok + q * UNIT * es, k->otok, DT, n, silu);
     }
   }
@@ -1347,8 +1349,8 @@ static void stream_any(const fast_ctx *k, int64_t len, int silu, int W, int dt) 
  * the new state written from the same registers (all of x is read first:
  * out may alias it) and the sums; then silu and rounding of the units'
  * vectors side by side, token by token. */
-XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t n, const int nu, int64_t len,
-                           int64_t off, int64_t keep, const int W, const int DT, __m256 *ya, __m256 *yb) {
+XK_INLINE void decode_sums(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t n, const int nu,
+                           int64_t len, int64_t off, int64_t keep, const int W, const int DT, __m256 *ya, __m256 *yb) {
   const int64_t es = DT == XK_F32 ? 4 : 2, hist = W - 1;
   for (int q = 0; q < nu; q++) {
     const int64_t cq = c + q * UNIT;
