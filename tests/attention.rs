@@ -1723,6 +1723,38 @@ fn varlen_decode_fp8_every_code() {
     }
 }
 
+/// fp8 decode rows whose queries reach 2^7 and beyond: the avx2 decode path
+/// (`xf_varlen`) then widens the keys with their 2^120 / 2^112 factor
+/// instead of moving it onto q (which could overflow). Sequences with small
+/// and large queries share one call, so kv-head groups of both kinds run
+/// side by side; f32 and bf16 queries, e4m3 and e5m2, odd lengths, 1 and 2
+/// threads.
+#[test]
+fn varlen_decode_fp8_large_queries() {
+    let lens = [1usize, 17, 64, 65, 130];
+    for (n, (dt, stored, h, hkv, d)) in [
+        (DType::F32, DType::F8E4M3, 16, 2, 256),
+        (DType::BF16, DType::F8E5M2, 32, 8, 128),
+        (DType::F32, DType::F8E5M2, 6, 2, 96),
+        (DType::BF16, DType::F8E4M3, 8, 8, 64),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sp = vspec(dt, stored, h, hkv, d, 16, 1500 + n as u64);
+        let seqs: Vec<(usize, usize)> = lens.iter().map(|&l| (1, l)).collect();
+        let mut c = VarlenCase::new(sp, &seqs);
+        // Sequence s: one element of head s % h at +-(64 << s % 3): 64 keeps the factor on q, 128 and
+        // 256 (|q| >= 2^7) put it on the keys; the last sequence keeps its small queries.
+        for s in 0..lens.len() - 1 {
+            let v = (64 << (s % 3)) as f32 * if s % 2 == 0 { 1.0 } else { -1.0 };
+            c.q.set(&[s, s % h, (7 * s + 3) % d], v);
+        }
+        c.check();
+        c.assert_thread_invariant(&format!("{stored} large queries"));
+    }
+}
+
 /// Decode-only batches give the same bits on 1, 2 and 3 threads (the launcher
 /// groups kv heads per grid block differently) on every tier, bf16 and fp8.
 #[test]

@@ -2081,7 +2081,10 @@ static XD_TARGET __attribute__((noinline)) void xd_varlen(const xk_attn_args *a,
  * (p) vector of a row kept in a register for its 2 to 8 FMAs. Measured and
  * rejected: 8 rows x 1 (one load per FMA, the K or V load shared by 8 rows),
  * as fast in L1 and 3-7% slower in the B=8 bench shapes; 2 x 4 and 1 x 8
- * spill (used only for G < 4).
+ * spill (used only for G < 4). Eight chains are only just enough on this
+ * Zen 3: a bare loop of 8 independent FMA chains ran at 28-69% of the peak
+ * (by unrolling), 9-12 chains at 99% (session 16); 12 accumulators did not
+ * fit the registers of these kernels (see xf_ below).
  *
  * Runs with MXCSR flush-to-zero (not DAZ, which would drop the fp8
  * subnormals above): products and probabilities below 2^-126 flush to 0,
@@ -2590,7 +2593,8 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
  *   keys: 32 bytes of one token row (16 bf16 or 32 fp8 elements), widened
  *     into 2 or 4 planes (xe_plane: plane k lane i = element NP i + k), times
  *     q in the same planes; the accumulator lanes are partial sums of one
- *     token, reduced once per token (xe_store1).
+ *     token, reduced once per token (xe_store1). fp8 keys stay raw when
+ *     every |q| of the item is below 2^7 (the q planes carry the factor).
  *   values: 32 bytes of one token row widened the same way, times the
  *     token's probability broadcast; the accumulator lanes are head-dim
  *     elements in plane order (acc[c E + 8 k + i] = element c E + NP i + k,
@@ -2631,8 +2635,23 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
  * pass 2, 1.01-1.25; steps of 16 or 32 keys, 0.98-1.13; P.V in token tiles of
  * 16 or 32 (the 2 KiB row stride puts a sweep's lines in few L1 sets),
  * 0.95-1.10; raw fp8 keys with the factor on q (as xe_paged), bit-identical
- * but 1.33-1.38x slower in L2; kv groups of 1, 2, 4 Llama heads instead of 8,
+ * but 1.33-1.38x slower in L2 (session 16, on today's kernels: fp8 Q.K
+ * 17-20% faster in L2, now used); kv groups of 1, 2, 4 Llama heads instead of 8,
  * 1.01-1.03 vs 0.95; steps of 128 or 256 keys, prefetch distances 3 or 4.
+ * Session 16 (rdtsc harness per pass, L3-resident B=1 ctx=512, min per
+ * call; bit-identical unless said): raw fp8 keys (above), fp8 Q.K 0.80-0.83;
+ * fp8 P.V checking its words once for both plane pairs, 0.95; bf16 P.V two
+ * tokens per stream count, Qwen P.V 0.90-0.94 (Llama 0.98-1.02); the softmax step
+ * in two passes (xf_softmax_step), 0.85 of the step. Found: in cache the
+ * stream costs Llama bf16 13% of Q.K and 35% of P.V (its countdown about two
+ * thirds of that; it pays off only out of cache); the softmax step is bound
+ * by its 8 exps (about 40% of it). Rejected: Q.K as 4 rows x 3 tokens (12
+ * accumulators: spills), 1.39; the stream's count per chunk in Q.K, 1.05;
+ * bf16 P.V as two row pairs of 2 chunks (each line read once per call),
+ * Llama 1.05; value rows prefetched into L1 2, 4 or 8 tokens ahead (the 2
+ * KiB row stride leaves a sweep 2 L1 sets), P.V 1.06-1.16; steps of 32 keys
+ * (other roundings), 0.91-1.01; kv groups of 4 or 2 Llama heads, cold
+ * 1.33-1.38 (bf16), 1.09-1.13 (fp8).
  */
 #define XF_S XA_VT /* keys per online-softmax step (the workspace's logit columns; a multiple of XE_G) */
 
@@ -2690,8 +2709,8 @@ XE_INLINE void xf_pf_tick(xf_pf *f, xf_pfl *l, int64_t W) {
  * (lg partly written) when an fp8 key is not finite and fix is 0: the caller
  * runs it again with fix. */
 XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, const int fp8, const int e5,
-                    const int fix, const int NR, const int TP, float *lg, int64_t lld, xf_pf *f) {
-  const int NP = fp8 ? 4 : 2, raw = 0;
+                    const int fix, const int raw, const int NR, const int TP, float *lg, int64_t lld, xf_pf *f) {
+  const int NP = fp8 ? 4 : 2;
   __m256i sp = _mm256_setzero_si256();
   xf_pfl pl = {f->p, f->cd};
   for (int tp0 = 0; tp0 < XE_G; tp0 += TP) {
@@ -2717,11 +2736,39 @@ XE_INLINE int xf_qk(const float *qp, const char *const *kt, int64_t hoff, int64_
   return fp8 && !fix && !_mm256_testz_si256(sp, sp);
 }
 
+/* One token of xf_pv: the value row v (M chunks) times the NR probabilities
+ * p[r * pld] into acc. */
+XE_INLINE void xf_pv_tok(__m256 acc[8][8], const char *v, const float *p, int64_t pld, const int fp8, const int e5,
+                         const int fix, const int K0, const int NR, const int M, __m256i *sp) {
+  __m256i w[8], s[8];
+#pragma GCC unroll 8
+  for (int m = 0; m < M; m++) {
+    w[m] = _mm256_loadu_si256((const __m256i *)(v + 32 * m));
+    if (fp8 && fix < 2) {
+      s[m] = xe_special(w[m], e5);
+      if (!fix) *sp = _mm256_or_si256(*sp, s[m]);
+    }
+  }
+  __m256 pr[8];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; r++) pr[r] = _mm256_broadcast_ss(p + r * pld);
+#pragma GCC unroll 8
+  for (int m = 0; m < M; m++) {
+#pragma GCC unroll 2
+    for (int k = 0; k < 2; k++) {
+      const __m256 f = fp8 && fix == 1 ? xe_plane_fix(w[m], s[m], e5, K0 + k, 1) : xe_plane_raw(w[m], fp8, e5, K0 + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; r++) acc[r][2 * m + k] = _mm256_fmadd_ps(f, pr[r], acc[r][2 * m + k]);
+    }
+  }
+}
+
 /* P.V of NR rows (probabilities p[r * pld + t], fp8: times 2^120 / 2^112)
  * over the n token rows vt[t] + hoff, for the M chunks of 32 bytes from c0
  * and planes K0, K0 + 1: out[r * old + c E + 8 k + i] += sum_t p v (plane
  * order, see above). Returns 1 (adding nothing) on a non-finite fp8 value
- * when fix is 0. */
+ * when fix is 0; fix 1 widens such values (xe_plane_fix), fix 2 does not
+ * look for them (the words are known finite). */
 XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t c0,
                     const int fp8, const int e5, const int fix, const int K0, const int NR, const int M, float *out,
                     int64_t old, xf_pf *f) {
@@ -2735,30 +2782,20 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
       for (int k = 0; k < 2; k++) acc[r][2 * m + k] = _mm256_loadu_ps(out + r * old + (c0 + m) * 8 * NP + 8 * (K0 + k));
   __m256i sp = _mm256_setzero_si256();
   xf_pfl pl = {f->p, f->cd};
-  for (int64_t t = 0; t < n; t++) {
-    if (!fix) xf_pf_tick(f, &pl, 2 * NR * M);
-    const char *v = vt[t] + hoff + 32 * c0;
-    __m256i w[8], s[8];
-#pragma GCC unroll 8
-    for (int m = 0; m < M; m++) {
-      w[m] = _mm256_loadu_si256((const __m256i *)(v + 32 * m));
-      if (fp8) {
-        s[m] = xe_special(w[m], e5);
-        if (!fix) sp = _mm256_or_si256(sp, s[m]);
-      }
-    }
-    __m256 pr[8];
-#pragma GCC unroll 8
-    for (int r = 0; r < NR; r++) pr[r] = _mm256_broadcast_ss(p + r * pld + t);
-#pragma GCC unroll 8
-    for (int m = 0; m < M; m++) {
+  /* bf16: two tokens per count of the prefetch stream (the loop is issue-bound:
+   * one count per token was 4-5% slower for Qwen); fp8: one (the words and
+   * checks of two tokens spill, 11% slower). */
+  const int U = fp8 ? 1 : 2;
+  int64_t t = 0;
+  for (; t + U <= n; t += U) {
+    if (fix != 1) xf_pf_tick(f, &pl, 2 * U * NR * M);
 #pragma GCC unroll 2
-      for (int k = 0; k < 2; k++) {
-        const __m256 f = fp8 && fix ? xe_plane_fix(w[m], s[m], e5, K0 + k, 1) : xe_plane_raw(w[m], fp8, e5, K0 + k);
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; r++) acc[r][2 * m + k] = _mm256_fmadd_ps(f, pr[r], acc[r][2 * m + k]);
-      }
-    }
+    for (int u = 0; u < U; u++)
+      xf_pv_tok(acc, vt[t + u] + hoff + 32 * c0, p + t + u, pld, fp8, e5, fix, K0, NR, M, &sp);
+  }
+  if (t < n) {
+    if (fix != 1) xf_pf_tick(f, &pl, 2 * NR * M);
+    xf_pv_tok(acc, vt[t] + hoff + 32 * c0, p + t, pld, fp8, e5, fix, K0, NR, M, &sp);
   }
   f->p = pl.p;
   f->cd = pl.cd;
@@ -2772,38 +2809,52 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
   return 0;
 }
 
-/* One dtype's P.V kernel over chunks [c0, c0 + M), every plane pair. */
-#define XF_PV(FP8, E5, K0, NR, M)                                                                                   \
+/* One dtype's P.V kernel over chunks [c0, c0 + M), every plane pair. fp8:
+ * the second pair reads the words the first one checked; it looks for
+ * non-finite codes again only when the first found some (the checks were a
+ * quarter of the vector ALU work of the fp8 P.V loop). */
+#define XF_PV8(E5, NR, M)                                                                                           \
   do {                                                                                                              \
-    if (xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 0, K0, NR, M, out, old, f))                                         \
-      xf_pv(p, pld, vt, hoff, n, c0, FP8, E5, 1, K0, NR, M, out, old, f);                                           \
+    if (xf_pv(p, pld, vt, hoff, n, c0, 1, E5, 0, 0, NR, M, out, old, f)) {                                          \
+      xf_pv(p, pld, vt, hoff, n, c0, 1, E5, 1, 0, NR, M, out, old, f);                                              \
+      xf_pv(p, pld, vt, hoff, n, c0, 1, E5, 1, 2, NR, M, out, old, f);                                              \
+    } else {                                                                                                        \
+      xf_pv(p, pld, vt, hoff, n, c0, 1, E5, 2, 2, NR, M, out, old, f);                                              \
+    }                                                                                                               \
   } while (0)
 #define XF_PV_ALL(NR, M)                                                                                            \
   do {                                                                                                              \
     if (dt == XK_BF16) {                                                                                            \
-      XF_PV(0, 0, 0, NR, M);                                                                                        \
+      xf_pv(p, pld, vt, hoff, n, c0, 0, 0, 0, 0, NR, M, out, old, f);                                               \
     } else if (dt == XK_F8E4M3) {                                                                                   \
-      XF_PV(1, 0, 0, NR, M);                                                                                        \
-      XF_PV(1, 0, 2, NR, M);                                                                                        \
+      XF_PV8(0, NR, M);                                                                                             \
     } else {                                                                                                        \
-      XF_PV(1, 1, 0, NR, M);                                                                                        \
-      XF_PV(1, 1, 2, NR, M);                                                                                        \
+      XF_PV8(1, NR, M);                                                                                             \
     }                                                                                                               \
   } while (0)
 
 /* The micro-kernels for NR rows: Q.K^T with 8 / NR tokens per pass, P.V with
  * 4 / NR chunks per token (8 accumulators), then single chunks for the rest. */
+#define XF_QK8(E5, RAW, NR)                                                                                         \
+  do {                                                                                                              \
+    if (xf_qk(qp, kt, hoff, nch, 1, E5, 0, RAW, NR, 8 / NR, lg, lld, f))                                            \
+      xf_qk(qp, kt, hoff, nch, 1, E5, 1, RAW, NR, 8 / NR, lg, lld, f);                                              \
+  } while (0)
 #define XF_DEF(NR)                                                                                                  \
-  static void xf_qk_##NR(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, int32_t dt, float *lg,  \
-                         int64_t lld, xf_pf *f) {                                                                   \
+  static void xf_qk_##NR(const float *qp, const char *const *kt, int64_t hoff, int64_t nch, int32_t dt, int raw,    \
+                         float *lg, int64_t lld, xf_pf *f) {                                                        \
     if (dt == XK_BF16) {                                                                                            \
-      xf_qk(qp, kt, hoff, nch, 0, 0, 0, NR, 8 / NR, lg, lld, f);                                                    \
+      xf_qk(qp, kt, hoff, nch, 0, 0, 0, 0, NR, 8 / NR, lg, lld, f);                                                 \
     } else if (dt == XK_F8E4M3) {                                                                                   \
-      if (xf_qk(qp, kt, hoff, nch, 1, 0, 0, NR, 8 / NR, lg, lld, f))                                                \
-        xf_qk(qp, kt, hoff, nch, 1, 0, 1, NR, 8 / NR, lg, lld, f);                                                  \
+      if (raw)                                                                                                      \
+        XF_QK8(0, 1, NR);                                                                                           \
+      else                                                                                                          \
+        XF_QK8(0, 0, NR);                                                                                           \
     } else {                                                                                                        \
-      if (xf_qk(qp, kt, hoff, nch, 1, 1, 0, NR, 8 / NR, lg, lld, f))                                                \
-        xf_qk(qp, kt, hoff, nch, 1, 1, 1, NR, 8 / NR, lg, lld, f);                                                  \
+      if (raw)                                                                                                      \
+        XF_QK8(1, 1, NR);                                                                                           \
+      else                                                                                                          \
+        XF_QK8(1, 0, NR);                                                                                           \
     }                                                                                                               \
   }                                                                                                                 \
   static void xf_pv_##NR(const float *p, int64_t pld, const char *const *vt, int64_t hoff, int64_t n, int64_t cb,   \
@@ -2816,16 +2867,68 @@ XF_DEF(4)
 XF_DEF(2)
 XF_DEF(1)
 #undef XF_DEF
+#undef XF_QK8
 #undef XF_PV_ALL
-#undef XF_PV
+#undef XF_PV8
 
 /* q (f32, D elements) as row rr of nr in the planes at dst (chunk c, plane
  * k: lane i holds element c E + NP i + k, E = 8 NP). */
-static void xf_q_planes(const float *q, int64_t D, const int fp8, int64_t nr, int64_t rr, float *dst) {
+static void xf_q_planes(const float *q, int64_t D, const int fp8, float qs, int64_t nr, int64_t rr, float *dst) {
   const int64_t NP = fp8 ? 4 : 2, E = 8 * NP;
   for (int64_t c = 0; c < D / E; c++)
     for (int64_t k = 0; k < NP; k++)
-      for (int64_t i = 0; i < 8; i++) dst[((c * NP + k) * nr + rr) * 8 + i] = q[c * E + NP * i + k];
+      for (int64_t i = 0; i < 8; i++) dst[((c * NP + k) * nr + rr) * 8 + i] = q[c * E + NP * i + k] * qs;
+}
+
+/* The online-softmax step of one row without softcap or ALiBi, n a multiple
+ * of 8, in two passes over the logits x (times sc: recomputed, not stored):
+ * the running maximum, then exp, the sum, the query-dtype rounding (bf16,
+ * f16 or f32) and (fp8) the factor ps, stored once. The same operations in
+ * the same order as the general step (xa_max_row, xa_exp_sum, xa_round_to):
+ * bit-identical; it makes the step about 2x faster in L1 (six calls and
+ * four passes over x before). Returns 0 when the row has attended nothing
+ * yet (x left for the caller to clear), else 1 with *m, *l, acc updated. */
+static int xf_softmax_step(float *x, int64_t n, float sc, float *m, float *l, float *acc, int64_t D,
+                           int32_t dtype, float ps) {
+  const __m256 vs = _mm256_set1_ps(sc);
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < n; j += 8) mx = _mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vs), mx);
+  float lanes[8], mt = -INFINITY;
+  _mm256_storeu_ps(lanes, mx);
+  for (int j = 0; j < 8; j++) mt = lanes[j] > mt ? lanes[j] : mt;
+  const float m_new = fmaxf(*m, mt);
+  if (m_new == -INFINITY) return 0;
+  const float alpha = *m == -INFINITY ? 0.0f : expf(*m - m_new);
+  const __m256 vm = _mm256_set1_ps(m_new), vp = _mm256_set1_ps(ps);
+  const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u);
+  __m256 sum8 = _mm256_setzero_ps();
+  for (int64_t j = 0; j < n; j += 8) {
+    __m256 e = xa_exp8(_mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(x + j), vs), vm));
+    sum8 = _mm256_add_ps(sum8, e);
+    if (dtype == XK_BF16) { /* round to nearest even; NaN kept quiet (xk_store8, xk_load8) */
+      const __m256i u = _mm256_castps_si256(e);
+      const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+      const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd);
+      const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                             _mm256_set1_epi32(0x7f800000));
+      e = _mm256_castsi256_ps(
+          _mm256_and_si256(_mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan), hi16));
+    } else if (dtype == XK_F16) {
+      e = _mm256_cvtph_ps(_mm256_cvtps_ph(e, _MM_FROUND_TO_NEAREST_INT));
+    }
+    if (ps != 1.0f) e = _mm256_mul_ps(e, vp);
+    _mm256_storeu_ps(x + j, e);
+  }
+  float sum = 0.0f;
+  _mm256_storeu_ps(lanes, sum8);
+  for (int j = 0; j < 8; j++) sum += lanes[j];
+  if (alpha != 1.0f) {
+    const __m256 va = _mm256_set1_ps(alpha);
+    for (int64_t d = 0; d < D; d += 8) _mm256_storeu_ps(acc + d, _mm256_mul_ps(_mm256_loadu_ps(acc + d), va));
+  }
+  *l = *l * alpha + sum;
+  *m = m_new;
+  return 1;
 }
 
 static int xf_varlen_ok(const xk_attn_args *a) {
@@ -2873,12 +2976,25 @@ static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_
     const int32_t *bt = a->block_tables + seq * a->block_tables_stride_seq;
     int64_t lo, hi;
     xk_attn_key_range(a, pos, k_len, &lo, &hi);
+    /* fp8: when every |q| of the item < 2^7, the q planes carry the keys'
+     * 2^120 (2^112) and the keys stay raw (xe_plane_raw), as in xe_paged:
+     * the same exact products, one multiply less per key plane (fp8 Q.K
+     * 17-20% faster in L2, bit-identical). */
+    __m256 qm = _mm256_setzero_ps(); /* max |q| (NaN ignored: max_ps returns its second operand) */
+    const char *qrow = (const char *)a->query + ((q0 + i) * a->q_stride_token + kvh0 * G * a->q_stride_head) * qes;
+    for (int64_t r = 0; fp8 && r < R; r++) {
+      xa_to_f32(w->stage, qrow + r * a->q_stride_head * qes, a->dtype, D);
+      for (int64_t e = 0; e < D; e += 8)
+        qm = _mm256_max_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), _mm256_loadu_ps(w->stage + e)), qm);
+    }
+    const int raw = fp8 && _mm256_movemask_ps(_mm256_cmp_ps(qm, _mm256_set1_ps(0x1p7f), _CMP_LT_OQ)) == 0xff;
+    const float qs = !raw ? 1.0f : pscale;
     for (int64_t kvl = 0; kvl < KG; kvl++) { /* row r = kvl G + g: query head kvh0 G + r */
       for (int64_t g = 0, r0 = 0; g < G; g++) {
         const int64_t r = kvl * G + g, h = kvh0 * G + r, nr = xe_nr(G, r0);
         xa_to_f32(w->stage, (const char *)a->query + ((q0 + i) * a->q_stride_token + h * a->q_stride_head) * qes,
                   a->dtype, D);
-        xf_q_planes(w->stage, D, fp8, nr, g - r0, qp + (kvl * G + r0) * D);
+        xf_q_planes(w->stage, D, fp8, qs, nr, g - r0, qp + (kvl * G + r0) * D);
         if (g + 1 == r0 + nr) r0 += nr;
         w->m[r] = -INFINITY;
         w->l[r] = 0.0f;
@@ -2919,9 +3035,9 @@ static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_
             const float *q = qp + r * D;
             float *lg = w->lg + r * L_ + gi * XE_G;
             switch (nr) {
-              case 4: xf_qk_4(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, &f); break;
-              case 2: xf_qk_2(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, &f); break;
-              default: xf_qk_1(q, kt + gi * XE_G, hoff, nch, dt, lg, L_, &f); break;
+              case 4: xf_qk_4(q, kt + gi * XE_G, hoff, nch, dt, raw, lg, L_, &f); break;
+              case 2: xf_qk_2(q, kt + gi * XE_G, hoff, nch, dt, raw, lg, L_, &f); break;
+              default: xf_qk_1(q, kt + gi * XE_G, hoff, nch, dt, raw, lg, L_, &f); break;
             }
             r0 += nr;
           }
@@ -2933,6 +3049,13 @@ static __attribute__((noinline)) void xf_varlen(const xk_attn_args *a, const xa_
         const float ks = a->k_scale ? a->k_scale[seq * a->scale_stride_seq + kvh] : 1.0f;
         const float sc = a->scale * ks;
         float *x = w->lg + r * L_;
+        const int32_t qd = a->dtype;
+        if (a->softcap <= 0.0f && !a->alibi_slopes && n % 8 == 0 && (qd == XK_BF16 || qd == XK_F16 || qd == XK_F32)) {
+          if (!xf_softmax_step(x, n, sc, &w->m[r], &w->l[r], w->acc + r * Dp, D, qd, fp8 ? pscale : 1.0f)) {
+            for (int64_t j = 0; j < n; j++) x[j] = 0.0f;
+          }
+          continue;
+        }
         for (int64_t j = 0; j < n; j++) x[j] *= sc;
         if (a->softcap > 0.0f) xa_softcap(x, n, a->softcap);
         if (a->alibi_slopes) {
