@@ -2641,8 +2641,10 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
  * Session 16 (rdtsc harness per pass, L3-resident B=1 ctx=512, min per
  * call; bit-identical unless said): raw fp8 keys (above), fp8 Q.K 0.80-0.83;
  * fp8 P.V checking its words once for both plane pairs, 0.95; bf16 P.V two
- * tokens per stream count, Qwen P.V 0.90-0.94 (Llama 0.98-1.02); the softmax step
- * in two passes (xf_softmax_step), 0.85 of the step. Found: in cache the
+ * tokens per stream count, Qwen P.V 0.90-0.94 (Llama 0.98-1.02 in L3,
+ * 1.02-1.04 cold at B=1 ctx=512: kept for Qwen, Llama's total is even with
+ * the softmax gain); the softmax step in two passes (xf_softmax_step), 0.85
+ * of the step. Found: in cache the
  * stream costs Llama bf16 13% of Q.K and 35% of P.V (its countdown about two
  * thirds of that; it pays off only out of cache); the softmax step is bound
  * by its 8 exps (about 40% of it). Rejected: Q.K as 4 rows x 3 tokens (12
