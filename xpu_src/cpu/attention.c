@@ -2640,16 +2640,15 @@ static __attribute__((noinline)) void xe_paged(const xk_attn_args *a, const xa_w
  * 1.01-1.03 vs 0.95; steps of 128 or 256 keys, prefetch distances 3 or 4.
  * Session 16 (rdtsc harness per pass, L3-resident B=1 ctx=512, min per
  * call; bit-identical unless said): raw fp8 keys (above), fp8 Q.K 0.80-0.83;
- * fp8 P.V checking its words once for both plane pairs, 0.95; bf16 P.V two
- * tokens per stream count, Qwen P.V 0.90-0.94 (Llama 0.98-1.02 in L3,
- * 1.02-1.04 cold at B=1 ctx=512: kept for Qwen, Llama's total is even with
- * the softmax gain); the softmax step in two passes (xf_softmax_step), 0.85
- * of the step. Found: in cache the
+ * fp8 P.V checking its words once for both plane pairs, 0.95; the softmax
+ * step in two passes (xf_softmax_step), 0.85 of the step. Found: in cache the
  * stream costs Llama bf16 13% of Q.K and 35% of P.V (its countdown about two
  * thirds of that; it pays off only out of cache); the softmax step is bound
  * by its 8 exps (about 40% of it). Rejected: Q.K as 4 rows x 3 tokens (12
  * accumulators: spills), 1.39; the stream's count per chunk in Q.K, 1.05;
- * bf16 P.V as two row pairs of 2 chunks (each line read once per call),
+ * P.V two tokens per stream count (the loop is issue-bound), bf16 Qwen P.V
+ * 0.90-0.94 but Llama total 0.95-1.03 against 0.96-0.97 with one token per
+ * count (cold, B=1 ctx=512), fp8 1.11 (spills); bf16 P.V as two row pairs of 2 chunks (each line read once per call),
  * Llama 1.05; value rows prefetched into L1 2, 4 or 8 tokens ahead (the 2
  * KiB row stride leaves a sweep 2 L1 sets), P.V 1.06-1.16; steps of 32 keys
  * (other roundings), 0.91-1.01; kv groups of 4 or 2 Llama heads, cold
@@ -2784,18 +2783,7 @@ XE_INLINE int xf_pv(const float *p, int64_t pld, const char *const *vt, int64_t 
       for (int k = 0; k < 2; k++) acc[r][2 * m + k] = _mm256_loadu_ps(out + r * old + (c0 + m) * 8 * NP + 8 * (K0 + k));
   __m256i sp = _mm256_setzero_si256();
   xf_pfl pl = {f->p, f->cd};
-  /* bf16: two tokens per count of the prefetch stream (the loop is issue-bound:
-   * one count per token was 4-5% slower for Qwen); fp8: one (the words and
-   * checks of two tokens spill, 11% slower). */
-  const int U = fp8 ? 1 : 2;
-  int64_t t = 0;
-  for (; t + U <= n; t += U) {
-    if (fix != 1) xf_pf_tick(f, &pl, 2 * U * NR * M);
-#pragma GCC unroll 2
-    for (int u = 0; u < U; u++)
-      xf_pv_tok(acc, vt[t + u] + hoff + 32 * c0, p + t + u, pld, fp8, e5, fix, K0, NR, M, &sp);
-  }
-  if (t < n) {
+  for (int64_t t = 0; t < n; t++) {
     if (fix != 1) xf_pf_tick(f, &pl, 2 * NR * M);
     xf_pv_tok(acc, vt[t] + hoff + 32 * c0, p + t, pld, fp8, e5, fix, K0, NR, M, &sp);
   }
