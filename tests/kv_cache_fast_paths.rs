@@ -97,6 +97,46 @@ fn shapes(s: &Setup) -> (Vec<usize>, Vec<usize>) {
 
 /// Runs the op (or the reference) into caches filled with 0x5a; returns the
 /// key and value cache bytes.
+/// The paged op (`use_reference` false) or its reference on the same
+/// arguments, so a test writes them once for both arms.
+#[allow(clippy::too_many_arguments)]
+fn reshape_and_cache_either(
+    use_reference: bool,
+    key: &TensorView,
+    value: &TensorView,
+    key_cache: &mut TensorViewMut,
+    value_cache: &mut TensorViewMut,
+    slots: &TensorView,
+    kv_cache_dtype: &str,
+    k_scale: Option<&TensorView>,
+    v_scale: Option<&TensorView>,
+) {
+    if use_reference {
+        reference::reshape_and_cache(
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slots,
+            kv_cache_dtype,
+            k_scale,
+            v_scale,
+        );
+    } else {
+        xpu_ops::reshape_and_cache(
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slots,
+            kv_cache_dtype,
+            k_scale,
+            v_scale,
+        )
+        .unwrap();
+    }
+}
+
 fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
     let bytes = s.slots * H * D * s.cache.size();
     let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
@@ -135,18 +175,8 @@ fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) 
                 scales.0,
                 scales.1,
             ),
-            (Layout::Paged, false) => xpu_ops::reshape_and_cache(
-                &k,
-                &v,
-                &mut kc,
-                &mut vc,
-                &sm,
-                s.kv_cache_dtype,
-                scales.0,
-                scales.1,
-            )
-            .unwrap(),
-            (Layout::Paged, true) => reference::reshape_and_cache(
+            (Layout::Paged, r) => reshape_and_cache_either(
+                r,
                 &k,
                 &v,
                 &mut kc,
@@ -550,30 +580,17 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
                                 .unwrap();
                         let mut vc =
                             TensorViewMut::from_bytes(&mut vb[r], src, &vshape, None).unwrap();
-                        if use_reference {
-                            reference::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                None,
-                                None,
-                            );
-                        } else {
-                            xpu_ops::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                None,
-                                None,
-                            )
-                            .unwrap();
-                        }
+                        reshape_and_cache_either(
+                            use_reference,
+                            &k,
+                            &v,
+                            &mut kc,
+                            &mut vc,
+                            &sm,
+                            kv_cache_dtype,
+                            None,
+                            None,
+                        );
                     }
                     let mut out = kb.to_vec();
                     out.extend_from_slice(&vb);
@@ -698,30 +715,17 @@ fn paged_fp8_runs_stage_whole_token_rows_match_reference() {
                                 .unwrap();
                         let mut vc =
                             TensorViewMut::from_bytes(&mut vb[r], cache, &vshape, None).unwrap();
-                        if use_reference {
-                            reference::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                Some(&ks),
-                                Some(&vs),
-                            );
-                        } else {
-                            xpu_ops::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                Some(&ks),
-                                Some(&vs),
-                            )
-                            .unwrap();
-                        }
+                        reshape_and_cache_either(
+                            use_reference,
+                            &k,
+                            &v,
+                            &mut kc,
+                            &mut vc,
+                            &sm,
+                            kv_cache_dtype,
+                            Some(&ks),
+                            Some(&vs),
+                        );
                     }
                     let mut out = kb.to_vec();
                     out.extend_from_slice(&vb);
