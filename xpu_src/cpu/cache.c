@@ -96,6 +96,34 @@ static inline void transpose16_u8(const char *src, int64_t row_bytes, __m128i ou
   }
 }
 
+#if XK_F32_LANES == 8
+/* out[k] = bytes 2k and 2k + 1 of rows 0..15 (16-byte rows, row_bytes
+ * apart), 16 bytes each: rows j and j + 8 share a register (one per lane),
+ * three in-lane unpack stages leave each lane with 8 rows of two elements,
+ * and a vpermq joins the lanes' halves. 40 shuffles per 16 x 16 bytes
+ * against 64 for transpose16_u8, and 32-byte stores. */
+static inline __attribute__((always_inline)) void transpose16_u8_pairs(const char *src, int64_t row_bytes,
+                                                                        __m256i out[8]) {
+  __m256i a[8], b[8], c[8];
+  for (int j = 0; j < 8; j++)
+    a[j] = _mm256_loadu2_m128i((const __m128i *)(src + (j + 8) * row_bytes), (const __m128i *)(src + j * row_bytes));
+  for (int i = 0; i < 4; i++) { /* rows 2i, 2i+1: elements 0-7 | 8-15 */
+    b[2 * i] = _mm256_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm256_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 2; g++) { /* rows 4g..4g+3: elements 0-3 | 4-7 | 8-11 | 12-15 */
+    c[4 * g + 0] = _mm256_unpacklo_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 1] = _mm256_unpackhi_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 2] = _mm256_unpacklo_epi16(b[4 * g + 1], b[4 * g + 3]);
+    c[4 * g + 3] = _mm256_unpackhi_epi16(b[4 * g + 1], b[4 * g + 3]);
+  }
+  for (int q = 0; q < 4; q++) { /* rows 0-7 (lane 0) and 8-15 (lane 1) of elements 4q..4q+3, then joined */
+    out[2 * q] = _mm256_permute4x64_epi64(_mm256_unpacklo_epi32(c[q], c[4 + q]), 0xd8);
+    out[2 * q + 1] = _mm256_permute4x64_epi64(_mm256_unpackhi_epi32(c[q], c[4 + q]), 0xd8);
+  }
+}
+#endif
+
 /* out[e] = 16-bit element e of rows 0..15 (32-byte rows, row_bytes apart). */
 static inline void transpose16_u16_regs(const __m256i a[16], __m256i out[16]) {
   __m256i b[16], c[16];
@@ -1799,6 +1827,22 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
           }
         }
       }
+    /* fp8: transpose16_u8_pairs, two elements' rows per 32-byte store. The
+     * value transposes were ~0.9 ms of a 5.5 ms paged fp8 prefill (harness,
+     * CPU time, T=8192 H=8 D=256, without them 4.2-4.3 ms); with the pairs:
+     * 5.48-5.51 -> 5.03-5.10 ms, H=8 D=128 2.73-2.82 -> 2.62-2.63 ms, H=2
+     * D=128 708-724 -> 674-682 us, T=512 H=8 D=256 304-305 -> 280-282 us. */
+    if (es == 1)
+      for (; d + 16 <= dn; d += 16) {
+        char *dst = base + (d0 + d) * st[2];
+        __m256i out[8];
+        transpose16_u8_pairs(stg + d, stg_row, out);
+        for (int k = 0; k < 8; k++) {
+          if (lines) _mm256_stream_si256((__m256i *)(dst + 2 * k * XK_RUN), out[k]);
+          else if (st[2] == XK_RUN) _mm256_storeu_si256((__m256i *)(dst + 2 * k * XK_RUN), out[k]);
+          else _mm256_storeu2_m128i((__m128i *)(dst + (2 * k + 1) * st[2]), (__m128i *)(dst + 2 * k * st[2]), out[k]);
+        }
+      }
 #endif
     for (; d + 16 <= dn; d += 16) {
       char *dst = base + (d0 + d) * st[2] * es;
@@ -1940,7 +1984,13 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
    * one converts, so the streaming stores drain during the conversion:
    * slower (fp8 T=8192 H=8 D=256 5.9 -> 6.1 ms, D=128 2.9 -> 3.1, T=512
    * 305 -> 313 us); the two phases add up either way (T=512 H=8 D=256:
-   * conversion alone 231 us, scatter alone 123, both 338). */
+   * conversion alone 231 us, scatter alone 123, both 338). Session 16: the
+   * scatter into a 32 KiB image of the block (L2, ordinary stores), streamed
+   * out one line per 64 elements of the next conversion: 5.81-5.83 -> 5.76
+   * ms at T=8192 H=8 D=256, slower at D=128 (2.75 -> 2.82) and T=512 H=8
+   * D=256 (312 -> 330 us). Most of the scatter was the transposes' work,
+   * not the stores' wait (without the memory writes 5.10 ms, without the
+   * transposes 4.34, neither 3.91: the conversion from memory). */
   _Alignas(64) char stg[XK_RUN * XK_STG_ROW_FP8];
   const int64_t row_elems = (fp8 ? XK_STG_ROW_FP8 : XK_STG_ROW) / es;
   const int64_t hc = D <= row_elems ? row_elems / D : 1;
