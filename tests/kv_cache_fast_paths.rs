@@ -296,13 +296,14 @@ fn fast_paths_match_reference_on_every_tier() {
 }
 
 /// fp8 rows of big batches stream (from 32 KiB per grid block; once from
-/// 1 MiB): 8192 tokens of 2 x 128 fp8 keys and values (4 MiB), flash and
-/// paged (prefill-shaped slots), pow2, other and per-head scales; and the
-/// same batch into bf16 caches (sources over 1 MiB: the paged runs read
-/// them in place).
+/// 1 MiB): 16384 tokens of 2 x 128 fp8 keys and values (8 MiB; 16 MiB of
+/// bf16 sources, from which the AVX2 flash rows with one thread ask for the
+/// next token's row), flash and paged (prefill-shaped slots), pow2, other
+/// and per-head scales; and the same batch into bf16 caches (sources over
+/// 1 MiB: the paged runs read them in place).
 #[test]
 fn fp8_streaming_matches_reference() {
-    let (t, slots_per_cache) = (8192, 8192 + 512);
+    let (t, slots_per_cache) = (16384, 16384 + 512);
     let mut rng = common::Rng(23);
     let vals: Vec<f32> = (0..t * H * D).map(|_| rng.uniform() * 6.0).collect();
     let key = encode(&vals, DType::BF16);
@@ -332,7 +333,7 @@ fn fp8_streaming_matches_reference() {
                 block_size: 16,
                 slots: slots_per_cache,
             };
-            let what = format!("{layout:?} {kv} 8192 tokens");
+            let what = format!("{layout:?} {kv} {t} tokens");
             let v = if kv == "auto" { &value_bf16 } else { &value };
             assert_every_tier_matches_reference(&s, &key, v, &slots, &[1, 2], &what);
         }

@@ -54,10 +54,14 @@
  * 2 MiB L2); above, the paged fp8 prefill prefetches its sources. */
 #define XK_SRC_CACHED_BYTES (1024 * 1024)
 /* Key + value source bytes of a grid block from which the AVX2 fp8 flash
- * rows ask for the next token's row (a quarter of a 32 MiB L3; the 8192
- * tokens of tests/kv_cache_fast_paths.rs are 8 MiB): from cache the
- * prefetches only cost (harness, T=512 H=8 D=256: 213-217 -> 219-225 us). */
-#define XK_SRC_MEM_BYTES (8 * 1024 * 1024)
+ * rows ask for the next token's row (half of a 32 MiB L3; the 16384 tokens
+ * of tests/kv_cache_fast_paths.rs are 16 MiB): from cache the prefetches
+ * only cost (harness, T=512 H=8 D=256: 213-217 -> 219-225 us). At 8 MiB (a
+ * quarter, session 15) T=8192 H=2 D=128, whose sources stay in L3 between
+ * calls, lost ~5% (bench 0.568 -> 0.596 ms); without the prefetch it was
+ * faster in 9 of 10 alternated harness pairs (CPU time, best of 10-12:
+ * 529-625 against 542-622 us); H=2 D=256 (16 MiB) kept it, within noise. */
+#define XK_SRC_MEM_BYTES (16 * 1024 * 1024)
 /* Key + value elements of a grid block from which the VBMI build makes its
  * byte tables (~0.5 us per scale; they save ~1-5 ns per 64 elements). */
 #define XK_VB_MIN_ELEMS (32 * 1024)
