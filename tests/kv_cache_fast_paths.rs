@@ -521,7 +521,8 @@ fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
 /// and eight value elements past the pairs; 44 f32: eleven chunks), block
 /// sizes 16/32/8, prefill slots with partial, odd and padded runs, aligned
 /// (streamed) and misaligned caches, 1 and 2 threads, every tier; rows 4, 2
-/// and 1 KiB apart (the AVX2 line-at-a-time forms apply at every stride).
+/// and 1 KiB apart (the AVX2 line-at-a-time forms apply at every stride;
+/// rows not a multiple of 4 KiB apart also ask for each row's line two ahead).
 #[test]
 fn paged_runs_with_rows_4kib_apart_match_reference() {
     let t = T;

@@ -1741,11 +1741,15 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
 #endif
 
 
-/* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run). */
+/* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run);
+ * pf: the rows are the source, read in place (see write_run_paged). */
 static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
-                            int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream) {
+                            int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream, int pf) {
   const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->key_cache_strides, x = a->x;
   int64_t c = d0 / x;
+#if XK_F32_LANES != 8
+  (void)pf; /* sources are read in place only on AVX2 */
+#endif
 #if XK_F32_LANES == 8
   /* Each source line read once, whole: two rows' lines give four chunk
    * pairs, one 32-byte store each. Rows a multiple of 4 KiB apart (bf16
@@ -1768,6 +1772,10 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
       char *d = kb + c * cs;
       for (int64_t j = 0; j < n; j += 2) {
         const char *r0 = s + j * stg_row, *r1 = r0 + stg_row;
+        if (pf) {
+          _mm_prefetch(r0 + 128, _MM_HINT_T0);
+          _mm_prefetch(r1 + 128, _MM_HINT_T0);
+        }
         const __m256i a0 = _mm256_loadu_si256((const __m256i *)r0), a1 = _mm256_loadu_si256((const __m256i *)(r0 + 32));
         const __m256i b0 = _mm256_loadu_si256((const __m256i *)r1), b1 = _mm256_loadu_si256((const __m256i *)(r1 + 32));
         const __m256i o[4] = {_mm256_permute2x128_si256(a0, b0, 0x20), _mm256_permute2x128_si256(a0, b0, 0x31),
@@ -1800,10 +1808,13 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
 /* Value elements [d0, d0 + dn) of n staged rows: element d of the run's tokens
  * goes to value_cache[block, head, d, off .. off + n). */
 static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
-                              int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream) {
+                              int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream, int pf) {
   const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->value_cache_strides;
   char *base = (char *)a->value_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
   int64_t d = 0;
+#if XK_F32_LANES != 8
+  (void)pf; /* sources are read in place only on AVX2 */
+#endif
 #if XK_F32_LANES > 1
   if (n == XK_RUN && st[3] == 1 && (es == 1 || es == 2)) {
     /* Stream when the rows of consecutive elements tile whole lines. */
@@ -1819,6 +1830,7 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
       for (; d + 32 <= dn; d += 32) {
         __m256i lo[16], hi[16], out[16];
         for (int j = 0; j < 16; j++) {
+          if (pf) _mm_prefetch(stg + j * stg_row + d * 2 + 128, _MM_HINT_T0);
           lo[j] = _mm256_loadu_si256((const __m256i *)(stg + j * stg_row + d * 2));
           hi[j] = _mm256_loadu_si256((const __m256i *)(stg + j * stg_row + d * 2 + 32));
         }
@@ -1968,16 +1980,24 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
    * bf16 prefill, one thread's CPU time: H=8 D=256 7.1-7.3 -> 5.1-5.3 ms
    * without; H=8 D=128 3.5 -> 3.1-3.3 ms, with the whole-line scatters for
    * every row stride; also spread over the run or in order ahead, H=8
-   * D=256 6.6-7.0 ms; T=512 H=8 D=256 248 -> 231 us, D=128 122 -> 106). */
+   * D=256 6.6-7.0 ms; T=512 H=8 D=256 248 -> 231 us, D=128 122 -> 106).
+   * Within the run, each row's line two ahead is asked for as a line is
+   * read (pf), unless rows are a multiple of 4 KiB apart: then the 16 rows'
+   * lines share one L1 set and the prefetched lines evict each other
+   * (harness, CPU time, alternated, bf16 prefill: T=8192 H=8 D=128 3.43-3.52
+   * -> 2.74-2.77 ms, one line ahead 2.91, three 2.77-2.92; H=2 D=128 470 ->
+   * 448-459 us; T=512 unchanged at 512 B-2 KiB strides; with 4 KiB rows
+   * T=512 H=8 D=256 239-241 -> 248-250 us, T=8192 unchanged). */
   if (a->cache_dtype == a->src_dtype) {
     for (int kv = 0; kv < 2; kv++) {
       const char *src = kv ? (const char *)a->value : (const char *)a->key;
       const int64_t s_tok = (kv ? a->value_stride_token : a->key_stride_token) * ss;
       const int64_t s_head = (kv ? a->value_stride_head : a->key_stride_head) * ss;
+      const int pf = (s_tok & 4095) != 0;
       for (int64_t h = 0; h < a->num_heads; h++) {
         const char *hs = src + t * s_tok + h * s_head;
-        if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream);
-        else scatter_key_run(a, block, off, h, n, 0, D, hs, s_tok, stream);
+        if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream, pf);
+        else scatter_key_run(a, block, off, h, n, 0, D, hs, s_tok, stream, pf);
       }
     }
     return;
@@ -2027,8 +2047,8 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
         }
         for (int64_t h = h0; h < h1; h++) {
           const char *hs = stg + (h - h0) * dn * es;
-          if (kv) scatter_value_run(a, block, off, h, n, d0, dn, hs, stg_row, stream);
-          else scatter_key_run(a, block, off, h, n, d0, dn, hs, stg_row, stream);
+          if (kv) scatter_value_run(a, block, off, h, n, d0, dn, hs, stg_row, stream, 0);
+          else scatter_key_run(a, block, off, h, n, d0, dn, hs, stg_row, stream, 0);
         }
       }
     }
