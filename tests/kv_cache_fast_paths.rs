@@ -97,6 +97,46 @@ fn shapes(s: &Setup) -> (Vec<usize>, Vec<usize>) {
 
 /// Runs the op (or the reference) into caches filled with 0x5a; returns the
 /// key and value cache bytes.
+/// The paged op (`use_reference` false) or its reference on the same
+/// arguments, so a test writes them once for both arms.
+#[allow(clippy::too_many_arguments)]
+fn reshape_and_cache_either(
+    use_reference: bool,
+    key: &TensorView,
+    value: &TensorView,
+    key_cache: &mut TensorViewMut,
+    value_cache: &mut TensorViewMut,
+    slots: &TensorView,
+    kv_cache_dtype: &str,
+    k_scale: Option<&TensorView>,
+    v_scale: Option<&TensorView>,
+) {
+    if use_reference {
+        reference::reshape_and_cache(
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slots,
+            kv_cache_dtype,
+            k_scale,
+            v_scale,
+        );
+    } else {
+        xpu_ops::reshape_and_cache(
+            key,
+            value,
+            key_cache,
+            value_cache,
+            slots,
+            kv_cache_dtype,
+            k_scale,
+            v_scale,
+        )
+        .unwrap();
+    }
+}
+
 fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
     let bytes = s.slots * H * D * s.cache.size();
     let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
@@ -135,18 +175,8 @@ fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) 
                 scales.0,
                 scales.1,
             ),
-            (Layout::Paged, false) => xpu_ops::reshape_and_cache(
-                &k,
-                &v,
-                &mut kc,
-                &mut vc,
-                &sm,
-                s.kv_cache_dtype,
-                scales.0,
-                scales.1,
-            )
-            .unwrap(),
-            (Layout::Paged, true) => reference::reshape_and_cache(
+            (Layout::Paged, r) => reshape_and_cache_either(
+                r,
                 &k,
                 &v,
                 &mut kc,
@@ -266,13 +296,14 @@ fn fast_paths_match_reference_on_every_tier() {
 }
 
 /// fp8 rows of big batches stream (from 32 KiB per grid block; once from
-/// 1 MiB): 8192 tokens of 2 x 128 fp8 keys and values (4 MiB), flash and
-/// paged (prefill-shaped slots), pow2, other and per-head scales; and the
-/// same batch into bf16 caches (sources over 1 MiB: the paged runs read
-/// them in place).
+/// 1 MiB): 16384 tokens of 2 x 128 fp8 keys and values (8 MiB; 16 MiB of
+/// bf16 sources, from which the AVX2 flash rows with one thread ask for the
+/// next token's row), flash and paged (prefill-shaped slots), pow2, other
+/// and per-head scales; and the same batch into bf16 caches (sources over
+/// 1 MiB: the paged runs read them in place).
 #[test]
 fn fp8_streaming_matches_reference() {
-    let (t, slots_per_cache) = (8192, 8192 + 512);
+    let (t, slots_per_cache) = (16384, 16384 + 512);
     let mut rng = common::Rng(23);
     let vals: Vec<f32> = (0..t * H * D).map(|_| rng.uniform() * 6.0).collect();
     let key = encode(&vals, DType::BF16);
@@ -302,7 +333,7 @@ fn fp8_streaming_matches_reference() {
                 block_size: 16,
                 slots: slots_per_cache,
             };
-            let what = format!("{layout:?} {kv} 8192 tokens");
+            let what = format!("{layout:?} {kv} {t} tokens");
             let v = if kv == "auto" { &value_bf16 } else { &value };
             assert_every_tier_matches_reference(&s, &key, v, &slots, &[1, 2], &what);
         }
@@ -490,7 +521,8 @@ fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
 /// and eight value elements past the pairs; 44 f32: eleven chunks), block
 /// sizes 16/32/8, prefill slots with partial, odd and padded runs, aligned
 /// (streamed) and misaligned caches, 1 and 2 threads, every tier; rows 4, 2
-/// and 1 KiB apart (the AVX2 line-at-a-time forms apply at every stride).
+/// and 1 KiB apart (the AVX2 line-at-a-time forms apply at every stride;
+/// rows not a multiple of 4 KiB apart also ask for each row's line two ahead).
 #[test]
 fn paged_runs_with_rows_4kib_apart_match_reference() {
     let t = T;
@@ -550,30 +582,17 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
                                 .unwrap();
                         let mut vc =
                             TensorViewMut::from_bytes(&mut vb[r], src, &vshape, None).unwrap();
-                        if use_reference {
-                            reference::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                None,
-                                None,
-                            );
-                        } else {
-                            xpu_ops::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                None,
-                                None,
-                            )
-                            .unwrap();
-                        }
+                        reshape_and_cache_either(
+                            use_reference,
+                            &k,
+                            &v,
+                            &mut kc,
+                            &mut vc,
+                            &sm,
+                            kv_cache_dtype,
+                            None,
+                            None,
+                        );
                     }
                     let mut out = kb.to_vec();
                     out.extend_from_slice(&vb);
@@ -698,30 +717,17 @@ fn paged_fp8_runs_stage_whole_token_rows_match_reference() {
                                 .unwrap();
                         let mut vc =
                             TensorViewMut::from_bytes(&mut vb[r], cache, &vshape, None).unwrap();
-                        if use_reference {
-                            reference::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                Some(&ks),
-                                Some(&vs),
-                            );
-                        } else {
-                            xpu_ops::reshape_and_cache(
-                                &k,
-                                &v,
-                                &mut kc,
-                                &mut vc,
-                                &sm,
-                                kv_cache_dtype,
-                                Some(&ks),
-                                Some(&vs),
-                            )
-                            .unwrap();
-                        }
+                        reshape_and_cache_either(
+                            use_reference,
+                            &k,
+                            &v,
+                            &mut kc,
+                            &mut vc,
+                            &sm,
+                            kv_cache_dtype,
+                            Some(&ks),
+                            Some(&vs),
+                        );
                     }
                     let mut out = kb.to_vec();
                     out.extend_from_slice(&vb);

@@ -54,10 +54,14 @@
  * 2 MiB L2); above, the paged fp8 prefill prefetches its sources. */
 #define XK_SRC_CACHED_BYTES (1024 * 1024)
 /* Key + value source bytes of a grid block from which the AVX2 fp8 flash
- * rows ask for the next token's row (a quarter of a 32 MiB L3; the 8192
- * tokens of tests/kv_cache_fast_paths.rs are 8 MiB): from cache the
- * prefetches only cost (harness, T=512 H=8 D=256: 213-217 -> 219-225 us). */
-#define XK_SRC_MEM_BYTES (8 * 1024 * 1024)
+ * rows ask for the next token's row (half of a 32 MiB L3; the 16384 tokens
+ * of tests/kv_cache_fast_paths.rs are 16 MiB): from cache the prefetches
+ * only cost (harness, T=512 H=8 D=256: 213-217 -> 219-225 us). At 8 MiB (a
+ * quarter, session 15) T=8192 H=2 D=128, whose sources stay in L3 between
+ * calls, lost ~5% (bench 0.568 -> 0.596 ms); without the prefetch it was
+ * faster in 9 of 10 alternated harness pairs (CPU time, best of 10-12:
+ * 529-625 against 542-622 us); H=2 D=256 (16 MiB) kept it, within noise. */
+#define XK_SRC_MEM_BYTES (16 * 1024 * 1024)
 /* Key + value elements of a grid block from which the VBMI build makes its
  * byte tables (~0.5 us per scale; they save ~1-5 ns per 64 elements). */
 #define XK_VB_MIN_ELEMS (32 * 1024)
@@ -95,6 +99,34 @@ static inline void transpose16_u8(const char *src, int64_t row_bytes, __m128i ou
     }
   }
 }
+
+#if XK_F32_LANES == 8
+/* out[k] = bytes 2k and 2k + 1 of rows 0..15 (16-byte rows, row_bytes
+ * apart), 16 bytes each: rows j and j + 8 share a register (one per lane),
+ * three in-lane unpack stages leave each lane with 8 rows of two elements,
+ * and a vpermq joins the lanes' halves. 40 shuffles per 16 x 16 bytes
+ * against 64 for transpose16_u8, and 32-byte stores. */
+static inline __attribute__((always_inline)) void transpose16_u8_pairs(const char *src, int64_t row_bytes,
+                                                                        __m256i out[8]) {
+  __m256i a[8], b[8], c[8];
+  for (int j = 0; j < 8; j++)
+    a[j] = _mm256_loadu2_m128i((const __m128i *)(src + (j + 8) * row_bytes), (const __m128i *)(src + j * row_bytes));
+  for (int i = 0; i < 4; i++) { /* rows 2i, 2i+1: elements 0-7 | 8-15 */
+    b[2 * i] = _mm256_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+    b[2 * i + 1] = _mm256_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+  }
+  for (int g = 0; g < 2; g++) { /* rows 4g..4g+3: elements 0-3 | 4-7 | 8-11 | 12-15 */
+    c[4 * g + 0] = _mm256_unpacklo_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 1] = _mm256_unpackhi_epi16(b[4 * g], b[4 * g + 2]);
+    c[4 * g + 2] = _mm256_unpacklo_epi16(b[4 * g + 1], b[4 * g + 3]);
+    c[4 * g + 3] = _mm256_unpackhi_epi16(b[4 * g + 1], b[4 * g + 3]);
+  }
+  for (int q = 0; q < 4; q++) { /* rows 0-7 (lane 0) and 8-15 (lane 1) of elements 4q..4q+3, then joined */
+    out[2 * q] = _mm256_permute4x64_epi64(_mm256_unpacklo_epi32(c[q], c[4 + q]), 0xd8);
+    out[2 * q + 1] = _mm256_permute4x64_epi64(_mm256_unpackhi_epi32(c[q], c[4 + q]), 0xd8);
+  }
+}
+#endif
 
 /* out[e] = 16-bit element e of rows 0..15 (32-byte rows, row_bytes apart). */
 static inline void transpose16_u16_regs(const __m256i a[16], __m256i out[16]) {
@@ -1709,11 +1741,44 @@ static void write_row_paged_value(const xk_kv_write_args *a, int64_t block, int6
 #endif
 
 
-/* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run). */
+#if XK_F32_LANES == 8
+/* scatter_key_run's line loop over chunks [c, c_end) (pf a constant in each
+ * copy: tested in the loop, the copy without the prefetch was 3-10% slower,
+ * harness, T=512 H=8 D=256 bf16 prefill). */
+static inline __attribute__((always_inline)) void key_lines(char *kb, int64_t cs, const char *stg, int64_t stg_row,
+                                                            int64_t n, int64_t c, int64_t c_end, int64_t d0,
+                                                            int64_t x, int64_t es, int lines, const int pf) {
+  for (; c < c_end; c += 4) {
+    const char *s = stg + (c * x - d0) * es;
+    char *d = kb + c * cs;
+    for (int64_t j = 0; j < n; j += 2) {
+      const char *r0 = s + j * stg_row, *r1 = r0 + stg_row;
+      if (pf) {
+        _mm_prefetch(r0 + 128, _MM_HINT_T0);
+        _mm_prefetch(r1 + 128, _MM_HINT_T0);
+      }
+      const __m256i a0 = _mm256_loadu_si256((const __m256i *)r0), a1 = _mm256_loadu_si256((const __m256i *)(r0 + 32));
+      const __m256i b0 = _mm256_loadu_si256((const __m256i *)r1), b1 = _mm256_loadu_si256((const __m256i *)(r1 + 32));
+      const __m256i o[4] = {_mm256_permute2x128_si256(a0, b0, 0x20), _mm256_permute2x128_si256(a0, b0, 0x31),
+                            _mm256_permute2x128_si256(a1, b1, 0x20), _mm256_permute2x128_si256(a1, b1, 0x31)};
+      for (int q = 0; q < 4; q++) {
+        if (lines) _mm256_stream_si256((__m256i *)(d + q * cs + j * 16), o[q]);
+        else _mm256_storeu_si256((__m256i *)(d + q * cs + j * 16), o[q]);
+      }
+    }
+  }
+}
+#endif
+
+/* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run);
+ * pf: the rows are the source, read in place (see write_run_paged). */
 static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
-                            int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream) {
+                            int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream, int pf) {
   const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->key_cache_strides, x = a->x;
   int64_t c = d0 / x;
+#if XK_F32_LANES != 8
+  (void)pf; /* sources are read in place only on AVX2 */
+#endif
 #if XK_F32_LANES == 8
   /* Each source line read once, whole: two rows' lines give four chunk
    * pairs, one 32-byte store each. Rows a multiple of 4 KiB apart (bf16
@@ -1731,21 +1796,10 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
     char *kb = (char *)a->key_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
     const int64_t cs = st[2] * es;
     const int lines = stream && ((uintptr_t)kb & 63u) == 0 && (cs & 63) == 0 && ((n * 16) & 63) == 0;
-    for (; c + 4 <= (d0 + dn) / x; c += 4) {
-      const char *s = stg + (c * x - d0) * es;
-      char *d = kb + c * cs;
-      for (int64_t j = 0; j < n; j += 2) {
-        const char *r0 = s + j * stg_row, *r1 = r0 + stg_row;
-        const __m256i a0 = _mm256_loadu_si256((const __m256i *)r0), a1 = _mm256_loadu_si256((const __m256i *)(r0 + 32));
-        const __m256i b0 = _mm256_loadu_si256((const __m256i *)r1), b1 = _mm256_loadu_si256((const __m256i *)(r1 + 32));
-        const __m256i o[4] = {_mm256_permute2x128_si256(a0, b0, 0x20), _mm256_permute2x128_si256(a0, b0, 0x31),
-                              _mm256_permute2x128_si256(a1, b1, 0x20), _mm256_permute2x128_si256(a1, b1, 0x31)};
-        for (int q = 0; q < 4; q++) {
-          if (lines) _mm256_stream_si256((__m256i *)(d + q * cs + j * 16), o[q]);
-          else _mm256_storeu_si256((__m256i *)(d + q * cs + j * 16), o[q]);
-        }
-      }
-    }
+    const int64_t c_end = c + ((d0 + dn) / x - c) / 4 * 4;
+    if (pf) key_lines(kb, cs, stg, stg_row, n, c, c_end, d0, x, es, lines, 1);
+    else key_lines(kb, cs, stg, stg_row, n, c, c_end, d0, x, es, lines, 0);
+    c = c_end;
   }
 #endif
   for (; c < (d0 + dn) / x; c++) {
@@ -1768,10 +1822,13 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
 /* Value elements [d0, d0 + dn) of n staged rows: element d of the run's tokens
  * goes to value_cache[block, head, d, off .. off + n). */
 static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t off, int64_t head, int64_t n,
-                              int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream) {
+                              int64_t d0, int64_t dn, const char *stg, int64_t stg_row, int stream, int pf) {
   const int64_t es = xk_dtype_size(a->cache_dtype), *st = a->value_cache_strides;
   char *base = (char *)a->value_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
   int64_t d = 0;
+#if XK_F32_LANES != 8
+  (void)pf; /* sources are read in place only on AVX2 */
+#endif
 #if XK_F32_LANES > 1
   if (n == XK_RUN && st[3] == 1 && (es == 1 || es == 2)) {
     /* Stream when the rows of consecutive elements tile whole lines. */
@@ -1787,6 +1844,7 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
       for (; d + 32 <= dn; d += 32) {
         __m256i lo[16], hi[16], out[16];
         for (int j = 0; j < 16; j++) {
+          if (pf) _mm_prefetch(stg + j * stg_row + d * 2 + 128, _MM_HINT_T0);
           lo[j] = _mm256_loadu_si256((const __m256i *)(stg + j * stg_row + d * 2));
           hi[j] = _mm256_loadu_si256((const __m256i *)(stg + j * stg_row + d * 2 + 32));
         }
@@ -1797,6 +1855,22 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
             if (lines) _mm256_stream_si256((__m256i *)(dst + e * st[2] * 2), out[e]);
             else _mm256_storeu_si256((__m256i *)(dst + e * st[2] * 2), out[e]);
           }
+        }
+      }
+    /* fp8: transpose16_u8_pairs, two elements' rows per 32-byte store. The
+     * value transposes were ~0.9 ms of a 5.5 ms paged fp8 prefill (harness,
+     * CPU time, T=8192 H=8 D=256, without them 4.2-4.3 ms); with the pairs:
+     * 5.48-5.51 -> 5.03-5.10 ms, H=8 D=128 2.73-2.82 -> 2.62-2.63 ms, H=2
+     * D=128 708-724 -> 674-682 us, T=512 H=8 D=256 304-305 -> 280-282 us. */
+    if (es == 1)
+      for (; d + 16 <= dn; d += 16) {
+        char *dst = base + (d0 + d) * st[2];
+        __m256i out[8];
+        transpose16_u8_pairs(stg + d, stg_row, out);
+        for (int k = 0; k < 8; k++) {
+          if (lines) _mm256_stream_si256((__m256i *)(dst + 2 * k * XK_RUN), out[k]);
+          else if (st[2] == XK_RUN) _mm256_storeu_si256((__m256i *)(dst + 2 * k * XK_RUN), out[k]);
+          else _mm256_storeu2_m128i((__m128i *)(dst + (2 * k + 1) * st[2]), (__m128i *)(dst + 2 * k * st[2]), out[k]);
         }
       }
 #endif
@@ -1920,16 +1994,24 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
    * bf16 prefill, one thread's CPU time: H=8 D=256 7.1-7.3 -> 5.1-5.3 ms
    * without; H=8 D=128 3.5 -> 3.1-3.3 ms, with the whole-line scatters for
    * every row stride; also spread over the run or in order ahead, H=8
-   * D=256 6.6-7.0 ms; T=512 H=8 D=256 248 -> 231 us, D=128 122 -> 106). */
+   * D=256 6.6-7.0 ms; T=512 H=8 D=256 248 -> 231 us, D=128 122 -> 106).
+   * Within the run, each row's line two ahead is asked for as a line is
+   * read (pf), unless rows are a multiple of 4 KiB apart: then the 16 rows'
+   * lines share one L1 set and the prefetched lines evict each other
+   * (harness, CPU time, alternated, bf16 prefill: T=8192 H=8 D=128 3.43-3.52
+   * -> 2.74-2.77 ms, one line ahead 2.91, three 2.77-2.92; H=2 D=128 470 ->
+   * 448-459 us; T=512 unchanged at 512 B-2 KiB strides; with 4 KiB rows
+   * T=512 H=8 D=256 239-241 -> 248-250 us, T=8192 unchanged). */
   if (a->cache_dtype == a->src_dtype) {
     for (int kv = 0; kv < 2; kv++) {
       const char *src = kv ? (const char *)a->value : (const char *)a->key;
       const int64_t s_tok = (kv ? a->value_stride_token : a->key_stride_token) * ss;
       const int64_t s_head = (kv ? a->value_stride_head : a->key_stride_head) * ss;
+      const int pf = (s_tok & 4095) != 0;
       for (int64_t h = 0; h < a->num_heads; h++) {
         const char *hs = src + t * s_tok + h * s_head;
-        if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream);
-        else scatter_key_run(a, block, off, h, n, 0, D, hs, s_tok, stream);
+        if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream, pf);
+        else scatter_key_run(a, block, off, h, n, 0, D, hs, s_tok, stream, pf);
       }
     }
     return;
@@ -1940,7 +2022,13 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
    * one converts, so the streaming stores drain during the conversion:
    * slower (fp8 T=8192 H=8 D=256 5.9 -> 6.1 ms, D=128 2.9 -> 3.1, T=512
    * 305 -> 313 us); the two phases add up either way (T=512 H=8 D=256:
-   * conversion alone 231 us, scatter alone 123, both 338). */
+   * conversion alone 231 us, scatter alone 123, both 338). Session 16: the
+   * scatter into a 32 KiB image of the block (L2, ordinary stores), streamed
+   * out one line per 64 elements of the next conversion: 5.81-5.83 -> 5.76
+   * ms at T=8192 H=8 D=256, slower at D=128 (2.75 -> 2.82) and T=512 H=8
+   * D=256 (312 -> 330 us). Most of the scatter was the transposes' work,
+   * not the stores' wait (without the memory writes 5.10 ms, without the
+   * transposes 4.34, neither 3.91: the conversion from memory). */
   _Alignas(64) char stg[XK_RUN * XK_STG_ROW_FP8];
   const int64_t row_elems = (fp8 ? XK_STG_ROW_FP8 : XK_STG_ROW) / es;
   const int64_t hc = D <= row_elems ? row_elems / D : 1;
@@ -1973,8 +2061,8 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
         }
         for (int64_t h = h0; h < h1; h++) {
           const char *hs = stg + (h - h0) * dn * es;
-          if (kv) scatter_value_run(a, block, off, h, n, d0, dn, hs, stg_row, stream);
-          else scatter_key_run(a, block, off, h, n, d0, dn, hs, stg_row, stream);
+          if (kv) scatter_value_run(a, block, off, h, n, d0, dn, hs, stg_row, stream, 0);
+          else scatter_key_run(a, block, off, h, n, d0, dn, hs, stg_row, stream, 0);
         }
       }
     }
