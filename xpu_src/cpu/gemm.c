@@ -25,8 +25,10 @@
  *  - tiled GEMM (linear_gemm, larger M): a grid block is a tile of tile_m rows
  *    x tile_n columns of the output. For each K block the tile packs its
  *    weights into NR-column panels (converted to f32, dequantised, or kept as
- *    bf16 pairs for vdpbf16ps) and runs an MR x NR register microkernel over
- *    them, activations read straight from x (or from a converted copy).
+ *    bf16 pairs for vdpbf16ps; dense weights on AVX2 a panel at a time, just
+ *    before its first use) and runs an MR x NR register microkernel over
+ *    them, activations packed into MR-row micro-panels (or read straight from
+ *    x, or from a converted copy, when the tile has few panels).
  *
  * Determinism: every output element sums its K products in an order fixed by
  * the tier, the regime and K alone (K blocks in order, lanes, one reduction
@@ -1955,7 +1957,9 @@ static void gemm_tile(const xk_linear_args *a, int64_t t, char *ws) {
    * uses it (it is then in L1), its rows fetched while the previous panel
    * computes. f32 M = 512, K = 4096, N = 2048 on Zen 3 (perf shares): pack_b
    * 4.5% of the time packed ahead, 5.1% fused without the fetch, 3.5% with
-   * it (_MM_HINT_T1 no better). */
+   * it (_MM_HINT_T1 no better). Rejected: the whole next K block's rows
+   * fetched a share per microkernel call (T0/T1/T2) while packing ahead:
+   * pack_b no faster, the fetch loop +2.6% of the time. */
   const int fuse = VL == 8 && !prepacked && a->w_kind == XK_WEIGHT_DENSE;
   const int64_t wes = a->w_kind == XK_WEIGHT_DENSE ? xk_dtype_size(a->w_dtype) : 1;
   const int64_t fuse_rows = cdiv(NR, cdiv(min64(MC, m1 - m0), MR));
