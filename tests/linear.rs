@@ -307,6 +307,8 @@ fn lm_head_248320_half_precision() {
 #[test]
 fn dense_thread_invariance() {
     // M = 3 and 16 at K >= 1024: the AVX2 decode blocks with several K chunks.
+    // M = 97: three A blocks (the last of one row) over weight panels packed
+    // as the first block reaches them (AVX2), K blocks ending in a partial 8 k.
     let shapes = [
         (1, 300, 1000),
         (9, 77, 513),
@@ -314,6 +316,7 @@ fn dense_thread_invariance() {
         (16, 50, 1100),
         (40, 700, 300),
         (130, 64, 257),
+        (97, 300, 517),
     ];
     for_each_isa(|isa| {
         for (i, &(m, n, k)) in shapes.iter().enumerate() {
