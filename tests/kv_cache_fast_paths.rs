@@ -95,8 +95,6 @@ fn shapes(s: &Setup) -> (Vec<usize>, Vec<usize>) {
     }
 }
 
-/// Runs the op (or the reference) into caches filled with 0x5a; returns the
-/// key and value cache bytes.
 /// The paged op (`use_reference` false) or its reference on the same
 /// arguments, so a test writes them once for both arms.
 #[allow(clippy::too_many_arguments)]
@@ -137,6 +135,8 @@ fn reshape_and_cache_either(
     }
 }
 
+/// Runs the op (or the reference) into caches filled with 0x5a; returns the
+/// key and value cache bytes.
 fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
     let bytes = s.slots * H * D * s.cache.size();
     let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
