@@ -856,7 +856,8 @@ fn thread_count_does_not_change_results() {
 /// 16-channel units included, so they give the same bits; both within the
 /// tolerance of the reference. Widths 2-6, odd dims, sequences of 1 token
 /// (decode path, grouped from 256 channels), 5 (decode path, several
-/// tokens), 20 (stream path, a partial token block) and a padding slot.
+/// tokens), 20 and 23 (stream path, partial token blocks of 4 and 7: the
+/// silu's first pass in groups of 4 and single vectors) and a padding slot.
 #[test]
 fn bf16_silu_fast_and_generic_paths_agree() {
     let mut rng = Rng(21);
@@ -865,9 +866,9 @@ fn bf16_silu_fast_and_generic_paths_agree() {
             let c = FnCase {
                 dim,
                 width,
-                lens: vec![1, 5, 20, 1, 3],
-                pad: vec![false, false, false, false, true],
-                init: vec![true, true, false, true, true],
+                lens: vec![1, 5, 20, 1, 3, 23],
+                pad: vec![false, false, false, false, true, false],
+                init: vec![true, true, false, true, true, true],
                 extra_state: 0,
                 dtypes: [DType::BF16; 4],
                 separate_out: true,

@@ -109,9 +109,9 @@ XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
  * across the vectors before the next (as la_silu8_n). As silu16_bf16_y, the
  * input is the conv sum of prescaled weights and bias, y = -x log2(e), and
  *   silu(x) = y / (-log2(e) (1 + 2^y)).
- * 2^y = 2^k 2^f with k = round(y) (the 1.5 * 2^23 shifter: k lands in the
- * low mantissa bits, so k << 23 is the exponent increment), f = y - k in
- * [-0.5, 0.5], -log2(e) 2^f by a degree-3 minimax polynomial (relative error
+ * 2^y = 2^k 2^f with k = round(y) (vroundps, to nearest even; k << 23 from
+ * vcvtps2dq is the exponent increment), f = y - k in [-0.5, 0.5], -log2(e)
+ * 2^f by a degree-3 minimax polynomial (relative error
  * 7.5e-5), then the reciprocal estimate (1.5 * 2^-12) and one Newton step.
  * Over 8M conv sums (|x| <= 30) the bf16 result is within one ulp of the
  * correctly rounded silu and differs from it for 0.33% of them (la_silu8:
@@ -124,27 +124,40 @@ XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
  * Not kept: the estimate without the Newton step (2 FMA-pipe ops less per
  * vector) rounds 1.2% of the outputs differently; degree 4 with the Newton
  * step 0.012% for one more FMA.
+ * Two stages, as la_silu8_den_n / la_silu8_div_n: d = -log2(e) (1 + 2^y),
+ * then y / d; a caller may run them in separate passes over many vectors
+ * (the same operations, so the same bits). Session 16: k by vroundps and
+ * vcvtps2dq instead of the 1.5 * 2^23 shifter (t = y + shifter, k = t -
+ * shifter, exponent bits t << 23): the same k, f and exponent bits (|y| <=
+ * 126 < 2^22; NaN: NaN in d either way, and the result is y's NaN), one op
+ * less on the chain (9 -> 6 cycles before the polynomial).
  */
 #define SILU_Y_SCALE (-1.44269504f)
-XK_INLINE void silu8_bf16_y_n(__m256 *v, const int n) {
-  __m256 t[8], f[8], d[8];
-  const __m256 shifter = _mm256_set1_ps(12582912.0f);
+XK_INLINE void silu8_bf16_den_n(const __m256 *v, __m256 *d, const int n) {
+  __m256 k[8], f[8];
+  __m256i e[8];
   for (int i = 0; i < n; i++) f[i] = _mm256_max_ps(_mm256_set1_ps(-125.0f), v[i]);
   for (int i = 0; i < n; i++) f[i] = _mm256_min_ps(_mm256_set1_ps(126.0f), f[i]);
-  for (int i = 0; i < n; i++) t[i] = _mm256_add_ps(f[i], shifter);
-  for (int i = 0; i < n; i++) f[i] = _mm256_sub_ps(f[i], _mm256_sub_ps(t[i], shifter));
+  for (int i = 0; i < n; i++) k[i] = _mm256_round_ps(f[i], _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  for (int i = 0; i < n; i++) e[i] = _mm256_slli_epi32(_mm256_cvtps_epi32(k[i]), 23);
+  for (int i = 0; i < n; i++) f[i] = _mm256_sub_ps(f[i], k[i]);
   for (int i = 0; i < n; i++)
     d[i] = _mm256_fmadd_ps(_mm256_set1_ps(-7.95958936e-02f), f[i], _mm256_set1_ps(-3.50013882e-01f));
   for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(d[i], f[i], _mm256_set1_ps(-1.00016415e+00f));
   for (int i = 0; i < n; i++) d[i] = _mm256_fmadd_ps(d[i], f[i], _mm256_set1_ps(-1.44259131e+00f));
-  for (int i = 0; i < n; i++) {
-    d[i] = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(d[i]),
-                                                _mm256_slli_epi32(_mm256_castps_si256(t[i]), 23)));
-  }
+  for (int i = 0; i < n; i++) d[i] = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(d[i]), e[i]));
   for (int i = 0; i < n; i++) d[i] = _mm256_add_ps(_mm256_set1_ps(SILU_Y_SCALE), d[i]);
+}
+XK_INLINE void silu8_bf16_div_n(__m256 *v, const __m256 *d, const int n) {
+  __m256 t[8];
   for (int i = 0; i < n; i++) t[i] = _mm256_rcp_ps(d[i]);
   for (int i = 0; i < n; i++) t[i] = _mm256_mul_ps(t[i], _mm256_fnmadd_ps(d[i], t[i], _mm256_set1_ps(2.0f)));
   for (int i = 0; i < n; i++) v[i] = _mm256_mul_ps(v[i], t[i]);
+}
+XK_INLINE void silu8_bf16_y_n(__m256 *v, const int n) {
+  __m256 d[8];
+  silu8_bf16_den_n(v, d, n);
+  silu8_bf16_div_n(v, d, n);
 }
 #endif
 
@@ -1079,12 +1092,16 @@ static void to_unit_order(float *row, int64_t n, int dt) {
  * sums, every channel alike); else la_silu8, except the channels
  * past the tile's last whole 8 (from n & ~7 on in a partial unit of n
  * channels: units start at the tile's first channel), which take la_silu.
- * d: the vectors' la_silu8_den_n results when a pass before computed them
- * (not for bf16), else NULL.
+ * d: the vectors' first-stage results (la_silu8_den_n, or silu8_bf16_den_n
+ * for bf16) when a pass before computed them, else NULL.
  */
 XK_INLINE void silu_units(__m256 *v, const __m256 *d, const int nv, const int DT, int64_t n) {
-  if (DT == XK_BF16) {
-    silu8_bf16_y_n(v, nv); /* prescaled sums; every channel the same, tails included */
+  if (DT == XK_BF16) { /* prescaled sums; every channel the same, tails included */
+    if (d) {
+      silu8_bf16_div_n(v, d, nv);
+    } else {
+      silu8_bf16_y_n(v, nv);
+    }
     return;
   }
   const int tail = n < UNIT && (n & 7) != 0;
@@ -1265,6 +1282,23 @@ XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
  * within noise; no Newton step ~9% faster in L2 but 1.2% of the outputs
  * rounded off by one ulp (vs 0.33%); Estrin's scheme for the polynomial,
  * within noise on a loaded machine.
+ * Session 16 (harness, rdtsc, best of many calls; core cycles per 8
+ * outputs at ~3.15 GHz): bf16 also in two passes (silu8_bf16_den_n for
+ * every vector, then the division, rounding and stores) with k by
+ * vroundps: same bits; rows in L1 (dim 512, T = 16, a copy of this
+ * loop) 11.3 -> 10.2, in L2 (the kernel, T = 128) 12.8 -> 11.7, cold
+ * T = 2048 dim 8192 within 1% (14.4: the memory walk bounds it there).
+ * The loop is not port-bound: ~27 vector ops per 8 outputs would take
+ * ~6.8 cycles on the four pipes (measured on Zen 3: FMA, mul, rcp on pipes
+ * 0-1; add, max, min, round, cmp, cvt on 2-3; shifts on 1-2; integer
+ * and/add/blend on any), but it retires ~41 instructions per 8 outputs
+ * (callgrind: the conv pass alone ~18 for 6 vector ops: loads, stores,
+ * prefetches, ring copies). Not kept (L1): den
+ * inside the conv pass 11.6; three passes (den, div, rounding) 10.7;
+ * groups of 2 or 8 in the den pass 10.5 / 10.7. Promising, not done: the
+ * rounding without the NaN test (2 ops; needs NaN weights and bias with
+ * clear low 16 bits) and the Newton step as y r + y r (1 - d r) (2 cycles
+ * less latency, other bits): together 10.2 -> 9.5 in L1.
  */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
                            const int DT, const int silu, const int has_bias) {
@@ -1275,15 +1309,20 @@ XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu
     stream_half(k, c + q * UNIT, n, t0, tb, y[q][1], 1, W, DT, has_bias);
   }
   /* silu's first stage for every vector of the block, four at a time. */
-  for (int q = 0; silu && DT != XK_BF16 && q < nu; q++) {
+  for (int q = 0; silu && q < nu; q++) {
     for (int h = 0; h < 2; h++) {
       int64_t t = 0;
-      for (; t + 4 <= tb; t += 4) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 4);
-      for (; t < tb; t++) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 1);
+      if (DT == XK_BF16) {
+        for (; t + 4 <= tb; t += 4) silu8_bf16_den_n(y[q][h] + t, d[q][h] + t, 4);
+        for (; t < tb; t++) silu8_bf16_den_n(y[q][h] + t, d[q][h] + t, 1);
+      } else {
+        for (; t + 4 <= tb; t += 4) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 4);
+        for (; t < tb; t++) la_silu8_den_n(y[q][h] + t, d[q][h] + t, 1);
+      }
     }
   }
   char *op = k->obase + t0 * k->otok + c * es;
-  const int two = silu && DT != XK_BF16; /* the first stage ran above */
+  const int two = silu; /* the first stage ran above */
   int64_t t = 0;
   for (; t + 2 <= tb; t += 2) {
     for (int q = 0; q < nu; q++) {
@@ -1405,6 +1444,9 @@ XK_INLINE void decode_unit(const fast_ctx *k, char *sbase, int64_t stok, int64_t
  * row, ~10% slower cold; with the call's data in L2 it was no faster, so
  * the L2 weight reads do not bound this loop. The bound is silu: all in L2,
  * B = 64 takes ~245 us without silu and ~420 us with it, cold ~300 / ~470.
+ * Session 16: bf16 in two passes too (silu8_bf16_den_n over the group):
+ * harness B = 64 cold 0.96-1.04x (median 0.97), in L2 0.95-0.97x of one
+ * pass; with k by vroundps (both) 0.90-0.95x of session 15.
  */
 #define DEC_GROUP 8
 XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, int64_t c, int64_t off, const int W,
@@ -1414,8 +1456,14 @@ XK_INLINE void decode_group1(const fast_ctx *k, char *sbase, int64_t stok, int64
   for (int g = 0; g < DEC_GROUP; g++) {
     decode_sums(k, sbase, stok, c + g * 2 * UNIT, UNIT, 2, 1, off, W - 1, W, DT, y[g], y[g] + 2);
   }
-  const int two = silu && DT != XK_BF16;
-  for (int g = 0; two && g < DEC_GROUP; g++) la_silu8_den_n(y[g], d[g], 4);
+  const int two = silu;
+  for (int g = 0; two && g < DEC_GROUP; g++) {
+    if (DT == XK_BF16) {
+      silu8_bf16_den_n(y[g], d[g], 4);
+    } else {
+      la_silu8_den_n(y[g], d[g], 4);
+    }
+  }
   for (int g = 0; g < DEC_GROUP; g++) {
     finish_tokens(y[g], y[g] + 2, two ? d[g] : NULL, two ? d[g] + 2 : NULL, 2, k->obase + (c + g * 2 * UNIT) * es,
                   UNIT * es, DT, UNIT, silu);
@@ -1469,6 +1517,44 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
      * scalar rows below cost most of a small decode call. */
     const char *base = (const char *)a->weight + c0 * 4 * ws;
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    /* bf16 weights for bf16 units: the transpose on the raw 16-bit pairs.
+     * A 32-bit lane holds taps (0, 1) or (2, 3) of one channel: two dword
+     * shuffles pick the (0, 1) and the (2, 3) lanes of the even and of the
+     * odd channels, the permute puts them in channel order, and each such
+     * vector gives two taps as fp32 (tap 0 / 2 shifted up, tap 1 / 3
+     * masked). 26 vector ops per 16 channels instead of 56 (xk_load8
+     * widens every 8 values); the same bits. Decode B = 1, dim 8192 (C
+     * harness, data in L2, best of many calls): 11.1 -> 8.3 us; this
+     * preparation was ~5.3 us of it. Smaller channel tiles for B = 1 (so
+     * the prepared rows stay in L1) were no faster: 1024 / 512 / 256
+     * channels 11.3 / 11.5 / 12.3 us against 11.0 for one 8192 tile. */
+    for (; a->weight_dtype == XK_BF16 && bf16_order && done + 16 <= nc; done += 16) {
+      const float *p = (const float *)(base + done * 8);
+      const __m256 l0 = _mm256_loadu_ps(p), l1 = _mm256_loadu_ps(p + 8);
+      const __m256 l2 = _mm256_loadu_ps(p + 16), l3 = _mm256_loadu_ps(p + 24);
+      /* lane 0 of x01: taps (0, 1) of channels 0, 1, 4, 5; lane 1: 2, 3, 6, 7 */
+      const __m256 x01 = _mm256_shuffle_ps(l0, l1, _MM_SHUFFLE(2, 0, 2, 0));
+      const __m256 x23 = _mm256_shuffle_ps(l0, l1, _MM_SHUFFLE(3, 1, 3, 1));
+      const __m256 y01 = _mm256_shuffle_ps(l2, l3, _MM_SHUFFLE(2, 0, 2, 0));
+      const __m256 y23 = _mm256_shuffle_ps(l2, l3, _MM_SHUFFLE(3, 1, 3, 1));
+      __m256i pair[4]; /* taps (0, 1) even channels, (0, 1) odd, (2, 3) even, (2, 3) odd */
+      pair[0] = _mm256_castps_si256(_mm256_shuffle_ps(x01, y01, _MM_SHUFFLE(2, 0, 2, 0)));
+      pair[1] = _mm256_castps_si256(_mm256_shuffle_ps(x01, y01, _MM_SHUFFLE(3, 1, 3, 1)));
+      pair[2] = _mm256_castps_si256(_mm256_shuffle_ps(x23, y23, _MM_SHUFFLE(2, 0, 2, 0)));
+      pair[3] = _mm256_castps_si256(_mm256_shuffle_ps(x23, y23, _MM_SHUFFLE(3, 1, 3, 1)));
+      for (int i = 0; i < 4; i++) {
+        const __m256i v = _mm256_permutevar8x32_epi32(pair[i], order);
+        __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        __m256 hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u)));
+        if (pre) {
+          lo = _mm256_mul_ps(lo, _mm256_set1_ps(SILU_Y_SCALE));
+          hi = _mm256_mul_ps(hi, _mm256_set1_ps(SILU_Y_SCALE));
+        }
+        const int tap = 2 * (i >> 1), odd = i & 1; /* rows tap and tap + 1, even or odd half */
+        _mm256_storeu_ps(scratch + tap * rf + done + 8 * odd, lo);
+        _mm256_storeu_ps(scratch + (tap + 1) * rf + done + 8 * odd, hi);
+      }
+    }
     for (; done + 16 <= nc; done += 16) {
       __m256 tap[2][4];
       for (int h = 0; h < 2; h++) {
