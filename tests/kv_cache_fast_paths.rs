@@ -135,30 +135,50 @@ fn reshape_and_cache_either(
     }
 }
 
+/// Key and value caches of `bytes` each, `misalign` bytes into 64-byte aligned
+/// buffers filled with 0x5a, written by `write`; returns both whole buffers'
+/// bytes (key then value), so a write outside the caches shows too.
+fn fresh_cache_bytes(
+    cache: DType,
+    kshape: &[usize],
+    vshape: &[usize],
+    bytes: usize,
+    misalign: usize,
+    write: impl FnOnce(&mut TensorViewMut, &mut TensorViewMut),
+) -> Vec<u8> {
+    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
+    {
+        let range = misalign..misalign + bytes;
+        let mut kc =
+            TensorViewMut::from_bytes(&mut kb[range.clone()], cache, kshape, None).unwrap();
+        let mut vc = TensorViewMut::from_bytes(&mut vb[range], cache, vshape, None).unwrap();
+        write(&mut kc, &mut vc);
+    }
+    let mut out = kb.to_vec();
+    out.extend_from_slice(&vb);
+    out
+}
+
 /// Runs the op (or the reference) into caches filled with 0x5a; returns the
 /// key and value cache bytes.
 fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
     let bytes = s.slots * H * D * s.cache.size();
-    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
-    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
     let (ks, vs) = shapes(s);
-    {
+    fresh_cache_bytes(s.cache, &ks, &vs, bytes, s.misalign, |kc, vc| {
         let t = slots.len();
         let k = TensorView::from_bytes(key, s.src, &[t, H, D], None).unwrap();
         let v = TensorView::from_bytes(value, s.src, &[t, H, D], None).unwrap();
         let sm = TensorView::new(slots, &[t]).unwrap();
         let kscale = TensorView::new(&s.k_scale, &[s.k_scale.len()]).unwrap();
         let vscale = TensorView::new(&s.v_scale, &[s.v_scale.len()]).unwrap();
-        let range = s.misalign..s.misalign + bytes;
-        let mut kc = TensorViewMut::from_bytes(&mut kb[range.clone()], s.cache, &ks, None).unwrap();
-        let mut vc = TensorViewMut::from_bytes(&mut vb[range], s.cache, &vs, None).unwrap();
         let scales = (Some(&kscale), Some(&vscale));
         match (s.layout, use_reference) {
             (Layout::Flash, false) => xpu_ops::reshape_and_cache_flash(
                 &k,
                 &v,
-                &mut kc,
-                Some(&mut vc),
+                kc,
+                Some(vc),
                 &sm,
                 s.kv_cache_dtype,
                 scales.0,
@@ -168,8 +188,8 @@ fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) 
             (Layout::Flash, true) => reference::reshape_and_cache_flash(
                 &k,
                 &v,
-                &mut kc,
-                Some(&mut vc),
+                kc,
+                Some(vc),
                 &sm,
                 s.kv_cache_dtype,
                 scales.0,
@@ -179,18 +199,15 @@ fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) 
                 r,
                 &k,
                 &v,
-                &mut kc,
-                &mut vc,
+                kc,
+                vc,
                 &sm,
                 s.kv_cache_dtype,
                 scales.0,
                 scales.1,
             ),
         }
-    }
-    let mut out = kb.to_vec();
-    out.extend_from_slice(&vb);
-    out
+    })
 }
 
 fn shuffled(n: usize, rng: &mut common::Rng) -> Vec<i64> {
@@ -555,10 +572,8 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
             let vshape = [nb, heads, d, block_size];
             let bytes = SLOTS * heads * d * es;
             for misalign in [0usize, 16] {
-                let run = |use_reference: bool| -> Vec<u8> {
-                    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
-                    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
-                    {
+                let run = |use_reference: bool| {
+                    fresh_cache_bytes(src, &kshape, &vshape, bytes, misalign, |kc, vc| {
                         let strides = [tok_stride, d, 1];
                         let len = ((t - 1) * tok_stride + heads * d) * es;
                         let k = TensorView::from_bytes(
@@ -576,27 +591,18 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
                         )
                         .unwrap();
                         let sm = TensorView::new(&slots, &[t]).unwrap();
-                        let r = misalign..misalign + bytes;
-                        let mut kc =
-                            TensorViewMut::from_bytes(&mut kb[r.clone()], src, &kshape, None)
-                                .unwrap();
-                        let mut vc =
-                            TensorViewMut::from_bytes(&mut vb[r], src, &vshape, None).unwrap();
                         reshape_and_cache_either(
                             use_reference,
                             &k,
                             &v,
-                            &mut kc,
-                            &mut vc,
+                            kc,
+                            vc,
                             &sm,
                             kv_cache_dtype,
                             None,
                             None,
                         );
-                    }
-                    let mut out = kb.to_vec();
-                    out.extend_from_slice(&vb);
-                    out
+                    })
                 };
                 let what = format!(
                     "{src}->{kv_cache_dtype} H {heads} D {d} token stride {tok_stride} bs {block_size} \
@@ -698,10 +704,8 @@ fn paged_fp8_runs_stage_whole_token_rows_match_reference() {
             let vshape = [nb, heads, d, block_size];
             let bytes = SLOTS * heads * d;
             for misalign in [0usize, 16] {
-                let run = |use_reference: bool| -> Vec<u8> {
-                    let mut kb = AlignedBuf::new(bytes + 64, 64, 0x5a);
-                    let mut vb = AlignedBuf::new(bytes + 64, 64, 0x5a);
-                    {
+                let run = |use_reference: bool| {
+                    fresh_cache_bytes(cache, &kshape, &vshape, bytes, misalign, |kc, vc| {
                         let strides = [tok_stride, head_stride, 1];
                         let src = DType::BF16;
                         let k = TensorView::from_bytes(&key, src, &[t, heads, d], Some(&strides))
@@ -711,27 +715,18 @@ fn paged_fp8_runs_stage_whole_token_rows_match_reference() {
                         let sm = TensorView::new(&slots, &[t]).unwrap();
                         let ks = TensorView::new(&k_scale, &[k_scale.len()]).unwrap();
                         let vs = TensorView::new(&v_scale, &[v_scale.len()]).unwrap();
-                        let r = misalign..misalign + bytes;
-                        let mut kc =
-                            TensorViewMut::from_bytes(&mut kb[r.clone()], cache, &kshape, None)
-                                .unwrap();
-                        let mut vc =
-                            TensorViewMut::from_bytes(&mut vb[r], cache, &vshape, None).unwrap();
                         reshape_and_cache_either(
                             use_reference,
                             &k,
                             &v,
-                            &mut kc,
-                            &mut vc,
+                            kc,
+                            vc,
                             &sm,
                             kv_cache_dtype,
                             Some(&ks),
                             Some(&vs),
                         );
-                    }
-                    let mut out = kb.to_vec();
-                    out.extend_from_slice(&vb);
-                    out
+                    })
                 };
                 let what = format!(
                     "bf16->{kv_cache_dtype} H {heads} D {d} strides {tok_stride}/{head_stride} \
