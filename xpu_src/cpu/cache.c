@@ -19,6 +19,14 @@
  *   per head for 512 bytes): their read-for-ownership and write-back are
  *   the layout's cost, not recoverable in the kernel; it asks for the next
  *   token's lines ahead (prefetch_paged_lines) to keep more in flight.
+ *   Session 17, one bf16 token (T=1) per call, per call: the bench's five
+ *   views (two Vec allocations each) 0.35-0.45 us, the launcher's checks
+ *   and the hop to C 0.21-0.28 us (no thread pool: grid runs one token
+ *   inline), this kernel with the block in L2 0.31 / 0.59 / 1.22 / 2.37 us
+ *   at H=2 D=128 / H=2 D=256 / H=8 D=128 / H=8 D=256, from memory (bench
+ *   arena) 1.0 / 1.6-2.1 / 2.3-4.2 / 4.0-8.2 us, against 0.6 / 1.2 / 2.5 /
+ *   5.0 us to read its 160-1280 lines and write them back at 33 GB/s (Rust
+ *   probe and C harness, loaded host): the H=8 bf16 cases cannot meet 2 us.
  * - Flash writes start the page walks of the next few tokens' rows before
  *   the current ones are written (FQ_GROUP, FC_AHEAD; CLWB for streamed
  *   rows, a prefetch into L2 otherwise); fp8 rows convert a token's key and
