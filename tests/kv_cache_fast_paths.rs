@@ -160,6 +160,14 @@ fn fresh_cache_bytes(
     out
 }
 
+/// `bytes` copied to `off` bytes past a 64-byte boundary (the copy starts at
+/// `off` in the returned buffer): sources at a chosen line offset.
+fn at_line_offset(bytes: &[u8], off: usize) -> AlignedBuf {
+    let mut b = AlignedBuf::new(off + bytes.len(), 64, 0);
+    b[off..].copy_from_slice(bytes);
+    b
+}
+
 /// Runs the op (or the reference) into caches filled with 0x5a; returns the
 /// key and value cache bytes.
 fn run(s: &Setup, key: &[u8], value: &[u8], slots: &[i64], use_reference: bool) -> Vec<u8> {
@@ -540,12 +548,16 @@ fn fp8_key_and_value_scales_keep_their_own_normal_bounds() {
 /// (streamed) and misaligned caches, 1 and 2 threads, every tier; rows 4, 2
 /// and 1 KiB apart (the AVX2 line-at-a-time forms apply at every stride;
 /// rows not a multiple of 4 KiB apart also ask for each row's line two ahead).
+/// Sources 16, 32 and 48 bytes past a line: with rows 4 KiB apart, AVX2 takes
+/// the key chunks and value elements before the first line boundary and
+/// after the last whole line apart (D 72, 128, 256: each lead and tail form).
 #[test]
 fn paged_runs_with_rows_4kib_apart_match_reference() {
     let t = T;
     let mut rng = common::Rng(31);
-    let cases: [(DType, &str, usize, usize, usize); 5] = [
+    let cases: [(DType, &str, usize, usize, usize); 6] = [
         (DType::BF16, "auto", 8, 256, 2048),
+        (DType::BF16, "auto", 3, 72, 2048),
         (DType::BF16, "bfloat16", 2, 40, 2048),
         (DType::F16, "float16", 2, 128, 4096),
         (DType::F32, "auto", 2, 44, 1024),
@@ -571,7 +583,14 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
             let kshape = [nb, heads, d / x, block_size, x];
             let vshape = [nb, heads, d, block_size];
             let bytes = SLOTS * heads * d * es;
-            for misalign in [0usize, 16] {
+            // (cache misalignment, source bytes past a 64-byte boundary): the
+            // AVX2 forms for source rows 4 KiB apart and 16-48 bytes off a line.
+            for (misalign, src_off) in [(0usize, 0usize), (16, 0), (0, 16), (16, 48), (0, 32)] {
+                let (kbuf, vbuf) = (
+                    at_line_offset(&key, src_off),
+                    at_line_offset(&value, src_off),
+                );
+                let (key, value) = (&kbuf[src_off..], &vbuf[src_off..]);
                 let run = |use_reference: bool| {
                     fresh_cache_bytes(src, &kshape, &vshape, bytes, misalign, |kc, vc| {
                         let strides = [tok_stride, d, 1];
@@ -606,7 +625,7 @@ fn paged_runs_with_rows_4kib_apart_match_reference() {
                 };
                 let what = format!(
                     "{src}->{kv_cache_dtype} H {heads} D {d} token stride {tok_stride} bs {block_size} \
-                     misalign {misalign}"
+                     misalign {misalign} source {src_off} bytes off a line"
                 );
                 assert_tiers_match_reference(run, &[1, 2], &what);
             }

@@ -19,6 +19,14 @@
  *   per head for 512 bytes): their read-for-ownership and write-back are
  *   the layout's cost, not recoverable in the kernel; it asks for the next
  *   token's lines ahead (prefetch_paged_lines) to keep more in flight.
+ *   Session 17, one bf16 token (T=1) per call, per call: the bench's five
+ *   views (two Vec allocations each) 0.35-0.45 us, the launcher's checks
+ *   and the hop to C 0.21-0.28 us (no thread pool: grid runs one token
+ *   inline), this kernel with the block in L2 0.31 / 0.59 / 1.22 / 2.37 us
+ *   at H=2 D=128 / H=2 D=256 / H=8 D=128 / H=8 D=256, from memory (bench
+ *   arena) 1.0 / 1.6-2.1 / 2.3-4.2 / 4.0-8.2 us, against 0.6 / 1.2 / 2.5 /
+ *   5.0 us to read its 160-1280 lines and write them back at 33 GB/s (Rust
+ *   probe and C harness, loaded host): the H=8 bf16 cases cannot meet 2 us.
  * - Flash writes start the page walks of the next few tokens' rows before
  *   the current ones are written (FQ_GROUP, FC_AHEAD; CLWB for streamed
  *   rows, a prefetch into L2 otherwise); fp8 rows convert a token's key and
@@ -1768,6 +1776,19 @@ static inline __attribute__((always_inline)) void key_lines(char *kb, int64_t cs
     }
   }
 }
+
+/* nc (< 4) 16-byte chunks of n rows (n even) from s into chunk rows cs bytes
+ * apart from kb: two rows' chunk per 32-byte store, as key_lines. */
+static inline __attribute__((always_inline)) void key_chunks(char *kb, int64_t cs, const char *s, int64_t stg_row,
+                                                             int64_t n, int64_t nc, int lines) {
+  for (int64_t j = 0; j < n; j += 2)
+    for (int64_t q = 0; q < nc; q++) {
+      const __m256i o = _mm256_loadu2_m128i((const __m128i *)(s + (j + 1) * stg_row + q * 16),
+                                            (const __m128i *)(s + j * stg_row + q * 16));
+      if (lines) _mm256_stream_si256((__m256i *)(kb + q * cs + j * 16), o);
+      else _mm256_storeu_si256((__m256i *)(kb + q * cs + j * 16), o);
+    }
+}
 #endif
 
 /* Key chunks [d0, d0 + dn) of n staged rows (row j = token j of the run);
@@ -1796,10 +1817,25 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
     char *kb = (char *)a->key_cache + (block * st[0] + head * st[1] + off * st[3]) * es;
     const int64_t cs = st[2] * es;
     const int lines = stream && ((uintptr_t)kb & 63u) == 0 && (cs & 63) == 0 && ((n * 16) & 63) == 0;
+    /* Rows 4 KiB apart (!pf) and 16-48 bytes off a line: the chunks before
+     * the rows' first line boundary, and those after their last whole line,
+     * in one pass over the rows each (see scatter_value_run: key chunks a
+     * line at a time from the misaligned rows read every line twice). */
+    const int64_t hc = !pf && ((uintptr_t)stg & 15) == 0 && (stg_row & 63) == 0 && (d0 + dn) / x - c >= 8
+                           ? (int64_t)((64 - ((uintptr_t)stg & 63)) & 63) / 16
+                           : 0;
+    if (hc) {
+      key_chunks(kb + c * cs, cs, stg + (c * x - d0) * es, stg_row, n, hc, lines);
+      c += hc;
+    }
     const int64_t c_end = c + ((d0 + dn) / x - c) / 4 * 4;
     if (pf) key_lines(kb, cs, stg, stg_row, n, c, c_end, d0, x, es, lines, 1);
     else key_lines(kb, cs, stg, stg_row, n, c, c_end, d0, x, es, lines, 0);
     c = c_end;
+    if (hc && c < (d0 + dn) / x) {
+      key_chunks(kb + c * cs, cs, stg + (c * x - d0) * es, stg_row, n, (d0 + dn) / x - c, lines);
+      c = (d0 + dn) / x;
+    }
   }
 #endif
   for (; c < (d0 + dn) / x; c++) {
@@ -1818,6 +1854,20 @@ static void scatter_key_run(const xk_kv_write_args *a, int64_t block, int64_t of
     for (int64_t j = 0; j < n; j++) memcpy(dst + j * st[3] * es, src + j * stg_row, 16);
   }
 }
+
+#if XK_F32_LANES == 8
+/* 16 elements of 16 rows (16-bit, rows stg_row apart from src) into 16
+ * value rows rs bytes apart from dst. */
+static inline __attribute__((always_inline)) void value_rows16(char *dst, int64_t rs, const char *src, int64_t stg_row,
+                                                               int lines) {
+  __m256i out[16];
+  transpose16_u16(src, stg_row, out);
+  for (int e = 0; e < 16; e++) {
+    if (lines) _mm256_stream_si256((__m256i *)(dst + e * rs), out[e]);
+    else _mm256_storeu_si256((__m256i *)(dst + e * rs), out[e]);
+  }
+}
+#endif
 
 /* Value elements [d0, d0 + dn) of n staged rows: element d of the run's tokens
  * goes to value_cache[block, head, d, off .. off + n). */
@@ -1840,6 +1890,27 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
      * harness, T=512 H=8 D=256 bf16 prefill, with the key change: 317 ->
      * 262 us; T=8192: 12.6 -> 11.5 ms, min of 4 processes on a loaded
      * machine; now at every row stride, as the keys). */
+    /* Rows 16, 32 or 48 bytes off a line (a source read in place from a
+     * 16-byte aligned buffer, as Rust's and malloc's): each 64-byte step
+     * reads two lines per row, and with rows 4 KiB apart (!pf) the 16 rows'
+     * lines share one L1 set, so the line a step leaves half read is gone
+     * by the next step. The `lead` elements before the rows' first line
+     * boundary go by 16-element steps (overlapping each other or the line
+     * steps: the same bytes written again), then whole lines, then the
+     * rest by 16-element steps, the last one overlapping (harness, CPU
+     * time, source 16 bytes off, with the key chunks alike: T=512 H=8 D=256
+     * bf16 prefill 363-386 -> 258-267 us, 48 bytes off alike; T=8192
+     * 6.98-7.36 -> 6.13-6.95 ms; the same at 2 KiB rows (D=128, prefetched
+     * rows): 3-5% slower, so not there). */
+    const int64_t lead =
+        !pf && ((uintptr_t)stg & 15) == 0 && (stg_row & 63) == 0 ? ((64 - ((uintptr_t)stg & 63)) & 63) / 2 : 0;
+    const int64_t rs = st[2] * es;
+    char *vb = base + d0 * rs;
+    if (es == 2 && lead && dn >= lead + 32) {
+      value_rows16(vb, rs, stg, stg_row, lines);
+      if (lead > 16) value_rows16(vb + (lead - 16) * rs, rs, stg + (lead - 16) * 2, stg_row, lines);
+      d = lead;
+    }
     if (es == 2)
       for (; d + 32 <= dn; d += 32) {
         __m256i lo[16], hi[16], out[16];
@@ -1857,6 +1928,11 @@ static void scatter_value_run(const xk_kv_write_args *a, int64_t block, int64_t 
           }
         }
       }
+    if (es == 2 && lead && d >= 16) {
+      for (; d + 16 <= dn; d += 16) value_rows16(vb + d * rs, rs, stg + d * 2, stg_row, lines);
+      if (d < dn) value_rows16(vb + (dn - 16) * rs, rs, stg + (dn - 16) * 2, stg_row, lines);
+      d = dn;
+    }
     /* fp8: transpose16_u8_pairs, two elements' rows per 32-byte store. The
      * value transposes were ~0.9 ms of a 5.5 ms paged fp8 prefill (harness,
      * CPU time, T=8192 H=8 D=256, without them 4.2-4.3 ms); with the pairs:
@@ -2001,7 +2077,17 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
    * (harness, CPU time, alternated, bf16 prefill: T=8192 H=8 D=128 3.43-3.52
    * -> 2.74-2.77 ms, one line ahead 2.91, three 2.77-2.92; H=2 D=128 470 ->
    * 448-459 us; T=512 unchanged at 512 B-2 KiB strides; with 4 KiB rows
-   * T=512 H=8 D=256 239-241 -> 248-250 us, T=8192 unchanged). */
+   * T=512 H=8 D=256 239-241 -> 248-250 us, T=8192 unchanged). The value
+   * scatter is called with pf a constant, so the 4 KiB rows get a loop with
+   * no prefetch test (session 17, harness, CPU time, best of 200-300 calls,
+   * two alternated rounds, old -> this: 4 KiB rows T=512 H=8 D=256 235-248
+   * -> 234-243 us, 16-byte misaligned source 362-365 -> 347-362; T=8192
+   * 6.69-7.76 -> 6.61-7.71 ms; 2 KiB rows T=512 H=8 D=128 122-127 -> 115-123
+   * us, T=8192 3.59-4.19 -> 3.43-3.87 ms; H=2 D=128 766-927 -> 727-810 us).
+   * Tried: pf a constant only inside the value loop (a helper like
+   * key_lines): 4 KiB rows 1.08-1.17x slower (the loop's registers spill
+   * differently); no value prefetch at all: 2 KiB rows at T=8192 up to 1.14x
+   * slower. */
   if (a->cache_dtype == a->src_dtype) {
     for (int kv = 0; kv < 2; kv++) {
       const char *src = kv ? (const char *)a->value : (const char *)a->key;
@@ -2010,7 +2096,8 @@ static void write_run_paged(const xk_kv_write_args *a, int64_t t, int64_t n, int
       const int pf = (s_tok & 4095) != 0;
       for (int64_t h = 0; h < a->num_heads; h++) {
         const char *hs = src + t * s_tok + h * s_head;
-        if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream, pf);
+        if (kv && pf) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream, 1);
+        else if (kv) scatter_value_run(a, block, off, h, n, 0, D, hs, s_tok, stream, 0);
         else scatter_key_run(a, block, off, h, n, 0, D, hs, s_tok, stream, pf);
       }
     }
