@@ -1171,27 +1171,47 @@ XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int 
 
 /* t[j] += x_k q_k 2^-e of int8 rows wr over k in [k0, k1) (k0 a multiple of 32; k1 too, or K). Per 32 codes
  * one load, three ANDs and a shift: byte j of word l, code q of k = k0 + 4 l + j, as the bit pattern q 2^8j
- * (j < 3) or q (j = 3), against xs (see d1_prep). */
+ * (j < 3) or q (j = 3), against xs (see d1_prep).
+ * Groups of 128 k or more (and per-channel rows) read x3 from memory as an FMA operand, once per row: with
+ * x0..x3, three masks, a word and an operand all in registers, the 8 sums t need 17 registers, and the compiler
+ * kept one t on the stack, a store-to-load round trip on its FMA chain every 32 codes. Harness, old and new
+ * alternated in one process, per-channel K=4096: N=2048 in L3 301-308 -> 274-282 us, N=256 in L2 38.4-40.3 ->
+ * 36.2-37.1 us, N=2048 cold 389-396 -> 387-388 us best (medians 408-422 -> 403-412); same bits. Groups of 32
+ * and 64 keep x3 in a register: with the reload they ran 3% slower (N=256 in L2, g32 76.4-76.8 -> 79.2-79.4 us).
+ * Even so, this build's g32 / g64 copy ran 1.5-2% / ~1% slower than before (code placement; same operations). */
+/* *p, loaded where used (the compiler cannot reuse an earlier load). */
+XK_ALWAYS_INLINE vf d1_reload(const float *p) {
+  __asm__("" : "+r"(p));
+  return vf_load(p);
+}
+
 XK_ALWAYS_INLINE void d1_q8_run(const int R, const uint8_t *const *wr, const float *xs, int64_t K, int64_t k0,
-                                int64_t k1, vf *t) {
-#define D1_Q8(SRC)                                                                                     \
+                                int64_t k1, vf *t, const int mem3) {
+#define D1_Q8(SRC, X3)                                                                                 \
   for (int j = 0; j < R; j++) {                                                                        \
     __m256i w = _mm256_loadu_si256((const __m256i *)(SRC));                                            \
     __asm__("" : "+x"(w)); /* one load for the four codes (the compiler would load four times) */     \
     t[j] = vf_fma(x0, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF))), t[j]);       \
     t[j] = vf_fma(x1, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF00))), t[j]);     \
     t[j] = vf_fma(x2, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF0000))), t[j]);   \
-    t[j] = vf_fma(x3, _mm256_castsi256_ps(_mm256_srli_epi32(w, 24)), t[j]);                            \
+    t[j] = vf_fma(X3, _mm256_castsi256_ps(_mm256_srli_epi32(w, 24)), t[j]);                            \
   }
   int64_t k = k0;
-  for (; k + 32 <= k1; k += 32) {
-    const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
-    D1_Q8(wr[j] + k)
+  if (mem3) {
+    for (; k + 32 <= k1; k += 32) {
+      const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16);
+      D1_Q8(wr[j] + k, d1_reload(xs + k + 24))
+    }
+  } else {
+    for (; k + 32 <= k1; k += 32) {
+      const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
+      D1_Q8(wr[j] + k, x3)
+    }
   }
   if (k < k1) { /* the row's last codes (K % 32 != 0 only when G = K): xs is zero past K */
     const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
     uint8_t b[32] = {0};
-    D1_Q8((memcpy(b, wr[j] + k, (size_t)(K - k)), b))
+    D1_Q8((memcpy(b, wr[j] + k, (size_t)(K - k)), b), x3)
   }
 #undef D1_Q8
 }
@@ -1224,7 +1244,10 @@ XK_ALWAYS_INLINE void d1_q8(const xk_linear_args *a, const int has_z, const int 
       xg += VL;
       for (int j = 0; j < R; j++) t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;
     }
-    d1_q8_run(R, wr, xs, K, lo, hi, t);
+    if (G >= 128)
+      d1_q8_run(R, wr, xs, K, lo, hi, t, 1);
+    else
+      d1_q8_run(R, wr, xs, K, lo, hi, t, 0);
     if (hi == ge) /* the group ends: acc += s t */
       for (int j = 0; j < R; j++) vf_store(acc + j * VL, vf_fma(t[j], vf_set1(sb[j][gi]), vf_load(acc + j * VL)));
   }
