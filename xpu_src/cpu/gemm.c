@@ -887,7 +887,11 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * register instead of as two AND operands, no faster (L2-resident 25.1 ->
  * 24.8 us at N=128); int4 groups run as in d1_q8 (start and end outside a
  * branch-free step loop, no sum t on the stack) slower (warm 396 -> 437-485,
- * L2-resident 24.9 -> 28.1 us), cause not found. Two threads: pinned to both
+ * L2-resident 24.9 -> 28.1 us), cause not found. Session 17 (N=128 in L2, K=4096 g128, ~22.6 us, ~1 cycle
+ * per 8 codes and row, the same in L1 and L3, so not the memory walk): tiles of 10 or 12 adjacent rows (more
+ * FMA chains) 23.4 / 25.1 us, the compiler spilling sums t; each 16-code step as two passes over the rows, one
+ * nibble and one mask at a time (fewer live registers, same order per row) 29.3 us at 8 rows, 33.3 at 12;
+ * both bit-identical, both rejected. Two threads: pinned to both
  * CPUs, int4 g128 M=1 ran 447 -> 241 us (best) and M=16 6.5 -> 3.2 ms; the
  * bench's bimodal 2-thread medians come from the other jobs on this 2-CPU
  * host, not from the work split.
@@ -1483,7 +1487,16 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
  * defaults and no better within the noise of a shared machine: MC_MULT 16 or
  * 24 (BLIS's MC = 144; 79.9 vs 81.6 GFLOP/s), TILE_N_MAX 512 (80.5 vs 81.6),
  * prefetching the next B panel into L1 or L2 from inside the microkernel, a
- * line per k step (79.8-81.7 vs 80.7). */
+ * line per k step (79.8-81.7 vs 80.7).
+ * Session 17 (harness, thread CPU time, best of 16 alternated runs, M = 512,
+ * K = 4096, N = 2048, load 3): the whole GEMM 90.9 / 89.4 GFLOP/s, MC_MULT 16
+ * 91.5 / 89.9, MC_MULT 24 90.4 / 87.9 (within 1%, same bits); KC 320 90.7 /
+ * 89.5 and other bits (C is summed per K block). The 6 x 16 microkernel runs
+ * at 98-100% of the FMA peak with A, B and C in L1 and at ~95% in place (A
+ * block from L2, B panels over 2 MiB, C rows 8 KiB apart, no packing); a
+ * late C prefetch (48 or 24 k before the end, T0, or T1 at the start) and a
+ * 4 x 24 tile measured the same. What is left beyond the ~5% the microkernel
+ * loses in place is packing (pack_b ~3.5%, at its from-memory rate). */
 #ifndef KC
 #define KC 256 /* K per block: f32 units */
 #endif
