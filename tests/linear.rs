@@ -743,13 +743,14 @@ fn wna16_int4_decode_tiles() {
 /// chunks of 4096 k, so K past a chunk, groups that span a chunk's end
 /// (G = 96, G = K), more than the 64 rows whose partial sums outlive a
 /// chunk, tiles of 8, 4 and 1 rows, K not a multiple of 8 (int8, G = K) or of 128 (int4), int8
-/// tiles over 8 runs of rows (with a per-channel group carried across chunks), and
+/// tiles over 8 runs of rows (with a per-channel group carried across chunks), int8
+/// groups of 128 k or more (x read per row; G = 384 spans a chunk's end), and
 /// the same shapes on 1, 2 and 3 threads (bit-identical). Same tolerance
 /// as `linear`.
 #[test]
 fn wna16_m1_chunks() {
     // (n, k, bits, group)
-    let shapes: [(usize, usize, u32, usize); 11] = [
+    let shapes: [(usize, usize, u32, usize); 13] = [
         (13, 4800, 4, 96),
         (300, 4224, 4, 128),
         (9, 8320, 4, 0),
@@ -761,6 +762,8 @@ fn wna16_m1_chunks() {
         (11, 61, 8, 0),
         (21, 160, 4, 0),
         (43, 8260, 8, 0),
+        (19, 4608, 8, 384),
+        (6, 640, 8, 128),
     ];
     for_each_isa(|isa| {
         for (si, &(n, k, bits, group)) in shapes.iter().enumerate() {

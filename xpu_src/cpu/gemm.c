@@ -887,7 +887,11 @@ static void q8_tile8(const xk_linear_args *a, int64_t n0, int64_t rs) {
  * register instead of as two AND operands, no faster (L2-resident 25.1 ->
  * 24.8 us at N=128); int4 groups run as in d1_q8 (start and end outside a
  * branch-free step loop, no sum t on the stack) slower (warm 396 -> 437-485,
- * L2-resident 24.9 -> 28.1 us), cause not found. Two threads: pinned to both
+ * L2-resident 24.9 -> 28.1 us), cause not found. Session 17 (N=128 in L2, K=4096 g128, ~22.6 us, ~1 cycle
+ * per 8 codes and row, the same in L1 and L3, so not the memory walk): tiles of 10 or 12 adjacent rows (more
+ * FMA chains) 23.4 / 25.1 us, the compiler spilling sums t; each 16-code step as two passes over the rows, one
+ * nibble and one mask at a time (fewer live registers, same order per row) 29.3 us at 8 rows, 33.3 at 12;
+ * both bit-identical, both rejected. Two threads: pinned to both
  * CPUs, int4 g128 M=1 ran 447 -> 241 us (best) and M=16 6.5 -> 3.2 ms; the
  * bench's bimodal 2-thread medians come from the other jobs on this 2-CPU
  * host, not from the work split.
@@ -1171,27 +1175,47 @@ XK_ALWAYS_INLINE void d1_q4(const xk_linear_args *a, const int has_z, const int 
 
 /* t[j] += x_k q_k 2^-e of int8 rows wr over k in [k0, k1) (k0 a multiple of 32; k1 too, or K). Per 32 codes
  * one load, three ANDs and a shift: byte j of word l, code q of k = k0 + 4 l + j, as the bit pattern q 2^8j
- * (j < 3) or q (j = 3), against xs (see d1_prep). */
+ * (j < 3) or q (j = 3), against xs (see d1_prep).
+ * Groups of 128 k or more (and per-channel rows) read x3 from memory as an FMA operand, once per row: with
+ * x0..x3, three masks, a word and an operand all in registers, the 8 sums t need 17 registers, and the compiler
+ * kept one t on the stack, a store-to-load round trip on its FMA chain every 32 codes. Harness, old and new
+ * alternated in one process, per-channel K=4096: N=2048 in L3 301-308 -> 274-282 us, N=256 in L2 38.4-40.3 ->
+ * 36.2-37.1 us, N=2048 cold 389-396 -> 387-388 us best (medians 408-422 -> 403-412); same bits. Groups of 32
+ * and 64 keep x3 in a register: with the reload they ran 3% slower (N=256 in L2, g32 76.4-76.8 -> 79.2-79.4 us).
+ * Even so, this build's g32 / g64 copy ran 1.5-2% / ~1% slower than before (code placement; same operations). */
+/* *p, loaded where used (the compiler cannot reuse an earlier load). */
+XK_ALWAYS_INLINE vf d1_reload(const float *p) {
+  __asm__("" : "+r"(p));
+  return vf_load(p);
+}
+
 XK_ALWAYS_INLINE void d1_q8_run(const int R, const uint8_t *const *wr, const float *xs, int64_t K, int64_t k0,
-                                int64_t k1, vf *t) {
-#define D1_Q8(SRC)                                                                                     \
+                                int64_t k1, vf *t, const int mem3) {
+#define D1_Q8(SRC, X3)                                                                                 \
   for (int j = 0; j < R; j++) {                                                                        \
     __m256i w = _mm256_loadu_si256((const __m256i *)(SRC));                                            \
     __asm__("" : "+x"(w)); /* one load for the four codes (the compiler would load four times) */     \
     t[j] = vf_fma(x0, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF))), t[j]);       \
     t[j] = vf_fma(x1, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF00))), t[j]);     \
     t[j] = vf_fma(x2, _mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(0xFF0000))), t[j]);   \
-    t[j] = vf_fma(x3, _mm256_castsi256_ps(_mm256_srli_epi32(w, 24)), t[j]);                            \
+    t[j] = vf_fma(X3, _mm256_castsi256_ps(_mm256_srli_epi32(w, 24)), t[j]);                            \
   }
   int64_t k = k0;
-  for (; k + 32 <= k1; k += 32) {
-    const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
-    D1_Q8(wr[j] + k)
+  if (mem3) {
+    for (; k + 32 <= k1; k += 32) {
+      const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16);
+      D1_Q8(wr[j] + k, d1_reload(xs + k + 24))
+    }
+  } else {
+    for (; k + 32 <= k1; k += 32) {
+      const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
+      D1_Q8(wr[j] + k, x3)
+    }
   }
   if (k < k1) { /* the row's last codes (K % 32 != 0 only when G = K): xs is zero past K */
     const vf x0 = vf_load(xs + k), x1 = vf_load(xs + k + 8), x2 = vf_load(xs + k + 16), x3 = vf_load(xs + k + 24);
     uint8_t b[32] = {0};
-    D1_Q8((memcpy(b, wr[j] + k, (size_t)(K - k)), b))
+    D1_Q8((memcpy(b, wr[j] + k, (size_t)(K - k)), b), x3)
   }
 #undef D1_Q8
 }
@@ -1224,7 +1248,10 @@ XK_ALWAYS_INLINE void d1_q8(const xk_linear_args *a, const int has_z, const int 
       xg += VL;
       for (int j = 0; j < R; j++) t[j] = has_z ? _mm256_fnmadd_ps(xgv, vf_set1(zb[j][gi]), vf_zero()) : xgv;
     }
-    d1_q8_run(R, wr, xs, K, lo, hi, t);
+    if (G >= 128)
+      d1_q8_run(R, wr, xs, K, lo, hi, t, 1);
+    else
+      d1_q8_run(R, wr, xs, K, lo, hi, t, 0);
     if (hi == ge) /* the group ends: acc += s t */
       for (int j = 0; j < R; j++) vf_store(acc + j * VL, vf_fma(t[j], vf_set1(sb[j][gi]), vf_load(acc + j * VL)));
   }
@@ -1460,7 +1487,16 @@ void XK_FN(linear_gemv)(const xk_linear_args *a, int64_t n_begin, int64_t n_end)
  * defaults and no better within the noise of a shared machine: MC_MULT 16 or
  * 24 (BLIS's MC = 144; 79.9 vs 81.6 GFLOP/s), TILE_N_MAX 512 (80.5 vs 81.6),
  * prefetching the next B panel into L1 or L2 from inside the microkernel, a
- * line per k step (79.8-81.7 vs 80.7). */
+ * line per k step (79.8-81.7 vs 80.7).
+ * Session 17 (harness, thread CPU time, best of 16 alternated runs, M = 512,
+ * K = 4096, N = 2048, load 3): the whole GEMM 90.9 / 89.4 GFLOP/s, MC_MULT 16
+ * 91.5 / 89.9, MC_MULT 24 90.4 / 87.9 (within 1%, same bits); KC 320 90.7 /
+ * 89.5 and other bits (C is summed per K block). The 6 x 16 microkernel runs
+ * at 98-100% of the FMA peak with A, B and C in L1 and at ~95% in place (A
+ * block from L2, B panels over 2 MiB, C rows 8 KiB apart, no packing); a
+ * late C prefetch (48 or 24 k before the end, T0, or T1 at the start) and a
+ * 4 x 24 tile measured the same. What is left beyond the ~5% the microkernel
+ * loses in place is packing (pack_b ~3.5%, at its from-memory rate). */
 #ifndef KC
 #define KC 256 /* K per block: f32 units */
 #endif
