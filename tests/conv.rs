@@ -905,6 +905,83 @@ fn bf16_silu_fast_and_generic_paths_agree() {
     }
 }
 
+/// NaN weights and bias with payload bits below the top 16 (f32, some
+/// signalling) for bf16 x and outputs: the fast paths' bf16 rounding has no
+/// NaN test and relies on the prepared weights' NaNs having their low half
+/// cleared; every output of a NaN channel must be NaN, with the generic
+/// path's bits (stream and decode paths, silu on and off, whole and partial
+/// units).
+#[test]
+fn bf16_outputs_keep_nan_from_f32_weights() {
+    let mut rng = Rng(33);
+    let nans = [0x7f80_0001u32, 0xffc0_1234, 0x7fff_ffff, 0xff80_8001];
+    for silu in [false, true] {
+        for dim in [40, 300] {
+            let c = FnCase {
+                dim,
+                width: 4,
+                lens: vec![1, 5, 20],
+                pad: vec![false; 3],
+                init: vec![true, true, true],
+                extra_state: 0,
+                dtypes: [DType::BF16, DType::BF16, DType::F32, DType::BF16],
+                separate_out: true,
+                bias: true,
+                silu,
+                x_channel_contiguous: true,
+                state_dim_contiguous: true,
+                pad_slot_id: -1,
+                flags_as_bool: false,
+            };
+            let mut base = make_fn(&c, &mut rng);
+            // (channel, tap or 4 for the bias, NaN bits)
+            let spots = [
+                (3, 0, nans[0]),
+                (17, 1, nans[1]),
+                (33, 3, nans[2]),
+                (38, 4, nans[3]),
+            ];
+            let w = base.w.clone();
+            base.w = Buf::contiguous(DType::F32, &[dim, 4]).fill_with(|i| {
+                match spots.iter().find(|s| s.0 == i[0] && s.1 == i[1]) {
+                    Some(s) => f32::from_bits(s.2),
+                    None => w.get(i),
+                }
+            });
+            let b = base.b.clone().unwrap();
+            base.b = Some(Buf::contiguous(DType::F32, &[dim]).fill_with(|i| {
+                match spots.iter().find(|s| s.0 == i[0] && s.1 == 4) {
+                    Some(s) => f32::from_bits(s.2),
+                    None => b.get(i),
+                }
+            }));
+            let shape = [dim, base.x.shape[1]];
+            let strided =
+                Buf::with_order(DType::BF16, &shape, &[0, 1], 1).fill_with(|i| base.x.get(i));
+            for_each_isa(|isa| {
+                let what = format!("{isa} silu {silu} dim {dim}");
+                let mut fast = clone_data(&base);
+                run_fn(&c, &mut fast, false).unwrap();
+                let mut generic = clone_data(&base);
+                generic.x = strided.clone();
+                run_fn(&c, &mut generic, false).unwrap();
+                let out = fast.out.as_ref().unwrap();
+                for &(ch, _, _) in &spots {
+                    for t in 0..26 {
+                        assert!(out.get(&[ch, t]).is_nan(), "{what}: channel {ch} token {t}");
+                    }
+                }
+                assert!(!out.get(&[0, 0]).is_nan(), "{what}: channel 0");
+                assert_eq!(
+                    out.raw(),
+                    generic.out.as_ref().unwrap().raw(),
+                    "{what}: fast and generic outputs"
+                );
+            });
+        }
+    }
+}
+
 // ---- bad input ---------------------------------------------------------------
 
 fn fn_base() -> (FnCase, FnData) {

@@ -123,7 +123,11 @@ XK_INLINE __m512 silu_for(__m512 s, int out_dtype) {
  * bf16 dim 8192 w=4, T = 2048, CPU time): see stream_unit.
  * Not kept: the estimate without the Newton step (2 FMA-pipe ops less per
  * vector) rounds 1.2% of the outputs differently; degree 4 with the Newton
- * step 0.012% for one more FMA.
+ * step 0.012% for one more FMA. The Newton step is y r + y r (1 - d r)
+ * (session 17; before: y (r (2 - d r))): the same ops, 2 cycles less
+ * latency (fnmadd and y r side by side). Over 64M conv sums (|x| <= 30)
+ * 403 bf16 results differ from the old form's, the share that differs from
+ * the correctly rounded silu stays 0.435% and the relative error 7.5e-5.
  * Two stages, as la_silu8_den_n / la_silu8_div_n: d = -log2(e) (1 + 2^y),
  * then y / d; a caller may run them in separate passes over many vectors
  * (the same operations, so the same bits). Session 16: k by vroundps and
@@ -149,10 +153,11 @@ XK_INLINE void silu8_bf16_den_n(const __m256 *v, __m256 *d, const int n) {
   for (int i = 0; i < n; i++) d[i] = _mm256_add_ps(_mm256_set1_ps(SILU_Y_SCALE), d[i]);
 }
 XK_INLINE void silu8_bf16_div_n(__m256 *v, const __m256 *d, const int n) {
-  __m256 t[8];
+  __m256 t[8], e[8];
   for (int i = 0; i < n; i++) t[i] = _mm256_rcp_ps(d[i]);
-  for (int i = 0; i < n; i++) t[i] = _mm256_mul_ps(t[i], _mm256_fnmadd_ps(d[i], t[i], _mm256_set1_ps(2.0f)));
-  for (int i = 0; i < n; i++) v[i] = _mm256_mul_ps(v[i], t[i]);
+  for (int i = 0; i < n; i++) e[i] = _mm256_fnmadd_ps(d[i], t[i], _mm256_set1_ps(1.0f));
+  for (int i = 0; i < n; i++) t[i] = _mm256_mul_ps(v[i], t[i]);
+  for (int i = 0; i < n; i++) v[i] = _mm256_fmadd_ps(t[i], e[i], t[i]);
 }
 XK_INLINE void silu8_bf16_y_n(__m256 *v, const int n) {
   __m256 d[8];
@@ -1031,19 +1036,32 @@ XK_INLINE void raw_store_n(char *p, const int DT, raw16 r, int64_t n) {
 /*
  * fp32 bits with the bf16 value rounded to nearest even in the high half, as
  * xk_store8 rounds (NaN keeps its sign and top payload bits, made quiet).
- * Only for the results of fp32 arithmetic (conv sums, silu): their NaNs are
- * already quiet, so a NaN lane is kept as it is (rounding increment masked
- * to 0) instead of blended with itself made quiet. The increment masked by
- * an and-not replaces vpblendvb, which runs on the two FMA/mul pipes of
- * Zen 3 that silu saturates; same bits.
+ * Only for the results of fp32 arithmetic (conv sums, silu) on bf16 x and
+ * state and on scratch weights and bias whose NaNs have their low 16 bits
+ * clear (canon_nan_rows): every NaN such arithmetic yields is one of those
+ * made quiet or the default NaN, so its low half is 0 and the increment
+ * (at most 0x8000) cannot carry into the high half, which keeps the NaN's
+ * sign and top payload bits as xk_store8 does. No NaN test (session 16's
+ * cmp + and-not masked the increment); the same bits.
  */
 XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
-  __m256i inc[8], nan[8];
+  __m256i inc[8];
   for (int i = 0; i < n; i++) inc[i] = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v[i]), 16),
                                                       _mm256_set1_epi32(1));
   for (int i = 0; i < n; i++) inc[i] = _mm256_add_epi32(inc[i], _mm256_set1_epi32(0x7fff));
-  for (int i = 0; i < n; i++) nan[i] = _mm256_castps_si256(_mm256_cmp_ps(v[i], v[i], _CMP_UNORD_Q));
-  for (int i = 0; i < n; i++) h[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), _mm256_andnot_si256(nan[i], inc[i]));
+  for (int i = 0; i < n; i++) h[i] = _mm256_add_epi32(_mm256_castps_si256(v[i]), inc[i]);
+}
+
+/* NaNs of n floats made quiet with their low 16 bits cleared (bf16_hi_n's
+ * precondition): the sign and top payload bits, all a bf16 result keeps of
+ * them, stay. Only rows converted from f16 / f32 can hold such NaNs. */
+static void canon_nan_rows(float *row, int64_t n) {
+  for (int64_t c = 0; c < n; c += 8) {
+    const __m256 v = _mm256_loadu_ps(row + c);
+    const __m256 q = _mm256_castsi256_ps(_mm256_and_si256(
+        _mm256_or_si256(_mm256_castps_si256(v), _mm256_set1_epi32(0x400000)), _mm256_set1_epi32((int)0xffff0000u)));
+    _mm256_storeu_ps(row + c, _mm256_blendv_ps(v, q, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+  }
 }
 
 /* Rounds a unit of f16 or f32 to its storage format (f16: round to nearest
@@ -1298,7 +1316,21 @@ XK_INLINE void stream_half(const fast_ctx *k, int64_t c, int64_t n, int64_t t0, 
  * groups of 2 or 8 in the den pass 10.5 / 10.7. Promising, not done: the
  * rounding without the NaN test (2 ops; needs NaN weights and bias with
  * clear low 16 bits) and the Newton step as y r + y r (1 - d r) (2 cycles
- * less latency, other bits): together 10.2 -> 9.5 in L1.
+ * less latency, other bits): together 10.2 -> 9.5 in L1 (done in session 17).
+ * Session 17 (harness, TSC ticks per 8 outputs, best of many calls; ~1.29
+ * core cycles per tick): the rounding without the NaN test (bf16_hi_n,
+ * canon_nan_rows; same bits) and the Newton step as y r + y r (1 - d r)
+ * (silu8_bf16_div_n) in L1 (dim 512, T = 16 through a volatile) 8.28 ->
+ * 7.90; whole token blocks with tb a constant (stream_tokens_as: loops
+ * unrolled, y/d offsets fixed; the callgrind count of this loop was ~44
+ * instructions per 8 outputs with tb a variable, ~37 with it constant)
+ * 7.90 -> 7.45; the kernel in L2 (dim 512, T = 128) 8.66 -> 7.90. Not
+ * kept: one x prefetch per 64-byte line (q == 0 only) instead of one per
+ * unit, L1 equal, L2 7.90 -> 8.22; the exponent bits (cvt, shift) after
+ * the polynomial instead of before it, L1 7.45 -> 7.35 but L2 7.87 -> 8.31.
+ * Bench (6 alternated rounds, best of each binary, loaded host): T = 128
+ * 572 -> 567 us, T = 2048 9.55 -> 9.35 ms, T = 8192 38.2 -> 37.4 ms (the
+ * cold runs' medians within noise: the memory walk still bounds them).
  */
 XK_INLINE void stream_unit(const fast_ctx *k, int64_t c, int64_t n, const int nu, int64_t t0, int64_t tb, const int W,
                            const int DT, const int silu, const int has_bias) {
@@ -1343,6 +1375,9 @@ XK_INLINE void stream_tokens_as(const fast_ctx *k, int64_t len, const int W, con
   for (int64_t t0 = 0; t0 < len; t0 += TOK_BLOCK) {
     const int64_t tb = len - t0 < TOK_BLOCK ? len - t0 : TOK_BLOCK;
     int64_t c = 0;
+    if (tb == TOK_BLOCK) { /* whole blocks with tb a constant: unrolled loops, fixed offsets */
+      for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) stream_unit(k, c, UNIT, 2, t0, TOK_BLOCK, W, DT, silu, has_bias);
+    }
     for (; c + 2 * UNIT <= k->nc; c += 2 * UNIT) stream_unit(k, c, UNIT, 2, t0, tb, W, DT, silu, has_bias);
     for (; c + UNIT <= k->nc; c += UNIT) stream_unit(k, c, UNIT, 1, t0, tb, W, DT, silu, has_bias);
     if (c < k->nc) stream_unit(k, c, k->nc - c, 1, t0, tb, W, DT, silu, has_bias);
@@ -1600,6 +1635,7 @@ static void prepare_tile(const xk_conv1d_args *a, float *scratch, int64_t rf, in
     const int64_t from = j < a->width ? done : 0; /* channels before `from` are in order already */
     to_unit_order(row + from, nc - from, a->x_dtype);
     if (pre) scale_row(row + from, row_floats(nc) - from); /* unit order: a partial unit spans its 16 slots */
+    if (bf16_order && (j < a->width ? a->weight_dtype : a->bias_dtype) != XK_BF16) canon_nan_rows(row, row_floats(nc));
   }
 }
 
