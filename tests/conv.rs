@@ -906,16 +906,24 @@ fn bf16_silu_fast_and_generic_paths_agree() {
 }
 
 /// NaN weights and bias with payload bits below the top 16 (f32, some
-/// signalling) for bf16 x and outputs: the fast paths' bf16 rounding has no
-/// NaN test and relies on the prepared weights' NaNs having their low half
-/// cleared; every output of a NaN channel must be NaN, with the generic
-/// path's bits (stream and decode paths, silu on and off, whole and partial
-/// units).
+/// signalling), and f32 / f16 conv states holding NaNs whose high half is
+/// 0x7fff (rounding up would carry into the sign), for bf16 x and outputs:
+/// the fast paths' bf16 rounding has no NaN test and relies on the prepared
+/// weights' and the loaded history's NaNs having their low half cleared;
+/// every output of a NaN channel must be NaN, with the generic path's bits
+/// (stream and decode paths, silu on and off, whole and partial units).
 #[test]
-fn bf16_outputs_keep_nan_from_f32_weights() {
+fn bf16_outputs_keep_nan_from_f32_weights_and_states() {
     let mut rng = Rng(33);
     let nans = [0x7f80_0001u32, 0xffc0_1234, 0x7fff_ffff, 0xff80_8001];
-    for silu in [false, true] {
+    let state_nan_channel = 20;
+    for (silu, state_dtype) in [
+        (false, DType::BF16),
+        (true, DType::BF16),
+        (true, DType::F32),
+        (false, DType::F16),
+        (true, DType::F16),
+    ] {
         for dim in [40, 300] {
             let c = FnCase {
                 dim,
@@ -924,7 +932,7 @@ fn bf16_outputs_keep_nan_from_f32_weights() {
                 pad: vec![false; 3],
                 init: vec![true, true, true],
                 extra_state: 0,
-                dtypes: [DType::BF16, DType::BF16, DType::F32, DType::BF16],
+                dtypes: [DType::BF16, state_dtype, DType::F32, DType::BF16],
                 separate_out: true,
                 bias: true,
                 silu,
@@ -955,11 +963,23 @@ fn bf16_outputs_keep_nan_from_f32_weights() {
                     None => b.get(i),
                 }
             }));
+            if state_dtype != DType::BF16 {
+                // Every line's history of one channel: 0x7fff_ffff as f32,
+                // 0x7fff as f16 (0x7fff_e000 once widened).
+                let states = base.states.clone();
+                base.states = states.clone().fill_with(|i| {
+                    if i[1] == state_nan_channel {
+                        f32::from_bits(nans[2])
+                    } else {
+                        states.get(i)
+                    }
+                });
+            }
             let shape = [dim, base.x.shape[1]];
             let strided =
                 Buf::with_order(DType::BF16, &shape, &[0, 1], 1).fill_with(|i| base.x.get(i));
             for_each_isa(|isa| {
-                let what = format!("{isa} silu {silu} dim {dim}");
+                let what = format!("{isa} silu {silu} dim {dim} states {state_dtype:?}");
                 let mut fast = clone_data(&base);
                 run_fn(&c, &mut fast, false).unwrap();
                 let mut generic = clone_data(&base);
@@ -969,6 +989,17 @@ fn bf16_outputs_keep_nan_from_f32_weights() {
                 for &(ch, _, _) in &spots {
                     for t in 0..26 {
                         assert!(out.get(&[ch, t]).is_nan(), "{what}: channel {ch} token {t}");
+                    }
+                }
+                if state_dtype != DType::BF16 {
+                    // Each sequence's first output reads its line's history.
+                    for &start in &base.qsl[..3] {
+                        let t = start as usize;
+                        let ch = state_nan_channel;
+                        assert!(
+                            out.get(&[ch, t]).is_nan(),
+                            "{what}: state channel {ch} token {t}"
+                        );
                     }
                 }
                 assert!(!out.get(&[0, 0]).is_nan(), "{what}: channel 0");

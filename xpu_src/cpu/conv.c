@@ -1037,8 +1037,8 @@ XK_INLINE void raw_store_n(char *p, const int DT, raw16 r, int64_t n) {
  * fp32 bits with the bf16 value rounded to nearest even in the high half, as
  * xk_store8 rounds (NaN keeps its sign and top payload bits, made quiet).
  * Only for the results of fp32 arithmetic (conv sums, silu) on bf16 x and
- * state and on scratch weights and bias whose NaNs have their low 16 bits
- * clear (canon_nan_rows): every NaN such arithmetic yields is one of those
+ * on scratch weights, bias and history whose NaNs have their low 16 bits
+ * clear (bf16 or canon_nan_rows): every NaN such arithmetic yields is one of those
  * made quiet or the default NaN, so its low half is 0 and the increment
  * (at most 0x8000) cannot carry into the high half, which keeps the NaN's
  * sign and top payload bits as xk_store8 does. No NaN test (session 16's
@@ -1054,7 +1054,8 @@ XK_INLINE void bf16_hi_n(const __m256 *v, __m256i *h, const int n) {
 
 /* NaNs of n floats made quiet with their low 16 bits cleared (bf16_hi_n's
  * precondition): the sign and top payload bits, all a bf16 result keeps of
- * them, stay. Only rows converted from f16 / f32 can hold such NaNs. */
+ * them, stay. Only rows converted from f16 / f32 (weights, bias, history
+ * from f32 / f16 states) can hold such NaNs. */
 static void canon_nan_rows(float *row, int64_t n) {
   for (int64_t c = 0; c < n; c += 8) {
     const __m256 v = _mm256_loadu_ps(row + c);
@@ -1698,7 +1699,12 @@ static void conv_block_fast(const xk_conv1d_args *a, float *scratch, int64_t rf,
       la_store_row(dst, a->state_dtype, tmp, nc, a->state_stride_dim);
     }
   }
-  for (int64_t j = 0; j < hist; j++) to_unit_order(k.carry + j * rf, nc, dt);
+  for (int64_t j = 0; j < hist; j++) {
+    to_unit_order(k.carry + j * rf, nc, dt);
+    /* History widened from f32 / f16 states: bf16_hi_n's NaN precondition
+     * (the state rows themselves were stored above with their own bits). */
+    if (dt == XK_BF16 && a->state_dtype != XK_BF16) canon_nan_rows(k.carry + j * rf, row_floats(nc));
+  }
 
   /* Plain stores: a unit writes half a 64-byte line of bf16, and streaming
    * those halves (the other half follows TOK_BLOCK tokens later) measured
